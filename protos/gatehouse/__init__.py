@@ -1,0 +1,1 @@
+"""Gatehouse gRPC contract (generated code lives in gatehouse.v1)."""
