@@ -1,0 +1,1 @@
+"""The Gatehouse control plane: authenticates, decides, records, then forwards."""

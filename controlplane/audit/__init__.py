@@ -1,0 +1,1 @@
+"""The audit trail: event shape, the hash chain, and the one writer that commits events."""

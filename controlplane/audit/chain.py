@@ -1,0 +1,87 @@
+"""The hash chain over audit events, shared by the writer and by every verifier.
+
+`hash = sha256(prev_hash || canonical JSON of the event without "hash")`, where the canonical
+form is RFC 8785 (JCS) and `prev_hash` is the previous event's hash as lowercase hex (64 zeros
+before the first event). The event body itself contains `seq` and `prev_hash`, so a removed,
+inserted, reordered or altered event breaks the chain at that seq. This module imports nothing
+heavy: the CLI uses it to verify what it pulled without trusting the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import rfc8785
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical(event: Mapping[str, object]) -> bytes:
+    """RFC 8785 canonical JSON: the byte form every verifier can reproduce."""
+    return bytes(rfc8785.dumps(dict(event)))  # type: ignore[arg-type]  # JSON values only
+
+
+def link_hash(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """The first event at which the chain does not hold, and why."""
+
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    checked: int
+    last_seq: int
+    last_hash: str
+    broken: ChainBreak | None
+
+
+def verify_chain(
+    events: Iterable[tuple[int, str, str]],
+    *,
+    prev_seq: int = 0,
+    prev_hash: str = GENESIS_HASH,
+) -> ChainReport:
+    """Walk `(seq, body, hash)` triples in order and name the first broken link.
+
+    `body` is the stored canonical JSON without `hash`. Checks, per event: seq follows the
+    previous one with no gap, the body is canonical, it names the previous hash, its own
+    seq matches, and the hash recomputes.
+    """
+    checked = 0
+    for seq, body, stored_hash in events:
+        problem = _check_one(seq, body, stored_hash, prev_seq, prev_hash)
+        if problem is not None:
+            return ChainReport(checked, prev_seq, prev_hash, ChainBreak(seq, problem))
+        checked += 1
+        prev_seq, prev_hash = seq, stored_hash
+    return ChainReport(checked, prev_seq, prev_hash, None)
+
+
+def _check_one(seq: int, body: str, stored_hash: str, prev_seq: int, prev_hash: str) -> str | None:
+    if seq != prev_seq + 1:
+        return f"expected seq {prev_seq + 1} after {prev_seq}: events are missing or reordered"
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return "the stored body is not valid JSON"
+    if not isinstance(event, dict):
+        return "the stored body is not a JSON object"
+    raw = body.encode("utf-8")
+    if canonical(event) != raw:
+        return "the stored body is not in canonical form: it was edited"
+    if event.get("seq") != seq:
+        return f"the body says seq {event.get('seq')!r}, stored as {seq}"
+    if event.get("prev_hash") != prev_hash:
+        return "prev_hash does not match the previous event's hash: the chain was cut"
+    if link_hash(prev_hash, raw) != stored_hash:
+        return "the hash does not match the event's content: the event was altered"
+    return None

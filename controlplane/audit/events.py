@@ -1,0 +1,86 @@
+"""The shape of an audit event (DESIGN §5) and the context every event of a session shares."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from controlplane.auth.identity import Identity
+
+JSON = dict[str, Any]
+
+
+def new_event_id() -> str:
+    """A UUIDv7: time-ordered, so ids sort roughly like seq even across replicas."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything was stored in UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class SessionContext:
+    """What every event of one session repeats, so each event stands on its own in a SIEM."""
+
+    session_id: str
+    identity: Identity
+    connection: JSON
+    audit_mode: str
+    source: JSON = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Draft:
+    """An event before the writer gives it seq, prev_hash and hash."""
+
+    type: str
+    time: datetime
+    body: JSON
+
+    @property
+    def session_id(self) -> str | None:
+        value = self.body.get("session_id")
+        return value if isinstance(value, str) else None
+
+
+def draft(
+    event_type: str,
+    *,
+    session: SessionContext | None = None,
+    identity: Identity | None = None,
+    **fields: Any,
+) -> Draft:
+    """Build an event; `None` fields are left out so that absent means "does not apply"."""
+    moment = utc_now()
+    body: JSON = {"id": new_event_id(), "time": rfc3339(moment), "type": event_type}
+    if session is not None:
+        identity = session.identity
+        body["session_id"] = session.session_id
+        body["connection"] = session.connection
+        body["audit_mode"] = session.audit_mode
+        if session.source:
+            body["source"] = session.source
+    if identity is not None:
+        body["user"] = identity.as_user()
+        if identity.actor:
+            body["actor"] = identity.actor
+    body.update({k: v for k, v in fields.items() if v is not None})
+    return Draft(event_type, moment, body)

@@ -1,0 +1,1 @@
+"""Who is calling: bearer tokens of people and automation, and agent credentials."""

@@ -1,0 +1,103 @@
+"""The control plane's tables. `audit_events` is append-only: no code path updates or deletes it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger
+from sqlmodel import Field, SQLModel
+
+
+class AgentRow(SQLModel, table=True):
+    """An enrolled (or pending) agent. Secrets are kept only as SHA-256 hashes."""
+
+    __tablename__ = "agents"
+
+    id: str = Field(primary_key=True)
+    name: str = Field(unique=True, index=True)
+    join_token_hash: str | None = Field(default=None, unique=True)
+    credential_hash: str | None = Field(default=None, unique=True)
+    version: str = ""
+    hostname: str = ""
+    created_at: datetime
+    enrolled_at: datetime | None = None
+    last_seen: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ApiTokenRow(SQLModel, table=True):
+    """A bearer token for people and automation, stored as its hash."""
+
+    __tablename__ = "api_tokens"
+
+    id: str = Field(primary_key=True)
+    token_hash: str = Field(unique=True)
+    subject: str
+    email: str | None = None
+    groups: str = "[]"  # JSON list
+    actor: str | None = None
+    role: str = "user"
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class PolicyVersionRow(SQLModel, table=True):
+    """Every applied policy file, kept whole so that any past decision can be explained."""
+
+    __tablename__ = "policy_versions"
+
+    version: int | None = Field(default=None, primary_key=True)
+    document: str  # validated policy as JSON
+    source: str  # the YAML as applied
+    applied_by: str
+    applied_at: datetime
+
+
+class SessionRow(SQLModel, table=True):
+    """One session through the gateway; its events carry the same id."""
+
+    __tablename__ = "sessions"
+
+    id: str = Field(primary_key=True)
+    connection: str = Field(index=True)
+    connection_type: str
+    agent: str
+    mode: str
+    subject: str = Field(index=True)
+    actor: str | None = None
+    source_ip: str = ""
+    client: str = ""
+    started_at: datetime = Field(index=True)
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+class EventRow(SQLModel, table=True):
+    """One audit event. `body` is the canonical JSON that `hash` covers."""
+
+    __tablename__ = "audit_events"
+
+    seq: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    id: str = Field(unique=True)
+    time: datetime
+    type: str = Field(index=True)
+    session_id: str | None = Field(default=None, index=True)
+    body: str
+    hash: str
+
+
+class ChainHeadRow(SQLModel, table=True):
+    """The single row that serialises appends: last seq and hash, locked by each writer.
+
+    Assigning seq from this locked row inside the committing transaction makes seq dense and
+    commit-ordered, also with several control-plane replicas on PostgreSQL.
+    """
+
+    __tablename__ = "audit_chain_head"
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(sa_type=BigInteger)
+    hash: str
