@@ -1,0 +1,1 @@
+"""Declarative policy: the admin-applied file of connections, guardrails, masking and access."""

@@ -1,0 +1,138 @@
+"""The applied policy: versioned in the store, cached here, pushed to agents.
+
+Each apply is kept whole (source and validated form) as a new version and recorded as an
+`admin.change` event; agents receive only their own connections, with secret *references*
+that they resolve locally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2
+from sqlmodel import Session, col, select
+
+from controlplane.audit.events import draft, utc_now
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.errors import InvalidArgument
+from controlplane.policy.document import (
+    Connection,
+    PolicyDocument,
+    PolicyError,
+    parse_policy,
+    to_json,
+)
+from controlplane.store.database import Database
+from controlplane.store.models import PolicyVersionRow
+from gatehouse.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    version: int
+    changes: list[str]
+
+
+class PolicyStore:
+    def __init__(self, db: Database, audit: AuditWriter) -> None:
+        self._db = db
+        self._audit = audit
+        self.version = 0
+        self.document = PolicyDocument()
+
+    async def load(self) -> None:
+        """Take the newest applied version (another replica may have applied it)."""
+
+        def newest(session: Session) -> PolicyVersionRow | None:
+            query = select(PolicyVersionRow).order_by(col(PolicyVersionRow.version).desc())
+            return session.exec(query.limit(1)).first()
+
+        row = await self._db.read(newest)
+        if row is not None and row.version != self.version:
+            self.document = PolicyDocument.model_validate(json.loads(row.document))
+            self.version = row.version or 0
+
+    async def apply(self, source: str, filename: str, by: Identity) -> Applied:
+        try:
+            document = parse_policy(source, filename)
+        except PolicyError as exc:
+            raise InvalidArgument(str(exc)) from None
+        await self.load()
+        changes = describe_changes(self.document, document)
+        stored = json.dumps(to_json(document), sort_keys=True)
+
+        def add(session: Session) -> int:
+            row = PolicyVersionRow(
+                document=stored, source=source, applied_by=by.subject, applied_at=utc_now()
+            )
+            session.add(row)
+            session.flush()
+            return row.version or 0
+
+        version = await self._db.write(add)
+        await self._audit.commit(
+            draft(
+                "admin.change",
+                identity=by,
+                change={
+                    "action": "policy.apply",
+                    "version": version,
+                    "file": filename,
+                    "sha256": hashlib.sha256(source.encode("utf-8")).hexdigest(),
+                    "changes": changes,
+                },
+            )
+        )
+        self.document, self.version = document, version
+        return Applied(version, changes)
+
+    def connection(self, name: str) -> Connection | None:
+        return self.document.connection(name)
+
+    def for_agent(self, agent: str) -> agent_pb2.Policy:
+        """The part of the policy one agent needs: its connections and their masking."""
+        policy = agent_pb2.Policy(version=self.version)
+        rules = {rule.name: rule for rule in self.document.masking}
+        for conn in self.document.connections:
+            if conn.agent != agent:
+                continue
+            target = struct_pb2.Struct()
+            target.update(conn.target.model_dump(mode="json"))
+            masking = struct_pb2.Struct()
+            masking.update(
+                {"rules": [rules[n].model_dump(mode="json") for n in conn.masking if n in rules]}
+            )
+            policy.connections.append(
+                agent_pb2.ConnectionSpec(
+                    name=conn.name,
+                    type=conn.type,
+                    target=target,
+                    secret={k: str(v) for k, v in conn.secret.items()},
+                    masking=masking,
+                )
+            )
+        return policy
+
+
+def describe_changes(old: PolicyDocument, new: PolicyDocument) -> list[str]:
+    """A short human summary: what an admin would want to read in the change event."""
+    changes: list[str] = []
+    for section in ("connections", "guardrails", "masking", "access"):
+        before = {item.name: item for item in getattr(old, section)}
+        after = {item.name: item for item in getattr(new, section)}
+        kind = {"connections": "connection", "guardrails": "guardrail"}.get(section, section)
+        kind = {"access": "access rule", "masking": "masking rule"}.get(kind, kind)
+        changes += [f"{kind} {n} added" for n in sorted(after.keys() - before.keys())]
+        changes += [f"{kind} {n} removed" for n in sorted(before.keys() - after.keys())]
+        changes += [
+            f"{kind} {n} changed"
+            for n in sorted(after.keys() & before.keys())
+            if after[n] != before[n]
+        ]
+    return changes or ["no change"]
