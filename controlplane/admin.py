@@ -1,0 +1,99 @@
+"""AdminService: agents and the declarative policy. Every call needs an admin identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from controlplane.agents.registry import AgentRegistry
+from controlplane.audit.events import as_utc, rfc3339
+from controlplane.auth.tokens import TokenAuthenticator
+from controlplane.errors import unary
+from controlplane.policy.store import PolicyStore
+from gatehouse.v1 import admin_pb2, admin_pb2_grpc, agent_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, auth: TokenAuthenticator, agents: AgentRegistry, policy: PolicyStore
+    ) -> None:
+        self._auth = auth
+        self._agents = agents
+        self._policy = policy
+
+    @unary
+    async def CreateAgent(
+        self, request: admin_pb2.CreateAgentRequest, context: Context
+    ) -> admin_pb2.CreateAgentResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        token = await self._agents.create(request.name, admin)
+        return admin_pb2.CreateAgentResponse(name=request.name, join_token=token)
+
+    @unary
+    async def ListAgents(
+        self, request: admin_pb2.ListAgentsRequest, context: Context
+    ) -> admin_pb2.ListAgentsResponse:
+        await self._auth.require_admin(context.invocation_metadata())
+        response = admin_pb2.ListAgentsResponse()
+        for item in await self._agents.statuses():
+            response.agents.append(
+                admin_pb2.AgentInfo(
+                    name=item.row.name,
+                    status=item.status,
+                    version=item.version,
+                    hostname=item.hostname,
+                    last_seen=rfc3339(as_utc(item.row.last_seen)) if item.row.last_seen else "",
+                    created=rfc3339(as_utc(item.row.created_at)),
+                )
+            )
+        return response
+
+    @unary
+    async def RevokeAgent(
+        self, request: admin_pb2.RevokeAgentRequest, context: Context
+    ) -> admin_pb2.RevokeAgentResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        await self._agents.revoke(request.name, admin)
+        return admin_pb2.RevokeAgentResponse(name=request.name)
+
+    @unary
+    async def Apply(
+        self, request: admin_pb2.ApplyRequest, context: Context
+    ) -> admin_pb2.ApplyResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        applied = await self._policy.apply(
+            request.content, request.filename or "gatehouse.yaml", admin
+        )
+        notified = []
+        for link in self._agents.online():
+            push = agent_pb2.ControlMessage(policy=self._policy.for_agent(link.name))
+            try:
+                await link.send(push)
+                notified.append(link.name)
+            except Exception:  # an agent that cannot take it gets it again when it reconnects
+                continue
+        return admin_pb2.ApplyResponse(
+            version=applied.version, changes=applied.changes, agents_notified=notified
+        )
+
+    @unary
+    async def ListConnections(
+        self, request: admin_pb2.ListConnectionsRequest, context: Context
+    ) -> admin_pb2.ListConnectionsResponse:
+        await self._auth.require_admin(context.invocation_metadata())
+        await self._policy.load()
+        response = admin_pb2.ListConnectionsResponse()
+        for conn in self._policy.document.connections:
+            response.connections.append(
+                admin_pb2.ConnectionInfo(
+                    name=conn.name,
+                    type=conn.type,
+                    agent=conn.agent,
+                    agent_status="online" if self._agents.link(conn.agent) else "offline",
+                    audit=conn.audit,
+                )
+            )
+        return response

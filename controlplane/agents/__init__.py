@@ -1,0 +1,1 @@
+"""Agents: enrollment, credentials, and the live control stream of each connected agent."""

@@ -1,0 +1,260 @@
+"""Enrolled agents and the ones online now.
+
+An agent is created with a one-time join token, exchanges it once for a credential, and then
+holds one control stream. Only hashes of both secrets are stored. The live link of an online
+agent has a small bounded outbox: a wedged agent makes `send` fail, never memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, select
+
+from controlplane.audit.events import as_utc, draft, utc_now
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.auth.tokens import AGENT_PREFIX, JOIN_PREFIX, bearer, new_token, token_hash
+from controlplane.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from controlplane.store.database import Database
+from controlplane.store.models import AgentRow
+from gatehouse.v1 import agent_pb2
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+LAST_SEEN_EVERY = timedelta(seconds=15)
+
+
+class AgentLink:
+    """The control stream of one online agent, as seen by the rest of the control plane."""
+
+    def __init__(self, row: AgentRow, hello: agent_pb2.Hello, peer: str) -> None:
+        self.agent_id = row.id
+        self.name = row.name
+        self.version = hello.version
+        self.hostname = hello.hostname
+        self.peer = peer
+        self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue(64)
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.last_seen_written = utc_now()
+
+    async def send(self, message: agent_pb2.ControlMessage, timeout: float = 5.0) -> None:
+        if self.closed.is_set():
+            raise Unavailable(f"agent {self.name!r} is offline")
+        try:
+            await asyncio.wait_for(self.outbox.put(message), timeout)
+        except TimeoutError:
+            raise Unavailable(f"agent {self.name!r} is not reading its control stream") from None
+
+    def close(self, reason: str) -> None:
+        self.close_reason = reason
+        self.closed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    row: AgentRow
+    status: str  # online | offline | pending | revoked
+    version: str
+    hostname: str
+
+
+class AgentRegistry:
+    def __init__(self, db: Database, audit: AuditWriter) -> None:
+        self._db = db
+        self._audit = audit
+        self._links: dict[str, AgentLink] = {}
+
+    # ---- administration -------------------------------------------------------------------
+
+    async def create(self, name: str, by: Identity) -> str:
+        """Create (or re-create a revoked) agent; returns its one-time join token."""
+        if not NAME_RE.match(name):
+            raise InvalidArgument(
+                f"invalid agent name {name!r}: use lowercase letters, digits, '.', '_' or '-'"
+            )
+        token = new_token(JOIN_PREFIX)
+
+        def create(session: Session) -> None:
+            row = session.exec(select(AgentRow).where(AgentRow.name == name)).first()
+            if row is not None and row.revoked_at is None:
+                raise AlreadyExists(
+                    f"agent {name!r} already exists; revoke it first with "
+                    f"`gatehouse admin agents revoke {name}` to enroll it again"
+                )
+            if row is not None:
+                session.delete(row)
+                session.flush()
+            session.add(
+                AgentRow(
+                    id=str(uuid.uuid4()),
+                    name=name,
+                    join_token_hash=token_hash(token),
+                    created_at=utc_now(),
+                )
+            )
+
+        await self._db.write(create)
+        await self._audit.commit(
+            draft("admin.change", identity=by, change={"action": "agent.create", "agent": name})
+        )
+        return token
+
+    async def revoke(self, name: str, by: Identity) -> None:
+        def revoke(session: Session) -> None:
+            row = session.exec(select(AgentRow).where(AgentRow.name == name)).first()
+            if row is None:
+                raise NotFound(f"no agent named {name!r}; see `gatehouse admin agents list`")
+            row.revoked_at = utc_now()
+            row.credential_hash = None
+            row.join_token_hash = None
+            session.add(row)
+
+        await self._db.write(revoke)
+        await self._audit.commit(
+            draft("admin.change", identity=by, change={"action": "agent.revoke", "agent": name})
+        )
+        link = self._links.get(name)
+        if link is not None:
+            link.close("the agent was revoked")
+
+    async def statuses(self) -> list[AgentStatus]:
+        rows = await self._db.read(lambda s: list(s.exec(select(AgentRow).order_by(AgentRow.name))))
+        result = []
+        for row in rows:
+            link = self._links.get(row.name)
+            if row.revoked_at is not None:
+                status = "revoked"
+            elif link is not None:
+                status = "online"
+            elif row.enrolled_at is None:
+                status = "pending"
+            else:
+                status = "offline"
+            version = link.version if link else row.version
+            hostname = link.hostname if link else row.hostname
+            result.append(AgentStatus(row, status, version, hostname))
+        return result
+
+    # ---- the agent's side -------------------------------------------------------------------
+
+    async def enroll(self, join_token: str, name: str, version: str) -> tuple[str, str]:
+        """Exchange a join token for a credential, once."""
+        if not join_token.startswith(JOIN_PREFIX):
+            raise Unauthenticated(
+                f"that is not a join token (join tokens start with {JOIN_PREFIX!r}); "
+                "create one with `gatehouse admin agents create NAME`"
+            )
+        credential = new_token(AGENT_PREFIX)
+        digest = token_hash(join_token)
+
+        def enroll(session: Session) -> str:
+            row = session.exec(select(AgentRow).where(AgentRow.join_token_hash == digest)).first()
+            if row is None:
+                raise Unauthenticated(
+                    "unknown or revoked join token; create a new one with "
+                    "`gatehouse admin agents create NAME`"
+                )
+            if row.enrolled_at is not None:
+                raise PermissionDenied(
+                    f"this join token was already used (agent {row.name!r} enrolled at "
+                    f"{as_utc(row.enrolled_at):%Y-%m-%d %H:%M:%S} UTC); join tokens work once: "
+                    f"revoke and re-create the agent to enroll again"
+                )
+            if name and name != row.name:
+                raise PermissionDenied(f"this join token is for agent {row.name!r}, not {name!r}")
+            row.enrolled_at = utc_now()
+            row.credential_hash = token_hash(credential)
+            row.version = version
+            session.add(row)
+            return row.id
+
+        agent_id = await self._db.write(enroll)
+        return agent_id, credential
+
+    async def authenticate(self, metadata: Any) -> AgentRow:
+        credential = bearer(metadata)
+        if credential.startswith(JOIN_PREFIX):
+            raise Unauthenticated("a join token must first be exchanged with Enroll")
+        digest = token_hash(credential)
+        row = await self._db.read(
+            lambda s: s.exec(select(AgentRow).where(AgentRow.credential_hash == digest)).first()
+        )
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated(
+                "the agent credential is unknown or was revoked; enroll the agent again with a "
+                "new join token"
+            )
+        return row
+
+    async def connected(self, row: AgentRow, hello: agent_pb2.Hello, peer: str) -> AgentLink:
+        link = AgentLink(row, hello, peer)
+        previous = self._links.get(row.name)
+        if previous is not None:
+            previous.close("replaced by a newer connection of the same agent")
+        self._links[row.name] = link
+
+        def seen(session: Session) -> None:
+            stored = session.get(AgentRow, row.id)
+            if stored is not None:
+                stored.last_seen = utc_now()
+                stored.version = hello.version
+                stored.hostname = hello.hostname
+                session.add(stored)
+
+        await self._db.write(seen)
+        await self._audit.commit(draft("agent.connect", agent=self._describe(link)))
+        return link
+
+    async def disconnected(self, link: AgentLink) -> None:
+        link.close(link.close_reason or "the control stream ended")
+        if self._links.get(link.name) is link:
+            del self._links[link.name]
+        await self._touch(link)
+        await self._audit.commit(
+            draft("agent.disconnect", agent=self._describe(link), reason=link.close_reason)
+        )
+
+    async def heartbeat(self, link: AgentLink) -> None:
+        """Persist last-seen now and then, not on every heartbeat of every agent."""
+        if utc_now() - link.last_seen_written >= LAST_SEEN_EVERY:
+            await self._touch(link)
+
+    def link(self, name: str) -> AgentLink | None:
+        return self._links.get(name)
+
+    def online(self) -> list[AgentLink]:
+        return list(self._links.values())
+
+    async def _touch(self, link: AgentLink) -> None:
+        moment: datetime = utc_now()
+        link.last_seen_written = moment
+
+        def touch(session: Session) -> None:
+            stored = session.get(AgentRow, link.agent_id)
+            if stored is not None:
+                stored.last_seen = moment
+                session.add(stored)
+
+        await self._db.write(touch)
+
+    @staticmethod
+    def _describe(link: AgentLink) -> dict[str, str]:
+        return {
+            "name": link.name,
+            "version": link.version,
+            "hostname": link.hostname,
+            "peer": link.peer,
+        }

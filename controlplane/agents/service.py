@@ -1,0 +1,140 @@
+"""AgentService: enrollment, the control stream, and the agent's end of each session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from controlplane.agents.registry import AgentLink, AgentRegistry
+from controlplane.errors import GatehouseError, InvalidArgument, unary
+from controlplane.policy.store import PolicyStore
+from controlplane.relay.tunnel import Tunnel, Tunnels
+from gatehouse.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        policy: PolicyStore,
+        tunnels: Tunnels,
+        *,
+        heartbeat_interval: float = 10.0,
+    ) -> None:
+        self._registry = registry
+        self._policy = policy
+        self._tunnels = tunnels
+        self._heartbeat_interval = heartbeat_interval
+
+    @unary
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: Context
+    ) -> agent_pb2.EnrollResponse:
+        agent_id, credential = await self._registry.enroll(
+            request.join_token, request.name, request.version
+        )
+        return agent_pb2.EnrollResponse(agent_id=agent_id, credential=credential)
+
+    async def Control(  # type: ignore[override]  # read/write API, not a generator
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        try:
+            row = await self._registry.authenticate(context.invocation_metadata())
+            first = await asyncio.wait_for(context.read(), 10)
+            if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
+                raise InvalidArgument("the control stream must start with hello")
+            link = await self._registry.connected(row, first.hello, context.peer())
+        except GatehouseError as exc:
+            await context.abort(exc.code, str(exc))
+            return
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
+            return
+        log.info("agent %s connected from %s", link.name, link.peer)
+        try:
+            await self._policy.load()
+            await context.write(
+                agent_pb2.ControlMessage(
+                    welcome=agent_pb2.Welcome(
+                        agent_id=link.agent_id,
+                        heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
+                    )
+                )
+            )
+            await context.write(agent_pb2.ControlMessage(policy=self._policy.for_agent(link.name)))
+            reader = asyncio.create_task(self._read_control(link, context))
+            writer = asyncio.create_task(self._write_control(link, context))
+            closed = asyncio.create_task(link.closed.wait())
+            await asyncio.wait({reader, writer, closed}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (reader, writer, closed):
+                task.cancel()
+            await asyncio.gather(reader, writer, closed, return_exceptions=True)
+        finally:
+            await self._registry.disconnected(link)
+            log.info("agent %s disconnected: %s", link.name, link.close_reason)
+        if link.close_reason == "the agent was revoked":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
+
+    async def _read_control(self, link: AgentLink, context: Context) -> None:
+        while True:
+            message = await context.read()
+            if not isinstance(message, agent_pb2.AgentMessage):  # end of stream
+                link.close_reason = "the agent closed its control stream"
+                return
+            if message.HasField("heartbeat"):
+                await self._registry.heartbeat(link)
+                ack = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
+                await link.send(agent_pb2.ControlMessage(heartbeat=ack))
+
+    @staticmethod
+    async def _write_control(link: AgentLink, context: Context) -> None:
+        while True:
+            await context.write(await link.outbox.get())
+
+    async def Session(  # type: ignore[override]  # read/write API, not a generator
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        """The agent's half of a session: frames in, audited client bytes out."""
+        try:
+            row = await self._registry.authenticate(context.invocation_metadata())
+            first = await asyncio.wait_for(context.read(), 10)
+            if not isinstance(first, agent_pb2.AgentFrame) or not first.HasField("attach"):
+                raise InvalidArgument("a session stream must start with attach")
+            tunnel = self._tunnels.attach(first.attach.session_id, row.name)
+        except GatehouseError as exc:
+            await context.abort(exc.code, str(exc))
+            return
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no attach within 10 s")
+            return
+        reader = asyncio.create_task(_agent_to_client(tunnel, context))
+        try:
+            while True:
+                data = await tunnel.to_agent.get()
+                if data is None:
+                    break
+                await context.write(agent_pb2.GatewayFrame(data=data))
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _agent_to_client(tunnel: Tunnel, context: Context) -> None:
+    try:
+        while True:
+            message = await context.read()
+            if not isinstance(message, agent_pb2.AgentFrame):  # end of stream
+                break
+            if message.HasField("frame"):
+                await tunnel.to_client.put(message.frame)
+    finally:
+        if not tunnel.closed.is_set():
+            await tunnel.to_client.put(None)

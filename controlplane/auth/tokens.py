@@ -1,0 +1,136 @@
+"""Bearer tokens: generated with a kind prefix, stored only as SHA-256 hashes.
+
+Prefixes (`ghu_` people and automation, `ghj_` agent join tokens, `gha_` agent credentials)
+make a leaked token easy to recognise for secret scanners and for the person who finds it. The
+tokens carry 256 bits of randomness, so a fast hash is enough: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from controlplane.audit.events import as_utc, utc_now
+from controlplane.auth.identity import Identity
+from controlplane.errors import PermissionDenied, Unauthenticated
+from controlplane.store.database import Database
+from controlplane.store.models import ApiTokenRow
+
+USER_PREFIX = "ghu_"
+JOIN_PREFIX = "ghj_"
+AGENT_PREFIX = "gha_"
+
+
+def new_token(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def bearer(metadata: Any) -> str:
+    """The token from `authorization: Bearer …`, or a refusal that says how to provide one.
+
+    `metadata` is what gRPC hands a servicer: pairs of key and value (typed as Any because
+    gRPC's stubs describe it as a mapping, which it is not at run time).
+    """
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    raise Unauthenticated(
+        "no credential: log in with `gatehouse login`, or set GATEHOUSE_TOKEN to a token"
+    )
+
+
+class TokenAuthenticator:
+    """Resolves people's and automation's bearer tokens to an Identity."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def identify(self, metadata: Any) -> Identity:
+        token = bearer(metadata)
+        if not token.startswith(USER_PREFIX):
+            raise Unauthenticated(
+                "the credential is not a Gatehouse user token (it should start with "
+                f"{USER_PREFIX!r}); check GATEHOUSE_TOKEN"
+            )
+        digest = token_hash(token)
+        row = await self._db.read(
+            lambda s: s.exec(select(ApiTokenRow).where(ApiTokenRow.token_hash == digest)).first()
+        )
+        now = utc_now()
+        if row is None:
+            raise Unauthenticated("the token is not known to this control plane")
+        if row.revoked_at is not None:
+            raise Unauthenticated("the token was revoked")
+        if row.expires_at is not None and as_utc(row.expires_at) <= now:
+            raise Unauthenticated("the token expired; create a new one")
+        return Identity(
+            subject=row.subject,
+            email=row.email,
+            groups=tuple(json.loads(row.groups)),
+            actor=row.actor,
+            is_admin=row.role == "admin",
+        )
+
+    async def require_admin(self, metadata: Any) -> Identity:
+        identity = await self.identify(metadata)
+        if not identity.is_admin:
+            raise PermissionDenied(f"{identity.subject} is not an administrator")
+        return identity
+
+    async def bootstrap_admin(self, token_file: Path) -> None:
+        """Dev mode: make sure `token_file` holds a working admin token (0600)."""
+        existing = await asyncio.to_thread(_read_token, token_file)
+        if existing is not None:
+            digest = token_hash(existing)
+
+            def known(session: Session) -> bool:
+                query = select(ApiTokenRow).where(ApiTokenRow.token_hash == digest)
+                return session.exec(query).first() is not None
+
+            if await self._db.read(known):
+                return
+        token = new_token(USER_PREFIX)
+
+        def add(session: Session) -> None:
+            session.add(
+                ApiTokenRow(
+                    id=str(uuid.uuid4()),
+                    token_hash=token_hash(token),
+                    subject="admin",
+                    groups=json.dumps(["admins"]),
+                    role="admin",
+                    created_at=utc_now(),
+                )
+            )
+
+        await self._db.write(add)
+        await asyncio.to_thread(_write_secret, token_file, token)
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Write a secret readable by the owner only, created so from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")

@@ -1,0 +1,297 @@
+"""PostgreSQL inspection on the client's side of a session.
+
+The control plane frames what the client sends, turns each request into an audit event and
+commits it *before* the request is forwarded: a simple `Query` on its own, extended-protocol
+messages held until the `Sync` (or `Flush`) that ends their batch, so that every `Execute` of a
+pipeline is committed before any of it reaches the target. Responses are not framed here again:
+the agent, which parses them anyway for masking, marks where each statement completed and
+where the target became ready, and this module turns those marks into `db.result` events.
+
+When the control plane answers a request itself (the audit store failed, an unsupported
+message), its answer must reach the client in the same order a database would give it, so
+requests and answers wait in one ordered queue of cycles, each ending at a ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.audit.events import Draft, SessionContext, draft
+from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from gatehouse.v1 import session_pb2
+from wire.pg import framing
+from wire.pg import messages as pgm
+
+PARAM_LIMIT = 256  # characters of one parameter value kept in an event
+AUDIT_FAILED_SQLSTATE = "58000"
+NOT_SUPPORTED_SQLSTATE = "0A000"
+
+Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
+COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
+PASSTHROUGH = {D, C}  # Describe and Close name objects only; they run no statement
+
+
+@dataclass(slots=True)
+class Statement:
+    """One audited statement waiting for its result."""
+
+    seq_future: Any  # asyncio.Future[int] in async mode, int once known
+    started: float
+    rows: int | None = None
+    commands: list[str] = field(default_factory=list)
+    error: str | None = None
+    message: str | None = None
+    masked: bool = False
+
+
+@dataclass(slots=True)
+class Cycle:
+    """Requests answered by the target up to one ReadyForQuery, or an answer of our own."""
+
+    simple: bool = False
+    statements: deque[Statement] = field(default_factory=deque)
+    done: list[Statement] = field(default_factory=list)
+    synthetic: bytes | None = None
+    closed: bool = False  # no more requests join this cycle (its Sync was sent)
+
+
+class PgInspector:
+    def __init__(self, ctx: SessionContext, audit: AuditWriter, wake: Callable[[], None]) -> None:
+        self._ctx = ctx
+        self._audit = audit
+        self._wake = wake
+        self._strict = ctx.audit_mode == "strict"
+        self._framer = framing.MessageFramer(startup_phase=True)
+        self._cycles: deque[Cycle] = deque()
+        self._prepared: dict[str, str] = {}
+        self._portals: dict[str, tuple[str, list[str | None]]] = {}
+        self._held: list[bytes] = []  # extended-protocol messages waiting for Sync/Flush
+        self._held_events: list[Draft] = []
+        self._open: Cycle | None = None
+        self._tx_status = "I"
+        self._discarding = False  # a refused pipeline: drop messages up to its Sync
+        self._audit_error = ""
+        self.startup_params: dict[str, str] = {}
+        self.statements = 0
+
+    # ---- client → target ------------------------------------------------------------------
+
+    async def from_client(self, data: bytes) -> bytes:
+        """Frame client bytes; return what may now be forwarded (its events committed)."""
+        out = bytearray()
+        for msg in self._framer.feed(data):
+            tag = msg.tag
+            if tag == Q:
+                await self._query(msg, out)
+            elif tag in (P, B, E) or tag in PASSTHROUGH:
+                if not self._discarding:
+                    self._hold(msg)
+            elif tag in (S, H):
+                self._held.append(bytes(msg.raw))
+                await self._release(out, sync=tag == S)
+            elif tag in (COPY_DATA, COPY_DONE, COPY_FAIL):
+                out += msg.raw  # the data of a COPY FROM STDIN whose statement was audited
+            elif tag == X:
+                out += msg.raw
+            elif tag == PASSWORD:
+                pass  # the agent logs in itself; a client's password is dropped, never logged
+            elif tag == F:
+                self._refuse(
+                    with_ready=True,
+                    sqlstate=NOT_SUPPORTED_SQLSTATE,
+                    message="gatehouse: the fast-path function call protocol is not supported; "
+                    "call the function with SELECT instead",
+                )
+            elif tag == 0:
+                self._startup(msg, out)
+            else:
+                raise framing.ProtocolError(f"unexpected frontend message type {chr(tag)!r}")
+        return bytes(out)
+
+    def _startup(self, msg: framing.Message, out: bytearray) -> None:
+        startup = pgm.parse_startup(msg.body)
+        if isinstance(startup, pgm.SSLRequest | pgm.GSSENCRequest):
+            # TLS is the job of the local leg (the CLI); inside the tunnel, say "no".
+            self._cycles.append(Cycle(synthetic=b"N", closed=True))
+            self._wake()
+        elif isinstance(startup, pgm.StartupMessage):
+            self.startup_params = dict(startup.params)
+            self._cycles.append(Cycle(closed=True))  # ends with the target's first ReadyForQuery
+            out += msg.raw
+        else:
+            raise framing.ProtocolError("a CancelRequest cannot travel inside a session")
+
+    async def _query(self, msg: framing.Message, out: bytearray) -> None:
+        sql = pgm.parse_query(msg.body)
+        statements = await self._record([self._event(sql, protocol="simple")])
+        if statements is None:
+            self._refuse(with_ready=True)
+            return
+        self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
+        out += msg.raw
+
+    def _hold(self, msg: framing.Message) -> None:
+        tag = msg.tag
+        if tag == P:
+            parse = pgm.parse_parse(msg.body)
+            self._prepared[parse.name] = parse.query
+        elif tag == B:
+            bind = pgm.parse_bind(msg.body)
+            sql = self._prepared.get(bind.statement, "")
+            self._portals[bind.portal] = (sql, [_param(v, f) for v, f in bind.parameters()])
+        elif tag == E:
+            portal = pgm.parse_execute(msg.body).portal
+            sql, params = self._portals.get(portal, ("", []))
+            self._held_events.append(self._event(sql, protocol="extended", params=params))
+        elif tag == C:
+            close = pgm.parse_close(msg.body)
+            (self._prepared if close.kind == "S" else self._portals).pop(close.name, None)
+        self._held.append(bytes(msg.raw))
+
+    async def _release(self, out: bytearray, *, sync: bool) -> None:
+        held, events = self._held, self._held_events
+        self._held, self._held_events = [], []
+        if self._discarding:
+            # Like the server after an error: skip everything up to the Sync, then answer it.
+            self._discarding = not sync
+            if sync:
+                self._cycles.append(Cycle(synthetic=pgm.ready_for_query(self._tx_status)))
+                self._wake()
+            return
+        statements = await self._record(events)
+        if statements is None:
+            self._refuse(with_ready=sync)
+            self._discarding = not sync
+            return
+        cycle = self._open
+        if cycle is None:
+            cycle = Cycle()
+            self._cycles.append(cycle)
+        cycle.statements.extend(statements)
+        cycle.closed = sync
+        self._open = None if sync else cycle
+        out += b"".join(held)
+
+    async def _record(self, events: list[Draft]) -> list[Statement] | None:
+        """Commit (strict) or queue (async) events; None when the store refused them."""
+        try:
+            if self._strict:
+                seqs: list[Any] = await self._audit.commit_all(events)
+            else:
+                seqs = [await self._audit.submit(e) for e in events]
+        except AuditUnavailable as exc:
+            self._audit_error = str(exc)
+            return None
+        self.statements += len(events)
+        now = time.monotonic()
+        return [Statement(seq, now) for seq in seqs]
+
+    def _refuse(
+        self, *, with_ready: bool, sqlstate: str = AUDIT_FAILED_SQLSTATE, message: str = ""
+    ) -> None:
+        """Answer the client ourselves; nothing of the refused request reaches the target."""
+        answer = pgm.error_response(
+            sqlstate=sqlstate,
+            message=message or f"gatehouse: not sent to the database: {self._audit_error}",
+            hint="nothing reached the database; try again, or ask an administrator",
+        )
+        if with_ready:
+            answer += pgm.ready_for_query(self._tx_status)
+        self._cycles.append(Cycle(synthetic=answer))
+        self._wake()
+
+    def _event(self, sql: str, *, protocol: str, params: list[str | None] | None = None) -> Draft:
+        request: dict[str, Any] = {"statement": sql, "protocol": protocol}
+        if params:
+            request["params"] = params
+        return draft("db.query", session=self._ctx, request=request, decision={"result": "allow"})
+
+    # ---- target → client ------------------------------------------------------------------
+
+    async def from_agent(self, frame: session_pb2.Frame) -> list[bytes]:
+        """Apply the agent's marks: record results, and slot in answers of our own."""
+        data = frame.data
+        if not frame.marks:
+            return [data] if data else []
+        chunks: list[bytes] = []
+        start = 0
+        for mark in frame.marks:
+            if mark.kind == session_pb2.ResultMark.READY:
+                chunks.append(data[start : mark.end])
+                start = mark.end
+                self._tx_status = mark.tx_status or self._tx_status
+                await self._finish_cycle()
+                chunks.extend(self.take_synthetic())
+            else:
+                self._statement_mark(mark)
+        if start < len(data):
+            chunks.append(data[start:])
+        return [c for c in chunks if c]
+
+    def take_synthetic(self) -> list[bytes]:
+        """Answers of our own that are now due (nothing of the target's is still ahead)."""
+        due = []
+        while self._cycles and self._cycles[0].synthetic is not None:
+            due.append(self._cycles.popleft().synthetic or b"")
+        return due
+
+    def _statement_mark(self, mark: session_pb2.ResultMark) -> None:
+        cycle = self._cycles[0] if self._cycles else None
+        if cycle is None or not cycle.statements:
+            return  # e.g. an error during startup: the session end records it
+        statement = cycle.statements[0]
+        if mark.kind == session_pb2.ResultMark.ERROR:
+            statement.error, statement.message = mark.sqlstate, mark.message
+        else:
+            statement.commands.append(mark.command)
+            if mark.rows >= 0:
+                statement.rows = (statement.rows or 0) + mark.rows
+        statement.masked = statement.masked or mark.masked
+        if not cycle.simple:
+            cycle.done.append(cycle.statements.popleft())
+
+    async def _finish_cycle(self) -> None:
+        if not self._cycles or self._cycles[0].synthetic is not None:
+            return
+        cycle = self._cycles.popleft()
+        if cycle is self._open:
+            self._open = None
+        for statement in cycle.done:
+            await self._result(statement, skipped=False)
+        for statement in cycle.statements:  # the simple query, or executes the target skipped
+            await self._result(statement, skipped=not cycle.simple)
+
+    async def _result(self, statement: Statement, *, skipped: bool) -> None:
+        ref = statement.seq_future
+        if not isinstance(ref, int):
+            ref = await ref  # async mode: the query's own commit comes first
+        result: dict[str, Any] = {
+            "rows": statement.rows,
+            "duration_ms": round((time.monotonic() - statement.started) * 1000, 3),
+            "error": statement.error,
+            "masked": statement.masked,
+        }
+        if statement.commands:
+            result["command"] = " ".join(statement.commands)
+        if statement.message:
+            result["message"] = statement.message
+        if skipped:
+            result["error"] = result["error"] or "skipped"
+            result["message"] = "not executed: an earlier message of its pipeline failed"
+        await self._audit.submit(draft("db.result", session=self._ctx, ref=ref, result=result))
+
+
+def _param(value: bytes | None, fmt: int) -> str | None:
+    """A parameter as the event keeps it: text as text, binary as base64, both truncated."""
+    if value is None:
+        return None
+    if fmt == 0:
+        text = value.decode("utf-8", errors="replace")
+    else:
+        text = "base64:" + base64.b64encode(value[:PARAM_LIMIT]).decode("ascii")
+    return text if len(text) <= PARAM_LIMIT else text[:PARAM_LIMIT] + "…"

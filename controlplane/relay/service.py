@@ -1,0 +1,260 @@
+"""ClientService: one session from open to end, for `exec` and `connect` alike.
+
+open → identify the caller → find the connection and its online agent → commit
+`session.start` → order the agent to dial back → relay, with the protocol's inspector between
+the client and the agent → commit `session.end`. Errors before the relay starts are gRPC
+statuses with a message for the user; after it starts, the protocol's own error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from controlplane.agents.registry import AgentRegistry
+from controlplane.audit.events import SessionContext, draft, utc_now
+from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.auth.tokens import TokenAuthenticator
+from controlplane.errors import (
+    GatehouseError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from controlplane.policy.document import Connection
+from controlplane.policy.store import PolicyStore
+from controlplane.relay.pg import PgInspector
+from controlplane.relay.tunnel import Tunnel, Tunnels
+from controlplane.store.database import Database
+from controlplane.store.models import SessionRow
+from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, session_pb2
+from wire.pg import messages as pgm
+from wire.pg.framing import ProtocolError
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ATTACH_TIMEOUT = 10.0
+SUPPORTED_TYPES = {"postgres"}
+
+
+class ClientServicer(client_pb2_grpc.ClientServiceServicer):
+    def __init__(
+        self,
+        auth: TokenAuthenticator,
+        policy: PolicyStore,
+        agents: AgentRegistry,
+        tunnels: Tunnels,
+        audit: AuditWriter,
+        db: Database,
+    ) -> None:
+        self._auth = auth
+        self._policy = policy
+        self._agents = agents
+        self._tunnels = tunnels
+        self._audit = audit
+        self._db = db
+
+    async def Session(  # type: ignore[override]  # read/write API, not a generator
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        try:
+            identity = await self._auth.identify(context.invocation_metadata())
+            first = await asyncio.wait_for(context.read(), 30)
+            if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
+                raise InvalidArgument("a session must start with open")
+            opening = first.open
+            connection = await self._connection(opening.connection)
+            ctx = SessionContext(
+                session_id=str(uuid.uuid4()),
+                identity=identity,
+                connection={
+                    "name": connection.name,
+                    "type": connection.type,
+                    "agent": connection.agent,
+                },
+                audit_mode=connection.audit,
+                source={"ip": _peer_ip(context.peer()), "client": opening.client or "unknown"},
+            )
+            tunnel = await self._open(ctx, connection, identity, opening.mode or "exec")
+        except GatehouseError as exc:
+            await context.abort(exc.code, str(exc))
+            return
+        except AuditUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no open message within 30 s")
+            return
+        started = time.monotonic()
+        inspector = PgInspector(ctx, self._audit, tunnel.wake)
+        reason = "closed"
+        try:
+            await context.write(
+                client_pb2.ServerFrame(
+                    opened=client_pb2.SessionOpened(
+                        session_id=ctx.session_id, connection_type=connection.type
+                    )
+                )
+            )
+            reason = await _relay(context, tunnel, inspector)
+        finally:
+            self._tunnels.discard(tunnel)
+            await self._end(ctx, reason, started, inspector.statements)
+
+    async def _connection(self, name: str) -> Connection:
+        await self._policy.load()
+        connection = self._policy.connection(name)
+        if connection is None:
+            raise NotFound(
+                f"no connection named {name!r}; `gatehouse connections list` shows the ones "
+                "you can use"
+            )
+        if connection.type not in SUPPORTED_TYPES:
+            raise Unavailable(
+                f"connection {name!r} is of type {connection.type}, which this control plane "
+                "cannot relay yet"
+            )
+        return connection
+
+    async def _open(
+        self, ctx: SessionContext, connection: Connection, identity: Identity, mode: str
+    ) -> Tunnel:
+        link = self._agents.link(connection.agent)
+        if link is None:
+            raise Unavailable(
+                f"connection {connection.name!r} is served by agent {connection.agent!r}, "
+                "which is offline; check it with `gatehouse admin agents list`"
+            )
+        await self._audit.commit(draft("session.start", session=ctx, mode=mode))
+        await self._db.write(
+            lambda s: s.add(
+                SessionRow(
+                    id=ctx.session_id,
+                    connection=connection.name,
+                    connection_type=connection.type,
+                    agent=connection.agent,
+                    mode=mode,
+                    subject=identity.subject,
+                    actor=identity.actor,
+                    source_ip=str(ctx.source.get("ip", "")),
+                    client=str(ctx.source.get("client", "")),
+                    started_at=utc_now(),
+                )
+            )
+        )
+        tunnel = self._tunnels.expect(ctx.session_id, connection.agent)
+        try:
+            order = agent_pb2.OpenSession(session_id=ctx.session_id, connection=connection.name)
+            await link.send(agent_pb2.ControlMessage(open_session=order))
+            await asyncio.wait_for(tunnel.attached.wait(), ATTACH_TIMEOUT)
+        except BaseException as exc:
+            self._tunnels.discard(tunnel)
+            reason = "agent did not attach" if isinstance(exc, TimeoutError) else str(exc)
+            await self._end(ctx, reason, time.monotonic(), 0)
+            if isinstance(exc, TimeoutError):
+                raise Unavailable(
+                    f"agent {connection.agent!r} did not open the session within "
+                    f"{ATTACH_TIMEOUT:.0f} s; check the agent's log"
+                ) from None
+            raise
+        return tunnel
+
+    async def _end(self, ctx: SessionContext, reason: str, started: float, count: int) -> None:
+        duration = round((time.monotonic() - started) * 1000, 3)
+        try:
+            await self._audit.commit(
+                draft(
+                    "session.end",
+                    session=ctx,
+                    reason=reason,
+                    duration_ms=duration,
+                    statements=count,
+                )
+            )
+
+            def ended(session: Any) -> None:
+                row = session.get(SessionRow, ctx.session_id)
+                if row is not None:
+                    row.ended_at = utc_now()
+                    row.end_reason = reason
+                    session.add(row)
+
+            await self._db.write(ended)
+        except Exception:
+            log.exception("session %s: could not record its end", ctx.session_id)
+
+
+async def _relay(context: Context, tunnel: Tunnel, inspector: PgInspector) -> str:
+    """Pump both directions until one side ends; returns why the session ended."""
+    upstream = asyncio.create_task(_client_to_agent(context, tunnel, inspector))
+    downstream = asyncio.create_task(_agent_to_client(context, tunnel, inspector))
+    done, pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+    if upstream in done and upstream.exception() is None:
+        # The client finished sending; let the target's last answers through.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(downstream), 30)
+    for task in pending:
+        task.cancel()
+    results = await asyncio.gather(upstream, downstream, return_exceptions=True)
+    for result in results:
+        if isinstance(result, ProtocolError):
+            # Malformed input ends this session only, with the protocol's own fatal error.
+            log.warning("session %s: protocol error: %s", tunnel.session_id, result)
+            fatal = pgm.error_response(
+                severity="FATAL", sqlstate="08P01", message=f"gatehouse: {result}"
+            )
+            await context.write(client_pb2.ServerFrame(data=fatal))
+            return f"protocol error: {result}"
+        if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+            log.error("session %s failed: %r", tunnel.session_id, result)
+            return f"error: {result}"
+    return "closed"
+
+
+async def _client_to_agent(context: Context, tunnel: Tunnel, inspector: PgInspector) -> None:
+    try:
+        while True:
+            message = await context.read()
+            if not isinstance(message, client_pb2.ClientFrame):  # end of stream
+                return
+            if not message.HasField("data"):
+                continue
+            forward = await inspector.from_client(message.data)
+            if forward:
+                await tunnel.to_agent.put(forward)
+    finally:
+        await tunnel.to_agent.put(None)
+
+
+async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: PgInspector) -> None:
+    while True:
+        item = await tunnel.to_client.get()
+        if item is None:
+            chunks = inspector.take_synthetic()
+        elif isinstance(item, session_pb2.Frame):
+            chunks = await inspector.from_agent(item)
+        else:
+            chunks = inspector.take_synthetic()
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            await context.write(client_pb2.ServerFrame(data=data))
+        if item is None:
+            return
+
+
+def _peer_ip(peer: str) -> str:
+    """`ipv4:127.0.0.1:5555` → `127.0.0.1`; `ipv6:[::1]:5555` → `::1`."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return peer

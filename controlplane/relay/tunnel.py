@@ -1,0 +1,79 @@
+"""The bounded pipes between a client's session stream and its agent's session stream.
+
+The client's RPC and the agent's RPC are two handlers; a Tunnel joins them. Both queues are
+small and every put is awaited, so a slow client slows its own target and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from controlplane.errors import PermissionDenied, Unavailable
+from gatehouse.v1 import session_pb2
+
+QUEUE_FRAMES = 16
+
+
+class Wake:
+    """Sentinel in the client-bound queue: answers of the control plane's own are due."""
+
+
+WAKE = Wake()
+
+
+@dataclass(eq=False)
+class Tunnel:
+    session_id: str
+    agent: str
+    to_agent: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
+    )
+    to_client: asyncio.Queue[session_pb2.Frame | Wake | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
+    )
+    attached: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Nudge the client writer; if frames are queued, it will look anyway."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.to_client.put_nowait(WAKE)
+
+    def close(self) -> None:
+        self.closed.set()
+        for queue in (self.to_agent, self.to_client):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)  # if full, the reader sees `closed` once it drains
+
+
+class Tunnels:
+    """Sessions waiting for, or joined with, their agent's stream."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Tunnel] = {}
+
+    def expect(self, session_id: str, agent: str) -> Tunnel:
+        tunnel = Tunnel(session_id, agent)
+        self._open[session_id] = tunnel
+        return tunnel
+
+    def attach(self, session_id: str, agent: str) -> Tunnel:
+        tunnel = self._open.get(session_id)
+        if tunnel is None or tunnel.closed.is_set():
+            raise Unavailable(f"session {session_id} is not waiting for an agent")
+        if tunnel.agent != agent:
+            raise PermissionDenied(f"session {session_id} belongs to another agent")
+        if tunnel.attached.is_set():
+            raise PermissionDenied(f"session {session_id} is already attached")
+        tunnel.attached.set()
+        return tunnel
+
+    def discard(self, tunnel: Tunnel) -> None:
+        tunnel.close()
+        if self._open.get(tunnel.session_id) is tunnel:
+            del self._open[tunnel.session_id]
+
+    def __len__(self) -> int:
+        return len(self._open)

@@ -1,0 +1,179 @@
+"""Wiring and lifecycle of one control-plane process: store, audit writer, gRPC and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from controlplane.admin import AdminServicer
+from controlplane.agents.registry import AgentRegistry
+from controlplane.agents.service import AgentServicer
+from controlplane.audit.service import AuditServicer
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.tokens import TokenAuthenticator
+from controlplane.errors import InvalidArgument
+from controlplane.policy.store import PolicyStore
+from controlplane.relay.service import ClientServicer
+from controlplane.relay.tunnel import Tunnels
+from controlplane.store.database import Database, default_url
+from gatehouse.v1 import admin_pb2_grpc, agent_pb2_grpc, audit_pb2_grpc, client_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    grpc_listen: str = "127.0.0.1:8443"
+    http_listen: str = "127.0.0.1:8080"
+    database_url: str | None = None
+    dev: bool = False
+    heartbeat_interval: float = 10.0
+
+    def validate(self) -> None:
+        if not self.dev:
+            raise InvalidArgument(
+                "TLS and OIDC are not configured yet: start the control plane with --dev "
+                "(plaintext on loopback, bootstrap admin token)"
+            )
+        for name, listen in (
+            ("--grpc-listen", self.grpc_listen),
+            ("--http-listen", self.http_listen),
+        ):
+            host = split_host_port(listen)[0]
+            if not is_loopback(host):
+                raise InvalidArgument(
+                    f"{name} {listen}: --dev serves plaintext and only listens on loopback "
+                    "(127.0.0.1 or ::1)"
+                )
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InvalidArgument(f"{value!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ControlPlane:
+    """Everything one process runs; `start` then `wait`, and `stop` in any order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url or default_url(settings.data_dir))
+        self.audit = AuditWriter(self.db)
+        self.auth = TokenAuthenticator(self.db)
+        self.agents = AgentRegistry(self.db, self.audit)
+        self.policy = PolicyStore(self.db, self.audit)
+        self.tunnels = Tunnels()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self.db.migrate)
+        self.audit.start()
+        await self.policy.load()
+        if settings.dev:
+            await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(
+                self.agents,
+                self.policy,
+                self.tunnels,
+                heartbeat_interval=settings.heartbeat_interval,
+            ),
+            server,
+        )
+        client_pb2_grpc.add_ClientServiceServicer_to_server(
+            ClientServicer(self.auth, self.policy, self.agents, self.tunnels, self.audit, self.db),
+            server,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.auth, self.agents, self.policy), server
+        )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.db), server)
+        server.add_insecure_port(settings.grpc_listen)
+        await server.start()
+        self._grpc = server
+        self._http = await self._start_http()
+        log.info(
+            "control plane listening: gRPC %s, HTTP %s, store %s",
+            settings.grpc_listen,
+            settings.http_listen,
+            "SQLite" if self.db.is_sqlite else "PostgreSQL",
+        )
+
+    async def _start_http(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = split_host_port(self.settings.http_listen)
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "agents_online": len(self.agents.online()),
+                "sessions": len(self.tunnels),
+                "events_committed": self.audit.committed,
+            }
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        await self.audit.close()
+        self.db.dispose()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then stop cleanly (queued audit events are committed)."""
+    settings.validate()
+    plane = ControlPlane(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await plane.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await plane.stop()
