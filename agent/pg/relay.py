@@ -1,0 +1,147 @@
+"""One PostgreSQL session on the agent: startup, login, then bytes both ways with result marks.
+
+The target's bytes are forwarded as read (no re-encoding, no copy when nothing is masked); the
+framer only finds message boundaries so that the agent can mark where each statement completed
+or failed and where the target became ready, which the control plane turns into result events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from agent.pg.login import READ_SIZE, PgTarget, TargetError, open_target
+from agent.secrets import SecretError, resolve
+from gatehouse.v1 import session_pb2
+from gatehouse.v1.session_pb2 import ResultMark as Mark
+from wire.pg import framing
+from wire.pg import messages as pgm
+
+log = logging.getLogger(__name__)
+
+SendFrame = Callable[[session_pb2.Frame], Awaitable[None]]
+Receive = Callable[[], Awaitable[bytes | None]]
+
+COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
+
+
+def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Mark]:
+    """Marks for the messages that end a statement or a request cycle."""
+    marks = []
+    for message in messages:
+        tag = message.tag
+        if tag == COMPLETE:
+            tag_ = pgm.parse_command_complete(message.body)
+            marks.append(
+                Mark(
+                    kind=Mark.COMPLETE,
+                    end=message.end + shift,
+                    command=tag_.command,
+                    rows=-1 if tag_.rows is None else tag_.rows,
+                )
+            )
+        elif tag in (EMPTY, SUSPENDED):
+            command = "EMPTY" if tag == EMPTY else "SUSPENDED"
+            marks.append(
+                Mark(kind=Mark.COMPLETE, end=message.end + shift, command=command, rows=-1)
+            )
+        elif tag == ERROR:
+            fields = pgm.parse_error_fields(message.body)
+            marks.append(
+                Mark(
+                    kind=Mark.ERROR,
+                    end=message.end + shift,
+                    sqlstate=fields.sqlstate,
+                    message=fields.message,
+                )
+            )
+        elif tag == READY:
+            status = pgm.parse_ready_for_query(message.body)
+            marks.append(Mark(kind=Mark.READY, end=message.end + shift, tx_status=status))
+    return marks
+
+
+def error_frame(sqlstate: str, message: str) -> session_pb2.Frame:
+    data = pgm.error_response(severity="FATAL", sqlstate=sqlstate, message=message)
+    return session_pb2.Frame(
+        data=data, marks=[Mark(kind=Mark.ERROR, end=len(data), sqlstate=sqlstate, message=message)]
+    )
+
+
+async def run(
+    target_spec: Mapping[str, object],
+    secret: Mapping[str, str],
+    receive: Receive,
+    send: SendFrame,
+) -> str:
+    """Serve one session until either side ends; returns why it ended."""
+    client = framing.MessageFramer(startup_phase=True)
+    params: dict[str, str] | None = None
+    pending = bytearray()
+    while params is None:
+        data = await receive()
+        if data is None:
+            return "the client left before the startup"
+        for message in client.feed(data):
+            if params is not None:
+                pending += message.raw  # the client pipelined past its startup
+                continue
+            startup = pgm.parse_startup(message.body)
+            if isinstance(startup, pgm.StartupMessage):
+                params = dict(startup.params)
+    try:
+        password = resolve(secret["password"]) if "password" in secret else None
+        login = await open_target(PgTarget.from_spec(target_spec), password, params)
+    except (TargetError, SecretError) as exc:
+        sqlstate = exc.sqlstate if isinstance(exc, TargetError) else "28000"
+        await send(error_frame(sqlstate, str(exc)))
+        return f"target login failed: {exc}"
+    del password
+    first = pgm.authentication_ok() + login.rest
+    shift = len(first) - len(login.rest) - login.rest_offset
+    await send(session_pb2.Frame(data=first, marks=result_marks(login.rest_messages, shift)))
+    if pending:
+        login.writer.write(bytes(pending))
+    return await _pump(login.reader, login.writer, login.framer, receive, send)
+
+
+async def _pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    framer: framing.MessageFramer,
+    receive: Receive,
+    send: SendFrame,
+) -> str:
+    async def to_client() -> str:
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return "the target closed the connection"
+            await send(session_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
+
+    async def to_target() -> str:
+        while True:
+            data = await receive()
+            if data is None:
+                return "the client closed the session"
+            writer.write(data)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(to_client()), asyncio.create_task(to_target())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        if first is tasks[1] and first.exception() is None:
+            # The client is done (normally after Terminate); let the target's last words out.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(tasks[0]), 5)
+        return first.result()
+    except (OSError, framing.ProtocolError) as exc:
+        return f"relay failed: {exc}"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
