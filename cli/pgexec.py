@@ -1,0 +1,167 @@
+"""`gatehouse exec NAME -c SQL` for PostgreSQL: a tiny frontend on the one data path.
+
+The CLI speaks the PostgreSQL protocol through the same ClientService session that native
+clients use through `connect`; the control plane records and the agent logs in. Nothing here
+knows a password: the agent answers the startup itself.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from cli import __version__
+from cli.errors import CliError
+from gatehouse.v1 import client_pb2, client_pb2_grpc
+from wire.pg import framing
+from wire.pg import messages as pgm
+
+INT_TYPES = {20, 21, 23, 26}  # int8, int2, int4, oid
+FLOAT_TYPES = {700, 701}
+BOOL_TYPE = 16
+JSON_TYPES = {114, 3802}
+
+
+@dataclass
+class ResultSet:
+    columns: list[pgm.Column] = field(default_factory=list)
+    rows: list[list[bytes | None]] = field(default_factory=list)
+    command: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "columns": [c.name for c in self.columns],
+            "rows": [
+                [_json_value(v, c.type_oid) for v, c in zip(row, self.columns, strict=True)]
+                for row in self.rows
+            ],
+            "command": self.command,
+        }
+
+
+@dataclass
+class Outcome:
+    session_id: str = ""
+    results: list[ResultSet] = field(default_factory=list)
+    error: pgm.ErrorFields | None = None
+    notices: list[pgm.ErrorFields] = field(default_factory=list)
+
+
+class PgError(CliError):
+    """The database (or the gateway, speaking as one) refused the statement."""
+
+    def __init__(self, fields: pgm.ErrorFields, outcome: Outcome | None = None) -> None:
+        lines = [f"{fields.severity or 'ERROR'}:  {fields.message}"]
+        if fields.detail:
+            lines.append(f"DETAIL:  {fields.detail}")
+        if fields.hint:
+            lines.append(f"HINT:  {fields.hint}")
+        lines.append(f"(SQLSTATE {fields.sqlstate})")
+        super().__init__("\n".join(lines))
+        self.fields = fields
+        self.outcome = outcome
+
+
+async def run_sql(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], connection: str, sql: str
+) -> Outcome:
+    stub = client_pb2_grpc.ClientServiceStub(channel)
+    call = stub.Session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
+    outcome = Outcome()
+    open_ = client_pb2.SessionOpen(
+        connection=connection, mode="exec", client=f"gatehouse-cli/{__version__} exec"
+    )
+    await call.write(client_pb2.ClientFrame(open=open_))
+    first = await call.read()
+    if not isinstance(first, client_pb2.ServerFrame) or not first.HasField("opened"):
+        await call.code()  # raises the status the control plane gave, if any
+        raise CliError("the control plane closed the session before it opened")
+    outcome.session_id = first.opened.session_id
+    startup = pgm.startup_message(
+        {"user": getpass.getuser() or "gatehouse", "application_name": "gatehouse exec"}
+    )
+    await call.write(client_pb2.ClientFrame(data=startup))
+    messages = _messages(call)
+    await _until_ready(messages, outcome, None)
+    if outcome.error is not None:
+        raise PgError(outcome.error, outcome)
+    await call.write(client_pb2.ClientFrame(data=pgm.query(sql)))
+    await _until_ready(messages, outcome, outcome.results)
+    await call.write(client_pb2.ClientFrame(data=pgm.terminate()))
+    await call.done_writing()
+    async for _ in messages:
+        pass
+    return outcome
+
+
+async def _messages(
+    call: grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame],
+) -> AsyncIterator[framing.Message]:
+    framer = framing.MessageFramer()
+    while True:
+        frame = await call.read()
+        if not isinstance(frame, client_pb2.ServerFrame):  # end of stream
+            return
+        if frame.HasField("data"):
+            for message in framer.feed(frame.data):
+                yield message
+
+
+async def _until_ready(
+    messages: AsyncIterator[framing.Message], outcome: Outcome, results: list[ResultSet] | None
+) -> None:
+    current: ResultSet | None = None
+    async for message in messages:
+        tag = chr(message.tag)
+        if tag == "Z":
+            return
+        if tag == "E":
+            outcome.error = pgm.parse_error_fields(message.body)
+            if outcome.error.severity in ("FATAL", "PANIC"):
+                return
+        elif tag == "N":
+            outcome.notices.append(pgm.parse_error_fields(message.body))
+        elif results is None:
+            continue  # startup: AuthenticationOk, ParameterStatus, BackendKeyData
+        elif tag == "T":
+            current = ResultSet(columns=pgm.parse_row_description(message.body))
+        elif tag == "D" and current is not None:
+            current.rows.append(pgm.parse_data_row(message.body))
+        elif tag == "C":
+            tag_text = pgm.parse_command_complete(message.body).tag
+            if current is None:
+                current = ResultSet()
+            current.command = tag_text
+            results.append(current)
+            current = None
+    raise CliError("the session ended before the database answered")
+
+
+def _json_value(value: bytes | None, type_oid: int) -> Any:
+    if value is None:
+        return None
+    text = value.decode("utf-8", errors="replace")
+    try:
+        if type_oid in INT_TYPES:
+            return int(text)
+        if type_oid in FLOAT_TYPES:
+            return float(text)
+        if type_oid == BOOL_TYPE:
+            return text == "t"
+        if type_oid in JSON_TYPES:
+            return json.loads(text)
+    except ValueError:
+        pass
+    return text
+
+
+def text_rows(result: ResultSet) -> list[list[str | None]]:
+    return [
+        [None if v is None else v.decode("utf-8", errors="replace") for v in row]
+        for row in result.rows
+    ]

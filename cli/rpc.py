@@ -1,0 +1,90 @@
+"""Reaching the control plane: address, credential, channel, and gRPC errors in plain words."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cli.errors import REFUSED, USAGE, CliError
+
+if TYPE_CHECKING:
+    import grpc
+
+DEFAULT_CONTROLPLANE = "127.0.0.1:8443"
+
+
+def controlplane_address(flag: str | None) -> str:
+    return flag or os.environ.get("GATEHOUSE_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]") or address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token(flag: str | None = None) -> str:
+    value = flag or os.environ.get("GATEHOUSE_TOKEN")
+    if not value:
+        raise CliError(
+            "no credential: set GATEHOUSE_TOKEN (in dev mode: "
+            "export GATEHOUSE_TOKEN=$(cat DATA_DIR/admin.token))",
+            USAGE,
+        )
+    return value
+
+
+def metadata(flag: str | None = None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token(flag)}"),)
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """Plaintext only to loopback (traffic that never leaves the host); TLS otherwise."""
+    import grpc
+
+    options = [
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ]
+    if is_loopback(address):
+        return grpc.aio.insecure_channel(address, options=options)
+    ca = os.environ.get("GATEHOUSE_CA_FILE")
+    root = Path(ca).read_bytes() if ca else None
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    return grpc.aio.secure_channel(address, creds, options=options)
+
+
+@contextmanager
+def explained(address: str) -> Iterator[None]:
+    """Turn gRPC failures into messages that say what to do."""
+    import grpc
+
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE and _unreachable(exc):
+            raise CliError(
+                f"cannot reach the control plane at {address}: is it running? "
+                "(set GATEHOUSE_CONTROLPLANE or --controlplane)",
+                REFUSED,
+            ) from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise CliError(f"the control plane at {address} did not answer in time") from None
+        raise CliError(exc.details() or code.name, REFUSED) from None
+
+
+def _unreachable(exc: grpc.aio.AioRpcError) -> bool:
+    details = (exc.details() or "").lower()
+    return any(
+        word in details
+        for word in ("failed to connect", "connection refused", "dns resolution", "unavailable")
+    )
