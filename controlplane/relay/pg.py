@@ -277,7 +277,7 @@ class PgInspector:
             "masked": statement.masked,
         }
         if statement.commands:
-            result["command"] = " ".join(statement.commands)
+            result["command"] = "; ".join(statement.commands)
         if statement.message:
             result["message"] = statement.message
         if skipped:

@@ -1,0 +1,97 @@
+"""`make demo`: a control plane, one enrolled agent and a PostgreSQL target, all throwaway.
+
+Everything lives in ./demo-data (removed and made anew on each start); Ctrl-C stops all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+
+from devenv.postgres import start_postgres
+from devenv.stack import REPO, ControlPlane, StackError, enroll_agent, gatehouse
+
+DEMO_PASSWORD = "demo-only-password"  # a throwaway cluster's role; the agent resolves it from env
+
+POLICY = """\
+connections:
+  - name: pg
+    type: postgres
+    agent: demo-agent
+    audit: strict
+    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
+    secret: {{password: env:DEMO_PG_PASSWORD}}
+"""
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    base = REPO / "demo-data"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    step("starting a throwaway PostgreSQL cluster")
+    pg = start_postgres(base / "postgres", roles={"app": DEMO_PASSWORD}, databases={"app": "app"})
+    # The CLI's default address, so that only GATEHOUSE_TOKEN needs exporting.
+    controlplane = ControlPlane.create(base / "controlplane", grpc_port=8443, http_port=8080)
+    agent = None
+    try:
+        step("starting the control plane (dev mode: SQLite, loopback, admin token)")
+        controlplane.start_and_wait()
+        step("creating and enrolling agent demo-agent")
+        agent = enroll_agent(
+            controlplane, "demo-agent", base / "agent", env={"DEMO_PG_PASSWORD": DEMO_PASSWORD}
+        )
+        policy = base / "gatehouse.yaml"
+        policy.write_text(POLICY.format(port=pg.port))
+        step(f"applying {policy.relative_to(REPO)}")
+        applied = gatehouse(["admin", "apply", "-f", str(policy)], env=controlplane.cli_env)
+        if applied.returncode != 0:
+            raise StackError(applied.stderr)
+        token_file = controlplane.data_dir / "admin.token"
+        print(
+            f"""
+Gatehouse is running. In another terminal:
+
+  export GATEHOUSE_TOKEN=$(cat {token_file})
+  alias gatehouse='{REPO / ".venv/bin/gatehouse"}'
+
+  gatehouse exec pg -c 'select 41+1 as answer'
+  gatehouse exec pg -c 'select * from pg_stat_activity limit 3' -o json
+  gatehouse admin agents list
+  gatehouse audit export
+  gatehouse audit verify
+
+Logs: {controlplane.log_file}, {agent.log_file}
+Press Ctrl-C to stop everything.
+""",
+            flush=True,
+        )
+        while not stop.wait(1):
+            if not controlplane.running or not agent.running:
+                step("a process exited; see the logs above")
+                return 1
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        step("stopping")
+        if agent is not None:
+            agent.stop()
+        controlplane.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Start real Gatehouse processes (control plane, agents) for the demo, tests and benchmarks.
+
+Everything runs as child processes of the real `gatehouse` command, exactly as a user would
+start them; nothing is imported in-process, so a test sees what a user sees.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GATEHOUSE = [sys.executable, "-m", "cli.main"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StackError(Exception):
+    """A process did not start; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def gatehouse(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one `gatehouse` command to completion and capture what it printed."""
+    return subprocess.run(
+        [*GATEHOUSE, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        cwd=REPO,
+        check=False,
+    )
+
+
+@dataclass
+class Process:
+    """A long-running child with its output in a log file."""
+
+    args: list[str]
+    log_file: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*GATEHOUSE, *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=REPO,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM, then SIGKILL if it does not go; idempotent."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@dataclass
+class ControlPlane(Process):
+    data_dir: Path = Path()
+    grpc_port: int = 0
+    http_port: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+    ) -> ControlPlane:
+        grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
+        args = [
+            "controlplane",
+            "serve",
+            "--dev",
+            "--data-dir",
+            str(data_dir),
+            "--grpc-listen",
+            f"127.0.0.1:{grpc_port}",
+            "--http-listen",
+            f"127.0.0.1:{http_port}",
+        ]
+        return cls(
+            args=args,
+            log_file=data_dir / "controlplane.log",
+            env=dict(env or {}),
+            data_dir=data_dir,
+            grpc_port=grpc_port,
+            http_port=http_port,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """What a CLI user exports to talk to this control plane as its admin."""
+        return {"GATEHOUSE_CONTROLPLANE": self.address, "GATEHOUSE_TOKEN": self.token}
+
+    def health(self) -> dict[str, object] | None:
+        import json
+
+        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                document = json.loads(response.read())
+                return document if isinstance(document, dict) else None
+        except OSError:
+            return None
+
+    def start_and_wait(self, timeout: float = 30) -> None:
+        self.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise StackError(f"the control plane exited:\n{_tail(self.log_file)}")
+            if self.health() is not None and (self.data_dir / "admin.token").exists():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise StackError(f"the control plane did not become ready:\n{_tail(self.log_file)}")
+
+    def wait_agent(self, name: str, status: str = "online", timeout: float = 30) -> None:
+        """Wait until `admin agents list` shows the agent with that status."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            result = gatehouse(["admin", "agents", "list", "-o", "json"], env=self.cli_env)
+            if result.returncode == 0:
+                agents = {a["name"]: a["status"] for a in json.loads(result.stdout)}
+                last = str(agents)
+                if agents.get(name) == status:
+                    return
+            time.sleep(0.2)
+        raise StackError(f"agent {name} is not {status} (agents: {last})")
+
+
+@dataclass
+class Agent(Process):
+    name: str = ""
+
+    @classmethod
+    def create(
+        cls,
+        controlplane: ControlPlane,
+        name: str,
+        token: str,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> Agent:
+        args = [
+            "agent",
+            "run",
+            "--controlplane",
+            controlplane.address,
+            "--token",
+            token,
+            "--name",
+            name,
+            "--insecure",
+            "--data-dir",
+            str(data_dir),
+        ]
+        return cls(
+            args=args, log_file=data_dir / f"agent-{name}.log", env=dict(env or {}), name=name
+        )
+
+
+def enroll_agent(
+    controlplane: ControlPlane,
+    name: str,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Agent:
+    """Create the agent on the control plane, start it with its join token, wait until online."""
+    created = gatehouse(["admin", "agents", "create", name], env=controlplane.cli_env)
+    if created.returncode != 0:
+        raise StackError(f"agents create failed: {created.stderr}")
+    agent = Agent.create(controlplane, name, created.stdout.strip(), data_dir, env=env)
+    agent.start()
+    try:
+        controlplane.wait_agent(name)
+    except StackError:
+        agent.stop()
+        raise StackError(f"agent {name} did not come online:\n{_tail(agent.log_file)}") from None
+    return agent

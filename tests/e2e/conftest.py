@@ -1,0 +1,93 @@
+"""Real processes for end-to-end tests: PostgreSQL, a control plane, an agent, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devenv.postgres import PostgresServer, start_postgres
+from devenv.stack import Agent, ControlPlane, enroll_agent, gatehouse
+
+PG_PASSWORD = "s3cret-pg-password"
+AGENT = "vpc-1"
+
+POLICY = """\
+connections:
+  - name: pg
+    type: postgres
+    agent: {agent}
+    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
+    secret: {{password: env:PG_PASSWORD}}
+"""
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = start_postgres(
+        tmp_path_factory.mktemp("pg"), roles={"app": PG_PASSWORD}, databases={"app": "app"}
+    )
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """One control plane with one enrolled agent and the `pg` connection applied."""
+
+    controlplane: ControlPlane
+    agent: Agent
+    pg: PostgresServer
+    base: Path
+
+    def cli(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        return gatehouse(list(args), env={**self.controlplane.cli_env, **env}, timeout=timeout)
+
+    def events(self, after: int = 0) -> list[dict[str, Any]]:
+        result = self.cli("audit", "export", "--after", str(after))
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def apply(self, policy: str) -> subprocess.CompletedProcess[str]:
+        path = self.base / "gatehouse.yaml"
+        path.write_text(policy)
+        return self.cli("admin", "apply", "-f", str(path))
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.controlplane.stop()
+
+
+def start_stack(base: Path, pg: PostgresServer) -> Stack:
+    controlplane = ControlPlane.create(base / "controlplane")
+    controlplane.start_and_wait()
+    try:
+        agent = enroll_agent(controlplane, AGENT, base / "agent", env={"PG_PASSWORD": PG_PASSWORD})
+    except Exception:
+        controlplane.stop()
+        raise
+    stack = Stack(controlplane, agent, pg, base)
+    applied = stack.apply(POLICY.format(agent=AGENT, port=pg.port))
+    assert applied.returncode == 0, applied.stderr
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pg: PostgresServer) -> Iterator[Stack]:
+    """Shared by the tests of one module that leave the stack as they found it."""
+    started = start_stack(tmp_path_factory.mktemp("stack"), pg)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path, pg: PostgresServer) -> Iterator[Stack]:
+    """A stack of the test's own, for tests that stop, break or tamper with it."""
+    started = start_stack(tmp_path, pg)
+    yield started
+    started.stop()
