@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -64,7 +66,7 @@ def test_query_event_is_committed_before_the_statement_runs(stack: Stack) -> Non
     sql = f"select pg_sleep(3), '{tag}'"
     running = subprocess.Popen(
         [*GATEHOUSE, "exec", "pg", "-c", sql],
-        env={**__import__("os").environ, **stack.controlplane.cli_env},
+        env={**os.environ, **stack.controlplane.cli_env},
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -91,7 +93,7 @@ def test_query_event_is_committed_before_the_statement_runs(stack: Stack) -> Non
         assert len(queries) == 1
         assert not [e for e in events if e.get("ref") == queries[0]["seq"]]
     finally:
-        out, err = running.communicate(timeout=30)
+        _, err = running.communicate(timeout=30)
     assert running.returncode == 0, err
 
 
@@ -142,7 +144,7 @@ def test_audit_export_is_ndjson_in_the_design_shape(stack: Stack) -> None:
         if event["type"].startswith(("session.", "db.")):
             for key in ("user", "session_id", "connection", "audit_mode", "source"):
                 assert key in event, (key, event)
-    for previous, event in zip(events, events[1:], strict=False):
+    for previous, event in itertools.pairwise(events):
         assert event["prev_hash"] == previous["hash"]
     verified = stack.cli("audit", "verify")
     assert verified.returncode == 0, verified.stderr
