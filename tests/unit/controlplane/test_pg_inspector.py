@@ -1,0 +1,650 @@
+"""PostgreSQL inspection: nothing reaches the target before its event is committed, results are
+recorded against the right query, and the gateway's own answers arrive in protocol order."""
+
+import base64
+import json
+import sqlite3
+import struct
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.audit.chain import verify_chain
+from controlplane.audit.events import SessionContext
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.relay.pg import PgInspector
+from controlplane.store.database import Database
+from gatehouse.v1 import session_pb2
+from wire.pg import framing
+from wire.pg import messages as pgm
+
+Mark = session_pb2.ResultMark
+
+REFUSE_INSERTS = (
+    "CREATE TRIGGER test_refuse_insert BEFORE INSERT ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit disk is full'); END"
+)
+ALLOW_INSERTS = "DROP TRIGGER test_refuse_insert"
+
+STARTUP = pgm.startup_message({"user": "alice", "database": "app"})
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+BIND_COMPLETE = b"2\x00\x00\x00\x04"
+
+
+# ---- frontend messages the builders do not cover ---------------------------------------------
+
+
+def _msg(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack("!i", len(body) + 4) + body
+
+
+def parse(sql: str, name: str = "") -> bytes:
+    return _msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def bind(
+    params: list[bytes | None],
+    *,
+    portal: str = "",
+    statement: str = "",
+    formats: tuple[int, ...] = (),
+) -> bytes:
+    body = portal.encode() + b"\0" + statement.encode() + b"\0"
+    body += struct.pack("!h", len(formats)) + b"".join(struct.pack("!h", f) for f in formats)
+    body += struct.pack("!h", len(params))
+    for value in params:
+        body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
+    body += struct.pack("!h", 0)
+    return _msg(b"B", body)
+
+
+def execute(portal: str = "") -> bytes:
+    return _msg(b"E", portal.encode() + b"\0" + struct.pack("!i", 0))
+
+
+def flush() -> bytes:
+    return b"H\x00\x00\x00\x04"
+
+
+# ---- what the agent sends back -------------------------------------------------------------
+
+
+class Reply:
+    """Target bytes and the marks the agent would put on them."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.marks: list[session_pb2.ResultMark] = []
+
+    def raw(self, message: bytes) -> "Reply":
+        self.data += message
+        return self
+
+    def complete(self, tag: str, rows: int = -1) -> "Reply":
+        self.data += pgm.command_complete(tag)
+        command = tag.split(" ", maxsplit=1)[0]
+        self.marks.append(Mark(kind=Mark.COMPLETE, end=len(self.data), command=command, rows=rows))
+        return self
+
+    def error(self, sqlstate: str, message: str) -> "Reply":
+        self.data += pgm.error_response(sqlstate=sqlstate, message=message)
+        self.marks.append(
+            Mark(kind=Mark.ERROR, end=len(self.data), sqlstate=sqlstate, message=message)
+        )
+        return self
+
+    def ready(self, status: str = "I") -> "Reply":
+        self.data += pgm.ready_for_query(status)
+        self.marks.append(Mark(kind=Mark.READY, end=len(self.data), tx_status=status))
+        return self
+
+    def frame(self) -> session_pb2.Frame:
+        return session_pb2.Frame(data=bytes(self.data), marks=self.marks)
+
+
+def select_reply(rows: int, status: str = "I") -> Reply:
+    reply = Reply().raw(pgm.row_description([pgm.Column("n")]))
+    for n in range(rows):
+        reply.raw(pgm.data_row([str(n).encode()]))
+    return reply.complete(f"SELECT {rows}", rows).ready(status)
+
+
+def login_reply() -> Reply:
+    return (
+        Reply()
+        .raw(pgm.authentication_ok())
+        .raw(pgm.parameter_status("server_version", "17.2"))
+        .raw(pgm.backend_key_data(4242, b"\x01\x02\x03\x04"))
+        .ready("I")
+    )
+
+
+def backend_messages(chunks: list[bytes]) -> list[tuple[str, bytes]]:
+    """Frame what the client would receive into (tag, body) pairs."""
+    framer = framing.MessageFramer(startup_phase=False)
+    messages = [(chr(m.tag), bytes(m.body)) for m in framer.feed(b"".join(chunks))]
+    assert framer.pending == 0
+    return messages
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "g.db"
+
+
+@pytest.fixture
+def db(db_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{db_path}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+async def writer(db: Database) -> AsyncIterator[AuditWriter]:
+    audit = AuditWriter(db)
+    audit.start()
+    yield audit
+    await audit.close()
+
+
+class Wakes:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+@pytest.fixture
+def wakes() -> Wakes:
+    return Wakes()
+
+
+@pytest.fixture
+def ctx() -> SessionContext:
+    return SessionContext(
+        session_id="sess-1",
+        identity=Identity("alice", email="alice@example.com", groups=("dba",)),
+        connection={"name": "pg-prod", "type": "postgres"},
+        audit_mode="strict",
+        source={"ip": "192.0.2.10"},
+    )
+
+
+@pytest.fixture
+def inspector(ctx: SessionContext, writer: AuditWriter, wakes: Wakes) -> PgInspector:
+    return PgInspector(ctx, writer, wakes)
+
+
+@pytest.fixture
+async def ready(inspector: PgInspector) -> PgInspector:
+    """An inspector whose session is logged in and idle."""
+    assert await inspector.from_client(STARTUP) == STARTUP
+    await inspector.from_agent(login_reply().frame())
+    return inspector
+
+
+def sql(db_path: Path, statement: str) -> None:
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute(statement)
+    finally:
+        conn.close()
+
+
+def stored(db_path: Path) -> list[dict[str, Any]]:
+    """The committed events, read straight from the store."""
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute("SELECT seq, body, hash FROM audit_events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert verify_chain(rows).broken is None
+    return [json.loads(body) for _, body, _ in rows]
+
+
+async def all_events(writer: AuditWriter, db_path: Path) -> list[dict[str, Any]]:
+    """Every event, results included (they are queued, not awaited): drain the writer first."""
+    await writer.close()
+    return stored(db_path)
+
+
+def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]
+
+
+# ---- startup -------------------------------------------------------------------------------
+
+
+async def test_startup_is_forwarded_unchanged_and_first_ready_ends_it_without_a_result(
+    inspector: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    forwarded = await inspector.from_client(STARTUP)
+
+    assert forwarded == STARTUP
+    assert inspector.startup_params == {"user": "alice", "database": "app"}
+
+    login = login_reply()
+    assert await inspector.from_agent(login.frame()) == [bytes(login.data)]
+    assert inspector.take_synthetic() == []
+    assert await all_events(writer, db_path) == []
+
+
+async def test_target_bytes_without_marks_pass_through(inspector: PgInspector) -> None:
+    await inspector.from_client(STARTUP)
+    challenge = pgm.authentication_request(pgm.AUTH_MD5_PASSWORD, b"salt")
+
+    assert await inspector.from_agent(session_pb2.Frame(data=challenge)) == [challenge]
+    assert await inspector.from_agent(session_pb2.Frame()) == []
+
+
+async def test_ssl_request_is_answered_no_by_the_gateway_and_not_forwarded(
+    inspector: PgInspector, wakes: Wakes
+) -> None:
+    assert await inspector.from_client(pgm.ssl_request()) == b""
+
+    assert wakes.count == 1
+    assert inspector.take_synthetic() == [b"N"]
+    assert inspector.take_synthetic() == []
+    # the client then retries its startup in the clear, which goes through
+    assert await inspector.from_client(STARTUP) == STARTUP
+
+
+async def test_password_message_is_never_forwarded_nor_recorded(
+    inspector: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    await inspector.from_client(STARTUP)
+
+    assert await inspector.from_client(pgm.password_message(b"hunter2")) == b""
+
+    await inspector.from_agent(login_reply().frame())
+    conn = sqlite3.connect(db_path)
+    try:
+        dump = "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+    assert "hunter2" not in dump
+
+
+async def test_cancel_request_inside_a_session_is_a_protocol_error(
+    inspector: PgInspector,
+) -> None:
+    with pytest.raises(framing.ProtocolError, match="CancelRequest"):
+        await inspector.from_client(pgm.cancel_request(4242, b"\x01\x02\x03\x04"))
+
+
+async def test_unknown_message_type_is_a_protocol_error(ready: PgInspector) -> None:
+    with pytest.raises(framing.ProtocolError, match="'x'"):
+        await ready.from_client(_msg(b"x", b"whatever"))
+
+
+async def test_terminate_is_forwarded(ready: PgInspector) -> None:
+    assert await ready.from_client(pgm.terminate()) == pgm.terminate()
+
+
+# ---- simple protocol -----------------------------------------------------------------------
+
+
+async def test_simple_query_is_committed_before_it_is_forwarded(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    message = pgm.query("SELECT * FROM accounts")
+
+    forwarded = await ready.from_client(message)
+
+    assert forwarded == message
+    events = stored(db_path)  # no draining: strict mode already committed it
+    assert len(events) == 1
+    query = events[0]
+    assert query["type"] == "db.query"
+    assert query["seq"] == 1
+    assert query["request"] == {"statement": "SELECT * FROM accounts", "protocol": "simple"}
+    assert query["decision"] == {"result": "allow"}
+    assert query["session_id"] == "sess-1"
+    assert query["user"] == {"sub": "alice", "email": "alice@example.com", "groups": ["dba"]}
+    assert query["connection"] == {"name": "pg-prod", "type": "postgres"}
+    assert query["audit_mode"] == "strict"
+    assert query["source"] == {"ip": "192.0.2.10"}
+    assert ready.statements == 1
+
+
+async def test_complete_and_ready_marks_record_one_result_for_the_query(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("SELECT n FROM t"))
+    reply = select_reply(3)
+
+    assert await ready.from_agent(reply.frame()) == [bytes(reply.data)]
+
+    events = await all_events(writer, db_path)
+    [query] = of_type(events, "db.query")
+    [result] = of_type(events, "db.result")
+    assert result["ref"] == query["seq"]
+    assert result["session_id"] == "sess-1"
+    assert result["result"]["rows"] == 3
+    assert result["result"]["error"] is None
+    assert result["result"]["command"] == "SELECT"
+    assert result["result"]["masked"] is False
+    assert result["result"]["duration_ms"] >= 0
+
+
+async def test_error_mark_records_the_sqlstate_as_the_result_error(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("SELECT * FROM nope"))
+    reply = Reply().error("42P01", 'relation "nope" does not exist').ready("I")
+
+    assert await ready.from_agent(reply.frame()) == [bytes(reply.data)]
+
+    [result] = of_type(await all_events(writer, db_path), "db.result")
+    assert result["ref"] == 1
+    assert result["result"]["error"] == "42P01"
+    assert result["result"]["message"] == 'relation "nope" does not exist'
+    assert result["result"]["rows"] is None
+
+
+async def test_marks_split_across_frames_still_resolve_the_query(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("DELETE FROM t"))
+    first = Reply().complete("DELETE 4", 4)
+    second = Reply().ready("I")
+
+    assert await ready.from_agent(first.frame()) == [bytes(first.data)]
+    assert await ready.from_agent(second.frame()) == [bytes(second.data)]
+
+    [result] = of_type(await all_events(writer, db_path), "db.result")
+    assert result["result"]["rows"] == 4
+    assert result["result"]["command"] == "DELETE"
+
+
+async def test_consecutive_queries_each_get_their_own_result(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("SELECT 1"))
+    await ready.from_agent(select_reply(1).frame())
+    await ready.from_client(pgm.query("SELECT 2"))
+    await ready.from_agent(select_reply(2).frame())
+
+    events = await all_events(writer, db_path)
+    queries = of_type(events, "db.query")
+    results = {r["ref"]: r["result"]["rows"] for r in of_type(events, "db.result")}
+    assert [q["request"]["statement"] for q in queries] == ["SELECT 1", "SELECT 2"]
+    assert results == {queries[0]["seq"]: 1, queries[1]["seq"]: 2}
+
+
+# ---- extended protocol ---------------------------------------------------------------------
+
+
+async def test_extended_pipeline_is_held_until_sync_then_forwarded_whole(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    sql_text = "SELECT * FROM accounts WHERE id = $1 AND owner = $2"
+    messages = [parse(sql_text), bind([b"42", None]), execute()]
+
+    for message in messages:
+        assert await ready.from_client(message) == b""
+    assert stored(db_path) == []
+    assert writer.committed == 0
+
+    forwarded = await ready.from_client(pgm.sync())
+
+    assert forwarded == b"".join([*messages, pgm.sync()])
+    [query] = stored(db_path)
+    assert query["type"] == "db.query"
+    assert query["request"] == {
+        "statement": sql_text,
+        "protocol": "extended",
+        "params": ["42", None],
+    }
+
+
+async def test_extended_pipeline_in_one_chunk_is_forwarded_after_its_commit(
+    ready: PgInspector, db_path: Path
+) -> None:
+    data = parse("SELECT $1") + bind([b"x"]) + execute() + pgm.sync()
+
+    assert await ready.from_client(data) == data
+    assert len(stored(db_path)) == 1
+
+
+async def test_binary_parameters_are_recorded_as_base64(ready: PgInspector, db_path: Path) -> None:
+    value = b"\x00\x01\xfe\xff"
+    data = parse("SELECT $1::bytea") + bind([value], formats=(1,)) + execute() + pgm.sync()
+
+    await ready.from_client(data)
+
+    [query] = stored(db_path)
+    assert query["request"]["params"] == ["base64:" + base64.b64encode(value).decode()]
+
+
+async def test_long_parameters_are_truncated_in_the_event(
+    ready: PgInspector, db_path: Path
+) -> None:
+    data = parse("SELECT $1") + bind([b"a" * 1000]) + execute() + pgm.sync()
+
+    assert await ready.from_client(data) == data  # the target still gets the whole value
+
+    [query] = stored(db_path)
+    [param] = query["request"]["params"]
+    assert param.startswith("a" * 256)
+    assert len(param) < 300
+
+
+async def test_two_executes_in_one_sync_give_two_queries_resolved_in_order(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    data = (
+        parse("SELECT * FROM t WHERE k = $1", name="s1")
+        + bind([b"first"], portal="p1", statement="s1")
+        + execute("p1")
+        + bind([b"second"], portal="p2", statement="s1")
+        + execute("p2")
+        + pgm.sync()
+    )
+    assert await ready.from_client(data) == data
+    queries = stored(db_path)
+    assert [q["request"]["params"] for q in queries] == [["first"], ["second"]]
+    assert [q["seq"] for q in queries] == [1, 2]
+
+    reply = Reply().raw(PARSE_COMPLETE).raw(BIND_COMPLETE)
+    reply.raw(pgm.data_row([b"1"])).raw(pgm.data_row([b"2"])).complete("SELECT 2", 2)
+    reply.raw(BIND_COMPLETE).complete("SELECT 5", 5).ready("I")
+    assert await ready.from_agent(reply.frame()) == [bytes(reply.data)]
+
+    results = of_type(await all_events(writer, db_path), "db.result")
+    assert [(r["ref"], r["result"]["rows"]) for r in results] == [(1, 2), (2, 5)]
+    assert all(r["result"]["error"] is None for r in results)
+
+
+async def test_executes_after_an_error_in_their_pipeline_are_recorded_as_skipped(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    data = (
+        parse("INSERT INTO t VALUES ($1)", name="s1")
+        + bind([b"1"], statement="s1")
+        + execute()
+        + bind([b"1"], statement="s1")
+        + execute()
+        + pgm.sync()
+    )
+    await ready.from_client(data)
+    reply = Reply().raw(PARSE_COMPLETE).raw(BIND_COMPLETE).error("23505", "duplicate key")
+    await ready.from_agent(reply.ready("I").frame())
+
+    results = of_type(await all_events(writer, db_path), "db.result")
+    assert [(r["ref"], r["result"]["error"]) for r in results] == [(1, "23505"), (2, "skipped")]
+
+
+async def test_describe_and_close_are_held_with_their_pipeline_and_record_nothing(
+    ready: PgInspector, db_path: Path
+) -> None:
+    describe = _msg(b"D", b"Ss1\0")
+    close = _msg(b"C", b"Ss1\0")
+
+    assert await ready.from_client(parse("SELECT 1", name="s1") + describe) == b""
+    assert await ready.from_client(close) == b""
+    forwarded = await ready.from_client(pgm.sync())
+
+    assert forwarded == parse("SELECT 1", name="s1") + describe + close + pgm.sync()
+    assert stored(db_path) == []
+
+
+# ---- refusals ------------------------------------------------------------------------------
+
+
+async def test_query_refused_by_the_audit_store_is_not_forwarded_and_answered_with_an_error(
+    ready: PgInspector, wakes: Wakes, db_path: Path
+) -> None:
+    sql(db_path, REFUSE_INSERTS)
+    wakes.count = 0
+
+    assert await ready.from_client(pgm.query("DROP TABLE accounts")) == b""
+
+    assert wakes.count == 1
+    answer = backend_messages(ready.take_synthetic())
+    assert [tag for tag, _ in answer] == ["E", "Z"]
+    error = pgm.parse_error_fields(answer[0][1])
+    assert error.sqlstate == "58000"
+    assert "not sent" in error.message
+    assert "audit disk is full" in error.message
+    assert pgm.parse_ready_for_query(answer[1][1]) == "I"
+    assert ready.take_synthetic() == []
+    assert stored(db_path) == []
+    assert ready.statements == 0
+
+
+async def test_refused_extended_pipeline_forwards_nothing_and_answers_at_sync(
+    ready: PgInspector, db_path: Path
+) -> None:
+    sql(db_path, REFUSE_INSERTS)
+    data = parse("DELETE FROM t WHERE id = $1") + bind([b"1"]) + execute() + pgm.sync()
+
+    assert await ready.from_client(data) == b""
+
+    answer = backend_messages(ready.take_synthetic())
+    assert [tag for tag, _ in answer] == ["E", "Z"]
+    assert pgm.parse_error_fields(answer[0][1]).sqlstate == "58000"
+
+
+async def test_session_goes_on_once_the_audit_store_recovers(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    sql(db_path, REFUSE_INSERTS)
+    assert await ready.from_client(pgm.query("SELECT 1")) == b""
+    ready.take_synthetic()
+    sql(db_path, ALLOW_INSERTS)
+
+    message = pgm.query("SELECT 2")
+    assert await ready.from_client(message) == message
+    await ready.from_agent(select_reply(1).frame())
+
+    events = await all_events(writer, db_path)
+    assert [e["request"]["statement"] for e in of_type(events, "db.query")] == ["SELECT 2"]
+    [result] = of_type(events, "db.result")
+    assert result["ref"] == 1
+
+
+async def test_refusal_waits_behind_the_query_in_flight(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    first = pgm.query("SELECT pg_sleep(1)")
+    assert await ready.from_client(first) == first
+    sql(db_path, REFUSE_INSERTS)
+
+    assert await ready.from_client(pgm.query("SELECT 2")) == b""
+    assert ready.take_synthetic() == []  # the target has not answered the first query yet
+    sql(db_path, ALLOW_INSERTS)
+
+    partial = Reply().raw(pgm.row_description([pgm.Column("pg_sleep")]))
+    assert await ready.from_agent(partial.frame()) == [bytes(partial.data)]
+    assert ready.take_synthetic() == []
+
+    rest = Reply().raw(pgm.data_row([b""])).complete("SELECT 1", 1).ready("I")
+    chunks = await ready.from_agent(rest.frame())
+
+    assert chunks[0] == bytes(rest.data)
+    assert [tag for tag, _ in backend_messages(chunks[1:])] == ["E", "Z"]
+    assert backend_messages(chunks) == [
+        *backend_messages([bytes(rest.data)]),
+        *backend_messages(chunks[1:]),
+    ]
+    [result] = of_type(await all_events(writer, db_path), "db.result")
+    assert result["ref"] == 1
+    assert result["result"]["rows"] == 1
+
+
+async def test_target_bytes_after_ready_follow_the_released_answer(
+    ready: PgInspector, db_path: Path
+) -> None:
+    first = pgm.query("SELECT 1")
+    await ready.from_client(first)
+    sql(db_path, REFUSE_INSERTS)
+    await ready.from_client(pgm.query("SELECT 2"))
+    sql(db_path, ALLOW_INSERTS)
+    notice = pgm.notice_response(sqlstate="01000", message="later")
+
+    chunks = await ready.from_agent(select_reply(1).raw(notice).frame())
+
+    assert [tag for tag, _ in backend_messages(chunks)] == ["T", "D", "C", "Z", "E", "Z", "N"]
+
+
+async def test_fast_path_function_call_is_refused_as_not_supported(
+    ready: PgInspector, db_path: Path
+) -> None:
+    call = _msg(b"F", struct.pack("!i", 1234) + struct.pack("!hhh", 0, 0, 0))
+
+    assert await ready.from_client(call) == b""
+
+    answer = backend_messages(ready.take_synthetic())
+    assert [tag for tag, _ in answer] == ["E", "Z"]
+    assert pgm.parse_error_fields(answer[0][1]).sqlstate == "0A000"
+    assert stored(db_path) == []
+
+
+# ---- refusals inside transactions and pipelines ----------------------------------------------------------------------------
+
+
+async def test_refusal_queued_behind_begin_reports_the_open_transaction(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("BEGIN"))
+    sql(db_path, REFUSE_INSERTS)
+    await ready.from_client(pgm.query("UPDATE t SET x = 1"))
+    sql(db_path, ALLOW_INSERTS)
+
+    chunks = await ready.from_agent(Reply().complete("BEGIN").ready("T").frame())
+
+    messages = backend_messages(chunks)
+    assert [tag for tag, _ in messages] == ["C", "Z", "E", "Z"]
+    assert pgm.parse_ready_for_query(messages[1][1]) == "T"
+    # The target is inside a transaction; the gateway's answer must say so.
+    assert pgm.parse_ready_for_query(messages[3][1]) in ("T", "E")
+
+
+async def test_sync_after_a_refused_flush_batch_still_reaches_the_target(
+    ready: PgInspector, db_path: Path
+) -> None:
+    batch1 = parse("SELECT 1", name="s1") + bind([], statement="s1") + execute() + flush()
+    assert await ready.from_client(batch1) == batch1  # committed, forwarded, cycle left open
+    sql(db_path, REFUSE_INSERTS)
+    assert await ready.from_client(bind([], statement="s1") + execute() + flush()) == b""
+
+    forwarded = await ready.from_client(pgm.sync())
+
+    # Without a Sync the target never sends ReadyForQuery for batch 1, and the refusal's
+    # ErrorResponse + ReadyForQuery stay queued behind it for ever.
+    assert forwarded.endswith(pgm.sync())
+
+    chunks = await ready.from_agent(Reply().complete("SELECT 1").ready("I").frame())
+    messages = backend_messages(chunks)
+    # Batch 1's result, then the refusal of batch 2, then the one ReadyForQuery for the Sync.
+    assert [tag for tag, _ in messages] == ["C", "E", "Z"]
+    assert pgm.parse_error_fields(messages[1][1]).sqlstate == "58000"
