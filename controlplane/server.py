@@ -122,9 +122,12 @@ class ControlPlane:
             AdminServicer(self.auth, self.agents, self.policy), server
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.db), server)
-        server.add_insecure_port(settings.grpc_listen)
-        await server.start()
         self._grpc = server
+        try:
+            server.add_insecure_port(settings.grpc_listen)
+        except RuntimeError:
+            raise OSError(f"cannot listen on {settings.grpc_listen} (gRPC): in use?") from None
+        await server.start()
         self._http = await self._start_http()
         log.info(
             "control plane listening: gRPC %s, HTTP %s, store %s",
@@ -159,7 +162,8 @@ class ControlPlane:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
-        await self.audit.close()
+        if self.audit.running:
+            await self.audit.close()
         self.db.dispose()
 
 
@@ -171,7 +175,11 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await plane.start()
+    try:
+        await plane.start()
+    except BaseException:
+        await plane.stop(grace=0)
+        raise
     try:
         await stop.wait()
     finally:

@@ -39,6 +39,10 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.committed = 0
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 

@@ -30,6 +30,7 @@ from wire.pg import messages as pgm
 PARAM_LIMIT = 256  # characters of one parameter value kept in an event
 AUDIT_FAILED_SQLSTATE = "58000"
 NOT_SUPPORTED_SQLSTATE = "0A000"
+READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
 COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
@@ -57,6 +58,11 @@ class Cycle:
     statements: deque[Statement] = field(default_factory=deque)
     done: list[Statement] = field(default_factory=list)
     synthetic: bytes | None = None
+    # Our answer ends with a ReadyForQuery, built when it is sent: the transaction status is
+    # whatever the target reported last by then, not when the answer was decided.
+    with_ready: bool = False
+    # Our answer to a refused part of this cycle's pipeline, given just before its ReadyForQuery.
+    injected: bytes = b""
     closed: bool = False  # no more requests join this cycle (its Sync was sent)
 
 
@@ -102,9 +108,8 @@ class PgInspector:
                 pass  # the agent logs in itself; a client's password is dropped, never logged
             elif tag == F:
                 self._refuse(
-                    with_ready=True,
-                    sqlstate=NOT_SUPPORTED_SQLSTATE,
-                    message="gatehouse: the fast-path function call protocol is not supported; "
+                    NOT_SUPPORTED_SQLSTATE,
+                    "gatehouse: the fast-path function call protocol is not supported; "
                     "call the function with SELECT instead",
                 )
             elif tag == 0:
@@ -117,8 +122,7 @@ class PgInspector:
         startup = pgm.parse_startup(msg.body)
         if isinstance(startup, pgm.SSLRequest | pgm.GSSENCRequest):
             # TLS is the job of the local leg (the CLI); inside the tunnel, say "no".
-            self._cycles.append(Cycle(synthetic=b"N", closed=True))
-            self._wake()
+            self._queue_answer(b"N", with_ready=False)
         elif isinstance(startup, pgm.StartupMessage):
             self.startup_params = dict(startup.params)
             self._cycles.append(Cycle(closed=True))  # ends with the target's first ReadyForQuery
@@ -130,7 +134,7 @@ class PgInspector:
         sql = pgm.parse_query(msg.body)
         statements = await self._record([self._event(sql, protocol="simple")])
         if statements is None:
-            self._refuse(with_ready=True)
+            self._refuse(AUDIT_FAILED_SQLSTATE, self._audit_failure())
             return
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
         out += msg.raw
@@ -158,15 +162,23 @@ class PgInspector:
         self._held, self._held_events = [], []
         if self._discarding:
             # Like the server after an error: skip everything up to the Sync, then answer it.
-            self._discarding = not sync
             if sync:
-                self._cycles.append(Cycle(synthetic=pgm.ready_for_query(self._tx_status)))
-                self._wake()
+                self._discarding = False
+                self._end_refused_pipeline(out, held[-1])
             return
         statements = await self._record(events)
         if statements is None:
-            self._refuse(with_ready=sync)
-            self._discarding = not sync
+            answer = self._error(AUDIT_FAILED_SQLSTATE, self._audit_failure())
+            if self._open is not None:
+                # The target holds an unfinished part of this pipeline: it still needs the
+                # Sync, and our error belongs just before the ReadyForQuery that answers it.
+                self._open.injected += answer
+                self._discarding = not sync
+                if sync:
+                    self._end_refused_pipeline(out, held[-1])
+            else:
+                self._queue_answer(answer, with_ready=sync)
+                self._discarding = not sync
             return
         cycle = self._open
         if cycle is None:
@@ -176,6 +188,15 @@ class PgInspector:
         cycle.closed = sync
         self._open = None if sync else cycle
         out += b"".join(held)
+
+    def _end_refused_pipeline(self, out: bytearray, sync_message: bytes) -> None:
+        """Answer the Sync of a refused pipeline: the target's, if it holds part of it."""
+        if self._open is not None:
+            out += sync_message  # a Sync runs no statement; it ends what the target holds
+            self._open.closed = True
+            self._open = None
+        else:
+            self._queue_answer(b"", with_ready=True)
 
     async def _record(self, events: list[Draft]) -> list[Statement] | None:
         """Commit (strict) or queue (async) events; None when the store refused them."""
@@ -191,18 +212,23 @@ class PgInspector:
         now = time.monotonic()
         return [Statement(seq, now) for seq in seqs]
 
-    def _refuse(
-        self, *, with_ready: bool, sqlstate: str = AUDIT_FAILED_SQLSTATE, message: str = ""
-    ) -> None:
-        """Answer the client ourselves; nothing of the refused request reaches the target."""
-        answer = pgm.error_response(
+    def _refuse(self, sqlstate: str, message: str) -> None:
+        """Answer a request ourselves, ReadyForQuery included; nothing of it reaches the target."""
+        self._queue_answer(self._error(sqlstate, message), with_ready=True)
+
+    def _audit_failure(self) -> str:
+        return f"gatehouse: not sent to the database: {self._audit_error}"
+
+    @staticmethod
+    def _error(sqlstate: str, message: str) -> bytes:
+        return pgm.error_response(
             sqlstate=sqlstate,
-            message=message or f"gatehouse: not sent to the database: {self._audit_error}",
+            message=message,
             hint="nothing reached the database; try again, or ask an administrator",
         )
-        if with_ready:
-            answer += pgm.ready_for_query(self._tx_status)
-        self._cycles.append(Cycle(synthetic=answer))
+
+    def _queue_answer(self, answer: bytes, *, with_ready: bool) -> None:
+        self._cycles.append(Cycle(synthetic=answer, with_ready=with_ready))
         self._wake()
 
     def _event(self, sql: str, *, protocol: str, params: list[str | None] | None = None) -> Draft:
@@ -222,7 +248,12 @@ class PgInspector:
         start = 0
         for mark in frame.marks:
             if mark.kind == session_pb2.ResultMark.READY:
-                chunks.append(data[start : mark.end])
+                head = self._cycles[0] if self._cycles else None
+                if head is not None and head.injected:
+                    ready_at = mark.end - READY_LENGTH
+                    chunks += (data[start:ready_at], head.injected, data[ready_at : mark.end])
+                else:
+                    chunks.append(data[start : mark.end])
                 start = mark.end
                 self._tx_status = mark.tx_status or self._tx_status
                 await self._finish_cycle()
@@ -237,7 +268,9 @@ class PgInspector:
         """Answers of our own that are now due (nothing of the target's is still ahead)."""
         due = []
         while self._cycles and self._cycles[0].synthetic is not None:
-            due.append(self._cycles.popleft().synthetic or b"")
+            cycle = self._cycles.popleft()
+            ready = pgm.ready_for_query(self._tx_status) if cycle.with_ready else b""
+            due.append((cycle.synthetic or b"") + ready)
         return due
 
     def _statement_mark(self, mark: session_pb2.ResultMark) -> None:
