@@ -609,7 +609,7 @@ async def test_fast_path_function_call_is_refused_as_not_supported(
     assert stored(db_path) == []
 
 
-# ---- refusals inside transactions and pipelines ----------------------------------------------------------------------------
+# ---- refusals inside transactions and pipelines ----------------------------------------
 
 
 async def test_refusal_queued_behind_begin_reports_the_open_transaction(
