@@ -1,0 +1,190 @@
+"""`gatehouse admin …`: agents, the policy file, connections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.errors import USAGE, CliError
+from cli.options import ControlplaneOpt, OutputOpt, call
+from cli.output import Format, emit, emit_json
+
+admin_app = typer.Typer(help="Administer agents, connections and policy.", no_args_is_help=True)
+agents_app = typer.Typer(help="Enroll, list and revoke agents.", no_args_is_help=True)
+connections_admin_app = typer.Typer(help="Connections as applied.", no_args_is_help=True)
+admin_app.add_typer(agents_app, name="agents")
+admin_app.add_typer(connections_admin_app, name="connections")
+
+
+@agents_app.command("create")
+def agents_create(
+    name: Annotated[str, typer.Argument(help="Agent name, e.g. vpc-eu-1.")],
+    controlplane: ControlplaneOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Create an agent and print its one-time join token.
+
+    Example: gatehouse admin agents create vpc-eu-1
+    """
+    from cli import rpc
+    from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> Any:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        return await stub.CreateAgent(admin_pb2.CreateAgentRequest(name=name), metadata=md)
+
+    response = call(address, work)
+    if output is Format.json:
+        emit_json({"name": response.name, "join_token": response.join_token})
+    else:
+        typer.echo(response.join_token)
+        typer.echo(
+            f"One-time join token for agent {response.name!r}: start the agent with\n"
+            f"  gatehouse agent run --controlplane {address} --name {response.name} "
+            f"--token {response.join_token}",
+            err=True,
+        )
+
+
+@agents_app.command("list")
+def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table) -> None:
+    """Show every agent: online/offline, version, last seen.
+
+    Example: gatehouse admin agents list -o json
+    """
+    from cli import rpc
+    from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> Any:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        return await stub.ListAgents(admin_pb2.ListAgentsRequest(), metadata=md)
+
+    response = call(address, work)
+    agents = [
+        {
+            "name": a.name,
+            "status": a.status,
+            "version": a.version,
+            "hostname": a.hostname,
+            "last_seen": a.last_seen or None,
+            "created": a.created,
+        }
+        for a in response.agents
+    ]
+    emit(
+        output,
+        agents,
+        ["NAME", "STATUS", "VERSION", "HOST", "LAST SEEN"],
+        [[a["name"], a["status"], a["version"], a["hostname"], a["last_seen"]] for a in agents],
+        empty="No agents yet: create one with `gatehouse admin agents create NAME`.",
+    )
+
+
+@agents_app.command("revoke")
+def agents_revoke(
+    name: Annotated[str, typer.Argument(help="The agent to revoke.")],
+    controlplane: ControlplaneOpt = None,
+) -> None:
+    """Revoke an agent: its credential stops working and its streams are closed.
+
+    Example: gatehouse admin agents revoke vpc-eu-1
+    """
+    from cli import rpc
+    from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> Any:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        return await stub.RevokeAgent(admin_pb2.RevokeAgentRequest(name=name), metadata=md)
+
+    call(address, work)
+    typer.echo(f"agent {name} revoked")
+
+
+@admin_app.command("apply")
+def admin_apply(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The policy file (YAML).")],
+    controlplane: ControlplaneOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Apply a policy file: connections, guardrails, masking, access.
+
+    Example: gatehouse admin apply -f gatehouse.yaml
+    """
+    from cli import rpc
+    from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+
+    try:
+        content = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}", USAGE) from None
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> Any:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        request = admin_pb2.ApplyRequest(filename=str(file), content=content)
+        return await stub.Apply(request, metadata=md)
+
+    response = call(address, work)
+    document = {
+        "version": response.version,
+        "changes": list(response.changes),
+        "agents_notified": list(response.agents_notified),
+    }
+    if output is Format.json:
+        emit_json(document)
+        return
+    typer.echo(f"applied policy version {response.version}")
+    for change in response.changes:
+        typer.echo(f"  {change}")
+    notified = ", ".join(response.agents_notified) or "none online"
+    typer.echo(f"agents notified: {notified}")
+
+
+@connections_admin_app.command("list")
+def admin_connections_list(
+    controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List every connection of the applied policy and its agent's status.
+
+    Example: gatehouse admin connections list
+    """
+    from cli import rpc
+    from gatehouse.v1 import admin_pb2, admin_pb2_grpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> Any:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        return await stub.ListConnections(admin_pb2.ListConnectionsRequest(), metadata=md)
+
+    response = call(address, work)
+    items = [
+        {
+            "name": c.name,
+            "type": c.type,
+            "agent": c.agent,
+            "agent_status": c.agent_status,
+            "audit": c.audit,
+        }
+        for c in response.connections
+    ]
+    emit(
+        output,
+        items,
+        ["NAME", "TYPE", "AGENT", "AGENT STATUS", "AUDIT"],
+        [list(i.values()) for i in items],
+        empty="No connections: apply a policy with `gatehouse admin apply -f gatehouse.yaml`.",
+    )

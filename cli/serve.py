@@ -1,0 +1,97 @@
+"""Long-running processes: `gatehouse controlplane serve` and `gatehouse agent run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.errors import USAGE, CliError
+from cli.options import ControlplaneOpt, DataDirOpt, resolve_data_dir, run, setup_logging
+
+controlplane_app = typer.Typer(help="Run the control plane.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run an agent next to your targets.", no_args_is_help=True)
+
+
+@controlplane_app.command("serve")
+def controlplane_serve(
+    dev: Annotated[
+        bool, typer.Option("--dev", help="SQLite, plaintext on loopback, admin token in DIR.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    grpc_listen: Annotated[
+        str, typer.Option(envvar="GATEHOUSE_GRPC_LISTEN", help="host:port for gRPC.")
+    ] = "127.0.0.1:8443",
+    http_listen: Annotated[
+        str, typer.Option(envvar="GATEHOUSE_HTTP_LISTEN", help="host:port for health and export.")
+    ] = "127.0.0.1:8080",
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="GATEHOUSE_DATABASE_URL", help="SQLAlchemy URL of the store."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the control plane: apply migrations, listen, relay and record.
+
+    Example: gatehouse controlplane serve --dev --data-dir ./data
+    """
+    from controlplane.errors import GatehouseError
+    from controlplane.server import Settings, serve
+
+    setup_logging(verbose)
+    settings = Settings(
+        data_dir=resolve_data_dir(data_dir),
+        grpc_listen=grpc_listen,
+        http_listen=http_listen,
+        database_url=database_url,
+        dev=dev,
+    )
+    try:
+        run(serve(settings))
+    except GatehouseError as exc:
+        raise CliError(str(exc), USAGE) from None
+    except OSError as exc:
+        raise CliError(f"cannot start the control plane: {exc}") from None
+
+
+@agent_app.command("run")
+def agentrun(
+    controlplane: ControlplaneOpt = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="GATEHOUSE_AGENT_TOKEN", help="Join token or agent credential."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Agent name (as created by the admin).")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext gRPC; only to a loopback address.")
+    ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="GATEHOUSE_CA_FILE", help="CA of the control plane's certificate."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run an agent: dial out to the control plane and open targets on its orders.
+
+    Example: gatehouse agent run --controlplane 127.0.0.1:8443 --token ghj_… --name vpc-1 --insecure
+    """
+    from agent.runner import AgentFatal, AgentSettings, run_agent
+    from cli.rpc import controlplane_address, is_loopback
+
+    address = controlplane_address(controlplane)
+    if not token:
+        raise CliError("--token (or GATEHOUSE_AGENT_TOKEN) is required", USAGE)
+    if not name:
+        raise CliError("--name is required: the name the agent was created with", USAGE)
+    if insecure and not is_loopback(address):
+        raise CliError(
+            f"--insecure is refused for {address}: plaintext is allowed only to loopback", USAGE
+        )
+    setup_logging(verbose)
+    settings = AgentSettings(address, token, name, resolve_data_dir(data_dir), insecure, ca_file)
+    try:
+        run(run_agent(settings))
+    except AgentFatal as exc:
+        raise CliError(str(exc)) from None
