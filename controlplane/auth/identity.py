@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 
+ADMIN = "admin"
+AUDIT_READER = "audit-reader"  # may read the audit trail and nothing else
+USER = "user"
+ROLES = (ADMIN, AUDIT_READER, USER)
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who is acting, as the control plane itself authenticated them (never an agent's word)."""
@@ -14,7 +20,11 @@ class Identity:
     email: str | None = None
     groups: tuple[str, ...] = ()
     actor: str | None = None
-    is_admin: bool = False
+    role: str = "user"  # admin | audit-reader | user
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
 
     def as_user(self) -> dict[str, Any]:
         return {"sub": self.subject, "email": self.email, "groups": list(self.groups)}

@@ -19,7 +19,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from controlplane.audit.events import as_utc, utc_now
-from controlplane.auth.identity import Identity
+from controlplane.auth.identity import ADMIN, Identity
 from controlplane.errors import PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow
@@ -82,13 +82,20 @@ class TokenAuthenticator:
             email=row.email,
             groups=tuple(json.loads(row.groups)),
             actor=row.actor,
-            is_admin=row.role == "admin",
+            role=row.role,
         )
 
     async def require_admin(self, metadata: Any) -> Identity:
+        return await self.require_role(metadata, ADMIN)
+
+    async def require_role(self, metadata: Any, *roles: str) -> Identity:
+        """The caller, if their role is one of `roles`; refused otherwise, naming the need."""
         identity = await self.identify(metadata)
-        if not identity.is_admin:
-            raise PermissionDenied(f"{identity.subject} is not an administrator")
+        if identity.role not in roles:
+            needed = " or ".join(repr(r) for r in roles)
+            raise PermissionDenied(
+                f"{identity.subject} (role {identity.role!r}) may not do this: it needs {needed}"
+            )
         return identity
 
     async def bootstrap_admin(self, token_file: Path) -> None:
@@ -112,7 +119,7 @@ class TokenAuthenticator:
                     token_hash=token_hash(token),
                     subject="admin",
                     groups=json.dumps(["admins"]),
-                    role="admin",
+                    role=ADMIN,
                     created_at=utc_now(),
                 )
             )
