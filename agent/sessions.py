@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from agent.pg import relay as pg_relay
-from gatehouse.v1 import agent_pb2, agent_pb2_grpc, session_pb2
+from gatehouse.v1 import agent_pb2, agent_pb2_grpc, tunnel_pb2
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ async def serve_session(
             agent_pb2.AgentFrame(attach=agent_pb2.SessionAttach(session_id=session_id))
         )
 
-        async def send(frame: session_pb2.Frame) -> None:
+        async def send(frame: tunnel_pb2.Frame) -> None:
             await call.write(agent_pb2.AgentFrame(frame=frame))
 
         async def receive() -> bytes | None:

@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from agent.pg.login import READ_SIZE, PgTarget, TargetError, open_target
 from agent.secrets import SecretError, resolve
-from gatehouse.v1 import session_pb2
-from gatehouse.v1.session_pb2 import ResultMark as Mark
+from gatehouse.v1 import tunnel_pb2
+from gatehouse.v1.tunnel_pb2 import ResultMark as Mark
 from wire.pg import framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger(__name__)
 
-SendFrame = Callable[[session_pb2.Frame], Awaitable[None]]
+SendFrame = Callable[[tunnel_pb2.Frame], Awaitable[None]]
 Receive = Callable[[], Awaitable[bytes | None]]
 
 COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
@@ -63,9 +63,9 @@ def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Ma
     return marks
 
 
-def error_frame(sqlstate: str, message: str) -> session_pb2.Frame:
+def error_frame(sqlstate: str, message: str) -> tunnel_pb2.Frame:
     data = pgm.error_response(severity="FATAL", sqlstate=sqlstate, message=message)
-    return session_pb2.Frame(
+    return tunnel_pb2.Frame(
         data=data, marks=[Mark(kind=Mark.ERROR, end=len(data), sqlstate=sqlstate, message=message)]
     )
 
@@ -101,7 +101,7 @@ async def run(
     del password
     first = pgm.authentication_ok() + login.rest
     shift = len(first) - len(login.rest) - login.rest_offset
-    await send(session_pb2.Frame(data=first, marks=result_marks(login.rest_messages, shift)))
+    await send(tunnel_pb2.Frame(data=first, marks=result_marks(login.rest_messages, shift)))
     if pending:
         login.writer.write(bytes(pending))
     return await _pump(login.reader, login.writer, login.framer, receive, send)
@@ -119,7 +119,7 @@ async def _pump(
             data = await reader.read(READ_SIZE)
             if not data:
                 return "the target closed the connection"
-            await send(session_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
+            await send(tunnel_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
 
     async def to_target() -> str:
         while True:

@@ -23,7 +23,7 @@ from typing import Any
 
 from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
-from gatehouse.v1 import session_pb2
+from gatehouse.v1 import tunnel_pb2
 from wire.pg import framing
 from wire.pg import messages as pgm
 
@@ -239,7 +239,7 @@ class PgInspector:
 
     # ---- target → client ------------------------------------------------------------------
 
-    async def from_agent(self, frame: session_pb2.Frame) -> list[bytes]:
+    async def from_agent(self, frame: tunnel_pb2.Frame) -> list[bytes]:
         """Apply the agent's marks: record results, and slot in answers of our own."""
         data = frame.data
         if not frame.marks:
@@ -247,7 +247,7 @@ class PgInspector:
         chunks: list[bytes] = []
         start = 0
         for mark in frame.marks:
-            if mark.kind == session_pb2.ResultMark.READY:
+            if mark.kind == tunnel_pb2.ResultMark.READY:
                 head = self._cycles[0] if self._cycles else None
                 if head is not None and head.injected:
                     ready_at = mark.end - READY_LENGTH
@@ -273,12 +273,12 @@ class PgInspector:
             due.append((cycle.synthetic or b"") + ready)
         return due
 
-    def _statement_mark(self, mark: session_pb2.ResultMark) -> None:
+    def _statement_mark(self, mark: tunnel_pb2.ResultMark) -> None:
         cycle = self._cycles[0] if self._cycles else None
         if cycle is None or not cycle.statements:
             return  # e.g. an error during startup: the session end records it
         statement = cycle.statements[0]
-        if mark.kind == session_pb2.ResultMark.ERROR:
+        if mark.kind == tunnel_pb2.ResultMark.ERROR:
             statement.error, statement.message = mark.sqlstate, mark.message
         else:
             statement.commands.append(mark.command)

@@ -23,10 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
-from gatehouse.v1 import session_pb2 as gatehouse_dot_v1_dot_session__pb2
+from gatehouse.v1 import tunnel_pb2 as gatehouse_dot_v1_dot_tunnel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/agent.proto\x12\x0cgatehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1agatehouse/v1/session.proto\"B\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"6\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\"i\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.gatehouse.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\"8\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\xca\x01\n\x0e\x43ontrolMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.WelcomeH\x00\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x14.gatehouse.v1.PolicyH\x00\x12\x31\n\x0copen_session\x18\x03 \x01(\x0b\x32\x19.gatehouse.v1.OpenSessionH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\":\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\"L\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x31\n\x0b\x63onnections\x18\x02 \x03(\x0b\x32\x1c.gatehouse.v1.ConnectionSpec\"\xe8\x01\n\x0e\x43onnectionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x06target\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x38\n\x06secret\x18\x04 \x03(\x0b\x32(.gatehouse.v1.ConnectionSpec.SecretEntry\x12(\n\x07masking\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bSecretEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\"h\n\nAgentFrame\x12-\n\x06\x61ttach\x18\x01 \x01(\x0b\x32\x1b.gatehouse.v1.SessionAttachH\x00\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x13.gatehouse.v1.FrameH\x00\x42\x05\n\x03msg\"#\n\rSessionAttach\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1c\n\x0cGatewayFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xe1\x01\n\x0c\x41gentService\x12\x43\n\x06\x45nroll\x12\x1b.gatehouse.v1.EnrollRequest\x1a\x1c.gatehouse.v1.EnrollResponse\x12G\n\x07\x43ontrol\x12\x1a.gatehouse.v1.AgentMessage\x1a\x1c.gatehouse.v1.ControlMessage(\x01\x30\x01\x12\x43\n\x07Session\x12\x18.gatehouse.v1.AgentFrame\x1a\x1a.gatehouse.v1.GatewayFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/agent.proto\x12\x0cgatehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19gatehouse/v1/tunnel.proto\"B\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"6\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\"i\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.gatehouse.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\"8\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\xca\x01\n\x0e\x43ontrolMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.WelcomeH\x00\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x14.gatehouse.v1.PolicyH\x00\x12\x31\n\x0copen_session\x18\x03 \x01(\x0b\x32\x19.gatehouse.v1.OpenSessionH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\":\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\"L\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x31\n\x0b\x63onnections\x18\x02 \x03(\x0b\x32\x1c.gatehouse.v1.ConnectionSpec\"\xe8\x01\n\x0e\x43onnectionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x06target\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x38\n\x06secret\x18\x04 \x03(\x0b\x32(.gatehouse.v1.ConnectionSpec.SecretEntry\x12(\n\x07masking\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bSecretEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\"h\n\nAgentFrame\x12-\n\x06\x61ttach\x18\x01 \x01(\x0b\x32\x1b.gatehouse.v1.SessionAttachH\x00\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x13.gatehouse.v1.FrameH\x00\x42\x05\n\x03msg\"#\n\rSessionAttach\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1c\n\x0cGatewayFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xe1\x01\n\x0c\x41gentService\x12\x43\n\x06\x45nroll\x12\x1b.gatehouse.v1.EnrollRequest\x1a\x1c.gatehouse.v1.EnrollResponse\x12G\n\x07\x43ontrol\x12\x1a.gatehouse.v1.AgentMessage\x1a\x1c.gatehouse.v1.ControlMessage(\x01\x30\x01\x12\x43\n\x07Session\x12\x18.gatehouse.v1.AgentFrame\x1a\x1a.gatehouse.v1.GatewayFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONNECTIONSPEC_SECRETENTRY']._loaded_options = None
   _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_options = b'8\001'
-  _globals['_ENROLLREQUEST']._serialized_start=100
-  _globals['_ENROLLREQUEST']._serialized_end=166
-  _globals['_ENROLLRESPONSE']._serialized_start=168
-  _globals['_ENROLLRESPONSE']._serialized_end=222
-  _globals['_AGENTMESSAGE']._serialized_start=224
-  _globals['_AGENTMESSAGE']._serialized_end=329
-  _globals['_HELLO']._serialized_start=331
-  _globals['_HELLO']._serialized_end=387
-  _globals['_HEARTBEAT']._serialized_start=389
-  _globals['_HEARTBEAT']._serialized_end=422
-  _globals['_CONTROLMESSAGE']._serialized_start=425
-  _globals['_CONTROLMESSAGE']._serialized_end=627
-  _globals['_WELCOME']._serialized_start=629
-  _globals['_WELCOME']._serialized_end=687
-  _globals['_POLICY']._serialized_start=689
-  _globals['_POLICY']._serialized_end=765
-  _globals['_CONNECTIONSPEC']._serialized_start=768
-  _globals['_CONNECTIONSPEC']._serialized_end=1000
-  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_start=955
-  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_end=1000
-  _globals['_OPENSESSION']._serialized_start=1002
-  _globals['_OPENSESSION']._serialized_end=1055
-  _globals['_AGENTFRAME']._serialized_start=1057
-  _globals['_AGENTFRAME']._serialized_end=1161
-  _globals['_SESSIONATTACH']._serialized_start=1163
-  _globals['_SESSIONATTACH']._serialized_end=1198
-  _globals['_GATEWAYFRAME']._serialized_start=1200
-  _globals['_GATEWAYFRAME']._serialized_end=1228
-  _globals['_AGENTSERVICE']._serialized_start=1231
-  _globals['_AGENTSERVICE']._serialized_end=1456
+  _globals['_ENROLLREQUEST']._serialized_start=99
+  _globals['_ENROLLREQUEST']._serialized_end=165
+  _globals['_ENROLLRESPONSE']._serialized_start=167
+  _globals['_ENROLLRESPONSE']._serialized_end=221
+  _globals['_AGENTMESSAGE']._serialized_start=223
+  _globals['_AGENTMESSAGE']._serialized_end=328
+  _globals['_HELLO']._serialized_start=330
+  _globals['_HELLO']._serialized_end=386
+  _globals['_HEARTBEAT']._serialized_start=388
+  _globals['_HEARTBEAT']._serialized_end=421
+  _globals['_CONTROLMESSAGE']._serialized_start=424
+  _globals['_CONTROLMESSAGE']._serialized_end=626
+  _globals['_WELCOME']._serialized_start=628
+  _globals['_WELCOME']._serialized_end=686
+  _globals['_POLICY']._serialized_start=688
+  _globals['_POLICY']._serialized_end=764
+  _globals['_CONNECTIONSPEC']._serialized_start=767
+  _globals['_CONNECTIONSPEC']._serialized_end=999
+  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_start=954
+  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_end=999
+  _globals['_OPENSESSION']._serialized_start=1001
+  _globals['_OPENSESSION']._serialized_end=1054
+  _globals['_AGENTFRAME']._serialized_start=1056
+  _globals['_AGENTFRAME']._serialized_end=1160
+  _globals['_SESSIONATTACH']._serialized_start=1162
+  _globals['_SESSIONATTACH']._serialized_end=1197
+  _globals['_GATEWAYFRAME']._serialized_start=1199
+  _globals['_GATEWAYFRAME']._serialized_end=1227
+  _globals['_AGENTSERVICE']._serialized_start=1230
+  _globals['_AGENTSERVICE']._serialized_end=1455
 # @@protoc_insertion_point(module_scope)

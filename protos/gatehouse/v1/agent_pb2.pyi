@@ -4,7 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
-from gatehouse.v1 import session_pb2 as _session_pb2
+from gatehouse.v1 import tunnel_pb2 as _tunnel_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -313,12 +313,12 @@ class AgentFrame(_message.Message):
     @_builtins.property
     def attach(self) -> Global___SessionAttach: ...
     @_builtins.property
-    def frame(self) -> _session_pb2.Frame: ...
+    def frame(self) -> _tunnel_pb2.Frame: ...
     def __init__(
         self,
         *,
         attach: Global___SessionAttach | None = ...,
-        frame: _session_pb2.Frame | None = ...,
+        frame: _tunnel_pb2.Frame | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "frame", b"frame", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

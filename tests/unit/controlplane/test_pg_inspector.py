@@ -17,11 +17,11 @@ from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.relay.pg import PgInspector
 from controlplane.store.database import Database
-from gatehouse.v1 import session_pb2
+from gatehouse.v1 import tunnel_pb2
 from wire.pg import framing
 from wire.pg import messages as pgm
 
-Mark = session_pb2.ResultMark
+Mark = tunnel_pb2.ResultMark
 
 REFUSE_INSERTS = (
     "CREATE TRIGGER test_refuse_insert BEFORE INSERT ON audit_events "
@@ -77,7 +77,7 @@ class Reply:
 
     def __init__(self) -> None:
         self.data = bytearray()
-        self.marks: list[session_pb2.ResultMark] = []
+        self.marks: list[tunnel_pb2.ResultMark] = []
 
     def raw(self, message: bytes) -> "Reply":
         self.data += message
@@ -101,8 +101,8 @@ class Reply:
         self.marks.append(Mark(kind=Mark.READY, end=len(self.data), tx_status=status))
         return self
 
-    def frame(self) -> session_pb2.Frame:
-        return session_pb2.Frame(data=bytes(self.data), marks=self.marks)
+    def frame(self) -> tunnel_pb2.Frame:
+        return tunnel_pb2.Frame(data=bytes(self.data), marks=self.marks)
 
 
 def select_reply(rows: int, status: str = "I") -> Reply:
@@ -241,8 +241,8 @@ async def test_target_bytes_without_marks_pass_through(inspector: PgInspector) -
     await inspector.from_client(STARTUP)
     challenge = pgm.authentication_request(pgm.AUTH_MD5_PASSWORD, b"salt")
 
-    assert await inspector.from_agent(session_pb2.Frame(data=challenge)) == [challenge]
-    assert await inspector.from_agent(session_pb2.Frame()) == []
+    assert await inspector.from_agent(tunnel_pb2.Frame(data=challenge)) == [challenge]
+    assert await inspector.from_agent(tunnel_pb2.Frame()) == []
 
 
 async def test_ssl_request_is_answered_no_by_the_gateway_and_not_forwarded(
