@@ -70,3 +70,14 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `30m`, `8h`, `90d` → seconds; the forms the policy file uses for TTLs."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        from cli.errors import USAGE, CliError
+
+        raise CliError(f"{text!r} is not a duration: write e.g. 30m, 8h or 90d", USAGE)
+    return int(number) * units[unit]

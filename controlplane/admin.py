@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from controlplane.audit.events import as_utc, rfc3339
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import unary
 from controlplane.policy.store import PolicyStore
+from controlplane.store.models import ApiTokenRow
 from gatehouse.v1 import admin_pb2, admin_pb2_grpc, agent_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -97,3 +99,43 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 )
             )
         return response
+
+    @unary
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: Context
+    ) -> admin_pb2.CreateTokenResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+        row, secret = await self._auth.create(request.name, request.role, ttl, admin)
+        return admin_pb2.CreateTokenResponse(token=_token_info(row), secret=secret)
+
+    @unary
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: Context
+    ) -> admin_pb2.ListTokensResponse:
+        await self._auth.require_admin(context.invocation_metadata())
+        return admin_pb2.ListTokensResponse(
+            tokens=[_token_info(row) for row in await self._auth.tokens()]
+        )
+
+    @unary
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: Context
+    ) -> admin_pb2.RevokeTokenResponse:
+        admin = await self._auth.require_admin(context.invocation_metadata())
+        await self._auth.revoke(request.id, admin)
+        return admin_pb2.RevokeTokenResponse()
+
+
+def _token_info(row: ApiTokenRow) -> admin_pb2.TokenInfo:
+    def moment(value: datetime | None) -> str:
+        return rfc3339(as_utc(value)) if value else ""
+
+    return admin_pb2.TokenInfo(
+        id=row.id,
+        name=row.subject.removeprefix("token:"),
+        role=row.role,
+        created=moment(row.created_at),
+        expires=moment(row.expires_at),
+        revoked=moment(row.revoked_at),
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 ADMIN = "admin"
 AUDIT_READER = "audit-reader"  # may read the audit trail and nothing else
 USER = "user"

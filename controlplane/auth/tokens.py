@@ -13,14 +13,16 @@ import json
 import os
 import secrets
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from controlplane.audit.events import as_utc, utc_now
-from controlplane.auth.identity import ADMIN, Identity
-from controlplane.errors import PermissionDenied, Unauthenticated
+from controlplane.audit.events import as_utc, draft, utc_now
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import ADMIN, AUDIT_READER, Identity
+from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow
 
@@ -56,8 +58,9 @@ def bearer(metadata: Any) -> str:
 class TokenAuthenticator:
     """Resolves people's and automation's bearer tokens to an Identity."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditWriter) -> None:
         self._db = db
+        self._audit = audit
 
     async def identify(self, metadata: Any) -> Identity:
         token = bearer(metadata)
@@ -97,6 +100,55 @@ class TokenAuthenticator:
                 f"{identity.subject} (role {identity.role!r}) may not do this: it needs {needed}"
             )
         return identity
+
+    async def create(
+        self, name: str, role: str, ttl: timedelta | None, by: Identity
+    ) -> tuple[ApiTokenRow, str]:
+        """A token for a machine (a SIEM's audit-reader, say); returns its row and secret."""
+        if role not in (ADMIN, AUDIT_READER):
+            raise InvalidArgument(
+                f"role {role!r} cannot be given to a token; use {AUDIT_READER} or {ADMIN}"
+            )
+        if not name.strip():
+            raise InvalidArgument("a token needs a name that says who holds it, e.g. splunk")
+        secret = new_token(USER_PREFIX)
+        now = utc_now()
+        row = ApiTokenRow(
+            id=str(uuid.uuid4()),
+            token_hash=token_hash(secret),
+            subject=f"token:{name}",
+            groups="[]",
+            role=role,
+            created_at=now,
+            expires_at=now + ttl if ttl else None,
+        )
+        await self._db.write(lambda s: s.add(row))
+        await self._audit.commit(
+            draft(
+                "admin.change",
+                identity=by,
+                change={"action": "token.create", "token": row.id, "name": name, "role": role},
+            )
+        )
+        return row, secret
+
+    async def tokens(self) -> list[ApiTokenRow]:
+        return await self._db.read(
+            lambda s: list(s.exec(select(ApiTokenRow).order_by(col(ApiTokenRow.created_at))))
+        )
+
+    async def revoke(self, token_id: str, by: Identity) -> None:
+        def revoke(session: Session) -> None:
+            row = session.get(ApiTokenRow, token_id)
+            if row is None:
+                raise NotFound(f"no token {token_id}; see `gatehouse admin tokens list`")
+            row.revoked_at = utc_now()
+            session.add(row)
+
+        await self._db.write(revoke)
+        await self._audit.commit(
+            draft("admin.change", identity=by, change={"action": "token.revoke", "token": token_id})
+        )
 
     async def bootstrap_admin(self, token_file: Path) -> None:
         """Dev mode: make sure `token_file` holds a working admin token (0600)."""

@@ -20,7 +20,7 @@ import grpc
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import SessionContext, draft, utc_now
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
-from controlplane.auth.identity import Identity
+from controlplane.auth.identity import ADMIN, USER, Identity
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import (
     GatehouseError,
@@ -34,7 +34,7 @@ from controlplane.relay.pg import PgInspector
 from controlplane.relay.tunnel import Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import SessionRow
-from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, session_pb2
+from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
 from wire.pg import messages as pgm
 from wire.pg.framing import ProtocolError
 
@@ -66,7 +66,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         try:
-            identity = await self._auth.identify(context.invocation_metadata())
+            # Until access rules exist, any person may open sessions; a machine token that may
+            # only read the trail (audit-reader) may not.
+            identity = await self._auth.require_role(context.invocation_metadata(), ADMIN, USER)
             first = await asyncio.wait_for(context.read(), 30)
             if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
                 raise InvalidArgument("a session must start with open")
@@ -239,7 +241,7 @@ async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: PgInspec
         item = await tunnel.to_client.get()
         if item is None:
             chunks = inspector.take_synthetic()
-        elif isinstance(item, session_pb2.Frame):
+        elif isinstance(item, tunnel_pb2.Frame):
             chunks = await inspector.from_agent(item)
         else:
             chunks = inspector.take_synthetic()

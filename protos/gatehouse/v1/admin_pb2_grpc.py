@@ -60,6 +60,21 @@ class AdminServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListConnectionsRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListConnectionsResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/gatehouse.v1.AdminService/CreateToken',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/gatehouse.v1.AdminService/ListTokens',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/gatehouse.v1.AdminService/RevokeToken',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -96,6 +111,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Tokens for machines: e.g. a SIEM's read-only `audit-reader` token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +157,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListConnections,
                     request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListConnectionsRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_admin__pb2.ListConnectionsResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +310,87 @@ class AdminService:
             '/gatehouse.v1.AdminService/ListConnections',
             gatehouse_dot_v1_dot_admin__pb2.ListConnectionsRequest.SerializeToString,
             gatehouse_dot_v1_dot_admin__pb2.ListConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/CreateToken',
+            gatehouse_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/ListTokens',
+            gatehouse_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/RevokeToken',
+            gatehouse_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
