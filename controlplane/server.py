@@ -19,11 +19,20 @@ from controlplane.audit.service import AuditServicer
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import InvalidArgument
+from controlplane.http.api import build_app
+from controlplane.http.metrics import registry as metrics_registry
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
+from controlplane.sessions import SessionServicer
 from controlplane.store.database import Database, default_url
-from gatehouse.v1 import admin_pb2_grpc, agent_pb2_grpc, audit_pb2_grpc, client_pb2_grpc
+from gatehouse.v1 import (
+    admin_pb2_grpc,
+    agent_pb2_grpc,
+    audit_pb2_grpc,
+    client_pb2_grpc,
+    sessions_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +89,7 @@ class ControlPlane:
         self.settings = settings
         self.db = Database(settings.database_url or default_url(settings.data_dir))
         self.audit = AuditWriter(self.db)
-        self.auth = TokenAuthenticator(self.db)
+        self.auth = TokenAuthenticator(self.db, self.audit)
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
@@ -121,6 +130,9 @@ class ControlPlane:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.auth, self.agents, self.policy), server
         )
+        sessions_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(self.auth, self.db), server
+        )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.db), server)
         self._grpc = server
         try:
@@ -137,23 +149,31 @@ class ControlPlane:
         )
 
     async def _start_http(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
+        app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = split_host_port(self.settings.http_listen)
         await web.TCPSite(runner, host, port).start()
         return runner
 
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "agents_online": len(self.agents.online()),
-                "sessions": len(self.tunnels),
-                "events_committed": self.audit.committed,
-            }
-        )
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "ok",
+            "agents_online": len(self.agents.online()),
+            "sessions": len(self.tunnels),
+            "events_committed": self.audit.committed,
+        }
+
+    def _metric_values(self) -> dict[str, float]:
+        return {
+            "events_committed": self.audit.committed,
+            "commits": self.audit.commits,
+            "commit_seconds": self.audit.commit_seconds,
+            "queue_depth": self.audit.queue_depth,
+            "sessions": len(self.tunnels),
+            "sessions_total": self.tunnels.opened,
+            "agents": len(self.agents.online()),
+        }
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._grpc is not None:

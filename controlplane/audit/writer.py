@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,7 +38,13 @@ class AuditWriter:
         # One thread: the only appender in this process, so batches commit in queue order.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._task: asyncio.Task[None] | None = None
-        self.committed = 0
+        self.committed = 0  # events, for metrics
+        self.commits = 0  # transactions
+        self.commit_seconds = 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     @property
     def running(self) -> bool:
@@ -81,6 +88,7 @@ class AuditWriter:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             drafts = [draft for draft, _ in batch]
+            started = time.perf_counter()
             try:
                 seqs = await loop.run_in_executor(self._thread, self._append, drafts)
             except Exception as exc:
@@ -95,6 +103,8 @@ class AuditWriter:
                     if not future.done():
                         future.set_result(seq)
             finally:
+                self.commits += 1
+                self.commit_seconds += time.perf_counter() - started
                 for _ in batch:
                     self._queue.task_done()
 

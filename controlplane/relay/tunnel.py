@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from controlplane.errors import PermissionDenied, Unavailable
-from gatehouse.v1 import session_pb2
+from gatehouse.v1 import tunnel_pb2
 
 QUEUE_FRAMES = 16
 
@@ -30,7 +30,7 @@ class Tunnel:
     to_agent: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
     )
-    to_client: asyncio.Queue[session_pb2.Frame | Wake | None] = field(
+    to_client: asyncio.Queue[tunnel_pb2.Frame | Wake | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
     )
     attached: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,9 +53,11 @@ class Tunnels:
 
     def __init__(self) -> None:
         self._open: dict[str, Tunnel] = {}
+        self.opened = 0  # since start, for metrics
 
     def expect(self, session_id: str, agent: str) -> Tunnel:
         tunnel = Tunnel(session_id, agent)
+        self.opened += 1
         self._open[session_id] = tunnel
         return tunnel
 

@@ -1,0 +1,57 @@
+"""Reading the trail in pages, shared by the gRPC and HTTP export APIs.
+
+A reader that always asks for `seq > cursor` sees every event once: seq is dense and becomes
+visible in commit order (docs/decisions/0003), so no page can skip an event that commits later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from controlplane.errors import InvalidArgument
+from controlplane.store.database import Database
+from controlplane.store.models import EventRow
+
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 5000
+TYPE_RE = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[EventRow]
+    next: int  # pass as `after` for the next page; unchanged when nothing was new
+
+
+def check_request(after: int, limit: int, types: Sequence[str]) -> int:
+    """Validate a page request; returns the effective limit."""
+    if after < 0:
+        raise InvalidArgument("after must be 0 or a seq that was returned")
+    if limit < 0:
+        raise InvalidArgument("limit must be positive")
+    for name in types:
+        if not TYPE_RE.match(name):
+            raise InvalidArgument(f"{name!r} is not an event type (e.g. db.query)")
+    return min(limit or DEFAULT_LIMIT, MAX_LIMIT)
+
+
+async def read_page(db: Database, after: int, limit: int, types: Sequence[str] = ()) -> Page:
+    limit = check_request(after, limit, types)
+
+    def page(session: Session) -> list[EventRow]:
+        query = select(EventRow).where(EventRow.seq > after)
+        if types:
+            query = query.where(col(EventRow.type).in_(list(types)))
+        return list(session.exec(query.order_by(col(EventRow.seq)).limit(limit)))
+
+    rows = await db.read(page)
+    return Page(rows, rows[-1].seq if rows else after)
+
+
+def export_line(body: str, hash_: str) -> str:
+    """The exported JSON of an event: its stored canonical body with `hash` added last."""
+    return f'{body[:-1]},"hash":"{hash_}"}}'
