@@ -23,11 +23,13 @@ def _register() -> None:
     from cli.audit import audit_app
     from cli.execute import exec_
     from cli.serve import agent_app, controlplane_app
+    from cli.sessions import sessions_app
 
     app.command("exec")(exec_)
     app.add_typer(controlplane_app, name="controlplane")
     app.add_typer(agent_app, name="agent")
     app.add_typer(admin_app, name="admin")
+    app.add_typer(sessions_app, name="sessions")
     app.add_typer(audit_app, name="audit")
 
 

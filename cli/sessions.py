@@ -1,0 +1,132 @@
+"""`gatehouse sessions list | show`: who opened what, and one session's events in order."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from cli.options import ControlplaneOpt, OutputOpt, call
+from cli.output import Format, emit, emit_json
+
+sessions_app = typer.Typer(help="Recorded sessions.", no_args_is_help=True)
+
+
+def _session(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "connection": info.connection,
+        "type": info.connection_type,
+        "agent": info.agent,
+        "mode": info.mode,
+        "user": info.user,
+        "actor": info.actor or None,
+        "source_ip": info.source_ip,
+        "client": info.client,
+        "started": info.started,
+        "ended": info.ended or None,
+        "end_reason": info.end_reason or None,
+    }
+
+
+@sessions_app.command("list")
+def sessions_list(
+    user: Annotated[str | None, typer.Option(help="Only this user (subject).")] = None,
+    connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None,
+    since: Annotated[str | None, typer.Option(help="Started at or after, e.g. 2026-11-01.")] = None,
+    type_: Annotated[
+        str | None, typer.Option("--type", help="Connection type, e.g. postgres.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    controlplane: ControlplaneOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """List recorded sessions, newest first.
+
+    Example: gatehouse sessions list --connection pg-prod --since 2026-11-01
+    """
+    from cli import rpc
+    from gatehouse.v1 import sessions_pb2, sessions_pb2_grpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+    request = sessions_pb2.ListSessionsRequest(
+        user=user or "",
+        connection=connection or "",
+        since=since or "",
+        type=type_ or "",
+        limit=limit,
+    )
+
+    async def work(channel: Any) -> Any:
+        return await sessions_pb2_grpc.SessionServiceStub(channel).ListSessions(
+            request, metadata=md
+        )
+
+    sessions = [_session(s) for s in call(address, work).sessions]
+    emit(
+        output,
+        sessions,
+        ["ID", "CONNECTION", "USER", "ACTOR", "MODE", "STARTED", "ENDED"],
+        [
+            [s["id"], s["connection"], s["user"], s["actor"], s["mode"], s["started"], s["ended"]]
+            for s in sessions
+        ],
+        empty="No sessions match.",
+    )
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
+    controlplane: ControlplaneOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Show one session and its events (statements and results) in order.
+
+    Example: gatehouse sessions show 5c87a46a-a936-476c-83f1-2fccbd206f28
+    """
+    from cli import rpc
+    from gatehouse.v1 import sessions_pb2, sessions_pb2_grpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> Any:
+        return await sessions_pb2_grpc.SessionServiceStub(channel).GetSession(
+            sessions_pb2.GetSessionRequest(id=session_id), metadata=md
+        )
+
+    response = call(address, work)
+    events = [{**json.loads(e.body), "hash": e.hash} for e in response.events]
+    if output is Format.json:
+        emit_json({"session": _session(response.session), "events": events})
+        return
+    info = _session(response.session)
+    typer.echo(
+        f"session {info['id']}: {info['user']} on {info['connection']} ({info['type']}, "
+        f"{info['mode']}) from {info['source_ip']} with {info['client']}"
+    )
+    emit(output, None, ["SEQ", "TIME", "TYPE", "DETAIL"], [_row(e) for e in events])
+
+
+def _row(event: dict[str, Any]) -> list[Any]:
+    return [event["seq"], event["time"], event["type"], _detail(event)]
+
+
+def _detail(event: dict[str, Any]) -> str:
+    """One line a person can read: the statement, the result, or why the session ended."""
+    if "request" in event:
+        decision = event.get("decision", {}).get("result", "")
+        text = event["request"].get("statement") or " ".join(event["request"].get("argv", []))
+        return f"{text}  [{decision}]" if decision and decision != "allow" else str(text)
+    if "result" in event:
+        result = event["result"]
+        if result.get("error"):
+            return f"→ error {result['error']}: {result.get('message', '')}"
+        rows = result.get("rows")
+        return f"→ {result.get('command', 'ok')}, {rows} rows, {result.get('duration_ms')} ms"
+    if event["type"] == "session.end":
+        return f"{event.get('reason', '')}, {event.get('statements', 0)} statements"
+    return ""
