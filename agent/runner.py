@@ -119,7 +119,10 @@ class Agent:
                         grpc.StatusCode.UNAUTHENTICATED,
                         grpc.StatusCode.PERMISSION_DENIED,
                     ):
-                        credentials.forget(self.settings.data_dir, self.settings.name)
+                        if self.settings.token.startswith(JOIN_PREFIX):
+                            # The stored credential was refused (revoked): drop it, so that a
+                            # new join token can enroll this agent again.
+                            credentials.forget(self.settings.data_dir, self.settings.name)
                         raise AgentFatal(
                             f"the control plane refused this agent: {exc.details()}"
                         ) from None
