@@ -21,11 +21,13 @@ app = typer.Typer(
 def _register() -> None:
     from cli.admin import admin_app
     from cli.audit import audit_app
+    from cli.connect import connect
     from cli.execute import exec_
     from cli.serve import agent_app, controlplane_app
     from cli.sessions import sessions_app
 
     app.command("exec")(exec_)
+    app.command("connect")(connect)
     app.add_typer(controlplane_app, name="controlplane")
     app.add_typer(agent_app, name="agent")
     app.add_typer(admin_app, name="admin")

@@ -12,7 +12,7 @@ import grpc
 from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.errors import GatehouseError, InvalidArgument, unary
 from controlplane.policy.store import PolicyStore
-from controlplane.relay.tunnel import Tunnel, Tunnels
+from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
             while True:
-                data = await tunnel.to_agent.get()
-                if data is None:
+                item = await tunnel.to_agent.get()
+                if item is None:
                     break
-                await context.write(agent_pb2.GatewayFrame(data=data))
+                if isinstance(item, Cancel):
+                    await context.write(agent_pb2.GatewayFrame(cancel=True))
+                else:
+                    await context.write(agent_pb2.GatewayFrame(data=item))
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

@@ -68,7 +68,7 @@ class Cycle:
 
 class PgInspector:
     def __init__(self, ctx: SessionContext, audit: AuditWriter, wake: Callable[[], None]) -> None:
-        self._ctx = ctx
+        self.session = ctx  # what every event of this session repeats
         self._audit = audit
         self._wake = wake
         self._strict = ctx.audit_mode == "strict"
@@ -235,7 +235,7 @@ class PgInspector:
         request: dict[str, Any] = {"statement": sql, "protocol": protocol}
         if params:
             request["params"] = params
-        return draft("db.query", session=self._ctx, request=request, decision={"result": "allow"})
+        return draft("db.query", session=self.session, request=request, decision={"result": "allow"})
 
     # ---- target → client ------------------------------------------------------------------
 
@@ -316,7 +316,7 @@ class PgInspector:
         if skipped:
             result["error"] = result["error"] or "skipped"
             result["message"] = "not executed: an earlier message of its pipeline failed"
-        await self._audit.submit(draft("db.result", session=self._ctx, ref=ref, result=result))
+        await self._audit.submit(draft("db.result", session=self.session, ref=ref, result=result))
 
 
 def _param(value: bytes | None, fmt: int) -> str | None:

@@ -31,7 +31,7 @@ from controlplane.errors import (
 from controlplane.policy.document import Connection
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.pg import PgInspector
-from controlplane.relay.tunnel import Tunnel, Tunnels
+from controlplane.relay.tunnel import CANCEL, Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
@@ -106,7 +106,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     )
                 )
             )
-            reason = await _relay(context, tunnel, inspector)
+            reason = await _relay(context, tunnel, inspector, self._audit)
         finally:
             self._tunnels.discard(tunnel)
             await self._end(ctx, reason, started, inspector.statements)
@@ -194,9 +194,11 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             log.exception("session %s: could not record its end", ctx.session_id)
 
 
-async def _relay(context: Context, tunnel: Tunnel, inspector: PgInspector) -> str:
+async def _relay(
+    context: Context, tunnel: Tunnel, inspector: PgInspector, audit: AuditWriter
+) -> str:
     """Pump both directions until one side ends; returns why the session ended."""
-    upstream = asyncio.create_task(_client_to_agent(context, tunnel, inspector))
+    upstream = asyncio.create_task(_client_to_agent(context, tunnel, inspector, audit))
     downstream = asyncio.create_task(_agent_to_client(context, tunnel, inspector))
     done, pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
     if upstream in done and upstream.exception() is None:
@@ -221,12 +223,19 @@ async def _relay(context: Context, tunnel: Tunnel, inspector: PgInspector) -> st
     return "closed"
 
 
-async def _client_to_agent(context: Context, tunnel: Tunnel, inspector: PgInspector) -> None:
+async def _client_to_agent(
+    context: Context, tunnel: Tunnel, inspector: PgInspector, audit: AuditWriter
+) -> None:
     try:
         while True:
             message = await context.read()
             if not isinstance(message, client_pb2.ClientFrame):  # end of stream
                 return
+            if message.HasField("cancel"):
+                # Not a statement: recorded (it changes what the target does), then passed on.
+                await audit.submit(draft("db.cancel", session=inspector.session))
+                await tunnel.to_agent.put(CANCEL)
+                continue
             if not message.HasField("data"):
                 continue
             forward = await inspector.from_client(message.data)

@@ -23,11 +23,18 @@ class Wake:
 WAKE = Wake()
 
 
+class Cancel:
+    """Sentinel in the agent-bound queue: cancel what the target is running."""
+
+
+CANCEL = Cancel()
+
+
 @dataclass(eq=False)
 class Tunnel:
     session_id: str
     agent: str
-    to_agent: asyncio.Queue[bytes | None] = field(
+    to_agent: asyncio.Queue[bytes | Cancel | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
     )
     to_client: asyncio.Queue[tunnel_pb2.Frame | Wake | None] = field(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/client.proto\x12\x0cgatehouse.v1\"O\n\x0b\x43lientFrame\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.gatehouse.v1.SessionOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"?\n\x0bSessionOpen\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\"S\n\x0bServerFrame\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.gatehouse.v1.SessionOpenedH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"<\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onnection_type\x18\x02 \x01(\t2T\n\rClientService\x12\x43\n\x07Session\x12\x19.gatehouse.v1.ClientFrame\x1a\x19.gatehouse.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/client.proto\x12\x0cgatehouse.v1\"w\n\x0b\x43lientFrame\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.gatehouse.v1.SessionOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.gatehouse.v1.CancelH\x00\x42\x05\n\x03msg\"\x08\n\x06\x43\x61ncel\"?\n\x0bSessionOpen\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\"S\n\x0bServerFrame\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.gatehouse.v1.SessionOpenedH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"<\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onnection_type\x18\x02 \x01(\t2T\n\rClientService\x12\x43\n\x07Session\x12\x19.gatehouse.v1.ClientFrame\x1a\x19.gatehouse.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse.v1.client_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLIENTFRAME']._serialized_start=43
-  _globals['_CLIENTFRAME']._serialized_end=122
-  _globals['_SESSIONOPEN']._serialized_start=124
-  _globals['_SESSIONOPEN']._serialized_end=187
-  _globals['_SERVERFRAME']._serialized_start=189
-  _globals['_SERVERFRAME']._serialized_end=272
-  _globals['_SESSIONOPENED']._serialized_start=274
-  _globals['_SESSIONOPENED']._serialized_end=334
-  _globals['_CLIENTSERVICE']._serialized_start=336
-  _globals['_CLIENTSERVICE']._serialized_end=420
+  _globals['_CLIENTFRAME']._serialized_end=162
+  _globals['_CANCEL']._serialized_start=164
+  _globals['_CANCEL']._serialized_end=172
+  _globals['_SESSIONOPEN']._serialized_start=174
+  _globals['_SESSIONOPEN']._serialized_end=237
+  _globals['_SERVERFRAME']._serialized_start=239
+  _globals['_SERVERFRAME']._serialized_end=322
+  _globals['_SESSIONOPENED']._serialized_start=324
+  _globals['_SESSIONOPENED']._serialized_end=384
+  _globals['_CLIENTSERVICE']._serialized_start=386
+  _globals['_CLIENTSERVICE']._serialized_end=470
 # @@protoc_insertion_point(module_scope)
