@@ -239,3 +239,33 @@ def enroll_agent(
         agent.stop()
         raise StackError(f"agent {name} did not come online:\n{_tail(agent.log_file)}") from None
     return agent
+
+
+@dataclass
+class Connect(Process):
+    """`gatehouse connect NAME --port P`: the local listener native clients talk to."""
+
+    port: int = 0
+
+    @classmethod
+    def create(cls, controlplane: ControlPlane, connection: str, log_dir: Path) -> Connect:
+        port = free_port()
+        return cls(
+            args=["connect", connection, "--port", str(port)],
+            log_file=log_dir / f"connect-{connection}-{port}.log",
+            env=controlplane.cli_env,
+            port=port,
+        )
+
+    def start_and_wait(self, timeout: float = 20) -> None:
+        self.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise StackError(f"gatehouse connect exited:\n{_tail(self.log_file)}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise StackError(f"gatehouse connect did not listen:\n{_tail(self.log_file)}")

@@ -26,6 +26,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from gatehouse.v1 import tunnel_pb2
 from wire.pg import framing
 from wire.pg import messages as pgm
+from wire.pg.types import binary_to_text
 
 PARAM_LIMIT = 256  # characters of one parameter value kept in an event
 AUDIT_FAILED_SQLSTATE = "58000"
@@ -74,7 +75,7 @@ class PgInspector:
         self._strict = ctx.audit_mode == "strict"
         self._framer = framing.MessageFramer(startup_phase=True)
         self._cycles: deque[Cycle] = deque()
-        self._prepared: dict[str, str] = {}
+        self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._portals: dict[str, tuple[str, list[str | None]]] = {}
         self._held: list[bytes] = []  # extended-protocol messages waiting for Sync/Flush
         self._held_events: list[Draft] = []
@@ -143,11 +144,15 @@ class PgInspector:
         tag = msg.tag
         if tag == P:
             parse = pgm.parse_parse(msg.body)
-            self._prepared[parse.name] = parse.query
+            self._prepared[parse.name] = (parse.query, parse.param_types)
         elif tag == B:
             bind = pgm.parse_bind(msg.body)
-            sql = self._prepared.get(bind.statement, "")
-            self._portals[bind.portal] = (sql, [_param(v, f) for v, f in bind.parameters()])
+            sql, types = self._prepared.get(bind.statement, ("", ()))
+            params = [
+                _param(value, fmt, types[i] if i < len(types) else 0)
+                for i, (value, fmt) in enumerate(bind.parameters())
+            ]
+            self._portals[bind.portal] = (sql, params)
         elif tag == E:
             portal = pgm.parse_execute(msg.body).portal
             sql, params = self._portals.get(portal, ("", []))
@@ -235,7 +240,9 @@ class PgInspector:
         request: dict[str, Any] = {"statement": sql, "protocol": protocol}
         if params:
             request["params"] = params
-        return draft("db.query", session=self.session, request=request, decision={"result": "allow"})
+        return draft(
+            "db.query", session=self.session, request=request, decision={"result": "allow"}
+        )
 
     # ---- target → client ------------------------------------------------------------------
 
@@ -319,12 +326,14 @@ class PgInspector:
         await self._audit.submit(draft("db.result", session=self.session, ref=ref, result=result))
 
 
-def _param(value: bytes | None, fmt: int) -> str | None:
-    """A parameter as the event keeps it: text as text, binary as base64, both truncated."""
+def _param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
+    """A parameter as the event keeps it: text as text, binary rendered by its type where we
+    can (else base64), all truncated."""
     if value is None:
         return None
-    if fmt == 0:
-        text = value.decode("utf-8", errors="replace")
-    else:
+    text = value.decode("utf-8", errors="replace") if fmt == 0 else None
+    if text is None:
+        text = binary_to_text(type_oid, value[: PARAM_LIMIT * 4])
+    if text is None:
         text = "base64:" + base64.b64encode(value[:PARAM_LIMIT]).decode("ascii")
     return text if len(text) <= PARAM_LIMIT else text[:PARAM_LIMIT] + "…"

@@ -648,3 +648,18 @@ async def test_sync_after_a_refused_flush_batch_still_reaches_the_target(
     # Batch 1's result, then the refusal of batch 2, then the one ReadyForQuery for the Sync.
     assert [tag for tag, _ in messages] == ["C", "E", "Z"]
     assert pgm.parse_error_fields(messages[1][1]).sqlstate == "58000"
+
+
+async def test_typed_binary_parameters_are_recorded_as_text(
+    ready: PgInspector, db_path: Path
+) -> None:
+    # Parse naming int4 and bool, as psycopg and asyncpg do for binary parameters.
+    name, sql_text = b"", b"SELECT $1, $2"
+    body = name + b"\x00" + sql_text + b"\x00" + struct.pack("!hII", 2, 23, 16)
+    typed_parse = b"P" + struct.pack("!i", len(body) + 4) + body
+    data = typed_parse + bind([struct.pack("!i", -41), b"\x01"], formats=(1,)) + execute()
+
+    await ready.from_client(data + pgm.sync())
+
+    [query] = stored(db_path)
+    assert query["request"]["params"] == ["-41", "t"]

@@ -1,0 +1,173 @@
+"""Unmodified PostgreSQL clients through `gatehouse connect`: each connection one audited
+session, everything the protocol offers behaving as on a direct connection."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from devenv.postgres import find_pg_bindir
+from devenv.stack import Connect
+from tests.e2e.conftest import Stack
+
+
+@pytest.fixture(scope="module")
+def listener(stack: Stack) -> Iterator[Connect]:
+    process = Connect.create(stack.controlplane, "pg", stack.base)
+    process.start_and_wait()
+    yield process
+    process.stop()
+
+
+def dsn(listener: Connect, **extra: str) -> str:
+    params = {"host": "127.0.0.1", "port": str(listener.port), "dbname": "pg", "user": "anyone"}
+    params.update(extra)
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def queries(stack: Stack, statement: str) -> list[dict[str, object]]:
+    return [
+        e
+        for e in stack.events()
+        if e["type"] == "db.query" and e["request"]["statement"] == statement  # type: ignore[index]
+    ]
+
+
+def test_psql_works_with_any_password_and_tls(stack: Stack, listener: Connect) -> None:
+    psql = shutil.which("psql")
+    assert psql, "psql is installed by deploy/system-deps.sh"
+    for sslmode in ("disable", "require"):
+        result = subprocess.run(
+            [
+                psql,
+                dsn(listener, sslmode=sslmode, password="wrong"),
+                "-At",
+                "-c",
+                "select 41+1, current_user",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        # The database user is the agent's, whatever the client claimed.
+        assert result.stdout.strip() == "42|app"
+
+
+def test_psycopg_extended_protocol_parameters_are_recorded(stack: Stack, listener: Connect) -> None:
+    statement = "select %s::int + 1 as n, %s::text as t"
+    with psycopg.connect(dsn(listener)) as conn:
+        assert conn.execute(statement, (41, "hé")).fetchone() == (42, "hé")
+    (event,) = queries(stack, "select $1::int + 1 as n, $2::text as t")
+    request = event["request"]
+    assert request["protocol"] == "extended"  # type: ignore[index]
+    assert request["params"] == ["41", "hé"]  # type: ignore[index]
+    assert stack.pg.wait_for_statement("select $1::int + 1 as n, $2::text as t") >= 1
+
+
+def test_copy_both_ways_and_error_recovery(stack: Stack, listener: Connect) -> None:
+    with psycopg.connect(dsn(listener)) as conn:
+        conn.execute("create temp table t(id int, note text)")
+        with conn.cursor() as cur:
+            with cur.copy("copy t from stdin") as copy:
+                for i in range(1000):
+                    copy.write_row((i, f"row {i}"))
+            with cur.copy("copy t to stdout") as copy:
+                rows = sum(1 for _ in copy)
+        conn.commit()
+        assert rows == 1000
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        conn.rollback()
+        assert conn.execute("select count(*) from t").fetchone() == (1000,)
+    results = [e for e in stack.events() if e["type"] == "db.result"]
+    copied = [r for r in results if r["result"].get("command") == "COPY"]  # type: ignore[union-attr]
+    assert {r["result"]["rows"] for r in copied} >= {1000}  # type: ignore[index]
+
+
+def test_notifications_and_notices_pass_through(listener: Connect) -> None:
+    with psycopg.connect(dsn(listener), autocommit=True) as conn:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("do $$ begin raise notice 'hello from the target'; end $$")
+        assert notices == ["hello from the target"]
+        conn.execute("listen gatehouse_test")
+        conn.execute("notify gatehouse_test, 'payload'")
+        got = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
+        assert got == ["payload"]
+
+
+def test_asyncpg_streams_a_large_result(stack: Stack, listener: Connect) -> None:
+    async def main() -> tuple[int, int]:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=listener.port, user="anyone", database="pg"
+        )
+        try:
+            rows = await conn.fetch("select g, repeat('x', 200) from generate_series(1, 300000) g")
+            blob = await conn.fetchval("select repeat('y', 8 * 1024 * 1024)")
+            return len(rows), len(blob)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == (300000, 8 * 1024 * 1024)
+
+
+def test_fifty_concurrent_connections_are_fifty_sessions(stack: Stack, listener: Connect) -> None:
+    tag = "concurrent-check"
+
+    def one(i: int) -> int:
+        with psycopg.connect(dsn(listener, application_name=f"c{i}")) as conn:
+            row = conn.execute(f"select {i} as i, '{tag}'").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    with ThreadPoolExecutor(50) as pool:
+        assert sorted(pool.map(one, range(50))) == list(range(50))
+    sessions = {
+        e["session_id"]
+        for e in stack.events()
+        if e["type"] == "db.query" and tag in e["request"]["statement"]  # type: ignore[index]
+    }
+    assert len(sessions) == 50
+    assert stack.cli("audit", "verify").returncode == 0
+
+
+def test_pgbench_runs_through_the_gateway(stack: Stack, listener: Connect, tmp_path: Path) -> None:
+    pgbench = str(find_pg_bindir() / "pgbench")
+    target = f"host=127.0.0.1 port={listener.port} dbname=pg"
+    init = subprocess.run(
+        [pgbench, "-i", "-s", "1", "-q", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    run = subprocess.run(
+        [pgbench, "-S", "-t", "50", "-c", "2", "-M", "extended", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "number of failed transactions: 0" in run.stdout
+
+
+def test_unknown_connection_is_a_fatal_error_for_the_client(stack: Stack, tmp_path: Path) -> None:
+    process = Connect.create(stack.controlplane, "nope", tmp_path)
+    process.start_and_wait()
+    try:
+        with pytest.raises(psycopg.OperationalError, match="no connection named 'nope'"):
+            psycopg.connect(dsn(process))
+    finally:
+        process.stop()
