@@ -170,3 +170,14 @@ def test_sessions_list_and_show(stack: Stack, reader: str) -> None:
     assert stack.cli("sessions", "list", "--type", "ssh", "-o", "json").stdout.strip() == "[]"
     missing = stack.cli("sessions", "show", "nope")
     assert missing.returncode == 1 and "no session nope" in missing.stderr
+
+
+def test_ocsf_format_maps_each_event_to_its_class(stack: Stack, reader: str) -> None:
+    assert stack.cli("exec", "pg", "-c", "select 'ocsf'").returncode == 0
+    status, _, body = http_get(stack, "/v1/audit/events?format=ocsf&types=db.query", reader)
+    assert status == 200
+    events = ndjson(body)
+    assert events
+    assert {e["class_uid"] for e in events} == {6005}
+    assert any(e["query_info"]["query_string"] == "select 'ocsf'" for e in events)
+    assert all(e["type_uid"] == 600504 for e in events)
