@@ -26,6 +26,7 @@ from controlplane.policy.document import (
     parse_policy,
     to_json,
 )
+from controlplane.policy.guardrails import SqlGuard
 from controlplane.store.database import Database
 from controlplane.store.models import PolicyVersionRow
 from gatehouse.v1 import agent_pb2
@@ -45,6 +46,7 @@ class PolicyStore:
         self._audit = audit
         self.version = 0
         self.document = PolicyDocument()
+        self._guards: dict[tuple[int, str], SqlGuard] = {}
 
     async def load(self) -> None:
         """Take the newest applied version (another replica may have applied it)."""
@@ -63,6 +65,11 @@ class PolicyStore:
             document = parse_policy(source, filename)
         except PolicyError as exc:
             raise InvalidArgument(str(exc)) from None
+        for rule in document.guardrails:
+            try:
+                SqlGuard([rule])
+            except ValueError as exc:
+                raise InvalidArgument(f"{filename}: guardrail {rule.name!r}: {exc}") from None
         await self.load()
         changes = describe_changes(self.document, document)
         stored = json.dumps(to_json(document), sort_keys=True)
@@ -94,6 +101,18 @@ class PolicyStore:
 
     def connection(self, name: str) -> Connection | None:
         return self.document.connection(name)
+
+    def guard(self, connection: Connection) -> SqlGuard:
+        """The connection's SQL guardrails, built once per policy version (its cache stays warm
+        across sessions: the same statements come back again and again)."""
+        key = (self.version, connection.name)
+        guard = self._guards.get(key)
+        if guard is None:
+            if self._guards and next(iter(self._guards))[0] != self.version:
+                self._guards.clear()
+            rules = [self.document.guardrail(n) for n in connection.guardrails]
+            guard = self._guards[key] = SqlGuard([r for r in rules if r is not None])
+        return guard
 
     def for_agent(self, agent: str) -> agent_pb2.Policy:
         """The part of the policy one agent needs: its connections and their masking."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.policy.guardrails import Decision, SqlGuard
 from gatehouse.v1 import tunnel_pb2
 from wire.pg import framing
 from wire.pg import messages as pgm
@@ -31,6 +32,7 @@ from wire.pg.types import binary_to_text
 PARAM_LIMIT = 256  # characters of one parameter value kept in an event
 AUDIT_FAILED_SQLSTATE = "58000"
 NOT_SUPPORTED_SQLSTATE = "0A000"
+DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it refuses
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
@@ -68,14 +70,22 @@ class Cycle:
 
 
 class PgInspector:
-    def __init__(self, ctx: SessionContext, audit: AuditWriter, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        ctx: SessionContext,
+        audit: AuditWriter,
+        wake: Callable[[], None],
+        guard: SqlGuard | None = None,
+    ) -> None:
         self.session = ctx  # what every event of this session repeats
         self._audit = audit
         self._wake = wake
         self._strict = ctx.audit_mode == "strict"
+        self._guard = guard or SqlGuard(())
         self._framer = framing.MessageFramer(startup_phase=True)
         self._cycles: deque[Cycle] = deque()
         self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._held_decisions: list[Decision] = []
         self._portals: dict[str, tuple[str, list[str | None]]] = {}
         self._held: list[bytes] = []  # extended-protocol messages waiting for Sync/Flush
         self._held_events: list[Draft] = []
@@ -85,6 +95,7 @@ class PgInspector:
         self._audit_error = ""
         self.startup_params: dict[str, str] = {}
         self.statements = 0
+        self.denied = 0
 
     # ---- client → target ------------------------------------------------------------------
 
@@ -133,9 +144,14 @@ class PgInspector:
 
     async def _query(self, msg: framing.Message, out: bytearray) -> None:
         sql = pgm.parse_query(msg.body)
-        statements = await self._record([self._event(sql, protocol="simple")])
+        decision = self._guard.check(sql)
+        statements = await self._record([self._event(sql, decision, protocol="simple")])
         if statements is None:
             self._refuse(AUDIT_FAILED_SQLSTATE, self._audit_failure())
+            return
+        if not decision.allowed:
+            self.denied += 1
+            self._refuse(DENIED_SQLSTATE, f"gatehouse: {decision.reason}")
             return
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
         out += msg.raw
@@ -156,24 +172,43 @@ class PgInspector:
         elif tag == E:
             portal = pgm.parse_execute(msg.body).portal
             sql, params = self._portals.get(portal, ("", []))
-            self._held_events.append(self._event(sql, protocol="extended", params=params))
+            decision = self._guard.check(sql)
+            self._held_decisions.append(decision)
+            self._held_events.append(self._event(sql, decision, protocol="extended", params=params))
         elif tag == C:
             close = pgm.parse_close(msg.body)
             (self._prepared if close.kind == "S" else self._portals).pop(close.name, None)
         self._held.append(bytes(msg.raw))
 
     async def _release(self, out: bytearray, *, sync: bool) -> None:
-        held, events = self._held, self._held_events
-        self._held, self._held_events = [], []
+        held, events, decisions = self._held, self._held_events, self._held_decisions
+        self._held, self._held_events, self._held_decisions = [], [], []
         if self._discarding:
             # Like the server after an error: skip everything up to the Sync, then answer it.
             if sync:
                 self._discarding = False
                 self._end_refused_pipeline(out, held[-1])
             return
+        denied = next((d for d in decisions if not d.allowed), None)
+        if denied is not None:
+            # One denied statement refuses its whole pipeline, which never reaches the target;
+            # every statement of it is recorded as refused.
+            for event, decision in zip(events, decisions, strict=True):
+                if decision.allowed:
+                    event.body["decision"] = {
+                        "result": "deny",
+                        "rule": denied.rule,
+                        "reason": f"not sent: its pipeline held a denied statement "
+                        f"({denied.reason})",
+                    }
+            self.denied += len(events)
         statements = await self._record(events)
-        if statements is None:
-            answer = self._error(AUDIT_FAILED_SQLSTATE, self._audit_failure())
+        if statements is None or denied is not None:
+            if statements is None:
+                answer = self._error(AUDIT_FAILED_SQLSTATE, self._audit_failure())
+            else:
+                reason = denied.reason if denied else ""
+                answer = self._error(DENIED_SQLSTATE, f"gatehouse: {reason}")
             if self._open is not None:
                 # The target holds an unfinished part of this pipeline: it still needs the
                 # Sync, and our error belongs just before the ReadyForQuery that answers it.
@@ -236,12 +271,19 @@ class PgInspector:
         self._cycles.append(Cycle(synthetic=answer, with_ready=with_ready))
         self._wake()
 
-    def _event(self, sql: str, *, protocol: str, params: list[str | None] | None = None) -> Draft:
+    def _event(
+        self,
+        sql: str,
+        decision: Decision,
+        *,
+        protocol: str,
+        params: list[str | None] | None = None,
+    ) -> Draft:
         request: dict[str, Any] = {"statement": sql, "protocol": protocol}
         if params:
             request["params"] = params
         return draft(
-            "db.query", session=self.session, request=request, decision={"result": "allow"}
+            "db.query", session=self.session, request=request, decision=decision.as_event()
         )
 
     # ---- target → client ------------------------------------------------------------------

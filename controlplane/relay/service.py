@@ -96,7 +96,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no open message within 30 s")
             return
         started = time.monotonic()
-        inspector = PgInspector(ctx, self._audit, tunnel.wake)
+        inspector = PgInspector(ctx, self._audit, tunnel.wake, self._policy.guard(connection))
         reason = "closed"
         try:
             await context.write(
