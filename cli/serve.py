@@ -30,6 +30,20 @@ def controlplane_serve(
         str | None,
         typer.Option(envvar="GATEHOUSE_DATABASE_URL", help="SQLAlchemy URL of the store."),
     ] = None,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            envvar="GATEHOUSE_CHECKPOINT_EVERY", help="Sign a checkpoint every N audit events."
+        ),
+    ] = 1000,
+    audit_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GATEHOUSE_AUDIT_KEY_FILE",
+            help="Ed25519 key (PEM) that signs checkpoints; shared by all replicas. "
+            "Default: made in the data dir.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the control plane: apply migrations, listen, relay and record.
@@ -46,6 +60,8 @@ def controlplane_serve(
         http_listen=http_listen,
         database_url=database_url,
         dev=dev,
+        checkpoint_every=checkpoint_every,
+        audit_key_file=audit_key_file,
     )
     try:
         run(serve(settings))

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -15,6 +15,13 @@ from aiohttp import web
 from controlplane.admin import AdminServicer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
+from controlplane.audit.checkpoints import (
+    CHECKPOINT_EVERY_ENV,
+    KEY_FILE_NAME,
+    env_checkpoint_every,
+    env_key_file,
+    load_signing_key,
+)
 from controlplane.audit.service import AuditServicer
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.tokens import TokenAuthenticator
@@ -47,12 +54,20 @@ class Settings:
     database_url: str | None = None
     dev: bool = False
     heartbeat_interval: float = 10.0
+    # Audit signing key (Ed25519, PEM); None: DATA_DIR/audit-signing.key, made on first start.
+    audit_key_file: Path | None = field(default_factory=env_key_file)
+    # A signed audit.checkpoint event each time seq passes a multiple of this.
+    checkpoint_every: int = field(default_factory=env_checkpoint_every)
 
     def validate(self) -> None:
         if not self.dev:
             raise InvalidArgument(
                 "TLS and OIDC are not configured yet: start the control plane with --dev "
                 "(plaintext on loopback, bootstrap admin token)"
+            )
+        if self.checkpoint_every < 1:
+            raise InvalidArgument(
+                f"{CHECKPOINT_EVERY_ENV} must be a whole number of events, at least 1"
             )
         for name, listen in (
             ("--grpc-listen", self.grpc_listen),
@@ -88,7 +103,7 @@ class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url or default_url(settings.data_dir))
-        self.audit = AuditWriter(self.db)
+        self.audit = AuditWriter(self.db, checkpoint_every=settings.checkpoint_every)
         self.auth = TokenAuthenticator(self.db, self.audit)
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
@@ -100,7 +115,10 @@ class ControlPlane:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await asyncio.to_thread(self.db.migrate)
-        self.audit.start()
+        signer = await asyncio.to_thread(
+            load_signing_key, settings.data_dir / KEY_FILE_NAME, settings.audit_key_file
+        )
+        self.audit.start(signer)
         await self.policy.load()
         if settings.dev:
             await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
@@ -133,7 +151,9 @@ class ControlPlane:
         sessions_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.auth, self.db), server
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.db), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(self.auth, self.db, self.audit), server
+        )
         self._grpc = server
         try:
             server.add_insecure_port(settings.grpc_listen)
@@ -176,6 +196,7 @@ class ControlPlane:
         }
 
     async def stop(self, grace: float = 5.0) -> None:
+        self.audit.stop_followers()  # end StreamEvents now; followers resume elsewhere or later
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

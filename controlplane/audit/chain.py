@@ -58,7 +58,7 @@ def verify_chain(
     """
     checked = 0
     for seq, body, stored_hash in events:
-        problem = _check_one(seq, body, stored_hash, prev_seq, prev_hash)
+        problem = check_link(seq, body, stored_hash, prev_seq, prev_hash)
         if problem is not None:
             return ChainReport(checked, prev_seq, prev_hash, ChainBreak(seq, problem))
         checked += 1
@@ -66,9 +66,10 @@ def verify_chain(
     return ChainReport(checked, prev_seq, prev_hash, None)
 
 
-def _check_one(seq: int, body: str, stored_hash: str, prev_seq: int, prev_hash: str) -> str | None:
+def check_link(seq: int, body: str, stored_hash: str, prev_seq: int, prev_hash: str) -> str | None:
+    """Why the stored `(seq, body, hash)` does not follow `(prev_seq, prev_hash)`, or None."""
     if seq != prev_seq + 1:
-        return f"expected seq {prev_seq + 1} after {prev_seq}: events are missing or reordered"
+        return sequence_problem(seq, prev_seq)
     try:
         event = json.loads(body)
     except ValueError:
@@ -78,6 +79,19 @@ def _check_one(seq: int, body: str, stored_hash: str, prev_seq: int, prev_hash: 
     raw = body.encode("utf-8")
     if canonical(event) != raw:
         return "the stored body is not in canonical form: it was edited"
+    return check_content(seq, event, raw, stored_hash, prev_hash)
+
+
+def sequence_problem(seq: int, prev_seq: int) -> str | None:
+    if seq != prev_seq + 1:
+        return f"expected seq {prev_seq + 1} after {prev_seq}: events are missing or reordered"
+    return None
+
+
+def check_content(
+    seq: int, event: Mapping[str, object], raw: bytes, stored_hash: str, prev_hash: str
+) -> str | None:
+    """The checks on an event already known to be canonical (`raw` is its canonical bytes)."""
     if event.get("seq") != seq:
         return f"the body says seq {event.get('seq')!r}, stored as {seq}"
     if event.get("prev_hash") != prev_hash:

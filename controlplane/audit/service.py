@@ -1,44 +1,223 @@
-"""AuditService: read the trail in seq order. No API changes or deletes an event."""
+"""AuditService: read and follow the trail in seq order, sign it, prune old ranges of it.
+
+No API changes or deletes a single event: Prune removes only a whole prefix, leaving a signed
+anchor and an `audit.prune` event (retention.py). Readers (admin, audit-reader) list, follow,
+and fetch the public key and the anchor; only an admin asks for a checkpoint or prunes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import importlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, cast
 
 import grpc
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from controlplane.audit.checkpoints import ALGORITHM, SigningKey, parse_cutoff
+from controlplane.audit.reader import check_request, export_line, read_page
+from controlplane.audit.retention import (
+    PruneResult,
+    anchor_document,
+    latest_anchor,
+    prune,
+    prune_range,
+)
+from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.auth.identity import ADMIN, AUDIT_READER
 from controlplane.auth.tokens import TokenAuthenticator
-from controlplane.errors import unary
+from controlplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    streaming,
+    unary,
+)
 from controlplane.store.database import Database
-from controlplane.store.models import EventRow
+from controlplane.store.models import AnchorRow, EventRow
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-DEFAULT_LIMIT = 500
-MAX_LIMIT = 5000
+FORMATS = ("json", "ocsf")
+STREAM_PAGE = 500
+POLL_SECONDS = 1.0  # also see what other replicas commit, which no in-process signal tells
+
+Formatter = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, auth: TokenAuthenticator, db: Database) -> None:
+    def __init__(self, auth: TokenAuthenticator, db: Database, writer: AuditWriter) -> None:
         self._auth = auth
         self._db = db
+        self._writer = writer
 
     @unary
     async def ListEvents(
         self, request: audit_pb2.ListEventsRequest, context: Context
     ) -> audit_pb2.ListEventsResponse:
-        await self._auth.require_admin(context.invocation_metadata())
-        limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+        await self._auth.require_role(context.invocation_metadata(), ADMIN, AUDIT_READER)
+        formatter = _formatter(request.format)
+        page = await read_page(self._db, request.after, request.limit, list(request.types))
+        return audit_pb2.ListEventsResponse(events=_render(page.events, formatter), next=page.next)
+
+    @streaming
+    async def StreamEvents(
+        self, request: audit_pb2.StreamEventsRequest, context: Context
+    ) -> AsyncIterator[audit_pb2.StreamEventsResponse]:
+        """Catch up from the cursor in pages, then send each commit as it happens."""
+        await self._auth.require_role(context.invocation_metadata(), ADMIN, AUDIT_READER)
+        formatter = _formatter(request.format)
         types = list(request.types)
+        cursor = request.after
+        check_request(cursor, 0, types)
+        await context.send_initial_metadata(())  # tells the client it is subscribed
+        while True:
+            if self._writer.followers_stopped:
+                raise Unavailable("the control plane is stopping")
+            signal = self._writer.commit_signal()  # before the read: no commit slips between
+            rows, cursor = await self._db.read(_follow_page(cursor, types))
+            if rows:
+                yield audit_pb2.StreamEventsResponse(events=_render(rows, formatter))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), POLL_SECONDS)
 
-        def page(session: Session) -> list[EventRow]:
-            query = select(EventRow).where(EventRow.seq > request.after)
-            if types:
-                query = query.where(col(EventRow.type).in_(types))
-            return list(session.exec(query.order_by(col(EventRow.seq)).limit(limit)))
-
-        rows = await self._db.read(page)
-        return audit_pb2.ListEventsResponse(
-            events=[audit_pb2.AuditEvent(seq=r.seq, body=r.body, hash=r.hash) for r in rows],
-            next=rows[-1].seq if rows else request.after,
+    @unary
+    async def Checkpoint(
+        self, request: audit_pb2.CheckpointRequest, context: Context
+    ) -> audit_pb2.CheckpointResponse:
+        admin = await self._auth.require_role(context.invocation_metadata(), ADMIN)
+        self._signer()
+        try:
+            seq = await self._writer.checkpoint(admin)
+        except AuditUnavailable as exc:
+            raise Unavailable(str(exc)) from None
+        row = await self._db.read(lambda s: s.get(EventRow, seq))
+        if row is None:  # pruned in the meantime: the caller can list the trail instead
+            return audit_pb2.CheckpointResponse(event_seq=seq)
+        checkpoint = json.loads(row.body)["checkpoint"]
+        return audit_pb2.CheckpointResponse(
+            event_seq=seq,
+            seq=checkpoint["seq"],
+            hash=checkpoint["hash"],
+            key_id=checkpoint["key_id"],
+            signature=checkpoint["signature"],
         )
+
+    @unary
+    async def GetPublicKey(
+        self, request: audit_pb2.GetPublicKeyRequest, context: Context
+    ) -> audit_pb2.GetPublicKeyResponse:
+        await self._auth.require_role(context.invocation_metadata(), ADMIN, AUDIT_READER)
+        signer = self._signer()
+        return audit_pb2.GetPublicKeyResponse(
+            key_id=signer.key_id, algorithm=ALGORITHM, public_key_pem=signer.public_pem()
+        )
+
+    @unary
+    async def GetAnchor(
+        self, request: audit_pb2.GetAnchorRequest, context: Context
+    ) -> audit_pb2.GetAnchorResponse:
+        await self._auth.require_role(context.invocation_metadata(), ADMIN, AUDIT_READER)
+        anchor = await self._db.read(latest_anchor)
+        if anchor is None:
+            return audit_pb2.GetAnchorResponse()
+        return audit_pb2.GetAnchorResponse(anchor=_anchor(anchor))
+
+    @unary
+    async def Prune(
+        self, request: audit_pb2.PruneRequest, context: Context
+    ) -> audit_pb2.PruneResponse:
+        admin = await self._auth.require_role(context.invocation_metadata(), ADMIN)
+        if not request.before:
+            raise InvalidArgument("before is required: prune events older than this date")
+        try:
+            before = parse_cutoff(request.before)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if request.dry_run:
+            result = await self._db.read(lambda s: prune_range(s, before))
+        else:
+            signer = self._signer()
+            try:
+                result = await self._writer.transact(lambda s: prune(s, before, admin, signer))
+            except AuditUnavailable as exc:
+                raise Unavailable(str(exc)) from None
+        return _prune_response(result)
+
+    def _signer(self) -> SigningKey:
+        signer = self._writer.signer
+        if signer is None:
+            raise FailedPrecondition("this control plane has no audit signing key")
+        return signer
+
+
+def _formatter(name: str) -> Formatter | None:
+    """None for json (the stored body is the export); the mapping function for the others."""
+    fmt = name or "json"
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, not {name!r}")
+    if fmt == "json":
+        return None
+    # Imported when asked for: the mapping is a pure function kept beside the trail.
+    try:
+        module = importlib.import_module("controlplane.audit.ocsf")
+    except ModuleNotFoundError as exc:
+        if exc.name != "controlplane.audit.ocsf":
+            raise
+        raise FailedPrecondition("OCSF export is not available in this build") from None
+    return cast(Formatter, module.to_ocsf)
+
+
+def _render(rows: Sequence[EventRow], formatter: Formatter | None) -> list[audit_pb2.AuditEvent]:
+    events = []
+    for row in rows:
+        formatted = ""
+        if formatter is not None:
+            document = formatter(json.loads(export_line(row.body, row.hash)))
+            formatted = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+        events.append(
+            audit_pb2.AuditEvent(seq=row.seq, body=row.body, hash=row.hash, formatted=formatted)
+        )
+    return events
+
+
+def _follow_page(cursor: int, types: list[str]) -> Callable[[Session], tuple[list[EventRow], int]]:
+    """The next events after `cursor` and the cursor after them.
+
+    With a type filter, the cursor moves to the newest seq that was visible even when none of
+    the events matched, so a quiet filter does not rescan the trail on every wake-up. That is
+    safe because seq becomes visible in commit order (docs/decisions/0003).
+    """
+
+    def read(session: Session) -> tuple[list[EventRow], int]:
+        query = select(EventRow).where(EventRow.seq > cursor)
+        if not types:
+            rows = list(session.exec(query.order_by(col(EventRow.seq)).limit(STREAM_PAGE)))
+            return rows, rows[-1].seq if rows else cursor
+        newest = session.exec(select(func.max(EventRow.seq))).one() or cursor
+        query = query.where(EventRow.seq <= newest, col(EventRow.type).in_(types))
+        rows = list(session.exec(query.order_by(col(EventRow.seq)).limit(STREAM_PAGE)))
+        return rows, rows[-1].seq if len(rows) == STREAM_PAGE else max(newest, cursor)
+
+    return read
+
+
+def _anchor(anchor: AnchorRow) -> audit_pb2.Anchor:
+    return audit_pb2.Anchor(**anchor_document(anchor))
+
+
+def _prune_response(result: PruneResult) -> audit_pb2.PruneResponse:
+    response = audit_pb2.PruneResponse(
+        first_seq=result.first_seq,
+        through_seq=result.through_seq,
+        removed=result.removed,
+        event_seq=result.event_seq,
+    )
+    if result.anchor is not None:
+        response.anchor.CopyFrom(_anchor(result.anchor))
+    return response

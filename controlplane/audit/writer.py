@@ -4,6 +4,12 @@ Strict mode calls `commit()` and waits for *its* event's transaction before forw
 request; everything queued meanwhile rides in the same transaction (natural batching, no
 timers), so one fsync serves many sessions. When the store fails, every waiting caller gets
 `AuditUnavailable` and refuses its request: nothing unaudited goes through.
+
+Checkpoints ride in the same transactions: when a batch takes seq past a multiple of
+`checkpoint_every`, a signed `audit.checkpoint` event is appended after it, in the same commit
+(no extra fsync, no event delayed). Signing is part of the commit, so a key that cannot sign
+fails the batch closed like a store error. Followers (`StreamEvents`) are woken after each
+commit instead of polling the store.
 """
 
 from __future__ import annotations
@@ -11,19 +17,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from sqlmodel import Session, select
 
 from controlplane.audit.chain import canonical, link_hash
-from controlplane.audit.events import Draft
+from controlplane.audit.checkpoints import CHECKPOINT_TYPE, SigningKey
+from controlplane.audit.events import Draft, draft
+from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
 from controlplane.store.models import ChainHeadRow, EventRow
 
 log = logging.getLogger(__name__)
 
 _Item = tuple[Draft, "asyncio.Future[int]"]
+T = TypeVar("T")
 
 
 class AuditUnavailable(Exception):
@@ -31,8 +41,19 @@ class AuditUnavailable(Exception):
 
 
 class AuditWriter:
-    def __init__(self, db: Database, *, max_batch: int = 1024, queue_size: int = 8192) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch: int = 1024,
+        queue_size: int = 8192,
+        checkpoint_every: int = 0,
+    ) -> None:
         self._db = db
+        self._signer: SigningKey | None = None
+        self._checkpoint_every = checkpoint_every  # 0: only checkpoints that are asked for
+        self._commit_signal = asyncio.Event()
+        self.followers_stopped = False
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         # One thread: the only appender in this process, so batches commit in queue order.
@@ -50,11 +71,19 @@ class AuditWriter:
     def running(self) -> bool:
         return self._task is not None
 
-    def start(self) -> None:
+    @property
+    def signer(self) -> SigningKey | None:
+        return self._signer
+
+    def start(self, signer: SigningKey | None = None) -> None:
+        """Start committing; with a `signer`, checkpoints are appended and can be asked for."""
+        self._signer = signer
+        self.followers_stopped = False
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
         """Commit what is queued, then stop."""
+        self.stop_followers()
         if self._task is not None:
             await self._queue.join()
             self._task.cancel()
@@ -81,6 +110,42 @@ class AuditWriter:
         futures = [await self.submit(e) for e in events]
         return list(await asyncio.gather(*futures))
 
+    async def checkpoint(self, identity: Identity | None = None) -> int:
+        """Append a signed checkpoint of the chain as it is now; returns the event's seq."""
+        if self._signer is None:
+            raise AuditUnavailable("the control plane has no audit signing key")
+        return await self.commit(draft(CHECKPOINT_TYPE, identity=identity, reason="requested"))
+
+    async def transact(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in one write transaction on the writer's own thread (a prune: it must not
+        interleave with appends), then wake followers as after any commit."""
+        if self._task is None:
+            raise AuditUnavailable("the audit writer is not running")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            with self._db.write_session() as session, session.begin():
+                return fn(session)
+
+        result = await loop.run_in_executor(self._thread, run)
+        self._notify()
+        return result
+
+    # -- followers --
+
+    def commit_signal(self) -> asyncio.Event:
+        """An event set at the next commit. Take it *before* reading the store, then wait."""
+        return self._commit_signal
+
+    def stop_followers(self) -> None:
+        """The process is stopping: wake every follower so that it ends its stream now."""
+        self.followers_stopped = True
+        self._notify()
+
+    def _notify(self) -> None:
+        signal, self._commit_signal = self._commit_signal, asyncio.Event()
+        signal.set()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -102,6 +167,7 @@ class AuditWriter:
                 for (_, future), seq in zip(batch, seqs, strict=True):
                     if not future.done():
                         future.set_result(seq)
+                self._notify()
             finally:
                 self.commits += 1
                 self.commit_seconds += time.perf_counter() - started
@@ -111,37 +177,70 @@ class AuditWriter:
     def _append(self, drafts: list[Draft]) -> list[int]:
         """Append in one transaction under the chain-head lock (runs in the writer thread)."""
         with self._db.write_session() as session, session.begin():
-            return append_events(session, drafts)
+            return append_events(
+                session, drafts, signer=self._signer, checkpoint_every=self._checkpoint_every
+            )
 
 
-def append_events(session: Session, drafts: Sequence[Draft]) -> list[int]:
+def append_events(
+    session: Session,
+    drafts: Sequence[Draft],
+    *,
+    signer: SigningKey | None = None,
+    checkpoint_every: int = 0,
+) -> list[int]:
     """Give each draft the next seq and its link in the chain, and insert it.
 
     The head row is locked (`FOR UPDATE` on PostgreSQL, the write lock on SQLite) for the
-    whole transaction, so seq values become visible in commit order with no gaps.
+    whole transaction, so seq values become visible in commit order with no gaps. A draft of
+    type `audit.checkpoint` gets its signed `checkpoint` here, from the chain as it stands
+    before it; with `signer` and `checkpoint_every`, one is added when the batch takes seq past
+    a multiple of `checkpoint_every` (decided from the locked head, so replicas agree). Returns
+    the seqs of `drafts`.
     """
     head = session.exec(select(ChainHeadRow).where(ChainHeadRow.id == 1).with_for_update()).one()
     seq, prev = head.seq, head.hash
     seqs = []
     for item in drafts:
-        seq += 1
-        body = dict(item.body)
-        body["seq"] = seq
-        body["prev_hash"] = prev
-        raw = canonical(body)
-        prev = link_hash(prev, raw)
-        session.add(
-            EventRow(
-                seq=seq,
-                id=body["id"],
-                time=item.time,
-                type=item.type,
-                session_id=item.session_id,
-                body=raw.decode("utf-8"),
-                hash=prev,
-            )
-        )
+        seq, prev = _append(session, item, seq, prev, signer)
         seqs.append(seq)
+    every = checkpoint_every
+    if (
+        signer is not None
+        and every > 0
+        and drafts
+        and drafts[-1].type != CHECKPOINT_TYPE
+        and seq // every > head.seq // every
+    ):
+        seq, prev = _append(session, draft(CHECKPOINT_TYPE, reason="interval"), seq, prev, signer)
     head.seq, head.hash = seq, prev
     session.add(head)
     return seqs
+
+
+def _append(
+    session: Session, item: Draft, seq: int, prev: str, signer: SigningKey | None
+) -> tuple[int, str]:
+    seq += 1
+    body = dict(item.body)
+    if item.type == CHECKPOINT_TYPE:
+        # Only the writer says what a checkpoint vouches for: the event just before it.
+        if signer is None:
+            raise AuditUnavailable("no audit signing key: a checkpoint cannot be signed")
+        body["checkpoint"] = signer.checkpoint(seq - 1, prev)
+    body["seq"] = seq
+    body["prev_hash"] = prev
+    raw = canonical(body)
+    prev = link_hash(prev, raw)
+    session.add(
+        EventRow(
+            seq=seq,
+            id=body["id"],
+            time=item.time,
+            type=item.type,
+            session_id=item.session_id,
+            body=raw.decode("utf-8"),
+            hash=prev,
+        )
+    )
+    return seq, prev

@@ -1,4 +1,4 @@
-"""The control plane's tables. `audit_events` is append-only: no code path updates or deletes it."""
+"""The control plane's tables. `audit_events` is append-only; only a prune drops a prefix."""
 
 from __future__ import annotations
 
@@ -101,3 +101,40 @@ class ChainHeadRow(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
     seq: int = Field(sa_type=BigInteger)
     hash: str
+
+
+class AnchorRow(SQLModel, table=True):
+    """Where the stored chain starts after a prune: the last removed event's seq and hash,
+    signed so that a verifier can trust the start of what remains (docs/decisions/0005).
+
+    One row per prune; the newest is the current start. Append-only, like the events.
+    """
+
+    __tablename__ = "audit_anchor"
+
+    seq: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    hash: str
+    key_id: str
+    signature: str  # base64 Ed25519 over "gatehouse-audit-anchor/v1\n<seq>\n<hash>\n"
+    first_seq: int = Field(sa_type=BigInteger)  # first event this prune removed
+    removed: int = Field(sa_type=BigInteger)
+    pruned_at: datetime
+    pruned_by: str
+
+
+class PruneGuardRow(SQLModel, table=True):
+    """SQLite's narrow exception to the append-only trigger: a row that exists only inside
+    the prune transaction and lets it delete events with seq <= `through_seq`, nothing else.
+
+    The prune removes it again before it appends its `audit.prune` event, and a trigger
+    refuses every insert into `audit_events` while a guard row exists, so a guard can never be
+    committed without stopping the whole trail (PostgreSQL uses `SET LOCAL` instead).
+    """
+
+    __tablename__ = "audit_prune_guard"
+
+    through_seq: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )

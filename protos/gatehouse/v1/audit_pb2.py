@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/audit.proto\x12\x0cgatehouse.v1\"@\n\x11ListEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\r\x12\r\n\x05types\x18\x03 \x03(\t\"5\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"L\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.gatehouse.v1.AuditEvent\x12\x0c\n\x04next\x18\x02 \x01(\x03\x32_\n\x0c\x41uditService\x12O\n\nListEvents\x12\x1f.gatehouse.v1.ListEventsRequest\x1a .gatehouse.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/audit.proto\x12\x0cgatehouse.v1\"P\n\x11ListEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\r\x12\r\n\x05types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"H\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x11\n\tformatted\x18\x04 \x01(\t\"L\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.gatehouse.v1.AuditEvent\x12\x0c\n\x04next\x18\x02 \x01(\x03\"C\n\x13StreamEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\r\n\x05types\x18\x02 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\"@\n\x14StreamEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.gatehouse.v1.AuditEvent\"\x13\n\x11\x43heckpointRequest\"e\n\x12\x43heckpointResponse\x12\x11\n\tevent_seq\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\t\"\x15\n\x13GetPublicKeyRequest\"Q\n\x14GetPublicKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\"l\n\x06\x41nchor\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\t\x12\x11\n\tpruned_at\x18\x05 \x01(\t\x12\x11\n\tpruned_by\x18\x06 \x01(\t\"\x12\n\x10GetAnchorRequest\"9\n\x11GetAnchorResponse\x12$\n\x06\x61nchor\x18\x01 \x01(\x0b\x32\x14.gatehouse.v1.Anchor\"/\n\x0cPruneRequest\x12\x0e\n\x06\x62\x65\x66ore\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x81\x01\n\rPruneResponse\x12\x11\n\tfirst_seq\x18\x01 \x01(\x03\x12\x13\n\x0bthrough_seq\x18\x02 \x01(\x03\x12\x0f\n\x07removed\x18\x03 \x01(\x03\x12$\n\x06\x61nchor\x18\x04 \x01(\x0b\x32\x14.gatehouse.v1.Anchor\x12\x11\n\tevent_seq\x18\x05 \x01(\x03\x32\xf0\x03\n\x0c\x41uditService\x12O\n\nListEvents\x12\x1f.gatehouse.v1.ListEventsRequest\x1a .gatehouse.v1.ListEventsResponse\x12W\n\x0cStreamEvents\x12!.gatehouse.v1.StreamEventsRequest\x1a\".gatehouse.v1.StreamEventsResponse0\x01\x12O\n\nCheckpoint\x12\x1f.gatehouse.v1.CheckpointRequest\x1a .gatehouse.v1.CheckpointResponse\x12U\n\x0cGetPublicKey\x12!.gatehouse.v1.GetPublicKeyRequest\x1a\".gatehouse.v1.GetPublicKeyResponse\x12L\n\tGetAnchor\x12\x1e.gatehouse.v1.GetAnchorRequest\x1a\x1f.gatehouse.v1.GetAnchorResponse\x12@\n\x05Prune\x12\x1a.gatehouse.v1.PruneRequest\x1a\x1b.gatehouse.v1.PruneResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse.v1.audit_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTEVENTSREQUEST']._serialized_start=42
-  _globals['_LISTEVENTSREQUEST']._serialized_end=106
-  _globals['_AUDITEVENT']._serialized_start=108
-  _globals['_AUDITEVENT']._serialized_end=161
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=163
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=239
-  _globals['_AUDITSERVICE']._serialized_start=241
-  _globals['_AUDITSERVICE']._serialized_end=336
+  _globals['_LISTEVENTSREQUEST']._serialized_end=122
+  _globals['_AUDITEVENT']._serialized_start=124
+  _globals['_AUDITEVENT']._serialized_end=196
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=198
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=274
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=276
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=343
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=345
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=409
+  _globals['_CHECKPOINTREQUEST']._serialized_start=411
+  _globals['_CHECKPOINTREQUEST']._serialized_end=430
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=432
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=533
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=535
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=556
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=558
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=639
+  _globals['_ANCHOR']._serialized_start=641
+  _globals['_ANCHOR']._serialized_end=749
+  _globals['_GETANCHORREQUEST']._serialized_start=751
+  _globals['_GETANCHORREQUEST']._serialized_end=769
+  _globals['_GETANCHORRESPONSE']._serialized_start=771
+  _globals['_GETANCHORRESPONSE']._serialized_end=828
+  _globals['_PRUNEREQUEST']._serialized_start=830
+  _globals['_PRUNEREQUEST']._serialized_end=877
+  _globals['_PRUNERESPONSE']._serialized_start=880
+  _globals['_PRUNERESPONSE']._serialized_end=1009
+  _globals['_AUDITSERVICE']._serialized_start=1012
+  _globals['_AUDITSERVICE']._serialized_end=1508
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Read access to the audit trail. Events are never changed or deleted through any API.
+    """The audit trail: read it, follow it, sign it, prune old ranges of it. No API changes or
+    deletes a single event; Prune removes only a whole prefix and leaves a signed anchor.
     """
 
     def __init__(self, channel):
@@ -40,14 +41,77 @@ class AuditServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.unary_stream(
+                '/gatehouse.v1.AuditService/StreamEvents',
+                request_serializer=gatehouse_dot_v1_dot_audit__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_audit__pb2.StreamEventsResponse.FromString,
+                _registered_method=True)
+        self.Checkpoint = channel.unary_unary(
+                '/gatehouse.v1.AuditService/Checkpoint',
+                request_serializer=gatehouse_dot_v1_dot_audit__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_audit__pb2.CheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetPublicKey = channel.unary_unary(
+                '/gatehouse.v1.AuditService/GetPublicKey',
+                request_serializer=gatehouse_dot_v1_dot_audit__pb2.GetPublicKeyRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_audit__pb2.GetPublicKeyResponse.FromString,
+                _registered_method=True)
+        self.GetAnchor = channel.unary_unary(
+                '/gatehouse.v1.AuditService/GetAnchor',
+                request_serializer=gatehouse_dot_v1_dot_audit__pb2.GetAnchorRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_audit__pb2.GetAnchorResponse.FromString,
+                _registered_method=True)
+        self.Prune = channel.unary_unary(
+                '/gatehouse.v1.AuditService/Prune',
+                request_serializer=gatehouse_dot_v1_dot_audit__pb2.PruneRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_audit__pb2.PruneResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """Read access to the audit trail. Events are never changed or deleted through any API.
+    """The audit trail: read it, follow it, sign it, prune old ranges of it. No API changes or
+    deletes a single event; Prune removes only a whole prefix and leaves a signed anchor.
     """
 
     def ListEvents(self, request, context):
-        """One page of events with seq > after, in seq order.
+        """One page of events with seq > after, in seq order. Roles: admin, audit-reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamEvents(self, request, context):
+        """Everything with seq > after, then each new event as it commits, until the caller leaves.
+        Resume after a break by passing the last seq received. Roles: admin, audit-reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Checkpoint(self, request, context):
+        """Append a signed `audit.checkpoint` event now. Role: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPublicKey(self, request, context):
+        """The Ed25519 key that signs checkpoints and prune anchors. Roles: admin, audit-reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnchor(self, request, context):
+        """The newest prune anchor, where the stored chain now starts. Roles: admin, audit-reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Prune(self, request, context):
+        """Remove every event with seq <= S, S the last event older than `before`, in one
+        transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -61,6 +125,31 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=gatehouse_dot_v1_dot_audit__pb2.ListEventsRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_audit__pb2.ListEventsResponse.SerializeToString,
             ),
+            'StreamEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=gatehouse_dot_v1_dot_audit__pb2.StreamEventsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_audit__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=gatehouse_dot_v1_dot_audit__pb2.CheckpointRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_audit__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'GetPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPublicKey,
+                    request_deserializer=gatehouse_dot_v1_dot_audit__pb2.GetPublicKeyRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_audit__pb2.GetPublicKeyResponse.SerializeToString,
+            ),
+            'GetAnchor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnchor,
+                    request_deserializer=gatehouse_dot_v1_dot_audit__pb2.GetAnchorRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_audit__pb2.GetAnchorResponse.SerializeToString,
+            ),
+            'Prune': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prune,
+                    request_deserializer=gatehouse_dot_v1_dot_audit__pb2.PruneRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_audit__pb2.PruneResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gatehouse.v1.AuditService', rpc_method_handlers)
@@ -70,7 +159,8 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Read access to the audit trail. Events are never changed or deleted through any API.
+    """The audit trail: read it, follow it, sign it, prune old ranges of it. No API changes or
+    deletes a single event; Prune removes only a whole prefix and leaves a signed anchor.
     """
 
     @staticmethod
@@ -90,6 +180,141 @@ class AuditService:
             '/gatehouse.v1.AuditService/ListEvents',
             gatehouse_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
             gatehouse_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gatehouse.v1.AuditService/StreamEvents',
+            gatehouse_dot_v1_dot_audit__pb2.StreamEventsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_audit__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuditService/Checkpoint',
+            gatehouse_dot_v1_dot_audit__pb2.CheckpointRequest.SerializeToString,
+            gatehouse_dot_v1_dot_audit__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuditService/GetPublicKey',
+            gatehouse_dot_v1_dot_audit__pb2.GetPublicKeyRequest.SerializeToString,
+            gatehouse_dot_v1_dot_audit__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnchor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuditService/GetAnchor',
+            gatehouse_dot_v1_dot_audit__pb2.GetAnchorRequest.SerializeToString,
+            gatehouse_dot_v1_dot_audit__pb2.GetAnchorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuditService/Prune',
+            gatehouse_dot_v1_dot_audit__pb2.PruneRequest.SerializeToString,
+            gatehouse_dot_v1_dot_audit__pb2.PruneResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,25 +27,59 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuditServiceStub:
-    """Read access to the audit trail. Events are never changed or deleted through any API."""
+    """The audit trail: read it, follow it, sign it, prune old ranges of it. No API changes or
+    deletes a single event; Prune removes only a whole prefix and leaves a signed anchor.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListEvents: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListEventsRequest, _audit_pb2.ListEventsResponse]
-    """One page of events with seq > after, in seq order."""
+    """One page of events with seq > after, in seq order. Roles: admin, audit-reader."""
+    StreamEvents: _grpc.UnaryStreamMultiCallable[_audit_pb2.StreamEventsRequest, _audit_pb2.StreamEventsResponse]
+    """Everything with seq > after, then each new event as it commits, until the caller leaves.
+    Resume after a break by passing the last seq received. Roles: admin, audit-reader.
+    """
+    Checkpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.CheckpointRequest, _audit_pb2.CheckpointResponse]
+    """Append a signed `audit.checkpoint` event now. Role: admin."""
+    GetPublicKey: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetPublicKeyRequest, _audit_pb2.GetPublicKeyResponse]
+    """The Ed25519 key that signs checkpoints and prune anchors. Roles: admin, audit-reader."""
+    GetAnchor: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAnchorRequest, _audit_pb2.GetAnchorResponse]
+    """The newest prune anchor, where the stored chain now starts. Roles: admin, audit-reader."""
+    Prune: _grpc.UnaryUnaryMultiCallable[_audit_pb2.PruneRequest, _audit_pb2.PruneResponse]
+    """Remove every event with seq <= S, S the last event older than `before`, in one
+    transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
-    """Read access to the audit trail. Events are never changed or deleted through any API."""
+    """The audit trail: read it, follow it, sign it, prune old ranges of it. No API changes or
+    deletes a single event; Prune removes only a whole prefix and leaves a signed anchor.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListEvents: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListEventsRequest, _audit_pb2.ListEventsResponse]  # type: ignore[assignment]
-    """One page of events with seq > after, in seq order."""
+    """One page of events with seq > after, in seq order. Roles: admin, audit-reader."""
+    StreamEvents: _aio.UnaryStreamMultiCallable[_audit_pb2.StreamEventsRequest, _audit_pb2.StreamEventsResponse]  # type: ignore[assignment]
+    """Everything with seq > after, then each new event as it commits, until the caller leaves.
+    Resume after a break by passing the last seq received. Roles: admin, audit-reader.
+    """
+    Checkpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.CheckpointRequest, _audit_pb2.CheckpointResponse]  # type: ignore[assignment]
+    """Append a signed `audit.checkpoint` event now. Role: admin."""
+    GetPublicKey: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetPublicKeyRequest, _audit_pb2.GetPublicKeyResponse]  # type: ignore[assignment]
+    """The Ed25519 key that signs checkpoints and prune anchors. Roles: admin, audit-reader."""
+    GetAnchor: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAnchorRequest, _audit_pb2.GetAnchorResponse]  # type: ignore[assignment]
+    """The newest prune anchor, where the stored chain now starts. Roles: admin, audit-reader."""
+    Prune: _aio.UnaryUnaryMultiCallable[_audit_pb2.PruneRequest, _audit_pb2.PruneResponse]  # type: ignore[assignment]
+    """Remove every event with seq <= S, S the last event older than `before`, in one
+    transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Read access to the audit trail. Events are never changed or deleted through any API."""
+    """The audit trail: read it, follow it, sign it, prune old ranges of it. No API changes or
+    deletes a single event; Prune removes only a whole prefix and leaves a signed anchor.
+    """
 
     @_abc_1.abstractmethod
     def ListEvents(
@@ -53,6 +87,50 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListEventsResponse, _abc.Awaitable[_audit_pb2.ListEventsResponse]]:
-        """One page of events with seq > after, in seq order."""
+        """One page of events with seq > after, in seq order. Roles: admin, audit-reader."""
+
+    @_abc_1.abstractmethod
+    def StreamEvents(
+        self,
+        request: _audit_pb2.StreamEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_audit_pb2.StreamEventsResponse], _abc.AsyncIterator[_audit_pb2.StreamEventsResponse]]:
+        """Everything with seq > after, then each new event as it commits, until the caller leaves.
+        Resume after a break by passing the last seq received. Roles: admin, audit-reader.
+        """
+
+    @_abc_1.abstractmethod
+    def Checkpoint(
+        self,
+        request: _audit_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.CheckpointResponse, _abc.Awaitable[_audit_pb2.CheckpointResponse]]:
+        """Append a signed `audit.checkpoint` event now. Role: admin."""
+
+    @_abc_1.abstractmethod
+    def GetPublicKey(
+        self,
+        request: _audit_pb2.GetPublicKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetPublicKeyResponse, _abc.Awaitable[_audit_pb2.GetPublicKeyResponse]]:
+        """The Ed25519 key that signs checkpoints and prune anchors. Roles: admin, audit-reader."""
+
+    @_abc_1.abstractmethod
+    def GetAnchor(
+        self,
+        request: _audit_pb2.GetAnchorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetAnchorResponse, _abc.Awaitable[_audit_pb2.GetAnchorResponse]]:
+        """The newest prune anchor, where the stored chain now starts. Roles: admin, audit-reader."""
+
+    @_abc_1.abstractmethod
+    def Prune(
+        self,
+        request: _audit_pb2.PruneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.PruneResponse, _abc.Awaitable[_audit_pb2.PruneResponse]]:
+        """Remove every event with seq <= S, S the last event older than `before`, in one
+        transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
