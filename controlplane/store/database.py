@@ -1,34 +1,109 @@
 """The engine and the two ways to use it: short reads, and serialised write transactions.
 
 SQLModel is synchronous; the event loop must never block on disk, so every call runs in a
-thread. SQLite gets WAL, `synchronous=FULL` (a committed audit event survives power loss) and
-`BEGIN IMMEDIATE` for writes, so that a read-then-write transaction cannot fail with
-"database is locked" half way.
+thread. Two stores are supported, chosen by URL (`GATEHOUSE_DATABASE_URL`):
+
+* **SQLite** (the embedded default): WAL, `synchronous=FULL` (a committed audit event survives
+  power loss) and `BEGIN IMMEDIATE` for writes, so that a read-then-write transaction cannot
+  fail with "database is locked" half way. Reads are `BEGIN` (deferred) snapshots on their own
+  connections, which in WAL mode never block the one writer; they are `query_only`.
+* **PostgreSQL** (production, several control-plane replicas), always through psycopg 3:
+  `postgresql://`, `postgres://` and `postgresql+psycopg://` all mean the same. Writes run in
+  READ COMMITTED transactions on a small pool of their own; appends serialise on the
+  `audit_chain_head` row lock (docs/decisions/0006). Reads run on a separate pool in
+  autocommit and read-only mode: each statement is its own short transaction, so a read never
+  keeps a snapshot or a lock open between statements and never takes a connection the writer
+  needs. Every session works in UTC; writers give up waiting for a lock after `lock_timeout`
+  and the server ends a writer that stays idle inside a transaction, so a stuck replica cannot
+  hold the chain head (and with it every other replica's audit) indefinitely.
+
+Datetimes are `UTCDateTime` columns (SQLModel's default for `datetime`): aware values are
+stored in UTC (`timestamptz` on PostgreSQL) and come back as aware UTC datetimes on both.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import URL, Engine, event, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
+
+from controlplane.errors import InvalidArgument, Unavailable
 
 T = TypeVar("T")
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+
+#: The only PostgreSQL driver the control plane is built and tested with.
+PG_DRIVER = "postgresql+psycopg"
+
+# Pool sizes per control-plane process. Writes are few and short: the audit writer holds one
+# connection (one thread, group commit) and the other writes (agents, tokens, policy, sessions)
+# come from the default thread pool. Reads (auth on every call, export pages) get more. With
+# overflow a replica uses at most 10 + 20 connections; PostgreSQL's default max_connections
+# (100) leaves room for three replicas and tools.
+PG_WRITE_POOL = {"pool_size": 5, "max_overflow": 5}
+PG_READ_POOL = {"pool_size": 10, "max_overflow": 10}
+PG_POOL_TIMEOUT = 10  # seconds to wait for a free pooled connection before failing
+PG_POOL_RECYCLE = 1800  # seconds: renew connections before NATs and proxies drop them
+PG_CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
+# Server settings for every session (`options` at connect: no extra round trip).
+PG_SESSION = {"TimeZone": "UTC"}
+PG_WRITE_SESSION = {
+    # A commit returns only once it is durable, whatever the server's default: strict mode
+    # forwards a request after its event's commit (the PostgreSQL twin of synchronous=FULL).
+    "synchronous_commit": "on",
+    # An append waits for the chain-head lock at most this long, then fails closed
+    # (AuditUnavailable) instead of hanging strict-mode requests.
+    "lock_timeout": "10s",
+    # A writer that stops talking inside a transaction (a frozen or partitioned replica) is
+    # disconnected by the server, which releases the chain-head lock it may hold.
+    "idle_in_transaction_session_timeout": "30s",
+}
+PG_READ_SESSION = {"default_transaction_read_only": "on"}
+
+# Alembic keeps its migration context in module globals: one migration per process at a time.
+_MIGRATING = threading.Lock()
 
 
 def default_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'gatehouse.db'}"
 
 
-def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def store_url(url: str) -> URL:
+    """Parse and normalise a store URL: SQLite as given, PostgreSQL always with psycopg 3.
+
+    Raises `InvalidArgument` naming the accepted forms (never echoing the password).
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidArgument(
+            "the database URL is not a URL: use sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return parsed
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername=PG_DRIVER)
+    raise InvalidArgument(
+        f"unsupported database URL scheme {parsed.drivername!r}: use sqlite:///PATH or "
+        "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE (psycopg 3)"
+    )
+
+
+def _sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -37,6 +112,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
+        if not immediate:
+            # A read connection can never take the write lock, so it can never block the writer.
+            cur.execute("PRAGMA query_only=1")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -46,26 +124,89 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+def _pg_connect_args(url: URL, settings: dict[str, str]) -> dict[str, Any]:
+    """libpq keywords: our session settings first, so `options` in the URL can override them."""
+    ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    given = url.query.get("options")
+    args: dict[str, Any] = {"options": f"{ours} {given}" if isinstance(given, str) else ours}
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT
+    if "application_name" not in url.query:
+        args["application_name"] = "gatehouse-controlplane"
+    return args
+
+
+def _pg_engine(url: URL, settings: dict[str, str], **kwargs: Any) -> Engine:
+    return create_engine(
+        url,
+        connect_args=_pg_connect_args(url, {**PG_SESSION, **settings}),
+        pool_pre_ping=True,
+        **kwargs,
+    )
+
+
 class Database:
     """One store: SQLite (embedded default) or PostgreSQL (production, several replicas)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
+        self.sa_url = store_url(url)
+        self.url = self.sa_url.render_as_string(hide_password=False)
+        self.is_sqlite = self.sa_url.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            self._writer = _sqlite_engine(url, immediate=True)
-            self._reader = _sqlite_engine(url, immediate=False)
+            self._writer = _sqlite_engine(self.sa_url, immediate=True)
+            self._reader = _sqlite_engine(self.sa_url, immediate=False)
         else:
-            self._writer = create_engine(url, pool_pre_ping=True, pool_size=10)
-            self._reader = self._writer
+            pooling = {"pool_timeout": PG_POOL_TIMEOUT, "pool_recycle": PG_POOL_RECYCLE}
+            self._writer = _pg_engine(self.sa_url, PG_WRITE_SESSION, **PG_WRITE_POOL, **pooling)
+            self._reader = _pg_engine(
+                self.sa_url,
+                PG_READ_SESSION,
+                isolation_level="AUTOCOMMIT",
+                **PG_READ_POOL,
+                **pooling,
+            )
+
+    def __repr__(self) -> str:
+        return f"Database({self.sa_url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def writer_engine(self) -> Engine:
+        return self._writer
+
+    @property
+    def reader_engine(self) -> Engine:
+        return self._reader
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent)."""
+        """Bring the schema to the newest Alembic revision (idempotent).
+
+        Replicas starting together are safe: on PostgreSQL `alembic/env.py` holds an advisory
+        lock while it migrates, so the others wait and then find the schema current; on SQLite
+        the migration's `BEGIN IMMEDIATE` does the same. Within one process, calls take turns.
+        """
         config = Config()
         config.set_main_option("script_location", str(ALEMBIC_DIR))
         config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        config.attributes["engine"] = self._writer
-        command.upgrade(config, "head")
+        with _MIGRATING, self._migration_engine() as engine:
+            config.attributes["engine"] = engine
+            try:
+                command.upgrade(config, "head")
+            except OperationalError as exc:
+                where = self.sa_url.render_as_string(hide_password=True)
+                raise Unavailable(f"cannot migrate the store at {where}: {exc.orig}") from exc
+
+    @contextmanager
+    def _migration_engine(self) -> Iterator[Engine]:
+        if self.is_sqlite:
+            yield self._writer  # BEGIN IMMEDIATE: migrations hold SQLite's one write lock
+            return
+        # One unpooled connection without the writers' lock_timeout: waiting for another
+        # replica's migration is expected, and no session state leaks into the pools.
+        engine = _pg_engine(self.sa_url, {}, poolclass=NullPool)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
     def write_session(self) -> Session:
         return Session(self._writer, expire_on_commit=False)
@@ -83,6 +224,8 @@ class Database:
         return await asyncio.to_thread(run)
 
     async def read(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` on a read session off the event loop; it must not write (it cannot)."""
+
         def run() -> T:
             with self.read_session() as session:
                 return fn(session)
