@@ -178,11 +178,10 @@ async def test_datetimes_round_trip_as_utc(db: Database) -> None:
     assert event.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ") == json.loads(event.body)["time"]
 
 
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)  # session settings of PostgreSQL
 def test_postgres_sessions_are_utc_and_reads_are_read_only_autocommit(
     db: Database, store: Store
 ) -> None:
-    if not store.is_postgres:
-        pytest.skip("PostgreSQL session settings")
     with db.write_session() as session, session.begin():
         conn = session.connection()
         assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
@@ -286,9 +285,9 @@ async def test_orm_cannot_change_or_delete_an_event(db: Database) -> None:
     assert verify_chain(before).broken is None
 
 
+# SQLite has no TRUNCATE; DELETE without WHERE is covered above for both stores.
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 def test_store_refuses_truncate(db: Database, store: Store) -> None:
-    if not store.is_postgres:
-        pytest.skip("SQLite has no TRUNCATE; DELETE without WHERE is covered above")
     with db.write_session() as session, session.begin():
         append_events(session, [draft("test.event", n=0)])
     with (
