@@ -49,7 +49,9 @@ async def serve_session(
             reason = "unknown connection"
         elif spec.type == "postgres":
             target = MessageToDict(spec.target)
-            reason = await pg_relay.run(target, dict(spec.secret), receive, send)
+            reason = await pg_relay.run(
+                target, dict(spec.secret), receive, send, masking=MessageToDict(spec.masking)
+            )
         else:
             await send(pg_relay.error_frame("0A000", f"type {spec.type} is not supported"))
             reason = "unsupported type"

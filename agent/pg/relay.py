@@ -3,6 +3,8 @@
 The target's bytes are forwarded as read (no re-encoding, no copy when nothing is masked); the
 framer only finds message boundaries so that the agent can mark where each statement completed
 or failed and where the target became ready, which the control plane turns into result events.
+When the connection has masking rules, a ``ResultMasker`` follows both directions and the
+frames carry its output instead (``agent/pg/masking.py``); without rules nothing else runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from agent.pg.login import READ_SIZE, PgTarget, TargetError, open_target
+from agent.pg.masking import Masked, MaskingError, MaskingPolicy, ResultMasker
 from agent.secrets import SecretError, resolve
 from gatehouse.v1 import tunnel_pb2
 from gatehouse.v1.tunnel_pb2 import ResultMark as Mark
@@ -25,6 +28,7 @@ SendFrame = Callable[[tunnel_pb2.Frame], Awaitable[None]]
 Receive = Callable[[], Awaitable[bytes | None]]
 
 COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
+MAX_FRAME = 4 * READ_SIZE  # what the masker may hold back (a large row) goes out in pieces
 
 
 def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Mark]:
@@ -63,6 +67,33 @@ def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Ma
     return marks
 
 
+def masked_marks(masked: Masked) -> list[Mark]:
+    """Marks for a masker's output, with ``masked`` set on statements whose values it masked."""
+    marks = result_marks(masked.ends)
+    for mark, flag in zip(marks, masked.masked, strict=True):
+        mark.masked = flag
+    return marks
+
+
+def masked_frames(masked: Masked, limit: int = MAX_FRAME) -> list[tunnel_pb2.Frame]:
+    """A masker's output as frames of at most ``limit`` bytes, each with the marks ending in it.
+
+    Reads are READ_SIZE at most, but the masker holds a row back until it is complete, and a
+    row may be far larger than a gRPC message may be.
+    """
+    data, marks = masked.data, masked_marks(masked)
+    if len(data) <= limit:
+        return [tunnel_pb2.Frame(data=data, marks=marks)]
+    frames = []
+    for start in range(0, len(data), limit):
+        stop = min(start + limit, len(data))
+        own = [m for m in marks if start < m.end <= stop]
+        for mark in own:
+            mark.end -= start
+        frames.append(tunnel_pb2.Frame(data=data[start:stop], marks=own))
+    return frames
+
+
 def error_frame(sqlstate: str, message: str) -> tunnel_pb2.Frame:
     data = pgm.error_response(severity="FATAL", sqlstate=sqlstate, message=message)
     return tunnel_pb2.Frame(
@@ -75,8 +106,13 @@ async def run(
     secret: Mapping[str, str],
     receive: Receive,
     send: SendFrame,
+    *,
+    masking: Mapping[str, object] | None = None,
 ) -> str:
-    """Serve one session until either side ends; returns why it ended."""
+    """Serve one session until either side ends; returns why it ended.
+
+    ``masking`` is the connection's ``ConnectionSpec.masking`` as a dict (``{"rules": [...]}``).
+    """
     client = framing.MessageFramer(startup_phase=True)
     params: dict[str, str] | None = None
     pending = bytearray()
@@ -92,6 +128,11 @@ async def run(
             if isinstance(startup, pgm.StartupMessage):
                 params = dict(startup.params)
     try:
+        policy = MaskingPolicy.from_spec(masking)
+    except MaskingError as exc:
+        await send(error_frame("58000", f"gatehouse agent: {exc}"))
+        return f"masking rules unusable: {exc}"
+    try:
         password = resolve(secret["password"]) if "password" in secret else None
         login = await open_target(PgTarget.from_spec(target_spec), password, params)
     except (TargetError, SecretError) as exc:
@@ -102,9 +143,12 @@ async def run(
     first = pgm.authentication_ok() + login.rest
     shift = len(first) - len(login.rest) - login.rest_offset
     await send(tunnel_pb2.Frame(data=first, marks=result_marks(login.rest_messages, shift)))
+    masker = None if policy is None else ResultMasker(policy, login.framer)
     if pending:
+        if masker is not None:
+            masker.client(pending)
         login.writer.write(bytes(pending))
-    return await _pump(login.reader, login.writer, login.framer, receive, send)
+    return await _pump(login.reader, login.writer, login.framer, receive, send, masker)
 
 
 async def _pump(
@@ -113,19 +157,28 @@ async def _pump(
     framer: framing.MessageFramer,
     receive: Receive,
     send: SendFrame,
+    masker: ResultMasker | None = None,
 ) -> str:
     async def to_client() -> str:
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
                 return "the target closed the connection"
-            await send(tunnel_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
+            if masker is None:
+                await send(tunnel_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
+                continue
+            masked = masker.server(data)  # frames with `framer` itself
+            if masked.data:
+                for frame in masked_frames(masked):
+                    await send(frame)
 
     async def to_target() -> str:
         while True:
             data = await receive()
             if data is None:
                 return "the client closed the session"
+            if masker is not None:
+                masker.client(data)  # before the target can answer it
             writer.write(data)
             await writer.drain()
 
