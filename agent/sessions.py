@@ -34,10 +34,12 @@ async def serve_session(
         async def send(frame: tunnel_pb2.Frame) -> None:
             await call.write(agent_pb2.AgentFrame(frame=frame))
 
-        async def receive() -> bytes | None:
+        async def receive() -> bytes | pg_relay.Cancel | None:
             message = await call.read()
             if not isinstance(message, agent_pb2.GatewayFrame):  # end of stream
                 return None
+            if message.cancel:
+                return pg_relay.CANCEL
             return bytes(message.data)
 
         if spec is None:

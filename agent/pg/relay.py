@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from agent.pg.login import READ_SIZE, PgTarget, TargetError, open_target
@@ -25,7 +26,15 @@ from wire.pg import messages as pgm
 log = logging.getLogger(__name__)
 
 SendFrame = Callable[[tunnel_pb2.Frame], Awaitable[None]]
-Receive = Callable[[], Awaitable[bytes | None]]
+
+
+class Cancel:
+    """What `receive` returns when the client asked to cancel the running statement."""
+
+
+CANCEL = Cancel()
+Receive = Callable[[], Awaitable[bytes | Cancel | None]]
+ENCODING_STATUS = b"client_encoding\x00"
 
 COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
 MAX_FRAME = 4 * READ_SIZE  # what the masker may hold back (a large row) goes out in pieces
@@ -120,6 +129,8 @@ async def run(
         data = await receive()
         if data is None:
             return "the client left before the startup"
+        if isinstance(data, Cancel):
+            continue  # nothing runs yet
         for message in client.feed(data):
             if params is not None:
                 pending += message.raw  # the client pipelined past its startup
@@ -140,15 +151,24 @@ async def run(
         await send(error_frame(sqlstate, str(exc)))
         return f"target login failed: {exc}"
     del password
-    first = pgm.authentication_ok() + login.rest
+    first = bytearray(pgm.authentication_ok() + login.rest)
     shift = len(first) - len(login.rest) - login.rest_offset
-    await send(tunnel_pb2.Frame(data=first, marks=result_marks(login.rest_messages, shift)))
+    backend_key = _swap_backend_key(first, login.rest_messages, shift)
+    try:
+        _require_utf8(bytes(first))
+    except EncodingChanged as exc:
+        login.writer.close()
+        await send(error_frame("22021", f"gatehouse agent: {exc}"))
+        return str(exc)
+    await send(tunnel_pb2.Frame(data=bytes(first), marks=result_marks(login.rest_messages, shift)))
+    target = PgTarget.from_spec(target_spec)
     masker = None if policy is None else ResultMasker(policy, login.framer)
     if pending:
         if masker is not None:
             masker.client(pending)
         login.writer.write(bytes(pending))
-    return await _pump(login.reader, login.writer, login.framer, receive, send, masker)
+    canceller = _Canceller(target, backend_key)
+    return await _pump(login.reader, login.writer, login.framer, receive, send, masker, canceller)
 
 
 async def _pump(
@@ -158,12 +178,15 @@ async def _pump(
     receive: Receive,
     send: SendFrame,
     masker: ResultMasker | None = None,
+    canceller: _Canceller | None = None,
 ) -> str:
     async def to_client() -> str:
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
                 return "the target closed the connection"
+            if ENCODING_STATUS in data:
+                _require_utf8(data)
             if masker is None:
                 await send(tunnel_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
                 continue
@@ -177,6 +200,10 @@ async def _pump(
             data = await receive()
             if data is None:
                 return "the client closed the session"
+            if isinstance(data, Cancel):
+                if canceller is not None:
+                    await canceller.cancel()
+                continue
             if masker is not None:
                 masker.client(data)  # before the target can answer it
             writer.write(data)
@@ -191,6 +218,9 @@ async def _pump(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(tasks[0]), 5)
         return first.result()
+    except EncodingChanged as exc:
+        await send(error_frame("22021", f"gatehouse agent: {exc}"))
+        return str(exc)
     except (OSError, framing.ProtocolError) as exc:
         return f"relay failed: {exc}"
     finally:
@@ -198,3 +228,71 @@ async def _pump(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
+
+
+class EncodingChanged(Exception):
+    """The session's client_encoding left UTF8; the gateway reads statements as UTF-8 only."""
+
+
+def _require_utf8(data: bytes) -> None:
+    """End the session if the target reports a client_encoding other than UTF8.
+
+    The control plane decides guardrails on the statement text decoded as UTF-8; a session in
+    another encoding (SJIS, say, where a multibyte character can swallow a backslash) would be
+    read one way by the gateway and another by the server. Checked on the ParameterStatus the
+    server sends after every change, wherever it came from (SET, set_config, startup options).
+    """
+    at = data.find(ENCODING_STATUS)
+    while at >= 5:
+        if data[at - 5] == ord("S"):
+            end = data.find(b"\x00", at + len(ENCODING_STATUS))
+            value = bytes(data[at + len(ENCODING_STATUS) : end]).decode("ascii", "replace")
+            if end > 0 and value.upper() not in ("UTF8", "UTF-8", "UNICODE"):
+                raise EncodingChanged(
+                    f"client_encoding was changed to {value}; sessions through gatehouse must "
+                    "stay in UTF8"
+                )
+        at = data.find(ENCODING_STATUS, at + 1)
+
+
+def _swap_backend_key(
+    data: bytearray, messages: Sequence[framing.Message], shift: int
+) -> tuple[int, bytes] | None:
+    """Give the client a cancel key of the agent's own; return the target's real one.
+
+    The real key never leaves the agent: a CancelRequest reaches it as a cancel order on the
+    session, and the agent sends the real key to the target itself.
+    """
+    for message in messages:
+        if message.tag != ord("K"):
+            continue
+        start = message.end + shift - len(message.raw)
+        if start < 0:
+            return None  # split across reads: keep the real key hidden but unusable
+        pid, key = pgm.parse_backend_key_data(message.body)
+        fake = pgm.backend_key_data(secrets.randbits(31), secrets.token_bytes(len(key)))
+        data[start : start + len(fake)] = fake
+        return pid, key
+    return None
+
+
+class _Canceller:
+    """Cancels the target backend of one session with its real key, on its own connection."""
+
+    def __init__(self, target: PgTarget, backend_key: tuple[int, bytes] | None) -> None:
+        self._target = target
+        self._key = backend_key
+
+    async def cancel(self) -> None:
+        if self._key is None:
+            log.warning("cancel requested but the target's cancel key is unknown")
+            return
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._target.host, self._target.port), 10
+            )
+            writer.write(pgm.cancel_request(*self._key))
+            await writer.drain()
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel request to the target failed: %s", exc)

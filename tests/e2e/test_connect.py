@@ -171,3 +171,40 @@ def test_unknown_connection_is_a_fatal_error_for_the_client(stack: Stack, tmp_pa
             psycopg.connect(dsn(process))
     finally:
         process.stop()
+
+
+def test_cancel_reaches_the_right_backend(stack: Stack, listener: Connect) -> None:
+    import threading
+    import time
+
+    with (
+        psycopg.connect(dsn(listener), autocommit=True) as busy,
+        psycopg.connect(dsn(listener), autocommit=True) as other,
+    ):
+        timer = threading.Timer(1.0, busy.cancel)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            busy.execute("select pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        # The other session was not touched, and the cancelled one goes on.
+        assert other.execute("select 1").fetchone() == (1,)
+        assert busy.execute("select 2").fetchone() == (2,)
+    assert any(e["type"] == "db.cancel" for e in stack.events())
+
+
+def test_backend_key_given_to_the_client_is_not_the_targets(listener: Connect) -> None:
+    with psycopg.connect(dsn(listener), autocommit=True) as conn:
+        real_pid = conn.execute("select pg_backend_pid()").fetchone()
+        assert real_pid is not None
+        assert conn.info.backend_pid != real_pid[0]
+
+
+def test_leaving_utf8_ends_the_session(listener: Connect) -> None:
+    # The gateway reads statements as UTF-8; a session the server reads as SJIS could hide a
+    # statement from the guardrails, so it ends instead.
+    with psycopg.connect(dsn(listener), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error, match="must stay in UTF8"):
+            conn.execute("set client_encoding = 'SJIS'")
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
