@@ -33,7 +33,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy controlplane agent cli wire devenv
+	$(VENV)/bin/mypy controlplane agent cli wire redact devenv
 
 protos: install
 	$(PY) protos/generate.py

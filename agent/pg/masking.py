@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from agent.pg.detectors import DetectorSet, UnknownDetector, is_card_number
+from redact.detectors import DetectorSet, UnknownDetector, is_card_number
 from wire.pg import framing
 from wire.pg import messages as pgm
 

@@ -30,6 +30,7 @@ from controlplane.policy.guardrails import SqlGuard
 from controlplane.store.database import Database
 from controlplane.store.models import PolicyVersionRow
 from gatehouse.v1 import agent_pb2
+from redact.detectors import DetectorSet
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,16 @@ class PolicyStore:
 
     def connection(self, name: str) -> Connection | None:
         return self.document.connection(name)
+
+    def parameter_detectors(self, connection: Connection) -> DetectorSet:
+        """Detectors for the values of statement parameters before they enter an event: the
+        connection's masking detectors, and always `secret` (credentials are never logged)."""
+        names = {"secret"}
+        for name in connection.masking:
+            rule = self.document.masking_rule(name)
+            if rule is not None:
+                names.update(rule.detectors)
+        return DetectorSet(names)
 
     def guard(self, connection: Connection) -> SqlGuard:
         """The connection's SQL guardrails, built once per policy version (its cache stays warm

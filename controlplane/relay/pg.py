@@ -25,6 +25,7 @@ from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from gatehouse.v1 import tunnel_pb2
+from redact.detectors import DetectorSet
 from wire.pg import framing
 from wire.pg import messages as pgm
 from wire.pg.types import binary_to_text
@@ -76,12 +77,14 @@ class PgInspector:
         audit: AuditWriter,
         wake: Callable[[], None],
         guard: SqlGuard | None = None,
+        redact: DetectorSet | None = None,
     ) -> None:
         self.session = ctx  # what every event of this session repeats
         self._audit = audit
         self._wake = wake
         self._strict = ctx.audit_mode == "strict"
         self._guard = guard or SqlGuard(())
+        self._redact = redact if redact is not None else DetectorSet(["secret"])
         self._framer = framing.MessageFramer(startup_phase=True)
         self._cycles: deque[Cycle] = deque()
         self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -165,7 +168,7 @@ class PgInspector:
             bind = pgm.parse_bind(msg.body)
             sql, types = self._prepared.get(bind.statement, ("", ()))
             params = [
-                _param(value, fmt, types[i] if i < len(types) else 0)
+                self._redacted(_param(value, fmt, types[i] if i < len(types) else 0))
                 for i, (value, fmt) in enumerate(bind.parameters())
             ]
             self._portals[bind.portal] = (sql, params)
@@ -179,6 +182,13 @@ class PgInspector:
             close = pgm.parse_close(msg.body)
             (self._prepared if close.kind == "S" else self._portals).pop(close.name, None)
         self._held.append(bytes(msg.raw))
+
+    def _redacted(self, value: str | None) -> str | None:
+        """A parameter as the event may keep it: what the detectors find is masked."""
+        if value is None or not self._redact:
+            return value
+        masked = self._redact.mask(value)
+        return value if masked is None else masked
 
     async def _release(self, out: bytearray, *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions

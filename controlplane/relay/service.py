@@ -96,7 +96,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no open message within 30 s")
             return
         started = time.monotonic()
-        inspector = PgInspector(ctx, self._audit, tunnel.wake, self._policy.guard(connection))
+        inspector = PgInspector(
+            ctx,
+            self._audit,
+            tunnel.wake,
+            guard=self._policy.guard(connection),
+            redact=self._policy.parameter_detectors(connection),
+        )
         reason = "closed"
         try:
             await context.write(

@@ -18,6 +18,7 @@ from controlplane.auth.identity import Identity
 from controlplane.relay.pg import PgInspector
 from controlplane.store.database import Database
 from gatehouse.v1 import tunnel_pb2
+from redact.detectors import DetectorSet
 from wire.pg import framing
 from wire.pg import messages as pgm
 
@@ -663,3 +664,31 @@ async def test_typed_binary_parameters_are_recorded_as_text(
 
     [query] = stored(db_path)
     assert query["request"]["params"] == ["-41", "t"]
+
+
+async def test_credentials_in_parameters_never_reach_the_event(
+    ready: PgInspector, db_path: Path
+) -> None:
+    key = "AKIAIOSFODNN7EXAMPLE"
+    data = parse("INSERT INTO keys VALUES ($1)") + bind([key.encode()]) + execute() + pgm.sync()
+
+    assert await ready.from_client(data) == data  # the target still gets the value
+
+    [query] = stored(db_path)
+    [param] = query["request"]["params"]
+    assert key not in param
+    assert param.startswith("AKIA")
+
+
+async def test_parameters_go_through_the_connections_detectors(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, db_path: Path
+) -> None:
+    inspector = PgInspector(ctx, writer, wakes, redact=DetectorSet(["email", "secret"]))
+    assert await inspector.from_client(STARTUP) == STARTUP
+    await inspector.from_agent(login_reply().frame())
+    data = parse("SELECT $1, $2") + bind([b"bob@example.com", b"42"]) + execute() + pgm.sync()
+
+    await inspector.from_client(data)
+
+    [query] = stored(db_path)
+    assert query["request"]["params"] == ["***@example.com", "42"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.pg.detectors import (
+from redact.detectors import (
     DETECTORS,
     DetectorSet,
     UnknownDetector,
