@@ -52,6 +52,9 @@ class Statement:
     error: str | None = None
     message: str | None = None
     masked: bool = False
+    copy_in: bool = False  # the client sent COPY FROM STDIN data (or its end)
+    bytes_in: int = 0  # COPY FROM STDIN data the client sent
+    bytes_out: int = 0  # the target's response, as sent to the client
 
 
 @dataclass(slots=True)
@@ -117,6 +120,9 @@ class PgInspector:
                 await self._release(out, sync=tag == S)
             elif tag in (COPY_DATA, COPY_DONE, COPY_FAIL):
                 out += msg.raw  # the data of a COPY FROM STDIN whose statement was audited
+                if (running := self._running()) is not None:
+                    running.copy_in = True
+                    running.bytes_in += len(msg.body) if tag == COPY_DATA else 0
             elif tag == X:
                 out += msg.raw
             elif tag == PASSWORD:
@@ -302,10 +308,15 @@ class PgInspector:
         """Apply the agent's marks: record results, and slot in answers of our own."""
         data = frame.data
         if not frame.marks:
+            if (running := self._running()) is not None:
+                running.bytes_out += len(data)
             return [data] if data else []
         chunks: list[bytes] = []
-        start = 0
+        start = counted = 0
         for mark in frame.marks:
+            if (running := self._running()) is not None:
+                running.bytes_out += mark.end - counted
+            counted = mark.end
             if mark.kind == tunnel_pb2.ResultMark.READY:
                 head = self._cycles[0] if self._cycles else None
                 if head is not None and head.injected:
@@ -319,9 +330,17 @@ class PgInspector:
                 chunks.extend(self.take_synthetic())
             else:
                 self._statement_mark(mark)
+        if counted < len(data) and (running := self._running()) is not None:
+            running.bytes_out += len(data) - counted
         if start < len(data):
             chunks.append(data[start:])
         return [c for c in chunks if c]
+
+    def _running(self) -> Statement | None:
+        """The statement the target is working on now, if it is one we recorded."""
+        if self._cycles and self._cycles[0].statements:
+            return self._cycles[0].statements[0]
+        return None
 
     def take_synthetic(self) -> list[bytes]:
         """Answers of our own that are now due (nothing of the target's is still ahead)."""
@@ -370,6 +389,13 @@ class PgInspector:
         }
         if statement.commands:
             result["command"] = "; ".join(statement.commands)
+        result["bytes"] = {"in": statement.bytes_in, "out": statement.bytes_out}
+        if "COPY" in statement.commands:
+            result["copy"] = {
+                "direction": "in" if statement.copy_in else "out",
+                "rows": statement.rows,
+                "bytes": statement.bytes_in or statement.bytes_out,
+            }
         if statement.message:
             result["message"] = statement.message
         if skipped:

@@ -90,8 +90,14 @@ def test_copy_both_ways_and_error_recovery(stack: Stack, listener: Connect) -> N
         conn.rollback()
         assert conn.execute("select count(*) from t").fetchone() == (1000,)
     results = [e for e in stack.events() if e["type"] == "db.result"]
-    copied = [r for r in results if r["result"].get("command") == "COPY"]  # type: ignore[union-attr]
-    assert {r["result"]["rows"] for r in copied} >= {1000}  # type: ignore[index]
+    copies = [r["result"]["copy"] for r in results if "copy" in r["result"]]  # type: ignore[operator,index]
+    copy_in, copy_out = copies[-2], copies[-1]
+    assert copy_in["direction"] == "in" and copy_in["rows"] == 1000
+    assert copy_out["direction"] == "out" and copy_out["rows"] == 1000
+    # Each row is "N\trow N\n": the bytes are those of the data, not a guess.
+    expected = sum(len(f"{i}\trow {i}\n") for i in range(1000))
+    assert copy_in["bytes"] == expected
+    assert copy_out["bytes"] > expected
 
 
 def test_notifications_and_notices_pass_through(listener: Connect) -> None:
