@@ -3,7 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test lint typecheck protos protos-check unit e2e clean
+NODE_STAMP := devenv/oidc-provider/node_modules/.package-lock.json
+
+.PHONY: install system-deps oidc-deps demo test lint typecheck protos protos-check unit e2e clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,13 +15,19 @@ $(STAMP): pyproject.toml
 
 install: system-deps $(STAMP)
 
+# The OpenID Provider the identity tests log in against (npm oidc-provider, from the lockfile).
+$(NODE_STAMP): devenv/oidc-provider/package-lock.json
+	cd devenv/oidc-provider && npm ci --no-audit --no-fund --loglevel=error
+
+oidc-deps: system-deps $(NODE_STAMP)
+
 system-deps:
 	@deploy/system-deps.sh
 
 demo: install
 	$(PY) -m devenv.demo
 
-test: install protos-check lint typecheck
+test: install oidc-deps protos-check lint typecheck
 	$(VENV)/bin/pytest -q
 
 unit: install
@@ -42,4 +50,5 @@ protos-check: install
 	$(PY) protos/generate.py --check
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data \
+		devenv/oidc-provider/node_modules

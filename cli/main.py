@@ -23,11 +23,15 @@ def _register() -> None:
     from cli.audit import audit_app
     from cli.connect import connect
     from cli.execute import exec_
+    from cli.login import login, logout, whoami
     from cli.serve import agent_app, controlplane_app
     from cli.sessions import sessions_app
 
     app.command("exec")(exec_)
     app.command("connect")(connect)
+    app.command("login")(login)
+    app.command("logout")(logout)
+    app.command("whoami")(whoami)
     app.add_typer(controlplane_app, name="controlplane")
     app.add_typer(agent_app, name="agent")
     app.add_typer(admin_app, name="admin")

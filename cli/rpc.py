@@ -32,14 +32,19 @@ def is_loopback(address: str) -> bool:
 
 
 def token(flag: str | None = None) -> str:
+    """The caller's credential: --token, GATEHOUSE_TOKEN, or the stored login (refreshed)."""
     value = flag or os.environ.get("GATEHOUSE_TOKEN")
-    if not value:
+    if value:
+        return value
+    from cli.login import TokenStore
+
+    if TokenStore().load() is None:
         raise CliError(
-            "no credential: set GATEHOUSE_TOKEN (in dev mode: "
+            "no credential: run `gatehouse login`, or set GATEHOUSE_TOKEN (in dev mode: "
             "export GATEHOUSE_TOKEN=$(cat DATA_DIR/admin.token))",
             USAGE,
         )
-    return value
+    return TokenStore().current()
 
 
 def metadata(flag: str | None = None) -> tuple[tuple[str, str], ...]:

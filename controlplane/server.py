@@ -24,6 +24,7 @@ from controlplane.audit.checkpoints import (
 )
 from controlplane.audit.service import AuditServicer
 from controlplane.audit.writer import AuditWriter
+from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import InvalidArgument
 from controlplane.http.api import build_app
@@ -104,7 +105,9 @@ class ControlPlane:
         self.settings = settings
         self.db = Database(settings.database_url or default_url(settings.data_dir))
         self.audit = AuditWriter(self.db, checkpoint_every=settings.checkpoint_every)
-        self.auth = TokenAuthenticator(self.db, self.audit)
+        oidc = OidcSettings.from_env()
+        self.oidc = OidcValidator(oidc) if oidc is not None else None
+        self.auth = TokenAuthenticator(self.db, self.audit, self.oidc)
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
@@ -205,6 +208,8 @@ class ControlPlane:
             self._http = None
         if self.audit.running:
             await self.audit.close()
+        if self.oidc is not None:
+            await self.oidc.close()
         self.db.dispose()
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the demo and the tests need: the PostgreSQL server binaries (a throwaway
-# cluster is started from them; no running server is assumed) and the psql client.
+# cluster is started from them; no running server is assumed), the psql client, and Node.js
+# with npm (the OpenID Provider the identity tests log in against).
 set -euo pipefail
 
 have_pg() {
@@ -11,6 +12,8 @@ have_pg() {
 missing=()
 have_pg || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

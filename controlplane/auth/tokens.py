@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 from controlplane.audit.events import as_utc, draft, utc_now
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import ADMIN, AUDIT_READER, Identity
+from controlplane.auth.oidc import OidcValidator
 from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow
@@ -58,12 +59,15 @@ def bearer(metadata: Any) -> str:
 class TokenAuthenticator:
     """Resolves people's and automation's bearer tokens to an Identity."""
 
-    def __init__(self, db: Database, audit: AuditWriter) -> None:
+    def __init__(self, db: Database, audit: AuditWriter, oidc: OidcValidator | None = None) -> None:
         self._db = db
         self._audit = audit
+        self._oidc = oidc
 
     async def identify(self, metadata: Any) -> Identity:
         token = bearer(metadata)
+        if self._oidc is not None and token.count(".") == 2:
+            return (await self._oidc.validate(token)).identity()
         if not token.startswith(USER_PREFIX):
             raise Unauthenticated(
                 "the credential is not a Gatehouse user token (it should start with "
