@@ -420,6 +420,8 @@ def start_postgres(
     roles: Mapping[str, str] = _EMPTY,
     databases: Mapping[str, str] = _EMPTY,
     password_encryption: str = "scram-sha-256",
+    auth_method: str | None = None,
+    tls: tuple[Path, Path] | None = None,
     log_statements: bool = True,
     ready_timeout: float = 30.0,
 ) -> PostgresServer:
@@ -428,6 +430,8 @@ def start_postgres(
     ``roles`` maps role name to password (LOGIN, stored with ``password_encryption``);
     ``databases`` maps database name to owner role. ``port=None`` picks a free port (and retries
     with another if it is taken meanwhile). ``base_dir`` must not already hold a cluster.
+    ``auth_method`` is what pg_hba asks TCP clients for (default: ``password_encryption``;
+    ``password`` for cleartext); ``tls`` is (certificate, key) to serve TLS with.
     """
     if password_encryption not in _ENCRYPTIONS:
         raise ValueError(
@@ -445,7 +449,13 @@ def start_postgres(
         )
     _prepare_dirs(base_dir, data_dir, socket_dir, log_file, account)
     _initdb(bindir, data_dir, base_dir, account)
-    _write(data_dir / "pg_hba.conf", _pg_hba(password_encryption), account)
+    _write(data_dir / "pg_hba.conf", _pg_hba(auth_method or password_encryption), account)
+    tls_settings: dict[str, str | int] = {}
+    if tls is not None:
+        for source, name in zip(tls, ("server.crt", "server.key"), strict=True):
+            _write(data_dir / name, Path(source).read_text(), account)
+        (data_dir / "server.key").chmod(0o600)
+        tls_settings = {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"}
     with (data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
         conf.write("\ninclude 'devenv.conf'\n")
 
@@ -453,6 +463,7 @@ def start_postgres(
     for _ in range(attempts):
         chosen = port if port is not None else _free_port()
         config = _server_config(chosen, socket_dir, password_encryption, log_statements)
+        config += "".join(f"{k} = {_conf_value(v)}\n" for k, v in tls_settings.items())
         _write(data_dir / "devenv.conf", config, account)
         server = PostgresServer(HOST, chosen, data_dir, log_file, SUPERUSER, socket_dir)
         try:
