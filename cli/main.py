@@ -22,10 +22,12 @@ def _register() -> None:
     from cli.admin import admin_app
     from cli.audit import audit_app
     from cli.connect import connect
+    from cli.connections import connections_app
     from cli.execute import exec_
     from cli.login import login, logout, whoami
     from cli.serve import agent_app, controlplane_app
     from cli.sessions import sessions_app
+    from cli.tokens import tokens_app
 
     app.command("exec")(exec_)
     app.command("connect")(connect)
@@ -36,6 +38,8 @@ def _register() -> None:
     app.add_typer(agent_app, name="agent")
     app.add_typer(admin_app, name="admin")
     app.add_typer(sessions_app, name="sessions")
+    app.add_typer(connections_app, name="connections")
+    app.add_typer(tokens_app, name="tokens")
     app.add_typer(audit_app, name="audit")
 
 

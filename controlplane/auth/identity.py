@@ -20,6 +20,9 @@ class Identity:
     groups: tuple[str, ...] = ()
     actor: str | None = None
     role: str = "user"  # admin | audit-reader | user
+    # A delegated token's connections (globs); None: not limited beyond the access rules.
+    scope: tuple[str, ...] | None = None
+    token_id: str | None = None  # the stored token that authenticated the caller, if any
 
     @property
     def is_admin(self) -> bool:

@@ -8,6 +8,7 @@ tokens carry 256 bits of randomness, so a fast hash is enough: there is nothing 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from controlplane.audit.events import as_utc, draft, utc_now
 from controlplane.audit.writer import AuditWriter
-from controlplane.auth.identity import ADMIN, AUDIT_READER, Identity
+from controlplane.auth.identity import ADMIN, AUDIT_READER, USER, Identity
 from controlplane.auth.oidc import OidcValidator
 from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
@@ -30,6 +31,15 @@ from controlplane.store.models import ApiTokenRow
 USER_PREFIX = "ghu_"
 JOIN_PREFIX = "ghj_"
 AGENT_PREFIX = "gha_"
+ADMIN_GROUPS_ENV = "GATEHOUSE_ADMIN_GROUPS"
+MAX_DELEGATION = timedelta(days=30)
+
+
+def env_admin_groups() -> frozenset[str]:
+    """`GATEHOUSE_ADMIN_GROUPS` (comma-separated, default `admins`): people in one of these
+    groups have the admin role."""
+    value = os.environ.get(ADMIN_GROUPS_ENV, "admins")
+    return frozenset(g.strip() for g in value.split(",") if g.strip())
 
 
 def new_token(prefix: str) -> str:
@@ -59,15 +69,25 @@ def bearer(metadata: Any) -> str:
 class TokenAuthenticator:
     """Resolves people's and automation's bearer tokens to an Identity."""
 
-    def __init__(self, db: Database, audit: AuditWriter, oidc: OidcValidator | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditWriter,
+        oidc: OidcValidator | None = None,
+        admin_groups: frozenset[str] | None = None,
+    ) -> None:
         self._db = db
         self._audit = audit
         self._oidc = oidc
+        self.admin_groups = env_admin_groups() if admin_groups is None else admin_groups
 
     async def identify(self, metadata: Any) -> Identity:
         token = bearer(metadata)
         if self._oidc is not None and token.count(".") == 2:
-            return (await self._oidc.validate(token)).identity()
+            person = (await self._oidc.validate(token)).identity()
+            if self.admin_groups & set(person.groups):
+                return dataclasses.replace(person, role=ADMIN)
+            return person
         if not token.startswith(USER_PREFIX):
             raise Unauthenticated(
                 "the credential is not a Gatehouse user token (it should start with "
@@ -90,6 +110,8 @@ class TokenAuthenticator:
             groups=tuple(json.loads(row.groups)),
             actor=row.actor,
             role=row.role,
+            scope=tuple(json.loads(row.connections)) if row.connections is not None else None,
+            token_id=row.id,
         )
 
     async def require_admin(self, metadata: Any) -> Identity:
@@ -98,6 +120,11 @@ class TokenAuthenticator:
     async def require_role(self, metadata: Any, *roles: str) -> Identity:
         """The caller, if their role is one of `roles`; refused otherwise, naming the need."""
         identity = await self.identify(metadata)
+        if identity.actor is not None:
+            raise PermissionDenied(
+                f"a delegated token (actor {identity.actor!r}) may open sessions only; "
+                f"{identity.subject} must do this with their own login"
+            )
         if identity.role not in roles:
             needed = " or ".join(repr(r) for r in roles)
             raise PermissionDenied(
@@ -136,9 +163,117 @@ class TokenAuthenticator:
         )
         return row, secret
 
+    async def delegate(
+        self, person: Identity, actor: str, ttl: timedelta, connections: list[str] | None
+    ) -> tuple[ApiTokenRow, str]:
+        """A token that acts as `person` for `actor` (an AI agent), limited to `connections`
+        (globs; None: whatever the person may use) and to `ttl`. Returns its row and secret."""
+        if person.actor is not None:
+            raise PermissionDenied(
+                "a delegated token cannot create further tokens; log in as yourself"
+            )
+        if person.role not in (ADMIN, USER):
+            raise PermissionDenied(
+                f"{person.subject} (role {person.role!r}) may not delegate: only people can"
+            )
+        actor = actor.strip()
+        if not actor:
+            raise InvalidArgument("a delegated token needs --actor: who uses it, e.g. devin")
+        if ttl <= timedelta(0) or ttl > MAX_DELEGATION:
+            raise InvalidArgument(
+                f"--ttl must be between 1 s and {MAX_DELEGATION.days} days for a delegated token"
+            )
+        scope = None
+        if connections is not None:
+            scope = [c.strip() for c in connections if c.strip()]
+            if not scope:
+                raise InvalidArgument("--connections names no connection")
+            if person.scope is not None:
+                raise InvalidArgument("a scoped identity cannot delegate")
+        secret = new_token(USER_PREFIX)
+        now = utc_now()
+        row = ApiTokenRow(
+            id=str(uuid.uuid4()),
+            token_hash=token_hash(secret),
+            subject=person.subject,
+            email=person.email,
+            groups=json.dumps(list(person.groups)),
+            actor=actor,
+            role=person.role,
+            created_at=now,
+            expires_at=now + ttl,
+            connections=json.dumps(scope) if scope is not None else None,
+            created_by=person.subject,
+        )
+        await self._db.write(lambda s: s.add(row))
+        await self._audit.commit(
+            draft(
+                "admin.change",
+                identity=person,
+                change={
+                    "action": "token.delegate",
+                    "token": row.id,
+                    "actor": actor,
+                    "connections": scope,
+                    "expires": row.expires_at.isoformat() if row.expires_at else None,
+                },
+            )
+        )
+        return row, secret
+
+    async def delegated(self, person: Identity) -> list[ApiTokenRow]:
+        """The delegated tokens `person` made (an admin sees everyone's)."""
+
+        def mine(session: Session) -> list[ApiTokenRow]:
+            query = select(ApiTokenRow).where(col(ApiTokenRow.created_by).is_not(None))
+            if not person.is_admin:
+                query = query.where(ApiTokenRow.created_by == person.subject)
+            return list(session.exec(query.order_by(col(ApiTokenRow.created_at))))
+
+        return await self._db.read(mine)
+
+    async def revoke_delegated(self, token_id: str, by: Identity) -> ApiTokenRow:
+        """Revoke one of `by`'s delegated tokens (an admin: anyone's)."""
+
+        def revoke(session: Session) -> ApiTokenRow:
+            row = session.get(ApiTokenRow, token_id)
+            if (
+                row is None
+                or row.created_by is None
+                or not (by.is_admin or row.created_by == by.subject)
+            ):
+                raise NotFound(
+                    f"you have no delegated token {token_id}; see `gatehouse tokens list`"
+                )
+            if row.revoked_at is None:
+                row.revoked_at = utc_now()
+                session.add(row)
+            return row
+
+        row = await self._db.write(revoke)
+        await self._audit.commit(
+            draft(
+                "admin.change",
+                identity=by,
+                change={"action": "token.revoke", "token": token_id, "actor": row.actor},
+            )
+        )
+        return row
+
+    async def still_valid(self, token_id: str) -> str | None:
+        """None while the token works; otherwise why it stopped (revoked, expired)."""
+        row = await self._db.read(lambda s: s.get(ApiTokenRow, token_id))
+        if row is None or row.revoked_at is not None:
+            return "the token was revoked"
+        if row.expires_at is not None and as_utc(row.expires_at) <= utc_now():
+            return "the token expired"
+        return None
+
     async def tokens(self) -> list[ApiTokenRow]:
+        """Machine tokens (delegated ones are listed by `delegated`)."""
+        query = select(ApiTokenRow).where(col(ApiTokenRow.created_by).is_(None))
         return await self._db.read(
-            lambda s: list(s.exec(select(ApiTokenRow).order_by(col(ApiTokenRow.created_at))))
+            lambda s: list(s.exec(query.order_by(col(ApiTokenRow.created_at))))
         )
 
     async def revoke(self, token_id: str, by: Identity) -> None:

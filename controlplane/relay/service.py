@@ -10,30 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
 
 from controlplane.agents.registry import AgentRegistry
-from controlplane.audit.events import SessionContext, draft, utc_now
+from controlplane.audit.events import SessionContext, as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
-from controlplane.auth.identity import ADMIN, USER, Identity
+from controlplane.auth.identity import Identity
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import (
     GatehouseError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
+    unary,
 )
+from controlplane.policy.access import MODES, decide
 from controlplane.policy.document import Connection
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.pg import PgInspector
 from controlplane.relay.tunnel import CANCEL, Tunnel, Tunnels
 from controlplane.store.database import Database
-from controlplane.store.models import SessionRow
+from controlplane.store.models import ApiTokenRow, SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
 from wire.pg import messages as pgm
 from wire.pg.framing import ProtocolError
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 ATTACH_TIMEOUT = 10.0
 SUPPORTED_TYPES = {"postgres"}
+REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still works
+DEFAULT_DELEGATION = 8 * 3600
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
@@ -66,14 +74,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         try:
-            # Until access rules exist, any person may open sessions; a machine token that may
-            # only read the trail (audit-reader) may not.
-            identity = await self._auth.require_role(context.invocation_metadata(), ADMIN, USER)
+            identity = await self._auth.identify(context.invocation_metadata())
             first = await asyncio.wait_for(context.read(), 30)
             if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
                 raise InvalidArgument("a session must start with open")
             opening = first.open
-            connection = await self._connection(opening.connection)
+            mode = opening.mode or "exec"
+            connection = await self._connection(opening.connection, identity, mode)
             ctx = SessionContext(
                 session_id=str(uuid.uuid4()),
                 identity=identity,
@@ -85,7 +92,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 audit_mode=connection.audit,
                 source={"ip": _peer_ip(context.peer()), "client": opening.client or "unknown"},
             )
-            tunnel = await self._open(ctx, connection, identity, opening.mode or "exec")
+            tunnel = await self._open(ctx, connection, identity, mode)
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
             return
@@ -112,14 +119,82 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     )
                 )
             )
-            reason = await _relay(context, tunnel, inspector, self._audit)
+            relay = _relay(context, tunnel, inspector, self._audit)
+            if identity.token_id is None:
+                reason = await relay
+            else:
+                reason = await self._relay_while_valid(context, relay, identity.token_id)
         finally:
             self._tunnels.discard(tunnel)
             await self._end(ctx, reason, started, inspector.statements)
 
-    async def _connection(self, name: str) -> Connection:
+    @unary
+    async def ListConnections(
+        self, request: client_pb2.ListMyConnectionsRequest, context: Context
+    ) -> client_pb2.ListMyConnectionsResponse:
+        identity = await self._auth.identify(context.invocation_metadata())
+        await self._policy.load()
+        rules = self._policy.document.access
+        response = client_pb2.ListMyConnectionsResponse()
+        for conn in self._policy.document.connections:
+            item = client_pb2.MyConnection(name=conn.name, type=conn.type)
+            for mode in MODES:
+                decision = decide(identity, conn.name, mode, rules)
+                if decision.allowed:
+                    item.modes.append(mode)
+                elif decision.needs_review is not None:
+                    item.review_modes.append(mode)
+                    for group in decision.needs_review.groups:
+                        if group not in item.review_groups:
+                            item.review_groups.append(group)
+            if item.modes or item.review_modes:
+                response.connections.append(item)
+        return response
+
+    @unary
+    async def CreateDelegatedToken(
+        self, request: client_pb2.CreateDelegatedTokenRequest, context: Context
+    ) -> client_pb2.CreateDelegatedTokenResponse:
+        person = await self._auth.identify(context.invocation_metadata())
+        row, secret = await self._auth.delegate(
+            person,
+            request.actor,
+            timedelta(seconds=request.ttl_seconds or DEFAULT_DELEGATION),
+            list(request.connections) or None,
+        )
+        return client_pb2.CreateDelegatedTokenResponse(token=_delegated(row), secret=secret)
+
+    @unary
+    async def ListMyTokens(
+        self, request: client_pb2.ListMyTokensRequest, context: Context
+    ) -> client_pb2.ListMyTokensResponse:
+        person = await self._auth.identify(context.invocation_metadata())
+        if person.actor is not None:
+            raise PermissionDenied("a delegated token cannot list tokens; log in as yourself")
+        rows = await self._auth.delegated(person)
+        return client_pb2.ListMyTokensResponse(tokens=[_delegated(row) for row in rows])
+
+    @unary
+    async def RevokeMyToken(
+        self, request: client_pb2.RevokeMyTokenRequest, context: Context
+    ) -> client_pb2.RevokeMyTokenResponse:
+        person = await self._auth.identify(context.invocation_metadata())
+        if person.actor is not None and person.token_id != request.id:
+            raise PermissionDenied("a delegated token can revoke only itself")
+        row = await self._auth.revoke_delegated(request.id, person)
+        return client_pb2.RevokeMyTokenResponse(token=_delegated(row))
+
+    async def _connection(self, name: str, identity: Identity, mode: str) -> Connection:
         await self._policy.load()
         connection = self._policy.connection(name)
+        # Refuse before saying whether the connection exists: names are not for everyone.
+        decision = decide(identity, name, mode, self._policy.document.access)
+        if not decision.allowed:
+            if decision.needs_review is not None:
+                raise PermissionDenied(
+                    f"{decision.reason}; reviews are not available on this control plane yet"
+                )
+            raise PermissionDenied(decision.reason)
         if connection is None:
             raise NotFound(
                 f"no connection named {name!r}; `gatehouse connections list` shows the ones "
@@ -174,6 +249,33 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 ) from None
             raise
         return tunnel
+
+    async def _relay_while_valid(
+        self, context: Context, relay: Coroutine[Any, Any, str], token_id: str
+    ) -> str:
+        """Relay until the session ends or its token stops working (revoked, expired): a
+        revoked token's live sessions end within REVOCATION_CHECK seconds."""
+        relaying = asyncio.create_task(relay)
+        try:
+            while True:
+                done, _ = await asyncio.wait({relaying}, timeout=REVOCATION_CHECK)
+                if done:
+                    return relaying.result()
+                why = await self._auth.still_valid(token_id)
+                if why is not None:
+                    break
+        except BaseException:
+            relaying.cancel()
+            raise
+        relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
+        fatal = pgm.error_response(
+            severity="FATAL", sqlstate="57P01", message=f"gatehouse: session ended: {why}"
+        )
+        with contextlib.suppress(Exception):
+            await context.write(client_pb2.ServerFrame(data=fatal))
+        return why
 
     async def _end(self, ctx: SessionContext, reason: str, started: float, count: int) -> None:
         duration = round((time.monotonic() - started) * 1000, 3)
@@ -265,6 +367,21 @@ async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: PgInspec
             await context.write(client_pb2.ServerFrame(data=data))
         if item is None:
             return
+
+
+def _delegated(row: ApiTokenRow) -> client_pb2.DelegatedToken:
+    def moment(value: datetime | None) -> str:
+        return rfc3339(as_utc(value)) if value else ""
+
+    return client_pb2.DelegatedToken(
+        id=row.id,
+        actor=row.actor or "",
+        user=row.subject,
+        connections=json.loads(row.connections) if row.connections else [],
+        created=moment(row.created_at),
+        expires=moment(row.expires_at),
+        revoked=moment(row.revoked_at),
+    )
 
 
 def _peer_ip(peer: str) -> str:

@@ -40,6 +40,10 @@ class ApiTokenRow(SQLModel, table=True):
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    # Delegated tokens: the connection globs they are limited to (JSON list; None: no limit
+    # beyond the person's access rules), and the person who made them (their subject).
+    connections: str | None = None
+    created_by: str | None = Field(default=None, index=True)
 
 
 class PolicyVersionRow(SQLModel, table=True):

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +17,250 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class CreateDelegatedTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """who uses it, e.g. "devin" """
+    ttl_seconds: _builtins.int
+    @_builtins.property
+    def connections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """globs; empty: whatever the person may use"""
+
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        connections: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "connections", b"connections", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDelegatedTokenRequest: _TypeAlias = CreateDelegatedTokenRequest  # noqa: Y015
+
+@_typing.final
+class DelegatedToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    actor: _builtins.str
+    user: _builtins.str
+    """the person it acts as (subject)"""
+    created: _builtins.str
+    expires: _builtins.str
+    revoked: _builtins.str
+    """empty: active"""
+    @_builtins.property
+    def connections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: not limited beyond the access rules"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        user: _builtins.str = ...,
+        connections: _abc.Iterable[_builtins.str] | None = ...,
+        created: _builtins.str = ...,
+        expires: _builtins.str = ...,
+        revoked: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "connections", b"connections", "created", b"created", "expires", b"expires", "id", b"id", "revoked", b"revoked", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DelegatedToken: _TypeAlias = DelegatedToken  # noqa: Y015
+
+@_typing.final
+class CreateDelegatedTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """shown once; only its hash is stored"""
+    @_builtins.property
+    def token(self) -> Global___DelegatedToken: ...
+    def __init__(
+        self,
+        *,
+        token: Global___DelegatedToken | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDelegatedTokenResponse: _TypeAlias = CreateDelegatedTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListMyTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyTokensRequest: _TypeAlias = ListMyTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListMyTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___DelegatedToken]: ...
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___DelegatedToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyTokensResponse: _TypeAlias = ListMyTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeMyTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeMyTokenRequest: _TypeAlias = RevokeMyTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeMyTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token(self) -> Global___DelegatedToken: ...
+    def __init__(
+        self,
+        *,
+        token: Global___DelegatedToken | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeMyTokenResponse: _TypeAlias = RevokeMyTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListMyConnectionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyConnectionsRequest: _TypeAlias = ListMyConnectionsRequest  # noqa: Y015
+
+@_typing.final
+class MyConnection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    MODES_FIELD_NUMBER: _builtins.int
+    REVIEW_MODES_FIELD_NUMBER: _builtins.int
+    REVIEW_GROUPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    @_builtins.property
+    def modes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """usable now: exec | connect"""
+
+    @_builtins.property
+    def review_modes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """usable after a review"""
+
+    @_builtins.property
+    def review_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """who reviews them"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        modes: _abc.Iterable[_builtins.str] | None = ...,
+        review_modes: _abc.Iterable[_builtins.str] | None = ...,
+        review_groups: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["modes", b"modes", "name", b"name", "review_groups", b"review_groups", "review_modes", b"review_modes", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MyConnection: _TypeAlias = MyConnection  # noqa: Y015
+
+@_typing.final
+class ListMyConnectionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connections(self) -> _containers.RepeatedCompositeFieldContainer[Global___MyConnection]: ...
+    def __init__(
+        self,
+        *,
+        connections: _abc.Iterable[Global___MyConnection] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyConnectionsResponse: _TypeAlias = ListMyConnectionsResponse  # noqa: Y015
 
 @_typing.final
 class ClientFrame(_message.Message):

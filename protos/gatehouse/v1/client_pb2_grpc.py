@@ -41,6 +41,26 @@ class ClientServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_client__pb2.ClientFrame.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_client__pb2.ServerFrame.FromString,
                 _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/gatehouse.v1.ClientService/ListConnections',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsResponse.FromString,
+                _registered_method=True)
+        self.CreateDelegatedToken = channel.unary_unary(
+                '/gatehouse.v1.ClientService/CreateDelegatedToken',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.CreateDelegatedTokenRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.CreateDelegatedTokenResponse.FromString,
+                _registered_method=True)
+        self.ListMyTokens = channel.unary_unary(
+                '/gatehouse.v1.ClientService/ListMyTokens',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.ListMyTokensRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.ListMyTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeMyToken = channel.unary_unary(
+                '/gatehouse.v1.ClientService/RevokeMyToken',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -56,6 +76,32 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConnections(self, request, context):
+        """The connections the caller may use, and how (the access rules applied to them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDelegatedToken(self, request, context):
+        """Delegated tokens: act as the caller for an AI agent (`actor`), limited and expiring.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeMyToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +109,26 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=gatehouse_dot_v1_dot_client__pb2.ClientFrame.FromString,
                     response_serializer=gatehouse_dot_v1_dot_client__pb2.ServerFrame.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsResponse.SerializeToString,
+            ),
+            'CreateDelegatedToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDelegatedToken,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.CreateDelegatedTokenRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.CreateDelegatedTokenResponse.SerializeToString,
+            ),
+            'ListMyTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyTokens,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.ListMyTokensRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.ListMyTokensResponse.SerializeToString,
+            ),
+            'RevokeMyToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeMyToken,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +160,114 @@ class ClientService:
             '/gatehouse.v1.ClientService/Session',
             gatehouse_dot_v1_dot_client__pb2.ClientFrame.SerializeToString,
             gatehouse_dot_v1_dot_client__pb2.ServerFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/ListConnections',
+            gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDelegatedToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/CreateDelegatedToken',
+            gatehouse_dot_v1_dot_client__pb2.CreateDelegatedTokenRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.CreateDelegatedTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/ListMyTokens',
+            gatehouse_dot_v1_dot_client__pb2.ListMyTokensRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.ListMyTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeMyToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/RevokeMyToken',
+            gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,12 @@ class ClientServiceStub:
     """One session: the first message is `open`, then protocol bytes in both directions. The same
     stream serves `exec` and `connect`: there is no side door.
     """
+    ListConnections: _grpc.UnaryUnaryMultiCallable[_client_pb2.ListMyConnectionsRequest, _client_pb2.ListMyConnectionsResponse]
+    """The connections the caller may use, and how (the access rules applied to them)."""
+    CreateDelegatedToken: _grpc.UnaryUnaryMultiCallable[_client_pb2.CreateDelegatedTokenRequest, _client_pb2.CreateDelegatedTokenResponse]
+    """Delegated tokens: act as the caller for an AI agent (`actor`), limited and expiring."""
+    ListMyTokens: _grpc.UnaryUnaryMultiCallable[_client_pb2.ListMyTokensRequest, _client_pb2.ListMyTokensResponse]
+    RevokeMyToken: _grpc.UnaryUnaryMultiCallable[_client_pb2.RevokeMyTokenRequest, _client_pb2.RevokeMyTokenResponse]
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -51,6 +57,12 @@ class ClientServiceAsyncStub(ClientServiceStub):
     """One session: the first message is `open`, then protocol bytes in both directions. The same
     stream serves `exec` and `connect`: there is no side door.
     """
+    ListConnections: _aio.UnaryUnaryMultiCallable[_client_pb2.ListMyConnectionsRequest, _client_pb2.ListMyConnectionsResponse]  # type: ignore[assignment]
+    """The connections the caller may use, and how (the access rules applied to them)."""
+    CreateDelegatedToken: _aio.UnaryUnaryMultiCallable[_client_pb2.CreateDelegatedTokenRequest, _client_pb2.CreateDelegatedTokenResponse]  # type: ignore[assignment]
+    """Delegated tokens: act as the caller for an AI agent (`actor`), limited and expiring."""
+    ListMyTokens: _aio.UnaryUnaryMultiCallable[_client_pb2.ListMyTokensRequest, _client_pb2.ListMyTokensResponse]  # type: ignore[assignment]
+    RevokeMyToken: _aio.UnaryUnaryMultiCallable[_client_pb2.RevokeMyTokenRequest, _client_pb2.RevokeMyTokenResponse]  # type: ignore[assignment]
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     """The service people and AI agents use, through the gatehouse CLI. The caller's token travels
@@ -66,5 +78,35 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         """One session: the first message is `open`, then protocol bytes in both directions. The same
         stream serves `exec` and `connect`: there is no side door.
         """
+
+    @_abc_1.abstractmethod
+    def ListConnections(
+        self,
+        request: _client_pb2.ListMyConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.ListMyConnectionsResponse, _abc.Awaitable[_client_pb2.ListMyConnectionsResponse]]:
+        """The connections the caller may use, and how (the access rules applied to them)."""
+
+    @_abc_1.abstractmethod
+    def CreateDelegatedToken(
+        self,
+        request: _client_pb2.CreateDelegatedTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.CreateDelegatedTokenResponse, _abc.Awaitable[_client_pb2.CreateDelegatedTokenResponse]]:
+        """Delegated tokens: act as the caller for an AI agent (`actor`), limited and expiring."""
+
+    @_abc_1.abstractmethod
+    def ListMyTokens(
+        self,
+        request: _client_pb2.ListMyTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.ListMyTokensResponse, _abc.Awaitable[_client_pb2.ListMyTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeMyToken(
+        self,
+        request: _client_pb2.RevokeMyTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.RevokeMyTokenResponse, _abc.Awaitable[_client_pb2.RevokeMyTokenResponse]]: ...
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,6 +18,11 @@ connections:
     agent: vpc-1
     target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
     secret: {{password: env:PG_PASSWORD}}
+access:
+  - name: dba
+    groups: [dba]
+    connections: [pg]
+    modes: [exec]
 """
 
 
