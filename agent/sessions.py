@@ -40,6 +40,8 @@ async def serve_session(
                 return None
             if message.cancel:
                 return pg_relay.CANCEL
+            if message.end:
+                return None
             return bytes(message.data)
 
         if spec is None:

@@ -214,9 +214,13 @@ async def _pump(
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = done.pop()
         if first is tasks[1] and first.exception() is None:
-            # The client is done (normally after Terminate); let the target's last words out.
+            # The client is done sending (normally after Terminate): tell the target, as a
+            # direct client's half-close would, and let its last answers out.
+            with contextlib.suppress(OSError):
+                if writer.can_write_eof():
+                    writer.write_eof()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(tasks[0]), 5)
+                await asyncio.wait_for(asyncio.shield(tasks[0]), 30)
         return first.result()
     except EncodingChanged as exc:
         await send(error_frame("22021", f"gatehouse agent: {exc}"))

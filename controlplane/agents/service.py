@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
+DRAIN_TIMEOUT = 30.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -120,6 +122,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             while True:
                 item = await tunnel.to_agent.get()
                 if item is None:
+                    if not tunnel.closed.is_set():
+                        # The client is done sending; its last answers are still on their way.
+                        await context.write(agent_pb2.GatewayFrame(end=True))
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
                     break
                 if isinstance(item, Cancel):
                     await context.write(agent_pb2.GatewayFrame(cancel=True))

@@ -98,6 +98,7 @@ class PgInspector:
         self._open: Cycle | None = None
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
+        self._started = False  # past the StartupMessage: every message is tagged
         self._audit_error = ""
         self.startup_params: dict[str, str] = {}
         self.statements = 0
@@ -133,7 +134,7 @@ class PgInspector:
                     "gatehouse: the fast-path function call protocol is not supported; "
                     "call the function with SELECT instead",
                 )
-            elif tag == 0:
+            elif tag == 0 and not self._started:
                 self._startup(msg, out)
             else:
                 raise framing.ProtocolError(f"unexpected frontend message type {chr(tag)!r}")
@@ -145,6 +146,7 @@ class PgInspector:
             # TLS is the job of the local leg (the CLI); inside the tunnel, say "no".
             self._queue_answer(b"N", with_ready=False)
         elif isinstance(startup, pgm.StartupMessage):
+            self._started = True
             self.startup_params = dict(startup.params)
             self._cycles.append(Cycle(closed=True))  # ends with the target's first ReadyForQuery
             out += msg.raw
@@ -238,6 +240,11 @@ class PgInspector:
             return
         cycle = self._open
         if cycle is None:
+            if not sync and not statements:
+                # A Flush with no Execute in it (psycopg sends one after each Sync): the target
+                # answers it without a ReadyForQuery, so it must not open a cycle.
+                out += b"".join(held)
+                return
             cycle = Cycle()
             self._cycles.append(cycle)
         cycle.statements.extend(statements)
@@ -335,6 +342,11 @@ class PgInspector:
         if start < len(data):
             chunks.append(data[start:])
         return [c for c in chunks if c]
+
+    @property
+    def incomplete(self) -> bool:
+        """The client left in the middle of a message (PostgreSQL: 08P01, incomplete message)."""
+        return self._framer.pending > 0
 
     def _running(self) -> Statement | None:
         """The statement the target is working on now, if it is one we recorded."""

@@ -37,7 +37,7 @@ from controlplane.policy.access import MODES, decide
 from controlplane.policy.document import Connection
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.pg import PgInspector
-from controlplane.relay.tunnel import CANCEL, Tunnel, Tunnels
+from controlplane.relay.tunnel import CANCEL, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 ATTACH_TIMEOUT = 10.0
 SUPPORTED_TYPES = {"postgres"}
+FORWARD_CHUNK = 1024 * 1024
 REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still works
 DEFAULT_DELEGATION = 8 * 3600
 
@@ -313,6 +314,10 @@ async def _relay(
         # The client finished sending; let the target's last answers through.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(downstream), 30)
+    elif upstream in done and isinstance(upstream.exception(), ProtocolError):
+        # The client writer sends the FATAL itself: one writer per call, never two at once.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(downstream), 10)
     for task in pending:
         task.cancel()
     results = await asyncio.gather(upstream, downstream, return_exceptions=True)
@@ -320,10 +325,6 @@ async def _relay(
         if isinstance(result, ProtocolError):
             # Malformed input ends this session only, with the protocol's own fatal error.
             log.warning("session %s: protocol error: %s", tunnel.session_id, result)
-            fatal = pgm.error_response(
-                severity="FATAL", sqlstate="08P01", message=f"gatehouse: {result}"
-            )
-            await context.write(client_pb2.ServerFrame(data=fatal))
             return f"protocol error: {result}"
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.error("session %s failed: %r", tunnel.session_id, result)
@@ -338,6 +339,13 @@ async def _client_to_agent(
         while True:
             message = await context.read()
             if not isinstance(message, client_pb2.ClientFrame):  # end of stream
+                if inspector.incomplete:
+                    error = ProtocolError("the client left in the middle of a message")
+                    fatal = pgm.error_response(
+                        severity="FATAL", sqlstate="08P01", message=f"gatehouse: {error}"
+                    )
+                    await tunnel.to_client.put(Fatal(fatal))
+                    raise error
                 return
             if message.HasField("cancel"):
                 # Not a statement: recorded (it changes what the target does), then passed on.
@@ -346,9 +354,17 @@ async def _client_to_agent(
                 continue
             if not message.HasField("data"):
                 continue
-            forward = await inspector.from_client(message.data)
-            if forward:
-                await tunnel.to_agent.put(forward)
+            try:
+                forward = await inspector.from_client(message.data)
+            except ProtocolError as exc:
+                fatal = pgm.error_response(
+                    severity="FATAL", sqlstate="08P01", message=f"gatehouse: {exc}"
+                )
+                await tunnel.to_client.put(Fatal(fatal))
+                raise
+            # A large request (a 20 MB parameter) travels in pieces: gRPC messages are bounded.
+            for start in range(0, len(forward), FORWARD_CHUNK):
+                await tunnel.to_agent.put(forward[start : start + FORWARD_CHUNK])
     finally:
         await tunnel.to_agent.put(None)
 
@@ -360,6 +376,9 @@ async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: PgInspec
             chunks = inspector.take_synthetic()
         elif isinstance(item, tunnel_pb2.Frame):
             chunks = await inspector.from_agent(item)
+        elif isinstance(item, Fatal):
+            await context.write(client_pb2.ServerFrame(data=item.data))
+            return
         else:
             chunks = inspector.take_synthetic()
         if chunks:

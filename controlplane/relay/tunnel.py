@@ -23,6 +23,13 @@ class Wake:
 WAKE = Wake()
 
 
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """In the client-bound queue: the session's last words (a protocol error), then the end."""
+
+    data: bytes
+
+
 class Cancel:
     """Sentinel in the agent-bound queue: cancel what the target is running."""
 
@@ -37,7 +44,7 @@ class Tunnel:
     to_agent: asyncio.Queue[bytes | Cancel | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
     )
-    to_client: asyncio.Queue[tunnel_pb2.Frame | Wake | None] = field(
+    to_client: asyncio.Queue[tunnel_pb2.Frame | Wake | Fatal | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
     )
     attached: asyncio.Event = field(default_factory=asyncio.Event)

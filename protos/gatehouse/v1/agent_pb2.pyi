@@ -357,20 +357,26 @@ class GatewayFrame(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     cancel: _builtins.bool
     """Cancel what the session is running on the target, with the credentials only the agent
     knows (for PostgreSQL: a CancelRequest with the target's own backend key).
+    """
+    end: _builtins.bool
+    """The client finished sending (it may still read): pass the end on to the target and
+    relay its last answers before closing.
     """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         cancel: _builtins.bool = ...,
+        end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "data", b"data", "end", b"end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
