@@ -191,11 +191,20 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         # Refuse before saying whether the connection exists: names are not for everyone.
         decision = decide(identity, name, mode, self._policy.document.access)
         if not decision.allowed:
+            reason = decision.reason or "no access rule grants it"
             if decision.needs_review is not None:
-                raise PermissionDenied(
-                    f"{decision.reason}; reviews are not available on this control plane yet"
+                reason += "; reviews are not available on this control plane yet"
+            # A refused attempt is part of the trail too: who tried what, and why not.
+            await self._audit.commit(
+                draft(
+                    "session.start",
+                    identity=identity,
+                    connection={"name": name},
+                    mode=mode,
+                    decision={"result": "deny", "rule": decision.rule, "reason": reason},
                 )
-            raise PermissionDenied(decision.reason)
+            )
+            raise PermissionDenied(reason)
         if connection is None:
             raise NotFound(
                 f"no connection named {name!r}; `gatehouse connections list` shows the ones "

@@ -112,6 +112,18 @@ def test_bob_is_refused_with_the_rule_that_would_be_needed(people: People) -> No
     assert "access rule 'dba' grants it to group dba" in result.stderr
     assert "bob" in result.stderr
     assert people.pg.wait_for_statement(sql, timeout=1.0) == 0
+    # The refused attempt is in the trail, with who tried, what, and why not.
+    refusals = [
+        e
+        for e in people.events()
+        if e["type"] == "session.start" and e.get("decision", {}).get("result") == "deny"
+    ]
+    assert refusals
+    last = refusals[-1]
+    assert last["user"]["email"] == "bob@example.com"
+    assert last["connection"] == {"name": "pg-main"}
+    assert last["mode"] == "exec"
+    assert "grants it to group dba" in last["decision"]["reason"]
 
 
 def test_modes_not_granted_are_refused(people: People) -> None:
