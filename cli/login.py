@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
 import secrets
@@ -43,6 +42,7 @@ import typer
 from cli.errors import REFUSED, USAGE, CliError
 from cli.options import OutputOpt
 from cli.output import Format, emit
+from cli.rpc import is_loopback_host
 
 if TYPE_CHECKING:
     from http.server import BaseHTTPRequestHandler
@@ -71,15 +71,6 @@ DEFAULT_SCOPE = " ".join(DEFAULT_SCOPES)
 _MAX_RESPONSE = 1024 * 1024
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class LoginSettings:
     """The identity provider and how the CLI is registered there."""
@@ -95,7 +86,7 @@ class LoginSettings:
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.issuer)
         secure = parts.scheme == "https"
-        if not (secure or (parts.scheme == "http" and _is_loopback(parts.hostname or ""))):
+        if not (secure or (parts.scheme == "http" and is_loopback_host(parts.hostname or ""))):
             raise CliError(
                 f"the OIDC issuer {self.issuer!r} must be an https:// URL (http only on loopback)",
                 USAGE,

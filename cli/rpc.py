@@ -22,7 +22,11 @@ def controlplane_address(flag: str | None) -> str:
 
 
 def is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]") or address
+    """Whether `host:port` (or a bare host) names this machine."""
+    return is_loopback_host(address.rpartition(":")[0].strip("[]") or address)
+
+
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from controlplane.addresses import is_loopback, split_host_port
 from controlplane.admin import AdminServicer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
@@ -80,22 +80,6 @@ class Settings:
                     f"{name} {listen}: --dev serves plaintext and only listens on loopback "
                     "(127.0.0.1 or ::1)"
                 )
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise InvalidArgument(f"{value!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ControlPlane:

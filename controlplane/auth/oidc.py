@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 
+from controlplane.addresses import is_loopback
 from controlplane.auth.identity import Identity
 from controlplane.errors import Unauthenticated, Unavailable
 
@@ -68,19 +68,10 @@ _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _LAST_TIME = 253402300800  # 10000-01-01: later "times" are junk
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _require_https(url: str, what: str) -> None:
     """Keys fetched in plaintext could be swapped by anyone on the path: loopback only."""
     parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or "")):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or "")):
         return
     raise ValueError(f"{what} {url!r} must be an https:// URL (http is allowed on loopback only)")
 
