@@ -82,6 +82,17 @@ class TokenAuthenticator:
         self.admin_groups = env_admin_groups() if admin_groups is None else admin_groups
 
     async def identify(self, metadata: Any) -> Identity:
+        """The caller; a refusal is recorded as an `auth.fail` event (the reason, never the
+        token) before it is raised."""
+        try:
+            return await self._identify(metadata)
+        except Unauthenticated as exc:
+            await self._audit.submit(
+                draft("auth.fail", reason=str(exc), credential=_credential_kind(metadata))
+            )
+            raise
+
+    async def _identify(self, metadata: Any) -> Identity:
         token = bearer(metadata)
         if self._oidc is not None and token.count(".") == 2:
             person = (await self._oidc.validate(token)).identity()
@@ -332,3 +343,17 @@ def _write_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
+
+
+def _credential_kind(metadata: Any) -> str:
+    """What kind of credential was shown, for the record: never the credential itself."""
+    try:
+        token = bearer(metadata)
+    except Unauthenticated:
+        return "none"
+    for prefix, kind in ((USER_PREFIX, "gatehouse token"), (AGENT_PREFIX, "agent credential")):
+        if token.startswith(prefix):
+            return kind
+    if token.startswith(JOIN_PREFIX):
+        return "join token"
+    return "jwt" if token.count(".") == 2 else "unknown"

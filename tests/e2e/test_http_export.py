@@ -103,6 +103,11 @@ def test_missing_or_wrong_tokens_are_refused(stack: Stack, token: str | None, st
     assert code == status
     assert headers.get("WWW-Authenticate", "").startswith("Bearer")
     assert json.loads(body)["error"]
+    # Each refusal is in the trail, with its reason and never the token.
+    failure = [e for e in stack.events() if e["type"] == "auth.fail"][-1]
+    assert failure["reason"] == json.loads(body)["error"]
+    if token is not None:
+        assert token not in json.dumps(failure)
 
 
 def test_a_token_without_a_reader_role_is_refused(stack: Stack) -> None:
