@@ -51,7 +51,8 @@ class Stack:
     def events(self, after: int = 0) -> list[dict[str, Any]]:
         result = self.cli("audit", "export", "--after", str(after))
         assert result.returncode == 0, result.stderr
-        return [json.loads(line) for line in result.stdout.splitlines()]
+        # Split on newlines only: U+2028 and friends are valid inside JSON strings.
+        return [json.loads(line) for line in result.stdout.split("\n") if line]
 
     def apply(self, policy: str) -> subprocess.CompletedProcess[str]:
         path = self.base / "gatehouse.yaml"
