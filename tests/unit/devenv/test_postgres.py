@@ -23,11 +23,6 @@ from devenv.postgres import (
     start_postgres,
 )
 
-try:
-    find_pg_bindir()
-except PostgresNotFound as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
