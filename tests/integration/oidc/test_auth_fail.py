@@ -1,0 +1,54 @@
+"""Every refused token, shown to a real control plane: the RPC says why (without echoing the
+token), and the refusal is in the audit trail as an `auth.fail` event."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.oidc import AUDIENCE, OidcProvider
+from devenv.stack import ControlPlane, gatehouse
+from tests.integration.oidc.test_validator import (  # noqa: F401  (fixtures used by name)
+    REFUSALS,
+    Tokens,
+    elsewhere,
+    tokens,
+)
+
+
+@pytest.fixture(scope="module")
+def controlplane(
+    tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider
+) -> Iterator[ControlPlane]:
+    plane = ControlPlane.create(
+        tmp_path_factory.mktemp("auth-fail"),
+        env={"GATEHOUSE_OIDC_ISSUER": oidc.issuer, "GATEHOUSE_OIDC_AUDIENCE": AUDIENCE},
+    )
+    plane.start_and_wait()
+    yield plane
+    plane.stop()
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_each_refused_token_is_an_rpc_error_and_an_auth_fail_event(
+    case: str,
+    tokens: Tokens,  # noqa: F811
+    controlplane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    make, reason = REFUSALS[case]
+    token = make(tokens)
+    env = {**controlplane.cli_env, "GATEHOUSE_TOKEN": token}
+    refused = gatehouse(["connections", "list"], env=env)
+    assert refused.returncode == 1
+    assert reason in refused.stderr
+    assert token not in refused.stderr
+
+    export = gatehouse(["audit", "export", "--types", "auth.fail"], env=controlplane.cli_env)
+    failure = json.loads(export.stdout.split("\n")[-2])
+    assert reason in failure["reason"]
+    assert failure["credential"] == "jwt"
+    assert token not in export.stdout
