@@ -57,6 +57,8 @@ __all__ = [
     "start_oidc_provider",
 ]
 
+from devenv.processes import stop_process
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -216,17 +218,7 @@ class OidcProvider:
         _LIVE.pop(id(self), None)
         if process is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if process.poll() is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                log.warning("oidc-provider pid %d ignored %s; escalating", process.pid, sig.name)
-            else:
-                return
+        stop_process(process, "oidc-provider", ((signal.SIGTERM, 5), (signal.SIGKILL, 5)))
 
     def __enter__(self) -> OidcProvider:
         return self

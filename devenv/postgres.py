@@ -48,6 +48,8 @@ __all__ = [
     "start_postgres",
 ]
 
+from devenv.processes import stop_process
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -158,17 +160,11 @@ class PostgresServer:
         _LIVE.pop(id(self), None)
         if process is None:
             return
-        for sig, timeout in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
-            if process.poll() is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("postgres pid %d ignored %s; escalating", process.pid, sig.name)
-            else:
-                return
+        stop_process(
+            process,
+            "postgres",
+            ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)),
+        )
 
     def __enter__(self) -> PostgresServer:
         return self
