@@ -109,6 +109,17 @@ class Listener:
         try:
             await call.write(client_pb2.ClientFrame(open=opening))
             first = await call.read()
+            while isinstance(first, client_pb2.ServerFrame) and first.HasField("review_pending"):
+                pending = first.review_pending
+                log.warning(
+                    "session for %s waits for review %s by %s (they run `gatehouse reviews "
+                    "approve %s`)",
+                    app,
+                    pending.review_id,
+                    ", ".join(pending.reviewer_groups),
+                    pending.review_id,
+                )
+                first = await call.read()
             if not isinstance(first, client_pb2.ServerFrame) or not first.HasField("opened"):
                 await call.code()
                 raise ConnectionError("the control plane closed the session")

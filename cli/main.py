@@ -25,6 +25,7 @@ def _register() -> None:
     from cli.connections import connections_app
     from cli.execute import exec_
     from cli.login import login, logout, whoami
+    from cli.reviews import reviews_app
     from cli.serve import agent_app, controlplane_app
     from cli.sessions import sessions_app
     from cli.tokens import tokens_app
@@ -40,6 +41,7 @@ def _register() -> None:
     app.add_typer(sessions_app, name="sessions")
     app.add_typer(connections_app, name="connections")
     app.add_typer(tokens_app, name="tokens")
+    app.add_typer(reviews_app, name="reviews")
     app.add_typer(audit_app, name="audit")
 
 

@@ -77,7 +77,7 @@ async def run_sql(
         connection=connection, mode="exec", client=f"gatehouse-cli/{__version__} exec"
     )
     await call.write(client_pb2.ClientFrame(open=open_))
-    first = await call.read()
+    first = await _await_opening(call, connection)
     if not isinstance(first, client_pb2.ServerFrame) or not first.HasField("opened"):
         await call.code()  # raises the status the control plane gave, if any
         raise CliError("the control plane closed the session before it opened")
@@ -97,6 +97,36 @@ async def run_sql(
     async for _ in messages:
         pass
     return outcome
+
+
+async def _await_opening(
+    call: grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame],
+    connection: str,
+) -> Any:
+    """The first frame after `open`; while the session waits for a review, a spinner on
+    stderr says for whom (Ctrl-C stops waiting and withdraws the request)."""
+    frame = await call.read()
+    if not isinstance(frame, client_pb2.ServerFrame) or not frame.HasField("review_pending"):
+        return frame
+    from rich.console import Console
+
+    pending = frame.review_pending
+    groups = ", ".join(pending.reviewer_groups)
+    noun = "group" if len(pending.reviewer_groups) == 1 else "groups"
+    console = Console(stderr=True, highlight=False)
+    console.print(
+        f"waiting for review {pending.review_id} by {noun} {groups} "
+        f"(access rule {pending.rule!r} on {connection}); they run "
+        f"`gatehouse reviews approve {pending.review_id}`; Ctrl-C stops waiting",
+        markup=False,
+        soft_wrap=True,
+    )
+    with console.status(f"waiting for review by {noun} {groups}…"):
+        while isinstance(frame, client_pb2.ServerFrame) and frame.HasField("review_pending"):
+            frame = await call.read()
+    if isinstance(frame, client_pb2.ServerFrame) and frame.HasField("opened"):
+        console.print(f"review {pending.review_id} approved", markup=False)
+    return frame
 
 
 async def _messages(

@@ -33,10 +33,11 @@ from controlplane.errors import (
     Unavailable,
     unary,
 )
-from controlplane.policy.access import MODES, decide
+from controlplane.policy.access import MODES, AccessDecision, decide
 from controlplane.policy.document import Connection
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.pg import PgInspector
+from controlplane.relay.reviews import Reviews, as_message, wait_timeout
 from controlplane.relay.tunnel import CANCEL, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, SessionRow
@@ -70,6 +71,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self._tunnels = tunnels
         self._audit = audit
         self._db = db
+        self._reviews = Reviews(db, audit)
 
     async def Session(  # type: ignore[override]  # read/write API, not a generator
         self, request_iterator: Any, context: Context
@@ -81,7 +83,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 raise InvalidArgument("a session must start with open")
             opening = first.open
             mode = opening.mode or "exec"
-            connection = await self._connection(opening.connection, identity, mode)
+            connection, decision = await self._connection(opening.connection, identity, mode)
+            review_id = await self._review(context, identity, connection, mode, decision)
             ctx = SessionContext(
                 session_id=str(uuid.uuid4()),
                 identity=identity,
@@ -93,7 +96,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 audit_mode=connection.audit,
                 source={"ip": _peer_ip(context.peer()), "client": opening.client or "unknown"},
             )
-            tunnel = await self._open(ctx, connection, identity, mode)
+            tunnel = await self._open(ctx, connection, identity, mode, review_id)
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
             return
@@ -185,15 +188,70 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         row = await self._auth.revoke_delegated(request.id, person)
         return client_pb2.RevokeMyTokenResponse(token=_delegated(row))
 
-    async def _connection(self, name: str, identity: Identity, mode: str) -> Connection:
+    @unary
+    async def ListReviews(
+        self, request: client_pb2.ListReviewsRequest, context: Context
+    ) -> client_pb2.ListReviewsResponse:
+        identity = await self._auth.identify(context.invocation_metadata())
+        rows = await self._reviews.listing(identity)
+        return client_pb2.ListReviewsResponse(reviews=[as_message(r, identity) for r in rows])
+
+    @unary
+    async def ApproveReview(
+        self, request: client_pb2.ApproveReviewRequest, context: Context
+    ) -> client_pb2.ApproveReviewResponse:
+        identity = await self._auth.identify(context.invocation_metadata())
+        row = await self._reviews.decide(identity, request.id, True, "")
+        return client_pb2.ApproveReviewResponse(review=as_message(row, identity))
+
+    @unary
+    async def DenyReview(
+        self, request: client_pb2.DenyReviewRequest, context: Context
+    ) -> client_pb2.DenyReviewResponse:
+        identity = await self._auth.identify(context.invocation_metadata())
+        row = await self._reviews.decide(identity, request.id, False, request.reason)
+        return client_pb2.DenyReviewResponse(review=as_message(row, identity))
+
+    async def _review(
+        self,
+        context: Context,
+        identity: Identity,
+        connection: Connection,
+        mode: str,
+        decision: AccessDecision,
+    ) -> str | None:
+        """The review this session opens under: none when the rule needs none; an unexpired
+        approval of the same connection and mode; else a new one, waited for here."""
+        if decision.needs_review is None or decision.rule is None:
+            return None
+        held = await self._reviews.granted(identity, connection.name, mode)
+        if held is not None:
+            return held.id
+        row = await self._reviews.request(
+            identity, connection.name, mode, decision.rule, decision.needs_review
+        )
+        await context.write(
+            client_pb2.ServerFrame(
+                review_pending=client_pb2.ReviewPending(
+                    review_id=row.id,
+                    reviewer_groups=list(decision.needs_review.groups),
+                    rule=decision.rule,
+                    timeout_seconds=int(wait_timeout()),
+                )
+            )
+        )
+        approved = await self._reviews.wait(row.id)
+        return approved.id
+
+    async def _connection(
+        self, name: str, identity: Identity, mode: str
+    ) -> tuple[Connection, AccessDecision]:
         await self._policy.load()
         connection = self._policy.connection(name)
         # Refuse before saying whether the connection exists: names are not for everyone.
         decision = decide(identity, name, mode, self._policy.document.access)
-        if not decision.allowed:
+        if not decision.allowed and decision.needs_review is None:
             reason = decision.reason or "no access rule grants it"
-            if decision.needs_review is not None:
-                reason += "; reviews are not available on this control plane yet"
             # A refused attempt is part of the trail too: who tried what, and why not.
             await self._audit.commit(
                 draft(
@@ -215,10 +273,15 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 f"connection {name!r} is of type {connection.type}, which this control plane "
                 "cannot relay yet"
             )
-        return connection
+        return connection, decision
 
     async def _open(
-        self, ctx: SessionContext, connection: Connection, identity: Identity, mode: str
+        self,
+        ctx: SessionContext,
+        connection: Connection,
+        identity: Identity,
+        mode: str,
+        review_id: str | None = None,
     ) -> Tunnel:
         link = self._agents.link(connection.agent)
         if link is None:
@@ -226,7 +289,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 f"connection {connection.name!r} is served by agent {connection.agent!r}, "
                 "which is offline; check it with `gatehouse admin agents list`"
             )
-        await self._audit.commit(draft("session.start", session=ctx, mode=mode))
+        await self._audit.commit(draft("session.start", session=ctx, mode=mode, review=review_id))
         await self._db.write(
             lambda s: s.add(
                 SessionRow(

@@ -142,3 +142,33 @@ class PruneGuardRow(SQLModel, table=True):
     through_seq: int = Field(
         primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
     )
+
+
+class ReviewRow(SQLModel, table=True):
+    """A just-in-time access request that an access rule's reviewers approve or deny.
+
+    `status`: pending → approved | denied | expired (nobody decided in time) | cancelled (the
+    requester stopped waiting). An approval lets the requester open `connection` in `mode`
+    without a new review until `grant_until`.
+    """
+
+    __tablename__ = "reviews"
+
+    id: str = Field(primary_key=True)
+    requester: str = Field(index=True)  # subject
+    requester_email: str | None = None
+    requester_groups: str = "[]"  # JSON list
+    actor: str | None = None
+    connection: str
+    mode: str
+    rule: str
+    reviewer_groups: str = "[]"  # JSON list
+    ttl_seconds: int
+    status: str = Field(default="pending", index=True)
+    created_at: datetime
+    expires_at: datetime  # the end of the wait for a decision
+    decided_by: str | None = None  # subject
+    decided_by_email: str | None = None
+    decided_at: datetime | None = None
+    reason: str | None = None
+    grant_until: datetime | None = None

@@ -61,6 +61,21 @@ class ClientServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenResponse.FromString,
                 _registered_method=True)
+        self.ListReviews = channel.unary_unary(
+                '/gatehouse.v1.ClientService/ListReviews',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.ListReviewsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.ListReviewsResponse.FromString,
+                _registered_method=True)
+        self.ApproveReview = channel.unary_unary(
+                '/gatehouse.v1.ClientService/ApproveReview',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.ApproveReviewRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.ApproveReviewResponse.FromString,
+                _registered_method=True)
+        self.DenyReview = channel.unary_unary(
+                '/gatehouse.v1.ClientService/DenyReview',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.DenyReviewRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.DenyReviewResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -102,6 +117,26 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReviews(self, request, context):
+        """Just-in-time access reviews: the pending reviews the caller may decide (reviewer groups,
+        or admin) and the caller's own; approve or deny one (never one's own request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveReview(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyReview(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +164,21 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.RevokeMyToken,
                     request_deserializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenResponse.SerializeToString,
+            ),
+            'ListReviews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviews,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.ListReviewsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.ListReviewsResponse.SerializeToString,
+            ),
+            'ApproveReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveReview,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.ApproveReviewRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.ApproveReviewResponse.SerializeToString,
+            ),
+            'DenyReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyReview,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.DenyReviewRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.DenyReviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +318,87 @@ class ClientService:
             '/gatehouse.v1.ClientService/RevokeMyToken',
             gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenRequest.SerializeToString,
             gatehouse_dot_v1_dot_client__pb2.RevokeMyTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReviews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/ListReviews',
+            gatehouse_dot_v1_dot_client__pb2.ListReviewsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.ListReviewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/ApproveReview',
+            gatehouse_dot_v1_dot_client__pb2.ApproveReviewRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.ApproveReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/DenyReview',
+            gatehouse_dot_v1_dot_client__pb2.DenyReviewRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.DenyReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class ClientServiceStub:
     """Delegated tokens: act as the caller for an AI agent (`actor`), limited and expiring."""
     ListMyTokens: _grpc.UnaryUnaryMultiCallable[_client_pb2.ListMyTokensRequest, _client_pb2.ListMyTokensResponse]
     RevokeMyToken: _grpc.UnaryUnaryMultiCallable[_client_pb2.RevokeMyTokenRequest, _client_pb2.RevokeMyTokenResponse]
+    ListReviews: _grpc.UnaryUnaryMultiCallable[_client_pb2.ListReviewsRequest, _client_pb2.ListReviewsResponse]
+    """Just-in-time access reviews: the pending reviews the caller may decide (reviewer groups,
+    or admin) and the caller's own; approve or deny one (never one's own request).
+    """
+    ApproveReview: _grpc.UnaryUnaryMultiCallable[_client_pb2.ApproveReviewRequest, _client_pb2.ApproveReviewResponse]
+    DenyReview: _grpc.UnaryUnaryMultiCallable[_client_pb2.DenyReviewRequest, _client_pb2.DenyReviewResponse]
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -63,6 +69,12 @@ class ClientServiceAsyncStub(ClientServiceStub):
     """Delegated tokens: act as the caller for an AI agent (`actor`), limited and expiring."""
     ListMyTokens: _aio.UnaryUnaryMultiCallable[_client_pb2.ListMyTokensRequest, _client_pb2.ListMyTokensResponse]  # type: ignore[assignment]
     RevokeMyToken: _aio.UnaryUnaryMultiCallable[_client_pb2.RevokeMyTokenRequest, _client_pb2.RevokeMyTokenResponse]  # type: ignore[assignment]
+    ListReviews: _aio.UnaryUnaryMultiCallable[_client_pb2.ListReviewsRequest, _client_pb2.ListReviewsResponse]  # type: ignore[assignment]
+    """Just-in-time access reviews: the pending reviews the caller may decide (reviewer groups,
+    or admin) and the caller's own; approve or deny one (never one's own request).
+    """
+    ApproveReview: _aio.UnaryUnaryMultiCallable[_client_pb2.ApproveReviewRequest, _client_pb2.ApproveReviewResponse]  # type: ignore[assignment]
+    DenyReview: _aio.UnaryUnaryMultiCallable[_client_pb2.DenyReviewRequest, _client_pb2.DenyReviewResponse]  # type: ignore[assignment]
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     """The service people and AI agents use, through the gatehouse CLI. The caller's token travels
@@ -108,5 +120,29 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _client_pb2.RevokeMyTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_client_pb2.RevokeMyTokenResponse, _abc.Awaitable[_client_pb2.RevokeMyTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListReviews(
+        self,
+        request: _client_pb2.ListReviewsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.ListReviewsResponse, _abc.Awaitable[_client_pb2.ListReviewsResponse]]:
+        """Just-in-time access reviews: the pending reviews the caller may decide (reviewer groups,
+        or admin) and the caller's own; approve or deny one (never one's own request).
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveReview(
+        self,
+        request: _client_pb2.ApproveReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.ApproveReviewResponse, _abc.Awaitable[_client_pb2.ApproveReviewResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DenyReview(
+        self,
+        request: _client_pb2.DenyReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.DenyReviewResponse, _abc.Awaitable[_client_pb2.DenyReviewResponse]]: ...
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
