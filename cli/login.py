@@ -623,6 +623,36 @@ GroupsClaimOpt = Annotated[
 ]
 
 
+def discover_login(address: str | None = None) -> LoginSettings | None:
+    """Ask the control plane how to log in, so that its address is all a person needs."""
+    import grpc
+
+    from cli import rpc
+    from cli.options import run
+    from gatehouse.v1 import client_pb2, client_pb2_grpc
+
+    target = rpc.controlplane_address(address)
+
+    async def ask() -> client_pb2.LoginConfig | None:
+        async with rpc.channel(target) as channel:
+            stub = client_pb2_grpc.ClientServiceStub(channel)
+            try:
+                return await stub.GetLoginConfig(client_pb2.GetLoginConfigRequest(), timeout=10)
+            except grpc.aio.AioRpcError:
+                return None
+
+    config = run(ask())
+    if config is None or not config.issuer:
+        return None
+    return LoginSettings(
+        issuer=config.issuer,
+        client_id=config.client_id or DEFAULT_CLIENT_ID,
+        scopes=tuple(config.scopes) or DEFAULT_SCOPES,
+        resource=config.resource or None,
+        groups_claim=config.groups_claim or "groups",
+    )
+
+
 def login_settings(
     issuer: str | None,
     client_id: str = DEFAULT_CLIENT_ID,
@@ -630,11 +660,15 @@ def login_settings(
     resource: str | None = None,
     groups_claim: str = "groups",
 ) -> LoginSettings:
-    """Settings from flags and environment, or a usage error that says what is missing."""
+    """Settings from flags and environment, else from the control plane, or a usage error
+    that says what is missing."""
     if not issuer:
+        discovered = discover_login()
+        if discovered is not None:
+            return discovered
         raise CliError(
-            "no identity provider configured: set GATEHOUSE_OIDC_ISSUER or pass --issuer "
-            "(your Gatehouse administrator knows it)",
+            "no identity provider configured: set GATEHOUSE_OIDC_ISSUER or pass --issuer, or "
+            "point GATEHOUSE_CONTROLPLANE at a control plane that has one",
             USAGE,
         )
     return LoginSettings(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from gatehouse.v1 import (
     admin_pb2_grpc,
     agent_pb2_grpc,
     audit_pb2_grpc,
+    client_pb2,
     client_pb2_grpc,
     sessions_pb2_grpc,
 )
@@ -90,6 +92,7 @@ class ControlPlane:
         self.db = Database(settings.database_url or default_url(settings.data_dir))
         self.audit = AuditWriter(self.db, checkpoint_every=settings.checkpoint_every)
         oidc = OidcSettings.from_env()
+        self.oidc_settings = oidc
         self.oidc = OidcValidator(oidc) if oidc is not None else None
         self.auth = TokenAuthenticator(self.db, self.audit, self.oidc)
         self.agents = AgentRegistry(self.db, self.audit)
@@ -129,7 +132,15 @@ class ControlPlane:
             server,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(
-            ClientServicer(self.auth, self.policy, self.agents, self.tunnels, self.audit, self.db),
+            ClientServicer(
+                self.auth,
+                self.policy,
+                self.agents,
+                self.tunnels,
+                self.audit,
+                self.db,
+                login=_login_config(self.oidc_settings),
+            ),
             server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -215,3 +226,16 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("stopping")
         await plane.stop()
+
+
+def _login_config(oidc: OidcSettings | None) -> client_pb2.LoginConfig | None:
+    """What the CLI needs to log in, from the same settings the control plane validates with."""
+    if oidc is None:
+        return None
+    return client_pb2.LoginConfig(
+        issuer=oidc.issuer,
+        client_id=os.environ.get("GATEHOUSE_OIDC_CLIENT_ID", "gatehouse-cli"),
+        groups_claim=oidc.groups_claim,
+        resource=os.environ.get("GATEHOUSE_OIDC_RESOURCE", ""),
+        scopes=os.environ.get("GATEHOUSE_OIDC_SCOPES", "").split(),
+    )

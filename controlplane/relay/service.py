@@ -26,6 +26,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import (
+    FailedPrecondition,
     GatehouseError,
     InvalidArgument,
     NotFound,
@@ -64,7 +65,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         tunnels: Tunnels,
         audit: AuditWriter,
         db: Database,
+        login: client_pb2.LoginConfig | None = None,
     ) -> None:
+        self._login = login
         self._auth = auth
         self._policy = policy
         self._agents = agents
@@ -131,6 +134,17 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         finally:
             self._tunnels.discard(tunnel)
             await self._end(ctx, reason, started, inspector.statements)
+
+    @unary
+    async def GetLoginConfig(
+        self, request: client_pb2.GetLoginConfigRequest, context: Context
+    ) -> client_pb2.LoginConfig:
+        if self._login is None:
+            raise FailedPrecondition(
+                "this control plane has no identity provider configured (GATEHOUSE_OIDC_ISSUER); "
+                "use a token (GATEHOUSE_TOKEN) instead"
+            )
+        return self._login
 
     @unary
     async def ListConnections(

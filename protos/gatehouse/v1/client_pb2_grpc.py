@@ -41,6 +41,11 @@ class ClientServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_client__pb2.ClientFrame.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_client__pb2.ServerFrame.FromString,
                 _registered_method=True)
+        self.GetLoginConfig = channel.unary_unary(
+                '/gatehouse.v1.ClientService/GetLoginConfig',
+                request_serializer=gatehouse_dot_v1_dot_client__pb2.GetLoginConfigRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_client__pb2.LoginConfig.FromString,
+                _registered_method=True)
         self.ListConnections = channel.unary_unary(
                 '/gatehouse.v1.ClientService/ListConnections',
                 request_serializer=gatehouse_dot_v1_dot_client__pb2.ListMyConnectionsRequest.SerializeToString,
@@ -86,6 +91,14 @@ class ClientServiceServicer:
     def Session(self, request_iterator, context):
         """One session: the first message is `open`, then protocol bytes in both directions. The same
         stream serves `exec` and `connect`: there is no side door.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLoginConfig(self, request, context):
+        """How to log in to this control plane (no credential needed): so that a person needs only
+        the control plane's address to run `gatehouse login`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +157,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=gatehouse_dot_v1_dot_client__pb2.ClientFrame.FromString,
                     response_serializer=gatehouse_dot_v1_dot_client__pb2.ServerFrame.SerializeToString,
+            ),
+            'GetLoginConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoginConfig,
+                    request_deserializer=gatehouse_dot_v1_dot_client__pb2.GetLoginConfigRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_client__pb2.LoginConfig.SerializeToString,
             ),
             'ListConnections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnections,
@@ -210,6 +228,33 @@ class ClientService:
             '/gatehouse.v1.ClientService/Session',
             gatehouse_dot_v1_dot_client__pb2.ClientFrame.SerializeToString,
             gatehouse_dot_v1_dot_client__pb2.ServerFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoginConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ClientService/GetLoginConfig',
+            gatehouse_dot_v1_dot_client__pb2.GetLoginConfigRequest.SerializeToString,
+            gatehouse_dot_v1_dot_client__pb2.LoginConfig.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class ClientServiceStub:
     """One session: the first message is `open`, then protocol bytes in both directions. The same
     stream serves `exec` and `connect`: there is no side door.
     """
+    GetLoginConfig: _grpc.UnaryUnaryMultiCallable[_client_pb2.GetLoginConfigRequest, _client_pb2.LoginConfig]
+    """How to log in to this control plane (no credential needed): so that a person needs only
+    the control plane's address to run `gatehouse login`.
+    """
     ListConnections: _grpc.UnaryUnaryMultiCallable[_client_pb2.ListMyConnectionsRequest, _client_pb2.ListMyConnectionsResponse]
     """The connections the caller may use, and how (the access rules applied to them)."""
     CreateDelegatedToken: _grpc.UnaryUnaryMultiCallable[_client_pb2.CreateDelegatedTokenRequest, _client_pb2.CreateDelegatedTokenResponse]
@@ -62,6 +66,10 @@ class ClientServiceAsyncStub(ClientServiceStub):
     Session: _aio.StreamStreamMultiCallable[_client_pb2.ClientFrame, _client_pb2.ServerFrame]  # type: ignore[assignment]
     """One session: the first message is `open`, then protocol bytes in both directions. The same
     stream serves `exec` and `connect`: there is no side door.
+    """
+    GetLoginConfig: _aio.UnaryUnaryMultiCallable[_client_pb2.GetLoginConfigRequest, _client_pb2.LoginConfig]  # type: ignore[assignment]
+    """How to log in to this control plane (no credential needed): so that a person needs only
+    the control plane's address to run `gatehouse login`.
     """
     ListConnections: _aio.UnaryUnaryMultiCallable[_client_pb2.ListMyConnectionsRequest, _client_pb2.ListMyConnectionsResponse]  # type: ignore[assignment]
     """The connections the caller may use, and how (the access rules applied to them)."""
@@ -89,6 +97,16 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_client_pb2.ServerFrame], _abc.AsyncIterator[_client_pb2.ServerFrame]]:
         """One session: the first message is `open`, then protocol bytes in both directions. The same
         stream serves `exec` and `connect`: there is no side door.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLoginConfig(
+        self,
+        request: _client_pb2.GetLoginConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_client_pb2.LoginConfig, _abc.Awaitable[_client_pb2.LoginConfig]]:
+        """How to log in to this control plane (no credential needed): so that a person needs only
+        the control plane's address to run `gatehouse login`.
         """
 
     @_abc_1.abstractmethod
