@@ -24,6 +24,7 @@ from tests.integration.oidc.conftest import device_log_in, settings_for
 from tests.integration.oidc.test_access_rules import People
 
 REVIEW_TIMEOUT = 8  # seconds a session waits for a decision (GATEHOUSE_REVIEW_TIMEOUT)
+BRIEF_TTL = 3  # seconds an approval of the `brief` rule holds
 
 TARGET = (
     "    type: postgres\n"
@@ -33,7 +34,10 @@ TARGET = (
 )
 POLICY = (
     "connections:\n"
-    + "".join(f"  - name: {name}\n{TARGET}" for name in ("pg-review", "pg-review-2", "pg-review-3"))
+    + "".join(
+        f"  - name: {name}\n{TARGET}"
+        for name in ("pg-review", "pg-review-2", "pg-review-3", "pg-brief")
+    )
     + """\
 access:
   - name: oncall
@@ -41,6 +45,11 @@ access:
     connections: ['pg-review*']
     modes: [exec]
     review: {{groups: [security], ttl: 1h}}
+  - name: brief
+    groups: [dba]
+    connections: [pg-brief]
+    modes: [exec]
+    review: {{groups: [security], ttl: {brief_ttl}s}}
 """
 )
 
@@ -61,7 +70,7 @@ def people(tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider) -> Iter
     agent = None
     try:
         agent = enroll_agent(controlplane, "vpc-1", base / "agent", env={"PG_PASSWORD": "pw"})
-        (base / "gatehouse.yaml").write_text(POLICY.format(port=pg.port))
+        (base / "gatehouse.yaml").write_text(POLICY.format(port=pg.port, brief_ttl=BRIEF_TTL))
         applied = gatehouse(
             ["admin", "apply", "-f", str(base / "gatehouse.yaml")], env=controlplane.cli_env
         )
@@ -219,3 +228,23 @@ def test_a_review_nobody_decides_times_out(people: People) -> None:
     assert REVIEW_TIMEOUT - 1 < time.monotonic() - started < REVIEW_TIMEOUT + 10
     assert people.pg.wait_for_statement(sql, timeout=0.5) == 0
     assert any(e["type"] == "review.expire" for e in people.events())
+
+
+def test_an_approval_ends_with_its_ttl(people: People) -> None:
+    def approve_next() -> subprocess.Popen[str]:
+        running = start_exec(people, "pg-brief", f"select 'brief {uuid.uuid4().hex[:8]}'")
+        review = pending_review(people, "pg-brief")
+        decided = people.cli("reviews", "approve", review["id"], token=people.bob.access_token)
+        assert decided.returncode == 0, decided.stderr
+        return running
+
+    assert finish(approve_next()).returncode == 0
+    time.sleep(BRIEF_TTL + 1)
+    # The grant has run out: the next session asks for a review again.
+    assert finish(approve_next()).returncode == 0
+    requests = [
+        e
+        for e in people.events()
+        if e["type"] == "review.request" and e["connection"] == {"name": "pg-brief"}
+    ]
+    assert len(requests) == 2
