@@ -34,6 +34,7 @@ PARAM_LIMIT = 256  # characters of one parameter value kept in an event
 AUDIT_FAILED_SQLSTATE = "58000"
 NOT_SUPPORTED_SQLSTATE = "0A000"
 DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it refuses
+Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
@@ -108,7 +109,7 @@ class PgInspector:
 
     async def from_client(self, data: bytes) -> bytes:
         """Frame client bytes; return what may now be forwarded (its events committed)."""
-        out = bytearray()
+        out: list[Chunk] = []  # joined once at the end: one copy of what is forwarded
         for msg in self._framer.feed(data):
             tag = msg.tag
             if tag == Q:
@@ -120,12 +121,12 @@ class PgInspector:
                 self._held.append(bytes(msg.raw))
                 await self._release(out, sync=tag == S)
             elif tag in (COPY_DATA, COPY_DONE, COPY_FAIL):
-                out += msg.raw  # the data of a COPY FROM STDIN whose statement was audited
+                out.append(msg.raw)  # the data of a COPY FROM STDIN whose statement was audited
                 if (running := self._running()) is not None:
                     running.copy_in = True
                     running.bytes_in += len(msg.body) if tag == COPY_DATA else 0
             elif tag == X:
-                out += msg.raw
+                out.append(msg.raw)
             elif tag == PASSWORD:
                 pass  # the agent logs in itself; a client's password is dropped, never logged
             elif tag == F:
@@ -138,9 +139,9 @@ class PgInspector:
                 self._startup(msg, out)
             else:
                 raise framing.ProtocolError(f"unexpected frontend message type {chr(tag)!r}")
-        return bytes(out)
+        return b"".join(out)
 
-    def _startup(self, msg: framing.Message, out: bytearray) -> None:
+    def _startup(self, msg: framing.Message, out: list[Chunk]) -> None:
         startup = pgm.parse_startup(msg.body)
         if isinstance(startup, pgm.SSLRequest | pgm.GSSENCRequest):
             # TLS is the job of the local leg (the CLI); inside the tunnel, say "no".
@@ -149,11 +150,11 @@ class PgInspector:
             self._started = True
             self.startup_params = dict(startup.params)
             self._cycles.append(Cycle(closed=True))  # ends with the target's first ReadyForQuery
-            out += msg.raw
+            out.append(msg.raw)
         else:
             raise framing.ProtocolError("a CancelRequest cannot travel inside a session")
 
-    async def _query(self, msg: framing.Message, out: bytearray) -> None:
+    async def _query(self, msg: framing.Message, out: list[Chunk]) -> None:
         sql = pgm.parse_query(msg.body)
         decision = self._guard.check(sql)
         statements = await self._record([self._event(sql, decision, protocol="simple")])
@@ -165,7 +166,7 @@ class PgInspector:
             self._refuse(DENIED_SQLSTATE, f"gatehouse: {decision.reason}")
             return
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
-        out += msg.raw
+        out.append(msg.raw)
 
     def _hold(self, msg: framing.Message) -> None:
         tag = msg.tag
@@ -198,7 +199,7 @@ class PgInspector:
         masked = self._redact.mask(value)
         return value if masked is None else masked
 
-    async def _release(self, out: bytearray, *, sync: bool) -> None:
+    async def _release(self, out: list[Chunk], *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions
         self._held, self._held_events, self._held_decisions = [], [], []
         if self._discarding:
@@ -243,19 +244,19 @@ class PgInspector:
             if not sync and not statements:
                 # A Flush with no Execute in it (psycopg sends one after each Sync): the target
                 # answers it without a ReadyForQuery, so it must not open a cycle.
-                out += b"".join(held)
+                out.extend(held)
                 return
             cycle = Cycle()
             self._cycles.append(cycle)
         cycle.statements.extend(statements)
         cycle.closed = sync
         self._open = None if sync else cycle
-        out += b"".join(held)
+        out.extend(held)
 
-    def _end_refused_pipeline(self, out: bytearray, sync_message: bytes) -> None:
+    def _end_refused_pipeline(self, out: list[Chunk], sync_message: bytes) -> None:
         """Answer the Sync of a refused pipeline: the target's, if it holds part of it."""
         if self._open is not None:
-            out += sync_message  # a Sync runs no statement; it ends what the target holds
+            out.append(sync_message)  # a Sync runs no statement; it ends what the target holds
             self._open.closed = True
             self._open = None
         else:
