@@ -8,7 +8,6 @@ signature and what it vouches for, from the store or offline from an exported fi
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -22,6 +21,7 @@ import typer
 from cli.errors import USAGE, CliError
 from cli.options import ControlplaneOpt, OutputOpt, call, run
 from cli.output import Format, emit_json
+from controlplane.audit.chain import export_line
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
 
 if TYPE_CHECKING:
@@ -82,9 +82,7 @@ def ndjson_line(event: audit_pb2.AuditEvent, fmt: str = "json") -> str:
     """The exported form: the stored body with its hash added (or the server's OCSF object)."""
     if fmt == ExportFormat.ocsf:
         return event.formatted
-    body = json.loads(event.body)
-    body["hash"] = event.hash
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return export_line(event.body, event.hash)
 
 
 async def export_events(

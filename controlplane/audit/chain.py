@@ -24,6 +24,12 @@ def canonical(event: Mapping[str, object]) -> bytes:
     return bytes(rfc8785.dumps(dict(event)))  # type: ignore[arg-type]  # JSON values only
 
 
+def export_line(body: str, hash_: str) -> str:
+    """The exported JSON of an event: its stored canonical body, byte for byte, with `hash` added
+    last (so a verifier recovers the hashed bytes by removing it)."""
+    return f'{body[:-1]},"hash":"{hash_}"}}'
+
+
 def link_hash(prev_hash: str, body: bytes) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
 

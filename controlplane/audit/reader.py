@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
+from controlplane.audit.chain import export_line
 from controlplane.errors import InvalidArgument
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Page", "check_request", "export_line", "read_page"]
 TYPE_RE = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
 
 
@@ -50,8 +52,3 @@ async def read_page(db: Database, after: int, limit: int, types: Sequence[str] =
 
     rows = await db.read(page)
     return Page(rows, rows[-1].seq if rows else after)
-
-
-def export_line(body: str, hash_: str) -> str:
-    """The exported JSON of an event: its stored canonical body with `hash` added last."""
-    return f'{body[:-1]},"hash":"{hash_}"}}'
