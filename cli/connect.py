@@ -107,7 +107,9 @@ class Listener:
             client=f"{app} via gatehouse-cli/{__version__} connect",
         )
         try:
-            await call.write(client_pb2.ClientFrame(open=opening))
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                # If the control plane refused first, read() below raises its reason.
+                await call.write(client_pb2.ClientFrame(open=opening))
             first = await call.read()
             while isinstance(first, client_pb2.ServerFrame) and first.HasField("review_pending"):
                 pending = first.review_pending

@@ -7,6 +7,7 @@ knows a password: the agent answers the startup itself.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 from collections.abc import AsyncIterator
@@ -76,7 +77,9 @@ async def run_sql(
     open_ = client_pb2.SessionOpen(
         connection=connection, mode="exec", client=f"gatehouse-cli/{__version__} exec"
     )
-    await call.write(client_pb2.ClientFrame(open=open_))
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        # If the control plane refused first, reading the opening below raises its reason.
+        await call.write(client_pb2.ClientFrame(open=open_))
     first = await _await_opening(call, connection)
     if not isinstance(first, client_pb2.ServerFrame) or not first.HasField("opened"):
         await call.code()  # raises the status the control plane gave, if any
