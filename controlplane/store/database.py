@@ -24,7 +24,9 @@ stored in UTC (`timestamptz` on PostgreSQL) and come back as aware UTC datetimes
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +104,19 @@ def store_url(url: str) -> URL:
     )
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL. The switch needs a moment of exclusive access and SQLite does not
+    wait for it through the busy handler, so processes opening one new store together retry."""
+    for attempt in range(50):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.1)
+
+
 def _sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
@@ -109,9 +124,9 @@ def _sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> Engine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let the begin hook below issue BEGIN itself
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
+        _enable_wal(cur)
+        cur.execute("PRAGMA synchronous=FULL")
         if not immediate:
             # A read connection can never take the write lock, so it can never block the writer.
             cur.execute("PRAGMA query_only=1")
