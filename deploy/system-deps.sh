@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# System packages the demo and the tests need: the PostgreSQL server binaries (a throwaway
-# cluster is started from them; no running server is assumed), the psql client, and Node.js
-# with npm (the OpenID Provider the identity tests log in against).
+# System packages the demo, the tests and the benchmarks need: the PostgreSQL server binaries
+# (a throwaway cluster is started from them; no running server is assumed), the psql client,
+# Node.js with npm (the OpenID Provider the identity tests log in against), OpenSSH's sshd and
+# clients (a throwaway sshd is the target of the SSH tests) and PgBouncer (the benchmark's
+# pooling baseline; it is started from its binary, never as a service).
 set -euo pipefail
 
 have_pg() {
@@ -14,6 +16,9 @@ have_pg || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || missing+=(openssh-client)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -276,7 +276,9 @@ class ShellTarget(_Model):
     workdir: AbsolutePath | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
     timeout: Annotated[int, Strict(), Field(gt=0)] = 300  # seconds
+    # The interpreter for a command given as one text (a native ssh client's); argv runs as is.
     shell: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
+    max_output: Annotated[int, Strict(), Field(gt=0)] = 64 * 1024 * 1024  # stdout + stderr bytes
 
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gatehouse.v1 import audit_pb2 as gatehouse_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgatehouse/v1/sessions.proto\x12\x0cgatehouse.v1\x1a\x18gatehouse/v1/audit.proto\"c\n\x13ListSessionsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\r\"\xd7\x01\n\x0bSessionInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\x12\x17\n\x0f\x63onnection_type\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x11\n\tsource_ip\x18\x08 \x01(\t\x12\x0e\n\x06\x63lient\x18\t \x01(\t\x12\x0f\n\x07started\x18\n \x01(\t\x12\r\n\x05\x65nded\x18\x0b \x01(\t\x12\x12\n\nend_reason\x18\x0c \x01(\t\"C\n\x14ListSessionsResponse\x12+\n\x08sessions\x18\x01 \x03(\x0b\x32\x19.gatehouse.v1.SessionInfo\"\x1f\n\x11GetSessionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"j\n\x12GetSessionResponse\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x19.gatehouse.v1.SessionInfo\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.gatehouse.v1.AuditEvent2\xb8\x01\n\x0eSessionService\x12U\n\x0cListSessions\x12!.gatehouse.v1.ListSessionsRequest\x1a\".gatehouse.v1.ListSessionsResponse\x12O\n\nGetSession\x12\x1f.gatehouse.v1.GetSessionRequest\x1a .gatehouse.v1.GetSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgatehouse/v1/sessions.proto\x12\x0cgatehouse.v1\x1a\x18gatehouse/v1/audit.proto\"c\n\x13ListSessionsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\r\"\xe9\x01\n\x0bSessionInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\x12\x17\n\x0f\x63onnection_type\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x11\n\tsource_ip\x18\x08 \x01(\t\x12\x0e\n\x06\x63lient\x18\t \x01(\t\x12\x0f\n\x07started\x18\n \x01(\t\x12\r\n\x05\x65nded\x18\x0b \x01(\t\x12\x12\n\nend_reason\x18\x0c \x01(\t\x12\x10\n\x08recorded\x18\r \x01(\x08\"C\n\x14ListSessionsResponse\x12+\n\x08sessions\x18\x01 \x03(\x0b\x32\x19.gatehouse.v1.SessionInfo\"\x1f\n\x11GetSessionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"j\n\x12GetSessionResponse\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x19.gatehouse.v1.SessionInfo\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.gatehouse.v1.AuditEvent\")\n\x13GetRecordingRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"O\n\x0eRecordingChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x11\n\tevent_seq\x18\x04 \x01(\x04\x32\x8b\x02\n\x0eSessionService\x12U\n\x0cListSessions\x12!.gatehouse.v1.ListSessionsRequest\x1a\".gatehouse.v1.ListSessionsResponse\x12O\n\nGetSession\x12\x1f.gatehouse.v1.GetSessionRequest\x1a .gatehouse.v1.GetSessionResponse\x12Q\n\x0cGetRecording\x12!.gatehouse.v1.GetRecordingRequest\x1a\x1c.gatehouse.v1.RecordingChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSESSIONSREQUEST']._serialized_start=71
   _globals['_LISTSESSIONSREQUEST']._serialized_end=170
   _globals['_SESSIONINFO']._serialized_start=173
-  _globals['_SESSIONINFO']._serialized_end=388
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=390
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=457
-  _globals['_GETSESSIONREQUEST']._serialized_start=459
-  _globals['_GETSESSIONREQUEST']._serialized_end=490
-  _globals['_GETSESSIONRESPONSE']._serialized_start=492
-  _globals['_GETSESSIONRESPONSE']._serialized_end=598
-  _globals['_SESSIONSERVICE']._serialized_start=601
-  _globals['_SESSIONSERVICE']._serialized_end=785
+  _globals['_SESSIONINFO']._serialized_end=406
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=408
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=475
+  _globals['_GETSESSIONREQUEST']._serialized_start=477
+  _globals['_GETSESSIONREQUEST']._serialized_end=508
+  _globals['_GETSESSIONRESPONSE']._serialized_start=510
+  _globals['_GETSESSIONRESPONSE']._serialized_end=616
+  _globals['_GETRECORDINGREQUEST']._serialized_start=618
+  _globals['_GETRECORDINGREQUEST']._serialized_end=659
+  _globals['_RECORDINGCHUNK']._serialized_start=661
+  _globals['_RECORDINGCHUNK']._serialized_end=740
+  _globals['_SESSIONSERVICE']._serialized_start=743
+  _globals['_SESSIONSERVICE']._serialized_end=1010
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,7 @@ class SessionInfo(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     ENDED_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     connection: _builtins.str
     connection_type: _builtins.str
@@ -83,6 +84,8 @@ class SessionInfo(_message.Message):
     ended: _builtins.str
     """empty while running"""
     end_reason: _builtins.str
+    recorded: _builtins.bool
+    """a terminal recording exists: `gatehouse sessions replay ID`"""
     def __init__(
         self,
         *,
@@ -98,10 +101,11 @@ class SessionInfo(_message.Message):
         started: _builtins.str = ...,
         ended: _builtins.str = ...,
         end_reason: _builtins.str = ...,
+        recorded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agent", b"agent", "client", b"client", "connection", b"connection", "connection_type", b"connection_type", "end_reason", b"end_reason", "ended", b"ended", "id", b"id", "mode", b"mode", "source_ip", b"source_ip", "started", b"started", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agent", b"agent", "client", b"client", "connection", b"connection", "connection_type", b"connection_type", "end_reason", b"end_reason", "ended", b"ended", "id", b"id", "mode", b"mode", "recorded", b"recorded", "source_ip", b"source_ip", "started", b"started", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,3 +175,54 @@ class GetSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+
+@_typing.final
+class GetRecordingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecordingRequest: _TypeAlias = GetRecordingRequest  # noqa: Y015
+
+@_typing.final
+class RecordingChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """asciicast v2 (newline-delimited JSON), in order"""
+    sha256: _builtins.str
+    """first chunk only: the digest recorded in the audit chain"""
+    size: _builtins.int
+    """first chunk only: the recording's length in bytes"""
+    event_seq: _builtins.int
+    """first chunk only: the event that carries the digest"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
+        size: _builtins.int = ...,
+        event_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_seq", b"event_seq", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingChunk: _TypeAlias = RecordingChunk  # noqa: Y015

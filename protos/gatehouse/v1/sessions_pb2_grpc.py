@@ -46,6 +46,11 @@ class SessionServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_sessions__pb2.GetSessionRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_sessions__pb2.GetSessionResponse.FromString,
                 _registered_method=True)
+        self.GetRecording = channel.unary_stream(
+                '/gatehouse.v1.SessionService/GetRecording',
+                request_serializer=gatehouse_dot_v1_dot_sessions__pb2.GetRecordingRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_sessions__pb2.RecordingChunk.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -65,6 +70,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecording(self, request, context):
+        """An interactive session's terminal recording (asciicast v2), in pieces, checked against
+        the digest its result event carries in the hash chain before the first piece is sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetSession,
                     request_deserializer=gatehouse_dot_v1_dot_sessions__pb2.GetSessionRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_sessions__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'GetRecording': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetRecording,
+                    request_deserializer=gatehouse_dot_v1_dot_sessions__pb2.GetRecordingRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_sessions__pb2.RecordingChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class SessionService:
             '/gatehouse.v1.SessionService/GetSession',
             gatehouse_dot_v1_dot_sessions__pb2.GetSessionRequest.SerializeToString,
             gatehouse_dot_v1_dot_sessions__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecording(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gatehouse.v1.SessionService/GetRecording',
+            gatehouse_dot_v1_dot_sessions__pb2.GetRecordingRequest.SerializeToString,
+            gatehouse_dot_v1_dot_sessions__pb2.RecordingChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class SessionServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
     ListSessions: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.ListSessionsRequest, _sessions_pb2.ListSessionsResponse]
     GetSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.GetSessionRequest, _sessions_pb2.GetSessionResponse]
+    GetRecording: _grpc.UnaryStreamMultiCallable[_sessions_pb2.GetRecordingRequest, _sessions_pb2.RecordingChunk]
+    """An interactive session's terminal recording (asciicast v2), in pieces, checked against
+    the digest its result event carries in the hash chain before the first piece is sent.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -47,6 +51,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListSessions: _aio.UnaryUnaryMultiCallable[_sessions_pb2.ListSessionsRequest, _sessions_pb2.ListSessionsResponse]  # type: ignore[assignment]
     GetSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.GetSessionRequest, _sessions_pb2.GetSessionResponse]  # type: ignore[assignment]
+    GetRecording: _aio.UnaryStreamMultiCallable[_sessions_pb2.GetRecordingRequest, _sessions_pb2.RecordingChunk]  # type: ignore[assignment]
+    """An interactive session's terminal recording (asciicast v2), in pieces, checked against
+    the digest its result event carries in the hash chain before the first piece is sent.
+    """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Sessions as recorded: who opened what, when, and every event of one session in order.
@@ -66,5 +74,15 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sessions_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.GetSessionResponse, _abc.Awaitable[_sessions_pb2.GetSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRecording(
+        self,
+        request: _sessions_pb2.GetRecordingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sessions_pb2.RecordingChunk], _abc.AsyncIterator[_sessions_pb2.RecordingChunk]]:
+        """An interactive session's terminal recording (asciicast v2), in pieces, checked against
+        the digest its result event carries in the hash chain before the first piece is sent.
+        """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Commands and terminals on the target: SSH (asyncssh) and local shell commands."""
