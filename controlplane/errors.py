@@ -48,6 +48,12 @@ class Unavailable(GatehouseError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DataLoss(GatehouseError):
+    """Stored data no longer matches what the hash chain vouches for."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 R = TypeVar("R")
 Handler = Callable[..., Awaitable[R]]
 

@@ -19,6 +19,7 @@ from controlplane.audit.events import draft, utc_now
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.errors import InvalidArgument
+from controlplane.policy.commands import CommandGuard
 from controlplane.policy.document import (
     Connection,
     PolicyDocument,
@@ -124,6 +125,11 @@ class PolicyStore:
             rules = [self.document.guardrail(n) for n in connection.guardrails]
             guard = self._guards[key] = SqlGuard([r for r in rules if r is not None])
         return guard
+
+    def command_guard(self, connection: Connection) -> CommandGuard:
+        """The connection's command guardrails (ssh, shell): cheap to build, no cache."""
+        rules = [self.document.guardrail(n) for n in connection.guardrails]
+        return CommandGuard([r for r in rules if r is not None])
 
     def for_agent(self, agent: str) -> agent_pb2.Policy:
         """The part of the policy one agent needs: its connections and their masking."""

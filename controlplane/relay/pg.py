@@ -104,6 +104,7 @@ class PgInspector:
         self.startup_params: dict[str, str] = {}
         self.statements = 0
         self.denied = 0
+        self.finished = False  # the relay's interface: a PostgreSQL session ends by its client
 
     # ---- client → target ------------------------------------------------------------------
 
@@ -348,6 +349,23 @@ class PgInspector:
     def incomplete(self) -> bool:
         """The client left in the middle of a message (PostgreSQL: 08P01, incomplete message)."""
         return self._framer.pending > 0
+
+    def cancel_event(self) -> Draft:
+        """A client's cancel request: recorded (it changes what the target does), then sent."""
+        return draft("db.cancel", session=self.session)
+
+    def closing(self) -> list[bytes]:
+        """The agent's stream ended: answers of our own still due go out."""
+        return self.take_synthetic()
+
+    def fatal(self, message: str, sqlstate: str = "08P01") -> bytes:
+        """The session's last words to the client: a FATAL ErrorResponse."""
+        return pgm.error_response(
+            severity="FATAL", sqlstate=sqlstate, message=f"gatehouse: {message}"
+        )
+
+    async def finish(self, reason: str) -> None:
+        """Every statement's result was recorded as it came; nothing is left at the end."""
 
     def _running(self) -> Statement | None:
         """The statement the target is working on now, if it is one we recorded."""

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -39,18 +39,19 @@ from controlplane.policy.document import Connection
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.pg import PgInspector
 from controlplane.relay.reviews import Reviews, as_message, wait_timeout
+from controlplane.relay.term import TermInspector
 from controlplane.relay.tunnel import CANCEL, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
-from controlplane.store.models import ApiTokenRow, SessionRow
+from controlplane.store.models import ApiTokenRow, RecordingChunkRow, SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
-from wire.pg import messages as pgm
 from wire.pg.framing import ProtocolError
+from wire.term.codec import ProtocolError as TermProtocolError
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 ATTACH_TIMEOUT = 10.0
-SUPPORTED_TYPES = {"postgres"}
+SUPPORTED_TYPES = {"postgres", "ssh", "shell"}
 FORWARD_CHUNK = 1024 * 1024
 REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still works
 DEFAULT_DELEGATION = 8 * 3600
@@ -110,13 +111,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no open message within 30 s")
             return
         started = time.monotonic()
-        inspector = PgInspector(
-            ctx,
-            self._audit,
-            tunnel.wake,
-            guard=self._policy.guard(connection),
-            redact=self._policy.parameter_detectors(connection),
-        )
+        inspector = self._inspector(ctx, connection, mode, tunnel)
         reason = "closed"
         try:
             await context.write(
@@ -130,10 +125,55 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             if identity.token_id is None:
                 reason = await relay
             else:
-                reason = await self._relay_while_valid(context, relay, identity.token_id)
+                reason = await self._relay_while_valid(context, relay, identity.token_id, inspector)
         finally:
             self._tunnels.discard(tunnel)
-            await self._end(ctx, reason, started, inspector.statements)
+            try:
+                await inspector.finish(reason)
+            finally:
+                await self._end(ctx, reason, started, inspector.statements)
+
+    def _inspector(
+        self, ctx: SessionContext, connection: Connection, mode: str, tunnel: Tunnel
+    ) -> Inspector:
+        """The protocol's inspector: what sits between the client and the agent."""
+        if connection.type == "postgres":
+            return PgInspector(
+                ctx,
+                self._audit,
+                tunnel.wake,
+                guard=self._policy.guard(connection),
+                redact=self._policy.parameter_detectors(connection),
+            )
+        session_id = ctx.session_id
+        db = self._db
+
+        async def store(index: int, data: bytes) -> None:
+            await db.write(
+                lambda s: s.add(RecordingChunkRow(session_id=session_id, idx=index, data=data))
+            )
+
+        async def recorded(seq: int) -> None:
+            def mark(session: Any) -> None:
+                row = session.get(SessionRow, session_id)
+                if row is not None:
+                    row.recording_seq = seq
+                    session.add(row)
+
+            await db.write(mark)
+
+        workdir = getattr(connection.target, "workdir", None)
+        return TermInspector(
+            ctx,
+            self._audit,
+            tunnel.wake,
+            kind="ssh" if connection.type == "ssh" else "shell",
+            mode=mode,
+            guard=self._policy.command_guard(connection),
+            store=store,
+            recorded=recorded,
+            workdir=workdir,
+        )
 
     @unary
     async def GetLoginConfig(
@@ -338,7 +378,11 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         return tunnel
 
     async def _relay_while_valid(
-        self, context: Context, relay: Coroutine[Any, Any, str], token_id: str
+        self,
+        context: Context,
+        relay: Coroutine[Any, Any, str],
+        token_id: str,
+        inspector: Inspector,
     ) -> str:
         """Relay until the session ends or its token stops working (revoked, expired): a
         revoked token's live sessions end within REVOCATION_CHECK seconds."""
@@ -357,9 +401,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relaying
-        fatal = pgm.error_response(
-            severity="FATAL", sqlstate="57P01", message=f"gatehouse: session ended: {why}"
-        )
+        fatal = inspector.fatal(f"session ended: {why}", "57P01")
         with contextlib.suppress(Exception):
             await context.write(client_pb2.ServerFrame(data=fatal))
         return why
@@ -389,9 +431,35 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             log.exception("session %s: could not record its end", ctx.session_id)
 
 
-async def _relay(
-    context: Context, tunnel: Tunnel, inspector: PgInspector, audit: AuditWriter
-) -> str:
+class Inspector(Protocol):
+    """What the relay needs of a protocol's inspector (PostgreSQL, terminal streams)."""
+
+    session: SessionContext
+    statements: int
+    finished: bool  # it answered the client with a last message of its own
+
+    @property
+    def incomplete(self) -> bool: ...
+
+    async def from_client(self, data: bytes) -> bytes: ...
+
+    async def from_agent(self, frame: tunnel_pb2.Frame) -> list[bytes]: ...
+
+    def take_synthetic(self) -> list[bytes]: ...
+
+    def closing(self) -> list[bytes]: ...
+
+    def cancel_event(self) -> Any: ...
+
+    def fatal(self, message: str, sqlstate: str = ...) -> bytes: ...
+
+    async def finish(self, reason: str) -> None: ...
+
+
+PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
+
+
+async def _relay(context: Context, tunnel: Tunnel, inspector: Inspector, audit: AuditWriter) -> str:
     """Pump both directions until one side ends; returns why the session ended."""
     upstream = asyncio.create_task(_client_to_agent(context, tunnel, inspector, audit))
     downstream = asyncio.create_task(_agent_to_client(context, tunnel, inspector))
@@ -400,7 +468,7 @@ async def _relay(
         # The client finished sending; let the target's last answers through.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(downstream), 30)
-    elif upstream in done and isinstance(upstream.exception(), ProtocolError):
+    elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
         # The client writer sends the FATAL itself: one writer per call, never two at once.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(downstream), 10)
@@ -408,7 +476,7 @@ async def _relay(
         task.cancel()
     results = await asyncio.gather(upstream, downstream, return_exceptions=True)
     for result in results:
-        if isinstance(result, ProtocolError):
+        if isinstance(result, PROTOCOL_ERRORS):
             # Malformed input ends this session only, with the protocol's own fatal error.
             log.warning("session %s: protocol error: %s", tunnel.session_id, result)
             return f"protocol error: {result}"
@@ -419,7 +487,7 @@ async def _relay(
 
 
 async def _client_to_agent(
-    context: Context, tunnel: Tunnel, inspector: PgInspector, audit: AuditWriter
+    context: Context, tunnel: Tunnel, inspector: Inspector, audit: AuditWriter
 ) -> None:
     try:
         while True:
@@ -427,26 +495,22 @@ async def _client_to_agent(
             if not isinstance(message, client_pb2.ClientFrame):  # end of stream
                 if inspector.incomplete:
                     error = ProtocolError("the client left in the middle of a message")
-                    fatal = pgm.error_response(
-                        severity="FATAL", sqlstate="08P01", message=f"gatehouse: {error}"
-                    )
-                    await tunnel.to_client.put(Fatal(fatal))
+                    await tunnel.to_client.put(Fatal(inspector.fatal(str(error))))
                     raise error
                 return
             if message.HasField("cancel"):
-                # Not a statement: recorded (it changes what the target does), then passed on.
-                await audit.submit(draft("db.cancel", session=inspector.session))
-                await tunnel.to_agent.put(CANCEL)
+                event = inspector.cancel_event()
+                if event is not None:
+                    # Not a statement: recorded (it changes what the target does), then sent.
+                    await audit.submit(event)
+                    await tunnel.to_agent.put(CANCEL)
                 continue
             if not message.HasField("data"):
                 continue
             try:
                 forward = await inspector.from_client(message.data)
-            except ProtocolError as exc:
-                fatal = pgm.error_response(
-                    severity="FATAL", sqlstate="08P01", message=f"gatehouse: {exc}"
-                )
-                await tunnel.to_client.put(Fatal(fatal))
+            except PROTOCOL_ERRORS as exc:
+                await tunnel.to_client.put(Fatal(inspector.fatal(str(exc))))
                 raise
             # A large request (a 20 MB parameter) travels in pieces: gRPC messages are bounded.
             for start in range(0, len(forward), FORWARD_CHUNK):
@@ -455,11 +519,11 @@ async def _client_to_agent(
         await tunnel.to_agent.put(None)
 
 
-async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: PgInspector) -> None:
+async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:
     while True:
         item = await tunnel.to_client.get()
         if item is None:
-            chunks = inspector.take_synthetic()
+            chunks = inspector.closing()
         elif isinstance(item, tunnel_pb2.Frame):
             chunks = await inspector.from_agent(item)
         elif isinstance(item, Fatal):
@@ -470,7 +534,7 @@ async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: PgInspec
         if chunks:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             await context.write(client_pb2.ServerFrame(data=data))
-        if item is None:
+        if item is None or inspector.finished:
             return
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, LargeBinary
 from sqlmodel import Field, SQLModel
 
 
@@ -75,6 +75,19 @@ class SessionRow(SQLModel, table=True):
     started_at: datetime = Field(index=True)
     ended_at: datetime | None = None
     end_reason: str | None = None
+    # The result event whose `recording.sha256` vouches for this session's terminal recording.
+    recording_seq: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class RecordingChunkRow(SQLModel, table=True):
+    """A piece of a session's terminal recording (asciicast v2), in order. The recording is
+    trusted only as far as its digest in the hash chain: replay checks it before playing."""
+
+    __tablename__ = "recording_chunks"
+
+    session_id: str = Field(primary_key=True)
+    idx: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    data: bytes = Field(sa_type=LargeBinary)
 
 
 class EventRow(SQLModel, table=True):

@@ -1,0 +1,186 @@
+"""Command guardrails: decide, before a command is forwarded, whether a guardrail denies it.
+
+A command reaches a target in one of two forms. An SSH command is one text that the remote
+user's shell interprets, so ``ls; rm -rf /`` runs two commands: the text is split on the
+shell's control operators and every simple command is checked. A `shell` connection runs an
+argv as is, with no shell in between, so only that argv is checked. In both forms the words
+that only launch another command (``sudo``, ``env``, ``nohup``, ``timeout 5``, ``sh -c TEXT``,
+``$(…)``) are looked through, so ``sudo -u root sh -c 'rm -rf /'`` is checked as ``rm -rf /``.
+
+``deny_commands`` are globs (``*`` matches anything, spaces included) on a simple command's
+words joined by single spaces; ``deny_patterns`` are regular expressions searched in the whole
+command text. A text that cannot be split (an unclosed quote) is denied when a guardrail needs
+its words. This stops mistakes and careless automation, not a determined adversary: a shell
+can build a command at run time (``$X``, ``eval``, a script file) that no reading of the text
+sees. ``docs/guardrails.md`` says so to the people writing rules.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+from controlplane.policy.document import Guardrail
+from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision
+
+__all__ = ["CommandGuard"]
+
+_OPERATORS: Final = frozenset({";", "&", "&&", "|", "||", "|&", ";;", "(", ")", "\n"})
+_SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"})
+# Launchers that run the rest of their words as a command, and how many option words with a
+# value each takes (e.g. `sudo -u root`), so the command they start is what gets checked.
+_LAUNCHERS: Final[dict[str, frozenset[str]]] = {
+    "sudo": frozenset({"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U"}),
+    "doas": frozenset({"-u", "-C"}),
+    "env": frozenset({"-u", "-C", "-S"}),
+    "nohup": frozenset(),
+    "nice": frozenset({"-n"}),
+    "ionice": frozenset({"-c", "-n", "-p"}),
+    "time": frozenset(),
+    "command": frozenset(),
+    "exec": frozenset(),
+    "builtin": frozenset(),
+    "stdbuf": frozenset({"-i", "-o", "-e"}),
+    "chroot": frozenset(),
+    "timeout": frozenset({"-s", "-k"}),
+    "xargs": frozenset({"-I", "-L", "-n", "-P", "-d", "-E", "-s"}),
+}
+_ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_SUBSTITUTION: Final = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
+_MAX_DEPTH: Final = 8  # nested `sh -c` / `$(…)` readings; deeper text is denied as unreadable
+
+
+class _Unreadable(Exception):
+    """The text cannot be split into commands the way a shell would."""
+
+
+class CommandGuard:
+    """One connection's command guardrails; holds compiled rules only, no session state."""
+
+    def __init__(self, guardrails: Sequence[Guardrail]) -> None:
+        self._globs: list[tuple[str, str]] = [
+            (g.name, glob) for g in guardrails for glob in g.deny_commands
+        ]
+        self._patterns: list[tuple[str, re.Pattern[str]]] = [
+            (g.name, re.compile(p)) for g in guardrails for p in g.deny_patterns
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._globs or self._patterns)
+
+    def check_text(self, text: str) -> Decision:
+        """Decide a command text that a remote shell will interpret (SSH)."""
+        if not self:
+            return ALLOW
+        denied = self._pattern(text)
+        if denied is not None or not self._globs:
+            return denied or ALLOW
+        try:
+            return self._words(_simple_commands(text, 0))
+        except _Unreadable as exc:
+            return _unreadable(str(exc))
+
+    def check_argv(self, argv: Sequence[str]) -> Decision:
+        """Decide an argv that runs without a shell (a `shell` connection)."""
+        if not self:
+            return ALLOW
+        denied = self._pattern(shlex.join(argv))
+        if denied is not None or not self._globs:
+            return denied or ALLOW
+        try:
+            return self._words(_unwrap(list(argv), 0))
+        except _Unreadable as exc:
+            return _unreadable(str(exc))
+
+    def _pattern(self, text: str) -> Decision | None:
+        for name, pattern in self._patterns:
+            if pattern.search(text):
+                return Decision(
+                    False, name, f"denied by guardrail {name!r}: matches /{pattern.pattern}/"
+                )
+        return None
+
+    def _words(self, commands: Iterator[list[str]]) -> Decision:
+        for words in commands:
+            line = " ".join(words)
+            for name, glob in self._globs:
+                if fnmatch.fnmatchcase(line, glob):
+                    return Decision(
+                        False, name, f"denied by guardrail {name!r}: {line!r} matches {glob!r}"
+                    )
+        return ALLOW
+
+
+def _unreadable(why: str) -> Decision:
+    return Decision(
+        False,
+        UNPARSEABLE_RULE,
+        f"denied: the command cannot be read ({why}), so its guardrails cannot vouch for it",
+    )
+
+
+def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
+    """The simple commands of a shell text, with launchers looked through."""
+    if depth > _MAX_DEPTH:
+        raise _Unreadable("commands nested too deeply")
+    for match in _SUBSTITUTION.finditer(text):
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        yield from _simple_commands(inner, depth + 1)
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|()\n")
+    lexer.whitespace = " \t\r"  # a newline separates commands, like `;`
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # `#` starts a comment only at a word's start; keep it literal
+    words: list[str] = []
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise _Unreadable(str(exc).lower()) from None
+    for token in [*tokens, ";"]:
+        if token in _OPERATORS or set(token) <= set(";&|()\n"):
+            if words:
+                yield from _unwrap(words, depth)
+            words = []
+        else:
+            words.append(token)
+
+
+def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
+    """Yield the command itself and, through launchers and `sh -c`, what it runs."""
+    while words and _ASSIGNMENT.match(words[0]):
+        words = words[1:]  # FOO=bar cmd
+    if not words:
+        return
+    yield words
+    name = words[0].rsplit("/", 1)[-1]
+    if name in _SHELLS:
+        for i, word in enumerate(words[1:-1], start=1):
+            if word.startswith("-") and "c" in word.lstrip("-") and not word.startswith("--"):
+                yield from _simple_commands(words[i + 1], depth + 1)
+                return
+        return
+    takes_value = _LAUNCHERS.get(name)
+    if takes_value is None:
+        return
+    rest = words[1:]
+    if name == "timeout" and rest:
+        rest = _skip_options(rest, takes_value)
+        rest = rest[1:]  # the duration
+    else:
+        rest = _skip_options(rest, takes_value)
+    if name == "env":
+        while rest and _ASSIGNMENT.match(rest[0]):
+            rest = rest[1:]
+    if rest:
+        yield from _unwrap(rest, depth + 1)
+
+
+def _skip_options(words: list[str], takes_value: frozenset[str]) -> list[str]:
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        if words[i] == "--":
+            return words[i + 1 :]
+        i += 2 if words[i] in takes_value else 1
+    return words[i:]

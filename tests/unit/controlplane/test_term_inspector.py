@@ -1,0 +1,193 @@
+"""Terminal-stream inspection: a command is decided and committed before it is forwarded, a
+denied one never is, and the exit reaches the client only once its result is recorded."""
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from controlplane.audit.events import SessionContext
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.policy.commands import CommandGuard
+from controlplane.policy.document import Guardrail
+from controlplane.relay.term import TermInspector
+from controlplane.store.database import Database
+from controlplane.store.models import EventRow
+from gatehouse.v1 import tunnel_pb2
+from wire.term import codec
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+async def writer(db: Database) -> AsyncIterator[AuditWriter]:
+    audit = AuditWriter(db)
+    audit.start()
+    yield audit
+    await audit.close()
+
+
+def events(db: Database) -> list[dict[str, Any]]:
+    with db.read_session() as session:
+        rows = session.exec(select(EventRow.body).order_by(col(EventRow.seq)))
+        return [json.loads(body) for body in rows]
+
+
+class Harness:
+    def __init__(self, db: Database, writer: AuditWriter, kind: str, mode: str) -> None:
+        self.wakes = 0
+        self.pieces: dict[int, bytes] = {}
+        self.recorded: list[int] = []
+        ctx = SessionContext(
+            session_id="sess-1",
+            identity=Identity("alice", email="alice@example.com", groups=("ops",)),
+            connection={"name": "web-1", "type": kind},
+            audit_mode="strict",
+            source={"ip": "192.0.2.10"},
+        )
+        guard = CommandGuard([Guardrail(name="no-rm-root", deny_commands=["rm -rf /"])])
+
+        async def store(index: int, data: bytes) -> None:
+            self.pieces[index] = data
+
+        async def recorded(seq: int) -> None:
+            self.recorded.append(seq)
+
+        self.inspector = TermInspector(
+            ctx,
+            writer,
+            self.wake,
+            kind=kind,  # type: ignore[arg-type]
+            mode=mode,
+            guard=guard,
+            store=store,
+            recorded=recorded,
+            workdir="/srv/app" if kind == "shell" else None,
+        )
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    async def agent(self, *messages: bytes) -> bytes:
+        return b"".join(await self.inspector.from_agent(tunnel_pb2.Frame(data=b"".join(messages))))
+
+
+def start(**kwargs: Any) -> bytes:
+    return codec.encode_start(codec.Start(**kwargs))
+
+
+def decode(data: bytes) -> list[tuple[int, bytes]]:
+    return [(m.tag, bytes(m.body)) for m in codec.TermFramer.from_target().feed(data)]
+
+
+async def test_a_command_is_committed_before_it_is_forwarded(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    sent = start(argv=("uname", "-a")) + codec.encode(codec.INPUT, b"abc") + codec.encode(codec.EOF)
+    forwarded = await h.inspector.from_client(sent)
+    assert forwarded == sent
+    [event] = events(db)  # on disk already, before the bytes go anywhere
+    assert event["type"] == "ssh.exec"
+    assert event["request"] == {"command": "uname -a"}
+    assert event["decision"] == {"result": "allow"}
+    out = await h.agent(
+        codec.encode(codec.STDOUT, b"Linux\n"),
+        codec.encode(codec.STDERR, b"warn\n"),
+        codec.encode_exit(codec.Exit(3)),
+    )
+    assert [t for t, _ in decode(out)] == [codec.STDOUT, codec.STDERR, codec.EXIT]
+    result = events(db)[-1]  # recorded before the exit was handed back
+    assert result["type"] == "ssh.result"
+    assert result["ref"] == 1
+    assert result["result"]["exit_code"] == 3
+    assert result["result"]["bytes"] == {"in": 3, "out": 6, "err": 5}
+    assert "recording" not in result
+
+
+async def test_a_denied_command_never_reaches_the_agent(db: Database, writer: AuditWriter) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    forwarded = await h.inspector.from_client(
+        start(command="cd / && rm -rf /") + codec.encode(codec.INPUT, b"more")
+    )
+    assert forwarded == b""
+    assert h.wakes == 1
+    answer = decode(b"".join(h.inspector.take_synthetic()))
+    assert h.inspector.finished
+    assert answer[0][0] == codec.STDERR and b"no-rm-root" in answer[0][1]
+    status = codec.parse_exit(answer[1][1])
+    assert status.status == 126 and status.error and "no-rm-root" in status.error
+    [event] = events(db)
+    assert event["decision"]["result"] == "deny" and event["decision"]["rule"] == "no-rm-root"
+    await h.inspector.finish("closed")
+    assert len(events(db)) == 1  # no result for a command that never ran
+
+
+async def test_exec_mode_cannot_open_a_shell(db: Database, writer: AuditWriter) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    assert await h.inspector.from_client(start(pty=codec.Pty())) == b""
+    answer = decode(b"".join(h.inspector.take_synthetic()))
+    assert b"connect mode" in answer[0][1]
+    assert events(db)[0]["type"] == "ssh.session"
+
+
+async def test_a_terminal_session_is_recorded_and_vouched_for(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "ssh", "connect")
+    await h.inspector.from_client(start(pty=codec.Pty("xterm", 90, 20)))
+    await h.agent(codec.encode(codec.STDOUT, b"$ "))
+    await h.inspector.from_client(codec.encode(codec.INPUT, b"echo hi\r"))
+    await h.agent(codec.encode(codec.STDOUT, b"echo hi\r\nhi\r\n$ "))
+    await h.inspector.from_client(codec.encode_window(120, 40))
+    await h.agent(codec.encode_exit(codec.Exit(0)))
+    trail = events(db)
+    assert [e["type"] for e in trail] == ["ssh.session", "ssh.input", "ssh.result"]
+    assert trail[1]["input"] == {"line": "echo hi"}
+    recording = trail[2]["recording"]
+    data = b"".join(h.pieces[i] for i in sorted(h.pieces))
+    assert recording["sha256"] == hashlib.sha256(data).hexdigest()
+    assert h.recorded == [3]
+    kinds = [json.loads(line)[1] for line in data.decode().splitlines()[1:]]
+    assert kinds == ["o", "o", "i", "r"]  # a line is kept once its echo is seen
+
+
+async def test_a_shell_command_records_argv_and_workdir(db: Database, writer: AuditWriter) -> None:
+    h = Harness(db, writer, "shell", "exec")
+    await h.inspector.from_client(start(argv=("echo", ";rm -rf /")))
+    event = events(db)[0]
+    assert event["type"] == "shell.command"
+    assert event["request"] == {"argv": ["echo", ";rm -rf /"], "workdir": "/srv/app"}
+    assert event["decision"] == {"result": "allow"}
+
+
+async def test_input_before_start_ends_the_session(db: Database, writer: AuditWriter) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    with pytest.raises(codec.ProtocolError, match="begin with `start`"):
+        await h.inspector.from_client(codec.encode(codec.INPUT, b"x"))
+    with pytest.raises(codec.ProtocolError, match="unexpected message type"):
+        await Harness(db, writer, "ssh", "exec").inspector.from_client(b"Z\x00\x00\x00\x00")
+
+
+async def test_an_agent_that_leaves_without_an_exit_still_ends_the_command(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    await h.inspector.from_client(start(argv=("sleep", "30")))
+    [(tag, body)] = decode(b"".join(h.inspector.closing()))
+    assert tag == codec.EXIT and codec.parse_exit(body).status == 255
+    await h.inspector.finish("agent gone")
+    result = events(db)[-1]
+    assert result["type"] == "ssh.result"
+    assert "agent gone" in result["result"]["error"]
