@@ -560,11 +560,15 @@ def _ssh(reader: _Reader, kind: str) -> _Mapped:
     fields = _target(reader)
     fields.update(_duration(reader, "result", "duration_ms"))
     command = _command_line(_obj(reader.peek("request")))
+    typed = _text(reader.peek("input", "line")) if kind == "ssh.input" else None
+    if typed is not None:  # a line typed in a terminal: searchable like a command
+        command = (typed, "", "line")
     if command is not None:
         line, _, member = command
+        where = "input" if typed is not None else "request"
         fields["observables"] = [
             {
-                "name": f"unmapped.request.{member}",
+                "name": f"unmapped.{where}.{member}",
                 "type_id": _COMMAND_LINE,
                 "type": "Command Line",
                 "value": line,

@@ -141,12 +141,17 @@ def exported() -> dict[str, JSON]:
             "ssh.result",
             session=SSH,
             ref=exec_,
-            result={"exit_code": 0, "duration_ms": 812.25, "output_bytes": 2048, "error": None},
+            result={
+                "exit_code": 0,
+                "duration_ms": 812.25,
+                "bytes": {"in": 0, "out": 2048, "err": 0},
+            },
+            recording={"format": "asciicast-v2", "sha256": "ab" * 32, "bytes": 4096, "events": 9},
         )
     )
-    pty = {"pty": True, "term": "xterm-256color", "cols": 120, "rows": 40}
+    pty = {"pty": {"term": "xterm-256color", "cols": 120, "rows": 40}}
     add(draft("ssh.session", session=SSH, request=pty, decision=allow))
-    add(draft("ssh.input", session=SSH, request={"command": "tail -n 50 /var/log/syslog"}))
+    add(draft("ssh.input", session=SSH, input={"line": "tail -n 50 /var/log/syslog"}))
     command = add(
         draft(
             "shell.command",
@@ -460,6 +465,9 @@ def test_commands_reach_the_process_and_an_observable() -> None:
     ]
     assert ssh["unmapped"]["request"]["command"] == "systemctl status nginx"
     assert ssh["dst_endpoint"] == {"name": "web-1"}
+    typed = to_ocsf(SAMPLES["ssh.input"])  # a line typed in a terminal is searchable too
+    assert typed["observables"][0]["value"] == "tail -n 50 /var/log/syslog"
+    assert typed["observables"][0]["name"] == "unmapped.input.line"
 
 
 def test_http_request_and_response() -> None:
