@@ -7,7 +7,6 @@ knows a password: the agent answers the startup itself.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 from collections.abc import AsyncIterator
@@ -18,7 +17,8 @@ import grpc
 
 from cli import __version__
 from cli.errors import CliError
-from gatehouse.v1 import client_pb2, client_pb2_grpc
+from cli.session import Call, Opened, open_session
+from gatehouse.v1 import client_pb2
 from wire.pg import framing
 from wire.pg import messages as pgm
 
@@ -71,20 +71,17 @@ class PgError(CliError):
 async def run_sql(
     channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], connection: str, sql: str
 ) -> Outcome:
-    stub = client_pb2_grpc.ClientServiceStub(channel)
-    call = stub.Session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
-    outcome = Outcome()
-    open_ = client_pb2.SessionOpen(
-        connection=connection, mode="exec", client=f"gatehouse-cli/{__version__} exec"
+    """Open an `exec` session on `connection` and run `sql` in it."""
+    opened = await open_session(
+        channel, metadata, connection, "exec", f"gatehouse-cli/{__version__} exec"
     )
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        # If the control plane refused first, reading the opening below raises its reason.
-        await call.write(client_pb2.ClientFrame(open=open_))
-    first = await _await_opening(call, connection)
-    if not isinstance(first, client_pb2.ServerFrame) or not first.HasField("opened"):
-        await call.code()  # raises the status the control plane gave, if any
-        raise CliError("the control plane closed the session before it opened")
-    outcome.session_id = first.opened.session_id
+    return await run_sql_on(opened, sql)
+
+
+async def run_sql_on(opened: Opened, sql: str) -> Outcome:
+    """Run `sql` in a session already open (`exec` opens first, then looks at the type)."""
+    call = opened.call
+    outcome = Outcome(session_id=opened.session_id)
     startup = pgm.startup_message(
         {"user": getpass.getuser() or "gatehouse", "application_name": "gatehouse exec"}
     )
@@ -102,39 +99,7 @@ async def run_sql(
     return outcome
 
 
-async def _await_opening(
-    call: grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame],
-    connection: str,
-) -> Any:
-    """The first frame after `open`; while the session waits for a review, a spinner on
-    stderr says for whom (Ctrl-C stops waiting and withdraws the request)."""
-    frame = await call.read()
-    if not isinstance(frame, client_pb2.ServerFrame) or not frame.HasField("review_pending"):
-        return frame
-    from rich.console import Console
-
-    pending = frame.review_pending
-    groups = ", ".join(pending.reviewer_groups)
-    noun = "group" if len(pending.reviewer_groups) == 1 else "groups"
-    console = Console(stderr=True, highlight=False)
-    console.print(
-        f"waiting for review {pending.review_id} by {noun} {groups} "
-        f"(access rule {pending.rule!r} on {connection}); they run "
-        f"`gatehouse reviews approve {pending.review_id}`; Ctrl-C stops waiting",
-        markup=False,
-        soft_wrap=True,
-    )
-    with console.status(f"waiting for review by {noun} {groups}…"):
-        while isinstance(frame, client_pb2.ServerFrame) and frame.HasField("review_pending"):
-            frame = await call.read()
-    if isinstance(frame, client_pb2.ServerFrame) and frame.HasField("opened"):
-        console.print(f"review {pending.review_id} approved", markup=False)
-    return frame
-
-
-async def _messages(
-    call: grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame],
-) -> AsyncIterator[framing.Message]:
+async def _messages(call: Call) -> AsyncIterator[framing.Message]:
     framer = framing.MessageFramer()
     while True:
         frame = await call.read()

@@ -1,0 +1,111 @@
+"""Opening a ClientService session: the `open` frame, a review's wait, the `opened` frame.
+
+Every verb that reaches a target (`exec` for SQL and for commands, `ssh`, both local
+listeners) starts its session here, so a refusal and a pending review read the same
+everywhere. What flows after `opened` is the caller's protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TypeGuard
+
+import grpc
+
+from cli.errors import CliError
+from gatehouse.v1 import client_pb2, client_pb2_grpc
+
+log = logging.getLogger("gatehouse.session")
+
+Call = grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame]
+ReviewWait = Callable[[client_pb2.ReviewPending, str], AbstractContextManager[None]]
+"""Shown while a session waits for a review: entered at the first `review_pending`, left
+when the decision arrives."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A session the control plane opened: its stream, id and connection type."""
+
+    call: Call
+    session_id: str
+    connection_type: str
+
+
+@contextlib.contextmanager
+def review_spinner(pending: client_pb2.ReviewPending, connection: str) -> Iterator[None]:
+    """For a person at a terminal: who must approve, and a spinner on stderr until they do
+    (Ctrl-C stops waiting and withdraws the request)."""
+    from rich.console import Console
+
+    groups = ", ".join(pending.reviewer_groups)
+    noun = "group" if len(pending.reviewer_groups) == 1 else "groups"
+    console = Console(stderr=True, highlight=False)
+    console.print(
+        f"waiting for review {pending.review_id} by {noun} {groups} "
+        f"(access rule {pending.rule!r} on {connection}); they run "
+        f"`gatehouse reviews approve {pending.review_id}`; Ctrl-C stops waiting",
+        markup=False,
+        soft_wrap=True,
+    )
+    with console.status(f"waiting for review by {noun} {groups}…"):
+        yield
+    console.print(f"review {pending.review_id} approved", markup=False)
+
+
+@contextlib.contextmanager
+def review_log(pending: client_pb2.ReviewPending, connection: str) -> Iterator[None]:
+    """For a listener, whose clients cannot show anything: one log line per waiting session."""
+    log.warning(
+        "session on %s waits for review %s by %s (they run `gatehouse reviews approve %s`)",
+        connection,
+        pending.review_id,
+        ", ".join(pending.reviewer_groups),
+        pending.review_id,
+    )
+    yield
+
+
+async def open_session(
+    channel: grpc.aio.Channel,
+    metadata: tuple[tuple[str, str], ...],
+    connection: str,
+    mode: str,
+    client: str,
+    review: ReviewWait = review_spinner,
+) -> Opened:
+    """Send `open` and wait for `opened`; a refusal raises grpc.aio.AioRpcError with the
+    control plane's reason (cli.rpc.explained turns it into words)."""
+    stub = client_pb2_grpc.ClientServiceStub(channel)
+    call: Call = stub.Session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
+    open_ = client_pb2.SessionOpen(connection=connection, mode=mode, client=client)
+    try:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            # If the control plane refused first, reading the opening below raises its reason.
+            await call.write(client_pb2.ClientFrame(open=open_))
+        frame = await call.read()
+        if _pending(frame):
+            with review(frame.review_pending, connection):
+                while _pending(frame):
+                    frame = await call.read()
+                _require_opened(frame)
+        _require_opened(frame)
+    except BaseException:
+        call.cancel()
+        raise
+    assert isinstance(frame, client_pb2.ServerFrame)
+    return Opened(call, frame.opened.session_id, frame.opened.connection_type)
+
+
+def _pending(frame: object) -> TypeGuard[client_pb2.ServerFrame]:
+    return isinstance(frame, client_pb2.ServerFrame) and frame.HasField("review_pending")
+
+
+def _require_opened(frame: object) -> None:
+    """The stream ended cleanly without opening (a refusal would have raised on read)."""
+    if not isinstance(frame, client_pb2.ServerFrame) or not frame.HasField("opened"):
+        raise CliError("the control plane closed the session before it opened")
