@@ -1,44 +1,137 @@
-"""`gatehouse exec NAME -c SQL`: one request through the gateway, output on stdout."""
+"""`gatehouse exec NAME -c SQL | -- CMD [ARGS...]`: one request through the gateway, output on
+stdout.
+
+The session is opened first and its `opened` frame names the connection's type: SQL for a
+database, a command for `ssh` and `shell` (stdin streamed, stdout and stderr kept apart, the
+command's exit status returned). One round trip, no lookup before it: AI agents run this
+again and again.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli.errors import USAGE, CliError
 from cli.options import ControlplaneOpt, OutputOpt, call
 from cli.output import Format, emit, emit_json
+
+if TYPE_CHECKING:
+    from cli.session import Opened
 
 
 def exec_(
     connection: Annotated[str, typer.Argument(help="Connection name.")],
-    command: Annotated[str, typer.Option("--command", "-c", help="SQL to run.")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="CMD",
+            help="ssh and shell connections: the command and its arguments, after --.",
+            show_default=False,
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--command",
+            "-c",
+            help="SQL to run (postgres); for ssh and shell: a command line, as a remote "
+            "shell reads it.",
+        ),
+    ] = None,
+    no_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--no-stdin",
+            "-n",
+            help="ssh and shell: send no input; the command reads end of file at once "
+            "(like ssh -n).",
+        ),
+    ] = False,
     controlplane: ControlplaneOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Run one request through the gateway; it is recorded before it runs.
+    """Run one request through the gateway; it is recorded before it runs. For ssh and shell
+    connections stdin is streamed to the command (until it ends, or the command does) and
+    the command's exit status is gatehouse's.
 
     Example: gatehouse exec pg-prod -c 'select 41+1 as answer' -o json
+
+    Example: tar c src | gatehouse exec web-1 -- tar x -C /srv/app
     """
-    from cli import pgexec, rpc
+    if command is not None and args:
+        raise CliError("give either -c TEXT or -- CMD [ARGS...], not both", USAGE)
+    if command is None and not args:
+        raise CliError(
+            f"nothing to run: gatehouse exec {connection} -c 'SQL' for a database, "
+            f"gatehouse exec {connection} -- CMD [ARGS...] for ssh and shell",
+            USAGE,
+        )
+    from cli import __version__, rpc
 
     address = rpc.controlplane_address(controlplane)
     md = rpc.metadata()
 
-    async def work(channel: Any) -> pgexec.Outcome:
-        return await pgexec.run_sql(channel, md, connection, command)
+    async def work(channel: Any) -> Any:
+        from cli import term
+        from cli.session import open_session
+
+        opened = await open_session(
+            channel, md, connection, "exec", f"gatehouse-cli/{__version__} exec"
+        )
+        if opened.connection_type in term.TERMINAL_TYPES:
+            return await _run_command(opened, args or [], command, no_stdin)
+        if args:
+            opened.call.cancel()
+            raise CliError(
+                f"{connection} is a {opened.connection_type or 'database'} connection: give "
+                f"the statement with -c, e.g. gatehouse exec {connection} -c 'select 1'",
+                USAGE,
+            )
+        from cli import pgexec
+
+        assert command is not None
+        return await pgexec.run_sql_on(opened, command)
 
     try:
         outcome = call(address, work)
-    except pgexec.PgError as exc:
-        for notice in exc.outcome.notices if exc.outcome else []:
+    except BrokenPipeError:
+        # Whoever read our stdout stopped (`| head`): end quietly, as a shell command does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
+    except CliError as exc:
+        for notice in _notices(exc):
             typer.echo(f"{notice.severity}:  {notice.message}", err=True)
         raise
+    if isinstance(outcome, int):
+        raise typer.Exit(outcome)
     for notice in outcome.notices:
         typer.echo(f"{notice.severity}:  {notice.message}", err=True)
     _print_results(outcome, output)
     if outcome.error is not None:
+        from cli import pgexec
+
         raise pgexec.PgError(outcome.error, outcome)
+
+
+async def _run_command(opened: Opened, args: list[str], command: str | None, no_stdin: bool) -> int:
+    from cli import term
+    from wire.term.codec import Start
+
+    start = Start(argv=tuple(args)) if args else Start(command=command)
+    source = None if no_stdin else term.read_fd(0)
+    async with term.TermSession(opened) as session:
+        exit_ = await term.relay(session, start, source, term.StdStreams())
+    return term.exit_status(exit_)
+
+
+def _notices(exc: CliError) -> list[Any]:
+    """A database error's notices, printed before it as psql does."""
+    outcome = getattr(exc, "outcome", None)
+    return list(outcome.notices) if outcome is not None else []
 
 
 def _print_results(outcome: Any, output: Format) -> None:
