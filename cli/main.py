@@ -28,10 +28,12 @@ def _register() -> None:
     from cli.reviews import reviews_app
     from cli.serve import agent_app, controlplane_app
     from cli.sessions import sessions_app
+    from cli.ssh import ssh
     from cli.tokens import tokens_app
 
     app.command("exec")(exec_)
     app.command("connect")(connect)
+    app.command("ssh")(ssh)
     app.command("login")(login)
     app.command("logout")(logout)
     app.command("whoami")(whoami)

@@ -1,0 +1,155 @@
+"""`gatehouse ssh NAME [-- CMD]`: an interactive terminal on a server, through the gateway.
+
+The local terminal goes into raw mode, so every key (Ctrl-C, Ctrl-Z, arrows) is a byte for
+the remote terminal to interpret, exactly as with ssh; it is restored on every way out. A
+resize of the local window is sent as a WINDOW message. The session is `connect` mode and
+the control plane records it as a terminal recording (`gatehouse sessions replay ID`).
+
+Without a terminal on stdin there is nothing to be interactive with: a command then runs as
+`gatehouse exec` would (no pty, stdin streamed), and a login shell is refused with what to
+do instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.errors import USAGE, CliError
+from cli.options import ControlplaneOpt, call
+
+if TYPE_CHECKING:
+    from cli.term import TermSession
+    from wire.term.codec import Exit
+
+
+def ssh(
+    connection: Annotated[str, typer.Argument(help="Connection name (type ssh or shell).")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="CMD",
+            help="A command to run with a terminal instead of a login shell, after --.",
+            show_default=False,
+        ),
+    ] = None,
+    controlplane: ControlplaneOpt = None,
+) -> None:
+    """Open an interactive terminal through the gateway; the session is recorded and can be
+    replayed. Exits with the remote shell's (or command's) exit status.
+
+    Example: gatehouse ssh web-1
+
+    Example: gatehouse ssh web-1 -- htop   # a command with a terminal, like ssh -t
+    """
+    interactive = os.isatty(0)
+    if not interactive and not args:
+        raise CliError(
+            "stdin is not a terminal, and a login shell needs one: run `gatehouse ssh` from a "
+            f"terminal, or run a command with `gatehouse exec {connection} -- CMD`",
+            USAGE,
+        )
+    from cli import __version__, rpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: Any) -> int:
+        from cli import term
+        from cli.session import open_session
+        from wire.term.codec import Start
+
+        opened = await open_session(
+            channel, md, connection, "connect", f"gatehouse-cli/{__version__} ssh"
+        )
+        if opened.connection_type not in term.TERMINAL_TYPES:
+            opened.call.cancel()
+            raise CliError(
+                f"{connection} is a {opened.connection_type} connection, not a server: use "
+                f"`gatehouse connect {connection}` with its own client, or `gatehouse exec`",
+                USAGE,
+            )
+        async with term.TermSession(opened) as session:
+            if not interactive:
+                typer.echo("gatehouse: stdin is not a terminal; running without one", err=True)
+                start = Start(argv=tuple(args or ()))
+                exit_ = await term.relay(session, start, term.read_fd(0), term.StdStreams())
+            else:
+                exit_ = await _interactive(session, tuple(args or ()))
+        return term.exit_status(exit_)
+
+    raise typer.Exit(call(address, work))
+
+
+async def _interactive(session: TermSession, argv: tuple[str, ...]) -> Exit:
+    """Raw mode, resize forwarding and the relay; SIGTERM or SIGHUP end the session with the
+    terminal restored."""
+    from cli import term
+    from wire.term.codec import Pty, Start
+
+    cols, rows = terminal_size()
+    pty = Pty(os.environ.get("TERM") or "xterm-256color", cols, rows)
+    task = asyncio.current_task()
+    assert task is not None
+    stopped: list[int] = []
+
+    def stop(signum: int) -> None:
+        stopped.append(signum)
+        task.cancel()
+
+    handlers: dict[int, Callable[[], None]] = {
+        signal.SIGWINCH: lambda: session.window(*terminal_size()),
+        signal.SIGTERM: lambda: stop(signal.SIGTERM),
+        signal.SIGHUP: lambda: stop(signal.SIGHUP),
+    }
+    try:
+        with raw_terminal(0), _signal_handlers(handlers):
+            return await term.relay(
+                session, Start(argv=argv, pty=pty), term.read_fd(0), term.StdStreams()
+            )
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        raise typer.Exit(128 + stopped[0]) from None
+
+
+def terminal_size() -> tuple[int, int]:
+    """Columns and rows of the local terminal (stdout's, else stdin's), 80x24 if neither."""
+    for fd in (1, 0):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            if size.columns > 0 and size.lines > 0:
+                return size.columns, size.lines
+    return 80, 24
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """The terminal in raw mode for the block; its settings come back however it ends."""
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd, termios.TCSANOW)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _signal_handlers(handlers: dict[int, Callable[[], None]]) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for signum, handler in handlers.items():
+        loop.add_signal_handler(signum, handler)
+    try:
+        yield
+    finally:
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
