@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -10,11 +11,18 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from agent.pg import relay as pg_relay
+from agent.term import shell as term_shell
+from agent.term import ssh as term_ssh
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc, tunnel_pb2
+from wire.term import codec as term_codec
 
 log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str]]
+TERM_ENGINES = {"ssh": term_ssh.run, "shell": term_shell.run}
+"""Connection types whose sessions carry the terminal stream (wire/term/codec.py)."""
+FIRST_BYTES_TIMEOUT = 10.0
+"""How long a session for an unknown connection waits to learn the client's protocol."""
 
 
 async def serve_session(
@@ -45,17 +53,16 @@ async def serve_session(
             return bytes(message.data)
 
         if spec is None:
-            await send(
-                pg_relay.error_frame(
-                    "08001", f"the agent has no connection named {order.connection!r}"
-                )
-            )
+            message = f"the agent has no connection named {order.connection!r}"
+            await send(_refusal(await _first_bytes(receive), message))
             reason = "unknown connection"
         elif spec.type == "postgres":
             target = MessageToDict(spec.target)
             reason = await pg_relay.run(
                 target, dict(spec.secret), receive, send, masking=MessageToDict(spec.masking)
             )
+        elif (engine := TERM_ENGINES.get(spec.type)) is not None:
+            reason = await engine(MessageToDict(spec.target), dict(spec.secret), receive, send)
         else:
             await send(pg_relay.error_frame("0A000", f"type {spec.type} is not supported"))
             reason = "unsupported type"
@@ -69,3 +76,26 @@ async def serve_session(
     except Exception:
         log.exception("session %s failed", session_id)
         call.cancel()
+
+
+async def _first_bytes(receive: pg_relay.Receive) -> bytes:
+    """What the client sent first (b"" if nothing came in time): its protocol's opening."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(FIRST_BYTES_TIMEOUT):
+            while True:
+                data = await receive()
+                if data is None:
+                    return b""
+                if isinstance(data, bytes) and data:
+                    return data
+    return b""
+
+
+def _refusal(first: bytes, message: str) -> tunnel_pb2.Frame:
+    """A refusal in the protocol the client speaks, told from its first message: a terminal
+    stream opens with its start tag, where a PostgreSQL startup opens with a length whose
+    first byte is 0 (the agent does not know the type of a connection it has never heard of)."""
+    if first[:1] == bytes([term_codec.START]):
+        exit_ = term_codec.Exit(255, error=f"gatehouse agent: {message}")
+        return tunnel_pb2.Frame(data=term_codec.encode_exit(exit_))
+    return pg_relay.error_frame("08001", message)
