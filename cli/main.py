@@ -25,6 +25,7 @@ def _register() -> None:
     from cli.connections import connections_app
     from cli.execute import exec_
     from cli.login import login, logout, whoami
+    from cli.replay import sessions_replay
     from cli.reviews import reviews_app
     from cli.serve import agent_app, controlplane_app
     from cli.sessions import sessions_app
@@ -41,6 +42,7 @@ def _register() -> None:
     app.add_typer(agent_app, name="agent")
     app.add_typer(admin_app, name="admin")
     app.add_typer(sessions_app, name="sessions")
+    sessions_app.command("replay")(sessions_replay)
     app.add_typer(connections_app, name="connections")
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(reviews_app, name="reviews")

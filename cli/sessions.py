@@ -1,4 +1,5 @@
-"""`gatehouse sessions list | show`: who opened what, and one session's events in order."""
+"""`gatehouse sessions list | show`: who opened what, and one session's events in order.
+`replay` lives in cli/replay.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cli.output import Format, emit, emit_json
 sessions_app = typer.Typer(help="Recorded sessions.", no_args_is_help=True)
 
 
-def _session(info: Any) -> dict[str, Any]:
+def session_document(info: Any) -> dict[str, Any]:
     return {
         "id": info.id,
         "connection": info.connection,
@@ -27,6 +28,7 @@ def _session(info: Any) -> dict[str, Any]:
         "started": info.started,
         "ended": info.ended or None,
         "end_reason": info.end_reason or None,
+        "recorded": info.recorded,
     }
 
 
@@ -64,7 +66,7 @@ def sessions_list(
             request, metadata=md
         )
 
-    sessions = [_session(s) for s in call(address, work).sessions]
+    sessions = [session_document(s) for s in call(address, work).sessions]
     emit(
         output,
         sessions,
@@ -101,9 +103,9 @@ def sessions_show(
     response = call(address, work)
     events = [{**json.loads(e.body), "hash": e.hash} for e in response.events]
     if output is Format.json:
-        emit_json({"session": _session(response.session), "events": events})
+        emit_json({"session": session_document(response.session), "events": events})
         return
-    info = _session(response.session)
+    info = session_document(response.session)
     typer.echo(
         f"session {info['id']}: {info['user']} on {info['connection']} ({info['type']}, "
         f"{info['mode']}) from {info['source_ip']} with {info['client']}"
@@ -112,21 +114,37 @@ def sessions_show(
 
 
 def _row(event: dict[str, Any]) -> list[Any]:
-    return [event["seq"], event["time"], event["type"], _detail(event)]
+    return [event["seq"], event["time"], event["type"], event_detail(event)]
 
 
-def _detail(event: dict[str, Any]) -> str:
-    """One line a person can read: the statement, the result, or why the session ended."""
+def event_detail(event: dict[str, Any]) -> str:
+    """One line a person can read: the statement or command, its result, or why the session
+    ended."""
     if "request" in event:
         decision = event.get("decision", {}).get("result", "")
-        text = event["request"].get("statement") or " ".join(event["request"].get("argv", []))
+        request = event["request"]
+        text = (
+            request.get("statement")
+            or request.get("command")
+            or " ".join(request.get("argv", []))
+            or (f"subsystem {request['subsystem']}" if request.get("subsystem") else "")
+            or ("terminal" if request.get("pty") else "")
+        )
         return f"{text}  [{decision}]" if decision and decision != "allow" else str(text)
     if "result" in event:
         result = event["result"]
+        if "exit_code" in result:
+            ended = f"→ exit {result['exit_code']}"
+            if result.get("error"):
+                ended += f": {result['error']}"
+            return f"{ended}, {result.get('duration_ms')} ms"
         if result.get("error"):
             return f"→ error {result['error']}: {result.get('message', '')}"
         rows = result.get("rows")
         return f"→ {result.get('command', 'ok')}, {rows} rows, {result.get('duration_ms')} ms"
+    if "input" in event:
+        line = event["input"].get("line")
+        return "(a line typed without echo)" if line is None else f"typed: {line}"
     if event["type"] == "session.end":
         return f"{event.get('reason', '')}, {event.get('statements', 0)} statements"
     return ""
