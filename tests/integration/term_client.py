@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from agent.pg.relay import Cancel, Receive, SendFrame
 from gatehouse.v1 import tunnel_pb2
 from wire.term import codec
 
-Engine = Callable[[Mapping[str, object], Mapping[str, str], Receive, SendFrame], Awaitable[str]]
+Engine = Callable[
+    [Mapping[str, object], Mapping[str, str], Receive, SendFrame], Coroutine[Any, Any, str]
+]
 CHUNK = 64 * 1024
 
 
@@ -23,6 +26,27 @@ class TermClient:
         self._framer = codec.TermFramer.from_target()
         self._changed = asyncio.Condition()
         self.messages: list[codec.Message] = []
+        self.session: asyncio.Task[str] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        engine: Engine,
+        target: Mapping[str, object],
+        secrets: Mapping[str, str],
+        start: codec.Start,
+    ) -> TermClient:
+        """A session of `engine` running in the background, started with `start`."""
+        client = cls()
+        client.session = asyncio.create_task(engine(target, secrets, client.receive, client.send))
+        await client.start(start)
+        return client
+
+    async def ended(self, timeout: float = 10) -> str:
+        """The engine's end reason, once its session ended."""
+        assert self.session is not None
+        async with asyncio.timeout(timeout):
+            return await self.session
 
     async def receive(self) -> bytes | Cancel | None:
         return await self._inbox.get()

@@ -114,13 +114,12 @@ async def test_terminals_and_subsystems_are_refused(start: codec.Start) -> None:
 
 
 async def test_signal_reaches_the_command() -> None:
-    client = TermClient()
-    session = asyncio.create_task(shell.run({}, {}, client.receive, client.send))
-    await client.start(codec.Start(argv=("sh", "-c", "echo ready; exec sleep 30")))
+    client = await TermClient.open(
+        shell.run, {}, {}, codec.Start(argv=("sh", "-c", "echo ready; exec sleep 30"))
+    )
     await client.wait_for(b"ready")
     await client.signal("TERM")
-    async with asyncio.timeout(10):
-        await session
+    await client.ended()
     assert client.exit == codec.Exit(143, signal="TERM")
 
 
@@ -137,12 +136,11 @@ async def test_what_a_command_leaves_running_is_stopped_with_it(tmp_path: Path) 
 
 async def test_client_leaving_stops_the_command(tmp_path: Path) -> None:
     marker = tmp_path / "late"
-    client = TermClient()
-    session = asyncio.create_task(shell.run({}, {}, client.receive, client.send))
-    await client.start(codec.Start(command=f"echo ready; sleep 2; touch {marker}"))
+    client = await TermClient.open(
+        shell.run, {}, {}, codec.Start(command=f"echo ready; sleep 2; touch {marker}")
+    )
     await client.wait_for(b"ready")
     await client.leave()
-    async with asyncio.timeout(10):
-        assert await session == "the client left"
+    assert await client.ended() == "the client left"
     await asyncio.sleep(2.5)
     assert not marker.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
 import os
@@ -47,6 +46,10 @@ async def run(
     return await run_command(ssh.run, target(sshd, known_hosts), secrets, start, stdin)
 
 
+async def open_session(sshd: Sshd, start: codec.Start) -> TermClient:
+    return await TermClient.open(ssh.run, target(sshd), key_secret(sshd), start)
+
+
 async def test_command_keeps_stdout_and_stderr_apart_and_reports_its_status(sshd: Sshd) -> None:
     _, client = await run(sshd, codec.Start(command="echo out; echo err >&2; exit 3"))
     assert (client.stdout, client.stderr) == (b"out\n", b"err\n")
@@ -68,19 +71,14 @@ async def test_stdin_is_streamed_whole(sshd: Sshd) -> None:
 
 
 async def test_login_shell_gets_a_terminal_that_follows_the_window(sshd: Sshd) -> None:
-    client = TermClient()
-    session = asyncio.create_task(
-        ssh.run(target(sshd), key_secret(sshd), client.receive, client.send)
-    )
-    await client.start(codec.Start(pty=PTY))
+    client = await open_session(sshd, codec.Start(pty=PTY))
     await client.write(b"tty\n")
     await client.wait_for(b"/dev/pts/")
     await client.window(100, 40)
     await client.write(b"stty size\n")
     await client.wait_for(b"40 100")
     await client.write(b"exit 7\n")
-    async with asyncio.timeout(10):
-        await session
+    await client.ended()
     assert client.exit == codec.Exit(7)
     assert client.stderr == b"", "with a terminal everything arrives on stdout"
 
@@ -91,57 +89,37 @@ async def test_signal_ends_a_command(sshd: Sshd) -> None:
         # requests ("session signalling requires privilege separation"); Ctrl-C on a
         # terminal (below) is what works there.
         pytest.skip("OpenSSH delivers signal requests to non-root logins only")
-    client = TermClient()
-    session = asyncio.create_task(
-        ssh.run(target(sshd), key_secret(sshd), client.receive, client.send)
-    )
-    await client.start(codec.Start(command="echo ready; exec sleep 30"))
+    client = await open_session(sshd, codec.Start(command="echo ready; exec sleep 30"))
     await client.wait_for(b"ready")
     await client.signal("INT")
-    async with asyncio.timeout(10):
-        await session
+    await client.ended()
     assert client.exit == codec.Exit(130, signal="INT")
 
 
 async def test_ctrl_c_on_the_terminal_ends_a_command(sshd: Sshd) -> None:
-    client = TermClient()
-    session = asyncio.create_task(
-        ssh.run(target(sshd), key_secret(sshd), client.receive, client.send)
-    )
-    await client.start(codec.Start(command="echo ready; exec sleep 30", pty=PTY))
+    client = await open_session(sshd, codec.Start(command="echo ready; exec sleep 30", pty=PTY))
     await client.wait_for(b"ready")
     await client.write(b"\x03")
-    async with asyncio.timeout(10):
-        await session
+    await client.ended()
     assert client.exit == codec.Exit(130, signal="INT")
 
 
 async def test_client_leaving_ends_the_session(sshd: Sshd) -> None:
-    client = TermClient()
-    session = asyncio.create_task(
-        ssh.run(target(sshd), key_secret(sshd), client.receive, client.send)
-    )
-    await client.start(codec.Start(command="echo ready; exec sleep 30", pty=PTY))
+    client = await open_session(sshd, codec.Start(command="echo ready; exec sleep 30", pty=PTY))
     await client.wait_for(b"ready")
     await client.leave()
-    async with asyncio.timeout(10):
-        assert await session == "the client left"
+    assert await client.ended() == "the client left"
     assert client.exit is None
 
 
 async def test_sftp_subsystem_answers_its_version(sshd: Sshd) -> None:
-    client = TermClient()
-    session = asyncio.create_task(
-        ssh.run(target(sshd), key_secret(sshd), client.receive, client.send)
-    )
-    await client.start(codec.Start(subsystem="sftp"))
+    client = await open_session(sshd, codec.Start(subsystem="sftp"))
     await client.write(struct.pack("!IBI", 5, 1, 3))  # SSH_FXP_INIT, version 3
     await client.wait_until(lambda: len(client.stdout) >= 9)
     length, kind, version = struct.unpack_from("!IBI", client.stdout)
     assert (kind, version) == (2, 3)  # SSH_FXP_VERSION
     await client.eof()
-    async with asyncio.timeout(10):
-        await session
+    await client.ended()
     assert len(client.stdout) == 4 + length
     assert client.exit == codec.Exit(0)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from agent import sessions
-from agent.pg.relay import CANCEL, Cancel
+from agent.pg.relay import CANCEL, Cancel, Receive
 from wire.pg import framing
 from wire.pg import messages as pgm
 from wire.term import codec
 
 
-def feed(*items: bytes | Cancel | None) -> sessions.pg_relay.Receive:
+def feed(*items: bytes | Cancel | None) -> Receive:
     queue: asyncio.Queue[bytes | Cancel | None] = asyncio.Queue()
     for item in items:
         queue.put_nowait(item)
