@@ -1,0 +1,342 @@
+"""Section `agents`: N simulated agents on one control-plane process, its memory and CPU.
+
+For each N: a fresh control plane (SQLite) whose store already holds N enrolled agents, then
+client processes (bench/agentsim.py) open N control streams and keep them alive with the
+heartbeats the control plane asks for. Measured from /proc, for the control-plane process
+only: RSS and CPU with no agent (the baseline), then idle with N agents for a window that
+spans at least one heartbeat interval, then while a policy with one connection per agent is
+applied and pushed to all of them. The push counts only when every simulated agent reports
+that its new policy names its own connection.
+
+Enrolment: there is no bulk API (an agent is created, then exchanges its one-time join token,
+each a strict audit commit and a write), so the agents' rows are inserted straight into the
+store before the control plane starts, with the credential hashes the control plane checks;
+the simulated agents derive the same credentials from a shared seed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.agentsim import agent_name, connection_name, credential
+from bench.common import Config, Section, Table, Target, fmt, progress, tail
+from bench.procfs import MIB, CpuWindow, RssSampler, cpu_seconds, peak_rss_bytes, rss_bytes
+from bench.resources import Resources
+from bench.stats import rate
+from controlplane.auth.tokens import token_hash
+from controlplane.store.database import Database, default_url
+from controlplane.store.models import AgentRow
+from devenv.stack import REPO, ControlPlane, StackError, gatehouse
+
+AGENTS_PER_PROCESS = 2500
+PER_CHANNEL = 100
+GIB = 1024 * MIB
+HEARTBEAT_INTERVAL = 10.0  # the control plane's default (Settings.heartbeat_interval)
+
+
+def enroll_directly(data_dir: Path, count: int, seed: str) -> None:
+    """Agent rows as `Enroll` leaves them, inserted in one transaction (no API is bulk)."""
+    from controlplane.audit.events import utc_now
+
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(default_url(data_dir))
+    try:
+        db.migrate()
+        now = utc_now()
+        with db.write_session() as session, session.begin():
+            session.add_all(
+                AgentRow(
+                    id=str(uuid.uuid4()),
+                    name=agent_name(i),
+                    credential_hash=token_hash(credential(seed, i)),
+                    version="bench",
+                    created_at=now,
+                    enrolled_at=now,
+                )
+                for i in range(count)
+            )
+    finally:
+        db.dispose()
+
+
+def push_policy(count: int, target_port: int = 5432) -> str:
+    """One connection per agent: what a fleet of N agents serving a target each looks like."""
+    lines = ["connections:"]
+    for i in range(count):
+        lines += [
+            f"  - name: {connection_name(i)}",
+            "    type: postgres",
+            f"    agent: {agent_name(i)}",
+            f"    target: {{host: 127.0.0.1, port: {target_port}, database: app, user: app}}",
+            "    secret: {password: env:PG_PASSWORD}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Client:
+    """One agentsim process and the last status line it printed."""
+
+    process: subprocess.Popen[str]
+    status: dict[str, Any] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+
+    def start_reading(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                self.status = json.loads(line)
+            except ValueError:
+                self.output.append(line)
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Fleet:
+    """The client processes together: sums of what their agents report."""
+
+    def __init__(self, controlplane: ControlPlane, count: int, seed: str, log_dir: Path) -> None:
+        self.count = count
+        self.clients: list[Client] = []
+        processes = max(1, -(-count // AGENTS_PER_PROCESS))
+        share = -(-count // processes)
+        for first in range(0, count, share):
+            args = [
+                sys.executable,
+                "-m",
+                "bench.agentsim",
+                "--address",
+                controlplane.address,
+                "--seed",
+                seed,
+                "--first",
+                str(first),
+                "--count",
+                str(min(share, count - first)),
+                "--per-channel",
+                str(PER_CHANNEL),
+            ]
+            with (log_dir / f"agentsim-{first}.log").open("ab") as err:
+                process = subprocess.Popen(
+                    args,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    cwd=REPO,
+                )
+            client = Client(process)
+            client.start_reading()
+            self.clients.append(client)
+
+    def total(self, key: str) -> int:
+        return sum(int(c.status.get(key, 0)) for c in self.clients)
+
+    def total_in(self, key: str, version: int) -> int:
+        return sum(int(c.status.get(key, {}).get(str(version), 0)) for c in self.clients)
+
+    def last_receipt(self, version: int) -> float | None:
+        times = [c.status.get("received_at", {}).get(str(version)) for c in self.clients]
+        found = [t for t in times if t is not None]
+        return max(found) if found else None
+
+    def first_error(self) -> str:
+        return next(
+            (c.status["first_error"] for c in self.clients if c.status.get("first_error")), ""
+        )
+
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self.clients]
+
+    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> float:
+        """Poll until `done()`; returns the seconds it took, raises with the state on timeout."""
+        started = time.monotonic()
+        while not done():
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(
+                    f"{what} not reached within {timeout:.0f} s: connected "
+                    f"{self.total('connected')}/{self.count}, failed {self.total('failed')}, "
+                    f"lost {self.total('lost')}; first error: {self.first_error() or 'none'}"
+                )
+            if any(c.process.poll() is not None for c in self.clients):
+                raise RuntimeError(f"an agentsim process exited: {self.first_error()}")
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.stop()
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    window = CpuWindow({"controlplane": pid})
+    window.start()
+    time.sleep(seconds)
+    return window.stop()["controlplane"]
+
+
+def measure(cfg: Config, res: Resources, count: int) -> dict[str, Any]:
+    base = res.scratch(f"agents-{count}")
+    seed = secrets.token_hex(16)
+    progress(f"agents {count}: enrolling in the store directly")
+    enroll_directly(base / "controlplane", count, seed)
+    controlplane = ControlPlane.create(base / "controlplane")
+    controlplane.start_and_wait()
+    assert controlplane.proc is not None
+    pid = controlplane.proc.pid
+    idle_window = max(cfg.duration, HEARTBEAT_INTERVAL * 1.5)
+    found: dict[str, Any] = {"agents": count, "idle_window_s": idle_window}
+    fleet: Fleet | None = None
+    try:
+        time.sleep(1.0)  # let start-up work settle before the baseline
+        found["baseline_rss_mib"] = (rss_bytes(pid) or 0) / MIB
+        found["baseline_idle_cpu"] = idle_cpu(pid, min(idle_window, 5.0))
+        progress(f"agents {count}: connecting")
+        cpu_before = cpu_seconds(pid) or 0.0
+        fleet = Fleet(controlplane, count, seed, base)
+        connect_timeout = max(120.0, count / 20)
+        found["connect_s"] = fleet.wait(
+            lambda: fleet is not None and fleet.total("connected") == count,
+            connect_timeout,
+            f"{count} agents connected",
+        )
+        found["connect_per_s"] = rate(count, found["connect_s"])
+        found["connect_cpu_s"] = (cpu_seconds(pid) or 0.0) - cpu_before
+        progress(
+            f"agents {count}: connected in {found['connect_s']:.1f} s; idle for {idle_window:.0f} s"
+        )
+        with RssSampler(pid) as sampler:
+            window = CpuWindow(
+                {"controlplane": pid, **{f"sim{i}": p for i, p in enumerate(fleet.pids())}}
+            )
+            heartbeats = fleet.total("heartbeats")
+            window.start()
+            time.sleep(idle_window)
+            cores = window.stop()
+            found["idle_cpu"] = cores["controlplane"]
+            found["sim_cpu"] = sum(v for k, v in cores.items() if k != "controlplane")
+            found["heartbeats_per_s"] = rate(fleet.total("heartbeats") - heartbeats, window.seconds)
+            found["idle_rss_mib"] = (rss_bytes(pid) or 0) / MIB
+            found["idle_rss_peak_mib"] = sampler.peak / MIB
+            found["per_agent_kib"] = (
+                (found["idle_rss_mib"] - found["baseline_rss_mib"]) * 1024 / count
+            )
+            progress(f"agents {count}: pushing a policy with {count} connections")
+            sampler.reset()
+            policy = base / "push.yaml"
+            policy.write_text(push_policy(count))
+            window = CpuWindow({"controlplane": pid})
+            window.start()
+            started = time.time()
+            applied = gatehouse(
+                ["admin", "apply", "-f", str(policy)],
+                env=controlplane.cli_env,
+                timeout=max(120.0, count / 10),
+            )
+            found["apply_s"] = time.time() - started
+            if applied.returncode != 0:
+                raise StackError(f"admin apply failed: {tail(applied.stderr)}")
+            version = 1
+            fleet.wait(
+                lambda: fleet is not None and fleet.total_in("own", version) == count,
+                max(60.0, count / 50),
+                f"the policy push received by all {count} agents",
+            )
+            found["push_cpu"] = window.stop()["controlplane"]
+            found["push_cpu_s"] = found["push_cpu"] * window.seconds
+            last = fleet.last_receipt(version)
+            found["push_s"] = (last - started) if last is not None else None
+            found["push_received"] = fleet.total_in("own", version)
+            found["push_rss_peak_mib"] = sampler.peak / MIB
+        found["lifetime_peak_rss_mib"] = (peak_rss_bytes(pid) or 0) / MIB
+        found["lost"] = fleet.total("lost")
+        progress(
+            f"agents {count}: idle RSS {found['idle_rss_mib']:.0f} MiB, idle CPU "
+            f"{found['idle_cpu']:.2f} cores; push to all in {fmt(found['push_s'], 1)} s"
+        )
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        controlplane.stop(timeout=60)
+    return found
+
+
+def run(cfg: Config, res: Resources, section: Section) -> None:
+    fleets: list[dict[str, Any]] = []
+    for count in cfg.agents:
+        try:
+            fleets.append(measure(cfg, res, count))
+        except Exception as exc:
+            fleets.append({"agents": count, "error": f"{type(exc).__name__}: {exc}"})
+            section.fail(f"{count} agents: {type(exc).__name__}: {exc}")
+    section.results = {"fleets": fleets, "heartbeat_interval_s": HEARTBEAT_INTERVAL}
+    table = Table(
+        "One control-plane process holding N agents' control streams",
+        [
+            "agents",
+            "RSS MiB (0 agents)",
+            "RSS MiB idle",
+            "KiB/agent",
+            "CPU idle (cores)",
+            "connect s",
+            "push: apply s",
+            "push: all received s",
+            "push CPU (cores)",
+            "RSS MiB peak in push",
+        ],
+    )
+    for found in fleets:
+        if "error" in found:
+            table.rows.append([found["agents"], f"failed: {found['error']}"] + [""] * 8)
+            continue
+        table.rows.append(
+            [
+                found["agents"],
+                fmt(found["baseline_rss_mib"], 0),
+                fmt(found["idle_rss_mib"], 0),
+                fmt(found["per_agent_kib"], 1),
+                f"{found['idle_cpu']:.3f} (0 agents: {found['baseline_idle_cpu']:.3f})",
+                fmt(found["connect_s"], 1),
+                fmt(found["apply_s"], 1),
+                fmt(found["push_s"], 1),
+                fmt(found["push_cpu"], 2),
+                fmt(found["push_rss_peak_mib"], 0),
+            ]
+        )
+    table.note = (
+        f"Simulated agents send heartbeats every {HEARTBEAT_INTERVAL:.0f} s (the control "
+        f"plane's default); {PER_CHANNEL} streams share one HTTP/2 connection. CPU in cores "
+        "of the control-plane process only; the idle window spans at least 1.5 heartbeat "
+        "intervals."
+    )
+    section.tables = [table]
+    biggest = next((f for f in fleets if f["agents"] == 10_000), None)
+    rss = None if biggest is None else biggest.get("idle_rss_peak_mib")
+    section.targets = [
+        Target(
+            "10,000 agents on one control-plane process",
+            "≤ 1 GiB RSS",
+            "not run" if biggest is None else f"{fmt(rss, 0)} MiB idle peak",
+            None if rss is None else rss * MIB <= GIB,
+        )
+    ]
