@@ -55,9 +55,11 @@ class SshTarget:
                 user=str(spec["user"]),
                 known_hosts=str(spec.get("known_hosts") or ""),
             )
-        except (KeyError, ValueError) as exc:
+        except KeyError as exc:
+            raise Refused(f"the connection's target has no {exc}; fix it in the policy") from None
+        except ValueError as exc:
             raise Refused(
-                f"the connection's target is incomplete ({exc}); fix it in the policy"
+                f"the connection's target is malformed ({exc}); fix it in the policy"
             ) from None
 
     @property
@@ -244,6 +246,12 @@ async def _connect(
         raise Refused(
             f"no SSH login at {target.address} within {CONNECT_TIMEOUT:g} s; "
             "is the host up and the port right?"
+        ) from None
+    except ConnectionResetError:
+        # sshd hangs up without a word when no host key type is common to both sides.
+        raise Refused(
+            f"{target.address} closed the connection during the SSH handshake; check that "
+            "known_hosts pins a key of a type the host has (`ssh-keyscan` lists them)"
         ) from None
     except OSError as exc:
         raise Refused(f"cannot reach {target.address}: {exc.strerror or exc}") from None

@@ -249,3 +249,11 @@ async def test_missing_known_hosts_is_refused_not_trusted(sshd: Sshd) -> None:
     exit_ = client.exit
     assert exit_ is not None and exit_.status == 255
     assert "known_hosts is unusable" in (exit_.error or "")
+
+
+async def test_pinned_key_of_a_type_the_host_lacks_is_refused_clearly(sshd: Sshd) -> None:
+    rsa = asyncssh.generate_private_key("ssh-rsa").export_public_key().decode()
+    _, client = await run(sshd, codec.Start(argv=("true",)), known_hosts=rsa)
+    exit_ = client.exit
+    assert exit_ is not None and exit_.status == 255
+    assert "pins a key of a type the host has" in (exit_.error or "")
