@@ -1,5 +1,8 @@
 """`gatehouse connect NAME --port P`: a local listener for unmodified PostgreSQL clients.
 
+(An ssh connection gets a local SSH server instead: cli/sshlisten.py. The connection's type
+comes from the caller's own list of connections.)
+
 Each TCP connection becomes one audited session on the control plane, exactly like `exec`.
 The local leg is negotiated here: TLS with a throwaway self-signed certificate when the client
 asks (so `sslmode=require` works; the certificate only protects the loopback hop), no GSSAPI.
@@ -28,7 +31,9 @@ import grpc
 import typer
 
 from cli import __version__
+from cli.errors import CliError
 from cli.options import ControlplaneOpt, run
+from cli.session import Call, open_session, review_log
 from gatehouse.v1 import client_pb2, client_pb2_grpc
 from wire.pg import framing
 from wire.pg import messages as pgm
@@ -36,7 +41,6 @@ from wire.pg import messages as pgm
 log = logging.getLogger("gatehouse.connect")
 
 READ_SIZE = 256 * 1024
-Call = grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame]
 
 
 @dataclass
@@ -99,36 +103,18 @@ class Listener:
         writer: asyncio.StreamWriter,
     ) -> None:
         app = startup.params.get("application_name") or "unknown"
-        stub = client_pb2_grpc.ClientServiceStub(self.channel)
-        call: Call = stub.Session(metadata=self.metadata)  # type: ignore[call-arg]
-        opening = client_pb2.SessionOpen(
-            connection=self.connection,
-            mode="connect",
-            client=f"{app} via gatehouse-cli/{__version__} connect",
-        )
+        client = f"{app} via gatehouse-cli/{__version__} connect"
         try:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                # If the control plane refused first, read() below raises its reason.
-                await call.write(client_pb2.ClientFrame(open=opening))
-            first = await call.read()
-            while isinstance(first, client_pb2.ServerFrame) and first.HasField("review_pending"):
-                pending = first.review_pending
-                log.warning(
-                    "session for %s waits for review %s by %s (they run `gatehouse reviews "
-                    "approve %s`)",
-                    app,
-                    pending.review_id,
-                    ", ".join(pending.reviewer_groups),
-                    pending.review_id,
-                )
-                first = await call.read()
-            if not isinstance(first, client_pb2.ServerFrame) or not first.HasField("opened"):
-                await call.code()
-                raise ConnectionError("the control plane closed the session")
+            opened = await open_session(
+                self.channel, self.metadata, self.connection, "connect", client, review_log
+            )
         except grpc.aio.AioRpcError as exc:
             await _fatal(writer, _sqlstate(exc.code()), f"gatehouse: {exc.details()}")
             return
-        session_id = first.opened.session_id
+        except CliError as exc:
+            await _fatal(writer, "08001", f"gatehouse: {exc.message}")
+            return
+        call, session_id = opened.call, opened.session_id
         self.sessions += 1
         log.info("session %s opened for %s (%s)", session_id, app, self.sessions)
         keys: list[tuple[int, bytes]] = []
@@ -270,17 +256,31 @@ async def serve(
 
 def connect(
     connection: Annotated[str, typer.Argument(help="Connection name.")],
-    port: Annotated[int, typer.Option(help="Local port; 0 picks a free one.")] = 5433,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Local port; 0 picks a free one.", show_default="5433; ssh: 2222"),
+    ] = None,
     host: Annotated[str, typer.Option(help="Local address (loopback only).")] = "127.0.0.1",
+    authorized_keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--authorized-keys",
+            metavar="FILE",
+            help="ssh: public keys that may log in to the listener (repeatable).",
+            show_default="~/.ssh/authorized_keys and ~/.ssh/id_*.pub",
+        ),
+    ] = None,
     controlplane: ControlplaneOpt = None,
 ) -> None:
-    """Listen locally for native clients (psql, psycopg, asyncpg, GUIs); each connection is
-    one audited session.
+    """Listen locally for native clients (psql, psycopg, asyncpg, GUIs; ssh, scp, sftp for
+    an ssh connection); each connection (each SSH channel) is one audited session.
 
     Example: gatehouse connect pg-prod --port 5433   # then: psql -h 127.0.0.1 -p 5433
+
+    Example: gatehouse connect web-1 --port 2222     # then: ssh -p 2222 localhost
     """
     from cli import rpc
-    from cli.errors import USAGE, CliError
+    from cli.errors import USAGE
     from cli.options import setup_logging
 
     if not rpc.is_loopback(f"{host}:0"):
@@ -292,9 +292,45 @@ def connect(
     address = rpc.controlplane_address(controlplane)
     md = rpc.metadata()
     setup_logging(False)
+    kind = connection_type(address, md, connection)
+    if kind == "ssh":
+        from cli import sshlisten
+
+        port = 2222 if port is None else port
+        files = authorized_keys or sshlisten.default_key_files()
+        sshlisten.load_authorized_keys(files)  # refuse before anything listens
+        listening = sshlisten.serve(address, md, connection, host, port, files)
+    elif kind in (None, "postgres"):
+        if authorized_keys:
+            raise CliError("--authorized-keys is for ssh connections", USAGE)
+        port = 5433 if port is None else port
+        listening = serve(address, md, connection, host, port)
+    else:
+        raise CliError(
+            f"{connection} is a {kind} connection: connect serves postgres and ssh connections; "
+            f"run commands with `gatehouse exec {connection} -- CMD`",
+            USAGE,
+        )
     try:
-        run(serve(address, md, connection, host, port))
+        run(listening)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     except KeyboardInterrupt:
         pass
+
+
+def connection_type(address: str, metadata: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """The connection's type from the caller's own list; None when it is not there (the
+    control plane then answers each client with its reason, in the client's protocol)."""
+    from cli.options import call
+    from gatehouse.v1 import client_pb2
+
+    async def work(channel: grpc.aio.Channel) -> Any:
+        stub = client_pb2_grpc.ClientServiceStub(channel)
+        return await stub.ListConnections(client_pb2.ListMyConnectionsRequest(), metadata=metadata)
+
+    for item in call(address, work).connections:
+        if item.name == name:
+            return str(item.type)
+    log.warning("%s is not among the connections you may use; listening for PostgreSQL", name)
+    return None
