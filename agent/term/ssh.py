@@ -240,18 +240,18 @@ async def _connect(
             f"{target.user}@{target.address} refused the agent's {credentials.described}; "
             f"check that the connection's credentials are authorized for {target.user} there"
         ) from None
+    except (ConnectionResetError, asyncssh.ConnectionLost):
+        # sshd hangs up without a word when no host key type is common to both sides.
+        raise Refused(
+            f"{target.address} closed the connection during the SSH handshake; check that "
+            "known_hosts pins a key of a type the host has (`ssh-keyscan` lists them)"
+        ) from None
     except asyncssh.Error as exc:
         raise Refused(f"SSH to {target.address} failed: {_reason(exc)}") from None
     except TimeoutError:
         raise Refused(
             f"no SSH login at {target.address} within {CONNECT_TIMEOUT:g} s; "
             "is the host up and the port right?"
-        ) from None
-    except ConnectionResetError:
-        # sshd hangs up without a word when no host key type is common to both sides.
-        raise Refused(
-            f"{target.address} closed the connection during the SSH handshake; check that "
-            "known_hosts pins a key of a type the host has (`ssh-keyscan` lists them)"
         ) from None
     except OSError as exc:
         raise Refused(f"cannot reach {target.address}: {exc.strerror or exc}") from None
