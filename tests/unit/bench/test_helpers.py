@@ -1,0 +1,85 @@
+"""The small helpers between raw measurements and the report: ratios to the baseline of the
+same run, the control plane's counters, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from bench.cli import _int_list, _sections, config_from, parser
+from bench.common import TIMES, Endpoint
+from bench.datapath import _add_ratios, _targets
+from bench.gateway import parse_metrics
+
+
+def _run(path: str, clients: int, tps: float, p50: float, p99: float | None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "protocol": "extended",
+        "clients": clients,
+        "tps": tps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+def test_ratios_compare_with_direct_at_the_same_protocol_and_clients() -> None:
+    runs = [
+        _run("direct", 8, 10000.0, 0.5, 2.0),
+        _run("direct", 1, 5000.0, 0.1, 0.2),
+        _run("gatehouse", 8, 4500.0, 1.5, 5.0),
+        _run("gatehouse", 1, 1000.0, 0.9, None),
+        {"path": "pgbouncer", "protocol": "extended", "clients": 8, "error": "not started"},
+    ]
+    _add_ratios(runs)
+    assert runs[2]["tps_ratio"] == pytest.approx(0.45)
+    assert runs[2]["added_p50_ms"] == pytest.approx(1.0)
+    assert runs[2]["added_p99_ms"] == pytest.approx(3.0)
+    assert runs[3]["added_p99_ms"] is None
+    assert "tps_ratio" not in runs[4]
+    strict, latency = _targets(runs)
+    assert strict.met is True and strict.reached == f"0.45{TIMES} (PgBouncer —)"
+    assert latency.met is True and latency.reached == "0.800 ms"
+
+
+def test_targets_not_measured_when_the_runs_failed() -> None:
+    assert [t.met for t in _targets([])] == [None, None]
+
+
+def test_prometheus_text() -> None:
+    text = (
+        "# HELP gatehouse_audit_commits_total Audit store transactions.\n"
+        "# TYPE gatehouse_audit_commits_total counter\n"
+        "gatehouse_audit_commits_total 12.0\n"
+        "gatehouse_audit_events_committed_total 1500.0\n"
+        "broken line\n"
+    )
+    assert parse_metrics(text) == {
+        "gatehouse_audit_commits_total": 12.0,
+        "gatehouse_audit_events_committed_total": 1500.0,
+    }
+
+
+def test_libpq_environment_carries_the_password_only_when_there_is_one() -> None:
+    env = Endpoint("127.0.0.1", 6432, "app", "db", "pw").libpq_env()
+    assert (env["PGPORT"], env["PGPASSWORD"], env["PGSSLMODE"]) == ("6432", "pw", "disable")
+    assert "PGPASSWORD" not in Endpoint("127.0.0.1", 1, "u", "d").libpq_env()
+
+
+def test_command_line_lists() -> None:
+    assert _int_list("1000,10_000") == (1000, 10000)
+    assert _sections("agents, exec") == ("agents", "exec")
+    for bad in ("", "0", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _int_list(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown section nope"):
+        _sections("nope")
+
+
+def test_quick_shrinks_what_was_not_given() -> None:
+    cfg = config_from(parser().parse_args(["--quick", "--duration", "2", "--only", "agents"]))
+    assert (cfg.quick, cfg.duration, cfg.agents, cfg.only) == (True, 2.0, (1000,), ("agents",))
+    full = config_from(parser().parse_args([]))
+    assert (full.quick, full.duration, full.agents) == (False, 30.0, (1000, 10000))
