@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 NODE_STAMP := devenv/oidc-provider/node_modules/.package-lock.json
 
-.PHONY: install system-deps oidc-deps demo test lint typecheck protos protos-check unit e2e clean
+.PHONY: install system-deps oidc-deps demo test lint typecheck protos protos-check unit e2e bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy controlplane agent cli wire redact devenv
+
+# Benchmarks, not tests: ratios against baselines measured in the same run (docs/benchmarks.md).
+# Run it on a quiet machine; BENCH_ARGS passes options, e.g. BENCH_ARGS='--quick'.
+bench: install
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 protos: install
 	$(PY) protos/generate.py
