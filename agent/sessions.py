@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -34,6 +35,19 @@ async def serve_session(
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     call = stub.Session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
     session_id = order.session_id
+
+    async def read() -> bytes | pg_relay.Cancel | None:
+        message = await call.read()
+        if not isinstance(message, agent_pb2.GatewayFrame):  # end of stream
+            return None
+        if message.cancel:
+            return pg_relay.CANCEL
+        if message.end:
+            return None
+        return bytes(message.data)
+
+    receive = _Reader(read)
+
     try:
         await call.write(
             agent_pb2.AgentFrame(attach=agent_pb2.SessionAttach(session_id=session_id))
@@ -41,16 +55,6 @@ async def serve_session(
 
         async def send(frame: tunnel_pb2.Frame) -> None:
             await call.write(agent_pb2.AgentFrame(frame=frame))
-
-        async def receive() -> bytes | pg_relay.Cancel | None:
-            message = await call.read()
-            if not isinstance(message, agent_pb2.GatewayFrame):  # end of stream
-                return None
-            if message.cancel:
-                return pg_relay.CANCEL
-            if message.end:
-                return None
-            return bytes(message.data)
 
         if spec is None:
             message = f"the agent has no connection named {order.connection!r}"
@@ -76,6 +80,8 @@ async def serve_session(
     except Exception:
         log.exception("session %s failed", session_id)
         call.cancel()
+    finally:
+        await receive.close()
 
 
 async def _first_bytes(receive: pg_relay.Receive) -> bytes:
@@ -99,3 +105,31 @@ def _refusal(first: bytes, message: str) -> tunnel_pb2.Frame:
         exit_ = term_codec.Exit(255, error=f"gatehouse agent: {message}")
         return tunnel_pb2.Frame(data=term_codec.encode_exit(exit_))
     return pg_relay.error_frame("08001", message)
+
+
+class _Reader:
+    """`receive()` for the engines, safe to cancel.
+
+    Cancelling a coroutine that waits in a grpc.aio `call.read()` cancels the whole RPC, so an
+    engine that stops listening to its client (a command that exited while its input was
+    still being read) would kill the stream before its exit status is sent. One task reads
+    the stream here, a frame ahead at most; engines wait on a future they may cancel freely.
+    """
+
+    def __init__(
+        self, read: Callable[[], Coroutine[Any, Any, bytes | pg_relay.Cancel | None]]
+    ) -> None:
+        self._read = read
+        self._next: asyncio.Task[bytes | pg_relay.Cancel | None] | None = None
+
+    async def __call__(self) -> bytes | pg_relay.Cancel | None:
+        if self._next is None:
+            self._next = asyncio.create_task(self._read())
+        result = await asyncio.shield(self._next)
+        self._next = None
+        return result
+
+    async def close(self) -> None:
+        if self._next is not None and not self._next.done():
+            self._next.cancel()  # the stream is over by now: nothing is lost
+            await asyncio.gather(self._next, return_exceptions=True)
