@@ -104,7 +104,10 @@ class PgInspector:
         self.startup_params: dict[str, str] = {}
         self.statements = 0
         self.denied = 0
-        self.finished = False  # the relay's interface: a PostgreSQL session ends by its client
+        # The relay's interface: a PostgreSQL session ends with its client's stream.
+        self.finished = False
+        self.drain_timeout: float | None = 30.0
+        self.end_on_client_eof = True
 
     # ---- client → target ------------------------------------------------------------------
 

@@ -437,6 +437,11 @@ class Inspector(Protocol):
     session: SessionContext
     statements: int
     finished: bool  # it answered the client with a last message of its own
+    # After the client stops sending: how long the target's answers are awaited (None: until
+    # it ends), and whether the agent is told the session is over (PostgreSQL: yes; a
+    # command: no, it runs to its exit, which the client is still waiting for).
+    drain_timeout: float | None
+    end_on_client_eof: bool
 
     @property
     def incomplete(self) -> bool: ...
@@ -465,9 +470,10 @@ async def _relay(context: Context, tunnel: Tunnel, inspector: Inspector, audit: 
     downstream = asyncio.create_task(_agent_to_client(context, tunnel, inspector))
     done, pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
     if upstream in done and upstream.exception() is None:
-        # The client finished sending; let the target's last answers through.
+        # The client finished sending; let the target's last answers through. A command runs
+        # on after its input ended (`cmd < /dev/null`) for as long as it likes.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(downstream), 30)
+            await asyncio.wait_for(asyncio.shield(downstream), inspector.drain_timeout)
     elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
         # The client writer sends the FATAL itself: one writer per call, never two at once.
         with contextlib.suppress(TimeoutError):
@@ -516,7 +522,8 @@ async def _client_to_agent(
             for start in range(0, len(forward), FORWARD_CHUNK):
                 await tunnel.to_agent.put(forward[start : start + FORWARD_CHUNK])
     finally:
-        await tunnel.to_agent.put(None)
+        if inspector.end_on_client_eof:
+            await tunnel.to_agent.put(None)
 
 
 async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:

@@ -71,6 +71,9 @@ class TermInspector:
         self._exit_seen = False
         self._resulted = False
         self.finished = False  # our own exit was handed to the client: the session is over
+        # The client's stream ending is not the command's end: it runs to its exit.
+        self.drain_timeout: float | None = None
+        self.end_on_client_eof = False
         self.statements = 0
         self.bytes_in = self.bytes_out = self.bytes_err = 0
 
