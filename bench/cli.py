@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             "config": cfg.as_json(),
             "sections": run_sections(cfg),
         }
+        document["machine"]["disk_sync_ms_end"] = report.sync_latency_ms(
+            Path(tempfile.gettempdir())
+        )
         if args.merge:
             document = report.merge(previous, document)
         report.write_json(document, args.results)

@@ -13,6 +13,8 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,22 @@ def _memory_gib() -> float | None:
     return None
 
 
+def sync_latency_ms(directory: Path, rounds: int = 100) -> dict[str, float]:
+    """fdatasync after a 4 KiB append, as SQLite's WAL does on every commit: the floor under
+    a strict audit commit. On shared or virtual disks it moves with the neighbours, so it is
+    taken at the start and at the end of a run."""
+    from bench.stats import percentile
+
+    samples = []
+    with tempfile.NamedTemporaryFile(dir=directory, prefix="sync-probe-") as handle:
+        for _ in range(rounds):
+            os.write(handle.fileno(), b"\0" * 4096)
+            started = time.perf_counter()
+            os.fdatasync(handle.fileno())
+            samples.append((time.perf_counter() - started) * 1000)
+    return {"p50": round(percentile(samples, 50), 3), "p90": round(percentile(samples, 90), 3)}
+
+
 def machine_info(repo: Path) -> dict[str, Any]:
     """What the numbers depend on, recorded with them."""
     from bench.pgbench import find_pgbench
@@ -82,6 +100,7 @@ def machine_info(repo: Path) -> dict[str, Any]:
         "pgbouncer": (_command(["pgbouncer", "--version"]) or "").split("\n")[0] or None,
         "git_commit": commit,
         "git_dirty": bool(dirty),
+        "disk_sync_ms_start": sync_latency_ms(Path(tempfile.gettempdir())),
     }
 
 
@@ -138,6 +157,8 @@ def render(document: Mapping[str, Any], chart: str | None = None) -> str:
         f"Python {machine.get('python', '?')}, grpcio {machine.get('grpcio', '?')}, "
         f"{machine.get('postgresql') or 'PostgreSQL ?'}, {machine.get('pgbouncer') or ''}.",
         "",
+        _sync_line(machine),
+        "",
         f"Settings: `{json.dumps(config, separators=(', ', ': '))}`",
         "",
         "### Targets",
@@ -179,6 +200,19 @@ def render(document: Mapping[str, Any], chart: str | None = None) -> str:
                 out += ["", f"_{table['note']}_"]
             out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _sync_line(machine: Mapping[str, Any]) -> str:
+    parts = []
+    for when in ("start", "end"):
+        found = machine.get(f"disk_sync_ms_{when}")
+        if found:
+            parts.append(f"{found['p50']:.2f} ms p50 / {found['p90']:.2f} ms p90 at the {when}")
+    if not parts:
+        return "Disk sync latency (4 KiB append + fdatasync) was not measured."
+    return "Disk sync latency (4 KiB append + fdatasync, what each SQLite commit waits for): " + (
+        "; ".join(parts) + "."
+    )
 
 
 def update_docs(path: Path, generated: str) -> None:
