@@ -123,9 +123,10 @@ async def _run_command(opened: Opened, args: list[str], command: str | None, no_
 
     start = Start(argv=tuple(args)) if args else Start(command=command)
     source = None if no_stdin else term.read_fd(0)
+    streams = term.StdStreams()
     async with term.TermSession(opened) as session:
-        exit_ = await term.relay(session, start, source, term.StdStreams())
-    return term.exit_status(exit_)
+        exit_ = await term.relay(session, start, source, streams)
+    return term.exit_status(exit_, streams.said)
 
 
 def _notices(exc: CliError) -> list[Any]:

@@ -25,7 +25,7 @@ from cli.errors import USAGE, CliError
 from cli.options import ControlplaneOpt, call
 
 if TYPE_CHECKING:
-    from cli.term import TermSession
+    from cli.term import Output, TermSession
     from wire.term.codec import Exit
 
 
@@ -75,19 +75,20 @@ def ssh(
                 f"`gatehouse connect {connection}` with its own client, or `gatehouse exec`",
                 USAGE,
             )
+        streams = term.StdStreams()
         async with term.TermSession(opened) as session:
             if not interactive:
                 typer.echo("gatehouse: stdin is not a terminal; running without one", err=True)
                 start = Start(argv=tuple(args or ()))
-                exit_ = await term.relay(session, start, term.read_fd(0), term.StdStreams())
+                exit_ = await term.relay(session, start, term.read_fd(0), streams)
             else:
-                exit_ = await _interactive(session, tuple(args or ()))
-        return term.exit_status(exit_)
+                exit_ = await _interactive(session, tuple(args or ()), streams)
+        return term.exit_status(exit_, streams.said)
 
     raise typer.Exit(call(address, work))
 
 
-async def _interactive(session: TermSession, argv: tuple[str, ...]) -> Exit:
+async def _interactive(session: TermSession, argv: tuple[str, ...], output: Output) -> Exit:
     """Raw mode, resize forwarding and the relay; SIGTERM or SIGHUP end the session with the
     terminal restored."""
     from cli import term
@@ -103,16 +104,18 @@ async def _interactive(session: TermSession, argv: tuple[str, ...]) -> Exit:
         stopped.append(signum)
         task.cancel()
 
+    def resized() -> None:
+        with contextlib.suppress(term.SessionClosed):
+            session.window(*terminal_size())
+
     handlers: dict[int, Callable[[], None]] = {
-        signal.SIGWINCH: lambda: session.window(*terminal_size()),
+        signal.SIGWINCH: resized,
         signal.SIGTERM: lambda: stop(signal.SIGTERM),
         signal.SIGHUP: lambda: stop(signal.SIGHUP),
     }
     try:
         with raw_terminal(0), _signal_handlers(handlers):
-            return await term.relay(
-                session, Start(argv=argv, pty=pty), term.read_fd(0), term.StdStreams()
-            )
+            return await term.relay(session, Start(argv=argv, pty=pty), term.read_fd(0), output)
     except asyncio.CancelledError:
         if not stopped:
             raise

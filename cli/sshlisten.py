@@ -35,7 +35,7 @@ import typer
 from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.session import open_session, review_log
-from cli.term import HIGH_WATER, SessionClosed, TermSession, relay
+from cli.term import HIGH_WATER, SAID_TAIL, SessionClosed, TermSession, relay
 from wire.term import codec
 
 log = logging.getLogger("gatehouse.connect")
@@ -244,7 +244,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         await self._writable.wait()
         assert self._chan is not None
         self._chan.write_stderr(data)
-        self._said = (self._said + data)[-4096:]
+        self._said = (self._said + data)[-SAID_TAIL:]
 
     async def _input(self) -> AsyncIterator[bytes]:
         while (data := await self._inbox.get()) is not None:
@@ -303,7 +303,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             return
         finally:
             self._term = None
-        if exit_.error and exit_.error.encode() not in self._said:
+        if exit_.error and not self._said.rstrip().endswith(exit_.error.encode()):
             self._say(exit_.error)
         assert self._chan is not None
         if exit_.signal:

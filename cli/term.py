@@ -39,6 +39,8 @@ FRAME_LIMIT = 1024 * 1024
 """At most this much is joined into one gRPC message."""
 HIGH_WATER = 512 * 1024
 """Input waits while this much is queued and not yet written."""
+SAID_TAIL = 4096
+"""Bytes of stderr kept to tell whether an exit's error was printed already."""
 CLOSE_WAIT = 5.0
 """Seconds to wait for the control plane to end the stream after the exit status."""
 
@@ -214,11 +216,17 @@ class StdStreams:
     reader sees output as the command prints it. A write that blocks on a slow reader holds
     the session back, which is the back-pressure a pipe wants."""
 
+    def __init__(self) -> None:
+        self.said = b""
+        """The end of what went to stderr: a refusal the gateway already printed there is
+        not repeated by `exit_status`."""
+
     async def stdout(self, data: bytes) -> None:
         _write(sys.stdout.buffer, data)
 
     async def stderr(self, data: bytes) -> None:
         _write(sys.stderr.buffer, data)
+        self.said = (self.said + data)[-SAID_TAIL:]
 
 
 def _write(stream: BinaryIO, data: bytes) -> None:
@@ -226,12 +234,14 @@ def _write(stream: BinaryIO, data: bytes) -> None:
     stream.flush()
 
 
-def exit_status(exit_: codec.Exit) -> int:
-    """The status this process exits with: the command's; when the gateway or agent ended or
-    refused it, its reason goes to stderr and the status is never 0."""
+def exit_status(exit_: codec.Exit, said: bytes = b"") -> int:
+    """The status this process exits with: the command's. When the gateway or the agent
+    ended or refused it, its reason goes to stderr (unless `said` ends with it already) and
+    the status is never 0."""
     if exit_.error:
-        sys.stderr.write(f"error: {exit_.error}\n")
-        sys.stderr.flush()
+        if not said.rstrip().endswith(exit_.error.encode()):
+            sys.stderr.write(f"error: {exit_.error}\n")
+            sys.stderr.flush()
         return exit_.status or 1
     return exit_.status
 

@@ -197,6 +197,21 @@ def test_exit_status_reports_the_gateways_reason(capsys: pytest.CaptureFixture[s
     ]
 
 
+def test_a_reason_already_printed_on_stderr_is_not_repeated(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    refused = codec.Exit(126, error="denied by guardrail no-rm")
+    assert term.exit_status(refused, said=b"...\ndenied by guardrail no-rm\n") == 126
+    assert capsys.readouterr().err == ""
+
+
+async def test_std_streams_remember_the_end_of_stderr() -> None:
+    streams = term.StdStreams()
+    await streams.stderr(b"x" * term.SAID_TAIL + b"last words\n")
+    assert streams.said.endswith(b"last words\n")
+    assert len(streams.said) == term.SAID_TAIL
+
+
 async def test_read_fd_streams_a_pipe_as_data_arrives() -> None:
     read_end, write_end = os.pipe()
     received: list[bytes] = []

@@ -1,0 +1,420 @@
+"""The CLI's side of ssh and shell connections, end to end: `gatehouse exec -- CMD`,
+`gatehouse ssh`, native ssh/scp/sftp through `gatehouse connect`, and replay, against a real
+sshd through a real control plane and agent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from devenv.postgres import PostgresServer
+from devenv.sshd import Sshd
+from devenv.stack import GATEHOUSE, REPO, Connect, free_port
+from tests.e2e.conftest import AGENT, Stack, start_stack
+
+POLICY = """\
+connections:
+  - name: pg
+    type: postgres
+    agent: {agent}
+    target: {{host: 127.0.0.1, port: {pg_port}, database: app, user: app, sslmode: disable}}
+    secret: {{password: env:PG_PASSWORD}}
+  - name: web-1
+    type: ssh
+    agent: {agent}
+    target: {{host: 127.0.0.1, port: {port}, user: {user}, known_hosts: '{known_hosts}'}}
+    secret: {{private_key: 'file:{key}'}}
+    guardrails: [no-rm-root]
+  - name: ops
+    type: shell
+    agent: {agent}
+    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
+guardrails:
+  - name: no-rm-root
+    deny_commands: ['rm -rf /*']
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pg: PostgresServer, sshd: Sshd
+) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("ssh-stack")
+    started = start_stack(base, pg)
+    policy = POLICY.format(
+        agent=AGENT,
+        pg_port=pg.port,
+        port=sshd.port,
+        user=sshd.user,
+        known_hosts=sshd.host_key_line,
+        key=sshd.client_key,
+        workdir=base,
+    )
+    applied = started.apply(policy)
+    assert applied.returncode == 0, applied.stderr
+    yield started
+    started.stop()
+
+
+def env(stack: Stack, **extra: str) -> dict[str, str]:
+    return {**os.environ, **stack.controlplane.cli_env, **extra}
+
+
+def run(
+    stack: Stack, args: list[str], stdin: bytes = b"", timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*GATEHOUSE, *args],
+        input=stdin,
+        capture_output=True,
+        env=env(stack),
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- gatehouse exec NAME -- CMD ---------------------------------------------------------------
+
+
+def test_exec_keeps_stdout_and_stderr_apart_and_returns_the_exit_status(stack: Stack) -> None:
+    result = run(stack, ["exec", "web-1", "--", "echo out; echo err >&2; exit 3"])
+    assert result.returncode == 3, result.stderr
+    assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
+
+
+def test_exec_words_are_joined_as_ssh_joins_them(stack: Stack) -> None:
+    result = run(stack, ["exec", "web-1", "--", "echo", "a", "b"])
+    assert (result.returncode, result.stdout) == (0, b"a b\n")
+
+
+def test_exec_dash_c_is_a_command_line_on_ssh(stack: Stack) -> None:
+    result = run(stack, ["exec", "web-1", "-c", "printf '%s-' x y"])
+    assert (result.returncode, result.stdout) == (0, b"x-y-")
+
+
+def test_exec_streams_stdin_through_binary_safe(stack: Stack) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    result = run(stack, ["exec", "web-1", "--", "sha256sum"], stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    echoed = run(stack, ["exec", "web-1", "--", "cat"], stdin=data)
+    assert echoed.stdout == data
+
+
+def test_tar_through_a_pipe(stack: Stack, tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dest"
+    (source / "sub").mkdir(parents=True)
+    target.mkdir()
+    (source / "a.txt").write_text("alpha\n")
+    (source / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    command = (
+        f"tar c -C {shlex.quote(str(source))} . | "
+        f"{shlex.join(GATEHOUSE)} exec web-1 -- tar x -C {shlex.quote(str(target))}"
+    )
+    done = subprocess.run(
+        command, shell=True, capture_output=True, env=env(stack), cwd=REPO, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (target / "a.txt").read_text() == "alpha\n"
+    assert sha256(target / "sub" / "b.bin") == sha256(source / "sub" / "b.bin")
+
+
+def test_exec_does_not_wait_for_stdin_the_command_never_reads(stack: Stack) -> None:
+    with subprocess.Popen(
+        [*GATEHOUSE, "exec", "web-1", "--", "echo", "done"],
+        stdin=subprocess.PIPE,  # left open, as a terminal nobody types into
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(stack),
+        cwd=REPO,
+    ) as process:
+        out, err = _wait_open_stdin(process)
+    assert process.returncode == 0, err
+    assert out == b"done\n"
+
+
+def _wait_open_stdin(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    assert process.stdout is not None and process.stderr is not None
+    process.wait(timeout=30)
+    return process.stdout.read(), process.stderr.read()
+
+
+def test_no_stdin_sends_end_of_file_at_once(stack: Stack) -> None:
+    with subprocess.Popen(
+        [*GATEHOUSE, "exec", "web-1", "-n", "--", "cat; echo eof-seen"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(stack),
+        cwd=REPO,
+    ) as process:
+        out, err = _wait_open_stdin(process)
+    assert process.returncode == 0, err
+    assert out == b"eof-seen\n"
+
+
+def test_shell_connection_runs_argv_with_its_environment(stack: Stack) -> None:
+    result = run(stack, ["exec", "ops", "--", "sh", "-c", 'echo "$GREETING"; exit 4'])
+    assert result.returncode == 4, result.stderr
+    assert result.stdout == b"hello\n"
+
+
+def test_a_denied_command_exits_126_saying_why_once(stack: Stack) -> None:
+    result = run(stack, ["exec", "web-1", "--", "rm", "-rf", "/nothing-here"])
+    assert result.returncode == 126
+    assert result.stderr.count(b"no-rm-root") == 1, result.stderr
+    assert result.stdout == b""
+
+
+def test_argv_on_a_database_connection_says_to_use_dash_c(stack: Stack) -> None:
+    result = run(stack, ["exec", "pg", "--", "ls"])
+    assert result.returncode == 2
+    assert b"-c" in result.stderr and b"pg is a postgres connection" in result.stderr
+
+
+def test_exec_needs_something_to_run(stack: Stack) -> None:
+    result = run(stack, ["exec", "web-1"])
+    assert result.returncode == 2
+    assert b"nothing to run" in result.stderr
+
+
+def test_unknown_connection_is_refused_with_its_reason(stack: Stack) -> None:
+    result = run(stack, ["exec", "nope", "--", "true"])
+    assert result.returncode == 1
+    assert b"nope" in result.stderr
+
+
+# ---- gatehouse ssh NAME --------------------------------------------------------------------------
+
+
+def spawn_ssh(stack: Stack, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        GATEHOUSE[0],
+        [*GATEHOUSE[1:], "ssh", "web-1", *args],
+        env=env(stack, TERM="xterm"),
+        cwd=str(REPO),
+        dimensions=(24, 80),
+        timeout=20,
+    )
+
+
+def test_interactive_session_resize_ctrl_c_exit_status_and_replay(
+    stack: Stack, tmp_path: Path
+) -> None:
+    child = spawn_ssh(stack)
+    try:
+        child.sendline("echo hi-$((40+2))")
+        child.expect("hi-42")
+        child.setwinsize(33, 101)
+        child.sendline("stty size")
+        child.expect("33 101")
+        child.sendline("sleep 30")
+        time.sleep(1)
+        child.sendcontrol("c")
+        started = time.monotonic()
+        child.sendline("echo after-$((2+2))")
+        child.expect("after-4", timeout=10)
+        assert time.monotonic() - started < 10, "Ctrl-C interrupted the sleep"
+        child.sendline("exit 3")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 3
+
+    listed = run(stack, ["sessions", "list", "--connection", "web-1", "-o", "json"])
+    recorded = [s for s in json.loads(listed.stdout) if s["recorded"] and s["mode"] == "connect"]
+    session_id = recorded[0]["id"]
+    played = run(stack, ["sessions", "replay", session_id, "--instant"])
+    assert played.returncode == 0, played.stderr
+    assert b"hi-42" in played.stdout and b"after-4" in played.stdout
+
+    cast = tmp_path / "session.cast"
+    written = run(stack, ["sessions", "replay", session_id, "--output", str(cast)])
+    assert written.returncode == 0, written.stderr
+    lines = cast.read_bytes().splitlines()
+    assert json.loads(lines[0])["version"] == 2
+    assert any(json.loads(line)[1] == "o" and "hi-42" in json.loads(line)[2] for line in lines[1:])
+    to_stdout = run(stack, ["sessions", "replay", session_id, "--output", "-"])
+    assert to_stdout.stdout == cast.read_bytes()
+
+
+def test_ssh_runs_a_command_with_a_terminal(stack: Stack) -> None:
+    child = spawn_ssh(stack, "--", "tty; exit 7")
+    try:
+        child.expect("/dev/pts/")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 7
+
+
+def test_ssh_without_a_terminal_says_so(stack: Stack) -> None:
+    result = run(stack, ["ssh", "web-1"])
+    assert result.returncode == 2
+    assert b"stdin is not a terminal" in result.stderr
+
+
+def test_replay_of_a_database_session_prints_its_statements(stack: Stack) -> None:
+    tag = f"m{uuid.uuid4().hex[:8]}"
+    result = run(stack, ["exec", "pg", "-c", f"select '{tag}' as tag", "-o", "json"])
+    assert result.returncode == 0, result.stderr
+    session_id = json.loads(result.stdout)["session_id"]
+    played = run(stack, ["sessions", "replay", session_id])
+    assert played.returncode == 0, played.stderr
+    assert f"select '{tag}' as tag".encode() in played.stdout
+    assert "→ SELECT, 1 rows".encode() in played.stdout
+
+
+# ---- native ssh, scp and sftp through gatehouse connect ------------------------------------------
+
+
+class Native:
+    """`gatehouse connect web-1` and the options a native client needs to pin and log in."""
+
+    def __init__(self, stack: Stack, base: Path) -> None:
+        self.base = base
+        self.config = base / "config"
+        self.key = base / "id_ed25519"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True
+        )
+        self.listener = Connect(
+            args=[
+                "connect",
+                "web-1",
+                "--port",
+                str(port := free_port()),
+                "--authorized-keys",
+                f"{self.key}.pub",
+            ],
+            log_file=base / "connect-web-1.log",
+            env={**stack.controlplane.cli_env, "XDG_CONFIG_HOME": str(self.config)},
+            port=port,
+        )
+        self.listener.start_and_wait()
+        host_key = self.config / "gatehouse" / "ssh_host_ed25519_key"
+        public = subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(host_key)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        self.known_hosts = base / "known_hosts"
+        self.known_hosts.write_text(f"gatehouse-web-1 {public}\n")
+
+    def options(self, key: Path | None = None) -> list[str]:
+        return [
+            "-i",
+            str(key or self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "HostKeyAlias=gatehouse-web-1",
+            "-F",
+            "/dev/null",
+        ]
+
+    def ssh(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        command = ["ssh", "-p", str(self.listener.port), *self.options(), "localhost", *args]
+        return subprocess.run(command, input=stdin, capture_output=True, timeout=60, check=False)
+
+    def scp(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        command = ["scp", "-P", str(self.listener.port), *self.options(), *args]
+        return subprocess.run(command, capture_output=True, timeout=120, check=False)
+
+    def sftp(self, batch: str) -> subprocess.CompletedProcess[bytes]:
+        script = self.base / "batch"
+        script.write_text(batch)
+        command = ["sftp", "-P", str(self.listener.port), *self.options(), "-b", str(script)]
+        return subprocess.run(
+            [*command, "localhost"], capture_output=True, timeout=120, check=False
+        )
+
+
+@pytest.fixture(scope="module")
+def native(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Native]:
+    client = Native(stack, tmp_path_factory.mktemp("native"))
+    yield client
+    client.listener.stop()
+
+
+def test_native_ssh_runs_a_command_and_returns_its_status(native: Native) -> None:
+    result = native.ssh("echo $((6*7)); echo oops >&2; exit 5")
+    assert result.returncode == 5, result.stderr
+    assert result.stdout == b"42\n"
+    assert b"oops\n" in result.stderr
+    log = native.listener.log()
+    assert "exec 'echo $((6*7)); echo oops >&2; exit 5' → session" in log
+
+
+def test_native_ssh_streams_stdin(native: Native) -> None:
+    data = os.urandom(1024 * 1024)
+    result = native.ssh("sha256sum", stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("protocol", [[], ["-O"]], ids=["sftp-based", "legacy-scp"])
+def test_scp_copies_both_ways_intact(native: Native, tmp_path: Path, protocol: list[str]) -> None:
+    source = tmp_path / "payload.bin"
+    source.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
+    remote = tmp_path / "on-target.bin"
+    sent = native.scp(*protocol, str(source), f"localhost:{remote}")
+    assert sent.returncode == 0, sent.stderr
+    on_target = native.ssh(f"sha256sum {shlex.quote(str(remote))}")
+    assert on_target.stdout.split()[0].decode() == sha256(source)
+    back = tmp_path / "back.bin"
+    fetched = native.scp(*protocol, f"localhost:{remote}", str(back))
+    assert fetched.returncode == 0, fetched.stderr
+    assert sha256(back) == sha256(source)
+
+
+def test_sftp_put_and_get(native: Native, tmp_path: Path) -> None:
+    source = tmp_path / "up.bin"
+    source.write_bytes(os.urandom(2 * 1024 * 1024))
+    remote, back = tmp_path / "remote.bin", tmp_path / "down.bin"
+    result = native.sftp(f"put {source} {remote}\nget {remote} {back}\n")
+    assert result.returncode == 0, result.stderr
+    assert sha256(back) == sha256(source) == sha256(remote)
+    assert "subsystem sftp → session" in native.listener.log()
+
+
+def test_port_forwarding_is_refused(native: Native) -> None:
+    result = native.ssh("-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", "true")
+    assert result.returncode == 255
+    assert b"forwarding failed" in result.stderr
+
+
+def test_a_key_not_listed_cannot_log_in(native: Native, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    command = ["ssh", "-p", str(native.listener.port), *native.options(other), "localhost", "true"]
+    result = subprocess.run(command, capture_output=True, timeout=30, check=False)
+    assert result.returncode == 255
+    assert b"Permission denied" in result.stderr
+
+
+def test_connect_refuses_to_start_without_keys(stack: Stack, tmp_path: Path) -> None:
+    empty = tmp_path / "keys"
+    empty.write_text("# nobody\n")
+    result = run(stack, ["connect", "web-1", "--port", "0", "--authorized-keys", str(empty)])
+    assert result.returncode == 2
+    assert b"no public key" in result.stderr
