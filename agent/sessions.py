@@ -24,6 +24,8 @@ TERM_ENGINES = {"ssh": term_ssh.run, "shell": term_shell.run}
 """Connection types whose sessions carry the terminal stream (wire/term/codec.py)."""
 FIRST_BYTES_TIMEOUT = 10.0
 """How long a session for an unknown connection waits to learn the client's protocol."""
+CLOSE_GRACE = 5.0
+"""How long a session that ended waits for the control plane to end the stream."""
 
 
 async def serve_session(
@@ -81,7 +83,7 @@ async def serve_session(
         log.exception("session %s failed", session_id)
         call.cancel()
     finally:
-        await receive.close()
+        await receive.close(CLOSE_GRACE)
 
 
 async def _first_bytes(receive: pg_relay.Receive) -> bytes:
@@ -129,7 +131,15 @@ class _Reader:
         self._next = None
         return result
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop reading, once the control plane ended the stream or `grace` seconds passed
+        (what it still sends meanwhile is dropped). Cancelling the call sooner, by cancelling
+        a read or by dropping the call, could take frames it has not read yet with it: the
+        last of them is the session's exit or final answer."""
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+            async with asyncio.timeout(grace):
+                while await self() is not None:
+                    pass
         if self._next is not None and not self._next.done():
-            self._next.cancel()  # the stream is over by now: nothing is lost
+            self._next.cancel()
             await asyncio.gather(self._next, return_exceptions=True)
