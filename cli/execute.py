@@ -21,6 +21,7 @@ from cli.output import Format, emit, emit_json
 
 if TYPE_CHECKING:
     from cli.session import Opened
+    from wire.term.codec import Start
 
 
 def exec_(
@@ -119,14 +120,22 @@ def exec_(
 
 async def _run_command(opened: Opened, args: list[str], command: str | None, no_stdin: bool) -> int:
     from cli import term
-    from wire.term.codec import Start
 
-    start = Start(argv=tuple(args)) if args else Start(command=command)
+    start = command_start(args, command)
     source = None if no_stdin else term.read_fd(0)
     streams = term.StdStreams()
     async with term.TermSession(opened) as session:
         exit_ = await term.relay(session, start, source, streams)
     return term.exit_status(exit_, streams.said)
+
+
+def command_start(args: list[str], command: str | None) -> Start:
+    """What an ssh or shell connection runs: the words after `--` as an argv (ssh joins them
+    with spaces, as `ssh host cmd args` does; shell runs them without a shell), or the `-c`
+    text verbatim, as a remote shell reads it."""
+    from wire.term.codec import Start
+
+    return Start(argv=tuple(args)) if args else Start(command=command)
 
 
 def _notices(exc: CliError) -> list[Any]:
