@@ -134,38 +134,31 @@ def test_tar_through_a_pipe(stack: Stack, tmp_path: Path) -> None:
     assert sha256(target / "sub" / "b.bin") == sha256(source / "sub" / "b.bin")
 
 
-def test_exec_does_not_wait_for_stdin_the_command_never_reads(stack: Stack) -> None:
+def run_with_open_stdin(stack: Stack, args: list[str]) -> tuple[int, bytes, bytes]:
+    """Run the CLI with a stdin that never ends, as a terminal nobody types into."""
     with subprocess.Popen(
-        [*GATEHOUSE, "exec", "web-1", "--", "echo", "done"],
-        stdin=subprocess.PIPE,  # left open, as a terminal nobody types into
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env(stack),
-        cwd=REPO,
-    ) as process:
-        out, err = _wait_open_stdin(process)
-    assert process.returncode == 0, err
-    assert out == b"done\n"
-
-
-def _wait_open_stdin(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    assert process.stdout is not None and process.stderr is not None
-    process.wait(timeout=30)
-    return process.stdout.read(), process.stderr.read()
-
-
-def test_no_stdin_sends_end_of_file_at_once(stack: Stack) -> None:
-    with subprocess.Popen(
-        [*GATEHOUSE, "exec", "web-1", "-n", "--", "cat; echo eof-seen"],
+        [*GATEHOUSE, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env(stack),
         cwd=REPO,
     ) as process:
-        out, err = _wait_open_stdin(process)
-    assert process.returncode == 0, err
-    assert out == b"eof-seen\n"
+        assert process.stdout is not None and process.stderr is not None
+        status = process.wait(timeout=30)
+        return status, process.stdout.read(), process.stderr.read()
+
+
+def test_exec_does_not_wait_for_stdin_the_command_never_reads(stack: Stack) -> None:
+    status, out, err = run_with_open_stdin(stack, ["exec", "web-1", "--", "echo", "done"])
+    assert (status, out) == (0, b"done\n"), err
+
+
+def test_no_stdin_sends_end_of_file_at_once(stack: Stack) -> None:
+    status, out, err = run_with_open_stdin(
+        stack, ["exec", "web-1", "-n", "--", "cat; echo eof-seen"]
+    )
+    assert (status, out) == (0, b"eof-seen\n"), err
 
 
 def test_shell_connection_runs_argv_with_its_environment(stack: Stack) -> None:
