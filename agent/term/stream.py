@@ -137,6 +137,7 @@ class ClientStream:
 
 
 async def send_exit(send: SendFrame, exit_: codec.Exit) -> None:
+    """The session's last message: how the command ended, or why it never ran."""
     await send(tunnel_pb2.Frame(data=codec.encode_exit(exit_)))
 
 
