@@ -25,9 +25,8 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any, BinaryIO
+from typing import IO, Annotated, Any, BinaryIO, NamedTuple
 
 import typer
 
@@ -38,15 +37,13 @@ DEFAULT_IDLE_LIMIT = 2.0
 """Longest pause played, in recorded seconds, unless --idle-limit or the header says."""
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     width: int
     height: int
     idle_time_limit: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
+class Fetched(NamedTuple):
     """A recording that matched its digest."""
 
     sha256: str
