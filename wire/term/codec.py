@@ -32,6 +32,7 @@ __all__ = [
     "INPUT",
     "MAX_BODY",
     "SIGNAL",
+    "SIGNALS",
     "START",
     "STDERR",
     "STDOUT",
@@ -47,6 +48,7 @@ __all__ = [
     "encode_start",
     "encode_window",
     "parse_exit",
+    "parse_signal",
     "parse_start",
     "parse_window",
 ]
@@ -57,6 +59,7 @@ CLIENT_TAGS = frozenset({START, INPUT, EOF, WINDOW, SIGNAL})
 TARGET_TAGS = frozenset({STDOUT, STDERR, EXIT})
 MAX_BODY = 4 * 1024 * 1024
 """Longest body accepted; senders cut their data into much smaller pieces (64 KiB)."""
+DEFAULT_TERM = "xterm-256color"
 SIGNALS = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2", "WINCH"})
 
 _HEADER = struct.Struct("!BI")
@@ -71,7 +74,7 @@ class ProtocolError(Exception):
 class Pty:
     """The client's terminal: a command started with one gets a pseudo-terminal."""
 
-    term: str = "xterm-256color"
+    term: str = DEFAULT_TERM
     cols: int = 80
     rows: int = 24
 
@@ -164,7 +167,7 @@ def parse_start(body: bytes | memoryview) -> Start:
     if (raw := document.get("pty")) is not None:
         if not isinstance(raw, dict):
             raise ProtocolError("start: pty must be an object")
-        term, cols, rows = raw.get("term", "xterm"), raw.get("cols", 80), raw.get("rows", 24)
+        term, cols, rows = raw.get("term", DEFAULT_TERM), raw.get("cols", 80), raw.get("rows", 24)
         if not isinstance(term, str) or not all(_is_size(v) for v in (cols, rows)):
             raise ProtocolError("start: pty needs a term name and sizes from 1 to 65535")
         pty = Pty(term, cols, rows)
@@ -224,6 +227,8 @@ class TermFramer:
     def feed(self, data: bytes | memoryview) -> list[Message]:
         if self._buffer:
             self._buffer += data
+            if len(self._buffer) < self._needed():
+                return []  # a long message arriving in pieces: no copy until it is whole
             view = memoryview(bytes(self._buffer))
             self._buffer.clear()
         else:
@@ -244,6 +249,15 @@ class TermFramer:
         if offset < size:
             self._buffer += view[offset:]
         return messages
+
+    def _needed(self) -> int:
+        """Bytes the buffered message needs in all (its header's claim, once known)."""
+        if len(self._buffer) < _HEADER.size:
+            return _HEADER.size
+        tag, length = _HEADER.unpack_from(self._buffer)
+        if tag not in self._tags or length > MAX_BODY:
+            return 0  # let feed() report it
+        return _HEADER.size + int(length)
 
 
 def _tag_name(tag: int) -> str:

@@ -153,7 +153,7 @@ def test_malformed_exit_is_refused(body: bytes, problem: str) -> None:
 
 def test_start_defaults_fill_a_sparse_pty() -> None:
     start = codec.parse_start(json.dumps({"pty": {}}).encode())
-    assert start.pty == codec.Pty("xterm", 80, 24)
+    assert start.pty == codec.Pty()  # the same defaults as a Pty built in code
     assert start.interactive
 
 
