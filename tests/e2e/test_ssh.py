@@ -358,6 +358,21 @@ def test_native_ssh_runs_a_command_and_returns_its_status(native: Native) -> Non
     assert "exec 'echo $((6*7)); echo oops >&2; exit 5' → session" in log
 
 
+def test_native_ssh_terminal_session(native: Native) -> None:
+    command = ["-p", str(native.listener.port), *native.options(), "-tt", "localhost"]
+    child = pexpect.spawn("ssh", command, dimensions=(30, 90), timeout=20)
+    try:
+        child.sendline("stty size; echo hi-$((1+1))")
+        child.expect("30 90")
+        child.expect("hi-2")
+        child.sendline("exit 4")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 4
+    assert "shell with a terminal → session" in native.listener.log()
+
+
 def test_native_ssh_streams_stdin(native: Native) -> None:
     data = os.urandom(1024 * 1024)
     result = native.ssh("sha256sum", stdin=data)
