@@ -7,8 +7,9 @@ iterator of bytes: stdin, or an SSH channel) and where output goes (`Output`); `
 both ways and returns the command's `Exit`.
 
 Writes go through one task that joins whatever is queued into one gRPC message (few, large
-messages: DESIGN §2); input waits while too much is queued (back-pressure), while window
-changes and signals never wait, so a resize or Ctrl-C is not stuck behind a large upload.
+messages: DESIGN §2). Input waits while HIGH_WATER bytes are queued (back-pressure); window
+changes and signals are queued without waiting, from signal handlers and SSH callbacks, so
+at most HIGH_WATER of input is ever ahead of them.
 """
 
 from __future__ import annotations
