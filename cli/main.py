@@ -3,7 +3,13 @@ an AI agent calls again and again — does not pay for the control plane's impor
 
 from __future__ import annotations
 
+import os
 import sys
+
+# gRPC's fork handlers run in a child forked while gRPC threads work, and crash it now and
+# then (SIGSEGV before exec). The agent forks for `shell` commands (uvloop's spawn is a real
+# fork); nothing here needs gRPC in a child. Set before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import typer
 
