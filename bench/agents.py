@@ -42,6 +42,7 @@ AGENTS_PER_PROCESS = 2500
 PER_CHANNEL = 100
 GIB = 1024 * MIB
 HEARTBEAT_INTERVAL = 10.0  # the control plane's default (Settings.heartbeat_interval)
+CONNECT_RATE_FLOOR = 40  # agents/s on average: slower, and the connect phase counts as failed
 
 
 def enroll_directly(data_dir: Path, count: int, seed: str) -> None:
@@ -195,7 +196,48 @@ def idle_cpu(pid: int, seconds: float) -> float:
     return window.stop()["controlplane"]
 
 
-def measure(cfg: Config, res: Resources, count: int) -> dict[str, Any]:
+def connect_all(fleet: Fleet, pid: int, found: dict[str, Any]) -> None:
+    """Wait until every agent is connected, sampling progress every 5 s; on a timeout the
+    shortfall is recorded (`connect_error`) and measuring goes on with those connected.
+
+    The timeout allows CONNECT_RATE_FLOOR agents per second on average: a control plane that
+    cannot take its fleet back faster than that after a restart does not hold that fleet."""
+    timeout = max(120.0, fleet.count / CONNECT_RATE_FLOOR)
+    timeline: list[dict[str, float]] = found.setdefault("connect_timeline", [])
+    started = time.monotonic()
+    cpu_start = last_cpu = cpu_seconds(pid) or 0.0
+    last = started
+    while fleet.total("connected") < fleet.count:
+        now = time.monotonic()
+        if now - last >= 5.0:
+            cpu = cpu_seconds(pid) or 0.0
+            timeline.append(
+                {
+                    "t": round(now - started, 1),
+                    "connected": fleet.total("connected"),
+                    "cpu": round((cpu - last_cpu) / (now - last), 3),
+                    "rss_mib": round((rss_bytes(pid) or 0) / MIB, 1),
+                }
+            )
+            last, last_cpu = now, cpu
+        if now - started > timeout:
+            found["connect_error"] = (
+                f"only {fleet.total('connected')} of {fleet.count} connected within "
+                f"{timeout:.0f} s (failed {fleet.total('failed')}, lost {fleet.total('lost')}; "
+                f"first error: {fleet.first_error() or 'none'})"
+            )
+            break
+        if any(c.process.poll() is not None for c in fleet.clients):
+            raise RuntimeError(f"an agentsim process exited: {fleet.first_error()}")
+        time.sleep(0.2)
+    found["connect_s"] = time.monotonic() - started
+    found["connected"] = fleet.total("connected")
+    found["connect_per_s"] = rate(found["connected"], found["connect_s"])
+    found["connect_cpu"] = ((cpu_seconds(pid) or 0.0) - cpu_start) / found["connect_s"]
+
+
+def measure(cfg: Config, res: Resources, count: int, found: dict[str, Any]) -> None:
+    """Fills `found` as it goes, so that a failure still reports what was measured."""
     base = res.scratch(f"agents-{count}")
     seed = secrets.token_hex(16)
     progress(f"agents {count}: enrolling in the store directly")
@@ -205,30 +247,23 @@ def measure(cfg: Config, res: Resources, count: int) -> dict[str, Any]:
     assert controlplane.proc is not None
     pid = controlplane.proc.pid
     idle_window = max(cfg.duration, HEARTBEAT_INTERVAL * 1.5)
-    found: dict[str, Any] = {"agents": count, "idle_window_s": idle_window}
+    found["idle_window_s"] = idle_window
     fleet: Fleet | None = None
     try:
         time.sleep(1.0)  # let start-up work settle before the baseline
         found["baseline_rss_mib"] = (rss_bytes(pid) or 0) / MIB
         found["baseline_idle_cpu"] = idle_cpu(pid, min(idle_window, 5.0))
         progress(f"agents {count}: connecting")
-        cpu_before = cpu_seconds(pid) or 0.0
         fleet = Fleet(controlplane, count, seed, base)
-        connect_timeout = max(120.0, count / 20)
-        found["connect_s"] = fleet.wait(
-            lambda: fleet is not None and fleet.total("connected") == count,
-            connect_timeout,
-            f"{count} agents connected",
-        )
-        found["connect_per_s"] = rate(count, found["connect_s"])
-        found["connect_cpu_s"] = (cpu_seconds(pid) or 0.0) - cpu_before
+        connect_all(fleet, pid, found)
+        connected = found["connected"]
         progress(
-            f"agents {count}: connected in {found['connect_s']:.1f} s; idle for {idle_window:.0f} s"
+            f"agents {count}: {connected} connected in {found['connect_s']:.1f} s; "
+            f"idle for {idle_window:.0f} s"
         )
         with RssSampler(pid) as sampler:
-            window = CpuWindow(
-                {"controlplane": pid, **{f"sim{i}": p for i, p in enumerate(fleet.pids())}}
-            )
+            sims = {f"sim{i}": p for i, p in enumerate(fleet.pids())}
+            window = CpuWindow({"controlplane": pid, **sims})
             heartbeats = fleet.total("heartbeats")
             window.start()
             time.sleep(idle_window)
@@ -238,8 +273,11 @@ def measure(cfg: Config, res: Resources, count: int) -> dict[str, Any]:
             found["heartbeats_per_s"] = rate(fleet.total("heartbeats") - heartbeats, window.seconds)
             found["idle_rss_mib"] = (rss_bytes(pid) or 0) / MIB
             found["idle_rss_peak_mib"] = sampler.peak / MIB
+            found["idle_connected"] = fleet.total("connected")
             found["per_agent_kib"] = (
-                (found["idle_rss_mib"] - found["baseline_rss_mib"]) * 1024 / count
+                (found["idle_rss_mib"] - found["baseline_rss_mib"])
+                * 1024
+                / max(1, found["idle_connected"])
             )
             progress(f"agents {count}: pushing a policy with {count} connections")
             sampler.reset()
@@ -257,10 +295,14 @@ def measure(cfg: Config, res: Resources, count: int) -> dict[str, Any]:
             if applied.returncode != 0:
                 raise StackError(f"admin apply failed: {tail(applied.stderr)}")
             version = 1
+            # Every agent connected now must have it (one that connects later gets it then).
             fleet.wait(
-                lambda: fleet is not None and fleet.total_in("own", version) == count,
+                lambda: (
+                    fleet is not None
+                    and fleet.total_in("own", version) >= fleet.total("connected") > 0
+                ),
                 max(60.0, count / 50),
-                f"the policy push received by all {count} agents",
+                "the policy push received by every connected agent",
             )
             found["push_cpu"] = window.stop()["controlplane"]
             found["push_cpu_s"] = found["push_cpu"] * window.seconds
@@ -278,17 +320,21 @@ def measure(cfg: Config, res: Resources, count: int) -> dict[str, Any]:
         if fleet is not None:
             fleet.stop()
         controlplane.stop(timeout=60)
-    return found
 
 
 def run(cfg: Config, res: Resources, section: Section) -> None:
     fleets: list[dict[str, Any]] = []
     for count in cfg.agents:
+        found: dict[str, Any] = {"agents": count}
+        fleets.append(found)
         try:
-            fleets.append(measure(cfg, res, count))
+            measure(cfg, res, count, found)
         except Exception as exc:
-            fleets.append({"agents": count, "error": f"{type(exc).__name__}: {exc}"})
-            section.fail(f"{count} agents: {type(exc).__name__}: {exc}")
+            found["error"] = f"{type(exc).__name__}: {exc}"
+        if "connect_error" in found:
+            section.fail(f"{count} agents: {found['connect_error']}")
+        if "error" in found:
+            section.fail(f"{count} agents: {found['error']}")
     section.results = {"fleets": fleets, "heartbeat_interval_s": HEARTBEAT_INTERVAL}
     table = Table(
         "One control-plane process holding N agents' control streams",
@@ -306,39 +352,51 @@ def run(cfg: Config, res: Resources, section: Section) -> None:
         ],
     )
     for found in fleets:
-        if "error" in found:
-            table.rows.append([found["agents"], f"failed: {found['error']}"] + [""] * 8)
-            continue
+        connected = found.get("idle_connected", found.get("connected"))
+        agents = f"{found['agents']:,}"
+        if connected is not None and connected < found["agents"]:
+            agents += f" ({connected:,} connected)"
+        baseline_cpu = found.get("baseline_idle_cpu")
+        idle_cpu = found.get("idle_cpu")
         table.rows.append(
             [
-                found["agents"],
-                fmt(found["baseline_rss_mib"], 0),
-                fmt(found["idle_rss_mib"], 0),
-                fmt(found["per_agent_kib"], 1),
-                f"{found['idle_cpu']:.3f} (0 agents: {found['baseline_idle_cpu']:.3f})",
-                fmt(found["connect_s"], 1),
-                fmt(found["apply_s"], 1),
-                fmt(found["push_s"], 1),
-                fmt(found["push_cpu"], 2),
-                fmt(found["push_rss_peak_mib"], 0),
+                agents,
+                fmt(found.get("baseline_rss_mib"), 0),
+                fmt(found.get("idle_rss_mib"), 0),
+                fmt(found.get("per_agent_kib"), 1),
+                "—" if idle_cpu is None else f"{idle_cpu:.3f} (0 agents: {fmt(baseline_cpu, 3)})",
+                fmt(found.get("connect_s"), 1),
+                fmt(found.get("apply_s"), 1),
+                fmt(found.get("push_s"), 1),
+                fmt(found.get("push_cpu"), 2),
+                fmt(found.get("push_rss_peak_mib"), 0),
             ]
         )
+        if "error" in found:
+            table.rows.append([agents, f"failed: {found['error']}"] + [""] * 8)
     table.note = (
         f"Simulated agents send heartbeats every {HEARTBEAT_INTERVAL:.0f} s (the control "
         f"plane's default); {PER_CHANNEL} streams share one HTTP/2 connection. CPU in cores "
         "of the control-plane process only; the idle window spans at least 1.5 heartbeat "
-        "intervals."
+        f"intervals. Connecting counts as failed below {CONNECT_RATE_FLOOR} agents/s on "
+        "average; the rest is then measured with the agents that did connect."
     )
     section.tables = [table]
     biggest = next((f for f in fleets if f["agents"] == 10_000), None)
-    peaks = [biggest.get(k) for k in ("idle_rss_peak_mib", "push_rss_peak_mib")] if biggest else []
+    section.targets = [target_10k(biggest)]
+
+
+def target_10k(found: dict[str, Any] | None) -> Target:
+    """Met only when all 10,000 agents were held, at the higher of the idle and push peaks."""
+    name, goal = "10,000 agents on one control-plane process", "≤ 1 GiB RSS"
+    if found is None:
+        return Target(name, goal, "not run", None)
+    peaks = [found.get(k) for k in ("idle_rss_peak_mib", "push_rss_peak_mib")]
     rss = max((p for p in peaks if p is not None), default=None)
-    reached = "not run" if biggest is None else f"{fmt(rss, 0)} MiB peak (idle and push)"
-    section.targets = [
-        Target(
-            "10,000 agents on one control-plane process",
-            "≤ 1 GiB RSS",
-            reached if rss is not None or biggest is None else f"failed: {biggest.get('error')}",
-            None if rss is None else rss * MIB <= GIB,
-        )
-    ]
+    if rss is None:
+        return Target(name, goal, f"failed: {found.get('error', 'no measurement')}", None)
+    reached = f"{fmt(rss, 0)} MiB peak (idle and push)"
+    held = found.get("idle_connected", found.get("connected", 0))
+    if held < found["agents"]:
+        return Target(name, goal, f"{reached} with only {held:,} agents connected", False)
+    return Target(name, goal, reached, rss * MIB <= GIB)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bench.agents import target_10k
 from bench.cli import _int_list, _sections, config_from, parser
 from bench.common import TIMES, Endpoint
 from bench.datapath import _add_ratios, _targets
@@ -83,3 +84,14 @@ def test_quick_shrinks_what_was_not_given() -> None:
     assert (cfg.quick, cfg.duration, cfg.agents, cfg.only) == (True, 2.0, (1000,), ("agents",))
     full = config_from(parser().parse_args([]))
     assert (full.quick, full.duration, full.agents) == (False, 30.0, (1000, 10000))
+
+
+def test_the_10k_target_counts_only_when_every_agent_was_held() -> None:
+    assert target_10k(None).met is None
+    held = {"agents": 10000, "idle_connected": 10000, "idle_rss_peak_mib": 500.0}
+    assert target_10k({**held, "push_rss_peak_mib": 1100.0}).met is False  # the push peak counts
+    assert target_10k(held).met is True
+    partial = target_10k({**held, "idle_connected": 6600})
+    assert partial.met is False
+    assert partial.reached == "500 MiB peak (idle and push) with only 6,600 agents connected"
+    assert target_10k({"agents": 10000, "error": "boom"}).reached == "failed: boom"
