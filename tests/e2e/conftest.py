@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from devenv.postgres import PostgresServer, start_postgres
+from devenv.sshd import Sshd
 from devenv.stack import Agent, ControlPlane, enroll_agent, gatehouse
 
 PG_PASSWORD = "s3cret-pg-password"
@@ -34,6 +35,27 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     )
     yield server
     server.stop()
+
+
+SSH_POLICY = (
+    POLICY
+    + """\
+  - name: web-1
+    type: ssh
+    agent: {agent}
+    target: {{host: 127.0.0.1, port: {ssh_port}, user: {user}, known_hosts: '{known_hosts}'}}
+    secret: {{private_key: 'file:{key}'}}
+    guardrails: [no-rm-root]
+  - name: ops
+    type: shell
+    agent: {agent}
+    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
+    guardrails: [no-rm-root]
+guardrails:
+  - name: no-rm-root
+    deny_commands: ['rm -rf /', 'rm -rf /*']
+"""
+)
 
 
 @dataclass
@@ -92,3 +114,17 @@ def own_stack(tmp_path: Path, pg: PostgresServer) -> Iterator[Stack]:
     started = start_stack(tmp_path, pg)
     yield started
     started.stop()
+
+
+def ssh_policy(stack: Stack, sshd: Sshd, known_hosts: str | None = None) -> str:
+    """The `pg` connection plus `web-1` (ssh to `sshd`) and `ops` (shell in the stack's base
+    directory), both guarded by `no-rm-root`."""
+    return SSH_POLICY.format(
+        agent=AGENT,
+        port=stack.pg.port,
+        ssh_port=sshd.port,
+        user=sshd.user,
+        known_hosts=known_hosts or sshd.host_key_line,
+        key=sshd.client_key,
+        workdir=stack.base,
+    )

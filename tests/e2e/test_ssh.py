@@ -20,29 +20,7 @@ import pytest
 from devenv.postgres import PostgresServer
 from devenv.sshd import Sshd
 from devenv.stack import GATEHOUSE, REPO, Connect, free_port
-from tests.e2e.conftest import AGENT, Stack, start_stack
-
-POLICY = """\
-connections:
-  - name: pg
-    type: postgres
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {pg_port}, database: app, user: app, sslmode: disable}}
-    secret: {{password: env:PG_PASSWORD}}
-  - name: web-1
-    type: ssh
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, user: {user}, known_hosts: '{known_hosts}'}}
-    secret: {{private_key: 'file:{key}'}}
-    guardrails: [no-rm-root]
-  - name: ops
-    type: shell
-    agent: {agent}
-    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
-guardrails:
-  - name: no-rm-root
-    deny_commands: ['rm -rf /*']
-"""
+from tests.e2e.conftest import Stack, ssh_policy, start_stack
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +29,7 @@ def stack(
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("ssh-stack")
     started = start_stack(base, pg)
-    policy = POLICY.format(
-        agent=AGENT,
-        pg_port=pg.port,
-        port=sshd.port,
-        user=sshd.user,
-        known_hosts=sshd.host_key_line,
-        key=sshd.client_key,
-        workdir=base,
-    )
-    applied = started.apply(policy)
+    applied = started.apply(ssh_policy(started, sshd))
     assert applied.returncode == 0, applied.stderr
     yield started
     started.stop()

@@ -21,41 +21,12 @@ import pytest
 
 from devenv.sshd import Sshd
 from devenv.stack import GATEHOUSE, REPO
-from tests.e2e.conftest import AGENT, Stack
-
-POLICY = """\
-connections:
-  - name: web-1
-    type: ssh
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, user: {user}, known_hosts: '{known_hosts}'}}
-    secret: {{private_key: 'file:{key}'}}
-    guardrails: [no-rm-root]
-  - name: ops
-    type: shell
-    agent: {agent}
-    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 30}}
-    guardrails: [no-rm-root]
-guardrails:
-  - name: no-rm-root
-    deny_commands: ['rm -rf /', 'rm -rf /*']
-"""
-
-
-def policy(stack: Stack, sshd: Sshd, known_hosts: str | None = None) -> str:
-    return POLICY.format(
-        agent=AGENT,
-        port=sshd.port,
-        user=sshd.user,
-        known_hosts=known_hosts or sshd.host_key_line,
-        key=sshd.client_key,
-        workdir=stack.base,
-    )
+from tests.e2e.conftest import Stack, ssh_policy
 
 
 @pytest.fixture
 def ssh_stack(own_stack: Stack, sshd: Sshd) -> Iterator[Stack]:
-    applied = own_stack.apply(policy(own_stack, sshd))
+    applied = own_stack.apply(ssh_policy(own_stack, sshd))
     assert applied.returncode == 0, applied.stderr
     yield own_stack
 
@@ -141,7 +112,7 @@ def test_a_shell_command_runs_in_the_workdir_with_the_connection_env(ssh_stack: 
 
 def test_a_changed_host_key_is_refused(own_stack: Stack, sshd: Sshd, tmp_path: Path) -> None:
     wrong = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMj8oVTnJxDu3iOt0bkmQu4vCm1c9VN7i1j5nE0VYcYv"
-    assert own_stack.apply(policy(own_stack, sshd, known_hosts=wrong)).returncode == 0
+    assert own_stack.apply(ssh_policy(own_stack, sshd, known_hosts=wrong)).returncode == 0
     marker = tmp_path / "never"
     result = own_stack.cli("exec", "web-1", "--", f"touch {marker}")
     assert result.returncode == 255
