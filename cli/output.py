@@ -22,11 +22,16 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    # Piped output is for scripts and `grep`: never cut a value to fit a guessed width.
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 4096)
     if not rows and empty:
         console.print(empty)
         return
-    table = Table(*headers, box=None, pad_edge=False, header_style="bold")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for i, header in enumerate(headers):
+        # An id is copied into the next command (`sessions replay ID`): it must stay whole.
+        whole = max((len(str(row[i])) for row in rows), default=0) if header == "ID" else None
+        table.add_column(header, no_wrap=whole is not None, min_width=whole)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)

@@ -1,4 +1,5 @@
-"""`make demo`: a control plane, one enrolled agent and a PostgreSQL target, all throwaway.
+"""`make demo`: a control plane, one enrolled agent, a PostgreSQL and an SSH target, all
+throwaway.
 
 Everything lives in ./demo-data (removed and made anew on each start); Ctrl-C stops all of it.
 """
@@ -12,6 +13,7 @@ import sys
 import threading
 
 from devenv.postgres import start_postgres
+from devenv.sshd import start_sshd
 from devenv.stack import REPO, ControlPlane, StackError, enroll_agent, gatehouse
 
 DEMO_PASSWORD = "demo-only-password"  # a throwaway cluster's role; the agent resolves it from env
@@ -24,6 +26,20 @@ connections:
     audit: strict
     target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
     secret: {{password: env:DEMO_PG_PASSWORD}}
+  - name: web
+    type: ssh
+    agent: demo-agent
+    target: {{host: 127.0.0.1, port: {ssh_port}, user: {ssh_user}, known_hosts: '{host_key}'}}
+    secret: {{private_key: 'file:{ssh_key}'}}
+    guardrails: [no-rm-root]
+  - name: ops
+    type: shell
+    agent: demo-agent
+    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
+    guardrails: [no-rm-root]
+guardrails:
+  - name: no-rm-root
+    deny_commands: ['rm -rf /', 'rm -rf /*']
 """
 
 
@@ -41,6 +57,8 @@ def main() -> int:
 
     step("starting a throwaway PostgreSQL cluster")
     pg = start_postgres(base / "postgres", roles={"app": DEMO_PASSWORD}, databases={"app": "app"})
+    step("starting a throwaway OpenSSH server")
+    sshd = start_sshd(base / "sshd")
     # The CLI's default address, so that only GATEHOUSE_TOKEN needs exporting.
     controlplane = ControlPlane.create(base / "controlplane", grpc_port=8443, http_port=8080)
     agent = None
@@ -52,7 +70,16 @@ def main() -> int:
             controlplane, "demo-agent", base / "agent", env={"DEMO_PG_PASSWORD": DEMO_PASSWORD}
         )
         policy = base / "gatehouse.yaml"
-        policy.write_text(POLICY.format(port=pg.port))
+        policy.write_text(
+            POLICY.format(
+                port=pg.port,
+                ssh_port=sshd.port,
+                ssh_user=sshd.user,
+                host_key=sshd.host_key_line,
+                ssh_key=sshd.client_key,
+                workdir=base,
+            )
+        )
         step(f"applying {policy.relative_to(REPO)}")
         applied = gatehouse(["admin", "apply", "-f", str(policy)], env=controlplane.cli_env)
         if applied.returncode != 0:
@@ -67,6 +94,12 @@ Gatehouse is running. In another terminal:
 
   gatehouse exec pg -c 'select 41+1 as answer'
   gatehouse exec pg -c 'select * from pg_stat_activity limit 3' -o json
+  gatehouse exec web -- uname -a
+  gatehouse exec web -- 'cd / && rm -rf /'       # refused by guardrail no-rm-root (exit 126)
+  gatehouse exec ops -- sh -c 'echo $GREETING from $PWD'
+  gatehouse ssh web                               # a recorded terminal; `exit` to leave
+  gatehouse sessions list --type ssh
+  gatehouse sessions replay <ID> --speed 2
   gatehouse admin agents list
   gatehouse audit export
   gatehouse audit verify
@@ -89,6 +122,7 @@ Press Ctrl-C to stop everything.
         if agent is not None:
             agent.stop()
         controlplane.stop()
+        sshd.stop()
         pg.stop()
 
 
