@@ -84,7 +84,7 @@ def run(cfg: Config, res: Resources, section: Section) -> None:
         if bouncer is not None:
             bouncer.stop()
     section.results = {"runs": runs, "duration": cfg.duration, "scale": cfg.scale}
-    section.tables = _tables(runs)
+    section.tables = _tables(runs, cfg.scale)
     section.targets = _targets(runs)
     failed = [r for r in runs if "error" in r]
     if failed:
@@ -151,9 +151,10 @@ def _add_ratios(runs: list[dict[str, Any]]) -> None:
             r[f"added_{q}_ms"] = None if mine is None or theirs is None else mine - theirs
 
 
-def _tables(runs: list[dict[str, Any]]) -> list[Table]:
+def _tables(runs: list[dict[str, Any]], scale: int) -> list[Table]:
     table = Table(
-        "pgbench -S: tps and latency per path (ratios to direct, same protocol and clients)",
+        f"pgbench -S, scale {scale}: tps and latency per path (ratios to direct, same "
+        "protocol and clients)",
         [
             "protocol",
             "clients",

@@ -21,21 +21,15 @@ AGENT = "bench"
 PLAIN = "pg"
 MASKED = "pg-masked"
 
-POLICY = """\
-connections:
-  - name: {plain}
+CONNECTION = """\
+  - name: {name}
     type: postgres
     agent: {agent}
     audit: strict
     target: {{host: {host}, port: {port}, database: {dbname}, user: {user}, sslmode: disable}}
     secret: {{password: env:BENCH_PG_PASSWORD}}
-  - name: {masked}
-    type: postgres
-    agent: {agent}
-    audit: strict
-    target: {{host: {host}, port: {port}, database: {dbname}, user: {user}, sslmode: disable}}
-    secret: {{password: env:BENCH_PG_PASSWORD}}
-    masking: [every-row]
+"""
+MASKING = """\
 masking:
   - name: every-row
     columns: [abalance]
@@ -43,14 +37,20 @@ masking:
 
 
 def policy(target: Endpoint) -> str:
-    return POLICY.format(
-        plain=PLAIN,
-        masked=MASKED,
-        agent=AGENT,
-        host=target.host,
-        port=target.port,
-        dbname=target.dbname,
-        user=target.user,
+    """`pg` and `pg-masked`: the same target, strict audit; only the second names a rule."""
+    fields = {
+        "agent": AGENT,
+        "host": target.host,
+        "port": target.port,
+        "dbname": target.dbname,
+        "user": target.user,
+    }
+    return (
+        "connections:\n"
+        + CONNECTION.format(name=PLAIN, **fields)
+        + CONNECTION.format(name=MASKED, **fields)
+        + "    masking: [every-row]\n"
+        + MASKING
     )
 
 

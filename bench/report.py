@@ -138,11 +138,9 @@ def _met(value: bool | None) -> str:
 def render(document: Mapping[str, Any], chart: str | None = None) -> str:
     """The generated part of docs/benchmarks.md (between the markers)."""
     machine = document.get("machine", {})
-    config = document.get("config", {})
     sections = document.get("sections", {})
-    quick = config.get("quick") or any(s.get("config", {}).get("quick") for s in sections.values())
     out = ["## Results", ""]
-    if quick:
+    if is_quick(document):
         out += [
             "> **Quick run** (`--quick`: short durations, small data, fewer agents): a smoke "
             "test of the harness, not numbers to quote. `make bench` on a quiet machine "
@@ -158,8 +156,6 @@ def render(document: Mapping[str, Any], chart: str | None = None) -> str:
         f"{machine.get('postgresql') or 'PostgreSQL ?'}, {machine.get('pgbouncer') or ''}.",
         "",
         _sync_line(machine),
-        "",
-        f"Settings: `{json.dumps(config, separators=(', ', ': '))}`",
         "",
         "### Targets",
         "",
@@ -260,13 +256,26 @@ def chart_series(document: Mapping[str, Any]) -> dict[str, list[tuple[str, float
         panels[f"other sections, {TIMES} their baselines"] = other
     fleets = sections.get("agents", {}).get("results", {}).get("fleets", [])
     rss = [
-        (f"{f['agents']:,} agents", float(f["idle_rss_mib"]) / 1024)
-        for f in fleets
-        if "idle_rss_mib" in f
+        (_fleet_label(f), float(f["idle_rss_mib"]) / 1024) for f in fleets if "idle_rss_mib" in f
     ]
     if rss:
-        panels["control-plane RSS idle, GiB (target ≤ 1)"] = rss
+        panels["control plane RSS idle, GiB (≤ 1)"] = rss
     return panels
+
+
+def _fleet_label(fleet: Mapping[str, Any]) -> str:
+    label = f"{fleet['agents']:,} agents"
+    held = fleet.get("idle_connected", fleet["agents"])
+    return label if held >= fleet["agents"] else f"{label}\n(only {held:,} held)"
+
+
+def is_quick(document: Mapping[str, Any]) -> bool:
+    """A report with any quick section is a quick run as a whole."""
+    sections = document.get("sections", {}).values()
+    return bool(
+        document.get("config", {}).get("quick")
+        or any(s.get("config", {}).get("quick") for s in sections)
+    )
 
 
 def write_chart(document: Mapping[str, Any], path: Path) -> bool:
@@ -297,8 +306,11 @@ def write_chart(document: Mapping[str, Any], path: Path) -> bool:
         axis.set_title(title, fontsize=9)
         axis.axhline(1.0, color="#999999", linewidth=0.8)
         axis.bar_label(bars, [f"{v:.2f}" for v in values], fontsize=7)
+        positive = [v for v in values if v > 0]
+        if positive and max(positive) / min(positive) > 50:
+            axis.set_yscale("log")  # ratios from 0.01 to 13 side by side
         axis.tick_params(axis="y", labelsize=7)
-    quick = " (quick run)" if document.get("config", {}).get("quick") else ""
+    quick = " (quick run)" if is_quick(document) else ""
     figure.suptitle(f"Gatehouse benchmarks{quick}", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

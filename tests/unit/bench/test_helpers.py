@@ -12,7 +12,8 @@ from bench.agents import target_10k
 from bench.cli import _int_list, _sections, config_from, parser
 from bench.common import TIMES, Endpoint
 from bench.datapath import _add_ratios, _targets
-from bench.gateway import parse_metrics
+from bench.gateway import parse_metrics, policy
+from controlplane.policy.document import parse_policy
 
 
 def _run(path: str, clients: int, tps: float, p50: float, p99: float | None) -> dict[str, Any]:
@@ -95,3 +96,12 @@ def test_the_10k_target_counts_only_when_every_agent_was_held() -> None:
     assert partial.met is False
     assert partial.reached == "500 MiB peak (idle and push) with only 6,600 agents connected"
     assert target_10k({"agents": 10000, "error": "boom"}).reached == "failed: boom"
+
+
+def test_the_gateway_policy_is_valid_and_masks_what_pgbench_reads() -> None:
+    document = parse_policy(policy(Endpoint("127.0.0.1", 5433, "app", "app", "pw")), "b.yaml")
+    plain, masked = document.connections
+    assert (plain.name, plain.audit, plain.masking) == ("pg", "strict", [])
+    assert (masked.name, masked.audit, masked.masking) == ("pg-masked", "strict", ["every-row"])
+    rule = document.masking_rule("every-row")
+    assert rule is not None and rule.columns == ["abalance"]  # pgbench -S selects abalance
