@@ -148,7 +148,8 @@ def render(document: Mapping[str, Any], chart: str | None = None) -> str:
             "",
         ]
     out += [
-        f"Run on {machine.get('date', '?')} at commit `{(machine.get('git_commit') or '?')[:12]}`"
+        f"Last run on {machine.get('date', '?')} (each section gives its own date) at "
+        f"commit `{(machine.get('git_commit') or '?')[:12]}`"
         + (" (with uncommitted changes)" if machine.get("git_dirty") else "")
         + f": {machine.get('cores', '?')} cores ({machine.get('cpu', '?')}), "
         f"{machine.get('memory_gib', '?')} GiB, Linux {machine.get('kernel', '?')}, "
