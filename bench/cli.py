@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -133,8 +134,15 @@ def run_sections(cfg: Config) -> dict[str, Any]:
     return sections
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (a `timeout`, a CI stop) unwinds like Ctrl-C, so every `finally` stops what
+    this run started instead of leaving clusters and control planes behind."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from bench import report
 
     previous = json.loads(args.results.read_text()) if args.results.exists() else None
