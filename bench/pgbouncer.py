@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Endpoint, tail
-from devenv.postgres import _chown, _grant_search, _popen_identity, _server_account
+from devenv.postgres import chown_to, grant_search, popen_identity, server_account
 from devenv.processes import stop_process
 from devenv.stack import free_port
 
@@ -90,18 +90,18 @@ def start_pgbouncer(base_dir: Path, upstream: Endpoint, timeout: float = 20) -> 
     if upstream.password is None:
         raise PgBouncerError("PgBouncer needs the upstream user's password")
     binary = find_pgbouncer()
-    account = _server_account()
+    account = server_account()
     base_dir.mkdir(parents=True, exist_ok=True)
-    _chown(base_dir, account)
+    chown_to(base_dir, account)
     if account is not None:
-        _grant_search(base_dir, account)
+        grant_search(base_dir, account)
     port = free_port()
     ini, users = base_dir / "pgbouncer.ini", base_dir / "userlist.txt"
     ini.write_text(config(base_dir, upstream, port))
     users.write_text(f"{_quote(upstream.user)} {_quote(upstream.password)}\n")
     users.chmod(0o600)
     for path in (ini, users):
-        _chown(path, account)
+        chown_to(path, account)
     log_file = base_dir / "pgbouncer.log"
     with (base_dir / "stdout.log").open("ab") as out:
         process = subprocess.Popen(
@@ -111,7 +111,7 @@ def start_pgbouncer(base_dir: Path, upstream: Endpoint, timeout: float = 20) -> 
             stdin=subprocess.DEVNULL,
             cwd=base_dir,
             start_new_session=True,
-            **_popen_identity(account),
+            **popen_identity(account),
         )
     bouncer = PgBouncer(port, process, log_file, upstream)
     deadline = time.monotonic() + timeout

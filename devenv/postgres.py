@@ -282,7 +282,7 @@ def _version_key(bindir: Path) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class _Account:
+class ServerAccount:
     """The unprivileged user the server runs as when we are root."""
 
     name: str
@@ -292,7 +292,7 @@ class _Account:
     home: str
 
 
-def _server_account() -> _Account | None:
+def server_account() -> ServerAccount | None:
     """None when we can run the server as ourselves; the ``postgres`` user when we are root."""
     if os.geteuid() != 0:
         return None
@@ -305,10 +305,10 @@ def _server_account() -> _Account | None:
             "`apt-get install postgresql` does) or run as a non-root user"
         ) from None
     groups = tuple(os.getgrouplist(SYSTEM_USER, entry.pw_gid))
-    return _Account(SYSTEM_USER, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+    return ServerAccount(SYSTEM_USER, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
 
-def _can_search(st: os.stat_result, account: _Account) -> bool:
+def _can_search(st: os.stat_result, account: ServerAccount) -> bool:
     """POSIX permission check for another user: only the matching class's bits count."""
     if st.st_uid == account.uid:
         return bool(st.st_mode & stat.S_IXUSR)
@@ -317,7 +317,7 @@ def _can_search(st: os.stat_result, account: _Account) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
-def _grant_search(path: Path, account: _Account) -> None:
+def grant_search(path: Path, account: ServerAccount) -> None:
     """Let ``account`` reach ``path`` (search only, no listing): the server chdirs into it."""
     for directory in [*reversed(path.parents), path]:
         st = directory.stat()
@@ -326,17 +326,17 @@ def _grant_search(path: Path, account: _Account) -> None:
             directory.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
-def _chown(path: Path, account: _Account | None) -> None:
+def chown_to(path: Path, account: ServerAccount | None) -> None:
     if account is not None:
         os.chown(path, account.uid, account.gid)
 
 
-def _write(path: Path, text: str, account: _Account | None) -> None:
+def _write(path: Path, text: str, account: ServerAccount | None) -> None:
     path.write_text(text, encoding="utf-8")
-    _chown(path, account)
+    chown_to(path, account)
 
 
-def _child_env(account: _Account | None) -> dict[str, str]:
+def _child_env(account: ServerAccount | None) -> dict[str, str]:
     """The caller's PG* variables must not redirect initdb/postgres; messages stay English."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
@@ -345,7 +345,7 @@ def _child_env(account: _Account | None) -> dict[str, str]:
     return env
 
 
-def _popen_identity(account: _Account | None) -> dict[str, Any]:
+def popen_identity(account: ServerAccount | None) -> dict[str, Any]:
     """Popen keywords that drop to ``account``, supplementary groups included (not root's)."""
     if account is None:
         return {}
@@ -434,7 +434,7 @@ def start_postgres(
             f"password_encryption must be one of {_ENCRYPTIONS}, not {password_encryption!r}"
         )
     bindir = find_pg_bindir()
-    account = _server_account()
+    account = server_account()
     base_dir = Path(base_dir).resolve()
     data_dir, socket_dir, log_file = base_dir / "data", base_dir / "sock", base_dir / "postgres.log"
     socket_len = len(os.fsencode(socket_dir / ".s.PGSQL.65535"))
@@ -478,7 +478,7 @@ def start_postgres(
 
 
 def _prepare_dirs(
-    base_dir: Path, data_dir: Path, socket_dir: Path, log_file: Path, account: _Account | None
+    base_dir: Path, data_dir: Path, socket_dir: Path, log_file: Path, account: ServerAccount | None
 ) -> None:
     try:
         base_dir.mkdir(parents=True, exist_ok=True)
@@ -489,16 +489,16 @@ def _prepare_dirs(
             )
         for directory in (data_dir, socket_dir):
             directory.mkdir(mode=0o700, exist_ok=True)
-            _chown(directory, account)
+            chown_to(directory, account)
         log_file.touch()
-        _chown(log_file, account)
+        chown_to(log_file, account)
         if account is not None:
-            _grant_search(base_dir, account)
+            grant_search(base_dir, account)
     except OSError as exc:
         raise PostgresStartError(f"cannot prepare {base_dir}: {exc}") from exc
 
 
-def _initdb(bindir: Path, data_dir: Path, base_dir: Path, account: _Account | None) -> None:
+def _initdb(bindir: Path, data_dir: Path, base_dir: Path, account: ServerAccount | None) -> None:
     command = [
         str(bindir / "initdb"),
         "-D",
@@ -521,7 +521,7 @@ def _initdb(bindir: Path, data_dir: Path, base_dir: Path, account: _Account | No
             stderr=subprocess.STDOUT,
             timeout=300,
             check=False,
-            **_popen_identity(account),
+            **popen_identity(account),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise PostgresStartError(f"could not run {command[0]}: {exc}") from exc
@@ -537,7 +537,7 @@ def _initdb(bindir: Path, data_dir: Path, base_dir: Path, account: _Account | No
 def _launch(
     server: PostgresServer,
     bindir: Path,
-    account: _Account | None,
+    account: ServerAccount | None,
     timeout: float,
     *,
     may_retry: bool,
@@ -558,7 +558,7 @@ def _launch(
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it cleanly
-                **_popen_identity(account),
+                **popen_identity(account),
             )
     except (OSError, subprocess.SubprocessError) as exc:
         raise PostgresStartError(f"could not run {command[0]}: {exc}") from exc

@@ -238,6 +238,9 @@ def enroll_agent(
     except StackError:
         agent.stop()
         raise StackError(f"agent {name} did not come online:\n{_tail(agent.log_file)}") from None
+    except BaseException:
+        agent.stop()  # whatever went wrong, never leave an agent running behind the caller
+        raise
     return agent
 
 
