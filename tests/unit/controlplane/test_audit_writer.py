@@ -3,7 +3,6 @@
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,27 +18,6 @@ REFUSE_INSERTS = (
     "BEGIN SELECT RAISE(ABORT, 'audit disk is full'); END"
 )
 ALLOW_INSERTS = "DROP TRIGGER test_refuse_insert"
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "g.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{db_path}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-async def writer(db: Database) -> AsyncIterator[AuditWriter]:
-    audit = AuditWriter(db)
-    audit.start()
-    yield audit
-    await audit.close()
 
 
 def sql(db_path: Path, statement: str) -> None:

@@ -5,7 +5,6 @@ import base64
 import json
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from controlplane.audit.events import SessionContext
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.relay.pg import PgInspector
-from controlplane.store.database import Database
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.pg import framing
@@ -132,27 +130,6 @@ def backend_messages(chunks: list[bytes]) -> list[tuple[str, bytes]]:
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "g.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{db_path}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-async def writer(db: Database) -> AsyncIterator[AuditWriter]:
-    audit = AuditWriter(db)
-    audit.start()
-    yield audit
-    await audit.close()
 
 
 class Wakes:

@@ -3,8 +3,6 @@ denied one never is, and the exit reaches the client only once its result is rec
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,22 +18,6 @@ from controlplane.store.database import Database
 from controlplane.store.models import EventRow
 from gatehouse.v1 import tunnel_pb2
 from wire.term import codec
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'g.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-async def writer(db: Database) -> AsyncIterator[AuditWriter]:
-    audit = AuditWriter(db)
-    audit.start()
-    yield audit
-    await audit.close()
 
 
 def events(db: Database) -> list[dict[str, Any]]:
