@@ -18,8 +18,7 @@ from pathlib import Path
 
 from bench.common import Endpoint, tail
 from devenv.postgres import chown_to, grant_search, popen_identity, server_account
-from devenv.processes import stop_process
-from devenv.stack import free_port
+from devenv.processes import free_port, stop_process
 
 CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
 

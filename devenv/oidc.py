@@ -16,7 +16,6 @@ walk the real HTML pages (forms, cookies, redirects) with the standard library.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import http.cookiejar
 import json
@@ -25,9 +24,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 __all__ = [
@@ -57,7 +53,7 @@ __all__ = [
     "start_oidc_provider",
 ]
 
-from devenv.processes import stop_process
+from devenv.processes import PortTaken, Service, free_port, stop_process, tail, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +163,7 @@ def ensure_node_modules(node_dir: Path = NODE_DIR, *, timeout: float = 300) -> N
 
 
 @dataclass
-class OidcProvider:
+class OidcProvider(Service):
     """A running throwaway provider; ``stop()`` (or leaving the ``with`` block) ends it."""
 
     issuer: str
@@ -209,27 +205,16 @@ class OidcProvider:
         _write_config(self.base_dir, self.config)
         if not _launch(self, ready_timeout=20.0):
             raise OidcStartError(
-                f"port {self.port} was taken while the provider restarted\n{_tail(self.log_file)}"
+                f"port {self.port} was taken while the provider restarted\n{tail(self.log_file)}"
             )
 
     def stop(self) -> None:
         """SIGTERM, escalating to SIGKILL; idempotent."""
         process, self._process = self._process, None
-        _LIVE.pop(id(self), None)
+        self._untrack()
         if process is None:
             return
         stop_process(process, "oidc-provider", ((signal.SIGTERM, 5), (signal.SIGKILL, 5)))
-
-    def __enter__(self) -> OidcProvider:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def approve_device(self, verification_uri: str, user: str, *, deny: bool = False) -> None:
         """Be the person who opens ``verification_uri_complete``, logs in and confirms.
@@ -246,17 +231,6 @@ class OidcProvider:
         CLI's local server answered.
         """
         return act_as_browser(authorization_url, user)
-
-
-# Providers still running at interpreter exit are stopped, so a failing test run leaks nothing.
-_LIVE: dict[int, OidcProvider] = {}
-
-
-@atexit.register
-def _stop_all() -> None:
-    for provider in list(_LIVE.values()):
-        with contextlib.suppress(Exception):
-            provider.stop()
 
 
 def start_oidc_provider(
@@ -284,7 +258,7 @@ def start_oidc_provider(
     key_list = _key_list(keys) if keys else [new_signing_key("RS256")]
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     for _ in range(attempts):
-        chosen = port if port is not None else _free_port()
+        chosen = port if port is not None else free_port()
         issuer = f"http://{HOST}:{chosen}"
         config = {
             "issuer": issuer,
@@ -328,7 +302,7 @@ def start_oidc_provider(
         log.info("port %d was taken before oidc-provider could bind it; trying another", chosen)
     raise OidcStartError(
         f"no free port found after {attempts} attempts; pass port= explicitly\n"
-        f"{_tail(base_dir / 'oidc-provider.log')}"
+        f"{tail(base_dir / 'oidc-provider.log')}"
     )
 
 
@@ -362,52 +336,30 @@ def _launch(provider: OidcProvider, *, ready_timeout: float) -> bool:
             )
     except OSError as exc:
         raise OidcStartError(f"could not run {node}: {exc}") from exc
-    _LIVE[id(provider)] = provider
-    process = provider._process
-    deadline = time.monotonic() + ready_timeout
-    last_error = "none yet"
-    while True:
-        status = process.poll()
-        if status is not None:
-            output = _tail(provider.log_file, offset)
-            if "EADDRINUSE" in output:
-                return False
-            raise OidcStartError(
-                f"oidc-provider exited with status {status} while starting; its log "
-                f"({provider.log_file}) ends with:\n{output}"
-            )
+    provider._track()
+
+    def discovery() -> str | None:
         try:
             with urllib.request.urlopen(provider.discovery_url, timeout=2) as response:
                 issuer = json.load(response).get("issuer")
-            if issuer == provider.issuer:
-                return True
-            last_error = f"discovery names issuer {issuer!r}"
         except (OSError, ValueError) as exc:
-            last_error = str(exc)
-        if time.monotonic() >= deadline:
-            raise OidcStartError(
-                f"oidc-provider did not answer discovery within {ready_timeout:g}s "
-                f"(last error: {last_error}); its log ({provider.log_file}) ends with:\n"
-                f"{_tail(provider.log_file, offset)}"
-            )
-        time.sleep(0.05)
+            return str(exc)
+        return None if issuer == provider.issuer else f"discovery names issuer {issuer!r}"
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, offset: int = 0, lines: int = 30) -> str:
     try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        return f"(could not read {path}: {exc})"
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:]) or "(empty)"
+        wait_ready(
+            provider._process,
+            discovery,
+            name="oidc-provider",
+            log_file=provider.log_file,
+            offset=offset,
+            timeout=ready_timeout,
+            port_taken="EADDRINUSE",
+            error=OidcStartError,
+        )
+    except PortTaken:
+        return False
+    return True
 
 
 def act_as_browser(url: str, user: str, *, deny: bool = False) -> str:

@@ -16,22 +16,19 @@ that user could not reach them otherwise (pytest's ``tmp_path`` is ``0700 root``
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import os
 import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote
 
@@ -48,7 +45,7 @@ __all__ = [
     "start_postgres",
 ]
 
-from devenv.processes import stop_process
+from devenv.processes import PortTaken, Service, free_port, stop_process, tail, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +86,7 @@ class PostgresNotFound(PostgresStartError):
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(Service):
     """A running throwaway cluster; ``stop()`` (or leaving the ``with`` block) shuts it down."""
 
     host: str
@@ -157,7 +154,7 @@ class PostgresServer:
     def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating if the server hangs; idempotent, removes nothing."""
         process, self._process = self._process, None
-        _LIVE.pop(id(self), None)
+        self._untrack()
         if process is None:
             return
         stop_process(
@@ -165,17 +162,6 @@ class PostgresServer:
             "postgres",
             ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)),
         )
-
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _admin_params(self) -> dict[str, Any]:
         """Connection keywords for setup: socket, trusted superuser, and kept out of the log."""
@@ -189,17 +175,6 @@ class PostgresServer:
             # Setup statements would otherwise pollute statement_log() (and log passwords).
             "options": "-c log_statement=none",
         }
-
-
-# Servers still running at interpreter exit are stopped, so a failing test run leaks nothing.
-_LIVE: dict[int, PostgresServer] = {}
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_LIVE.values()):
-        with contextlib.suppress(Exception):
-            server.stop()
 
 
 def parse_statement_log(text: str) -> list[str]:
@@ -352,13 +327,6 @@ def popen_identity(account: ServerAccount | None) -> dict[str, Any]:
     return {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _conf_value(value: str | int) -> str:
     if isinstance(value, int):
         return str(value)
@@ -397,16 +365,6 @@ def _pg_hba(encryption: str) -> str:
         f"host   all  all       127.0.0.1/32    {encryption}\n"
         f"host   all  all       ::1/128         {encryption}\n"
     )
-
-
-def _tail(path: Path, offset: int = 0, lines: int = 40) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        return f"(could not read {path}: {exc})"
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:]) or "(empty)"
 
 
 def start_postgres(
@@ -457,7 +415,7 @@ def start_postgres(
 
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     for _ in range(attempts):
-        chosen = port if port is not None else _free_port()
+        chosen = port if port is not None else free_port()
         config = _server_config(chosen, socket_dir, password_encryption, log_statements)
         config += "".join(f"{k} = {_conf_value(v)}\n" for k, v in tls_settings.items())
         _write(data_dir / "devenv.conf", config, account)
@@ -473,7 +431,7 @@ def start_postgres(
         log.info("port %d was taken before postgres could bind it; trying another", chosen)
     raise PostgresStartError(
         f"no free port found after {attempts} attempts; pass port= explicitly\n"
-        f"--- {log_file} ---\n{_tail(log_file)}"
+        f"--- {log_file} ---\n{tail(log_file)}"
     )
 
 
@@ -562,36 +520,34 @@ def _launch(
             )
     except (OSError, subprocess.SubprocessError) as exc:
         raise PostgresStartError(f"could not run {command[0]}: {exc}") from exc
-    _LIVE[id(server)] = server
-    process = server._process
-    deadline = time.monotonic() + timeout
-    last_error = "none yet"
-    while True:
-        status = process.poll()
-        if status is not None:
-            output = _tail(server.log_file, offset)
-            if "could not bind" in output:
-                if may_retry:
-                    return False
-                hint = f" port {server.port} is taken: pass another port, or port=None;"
-            else:
-                hint = ""
-            raise PostgresStartError(
-                f"postgres exited with status {status} while starting;{hint} "
-                f"its log ({server.log_file}) ends with:\n{output}"
-            )
+    server._track()
+
+    def accepts() -> str | None:
         try:
             with psycopg.connect(**server._admin_params(), autocommit=True):
-                return True
+                return None
         except psycopg.OperationalError as exc:
-            last_error = str(exc).strip()
-        if time.monotonic() >= deadline:
-            raise PostgresStartError(
-                f"postgres did not accept connections within {timeout:g}s "
-                f"(last error: {last_error}); its log ({server.log_file}) ends with:\n"
-                f"{_tail(server.log_file, offset)}"
-            )
-        time.sleep(0.05)
+            return str(exc).strip()
+
+    try:
+        wait_ready(
+            server._process,
+            accepts,
+            name="postgres",
+            log_file=server.log_file,
+            offset=offset,
+            timeout=timeout,
+            port_taken="could not bind",
+            error=PostgresStartError,
+        )
+    except PortTaken as exc:
+        if may_retry:
+            return False
+        raise PostgresStartError(
+            f"postgres could not bind: port {server.port} is taken: pass another port, or "
+            f"port=None; its log ({server.log_file}) ends with:\n{exc}"
+        ) from None
+    return True
 
 
 def _provision(

@@ -17,20 +17,15 @@ needs its privilege separation directory (``/run/sshd``), which is created when 
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import pwd
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
-from devenv.processes import stop_process
-from devenv.stack import free_port
+from devenv.processes import PortTaken, Service, free_port, stop_process, tail, wait_ready
 
 __all__ = ["SSHD", "Sshd", "SshdStartError", "start_sshd"]
 
@@ -47,7 +42,7 @@ class SshdStartError(RuntimeError):
 
 
 @dataclass
-class Sshd:
+class Sshd(Service):
     """A running throwaway sshd; ``stop()`` (or leaving the ``with`` block) shuts it down."""
 
     host: str
@@ -88,31 +83,9 @@ class Sshd:
     def stop(self) -> None:
         """Stop listening and end the sessions it serves; idempotent, removes nothing."""
         process, self._process = self._process, None
-        _LIVE.pop(id(self), None)
+        self._untrack()
         if process is not None:
             stop_process(process, "sshd", ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)))
-
-    def __enter__(self) -> Sshd:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-# Servers still running at interpreter exit are stopped, so a failing test run leaks nothing.
-_LIVE: dict[int, Sshd] = {}
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_LIVE.values()):
-        with contextlib.suppress(Exception):
-            server.stop()
 
 
 def start_sshd(base: Path, *, ready_timeout: float = 15.0) -> Sshd:
@@ -144,7 +117,7 @@ def start_sshd(base: Path, *, ready_timeout: float = 15.0) -> Sshd:
         server.stop()
     raise SshdStartError(
         f"no free port found after {_PORT_ATTEMPTS} attempts; sshd's log ({log_file}) ends "
-        f"with:\n{_tail(log_file)}"
+        f"with:\n{tail(log_file)}"
     )
 
 
@@ -203,41 +176,26 @@ def _launch(server: Sshd, timeout: float) -> bool:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it cleanly
         )
-    _LIVE[id(server)] = server
-    process = server._process
-    deadline = time.monotonic() + timeout
-    last_error = "none yet"
-    while True:
-        status = process.poll()
-        if status is not None:
-            output = _tail(server.log_file, offset)
-            if "Address already in use" in output:
-                return False
-            raise SshdStartError(
-                f"sshd exited with status {status} while starting; its log "
-                f"({server.log_file}) ends with:\n{output}"
-            )
+    server._track()
+
+    def banner() -> str | None:
         try:
             with socket.create_connection((server.host, server.port), timeout=1) as sock:
-                if sock.recv(64).startswith(b"SSH-"):
-                    return True
-                last_error = "no SSH banner"
+                return None if sock.recv(64).startswith(b"SSH-") else "no SSH banner"
         except OSError as exc:
-            last_error = str(exc)
-        if time.monotonic() >= deadline:
-            raise SshdStartError(
-                f"sshd did not answer on {server.host}:{server.port} within {timeout:g}s "
-                f"(last error: {last_error}); its log ({server.log_file}) ends with:\n"
-                f"{_tail(server.log_file, offset)}"
-            )
-        time.sleep(0.05)
+            return str(exc)
 
-
-def _tail(path: Path, offset: int = 0, lines: int = 40) -> str:
     try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        return f"(could not read {path}: {exc})"
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:]) or "(empty)"
+        wait_ready(
+            server._process,
+            banner,
+            name="sshd",
+            log_file=server.log_file,
+            offset=offset,
+            timeout=timeout,
+            port_taken="Address already in use",
+            error=SshdStartError,
+        )
+    except PortTaken:
+        return False
+    return True

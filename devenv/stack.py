@@ -16,25 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devenv.processes import free_port, tail
+
 GATEHOUSE = [sys.executable, "-m", "cli.main"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 class StackError(Exception):
     """A process did not start; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def gatehouse(
@@ -164,12 +153,12 @@ class ControlPlane(Process):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
-                raise StackError(f"the control plane exited:\n{_tail(self.log_file)}")
+                raise StackError(f"the control plane exited:\n{tail(self.log_file)}")
             if self.health() is not None and (self.data_dir / "admin.token").exists():
                 return
             time.sleep(0.1)
         self.stop()
-        raise StackError(f"the control plane did not become ready:\n{_tail(self.log_file)}")
+        raise StackError(f"the control plane did not become ready:\n{tail(self.log_file)}")
 
     def wait_agent(self, name: str, status: str = "online", timeout: float = 30) -> None:
         """Wait until `admin agents list` shows the agent with that status."""
@@ -237,7 +226,7 @@ def enroll_agent(
         controlplane.wait_agent(name)
     except StackError:
         agent.stop()
-        raise StackError(f"agent {name} did not come online:\n{_tail(agent.log_file)}") from None
+        raise StackError(f"agent {name} did not come online:\n{tail(agent.log_file)}") from None
     except BaseException:
         agent.stop()  # whatever went wrong, never leave an agent running behind the caller
         raise
@@ -265,10 +254,10 @@ class Connect(Process):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
-                raise StackError(f"gatehouse connect exited:\n{_tail(self.log_file)}")
+                raise StackError(f"gatehouse connect exited:\n{tail(self.log_file)}")
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             time.sleep(0.05)
         self.stop()
-        raise StackError(f"gatehouse connect did not listen:\n{_tail(self.log_file)}")
+        raise StackError(f"gatehouse connect did not listen:\n{tail(self.log_file)}")

@@ -18,8 +18,9 @@ import pexpect
 import pytest
 
 from devenv.postgres import PostgresServer
+from devenv.processes import free_port
 from devenv.sshd import Sshd
-from devenv.stack import GATEHOUSE, REPO, Connect, free_port
+from devenv.stack import GATEHOUSE, REPO, Connect
 from tests.e2e.conftest import Stack, ssh_policy, start_stack
 
 
