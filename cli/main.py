@@ -3,7 +3,10 @@ an AI agent calls again and again — does not pay for the control plane's impor
 
 Each verb's module is imported, and turned into a click command, only when that verb is
 looked up: `gatehouse exec` loads cli.execute and nothing else; `gatehouse --help` (and a
-mistyped verb's suggestions) load them all, as before."""
+mistyped verb's suggestions) load them all, as before.
+
+`exec` goes further: a plain `exec` command line runs without typer at all (cli.execute
+explains), since typer, click and pydantic cost more than the rest of the command."""
 
 from __future__ import annotations
 
@@ -15,19 +18,25 @@ import sys
 # fork); nothing here needs gRPC in a child. Set before anything imports grpc.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+import errno
 from collections.abc import Iterator, MutableMapping
-from typing import Any
-
-import typer
-import typer.main
-from typer import _click
-from typer.core import TyperGroup
-from typer.models import CommandInfo, TyperInfo
+from typing import TYPE_CHECKING, Any
 
 from cli.errors import CliError
 
+if TYPE_CHECKING:
+    import typer
+    from typer import _click
+    from typer.models import CommandInfo, TyperInfo
 
-class _Verbs(MutableMapping[str, _click.Command]):
+VERBS = (
+    # Commands first, then groups: the order `gatehouse --help` lists them in.
+    *("exec", "connect", "ssh", "login", "logout", "whoami"),
+    *("controlplane", "agent", "admin", "sessions", "connections", "tokens", "reviews", "audit"),
+)
+
+
+class _Verbs(MutableMapping[str, "_click.Command"]):
     """The root group's commands: every verb's name, its command built on first lookup."""
 
     def __init__(self, built: MutableMapping[str, _click.Command]) -> None:
@@ -57,39 +66,58 @@ class _Verbs(MutableMapping[str, _click.Command]):
         return name in VERBS or name in self._built
 
 
-class _LazyGroup(TyperGroup):
-    """The root group, over `_Verbs`: listing names builds nothing."""
-
-    def __init__(self, **attrs: Any) -> None:
-        super().__init__(**attrs)
-        self.commands = _Verbs(self.commands)
-
-    def list_commands(self, ctx: _click.Context) -> list[str]:
-        return list(self.commands)
+_app: typer.Typer | None = None
 
 
-app = typer.Typer(
-    name="gatehouse",
-    help="Gatehouse: an access gateway that records every request before it reaches the target.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    cls=_LazyGroup,
-)
+def __getattr__(name: str) -> Any:
+    """`cli.main.app`, the typer app, made on first use: `exec` runs without it."""
+    if name == "app":
+        return _typer_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _typer_app() -> typer.Typer:
+    global _app  # noqa: PLW0603 - made once, on first use
+    if _app is not None:
+        return _app
+    import typer
+    from typer.core import TyperGroup
+
+    class LazyGroup(TyperGroup):
+        """The root group, over `_Verbs`: listing names builds nothing."""
+
+        def __init__(self, **attrs: Any) -> None:
+            super().__init__(**attrs)
+            self.commands = _Verbs(self.commands)
+
+        def list_commands(self, ctx: _click.Context) -> list[str]:
+            return list(self.commands)
+
+    _app = typer.Typer(
+        name="gatehouse",
+        help="Gatehouse: an access gateway that records every request before it reaches the "
+        "target.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        cls=LazyGroup,
+    )
+    return _app
 
 
 def _attach(name: str) -> CommandInfo | TyperInfo:
-    """Import verb `name` and register it on `app`; its registration, once."""
-    for command in app.registered_commands:
-        if command.name == name:
-            return command
+    """Import verb `name` and register it on the app; its registration, once."""
+    app = _typer_app()
+    for registered in app.registered_commands:
+        if registered.name == name:
+            return registered
     for group in app.registered_groups:
         if group.name == name:
             return group
     if name == "exec":
-        from cli.execute import exec_
+        from cli import execute
 
-        app.command("exec")(exec_)
+        app.command("exec")(execute.command())
     elif name == "connect":
         from cli.connect import connect
 
@@ -142,15 +170,12 @@ def _attach(name: str) -> CommandInfo | TyperInfo:
     return _attach(name)
 
 
-VERBS = (
-    # Commands first, then groups: the order `gatehouse --help` lists them in.
-    *("exec", "connect", "ssh", "login", "logout", "whoami"),
-    *("controlplane", "agent", "admin", "sessions", "connections", "tokens", "reviews", "audit"),
-)
-
-
 def _build(name: str) -> _click.Command:
     """Verb `name` as a click command, built as typer builds the root group's commands."""
+    import typer.main
+    from typer.models import CommandInfo
+
+    app = _typer_app()
     info = _attach(name)
     if isinstance(info, CommandInfo):
         return typer.main.get_command_from_info(
@@ -175,15 +200,59 @@ def _register() -> None:
 def run() -> None:
     """Entry point: run the app, turning CliError into its message and exit status."""
     try:
-        typer.main.get_group(app)()
+        if not _exec_directly(sys.argv[1:]):
+            import typer.main
+
+            typer.main.get_group(_typer_app())()
     except CliError as exc:
         message = exc.message
         if not message.startswith(("ERROR", "FATAL")):
             message = f"error: {message}"
-        typer.echo(message, err=True)
+        from cli.execute import echo
+
+        echo(message, err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _exec_directly(argv: list[str]) -> bool:
+    """Run a plain `exec` command line without typer, ending as typer's main would; False
+    when typer must parse it (help, usage errors, anything unusual, shell completion)."""
+    if argv[:1] != ["exec"] or any(
+        key.startswith("_") and key.endswith("_COMPLETE") for key in os.environ
+    ):
+        return False
+    from cli import execute
+
+    arguments = execute.parse(argv[1:])
+    if arguments is None:
+        return False
+    try:
+        status = execute.execute(**arguments)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except EOFError:
+        from typer import _click
+        from typer.core import HAS_RICH
+
+        _click.echo(file=sys.stderr)
+        if HAS_RICH and _typer_app().rich_markup_mode is not None:
+            from typer import rich_utils
+
+            rich_utils.rich_abort_error()
+        else:
+            _click.echo("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        from typer._click.utils import PacifyFlushWrapper
+
+        sys.stdout = PacifyFlushWrapper(sys.stdout)
+        sys.stderr = PacifyFlushWrapper(sys.stderr)
+        sys.exit(1)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,29 @@
 """Options and helpers every verb shares: where the control plane is, output format, running
-a coroutine, and calling the control plane with errors explained."""
+a coroutine, and calling the control plane with errors explained (`run` and `call` live in
+cli.rpc, which `exec` uses without typer; they are re-exported here for the verbs)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from cli.output import Format
+from cli.rpc import call, run
 
-T = TypeVar("T")
+__all__ = [
+    "ControlplaneOpt",
+    "DataDirOpt",
+    "OutputOpt",
+    "call",
+    "parse_duration",
+    "resolve_data_dir",
+    "run",
+    "setup_logging",
+]
 
 ControlplaneOpt = Annotated[
     str | None,
@@ -41,27 +50,6 @@ DataDirOpt = Annotated[
 
 def resolve_data_dir(value: Path | None) -> Path:
     return (value or Path.home() / ".local" / "share" / "gatehouse").expanduser()
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """One event loop for the whole command (uvloop where available)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-def call(address: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Open a channel to the control plane, run `work` on it, explain gRPC failures."""
-    from cli import rpc
-
-    async def main() -> T:
-        async with rpc.channel(address) as channel:
-            with rpc.explained(address):
-                return await work(channel)
-
-    return run(main())
 
 
 def setup_logging(verbose: bool) -> None:

@@ -1,18 +1,24 @@
-"""Reaching the control plane: address, credential, channel, and gRPC errors in plain words."""
+"""Reaching the control plane: address, credential, channel, the command's one event loop,
+and gRPC errors in plain words.
+
+No typer here (nor in what this imports at the top): `gatehouse exec` runs on this module
+without the typer app (cli.main)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cli.errors import REFUSED, USAGE, CliError
 
 if TYPE_CHECKING:
     import grpc
+
+T = TypeVar("T")
 
 DEFAULT_CONTROLPLANE = "127.0.0.1:8443"
 
@@ -69,6 +75,28 @@ def channel(address: str) -> grpc.aio.Channel:
     root = Path(ca).read_bytes() if ca else None
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     return grpc.aio.secure_channel(address, creds, options=options)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """One event loop for the whole command (uvloop where available)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        import asyncio
+
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def call(address: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Open a channel to the control plane, run `work` on it, explain gRPC failures."""
+
+    async def main() -> T:
+        async with channel(address) as opened:
+            with explained(address):
+                return await work(opened)
+
+    return run(main())
 
 
 @contextmanager
