@@ -15,13 +15,15 @@ commit instead of polling the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, Dialect
 from sqlmodel import Session
 
 from controlplane.audit.chain import canonical, link_hash
@@ -179,11 +181,13 @@ class AuditWriter:
                     self._queue.task_done()
 
     def _append(self, drafts: list[Draft]) -> list[int]:
-        """Append in one transaction under the chain-head lock (runs in the writer thread)."""
-        with self._db.write_session() as session, session.begin():
-            return append_events(
-                session, drafts, signer=self._signer, checkpoint_every=self._checkpoint_every
-            )
+        """Append in one transaction under the chain-head lock (runs in the writer thread).
+
+        A Core connection, not an ORM session: the writer needs no unit of work, and the
+        session's bookkeeping cost more than the statements on every group commit.
+        """
+        with self._db.writer_engine.begin() as connection:
+            return _append_on(connection, drafts, self._signer, self._checkpoint_every)
 
 
 def append_events(
@@ -202,17 +206,59 @@ def append_events(
     a multiple of `checkpoint_every` (decided from the locked head, so replicas agree). Returns
     the seqs of `drafts`.
     """
-    # SQLAlchemy Core, not the ORM: this runs once per group commit on the strict path, and the
-    # unit of work cost more than the fsync.
-    connection = session.connection()
-    head_seq, head_hash = connection.execute(
-        select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
-    ).one()
+    return _append_on(session.connection(), drafts, signer, checkpoint_every)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """The append's three statements in the driver's own placeholders, and how `time` is bound.
+
+    Written out once per dialect and run with `exec_driver_sql`: building, caching and binding
+    Core constructs cost more per group commit than the commit itself, and per-row parameter
+    processing was a fifth of the writer's time at large batches. `time` still goes through
+    the column type's own bind processor, so it is stored exactly as before.
+    """
+
+    head: str
+    insert: str
+    move: str
+    bind_time: Callable[[Any], Any] | None
+
+
+@functools.lru_cache(maxsize=32)
+def _sql(dialect: Dialect) -> _Sql:
+    if dialect.paramstyle == "qmark":
+        mark = "?"
+    elif dialect.paramstyle in ("format", "pyformat"):
+        mark = "%s"
+    else:  # pragma: no cover - only sqlite3 and psycopg are supported (store_url)
+        raise RuntimeError(f"unsupported paramstyle {dialect.paramstyle!r}")
+    lock = "" if dialect.name == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE locks
+    columns = ("seq", "id", "time", "type", "session_id", "body", "hash")
+    time_type = EVENTS.c.time.type
+    return _Sql(
+        head=f"SELECT seq, hash FROM {HEAD.name} WHERE id = 1{lock}",
+        insert=f"INSERT INTO {EVENTS.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join([mark] * len(columns))})",
+        move=f"UPDATE {HEAD.name} SET seq = {mark}, hash = {mark} WHERE id = 1",
+        bind_time=time_type.dialect_impl(dialect).bind_processor(dialect),
+    )
+
+
+def _append_on(
+    connection: Connection,
+    drafts: Sequence[Draft],
+    signer: SigningKey | None,
+    checkpoint_every: int,
+) -> list[int]:
+    """`append_events` on a connection inside a write transaction."""
+    sql = _sql(connection.dialect)
+    head_seq, head_hash = connection.exec_driver_sql(sql.head).one()
     seq, prev = head_seq, head_hash
-    rows: list[dict[str, object]] = []
+    rows: list[tuple[object, ...]] = []
     seqs = []
     for item in drafts:
-        seq, prev = _append(rows, item, seq, prev, signer)
+        seq, prev = _append(rows, item, seq, prev, signer, sql.bind_time)
         seqs.append(seq)
     every = checkpoint_every
     if (
@@ -222,15 +268,21 @@ def append_events(
         and drafts[-1].type != CHECKPOINT_TYPE
         and seq // every > head_seq // every
     ):
-        seq, prev = _append(rows, draft(CHECKPOINT_TYPE, reason="interval"), seq, prev, signer)
+        interval = draft(CHECKPOINT_TYPE, reason="interval")
+        seq, prev = _append(rows, interval, seq, prev, signer, sql.bind_time)
     if rows:
-        connection.execute(insert(EVENTS), rows)
-        connection.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
+        connection.exec_driver_sql(sql.insert, rows)  # a list of rows: executemany
+        connection.exec_driver_sql(sql.move, (seq, prev))
     return seqs
 
 
 def _append(
-    rows: list[dict[str, object]], item: Draft, seq: int, prev: str, signer: SigningKey | None
+    rows: list[tuple[object, ...]],
+    item: Draft,
+    seq: int,
+    prev: str,
+    signer: SigningKey | None,
+    bind_time: Callable[[Any], Any] | None,
 ) -> tuple[int, str]:
     seq += 1
     body = dict(item.body)
@@ -243,15 +295,6 @@ def _append(
     body["prev_hash"] = prev
     raw = canonical(body)
     prev = link_hash(prev, raw)
-    rows.append(
-        {
-            "seq": seq,
-            "id": body["id"],
-            "time": item.time,
-            "type": item.type,
-            "session_id": item.session_id,
-            "body": raw.decode("utf-8"),
-            "hash": prev,
-        }
-    )
+    stamp = item.time if bind_time is None else bind_time(item.time)
+    rows.append((seq, body["id"], stamp, item.type, item.session_id, raw.decode(), prev))
     return seq, prev
