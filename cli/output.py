@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -19,6 +21,11 @@ def emit_json(document: Any) -> None:
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = "") -> None:
+    plain = None if not rows and empty else plain_table(headers, rows)
+    if plain is not None:
+        sys.stdout.write(plain)
+        sys.stdout.flush()
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -48,3 +55,64 @@ def emit(
         emit_json(document)
     else:
         emit_table(headers, rows, empty)
+
+
+_EMOJI_CODE = re.compile(r":\S*?:")
+"""What rich may read as an emoji code (`:smile:`): such a cell is left to rich."""
+
+
+def plain_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str | None:
+    """`emit_table`'s output without importing rich, when that is certain to be rich's own:
+    not on a terminal (no styles), every cell printable ASCII that rich reads as plain text
+    (no markup, no emoji code), and the table no wider than rich's console (no wrapping).
+    None otherwise."""
+    if not headers or _rich_terminal():
+        return None
+    cells = [list(headers)]
+    cells += [["" if v is None else str(v) for v in row] for row in rows]
+    if any(len(row) != len(headers) or not all(map(_plain, row)) for row in cells):
+        return None
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    if sum(widths) + 2 * (len(widths) - 1) > _rich_width():
+        return None
+    lines = (
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _plain(cell: str) -> bool:
+    if not cell.isascii() or not cell.isprintable() or "[" in cell:
+        return False
+    if ":" not in cell or not _EMOJI_CODE.search(cell):
+        return True
+    try:
+        from rich._emoji_replace import _emoji_replace
+    except ImportError:  # pragma: no cover - a rich without it: let rich render
+        return False
+    return _emoji_replace(cell) == cell
+
+
+def _rich_terminal() -> bool:
+    """Whether rich.console.Console() would write styles (or might: then rich renders)."""
+    if "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ:
+        return True
+    try:
+        return sys.stdout.isatty()
+    except ValueError:
+        return True
+
+
+def _rich_width() -> int:
+    """rich.console.Console().width away from a terminal: $COLUMNS, else the first standard
+    stream that is a terminal, else 80."""
+    columns = os.environ.get("COLUMNS")
+    if columns is not None and columns.isdigit():
+        return int(columns)
+    for fd in (0, 1, 2):
+        try:
+            return os.get_terminal_size(fd).columns or 80
+        except (AttributeError, ValueError, OSError):
+            continue
+    return 80
