@@ -175,13 +175,12 @@ def execute(
     md = rpc.metadata()
 
     async def work(channel: Any) -> Any:
-        from cli import term
-        from cli.session import open_session
+        from cli.session import TERMINAL_TYPES, open_session
 
         opened = await open_session(
             channel, md, connection, "exec", f"gatehouse-cli/{__version__} exec"
         )
-        if opened.connection_type in term.TERMINAL_TYPES:
+        if opened.connection_type in TERMINAL_TYPES:
             return await _run_command(opened, args or [], command, no_stdin)
         if args:
             opened.call.cancel()

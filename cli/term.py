@@ -28,12 +28,11 @@ from typing import BinaryIO, Protocol
 import grpc
 
 from cli.errors import CliError
+from cli.session import TERMINAL_TYPES as TERMINAL_TYPES  # noqa: PLC0414 - cli.ssh reads it here
 from cli.session import Opened
 from gatehouse.v1 import client_pb2
 from wire.term import codec
 
-TERMINAL_TYPES = frozenset({"ssh", "shell"})
-"""Connection types whose sessions carry this protocol."""
 CHUNK = 64 * 1024
 """Largest INPUT body sent: the codec's senders cut data into pieces of this size."""
 FRAME_LIMIT = 1024 * 1024
