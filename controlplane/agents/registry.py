@@ -3,18 +3,24 @@
 An agent is created with a one-time join token, exchanges it once for a credential, and then
 holds one control stream. Only hashes of both secrets are stored. The live link of an online
 agent has a small bounded outbox: a wedged agent makes `send` fail, never memory grow.
+
+Last-seen is kept in memory and written for all agents that changed in one transaction every
+FLUSH_EVERY seconds, and at once when an agent disconnects: a write per heartbeat per agent
+was most of the control plane's load with thousands of agents (docs/decisions/0009). This
+process's readers see the in-memory value; the store (other replicas) lags by FLUSH_EVERY.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy import bindparam, update
+from sqlmodel import Session, col, select
 
 from controlplane.audit.events import as_utc, draft, utc_now
 from controlplane.audit.writer import AuditWriter
@@ -32,8 +38,10 @@ from controlplane.store.database import Database
 from controlplane.store.models import AgentRow
 from gatehouse.v1 import agent_pb2
 
+log = logging.getLogger(__name__)
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-LAST_SEEN_EVERY = timedelta(seconds=15)
+FLUSH_EVERY = 5.0  # seconds between batched last-seen writes
 
 
 class AgentLink:
@@ -48,7 +56,7 @@ class AgentLink:
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue(64)
         self.closed = asyncio.Event()
         self.close_reason = ""
-        self.last_seen_written = utc_now()
+        self.last_seen = utc_now()
 
     async def send(self, message: agent_pb2.ControlMessage, timeout: float = 5.0) -> None:
         if self.closed.is_set():
@@ -76,6 +84,12 @@ class AgentRegistry:
         self._db = db
         self._audit = audit
         self._links: dict[str, AgentLink] = {}
+        # Links whose last-seen (version, hostname) the store does not have yet, by agent id;
+        # `_writing` is the batch a flush is storing right now (readers still overlay it).
+        self._pending: dict[str, AgentLink] = {}
+        self._writing: dict[str, AgentLink] = {}
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---- administration -------------------------------------------------------------------
 
@@ -143,6 +157,10 @@ class AgentRegistry:
                 status = "pending"
             else:
                 status = "offline"
+            # This process may know a newer last-seen than the store (not flushed yet).
+            unsaved = link or self._pending.get(row.id) or self._writing.get(row.id)
+            if unsaved is not None and unsaved.agent_id == row.id:
+                row.last_seen = max(unsaved.last_seen, as_utc(row.last_seen or unsaved.last_seen))
             version = link.version if link else row.version
             hostname = link.hostname if link else row.hostname
             result.append(AgentStatus(row, status, version, hostname))
@@ -205,16 +223,7 @@ class AgentRegistry:
         if previous is not None:
             previous.close("replaced by a newer connection of the same agent")
         self._links[row.name] = link
-
-        def seen(session: Session) -> None:
-            stored = session.get(AgentRow, row.id)
-            if stored is not None:
-                stored.last_seen = utc_now()
-                stored.version = hello.version
-                stored.hostname = hello.hostname
-                session.add(stored)
-
-        await self._db.write(seen)
+        self._unsaved(link)  # last-seen, version and hostname go with the next flush
         await self._audit.commit(draft("agent.connect", agent=self._describe(link)))
         return link
 
@@ -222,15 +231,21 @@ class AgentRegistry:
         link.close(link.close_reason or "the control stream ended")
         if self._links.get(link.name) is link:
             del self._links[link.name]
-        await self._touch(link)
+            link.last_seen = utc_now()
+            self._unsaved(link)
+            # Now, not at the next tick: many disconnecting together share one transaction.
+            try:
+                await asyncio.shield(self.flush())
+            except Exception as exc:  # kept pending: the next flush tries again
+                log.warning("could not store the last-seen of agent %s: %s", link.name, exc)
         await self._audit.commit(
             draft("agent.disconnect", agent=self._describe(link), reason=link.close_reason)
         )
 
-    async def heartbeat(self, link: AgentLink) -> None:
-        """Persist last-seen now and then, not on every heartbeat of every agent."""
-        if utc_now() - link.last_seen_written >= LAST_SEEN_EVERY:
-            await self._touch(link)
+    def heartbeat(self, link: AgentLink) -> None:
+        """Note the agent alive; the store gets it with the next batched flush."""
+        link.last_seen = utc_now()
+        self._unsaved(link)
 
     def link(self, name: str) -> AgentLink | None:
         return self._links.get(name)
@@ -238,17 +253,46 @@ class AgentRegistry:
     def online(self) -> list[AgentLink]:
         return list(self._links.values())
 
-    async def _touch(self, link: AgentLink) -> None:
-        moment: datetime = utc_now()
-        link.last_seen_written = moment
+    async def flush(self) -> None:
+        """Store every pending last-seen in one transaction. Concurrent callers take turns,
+        and the later ones find their agents already written by an earlier batch; a failed
+        batch stays pending for the next flush."""
+        async with self._flush_lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            rows = [
+                {"b_id": k, "b_seen": v.last_seen, "b_version": v.version, "b_host": v.hostname}
+                for k, v in batch.items()
+            ]
+            self._writing = batch
+            try:
+                await self._db.write(lambda session: _store_seen(session, rows))
+            except Exception:
+                for agent_id, link in batch.items():
+                    self._pending.setdefault(agent_id, link)
+                self._schedule()
+                raise
+            finally:
+                self._writing = {}
 
-        def touch(session: Session) -> None:
-            stored = session.get(AgentRow, link.agent_id)
-            if stored is not None:
-                stored.last_seen = moment
-                session.add(stored)
+    def _unsaved(self, link: AgentLink) -> None:
+        self._pending[link.agent_id] = link
+        self._schedule()
 
-        await self._db.write(touch)
+    def _schedule(self) -> None:
+        """One timer task at most, and only while something is pending: no task to stop."""
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_EVERY)
+        try:
+            await self.flush()
+        except Exception as exc:  # the store is down: keep the values, try again later
+            log.warning("could not store the agents' last-seen times: %s", exc)
+        if self._pending:
+            self._flusher = asyncio.create_task(self._flush_later())
 
     @staticmethod
     def _describe(link: AgentLink) -> dict[str, str]:
@@ -258,3 +302,17 @@ class AgentRegistry:
             "hostname": link.hostname,
             "peer": link.peer,
         }
+
+
+def _store_seen(session: Session, rows: list[dict[str, Any]]) -> None:
+    """One executemany UPDATE by primary key; a row deleted meanwhile is simply skipped."""
+    statement = (
+        update(AgentRow)
+        .where(col(AgentRow.id) == bindparam("b_id"))
+        .values(
+            last_seen=bindparam("b_seen"),
+            version=bindparam("b_version"),
+            hostname=bindparam("b_host"),
+        )
+    )
+    session.connection().execute(statement, rows)

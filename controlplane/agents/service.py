@@ -92,7 +92,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 link.close_reason = "the agent closed its control stream"
                 return
             if message.HasField("heartbeat"):
-                await self._registry.heartbeat(link)
+                self._registry.heartbeat(link)
                 ack = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
                 await link.send(agent_pb2.ControlMessage(heartbeat=ack))
 

@@ -1,0 +1,195 @@
+"""Agents' last-seen: kept in memory, written in batches, never a transaction per heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
+
+import pytest
+from sqlmodel import Session, select
+
+from controlplane.agents import registry as registry_module
+from controlplane.agents.registry import AgentLink, AgentRegistry
+from controlplane.audit.events import as_utc, utc_now
+from controlplane.audit.writer import AuditWriter
+from controlplane.store.database import Database
+from controlplane.store.models import AgentRow
+from gatehouse.v1 import agent_pb2
+
+T = TypeVar("T")
+
+
+class CountingWrites:
+    """Counts the registry's write transactions (the audit writer has its own path)."""
+
+    def __init__(self, db: Database) -> None:
+        self.count = 0
+        self.fail = False
+        self._write = db.write
+
+    async def __call__(self, fn: Callable[[Session], T]) -> T:
+        self.count += 1
+        if self.fail:
+            raise OSError("the disk is gone")
+        return await self._write(fn)
+
+
+@pytest.fixture
+def writes(db: Database, monkeypatch: pytest.MonkeyPatch) -> CountingWrites:
+    counting = CountingWrites(db)
+    monkeypatch.setattr(db, "write", counting)
+    return counting
+
+
+def enrolled(db: Database, count: int) -> list[AgentRow]:
+    now = utc_now() - timedelta(days=1)
+    rows = [
+        AgentRow(
+            id=str(uuid.uuid4()),
+            name=f"edge-{i}",
+            credential_hash=f"hash-{i}",
+            created_at=now,
+            enrolled_at=now,
+        )
+        for i in range(count)
+    ]
+
+    with db.write_session() as session, session.begin():  # not counted: not the registry's
+        session.add_all(rows)
+    return rows
+
+
+async def connect(registry: AgentRegistry, row: AgentRow, version: str = "1.2.3") -> AgentLink:
+    hello = agent_pb2.Hello(name=row.name, version=version, hostname=f"host-{row.name}")
+    return await registry.connected(row, hello, "ipv4:127.0.0.1:1")
+
+
+async def stored(db: Database) -> dict[str, AgentRow]:
+    rows: list[AgentRow] = await db.read(lambda s: list(s.exec(select(AgentRow))))
+    return {row.name: row for row in rows}
+
+
+async def test_heartbeats_are_stored_in_one_transaction_per_flush(
+    db: Database, writer: AuditWriter, writes: CountingWrites
+) -> None:
+    rows = enrolled(db, 50)
+    registry = AgentRegistry(db, writer)
+    links = [await connect(registry, row) for row in rows]
+    for _ in range(3):
+        for link in links:
+            registry.heartbeat(link)
+    assert writes.count == 0  # neither connecting nor a heartbeat writes on its own
+
+    await registry.flush()
+    assert writes.count == 1
+    after = await stored(db)
+    for link in links:
+        row = after[link.name]
+        assert row.last_seen is not None and as_utc(row.last_seen) == link.last_seen
+        assert (row.version, row.hostname) == ("1.2.3", f"host-{link.name}")
+
+    await registry.flush()  # nothing changed: no transaction
+    assert writes.count == 1
+
+
+async def test_the_list_shows_the_in_memory_last_seen_before_any_flush(
+    db: Database, writer: AuditWriter, writes: CountingWrites
+) -> None:
+    (row,) = enrolled(db, 1)
+    registry = AgentRegistry(db, writer)
+    link = await connect(registry, row)
+    registry.heartbeat(link)
+
+    (status,) = await registry.statuses()
+    assert status.status == "online"
+    assert status.row.last_seen == link.last_seen
+    assert (status.version, status.hostname) == ("1.2.3", "host-edge-0")
+    assert writes.count == 0
+    assert (await stored(db))["edge-0"].last_seen is None  # the store is behind, by design
+
+
+async def test_a_disconnect_stores_last_seen_at_once(
+    db: Database, writer: AuditWriter, writes: CountingWrites
+) -> None:
+    (row,) = enrolled(db, 1)
+    registry = AgentRegistry(db, writer)
+    link = await connect(registry, row, version="2.0.0")
+    await registry.disconnected(link)
+
+    stored_row = (await stored(db))["edge-0"]
+    assert stored_row.last_seen is not None and as_utc(stored_row.last_seen) == link.last_seen
+    assert stored_row.version == "2.0.0"
+    (status,) = await registry.statuses()
+    assert status.status == "offline"
+    assert status.row.last_seen is not None and as_utc(status.row.last_seen) == link.last_seen
+
+
+async def test_many_disconnecting_together_share_a_few_transactions(
+    db: Database, writer: AuditWriter, writes: CountingWrites
+) -> None:
+    rows = enrolled(db, 200)
+    registry = AgentRegistry(db, writer)
+    links = [await connect(registry, row) for row in rows]
+    await asyncio.gather(*(registry.disconnected(link) for link in links))
+
+    assert writes.count <= 3
+    assert all(row.last_seen is not None for row in (await stored(db)).values())
+
+
+async def test_a_replaced_connection_does_not_overwrite_the_newer_one(
+    db: Database, writer: AuditWriter, writes: CountingWrites
+) -> None:
+    (row,) = enrolled(db, 1)
+    registry = AgentRegistry(db, writer)
+    old = await connect(registry, row, version="1.0.0")
+    new = await connect(registry, row, version="2.0.0")
+    await registry.disconnected(old)
+    await registry.flush()
+
+    assert registry.link("edge-0") is new
+    assert (await stored(db))["edge-0"].version == "2.0.0"
+
+
+async def test_a_failed_flush_keeps_the_values_for_the_next_one(
+    db: Database,
+    writer: AuditWriter,
+    writes: CountingWrites,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry_module, "FLUSH_EVERY", 0.05)
+    (row,) = enrolled(db, 1)
+    registry = AgentRegistry(db, writer)
+    link = await connect(registry, row)
+    writes.fail = True
+    await registry.disconnected(link)  # logged, not raised: the disconnect is still audited
+    assert (await stored(db))["edge-0"].last_seen is None
+    (status,) = await registry.statuses()
+    assert status.row.last_seen == link.last_seen  # still shown from memory
+
+    writes.fail = False
+    for _ in range(100):  # the timer retries on its own
+        await asyncio.sleep(0.05)
+        if (await stored(db))["edge-0"].last_seen is not None:
+            break
+    stored_row = (await stored(db))["edge-0"]
+    assert stored_row.last_seen is not None and as_utc(stored_row.last_seen) == link.last_seen
+
+
+async def test_the_timer_flushes_without_being_asked(
+    db: Database, writer: AuditWriter, writes: CountingWrites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "FLUSH_EVERY", 0.05)
+    rows = enrolled(db, 3)
+    registry = AgentRegistry(db, writer)
+    for row in rows:
+        await connect(registry, row)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if writes.count:
+            break
+    await asyncio.sleep(0.2)  # nothing pending: the timer does not spin
+    assert writes.count == 1
+    assert all(row.last_seen is not None for row in (await stored(db)).values())
