@@ -167,6 +167,7 @@ class Agent:
                     self._apply(message.policy)
                 elif kind == "open_session":
                     self._open(channel, metadata, message.open_session)
+                # "heartbeat": an ack from an older control plane; nothing to do with it.
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
@@ -177,6 +178,9 @@ class Agent:
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControlMessage],
         interval: float,
     ) -> None:
+        """Tell the control plane this agent is alive (its last-seen). They are not answered:
+        a dead stream is found by the channel's gRPC keepalive (`make_channel`: a ping every
+        20 s, 10 s to answer), which fails the call and so starts a reconnect."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)

@@ -199,35 +199,48 @@ def _register() -> None:
 
 def run() -> None:
     """Entry point: run the app, turning CliError into its message and exit status."""
+    exec_arguments = _plain_exec(sys.argv[1:])
     try:
-        if not _exec_directly(sys.argv[1:]):
-            import typer.main
+        try:
+            if exec_arguments is None:
+                import typer.main
 
-            typer.main.get_group(_typer_app())()
-    except CliError as exc:
-        message = exc.message
-        if not message.startswith(("ERROR", "FATAL")):
-            message = f"error: {message}"
-        from cli.execute import echo
+                typer.main.get_group(_typer_app())()
+            else:
+                _exec(exec_arguments)
+        except CliError as exc:
+            message = exc.message
+            if not message.startswith(("ERROR", "FATAL")):
+                message = f"error: {message}"
+            from cli.execute import echo
 
-        echo(message, err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+            echo(message, err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    except SystemExit as done:
+        if exec_arguments is not None:
+            _exit_now(done)
+        raise
 
 
-def _exec_directly(argv: list[str]) -> bool:
-    """Run a plain `exec` command line without typer, ending as typer's main would; False
-    when typer must parse it (help, usage errors, anything unusual, shell completion)."""
+def _plain_exec(argv: list[str]) -> dict[str, Any] | None:
+    """The arguments of a plain `exec` command line, which runs without typer; None when
+    typer must parse it (another verb, help, usage errors, anything unusual, completion)."""
     if argv[:1] != ["exec"] or any(
         key.startswith("_") and key.endswith("_COMPLETE") for key in os.environ
     ):
-        return False
+        return None
     from cli import execute
 
-    arguments = execute.parse(argv[1:])
-    if arguments is None:
-        return False
+    return execute.parse(argv[1:])
+
+
+def _exec(arguments: dict[str, Any]) -> None:
+    """Run `exec` and end as typer's main would have: its exit status, 130 for Ctrl-C, 1
+    when stdout's reader went away."""
+    from cli import execute
+
     try:
         status = execute.execute(**arguments)
     except KeyboardInterrupt:
@@ -253,6 +266,25 @@ def _exec_directly(argv: list[str]) -> bool:
         sys.stderr = PacifyFlushWrapper(sys.stderr)
         sys.exit(1)
     sys.exit(status)
+
+
+def _exit_now(done: SystemExit) -> None:
+    """End the process at once with `done`'s status, once stdout and stderr are flushed.
+
+    Python's own shutdown takes 30-50 ms here (more on a loaded machine), spent tearing down
+    grpc, protobuf and asyncio module by module; exec has nothing left to clean up: the
+    channel and the event loop are closed, the executor's threads joined, and it registers
+    no atexit handlers. Anything unusual (a status that is not a number, a flush that fails)
+    returns, so that Python ends the process as it always would (a failed flush: 120)."""
+    code = done.code
+    if code is not None and not isinstance(code, int):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import grpc
@@ -92,9 +91,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 link.close_reason = "the agent closed its control stream"
                 return
             if message.HasField("heartbeat"):
+                # Not acknowledged: agents never used the ack, and gRPC keepalive already
+                # finds a dead stream; a write per heartbeat cost a quarter of the CPU at
+                # 10,000 agents (docs/decisions/0009).
                 self._registry.heartbeat(link)
-                ack = agent_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))
-                await link.send(agent_pb2.ControlMessage(heartbeat=ack))
 
     @staticmethod
     async def _write_control(link: AgentLink, context: Context) -> None:
