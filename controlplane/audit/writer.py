@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Dialect
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlmodel import Session
 
 from controlplane.audit.chain import canonical, link_hash
@@ -183,11 +184,16 @@ class AuditWriter:
     def _append(self, drafts: list[Draft]) -> list[int]:
         """Append in one transaction under the chain-head lock (runs in the writer thread).
 
-        A Core connection, not an ORM session: the writer needs no unit of work, and the
-        session's bookkeeping cost more than the statements on every group commit.
+        On a bare driver connection: SQLAlchemy's session, Core statements and even
+        `exec_driver_sql` cost more per group commit than the statements and the COMMIT.
         """
-        with self._db.writer_engine.begin() as connection:
-            return _append_on(connection, drafts, self._signer, self._checkpoint_every)
+        dialect = self._db.writer_engine.dialect
+        with self._db.driver_write() as connection:
+            cursor = connection.cursor()
+            try:
+                return _append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
+            finally:
+                cursor.close()
 
 
 def append_events(
@@ -206,14 +212,19 @@ def append_events(
     a multiple of `checkpoint_every` (decided from the locked head, so replicas agree). Returns
     the seqs of `drafts`.
     """
-    return _append_on(session.connection(), drafts, signer, checkpoint_every)
+    connection = session.connection()
+    cursor = connection.connection.cursor()  # the driver's, inside the session's transaction
+    try:
+        return _append_on(cursor, connection.dialect, drafts, signer, checkpoint_every)
+    finally:
+        cursor.close()
 
 
 @dataclass(frozen=True, slots=True)
 class _Sql:
     """The append's three statements in the driver's own placeholders, and how `time` is bound.
 
-    Written out once per dialect and run with `exec_driver_sql`: building, caching and binding
+    Written out once per dialect and run on the driver's cursor: building, caching and binding
     Core constructs cost more per group commit than the commit itself, and per-row parameter
     processing was a fifth of the writer's time at large batches. `time` still goes through
     the column type's own bind processor, so it is stored exactly as before.
@@ -246,14 +257,19 @@ def _sql(dialect: Dialect) -> _Sql:
 
 
 def _append_on(
-    connection: Connection,
+    cursor: DBAPICursor,
+    dialect: Dialect,
     drafts: Sequence[Draft],
     signer: SigningKey | None,
     checkpoint_every: int,
 ) -> list[int]:
-    """`append_events` on a connection inside a write transaction."""
-    sql = _sql(connection.dialect)
-    head_seq, head_hash = connection.exec_driver_sql(sql.head).one()
+    """`append_events` on a driver cursor inside a write transaction."""
+    sql = _sql(dialect)
+    cursor.execute(sql.head)
+    head = cursor.fetchone()
+    if head is None:
+        raise RuntimeError("the audit chain head row is missing: the store is not migrated")
+    head_seq, head_hash = head
     seq, prev = head_seq, head_hash
     rows: list[tuple[object, ...]] = []
     seqs = []
@@ -271,8 +287,8 @@ def _append_on(
         interval = draft(CHECKPOINT_TYPE, reason="interval")
         seq, prev = _append(rows, interval, seq, prev, signer, sql.bind_time)
     if rows:
-        connection.exec_driver_sql(sql.insert, rows)  # a list of rows: executemany
-        connection.exec_driver_sql(sql.move, (seq, prev))
+        cursor.executemany(sql.insert, rows)
+        cursor.execute(sql.move, (seq, prev))
     return seqs
 
 

@@ -36,7 +36,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Engine, event, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 from sqlmodel import Session, create_engine
 
 from controlplane.errors import InvalidArgument, Unavailable
@@ -225,6 +225,30 @@ class Database:
 
     def write_session(self) -> Session:
         return Session(self._writer, expire_on_commit=False)
+
+    @contextmanager
+    def driver_write(self) -> Iterator[PoolProxiedConnection]:
+        """One write transaction on a bare driver connection from the writer pool; commits when
+        the block ends, rolls back (or discards the connection, if even that fails) otherwise.
+
+        For the audit writer's group commit, where SQLAlchemy's execution layer cost more than
+        the statements. The transaction is the one `write_session` gives: `BEGIN IMMEDIATE` on
+        SQLite, and on PostgreSQL the pool's session settings, pre-ping and READ COMMITTED.
+        """
+        connection = self._writer.raw_connection()
+        try:
+            if self.is_sqlite:
+                connection.execute("BEGIN IMMEDIATE")  # sqlite3: a cursor of its own
+            yield connection
+            connection.commit()
+        except BaseException:
+            try:
+                connection.rollback()
+            except Exception:
+                connection.invalidate()  # broken: never hand it out again
+            raise
+        finally:
+            connection.close()  # back to the pool
 
     def read_session(self) -> Session:
         return Session(self._reader, expire_on_commit=False)
