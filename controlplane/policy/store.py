@@ -22,6 +22,7 @@ from controlplane.errors import InvalidArgument
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.document import (
     Connection,
+    MaskingRule,
     PolicyDocument,
     PolicyError,
     parse_policy,
@@ -49,13 +50,20 @@ class PolicyStore:
         self.version = 0
         self.document = PolicyDocument()
         self._guards: dict[tuple[int, str], SqlGuard] = {}
+        self._index = _Index(self.document)
 
     async def load(self) -> None:
         """Take the newest applied version (another replica may have applied it)."""
 
         def newest(session: Session) -> PolicyVersionRow | None:
-            query = select(PolicyVersionRow).order_by(col(PolicyVersionRow.version).desc())
-            return session.exec(query.limit(1)).first()
+            # Every agent connect asks: read the document only when the version moved.
+            query = select(col(PolicyVersionRow.version)).order_by(
+                col(PolicyVersionRow.version).desc()
+            )
+            version = session.exec(query.limit(1)).first()
+            if version is None or version == self.version:
+                return None
+            return session.get(PolicyVersionRow, version)
 
         row = await self._db.read(newest)
         if row is not None and row.version != self.version:
@@ -102,7 +110,14 @@ class PolicyStore:
         return Applied(version, changes)
 
     def connection(self, name: str) -> Connection | None:
-        return self.document.connection(name)
+        return self._indexed().connections.get(name)
+
+    def _indexed(self) -> _Index:
+        """The lookups of the current document, built once per document (a push to N agents
+        asked for each agent's part by scanning all N connections: N² in all)."""
+        if self._index.document is not self.document:
+            self._index = _Index(self.document)
+        return self._index
 
     def parameter_detectors(self, connection: Connection) -> DetectorSet:
         """Detectors for the values of statement parameters before they enter an event: the
@@ -134,13 +149,12 @@ class PolicyStore:
     def for_agent(self, agent: str) -> agent_pb2.Policy:
         """The part of the policy one agent needs: its connections and their masking."""
         policy = agent_pb2.Policy(version=self.version)
-        rules = {rule.name: rule for rule in self.document.masking}
-        for conn in self.document.connections:
-            if conn.agent != agent:
-                continue
+        index = self._indexed()
+        for conn in index.by_agent.get(agent, ()):
             target = struct_pb2.Struct()
             target.update(conn.target.model_dump(mode="json"))
             masking = struct_pb2.Struct()
+            rules = index.masking
             masking.update(
                 {"rules": [rules[n].model_dump(mode="json") for n in conn.masking if n in rules]}
             )
@@ -154,6 +168,21 @@ class PolicyStore:
                 )
             )
         return policy
+
+
+class _Index:
+    """One document's connections by name and by agent, and its masking rules by name."""
+
+    __slots__ = ("by_agent", "connections", "document", "masking")
+
+    def __init__(self, document: PolicyDocument) -> None:
+        self.document = document
+        self.connections: dict[str, Connection] = {}
+        self.by_agent: dict[str, list[Connection]] = {}
+        for conn in document.connections:
+            self.connections.setdefault(conn.name, conn)  # the first, as document.connection
+            self.by_agent.setdefault(conn.agent, []).append(conn)
+        self.masking: dict[str, MaskingRule] = {rule.name: rule for rule in document.masking}
 
 
 def describe_changes(old: PolicyDocument, new: PolicyDocument) -> list[str]:
