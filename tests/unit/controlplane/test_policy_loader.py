@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -101,3 +102,28 @@ def test_ten_thousand_connections_parse_in_seconds() -> None:
     parsed = parse_policy(text)
     assert len(parsed.connections) == 10_000
     assert time.process_time() - started < 20  # the pure-Python parser alone took ~15 s
+
+
+def test_the_cycle_collector_is_paused_while_parsing_and_restored_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    during: list[bool] = []
+    compose = yaml.compose
+
+    def spy(text: str, Loader: type[yaml.SafeLoader]) -> yaml.Node | None:  # noqa: N803
+        during.append(gc.isenabled())
+        return compose(text, Loader=Loader)
+
+    monkeypatch.setattr(yaml, "compose", spy)
+    assert gc.isenabled()
+    parse_policy(fleet(3))
+    problems("connections: [{name: x}]\n")
+    assert during == [False, False]
+    assert gc.isenabled()
+
+    gc.disable()  # whoever turned it off keeps it off
+    try:
+        parse_policy(fleet(1))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
