@@ -14,12 +14,16 @@ JSON = dict[str, Any]
 
 
 def new_event_id() -> str:
-    """A UUIDv7: time-ordered, so ids sort roughly like seq even across replicas."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
-    value |= 0b10 << 62 | rand & ((1 << 62) - 1)
-    h = f"{value:032x}"
+    """A UUIDv7: time-ordered, so ids sort roughly like seq even across replicas.
+
+    48 bits of Unix milliseconds, then 74 random bits around the version (7) and variant (10)
+    bits; set on bytes, which costs less than the same arithmetic on one big integer.
+    """
+    raw = bytearray((time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big"))
+    raw += os.urandom(10)
+    raw[6] = 0x70 | raw[6] & 0x0F
+    raw[8] = 0x80 | raw[8] & 0x3F
+    h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -33,7 +37,13 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC. isoformat() is the same text at a third of
+    strftime's cost (every event pays it); strftime stays for years before 1000, which it
+    does not pad."""
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    if utc.year < 1000:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 @dataclass(slots=True)

@@ -106,7 +106,10 @@ class AuditWriter:
         if self._task is None:
             raise AuditUnavailable("the audit writer is not running")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self._queue.put((event, future))
+        if self._queue.full():
+            await self._queue.put((event, future))
+        else:  # the common case, without a coroutine for Queue.put
+            self._queue.put_nowait((event, future))
         return future
 
     async def commit(self, event: Draft) -> int:
