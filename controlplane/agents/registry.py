@@ -61,6 +61,11 @@ class AgentLink:
     async def send(self, message: agent_pb2.ControlMessage, timeout: float = 5.0) -> None:
         if self.closed.is_set():
             raise Unavailable(f"agent {self.name!r} is offline")
+        try:  # the common case, without the task and timer of wait_for (a push sends 10,000)
+            self.outbox.put_nowait(message)
+            return
+        except asyncio.QueueFull:
+            pass
         try:
             await asyncio.wait_for(self.outbox.put(message), timeout)
         except TimeoutError:

@@ -15,6 +15,7 @@ from controlplane.agents import registry as registry_module
 from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.audit.events import as_utc, utc_now
 from controlplane.audit.writer import AuditWriter
+from controlplane.errors import Unavailable
 from controlplane.store.database import Database
 from controlplane.store.models import AgentRow
 from gatehouse.v1 import agent_pb2
@@ -193,3 +194,20 @@ async def test_the_timer_flushes_without_being_asked(
     await asyncio.sleep(0.2)  # nothing pending: the timer does not spin
     assert writes.count == 1
     assert all(row.last_seen is not None for row in (await stored(db)).values())
+
+
+async def test_send_queues_at_once_and_fails_only_when_the_agent_does_not_read(
+    db: Database, writer: AuditWriter
+) -> None:
+    (row,) = enrolled(db, 1)
+    link = await connect(AgentRegistry(db, writer), row)
+    message = agent_pb2.ControlMessage(policy=agent_pb2.Policy(version=1))
+    for _ in range(link.outbox.maxsize):
+        await link.send(message)
+    with pytest.raises(Unavailable, match="not reading its control stream"):
+        await link.send(message, timeout=0.05)
+    link.outbox.get_nowait()
+    await link.send(message, timeout=0.05)  # room again
+    link.close("test")
+    with pytest.raises(Unavailable, match="offline"):
+        await link.send(message)
