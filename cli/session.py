@@ -17,7 +17,7 @@ from typing import TypeGuard
 import grpc
 
 from cli.errors import CliError
-from gatehouse.v1 import client_pb2, client_pb2_grpc
+from gatehouse.v1 import client_pb2
 
 log = logging.getLogger("gatehouse.session")
 
@@ -84,8 +84,8 @@ async def open_session(
 ) -> Opened:
     """Send `open` and wait for `opened`; a refusal raises grpc.aio.AioRpcError with the
     control plane's reason (cli.rpc.explained turns it into words)."""
-    stub = client_pb2_grpc.ClientServiceStub(channel)
-    call: Call = stub.Session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
+    session = _session_method(channel)
+    call: Call = session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
     open_ = client_pb2.SessionOpen(connection=connection, mode=mode, client=client)
     try:
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -103,6 +103,21 @@ async def open_session(
         raise
     assert isinstance(frame, client_pb2.ServerFrame)
     return Opened(call, frame.opened.session_id, frame.opened.connection_type)
+
+
+def _session_method(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.StreamStreamMultiCallable[client_pb2.ClientFrame, client_pb2.ServerFrame]:
+    """ClientService.Session, made as client_pb2_grpc.ClientServiceStub makes it. That module
+    (every RPC of the service) is not imported for the one `exec` needs: without cached
+    bytecode it costs ~5 ms a command."""
+    method = client_pb2.DESCRIPTOR.services_by_name["ClientService"].methods_by_name["Session"]
+    return channel.stream_stream(  # type: ignore[call-arg]  # the stub's own arguments
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=client_pb2.ClientFrame.SerializeToString,
+        response_deserializer=client_pb2.ServerFrame.FromString,
+        _registered_method=True,
+    )
 
 
 def _pending(frame: object) -> TypeGuard[client_pb2.ServerFrame]:
