@@ -127,10 +127,10 @@ class TermSession:
     async def _write_loop(self) -> None:
         call = self.opened.call
         try:
-            while True:
+            while not self._closed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._pending:
+                while self._pending and not self._closed:
                     parts = [self._pending.popleft()]
                     size = len(parts[0])
                     while self._pending and size + len(self._pending[0]) <= FRAME_LIMIT:
@@ -167,9 +167,16 @@ class TermSession:
         so the session ends as finished rather than cancelled."""
         self._close()
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            # Let a write in flight finish: cancelling a task inside grpc.aio's call.write()
+            # cancels the whole call, and the exit status read next would be lost.
+            self._wake.set()
+            try:
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await asyncio.shield(self._writer)
+            except TimeoutError:
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer
         call = self.opened.call
         with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT):
