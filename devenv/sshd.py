@@ -88,9 +88,13 @@ class Sshd(Service):
             stop_process(process, "sshd", ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)))
 
 
-def start_sshd(base: Path, *, ready_timeout: float = 15.0) -> Sshd:
+def start_sshd(base: Path, *, ready_timeout: float = 15.0, login: str | None = None) -> Sshd:
     """Generate keys under ``base``, start sshd on a free loopback port and wait until it
-    answers with its SSH banner. ``base`` is created if needed; its keys are made anew."""
+    answers with its SSH banner. ``base`` is created if needed; its keys are made anew.
+
+    ``login`` names another account to log in as (created when missing, which needs root):
+    OpenSSH treats root logins differently (no privilege separation, so signal requests are
+    ignored), and a test of what other users get needs one of them."""
     if not (SSHD.is_file() and os.access(SSHD, os.X_OK)):
         raise SshdStartError(f"{SSHD} not found: {_INSTALL_HINT}")
     base = Path(base).resolve()
@@ -104,6 +108,9 @@ def start_sshd(base: Path, *, ready_timeout: float = 15.0) -> Sshd:
     if os.geteuid() == 0:
         PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     user = pwd.getpwuid(os.geteuid()).pw_name
+    if login is not None and login != user:
+        _authorize_in_home(login, authorized.read_text())
+        user = login
     log_file = base / "sshd.log"
     for _ in range(_PORT_ATTEMPTS):
         server = Sshd(HOST, free_port(), user, client_key, host_key_line, base, log_file)
@@ -119,6 +126,30 @@ def start_sshd(base: Path, *, ready_timeout: float = 15.0) -> Sshd:
         f"no free port found after {_PORT_ATTEMPTS} attempts; sshd's log ({log_file}) ends "
         f"with:\n{tail(log_file)}"
     )
+
+
+def _authorize_in_home(name: str, keys: str) -> None:
+    """Make sure account `name` exists and accepts `keys` from its own ~/.ssh: sshd reads a
+    user's authorized keys as that user, who cannot read a root-only temporary folder."""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        if os.geteuid() != 0:
+            raise SshdStartError(
+                f"account {name!r} does not exist; only root can create it"
+            ) from None
+        # Password "*": no password works, but the account is not locked ("!"), which sshd
+        # would refuse even for a key login.
+        command = ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", name]
+        created = subprocess.run(command, capture_output=True, text=True, check=False)
+        if created.returncode != 0:
+            raise SshdStartError(f"useradd {name} failed: {created.stderr.strip()}") from None
+        account = pwd.getpwnam(name)
+    ssh_dir = Path(account.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(keys)
+    for path in (ssh_dir.parent, ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, account.pw_uid, account.pw_gid)
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -140,7 +171,8 @@ def _config(server: Sshd, host_key: Path, authorized: Path) -> str:
         "ListenAddress": f"{server.host}:{server.port}",
         "HostKey": str(host_key),
         "PidFile": str(server.base / "sshd.pid"),
-        "AuthorizedKeysFile": str(authorized),
+        # The test's own file for the current user; ~/.ssh for an account made by `login`.
+        "AuthorizedKeysFile": f"{authorized} .ssh/authorized_keys",
         "PermitRootLogin": "prohibit-password",
         "PubkeyAuthentication": "yes",
         # Password logins are offered (tests check that a wrong one is refused clearly), but

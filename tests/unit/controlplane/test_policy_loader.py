@@ -11,8 +11,6 @@ import yaml
 from controlplane.policy import document
 from controlplane.policy.document import PolicyError, parse_policy
 
-needs_libyaml = pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
-
 
 def problems(text: str) -> list[str]:
     with pytest.raises(PolicyError) as caught:
@@ -33,7 +31,6 @@ def fleet(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@needs_libyaml
 def test_libyaml_composes_the_nodes_when_pyyaml_has_it() -> None:
     assert vars(document)["_Composer"] is yaml.CSafeLoader
 
@@ -71,7 +68,6 @@ def test_both_parsers_name_the_same_lines(text: str, monkeypatch: pytest.MonkeyP
         assert fast == slow
 
 
-@needs_libyaml
 def test_a_tab_indentation_is_named_on_its_own_line() -> None:
     # PyYAML's own scanner refused the (valid) tab after "a:" on line 1; libyaml finds the tab
     # that indents line 2, which is the one to fix.
