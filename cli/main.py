@@ -10,6 +10,7 @@ explains), since typer, click and pydantic cost more than the rest of the comman
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -105,6 +106,19 @@ def _typer_app() -> typer.Typer:
     return _app
 
 
+# Verbs that are groups of commands: where each one's typer app lives.
+_GROUPS: dict[str, tuple[str, str]] = {
+    "controlplane": ("cli.serve", "controlplane_app"),
+    "agent": ("cli.serve", "agent_app"),
+    "admin": ("cli.admin", "admin_app"),
+    "sessions": ("cli.sessions", "sessions_app"),
+    "connections": ("cli.connections", "connections_app"),
+    "tokens": ("cli.tokens", "tokens_app"),
+    "reviews": ("cli.reviews", "reviews_app"),
+    "audit": ("cli.audit", "audit_app"),
+}
+
+
 def _attach(name: str) -> CommandInfo | TyperInfo:
     """Import verb `name` and register it on the app; its registration, once."""
     app = _typer_app()
@@ -130,41 +144,15 @@ def _attach(name: str) -> CommandInfo | TyperInfo:
         from cli import login
 
         app.command(name)(getattr(login, name))
-    elif name == "controlplane":
-        from cli.serve import controlplane_app
+    elif name in _GROUPS:
+        module, attribute = _GROUPS[name]
+        app.add_typer(getattr(importlib.import_module(module), attribute), name=name)
+        if name == "sessions":
+            from cli.replay import sessions_replay
+            from cli.sessions import sessions_app
 
-        app.add_typer(controlplane_app, name="controlplane")
-    elif name == "agent":
-        from cli.serve import agent_app
-
-        app.add_typer(agent_app, name="agent")
-    elif name == "admin":
-        from cli.admin import admin_app
-
-        app.add_typer(admin_app, name="admin")
-    elif name == "sessions":
-        from cli.replay import sessions_replay
-        from cli.sessions import sessions_app
-
-        app.add_typer(sessions_app, name="sessions")
-        if not any(c.name == "replay" for c in sessions_app.registered_commands):
-            sessions_app.command("replay")(sessions_replay)
-    elif name == "connections":
-        from cli.connections import connections_app
-
-        app.add_typer(connections_app, name="connections")
-    elif name == "tokens":
-        from cli.tokens import tokens_app
-
-        app.add_typer(tokens_app, name="tokens")
-    elif name == "reviews":
-        from cli.reviews import reviews_app
-
-        app.add_typer(reviews_app, name="reviews")
-    elif name == "audit":
-        from cli.audit import audit_app
-
-        app.add_typer(audit_app, name="audit")
+            if not any(c.name == "replay" for c in sessions_app.registered_commands):
+                sessions_app.command("replay")(sessions_replay)
     else:
         raise KeyError(name)
     return _attach(name)

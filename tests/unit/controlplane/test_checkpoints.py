@@ -10,7 +10,7 @@ import base64
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,19 +40,6 @@ from controlplane.store.database import Database
 
 Row = tuple[int, str, str]
 ADMIN_ID = Identity("root", role=ADMIN)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "g.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{db_path}")
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
