@@ -188,6 +188,8 @@ class ControlPlane:
             "commits": self.audit.commits,
             "commit_seconds": self.audit.commit_seconds,
             "queue_depth": self.audit.queue_depth,
+            "result_failures": self.audit.result_failures,
+            "invalid_events": self.audit.invalid_events,
             "sessions": len(self.tunnels),
             "sessions_total": self.tunnels.opened,
             "agents": len(self.agents.online()),

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from controlplane.audit.errors import InvalidEvent
 from controlplane.auth.identity import Identity
 
 JSON = dict[str, Any]
+SAFE_INT = 2**53 - 1  # RFC 8785: an integer a double cannot hold exactly has no canonical form
+MAX_DEPTH = 32  # nesting of objects and arrays in one event; deeper is refused, not recursed
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def new_event_id() -> str:
@@ -93,4 +99,58 @@ def draft(
         if identity.actor:
             body["actor"] = identity.actor
     body.update({k: v for k, v in fields.items() if v is not None})
+    check_body(body)
     return Draft(event_type, moment, body)
+
+
+def check_body(body: JSON) -> None:
+    """Raise InvalidEvent unless `body` has an RFC 8785 encoding.
+
+    Checked when the event is drafted, so that a value taken from a request (a lone surrogate
+    in a JSON string, an integer beyond 2**53, NaN) fails that request with a clear error instead
+    of reaching the writer, where it would fail a group commit shared with other sessions.
+    """
+    problem = _problem(body, "", 0)
+    if problem is not None:
+        where, why = problem
+        # The path is made of the request's own keys: printable, bounded, never a surrogate.
+        where = where.encode("utf-8", "backslashreplace").decode("utf-8")
+        where = where if len(where) <= 120 else where[:117] + "..."
+        subject = f"field {where}" if where else "the event"
+        raise InvalidEvent(f"the request cannot be recorded: {subject} {why}")
+
+
+def _problem(value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    """(where, why) of the first value RFC 8785 cannot encode, or None."""
+    if isinstance(value, str):
+        if not value.isascii() and _SURROGATE.search(value):
+            return path, "holds a lone surrogate: it is not valid Unicode text"
+        return None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if -SAFE_INT <= value <= SAFE_INT:
+            return None
+        return path, "holds an integer beyond ±(2**53-1), which JSON cannot carry exactly"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, "holds a number that is not finite")
+    if depth >= MAX_DEPTH:
+        return path, f"nests deeper than {MAX_DEPTH} levels"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path, f"has a key that is not a string ({type(key).__name__})"
+            where = f"{path}.{key}" if path else key
+            if not key.isascii() and _SURROGATE.search(key):
+                return where, "is a key holding a lone surrogate"
+            problem = _problem(item, where, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _problem(item, f"{path}[{index}]", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return path, f"holds a {type(value).__name__}, which is not a JSON value"

@@ -5,11 +5,19 @@ request; everything queued meanwhile rides in the same transaction (natural batc
 timers), so one fsync serves many sessions. When the store fails, every waiting caller gets
 `AuditUnavailable` and refuses its request: nothing unaudited goes through.
 
+One event never fails its neighbours: each is encoded on its own before it joins the group, and
+one that has no canonical form fails only its own future with `InvalidEvent` (drafts are checked
+when they are made, so this is the second line). A *result* event (`*.result`: what ran and how
+it ended) that cannot be committed is counted and reported to the session's failure callback
+(`watch`), which ends that session: a result never vanishes silently.
+
 Checkpoints ride in the same transactions: when a batch takes seq past a multiple of
 `checkpoint_every`, a signed `audit.checkpoint` event is appended after it, in the same commit
-(no extra fsync, no event delayed). Signing is part of the commit, so a key that cannot sign
-fails the batch closed like a store error. Followers (`StreamEvents`) are woken after each
-commit instead of polling the store.
+(no extra fsync, no event delayed); and every `checkpoint_interval` seconds one is appended if
+events came since the last one, so that the newest events are never unsigned for long. Signing
+is part of the commit, so a key that cannot sign fails the batch closed like a store error.
+Each checkpoint is then handed to the witnesses (witness.py), outside the store. Followers
+(`StreamEvents`) are woken after each commit instead of polling the store.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from sqlmodel import Session
 
 from controlplane.audit.chain import canonical, link_hash
 from controlplane.audit.checkpoints import CHECKPOINT_TYPE, SigningKey
+from controlplane.audit.errors import AuditUnavailable, InvalidEvent
 from controlplane.audit.events import Draft, draft
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
@@ -41,10 +50,17 @@ log = logging.getLogger(__name__)
 
 _Item = tuple[Draft, "asyncio.Future[int]"]
 T = TypeVar("T")
+__all__ = ["AuditUnavailable", "AuditWriter", "InvalidEvent", "append_events", "is_result"]
+
+# Told why a session's result event could not be recorded; it must end that session.
+FailureCallback = Callable[[str], None]
+# Told each signed checkpoint after its commit (the witnesses); must not block.
+CheckpointSink = Callable[[dict[str, Any]], None]
 
 
-class AuditUnavailable(Exception):
-    """The event could not be committed; the request it describes must not go through."""
+def is_result(event_type: str) -> bool:
+    """A result event says what ran and how it ended (db.result, ssh.result, shell.result…)."""
+    return event_type.endswith(".result")
 
 
 class AuditWriter:
@@ -55,10 +71,18 @@ class AuditWriter:
         max_batch: int = 1024,
         queue_size: int = 8192,
         checkpoint_every: int = 0,
+        checkpoint_interval: float = 0.0,
     ) -> None:
         self._db = db
         self._signer: SigningKey | None = None
         self._checkpoint_every = checkpoint_every  # 0: only checkpoints that are asked for
+        self._checkpoint_interval = checkpoint_interval  # 0: no timed checkpoints
+        self._unsigned = False  # events follow the last checkpoint (read from the store first)
+        self._ticker: asyncio.Task[None] | None = None
+        self._watchers: dict[str, FailureCallback] = {}
+        self._sinks: list[CheckpointSink] = []
+        self.result_failures = 0  # result events that could not be committed, for metrics
+        self.invalid_events = 0  # events refused for having no canonical form
         self._commit_signal = asyncio.Event()
         self.followers_stopped = False
         self._max_batch = max_batch
@@ -87,10 +111,33 @@ class AuditWriter:
         self._signer = signer
         self.followers_stopped = False
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+        if signer is not None and self._checkpoint_interval > 0:
+            self._ticker = asyncio.create_task(self._tick(), name="audit-checkpoint-timer")
+
+    def add_checkpoint_sink(self, sink: CheckpointSink) -> None:
+        """Call `sink` with each checkpoint this writer commits (`seq`, `hash`, `key_id`,
+        `signature`, `event_seq`, `time`): how witnesses outside the store hear of them."""
+        self._sinks.append(sink)
+
+    def watch(self, session_id: str, on_failure: FailureCallback) -> Callable[[], None]:
+        """Until the returned function is called, a result event of `session_id` that cannot be
+        committed calls `on_failure(reason)`, which must end the session (the contract of every
+        relay that `submit`s results without awaiting them)."""
+        self._watchers[session_id] = on_failure
+
+        def unwatch() -> None:
+            if self._watchers.get(session_id) is on_failure:
+                del self._watchers[session_id]
+
+        return unwatch
 
     async def close(self) -> None:
         """Commit what is queued, then stop."""
         self.stop_followers()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
         if self._task is not None:
             await self._queue.join()
             self._task.cancel()
@@ -101,7 +148,10 @@ class AuditWriter:
     async def submit(self, event: Draft) -> asyncio.Future[int]:
         """Queue an event; the future resolves to its seq once committed.
 
-        Awaiting this call itself only waits for room in the queue (back-pressure).
+        Awaiting this call itself only waits for room in the queue (back-pressure). The future
+        fails with `InvalidEvent` for an event that has no canonical form (its neighbours are
+        committed), or `AuditUnavailable` when the store failed. A result event's failure is
+        also counted and reported to the session's `watch` callback: nobody need await it.
         """
         if self._task is None:
             raise AuditUnavailable("the audit writer is not running")
@@ -138,6 +188,7 @@ class AuditWriter:
                 return fn(session)
 
         result = await loop.run_in_executor(self._thread, run)
+        self._unsigned = True  # a prune appends its record
         self._notify()
         return result
 
@@ -165,26 +216,87 @@ class AuditWriter:
             drafts = [draft for draft, _ in batch]
             started = time.perf_counter()
             try:
-                seqs = await loop.run_in_executor(self._thread, self._append, drafts)
+                outcome = await loop.run_in_executor(self._thread, self._append, drafts)
             except Exception as exc:
                 log.exception("audit commit failed for %d events", len(batch))
                 error = AuditUnavailable(f"the audit store could not commit the event: {exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                for item, future in batch:
+                    self._failed(item, future, error)
             else:
-                self.committed += len(seqs)
-                for (_, future), seq in zip(batch, seqs, strict=True):
-                    if not future.done():
-                        future.set_result(seq)
+                for (item, future), seq in zip(batch, outcome.results, strict=True):
+                    if isinstance(seq, InvalidEvent):
+                        self.invalid_events += 1
+                        self._failed(item, future, seq)
+                    else:
+                        self.committed += 1
+                        if not future.done():
+                            future.set_result(seq)
+                if outcome.appended:
+                    self._unsigned = not outcome.ends_signed
                 self._notify()
+                self._publish(outcome.checkpoints)
             finally:
                 self.commits += 1
                 self.commit_seconds += time.perf_counter() - started
                 for _ in batch:
                     self._queue.task_done()
 
-    def _append(self, drafts: list[Draft]) -> list[int]:
+    def _failed(self, item: Draft, future: asyncio.Future[int], error: Exception) -> None:
+        """Fail one event's future; a result event is also counted and ends its session."""
+        if not future.done():
+            future.set_exception(error)
+            if is_result(item.type):
+                future.exception()  # reported below: never "exception was never retrieved"
+        if not is_result(item.type):
+            return
+        self.result_failures += 1
+        session_id = item.session_id or "-"
+        log.error("session %s: its %s could not be recorded: %s", session_id, item.type, error)
+        callback = self._watchers.get(session_id)
+        if callback is not None:
+            try:
+                callback(f"its {item.type} could not be recorded: {error}")
+            except Exception:  # a callback must not stop the writer
+                log.exception("session %s: the failure callback failed", session_id)
+
+    def _publish(self, checkpoints: list[dict[str, Any]]) -> None:
+        for checkpoint in checkpoints:
+            for sink in self._sinks:
+                try:
+                    sink(checkpoint)
+                except Exception:  # a witness must never block or break the trail
+                    log.exception("a checkpoint witness failed")
+
+    async def _tick(self) -> None:
+        """Every `checkpoint_interval` seconds, sign the chain if events came since the last
+        checkpoint: dropping the newest events and rewinding the head is then caught within
+        one interval by a signature kept outside the store."""
+        loop = asyncio.get_running_loop()
+        try:  # what an earlier process left unsigned
+            unsigned = await loop.run_in_executor(self._thread, self._head_unsigned)
+        except Exception as exc:
+            log.warning("cannot read the audit chain head: %s", exc)
+            unsigned = True
+        self._unsigned = self._unsigned or unsigned
+        while True:
+            await asyncio.sleep(self._checkpoint_interval)
+            if not self._unsigned:
+                continue
+            try:
+                await self.commit(draft(CHECKPOINT_TYPE, reason="interval"))
+            except AuditUnavailable as exc:
+                log.warning("the timed audit checkpoint failed: %s", exc)
+
+    def _head_unsigned(self) -> bool:
+        """True when the newest stored event is not a checkpoint (runs in the writer thread)."""
+        with self._db.write_session() as session:
+            head = session.get(ChainHeadRow, 1)
+            if head is None or not head.seq:
+                return False
+            row = session.get(EventRow, head.seq)
+            return row is None or row.type != CHECKPOINT_TYPE
+
+    def _append(self, drafts: list[Draft]) -> _Outcome:
         """Append in one transaction under the chain-head lock (runs in the writer thread).
 
         On a bare driver connection: SQLAlchemy's session, Core statements and even
@@ -218,9 +330,25 @@ def append_events(
     connection = session.connection()
     cursor = connection.connection.cursor()  # the driver's, inside the session's transaction
     try:
-        return _append_on(cursor, connection.dialect, drafts, signer, checkpoint_every)
+        outcome = _append_on(cursor, connection.dialect, drafts, signer, checkpoint_every)
     finally:
         cursor.close()
+    seqs = []
+    for seq in outcome.results:
+        if isinstance(seq, InvalidEvent):
+            raise seq
+        seqs.append(seq)
+    return seqs
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one append did: per draft its seq or why it was refused, and the checkpoints."""
+
+    results: list[int | InvalidEvent]
+    checkpoints: list[dict[str, Any]]
+    appended: int
+    ends_signed: bool  # the last event appended is a checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +396,7 @@ def _append_on(
     drafts: Sequence[Draft],
     signer: SigningKey | None,
     checkpoint_every: int,
-) -> list[int]:
+) -> _Outcome:
     """`append_events` on a driver cursor inside a write transaction."""
     sql = _sql(dialect)
     cursor.execute(sql.head)
@@ -278,24 +406,32 @@ def _append_on(
     head_seq, head_hash = head
     seq, prev = head_seq, head_hash
     rows: list[tuple[object, ...]] = []
-    seqs = []
+    results: list[int | InvalidEvent] = []
+    checkpoints: list[dict[str, Any]] = []
+    last_type = ""
     for item in drafts:
-        seq, prev = _append(rows, item, seq, prev, signer, sql.bind_time)
-        seqs.append(seq)
+        try:
+            seq, prev = _append(rows, item, seq, prev, signer, sql.bind_time, checkpoints)
+        except InvalidEvent as exc:
+            results.append(exc)  # only this event fails; seq and the chain skip it
+            continue
+        results.append(seq)
+        last_type = item.type
     every = checkpoint_every
     if (
         signer is not None
         and every > 0
-        and drafts
-        and drafts[-1].type != CHECKPOINT_TYPE
+        and rows
+        and last_type != CHECKPOINT_TYPE
         and seq // every > head_seq // every
     ):
         interval = draft(CHECKPOINT_TYPE, reason="interval")
-        seq, prev = _append(rows, interval, seq, prev, signer, sql.bind_time)
+        seq, prev = _append(rows, interval, seq, prev, signer, sql.bind_time, checkpoints)
+        last_type = CHECKPOINT_TYPE
     if rows:
         _insert(cursor, sql, rows)
         cursor.execute(sql.move, (seq, prev))
-    return seqs
+    return _Outcome(results, checkpoints, len(rows), last_type == CHECKPOINT_TYPE)
 
 
 def _insert(cursor: DBAPICursor, sql: _Sql, rows: list[tuple[object, ...]]) -> None:
@@ -321,18 +457,28 @@ def _append(
     prev: str,
     signer: SigningKey | None,
     bind_time: Callable[[Any], Any] | None,
+    checkpoints: list[dict[str, Any]],
 ) -> tuple[int, str]:
-    seq += 1
+    """Link one draft after (seq, prev) and add its row; InvalidEvent leaves both unchanged."""
     body = dict(item.body)
     if item.type == CHECKPOINT_TYPE:
         # Only the writer says what a checkpoint vouches for: the event just before it.
         if signer is None:
             raise AuditUnavailable("no audit signing key: a checkpoint cannot be signed")
-        body["checkpoint"] = signer.checkpoint(seq - 1, prev)
-    body["seq"] = seq
+        body["checkpoint"] = signer.checkpoint(seq, prev)
+    body["seq"] = seq + 1
     body["prev_hash"] = prev
-    raw = canonical(body)
+    try:
+        raw = canonical(body)
+    except Exception as exc:  # rfc8785's errors, TypeError, ValueError, UnicodeEncodeError
+        detail = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+        raise InvalidEvent(
+            f"the {item.type} event has no canonical JSON form and was not recorded: {detail}"
+        ) from None
+    seq += 1
     prev = link_hash(prev, raw)
     stamp = item.time if bind_time is None else bind_time(item.time)
     rows.append((seq, body["id"], stamp, item.type, item.session_id, raw.decode(), prev))
+    if item.type == CHECKPOINT_TYPE:
+        checkpoints.append(dict(body["checkpoint"], event_seq=seq, time=body.get("time", "")))
     return seq, prev

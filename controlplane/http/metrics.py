@@ -30,6 +30,28 @@ class _Live(Collector):
             "Time spent in audit store transactions; divide by commits for the mean latency.",
             value=values["commit_seconds"],
         )
+        yield CounterMetricFamily(
+            "gatehouse_audit_result_failures",
+            "Result events (db.result, ssh.result...) that could not be recorded; each ended "
+            "its session. Alert on any.",
+            value=values.get("result_failures", 0.0),
+        )
+        yield CounterMetricFamily(
+            "gatehouse_audit_invalid_events",
+            "Events refused by the writer for having no canonical JSON form (their request "
+            "failed; nothing else did).",
+            value=values.get("invalid_events", 0.0),
+        )
+        yield CounterMetricFamily(
+            "gatehouse_audit_witness_pushes",
+            "Signed checkpoints delivered to a witness outside the store.",
+            value=values.get("witness_pushes", 0.0),
+        )
+        yield CounterMetricFamily(
+            "gatehouse_audit_witness_failures",
+            "Checkpoints a witness did not take after every retry (the trail went on).",
+            value=values.get("witness_failures", 0.0),
+        )
         yield GaugeMetricFamily(
             "gatehouse_audit_queue_depth",
             "Audit events waiting for their commit.",

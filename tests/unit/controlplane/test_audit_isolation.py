@@ -1,0 +1,183 @@
+"""One bad event cannot poison others: drafts are checked, the writer encodes each on its own,
+and a result event that cannot be recorded is counted and ends its session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.audit.chain import verify_chain
+from controlplane.audit.events import Draft, draft, new_event_id, utc_now
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, InvalidEvent
+from controlplane.auth.identity import Identity
+from controlplane.errors import InvalidArgument
+from controlplane.store.database import Database
+
+HOSTILE: list[tuple[str, Any, str]] = [
+    ("surrogate", {"argv": ["sh", "-c", "echo \ud800"]}, "request.argv[2]"),
+    ("big int", {"pty": {"cols": 2**60}}, "request.pty.cols"),
+    ("negative big int", {"n": -(2**53)}, "request.n"),
+    ("nan", {"ratio": float("nan")}, "request.ratio"),
+    ("infinity", {"ratio": float("inf")}, "request.ratio"),
+    ("int key", {1: "x"}, "request"),
+    ("bytes", {"raw": b"\x00"}, "request.raw"),
+    ("set", {"s": {1}}, "request.s"),
+    ("surrogate key", {"\udc80": 1}, "request.\\udc80"),
+]
+
+
+def stored(db_path: Path) -> list[tuple[int, str, str]]:
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute("SELECT seq, body, hash FROM audit_events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [(int(s), str(b), str(h)) for s, b, h in rows]
+
+
+@pytest.mark.parametrize(("label", "request_", "where"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_draft_refuses_what_rfc8785_cannot_encode_naming_the_field(
+    label: str, request_: Any, where: str
+) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        draft("ssh.exec", identity=Identity("mallory"), request=request_)
+    message = str(caught.value)
+    assert f"field {where}" in message
+    message.encode("utf-8")  # the error itself is always sendable
+    assert isinstance(caught.value, InvalidArgument)  # a clear client error over gRPC
+    assert isinstance(caught.value, AuditUnavailable)  # refused by every audit-failure path
+
+
+def test_draft_accepts_the_edges_of_what_is_encodable() -> None:
+    event = draft(
+        "test.event",
+        n=2**53 - 1,
+        m=-(2**53 - 1),
+        f=1.5e300,
+        text="é ✓ 😀",
+        nested=[{"a": [None, True, 0.0]}],
+    )
+    assert event.body["n"] == 2**53 - 1
+
+
+def test_deep_nesting_is_refused_not_recursed() -> None:
+    value: Any = "leaf"
+    for _ in range(100):
+        value = [value]
+    with pytest.raises(InvalidEvent, match="deeper than"):
+        draft("test.event", value=value)
+
+
+def _raw(event_type: str, session_id: str, **fields: Any) -> Draft:
+    """A draft that skipped the check (the pg inspector edits bodies after drafting)."""
+    body = {"id": new_event_id(), "time": "2026-01-01T00:00:00.000000Z"}
+    body.update(type=event_type, session_id=session_id, **fields)
+    return Draft(event_type, utc_now(), body)
+
+
+@pytest.mark.parametrize("poison", ["\ud800", 2**60])
+async def test_a_bad_event_in_a_group_commit_fails_only_itself(
+    db: Database, db_path: Path, poison: object
+) -> None:
+    writer = AuditWriter(db)
+    writer.start()
+    try:
+        good = [_raw("db.query", f"s{n}", request={"statement": f"select {n}"}) for n in range(50)]
+        bad = _raw("db.query", "mallory", request={"statement": poison})
+        drafts = [*good[:25], bad, *good[25:]]
+        futures = [await writer.submit(d) for d in drafts]  # all in the queue: one group
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await writer.close()
+
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == 1 and isinstance(results[25], InvalidEvent)
+    assert "db.query event has no canonical JSON form" in str(results[25])
+    assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 51))
+    rows = stored(db_path)
+    assert len(rows) == 50
+    assert verify_chain(rows).broken is None
+    assert all(json.loads(body)["session_id"] != "mallory" for _, body, _ in rows)
+    assert writer.invalid_events == 1
+
+
+async def test_strict_sessions_commit_while_another_sends_poison_concurrently(
+    db: Database, db_path: Path
+) -> None:
+    """Many sessions commit in their own tasks; one keeps sending poisoned events."""
+    writer = AuditWriter(db, max_batch=64)
+    writer.start()
+
+    async def honest(n: int) -> list[int]:
+        return [
+            await writer.commit(_raw("db.query", f"s{n}", request={"statement": f"select {i}"}))
+            for i in range(20)
+        ]
+
+    async def attacker() -> int:
+        refused = 0
+        for i in range(40):
+            try:
+                await writer.commit(_raw("db.query", "mallory", request={"n": 2**60 + i}))
+            except InvalidEvent:
+                refused += 1
+        return refused
+
+    try:
+        *seqs, refused = await asyncio.gather(*(honest(n) for n in range(10)), attacker())
+    finally:
+        await writer.close()
+    assert refused == 40
+    assert sorted(s for session in seqs for s in session) == list(range(1, 201))
+    assert verify_chain(stored(db_path)).broken is None
+
+
+async def test_a_result_that_cannot_be_recorded_is_counted_and_ends_its_session(
+    db: Database,
+) -> None:
+    writer = AuditWriter(db)
+    writer.start()
+    ended: list[str] = []
+    unwatch = writer.watch("s1", ended.append)
+    try:
+        future = await writer.submit(_raw("db.result", "s1", result={"rows": 2**60}))
+        other = await writer.submit(_raw("db.result", "s2", result={"rows": 1}))
+        assert await other == 1
+        with pytest.raises(InvalidEvent):
+            await future
+        assert writer.result_failures == 1
+        assert len(ended) == 1 and "db.result could not be recorded" in ended[0]
+        unwatch()
+        await writer.submit(_raw("db.result", "s1", result={"rows": float("nan")}))
+        await writer.commit(_raw("db.query", "s3"))
+        assert writer.result_failures == 2 and len(ended) == 1  # no longer watched
+    finally:
+        await writer.close()
+
+
+async def test_a_result_lost_to_a_store_failure_ends_its_session(
+    db: Database, db_path: Path
+) -> None:
+    writer = AuditWriter(db)
+    writer.start()
+    ended: list[str] = []
+    writer.watch("s1", ended.append)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'audit disk is full'); END"
+    )
+    conn.close()
+    try:
+        await writer.submit(_raw("ssh.result", "s1", result={"exit": 0}))
+        with pytest.raises(AuditUnavailable):
+            await writer.commit(_raw("db.query", "s2"))
+        assert writer.result_failures == 1
+        assert ended and "audit disk is full" in ended[0]
+    finally:
+        await writer.close()
