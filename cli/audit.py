@@ -1,16 +1,19 @@
-"""`gatehouse audit export | verify | checkpoint | public-key | prune`.
+"""`gatehouse audit export | verify | checkpoint | public-key | prune [approve]`.
 
 Export pulls (or follows) the trail in seq order. Verify never trusts the server: it
 recomputes the chain here from the canonical bodies and checks every checkpoint's Ed25519
-signature and what it vouches for, from the store or offline from an exported file.
+signature and what it vouches for, from the store or offline from an exported file; it says
+how far the signatures reach, and with a witness file, whether the store was rewound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
 from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
@@ -25,7 +28,8 @@ from controlplane.audit.chain import export_line
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
 
 if TYPE_CHECKING:
-    from controlplane.audit.checkpoints import TrailReport, TrailVerifier
+    from controlplane.audit.checkpoints import TailAllowance, TrailReport, TrailVerifier
+    from controlplane.audit.witness import WitnessEntry, WitnessReport
 
 PAGE = 1000
 Metadata = tuple[tuple[str, str], ...]
@@ -223,10 +227,14 @@ def _read_keys(paths: Iterable[Path]) -> dict[str, Any]:
 
 
 async def verify_store(
-    channel: grpc.aio.Channel, metadata: Metadata, keys: dict[str, Any] | None = None
+    channel: grpc.aio.Channel,
+    metadata: Metadata,
+    keys: dict[str, Any] | None = None,
+    witnessed: dict[int, dict[str, Any] | None] | None = None,
 ) -> TrailReport:
     """Walk the stored trail from genesis, or from the newest prune anchor once its signature
-    is checked, with the given keys or the one the server reports."""
+    is checked, with the given keys or the one the server reports. The `checkpoint` of every
+    event whose seq is a key of `witnessed` is filled in (None: that event is no checkpoint)."""
     from controlplane.audit.checkpoints import (
         SigningKeyError,
         Start,
@@ -263,6 +271,9 @@ async def verify_store(
     async for event in events(channel, metadata, after=start.seq):
         if not verifier.add_stored(event.seq, event.body, event.hash):
             break
+        if witnessed is not None and event.seq in witnessed:
+            found = json.loads(event.body).get("checkpoint")
+            witnessed[event.seq] = found if isinstance(found, dict) else None
     return verifier.report()
 
 
@@ -290,23 +301,53 @@ def audit_verify(
         typer.Option(
             "--key",
             help="Public key(s) checkpoints must verify with (PEM, from `audit public-key`); "
-            "with the store, default: the key the server reports.",
+            "with the store, default: the key the server reports. With --key, every event must "
+            "be vouched for by a checkpoint signed by one of them.",
+        ),
+    ] = None,
+    allow_unsigned_tail: Annotated[
+        str | None,
+        typer.Option(
+            "--allow-unsigned-tail",
+            metavar="N|DURATION",
+            help="With --key: accept events after the last signed checkpoint if there are at "
+            "most N of them, or the oldest is younger than DURATION (e.g. 2m).",
+        ),
+    ] = None,
+    witness: Annotated[
+        Path | None,
+        typer.Option(
+            "--witness",
+            help="A witness file (GATEHOUSE_AUDIT_WITNESS): every checkpoint in it must be in "
+            "the store, identical, and the store must not end before the newest one.",
         ),
     ] = None,
     controlplane: ControlplaneOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Walk the hash chain and check every signed checkpoint; exit 1 naming the first broken
-    link or bad signature.
+    """Walk the hash chain and check every signed checkpoint; say how far the signatures
+    reach; exit 1 naming the first broken link, bad signature, unsigned tail or rewound head.
 
     Example: gatehouse audit verify --file trail.ndjson --key pub.pem
     """
+    from controlplane.audit.checkpoints import TailAllowance
+
     keys = _read_keys(key or [])
+    allowance: TailAllowance | None = None
+    if allow_unsigned_tail is not None:
+        try:
+            allowance = TailAllowance.parse(allow_unsigned_tail)
+        except ValueError as exc:
+            raise CliError(str(exc), USAGE) from None
+    entries = _read_witness(witness) if witness is not None else None
+    witness_report: WitnessReport | None = None
     if file is not None:
         if not keys:
             raise CliError(
                 "--file needs --key PEM: the public key from `gatehouse audit public-key`", USAGE
             )
+        if entries is not None:
+            raise CliError("--witness checks the store: leave out --file", USAGE)
         if str(file) == "-":
             report = verify_file(sys.stdin, keys)
         else:
@@ -322,19 +363,72 @@ def audit_verify(
 
         address = rpc.controlplane_address(controlplane)
         md = rpc.metadata()
+        wanted: dict[int, dict[str, Any] | None] | None = None
+        if entries is not None:
+            wanted = {e.event_seq: None for e in entries}
 
         async def work(channel: Any) -> TrailReport:
-            return await verify_store(channel, md, keys)
+            return await verify_store(channel, md, keys, wanted)
 
         report = call(address, work)
-    _print_report(report, output)
+        if entries is not None and wanted is not None:
+            witness_report = _check_witness(entries, report, wanted, keys)
+    _print_report(report, output, keys if key else None, allowance, witness_report)
 
 
-def _print_report(report: TrailReport, output: Format) -> None:
+def _read_witness(path: Path) -> list[WitnessEntry]:
+    from controlplane.audit.witness import read_witness
+
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return read_witness(handle)
+    except OSError as exc:
+        raise CliError(f"cannot read the witness {path}: {exc.strerror}", USAGE) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: {exc}", USAGE) from None
+
+
+def _check_witness(
+    entries: list[WitnessEntry],
+    report: TrailReport,
+    found: dict[int, dict[str, Any] | None],
+    keys: dict[str, Any],
+) -> WitnessReport:
+    from controlplane.audit.checkpoints import checkpoint_note, signature_problem
+    from controlplane.audit.witness import check_witness
+
+    def signed(document: dict[str, Any]) -> str | None:
+        if not keys:
+            return None
+        note = checkpoint_note(int(document["seq"]), str(document["hash"]))
+        return signature_problem(keys, document, note)
+
+    return check_witness(
+        entries,
+        start_seq=report.start.seq if report.start is not None else 0,
+        head_seq=report.last_seq,
+        stored=found,
+        signature_problem=signed,
+    )
+
+
+def _print_report(
+    report: TrailReport,
+    output: Format,
+    keys: dict[str, Any] | None = None,
+    allowance: TailAllowance | None = None,
+    witness: WitnessReport | None = None,
+) -> None:
+    from controlplane.audit.checkpoints import tail_problem
+
     broken = report.broken
     start = report.start
+    unsigned = None
+    if keys is not None and broken is None and report.unvouched is None:
+        unsigned = tail_problem(report, keys, allowance, datetime.now(UTC))
+    ok = report.ok and unsigned is None and (witness is None or witness.ok)
     document = {
-        "ok": report.ok,
+        "ok": ok,
         "checked": report.checked,
         "first_seq": report.first_seq,
         "last_seq": report.last_seq,
@@ -344,8 +438,21 @@ def _print_report(report: TrailReport, output: Format) -> None:
         else {"seq": start.seq, "hash": start.hash, "vouched_by": start.vouched_by or None},
         "checkpoints": report.checkpoints,
         "signed_through": report.signed_through,
+        "last_checkpoint": report.last_checkpoint,
+        "unsigned": report.unsigned,
+        "unsigned_since": report.unsigned_since,
+        "unsigned_problem": unsigned,
         "broken": None if broken is None else {"seq": broken.seq, "reason": broken.reason},
         "unverified": report.unvouched,
+        "witness": None
+        if witness is None
+        else {
+            "witnessed": witness.witnessed,
+            "matched": witness.matched,
+            "pruned": witness.pruned,
+            "newest": witness.newest,
+            "problem": witness.problem,
+        },
     }
     if output is Format.json:
         emit_json(document)
@@ -353,18 +460,28 @@ def _print_report(report: TrailReport, output: Format) -> None:
         if not report.checked:
             typer.echo("ok: no events")
         else:
-            unsigned = report.last_seq - report.signed_through
+            tail = report.unsigned
             typer.echo(
-                f"ok: {report.checked} events, chain intact up to seq {report.last_seq} "
-                f"(from seq {report.first_seq}, vouched for by "
+                f"{'ok' if ok else 'chain intact'}: {report.checked} events, chain intact up to "
+                f"seq {report.last_seq} (from seq {report.first_seq}, vouched for by "
                 f"{start.vouched_by if start else 'nothing'}); {report.checkpoints} signed "
                 f"checkpoints verified, signed through seq {report.signed_through}, "
-                f"{unsigned} event{'' if unsigned == 1 else 's'} after it"
+                f"{tail} unsigned event{'' if tail == 1 else 's'} after the last checkpoint"
+            )
+        if witness is not None and witness.ok:
+            typer.echo(
+                f"witness: {witness.matched} checkpoints found in the store unchanged"
+                + (f", {witness.pruned} before its start (pruned)" if witness.pruned else "")
+                + f"; the store is not behind the newest (seq {witness.newest})"
             )
     if broken is not None:
         raise CliError(f"chain broken at seq {broken.seq}: {broken.reason}")
     if report.unvouched is not None:
         raise CliError(f"not verified: {report.unvouched}")
+    if witness is not None and witness.problem is not None:
+        raise CliError(f"the witness disagrees with the store: {witness.problem}")
+    if unsigned is not None:
+        raise CliError(f"not verified: {unsigned}")
 
 
 @audit_app.command("checkpoint")
@@ -429,27 +546,39 @@ def audit_public_key(
     sys.stdout.write(key.public_key_pem)
 
 
-@audit_app.command("prune")
+prune_app = typer.Typer(
+    help="Prune old events: one admin asks (--before), another approves (approve ID).",
+    invoke_without_command=True,
+)
+audit_app.add_typer(prune_app, name="prune")
+
+
+@prune_app.callback()
 def audit_prune(
+    ctx: typer.Context,
     before: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--before",
             help="Remove every event up to the last one older than this date (YYYY-MM-DD, "
-            "UTC) or RFC 3339 time.",
+            "UTC) or RFC 3339 time; at least the minimum retention (default 30 days) ago.",
         ),
-    ],
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
     ] = False,
     controlplane: ControlplaneOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Remove an old range of the trail (admin), leaving a signed anchor so that what remains
-    still verifies, and an audit.prune event saying who removed what.
+    """Ask to remove an old range of the trail (admin): records an audit.prune_request and
+    prints its id; nothing is removed until another admin runs `audit prune approve ID`.
 
     Example: gatehouse audit prune --before 2026-01-01 --dry-run
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    if before is None:
+        raise CliError("--before DATE is required (or `audit prune approve ID`)", USAGE)
     from cli import rpc
     from controlplane.audit.checkpoints import parse_cutoff
 
@@ -466,27 +595,8 @@ def audit_prune(
         return await stub.Prune(request, metadata=md, timeout=600)
 
     result = call(address, work)
-    anchor = result.anchor if result.HasField("anchor") else None
     if output is Format.json:
-        emit_json(
-            {
-                "dry_run": dry_run,
-                "first_seq": result.first_seq,
-                "through_seq": result.through_seq,
-                "removed": result.removed,
-                "event_seq": result.event_seq or None,
-                "anchor": None
-                if anchor is None
-                else {
-                    "seq": anchor.seq,
-                    "hash": anchor.hash,
-                    "key_id": anchor.key_id,
-                    "signature": anchor.signature,
-                    "pruned_at": anchor.pruned_at,
-                    "pruned_by": anchor.pruned_by,
-                },
-            }
-        )
+        emit_json(_prune_document(result, dry_run))
     elif not result.removed:
         typer.echo(f"nothing to prune: no event is older than {before}")
     elif dry_run:
@@ -495,7 +605,69 @@ def audit_prune(
         )
     else:
         typer.echo(
-            f"removed {result.removed} events, seq {result.first_seq}..{result.through_seq}; "
-            f"the trail now starts after the signed anchor at seq {result.through_seq}; "
-            f"recorded as seq {result.event_seq}"
+            f"prune request {result.request_id} recorded as seq {result.event_seq}: it would "
+            f"remove {result.removed} events, seq {result.first_seq}..{result.through_seq}.\n"
+            f"Another admin performs it with `gatehouse audit prune approve "
+            f"{result.request_id}` before {result.expires_at}."
         )
+
+
+@prune_app.command("approve")
+def audit_prune_approve(
+    request_id: Annotated[str, typer.Argument(help="The id `audit prune --before` printed.")],
+    controlplane: ControlplaneOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Approve and perform another admin's prune request (admin; not your own), leaving a
+    signed anchor so that what remains still verifies, and an audit.prune event naming both.
+
+    Example: gatehouse audit prune approve 0193c1d2-...
+    """
+    from cli import rpc
+
+    address = rpc.controlplane_address(controlplane)
+    md = rpc.metadata()
+
+    async def work(channel: grpc.aio.Channel) -> audit_pb2.PruneResponse:
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+        request = audit_pb2.ApprovePruneRequest(request_id=request_id)
+        return await stub.ApprovePrune(request, metadata=md, timeout=600)
+
+    result = call(address, work)
+    if output is Format.json:
+        emit_json(_prune_document(result, False))
+    elif not result.removed:
+        typer.echo(f"approved {request_id}: nothing was left to prune")
+    else:
+        typer.echo(
+            f"removed {result.removed} events, seq {result.first_seq}..{result.through_seq} "
+            f"(asked by {result.requested_by}, approved by {result.approved_by}); the trail now "
+            f"starts after the signed anchor at seq {result.through_seq}; recorded as seq "
+            f"{result.event_seq}"
+        )
+
+
+def _prune_document(result: audit_pb2.PruneResponse, dry_run: bool) -> dict[str, Any]:
+    anchor = result.anchor if result.HasField("anchor") else None
+    return {
+        "dry_run": dry_run,
+        "request_id": result.request_id or None,
+        "requested_by": result.requested_by or None,
+        "approved_by": result.approved_by or None,
+        "expires_at": result.expires_at or None,
+        "before": result.before or None,
+        "first_seq": result.first_seq,
+        "through_seq": result.through_seq,
+        "removed": result.removed,
+        "event_seq": result.event_seq or None,
+        "anchor": None
+        if anchor is None
+        else {
+            "seq": anchor.seq,
+            "hash": anchor.hash,
+            "key_id": anchor.key_id,
+            "signature": anchor.signature,
+            "pruned_at": anchor.pruned_at,
+            "pruned_by": anchor.pruned_by,
+        },
+    }

@@ -36,6 +36,28 @@ def controlplane_serve(
             envvar="GATEHOUSE_CHECKPOINT_EVERY", help="Sign a checkpoint every N audit events."
         ),
     ] = 1000,
+    checkpoint_interval: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_CHECKPOINT_INTERVAL",
+            help="Also sign a checkpoint this often when events came since the last (90s, 5m).",
+        ),
+    ] = "60s",
+    audit_witness: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_AUDIT_WITNESS",
+            help="Push each checkpoint here too, comma-separated: absolute file paths "
+            "(NDJSON, fsynced) and http(s) URLs (JSON POST). Check with `audit verify --witness`.",
+        ),
+    ] = "",
+    audit_min_retention: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_AUDIT_MIN_RETENTION",
+            help="Prune never removes events younger than this (e.g. 30d, 90d).",
+        ),
+    ] = "30d",
     audit_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -50,9 +72,15 @@ def controlplane_serve(
 
     Example: gatehouse controlplane serve --dev --data-dir ./data
     """
+    from controlplane.audit.settings import parse_duration, split_witnesses
     from controlplane.errors import GatehouseError
     from controlplane.server import Settings, serve
 
+    try:
+        interval = parse_duration(checkpoint_interval, "--checkpoint-interval")
+        retention = parse_duration(audit_min_retention, "--audit-min-retention")
+    except ValueError as exc:
+        raise CliError(str(exc), USAGE) from None
     setup_logging(verbose)
     settings = Settings(
         data_dir=resolve_data_dir(data_dir),
@@ -61,6 +89,9 @@ def controlplane_serve(
         database_url=database_url,
         dev=dev,
         checkpoint_every=checkpoint_every,
+        checkpoint_interval=interval.total_seconds(),
+        witnesses=split_witnesses(audit_witness),
+        min_retention=retention,
         audit_key_file=audit_key_file,
     )
     try:

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,14 @@ from controlplane.audit.checkpoints import (
     load_signing_key,
 )
 from controlplane.audit.service import AuditServicer
+from controlplane.audit.settings import (
+    CHECKPOINT_INTERVAL_ENV,
+    MIN_RETENTION_ENV,
+    env_checkpoint_interval,
+    env_min_retention,
+    env_witnesses,
+)
+from controlplane.audit.witness import WitnessPublisher, check_target
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.tokens import TokenAuthenticator
@@ -61,6 +70,12 @@ class Settings:
     audit_key_file: Path | None = field(default_factory=env_key_file)
     # A signed audit.checkpoint event each time seq passes a multiple of this.
     checkpoint_every: int = field(default_factory=env_checkpoint_every)
+    # ... and one every this many seconds when events came since the last (0: never).
+    checkpoint_interval: float = field(default_factory=env_checkpoint_interval)
+    # Each checkpoint is also pushed to these (file paths, http(s) URLs), outside the store.
+    witnesses: tuple[str, ...] = field(default_factory=env_witnesses)
+    # Prune never removes events younger than this.
+    min_retention: timedelta = field(default_factory=env_min_retention)
 
     def validate(self) -> None:
         if not self.dev:
@@ -72,6 +87,16 @@ class Settings:
             raise InvalidArgument(
                 f"{CHECKPOINT_EVERY_ENV} must be a whole number of events, at least 1"
             )
+        if not 0 < self.checkpoint_interval <= 86400:
+            raise InvalidArgument(
+                f"{CHECKPOINT_INTERVAL_ENV} must be a duration from 1s to 24h (e.g. 60s, 5m)"
+            )
+        if self.min_retention < timedelta(days=1):
+            raise InvalidArgument(
+                f"{MIN_RETENTION_ENV} must be a duration of at least 1 day (e.g. 30d, 90d)"
+            )
+        for target in self.witnesses:
+            check_target(target)
         for name, listen in (
             ("--grpc-listen", self.grpc_listen),
             ("--http-listen", self.http_listen),
@@ -90,7 +115,14 @@ class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url or default_url(settings.data_dir))
-        self.audit = AuditWriter(self.db, checkpoint_every=settings.checkpoint_every)
+        self.audit = AuditWriter(
+            self.db,
+            checkpoint_every=settings.checkpoint_every,
+            checkpoint_interval=settings.checkpoint_interval,
+        )
+        self.witnesses = WitnessPublisher(settings.witnesses)
+        if self.witnesses:
+            self.audit.add_checkpoint_sink(self.witnesses.offer)
         oidc = OidcSettings.from_env()
         self.oidc_settings = oidc
         self.oidc = OidcValidator(oidc) if oidc is not None else None
@@ -108,6 +140,7 @@ class ControlPlane:
         signer = await asyncio.to_thread(
             load_signing_key, settings.data_dir / KEY_FILE_NAME, settings.audit_key_file
         )
+        self.witnesses.start()
         self.audit.start(signer)
         await self.policy.load()
         if settings.dev:
@@ -150,7 +183,8 @@ class ControlPlane:
             SessionServicer(self.auth, self.db), server
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(self.auth, self.db, self.audit), server
+            AuditServicer(self.auth, self.db, self.audit, min_retention=settings.min_retention),
+            server,
         )
         self._grpc = server
         try:
@@ -190,6 +224,8 @@ class ControlPlane:
             "queue_depth": self.audit.queue_depth,
             "result_failures": self.audit.result_failures,
             "invalid_events": self.audit.invalid_events,
+            "witness_pushes": self.witnesses.pushes,
+            "witness_failures": self.witnesses.failures,
             "sessions": len(self.tunnels),
             "sessions_total": self.tunnels.opened,
             "agents": len(self.agents.online()),
@@ -205,6 +241,7 @@ class ControlPlane:
             self._http = None
         if self.audit.running:
             await self.audit.close()
+        await self.witnesses.close()
         if self.oidc is not None:
             await self.oidc.close()
         self.db.dispose()

@@ -278,10 +278,82 @@ class TrailReport:
     signed_through: int  # last seq a verified checkpoint vouches for (0: none)
     broken: Break | None
     unvouched: str | None  # why the start could not be trusted, if it could not
+    last_checkpoint: int = 0  # seq of the last verified checkpoint event (0: none)
+    unsigned: int = 0  # events after it: no signature vouches for them yet
+    unsigned_since: str | None = None  # time of the oldest of them
 
     @property
     def ok(self) -> bool:
         return self.broken is None and self.unvouched is None
+
+
+@dataclass(frozen=True, slots=True)
+class TailAllowance:
+    """`--allow-unsigned-tail`: how many events, or how old, an unsigned tail may be."""
+
+    events: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TailAllowance:
+        """`N` events or a duration (`90s`, `5m`, `1h`, `2d`); ValueError otherwise."""
+        from controlplane.audit.settings import parse_duration
+
+        value = text.strip()
+        if value.isdigit() and value.isascii():
+            return cls(events=int(value))
+        try:
+            moment = parse_duration(value, "--allow-unsigned-tail")
+        except ValueError:
+            raise ValueError(
+                f"--allow-unsigned-tail takes a number of events (e.g. 100) or a duration "
+                f"(e.g. 5m), not {text!r}"
+            ) from None
+        return cls(seconds=moment.total_seconds())
+
+    def describe(self) -> str:
+        if self.events is not None:
+            return f"{self.events} events"
+        return f"{self.seconds:g} seconds"
+
+
+def tail_problem(
+    report: TrailReport, keys: Iterable[str], allowance: TailAllowance | None, now: datetime
+) -> str | None:
+    """Why the trail is not vouched for by a checkpoint signed with `keys` up to its end, or None.
+
+    A checkpoint vouches for every event up to it (and itself: its signature). Events after the
+    last one are an unsigned tail: accepted only as `allowance` allows (a count, or an age of
+    the oldest of them). A trail with events and no verified checkpoint is all tail.
+    """
+    if not report.unsigned:
+        return None
+    kids = ", ".join(sorted(keys)) or "none"
+    if not report.last_checkpoint:
+        where = (
+            f"no checkpoint signed by key {kids} vouches for any of its {report.unsigned} "
+            f"events (seq {report.first_seq}..{report.last_seq})"
+        )
+    else:
+        where = (
+            f"{report.unsigned} events after the checkpoint at seq {report.last_checkpoint} "
+            f"(seq {report.last_checkpoint + 1}..{report.last_seq}) are not signed by key {kids}"
+        )
+    if allowance is not None:
+        if allowance.events is not None and report.unsigned <= allowance.events:
+            return None
+        if allowance.seconds is not None and report.unsigned_since:
+            try:
+                oldest = datetime.fromisoformat(report.unsigned_since.replace("Z", "+00:00"))
+            except ValueError:
+                oldest = None
+            if oldest is not None and (now - oldest).total_seconds() <= allowance.seconds:
+                return None
+        return f"{where}, more than --allow-unsigned-tail {allowance.describe()} allows"
+    return (
+        f"{where}; sign them (`gatehouse audit checkpoint`) or accept a recent unsigned tail "
+        "with --allow-unsigned-tail N|DURATION"
+    )
 
 
 class TrailVerifier:
@@ -306,6 +378,10 @@ class TrailVerifier:
         self._checkpoints = 0
         self._signed_through = 0
         self._broken: Break | None = None
+        self._just_signed = False
+        self._last_checkpoint = 0
+        self._unsigned = 0
+        self._unsigned_since: str | None = None
 
     @property
     def broken(self) -> Break | None:
@@ -328,7 +404,7 @@ class TrailVerifier:
                 problem = check_content(seq, event, raw, stored_hash, prev[1])
             if problem is None:
                 problem = self._special(seq, event, prev)
-        return self._advance(seq, stored_hash, problem)
+        return self._advance(seq, stored_hash, problem, event)
 
     def add_line(self, number: int, line: str) -> bool:
         """One line of an export file: the stored body plus "hash". Blank lines are skipped."""
@@ -348,7 +424,7 @@ class TrailVerifier:
             problem = check_content(seq, event, raw, stored_hash, prev[1])
         if problem is None:
             problem = self._special(seq, event, prev)
-        return self._advance(seq, stored_hash, problem)
+        return self._advance(seq, stored_hash, problem, event)
 
     def report(self) -> TrailReport:
         prev = self._prev or (0, GENESIS_HASH)
@@ -373,6 +449,9 @@ class TrailVerifier:
             signed_through=self._signed_through,
             broken=self._broken,
             unvouched=unvouched,
+            last_checkpoint=self._last_checkpoint,
+            unsigned=self._unsigned,
+            unsigned_since=self._unsigned_since,
         )
 
     # -- the walk --
@@ -390,7 +469,13 @@ class TrailVerifier:
         self._prev = (self._start.seq, self._start.hash)
         return self._prev
 
-    def _advance(self, seq: int, stored_hash: str, problem: str | None) -> bool:
+    def _advance(
+        self,
+        seq: int,
+        stored_hash: str,
+        problem: str | None,
+        event: Mapping[str, Any] | None = None,
+    ) -> bool:
         if problem is not None:
             self._broken = Break(seq, problem)
             return False
@@ -398,6 +483,14 @@ class TrailVerifier:
             self._first = seq
         self._checked += 1
         self._prev = (seq, stored_hash)
+        if self._just_signed:  # a verified checkpoint vouches for everything up to itself
+            self._just_signed = False
+            self._last_checkpoint, self._unsigned, self._unsigned_since = seq, 0, None
+        else:
+            self._unsigned += 1
+            if self._unsigned == 1:
+                moment = event.get("time") if event is not None else None
+                self._unsigned_since = moment if isinstance(moment, str) else None
         return True
 
     def _special(self, seq: int, event: Mapping[str, Any], prev: tuple[int, str]) -> str | None:
@@ -423,6 +516,7 @@ class TrailVerifier:
             return f"the checkpoint does not hold: {problem}"
         self._checkpoints += 1
         self._signed_through = prev[0]
+        self._just_signed = True
         if not self._vouched_by:
             self._vouched_by = f"the checkpoint at seq {seq}"
         return None

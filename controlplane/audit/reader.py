@@ -19,7 +19,18 @@ from controlplane.store.models import EventRow
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Page", "check_request", "export_line", "read_page"]
+MAX_SEQ = 2**63 - 1  # seq is a signed 64-bit column
+MAX_TYPES = 50
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_SEQ",
+    "MAX_TYPES",
+    "Page",
+    "check_request",
+    "export_line",
+    "read_page",
+]
 TYPE_RE = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
 
 
@@ -31,13 +42,16 @@ class Page:
 
 def check_request(after: int, limit: int, types: Sequence[str]) -> int:
     """Validate a page request; returns the effective limit."""
-    if after < 0:
+    if not 0 <= after <= MAX_SEQ:
         raise InvalidArgument("after must be 0 or a seq that was returned")
-    if limit < 0:
+    if not 0 <= limit <= MAX_SEQ:
         raise InvalidArgument("limit must be positive")
+    if len(types) > MAX_TYPES:
+        raise InvalidArgument(f"at most {MAX_TYPES} event types, not {len(types)}")
     for name in types:
-        if not TYPE_RE.match(name):
-            raise InvalidArgument(f"{name!r} is not an event type (e.g. db.query)")
+        if len(name) > 64 or not TYPE_RE.fullmatch(name):
+            shown = name if len(name) <= 40 else name[:37] + "..."
+            raise InvalidArgument(f"{shown!r} is not an event type (e.g. db.query)")
     return min(limit or DEFAULT_LIMIT, MAX_LIMIT)
 
 

@@ -1,5 +1,12 @@
 """Retention: remove a whole old prefix of the trail, and leave a signed anchor behind.
 
+Two rules keep a prune from erasing history: it never touches events younger than the minimum
+retention (GATEHOUSE_AUDIT_MIN_RETENTION, default 30 days), and it takes two admins. The first
+records an `audit.prune_request` event (its id is the request's id, valid PRUNE_REQUEST_TTL);
+a different admin approves it, which performs it. The request lives only in the trail itself:
+no table an operator could edit, and the approval checks (not expired, not yours, not used)
+run under the chain-head lock, so two approvals cannot both prune.
+
 Nothing else deletes events. A prune, in one transaction holding the chain head: finds S, the
 last event older than the cutoff; opens the store's narrow exception to the append-only
 trigger for seq <= S only (migration 0002); deletes those events; closes the exception; stores
@@ -10,8 +17,9 @@ starts from the anchor after checking its signature, so the remainder verifies a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, text
@@ -19,11 +27,43 @@ from sqlmodel import Session, col, select
 
 from controlplane.audit.checkpoints import PRUNE_TYPE, SigningKey
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
+from controlplane.audit.settings import DEFAULT_MIN_RETENTION, PRUNE_REQUEST_TTL
 from controlplane.audit.writer import append_events
 from controlplane.auth.identity import Identity
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
 
 PG_SETTING = "gatehouse.prune_through"
+REQUEST_TYPE = "audit.prune_request"
+REFUSED_TYPE = "audit.prune_refused"
+
+
+class SelfApproval(PermissionDenied):
+    """An admin tried to approve their own prune request."""
+
+
+def check_retention(before: datetime, min_retention: timedelta, now: datetime) -> None:
+    """Refuse a cutoff that would remove events younger than the minimum retention."""
+    limit = now - min_retention
+    if before > limit:
+        days = min_retention.total_seconds() / 86400
+        raise InvalidArgument(
+            f"--before {rfc3339(before)} is too recent: the minimum retention keeps every event "
+            f"of the last {days:g} days (GATEHOUSE_AUDIT_MIN_RETENTION); pick a time on or "
+            f"before {rfc3339(limit)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRequestRecord:
+    """A recorded request, as the requester sees it."""
+
+    id: str
+    event_seq: int
+    before: datetime
+    expires_at: datetime
+    requested_by: str
+    planned: PruneResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +86,112 @@ def prune_range(session: Session, before: datetime) -> PruneResult:
     return PruneResult(int(first or 0), int(through), int(removed))
 
 
-def prune(session: Session, before: datetime, by: Identity, signer: SigningKey) -> PruneResult:
-    """Prune in the caller's write transaction (the audit writer's thread); see the module."""
-    # The chain-head lock first: appends (from any replica) wait until the prune commits.
+def request_prune(
+    session: Session,
+    before: datetime,
+    by: Identity,
+    signer: SigningKey | None = None,
+    *,
+    min_retention: timedelta = DEFAULT_MIN_RETENTION,
+) -> PruneRequestRecord | PruneResult:
+    """Record a request to prune before `before` (the writer's thread); nothing is removed.
+
+    Returns the plain range when there is nothing to remove (no request is recorded then).
+    """
+    now = utc_now()
+    check_retention(before, min_retention, now)
+    _lock_head(session)
+    planned = prune_range(session, before)
+    if not planned.removed:
+        return planned
+    expires = now + PRUNE_REQUEST_TTL
+    record = draft(
+        REQUEST_TYPE,
+        identity=by,
+        prune_request={
+            "before": rfc3339(before),
+            "expires_at": rfc3339(expires),
+            "first_seq": planned.first_seq,
+            "through_seq": planned.through_seq,
+            "removed": planned.removed,
+        },
+    )
+    (event_seq,) = append_events(session, [record], signer=signer)
+    request_id = str(record.body["id"])
+    return PruneRequestRecord(request_id, event_seq, before, expires, by.subject, planned)
+
+
+def approve_prune(
+    session: Session,
+    request_id: str,
+    by: Identity,
+    signer: SigningKey,
+    *,
+    min_retention: timedelta = DEFAULT_MIN_RETENTION,
+) -> tuple[PruneResult, str]:
+    """Perform another admin's request (the writer's thread); returns the result and who asked.
+
+    Refused, with nothing changed: an unknown id, a request past its expiry, one already used,
+    one made by `by` (SelfApproval), or one whose cutoff the minimum retention no longer allows.
+    """
+    _lock_head(session)
+    row = session.exec(
+        select(EventRow).where(EventRow.id == request_id, EventRow.type == REQUEST_TYPE)
+    ).first()
+    if row is None:
+        raise NotFound(
+            f"no prune request {request_id!r}: `gatehouse audit prune --before` makes one"
+        )
+    body = json.loads(row.body)
+    asked = body.get("prune_request", {})
+    requester = str(body.get("user", {}).get("sub", ""))
+    if requester == by.subject:
+        raise SelfApproval(
+            f"prune request {request_id} was made by {requester}: another admin must approve it"
+        )
+    now = utc_now()
+    expires = datetime.fromisoformat(str(asked.get("expires_at", "")).replace("Z", "+00:00"))
+    if now > expires:
+        raise FailedPrecondition(
+            f"prune request {request_id} expired at {rfc3339(expires)}: ask again"
+        )
+    for done in session.exec(
+        select(EventRow.body).where(col(EventRow.seq) > row.seq, EventRow.type == PRUNE_TYPE)
+    ):
+        if json.loads(done).get("prune", {}).get("request") == request_id:
+            raise FailedPrecondition(f"prune request {request_id} was already approved and done")
+    before = datetime.fromisoformat(str(asked["before"]).replace("Z", "+00:00"))
+    result = prune(
+        session,
+        before,
+        by,
+        signer,
+        min_retention=min_retention,
+        approval={"request": request_id, "requested_by": requester, "approved_by": by.subject},
+    )
+    return result, requester
+
+
+def _lock_head(session: Session) -> None:
+    """The chain-head lock: appends (from any replica) wait until this transaction commits."""
     session.exec(select(ChainHeadRow).where(ChainHeadRow.id == 1).with_for_update()).one()
+
+
+def prune(
+    session: Session,
+    before: datetime,
+    by: Identity,
+    signer: SigningKey,
+    *,
+    min_retention: timedelta = DEFAULT_MIN_RETENTION,
+    approval: dict[str, str] | None = None,
+) -> PruneResult:
+    """Prune in the caller's write transaction (the audit writer's thread); see the module.
+
+    The service calls it only through `approve_prune`; the retention rule holds here too.
+    """
+    check_retention(before, min_retention, utc_now())
+    _lock_head(session)
     planned = prune_range(session, before)
     if not planned.removed:
         return planned
@@ -100,6 +242,7 @@ def prune(session: Session, before: datetime, by: Identity, signer: SigningKey) 
             "through_seq": through,
             "removed": removed,
             "anchor": signed,
+            **(approval or {}),
         },
     )
     (event_seq,) = append_events(session, [record], signer=signer)

@@ -1,8 +1,9 @@
 """AuditService: read and follow the trail in seq order, sign it, prune old ranges of it.
 
-No API changes or deletes a single event: Prune removes only a whole prefix, leaving a signed
-anchor and an `audit.prune` event (retention.py). Readers (admin, audit-reader) list, follow,
-and fetch the public key and the anchor; only an admin asks for a checkpoint or prunes.
+No API changes or deletes a single event: a prune removes only a whole prefix older than the
+minimum retention, asked for by one admin and approved by another, leaving a signed anchor and
+an `audit.prune` event (retention.py). Readers (admin, audit-reader) list, follow, and fetch the
+public key and the anchor; only an admin asks for a checkpoint, or asks for or approves a prune.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import importlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 import grpc
@@ -19,14 +21,21 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from controlplane.audit.checkpoints import ALGORITHM, SigningKey, parse_cutoff
+from controlplane.audit.events import draft, rfc3339, utc_now
 from controlplane.audit.reader import check_request, export_line, read_page
 from controlplane.audit.retention import (
+    REFUSED_TYPE,
+    PruneRequestRecord,
     PruneResult,
+    SelfApproval,
     anchor_document,
+    approve_prune,
+    check_retention,
     latest_anchor,
-    prune,
     prune_range,
+    request_prune,
 )
+from controlplane.audit.settings import DEFAULT_MIN_RETENTION
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, AUDIT_READER
 from controlplane.auth.tokens import TokenAuthenticator
@@ -50,10 +59,18 @@ Formatter = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, auth: TokenAuthenticator, db: Database, writer: AuditWriter) -> None:
+    def __init__(
+        self,
+        auth: TokenAuthenticator,
+        db: Database,
+        writer: AuditWriter,
+        *,
+        min_retention: timedelta = DEFAULT_MIN_RETENTION,
+    ) -> None:
         self._auth = auth
         self._db = db
         self._writer = writer
+        self._min_retention = min_retention
 
     @unary
     async def ListEvents(
@@ -132,6 +149,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def Prune(
         self, request: audit_pb2.PruneRequest, context: Context
     ) -> audit_pb2.PruneResponse:
+        """Record a prune request (or, dry, say what it would remove); never removes."""
         admin = await self._auth.require_role(context.invocation_metadata(), ADMIN)
         if not request.before:
             raise InvalidArgument("before is required: prune events older than this date")
@@ -139,15 +157,51 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             before = parse_cutoff(request.before)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        check_retention(before, self._min_retention, utc_now())
         if request.dry_run:
-            result = await self._db.read(lambda s: prune_range(s, before))
-        else:
-            signer = self._signer()
+            return _prune_response(await self._db.read(lambda s: prune_range(s, before)))
+        signer = self._writer.signer
+        retention = self._min_retention
+        try:
+            made = await self._writer.transact(
+                lambda s: request_prune(s, before, admin, signer, min_retention=retention)
+            )
+        except AuditUnavailable as exc:
+            raise Unavailable(str(exc)) from None
+        if isinstance(made, PruneResult):
+            return _prune_response(made)
+        return _request_response(made)
+
+    @unary
+    async def ApprovePrune(
+        self, request: audit_pb2.ApprovePruneRequest, context: Context
+    ) -> audit_pb2.PruneResponse:
+        """A second admin performs a recorded prune request."""
+        admin = await self._auth.require_role(context.invocation_metadata(), ADMIN)
+        request_id = request.request_id.strip()
+        if not request_id or len(request_id) > 64 or not request_id.isascii():
+            raise InvalidArgument("request_id is required: the id `audit prune --before` printed")
+        signer = self._signer()
+        retention = self._min_retention
+        try:
+            result, requester = await self._writer.transact(
+                lambda s: approve_prune(s, request_id, admin, signer, min_retention=retention)
+            )
+        except SelfApproval as exc:
+            # Refused and rolled back; the attempt itself is part of the record.
+            refusal = draft(REFUSED_TYPE, identity=admin, request=request_id, reason=str(exc))
             try:
-                result = await self._writer.transact(lambda s: prune(s, before, admin, signer))
-            except AuditUnavailable as exc:
-                raise Unavailable(str(exc)) from None
-        return _prune_response(result)
+                await self._writer.commit(refusal)
+            except AuditUnavailable as error:
+                raise Unavailable(str(error)) from None
+            raise
+        except AuditUnavailable as exc:
+            raise Unavailable(str(exc)) from None
+        response = _prune_response(result)
+        response.request_id = request_id
+        response.requested_by = requester
+        response.approved_by = admin.subject
+        return response
 
     def _signer(self) -> SigningKey:
         signer = self._writer.signer
@@ -209,6 +263,20 @@ def _follow_page(cursor: int, types: list[str]) -> Callable[[Session], tuple[lis
 
 def _anchor(anchor: AnchorRow) -> audit_pb2.Anchor:
     return audit_pb2.Anchor(**anchor_document(anchor))
+
+
+def _request_response(made: PruneRequestRecord) -> audit_pb2.PruneResponse:
+    planned = made.planned
+    return audit_pb2.PruneResponse(
+        first_seq=planned.first_seq,
+        through_seq=planned.through_seq,
+        removed=planned.removed,
+        event_seq=made.event_seq,
+        request_id=made.id,
+        requested_by=made.requested_by,
+        expires_at=rfc3339(made.expires_at),
+        before=rfc3339(made.before),
+    )
 
 
 def _prune_response(result: PruneResult) -> audit_pb2.PruneResponse:

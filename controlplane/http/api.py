@@ -8,19 +8,22 @@ tokens with the read-only `audit-reader` role. The contract is `openapi.yaml` be
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from controlplane.audit.reader import export_line, read_page
+from controlplane.audit.reader import MAX_LIMIT, MAX_SEQ, MAX_TYPES, export_line, read_page
 from controlplane.auth.identity import ADMIN, AUDIT_READER
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import GatehouseError, InvalidArgument
 from controlplane.store.database import Database
 
+log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
+EVENTS_PARAMETERS = ("after", "limit", "types", "format")
 NEXT_HEADER = "Gatehouse-Next-After"
 FORMATS = ("json", "ocsf")
 STATUS = {
@@ -51,12 +54,15 @@ def build_app(
         await auth.require_role(
             [("authorization", request.headers.get("Authorization", ""))], ADMIN, AUDIT_READER
         )
-        after = _int(request, "after", 0)
-        limit = _int(request, "limit", 0)
+        _only(request, EVENTS_PARAMETERS)
+        after = _int(request, "after", 0, MAX_SEQ)
+        limit = _int(request, "limit", 0, MAX_LIMIT)
         fmt = request.query.get("format", "json")
         if fmt not in FORMATS:
-            raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}")
+            raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, not {_shown(fmt)}")
         types = [t for t in request.query.get("types", "").split(",") if t]
+        if len(types) > MAX_TYPES:
+            raise InvalidArgument(f"types: at most {MAX_TYPES} event types, not {len(types)}")
         page = await read_page(db, after, limit, types)
         lines = [export_line(row.body, row.hash) for row in page.events]
         if fmt == "ocsf":
@@ -85,6 +91,11 @@ def build_app(
             status = STATUS.get(exc.code.name, 500)
             headers = {"WWW-Authenticate": 'Bearer realm="gatehouse"'} if status == 401 else {}
             return web.json_response({"error": str(exc)}, status=status, headers=headers)
+        except web.HTTPException:
+            raise
+        except Exception:  # a bug, not the caller's fault: say so without the details
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            return web.json_response({"error": "internal error; see the server log"}, status=500)
 
     app = web.Application(middlewares=[errors])
     app.router.add_get("/healthz", healthz)
@@ -94,11 +105,30 @@ def build_app(
     return app
 
 
-def _int(request: web.Request, name: str, default: int) -> int:
+def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """Unknown or repeated parameters are refused: a typo must not silently mean "from 0"."""
+    for name in request.query:
+        if name not in allowed:
+            raise InvalidArgument(
+                f"unknown parameter {_shown(name)}: this endpoint takes {', '.join(allowed)}"
+            )
+        if len(request.query.getall(name)) > 1:
+            raise InvalidArgument(f"{name} is given more than once")
+
+
+def _int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    """A decimal integer from 0 to `maximum`, ASCII digits only (no sign, exponent, spaces)."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name} must be an integer, not {raw!r}") from None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > maximum:
+        raise InvalidArgument(
+            f"{name} must be a whole number from 0 to {maximum}, not {_shown(raw)}"
+        )
+    return int(raw)
+
+
+def _shown(value: str) -> str:
+    """A caller's value as an error message may quote it: short and printable."""
+    text = value if len(value) <= 40 else value[:37] + "..."
+    return json.dumps(text)

@@ -358,12 +358,26 @@ class PruneResponse(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     ANCHOR_FIELD_NUMBER: _builtins.int
     EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
     first_seq: _builtins.int
     """first event removed (0: nothing to remove)"""
     through_seq: _builtins.int
     removed: _builtins.int
     event_seq: _builtins.int
-    """seq of the audit.prune event"""
+    """seq of the audit.prune event (or of the audit.prune_request event)"""
+    request_id: _builtins.str
+    """the prune request a second admin must approve"""
+    requested_by: _builtins.str
+    approved_by: _builtins.str
+    """set once performed"""
+    expires_at: _builtins.str
+    """RFC 3339: the request cannot be approved after this"""
+    before: _builtins.str
+    """the cutoff, RFC 3339"""
     @_builtins.property
     def anchor(self) -> Global___Anchor:
         """unset on a dry run or when nothing was removed"""
@@ -376,11 +390,36 @@ class PruneResponse(_message.Message):
         removed: _builtins.int = ...,
         anchor: Global___Anchor | None = ...,
         event_seq: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        approved_by: _builtins.str = ...,
+        expires_at: _builtins.str = ...,
+        before: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "event_seq", b"event_seq", "first_seq", b"first_seq", "removed", b"removed", "through_seq", b"through_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "approved_by", b"approved_by", "before", b"before", "event_seq", b"event_seq", "expires_at", b"expires_at", "first_seq", b"first_seq", "removed", b"removed", "request_id", b"request_id", "requested_by", b"requested_by", "through_seq", b"through_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PruneResponse: _TypeAlias = PruneResponse  # noqa: Y015
+
+@_typing.final
+class ApprovePruneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """as printed by `gatehouse audit prune --before`"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePruneRequest: _TypeAlias = ApprovePruneRequest  # noqa: Y015

@@ -66,6 +66,11 @@ class AuditServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_audit__pb2.PruneRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_audit__pb2.PruneResponse.FromString,
                 _registered_method=True)
+        self.ApprovePrune = channel.unary_unary(
+                '/gatehouse.v1.AuditService/ApprovePrune',
+                request_serializer=gatehouse_dot_v1_dot_audit__pb2.ApprovePruneRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_audit__pb2.PruneResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -110,8 +115,19 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Prune(self, request, context):
-        """Remove every event with seq <= S, S the last event older than `before`, in one
-        transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+        """Ask to remove every event with seq <= S, S the last event older than `before` (which
+        must be at least the minimum retention ago): records an `audit.prune_request` event and
+        returns its id; nothing is removed until a second admin approves. With dry_run, only
+        says what would be removed. Role: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApprovePrune(self, request, context):
+        """Approve another admin's prune request (not your own, not expired, not used) and perform
+        it in one transaction: leave a signed anchor and record an `audit.prune` event naming
+        both admins. Role: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +164,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
             'Prune': grpc.unary_unary_rpc_method_handler(
                     servicer.Prune,
                     request_deserializer=gatehouse_dot_v1_dot_audit__pb2.PruneRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_audit__pb2.PruneResponse.SerializeToString,
+            ),
+            'ApprovePrune': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePrune,
+                    request_deserializer=gatehouse_dot_v1_dot_audit__pb2.ApprovePruneRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_audit__pb2.PruneResponse.SerializeToString,
             ),
     }
@@ -314,6 +335,33 @@ class AuditService:
             target,
             '/gatehouse.v1.AuditService/Prune',
             gatehouse_dot_v1_dot_audit__pb2.PruneRequest.SerializeToString,
+            gatehouse_dot_v1_dot_audit__pb2.PruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePrune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuditService/ApprovePrune',
+            gatehouse_dot_v1_dot_audit__pb2.ApprovePruneRequest.SerializeToString,
             gatehouse_dot_v1_dot_audit__pb2.PruneResponse.FromString,
             options,
             channel_credentials,

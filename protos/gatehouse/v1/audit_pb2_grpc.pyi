@@ -48,8 +48,15 @@ class AuditServiceStub:
     GetAnchor: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAnchorRequest, _audit_pb2.GetAnchorResponse]
     """The newest prune anchor, where the stored chain now starts. Roles: admin, audit-reader."""
     Prune: _grpc.UnaryUnaryMultiCallable[_audit_pb2.PruneRequest, _audit_pb2.PruneResponse]
-    """Remove every event with seq <= S, S the last event older than `before`, in one
-    transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+    """Ask to remove every event with seq <= S, S the last event older than `before` (which
+    must be at least the minimum retention ago): records an `audit.prune_request` event and
+    returns its id; nothing is removed until a second admin approves. With dry_run, only
+    says what would be removed. Role: admin.
+    """
+    ApprovePrune: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ApprovePruneRequest, _audit_pb2.PruneResponse]
+    """Approve another admin's prune request (not your own, not expired, not used) and perform
+    it in one transaction: leave a signed anchor and record an `audit.prune` event naming
+    both admins. Role: admin.
     """
 
 @_typing.type_check_only
@@ -72,8 +79,15 @@ class AuditServiceAsyncStub(AuditServiceStub):
     GetAnchor: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAnchorRequest, _audit_pb2.GetAnchorResponse]  # type: ignore[assignment]
     """The newest prune anchor, where the stored chain now starts. Roles: admin, audit-reader."""
     Prune: _aio.UnaryUnaryMultiCallable[_audit_pb2.PruneRequest, _audit_pb2.PruneResponse]  # type: ignore[assignment]
-    """Remove every event with seq <= S, S the last event older than `before`, in one
-    transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+    """Ask to remove every event with seq <= S, S the last event older than `before` (which
+    must be at least the minimum retention ago): records an `audit.prune_request` event and
+    returns its id; nothing is removed until a second admin approves. With dry_run, only
+    says what would be removed. Role: admin.
+    """
+    ApprovePrune: _aio.UnaryUnaryMultiCallable[_audit_pb2.ApprovePruneRequest, _audit_pb2.PruneResponse]  # type: ignore[assignment]
+    """Approve another admin's prune request (not your own, not expired, not used) and perform
+    it in one transaction: leave a signed anchor and record an `audit.prune` event naming
+    both admins. Role: admin.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -129,8 +143,21 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.PruneRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.PruneResponse, _abc.Awaitable[_audit_pb2.PruneResponse]]:
-        """Remove every event with seq <= S, S the last event older than `before`, in one
-        transaction; leave a signed anchor and record an `audit.prune` event. Role: admin.
+        """Ask to remove every event with seq <= S, S the last event older than `before` (which
+        must be at least the minimum retention ago): records an `audit.prune_request` event and
+        returns its id; nothing is removed until a second admin approves. With dry_run, only
+        says what would be removed. Role: admin.
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePrune(
+        self,
+        request: _audit_pb2.ApprovePruneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.PruneResponse, _abc.Awaitable[_audit_pb2.PruneResponse]]:
+        """Approve another admin's prune request (not your own, not expired, not used) and perform
+        it in one transaction: leave a signed anchor and record an `audit.prune` event naming
+        both admins. Role: admin.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
