@@ -1,0 +1,344 @@
+"""History cannot be erased or forged: timed checkpoints, witnesses outside the store, how far
+signatures reach, and a prune that keeps recent history and needs a second admin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controlplane.audit import retention, witness
+from controlplane.audit.chain import GENESIS_HASH, canonical, link_hash
+from controlplane.audit.checkpoints import (
+    CHECKPOINT_TYPE,
+    SigningKey,
+    TailAllowance,
+    TrailReport,
+    TrailVerifier,
+    checkpoint_note,
+    keyring,
+    signature_problem,
+    tail_problem,
+)
+from controlplane.audit.events import draft
+from controlplane.audit.retention import (
+    PruneRequestRecord,
+    SelfApproval,
+    approve_prune,
+    request_prune,
+)
+from controlplane.audit.witness import WitnessPublisher, check_witness, read_witness
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import ADMIN, Identity
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.store.database import Database
+
+ALICE = Identity("alice", role=ADMIN)
+BOB = Identity("bob", role=ADMIN)
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def stored(db_path: Path) -> list[tuple[int, str, str]]:
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute("SELECT seq, body, hash FROM audit_events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [(int(s), str(b), str(h)) for s, b, h in rows]
+
+
+def kinds(db_path: Path) -> list[str]:
+    return [json.loads(body)["type"] for _, body, _ in stored(db_path)]
+
+
+def rewind(db_path: Path, keep: int) -> None:
+    """What someone with write access to the store does: drop the newest events, move the head
+    back to the last one kept. The append-only trigger is dropped and put back."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        triggers = conn.execute(
+            "SELECT name, sql FROM sqlite_master "
+            "WHERE type = 'trigger' AND tbl_name = 'audit_events'"
+        ).fetchall()
+        conn.execute("BEGIN")
+        for name, _ in triggers:
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
+        (hash_,) = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
+        conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (keep, hash_))
+        for _, create in triggers:
+            conn.execute(create)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+# ---- checkpoints every T seconds -----------------------------------------------------------
+
+
+async def test_a_checkpoint_is_signed_after_t_seconds_with_new_events_only(
+    db: Database, db_path: Path, key: SigningKey
+) -> None:
+    writer = AuditWriter(db, checkpoint_every=1000, checkpoint_interval=0.2)
+    writer.start(key)
+    try:
+        for n in range(3):
+            await writer.commit(draft("test.event", n=n))
+        await asyncio.sleep(0.6)
+        assert kinds(db_path) == ["test.event"] * 3 + [CHECKPOINT_TYPE]
+        await asyncio.sleep(0.5)  # idle: no checkpoint of a checkpoint
+        assert len(stored(db_path)) == 4
+        await writer.commit(draft("test.event", n=4))
+        await asyncio.sleep(0.5)
+        assert kinds(db_path)[-2:] == ["test.event", CHECKPOINT_TYPE]
+    finally:
+        await writer.close()
+
+
+async def test_events_an_earlier_process_left_unsigned_are_signed_after_a_restart(
+    db: Database, db_path: Path, key: SigningKey
+) -> None:
+    first = AuditWriter(db)
+    first.start(key)
+    await first.commit(draft("test.event", n=1))
+    await first.close()
+    second = AuditWriter(db, checkpoint_interval=0.2)
+    second.start(key)
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        await second.close()
+    assert kinds(db_path) == ["test.event", CHECKPOINT_TYPE]
+
+
+# ---- witnesses -----------------------------------------------------------------------------
+
+
+async def test_a_file_witness_catches_a_store_rewound_after_its_checkpoint(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path
+) -> None:
+    path = tmp_path / "witness.ndjson"
+    publisher = WitnessPublisher([str(path)])
+    writer = AuditWriter(db, checkpoint_every=5)
+    writer.add_checkpoint_sink(publisher.offer)
+    publisher.start()
+    writer.start(key)
+    try:
+        for n in range(12):  # 1-5, checkpoint 6, 7-10, checkpoint 11, 12-14
+            await writer.commit(draft("test.event", n=n))
+        await publisher.drain()
+    finally:
+        await writer.close()
+        await publisher.close()
+
+    entries = read_witness(path.read_text().splitlines())
+    assert [e.event_seq for e in entries] == [6, 11]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    keys = keyring([key.public])
+
+    def checked(start: int = 0) -> witness.WitnessReport:
+        rows = stored(db_path)
+        found = {
+            seq: json.loads(body).get("checkpoint")
+            for seq, body, _ in rows
+            if seq in {e.event_seq for e in entries}
+        }
+        return check_witness(
+            entries,
+            start_seq=start,
+            head_seq=rows[-1][0],
+            stored=found,
+            signature_problem=lambda d: signature_problem(
+                keys, d, checkpoint_note(d["seq"], d["hash"])
+            ),
+        )
+
+    assert checked().ok and checked().matched == 2
+    # A pruned witnessed checkpoint is not held against the store.
+    assert (checked(start=6).pruned, checked(start=6).matched) == (1, 1)
+    rewind(db_path, 9)  # drop seq 10..14, the newest checkpoint with them
+    report = checked()
+    assert not report.ok
+    assert report.problem is not None
+    assert "the store ends at seq 9" in report.problem
+    assert "checkpoint at seq 11" in report.problem
+    assert "rewound" in report.problem
+
+
+async def test_an_unreachable_url_witness_is_retried_counted_and_never_blocks(
+    db: Database, db_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(witness, "ATTEMPTS", 2)
+    publisher = WitnessPublisher(["http://127.0.0.1:9/witness"])
+    writer = AuditWriter(db)
+    writer.add_checkpoint_sink(publisher.offer)
+    publisher.start()
+    writer.start(key)
+    try:
+        await asyncio.wait_for(writer.checkpoint(ALICE), 2)  # not delayed by the witness
+        await writer.commit(draft("test.event", n=1))
+        await publisher.drain(timeout=5)
+    finally:
+        await writer.close()
+        await publisher.close()
+    assert (publisher.pushes, publisher.failures) == (0, 1)
+    assert kinds(db_path) == [CHECKPOINT_TYPE, "test.event"]
+
+
+def test_a_witness_must_be_an_absolute_path_or_an_http_url() -> None:
+    for bad in ("relative.ndjson", "ftp://host/x", "file:///tmp/x"):
+        with pytest.raises(InvalidArgument):
+            WitnessPublisher([bad])
+
+
+# ---- how far signatures reach --------------------------------------------------------------
+
+
+def _hand_made(n: int) -> list[str]:
+    """An export written by hand: seq 1..n, correctly chained, no signature."""
+    lines, prev = [], GENESIS_HASH
+    for seq in range(1, n + 1):
+        event = {"id": f"e{seq}", "time": "2026-01-01T00:00:00.000000Z", "type": "db.query"}
+        event |= {"seq": seq, "prev_hash": prev}
+        prev = link_hash(prev, canonical(event))
+        lines.append(json.dumps(event | {"hash": prev}))
+    return lines
+
+
+def _verify(lines: list[str], key: SigningKey) -> TrailReport:
+    verifier = TrailVerifier(keyring([key.public]))
+    for number, line in enumerate(lines, start=1):
+        assert verifier.add_line(number, line)
+    return verifier.report()
+
+
+def test_a_hand_made_unsigned_export_from_seq_1_is_not_vouched_for_by_the_key(
+    key: SigningKey,
+) -> None:
+    report = _verify(_hand_made(2), key)
+    assert report.ok  # the chain itself links
+    assert (report.last_checkpoint, report.unsigned) == (0, 2)
+    problem = tail_problem(report, [key.key_id], None, NOW)
+    assert problem is not None
+    assert f"no checkpoint signed by key {key.key_id} vouches for any of its 2 events" in problem
+    # Only an explicit allowance accepts it, and only up to what it says.
+    assert tail_problem(report, [key.key_id], TailAllowance.parse("2"), NOW) is None
+    assert tail_problem(report, [key.key_id], TailAllowance.parse("1"), NOW) is not None
+
+
+async def test_the_unsigned_tail_after_the_last_checkpoint_is_counted_and_aged(
+    db: Database, db_path: Path, key: SigningKey
+) -> None:
+    writer = AuditWriter(db)
+    writer.start(key)
+    try:
+        for n in range(3):
+            await writer.commit(draft("test.event", n=n))
+        await writer.checkpoint(ALICE)
+        for n in range(2):
+            await writer.commit(draft("test.event", n=n))
+    finally:
+        await writer.close()
+    verifier = TrailVerifier(keyring([key.public]))
+    for row in stored(db_path):
+        assert verifier.add_stored(*row)
+    report = verifier.report()
+    assert (report.signed_through, report.last_checkpoint, report.unsigned) == (3, 4, 2)
+    now = datetime.now(UTC)
+    problem = tail_problem(report, [key.key_id], None, now)
+    assert problem is not None and "2 events after the checkpoint at seq 4 (seq 5..6)" in problem
+    assert tail_problem(report, [key.key_id], TailAllowance.parse("5m"), now) is None
+    later = now + timedelta(minutes=10)
+    assert tail_problem(report, [key.key_id], TailAllowance.parse("5m"), later) is not None
+    for bad in ("-1", "5 minutes", "1e3", "²"):
+        with pytest.raises(ValueError, match="allow-unsigned-tail"):
+            TailAllowance.parse(bad)
+
+
+# ---- prune: minimum retention and a second admin --------------------------------------------
+
+
+@pytest.fixture
+async def aged(db: Database, key: SigningKey) -> AsyncIterator[AuditWriter]:
+    """A writer with 5 events from 100 days ago and 3 from now."""
+    writer = AuditWriter(db)
+    writer.start(key)
+    old = datetime.now(UTC) - timedelta(days=100)
+    for n in range(5):
+        item = draft("test.event", n=n)
+        item.time = old
+        await writer.commit(item)
+    for n in range(3):
+        await writer.commit(draft("test.event", n=n))
+    yield writer
+    await writer.close()
+
+
+async def test_prune_never_reaches_into_the_minimum_retention(aged: AuditWriter) -> None:
+    too_recent = datetime.now(UTC) - timedelta(days=29)
+    with pytest.raises(InvalidArgument, match="too recent: the minimum retention keeps"):
+        await aged.transact(lambda s: request_prune(s, too_recent, ALICE))
+    far_future = datetime(2099, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidArgument, match="last 30 days"):
+        await aged.transact(lambda s: request_prune(s, far_future, ALICE))
+    with pytest.raises(InvalidArgument, match="last 365 days"):
+        longer = timedelta(days=365)
+        cutoff = datetime.now(UTC) - timedelta(days=50)
+        await aged.transact(lambda s: request_prune(s, cutoff, ALICE, min_retention=longer))
+
+
+async def test_a_prune_takes_a_second_admin_once_before_it_expires(
+    aged: AuditWriter, db_path: Path, key: SigningKey
+) -> None:
+    cutoff = datetime.now(UTC) - timedelta(days=50)
+    made = await aged.transact(lambda s: request_prune(s, cutoff, ALICE, key))
+    assert isinstance(made, PruneRequestRecord)
+    assert (made.planned.first_seq, made.planned.through_seq) == (1, 5)
+    assert len(stored(db_path)) == 9  # nothing removed by asking
+    request = json.loads(stored(db_path)[-1][1])
+    assert request["type"] == "audit.prune_request" and request["id"] == made.id
+
+    with pytest.raises(SelfApproval, match="another admin must approve it"):
+        await aged.transact(lambda s: approve_prune(s, made.id, ALICE, key))
+    delegated = Identity("alice", role=ADMIN, actor="robot")
+    with pytest.raises(SelfApproval):
+        await aged.transact(lambda s: approve_prune(s, made.id, delegated, key))
+    with pytest.raises(NotFound):
+        await aged.transact(lambda s: approve_prune(s, "no-such-id", BOB, key))
+    assert len(stored(db_path)) == 9
+
+    result, requester = await aged.transact(lambda s: approve_prune(s, made.id, BOB, key))
+    assert (result.first_seq, result.through_seq, result.removed, requester) == (1, 5, 5, "alice")
+    record = json.loads(stored(db_path)[-1][1])
+    assert record["type"] == "audit.prune"
+    assert record["user"]["sub"] == "bob"
+    assert record["prune"] | {"anchor": None} == record["prune"] | {
+        "request": made.id,
+        "requested_by": "alice",
+        "approved_by": "bob",
+        "anchor": None,
+    }
+    with pytest.raises(FailedPrecondition, match="already approved"):
+        await aged.transact(lambda s: approve_prune(s, made.id, Identity("carol"), key))
+
+
+async def test_an_expired_prune_request_cannot_be_approved(
+    aged: AuditWriter, db_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "PRUNE_REQUEST_TTL", timedelta(seconds=-1))
+    cutoff = datetime.now(UTC) - timedelta(days=50)
+    made = await aged.transact(lambda s: request_prune(s, cutoff, ALICE, key))
+    assert isinstance(made, PruneRequestRecord)
+    with pytest.raises(FailedPrecondition, match="expired"):
+        await aged.transact(lambda s: approve_prune(s, made.id, BOB, key))
+    assert len(stored(db_path)) == 9
