@@ -91,9 +91,13 @@ class Settings:
             raise InvalidArgument(
                 f"{CHECKPOINT_INTERVAL_ENV} must be a duration from 1s to 24h (e.g. 60s, 5m)"
             )
+        if self.min_retention < timedelta(seconds=1):
+            raise InvalidArgument(f"{MIN_RETENTION_ENV} must be a duration (e.g. 30d, 90d)")
         if self.min_retention < timedelta(days=1):
-            raise InvalidArgument(
-                f"{MIN_RETENTION_ENV} must be a duration of at least 1 day (e.g. 30d, 90d)"
+            log.warning(
+                "%s is %s: prune may remove events that young (meant for tests)",
+                MIN_RETENTION_ENV,
+                self.min_retention,
             )
         for target in self.witnesses:
             check_target(target)

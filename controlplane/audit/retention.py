@@ -149,6 +149,12 @@ def approve_prune(
         raise SelfApproval(
             f"prune request {request_id} was made by {requester}: another admin must approve it"
         )
+    for token, creator in ((by.subject, requester), (requester, by.subject)):
+        if _created_token(session, token, creator):
+            raise SelfApproval(
+                f"prune request {request_id}: {token} is a token {creator} created; "
+                "another admin must approve it"
+            )
     now = utc_now()
     expires = datetime.fromisoformat(str(asked.get("expires_at", "")).replace("Z", "+00:00"))
     if now > expires:
@@ -170,6 +176,24 @@ def approve_prune(
         approval={"request": request_id, "requested_by": requester, "approved_by": by.subject},
     )
     return result, requester
+
+
+def _created_token(session: Session, subject: str, creator: str) -> bool:
+    """True when `subject` is an API token that `creator` made (from the trail's own record):
+    an admin cannot approve their own request with a token they minted for it."""
+    if not subject.startswith("token:"):
+        return False
+    name = subject.removeprefix("token:")
+    query = select(EventRow.body).where(EventRow.type == "admin.change")
+    for body in session.exec(query):
+        if '"token.create"' not in body:
+            continue
+        event = json.loads(body)
+        change, user = event.get("change", {}), event.get("user", {})
+        made = (change.get("action"), change.get("name"), user.get("sub"))
+        if made == ("token.create", name, creator):
+            return True
+    return False
 
 
 def _lock_head(session: Session) -> None:

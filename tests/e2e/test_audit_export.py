@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from tests.e2e.conftest import AGENT, Stack, start_stack
 CHECKPOINT_EVERY = "5"
 
 
-def start_signed_stack(base: Path, pg: PostgresServer) -> Stack:
+def start_signed_stack(base: Path, pg: PostgresServer, **extra: str) -> Stack:
     """A stack whose control plane signs a checkpoint every few events, also after restarts."""
+    env = {"GATEHOUSE_CHECKPOINT_EVERY": CHECKPOINT_EVERY, **extra}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GATEHOUSE_CHECKPOINT_EVERY", CHECKPOINT_EVERY)
+        for name, value in env.items():
+            patch.setenv(name, value)
         stack = start_stack(base, pg)
-    stack.controlplane.env["GATEHOUSE_CHECKPOINT_EVERY"] = CHECKPOINT_EVERY
+    stack.controlplane.env.update(env)
     return stack
 
 
@@ -88,7 +91,8 @@ def test_an_exported_trail_verifies_offline_with_the_public_key(
         assert event["checkpoint"]["seq"] == event["seq"] - 1
         assert event["checkpoint"]["key_id"]
 
-    result = verify_file(signed, tmp_path / "trail.ndjson", key, "-o", "json")
+    tail = ("--allow-unsigned-tail", "10m")  # events after the last checkpoint
+    result = verify_file(signed, tmp_path / "trail.ndjson", key, *tail, "-o", "json")
 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -96,7 +100,9 @@ def test_an_exported_trail_verifies_offline_with_the_public_key(
     assert report["checked"] == len(lines)
     assert report["checkpoints"] == len(checkpoints)
     assert report["signed_through"] == checkpoints[-1]["seq"] - 1
-    table = verify_file(signed, tmp_path / "trail.ndjson", key)
+    assert report["last_checkpoint"] == checkpoints[-1]["seq"]
+    assert report["unsigned"] == seqs_of(lines)[-1] - checkpoints[-1]["seq"]
+    table = verify_file(signed, tmp_path / "trail.ndjson", key, *tail)
     assert table.stdout.startswith(f"ok: {len(lines)} events")
 
     store = signed.cli("audit", "verify")
@@ -172,7 +178,9 @@ def test_a_partial_export_verifies_only_when_a_checkpoint_vouches_for_its_start(
     )
     export_file(signed, tmp_path / "later.ndjson", "--after", str(first_checkpoint - 3))
 
-    later = verify_file(signed, tmp_path / "later.ndjson", key, "-o", "json")
+    later = verify_file(
+        signed, tmp_path / "later.ndjson", key, "--allow-unsigned-tail", "10m", "-o", "json"
+    )
 
     assert later.returncode == 0, later.stderr
     report = json.loads(later.stdout)
@@ -231,40 +239,61 @@ def test_a_checkpoint_on_demand_is_appended_and_names_the_admin(own_signed: Stac
 # ---- retention -----------------------------------------------------------------------------
 
 
-def test_prune_leaves_a_trail_that_still_verifies(own_signed: Stack, tmp_path: Path) -> None:
-    assert own_signed.cli("exec", "pg", "-c", "select 'before the prune'").returncode == 0
-    head = own_signed.events()[-1]["seq"]
-    dry = own_signed.cli("audit", "prune", "--before", "2999-01-01", "--dry-run")
+@pytest.fixture
+def pruneable(tmp_path: Path, pg: PostgresServer) -> Iterator[Stack]:
+    """A signed stack whose minimum retention is 2 s, so a test can prune what it made."""
+    stack = start_signed_stack(tmp_path, pg, GATEHOUSE_AUDIT_MIN_RETENTION="2s")
+    yield stack
+    stack.stop()
+
+
+def test_prune_leaves_a_trail_that_still_verifies(pruneable: Stack, tmp_path: Path) -> None:
+    stack = pruneable
+    admins = []
+    for name in ("ann", "ben"):
+        created = stack.cli("admin", "tokens", "create", name, "--role", "admin", "-o", "json")
+        assert created.returncode == 0, created.stderr
+        admins.append({"GATEHOUSE_TOKEN": json.loads(created.stdout)["secret"]})
+    assert stack.cli("exec", "pg", "-c", "select 'before the prune'").returncode == 0
+    time.sleep(3)
+    head = stack.events()[-1]["seq"]
+    cutoff = (datetime.now(UTC) - timedelta(seconds=2.5)).isoformat()
+    dry = stack.cli("audit", "prune", "--before", cutoff, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"would remove {head} events, seq 1..{head}" in dry.stdout
 
-    pruned = own_signed.cli("audit", "prune", "--before", "2999-01-01", "-o", "json")
+    asked = stack.cli("audit", "prune", "--before", cutoff, **admins[0])
+    assert asked.returncode == 0, asked.stderr
+    request_id = asked.stdout.split()[2]
+    assert f"gatehouse audit prune approve {request_id}" in asked.stdout
+    pruned = stack.cli("audit", "prune", "approve", request_id, "-o", "json", **admins[1])
 
     assert pruned.returncode == 0, pruned.stderr
     result = json.loads(pruned.stdout)
     assert (result["first_seq"], result["through_seq"]) == (1, head)
-    assert result["anchor"]["pruned_by"] == "admin"
-    events = own_signed.events()
+    assert result["anchor"]["pruned_by"] == "token:ben"
+    events = stack.events()
     assert events[0]["seq"] == head + 1
     assert events[0]["prev_hash"] == result["anchor"]["hash"]
     (record,) = [e for e in events if e["type"] == "audit.prune"]
     assert record["seq"] == result["event_seq"]
     assert record["prune"]["through_seq"] == head
-    assert record["user"]["sub"] == "admin"
+    assert record["user"]["sub"] == "token:ben"
+    assert record["prune"]["requested_by"] == "token:ann"
 
-    after = own_signed.cli("exec", "pg", "-c", "select 'after the prune'")
+    after = stack.cli("exec", "pg", "-c", "select 'after the prune'")
     assert after.returncode == 0, after.stderr
-    verified = own_signed.cli("audit", "verify", "-o", "json")
+    verified = stack.cli("audit", "verify", "-o", "json")
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["start"]["vouched_by"] == f"the prune anchor at seq {head}"
-    key = public_key(own_signed, tmp_path / "pub.pem")
-    export_file(own_signed, tmp_path / "rest.ndjson")
-    offline = verify_file(own_signed, tmp_path / "rest.ndjson", key)
+    key = public_key(stack, tmp_path / "pub.pem")
+    export_file(stack, tmp_path / "rest.ndjson")
+    offline = verify_file(stack, tmp_path / "rest.ndjson", key, "--allow-unsigned-tail", "10m")
     assert offline.returncode == 0, offline.stderr
 
-    nothing = own_signed.cli("audit", "prune", "--before", "2000-01-01")
+    nothing = stack.cli("audit", "prune", "--before", "2000-01-01")
     assert "nothing to prune" in nothing.stdout
-    bad = own_signed.cli("audit", "prune", "--before", "last tuesday")
+    bad = stack.cli("audit", "prune", "--before", "last tuesday")
     assert bad.returncode == 2
     assert "not a date" in bad.stderr
 

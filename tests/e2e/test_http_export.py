@@ -145,9 +145,13 @@ def test_revoked_reader_token_stops_working(stack: Stack) -> None:
 def test_bad_parameters_get_a_clear_400(stack: Stack, reader: str) -> None:
     code, _, body = http_get(stack, "/v1/audit/events?after=abc", reader)
     assert code == 400
-    assert "after must be an integer" in json.loads(body)["error"]
+    assert "after must be a whole number" in json.loads(body)["error"]
     code, _, body = http_get(stack, "/v1/audit/events?format=xml", reader)
     assert code == 400
+    for hostile in ("after=1e23", "after=100000000000000000000000", "limit=-1", "afer=1"):
+        code, _, body = http_get(stack, f"/v1/audit/events?{hostile}", reader)
+        assert code == 400, hostile
+        assert hostile.split("=")[0] in json.loads(body)["error"]
 
 
 def test_openapi_description_is_served(stack: Stack) -> None:

@@ -342,3 +342,18 @@ async def test_an_expired_prune_request_cannot_be_approved(
     with pytest.raises(FailedPrecondition, match="expired"):
         await aged.transact(lambda s: approve_prune(s, made.id, BOB, key))
     assert len(stored(db_path)) == 9
+
+
+async def test_a_token_the_requester_minted_cannot_approve_their_request(
+    aged: AuditWriter, db_path: Path, key: SigningKey
+) -> None:
+    change = {"action": "token.create", "token": "t1", "name": "ci", "role": "admin"}
+    await aged.commit(draft("admin.change", identity=ALICE, change=change))
+    cutoff = datetime.now(UTC) - timedelta(days=50)
+    made = await aged.transact(lambda s: request_prune(s, cutoff, ALICE, key))
+    assert isinstance(made, PruneRequestRecord)
+    minted = Identity("token:ci", role=ADMIN)
+    with pytest.raises(SelfApproval, match="token:ci is a token alice created"):
+        await aged.transact(lambda s: approve_prune(s, made.id, minted, key))
+    result, _ = await aged.transact(lambda s: approve_prune(s, made.id, BOB, key))
+    assert result.removed == 5

@@ -181,3 +181,18 @@ async def test_a_result_lost_to_a_store_failure_ends_its_session(
         assert ended and "audit disk is full" in ended[0]
     finally:
         await writer.close()
+
+
+def test_lost_results_and_witness_failures_are_exposed_as_prometheus_counters() -> None:
+    from controlplane.http.metrics import registry
+
+    values = dict.fromkeys(
+        ("events_committed", "commits", "commit_seconds", "queue_depth", "sessions"), 0.0
+    )
+    values |= {"sessions_total": 0.0, "agents": 0.0, "result_failures": 3.0}
+    values |= {"invalid_events": 2.0, "witness_pushes": 5.0, "witness_failures": 1.0}
+    text = registry(lambda: values)().decode()
+    assert "gatehouse_audit_result_failures_total 3.0" in text
+    assert "gatehouse_audit_invalid_events_total 2.0" in text
+    assert "gatehouse_audit_witness_pushes_total 5.0" in text
+    assert "gatehouse_audit_witness_failures_total 1.0" in text
