@@ -357,3 +357,42 @@ async def test_a_token_the_requester_minted_cannot_approve_their_request(
         await aged.transact(lambda s: approve_prune(s, made.id, minted, key))
     result, _ = await aged.transact(lambda s: approve_prune(s, made.id, BOB, key))
     assert result.removed == 5
+
+
+async def test_a_url_witness_gets_each_checkpoint_posted_and_retried(
+    db: Database, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    monkeypatch.setattr(witness, "ATTEMPTS", 3)
+    received: list[dict[str, object]] = []
+    calls = 0
+
+    async def take(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return web.Response(status=503)  # the first attempt fails: it is retried
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/witness", take)
+    async with TestServer(app) as server:
+        publisher = WitnessPublisher([str(server.make_url("/witness"))])
+        writer = AuditWriter(db)
+        writer.add_checkpoint_sink(publisher.offer)
+        publisher.start()
+        writer.start(key)
+        try:
+            await writer.commit(draft("test.event", n=1))
+            seq = await writer.checkpoint(ALICE)
+            await publisher.drain(timeout=5)
+        finally:
+            await writer.close()
+            await publisher.close()
+    assert (publisher.pushes, publisher.failures, calls) == (1, 0, 2)
+    (document,) = received
+    assert document["type"] == "gatehouse.audit.checkpoint"
+    assert (document["event_seq"], document["seq"], document["key_id"]) == (seq, 1, key.key_id)

@@ -196,3 +196,42 @@ def test_lost_results_and_witness_failures_are_exposed_as_prometheus_counters() 
     assert "gatehouse_audit_invalid_events_total 2.0" in text
     assert "gatehouse_audit_witness_pushes_total 5.0" in text
     assert "gatehouse_audit_witness_failures_total 1.0" in text
+
+
+@pytest.mark.parametrize("poison", ['"echo \\ud800"', '"\\udfff"'])
+async def test_a_surrogate_in_one_terminal_command_refuses_only_that_command(
+    db: Database, db_path: Path, poison: str
+) -> None:
+    """Through the terminal inspector: a start message whose JSON holds a lone surrogate is
+    refused with a clear error while other sessions' commands commit at the same time."""
+    from tests.unit.controlplane.test_term_inspector import Harness, decode
+    from wire.term import codec
+
+    writer = AuditWriter(db)
+    writer.start()
+    try:
+        honest = [Harness(db, writer, "ssh", "exec") for _ in range(8)]
+        for n, harness in enumerate(honest):
+            harness.inspector.session.session_id = f"honest-{n}"
+        mallory = Harness(db, writer, "ssh", "exec")
+        mallory.inspector.session.session_id = "mallory"
+        raw = codec.encode(codec.START, f'{{"argv":["sh","-c",{poison}]}}'.encode())
+        sent = [codec.encode_start(codec.Start(argv=("echo", str(n)))) for n in range(8)]
+        results = await asyncio.gather(
+            mallory.inspector.from_client(raw),
+            *(h.inspector.from_client(s) for h, s in zip(honest, sent, strict=True)),
+        )
+    finally:
+        await writer.close()
+
+    refused, *forwarded = results
+    assert refused == b""  # nothing of it reaches the agent
+    assert forwarded == sent  # every other command went through, recorded
+    answer = b"".join(mallory.inspector.take_synthetic())
+    messages = dict(decode(answer))
+    assert b"field request.command holds a lone surrogate" in messages[codec.STDERR]
+    rows = stored(db_path)
+    assert sorted(json.loads(b)["session_id"] for _, b, _ in rows) == sorted(
+        f"honest-{n}" for n in range(8)
+    )
+    assert verify_chain(rows).broken is None
