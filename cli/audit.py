@@ -250,9 +250,14 @@ async def verify_store(
             audit_pb2.GetPublicKeyRequest(), metadata=metadata, timeout=30
         )
         try:
-            keys = keyring([load_public_key(reported.public_key_pem.encode(), "the server's key")])
+            pem = reported.public_key_pem.encode()
+            served = keyring([load_public_key(pem, "the server's key")])
         except SigningKeyError as exc:
             raise CliError(str(exc)) from None
+        if keys is None:
+            keys = served
+        else:
+            keys.update(served)  # the caller checks witnessed signatures with it too
     found = await stub.GetAnchor(audit_pb2.GetAnchorRequest(), metadata=metadata, timeout=30)
     start = Start.genesis()
     if found.HasField("anchor"):
@@ -333,6 +338,7 @@ def audit_verify(
     from controlplane.audit.checkpoints import TailAllowance
 
     keys = _read_keys(key or [])
+    pinned = dict(keys) if key else None
     allowance: TailAllowance | None = None
     if allow_unsigned_tail is not None:
         try:
@@ -373,7 +379,7 @@ def audit_verify(
         report = call(address, work)
         if entries is not None and wanted is not None:
             witness_report = _check_witness(entries, report, wanted, keys)
-    _print_report(report, output, keys if key else None, allowance, witness_report)
+    _print_report(report, output, pinned, allowance, witness_report)
 
 
 def _read_witness(path: Path) -> list[WitnessEntry]:

@@ -164,6 +164,19 @@ async def test_a_file_witness_catches_a_store_rewound_after_its_checkpoint(
         )
 
     assert checked().ok and checked().matched == 2
+    # A witness line whose signature does not hold is named, not trusted.
+    forged = dict(entries[0].document, signature=entries[1].document["signature"])
+    bad = check_witness(
+        [witness.WitnessEntry(1, 6, forged["seq"], forged["hash"], forged)],
+        start_seq=0,
+        head_seq=14,
+        stored={},
+        signature_problem=lambda d: signature_problem(
+            keys, d, checkpoint_note(d["seq"], d["hash"])
+        ),
+    )
+    assert bad.problem is not None and "witness line 1 (seq 6)" in bad.problem
+    assert "forged or altered" in bad.problem
     # A pruned witnessed checkpoint is not held against the store.
     assert (checked(start=6).pruned, checked(start=6).matched) == (1, 1)
     rewind(db_path, 9)  # drop seq 10..14, the newest checkpoint with them
