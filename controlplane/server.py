@@ -91,8 +91,10 @@ class Settings:
             raise InvalidArgument(
                 f"{CHECKPOINT_INTERVAL_ENV} must be a duration from 1s to 24h (e.g. 60s, 5m)"
             )
-        if self.min_retention < timedelta(seconds=1):
-            raise InvalidArgument(f"{MIN_RETENTION_ENV} must be a duration (e.g. 30d, 90d)")
+        if not timedelta(seconds=1) <= self.min_retention <= timedelta(days=36500):
+            raise InvalidArgument(
+                f"{MIN_RETENTION_ENV} must be a duration up to 100 years (e.g. 30d, 90d)"
+            )
         if self.min_retention < timedelta(days=1):
             log.warning(
                 "%s is %s: prune may remove events that young (meant for tests)",

@@ -224,11 +224,12 @@ def parse_cutoff(text: str) -> datetime:
             day = date.fromisoformat(value)
             return datetime(day.year, day.month, day.day, tzinfo=UTC)
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        shown = text if len(text) <= 40 else text[:37] + "..."
         raise ValueError(
-            f"{text!r} is not a date or time: write e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
+            f"{shown!r} is not a date or time: write e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 # ---- verification ------------------------------------------------------------------------

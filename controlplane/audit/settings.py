@@ -25,8 +25,12 @@ def parse_duration(text: str, what: str) -> timedelta:
     """`90`, `90s`, `15m`, `12h`, `30d` (a bare number is seconds); ValueError naming `what`."""
     match = _DURATION.match(text.strip().lower())
     if match is None:
-        raise ValueError(f"{what} must be a duration such as 90s, 15m, 12h or 30d, not {text!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"{what} must be a duration such as 90s, 15m, 12h or 30d, not {shown!r}")
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"{what} {text!r} is longer than any clock can count") from None
 
 
 def env_checkpoint_interval() -> float:

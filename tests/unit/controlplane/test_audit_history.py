@@ -409,3 +409,22 @@ async def test_a_url_witness_gets_each_checkpoint_posted_and_retried(
     (document,) = received
     assert document["type"] == "gatehouse.audit.checkpoint"
     assert (document["event_seq"], document["seq"], document["key_id"]) == (seq, 1, key.key_id)
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "x" * 10_000, "1e23"]
+)
+def test_a_hostile_cutoff_is_a_clear_error_not_a_crash(text: str) -> None:
+    from controlplane.audit.checkpoints import parse_cutoff
+
+    with pytest.raises(ValueError, match="is not a date or time") as caught:
+        parse_cutoff(text)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("text", ["999999999999d", "5 minutes", "-1s", "1e9", ""])
+def test_a_hostile_duration_is_a_clear_error(text: str) -> None:
+    from controlplane.audit.settings import parse_duration
+
+    with pytest.raises(ValueError, match="GATEHOUSE_X"):
+        parse_duration(text, "GATEHOUSE_X")
