@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.audit.chain import verify_chain
 from controlplane.audit.events import Draft, draft, new_event_id, utc_now
@@ -235,3 +237,40 @@ async def test_a_surrogate_in_one_terminal_command_refuses_only_that_command(
         f"honest-{n}" for n in range(8)
     )
     assert verify_chain(rows).broken is None
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["\ud800", "a\udfffb", "é\udc80", "😀"])
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.sampled_from(["\ud801"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values)
+def test_draft_refuses_exactly_what_rfc8785_cannot_encode(value: object) -> None:
+    """Differential: draft() and the RFC 8785 library agree on every value, by hypothesis."""
+    import rfc8785
+
+    try:
+        rfc8785.dumps({"value": value})  # type: ignore[arg-type]
+        encodable = True
+    except Exception:
+        encodable = False
+    try:
+        draft("test.event", value=value)
+        accepted = True
+    except InvalidEvent:
+        accepted = False
+    assert accepted == encodable
