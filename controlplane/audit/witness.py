@@ -51,6 +51,8 @@ def check_target(target: str) -> str:
         raise InvalidArgument(f"witness {target!r}: only file paths and http(s) URLs are allowed")
     if not os.path.isabs(target):
         raise InvalidArgument(f"witness {target!r}: a file witness needs an absolute path")
+    if not os.path.isdir(os.path.dirname(target)):
+        raise InvalidArgument(f"witness {target!r}: its directory does not exist")
     return target
 
 

@@ -91,9 +91,7 @@ def test_a_store_rewound_after_a_witnessed_checkpoint_fails_verify_naming_it(
     assert newest > first
     ok = stack.cli("audit", "verify", "--witness", str(path))
     assert ok.returncode == 0, ok.stderr
-    assert "witness: 2 checkpoints found in the store unchanged" in ok.stdout or (
-        "checkpoints found in the store unchanged" in ok.stdout
-    )
+    assert "checkpoints found in the store unchanged" in ok.stdout
 
     rewind(stack.controlplane.data_dir / "gatehouse.db", first)
     statements = [e.get("request", {}).get("statement") for e in stack.events()]

@@ -209,7 +209,7 @@ async def test_an_unreachable_url_witness_is_retried_counted_and_never_blocks(
 
 
 def test_a_witness_must_be_an_absolute_path_or_an_http_url() -> None:
-    for bad in ("relative.ndjson", "ftp://host/x", "file:///tmp/x"):
+    for bad in ("relative.ndjson", "ftp://host/x", "file:///tmp/x", "/no/such/dir/w.ndjson"):
         with pytest.raises(InvalidArgument):
             WitnessPublisher([bad])
 
