@@ -23,10 +23,11 @@ Each checkpoint is then handed to the witnesses (witness.py), outside the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,7 +51,14 @@ log = logging.getLogger(__name__)
 
 _Item = tuple[Draft, "asyncio.Future[int]"]
 T = TypeVar("T")
-__all__ = ["AuditUnavailable", "AuditWriter", "InvalidEvent", "append_events", "is_result"]
+__all__ = [
+    "AuditUnavailable",
+    "AuditWriter",
+    "InvalidEvent",
+    "ResultLoss",
+    "append_events",
+    "is_result",
+]
 
 # Told why a session's result event could not be recorded; it must end that session.
 FailureCallback = Callable[[str], None]
@@ -61,6 +69,20 @@ CheckpointSink = Callable[[dict[str, Any]], None]
 def is_result(event_type: str) -> bool:
     """A result event says what ran and how it ended (db.result, ssh.result, shell.result…)."""
     return event_type.endswith(".result")
+
+
+class ResultLoss:
+    """Set when one of a session's result events could not be recorded (`AuditWriter.watching`):
+    the relay waits on `lost` beside its pumps and ends the session with `reason`."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.reason = ""
+
+    def __call__(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.reason = reason
+            self.lost.set()
 
 
 class AuditWriter:
@@ -130,6 +152,17 @@ class AuditWriter:
                 del self._watchers[session_id]
 
         return unwatch
+
+    @contextlib.contextmanager
+    def watching(self, session_id: str) -> Iterator[ResultLoss]:
+        """`watch` as a block: `with audit.watching(sid) as loss:` … end the session once
+        `loss.lost` is set (e.g. `asyncio.wait({relaying, lost_task}, FIRST_COMPLETED)`)."""
+        loss = ResultLoss()
+        unwatch = self.watch(session_id, loss)
+        try:
+            yield loss
+        finally:
+            unwatch()
 
     async def close(self) -> None:
         """Commit what is queued, then stop."""

@@ -274,3 +274,22 @@ def test_draft_refuses_exactly_what_rfc8785_cannot_encode(value: object) -> None
     except InvalidEvent:
         accepted = False
     assert accepted == encodable
+
+
+async def test_watching_gives_a_relay_an_event_to_wait_on_beside_its_pumps(db: Database) -> None:
+    writer = AuditWriter(db)
+    writer.start()
+    try:
+        with writer.watching("s1") as loss:
+            relaying = asyncio.create_task(asyncio.sleep(30))  # the session's pumps
+            lost = asyncio.create_task(loss.lost.wait())
+            await writer.submit(_raw("db.result", "s1", result={"rows": 2**60}))
+            done, _ = await asyncio.wait({relaying, lost}, return_when=asyncio.FIRST_COMPLETED)
+            relaying.cancel()
+            assert done == {lost}
+            assert "db.result could not be recorded" in loss.reason
+        await writer.submit(_raw("db.result", "s1", result={"rows": 2**60}))
+        await writer.commit(_raw("db.query", "s2"))
+        assert writer.result_failures == 2  # counted; nobody watches s1 any more
+    finally:
+        await writer.close()
