@@ -26,6 +26,7 @@ from controlplane.audit.checkpoints import (
 from controlplane.audit.service import AuditServicer
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.oidc import OidcSettings, OidcValidator
+from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import InvalidArgument
 from controlplane.http.api import build_app
@@ -109,10 +110,12 @@ class ControlPlane:
             load_signing_key, settings.data_dir / KEY_FILE_NAME, settings.audit_key_file
         )
         self.audit.start(signer)
+        self.auth.failures.start()
         await self.policy.load()
         if settings.dev:
             await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
         server = grpc.aio.server(
+            interceptors=[SourceInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -120,7 +123,7 @@ class ControlPlane:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(
@@ -168,6 +171,7 @@ class ControlPlane:
 
     async def _start_http(self) -> web.AppRunner:
         app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
+        app.middlewares.insert(0, source_middleware)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = split_host_port(self.settings.http_listen)
@@ -202,6 +206,7 @@ class ControlPlane:
             await self._http.cleanup()
             self._http = None
         if self.audit.running:
+            await self.auth.failures.stop()  # aggregated auth.fail counts, before the writer ends
             await self.audit.close()
         if self.oidc is not None:
             await self.oidc.close()
