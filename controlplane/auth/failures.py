@@ -4,7 +4,9 @@ Each refusal used to append its own `auth.fail` event: anyone able to reach the 
 grow the trail (and the writer's queue) without limit. Now, per source address and window:
 
 * the first failure of a source in a window is recorded at once (`count: 1`), so a single
-  mistyped token is visible immediately;
+  mistyped token is visible immediately; so is the first of each further distinct reason, up
+  to MAX_IMMEDIATE events per source and window (a client misconfigured in two ways shows
+  both at once; an attacker varying the reason gets no more than that);
 * further ones in that window are counted, and recorded as one `auth.fail` event with their
   `count`, the reasons seen (at most MAX_REASONS, the rest as "other") and how many were
   throttled, when the window ends or the process stops (`flush`): nothing is lost;
@@ -42,6 +44,7 @@ DEFAULT_WINDOW = 60.0
 DEFAULT_LIMIT = 30
 DEFAULT_SOURCES = 10_000
 MAX_REASONS = 10
+MAX_IMMEDIATE = 5
 OTHER = "other"  # the catch-all source once max_sources are tracked
 
 
@@ -104,10 +107,9 @@ class AuthFailures:
             return None
         if current.failures < self.limit:
             return None
-        left = self.window - (self._monotonic() - current.started)
         return (
-            f"too many failed authentications from {source} ({current.failures} in "
-            f"{self.window:g} s): refused without checking for {max(left, 1):.0f} s"
+            f"too many failed authentications from {source} (at least {self.limit} in "
+            f"{self.window:g} s): refused without checking for up to {self.window:g} s"
         )
 
     async def failed(self, source: str, reason: str, credential: str, throttled: bool) -> None:
@@ -123,13 +125,15 @@ class AuthFailures:
             self._windows[key] = current
         current.failures += 1
         current.throttled += throttled
-        if reason in current.reasons or len(current.reasons) < MAX_REASONS:
+        known = reason in current.reasons
+        if known or len(current.reasons) < MAX_REASONS:
             current.reasons[reason] = current.reasons.get(reason, 0) + 1
         else:
+            known = True  # counted under "other", never recorded on its own
             current.reasons[OTHER] = current.reasons.get(OTHER, 0) + 1
         current.credentials[credential] = current.credentials.get(credential, 0) + 1
-        if first:
-            current.recorded = 1
+        if first or (not known and current.recorded < MAX_IMMEDIATE):
+            current.recorded += 1
             event = draft(
                 "auth.fail", reason=reason, credential=credential, source={"ip": key}, count=1
             )

@@ -276,7 +276,15 @@ class TokenAuthenticator:
     async def create(
         self, name: str, role: str, ttl: timedelta | None, by: Identity
     ) -> tuple[ApiTokenRow, str]:
-        """A token for a machine (a SIEM's audit-reader, say); returns its row and secret."""
+        """A token for a machine (a SIEM's audit-reader, say); returns its row and secret.
+
+        Not with a delegated token, even an admin one: a machine token is never re-checked
+        against a person, so minting one would let the delegation outlive its person."""
+        if by.actor is not None:
+            raise PermissionDenied(
+                f"a delegated token (actor {by.actor!r}) cannot create tokens; "
+                f"{by.subject} must do this with their own login"
+            )
         if role not in (ADMIN, AUDIT_READER):
             raise InvalidArgument(
                 f"role {role!r} cannot be given to a token; use {AUDIT_READER} or {ADMIN}"

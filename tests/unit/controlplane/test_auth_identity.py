@@ -90,7 +90,13 @@ async def test_an_admins_delegated_token_is_a_user_unless_asked(
     with pytest.raises(PermissionDenied, match="may open sessions only"):
         await auth.require_admin(md(await delegate(auth, carol)))
     explicit = await delegate(auth, carol, ADMIN)
-    assert (await auth.require_admin(md(explicit))).role == ADMIN
+    agent_admin = await auth.require_admin(md(explicit))
+    assert agent_admin.role == ADMIN
+    # Not a way to mint credentials that are never re-checked against carol.
+    with pytest.raises(PermissionDenied, match="cannot create tokens"):
+        await auth.create("backdoor", ADMIN, None, agent_admin)
+    with pytest.raises(PermissionDenied, match="cannot create further tokens"):
+        await auth.delegate(agent_admin, "devin", timedelta(hours=1), None, ADMIN)
 
     alice = issuer.issue("alice", ["dba"])
     with pytest.raises(PermissionDenied, match="may not delegate the admin role"):
