@@ -29,6 +29,7 @@ from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import InvalidArgument
+from controlplane.handshakes import HandshakeGuard, HandshakeLimits, grpc_options
 from controlplane.http.api import build_app
 from controlplane.http.metrics import registry as metrics_registry
 from controlplane.policy.store import PolicyStore
@@ -99,8 +100,11 @@ class ControlPlane:
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
+        self.limits = HandshakeLimits.from_env()
+        self.http_handshakes = HandshakeGuard(self.limits)
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -123,6 +127,7 @@ class ControlPlane:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
+                *grpc_options(self.limits),
             ],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
@@ -172,10 +177,19 @@ class ControlPlane:
     async def _start_http(self) -> web.AppRunner:
         app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
         app.middlewares.insert(0, source_middleware)
-        runner = web.AppRunner(app, access_log=None)
+        # keepalive_timeout: an idle connection between requests; the guard: before the first.
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=30.0)
         await runner.setup()
         host, port = split_host_port(self.settings.http_listen)
-        await web.TCPSite(runner, host, port).start()
+        loop = asyncio.get_running_loop()
+        try:
+            assert runner.server is not None  # set up above
+            self._http_server = await loop.create_server(
+                self.http_handshakes.wrap(runner.server), host, port
+            )
+        except OSError:
+            await runner.cleanup()
+            raise OSError(f"cannot listen on {self.settings.http_listen} (HTTP): in use?") from None
         return runner
 
     def health(self) -> dict[str, object]:
@@ -202,6 +216,9 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
+        if self._http_server is not None:
+            self._http_server.close()
+            self._http_server = None
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
