@@ -33,7 +33,9 @@ PENDING_ENV = "GATEHOUSE_MAX_PENDING_HANDSHAKES"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_PENDING = 128
 MAX_CONNECTIONS = 4096  # gRPC connections at once
-MAX_STREAMS = 256  # concurrent RPCs (sessions) per gRPC connection
+#: Concurrent RPCs per gRPC connection. An agent carries every session's tunnel over its one
+#: connection, and `gatehouse connect` every local client's session: generous, but finite.
+MAX_STREAMS = 2048
 IDLE_CONNECTION_MS = 15 * 60 * 1000  # a gRPC connection with no RPC for this long is closed
 HEADERS_END = b"\r\n\r\n"
 
