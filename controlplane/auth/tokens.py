@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controlplane.audit.events import as_utc, draft, utc_now
@@ -207,7 +208,10 @@ class TokenAuthenticator:
             )
 
         if not await self._db.read(fresh):  # the common case writes nothing
-            await self._db.write(upsert)
+            try:
+                await self._db.write(upsert)
+            except IntegrityError:  # a replica recorded the person's first login meanwhile
+                await self._db.write(upsert)
 
     async def _current(self, row: ApiTokenRow) -> tuple[tuple[str, ...], str]:
         """A delegated token's groups and role now: never more than it was made with, nor
