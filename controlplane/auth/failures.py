@@ -31,9 +31,8 @@ from typing import Any
 
 from controlplane.audit.events import Draft, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditWriter
-from controlplane.auth.sources import current_source
 
-__all__ = ["AuthFailures", "current_source"]
+__all__ = ["OTHER", "AuthFailures"]
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from sqlmodel import Session, col, select
 
 from controlplane.audit.events import as_utc, draft, utc_now
 from controlplane.audit.writer import AuditWriter
-from controlplane.auth.failures import AuthFailures, current_source
+from controlplane.auth.failures import AuthFailures
 from controlplane.auth.identity import ADMIN, AUDIT_READER, USER, Identity
 from controlplane.auth.oidc import Claims, OidcValidator
+from controlplane.auth.sources import current_source
 from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, PersonRow
