@@ -32,7 +32,9 @@ TIMEOUT_ENV = "GATEHOUSE_HANDSHAKE_TIMEOUT"
 PENDING_ENV = "GATEHOUSE_MAX_PENDING_HANDSHAKES"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_PENDING = 128
-MAX_CONNECTIONS = 4096  # gRPC connections at once
+#: gRPC connections at once: room for a fleet of 10,000 agents (one connection each, ADR
+#: 0009) and the people and listeners beside them; a bound, not a reservation.
+MAX_CONNECTIONS = 20_000
 #: Concurrent RPCs per gRPC connection. An agent carries every session's tunnel over its one
 #: connection, and `gatehouse connect` every local client's session: generous, but finite.
 MAX_STREAMS = 2048
