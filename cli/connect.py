@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
 import ssl
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +43,30 @@ from wire.pg import messages as pgm
 log = logging.getLogger("gatehouse.connect")
 
 READ_SIZE = 256 * 1024
+#: A client must finish its startup (SSL negotiation, StartupMessage or CancelRequest) within
+#: this many seconds (PostgreSQL's authentication_timeout is 60 s); GATEHOUSE_HANDSHAKE_TIMEOUT.
+HANDSHAKE_TIMEOUT = 10.0
+#: At most this many connections may be starting at once; GATEHOUSE_MAX_PENDING_HANDSHAKES.
+MAX_PENDING = 64
+
+
+def handshake_limits(env: Mapping[str, str] = os.environ) -> tuple[float, int]:
+    """(deadline, max pending) for the listener's handshakes, from the environment."""
+    timeout = env.get("GATEHOUSE_HANDSHAKE_TIMEOUT", "").strip()
+    pending = env.get("GATEHOUSE_MAX_PENDING_HANDSHAKES", "").strip()
+    try:
+        limits = (float(timeout or HANDSHAKE_TIMEOUT), int(pending or MAX_PENDING))
+    except ValueError:
+        raise CliError(
+            "GATEHOUSE_HANDSHAKE_TIMEOUT must be seconds and GATEHOUSE_MAX_PENDING_HANDSHAKES "
+            "a whole number"
+        ) from None
+    if not (0.1 <= limits[0] <= 600 and 1 <= limits[1] <= 100_000):
+        raise CliError(
+            "GATEHOUSE_HANDSHAKE_TIMEOUT must be 0.1 to 600 s and "
+            "GATEHOUSE_MAX_PENDING_HANDSHAKES 1 to 100000"
+        )
+    return limits
 
 
 @dataclass
@@ -52,10 +78,22 @@ class Listener:
     tls: ssl.SSLContext | None
     cancel_keys: dict[tuple[int, bytes], Call] = field(default_factory=dict)
     sessions: int = 0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_pending: int = MAX_PENDING
+    pending: int = 0  # connections that have not finished their startup yet
+    expired: int = 0  # closed at the handshake deadline
+    refused: int = 0  # refused while max_pending connections were starting
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
+            if self.pending >= self.max_pending:
+                self.refused += 1
+                log.warning("refusing %s: %d connections are still starting", peer, self.pending)
+                await _fatal(
+                    writer, "53300", "gatehouse: too many connections are starting; try again"
+                )
+                return
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -68,6 +106,31 @@ class Listener:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.pending += 1
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                message, raw = await self._startup(reader, writer)
+        except TimeoutError:
+            self.expired += 1
+            peer = writer.get_extra_info("peername")
+            log.info("closing %s: no startup within %g s", peer, self.handshake_timeout)
+            await _fatal(
+                writer,
+                "08P01",
+                f"gatehouse: no startup message within {self.handshake_timeout:g} s",
+            )
+            return
+        finally:
+            self.pending -= 1
+        if isinstance(message, pgm.CancelRequest):
+            await self._cancel(message)
+        else:
+            await self._session(message, raw, reader, writer)
+
+    async def _startup(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[pgm.StartupMessage | pgm.CancelRequest, bytes]:
+        """Negotiate SSL/GSSAPI until the client sends its StartupMessage or CancelRequest."""
         while True:
             raw = await _read_untagged(reader)
             message = pgm.parse_startup(raw[4:])
@@ -80,12 +143,8 @@ class Listener:
                 await writer.start_tls(self.tls)
             elif isinstance(message, pgm.GSSENCRequest):
                 writer.write(b"N")
-            elif isinstance(message, pgm.CancelRequest):
-                await self._cancel(message)
-                return
             else:
-                await self._session(message, raw, reader, writer)
-                return
+                return message, raw
 
     async def _cancel(self, request: pgm.CancelRequest) -> None:
         call = self.cancel_keys.get((request.pid, request.key))
@@ -241,7 +300,16 @@ async def serve(
     from cli import rpc
 
     async with rpc.channel(address) as channel:
-        listener = Listener(address, metadata, connection, channel, local_tls_context())
+        timeout, pending = handshake_limits()
+        listener = Listener(
+            address,
+            metadata,
+            connection,
+            channel,
+            local_tls_context(),
+            handshake_timeout=timeout,
+            max_pending=pending,
+        )
         server = await asyncio.start_server(listener.handle, host, port, limit=READ_SIZE)
         bound = server.sockets[0].getsockname()[1]
         typer.echo(

@@ -342,6 +342,7 @@ async def serve(
 ) -> None:
     """Listen until cancelled; the banner says how to pin the host key and connect."""
     from cli import rpc
+    from cli.connect import handshake_limits
 
     authorized, count = load_authorized_keys(key_files)
     key, key_path = host_key(config_dir())
@@ -361,6 +362,7 @@ async def serve(
             password_auth=False,
             kbdint_auth=False,
             gss_host=None,
+            login_timeout=handshake_limits()[0],  # an unauthenticated connection's deadline
         )
         bound = server.get_port()
         alias = f"gatehouse-{connection}"

@@ -22,6 +22,7 @@ def _document(info: Any) -> dict[str, Any]:
         "actor": info.actor,
         "user": info.user,
         "connections": list(info.connections) or None,
+        "role": info.role or "user",
         "created": info.created,
         "expires": info.expires or None,
         "revoked": info.revoked or None,
@@ -38,12 +39,20 @@ def tokens_create(
             help="Comma-separated connections (globs) it is limited to; default: all you may use."
         ),
     ] = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="user (default), or admin: only an admin may give it, it is recorded, and it "
+            "holds only while you are still an admin."
+        ),
+    ] = "user",
     controlplane: ControlplaneOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create a token that acts as you for an AI agent and print its secret once.
 
     Every event of a session opened with it names you as `user` and the agent as `actor`.
+    It has your groups as they are at each use (never more than today's) and the `user` role.
 
     Example: gatehouse tokens create --actor devin --ttl 8h --connections pg-prod
     """
@@ -63,7 +72,7 @@ def tokens_create(
     async def work(channel: Any) -> Any:
         stub = client_pb2_grpc.ClientServiceStub(channel)
         request = client_pb2.CreateDelegatedTokenRequest(
-            actor=actor, ttl_seconds=seconds, connections=scope
+            actor=actor, ttl_seconds=seconds, connections=scope, role=role
         )
         return await stub.CreateDelegatedToken(request, metadata=md)
 
@@ -74,7 +83,8 @@ def tokens_create(
     typer.echo(response.secret)
     limited = ", ".join(response.token.connections) or "every connection you may use"
     typer.echo(
-        f"Token {response.token.id} for {response.token.actor}, acting as "
+        f"Token {response.token.id} ({response.token.role or 'user'}) for "
+        f"{response.token.actor}, acting as "
         f"{response.token.user} on {limited} until {response.token.expires}; the secret above "
         "is shown once (give it to the agent as GATEHOUSE_TOKEN).",
         err=True,
@@ -101,12 +111,13 @@ def tokens_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     emit(
         output,
         tokens,
-        ["ID", "ACTOR", "USER", "CONNECTIONS", "EXPIRES", "REVOKED"],
+        ["ID", "ACTOR", "USER", "ROLE", "CONNECTIONS", "EXPIRES", "REVOKED"],
         [
             [
                 t["id"],
                 t["actor"],
                 t["user"],
+                t["role"],
                 ", ".join(t["connections"] or ["(all yours)"]),
                 t["expires"],
                 t["revoked"],

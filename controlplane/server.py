@@ -35,8 +35,10 @@ from controlplane.audit.settings import (
 from controlplane.audit.witness import WitnessPublisher, check_target
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.oidc import OidcSettings, OidcValidator
+from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import InvalidArgument
+from controlplane.handshakes import HandshakeGuard, HandshakeLimits, grpc_options
 from controlplane.http.api import build_app
 from controlplane.http.metrics import registry as metrics_registry
 from controlplane.policy.store import PolicyStore
@@ -136,8 +138,11 @@ class ControlPlane:
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
+        self.limits = HandshakeLimits.from_env()
+        self.http_handshakes = HandshakeGuard(self.limits)
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -148,10 +153,12 @@ class ControlPlane:
         )
         self.witnesses.start()
         self.audit.start(signer)
+        self.auth.failures.start()
         await self.policy.load()
         if settings.dev:
             await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
         server = grpc.aio.server(
+            interceptors=[SourceInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -159,7 +166,8 @@ class ControlPlane:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+                *grpc_options(self.limits),
+            ],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(
@@ -208,10 +216,20 @@ class ControlPlane:
 
     async def _start_http(self) -> web.AppRunner:
         app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
-        runner = web.AppRunner(app, access_log=None)
+        app.middlewares.insert(0, source_middleware)
+        # keepalive_timeout: an idle connection between requests; the guard: before the first.
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=30.0)
         await runner.setup()
         host, port = split_host_port(self.settings.http_listen)
-        await web.TCPSite(runner, host, port).start()
+        loop = asyncio.get_running_loop()
+        try:
+            assert runner.server is not None  # set up above
+            self._http_server = await loop.create_server(
+                self.http_handshakes.wrap(runner.server), host, port
+            )
+        except OSError:
+            await runner.cleanup()
+            raise OSError(f"cannot listen on {self.settings.http_listen} (HTTP): in use?") from None
         return runner
 
     def health(self) -> dict[str, object]:
@@ -242,10 +260,14 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
+        if self._http_server is not None:
+            self._http_server.close()
+            self._http_server = None
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
         if self.audit.running:
+            await self.auth.failures.stop()  # aggregated auth.fail counts, before the writer ends
             await self.audit.close()
         await self.witnesses.close()
         if self.oidc is not None:

@@ -208,6 +208,21 @@ class OidcProvider(Service):
                 f"port {self.port} was taken while the provider restarted\n{tail(self.log_file)}"
             )
 
+    def set_accounts(self, accounts: Mapping[str, Mapping[str, Any]]) -> None:
+        """Change who exists and in which groups (an administrator editing the directory).
+
+        The provider reads its accounts at start, so it restarts (same issuer, port and keys):
+        tokens already issued keep their old claims and stay verifiable until they expire,
+        exactly as with a real issuer; only new logins see the change.
+        """
+        self.stop()
+        self.config["accounts"] = {name: dict(claims) for name, claims in accounts.items()}
+        _write_config(self.base_dir, self.config)
+        if not _launch(self, ready_timeout=20.0):
+            raise OidcStartError(
+                f"port {self.port} was taken while the provider restarted\n{tail(self.log_file)}"
+            )
+
     def stop(self) -> None:
         """SIGTERM, escalating to SIGKILL; idempotent."""
         process, self._process = self._process, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 ADMIN = "admin"
@@ -23,6 +24,8 @@ class Identity:
     # A delegated token's connections (globs); None: not limited beyond the access rules.
     scope: tuple[str, ...] | None = None
     token_id: str | None = None  # the stored token that authenticated the caller, if any
+    # When the credential stops working (an OIDC token's exp plus leeway); sessions end then.
+    expires_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:

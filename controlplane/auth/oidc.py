@@ -113,7 +113,9 @@ class OidcSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OidcSettings | None:
-        """From GATEHOUSE_OIDC_ISSUER, _AUDIENCE (comma-separated) and _GROUPS_CLAIM.
+        """From GATEHOUSE_OIDC_ISSUER, _AUDIENCE (comma-separated), _GROUPS_CLAIM and _LEEWAY
+        (seconds of clock skew allowed, 0 to 60, default 30; a session of a login ends that
+        long after the token's exp).
 
         None when no issuer is configured: the control plane then accepts only its own tokens.
         """
@@ -121,10 +123,14 @@ class OidcSettings:
         if not issuer:
             return None
         audience = tuple(a.strip() for a in env.get("GATEHOUSE_OIDC_AUDIENCE", "").split(","))
+        leeway = env.get("GATEHOUSE_OIDC_LEEWAY", "").strip() or "30"
+        if not leeway.isdigit():
+            raise ValueError(f"GATEHOUSE_OIDC_LEEWAY must be whole seconds, not {leeway!r}")
         return cls(
             issuer=issuer,
             audience=tuple(a for a in audience if a),
             groups_claim=env.get("GATEHOUSE_OIDC_GROUPS_CLAIM", "").strip() or "groups",
+            leeway=int(leeway),
         )
 
 

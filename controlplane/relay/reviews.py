@@ -52,13 +52,22 @@ class Reviews:
         self._audit = audit
 
     async def granted(self, identity: Identity, connection: str, mode: str) -> ReviewRow | None:
-        """An unexpired approval of `identity` for `connection` and `mode`, if any."""
+        """An unexpired approval of `identity` for `connection` and `mode`, if any.
+
+        An approval covers exactly the person and actor it was granted to: one given to the
+        person's own request does not cover their delegated tokens, and one given to a request
+        made with actor devin's token covers neither the person nor another actor."""
         now = utc_now()
+        actor = identity.actor
+        same_actor = (
+            col(ReviewRow.actor).is_(None) if actor is None else col(ReviewRow.actor) == actor
+        )
 
         def find(session: Session) -> ReviewRow | None:
             query = (
                 select(ReviewRow)
                 .where(ReviewRow.requester == identity.subject)
+                .where(same_actor)
                 .where(ReviewRow.connection == connection)
                 .where(ReviewRow.mode == mode)
                 .where(ReviewRow.status == "approved")

@@ -23,7 +23,7 @@ import grpc
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import SessionContext, as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
-from controlplane.auth.identity import Identity
+from controlplane.auth.identity import USER, Identity
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import (
     FailedPrecondition,
@@ -122,10 +122,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 )
             )
             relay = _relay(context, tunnel, inspector, self._audit)
-            if identity.token_id is None:
+            if identity.token_id is None and identity.expires_at is None:
                 reason = await relay
             else:
-                reason = await self._relay_while_valid(context, relay, identity.token_id, inspector)
+                reason = await self._relay_while_valid(context, relay, identity, inspector)
         finally:
             self._tunnels.discard(tunnel)
             try:
@@ -219,6 +219,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             request.actor,
             timedelta(seconds=request.ttl_seconds or DEFAULT_DELEGATION),
             list(request.connections) or None,
+            request.role or USER,
         )
         return client_pb2.CreateDelegatedTokenResponse(token=_delegated(row), secret=secret)
 
@@ -381,7 +382,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self,
         context: Context,
         relay: Coroutine[Any, Any, str],
-        token_id: str,
+        identity: Identity,
         inspector: Inspector,
     ) -> str:
         """Relay until the session ends or its token stops working (revoked, expired): a
@@ -392,7 +393,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 done, _ = await asyncio.wait({relaying}, timeout=REVOCATION_CHECK)
                 if done:
                     return relaying.result()
-                why = await self._auth.still_valid(token_id)
+                why = await self._auth.still_valid(identity)
                 if why is not None:
                     break
         except BaseException:
@@ -557,6 +558,7 @@ def _delegated(row: ApiTokenRow) -> client_pb2.DelegatedToken:
         created=moment(row.created_at),
         expires=moment(row.expires_at),
         revoked=moment(row.revoked_at),
+        role=row.role,
     )
 
 

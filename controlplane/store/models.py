@@ -44,6 +44,25 @@ class ApiTokenRow(SQLModel, table=True):
     # beyond the person's access rules), and the person who made them (their subject).
     connections: str | None = None
     created_by: str | None = Field(default=None, index=True)
+    # A delegated token made with a stored token (not an OIDC login): that token's id. The
+    # delegated token works only while it does, and never with more than its groups and role.
+    delegated_from: str | None = None
+
+
+class PersonRow(SQLModel, table=True):
+    """What the identity provider last said about a person: the groups of their newest login.
+
+    OIDC people are known only from their tokens, so this is the control plane's view of
+    their current identity; delegated tokens are re-checked against it on every use.
+    """
+
+    __tablename__ = "people"
+
+    subject: str = Field(primary_key=True)
+    email: str | None = None
+    groups: str = "[]"  # JSON list, from the newest token seen
+    issued_at: datetime  # that token's iat: an older token never overwrites a newer one
+    last_seen_at: datetime  # the last time the person authenticated themselves
 
 
 class PolicyVersionRow(SQLModel, table=True):

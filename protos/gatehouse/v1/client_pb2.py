@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/client.proto\x12\x0cgatehouse.v1\"\x91\x02\n\x06Review\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x17\n\x0frequester_email\x18\x03 \x01(\t\x12\x12\n\nconnection\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x17\n\x0freviewer_groups\x18\x07 \x03(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x0f\n\x07\x63reated\x18\t \x01(\t\x12\x0f\n\x07\x65xpires\x18\n \x01(\t\x12\x12\n\ndecided_by\x18\x0b \x01(\t\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x13\n\x0bgrant_until\x18\r \x01(\t\x12\x0c\n\x04mine\x18\x0e \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x0f \x01(\t\"\x14\n\x12ListReviewsRequest\"<\n\x13ListReviewsResponse\x12%\n\x07reviews\x18\x01 \x03(\x0b\x32\x14.gatehouse.v1.Review\"\"\n\x14\x41pproveReviewRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x15\x41pproveReviewResponse\x12$\n\x06review\x18\x01 \x01(\x0b\x32\x14.gatehouse.v1.Review\"/\n\x11\x44\x65nyReviewRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x12\x44\x65nyReviewResponse\x12$\n\x06review\x18\x01 \x01(\x0b\x32\x14.gatehouse.v1.Review\"V\n\x1b\x43reateDelegatedTokenRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x04\x12\x13\n\x0b\x63onnections\x18\x03 \x03(\t\"\x81\x01\n\x0e\x44\x65legatedToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x13\n\x0b\x63onnections\x18\x04 \x03(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\t\"[\n\x1c\x43reateDelegatedTokenResponse\x12+\n\x05token\x18\x01 \x01(\x0b\x32\x1c.gatehouse.v1.DelegatedToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x15\n\x13ListMyTokensRequest\"D\n\x14ListMyTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.gatehouse.v1.DelegatedToken\"\"\n\x14RevokeMyTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x15RevokeMyTokenResponse\x12+\n\x05token\x18\x01 \x01(\x0b\x32\x1c.gatehouse.v1.DelegatedToken\"\x1a\n\x18ListMyConnectionsRequest\"f\n\x0cMyConnection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05modes\x18\x03 \x03(\t\x12\x14\n\x0creview_modes\x18\x04 \x03(\t\x12\x15\n\rreview_groups\x18\x05 \x03(\t\"L\n\x19ListMyConnectionsResponse\x12/\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1a.gatehouse.v1.MyConnection\"w\n\x0b\x43lientFrame\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.gatehouse.v1.SessionOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.gatehouse.v1.CancelH\x00\x42\x05\n\x03msg\"\x08\n\x06\x43\x61ncel\"?\n\x0bSessionOpen\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\"\x8a\x01\n\x0bServerFrame\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.gatehouse.v1.SessionOpenedH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x35\n\x0ereview_pending\x18\x03 \x01(\x0b\x32\x1b.gatehouse.v1.ReviewPendingH\x00\x42\x05\n\x03msg\"b\n\rReviewPending\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x17\n\x0freviewer_groups\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\"<\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onnection_type\x18\x02 \x01(\t\"\x17\n\x15GetLoginConfigRequest\"h\n\x0bLoginConfig\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0cgroups_claim\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t2\xa9\x06\n\rClientService\x12\x43\n\x07Session\x12\x19.gatehouse.v1.ClientFrame\x1a\x19.gatehouse.v1.ServerFrame(\x01\x30\x01\x12P\n\x0eGetLoginConfig\x12#.gatehouse.v1.GetLoginConfigRequest\x1a\x19.gatehouse.v1.LoginConfig\x12\x62\n\x0fListConnections\x12&.gatehouse.v1.ListMyConnectionsRequest\x1a\'.gatehouse.v1.ListMyConnectionsResponse\x12m\n\x14\x43reateDelegatedToken\x12).gatehouse.v1.CreateDelegatedTokenRequest\x1a*.gatehouse.v1.CreateDelegatedTokenResponse\x12U\n\x0cListMyTokens\x12!.gatehouse.v1.ListMyTokensRequest\x1a\".gatehouse.v1.ListMyTokensResponse\x12X\n\rRevokeMyToken\x12\".gatehouse.v1.RevokeMyTokenRequest\x1a#.gatehouse.v1.RevokeMyTokenResponse\x12R\n\x0bListReviews\x12 .gatehouse.v1.ListReviewsRequest\x1a!.gatehouse.v1.ListReviewsResponse\x12X\n\rApproveReview\x12\".gatehouse.v1.ApproveReviewRequest\x1a#.gatehouse.v1.ApproveReviewResponse\x12O\n\nDenyReview\x12\x1f.gatehouse.v1.DenyReviewRequest\x1a .gatehouse.v1.DenyReviewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/client.proto\x12\x0cgatehouse.v1\"\x91\x02\n\x06Review\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x17\n\x0frequester_email\x18\x03 \x01(\t\x12\x12\n\nconnection\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x17\n\x0freviewer_groups\x18\x07 \x03(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x0f\n\x07\x63reated\x18\t \x01(\t\x12\x0f\n\x07\x65xpires\x18\n \x01(\t\x12\x12\n\ndecided_by\x18\x0b \x01(\t\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x13\n\x0bgrant_until\x18\r \x01(\t\x12\x0c\n\x04mine\x18\x0e \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x0f \x01(\t\"\x14\n\x12ListReviewsRequest\"<\n\x13ListReviewsResponse\x12%\n\x07reviews\x18\x01 \x03(\x0b\x32\x14.gatehouse.v1.Review\"\"\n\x14\x41pproveReviewRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x15\x41pproveReviewResponse\x12$\n\x06review\x18\x01 \x01(\x0b\x32\x14.gatehouse.v1.Review\"/\n\x11\x44\x65nyReviewRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x12\x44\x65nyReviewResponse\x12$\n\x06review\x18\x01 \x01(\x0b\x32\x14.gatehouse.v1.Review\"d\n\x1b\x43reateDelegatedTokenRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x04\x12\x13\n\x0b\x63onnections\x18\x03 \x03(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"\x8f\x01\n\x0e\x44\x65legatedToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x13\n\x0b\x63onnections\x18\x04 \x03(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x06 \x01(\t\x12\x0f\n\x07revoked\x18\x07 \x01(\t\x12\x0c\n\x04role\x18\x08 \x01(\t\"[\n\x1c\x43reateDelegatedTokenResponse\x12+\n\x05token\x18\x01 \x01(\x0b\x32\x1c.gatehouse.v1.DelegatedToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x15\n\x13ListMyTokensRequest\"D\n\x14ListMyTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.gatehouse.v1.DelegatedToken\"\"\n\x14RevokeMyTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x15RevokeMyTokenResponse\x12+\n\x05token\x18\x01 \x01(\x0b\x32\x1c.gatehouse.v1.DelegatedToken\"\x1a\n\x18ListMyConnectionsRequest\"f\n\x0cMyConnection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05modes\x18\x03 \x03(\t\x12\x14\n\x0creview_modes\x18\x04 \x03(\t\x12\x15\n\rreview_groups\x18\x05 \x03(\t\"L\n\x19ListMyConnectionsResponse\x12/\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1a.gatehouse.v1.MyConnection\"w\n\x0b\x43lientFrame\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.gatehouse.v1.SessionOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.gatehouse.v1.CancelH\x00\x42\x05\n\x03msg\"\x08\n\x06\x43\x61ncel\"?\n\x0bSessionOpen\x12\x12\n\nconnection\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\"\x8a\x01\n\x0bServerFrame\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.gatehouse.v1.SessionOpenedH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x35\n\x0ereview_pending\x18\x03 \x01(\x0b\x32\x1b.gatehouse.v1.ReviewPendingH\x00\x42\x05\n\x03msg\"b\n\rReviewPending\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x17\n\x0freviewer_groups\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\"<\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onnection_type\x18\x02 \x01(\t\"\x17\n\x15GetLoginConfigRequest\"h\n\x0bLoginConfig\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0cgroups_claim\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t2\xa9\x06\n\rClientService\x12\x43\n\x07Session\x12\x19.gatehouse.v1.ClientFrame\x1a\x19.gatehouse.v1.ServerFrame(\x01\x30\x01\x12P\n\x0eGetLoginConfig\x12#.gatehouse.v1.GetLoginConfigRequest\x1a\x19.gatehouse.v1.LoginConfig\x12\x62\n\x0fListConnections\x12&.gatehouse.v1.ListMyConnectionsRequest\x1a\'.gatehouse.v1.ListMyConnectionsResponse\x12m\n\x14\x43reateDelegatedToken\x12).gatehouse.v1.CreateDelegatedTokenRequest\x1a*.gatehouse.v1.CreateDelegatedTokenResponse\x12U\n\x0cListMyTokens\x12!.gatehouse.v1.ListMyTokensRequest\x1a\".gatehouse.v1.ListMyTokensResponse\x12X\n\rRevokeMyToken\x12\".gatehouse.v1.RevokeMyTokenRequest\x1a#.gatehouse.v1.RevokeMyTokenResponse\x12R\n\x0bListReviews\x12 .gatehouse.v1.ListReviewsRequest\x1a!.gatehouse.v1.ListReviewsResponse\x12X\n\rApproveReview\x12\".gatehouse.v1.ApproveReviewRequest\x1a#.gatehouse.v1.ApproveReviewResponse\x12O\n\nDenyReview\x12\x1f.gatehouse.v1.DenyReviewRequest\x1a .gatehouse.v1.DenyReviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,41 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DENYREVIEWRESPONSE']._serialized_start=551
   _globals['_DENYREVIEWRESPONSE']._serialized_end=609
   _globals['_CREATEDELEGATEDTOKENREQUEST']._serialized_start=611
-  _globals['_CREATEDELEGATEDTOKENREQUEST']._serialized_end=697
-  _globals['_DELEGATEDTOKEN']._serialized_start=700
-  _globals['_DELEGATEDTOKEN']._serialized_end=829
-  _globals['_CREATEDELEGATEDTOKENRESPONSE']._serialized_start=831
-  _globals['_CREATEDELEGATEDTOKENRESPONSE']._serialized_end=922
-  _globals['_LISTMYTOKENSREQUEST']._serialized_start=924
-  _globals['_LISTMYTOKENSREQUEST']._serialized_end=945
-  _globals['_LISTMYTOKENSRESPONSE']._serialized_start=947
-  _globals['_LISTMYTOKENSRESPONSE']._serialized_end=1015
-  _globals['_REVOKEMYTOKENREQUEST']._serialized_start=1017
-  _globals['_REVOKEMYTOKENREQUEST']._serialized_end=1051
-  _globals['_REVOKEMYTOKENRESPONSE']._serialized_start=1053
-  _globals['_REVOKEMYTOKENRESPONSE']._serialized_end=1121
-  _globals['_LISTMYCONNECTIONSREQUEST']._serialized_start=1123
-  _globals['_LISTMYCONNECTIONSREQUEST']._serialized_end=1149
-  _globals['_MYCONNECTION']._serialized_start=1151
-  _globals['_MYCONNECTION']._serialized_end=1253
-  _globals['_LISTMYCONNECTIONSRESPONSE']._serialized_start=1255
-  _globals['_LISTMYCONNECTIONSRESPONSE']._serialized_end=1331
-  _globals['_CLIENTFRAME']._serialized_start=1333
-  _globals['_CLIENTFRAME']._serialized_end=1452
-  _globals['_CANCEL']._serialized_start=1454
-  _globals['_CANCEL']._serialized_end=1462
-  _globals['_SESSIONOPEN']._serialized_start=1464
-  _globals['_SESSIONOPEN']._serialized_end=1527
-  _globals['_SERVERFRAME']._serialized_start=1530
-  _globals['_SERVERFRAME']._serialized_end=1668
-  _globals['_REVIEWPENDING']._serialized_start=1670
-  _globals['_REVIEWPENDING']._serialized_end=1768
-  _globals['_SESSIONOPENED']._serialized_start=1770
-  _globals['_SESSIONOPENED']._serialized_end=1830
-  _globals['_GETLOGINCONFIGREQUEST']._serialized_start=1832
-  _globals['_GETLOGINCONFIGREQUEST']._serialized_end=1855
-  _globals['_LOGINCONFIG']._serialized_start=1857
-  _globals['_LOGINCONFIG']._serialized_end=1961
-  _globals['_CLIENTSERVICE']._serialized_start=1964
-  _globals['_CLIENTSERVICE']._serialized_end=2773
+  _globals['_CREATEDELEGATEDTOKENREQUEST']._serialized_end=711
+  _globals['_DELEGATEDTOKEN']._serialized_start=714
+  _globals['_DELEGATEDTOKEN']._serialized_end=857
+  _globals['_CREATEDELEGATEDTOKENRESPONSE']._serialized_start=859
+  _globals['_CREATEDELEGATEDTOKENRESPONSE']._serialized_end=950
+  _globals['_LISTMYTOKENSREQUEST']._serialized_start=952
+  _globals['_LISTMYTOKENSREQUEST']._serialized_end=973
+  _globals['_LISTMYTOKENSRESPONSE']._serialized_start=975
+  _globals['_LISTMYTOKENSRESPONSE']._serialized_end=1043
+  _globals['_REVOKEMYTOKENREQUEST']._serialized_start=1045
+  _globals['_REVOKEMYTOKENREQUEST']._serialized_end=1079
+  _globals['_REVOKEMYTOKENRESPONSE']._serialized_start=1081
+  _globals['_REVOKEMYTOKENRESPONSE']._serialized_end=1149
+  _globals['_LISTMYCONNECTIONSREQUEST']._serialized_start=1151
+  _globals['_LISTMYCONNECTIONSREQUEST']._serialized_end=1177
+  _globals['_MYCONNECTION']._serialized_start=1179
+  _globals['_MYCONNECTION']._serialized_end=1281
+  _globals['_LISTMYCONNECTIONSRESPONSE']._serialized_start=1283
+  _globals['_LISTMYCONNECTIONSRESPONSE']._serialized_end=1359
+  _globals['_CLIENTFRAME']._serialized_start=1361
+  _globals['_CLIENTFRAME']._serialized_end=1480
+  _globals['_CANCEL']._serialized_start=1482
+  _globals['_CANCEL']._serialized_end=1490
+  _globals['_SESSIONOPEN']._serialized_start=1492
+  _globals['_SESSIONOPEN']._serialized_end=1555
+  _globals['_SERVERFRAME']._serialized_start=1558
+  _globals['_SERVERFRAME']._serialized_end=1696
+  _globals['_REVIEWPENDING']._serialized_start=1698
+  _globals['_REVIEWPENDING']._serialized_end=1796
+  _globals['_SESSIONOPENED']._serialized_start=1798
+  _globals['_SESSIONOPENED']._serialized_end=1858
+  _globals['_GETLOGINCONFIGREQUEST']._serialized_start=1860
+  _globals['_GETLOGINCONFIGREQUEST']._serialized_end=1883
+  _globals['_LOGINCONFIG']._serialized_start=1885
+  _globals['_LOGINCONFIG']._serialized_end=1989
+  _globals['_CLIENTSERVICE']._serialized_start=1992
+  _globals['_CLIENTSERVICE']._serialized_end=2801
 # @@protoc_insertion_point(module_scope)

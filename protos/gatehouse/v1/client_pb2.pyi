@@ -209,9 +209,12 @@ class CreateDelegatedTokenRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CONNECTIONS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     """who uses it, e.g. "devin" """
     ttl_seconds: _builtins.int
+    role: _builtins.str
+    """empty or "user"; "admin" only by an admin, recorded"""
     @_builtins.property
     def connections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """globs; empty: whatever the person may use"""
@@ -222,10 +225,11 @@ class CreateDelegatedTokenRequest(_message.Message):
         actor: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
         connections: _abc.Iterable[_builtins.str] | None = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "connections", b"connections", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "connections", b"connections", "role", b"role", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,6 +246,7 @@ class DelegatedToken(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     EXPIRES_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     actor: _builtins.str
     user: _builtins.str
@@ -250,6 +255,8 @@ class DelegatedToken(_message.Message):
     expires: _builtins.str
     revoked: _builtins.str
     """empty: active"""
+    role: _builtins.str
+    """at most this role, never more than the person's now"""
     @_builtins.property
     def connections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: not limited beyond the access rules"""
@@ -264,10 +271,11 @@ class DelegatedToken(_message.Message):
         created: _builtins.str = ...,
         expires: _builtins.str = ...,
         revoked: _builtins.str = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "connections", b"connections", "created", b"created", "expires", b"expires", "id", b"id", "revoked", b"revoked", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "connections", b"connections", "created", b"created", "expires", b"expires", "id", b"id", "revoked", b"revoked", "role", b"role", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
