@@ -26,7 +26,7 @@ from typing import Final
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision
 
-__all__ = ["CommandGuard"]
+__all__ = ["CommandGuard", "Unreadable", "simple_commands", "unwrapped"]
 
 _OPERATORS: Final = frozenset({";", "&", "&&", "|", "||", "|&", ";;", "(", ")", "\n"})
 _SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"})
@@ -53,8 +53,22 @@ _SUBSTITUTION: Final = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
 _MAX_DEPTH: Final = 8  # nested `sh -c` / `$(…)` readings; deeper text is denied as unreadable
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """The text cannot be split into commands the way a shell would."""
+
+
+_Unreadable = Unreadable
+
+
+def simple_commands(text: str) -> list[list[str]]:
+    """Every simple command of a shell text, each launcher level on its own (``sudo sh -c
+    'ls'`` gives ``sudo sh -c ls``, ``sh -c ls`` and ``ls``). Raises Unreadable."""
+    return list(_simple_commands(text, 0))
+
+
+def unwrapped(argv: Sequence[str]) -> list[list[str]]:
+    """As `simple_commands`, for an argv that runs without a shell. Raises Unreadable."""
+    return list(_unwrap(list(argv), 0))
 
 
 class CommandGuard:
@@ -94,6 +108,22 @@ class CommandGuard:
             return self._words(_unwrap(list(argv), 0))
         except _Unreadable as exc:
             return _unreadable(str(exc))
+
+    def check_program(self, language: str, command: Sequence[str], program: str) -> Decision:
+        """Decide a program that `command` reads from stdin, as if it were on its command line:
+        shell text is split like one (``sh -c PROGRAM``), another language's text is the
+        command's last word (patterns see it whole), and xargs's words are its arguments."""
+        if not self:
+            return ALLOW
+        if language == "shell":
+            return self.check_text(program)
+        if language == "arguments":
+            try:
+                words = shlex.split(program)
+            except ValueError as exc:
+                return _unreadable(str(exc).lower())
+            return self.check_argv([*command, *words])
+        return self.check_argv([*command, program])
 
     def _pattern(self, text: str) -> Decision | None:
         for name, pattern in self._patterns:
