@@ -173,6 +173,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             store=store,
             recorded=recorded,
             workdir=workdir,
+            run_as=getattr(connection.target, "run_as", None),
         )
 
     @unary

@@ -78,6 +78,7 @@ class TermInspector:
         store: Store,
         recorded: Callable[[int], Awaitable[None]],
         workdir: str | None = None,
+        run_as: str | None = None,
     ) -> None:
         self.session = ctx
         self._audit = audit
@@ -88,6 +89,7 @@ class TermInspector:
         self._store = store
         self._recorded = recorded  # the result event that vouches for the recording
         self._workdir = workdir
+        self._run_as = run_as  # the account a shell command runs as ("agent": the agent's)
         self._strict = ctx.audit_mode == "strict"
         self._from_client = codec.TermFramer.from_client()
         self._from_target = codec.TermFramer.from_target()
@@ -296,6 +298,7 @@ class TermInspector:
             request["subsystem"] = start.subsystem
         if self._kind == "shell":
             request["workdir"] = self._workdir
+            request["run_as"] = self._run_as
         if program is not None:
             request["stdin"] = program
         if start.pty is not None:

@@ -150,7 +150,11 @@ async def test_a_shell_command_records_argv_and_workdir(db: Database, writer: Au
     await h.inspector.from_client(start(argv=("echo", ";rm -rf /")))
     event = events(db)[0]
     assert event["type"] == "shell.command"
-    assert event["request"] == {"argv": ["echo", ";rm -rf /"], "workdir": "/srv/app"}
+    assert event["request"] == {
+        "argv": ["echo", ";rm -rf /"],
+        "workdir": "/srv/app",
+        "run_as": None,
+    }
     assert event["decision"] == {"result": "allow"}
 
 
