@@ -122,6 +122,19 @@ _ALWAYS: Final[dict[str, Language]] = {
     "lftp": "other",
     "batch": "shell",
 }
+_INTERACTIVE: Final[dict[str, frozenset[str]]] = {
+    "python": frozenset({"-i"}),
+    "node": frozenset({"-i", "--interactive"}),
+    "php": frozenset({"-a"}),
+    "lua": frozenset({"-i"}),
+    "luajit": frozenset({"-i"}),
+}
+# A program on the command line that reads stdin: what it reads may be run as code.
+_READS_STDIN: Final = re.compile(
+    r"stdin|STDIN|<>|/dev/fd/0|\bfileinput\b|\binput\s*\(|readline|\bio\.read\b|ARGF|\bgets\b"
+    r"|\bsys\.argv\b.*\bexec\b|file_get_contents\(\s*['\"]php://stdin"
+)
+_RUNS_CODE: Final = re.compile(r"\beval\b|\bsystem\b|\bexec\b|`|\bqx\b|\bspawn\b|\bopen\s*\(.*\|")
 _SCRIPT_OPTIONS: Final = frozenset({"-f", "--file", "-x", "--command-file"})
 _STDIN_PATHS: Final = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 _SCRIPTED_TEXT_TOOLS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "gsed", "jq"})
@@ -184,6 +197,8 @@ def _reader(words: list[str], depth: int) -> StdinReader | None:
         return _reader(args, depth + 1) if args else None
     if name in SHELLS:
         return _shell(command, args)
+    if name == "eval" and any("$" in word or "`" in word for word in args):
+        return StdinReader(command, "shell")  # `eval "$(cat)"`: text decided at run time
     if name in (".", "source"):
         return StdinReader(command, "shell") if args and args[0] in _STDIN_PATHS else None
     family = interpreter(name)
@@ -267,26 +282,30 @@ def _interpreter(
     program: frozenset[str],
     takes_value: frozenset[str],
 ) -> StdinReader | None:
-    """An interpreter reads stdin unless an option or a script file gives the program."""
+    """An interpreter reads stdin unless an option or a script file gives the program; an
+    interactive flag (``python -i``) reads it after the program, and a program on the command
+    line that reads stdin (``exec(sys.stdin.read())``, ``perl -ne 'system $_'``) runs it."""
     reader = StdinReader(command, "other")
+    name = command[0].rsplit("/", 1)[-1]
+    clustered = name.startswith(("perl", "ruby"))  # perl -ne: the program option among letters
     i = 0
     while i < len(args):
         word = args[i]
-        if word in _STDIN_PATHS:
+        if word in _STDIN_PATHS or word in _INTERACTIVE.get(interpreter(name) or "", ()):
             return reader
         if word == "--":
             rest = args[i + 1 :]
             return reader if not rest or rest[0] in _STDIN_PATHS else None
-        name = word.split("=", 1)[0]
-        if name in program or (
-            # perl -ne, ruby -pe: letters run together, the program option among them
-            word.startswith("-")
-            and not word.startswith("--")
-            and any(f"-{letter}" in program for letter in word[1:])
-            and command[0].rsplit("/", 1)[-1].startswith(("perl", "ruby"))
-        ):
-            value = args[i + 1] if "=" not in word and i + 1 < len(args) else None
-            return reader if value in _STDIN_PATHS else None
+        option, equals, attached = word.partition("=")
+        cluster = word.startswith("-") and not word.startswith("--") and clustered
+        if option in program or (cluster and any(f"-{c}" in program for c in word[1:])):
+            text = attached if equals else (args[i + 1] if i + 1 < len(args) else "")
+            loops = cluster and ("n" in word[1:] or "p" in word[1:])
+            if text in _STDIN_PATHS or _READS_STDIN.search(text):
+                return reader
+            if loops and _RUNS_CODE.search(text):
+                return reader  # each line of stdin goes to eval/system
+            return None
         if word in takes_value:
             i += 2
             continue
@@ -361,20 +380,26 @@ def _su(command: tuple[str, ...], args: list[str], depth: int) -> StdinReader | 
 
 def _sudo(command: tuple[str, ...], args: list[str]) -> StdinReader | None:
     """``sudo -s``/``-i`` (``doas -s``) without a command is a shell; with one, commands.py
-    unwraps it."""
-    values = {"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U"}
+    unwraps it. Option values may be attached or the next word (``-su root``)."""
+    values = frozenset("ughpCDrtU")
+    long_values = {"--user", "--group", "--host", "--prompt", "--close-from", "--chdir"}
     shell = False
     i = 0
     while i < len(args) and args[i].startswith("-"):
         word = args[i]
+        i += 1
         if word == "--":
-            i += 1
             break
-        if word in ("--shell", "--login") or (
-            not word.startswith("--") and ("s" in word[1:] or "i" in word[1:])
-        ):
-            shell = True
-        i += 2 if word in values else 1
+        if word.startswith("--"):
+            shell = shell or word in ("--shell", "--login")
+            i += 1 if word in long_values else 0
+            continue
+        for at, letter in enumerate(word[1:], start=1):
+            if letter in "si":
+                shell = True
+            if letter in values:
+                i += 1 if at == len(word) - 1 else 0
+                break
     return StdinReader(command, "shell") if shell and i >= len(args) else None
 
 

@@ -1,6 +1,8 @@
 """Which commands read their program from stdin: those whose stdin the gateway must record
 and check before they start; every other command's stdin is data and streams."""
 
+import shlex
+
 import pytest
 
 from controlplane.policy.commands import CommandGuard
@@ -52,6 +54,13 @@ READS_PROGRAM = [
     ["at", "now"],
     ["crontab", "-"],
     ["ed", "file"],
+    ["sudo", "-su", "root"],
+    ["python3", "-i", "x.py"],
+    ["python3", "-c", "import sys; exec(sys.stdin.read())"],
+    ["perl", "-ne", "system $_"],
+    ["ruby", "-e", "eval(gets)"],
+    ["sh", "-c", 'eval "$(cat)"'],
+    ["sh", "-c", "while read l; do $l; done"],
 ]
 
 READS_DATA = [
@@ -78,13 +87,16 @@ READS_DATA = [
     ["awk", "{print}"],
     ["crontab", "-l"],
     ["sh", "-c", "ls"],
+    ["sudo", "-Eu", "root", "ls"],
+    ["perl", "-ne", "print"],
+    ["sh", "-c", "if true; then ls; fi"],
 ]
 
 
 @pytest.mark.parametrize("argv", READS_PROGRAM, ids=" ".join)
 def test_reads_its_program_from_stdin(argv: list[str]) -> None:
     assert stdin_readers(argv=argv)
-    assert stdin_readers(text=" ".join(argv))  # as ssh sends it
+    assert stdin_readers(text=shlex.join(argv))  # as a command line for a remote shell
 
 
 @pytest.mark.parametrize("argv", READS_DATA, ids=" ".join)
