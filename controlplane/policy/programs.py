@@ -19,10 +19,12 @@ A command reads its program from stdin (`StdinReader`) when it is
   ``sh -c``…, with the splitter of ``commands.py``), or given ``/dev/stdin`` as its script.
 
 When unsure, the answer is yes (fail closed): a text that cannot be split, a command name
-that is a variable (``$SHELL``), or an unknown command one of whose words names a shell or an
-interpreter (``setsid bash``, ``docker exec -i c sh``). The cost of a wrong yes is small — the
-stdin is held until it ends (up to a limit) and recorded — while a wrong no lets a program
-run unrecorded. This is a reading of the command line, not of the target: a script file on
+that is a variable (``$SHELL``), a tool that runs commands elsewhere (a container, a
+namespace, another account) with a shell or interpreter among its words (``docker exec -i c
+sh``, ``nsenter -t 1 bash``). The cost of a wrong yes is small — the stdin is held until it
+ends (up to a limit) and recorded — while a wrong no lets a program run unrecorded. Any other
+command that merely names one (``grep bash /etc/passwd``) keeps streaming. This is a reading
+of the command line, not of the target: a script file on
 the target can itself read stdin as commands, as no gateway can see.
 """
 
@@ -135,6 +137,15 @@ _READS_STDIN: Final = re.compile(
     r"|\bsys\.argv\b.*\bexec\b|file_get_contents\(\s*['\"]php://stdin"
 )
 _RUNS_CODE: Final = re.compile(r"\beval\b|\bsystem\b|\bexec\b|`|\bqx\b|\bspawn\b|\bopen\s*\(.*\|")
+_REMOTE_EXEC: Final = frozenset(
+    {
+        "docker", "podman", "nerdctl", "crictl", "ctr", "kubectl", "oc", "lxc", "lxc-attach",
+        "lxc-execute", "incus", "machinectl", "systemd-run", "systemd-nspawn", "nsenter",
+        "unshare", "chpst", "runuser", "sg", "firejail", "bwrap", "proot", "schroot",
+        "toolbox", "distrobox", "vagrant", "gcloud", "aws", "az", "mosh", "setpriv", "capsh",
+        "setsid", "flock", "script", "expect", "unbuffer", "parallel", "watch", "dbus-run-session",
+    }
+)  # fmt: skip
 _SCRIPT_OPTIONS: Final = frozenset({"-f", "--file", "-x", "--command-file"})
 _STDIN_PATHS: Final = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 _SCRIPTED_TEXT_TOOLS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "gsed", "jq"})
@@ -236,8 +247,11 @@ def _reader(words: list[str], depth: int) -> StdinReader | None:
         if name == "env":
             return _env_split(command, args, depth)
         return None  # commands.py unwraps what they launch
-    # An unknown command: fail closed when one of its words names something that reads a
-    # program (`setsid bash`, `docker exec -i ctr sh`, `kubectl exec -i pod -- python3`).
+    if name not in _REMOTE_EXEC:
+        return None
+    # A tool that runs a command elsewhere (a container, a namespace, another account): fail
+    # closed when one of its words names something that reads a program
+    # (`docker exec -i ctr sh`, `kubectl exec -i pod -- python3`, `nsenter -t 1 bash`).
     for word in args:
         first = word.split(maxsplit=1)[0] if word.strip() else ""
         base = first.rsplit("/", 1)[-1]

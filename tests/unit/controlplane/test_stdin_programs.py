@@ -49,6 +49,8 @@ READS_PROGRAM = [
     ["nohup", "sh"],
     ["sh", "-c", "cat | sh"],
     ["setsid", "bash"],
+    ["kubectl", "exec", "-i", "pod", "--", "python3"],
+    ["nsenter", "-t", "1", "-m", "bash"],
     ["docker", "exec", "-i", "ctr", "sh"],
     ["awk", "-f", "/dev/stdin"],
     ["at", "now"],
@@ -90,6 +92,9 @@ READS_DATA = [
     ["sudo", "-Eu", "root", "ls"],
     ["perl", "-ne", "print"],
     ["sh", "-c", "if true; then ls; fi"],
+    ["grep", "bash", "/etc/passwd"],
+    ["ls", "/bin/sh"],
+    ["apt-get", "install", "-y", "python3"],
 ]
 
 
