@@ -19,6 +19,7 @@ place is the `connect` mode. Data to any other command streams as it comes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shlex
@@ -46,6 +47,8 @@ STDIN_LIMIT: Final = 1024 * 1024
 """Most bytes of a program on stdin the control plane holds; a larger one is refused."""
 STDIN_TEXT_LIMIT: Final = 256 * 1024
 """Most bytes of a stdin program kept as text in its event (its digest covers all of it)."""
+HOLD_NOTICE_AFTER: Final = 2.0
+"""Seconds a held program's stdin may stay open before the client is told why nothing runs."""
 _FORWARD_PIECE: Final = 64 * 1024  # input messages the held program is sent in
 PROGRAM_RULE: Final = "(stdin program)"
 
@@ -100,6 +103,8 @@ class TermInspector:
         self._lines: LineTracker | None = None
         self._answer: list[bytes] = []  # our own answer (a refusal), due to the client
         self._held: _Held | None = None  # a stdin program being gathered before the start
+        self._notices: list[bytes] = []  # stderr lines of our own, due to the client
+        self._waiting_notice: asyncio.TimerHandle | None = None
         self._program: dict[str, Any] | None = None  # its digest, for the result event
         self._refused = False
         self._exit_seen = False
@@ -161,6 +166,9 @@ class TermInspector:
             if start.pty is None:
                 # Its program is still to come on stdin: decided and recorded at its end.
                 self._held = _Held(start, raw, readers, decision)
+                self._waiting_notice = asyncio.get_running_loop().call_later(
+                    HOLD_NOTICE_AFTER, self._notice_waiting
+                )
                 return False
             if self._mode == "exec":
                 decision = Decision(
@@ -260,11 +268,25 @@ class TermInspector:
             codec.parse_window(msg.body)  # no terminal: nothing to resize
         return []
 
+    def _notice_waiting(self) -> None:
+        """Someone may be typing at a terminal and wondering why nothing happens: say so."""
+        if self._held is None:
+            return
+        command = shlex.join(self._held.readers[0].command)
+        text = (
+            f"gatehouse: {command} reads its program from stdin; it is recorded and runs once "
+            f"stdin ends (Ctrl-D at a terminal), at most {STDIN_LIMIT} bytes\n"
+        )
+        self._notices.append(codec.encode(codec.STDERR, text.encode()))
+        self._wake()
+
     async def _release(self, denied: Decision | None, eof: bytes = b"") -> list[bytes | memoryview]:
         """The stdin program is complete (or refused): decide, record, then forward it."""
         held = self._held
         assert held is not None
         self._held = None
+        if self._waiting_notice is not None:
+            self._waiting_notice.cancel()
         data = bytes(held.data)
         program = _program_event(data, held.readers, truncated=denied is not None)
         self._program = {"sha256": program["sha256"], "bytes": program["bytes"]}
@@ -342,12 +364,14 @@ class TermInspector:
         return [data] if data else []
 
     def take_synthetic(self) -> list[bytes]:
-        """Our own answer (a refusal), once; after it the session is over."""
+        """Our own notices, and our own answer (a refusal), once: after that the session is
+        over."""
+        notices, self._notices = self._notices, []
         if not self._answer:
-            return []
+            return notices
         answer, self._answer = self._answer, []
         self.finished = True
-        return answer
+        return notices + answer
 
     def closing(self) -> list[bytes]:
         """The agent's stream ended: an exit the client never got is made up here, so the

@@ -144,3 +144,26 @@ def test_data_to_a_non_interpreter_still_streams(stack: Stack) -> None:
     result = pipe(stack, data, "exec", "web-1", "--", "sha256sum")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_program_typed_on_an_open_stdin_runs_at_its_end_and_the_caller_is_told(
+    stack: Stack,
+) -> None:
+    with subprocess.Popen(
+        [*GATEHOUSE, "exec", "ops", "--", "sh"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **stack.controlplane.cli_env},
+        cwd=REPO,
+    ) as process:
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.write(b"echo typed\n")
+        process.stdin.flush()
+        notice = process.stderr.readline()  # while stdin is still open
+        assert b"sh reads its program from stdin" in notice and b"Ctrl-D" in notice
+        assert process.poll() is None  # nothing ran yet
+        process.stdin.close()
+        status = process.wait(timeout=30)
+        assert process.stdout is not None
+        assert (status, process.stdout.read()) == (0, b"typed\n")

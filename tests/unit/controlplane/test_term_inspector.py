@@ -275,3 +275,22 @@ async def test_exec_mode_refuses_an_interpreter_on_a_terminal(
     [event] = events(db)
     assert event["decision"]["rule"] == "(mode)"
     assert "connect" in event["decision"]["reason"]
+
+
+async def test_a_client_whose_program_stays_open_is_told_why_nothing_runs(
+    db: Database, writer: AuditWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from controlplane.relay import term
+
+    monkeypatch.setattr(term, "HOLD_NOTICE_AFTER", 0.05)
+    h = Harness(db, writer, "shell", "exec")
+    await h.inspector.from_client(start(argv=("sh",)) + codec.encode(codec.INPUT, b"ls\n"))
+    await asyncio.sleep(0.2)
+    assert h.wakes == 1
+    [(tag, body)] = decode(b"".join(h.inspector.take_synthetic()))
+    assert tag == codec.STDERR and b"sh reads its program from stdin" in body
+    assert not h.inspector.finished  # a notice, not the end
+    forwarded = await h.inspector.from_client(codec.encode(codec.EOF))
+    assert forwarded.startswith(start(argv=("sh",)))
