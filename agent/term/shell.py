@@ -240,6 +240,33 @@ def _popen(
     )
 
 
+def _exit_of(
+    child: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None]:
+    """Resolved once `child` exited and was reaped: through a pidfd the loop watches (Linux
+    5.3 and later), else a thread that waits for it."""
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except (AttributeError, OSError):
+        return loop.run_in_executor(None, _wait_quietly, child)
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if child.poll() is None:
+            return  # not yet (a spurious wake-up)
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    return exited
+
+
+def _wait_quietly(child: subprocess.Popen[bytes]) -> None:
+    child.wait()
+
+
 class _LocalProcess:
     """A child process group on the agent's host, as `stream.TermProcess`.
 
@@ -273,29 +300,24 @@ class _LocalProcess:
         child, to_child, from_stdout, from_stderr = _popen(argv, workdir, env, account)
         stdout = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
         stderr = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(stdout, loop=loop), from_stdout
-        )
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(stderr, loop=loop), from_stderr
-        )
-        transport, protocol = await loop.connect_write_pipe(
-            lambda: asyncio.streams.FlowControlMixin(loop=loop), to_child
-        )
+        try:
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stdout, loop=loop), from_stdout
+            )
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stderr, loop=loop), from_stderr
+            )
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.streams.FlowControlMixin(loop=loop), to_child
+            )
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)  # nothing runs that nobody watches
+            for pipe in (to_child, from_stdout, from_stderr):
+                pipe.close()
+            raise
         stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-        exited: asyncio.Future[None] = loop.create_future()
-        pidfd = os.pidfd_open(child.pid)
-
-        def on_exit() -> None:
-            if child.poll() is None:
-                return  # not yet (a spurious wake-up)
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
-        return cls(child, stdout, stderr, stdin, exited)
+        return cls(child, stdout, stderr, stdin, _exit_of(child, loop))
 
     async def _reap(self) -> int:
         """The child's status; what it left behind in its group is stopped with it, which

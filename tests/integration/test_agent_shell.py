@@ -229,3 +229,12 @@ async def test_an_agent_that_is_not_root_cannot_switch_and_says_so(
     assert exit_ is not None and exit_.status == 255
     assert "runs as uid 4242, not root" in (exit_.error or "")
     assert not marker.exists()
+
+
+async def test_without_pidfd_the_exit_is_still_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(shell.os, "pidfd_open", unsupported)
+    _, client = await run(codec.Start(argv=("sh", "-c", "echo fine; exit 7")))
+    assert (client.stdout, client.exit) == (b"fine\n", codec.Exit(7))
