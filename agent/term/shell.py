@@ -186,9 +186,12 @@ async def _launch(target: ShellTarget, start: codec.Start) -> TermProcess:
     argv = list(start.argv) if start.argv else [*target.shell, start.command_line()]
     env = child_env(target.env, start.env.get("TERM"), account)
     try:
-        return await _LocalProcess.spawn(argv, target.workdir, env, account)
+        process = await _LocalProcess.spawn(argv, target.workdir, env, account)
     except OSError as exc:
         raise _not_started(exc, argv[0], target.workdir, env["PATH"]) from None
+    if account is not None:
+        process.run_as = account.name
+    return process
 
 
 def _not_started(exc: OSError, command: str, workdir: str | None, path: str) -> Refused:
@@ -290,6 +293,7 @@ class _LocalProcess:
         self._group = child.pid  # start_new_session: the child leads its own group
         self._child_exited = exited
         self._exited = asyncio.create_task(self._reap())
+        self.run_as = RUN_AS_AGENT  # who it runs as, reported in its exit
 
     @classmethod
     async def spawn(

@@ -418,6 +418,7 @@ class TermInspector:
             "duration_ms": round((time.monotonic() - self._started) * 1000, 3),
             "bytes": {"in": self.bytes_in, "out": self.bytes_out, "err": self.bytes_err},
             "stdin": self._program,
+            "run_as": exit_.run_as,  # what the agent says it switched to
         }
         event = draft(
             f"{self._kind}.result",

@@ -58,8 +58,11 @@ def test_commands_run_as_the_account(stack: Stack, account: pwd.struct_passwd) -
     result = stack.cli("exec", "ops-user", "--", "sh", "-c", 'id -u; echo "$HOME $USER"')
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{account.pw_uid}\n{account.pw_dir} {ACCOUNT}\n"
-    [event] = [e for e in stack.events() if e["type"] == "shell.command"][-1:]
-    assert event["request"]["run_as"] == ACCOUNT
+    events = stack.events()
+    [event] = [e for e in events if e["type"] == "shell.command"][-1:]
+    assert event["request"]["run_as"] == ACCOUNT  # what the policy asked for
+    [outcome] = [e for e in events if e["type"] == "shell.result" and e["ref"] == event["seq"]]
+    assert outcome["result"]["run_as"] == ACCOUNT  # what the agent says it switched to
 
 
 def test_the_account_cannot_read_the_agents_secrets(stack: Stack) -> None:

@@ -17,6 +17,13 @@ from tests.integration.term_client import TermClient, run_command
 from wire.term import codec
 
 AS_AGENT = {"run_as": "agent"}
+
+
+def ran(status: int, signal: str | None = None, error: str | None = None) -> codec.Exit:
+    """The exit of a command the agent ran as its own user (`run_as: agent`)."""
+    return codec.Exit(status, signal, error, run_as="agent")
+
+
 ACCOUNT = "gatehouse-test"
 
 
@@ -29,13 +36,13 @@ async def run(
 async def test_command_keeps_stdout_and_stderr_apart_and_reports_its_status() -> None:
     _, client = await run(codec.Start(argv=("sh", "-c", "echo out; echo err >&2; exit 3")))
     assert (client.stdout, client.stderr) == (b"out\n", b"err\n")
-    assert client.exit == codec.Exit(3)
+    assert client.exit == ran(3)
 
 
 async def test_argv_runs_without_a_shell() -> None:
     _, client = await run(codec.Start(argv=("echo", "$HOME", "a;b")))
     assert client.stdout == b"$HOME a;b\n"
-    assert client.exit == codec.Exit(0)
+    assert client.exit == ran(0)
 
 
 async def test_command_text_runs_through_the_connections_shell() -> None:
@@ -49,7 +56,7 @@ async def test_stdin_is_streamed_whole() -> None:
     data = os.urandom(5 * 1024 * 1024)
     _, client = await run(codec.Start(argv=("sha256sum",)), stdin=data)
     assert client.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
-    assert client.exit == codec.Exit(0)
+    assert client.exit == ran(0)
 
 
 async def test_workdir_and_environment_are_the_connections(
@@ -66,7 +73,7 @@ async def test_workdir_and_environment_are_the_connections(
 async def test_timeout_stops_the_command() -> None:
     began = time.monotonic()
     _, client = await run(codec.Start(argv=("sleep", "30")), timeout=1.0)
-    assert client.exit == codec.Exit(124, error="timed out after 1 s (the connection's timeout)")
+    assert client.exit == ran(124, error="timed out after 1 s (the connection's timeout)")
     assert time.monotonic() - began < 10
 
 
@@ -84,7 +91,7 @@ async def test_output_limit_stops_the_command_after_sending_up_to_it() -> None:
 
 async def test_output_up_to_the_limit_is_not_cut() -> None:
     _, client = await run(codec.Start(argv=("printf", "%04d", "7")), max_output=4.0)
-    assert (client.stdout, client.exit) == (b"0007", codec.Exit(0))
+    assert (client.stdout, client.exit) == (b"0007", ran(0))
 
 
 async def test_command_not_found_exits_127() -> None:
@@ -125,7 +132,7 @@ async def test_signal_reaches_the_command() -> None:
     await client.wait_for(b"ready")
     await client.signal("TERM")
     await client.ended()
-    assert client.exit == codec.Exit(143, signal="TERM")
+    assert client.exit == ran(143, signal="TERM")
 
 
 async def test_what_a_command_leaves_running_is_stopped_with_it(tmp_path: Path) -> None:
@@ -133,7 +140,7 @@ async def test_what_a_command_leaves_running_is_stopped_with_it(tmp_path: Path) 
     began = time.monotonic()
     _, client = await run(codec.Start(command=f"(sleep 3; touch {marker}) & echo started"))
     assert client.stdout == b"started\n"
-    assert client.exit == codec.Exit(0)
+    assert client.exit == ran(0)
     assert time.monotonic() - began < 3
     await asyncio.sleep(3.5)
     assert not marker.exists()
@@ -170,7 +177,7 @@ def account() -> pwd.struct_passwd:
 async def test_a_command_runs_as_the_run_as_account(account: pwd.struct_passwd) -> None:
     script = 'id -u; id -g; echo "$HOME|$USER|$LOGNAME|$SHELL"'
     _, client = await run(codec.Start(argv=("sh", "-c", script)), run_as=ACCOUNT)
-    assert client.exit == codec.Exit(0), client.stderr
+    assert client.exit == codec.Exit(0, run_as=ACCOUNT), client.stderr
     assert client.stdout.decode().splitlines() == [
         str(account.pw_uid),
         str(account.pw_gid),
@@ -237,4 +244,4 @@ async def test_without_pidfd_the_exit_is_still_noticed(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(shell.os, "pidfd_open", unsupported)
     _, client = await run(codec.Start(argv=("sh", "-c", "echo fine; exit 7")))
-    assert (client.stdout, client.exit) == (b"fine\n", codec.Exit(7))
+    assert (client.stdout, client.exit) == (b"fine\n", ran(7))
