@@ -174,6 +174,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             recorded=recorded,
             workdir=workdir,
             run_as=getattr(connection.target, "run_as", None),
+            shell=getattr(connection.target, "shell", None),
         )
 
     @unary

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import shlex
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -51,6 +51,7 @@ HOLD_NOTICE_AFTER: Final = 2.0
 """Seconds a held program's stdin may stay open before the client is told why nothing runs."""
 _FORWARD_PIECE: Final = 64 * 1024  # input messages the held program is sent in
 PROGRAM_RULE: Final = "(stdin program)"
+DEFAULT_SHELL: Final = ("/bin/sh", "-c")  # as agent/term/shell.py runs a command text
 
 Kind = Literal["ssh", "shell"]
 
@@ -82,6 +83,7 @@ class TermInspector:
         recorded: Callable[[int], Awaitable[None]],
         workdir: str | None = None,
         run_as: str | None = None,
+        shell: Sequence[str] | None = None,
     ) -> None:
         self.session = ctx
         self._audit = audit
@@ -93,6 +95,8 @@ class TermInspector:
         self._recorded = recorded  # the result event that vouches for the recording
         self._workdir = workdir
         self._run_as = run_as  # the account a shell command runs as ("agent": the agent's)
+        # What a `shell` connection runs a command text with (the agent's default: sh -c).
+        self._shell = tuple(shell) if shell else DEFAULT_SHELL
         self._strict = ctx.audit_mode == "strict"
         self._from_client = codec.TermFramer.from_client()
         self._from_target = codec.TermFramer.from_target()
@@ -185,6 +189,8 @@ class TermInspector:
             return []
         if self._kind == "shell" and start.argv:
             return stdin_readers(argv=start.argv)
+        if self._kind == "shell":  # a text runs as the connection's shell's last argument
+            return stdin_readers(argv=[*self._shell, start.command_line()])
         return stdin_readers(text=start.command_line())
 
     async def _record_start(

@@ -27,7 +27,14 @@ def events(db: Database) -> list[dict[str, Any]]:
 
 
 class Harness:
-    def __init__(self, db: Database, writer: AuditWriter, kind: str, mode: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        writer: AuditWriter,
+        kind: str,
+        mode: str,
+        shell: tuple[str, ...] | None = None,
+    ) -> None:
         self.wakes = 0
         self.pieces: dict[int, bytes] = {}
         self.recorded: list[int] = []
@@ -56,6 +63,7 @@ class Harness:
             store=store,
             recorded=recorded,
             workdir="/srv/app" if kind == "shell" else None,
+            shell=shell,
         )
 
     def wake(self) -> None:
@@ -294,3 +302,15 @@ async def test_a_client_whose_program_stays_open_is_told_why_nothing_runs(
     assert not h.inspector.finished  # a notice, not the end
     forwarded = await h.inspector.from_client(codec.encode(codec.EOF))
     assert forwarded.startswith(start(argv=("sh",)))
+
+
+async def test_a_text_is_read_as_the_connections_shell_runs_it(
+    db: Database, writer: AuditWriter
+) -> None:
+    """With `shell: [python3, -c]`, a text is Python: one that reads stdin as code is held."""
+    h = Harness(db, writer, "shell", "exec", shell=("python3", "-c"))
+    text = "import sys; exec(sys.stdin.read())"
+    assert await h.inspector.from_client(start(command=text)) == b""  # held for its stdin
+    h2 = Harness(db, writer, "shell", "exec")
+    sent = start(command="exec sh")  # under /bin/sh -c, `exec sh` reads stdin
+    assert await h2.inspector.from_client(sent) == b""
