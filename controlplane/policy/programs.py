@@ -151,24 +151,6 @@ _STDIN_PATHS: Final = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/
 _SCRIPTED_TEXT_TOOLS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "gsed", "jq"})
 _SSH_VALUE_OPTIONS: Final = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
 _SHELL_VALUE_OPTIONS: Final = frozenset({"-o", "+o", "-O", "+O", "--rcfile", "--init-file"})
-_LAUNCHERS: Final = frozenset(
-    {
-        "sudo",
-        "doas",
-        "env",
-        "nohup",
-        "nice",
-        "ionice",
-        "time",
-        "command",
-        "exec",
-        "builtin",
-        "stdbuf",
-        "chroot",
-        "timeout",
-    }
-)  # fmt: skip
-# (launchers are unwrapped by commands.py; only their own no-command forms matter here)
 
 
 def stdin_readers(*, argv: Sequence[str] = (), text: str | None = None) -> list[StdinReader]:
@@ -231,22 +213,18 @@ def _reader(words: list[str], depth: int) -> StdinReader | None:
         return _su(command, args, depth)
     if name in ("sudo", "doas"):
         return _sudo(command, args)
-    if name == "at":
-        return (
-            None
-            if any(a.startswith(("-f", "-l", "-d", "-r", "-c")) for a in args)
-            else (StdinReader(command, "shell"))
-        )
+    if name == "at":  # reads the commands to run later from stdin, unless -f or a listing
+        if any(a.startswith(("-f", "-l", "-d", "-r", "-c")) for a in args):
+            return None
+        return StdinReader(command, "shell")
     if name == "crontab":
         options = [a for a in args if a.startswith("-") and a != "-"]
         if any(o in ("-l", "-r", "-e") for o in options):
             return None
         files = [a for a in args if not a.startswith("-") or a == "-"]
         return StdinReader(command, "other") if not files or files[-1] in _STDIN_PATHS else None
-    if name in _LAUNCHERS:
-        if name == "env":
-            return _env_split(command, args, depth)
-        return None  # commands.py unwraps what they launch
+    if name == "env":
+        return _env_split(command, args, depth)  # other launchers: commands.py unwraps them
     if name not in _REMOTE_EXEC:
         return None
     # A tool that runs a command elsewhere (a container, a namespace, another account): fail
