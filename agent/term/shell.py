@@ -213,6 +213,9 @@ def _popen(
 ) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO, BinaryIO]:
     """Start the child (a fork and exec: quick, and Popen reports a failed exec as OSError);
     returns it with our ends of its stdin, stdout and stderr, which the loop will own."""
+    if workdir is None and account is not None:
+        # Not the agent's own directory (its data directory, perhaps): the account's home.
+        workdir = account.home if os.path.isdir(account.home) else "/"
     pipes = [os.pipe() for _ in range(3)]  # close-on-exec: the child gets only its own ends
     (in_read, in_write), (out_read, out_write), (err_read, err_write) = pipes
     try:

@@ -175,13 +175,14 @@ def account() -> pwd.struct_passwd:
 
 
 async def test_a_command_runs_as_the_run_as_account(account: pwd.struct_passwd) -> None:
-    script = 'id -u; id -g; echo "$HOME|$USER|$LOGNAME|$SHELL"'
+    script = 'id -u; id -g; echo "$HOME|$USER|$LOGNAME|$SHELL"; pwd'
     _, client = await run(codec.Start(argv=("sh", "-c", script)), run_as=ACCOUNT)
     assert client.exit == codec.Exit(0, run_as=ACCOUNT), client.stderr
     assert client.stdout.decode().splitlines() == [
         str(account.pw_uid),
         str(account.pw_gid),
         f"{account.pw_dir}|{ACCOUNT}|{ACCOUNT}|{account.pw_shell}",
+        account.pw_dir,  # without a workdir: its home, not the agent's directory
     ]
 
 
