@@ -79,6 +79,7 @@ _TEXT_OPTIONS: Final[dict[str, frozenset[str]]] = {
 _KEYWORDS: Final = frozenset(
     {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}"}
 )
+_EXPANDED: Final = frozenset("{}*?[")  # brace and glob expansion of a command name
 _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _SUBSTITUTION: Final = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
 _MAX_DEPTH: Final = 8  # nested `sh -c` / `$(…)` readings; deeper text is denied as unreadable
@@ -166,6 +167,9 @@ class CommandGuard:
 
     def _words(self, commands: Iterator[list[str]]) -> Decision:
         for words in commands:
+            if any(char in _EXPANDED for char in words[0]):
+                # `{rm,-rf,/}` or `/bin/r?`: the shell makes the command at run time
+                raise _Unreadable(f"the command name {words[0]!r} is expanded by the shell")
             line = " ".join(words)
             for name, glob in self._globs:
                 if fnmatch.fnmatchcase(line, glob):

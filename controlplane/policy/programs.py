@@ -147,6 +147,7 @@ _REMOTE_EXEC: Final = frozenset(
     }
 )  # fmt: skip
 _SCRIPT_OPTIONS: Final = frozenset({"-f", "--file", "-x", "--command-file"})
+_EXPANDED: Final = frozenset("$`{}*?[")  # a command name the shell expands at run time
 _STDIN_PATHS: Final = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 _SCRIPTED_TEXT_TOOLS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "gsed", "jq"})
 _SSH_VALUE_OPTIONS: Final = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
@@ -184,8 +185,8 @@ def _reader(words: list[str], depth: int) -> StdinReader | None:
     command = tuple(words)
     name = words[0].rsplit("/", 1)[-1]
     args = words[1:]
-    if "$" in words[0] or "`" in words[0] or not name:
-        return StdinReader(command, "shell")  # what runs is decided at run time
+    if not name or any(char in _EXPANDED for char in words[0]):
+        return StdinReader(command, "shell")  # `$SHELL`, `/bin/s?`, `{sh,}`: decided at run time
     if name == "busybox":
         return _reader(args, depth + 1) if args else None
     if name in SHELLS:

@@ -63,6 +63,9 @@ GUARD = CommandGuard(
         ("{ rm -rf /; }", "no-rm-root"),
         ("! rm -rf /", "no-rm-root"),
         ("f() { rm -rf /; }; f", "no-rm-root"),
+        # command names the shell makes at run time
+        ("{rm,-rf,/}", UNPARSEABLE_RULE),
+        ("/bin/r? -rf /", UNPARSEABLE_RULE),
     ],
 )
 def test_denied_texts_name_their_rule(text: str, rule: str) -> None:

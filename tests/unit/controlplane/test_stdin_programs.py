@@ -110,7 +110,18 @@ def test_reads_data_from_stdin(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["$SHELL", "echo 'unclosed", "ls; sh", "cat | bash", "sudo -u root bash -s", "`x`"]
+    "text",
+    [
+        "$SHELL",
+        "echo 'unclosed",
+        "ls; sh",
+        "cat | bash",
+        "sudo -u root bash -s",
+        "`x`",
+        "{sh,}",
+        "/bin/s?",
+        "/bin/[s]h",
+    ],
 )
 def test_unsure_texts_fail_closed(text: str) -> None:
     assert stdin_readers(text=text)
