@@ -81,6 +81,7 @@ _KEYWORDS: Final = frozenset(
 )
 _EXPANDED: Final = frozenset("{}*?[")  # brace and glob expansion of a command name
 _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ARITHMETIC: Final = re.compile(r"\$?\(\([^()]*\)\)")
 _SUBSTITUTION: Final = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
 _MAX_DEPTH: Final = 8  # nested `sh -c` / `$(…)` readings; deeper text is denied as unreadable
 
@@ -191,6 +192,7 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
     """The simple commands of a shell text, with launchers looked through."""
     if depth > _MAX_DEPTH:
         raise _Unreadable("commands nested too deeply")
+    text = _ARITHMETIC.sub(" 0 ", text)  # `$((6*7))`, `(( i++ ))`: numbers, not commands
     for match in _SUBSTITUTION.finditer(text):
         inner = match.group(1) if match.group(1) is not None else match.group(2)
         yield from _simple_commands(inner, depth + 1)

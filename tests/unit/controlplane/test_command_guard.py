@@ -77,7 +77,17 @@ def test_denied_texts_name_their_rule(text: str, rule: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["ls -l /", "rm -rf ./build", "echo 'rm -rf /'", "git push origin main", "uname -a", ""],
+    [
+        "ls -l /",
+        "rm -rf ./build",
+        "echo 'rm -rf /'",
+        "git push origin main",
+        "uname -a",
+        "",
+        "echo $((6*7))",
+        "(( i = 2*3 )); echo $i",
+        "~/bin/tool --x",
+    ],
 )
 def test_allowed_texts(text: str) -> None:
     assert GUARD.check_text(text).allowed
