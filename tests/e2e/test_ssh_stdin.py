@@ -71,14 +71,16 @@ def command_event(stack: Stack, marker: str) -> tuple[dict[str, Any], list[dict[
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
 def test_a_denied_program_on_stdin_never_runs(
-    stack: Stack, tmp_path: Path, connection: str, argv: list[str]
+    stack: Stack, sshd: Sshd, tmp_path: Path, connection: str, argv: list[str]
 ) -> None:
     victim = tmp_path / f"dir-{uuid.uuid4().hex[:8]}"
     victim.mkdir()
     (victim / "keep").write_text("data\n")
     program = f"{victim}\n" if argv[0] == "xargs" else f"echo about to\nrm -rf {victim}\n"
+    logins = sshd.log().count("Accepted publickey")
     result = pipe(stack, program, "exec", connection, "--", *argv)
     assert result.returncode == 126, result.stderr
+    assert sshd.log().count("Accepted publickey") == logins  # the target was never dialled
     assert b"program on stdin" in result.stderr and b"no-rm-root" in result.stderr
     assert result.stdout == b""  # not even the harmless first line ran
     assert (victim / "keep").read_text() == "data\n"
@@ -91,7 +93,7 @@ def test_a_denied_program_on_stdin_never_runs(
 
 @pytest.mark.parametrize("connection", ["ops", "web-1"])
 def test_an_allowed_program_is_in_the_trail_before_it_runs(
-    stack: Stack, tmp_path: Path, connection: str
+    stack: Stack, sshd: Sshd, tmp_path: Path, connection: str
 ) -> None:
     """The program itself looks the trail up as it runs: its own text is already there."""
     marker = uuid.uuid4().hex
@@ -106,8 +108,11 @@ def test_an_allowed_program_is_in_the_trail_before_it_runs(
         f"python3 -c {shlex.quote(lookup)} {shlex.quote(str(database))} {marker} > {seen}\n"
         "echo ran\n"
     )
+    logins = sshd.log().count("Accepted publickey")
     result = pipe(stack, program, "exec", connection, "--", "sh")
     assert (result.returncode, result.stdout) == (0, b"ran\n"), result.stderr
+    if connection == "web-1":  # the sshd's own log: one login, for the program that ran
+        assert sshd.log().count("Accepted publickey") == logins + 1
     assert seen.read_text() == "1\n"  # committed before a byte of it reached the target
     event, session = command_event(stack, marker)
     assert event["decision"] == {"result": "allow"}
