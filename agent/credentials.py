@@ -1,7 +1,10 @@
-"""The agent's own credential, kept in its data directory (mode 0600).
+"""The agent's own credential, kept in its data directory (0700) in a file of mode 0600.
 
 A join token works once; after enrollment the agent keeps the credential it got in exchange,
-so restarting it with the same command line just reconnects.
+so restarting it with the same command line just reconnects. Anyone who reads the file can
+act as the agent, so the modes are enforced every time it is loaded or saved (a directory
+made by hand, an old file, a umask), not only when it is created: shell commands run as
+other accounts on the same host (``run_as``) and must not be able to read it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,19 @@ def credential_path(data_dir: Path, name: str) -> Path:
     return data_dir / f"agent-{name}.json"
 
 
+def secure(data_dir: Path) -> None:
+    """Make the data directory 0700 and every credential file in it 0600."""
+    if not data_dir.is_dir():
+        return
+    os.chmod(data_dir, 0o700)
+    for path in data_dir.glob("agent-*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o600)
+
+
 def load(data_dir: Path, name: str, controlplane: str) -> StoredCredential | None:
     path = credential_path(data_dir, name)
+    secure(data_dir)
     try:
         stored = StoredCredential(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
@@ -35,9 +49,12 @@ def load(data_dir: Path, name: str, controlplane: str) -> StoredCredential | Non
 
 def save(data_dir: Path, stored: StoredCredential) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secure(data_dir)
     path = credential_path(data_dir, stored.name)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover could have any mode; O_EXCL makes ours 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
     with os.fdopen(fd, "w") as handle:
         json.dump(asdict(stored), handle)
     tmp.replace(path)

@@ -16,6 +16,9 @@ from devenv.postgres import start_postgres
 from devenv.sshd import start_sshd
 from devenv.stack import REPO, ControlPlane, StackError, enroll_agent, gatehouse
 
+# Shell commands run as an unprivileged account when the demo can switch to one (as root);
+# an ordinary user's demo can only run them as itself, which exposes the agent's secrets.
+RUN_AS = "nobody" if os.geteuid() == 0 else "agent"
 DEMO_PASSWORD = "demo-only-password"  # a throwaway cluster's role; the agent resolves it from env
 
 POLICY = """\
@@ -35,7 +38,7 @@ connections:
   - name: ops
     type: shell
     agent: demo-agent
-    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
+    target: {{run_as: {run_as}, workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
     guardrails: [no-rm-root]
 guardrails:
   - name: no-rm-root
@@ -77,7 +80,8 @@ def main() -> int:
                 ssh_user=sshd.user,
                 host_key=sshd.host_key_line,
                 ssh_key=sshd.client_key,
-                workdir=base,
+                workdir="/tmp",  # somewhere the run_as account may enter
+                run_as=RUN_AS,
             )
         )
         step(f"applying {policy.relative_to(REPO)}")

@@ -1,5 +1,13 @@
 """The agent's end of a `shell` session: one command run on the agent's own host.
 
+It runs as the connection's ``run_as`` account — its uid, primary group and supplementary
+groups, with HOME, USER, LOGNAME and SHELL from the password database — never as the agent's
+own user, whose process environment (``/proc/<agent>/environ``) and credential file hold the
+agent's secrets. Only ``run_as: agent`` runs it as the agent's user, which the policy must
+say explicitly (see ``docs/ssh.md``). An account the agent cannot switch to (it does not run
+as root; the account does not exist; root or the agent's own uid under another name) fails
+closed: nothing runs, status 255 and the reason.
+
 An argv runs as given, with no shell in between; a command given as one text (what a native
 ssh client sends) runs through the connection's ``shell`` (default ``/bin/sh -c``). The child
 gets its own session (process group) so that a signal, the timeout or the output limit
@@ -19,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import BinaryIO
 
 from agent.pg.relay import Receive, SendFrame
 from agent.term.stream import (
@@ -36,7 +46,7 @@ from agent.term.stream import (
 )
 from wire.term import codec
 
-__all__ = ["INHERITED", "NO_TERMINAL", "ShellTarget", "child_env", "run"]
+__all__ = ["INHERITED", "NO_TERMINAL", "RUN_AS_AGENT", "Account", "ShellTarget", "child_env", "run"]
 
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """The agent's own variables a command sees (unless the connection's env sets them)."""
@@ -45,12 +55,69 @@ DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 _REAP_TIMEOUT = 5.0
+RUN_AS_AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who a command runs as, from the password and group databases."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    shell: str
+
+    @classmethod
+    def resolve(cls, run_as: str | None) -> Account | None:
+        """The account for ``run_as``; None for ``agent`` (the agent's own user). Raises
+        Refused when the command must not run: no run_as, an unknown account, one that is
+        root or the agent itself under another name, or an agent that cannot switch users."""
+        if run_as is None:
+            raise Refused(
+                "this shell connection names no run_as account, so its commands would run as "
+                "the agent's own user and could read the agent's secrets; set target.run_as "
+                "in the policy (an unprivileged account, or `agent` to accept that)"
+            )
+        if run_as == RUN_AS_AGENT:
+            return None
+        try:
+            entry = pwd.getpwnam(run_as)
+        except KeyError:
+            raise Refused(
+                f"run_as account {run_as!r} does not exist on the agent's host; create it "
+                "(e.g. useradd --system) or fix run_as in the policy"
+            ) from None
+        own = os.geteuid()
+        if entry.pw_uid in (0, own):
+            raise Refused(
+                f"run_as account {run_as!r} has uid {entry.pw_uid}, "
+                + ("root" if entry.pw_uid == 0 else "the agent's own")
+                + ", which can read the agent's secrets; name an unprivileged account "
+                "(or say run_as: agent if that is meant)"
+            )
+        if own != 0:
+            raise Refused(
+                f"the agent runs as uid {own}, not root, so it cannot switch to run_as "
+                f"account {run_as!r}; run the agent as root, or set run_as: agent in the "
+                "policy (which exposes the agent's secrets to the commands)"
+            )
+        return cls(
+            name=entry.pw_name,
+            uid=entry.pw_uid,
+            gid=entry.pw_gid,
+            groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
+            home=entry.pw_dir,
+            shell=entry.pw_shell or "/bin/sh",
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ShellTarget:
     """How commands run: the connection's ``target`` as the control plane pushed it."""
 
+    run_as: str | None = None
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
@@ -66,6 +133,7 @@ class ShellTarget:
             raise Refused("the connection's env or shell is malformed; fix it in the policy")
         try:
             return cls(
+                run_as=str(spec["run_as"]) if spec.get("run_as") else None,
                 workdir=str(spec["workdir"]) if spec.get("workdir") else None,
                 env={str(k): str(v) for k, v in env.items()},
                 timeout=float(str(spec.get("timeout") or DEFAULT_TIMEOUT)),
@@ -78,10 +146,15 @@ class ShellTarget:
             ) from None
 
 
-def child_env(target_env: Mapping[str, str], term: str | None = None) -> dict[str, str]:
-    """The environment a command runs with: `INHERITED`, then ``TERM``, then the target's."""
+def child_env(
+    target_env: Mapping[str, str], term: str | None = None, account: Account | None = None
+) -> dict[str, str]:
+    """The environment a command runs with: `INHERITED` (whose home and name are the run_as
+    account's), then ``TERM``, then the target's."""
     env = {name: os.environ[name] for name in INHERITED if name in os.environ}
     env.setdefault("PATH", os.defpath)
+    if account is not None:
+        env.update(HOME=account.home, USER=account.name, LOGNAME=account.name, SHELL=account.shell)
     if term:
         env["TERM"] = term
     env.update(target_env)
@@ -109,23 +182,16 @@ async def run(
 async def _launch(target: ShellTarget, start: codec.Start) -> TermProcess:
     if start.pty is not None or start.subsystem is not None or start.interactive:
         raise Refused(NO_TERMINAL)
+    account = Account.resolve(target.run_as)
     argv = list(start.argv) if start.argv else [*target.shell, start.command_line()]
-    env = child_env(target.env, start.env.get("TERM"))
-    loop = asyncio.get_running_loop()
+    env = child_env(target.env, start.env.get("TERM"), account)
     try:
-        transport, protocol = await loop.subprocess_exec(
-            partial(_ChildProtocol, loop),
-            *argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=target.workdir,
-            env=env,
-            start_new_session=True,
-        )
+        process = await _LocalProcess.spawn(argv, target.workdir, env, account)
     except OSError as exc:
         raise _not_started(exc, argv[0], target.workdir, env["PATH"]) from None
-    return _LocalProcess(transport, protocol)
+    if account is not None:
+        process.run_as = account.name
+    return process
 
 
 def _not_started(exc: OSError, command: str, workdir: str | None, path: str) -> Refused:
@@ -142,35 +208,130 @@ def _not_started(exc: OSError, command: str, workdir: str | None, path: str) -> 
     return Refused(f"{command}: cannot run: {exc.strerror or exc}", 126)
 
 
-class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's child streams, plus the moment the child exits: `Process.wait()` also waits
-    for the pipes to close, which something the child left running may hold open for ever."""
+def _popen(
+    argv: list[str], workdir: str | None, env: dict[str, str], account: Account | None
+) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO, BinaryIO]:
+    """Start the child (a fork and exec: quick, and Popen reports a failed exec as OSError);
+    returns it with our ends of its stdin, stdout and stderr, which the loop will own."""
+    if workdir is None and account is not None:
+        # Not the agent's own directory (its data directory, perhaps): the account's home.
+        workdir = account.home if os.path.isdir(account.home) else "/"
+    pipes = [os.pipe() for _ in range(3)]  # close-on-exec: the child gets only its own ends
+    (in_read, in_write), (out_read, out_write), (err_read, err_write) = pipes
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=in_read,
+            stdout=out_write,
+            stderr=err_write,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            user=None if account is None else account.uid,
+            group=None if account is None else account.gid,
+            extra_groups=None if account is None else list(account.groups),
+        )
+    except BaseException:
+        for fd in (in_write, out_read, err_read):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (in_read, out_write, err_write):
+            os.close(fd)  # the child's ends: only the child holds them now
+    return (
+        child,
+        os.fdopen(in_write, "wb", 0),
+        os.fdopen(out_read, "rb", 0),
+        os.fdopen(err_read, "rb", 0),
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=READ_SIZE, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
 
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
+def _exit_of(
+    child: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None]:
+    """Resolved once `child` exited and was reaped: through a pidfd the loop watches (Linux
+    5.3 and later), else a thread that waits for it."""
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except (AttributeError, OSError):
+        return loop.run_in_executor(None, _wait_quietly, child)
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if child.poll() is None:
+            return  # not yet (a spurious wake-up)
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    return exited
+
+
+def _wait_quietly(child: subprocess.Popen[bytes]) -> None:
+    child.wait()
 
 
 class _LocalProcess:
-    """A child process group on the agent's host, as `stream.TermProcess`."""
+    """A child process group on the agent's host, as `stream.TermProcess`.
 
-    def __init__(self, transport: asyncio.SubprocessTransport, protocol: _ChildProtocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
-        self._group = transport.get_pid()  # start_new_session: the child leads its own group
+    Started by `subprocess.Popen`, whose C child code switches the account (setgroups,
+    setgid, setuid) with no Python in between — the event loop's own subprocess support
+    cannot switch accounts, and a Python `preexec_fn` is unsafe in a threaded process. Its
+    pipes are then handed to the loop, and its exit is noticed through a pidfd."""
+
+    def __init__(
+        self,
+        child: subprocess.Popen[bytes],
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        stdin: asyncio.StreamWriter,
+        exited: asyncio.Future[None],
+    ) -> None:
+        self._child = child
+        self._stdout = stdout
+        self._stderr = stderr
+        self._stdin = stdin
+        self._group = child.pid  # start_new_session: the child leads its own group
+        self._child_exited = exited
         self._exited = asyncio.create_task(self._reap())
+        self.run_as = RUN_AS_AGENT  # who it runs as, reported in its exit
+
+    @classmethod
+    async def spawn(
+        cls, argv: list[str], workdir: str | None, env: dict[str, str], account: Account | None
+    ) -> _LocalProcess:
+        """Start `argv`; raises OSError when it cannot start (as Popen reports it)."""
+        loop = asyncio.get_running_loop()
+        child, to_child, from_stdout, from_stderr = _popen(argv, workdir, env, account)
+        stdout = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+        stderr = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+        try:
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stdout, loop=loop), from_stdout
+            )
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stderr, loop=loop), from_stderr
+            )
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.streams.FlowControlMixin(loop=loop), to_child
+            )
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)  # nothing runs that nobody watches
+            for pipe in (to_child, from_stdout, from_stderr):
+                pipe.close()
+            raise
+        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        return cls(child, stdout, stderr, stdin, _exit_of(child, loop))
 
     async def _reap(self) -> int:
         """The child's status; what it left behind in its group is stopped with it, which
         also closes the pipes those leftovers held open, so the output reaches its end."""
-        await self._protocol.exited
+        await self._child_exited
         self._kill_group(signal.SIGKILL)
-        status = self._transport.get_returncode()
+        status = self._child.returncode
         assert status is not None
         return status
 
@@ -179,25 +340,19 @@ class _LocalProcess:
             os.killpg(self._group, sig)
 
     async def read_stdout(self) -> bytes:
-        assert self._protocol.stdout is not None
-        return await self._protocol.stdout.read(READ_SIZE)
+        return await self._stdout.read(READ_SIZE)
 
     async def read_stderr(self) -> bytes:
-        assert self._protocol.stderr is not None
-        return await self._protocol.stderr.read(READ_SIZE)
+        return await self._stderr.read(READ_SIZE)
 
     async def write(self, data: bytes) -> None:
-        stdin = self._protocol.stdin
-        assert stdin is not None
         with contextlib.suppress(ConnectionError):  # it stopped reading: input dropped
-            stdin.write(data)
-            await stdin.drain()
+            self._stdin.write(data)
+            await self._stdin.drain()
 
     def write_eof(self) -> None:
-        stdin = self._protocol.stdin
-        assert stdin is not None
         with contextlib.suppress(ConnectionError):
-            stdin.close()
+            self._stdin.close()
 
     def resize(self, cols: int, rows: int) -> None:
         """No terminal, nothing to resize."""
@@ -219,4 +374,6 @@ class _LocalProcess:
             self._kill_group(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exited), _REAP_TIMEOUT)
-        self._transport.close()
+        self._stdin.close()
+        self._stdout.feed_eof()
+        self._stderr.feed_eof()

@@ -19,6 +19,7 @@ client's input, and memory stays bounded by the read size and the transports' ow
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections import deque
@@ -275,6 +276,9 @@ async def _pump(
             task.cancel()
         await asyncio.gather(finished, inbound, return_exceptions=True)
     await process.close()  # before the exit, so a stopped command no longer runs when it arrives
+    account = getattr(process, "run_as", None)  # a shell child's account, for the record
+    if isinstance(account, str):
+        exit_ = dataclasses.replace(exit_, run_as=account)
     await send_exit(send, exit_)
     if exit_.error is not None:
         return exit_.error

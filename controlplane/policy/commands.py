@@ -26,35 +26,82 @@ from typing import Final
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision
 
-__all__ = ["CommandGuard"]
+__all__ = ["CommandGuard", "Unreadable", "simple_commands", "unwrapped"]
 
 _OPERATORS: Final = frozenset({";", "&", "&&", "|", "||", "|&", ";;", "(", ")", "\n"})
-_SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"})
+_SHELLS: Final = frozenset(
+    {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "hush", "yash", "posh", "fish", "rbash"}
+)
 # Launchers that run the rest of their words as a command, and how many option words with a
 # value each takes (e.g. `sudo -u root`), so the command they start is what gets checked.
 _LAUNCHERS: Final[dict[str, frozenset[str]]] = {
-    "sudo": frozenset({"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U"}),
+    "sudo": frozenset(
+        {"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U", "--user", "--group", "--host",
+         "--prompt", "--close-from", "--chdir", "--role", "--type", "--other-user"}
+    ),
     "doas": frozenset({"-u", "-C"}),
-    "env": frozenset({"-u", "-C", "-S"}),
+    "env": frozenset({"-u", "-C", "-S", "--unset", "--chdir", "--split-string"}),
     "nohup": frozenset(),
-    "nice": frozenset({"-n"}),
-    "ionice": frozenset({"-c", "-n", "-p"}),
-    "time": frozenset(),
+    "nice": frozenset({"-n", "--adjustment"}),
+    "ionice": frozenset({"-c", "-n", "-p", "--class", "--classdata", "--pid"}),
+    "time": frozenset({"-f", "-o", "--format", "--output"}),
     "command": frozenset(),
-    "exec": frozenset(),
+    "exec": frozenset({"-a"}),
     "builtin": frozenset(),
-    "stdbuf": frozenset({"-i", "-o", "-e"}),
-    "chroot": frozenset(),
-    "timeout": frozenset({"-s", "-k"}),
-    "xargs": frozenset({"-I", "-L", "-n", "-P", "-d", "-E", "-s"}),
+    "stdbuf": frozenset({"-i", "-o", "-e", "--input", "--output", "--error"}),
+    "chroot": frozenset({"--userspec", "--groups"}),
+    "timeout": frozenset({"-s", "-k", "--signal", "--kill-after"}),
+    "xargs": frozenset(
+        {"-I", "-L", "-n", "-P", "-d", "-E", "-s", "-a", "--arg-file", "--delimiter",
+         "--max-args", "--max-procs", "--max-lines", "--max-chars", "--eof"}
+    ),
+    "setsid": frozenset(),
+    "busybox": frozenset(),
+    "nsenter": frozenset({"-t", "--target", "-S", "--setuid", "-G", "--setgid"}),
+    "unshare": frozenset({"--setuid", "--setgid", "-S", "-G"}),
+    "chpst": frozenset({"-u", "-U", "-e", "-/", "-n", "-l", "-L", "-m", "-d", "-o", "-p",
+                        "-f", "-c", "-r", "-t"}),
+    "taskset": frozenset({"-c", "--cpu-list"}),
+    "flock": frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}),
+    "watch": frozenset({"-n", "--interval", "-d", "--differences"}),
+}  # fmt: skip
+# Launchers whose first word after the options is not the command: its value (chroot's new
+# root, timeout's duration, taskset's mask, flock's lock file).
+_LEADING_ARGUMENT: Final = frozenset({"chroot", "timeout", "taskset", "flock"})
+# Options that give a command as one shell text (`su -c TEXT`, `flock F -c TEXT`).
+_TEXT_OPTIONS: Final[dict[str, frozenset[str]]] = {
+    "su": frozenset({"-c", "--command", "--session-command"}),
+    "runuser": frozenset({"-c", "--command", "--session-command"}),
+    "flock": frozenset({"-c", "--command"}),
+    "script": frozenset({"-c", "--command"}),
 }
+# Reserved words that may open a simple command inside a compound one (`if …; then rm …`).
+_KEYWORDS: Final = frozenset(
+    {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}"}
+)
+_EXPANDED: Final = frozenset("{}*?[")  # brace and glob expansion of a command name
 _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ARITHMETIC: Final = re.compile(r"\$?\(\([^()]*\)\)")
 _SUBSTITUTION: Final = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
 _MAX_DEPTH: Final = 8  # nested `sh -c` / `$(…)` readings; deeper text is denied as unreadable
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """The text cannot be split into commands the way a shell would."""
+
+
+_Unreadable = Unreadable
+
+
+def simple_commands(text: str) -> list[list[str]]:
+    """Every simple command of a shell text, each launcher level on its own (``sudo sh -c
+    'ls'`` gives ``sudo sh -c ls``, ``sh -c ls`` and ``ls``). Raises Unreadable."""
+    return list(_simple_commands(text, 0))
+
+
+def unwrapped(argv: Sequence[str]) -> list[list[str]]:
+    """As `simple_commands`, for an argv that runs without a shell. Raises Unreadable."""
+    return list(_unwrap(list(argv), 0))
 
 
 class CommandGuard:
@@ -95,6 +142,22 @@ class CommandGuard:
         except _Unreadable as exc:
             return _unreadable(str(exc))
 
+    def check_program(self, language: str, command: Sequence[str], program: str) -> Decision:
+        """Decide a program that `command` reads from stdin, as if it were on its command line:
+        shell text is split like one (``sh -c PROGRAM``), another language's text is the
+        command's last word (patterns see it whole), and xargs's words are its arguments."""
+        if not self:
+            return ALLOW
+        if language == "shell":
+            return self.check_text(program)
+        if language == "arguments":
+            try:
+                words = shlex.split(program)
+            except ValueError as exc:
+                return _unreadable(str(exc).lower())
+            return self.check_argv([*command, *words])
+        return self.check_argv([*command, program])
+
     def _pattern(self, text: str) -> Decision | None:
         for name, pattern in self._patterns:
             if pattern.search(text):
@@ -105,6 +168,9 @@ class CommandGuard:
 
     def _words(self, commands: Iterator[list[str]]) -> Decision:
         for words in commands:
+            if any(char in _EXPANDED for char in words[0]):
+                # `{rm,-rf,/}` or `/bin/r?`: the shell makes the command at run time
+                raise _Unreadable(f"the command name {words[0]!r} is expanded by the shell")
             line = " ".join(words)
             for name, glob in self._globs:
                 if fnmatch.fnmatchcase(line, glob):
@@ -126,6 +192,7 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
     """The simple commands of a shell text, with launchers looked through."""
     if depth > _MAX_DEPTH:
         raise _Unreadable("commands nested too deeply")
+    text = _ARITHMETIC.sub(" 0 ", text)  # `$((6*7))`, `(( i++ ))`: numbers, not commands
     for match in _SUBSTITUTION.finditer(text):
         inner = match.group(1) if match.group(1) is not None else match.group(2)
         yield from _simple_commands(inner, depth + 1)
@@ -149,8 +216,8 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
 
 def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
     """Yield the command itself and, through launchers and `sh -c`, what it runs."""
-    while words and _ASSIGNMENT.match(words[0]):
-        words = words[1:]  # FOO=bar cmd
+    while words and (_ASSIGNMENT.match(words[0]) or words[0] in _KEYWORDS):
+        words = words[1:]  # FOO=bar cmd; `then cmd`, `do cmd`, `{ cmd`, `! cmd`
     if not words:
         return
     yield words
@@ -161,26 +228,52 @@ def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
                 yield from _simple_commands(words[i + 1], depth + 1)
                 return
         return
+    text_options = _TEXT_OPTIONS.get(name)
+    if text_options is not None:
+        for i, word in enumerate(words[1:], start=1):
+            option, equals, attached = word.partition("=")
+            if option.startswith("-") and not option.startswith("--") and len(option) > 2:
+                option = f"-{option[-1]}"  # a cluster ending in the option: `-qc TEXT`
+            if option in text_options:
+                text = attached if equals else (words[i + 1] if i + 1 < len(words) else "")
+                yield from _simple_commands(text, depth + 1)
+                return
     takes_value = _LAUNCHERS.get(name)
     if takes_value is None:
         return
-    rest = words[1:]
-    if name == "timeout" and rest:
-        rest = _skip_options(rest, takes_value)
-        rest = rest[1:]  # the duration
-    else:
-        rest = _skip_options(rest, takes_value)
+    rest = _skip_options(words[1:], takes_value)
+    if name == "taskset" and words[1:2] in (["-c"], ["--cpu-list"], ["-p"]):
+        pass  # the option took the mask already
+    elif name in _LEADING_ARGUMENT and rest:
+        rest = rest[1:]
     if name == "env":
         while rest and _ASSIGNMENT.match(rest[0]):
             rest = rest[1:]
+    if name == "watch" and rest:
+        # watch runs its words as one text through `sh -c`
+        yield from _simple_commands(" ".join(rest), depth + 1)
+        return
     if rest:
         yield from _unwrap(rest, depth + 1)
 
 
 def _skip_options(words: list[str], takes_value: frozenset[str]) -> list[str]:
+    """The words after a launcher's options. A short option's value may be attached (``-uroot``)
+    or be the next word, also at the end of a cluster (``-Eu root``); a long option's is
+    ``--user=root`` or the next word."""
     i = 0
-    while i < len(words) and words[i].startswith("-"):
-        if words[i] == "--":
+    while i < len(words) and words[i].startswith("-") and words[i] != "-":
+        word = words[i]
+        if word == "--":
             return words[i + 1 :]
-        i += 2 if words[i] in takes_value else 1
+        i += 1
+        if word.startswith("--"):
+            if "=" not in word and word in takes_value:
+                i += 1
+            continue
+        for at, letter in enumerate(word[1:], start=1):
+            if f"-{letter}" in takes_value:
+                if at == len(word) - 1:
+                    i += 1  # its value is the next word
+                break  # the rest of the cluster is the value
     return words[i:]

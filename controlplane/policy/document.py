@@ -279,7 +279,30 @@ class SshTarget(_Model):
     known_hosts: NonEmptyStr  # pinned host key line(s); no trust-on-first-use
 
 
+RUN_AS_AGENT = "agent"
+"""`run_as: agent`: commands run as the agent's own user, who can read the agent's secrets."""
+_ACCOUNT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _check_account(value: str) -> str:
+    if not _ACCOUNT_RE.fullmatch(value):
+        raise _problem(
+            f"run_as {_show(value)} is not an account name (letters, digits, '_', '.', '-'; "
+            "at most 32 characters)"
+        )
+    if value == "root":
+        raise _problem(
+            "run_as: root can read every secret of the agent; name an unprivileged account"
+        )
+    return value
+
+
+Account = Annotated[str, AfterValidator(_check_account)]
+
+
 class ShellTarget(_Model):
+    # The account commands run as (its uid, groups and home); `agent` for the agent's own.
+    run_as: Account | None = None
     workdir: AbsolutePath | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
     timeout: Annotated[int, Strict(), Field(gt=0)] = 300  # seconds
@@ -385,6 +408,20 @@ class SshConnection(Connection):
 class ShellConnection(Connection):
     type: Literal["shell"]
     target: ShellTarget
+
+    @model_validator(mode="after")
+    def _runs_as_someone(self, info: ValidationInfo) -> Self:
+        """A new policy must say whose account runs commands. Documents already stored are
+        loaded as they are; the agent refuses their commands until run_as is set."""
+        parsed = isinstance(info.context, Mapping) and info.context.get(_CHECKED_BY_PARSER)
+        if parsed and self.target.run_as is None:
+            raise _problem(
+                "a shell connection needs run_as: the unprivileged account its commands run "
+                "as, e.g. target: {run_as: gatehouse-ops}; `run_as: agent` runs them as the "
+                "agent's own user, who can read the agent's credential and secrets",
+                "target",
+            )
+        return self
 
 
 class HttpConnection(Connection):

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 CHUNK_BYTES: Final = 256 * 1024  # a stored piece of the recording
-ECHO_WAIT: Final = 1.0  # seconds a typed line waits for its echo before it counts as hidden
-ECHO_WINDOW: Final = 16 * 1024  # characters of output kept to look for a line's echo
+ECHO_WAIT: Final = 1.0  # seconds a typed key waits for its echo before its line is hidden
+EXPECTED_LIMIT: Final = 64 * 1024  # typed characters waiting for their echo, at most
+COMPLETION_LIMIT: Final = 256  # characters a tab's completion may insert
+_NOT_OUTPUT: Final = frozenset("\r\n\x08\x07\x00")  # printed around an echo, not text
 LINE_LIMIT: Final = 4096  # characters of one typed line kept for its event
 
 _ANSI: Final = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
@@ -118,31 +120,49 @@ class Recording:
 class _Line:
     text: list[str]
     raw: bytearray
-    echo_from: int  # output position when its first key was typed
-    ended: float = 0.0  # monotonic time of its Enter; 0 while being typed
+    waiting: int = 0  # its typed characters whose echo has not come yet
+    hidden: bool = False  # one of them was not echoed right after it was typed
+
+
+@dataclass(slots=True)
+class _Key:
+    """A typed character waiting for its echo. A tab stands for what completion inserts."""
+
+    char: str
+    line: _Line
+    typed: float
 
 
 class LineTracker:
     """Rebuilds the lines typed in a terminal and tells which ones the terminal echoed.
 
-    A line counts as echoed when its text (after backspaces) appears in what the terminal
-    printed since its first key; one that stays unseen for ECHO_WAIT seconds after its Enter was
-    typed with echo off and is reported as hidden. Tab completion and line editing can make an
-    ordinary line look hidden: the tracker errs towards hiding.
+    A typed character counts as echoed only when it is what the terminal prints next: the
+    output that follows the keys must begin with them (escape sequences, carriage returns,
+    newlines, bells and backspace erasures aside), within ECHO_WAIT seconds. Anything else
+    printed first — a program's output, a prompt — means the keys were not echoed, and their
+    line is hidden; so is a line whose echo never comes. Output that merely contains the text
+    later, or somewhere else, proves nothing. A typed tab lets completion insert up to
+    COMPLETION_LIMIT characters of the same line. Line editing beyond that (history recall,
+    completion listings, typing ahead while a program prints) makes an ordinary line look
+    hidden: the tracker errs towards hiding. What it cannot tell apart: a program that prints,
+    right after the keys, exactly the text that was typed with echo off.
     """
 
     def __init__(self) -> None:
-        self._output = ""  # recent printed text, escape sequences removed
-        self._dropped = 0  # characters dropped from the front of _output
         self._current: _Line | None = None
-        self._pending: deque[_Line] = deque()
+        self._pending: deque[_Line] = deque()  # ended lines, oldest first
+        self._expected: deque[_Key] = deque()  # typed characters whose echo is due
+        self._completed = 0  # characters completion inserted for the tab at the front
         self._escape = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._carry = ""  # an escape sequence cut at the end of the last output
 
     def typed(self, data: bytes) -> None:
+        now = time.monotonic()
         for char in data.decode("utf-8", "replace"):
             line = self._current
             if line is None:
-                line = self._current = _Line([], bytearray(), self._position())
+                line = self._current = _Line([], bytearray())
             line.raw += char.encode()
             if self._escape:  # cursor keys and the like: ESC [ … letter
                 if char.isalpha() or char == "~":
@@ -151,7 +171,8 @@ class LineTracker:
             if char == "\x1b":
                 self._escape = True
             elif char in "\r\n":
-                line.ended = time.monotonic()
+                if self._expected and self._expected[-1].char == "\t":
+                    self._expected.pop().line.waiting -= 1  # completion at the end: its own
                 self._pending.append(line)
                 self._current = None
             elif char in "\x7f\x08":
@@ -161,65 +182,85 @@ class LineTracker:
                 line.text.clear()
             elif char == "\x03":  # Ctrl-C: the line is abandoned
                 self._current = None
-            elif (char == "\t" or char >= " ") and len(line.text) < LINE_LIMIT:
-                line.text.append(char)
+            elif char == "\t" or char >= " ":
+                if len(line.text) < LINE_LIMIT:
+                    line.text.append(char)
+                self._expect(_Key(char, line, now))
+
+    def _expect(self, key: _Key) -> None:
+        if len(self._expected) >= EXPECTED_LIMIT:
+            self._fail()  # far more typed than echoed: nothing of it can be vouched for
+        key.line.waiting += 1
+        self._expected.append(key)
+
+    def _fail(self) -> None:
+        """The characters due were not echoed right after they were typed: hide their lines."""
+        for key in self._expected:
+            key.line.hidden = True
+            key.line.waiting -= 1
+        self._expected.clear()
+        self._completed = 0
+
+    def _expire(self, now: float) -> None:
+        if self._expected and now - self._expected[0].typed >= ECHO_WAIT:
+            self._fail()
 
     def printed(self, data: bytes | memoryview) -> None:
-        if self._current is None and not self._pending:
-            self._output, self._dropped = "", self._dropped + len(self._output)
+        text = self._carry + self._decoder.decode(bytes(data))
+        self._carry = ""
+        cut = text.rfind("\x1b")
+        if cut >= 0 and len(text) - cut < 64 and not _ANSI.match(text, cut):
+            text, self._carry = text[:cut], text[cut:]  # finished by the next output
+        if not self._expected:
             return
-        text = _ANSI.sub("", bytes(data).decode("utf-8", "replace"))
-        if "\x08" in text:  # line editing redraws: "x<BS> <BS>" erases the x
-            kept = list(self._output)
-            for char in text:
-                if char != "\x08":
-                    kept.append(char)
-                elif kept:
-                    kept.pop()
-            self._output = "".join(kept)
-        else:
-            self._output += text
-        excess = len(self._output) - ECHO_WINDOW
-        if excess > 0:
-            self._output = self._output[excess:]
-            self._dropped += excess
+        self._expire(time.monotonic())
+        for char in _ANSI.sub("", text).replace("\x08 \x08", "\x08"):
+            if not self._expected:
+                return
+            self._echo(char)
+
+    def _echo(self, char: str) -> None:
+        """One printed character while keys wait for their echo."""
+        key = self._expected[0]
+        if key.char == "\t":  # completion may insert text here, on this line only
+            following = self._expected[1] if len(self._expected) > 1 else None
+            if following is not None and char == following.char:
+                self._take()  # the tab; the character is the next key's echo
+                self._take()
+                return
+            if char in "\r\n" or self._completed >= COMPLETION_LIMIT:
+                self._fail()
+            elif char >= " ":
+                self._completed += 1
+            return
+        if char == key.char:
+            self._take()
+        elif char not in _NOT_OUTPUT:
+            self._fail()  # something else was printed before the echo
+
+    def _take(self) -> None:
+        key = self._expected.popleft()
+        key.line.waiting -= 1
+        self._completed = 0
 
     def decided(self, *, final: bool = False) -> list[tuple[str | None, bytes]]:
         """Lines whose echo is decided: (text, raw keys) if echoed, (None, b"") if hidden.
         `final`: the session is over; whatever still waits is decided now."""
         out: list[tuple[str | None, bytes]] = []
-        now = time.monotonic()
+        self._expire(time.monotonic())
+        if final:
+            self._fail()
         while self._pending:
             line = self._pending[0]
-            text = "".join(line.text)
-            if self._echoed(line, text):
-                out.append((text, bytes(line.raw)))
-            elif final or now - line.ended >= ECHO_WAIT:
+            if line.hidden:
                 out.append((None, b""))
+            elif line.waiting == 0:
+                out.append(("".join(line.text), bytes(line.raw)))
             else:
                 break
             self._pending.popleft()
         if final and self._current is not None and self._current.text:
-            text = "".join(self._current.text)
-            if self._echoed(self._current, text):
-                out.append((text, bytes(self._current.raw)))
+            if not self._current.hidden:
+                out.append(("".join(self._current.text), bytes(self._current.raw)))
             self._current = None
         return out
-
-    def _position(self) -> int:
-        return self._dropped + len(self._output)
-
-    def _echoed(self, line: _Line, text: str) -> bool:
-        start = line.echo_from - self._dropped
-        if start < 0:
-            return False  # its echo window scrolled away: hide rather than guess
-        if not text.strip():
-            return True  # an empty line says nothing
-        # Tab completion inserts text between what was typed: look for the typed pieces in order.
-        position = start
-        for piece in (p for p in text.split("\t") if p):
-            found = self._output.find(piece, position)
-            if found < 0:
-                return False
-            position = found + len(piece)
-        return True

@@ -173,6 +173,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             store=store,
             recorded=recorded,
             workdir=workdir,
+            run_as=getattr(connection.target, "run_as", None),
+            shell=getattr(connection.target, "shell", None),
         )
 
     @unary

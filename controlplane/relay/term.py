@@ -7,19 +7,32 @@ rule's reason and exit status 126. Then both directions are framed (wire/term) t
 record a terminal session as asciicast v2, and turn the target's exit into `ssh.result` /
 `shell.result` — committed before the exit status is passed on, so the status a caller sees
 is already in the trail.
+
+A command that reads its *program* from stdin (``echo 'rm -rf /srv' | gatehouse exec ops --
+sh``; see ``controlplane/policy/programs.py``) does not start when its `start` arrives: its
+stdin is held, up to `STDIN_LIMIT`, until it ends; then that program is checked with the same
+guardrails as a command line and recorded in the command's own event (text, SHA-256, length),
+committed before the `start`, the program and the eof go to the agent together. A program
+larger than the limit is refused: an open-ended stdin program is a terminal session, whose
+place is the `connect` mode. Data to any other command streams as it comes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import shlex
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
+from controlplane.policy.programs import StdinReader, stdin_readers
 from controlplane.relay.recording import LineTracker, Recording, Store
 from gatehouse.v1 import tunnel_pb2
 from wire.term import codec
@@ -30,7 +43,28 @@ log = logging.getLogger(__name__)
 DENIED_STATUS: Final = 126  # "found but cannot be run", as shells say; the error names the rule
 GATEWAY_STATUS: Final = 255  # what ssh itself reports when it, not the command, failed
 
+STDIN_LIMIT: Final = 1024 * 1024
+"""Most bytes of a program on stdin the control plane holds; a larger one is refused."""
+STDIN_TEXT_LIMIT: Final = 256 * 1024
+"""Most bytes of a stdin program kept as text in its event (its digest covers all of it)."""
+HOLD_NOTICE_AFTER: Final = 2.0
+"""Seconds a held program's stdin may stay open before the client is told why nothing runs."""
+_FORWARD_PIECE: Final = 64 * 1024  # input messages the held program is sent in
+PROGRAM_RULE: Final = "(stdin program)"
+DEFAULT_SHELL: Final = ("/bin/sh", "-c")  # as agent/term/shell.py runs a command text
+
 Kind = Literal["ssh", "shell"]
+
+
+@dataclass(slots=True)
+class _Held:
+    """A command waiting for the end of the program it reads from stdin."""
+
+    start: codec.Start
+    raw: bytes
+    readers: list[StdinReader]
+    decision: Decision
+    data: bytearray = field(default_factory=bytearray)
 
 
 class TermInspector:
@@ -48,6 +82,8 @@ class TermInspector:
         store: Store,
         recorded: Callable[[int], Awaitable[None]],
         workdir: str | None = None,
+        run_as: str | None = None,
+        shell: Sequence[str] | None = None,
     ) -> None:
         self.session = ctx
         self._audit = audit
@@ -58,6 +94,9 @@ class TermInspector:
         self._store = store
         self._recorded = recorded  # the result event that vouches for the recording
         self._workdir = workdir
+        self._run_as = run_as  # the account a shell command runs as ("agent": the agent's)
+        # What a `shell` connection runs a command text with (the agent's default: sh -c).
+        self._shell = tuple(shell) if shell else DEFAULT_SHELL
         self._strict = ctx.audit_mode == "strict"
         self._from_client = codec.TermFramer.from_client()
         self._from_target = codec.TermFramer.from_target()
@@ -67,6 +106,10 @@ class TermInspector:
         self._recording: Recording | None = None
         self._lines: LineTracker | None = None
         self._answer: list[bytes] = []  # our own answer (a refusal), due to the client
+        self._held: _Held | None = None  # a stdin program being gathered before the start
+        self._notices: list[bytes] = []  # stderr lines of our own, due to the client
+        self._waiting_notice: asyncio.TimerHandle | None = None
+        self._program: dict[str, Any] | None = None  # its digest, for the result event
         self._refused = False
         self._exit_seen = False
         self._resulted = False
@@ -85,18 +128,21 @@ class TermInspector:
 
     async def from_client(self, data: bytes) -> bytes:
         """Frame client bytes; return what may be forwarded (the command already recorded)."""
-        out: list[memoryview] = []
+        out: list[bytes | memoryview] = []
         for msg in self._from_client.feed(data):
             if self._refused:
                 continue  # nothing of a refused session reaches the agent
             if msg.tag == codec.START:
                 if self._start is not None:
                     raise ProtocolError("a session runs one command; `start` came twice")
-                if await self._begin(codec.parse_start(msg.body)):
+                if await self._begin(codec.parse_start(msg.body), bytes(msg.raw)):
                     out.append(msg.raw)
                 continue
             if self._start is None:
                 raise ProtocolError("a terminal session must begin with `start`")
+            if self._held is not None:
+                out.extend(await self._hold(msg))
+                continue
             if msg.tag == codec.INPUT:
                 self.bytes_in += len(msg.body)
                 if self._lines is not None:
@@ -115,13 +161,45 @@ class TermInspector:
         """A PostgreSQL-style cancel means nothing here: Ctrl-C travels as input or signal."""
         return None
 
-    async def _begin(self, start: codec.Start) -> bool:
-        """Decide and record the command; False when it must not be forwarded."""
+    async def _begin(self, start: codec.Start, raw: bytes) -> bool:
+        """Decide and record the command; False when it must not be forwarded (yet)."""
         self._start = start
         decision = self._decide(start)
+        readers = self._stdin_readers(start)
+        if readers and decision.allowed:
+            if start.pty is None:
+                # Its program is still to come on stdin: decided and recorded at its end.
+                self._held = _Held(start, raw, readers, decision)
+                self._waiting_notice = asyncio.get_running_loop().call_later(
+                    HOLD_NOTICE_AFTER, self._notice_waiting
+                )
+                return False
+            if self._mode == "exec":
+                decision = Decision(
+                    False,
+                    "(mode)",
+                    f"{shlex.join(readers[0].command)} reads its program from a terminal: that "
+                    "is a terminal session and needs the connect mode (`gatehouse ssh` or "
+                    "`gatehouse connect`, recorded); this session was opened for exec",
+                )
+        return await self._record_start(start, decision)
+
+    def _stdin_readers(self, start: codec.Start) -> list[StdinReader]:
+        if start.subsystem is not None or start.interactive:
+            return []
+        if self._kind == "shell" and start.argv:
+            return stdin_readers(argv=start.argv)
+        if self._kind == "shell":  # a text runs as the connection's shell's last argument
+            return stdin_readers(argv=[*self._shell, start.command_line()])
+        return stdin_readers(text=start.command_line())
+
+    async def _record_start(
+        self, start: codec.Start, decision: Decision, program: dict[str, Any] | None = None
+    ) -> bool:
+        """Record the command (and the program it reads from stdin); True if it may run."""
         try:
-            event = self._command_event(start, decision)
-            if self._strict:
+            event = self._command_event(start, decision, program)
+            if self._strict or program is not None:
                 self._ref = await self._audit.commit(event)
             else:
                 self._ref = await self._audit.submit(event)
@@ -164,7 +242,81 @@ class TermInspector:
         # one is the access rules' `connect` mode. The session is recorded all the same.
         return Decision(True)
 
-    def _command_event(self, start: codec.Start, decision: Decision) -> Draft:
+    async def _hold(self, msg: codec.Message) -> list[bytes | memoryview]:
+        """A message while the stdin program is gathered; at its end, what to forward."""
+        held = self._held
+        assert held is not None
+        if msg.tag == codec.INPUT:
+            self.bytes_in += len(msg.body)
+            if len(held.data) + len(msg.body) > STDIN_LIMIT:
+                await self._release(
+                    Decision(
+                        False,
+                        PROGRAM_RULE,
+                        f"the program {shlex.join(held.readers[0].command)} reads from stdin is "
+                        f"longer than {STDIN_LIMIT} bytes, the most the gateway holds to record "
+                        "it before it runs; run it as a file on the target, or interactively "
+                        "with `gatehouse ssh` / `gatehouse connect` (recorded)",
+                    )
+                )
+                return []
+            held.data += msg.body
+            return []
+        if msg.tag == codec.EOF:
+            return await self._release(None, eof=bytes(msg.raw))
+        if msg.tag == codec.SIGNAL:
+            codec.parse_signal(msg.body)
+            await self._release(
+                Decision(False, "(interrupted)", "interrupted before its stdin ended; not run")
+            )
+            return []
+        if msg.tag == codec.WINDOW:
+            codec.parse_window(msg.body)  # no terminal: nothing to resize
+        return []
+
+    def _notice_waiting(self) -> None:
+        """Someone may be typing at a terminal and wondering why nothing happens: say so."""
+        if self._held is None:
+            return
+        command = shlex.join(self._held.readers[0].command)
+        text = (
+            f"gatehouse: {command} reads its program from stdin; it is recorded and runs once "
+            f"stdin ends (Ctrl-D at a terminal), at most {STDIN_LIMIT} bytes\n"
+        )
+        self._notices.append(codec.encode(codec.STDERR, text.encode()))
+        self._wake()
+
+    async def _release(self, denied: Decision | None, eof: bytes = b"") -> list[bytes | memoryview]:
+        """The stdin program is complete (or refused): decide, record, then forward it."""
+        held = self._held
+        assert held is not None
+        self._held = None
+        if self._waiting_notice is not None:
+            self._waiting_notice.cancel()
+        data = bytes(held.data)
+        program = _program_event(data, held.readers, truncated=denied is not None)
+        self._program = {"sha256": program["sha256"], "bytes": program["bytes"]}
+        decision = denied or held.decision
+        if denied is None:
+            text = data.decode("utf-8", "backslashreplace")
+            for reader in held.readers:
+                verdict = self._guard.check_program(reader.language, reader.command, text)
+                if not verdict.allowed:
+                    decision = Decision(
+                        False, verdict.rule, f"the program on stdin is {verdict.reason}"
+                    )
+                    break
+        if not await self._record_start(held.start, decision, program):
+            return []
+        out: list[bytes | memoryview] = [held.raw]
+        for offset in range(0, len(data), _FORWARD_PIECE):
+            out.append(codec.encode(codec.INPUT, data[offset : offset + _FORWARD_PIECE]))
+        out.append(eof)
+        return out
+
+    def _command_event(
+        self, start: codec.Start, decision: Decision, program: dict[str, Any] | None = None
+    ) -> Draft:
         request: dict[str, Any] = {}
         if self._kind == "shell" and start.argv:
             request["argv"] = list(start.argv)
@@ -174,6 +326,9 @@ class TermInspector:
             request["subsystem"] = start.subsystem
         if self._kind == "shell":
             request["workdir"] = self._workdir
+            request["run_as"] = self._run_as
+        if program is not None:
+            request["stdin"] = program
         if start.pty is not None:
             request["pty"] = {
                 "term": start.pty.term,
@@ -215,12 +370,14 @@ class TermInspector:
         return [data] if data else []
 
     def take_synthetic(self) -> list[bytes]:
-        """Our own answer (a refusal), once; after it the session is over."""
+        """Our own notices, and our own answer (a refusal), once: after that the session is
+        over."""
+        notices, self._notices = self._notices, []
         if not self._answer:
-            return []
+            return notices
         answer, self._answer = self._answer, []
         self.finished = True
-        return answer
+        return notices + answer
 
     def closing(self) -> list[bytes]:
         """The agent's stream ended: an exit the client never got is made up here, so the
@@ -243,7 +400,12 @@ class TermInspector:
         return codec.encode_exit(codec.Exit(GATEWAY_STATUS, error=f"gatehouse: {message}"))
 
     async def finish(self, reason: str) -> None:
-        """At the session's end: a command that never reported its exit still gets a result."""
+        """At the session's end: a command that never reported its exit still gets a result;
+        one whose stdin program never ended is recorded as not run."""
+        if self._held is not None:
+            await self._release(
+                Decision(False, PROGRAM_RULE, f"the session ended before its stdin did: {reason}")
+            )
         if self._start is not None and not self._refused and not self._resulted:
             await self._result(codec.Exit(GATEWAY_STATUS, error=f"session ended: {reason}"))
 
@@ -261,6 +423,8 @@ class TermInspector:
             "error": exit_.error,
             "duration_ms": round((time.monotonic() - self._started) * 1000, 3),
             "bytes": {"in": self.bytes_in, "out": self.bytes_out, "err": self.bytes_err},
+            "stdin": self._program,
+            "run_as": exit_.run_as,  # what the agent says it switched to
         }
         event = draft(
             f"{self._kind}.result",
@@ -297,6 +461,25 @@ class TermInspector:
                 await self._audit.submit(draft("ssh.input", session=self.session, input=line))
             except AuditUnavailable:
                 log.warning("session %s: an input line was not recorded", self.session.session_id)
+
+
+def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) -> dict[str, Any]:
+    """The `stdin` of a command event: the program as text (up to STDIN_TEXT_LIMIT bytes;
+    bytes that are not UTF-8 as backslash escapes), its SHA-256 and length, who reads it."""
+    kept = data[:STDIN_TEXT_LIMIT]
+    event: dict[str, Any] = {
+        "text": kept.decode("utf-8", "backslashreplace"),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "readers": [reader.as_event() for reader in readers],
+    }
+    if truncated or len(kept) < len(data):
+        event["truncated"] = True  # the event holds the first bytes only; `bytes` says how many
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        event["utf8"] = False
+    return event
 
 
 def _title(ctx: SessionContext, start: codec.Start) -> str:

@@ -49,7 +49,7 @@ SSH_POLICY = (
   - name: ops
     type: shell
     agent: {agent}
-    target: {{workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
+    target: {{run_as: agent, workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
     guardrails: [no-rm-root]
 guardrails:
   - name: no-rm-root

@@ -396,3 +396,27 @@ def test_connect_refuses_to_start_without_keys(stack: Stack, tmp_path: Path) -> 
     result = run(stack, ["connect", "web-1", "--port", "0", "--authorized-keys", str(empty)])
     assert result.returncode == 2
     assert b"no public key" in result.stderr
+
+
+def test_native_ssh_program_on_stdin_is_checked_and_recorded(
+    native: Native, stack: Stack, tmp_path: Path
+) -> None:
+    victim = tmp_path / f"victim-{uuid.uuid4().hex[:8]}"
+    victim.mkdir()
+    denied = native.ssh("bash", stdin=f"echo first\nrm -rf {victim}\n".encode())
+    assert denied.returncode == 126, denied.stderr
+    assert b"program on stdin" in denied.stderr and denied.stdout == b""
+    assert victim.is_dir()  # `rm -rf /*` matched the program: nothing of it ran
+    marker = uuid.uuid4().hex
+    allowed = native.ssh("sh", stdin=f"echo {marker}\n".encode())
+    assert (allowed.returncode, allowed.stdout) == (0, f"{marker}\n".encode()), allowed.stderr
+    [event] = [
+        e
+        for e in stack.events()
+        if e["type"] == "ssh.exec" and marker in e["request"].get("stdin", {}).get("text", "")
+    ]
+    assert event["request"]["command"] == "sh"
+    assert (
+        event["request"]["stdin"]["sha256"]
+        == hashlib.sha256(f"echo {marker}\n".encode()).hexdigest()
+    )

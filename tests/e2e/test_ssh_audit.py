@@ -106,6 +106,7 @@ def test_a_shell_command_runs_in_the_workdir_with_the_connection_env(ssh_stack: 
     assert trail[1]["request"] == {
         "argv": ["sh", "-c", 'pwd; echo "$GREETING"; exit 4'],
         "workdir": str(ssh_stack.base),
+        "run_as": "agent",
     }
     assert trail[2]["type"] == "shell.result" and trail[2]["result"]["exit_code"] == 4
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import pwd
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,23 +16,33 @@ from agent.term import shell
 from tests.integration.term_client import TermClient, run_command
 from wire.term import codec
 
+AS_AGENT = {"run_as": "agent"}
+
+
+def ran(status: int, signal: str | None = None, error: str | None = None) -> codec.Exit:
+    """The exit of a command the agent ran as its own user (`run_as: agent`)."""
+    return codec.Exit(status, signal, error, run_as="agent")
+
+
+ACCOUNT = "gatehouse-test"
+
 
 async def run(
     start: codec.Start, stdin: bytes | None = None, **target: object
 ) -> tuple[str, TermClient]:
-    return await run_command(shell.run, target, {}, start, stdin)
+    return await run_command(shell.run, {"run_as": "agent", **target}, {}, start, stdin)
 
 
 async def test_command_keeps_stdout_and_stderr_apart_and_reports_its_status() -> None:
     _, client = await run(codec.Start(argv=("sh", "-c", "echo out; echo err >&2; exit 3")))
     assert (client.stdout, client.stderr) == (b"out\n", b"err\n")
-    assert client.exit == codec.Exit(3)
+    assert client.exit == ran(3)
 
 
 async def test_argv_runs_without_a_shell() -> None:
     _, client = await run(codec.Start(argv=("echo", "$HOME", "a;b")))
     assert client.stdout == b"$HOME a;b\n"
-    assert client.exit == codec.Exit(0)
+    assert client.exit == ran(0)
 
 
 async def test_command_text_runs_through_the_connections_shell() -> None:
@@ -44,7 +56,7 @@ async def test_stdin_is_streamed_whole() -> None:
     data = os.urandom(5 * 1024 * 1024)
     _, client = await run(codec.Start(argv=("sha256sum",)), stdin=data)
     assert client.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
-    assert client.exit == codec.Exit(0)
+    assert client.exit == ran(0)
 
 
 async def test_workdir_and_environment_are_the_connections(
@@ -61,7 +73,7 @@ async def test_workdir_and_environment_are_the_connections(
 async def test_timeout_stops_the_command() -> None:
     began = time.monotonic()
     _, client = await run(codec.Start(argv=("sleep", "30")), timeout=1.0)
-    assert client.exit == codec.Exit(124, error="timed out after 1 s (the connection's timeout)")
+    assert client.exit == ran(124, error="timed out after 1 s (the connection's timeout)")
     assert time.monotonic() - began < 10
 
 
@@ -79,7 +91,7 @@ async def test_output_limit_stops_the_command_after_sending_up_to_it() -> None:
 
 async def test_output_up_to_the_limit_is_not_cut() -> None:
     _, client = await run(codec.Start(argv=("printf", "%04d", "7")), max_output=4.0)
-    assert (client.stdout, client.exit) == (b"0007", codec.Exit(0))
+    assert (client.stdout, client.exit) == (b"0007", ran(0))
 
 
 async def test_command_not_found_exits_127() -> None:
@@ -115,12 +127,12 @@ async def test_terminals_and_subsystems_are_refused(start: codec.Start) -> None:
 
 async def test_signal_reaches_the_command() -> None:
     client = await TermClient.open(
-        shell.run, {}, {}, codec.Start(argv=("sh", "-c", "echo ready; exec sleep 30"))
+        shell.run, AS_AGENT, {}, codec.Start(argv=("sh", "-c", "echo ready; exec sleep 30"))
     )
     await client.wait_for(b"ready")
     await client.signal("TERM")
     await client.ended()
-    assert client.exit == codec.Exit(143, signal="TERM")
+    assert client.exit == ran(143, signal="TERM")
 
 
 async def test_what_a_command_leaves_running_is_stopped_with_it(tmp_path: Path) -> None:
@@ -128,7 +140,7 @@ async def test_what_a_command_leaves_running_is_stopped_with_it(tmp_path: Path) 
     began = time.monotonic()
     _, client = await run(codec.Start(command=f"(sleep 3; touch {marker}) & echo started"))
     assert client.stdout == b"started\n"
-    assert client.exit == codec.Exit(0)
+    assert client.exit == ran(0)
     assert time.monotonic() - began < 3
     await asyncio.sleep(3.5)
     assert not marker.exists()
@@ -137,10 +149,100 @@ async def test_what_a_command_leaves_running_is_stopped_with_it(tmp_path: Path) 
 async def test_client_leaving_stops_the_command(tmp_path: Path) -> None:
     marker = tmp_path / "late"
     client = await TermClient.open(
-        shell.run, {}, {}, codec.Start(command=f"echo ready; sleep 2; touch {marker}")
+        shell.run, AS_AGENT, {}, codec.Start(command=f"echo ready; sleep 2; touch {marker}")
     )
     await client.wait_for(b"ready")
     await client.leave()
     assert await client.ended() == "the client left"
     await asyncio.sleep(2.5)
     assert not marker.exists()
+
+
+# ---- whose account runs the command ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def account() -> pwd.struct_passwd:
+    """An ordinary account to run commands as (made when missing; needs root, as tests have)."""
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs root")
+    try:
+        return pwd.getpwnam(ACCOUNT)
+    except KeyError:
+        command = ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", ACCOUNT]
+        subprocess.run(command, check=True, capture_output=True)
+        return pwd.getpwnam(ACCOUNT)
+
+
+async def test_a_command_runs_as_the_run_as_account(account: pwd.struct_passwd) -> None:
+    script = 'id -u; id -g; echo "$HOME|$USER|$LOGNAME|$SHELL"; pwd'
+    _, client = await run(codec.Start(argv=("sh", "-c", script)), run_as=ACCOUNT)
+    assert client.exit == codec.Exit(0, run_as=ACCOUNT), client.stderr
+    assert client.stdout.decode().splitlines() == [
+        str(account.pw_uid),
+        str(account.pw_gid),
+        f"{account.pw_dir}|{ACCOUNT}|{ACCOUNT}|{account.pw_shell}",
+        account.pw_dir,  # without a workdir: its home, not the agent's directory
+    ]
+
+
+async def test_the_run_as_account_cannot_read_the_agents_secrets(
+    account: pwd.struct_passwd, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "agent-data"
+    from agent.credentials import StoredCredential, save
+
+    credential = save(data_dir, StoredCredential("cp", "vpc-1", "id-1", "secret-credential"))
+    assert (data_dir.stat().st_mode & 0o777, credential.stat().st_mode & 0o777) == (0o700, 0o600)
+    script = f"cat /proc/{os.getpid()}/environ; cat {credential}; echo end"
+    _, client = await run(codec.Start(argv=("sh", "-c", script)), run_as=ACCOUNT)
+    assert client.stdout == b"end\n"
+    assert client.stderr.count(b"Permission denied") == 2
+
+
+async def test_without_run_as_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    _, client = await run_command(shell.run, {}, {}, codec.Start(argv=("touch", str(marker))), None)
+    exit_ = client.exit
+    assert exit_ is not None and exit_.status == 255
+    assert "names no run_as account" in (exit_.error or "")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("run_as", "expected"),
+    [
+        ("no-such-account-gatehouse", "does not exist on the agent's host"),
+        ("root", "uid 0, root"),
+    ],
+)
+async def test_an_account_the_agent_cannot_use_fails_closed(
+    tmp_path: Path, run_as: str, expected: str
+) -> None:
+    marker = tmp_path / "ran"
+    _, client = await run(codec.Start(argv=("touch", str(marker))), run_as=run_as)
+    exit_ = client.exit
+    assert exit_ is not None and exit_.status == 255
+    assert expected in (exit_.error or "")
+    assert not marker.exists()
+
+
+async def test_an_agent_that_is_not_root_cannot_switch_and_says_so(
+    account: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(shell.os, "geteuid", lambda: 4242)
+    marker = tmp_path / "ran"
+    _, client = await run(codec.Start(argv=("touch", str(marker))), run_as=ACCOUNT)
+    exit_ = client.exit
+    assert exit_ is not None and exit_.status == 255
+    assert "runs as uid 4242, not root" in (exit_.error or "")
+    assert not marker.exists()
+
+
+async def test_without_pidfd_the_exit_is_still_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(shell.os, "pidfd_open", unsupported)
+    _, client = await run(codec.Start(argv=("sh", "-c", "echo fine; exit 7")))
+    assert (client.stdout, client.exit) == (b"fine\n", ran(7))

@@ -108,11 +108,13 @@ class Start:
 class Exit:
     """How the command ended. `status` is its exit status (128 + n after signal n, as shells
     report it); `signal` names the signal that ended it; `error` says why the gateway or the
-    agent ended or refused it (then the command may not have run at all)."""
+    agent ended or refused it (then the command may not have run at all). `run_as` names the
+    account a `shell` command ran as, said by the agent that switched to it."""
 
     status: int
     signal: str | None = None
     error: str | None = None
+    run_as: str | None = None  # the account the command ran as, as the agent reports it
 
 
 @dataclass(slots=True)
@@ -151,6 +153,8 @@ def encode_exit(exit_: Exit) -> bytes:
         document["signal"] = exit_.signal
     if exit_.error is not None:
         document["error"] = exit_.error
+    if exit_.run_as is not None:
+        document["run_as"] = exit_.run_as
     return encode(EXIT, json.dumps(document, separators=(",", ":")).encode())
 
 
@@ -201,7 +205,12 @@ def parse_exit(body: bytes | memoryview) -> Exit:
     status = document.get("status")
     if not isinstance(status, int) or isinstance(status, bool):
         raise ProtocolError("exit: status must be an integer")
-    return Exit(status, _optional_str(document, "signal"), _optional_str(document, "error"))
+    return Exit(
+        status,
+        _optional_str(document, "signal"),
+        _optional_str(document, "error"),
+        _optional_str(document, "run_as"),
+    )
 
 
 class TermFramer:

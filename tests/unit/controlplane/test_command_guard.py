@@ -37,6 +37,35 @@ GUARD = CommandGuard(
         ("git push -f origin", "no-force-push"),
         ("sudo shutdown -h now", "no-shutdown"),
         ("echo 'unclosed", UNPARSEABLE_RULE),
+        # launchers whose options take values in every spelling, and other launchers
+        ("sudo -Eu root rm -rf /", "no-rm-root"),
+        ("sudo -uroot rm -rf /", "no-rm-root"),
+        ("sudo --user root rm -rf /", "no-rm-root"),
+        ("sudo --user=root rm -rf /", "no-rm-root"),
+        ("timeout --signal KILL 5 rm -rf /", "no-rm-root"),
+        ("nice --adjustment 5 rm -rf /", "no-rm-root"),
+        ("busybox rm -rf /", "no-rm-root"),
+        ("busybox sh -c 'rm -rf /'", "no-rm-root"),
+        ("setsid rm -rf /", "no-rm-root"),
+        ("su -c 'rm -rf /' root", "no-rm-root"),
+        ("runuser -u x --command='rm -rf /'", "no-rm-root"),
+        ("flock /tmp/lock rm -rf /", "no-rm-root"),
+        ("flock /tmp/lock -c 'rm -rf /'", "no-rm-root"),
+        ("chroot /mnt rm -rf /", "no-rm-root"),
+        ("taskset -c 0 rm -rf /", "no-rm-root"),
+        ("watch -n 1 rm -rf /", "no-rm-root"),
+        ("script -qc 'rm -rf /' /dev/null", "no-rm-root"),
+        # simple commands inside compound ones
+        ("if true; then rm -rf /; fi", "no-rm-root"),
+        ("if false; then :; else rm -rf /; fi", "no-rm-root"),
+        ("for i in 1; do rm -rf /; done", "no-rm-root"),
+        ("while true; do rm -rf /; done", "no-rm-root"),
+        ("{ rm -rf /; }", "no-rm-root"),
+        ("! rm -rf /", "no-rm-root"),
+        ("f() { rm -rf /; }; f", "no-rm-root"),
+        # command names the shell makes at run time
+        ("{rm,-rf,/}", UNPARSEABLE_RULE),
+        ("/bin/r? -rf /", UNPARSEABLE_RULE),
     ],
 )
 def test_denied_texts_name_their_rule(text: str, rule: str) -> None:
@@ -48,7 +77,17 @@ def test_denied_texts_name_their_rule(text: str, rule: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["ls -l /", "rm -rf ./build", "echo 'rm -rf /'", "git push origin main", "uname -a", ""],
+    [
+        "ls -l /",
+        "rm -rf ./build",
+        "echo 'rm -rf /'",
+        "git push origin main",
+        "uname -a",
+        "",
+        "echo $((6*7))",
+        "(( i = 2*3 )); echo $i",
+        "~/bin/tool --x",
+    ],
 )
 def test_allowed_texts(text: str) -> None:
     assert GUARD.check_text(text).allowed

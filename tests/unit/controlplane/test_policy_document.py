@@ -44,7 +44,7 @@ connections:
   - name: ops
     type: shell
     agent: vpc-eu-1
-    target: {workdir: /srv/app, env: {KUBECONFIG: /etc/kube/config}, timeout: 300}
+    target: {run_as: svc-ops, workdir: /srv/app, env: {KUBECONFIG: /etc/kube/config}, timeout: 300}
 guardrails:
   - name: no-force-push
     deny_commands: ['git push --force*', 'rm -rf /*']   # globs on the joined argv
@@ -107,7 +107,7 @@ def test_full_example_parses_to_typed_models() -> None:
 
     assert isinstance(shell, ShellConnection)
     assert shell.target == ShellTarget(
-        workdir="/srv/app", env={"KUBECONFIG": "/etc/kube/config"}, timeout=300
+        run_as="svc-ops", workdir="/srv/app", env={"KUBECONFIG": "/etc/kube/config"}, timeout=300
     )
     assert shell.secret == {}
 
@@ -369,3 +369,41 @@ def test_model_refuses_duplicates_when_built_in_code() -> None:
     rule = Guardrail(name="g")
     with pytest.raises(ValueError, match="duplicate guardrail name 'g'"):
         PolicyDocument(guardrails=[rule, rule])
+
+
+SHELL_CONNECTION = """\
+connections:
+  - name: ops
+    type: shell
+    agent: a
+    target: {{workdir: /srv{extra}}}
+"""
+
+
+def test_a_shell_connection_must_say_whose_account_runs_its_commands() -> None:
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(SHELL_CONNECTION.format(extra=""))
+    message = str(raised.value)
+    assert "gatehouse.yaml:5" in message and "needs run_as" in message
+    assert "run_as: agent" in message and "secrets" in message
+    explicit = parse_policy(SHELL_CONNECTION.format(extra=", run_as: agent"))
+    assert isinstance(explicit.connections[0].target, ShellTarget)
+    assert explicit.connections[0].target.run_as == "agent"
+
+
+@pytest.mark.parametrize(
+    ("run_as", "expected"),
+    [("root", "root can read every secret"), ("'a b'", "is not an account name")],
+)
+def test_run_as_names_an_unprivileged_account(run_as: str, expected: str) -> None:
+    with pytest.raises(PolicyError, match=expected):
+        parse_policy(SHELL_CONNECTION.format(extra=f", run_as: {run_as}"))
+
+
+def test_a_stored_document_without_run_as_still_loads() -> None:
+    """Validated again from the store, an older document loads; its agent refuses."""
+    document = PolicyDocument.model_validate(
+        {"connections": [{"name": "ops", "type": "shell", "agent": "a", "target": {}}]}
+    )
+    assert isinstance(document.connections[0].target, ShellTarget)
+    assert document.connections[0].target.run_as is None

@@ -79,3 +79,64 @@ def test_at_the_end_a_waiting_line_is_decided() -> None:
     lines = LineTracker()
     lines.typed(b"secret\r")
     assert lines.decided(final=True) == [(None, b"")]
+
+
+# ---- echo is what the terminal prints right after the keys ----------------------------------
+
+
+def test_output_that_contains_the_text_later_is_no_echo() -> None:
+    lines = LineTracker()
+    lines.printed(b"Password: ")
+    lines.typed(b"hunter2\r")  # echo off: nothing comes back but the newline
+    lines.printed(b"\r\n")
+    lines.printed(b"Sorry, hunter2 is wrong\r\n")  # the text, but not right after the keys
+    assert lines.decided() == [(None, b"")]
+
+
+def test_output_before_the_echo_hides_the_line() -> None:
+    lines = LineTracker()
+    lines.typed(b"rm -rf /srv/x\r")
+    lines.printed(b"job done\r\nrm -rf /srv/x\r\n")  # other output came first
+    assert lines.decided() == [(None, b"")]
+
+
+def test_an_echo_after_the_wait_hides_the_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = LineTracker()
+    lines.typed(b"secret\r")
+    later = time.monotonic() + rec.ECHO_WAIT + 0.1
+    monkeypatch.setattr(rec.time, "monotonic", lambda: later)
+    lines.printed(b"secret\r\n")
+    assert lines.decided() == [(None, b"")]
+
+
+def test_keys_echoed_one_by_one_across_chunks_and_escapes() -> None:
+    lines = LineTracker()
+    for key, echo in [(b"l", b"\x1b[32"), (b"", b"ml"), (b"s", b"s\x1b[0m"), (b"\r", b"\r\n")]:
+        if key:
+            lines.typed(key)
+        lines.printed(echo)
+    lines.printed(b"a.txt\r\n$ ")
+    assert lines.decided() == [("ls", b"ls\r")]
+
+
+def test_tab_completion_inside_a_line_counts_as_echo() -> None:
+    lines = LineTracker()
+    lines.typed(b"cat /et\tpasswd\r")
+    lines.printed(b"cat /etc/passwd\r\nroot:x:0:0\r\n")
+    assert lines.decided() == [("cat /et\tpasswd", b"cat /et\tpasswd\r")]
+
+
+def test_a_tab_does_not_let_other_lines_count_as_echo() -> None:
+    lines = LineTracker()
+    lines.typed(b"\tsecret\r")
+    lines.printed(b"\r\nlisting\r\nsecret\r\n")  # a newline is no completion
+    assert lines.decided() == [(None, b"")]
+
+
+def test_an_echoed_line_after_a_hidden_one_is_still_kept() -> None:
+    lines = LineTracker()
+    lines.typed(b"hunter2\r")
+    lines.printed(b"\r\nwelcome\r\n$ ")
+    lines.typed(b"id\r")
+    lines.printed(b"id\r\nuid=0(root)\r\n")
+    assert lines.decided() == [(None, b""), ("id", b"id\r")]

@@ -27,7 +27,14 @@ def events(db: Database) -> list[dict[str, Any]]:
 
 
 class Harness:
-    def __init__(self, db: Database, writer: AuditWriter, kind: str, mode: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        writer: AuditWriter,
+        kind: str,
+        mode: str,
+        shell: tuple[str, ...] | None = None,
+    ) -> None:
         self.wakes = 0
         self.pieces: dict[int, bytes] = {}
         self.recorded: list[int] = []
@@ -56,6 +63,7 @@ class Harness:
             store=store,
             recorded=recorded,
             workdir="/srv/app" if kind == "shell" else None,
+            shell=shell,
         )
 
     def wake(self) -> None:
@@ -150,7 +158,11 @@ async def test_a_shell_command_records_argv_and_workdir(db: Database, writer: Au
     await h.inspector.from_client(start(argv=("echo", ";rm -rf /")))
     event = events(db)[0]
     assert event["type"] == "shell.command"
-    assert event["request"] == {"argv": ["echo", ";rm -rf /"], "workdir": "/srv/app"}
+    assert event["request"] == {
+        "argv": ["echo", ";rm -rf /"],
+        "workdir": "/srv/app",
+        "run_as": None,
+    }
     assert event["decision"] == {"result": "allow"}
 
 
@@ -173,3 +185,132 @@ async def test_an_agent_that_leaves_without_an_exit_still_ends_the_command(
     result = events(db)[-1]
     assert result["type"] == "ssh.result"
     assert "agent gone" in result["result"]["error"]
+
+
+# ---- a program on stdin ---------------------------------------------------------------------
+
+
+async def test_a_program_on_stdin_is_recorded_before_anything_is_forwarded(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "shell", "exec")
+    program = b"echo hello\nls -l\n"
+    assert await h.inspector.from_client(start(argv=("sh",))) == b""
+    assert await h.inspector.from_client(codec.encode(codec.INPUT, program[:5])) == b""
+    assert events(db) == []  # nothing decided, nothing forwarded while the program arrives
+    forwarded = await h.inspector.from_client(
+        codec.encode(codec.INPUT, program[5:]) + codec.encode(codec.EOF)
+    )
+    [event] = events(db)  # committed before the bytes below go anywhere
+    assert event["type"] == "shell.command"
+    assert event["request"]["argv"] == ["sh"]
+    stdin = event["request"]["stdin"]
+    assert stdin["text"] == program.decode()
+    assert stdin["sha256"] == hashlib.sha256(program).hexdigest()
+    assert stdin["bytes"] == len(program)
+    assert stdin["readers"] == [{"command": ["sh"], "language": "shell"}]
+    messages = [(m.tag, bytes(m.body)) for m in codec.TermFramer.from_client().feed(forwarded)]
+    assert [t for t, _ in messages] == [codec.START, codec.INPUT, codec.EOF]
+    assert messages[1][1] == program
+    await h.agent(codec.encode_exit(codec.Exit(0)))
+    result = events(db)[-1]
+    assert result["result"]["stdin"] == {"sha256": stdin["sha256"], "bytes": len(program)}
+
+
+async def test_a_denied_program_on_stdin_never_reaches_the_agent(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    sent = (
+        start(argv=("sudo", "bash"))
+        + codec.encode(codec.INPUT, b"cd /tmp\nrm -rf /\n")
+        + codec.encode(codec.EOF)
+    )
+    assert await h.inspector.from_client(sent) == b""
+    [event] = events(db)
+    assert event["decision"]["result"] == "deny" and event["decision"]["rule"] == "no-rm-root"
+    assert "rm -rf /" in event["request"]["stdin"]["text"]
+    answer = decode(b"".join(h.inspector.take_synthetic()))
+    assert codec.parse_exit(answer[-1][1]).status == 126
+    assert b"program on stdin" in answer[0][1]
+
+
+async def test_a_program_beyond_the_limit_is_refused(db: Database, writer: AuditWriter) -> None:
+    from controlplane.relay.term import STDIN_LIMIT
+
+    h = Harness(db, writer, "ssh", "exec")
+    await h.inspector.from_client(start(argv=("python3",)))
+    piece = b"#" * (64 * 1024)
+    forwarded = b""
+    for _ in range(STDIN_LIMIT // len(piece) + 1):
+        forwarded += await h.inspector.from_client(codec.encode(codec.INPUT, piece))
+    forwarded += await h.inspector.from_client(codec.encode(codec.EOF))
+    assert forwarded == b""
+    [event] = events(db)
+    assert event["decision"]["result"] == "deny"
+    assert event["request"]["stdin"]["truncated"] is True
+    answer = decode(b"".join(h.inspector.take_synthetic()))
+    error = codec.parse_exit(answer[-1][1]).error or ""
+    assert str(STDIN_LIMIT) in error and "connect" in error
+
+
+async def test_data_to_other_commands_streams_unheld(db: Database, writer: AuditWriter) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    first = start(argv=("tar", "x", "-C", "/srv"))
+    assert await h.inspector.from_client(first) == first
+    chunk = codec.encode(codec.INPUT, b"\0" * 1000)
+    assert await h.inspector.from_client(chunk) == chunk  # forwarded at once
+    [event] = events(db)
+    assert "stdin" not in event["request"]
+
+
+async def test_a_session_that_ends_while_its_program_arrives_is_recorded_as_not_run(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    await h.inspector.from_client(start(argv=("bash",)) + codec.encode(codec.INPUT, b"ls\n"))
+    await h.inspector.finish("the client left")
+    [event] = events(db)
+    assert event["decision"]["result"] == "deny"
+    assert event["request"]["stdin"]["text"] == "ls\n"
+
+
+async def test_exec_mode_refuses_an_interpreter_on_a_terminal(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    assert await h.inspector.from_client(start(argv=("python3",), pty=codec.Pty())) == b""
+    [event] = events(db)
+    assert event["decision"]["rule"] == "(mode)"
+    assert "connect" in event["decision"]["reason"]
+
+
+async def test_a_client_whose_program_stays_open_is_told_why_nothing_runs(
+    db: Database, writer: AuditWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from controlplane.relay import term
+
+    monkeypatch.setattr(term, "HOLD_NOTICE_AFTER", 0.05)
+    h = Harness(db, writer, "shell", "exec")
+    await h.inspector.from_client(start(argv=("sh",)) + codec.encode(codec.INPUT, b"ls\n"))
+    await asyncio.sleep(0.2)
+    assert h.wakes == 1
+    [(tag, body)] = decode(b"".join(h.inspector.take_synthetic()))
+    assert tag == codec.STDERR and b"sh reads its program from stdin" in body
+    assert not h.inspector.finished  # a notice, not the end
+    forwarded = await h.inspector.from_client(codec.encode(codec.EOF))
+    assert forwarded.startswith(start(argv=("sh",)))
+
+
+async def test_a_text_is_read_as_the_connections_shell_runs_it(
+    db: Database, writer: AuditWriter
+) -> None:
+    """With `shell: [python3, -c]`, a text is Python: one that reads stdin as code is held."""
+    h = Harness(db, writer, "shell", "exec", shell=("python3", "-c"))
+    text = "import sys; exec(sys.stdin.read())"
+    assert await h.inspector.from_client(start(command=text)) == b""  # held for its stdin
+    h2 = Harness(db, writer, "shell", "exec")
+    sent = start(command="exec sh")  # under /bin/sh -c, `exec sh` reads stdin
+    assert await h2.inspector.from_client(sent) == b""
