@@ -841,8 +841,8 @@ async def test_sql_prepare_and_execute_record_the_prepared_text(
 
     _, simple, extended = of_type(stored(db_path), "db.query")
     assert simple["request"]["statement"] == "EXECUTE p(41)"
-    assert simple["request"]["prepared"] == {"p": "select $1 + 1"}
-    assert extended["request"]["statement"] == "select $1 + 1"
+    assert simple["request"]["prepared"] == {"p": "PREPARE p(int) AS select $1 + 1"}
+    assert extended["request"]["statement"] == "PREPARE p(int) AS select $1 + 1"
 
 
 async def test_deallocate_forgets_the_statement_once_it_completed(ready: PgInspector) -> None:
@@ -870,7 +870,7 @@ async def test_a_cursor_is_known_until_its_transaction_ends(
     assert await ready.from_client(fetch) == b""
     assert error_of(ready.take_synthetic()).sqlstate == "34000"
     events = of_type(stored(db_path), "db.query")
-    assert events[1]["request"]["cursors"] == {"c": "select 1"}
+    assert events[1]["request"]["cursors"] == {"c": "DECLARE c CURSOR FOR select 1"}
 
 
 async def test_a_prepare_that_failed_is_not_known(ready: PgInspector) -> None:
