@@ -58,6 +58,7 @@ FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
 
 #: What one session may hold of an extended-protocol batch before its Sync or Flush: the
 #: messages wait in memory until their events are committed. Past either, the session ends.
+#: (The largest held message is not counted: one message alone may be larger.)
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_HELD_MESSAGES = 10_000
 
@@ -162,6 +163,7 @@ class PgInspector:
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
+        self._held_largest = 0  # the largest held message, which the bytes limit leaves out
         self._held_events: list[Draft] = []
         self._held_decisions: list[Decision] = []
         self._refusal: Refusal | None = None  # the held batch is refused
@@ -353,13 +355,18 @@ class PgInspector:
 
     def _keep(self, raw: bytes, expect: Expect | None) -> None:
         """Hold one message of the batch, within the session's limits."""
-        if self._held_bytes + len(raw) > MAX_HELD_BYTES or len(self._held) >= MAX_HELD_MESSAGES:
+        # The largest message does not count: one message alone may be larger (a 20 MB
+        # parameter; the framer bounds a message at 64 MiB).
+        largest = max(self._held_largest, len(raw))
+        over = self._held_bytes + len(raw) - largest > MAX_HELD_BYTES
+        if over or len(self._held) >= MAX_HELD_MESSAGES:
             raise framing.ProtocolError(
                 f"more than {MAX_HELD_BYTES // (1024 * 1024)} MiB or {MAX_HELD_MESSAGES} "
                 "extended-protocol messages without a Sync or Flush; send Sync more often"
             )
         self._held.append((raw, expect))
         self._held_bytes += len(raw)
+        self._held_largest = largest
 
     async def _hold(self, msg: framing.Message, out: list[Chunk]) -> None:
         tag = msg.tag
@@ -478,7 +485,7 @@ class PgInspector:
     async def _release(self, out: list[Chunk], *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions
         self._held, self._held_events, self._held_decisions = [], [], []
-        self._held_bytes = 0
+        self._held_bytes = self._held_largest = 0
         refusal, self._refusal = self._refusal, None
         if sync:
             self._overlay = Overlay()

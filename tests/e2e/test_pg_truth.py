@@ -109,9 +109,9 @@ def errors(answer: list[tuple[str, bytes]]) -> list[dict[str, str]]:
 class Raw:
     """One session through the listener, spoken message by message."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, **extra: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        params = {"user": "anyone", "database": "pg"}
+        params = {"user": "anyone", "database": "pg", **extra}
         body = struct.pack("!i", 196608)
         body += b"".join(cstr(k) + cstr(v) for k, v in params.items()) + b"\0"
         self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
@@ -317,6 +317,21 @@ def test_standard_conforming_strings_off_then_a_backslash_is_refused(
     assert [e["C"] for e in errors(answer)] == ["22021"]
     assert not errors(raw.send(query(f"select 'plain' as {tag}")))
 
+    assert not [s for s in truth.logged() if "DROP TABLE" in s]
+    truth.reconcile(tag)
+
+
+def test_settings_from_the_startup_options_apply_to_the_first_statement(
+    listener: Connect, truth: Truth, victim: str, tag: str
+) -> None:
+    raw = Raw(listener.port, options="-c standard_conforming_strings=off")
+    try:
+        hidden = f"select 'a\\''; DROP TABLE {victim}; --' as {tag}"
+        [error] = errors(raw.send(query(hidden)))
+        assert error["C"] == "22021"
+        assert not errors(raw.send(query(f"select 1 as {tag}")))
+    finally:
+        raw.close()
     assert not [s for s in truth.logged() if "DROP TABLE" in s]
     truth.reconcile(tag)
 
