@@ -9,6 +9,7 @@ and every statement that does appear has a `db.query` event with exactly that te
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import uuid
@@ -162,10 +163,17 @@ class Truth:
         self.after = stack.events()[-1]["seq"]
         self.offset = Path(pg.log_file).stat().st_size
 
-    def logged(self) -> list[str]:
+    def text(self) -> str:
         with Path(self.pg.log_file).open("rb") as log:
             log.seek(self.offset)
-            return parse_statement_log(log.read().decode("utf-8", errors="replace"))
+            return log.read().decode("utf-8", errors="replace")
+
+    def logged(self) -> list[str]:
+        """Statements the server logged, and each resumed portal's text once more: an Execute
+        that continues a suspended portal is its own request in the trail, and the server logs
+        it as `execute fetch from <portal>: <text>`."""
+        resumed = re.findall(r"LOG:  execute fetch from [^:\n]*: (.*)", self.text())
+        return parse_statement_log(self.text()) + resumed
 
     def queries(self) -> list[dict[str, Any]]:
         return [e for e in self.stack.events(self.after) if e["type"] == "db.query"]
@@ -227,6 +235,38 @@ def test_a_parse_the_server_rejected_does_not_rename_the_statement(
 
     queries = truth.reconcile(tag)
     assert [q["request"]["statement"] for q in queries] == [first]
+
+
+def test_pipelined_across_syncs_a_name_is_read_after_the_server_answered(
+    raw: Raw, truth: Truth, tag: str
+) -> None:
+    first, second = f"select 2 as {tag}", f"select 1 as {tag}"
+    unnamed = f"select 3 as {tag}"
+    # One write: the second Parse fails (42P05), so the Bind runs the first text; the unnamed
+    # statement is replaced by a Parse the server accepts, so the Bind after it runs that one.
+    data = parse(first, "s1") + SYNC + parse(second, "s1") + SYNC
+    data += bind("s1") + execute() + SYNC
+    data += parse("select 9") + SYNC + parse(unnamed) + SYNC + bind() + execute() + SYNC
+    answer = raw.send(data, readies=6)
+    assert [e["C"] for e in errors(answer)] == ["42P05"]
+
+    queries = truth.reconcile(tag)
+    assert [q["request"]["statement"] for q in queries] == [first, unnamed]
+
+
+def test_named_portals_live_until_their_transaction_ends(raw: Raw, truth: Truth, tag: str) -> None:
+    rows = f"select generate_series(1, 5) as {tag}"
+    assert not errors(raw.send(query("BEGIN")))
+    assert not errors(raw.send(parse(rows) + bind(portal="p1") + SYNC))
+    # Execute with a row limit: the portal is suspended, then resumed in the next pipeline.
+    limited = msg(b"E", cstr("p1") + struct.pack("!i", 2))
+    assert any(tag == "s" for tag, _ in raw.send(limited + SYNC))
+    assert not errors(raw.send(execute("p1") + SYNC))
+    assert not errors(raw.send(query("COMMIT")))
+    answer = raw.send(execute("p1") + SYNC)
+    assert [e["C"] for e in errors(answer)] == ["34000"]
+
+    truth.reconcile(tag)
 
 
 def test_a_denied_parse_is_refused_before_the_server_sees_it(
