@@ -168,6 +168,7 @@ class PgInspector:
         self._held_decisions: list[Decision] = []
         self._refusal: Refusal | None = None  # the held batch is refused
         self._open: Cycle | None = None
+        self._unsynced = False  # extended messages went out without their Sync yet
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
         self._started = False  # past the StartupMessage: every message is tagged
@@ -231,7 +232,7 @@ class PgInspector:
             raise framing.ProtocolError("a CancelRequest cannot travel inside a session")
 
     async def _query(self, msg: framing.Message, out: list[Chunk]) -> None:
-        if self._held or self._open is not None or self._discarding:
+        if self._held or self._unsynced or self._discarding or self._refusal:
             # The server would run it before the pipeline's end, and answer both with one
             # ReadyForQuery; what the trail says ran could not be kept in order.
             raise framing.ProtocolError(
@@ -509,6 +510,11 @@ class PgInspector:
             self.denied += len(events)
         statements = await self._record(events)
         if statements is None or refusal is not None:
+            if self._open is None and self._unsynced:
+                # The target holds the start of this pipeline (flushed, no Execute in it): it
+                # still needs the Sync, whose ReadyForQuery our error goes before.
+                self._open = Cycle()
+                self._cycles.append(self._open)
             if statements is None:
                 answer = self._error(AUDIT_FAILED_SQLSTATE, self._audit_failure())
             else:
@@ -541,12 +547,17 @@ class PgInspector:
             out.append(raw)
             if expect is not None:
                 self._push(expect)
+        if sync:
+            self._unsynced = False
+        elif any(expect is not None for _, expect in held):
+            self._unsynced = True
 
     def _end_refused_pipeline(self, out: list[Chunk], sync_message: bytes) -> None:
         """Answer the Sync of a refused pipeline: the target's, if it holds part of it."""
         if self._open is not None:
             out.append(sync_message)  # a Sync runs no statement; it ends what the target holds
             self._push(Expect(S))
+            self._unsynced = False
             self._open.closed = True
             self._open = None
         else:

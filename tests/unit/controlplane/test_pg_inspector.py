@@ -1044,3 +1044,27 @@ async def test_text_pipelined_behind_the_startup_waits_for_its_settings(
 async def test_answers_that_do_not_match_the_requests_end_the_session(ready: PgInspector) -> None:
     with pytest.raises(framing.ProtocolError, match="do not match"):
         await ready.from_agent(Reply().parsed().frame())
+
+
+@pytest.mark.parametrize(
+    "before",
+    [parse("select 1"), bind([], statement="nobody"), parse("select 1") + flush()],
+    ids=["held", "refused", "flushed"],
+)
+async def test_a_simple_query_inside_an_unfinished_pipeline_ends_the_session(
+    ready: PgInspector, before: bytes
+) -> None:
+    await ready.from_client(before)
+    with pytest.raises(framing.ProtocolError, match="send Sync first"):
+        await ready.from_client(pgm.query("select 2"))
+
+
+async def test_a_refused_pipeline_whose_start_was_flushed_still_sends_its_sync(
+    ready: PgInspector,
+) -> None:
+    start = parse("select 1") + flush()
+    assert await ready.from_client(start) == start
+    assert await ready.from_client(bind([], statement="nobody") + pgm.sync()) == pgm.sync()
+
+    chunks = await ready.from_agent(Reply().parsed().ready().frame())
+    assert [tag for tag, _ in backend_messages(chunks)] == ["1", "E", "Z"]
