@@ -361,6 +361,33 @@ def test_standard_conforming_strings_off_then_a_backslash_is_refused(
     truth.reconcile(tag)
 
 
+def test_a_function_that_changes_a_setting_is_heard_too(
+    raw: Raw, pg: PostgresServer, truth: Truth, victim: str, tag: str
+) -> None:
+    function = f"f{uuid.uuid4().hex[:10]}"  # made directly: not part of the reconciliation
+    dsn = pg.dsn(user="app", password=PG_PASSWORD, database="app")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"create function {function}() returns int language sql as "
+            "$$ select length(set_config('standard_conforming_strings', 'off', false)) * 0 $$"
+        )
+    try:
+        hidden = f"select 'a\\''; DROP TABLE {victim}; --' as {tag}"
+        answer = raw.send(query(f"select {function}() as {tag}") + query(hidden), readies=2)
+        assert [e["C"] for e in errors(answer)] == ["22021"]
+        # ROLLBACK undoes a SET: the server reports that too, and a backslash reads again.
+        assert not errors(raw.send(query("BEGIN; SET standard_conforming_strings = on")))
+        assert not errors(raw.send(query("ROLLBACK")))
+        assert [e["C"] for e in errors(raw.send(query(hidden)))] == ["22021"]
+        assert not errors(raw.send(query("SET standard_conforming_strings = on")))
+        assert not errors(raw.send(query(f"select 'a\\' as {tag}")))
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"drop function {function}")
+    assert not [s for s in truth.logged() if "DROP TABLE" in s]
+    truth.reconcile(tag)
+
+
 def test_settings_from_the_startup_options_apply_to_the_first_statement(
     listener: Connect, truth: Truth, victim: str, tag: str
 ) -> None:
