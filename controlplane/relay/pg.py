@@ -52,6 +52,11 @@ UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name
 UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
 UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
 LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
+TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
+_TOO_DEEP = (
+    "the statement is nested too deeply for the gateway to read which prepared statements or "
+    "cursors it uses"
+)
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
@@ -274,6 +279,8 @@ class PgInspector:
         if why is not None:
             return Refusal(UNREADABLE_SQLSTATE, why, "(unreadable)")
         found = pg_sql.statements(sql)
+        if found is None:
+            return Refusal(TOO_COMPLEX_SQLSTATE, _TOO_DEEP, "(unparseable)")
         creates = sum(1 for st in found if st.effect and st.effect.op in ("prepare", "declare"))
         if creates and not self._room(creates):
             return Refusal(LIMIT_SQLSTATE, self._full(), "(limit)")

@@ -1068,3 +1068,9 @@ async def test_a_refused_pipeline_whose_start_was_flushed_still_sends_its_sync(
 
     chunks = await ready.from_agent(Reply().parsed().ready().frame())
     assert [tag for tag, _ in backend_messages(chunks)] == ["1", "E", "Z"]
+
+
+async def test_a_statement_too_deep_to_read_its_names_is_refused(ready: PgInspector) -> None:
+    deep = "select " + "array[" * 1000 + "1" + "]" * 1000 + " as close"
+    assert await ready.from_client(pgm.query(deep)) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "54001"
