@@ -71,7 +71,11 @@ Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
 COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
 STARTUP_TAG = 0  # the StartupMessage, answered by the first ReadyForQuery
 Mark = tunnel_pb2.ResultMark
-_ACKS = {Mark.PARSE_COMPLETE: P, Mark.BIND_COMPLETE: B, Mark.CLOSE_COMPLETE: C, Mark.DESCRIBED: D}
+# The mark kinds as plain ints: reading a protobuf enum attribute costs on every mark.
+COMPLETE, ERROR, READY = int(Mark.COMPLETE), int(Mark.ERROR), int(Mark.READY)
+DESCRIBED, PARAMETER = int(Mark.DESCRIBED), int(Mark.PARAMETER)
+_ACKS = {int(Mark.PARSE_COMPLETE): P, int(Mark.BIND_COMPLETE): B, int(Mark.CLOSE_COMPLETE): C}
+_ACKS[DESCRIBED] = D
 
 
 @dataclass(slots=True)
@@ -639,12 +643,11 @@ class PgInspector:
             self._answered.set()
         return expect
 
-    def _answer(self, mark: tunnel_pb2.ResultMark) -> None:
+    def _answer(self, mark: tunnel_pb2.ResultMark, kind: int) -> None:
         """Apply one of the target's answers to the names it holds."""
         front = self._expect[0] if self._expect else None
-        kind = mark.kind
         if kind in _ACKS:
-            if front is not None and front.tag == Q and kind == Mark.DESCRIBED:
+            if front is not None and front.tag == Q and kind == DESCRIBED:
                 return  # a simple query's RowDescription
             if front is None or front.tag != _ACKS[kind]:
                 raise framing.ProtocolError(
@@ -660,14 +663,14 @@ class PgInspector:
                     self._names.statements if done.close_kind == "S" else self._names.portals
                 )
                 names.pop(done.name, None)
-        elif kind == Mark.COMPLETE:
+        elif kind == COMPLETE:
             if front is None or front.tag not in (Q, E):
                 return
             if front.tag == E:
                 self._pop()
             if front.effects and (effect := front.effects.popleft()) is not None:
                 self._names.apply(effect)
-        elif kind == Mark.ERROR:
+        elif kind == ERROR:
             if front is None or front.tag in (S, STARTUP_TAG):
                 return
             if front.tag == Q:
@@ -679,7 +682,7 @@ class PgInspector:
             self._names.portals.pop("", None)
             while self._expect and self._expect[0].tag != S:
                 self._pop()
-        elif kind == Mark.READY:
+        elif kind == READY:
             while front is not None and front.tag not in (S, Q, STARTUP_TAG):
                 self._pop()  # unconfirmed: an agent without name marks; never trusted
                 front = self._expect[0] if self._expect else None
@@ -704,13 +707,14 @@ class PgInspector:
             if (running := self._running()) is not None:
                 running.bytes_out += mark.end - counted
             counted = mark.end
-            if mark.kind == Mark.PARAMETER:
+            kind = mark.kind
+            if kind == PARAMETER:
                 self._lexical.update(mark.name, mark.value)
                 continue
-            self._answer(mark)
-            if mark.kind in _ACKS:
+            self._answer(mark, kind)
+            if kind in _ACKS:
                 continue
-            if mark.kind == Mark.READY:
+            if kind == READY:
                 head = self._cycles[0] if self._cycles else None
                 if head is not None and head.injected:
                     ready_at = mark.end - READY_LENGTH
@@ -771,7 +775,7 @@ class PgInspector:
         if cycle is None or not cycle.statements:
             return  # e.g. an error during startup: the session end records it
         statement = cycle.statements[0]
-        if mark.kind == Mark.ERROR:
+        if mark.kind == ERROR:
             statement.error, statement.message = mark.sqlstate, mark.message
         else:
             statement.commands.append(mark.command)
