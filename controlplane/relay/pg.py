@@ -66,6 +66,9 @@ FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
 #: (The largest held message is not counted: one message alone may be larger.)
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_HELD_MESSAGES = 10_000
+#: Requests forwarded and not yet answered (each is remembered until its answer): past this,
+#: the inspector forwards nothing more until half of them were answered.
+MAX_IN_FLIGHT = 20_000
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
 COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
@@ -168,6 +171,7 @@ class PgInspector:
         self._expect: deque[Expect] = deque()  # forwarded, not yet answered
         self._answered = asyncio.Event()
         self._answered.set()
+        self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
@@ -197,6 +201,8 @@ class PgInspector:
         out: list[Chunk] = []  # joined once at the end: one copy of what is forwarded
         for msg in self._framer.feed(data):
             tag = msg.tag
+            if len(self._expect) >= MAX_IN_FLIGHT and tag not in (COPY_DATA, COPY_DONE, COPY_FAIL):
+                await self._throttle(out)
             if tag == Q:
                 await self._query(msg, out)
             elif tag in (P, B, E, D, C):
@@ -364,6 +370,22 @@ class PgInspector:
             await self._forward(data)
         while self._expect:
             await self._answered.wait()
+
+    async def _throttle(self, out: list[Chunk]) -> None:
+        """Too many requests are unanswered: forward what is decided, and wait for answers.
+
+        Everything forwarded ended with a Sync or Flush, so the target answers it; the data of
+        a COPY FROM STDIN is never held here, so a running COPY still gets it.
+        """
+        if out:
+            if self._forward is None:
+                raise RuntimeError("the inspector must wait, but it has no way to forward")
+            data = b"".join(out)
+            out.clear()
+            await self._forward(data)
+        while len(self._expect) >= MAX_IN_FLIGHT // 2:
+            self._drained.clear()
+            await self._drained.wait()
 
     def _keep(self, raw: bytes, expect: Expect | None) -> None:
         """Hold one message of the batch, within the session's limits."""
@@ -641,6 +663,8 @@ class PgInspector:
             self._creating -= 1
         if not self._expect:
             self._answered.set()
+        if len(self._expect) < MAX_IN_FLIGHT // 2:
+            self._drained.set()
         return expect
 
     def _answer(self, mark: tunnel_pb2.ResultMark, kind: int) -> None:
