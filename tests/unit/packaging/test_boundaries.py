@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,33 @@ def test_controlplane_serve_without_the_extra_names_it(tmp_path: Path) -> None:
     assert "pip install 'gatehouse[controlplane]'" in done.stderr
     assert "module sqlmodel is not installed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_reader_gone_away_is_quiet_at_exit() -> None:
+    """`gatehouse exec … | head -1`: stdout's reader left with output still buffered; exit 1,
+    no traceback and no "Exception ignored" noise, now without click's private wrapper."""
+    probe = (
+        "import errno, sys, cli.execute, cli.main\n"
+        "sys.argv = ['gatehouse', 'exec', 'db', '--', 'true']\n"
+        "def fails(**_):\n"
+        "    sys.stdout.write('row\\n' * 10)\n"
+        "    raise BrokenPipeError(errno.EPIPE, 'Broken pipe')\n"
+        "cli.execute.execute = fails\n"
+        "cli.main.run()\n"
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""
