@@ -35,6 +35,26 @@ SKIP = (".git", ".venv", "build", "dist", "node_modules", "demo-data", "bench", 
 CONTROLPLANE_EXTRA = {"sqlmodel", "alembic", "joserfc", "psycopg", "pglast"}
 
 
+# `gatehouse ARGS` with the control plane's package and its extra unimportable.
+AGENT_ONLY = """
+import sys
+from importlib.abc import MetaPathFinder
+
+BLOCKED = {"controlplane", "sqlmodel", "sqlalchemy", "alembic", "pglast", "psycopg", "joserfc"}
+
+class Block(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name} is not installed on an agent host", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+sys.argv[0] = "gatehouse"
+from cli.main import run
+run()
+"""
+
+
 @dataclass
 class Installed:
     venv: Path
@@ -230,9 +250,13 @@ def test_a_control_plane_and_an_agent_from_the_installed_wheel(
     created = installed.run("admin", "agents", "create", "vpc-wheel", env=env)
     assert created.returncode == 0, created.stderr
     agent_log = (tmp_path / "agent.log").open("wb")
+    # The agent runs as an agent host would have it: the control plane and its extra cannot
+    # be imported (an import of either fails the agent, and so the command below).
     agent = subprocess.Popen(
         [
-            str(installed.gatehouse),
+            str(installed.venv / "bin" / "python"),
+            "-c",
+            AGENT_ONLY,
             "agent",
             "run",
             "--controlplane",
