@@ -11,19 +11,8 @@ from datetime import timedelta
 
 from trail.times import parse_duration
 
-__all__ = [
-    "CHECKPOINT_INTERVAL_ENV",
-    "DEFAULT_CHECKPOINT_INTERVAL",
-    "DEFAULT_MIN_RETENTION",
-    "MIN_RETENTION_ENV",
-    "PRUNE_REQUEST_TTL",
-    "WITNESS_ENV",
-    "env_checkpoint_interval",
-    "env_min_retention",
-    "env_witnesses",
-    "parse_duration",  # the one duration syntax, from trail.times
-    "split_witnesses",
-]
+# Re-exported: the one duration syntax (cli/serve.py reads settings with it).
+__all__ = ["parse_duration"]
 
 CHECKPOINT_INTERVAL_ENV = "GATEHOUSE_CHECKPOINT_INTERVAL"
 MIN_RETENTION_ENV = "GATEHOUSE_AUDIT_MIN_RETENTION"
