@@ -302,6 +302,61 @@ def test_a_control_plane_and_an_agent_from_the_installed_wheel(
         verified = installed.run("audit", "verify", "-o", "json", env=env)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert json.loads(verified.stdout)["ok"] is True
+        # A SIEM host (no control plane, no extra) verifies an export offline, signatures too.
+        signed = installed.run("audit", "checkpoint", env=env)
+        assert signed.returncode == 0, signed.stderr
+        key = tmp_path / "audit.pub"
+        key.write_text(installed.run("audit", "public-key", env=env).stdout)
+        export = tmp_path / "trail.ndjson"
+        export.write_text(installed.run("audit", "export", env=env).stdout)
+        offline = subprocess.run(
+            [
+                str(installed.venv / "bin" / "python"),
+                "-c",
+                AGENT_ONLY,
+                "audit",
+                "verify",
+                "--file",
+                str(export),
+                "--key",
+                str(key),
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=installed.venv,
+            check=False,
+        )
+        assert offline.returncode == 0, offline.stdout + offline.stderr
+        report = json.loads(offline.stdout)
+        assert report["ok"] is True
+        assert report["checkpoints"] >= 1
+        # The same verifier refuses the export once one event in it is altered.
+        lines = export.read_text().splitlines()
+        lines[1] = lines[1].replace('"seq":2', '"seq":2,"x":1', 1)
+        export.write_text("\n".join(lines) + "\n")
+        altered = subprocess.run(
+            [
+                str(installed.venv / "bin" / "python"),
+                "-c",
+                AGENT_ONLY,
+                "audit",
+                "verify",
+                "--file",
+                str(export),
+                "--key",
+                str(key),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=installed.venv,
+            check=False,
+        )
+        assert altered.returncode == 1, altered.stdout + altered.stderr
+        assert "seq 2" in altered.stdout + altered.stderr
     finally:
         agent.terminate()
         try:
