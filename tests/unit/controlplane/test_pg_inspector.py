@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from controlplane.audit.chain import verify_chain
 from controlplane.audit.events import SessionContext
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
@@ -22,6 +21,7 @@ from controlplane.relay import pg_names as pg_names_module
 from controlplane.relay.pg import PgInspector
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
+from trail.chain import verify_chain
 from wire.pg import framing
 from wire.pg import messages as pgm
 
