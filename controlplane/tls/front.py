@@ -144,7 +144,7 @@ class TlsFront:
             pending = False
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            path = str(self.run_dir / f"c-{next(self._ids)}")
+            path = str(self.run_dir / f"{self.name.lower()}-{next(self._ids)}")
             peers.register(path, peers.Peer(source, der or None))
             try:
                 inner_reader, inner_writer = await self._open_inner(path)
