@@ -241,6 +241,13 @@ def test_exec_to_the_vpcs_postgres_through_tls(world: World) -> None:
     assert {e["source"]["ip"] for e in events} == {world.cli_ip}
 
 
+def test_the_agent_is_recorded_from_the_vpcs_address(world: World) -> None:
+    connects = [e for e in world.export() if e["type"] == "agent.connect"]
+    assert connects
+    vpc = world.net["vpc"].addresses[0]
+    assert all(e["agent"]["peer"].startswith(f"ipv4:{vpc}:") for e in connects), connects
+
+
 def test_exec_over_ssh_in_the_vpc(world: World) -> None:
     ran = world.cli("exec", "web-1", "--", "echo hello from $(hostname) vpc")
     assert ran.returncode == 0, ran.stderr

@@ -173,7 +173,7 @@ async def test_a_header_from_an_untrusted_peer_is_refused(served: Served) -> Non
 
 def test_proxy_header_parsing() -> None:
     header = proxy.build("198.51.100.4", 1, "10.0.0.1", 2)
-    assert proxy.parse(header) == proxy.ProxyHeader("198.51.100.4", len(header))
+    assert proxy.parse(header) == proxy.ProxyHeader("198.51.100.4", len(header), 1)
     with pytest.raises(proxy.ProxyHeaderError, match="truncated"):
         proxy.parse(header[:-3])
     with pytest.raises(proxy.ProxyHeaderError, match="version"):
