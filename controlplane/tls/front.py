@@ -50,6 +50,7 @@ class TlsFront:
         trusted_proxies: tuple[proxy.Network, ...] = (),
         handshake_timeout: float = 10.0,
         max_pending: int = 1000,
+        max_connections: int = 20_000,
         http: bool = False,
     ) -> None:
         self.name = name
@@ -60,6 +61,7 @@ class TlsFront:
         self.trusted_proxies = trusted_proxies
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
+        self.max_connections = max_connections
         self.http = http
         self.pending = 0
         self.refused_plaintext = 0
@@ -112,9 +114,12 @@ class TlsFront:
                 log.warning("%s: accept failed: %s", self.name, exc)
                 await asyncio.sleep(0.1)
                 continue
-            if self.pending >= self.max_pending:
+            if self.pending >= self.max_pending or len(self._connections) >= self.max_connections:
                 log.warning(
-                    "%s: refusing a connection: %d handshakes pending", self.name, self.pending
+                    "%s: refusing a connection: %d handshakes pending, %d connections open",
+                    self.name,
+                    self.pending,
+                    len(self._connections),
                 )
                 conn.close()
                 continue
