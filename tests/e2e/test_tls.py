@@ -10,6 +10,7 @@ import ssl
 import stat
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,18 @@ def test_exec_and_the_export_through_tls(tls_stack: Stack) -> None:
     )
     assert curl.returncode == 0, curl.stderr
     assert "through tls" in curl.stdout
+
+
+def test_the_http_listener_records_the_callers_address(tls_stack: Stack) -> None:
+    cp = tls_stack.controlplane
+    url = f"https://127.0.0.1:{cp.http_port}/v1/audit/events?after=0"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        https_get(url, cp.ca_file, "ghu_not-a-real-token")
+    assert refused.value.code == 401
+    _, body = https_get(url, cp.ca_file, cp.token)
+    fails = [json.loads(line) for line in body.decode().splitlines()]
+    fails = [e for e in fails if e["type"] == "auth.fail"]
+    assert fails and {e["source"]["ip"] for e in fails} == {"127.0.0.1"}
 
 
 def test_plaintext_clients_are_refused(tls_stack: Stack) -> None:
