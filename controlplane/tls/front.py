@@ -167,6 +167,8 @@ class TlsFront:
                     os.unlink(path)  # a directory entry: no I/O worth a thread
             if writer is not None:
                 writer.close()
+            else:  # refused, failed or cancelled before TLS took the socket over
+                conn.close()
 
     async def _preamble(
         self, conn: socket.socket, client: tuple[str, int]
