@@ -21,9 +21,10 @@ def _serial(path: Path) -> int:
 
 
 def test_names_always_include_loopback_and_skip_the_wildcard_address() -> None:
-    dns, ips = split_names(["GW.example.com", "0.0.0.0", "[2001:db8::1]", "10.0.0.5", ""])
+    given = ["GW.example.com:8443", "0.0.0.0", "[2001:db8::1]:8443", "10.0.0.5", "", "fd00::5"]
+    dns, ips = split_names(given)
     assert dns == ["gw.example.com", "localhost"]
-    assert ips == ["2001:db8::1", "10.0.0.5", "127.0.0.1", "::1"]
+    assert ips == ["2001:db8::1", "10.0.0.5", "fd00::5", "127.0.0.1", "::1"]
 
 
 def test_self_issued_is_kept_then_renewed_when_close_to_expiry(
