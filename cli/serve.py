@@ -107,7 +107,10 @@ def agentrun(
     controlplane: ControlplaneOpt = None,
     token: Annotated[
         str | None,
-        typer.Option(envvar="GATEHOUSE_AGENT_TOKEN", help="Join token or agent credential."),
+        typer.Option(
+            envvar="GATEHOUSE_AGENT_TOKEN",
+            help="Join token (carries the CA pin); with --insecure also a --dev credential.",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Agent name (as created by the admin).")] = None,
     insecure: Annotated[
@@ -115,14 +118,18 @@ def agentrun(
     ] = False,
     ca_file: Annotated[
         Path | None,
-        typer.Option(envvar="GATEHOUSE_CA_FILE", help="CA of the control plane's certificate."),
+        typer.Option(
+            envvar="GATEHOUSE_CA_FILE",
+            help="CA of the control plane's certificate; default: the CA the join token pins, "
+            "else the system's CAs.",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run an agent: dial out to the control plane and open targets on its orders.
 
-    Example: gatehouse agent run --controlplane 127.0.0.1:8443 --token ghj_… --name vpc-1 --insecure
+    Example: gatehouse agent run --controlplane gw.example.com:8443 --token ghj_… --name vpc-1
     """
     from agent.runner import AgentFatal, AgentSettings, run_agent
     from cli.rpc import controlplane_address, is_loopback

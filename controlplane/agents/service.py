@@ -39,16 +39,33 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        agent_id, credential = await self._registry.enroll(
-            request.join_token, request.name, request.version
+        enrolled = await self._registry.enroll(request, context.peer())
+        response = agent_pb2.EnrollResponse(
+            agent_id=enrolled.agent_id, credential=enrolled.credential or ""
         )
-        return agent_pb2.EnrollResponse(agent_id=agent_id, credential=credential)
+        if enrolled.certificate is not None:
+            certs = self._registry.certificates
+            assert certs is not None  # a certificate is issued only with a CA
+            response.certificate = enrolled.certificate.pem
+            response.ca = certs.ca.cert_pem
+            response.not_after_unix = int(enrolled.certificate.not_after.timestamp())
+        return response
+
+    @unary
+    async def Renew(
+        self, request: agent_pb2.RenewRequest, context: Context
+    ) -> agent_pb2.RenewResponse:
+        row = await self._registry.authenticate(context)
+        issued = await self._registry.renew(row, request.csr, context.peer())
+        return agent_pb2.RenewResponse(
+            certificate=issued.pem, not_after_unix=int(issued.not_after.timestamp())
+        )
 
     async def Control(  # type: ignore[override]  # read/write API, not a generator
         self, request_iterator: Any, context: Context
     ) -> None:
         try:
-            row = await self._registry.authenticate(context.invocation_metadata())
+            row = await self._registry.authenticate(context)
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise InvalidArgument("the control stream must start with hello")
@@ -106,7 +123,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         """The agent's half of a session: frames in, audited client bytes out."""
         try:
-            row = await self._registry.authenticate(context.invocation_metadata())
+            row = await self._registry.authenticate(context)
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentFrame) or not first.HasField("attach"):
                 raise InvalidArgument("a session stream must start with attach")
