@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-_DER = 1  # _ssl.ENCODING_DER: the value `get_unverified_chain` certificates take
+_DER = 2  # _ssl.ENCODING_DER: the value `get_unverified_chain` certificates take for DER
 
 
 class PinMismatch(Exception):

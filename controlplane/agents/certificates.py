@@ -9,8 +9,9 @@ certificate stops working at its next call even before it expires.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -33,15 +34,39 @@ class Signer(Protocol):
     ) -> bytes: ...
 
 
+def grpc_peer_certificate(context: Any) -> x509.Certificate | None:
+    """The client certificate gRPC's own TLS verified, from the call's auth context."""
+    try:
+        auth = context.auth_context()
+    except Exception:  # a context without TLS
+        return None
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(pems[0])
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class AgentCertificates:
-    """The CA that signs agents' certificates, how long they live, and the pin tokens carry
+    """The CA that signs agents' certificates, how long they live, the pin tokens carry
     (None when the control plane serves a certificate from a public CA: agents then use the
-    system's trust store)."""
+    system's trust store), and where a call's verified client certificate is found (gRPC's
+    auth context, or the TLS front's record of the connection)."""
 
     ca: Signer
     lifetime: timedelta = DEFAULT_LIFETIME
     pin: str | None = None
+    peer_certificate: Callable[[Any], x509.Certificate | None] = grpc_peer_certificate
+
+    def peer_fingerprint(self, context: Any) -> str | None:
+        """SHA-256 of the verified client certificate of this call, None without one."""
+        cert = self.peer_certificate(context)
+        if cert is None:
+            return None
+        return fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,27 +89,3 @@ def describe(pem: bytes) -> Issued:
 
 def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
-
-
-def peer_fingerprint(context: Any) -> str | None:
-    """SHA-256 of the client certificate the TLS handshake verified, None without one.
-
-    gRPC puts the verified peer certificate (PEM) in the call's auth context; a plaintext
-    (--dev) call or a TLS client that sent no certificate has none.
-    """
-    try:
-        auth = context.auth_context()
-    except Exception:  # a context without TLS
-        return None
-    pems = auth.get("x509_pem_cert") or []
-    if not pems:
-        return None
-    try:
-        cert = x509.load_pem_x509_certificate(pems[0])
-    except ValueError:
-        return None
-    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -32,11 +32,11 @@ from controlplane.agents.certificates import (
     AgentCertificates,
     Issued,
     describe,
-    peer_fingerprint,
 )
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
+from controlplane.auth.sources import current_source
 from controlplane.auth.tokens import AGENT_PREFIX, JOIN_PREFIX, bearer, new_token, token_hash
 from controlplane.errors import (
     AlreadyExists,
@@ -315,6 +315,7 @@ class AgentRegistry:
                     "version": request.version[:100],
                     "hostname": request.hostname[:255],
                     "peer": peer,
+                    "address": current_source(),
                 },
                 join={"uses_left": uses_left},
                 certificate=(
@@ -378,7 +379,8 @@ class AgentRegistry:
         return row
 
     async def _by_certificate(self, context: Any) -> AgentRow:
-        found = peer_fingerprint(context)
+        assert self.certificates is not None
+        found = self.certificates.peer_fingerprint(context)
         if found is None:
             raise Unauthenticated(
                 "agents authenticate with their client certificate: this call carried none "
