@@ -92,6 +92,7 @@ class Agent:
         self.stored: credentials.StoredCredential | None = None
         self.channel: grpc.aio.Channel | None = None
         self._switch = asyncio.Event()  # a renewed certificate: move to a new channel
+        self._next_channel: grpc.aio.Channel | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
     @property
@@ -248,10 +249,9 @@ class Agent:
             enrollment.serial(response.certificate),
             time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(response.not_after_unix)),
         )
-        # Sessions keep the old channel (its TLS connection stays open) until they end; new
-        # sessions and the control stream move to a channel with the new certificate.
-        old, self.channel = self.channel, self._channel_for(renewed)
-        self._retire(old)
+        # Sessions keep the old channel (its TLS connection stays open) until they end; the
+        # control stream ends and `run` moves it and new sessions to the new channel.
+        self._next_channel = self._channel_for(renewed)
         self._switch.set()
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
@@ -284,6 +284,10 @@ class Agent:
                         if renewals is not None:
                             renewals.cancel()
                         renewals = asyncio.create_task(self._renewals())
+                    if self._next_channel is not None:  # no control stream on the old one now
+                        if self.channel is not None:
+                            self._retire(self.channel)
+                        self.channel, self._next_channel = self._next_channel, None
                     assert self.channel is not None
                     self._switch.clear()
                     await self._control(self.channel, self._metadata())
@@ -321,8 +325,9 @@ class Agent:
             for task in list(self._retired):
                 task.cancel()
             await asyncio.gather(*self._retired, return_exceptions=True)
-            if self.channel is not None:
-                await self.channel.close(None)
+            for channel in (self.channel, self._next_channel):
+                if channel is not None:
+                    await channel.close(None)
 
     async def _control(
         self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]

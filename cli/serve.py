@@ -97,6 +97,13 @@ def controlplane_serve(
             "only, comma-separated CIDRs (your TCP load balancers).",
         ),
     ] = "",
+    agent_cert_lifetime: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_AGENT_CERT_LIFETIME",
+            help="Lifetime of agents' client certificates, renewed at 2/3 of it (30s, 8h, 1d).",
+        ),
+    ] = "24h",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the control plane: apply migrations, listen, relay and record.
@@ -114,6 +121,7 @@ def controlplane_serve(
     try:
         interval = parse_duration(checkpoint_interval, "--checkpoint-interval")
         retention = parse_duration(audit_min_retention, "--audit-min-retention")
+        cert_lifetime = parse_duration(agent_cert_lifetime, "--agent-cert-lifetime")
     except ValueError as exc:
         raise CliError(str(exc), USAGE) from None
     setup_logging(verbose)
@@ -132,6 +140,7 @@ def controlplane_serve(
         tls_key=tls_key,
         public_addr=tuple(a.strip() for a in public_addr.split(",") if a.strip()),
         trusted_proxies=trusted_proxies,
+        agent_cert_lifetime=cert_lifetime,
     )
     try:
         run(serve(settings))
