@@ -240,3 +240,23 @@ async def test_dev_mode_keeps_bearer_credentials(db: Database, writer: AuditWrit
         agent_pb2.EnrollRequest(join_token=created.join_token, name="edge"), "ipv4:127.0.0.1:1"
     )
     assert enrolled.credential and enrolled.credential.startswith("gha_")
+
+
+@pytest.mark.parametrize("kind", ["agent.enroll", "agent.renew"])
+def test_enrollment_and_renewal_events_map_to_valid_ocsf(kind: str) -> None:
+    from controlplane.audit.events import draft
+    from controlplane.audit.ocsf import to_ocsf
+    from tests.unit.controlplane.test_ocsf import Trail, agent_info, assert_valid
+
+    event = Trail().add(
+        draft(
+            kind,
+            agent={**agent_info(), "address": "10.0.3.4"},
+            join={"uses_left": 2},
+            certificate={"serial": "ab12", "not_after": "2026-12-05T00:00:00Z"},
+        )
+    )
+    ocsf = to_ocsf(event)
+    assert_valid(ocsf)
+    assert (ocsf["class_uid"], ocsf["activity_id"]) == (4001, 99)
+    assert ocsf["src_endpoint"]["ip"] == "10.0.3.4"
