@@ -87,6 +87,19 @@ def pinned_root(address: str, pin: str, timeout: float = 10.0) -> bytes:
     )
 
 
+def check_ca_file(pem: bytes, pin: str, path: str) -> None:
+    """A --ca-file given with a pinned token must hold the pinned CA: both name the control
+    plane, and when they disagree one of them is wrong."""
+    certs = x509.load_pem_x509_certificates(pem)
+    if any(spki_pin(c) == pin for c in certs):
+        return
+    found = ", ".join(spki_pin(c) for c in certs) or "none"
+    raise PinMismatch(
+        f"{path} does not hold the CA the join token pins: the token pins {pin}, the file has "
+        f"{found}. Refusing to enroll"
+    )
+
+
 def system_roots() -> bytes | None:
     """The system's CA bundle, or None for gRPC's own bundled roots."""
     paths = ssl.get_default_verify_paths()

@@ -108,7 +108,13 @@ class Agent:
         """What the control plane is verified against before enrollment."""
         settings = self.settings
         if settings.ca_file is not None:
-            return settings.ca_file.read_bytes()
+            pem = settings.ca_file.read_bytes()
+            if token is not None and token.pin is not None:
+                try:
+                    enrollment.check_ca_file(pem, token.pin, str(settings.ca_file))
+                except (enrollment.PinMismatch, ValueError) as exc:
+                    raise AgentFatal(str(exc)) from None
+            return pem
         if token is not None and token.pin is not None:
             try:
                 return await asyncio.to_thread(

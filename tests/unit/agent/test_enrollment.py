@@ -96,3 +96,11 @@ def test_the_csr_is_for_the_agents_own_key_and_names_it() -> None:
     assert csr.is_signature_valid
     assert csr.public_key() == key.public_key()
     assert csr.subject.rfc4514_string() == "CN=edge"
+
+
+def test_a_ca_file_must_hold_the_pinned_ca(ca: CertificateAuthority, tmp_path: Path) -> None:
+    enrollment.check_ca_file(ca.cert_pem, ca.pin, "ca.pem")
+    other = CertificateAuthority.load_or_create(tmp_path / "other")
+    with pytest.raises(enrollment.PinMismatch) as refused:
+        enrollment.check_ca_file(other.cert_pem, ca.pin, "ca.pem")
+    assert ca.pin in str(refused.value) and other.pin in str(refused.value)
