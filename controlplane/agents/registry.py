@@ -124,6 +124,7 @@ class AgentRegistry:
         # bearer credentials, as plaintext on loopback has no TLS to carry a certificate.
         self.certificates = certificates
         self._links: dict[str, AgentLink] = {}
+        self._revocations: dict[str, asyncio.Event] = {}
         # Links whose last-seen (version, hostname) the store does not have yet, by agent id;
         # `_writing` is the batch a flush is storing right now (readers still overlay it).
         self._pending: dict[str, AgentLink] = {}
@@ -213,6 +214,13 @@ class AgentRegistry:
         link = self._links.get(name)
         if link is not None:
             link.close("the agent was revoked")
+        cut = self._revocations.pop(name, None)
+        if cut is not None:  # its sessions on this process end now, not when they finish
+            cut.set()
+
+    def revocation(self, name: str) -> asyncio.Event:
+        """Set when the agent is revoked: its open session streams end then."""
+        return self._revocations.setdefault(name, asyncio.Event())
 
     async def statuses(self) -> list[AgentStatus]:
         rows = await self._db.read(lambda s: list(s.exec(select(AgentRow).order_by(AgentRow.name))))

@@ -134,6 +134,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no attach within 10 s")
             return
+        revoked = self._registry.revocation(row.name)
+        cut = asyncio.create_task(revoked.wait())
+        # Revoked: end both directions at once (not when the session is done: then cancelled).
+        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.close())
         reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
             while True:
@@ -150,8 +154,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 else:
                     await context.write(agent_pb2.GatewayFrame(data=item))
         finally:
+            cut.cancel()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if revoked.is_set():
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
 
 
 async def _agent_to_client(tunnel: Tunnel, context: Context) -> None:

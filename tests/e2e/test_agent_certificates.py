@@ -4,8 +4,10 @@ short-lived certificates, renewal under a running session, revocation at once.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from agent import enrollment
 from controlplane.tls.ca import CertificateAuthority, spki_pin
 from devenv.postgres import PostgresServer
 from devenv.production import ProductionControlPlane, production_agent, start_production_agent
-from devenv.stack import gatehouse
+from devenv.stack import GATEHOUSE, gatehouse
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 from tests.e2e.conftest import PG_PASSWORD, POLICY
 
@@ -153,22 +155,48 @@ def test_a_reusable_token_rejoins_without_the_data_dir(
 
 
 def test_a_revoked_agent_is_cut_off_and_its_certificate_refused_before_it_expires(
-    cp: ProductionControlPlane, tmp_path: Path
+    cp: ProductionControlPlane, pg: PostgresServer, tmp_path: Path
 ) -> None:
     info = cp.create_agent("prod-6")
     data = tmp_path / "agent"
-    agent = start_production_agent(cp, "prod-6", str(info["join_token"]), data)
+    agent = start_production_agent(
+        cp, "prod-6", str(info["join_token"]), data, env={"PG_PASSWORD": PG_PASSWORD}
+    )
     try:
+        apply(cp, tmp_path, "prod-6", pg)
+        marker = f"long-{uuid.uuid4().hex[:8]}"
+        running = subprocess.Popen(
+            [*GATEHOUSE, "exec", "pg-prod-6", "-c", f"select pg_sleep(40), '{marker}'"],
+            env={**os.environ, **cp.cli_env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pg.wait_for_statement(marker, timeout=20)
         credential = stored(data, "prod-6")
+        started = time.monotonic()
         revoked = cli(cp, "admin", "agents", "revoke", "prod-6")
         assert revoked.returncode == 0, revoked.stderr
+        # The certificate has not expired yet: the control plane refuses it anyway.
+        assert enrollment.not_after(credential["certificate"].encode()) > time.time()
+        refused = renew_with(cp, credential)
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in (refused.details() or "")
+        # Its control stream is cut: the agent exits.
         assert agent.proc is not None
         assert agent.proc.wait(timeout=20) == 1
         assert "revoked" in agent.log()
+        # The session it was serving ends too, long before its statement would.
+        out, _ = running.communicate(timeout=20)
+        assert time.monotonic() - started < 20
+        assert running.returncode != 0
+        assert marker not in out
     finally:
         agent.stop()
-    # The certificate has not expired yet: the control plane refuses it anyway.
-    assert enrollment.not_after(credential["certificate"].encode()) > time.time()
+
+
+def renew_with(cp: ProductionControlPlane, credential: dict[str, Any]) -> grpc.RpcError:
+    """Call Renew with the agent's certificate and key; the error the control plane gives."""
     creds = grpc.ssl_channel_credentials(
         root_certificates=cp.ca_file.read_bytes(),
         private_key=credential["key"].encode(),
@@ -179,8 +207,7 @@ def test_a_revoked_agent_is_cut_off_and_its_certificate_refused_before_it_expire
         csr = enrollment.csr_pem(enrollment.new_key(), "prod-6")
         with pytest.raises(grpc.RpcError) as refused:
             stub.Renew(agent_pb2.RenewRequest(csr=csr), timeout=10)
-    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "revoked" in (refused.value.details() or "")
+    return refused.value
 
 
 def test_the_certificate_is_renewed_while_a_session_runs(
