@@ -253,7 +253,7 @@ class ControlPlane:
             server,
         )
         self._grpc = server
-        inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc"
+        inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc.sock"
         try:
             server.add_insecure_port(inner)
         except RuntimeError:
@@ -274,8 +274,8 @@ class ControlPlane:
         assert self._run_dir is not None
         trusted = proxy.parse_networks(self.settings.trusted_proxies)
         for name, listen, alpn, inner, http in (
-            ("gRPC", self.settings.grpc_listen, ALPN_GRPC, "grpc", False),
-            ("HTTP", self.settings.http_listen, ALPN_HTTP, "http", True),
+            ("gRPC", self.settings.grpc_listen, ALPN_GRPC, "grpc.sock", False),
+            ("HTTP", self.settings.http_listen, ALPN_HTTP, "http.sock", True),
         ):
             front = TlsFront(
                 name,
@@ -310,7 +310,7 @@ class ControlPlane:
             factory = self.http_handshakes.wrap(runner.server)
             if self._run_dir is not None:  # behind the TLS front
                 self._http_server = await loop.create_unix_server(
-                    factory, str(self._run_dir / "http")
+                    factory, str(self._run_dir / "http.sock")
                 )
             else:
                 self._http_server = await loop.create_server(factory, host, port)

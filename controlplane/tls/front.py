@@ -119,11 +119,12 @@ class TlsFront:
                 conn.close()
                 continue
             conn.setblocking(False)
-            task = loop.create_task(self._serve(conn, proxy.normal_ip(address[0])))
+            client = (proxy.normal_ip(address[0]), int(address[1]))
+            task = loop.create_task(self._serve(conn, client))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 
-    async def _serve(self, conn: socket.socket, address: str) -> None:
+    async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> None:
         self.pending += 1
         pending = True
         writer: asyncio.StreamWriter | None = None
@@ -131,21 +132,21 @@ class TlsFront:
         try:
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    source = await self._preamble(conn, address)
+                    source = await self._preamble(conn, client)
                     if source is None:
                         return
                     reader, writer = await self._handshake(conn)
             except (TimeoutError, OSError, ssl.SSLError, proxy.ProxyHeaderError) as exc:
                 self.failed_handshakes += 1
-                log.debug("%s: handshake from %s failed: %s", self.name, address, exc)
+                log.debug("%s: handshake from %s failed: %s", self.name, client[0], exc)
                 conn.close()
                 return
             self.pending -= 1
             pending = False
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            path = str(self.run_dir / f"c-{next(self._ids)}")
-            peers.register(path, peers.Peer(source, der or None))
+            path = str(self.run_dir / f"{self.name.lower()}-{next(self._ids)}")
+            peers.register(path, peers.Peer(source[0], der or None, source[1]))
             try:
                 inner_reader, inner_writer = await self._open_inner(path)
             except OSError as exc:
@@ -162,20 +163,22 @@ class TlsFront:
             if writer is not None:
                 writer.close()
 
-    async def _preamble(self, conn: socket.socket, address: str) -> str | None:
-        """The client's address (a trusted proxy's header wins); None when refused here."""
-        source = address
-        if proxy.trusted(address, self.trusted_proxies):
+    async def _preamble(
+        self, conn: socket.socket, client: tuple[str, int]
+    ) -> tuple[str, int] | None:
+        """The client's address and port (a trusted proxy's header wins); None when refused."""
+        source = client
+        if proxy.trusted(client[0], self.trusted_proxies):
             first = await _peek(conn, proxy.PREFIX)
             if first.startswith(proxy.SIGNATURE[: len(first)]) and len(first) >= proxy.PREFIX:
                 length = proxy.body_length(first)
                 header = proxy.parse(await _read_exactly(conn, proxy.PREFIX + length))
                 if header.source is not None:
-                    source = header.source
+                    source = (header.source, header.port)
         first = await _peek(conn, 1)
         if not first or first[0] != TLS_HANDSHAKE:
             self.refused_plaintext += 1
-            log.info("%s: refused a plaintext connection from %s", self.name, source)
+            log.info("%s: refused a plaintext connection from %s", self.name, source[0])
             if self.http and first:
                 with contextlib.suppress(OSError):
                     conn.send(PLAINTEXT_REFUSAL)
