@@ -40,7 +40,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        enrolled = await self._registry.enroll(request, context.peer())
+        enrolled = await self._registry.enroll(request, grpc_peer(context))
         response = agent_pb2.EnrollResponse(
             agent_id=enrolled.agent_id, credential=enrolled.credential or ""
         )
@@ -57,7 +57,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.RenewRequest, context: Context
     ) -> agent_pb2.RenewResponse:
         row = await self._registry.authenticate(context)
-        issued = await self._registry.renew(row, request.csr, context.peer())
+        issued = await self._registry.renew(row, request.csr, grpc_peer(context))
         return agent_pb2.RenewResponse(
             certificate=issued.pem, not_after_unix=int(issued.not_after.timestamp())
         )
