@@ -227,6 +227,7 @@ class ControlPlane:
                 self.policy,
                 self.tunnels,
                 heartbeat_interval=settings.heartbeat_interval,
+                failures=self.auth.failures,
             ),
             server,
         )

@@ -132,6 +132,17 @@ def test_expired_and_used_up_tokens_are_refused_with_the_reason(
     assert again.returncode == 1
     assert "already used" in again.stderr and "no uses left" in again.stderr
     assert len(events(cp, "agent.enroll", "prod-4")) == 1
+    # The refusals are in the trail too, as failed authentications with a join token.
+    exported = cli(cp, "audit", "export", "--after", "0")
+    failed = [json.loads(line) for line in exported.stdout.split("\n") if line]
+    reasons = [e["reason"] for e in failed if e["type"] == "auth.fail"]
+    assert any("this join token expired at" in r for r in reasons), reasons
+    assert any("no uses left" in r for r in reasons), reasons
+    assert all(
+        e["credential"] == "join_token"
+        for e in failed
+        if e["type"] == "auth.fail" and "join token" in e["reason"]
+    )
 
 
 def test_a_reusable_token_rejoins_without_the_data_dir(
