@@ -283,7 +283,10 @@ class AgentRegistry:
             credential = new_token(AGENT_PREFIX)
 
         def enroll(session: Session) -> tuple[str, int]:
-            row = session.exec(select(AgentRow).where(AgentRow.join_token_hash == digest)).first()
+            # FOR UPDATE: two replicas spending the last use at once must not both succeed.
+            row = session.exec(
+                select(AgentRow).where(AgentRow.join_token_hash == digest).with_for_update()
+            ).first()
             if row is None or row.revoked_at is not None:
                 raise Unauthenticated("unknown or revoked join token")
             now = utc_now()
@@ -347,7 +350,7 @@ class AgentRegistry:
         old = row.cert_fingerprint
 
         def renew(session: Session) -> None:
-            current = session.get(AgentRow, row.id)
+            current = session.get(AgentRow, row.id, with_for_update=True)
             if current is None or current.revoked_at is not None or current.cert_fingerprint != old:
                 raise Unauthenticated("this certificate was revoked or replaced")
             current.prev_cert_fingerprint = current.cert_fingerprint
