@@ -311,6 +311,8 @@ class Agent:
                             f"the control plane refused this agent: {exc.details()}"
                         ) from None
                     reason = exc.details() or exc.code().name
+                except OSError as exc:  # the pin check's own TLS connection (refused, reset)
+                    reason = f"cannot read the control plane's certificate chain: {exc}"
                 finally:
                     self.connected.clear()
                 if self._switch.is_set():

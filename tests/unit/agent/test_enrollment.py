@@ -104,3 +104,27 @@ def test_a_ca_file_must_hold_the_pinned_ca(ca: CertificateAuthority, tmp_path: P
     with pytest.raises(enrollment.PinMismatch) as refused:
         enrollment.check_ca_file(other.cert_pem, ca.pin, "ca.pem")
     assert ca.pin in str(refused.value) and other.pin in str(refused.value)
+
+
+async def test_an_unreachable_control_plane_is_retried_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    from agent.runner import Agent, AgentSettings
+    from wire import jointoken
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    token = jointoken.format_token("ghj_" + "A" * 43, "sha256:" + "ab" * 32)
+    agent = Agent(AgentSettings(f"127.0.0.1:{port}", token, "edge", tmp_path / "data"))
+    caplog.set_level(logging.WARNING, logger="agent.runner")
+    task = asyncio.create_task(agent.run())
+    await asyncio.sleep(1.5)
+    assert not task.done()  # still trying, not crashed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "cannot read the control plane's certificate chain" in caplog.text
