@@ -109,8 +109,11 @@ def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     emit(
         output,
         agents,
-        ["NAME", "STATUS", "VERSION", "HOST", "LAST SEEN"],
-        [[a["name"], a["status"], a["version"], a["hostname"], a["last_seen"]] for a in agents],
+        ["NAME", "STATUS", "VERSION", "HOST", "LAST SEEN", "CERT EXPIRES"],
+        [
+            [a["name"], a["status"], a["version"], a["hostname"], a["last_seen"], a["cert_expires"]]
+            for a in agents
+        ],
         empty="No agents yet: create one with `gatehouse admin agents create NAME`.",
     )
 
