@@ -13,17 +13,20 @@ control plane only ever sees a CSR and signs a short-lived certificate for it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
+import select
 import socket
 import ssl
+import time
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-_DER = 2  # _ssl.ENCODING_DER: the value `get_unverified_chain` certificates take for DER
+from OpenSSL import SSL
 
 
 class PinMismatch(Exception):
@@ -45,32 +48,45 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def presented_chain(address: str, timeout: float = 10.0) -> list[x509.Certificate]:
-    """The certificates the control plane sends in its TLS handshake, unverified."""
+    """The certificates the control plane sends in its TLS handshake, unverified.
+
+    pyOpenSSL, because the standard library shows the whole presented chain only from
+    Python 3.13 on (`SSLSocket.get_unverified_chain`); before it, only the leaf.
+    """
     host, port = split_address(address)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # nothing is trusted from here but by the pin
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, port), timeout=timeout) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        chain = _unverified_chain(tls)
-    return [x509.load_der_x509_certificate(der) for der in chain]
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_verify(SSL.VERIFY_NONE)  # nothing is trusted from here but by the pin
+    context.set_alpn_protos([b"h2"])
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.setblocking(False)  # the handshake below waits with select, bounded by `timeout`
+        tls = SSL.Connection(context, raw)
+        if not _is_ip(host):
+            tls.set_tlsext_host_name(host.encode("idna"))
+        tls.set_connect_state()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except (SSL.WantReadError, SSL.WantWriteError) as want:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no TLS handshake from {address} in {timeout} s") from None
+                reading = isinstance(want, SSL.WantReadError)
+                select.select([raw] if reading else [], [] if reading else [raw], [], remaining)
+        chain = tls.get_peer_cert_chain(as_cryptography=True) or []
+        with contextlib.suppress(SSL.Error, OSError):
+            tls.shutdown()
+    return list(chain)
 
 
-def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
-    """Python 3.13 names this `SSLSocket.get_unverified_chain`; 3.10-3.12 have it only on the
-    underlying `_ssl` object. The leaf alone, should neither exist."""
-    public = getattr(tls, "get_unverified_chain", None)
-    if public is not None:
-        return [c.public_bytes(_DER) for c in public()]
-    inner = getattr(tls, "_sslobj", None)
-    method = getattr(inner, "get_unverified_chain", None)
-    if method is not None:
-        return [c.public_bytes(_DER) for c in method()]
-    leaf = tls.getpeercert(binary_form=True)
-    return [leaf] if leaf else []
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def pinned_root(address: str, pin: str, timeout: float = 10.0) -> bytes:
