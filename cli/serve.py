@@ -97,6 +97,13 @@ def controlplane_serve(
             "only, comma-separated CIDRs (your TCP load balancers).",
         ),
     ] = "",
+    agent_cert_lifetime: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_AGENT_CERT_LIFETIME",
+            help="Lifetime of agents' client certificates, renewed at 2/3 of it (30s, 8h, 1d).",
+        ),
+    ] = "24h",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the control plane: apply migrations, listen, relay and record.
@@ -114,6 +121,7 @@ def controlplane_serve(
     try:
         interval = parse_duration(checkpoint_interval, "--checkpoint-interval")
         retention = parse_duration(audit_min_retention, "--audit-min-retention")
+        cert_lifetime = parse_duration(agent_cert_lifetime, "--agent-cert-lifetime")
     except ValueError as exc:
         raise CliError(str(exc), USAGE) from None
     setup_logging(verbose)
@@ -132,6 +140,7 @@ def controlplane_serve(
         tls_key=tls_key,
         public_addr=tuple(a.strip() for a in public_addr.split(",") if a.strip()),
         trusted_proxies=trusted_proxies,
+        agent_cert_lifetime=cert_lifetime,
     )
     try:
         run(serve(settings))
@@ -146,7 +155,10 @@ def agentrun(
     controlplane: ControlplaneOpt = None,
     token: Annotated[
         str | None,
-        typer.Option(envvar="GATEHOUSE_AGENT_TOKEN", help="Join token or agent credential."),
+        typer.Option(
+            envvar="GATEHOUSE_AGENT_TOKEN",
+            help="Join token (carries the CA pin); with --insecure also a --dev credential.",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Agent name (as created by the admin).")] = None,
     insecure: Annotated[
@@ -154,14 +166,18 @@ def agentrun(
     ] = False,
     ca_file: Annotated[
         Path | None,
-        typer.Option(envvar="GATEHOUSE_CA_FILE", help="CA of the control plane's certificate."),
+        typer.Option(
+            envvar="GATEHOUSE_CA_FILE",
+            help="CA of the control plane's certificate; default: the CA the join token pins, "
+            "else the system's CAs.",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run an agent: dial out to the control plane and open targets on its orders.
 
-    Example: gatehouse agent run --controlplane 127.0.0.1:8443 --token ghj_… --name vpc-1 --insecure
+    Example: gatehouse agent run --controlplane gw.example.com:8443 --token ghj_… --name vpc-1
     """
     from agent.runner import AgentFatal, AgentSettings, run_agent
     from cli.rpc import controlplane_address, is_loopback

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from controlplane.addresses import is_loopback, split_host_port
 from controlplane.admin import AdminServicer
+from controlplane.agents.certificates import DEFAULT_LIFETIME as DEFAULT_AGENT_CERT_LIFETIME
+from controlplane.agents.certificates import AgentCertificates
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
 from controlplane.audit.checkpoints import (
@@ -55,6 +57,7 @@ from controlplane.sessions import SessionServicer
 from controlplane.store.database import Database, default_url
 from controlplane.tls import proxy
 from controlplane.tls.front import TlsFront
+from controlplane.tls.peers import peer_certificate
 from controlplane.tls.server import ALPN_GRPC, ALPN_HTTP, ServerTls
 from gatehouse.v1 import (
     admin_pb2_grpc,
@@ -79,6 +82,8 @@ class Settings:
     database_url: str | None = None
     dev: bool = False
     heartbeat_interval: float = 10.0
+    # Production mode: how long an agent's client certificate lives (renewed at 2/3 of it).
+    agent_cert_lifetime: timedelta = DEFAULT_AGENT_CERT_LIFETIME
     # Audit signing key (Ed25519, PEM); None: DATA_DIR/audit-signing.key, made on first start.
     audit_key_file: Path | None = field(default_factory=env_key_file)
     # A signed audit.checkpoint event each time seq passes a multiple of this.
@@ -102,6 +107,10 @@ class Settings:
             raise InvalidArgument(
                 "--dev serves plaintext on loopback: --tls-cert, --tls-key and "
                 "--trusted-proxies are for production mode (drop --dev)"
+            )
+        if not timedelta(seconds=10) <= self.agent_cert_lifetime <= timedelta(days=397):
+            raise InvalidArgument(
+                "--agent-cert-lifetime must be from 10s (agents renew at 2/3 of it) to 397d"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgument("--tls-cert and --tls-key go together: give both or neither")
@@ -195,6 +204,14 @@ class ControlPlane:
                     split_host_port(settings.http_listen)[0],
                 ],
             )
+            self.agents.certificates = AgentCertificates(
+                self.tls.ca,
+                settings.agent_cert_lifetime,
+                # Tokens pin our CA only when it signs what the listeners serve; with an
+                # operator certificate agents use the system's CAs or their --ca-file.
+                pin=self.tls.ca.pin if self.tls.self_issued else None,
+                peer_certificate=peer_certificate,
+            )
             # The inner servers' sockets: private to this process's user, short enough for
             # sun_path (a data dir can be deep), gone at stop.
             self._run_dir = Path(tempfile.mkdtemp(prefix="gatehouse-"))
@@ -216,6 +233,7 @@ class ControlPlane:
                 self.policy,
                 self.tunnels,
                 heartbeat_interval=settings.heartbeat_interval,
+                failures=self.auth.failures,
             ),
             server,
         )
