@@ -24,7 +24,11 @@ DEFAULT_CONTROLPLANE = "127.0.0.1:8443"
 
 
 def controlplane_address(flag: str | None) -> str:
-    return flag or os.environ.get("GATEHOUSE_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+    """--controlplane, GATEHOUSE_CONTROLPLANE, the profile's, or 127.0.0.1:8443 (cli.profiles);
+    the choice also fixes the CA and the stored login the command uses."""
+    from cli.profiles import resolve
+
+    return resolve(flag).address
 
 
 def is_loopback(address: str) -> bool:
@@ -46,7 +50,7 @@ def token(flag: str | None = None) -> str:
     value = flag or os.environ.get("GATEHOUSE_TOKEN")
     if value:
         return value
-    from cli.login import TokenStore
+    from cli.tokenstore import TokenStore
 
     if TokenStore().load() is None:
         raise CliError(
@@ -71,7 +75,9 @@ def channel(address: str) -> grpc.aio.Channel:
     ]
     if is_loopback(address):
         return grpc.aio.insecure_channel(address, options=options)
-    ca = os.environ.get("GATEHOUSE_CA_FILE")
+    from cli.profiles import selected
+
+    ca = selected().ca_file  # --ca-file, GATEHOUSE_CA_FILE, or the profile's copy
     root = Path(ca).read_bytes() if ca else None
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     return grpc.aio.secure_channel(address, creds, options=options)
