@@ -91,7 +91,8 @@ def name_for(address: str) -> str:
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or address
     name = host if port in ("", DEFAULT_PORT) else f"{host}-{port}"
-    return check_name(re.sub(r"[^A-Za-z0-9._-]", "-", name).strip(".-_") or DEFAULT_PROFILE)
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name)[:60]
+    return check_name(name if name[:1].isalnum() else f"h{name}")
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ def _quote(value: str) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as 0600 (directory 0700), atomically, whatever the umask."""
+    if path.parent.parent == config_dir():  # ca/: the configuration directory is private too
+        config_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # 0600
     try:
