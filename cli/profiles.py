@@ -16,8 +16,8 @@ Each setting is taken from the first of: flag, environment (GATEHOUSE_CONTROLPLA
 GATEHOUSE_CA_FILE, GATEHOUSE_TOKEN), profile, built-in default (127.0.0.1:8443, system trust).
 The profile is: ``--profile``/GATEHOUSE_PROFILE, else the one whose address an explicit address
 names, else the last login's (``current``), else ``default``. A profile's CA and login are only
-used for the profile's own address: a token is never sent to a control plane it was not got for
-through a profile that names another one.
+used for the profile's own address: an address that no profile names gets no other profile's
+login (nor CA). The file is refused when others may write it (they could redirect the login).
 
 Standard library only, and ``tomllib`` only once a profile file exists: ``gatehouse exec`` reads
 this on every run.
@@ -117,11 +117,16 @@ class Profiles:
     def load(cls) -> Profiles:
         path = profiles_path()
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open(encoding="utf-8") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                text = handle.read()
         except FileNotFoundError:
             return cls()
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc}") from None
+        if mode & 0o022:
+            # Whoever can write it can send this user's login to a control plane of theirs.
+            raise CliError(f"{path} is writable by others: `chmod 600 {path}`, then check it")
         import tomllib
 
         try:
@@ -244,7 +249,16 @@ def resolve(
         chosen = profiles.matching(address)
     else:
         chosen = profiles.entries.get(profiles.current or "")
-    name = named or (chosen.name if chosen else None) or profiles.current or DEFAULT_PROFILE
+    if named is not None:
+        name = named
+    elif chosen is not None:
+        name = chosen.name
+    elif address is not None and profiles.entries:
+        # A login is bound to the control plane it was made for: an address no profile
+        # names gets the login a `login --controlplane` to it would make, not another's.
+        name = name_for(address)
+    else:  # no profiles yet: the one login there is (tokens.json), as before profiles
+        name = profiles.current or DEFAULT_PROFILE
     if address is not None:
         source = "flag"
     elif chosen is not None:

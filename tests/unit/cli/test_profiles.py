@@ -74,6 +74,8 @@ def test_a_profiles_ca_is_never_used_for_another_address(tmp_path: Path) -> None
     )
     other = profiles.resolve("elsewhere.example.com:8443")
     assert other.ca_file is None  # system trust, not the prod CA
+    assert other.profile == "elsewhere.example.com"  # nor the prod login
+    assert TokenStore().path == profiles.token_path("elsewhere.example.com")
     same = profiles.resolve("gw.example.com:8443")
     assert same.profile == "prod" and same.ca_file is not None
 
@@ -183,3 +185,17 @@ def test_a_damaged_profile_file_is_explained(config: Path) -> None:
 def test_profile_names_from_addresses(address: str, name: str) -> None:
     assert profiles.name_for(address) == name
     assert profiles.token_path(name).name == f"tokens-{name}.json"
+
+
+def test_a_profile_file_others_may_write_is_refused(config: Path) -> None:
+    profiles.remember("prod", "gw.example.com:8443", ca_file=None, issuer=None, client_id=None)
+    (config / "profiles.toml").chmod(0o666)
+    with pytest.raises(CliError, match="writable by others: `chmod 600"):
+        profiles.resolve()
+
+
+def test_before_any_profile_the_one_login_serves_every_address(config: Path) -> None:
+    """A login made before profiles existed (tokens.json alone) keeps working."""
+    target = profiles.resolve("127.0.0.1:18443")
+    assert (target.address, target.profile) == ("127.0.0.1:18443", "default")
+    assert TokenStore().path == config / "tokens.json"
