@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +193,8 @@ def write_private(path: Path, text: str) -> None:
     if path.parent.parent == config_dir():  # ca/: the configuration directory is private too
         config_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import tempfile
+
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
