@@ -98,7 +98,9 @@ def discover_login(address: str | None = None) -> LoginSettings | None:
     from cli.options import run
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
-    target = rpc.controlplane_address(address)
+    if address is None or profiles.selected().address != address:
+        address = rpc.controlplane_address(address)
+    target = address  # `login` chose it (and its CA) already: keep that choice
 
     async def ask() -> client_pb2.LoginConfig | None:
         async with rpc.channel(target) as channel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import tomllib
 from pathlib import Path
@@ -199,3 +200,15 @@ def test_before_any_profile_the_one_login_serves_every_address(config: Path) -> 
     target = profiles.resolve("127.0.0.1:18443")
     assert (target.address, target.profile) == ("127.0.0.1:18443", "default")
     assert TokenStore().path == config / "tokens.json"
+
+
+def test_login_discovery_keeps_the_ca_login_chose(tmp_path: Path) -> None:
+    """`login --controlplane A --ca-file F` asks A how to log in through F, not system trust."""
+    from cli.login import discover_login
+
+    with socket.socket() as probe:  # nothing listens there: discovery finds no provider
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    profiles.select(profiles.Target(address, "/chosen/ca.pem", "p", "flag"))
+    assert discover_login(address) is None
+    assert profiles.selected().ca_file == "/chosen/ca.pem"
