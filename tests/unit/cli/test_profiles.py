@@ -212,3 +212,27 @@ def test_login_discovery_keeps_the_ca_login_chose(tmp_path: Path) -> None:
     profiles.select(profiles.Target(address, "/chosen/ca.pem", "p", "flag"))
     assert discover_login(address) is None
     assert profiles.selected().ca_file == "/chosen/ca.pem"
+
+
+def test_the_token_flag_and_variable_win_over_the_profiles_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from cli.tokenstore import TokenSet
+
+    profiles.remember("prod", "gw.example.com:8443", ca_file=None, issuer=None, client_id=None)
+    stored = TokenSet(
+        access_token="from-profile",
+        expires_at=time.time() + 600,
+        issuer="https://idp.example",
+        client_id="c",
+        token_endpoint="https://idp.example/token",
+    )
+    TokenStore(profiles.token_path("prod")).save(stored)
+    monkeypatch.delenv("GATEHOUSE_TOKEN", raising=False)
+    assert rpc.controlplane_address(None) == "gw.example.com:8443"
+    assert rpc.token() == "from-profile"
+    monkeypatch.setenv("GATEHOUSE_TOKEN", "from-env")
+    assert rpc.token() == "from-env"
+    assert rpc.token("from-flag") == "from-flag"
