@@ -17,7 +17,10 @@ agent_app = typer.Typer(help="Run an agent next to your targets.", no_args_is_he
 @controlplane_app.command("serve")
 def controlplane_serve(
     dev: Annotated[
-        bool, typer.Option("--dev", help="SQLite, plaintext on loopback, admin token in DIR.")
+        bool,
+        typer.Option(
+            "--dev", help="Plaintext on loopback (no TLS), for a laptop; admin token in DIR."
+        ),
     ] = False,
     data_dir: DataDirOpt = None,
     grpc_listen: Annotated[
@@ -66,9 +69,41 @@ def controlplane_serve(
             "Default: made in the data dir.",
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GATEHOUSE_TLS_CERT",
+            help="Server certificate chain (PEM) for both listeners; re-read when it changes. "
+            "Default: issued by the control plane's own CA (DIR/ca.pem).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="GATEHOUSE_TLS_KEY", help="Key (PEM) of --tls-cert."),
+    ] = None,
+    public_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_PUBLIC_ADDR",
+            help="Names and IPs clients dial, comma-separated: put in the self-issued "
+            "certificate (with the listen addresses and localhost).",
+        ),
+    ] = "",
+    trusted_proxies: Annotated[
+        str,
+        typer.Option(
+            envvar="GATEHOUSE_TRUSTED_PROXIES",
+            help="Read a PROXY protocol v2 header (the client's address) from these peers "
+            "only, comma-separated CIDRs (your TCP load balancers).",
+        ),
+    ] = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the control plane: apply migrations, listen, relay and record.
+
+    Production (TLS on both listeners, CA and admin token made in DIR on first start):
+      gatehouse controlplane serve --data-dir /var/lib/gatehouse --grpc-listen 0.0.0.0:8443
+      --http-listen 0.0.0.0:8080 --public-addr gw.example.com
 
     Example: gatehouse controlplane serve --dev --data-dir ./data
     """
@@ -93,6 +128,10 @@ def controlplane_serve(
         witnesses=split_witnesses(audit_witness),
         min_retention=retention,
         audit_key_file=audit_key_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        public_addr=tuple(a.strip() for a in public_addr.split(",") if a.strip()),
+        trusted_proxies=trusted_proxies,
     )
     try:
         run(serve(settings))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +48,9 @@ from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
 from controlplane.sessions import SessionServicer
 from controlplane.store.database import Database, default_url
+from controlplane.tls import proxy
+from controlplane.tls.front import TlsFront
+from controlplane.tls.server import ALPN_GRPC, ALPN_HTTP, ServerTls
 from gatehouse.v1 import (
     admin_pb2_grpc,
     agent_pb2_grpc,
@@ -78,13 +83,26 @@ class Settings:
     witnesses: tuple[str, ...] = field(default_factory=env_witnesses)
     # Prune never removes events younger than this.
     min_retention: timedelta = field(default_factory=env_min_retention)
+    # TLS (production mode): the operator's certificate and key, re-read when they change;
+    # without them the CA in data_dir issues one for public_addr and the listen addresses.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    public_addr: tuple[str, ...] = ()
+    # PROXY protocol v2 headers are read from these peers only (comma-separated CIDRs).
+    trusted_proxies: str = ""
 
     def validate(self) -> None:
-        if not self.dev:
+        if self.dev and (self.tls_cert or self.tls_key or self.trusted_proxies):
             raise InvalidArgument(
-                "TLS and OIDC are not configured yet: start the control plane with --dev "
-                "(plaintext on loopback, bootstrap admin token)"
+                "--dev serves plaintext on loopback: --tls-cert, --tls-key and "
+                "--trusted-proxies are for production mode (drop --dev)"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("--tls-cert and --tls-key go together: give both or neither")
+        try:
+            proxy.parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise InvalidArgument(f"--trusted-proxies: {exc}") from None
         if self.checkpoint_every < 1:
             raise InvalidArgument(
                 f"{CHECKPOINT_EVERY_ENV} must be a whole number of events, at least 1"
@@ -110,7 +128,7 @@ class Settings:
             ("--http-listen", self.http_listen),
         ):
             host = split_host_port(listen)[0]
-            if not is_loopback(host):
+            if self.dev and not is_loopback(host):
                 raise InvalidArgument(
                     f"{name} {listen}: --dev serves plaintext and only listens on loopback "
                     "(127.0.0.1 or ::1)"
@@ -143,6 +161,9 @@ class ControlPlane:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
+        self.tls: ServerTls | None = None
+        self._fronts: list[TlsFront] = []
+        self._run_dir: Path | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -155,8 +176,22 @@ class ControlPlane:
         self.audit.start(signer)
         self.auth.failures.start()
         await self.policy.load()
-        if settings.dev:
-            await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
+        await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
+        if not settings.dev:
+            self.tls = await asyncio.to_thread(
+                ServerTls.configure,
+                settings.data_dir,
+                settings.tls_cert,
+                settings.tls_key,
+                [
+                    *settings.public_addr,
+                    split_host_port(settings.grpc_listen)[0],
+                    split_host_port(settings.http_listen)[0],
+                ],
+            )
+            # The inner servers' sockets: private to this process's user, short enough for
+            # sun_path (a data dir can be deep), gone at stop.
+            self._run_dir = Path(tempfile.mkdtemp(prefix="gatehouse-"))
         server = grpc.aio.server(
             interceptors=[SourceInterceptor()],
             options=[
@@ -201,18 +236,49 @@ class ControlPlane:
             server,
         )
         self._grpc = server
+        inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc"
         try:
-            server.add_insecure_port(settings.grpc_listen)
+            server.add_insecure_port(inner)
         except RuntimeError:
             raise OSError(f"cannot listen on {settings.grpc_listen} (gRPC): in use?") from None
         await server.start()
         self._http = await self._start_http()
+        if self.tls is not None:
+            self._start_fronts(self.tls)
         log.info(
-            "control plane listening: gRPC %s, HTTP %s, store %s",
+            "control plane listening: gRPC %s, HTTP %s (%s), store %s",
             settings.grpc_listen,
             settings.http_listen,
+            "plaintext, --dev" if self.tls is None else f"TLS, CA pin {self.tls.ca.pin}",
             "SQLite" if self.db.is_sqlite else "PostgreSQL",
         )
+
+    def _start_fronts(self, tls: ServerTls) -> None:
+        assert self._run_dir is not None
+        trusted = proxy.parse_networks(self.settings.trusted_proxies)
+        for name, listen, alpn, inner, http in (
+            ("gRPC", self.settings.grpc_listen, ALPN_GRPC, "grpc", False),
+            ("HTTP", self.settings.http_listen, ALPN_HTTP, "http", True),
+        ):
+            front = TlsFront(
+                name,
+                tls,
+                alpn,
+                self._run_dir / inner,
+                self._run_dir,
+                trusted_proxies=trusted,
+                handshake_timeout=self.limits.timeout,
+                max_pending=self.limits.max_pending,
+                http=http,
+            )
+            host, port = split_host_port(listen)
+            try:
+                front.listen(host, port)
+            except OSError:
+                raise OSError(f"cannot listen on {listen} ({name}): in use?") from None
+            self._fronts.append(front)
+        for front in self._fronts:
+            front.start()
 
     async def _start_http(self) -> web.AppRunner:
         app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
@@ -224,9 +290,13 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         try:
             assert runner.server is not None  # set up above
-            self._http_server = await loop.create_server(
-                self.http_handshakes.wrap(runner.server), host, port
-            )
+            factory = self.http_handshakes.wrap(runner.server)
+            if self._run_dir is not None:  # behind the TLS front
+                self._http_server = await loop.create_unix_server(
+                    factory, str(self._run_dir / "http")
+                )
+            else:
+                self._http_server = await loop.create_server(factory, host, port)
         except OSError:
             await runner.cleanup()
             raise OSError(f"cannot listen on {self.settings.http_listen} (HTTP): in use?") from None
@@ -257,6 +327,8 @@ class ControlPlane:
 
     async def stop(self, grace: float = 5.0) -> None:
         self.audit.stop_followers()  # end StreamEvents now; followers resume elsewhere or later
+        for front in self._fronts:
+            front.stop_accepting()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -266,6 +338,12 @@ class ControlPlane:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        for front in self._fronts:
+            await front.close()
+        self._fronts.clear()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
         if self.audit.running:
             await self.auth.failures.stop()  # aggregated auth.fail counts, before the writer ends
             await self.audit.close()
