@@ -227,7 +227,9 @@ def test_a_provider_that_fails_or_is_gone_is_named_in_the_error(
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         gone = LoginSettings(issuer=f"http://127.0.0.1:{probe.getsockname()[1]}")
-    with pytest.raises(CliError, match=r"cannot reach the identity provider at http://127\.0\.0\.1"):
+    with pytest.raises(
+        CliError, match=r"cannot reach the identity provider at http://127\.0\.0\.1"
+    ):
         device_login(gone, on_prompt=lambda p: None)
     with pytest.raises(CliError, match="cannot reach the identity provider"):
         refresh(gone, _sample(token_endpoint=gone.issuer + "/token"))
