@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from devenv.oidc import AUDIENCE, OidcProvider
-from devenv.stack import GATEHOUSE, REPO, ControlPlane, gatehouse
+from devenv.processes import free_port, tail
+from devenv.stack import GATEHOUSE, REPO, ControlPlane, Process, gatehouse
 
 POLICY = """\
 connections:
@@ -156,3 +159,75 @@ def test_two_control_planes_by_profile(
     gone = gatehouse(["connections", "list"], env={**env, "GATEHOUSE_PROFILE": "east"})
     assert gone.returncode == 2 and "no profile 'east'" in gone.stderr
     assert _connections(env) == ["pg-west"]
+
+
+@pytest.fixture
+def tls_plane(tmp_path: Path, oidc: OidcProvider) -> Iterator[tuple[str, Path]]:
+    """A control plane without --dev (TLS, its own CA in D/ca.pem); its address and data dir."""
+    data, grpc_port = tmp_path / "tls-cp", free_port()
+    plane = Process(
+        args=[
+            "controlplane",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--grpc-listen",
+            f"127.0.0.1:{grpc_port}",
+            "--http-listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        log_file=tmp_path / "tls-cp.log",
+        env={"GATEHOUSE_OIDC_ISSUER": oidc.issuer, "GATEHOUSE_OIDC_AUDIENCE": AUDIENCE},
+    )
+    plane.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not ((data / "admin.token").exists() and (data / "ca.pem").exists()):
+            assert plane.running, tail(plane.log_file)
+            assert time.monotonic() < deadline, tail(plane.log_file)
+            time.sleep(0.1)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", grpc_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, tail(plane.log_file)
+                time.sleep(0.1)
+        yield f"127.0.0.1:{grpc_port}", data
+    finally:
+        plane.stop()
+
+
+def test_the_profile_carries_the_ca_to_a_tls_control_plane(
+    tmp_path: Path, oidc: OidcProvider, tls_plane: tuple[str, Path]
+) -> None:
+    address, data = tls_plane
+    admin = {
+        "GATEHOUSE_CONTROLPLANE": address,
+        "GATEHOUSE_CA_FILE": str(data / "ca.pem"),
+        "GATEHOUSE_TOKEN": (data / "admin.token").read_text().strip(),
+    }
+    (tmp_path / "policy.yaml").write_text(POLICY.format(name="pg-tls"))
+    applied = gatehouse(["admin", "apply", "-f", str(tmp_path / "policy.yaml")], env=admin)
+    assert applied.returncode == 0, applied.stderr
+
+    env = _person(tmp_path / "config")
+    # Without a CA the CLI speaks plaintext to loopback, which a TLS control plane refuses.
+    untrusted = gatehouse(["connections", "list"], env={**env, **admin, "GATEHOUSE_CA_FILE": ""})
+    assert untrusted.returncode == 1
+    assert "a production control plane serves TLS" in untrusted.stderr
+    ca = tmp_path / "downloaded-ca.pem"
+    ca.write_bytes((data / "ca.pem").read_bytes())
+    out = _login(
+        oidc, env, "alice", "--controlplane", address, "--ca-file", str(ca), "--profile", "prod"
+    )
+    assert "Profile prod" in out
+    ca.unlink()  # the profile keeps its own copy
+
+    # No address, no CA, no token in the environment: the profile has all three.
+    assert _connections(env) == ["pg-tls"]
+    who = _whoami(env)
+    assert (who["profile"], who["controlplane"], who["subject"]) == ("prod", address, "alice")
+    kept = tmp_path / "config" / "gatehouse" / "ca" / "prod.pem"
+    assert kept.read_bytes() == (data / "ca.pem").read_bytes()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
