@@ -32,6 +32,7 @@ from cli.tokenstore import LoginSettings, TokenSet, unverified_claims
 if TYPE_CHECKING:
     from http.server import BaseHTTPRequestHandler
 
+    import requests
     from authlib.integrations.requests_client import OAuth2Session
 
 __all__ = [
@@ -69,16 +70,32 @@ class DevicePrompt:
     interval: float
 
 
+#: The most an identity provider's answer may declare; a token response is a few KiB.
+MAX_RESPONSE = 1024 * 1024
+
+
 def _client(client_id: str, timeout: float, **options: Any) -> OAuth2Session:
     from authlib.integrations.requests_client import OAuth2Session
 
-    return OAuth2Session(
+    client = OAuth2Session(
         client_id=client_id,
         token_endpoint_auth_method="none",
         revocation_endpoint_auth_method="none",
         default_timeout=timeout,
         **options,
     )
+    client.hooks["response"].append(_bounded)
+    return client
+
+
+def _bounded(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """Refuse an answer that declares more than MAX_RESPONSE, before its body is read."""
+    length = response.headers.get("Content-Length", "0")
+    if not length.isdigit() or int(length) > MAX_RESPONSE:
+        response.close()
+        raise CliError(
+            f"{response.url} answered with {length} bytes (at most {MAX_RESPONSE} are read)"
+        )
 
 
 def _described(error: object, description: object) -> str:

@@ -224,6 +224,10 @@ def test_a_provider_that_fails_or_is_gone_is_named_in_the_error(
     with pytest.raises(CliError, match=r"/token answered HTTP 503"):
         device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
 
+    answers.append({"_status": 400, "error": "invalid_request", "padding": "x" * 2**20})
+    with pytest.raises(CliError, match=r"/token answered with \d+ bytes \(at most 1048576"):
+        device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
+
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         gone = LoginSettings(issuer=f"http://127.0.0.1:{probe.getsockname()[1]}")
