@@ -167,6 +167,7 @@ def _tokens(answer: Mapping[str, Any], settings: LoginSettings, endpoints: Endpo
         client_id=settings.client_id,
         token_endpoint=endpoints.token,
         revocation_endpoint=endpoints.revocation,
+        resource=settings.resource,
     )
 
 
@@ -388,7 +389,8 @@ def refresh(settings: LoginSettings | None, token_set: TokenSet) -> TokenSet:
 
     if token_set.refresh_token is None:
         raise CliError("the login cannot be refreshed (no refresh token): run `gatehouse login`")
-    extra = {"resource": settings.resource} if settings is not None and settings.resource else {}
+    resource = settings.resource if settings is not None else token_set.resource
+    extra = {"resource": resource} if resource else {}
     timeout = settings.timeout if settings is not None else 10.0
     with _client(token_set.client_id, timeout) as client:
         try:
@@ -407,6 +409,7 @@ def refresh(settings: LoginSettings | None, token_set: TokenSet) -> TokenSet:
         client_id=token_set.client_id,
         token_endpoint=token_set.token_endpoint,
         revocation_endpoint=token_set.revocation_endpoint,
+        resource=resource,
         previous=token_set,
     )
 

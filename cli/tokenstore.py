@@ -82,6 +82,8 @@ class TokenSet:
     id_token: str | None = None
     scope: str = ""
     revocation_endpoint: str | None = None
+    #: The RFC 8707 resource the login asked for, asked for again on each refresh.
+    resource: str | None = None
 
     def remaining(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
@@ -106,6 +108,7 @@ class TokenSet:
         client_id: str,
         token_endpoint: str,
         revocation_endpoint: str | None,
+        resource: str | None = None,
         previous: TokenSet | None = None,
     ) -> TokenSet:
         access = response.get("access_token")
@@ -130,6 +133,7 @@ class TokenSet:
             else (previous.id_token if previous else None),
             scope=str(response.get("scope") or (previous.scope if previous else "")),
             revocation_endpoint=revocation_endpoint,
+            resource=resource,
         )
 
 

@@ -191,8 +191,10 @@ def test_device_login_sends_scopes_and_the_resource_indicator_as_a_public_client
         {"access_token": "at2", "expires_in": 60, "token_type": "Bearer"},
     ]
     tokens = device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
-    fresh = refresh(settings, tokens)
+    # As a later command refreshes: from the stored login alone, without the settings.
+    fresh = refresh(None, tokens)
     assert fresh.refresh_token == "rt"  # the provider did not rotate it: the old one stays
+    assert fresh.resource == "urn:gatehouse"
 
     (start_path, start), (poll_path, poll), (refresh_path, renewal) = seen
     assert start_path == "/device/auth"
