@@ -229,6 +229,8 @@ def login(
     address = address or profiles.DEFAULT_CONTROLPLANE
     if ca_file is None and existing is not None and existing.controlplane == address:
         ca_file = existing.ca_file
+    if ca_file is not None:
+        profiles.read_ca(ca_file)  # a bad CA file is a usage error before anything is asked
     # Discovery below asks this control plane, through this CA, how to log in.
     target = profiles.select(profiles.Target(address, ca_file, name, "flag"))
     settings = login_settings(issuer, client_id, scope, resource, groups_claim, target.address)
@@ -261,6 +263,7 @@ def login(
             tokens = device_login(settings, on_prompt=prompt, on_wait=waiting)
         finally:
             status.stop()
+    TokenStore(profiles.token_path(name)).save(tokens)  # first: a profile never lacks its login
     saved = profiles.remember(
         name,
         target.address,
@@ -268,7 +271,6 @@ def login(
         issuer=settings.issuer,
         client_id=settings.client_id,
     )
-    TokenStore(profiles.token_path(name)).save(tokens)
     who = _who(tokens, settings.groups_claim, profiles.selected())
     groups = ", ".join(who["groups"]) or "none"
     typer.echo(f"Logged in as {who['subject']} ({who['email'] or 'no e-mail'}); groups: {groups}")

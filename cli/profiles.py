@@ -41,9 +41,16 @@ __all__ = [
     "Profile",
     "Profiles",
     "Target",
+    "ca_copy_path",
+    "check_name",
     "config_dir",
+    "forget",
     "name_for",
+    "profiles_path",
+    "read_ca",
+    "remember",
     "resolve",
+    "select",
     "selected",
     "token_path",
     "write_private",
@@ -282,6 +289,17 @@ def selected() -> Target:
     return _chosen.get(config_dir()) or resolve()
 
 
+def read_ca(ca_file: str) -> str:
+    """The PEM text of a CA file, or a usage error that says what is wrong with it."""
+    try:
+        pem = Path(ca_file).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the CA file {ca_file}: {exc}", USAGE) from None
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise CliError(f"{ca_file} holds no PEM certificate", USAGE)
+    return pem
+
+
 def remember(
     name: str,
     address: str,
@@ -295,12 +313,7 @@ def remember(
     kept_ca: str | None = None
     if ca_file is not None:
         source = Path(ca_file).expanduser()
-        try:
-            pem = source.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read the CA file {ca_file}: {exc}", USAGE) from None
-        if "-----BEGIN CERTIFICATE-----" not in pem:
-            raise CliError(f"{ca_file} holds no PEM certificate", USAGE)
+        pem = read_ca(ca_file)
         copy = ca_copy_path(name)
         if source.resolve() != copy.resolve():
             write_private(copy, pem)
