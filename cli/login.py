@@ -277,13 +277,24 @@ def login(
     typer.echo(f"Profile {saved.name}: control plane {saved.controlplane}")
 
 
+def _target_of(profile: str | None) -> profiles.Target:
+    """The named profile as it is saved (whatever address the environment names), else the
+    profile this command would use."""
+    if not profile:
+        return profiles.resolve()
+    entry = profiles.Profiles.load().entries.get(profiles.check_name(profile))
+    if entry is None:
+        return profiles.Target(profiles.DEFAULT_CONTROLPLANE, None, profile, "default")
+    return profiles.Target(entry.controlplane, entry.ca_file, profile, "profile")
+
+
 def logout(profile: ProfileOpt = None) -> None:
     """Forget a profile's login and the profile (and tell the identity provider, when it
     offers revocation).
 
     Example: gatehouse logout --profile prod
     """
-    target = profiles.resolve(profile=profile)
+    target = _target_of(profile)
     store = TokenStore(profiles.token_path(target.profile))
     tokens = store.load()
     removed = profiles.forget(target.profile)
@@ -309,7 +320,7 @@ def whoami(
 
     Example: gatehouse whoami -o json
     """
-    target = profiles.resolve(profile=profile)
+    target = _target_of(profile)
     tokens = TokenStore(profiles.token_path(target.profile)).load()
     if tokens is None:
         raise CliError(f"not logged in (profile {target.profile}): run `gatehouse login`", REFUSED)

@@ -253,6 +253,13 @@ def resolve(
                 f"--profile {named}`",
                 USAGE,
             )
+        if chosen is not None and address is not None and address != chosen.controlplane:
+            # Its login (and CA) are for its own control plane only: say so, send nothing.
+            raise CliError(
+                f"profile {named!r} is for {chosen.controlplane}, not {address}: "
+                "drop --controlplane/GATEHOUSE_CONTROLPLANE or the profile",
+                USAGE,
+            )
     elif address is not None:
         chosen = profiles.matching(address)
     else:

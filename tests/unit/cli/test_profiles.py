@@ -96,6 +96,9 @@ def test_profile_by_environment_and_unknown_profiles(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("GATEHOUSE_PROFILE", "a")
     assert profiles.resolve().address == "a.example.com:8443"
     assert profiles.resolve(profile="b").address == "b.example.com:8443"  # the flag wins
+    assert profiles.resolve("a.example.com:8443").profile == "a"  # its own address: fine
+    with pytest.raises(CliError, match=r"profile 'a' is for a\.example\.com:8443, not x:1"):
+        profiles.resolve("x:1")  # another address: its login is not sent there
     with pytest.raises(CliError, match="no profile 'nope'"):
         profiles.resolve(profile="nope")
     with pytest.raises(CliError, match="not a profile name"):
