@@ -226,9 +226,15 @@ class Target:
     source: str
 
 
-#: This command's choice (one command, one target), by configuration directory so that a
-#: process that switches directories (tests) never reads another directory's choice.
-_chosen: dict[Path, Target] = {}
+#: This command's choice (one command, one target), kept under the configuration directory
+#: and the variables it was made with: a process whose environment changed (tests, embedding
+#: code) resolves again rather than read a choice made for another environment.
+_chosen: dict[tuple[object, ...], Target] = {}
+
+
+def _context() -> tuple[object, ...]:
+    names = ("GATEHOUSE_CONTROLPLANE", "GATEHOUSE_CA_FILE", "GATEHOUSE_PROFILE")
+    return (config_dir(), *(os.environ.get(name) for name in names))
 
 
 def resolve(
@@ -287,13 +293,14 @@ def resolve(
 
 def select(target: Target) -> Target:
     """Make ``target`` this command's choice (``login`` before its profile exists)."""
-    _chosen[config_dir()] = target
+    _chosen.clear()
+    _chosen[_context()] = target
     return target
 
 
 def selected() -> Target:
     """This command's target: the last `resolve`, else one resolved from environment and file."""
-    return _chosen.get(config_dir()) or resolve()
+    return _chosen.get(_context()) or resolve()
 
 
 def read_ca(ca_file: str) -> str:

@@ -81,7 +81,10 @@ def channel(address: str) -> grpc.aio.Channel:
     try:
         root = Path(ca).read_bytes() if ca else None
     except OSError as exc:
-        raise CliError(f"the CA file {ca}: {exc.strerror}", USAGE) from None
+        raise CliError(
+            f"the CA file {ca} (--ca-file, GATEHOUSE_CA_FILE or the profile's): {exc.strerror}",
+            USAGE,
+        ) from None
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     return grpc.aio.secure_channel(address, creds, options=options)
 

@@ -40,7 +40,12 @@ from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import InvalidArgument
-from controlplane.handshakes import HandshakeGuard, HandshakeLimits, grpc_options
+from controlplane.handshakes import (
+    MAX_CONNECTIONS,
+    HandshakeGuard,
+    HandshakeLimits,
+    grpc_options,
+)
 from controlplane.http.api import build_app
 from controlplane.http.metrics import registry as metrics_registry
 from controlplane.policy.store import PolicyStore
@@ -63,6 +68,7 @@ from gatehouse.v1 import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
+GRPC_PENDING_HANDSHAKES = 4096  # TLS handshakes at once on the gRPC listener, at least
 
 
 @dataclass(frozen=True)
@@ -236,7 +242,7 @@ class ControlPlane:
             server,
         )
         self._grpc = server
-        inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc"
+        inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc.sock"
         try:
             server.add_insecure_port(inner)
         except RuntimeError:
@@ -256,9 +262,19 @@ class ControlPlane:
     def _start_fronts(self, tls: ServerTls) -> None:
         assert self._run_dir is not None
         trusted = proxy.parse_networks(self.settings.trusted_proxies)
-        for name, listen, alpn, inner, http in (
-            ("gRPC", self.settings.grpc_listen, ALPN_GRPC, "grpc", False),
-            ("HTTP", self.settings.http_listen, ALPN_HTTP, "http", True),
+        # gRPC: a fleet of agents reconnecting at once after a restart must not be turned away
+        # (they would only retry later); the timeout still bounds connections that stall.
+        grpc_pending = max(self.limits.max_pending, GRPC_PENDING_HANDSHAKES)
+        for name, listen, alpn, inner, http, pending in (
+            ("gRPC", self.settings.grpc_listen, ALPN_GRPC, "grpc.sock", False, grpc_pending),
+            (
+                "HTTP",
+                self.settings.http_listen,
+                ALPN_HTTP,
+                "http.sock",
+                True,
+                self.limits.max_pending,
+            ),
         ):
             front = TlsFront(
                 name,
@@ -268,7 +284,8 @@ class ControlPlane:
                 self._run_dir,
                 trusted_proxies=trusted,
                 handshake_timeout=self.limits.timeout,
-                max_pending=self.limits.max_pending,
+                max_pending=pending,
+                max_connections=MAX_CONNECTIONS,
                 http=http,
             )
             host, port = split_host_port(listen)
@@ -293,7 +310,7 @@ class ControlPlane:
             factory = self.http_handshakes.wrap(runner.server)
             if self._run_dir is not None:  # behind the TLS front
                 self._http_server = await loop.create_unix_server(
-                    factory, str(self._run_dir / "http")
+                    factory, str(self._run_dir / "http.sock")
                 )
             else:
                 self._http_server = await loop.create_server(factory, host, port)

@@ -50,6 +50,7 @@ class TlsFront:
         trusted_proxies: tuple[proxy.Network, ...] = (),
         handshake_timeout: float = 10.0,
         max_pending: int = 1000,
+        max_connections: int = 20_000,
         http: bool = False,
     ) -> None:
         self.name = name
@@ -60,6 +61,7 @@ class TlsFront:
         self.trusted_proxies = trusted_proxies
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
+        self.max_connections = max_connections
         self.http = http
         self.pending = 0
         self.refused_plaintext = 0
@@ -112,18 +114,22 @@ class TlsFront:
                 log.warning("%s: accept failed: %s", self.name, exc)
                 await asyncio.sleep(0.1)
                 continue
-            if self.pending >= self.max_pending:
+            if self.pending >= self.max_pending or len(self._connections) >= self.max_connections:
                 log.warning(
-                    "%s: refusing a connection: %d handshakes pending", self.name, self.pending
+                    "%s: refusing a connection: %d handshakes pending, %d connections open",
+                    self.name,
+                    self.pending,
+                    len(self._connections),
                 )
                 conn.close()
                 continue
             conn.setblocking(False)
-            task = loop.create_task(self._serve(conn, proxy.normal_ip(address[0])))
+            client = (proxy.normal_ip(address[0]), int(address[1]))
+            task = loop.create_task(self._serve(conn, client))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 
-    async def _serve(self, conn: socket.socket, address: str) -> None:
+    async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> None:
         self.pending += 1
         pending = True
         writer: asyncio.StreamWriter | None = None
@@ -131,21 +137,21 @@ class TlsFront:
         try:
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    source = await self._preamble(conn, address)
+                    source = await self._preamble(conn, client)
                     if source is None:
                         return
                     reader, writer = await self._handshake(conn)
             except (TimeoutError, OSError, ssl.SSLError, proxy.ProxyHeaderError) as exc:
                 self.failed_handshakes += 1
-                log.debug("%s: handshake from %s failed: %s", self.name, address, exc)
+                log.debug("%s: handshake from %s failed: %s", self.name, client[0], exc)
                 conn.close()
                 return
             self.pending -= 1
             pending = False
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            path = str(self.run_dir / f"c-{next(self._ids)}")
-            peers.register(path, peers.Peer(source, der or None))
+            path = str(self.run_dir / f"{self.name.lower()}-{next(self._ids)}")
+            peers.register(path, peers.Peer(source[0], der or None, source[1]))
             try:
                 inner_reader, inner_writer = await self._open_inner(path)
             except OSError as exc:
@@ -161,21 +167,25 @@ class TlsFront:
                     os.unlink(path)  # a directory entry: no I/O worth a thread
             if writer is not None:
                 writer.close()
+            else:  # refused, failed or cancelled before TLS took the socket over
+                conn.close()
 
-    async def _preamble(self, conn: socket.socket, address: str) -> str | None:
-        """The client's address (a trusted proxy's header wins); None when refused here."""
-        source = address
-        if proxy.trusted(address, self.trusted_proxies):
+    async def _preamble(
+        self, conn: socket.socket, client: tuple[str, int]
+    ) -> tuple[str, int] | None:
+        """The client's address and port (a trusted proxy's header wins); None when refused."""
+        source = client
+        if proxy.trusted(client[0], self.trusted_proxies):
             first = await _peek(conn, proxy.PREFIX)
             if first.startswith(proxy.SIGNATURE[: len(first)]) and len(first) >= proxy.PREFIX:
                 length = proxy.body_length(first)
                 header = proxy.parse(await _read_exactly(conn, proxy.PREFIX + length))
                 if header.source is not None:
-                    source = header.source
+                    source = (header.source, header.port)
         first = await _peek(conn, 1)
         if not first or first[0] != TLS_HANDSHAKE:
             self.refused_plaintext += 1
-            log.info("%s: refused a plaintext connection from %s", self.name, source)
+            log.info("%s: refused a plaintext connection from %s", self.name, source[0])
             if self.http and first:
                 with contextlib.suppress(OSError):
                     conn.send(PLAINTEXT_REFUSAL)

@@ -18,6 +18,14 @@ from cryptography import x509
 class Peer:
     address: str
     certificate_der: bytes | None = None
+    port: int = 0
+
+    @property
+    def grpc_form(self) -> str:
+        """As gRPC writes a TCP peer: `ipv4:10.0.0.7:5555`, `ipv6:[::1]:5555`."""
+        if ":" in self.address:
+            return f"ipv6:[{self.address}]:{self.port}"
+        return f"ipv4:{self.address}:{self.port}"
 
     @property
     def certificate(self) -> x509.Certificate | None:
@@ -43,6 +51,13 @@ def lookup(local_peer: str) -> Peer | None:
     return _PEERS.get(path)
 
 
+def grpc_peer(context: Any) -> str:
+    """`context.peer()`, with a connection the TLS front forwarded shown as the client's."""
+    peer: str = context.peer()
+    forwarded = lookup(peer) if peer.startswith("unix:") else None
+    return forwarded.grpc_form if forwarded is not None else peer
+
+
 def peer_certificate(context: Any) -> x509.Certificate | None:
     """The client certificate the caller of this RPC presented and the front verified against
     the control plane's CA; None when it presented none (or in --dev, which has no TLS)."""
@@ -50,4 +65,4 @@ def peer_certificate(context: Any) -> x509.Certificate | None:
     return peer.certificate if peer is not None else None
 
 
-__all__ = ["Peer", "forget", "lookup", "peer_certificate", "register"]
+__all__ = ["Peer", "forget", "grpc_peer", "lookup", "peer_certificate", "register"]

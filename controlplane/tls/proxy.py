@@ -25,6 +25,7 @@ class ProxyHeaderError(ValueError):
 class ProxyHeader:
     source: str | None  # None: a LOCAL command (the proxy's own health check) or unknown family
     length: int  # bytes the header takes, including the prefix
+    port: int = 0  # the client's source port
 
 
 def body_length(prefix: bytes) -> int:
@@ -54,11 +55,14 @@ def parse(header: bytes) -> ProxyHeader:
     if family == 0x1:  # AF_INET: src(4) dst(4) sport(2) dport(2)
         if length < 12:
             raise ProxyHeaderError("PROXY header too short for IPv4 addresses")
-        return ProxyHeader(str(ipaddress.IPv4Address(body[:4])), PREFIX + length)
+        (port,) = struct.unpack("!H", body[8:10])
+        return ProxyHeader(str(ipaddress.IPv4Address(body[:4])), PREFIX + length, port)
     if family == 0x2:  # AF_INET6: src(16) dst(16) sport(2) dport(2)
         if length < 36:
             raise ProxyHeaderError("PROXY header too short for IPv6 addresses")
-        return ProxyHeader(normal_ip(str(ipaddress.IPv6Address(body[:16]))), PREFIX + length)
+        (port,) = struct.unpack("!H", body[32:34])
+        source = normal_ip(str(ipaddress.IPv6Address(body[:16])))
+        return ProxyHeader(source, PREFIX + length, port)
     return ProxyHeader(None, PREFIX + length)  # UNSPEC or unix: no address to record
 
 

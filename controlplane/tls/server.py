@@ -193,7 +193,7 @@ def split_names(names: list[str]) -> tuple[list[str], list[str]]:
     dns: list[str] = []
     ips: list[str] = []
     for given in [*names, "localhost", "127.0.0.1", "::1"]:
-        name = given.strip().strip("[]")
+        name = _without_port(given.strip())
         if not name:
             continue
         try:
@@ -204,6 +204,16 @@ def split_names(names: list[str]) -> tuple[list[str], list[str]]:
         if not ip.is_unspecified:  # 0.0.0.0 / :: are not an address anyone dials
             ips.append(str(ip))
     return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
+
+
+def _without_port(name: str) -> str:
+    """`gw.example.com:8443` → `gw.example.com`, `[::1]:8443` → `::1`; a bare IPv6 stays."""
+    if name.startswith("["):
+        return name[1:].partition("]")[0]
+    host, sep, port = name.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return name
 
 
 def _stamp(cert: Path, key: Path) -> tuple[int, int, int, int]:
