@@ -1,51 +1,33 @@
-"""`gatehouse login | logout | whoami`: a person's OIDC login, kept for the commands after it.
+"""`gatehouse login | logout | whoami`: a person's OIDC login, kept per profile for the
+commands after it.
 
-Two ways in, both for a public client (no secret can hide in a CLI):
-
-* the device authorization grant (RFC 8628, the default): the CLI shows a URL and a code, the
-  person confirms on any device with a browser, the CLI polls the token endpoint;
-* authorization code + PKCE (RFC 7636) on a loopback redirect (RFC 8252, ``--browser``): the
-  CLI listens on 127.0.0.1 on a random port and opens the browser there.
-
-Tokens live in ``$XDG_CONFIG_HOME/gatehouse/tokens.json`` (``~/.config/...``), written
-atomically with mode 0600, and are refreshed when less than a minute remains. Refreshing holds
-a file lock: identity providers rotate refresh tokens and treat a reused one as theft, so two
-commands refreshing at once would otherwise revoke the login.
-
-The HTTP client is the standard library's on purpose: it is synchronous, so ``cli.rpc`` can ask
-``TokenStore().current()`` for a token before a command starts its one event loop, and it adds
-no import time to ``gatehouse exec``, which AI agents run again and again.
+The OAuth flows are in cli.oidcflow (on Authlib's client), the token file in cli.tokenstore, the
+profiles (which control plane, which CA) in cli.profiles; this module is the commands. The names
+of those modules are re-exported here, where the rest of the code and the tests look for them.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import json
-import os
-import secrets
-import tempfile
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
+from cli import profiles
 from cli.errors import REFUSED, USAGE, CliError
+from cli.oidcflow import DevicePrompt, browser_login, device_login, discover, refresh, revoke
 from cli.options import OutputOpt
 from cli.output import Format, emit
-from cli.rpc import is_loopback_host
-
-if TYPE_CHECKING:
-    from http.server import BaseHTTPRequestHandler
+from cli.tokenstore import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_SCOPE,
+    DEFAULT_SCOPES,
+    LoginSettings,
+    TokenSet,
+    TokenStore,
+    default_token_path,
+    when,
+)
 
 __all__ = [
     "DevicePrompt",
@@ -53,541 +35,16 @@ __all__ = [
     "TokenSet",
     "TokenStore",
     "browser_login",
+    "default_token_path",
     "device_login",
     "discover",
+    "discover_login",
     "login",
     "login_settings",
     "logout",
     "refresh",
     "whoami",
 ]
-
-DEFAULT_CLIENT_ID = "gatehouse-cli"
-DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
-#: Refresh when less than this many seconds of the access token remain.
-REFRESH_MARGIN = 60.0
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-DEFAULT_SCOPE = " ".join(DEFAULT_SCOPES)
-_MAX_RESPONSE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class LoginSettings:
-    """The identity provider and how the CLI is registered there."""
-
-    issuer: str
-    client_id: str = DEFAULT_CLIENT_ID
-    scopes: tuple[str, ...] = DEFAULT_SCOPES
-    #: RFC 8707 resource indicator to ask tokens for (some providers need it for the audience).
-    resource: str | None = None
-    groups_claim: str = "groups"
-    timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        parts = urllib.parse.urlsplit(self.issuer)
-        secure = parts.scheme == "https"
-        if not (secure or (parts.scheme == "http" and is_loopback_host(parts.hostname or ""))):
-            raise CliError(
-                f"the OIDC issuer {self.issuer!r} must be an https:// URL (http only on loopback)",
-                USAGE,
-            )
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """What discovery says about where to send the person and the CLI."""
-
-    token: str
-    authorization: str | None = None
-    device_authorization: str | None = None
-    revocation: str | None = None
-
-
-@dataclass(frozen=True)
-class TokenSet:
-    """The tokens of one login, and where to refresh and revoke them."""
-
-    access_token: str
-    expires_at: float  # epoch seconds
-    issuer: str
-    client_id: str
-    token_endpoint: str
-    refresh_token: str | None = None
-    id_token: str | None = None
-    scope: str = ""
-    revocation_endpoint: str | None = None
-
-    def remaining(self, now: float | None = None) -> float:
-        return self.expires_at - (time.time() if now is None else now)
-
-    def claims(self) -> dict[str, Any]:
-        """Who the tokens say the person is: the JWT access token, else the ID token.
-
-        Not verified here (the control plane verifies every token it is shown); for display.
-        """
-        for token in (self.access_token, self.id_token):
-            claims = _unverified_claims(token) if token else None
-            if claims is not None:
-                return claims
-        return {}
-
-    @classmethod
-    def from_response(
-        cls,
-        response: Mapping[str, Any],
-        *,
-        issuer: str,
-        client_id: str,
-        endpoints: Endpoints,
-        previous: TokenSet | None = None,
-    ) -> TokenSet:
-        access = response.get("access_token")
-        if not isinstance(access, str) or not access:
-            raise CliError("the identity provider answered without an access token")
-        expires_in = response.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 300.0
-        refresh = response.get("refresh_token")
-        id_token = response.get("id_token")
-        return cls(
-            access_token=access,
-            expires_at=time.time() + lifetime,
-            issuer=issuer,
-            client_id=client_id,
-            token_endpoint=endpoints.token,
-            # Providers may keep the refresh token (no rotation) and skip a new ID token.
-            refresh_token=refresh if isinstance(refresh, str) else _kept(previous, "refresh"),
-            id_token=id_token if isinstance(id_token, str) else _kept(previous, "id"),
-            scope=str(response.get("scope") or (previous.scope if previous else "")),
-            revocation_endpoint=endpoints.revocation,
-        )
-
-
-def _kept(previous: TokenSet | None, which: str) -> str | None:
-    if previous is None:
-        return None
-    return previous.refresh_token if which == "refresh" else previous.id_token
-
-
-@dataclass(frozen=True)
-class DevicePrompt:
-    """What to tell the person: where to go and which code to expect there."""
-
-    user_code: str
-    verification_uri: str
-    verification_uri_complete: str | None
-    expires_in: float
-    interval: float
-
-
-def _unverified_claims(token: str) -> dict[str, Any] | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-# --- HTTP ------------------------------------------------------------------------------------
-
-
-def _request(
-    url: str, *, fields: Mapping[str, str] | None = None, timeout: float
-) -> tuple[int, dict[str, Any]]:
-    """GET (or POST ``fields`` as a form) and parse the JSON answer, errors included."""
-    data = urllib.parse.urlencode(fields).encode() if fields is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, body = response.status, response.read(_MAX_RESPONSE)
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read(_MAX_RESPONSE)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CliError(f"cannot reach the identity provider at {url}: {reason}") from None
-    try:
-        document = json.loads(body) if body else {}
-    except ValueError:
-        raise CliError(f"{url} answered HTTP {status} without JSON") from None
-    if not isinstance(document, dict):
-        raise CliError(f"{url} answered HTTP {status} with JSON that is not an object")
-    return status, document
-
-
-def _oauth_error(document: Mapping[str, Any]) -> str:
-    error = str(document.get("error") or "error")
-    description = document.get("error_description")
-    return f"{error}: {description}" if description else error
-
-
-def discover(settings: LoginSettings) -> Endpoints:
-    """The provider's endpoints from its discovery document (which must name it exactly)."""
-    url = settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
-    status, document = _request(url, timeout=settings.timeout)
-    if status != 200:
-        raise CliError(f"{url} answered HTTP {status}: is {settings.issuer} an OIDC issuer?")
-    if document.get("issuer") != settings.issuer:
-        raise CliError(
-            f"{url} names issuer {document.get('issuer')!r}, not {settings.issuer!r}: "
-            "set GATEHOUSE_OIDC_ISSUER to exactly the issuer's value"
-        )
-    token = document.get("token_endpoint")
-    if not isinstance(token, str):
-        raise CliError(f"{url} names no token endpoint")
-
-    def optional(name: str) -> str | None:
-        value = document.get(name)
-        return value if isinstance(value, str) else None
-
-    return Endpoints(
-        token=token,
-        authorization=optional("authorization_endpoint"),
-        device_authorization=optional("device_authorization_endpoint"),
-        revocation=optional("revocation_endpoint"),
-    )
-
-
-def _scope_fields(settings: LoginSettings) -> dict[str, str]:
-    fields = {"client_id": settings.client_id, "scope": " ".join(settings.scopes)}
-    if settings.resource:
-        fields["resource"] = settings.resource
-    return fields
-
-
-# --- the device authorization grant (RFC 8628) --------------------------------------------
-
-
-def device_login(
-    settings: LoginSettings,
-    *,
-    on_prompt: Callable[[DevicePrompt], object],
-    on_wait: Callable[[float], object] | None = None,
-    sleep: Callable[[float], object] = time.sleep,
-) -> TokenSet:
-    """Log in on another device: show the code, poll until the person confirms it.
-
-    ``on_wait`` hears the seconds left before the code expires, before each pause. Polls
-    respect the provider's ``interval`` and add 5 s on each ``slow_down``.
-    """
-    endpoints = discover(settings)
-    if endpoints.device_authorization is None:
-        raise CliError(
-            f"{settings.issuer} does not offer the device grant: use `gatehouse login --browser`"
-        )
-    status, started = _request(
-        endpoints.device_authorization, fields=_scope_fields(settings), timeout=settings.timeout
-    )
-    if status != 200 or not isinstance(started.get("device_code"), str):
-        raise CliError(f"the identity provider refused to start a login: {_oauth_error(started)}")
-    expires_in = float(started.get("expires_in") or 600)
-    prompt = DevicePrompt(
-        user_code=str(started.get("user_code", "")),
-        verification_uri=str(started.get("verification_uri", "")),
-        verification_uri_complete=started.get("verification_uri_complete"),
-        expires_in=expires_in,
-        interval=float(started.get("interval") or 5),
-    )
-    on_prompt(prompt)
-    interval = prompt.interval
-    deadline = time.monotonic() + expires_in
-    fields = {
-        "grant_type": DEVICE_GRANT,
-        "device_code": started["device_code"],
-        "client_id": settings.client_id,
-    }
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise CliError("the code expired before it was confirmed: run `gatehouse login` again")
-        if on_wait is not None:
-            on_wait(left)
-        sleep(interval)
-        status, answer = _request(endpoints.token, fields=fields, timeout=settings.timeout)
-        if status == 200:
-            return TokenSet.from_response(
-                answer, issuer=settings.issuer, client_id=settings.client_id, endpoints=endpoints
-            )
-        error = answer.get("error")
-        if error == "authorization_pending":
-            continue
-        if error == "slow_down":
-            interval += 5
-            continue
-        if error == "access_denied":
-            raise CliError("the login was denied at the identity provider")
-        if error == "expired_token":
-            raise CliError("the code expired before it was confirmed: run `gatehouse login` again")
-        raise CliError(f"the identity provider refused the login: {_oauth_error(answer)}")
-
-
-# --- authorization code + PKCE on a loopback redirect (RFC 7636, RFC 8252) --------------
-
-
-@dataclass
-class _Callback:
-    """What the browser brought back to the loopback listener."""
-
-    state: str
-    params: dict[str, str] = field(default_factory=dict)
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-_DONE_PAGE = (
-    "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Gatehouse</title></head><body>"
-    "<h1>{title}</h1><p>{text}</p></body></html>"
-)
-
-
-def _callback_handler(callback: _Callback) -> type[BaseHTTPRequestHandler]:
-    from http.server import BaseHTTPRequestHandler
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            params = dict(urllib.parse.parse_qsl(url.query))
-            if url.path != "/callback" or not secrets.compare_digest(
-                params.get("state", ""), callback.state
-            ):
-                # Not the answer to this login (a stray tab, or someone else's request): ignore.
-                self._page(400, "Not this login", "This answer is not for the login in progress.")
-                return
-            if "error" in params:
-                self._page(200, "Login failed", "Return to the terminal to see why.")
-            else:
-                self._page(
-                    200, "Logged in", "You can close this window and return to the terminal."
-                )
-            callback.params = params
-            callback.done.set()
-
-        def _page(self, status: int, title: str, text: str) -> None:
-            body = _DONE_PAGE.format(title=title, text=text).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the query string carries the authorization code."""
-
-    return Handler
-
-
-def _s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def browser_login(
-    settings: LoginSettings,
-    *,
-    open_browser: Callable[[str], object] | None = None,
-    on_url: Callable[[str], object] | None = None,
-    timeout: float = 300.0,
-) -> TokenSet:
-    """Log in with a browser on this machine: PKCE (S256), state and nonce, loopback redirect.
-
-    ``open_browser`` defaults to ``webbrowser.open``; ``on_url`` hears the authorization URL
-    first, so the person can open it by hand when no browser starts (over SSH, say).
-    """
-    import webbrowser
-    from http.server import HTTPServer
-
-    endpoints = discover(settings)
-    if endpoints.authorization is None:
-        raise CliError(f"{settings.issuer} names no authorization endpoint: use the device login")
-    verifier = secrets.token_urlsafe(64)
-    nonce = secrets.token_urlsafe(24)
-    callback = _Callback(state=secrets.token_urlsafe(24))
-    server = HTTPServer(("127.0.0.1", 0), _callback_handler(callback))
-    redirect_uri = f"http://127.0.0.1:{server.server_address[1]}/callback"
-    query = {
-        **_scope_fields(settings),
-        "response_type": "code",
-        "redirect_uri": redirect_uri,
-        "state": callback.state,
-        "nonce": nonce,
-        "code_challenge": _s256(verifier),
-        "code_challenge_method": "S256",
-    }
-    separator = "&" if urllib.parse.urlsplit(endpoints.authorization).query else "?"
-    url = endpoints.authorization + separator + urllib.parse.urlencode(query)
-    thread = threading.Thread(target=server.serve_forever, name="login-callback", daemon=True)
-    thread.start()
-    try:
-        if on_url is not None:
-            on_url(url)
-        (open_browser or webbrowser.open)(url)
-        if not callback.done.wait(timeout):
-            raise CliError(f"the browser did not come back within {timeout:g} s; try again")
-    finally:
-        server.shutdown()
-        server.server_close()
-    params = callback.params
-    if "error" in params:
-        raise CliError(f"the identity provider refused the login: {_oauth_error(params)}")
-    if "iss" in params and params["iss"] != settings.issuer:  # RFC 9207: mix-up defence
-        raise CliError(f"the answer came from issuer {params['iss']!r}, not {settings.issuer!r}")
-    if not params.get("code"):
-        raise CliError("the browser came back without an authorization code")
-    status, answer = _request(
-        endpoints.token,
-        fields={
-            "grant_type": "authorization_code",
-            "code": params["code"],
-            "redirect_uri": redirect_uri,
-            "client_id": settings.client_id,
-            "code_verifier": verifier,
-        },
-        timeout=settings.timeout,
-    )
-    if status != 200:
-        raise CliError(f"the identity provider refused the code: {_oauth_error(answer)}")
-    tokens = TokenSet.from_response(
-        answer, issuer=settings.issuer, client_id=settings.client_id, endpoints=endpoints
-    )
-    id_claims = _unverified_claims(tokens.id_token) if tokens.id_token else None
-    if id_claims is not None and id_claims.get("nonce") != nonce:
-        raise CliError("the ID token does not carry this login's nonce: refusing it")
-    return tokens
-
-
-# --- refresh and storage ---------------------------------------------------------------------
-
-
-def refresh(settings: LoginSettings | None, token_set: TokenSet) -> TokenSet:
-    """New tokens from the refresh token, at the endpoint the login used."""
-    if token_set.refresh_token is None:
-        raise CliError("the login cannot be refreshed (no refresh token): run `gatehouse login`")
-    fields = {
-        "grant_type": "refresh_token",
-        "refresh_token": token_set.refresh_token,
-        "client_id": token_set.client_id,
-    }
-    if settings is not None and settings.resource:
-        fields["resource"] = settings.resource
-    timeout = settings.timeout if settings is not None else 10.0
-    status, answer = _request(token_set.token_endpoint, fields=fields, timeout=timeout)
-    if status != 200:
-        if answer.get("error") == "invalid_grant":
-            raise CliError("your login expired or was revoked: run `gatehouse login`")
-        raise CliError(f"the identity provider refused to refresh: {_oauth_error(answer)}")
-    endpoints = Endpoints(token=token_set.token_endpoint, revocation=token_set.revocation_endpoint)
-    return TokenSet.from_response(
-        answer,
-        issuer=token_set.issuer,
-        client_id=token_set.client_id,
-        endpoints=endpoints,
-        previous=token_set,
-    )
-
-
-def default_token_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "gatehouse" / "tokens.json"
-
-
-class TokenStore:
-    """The person's login on disk: one file, 0600, replaced atomically."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or default_token_path()
-
-    def load(self) -> TokenSet | None:
-        try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-            return TokenSet(**document)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as exc:
-            raise CliError(
-                f"cannot read the stored login in {self.path} ({exc}): "
-                "run `gatehouse logout`, then `gatehouse login`"
-            ) from None
-
-    def save(self, tokens: TokenSet) -> None:
-        """Write to a private temporary file beside the real one, then rename over it."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)  # 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(asdict(tokens), handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-
-    def forget(self) -> bool:
-        """Remove the stored login; False when there was none."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    def current(self, settings: LoginSettings | None = None) -> str:
-        """A valid access token, refreshed first when less than a minute of it remains."""
-        tokens = self._require(settings)
-        if tokens.remaining() >= REFRESH_MARGIN:
-            return tokens.access_token
-        with self._locked():
-            tokens = self._require(settings)  # another command may have refreshed meanwhile
-            if tokens.remaining() >= REFRESH_MARGIN:
-                return tokens.access_token
-            if tokens.refresh_token is None:
-                if tokens.remaining() > 0:
-                    return tokens.access_token
-                raise CliError(
-                    f"your login expired at {_when(tokens.expires_at)}: run `gatehouse login`"
-                )
-            try:
-                fresh = refresh(settings, tokens)
-            except CliError:
-                if tokens.remaining() > 0:  # the provider is unreachable, the token still works
-                    return tokens.access_token
-                raise
-            self.save(fresh)
-            return fresh.access_token
-
-    def _require(self, settings: LoginSettings | None) -> TokenSet:
-        tokens = self.load()
-        if tokens is None:
-            raise CliError("not logged in: run `gatehouse login`, or set GATEHOUSE_TOKEN")
-        if settings is not None and (tokens.issuer, tokens.client_id) != (
-            settings.issuer,
-            settings.client_id,
-        ):
-            raise CliError(
-                f"the stored login is for {tokens.issuer} ({tokens.client_id}), not "
-                f"{settings.issuer} ({settings.client_id}): run `gatehouse login`"
-            )
-        return tokens
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        import fcntl
-
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-
-def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-# --- the commands ----------------------------------------------------------------------------
 
 IssuerOpt = Annotated[
     str | None,
@@ -623,6 +80,16 @@ GroupsClaimOpt = Annotated[
 ]
 
 
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        envvar="GATEHOUSE_PROFILE",
+        help="Which saved control plane and login (default: the last login's).",
+    ),
+]
+
+
 def discover_login(address: str | None = None) -> LoginSettings | None:
     """Ask the control plane how to log in, so that its address is all a person needs."""
     import grpc
@@ -631,7 +98,9 @@ def discover_login(address: str | None = None) -> LoginSettings | None:
     from cli.options import run
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
-    target = rpc.controlplane_address(address)
+    if address is None or profiles.selected().address != address:
+        address = rpc.controlplane_address(address)
+    target = address  # `login` chose it (and its CA) already: keep that choice
 
     async def ask() -> client_pb2.LoginConfig | None:
         async with rpc.channel(target) as channel:
@@ -659,16 +128,17 @@ def login_settings(
     scope: str = DEFAULT_SCOPE,
     resource: str | None = None,
     groups_claim: str = "groups",
+    address: str | None = None,
 ) -> LoginSettings:
     """Settings from flags and environment, else from the control plane, or a usage error
     that says what is missing."""
     if not issuer:
-        discovered = discover_login()
+        discovered = discover_login(address)
         if discovered is not None:
             return discovered
         raise CliError(
             "no identity provider configured: set GATEHOUSE_OIDC_ISSUER or pass --issuer, or "
-            "point GATEHOUSE_CONTROLPLANE at a control plane that has one",
+            "point --controlplane (GATEHOUSE_CONTROLPLANE) at a control plane that has one",
             USAGE,
         )
     return LoginSettings(
@@ -680,12 +150,14 @@ def login_settings(
     )
 
 
-def _who(tokens: TokenSet, groups_claim: str) -> dict[str, Any]:
+def _who(tokens: TokenSet, groups_claim: str, target: profiles.Target) -> dict[str, Any]:
     claims = tokens.claims()
     groups = claims.get(groups_claim)
     if isinstance(groups, str):
         groups = [groups]
     return {
+        "profile": target.profile,
+        "controlplane": target.address,
         "subject": claims.get("sub"),
         "email": claims.get("email"),
         "groups": groups if isinstance(groups, list) else [],
@@ -697,6 +169,18 @@ def _who(tokens: TokenSet, groups_claim: str) -> dict[str, Any]:
     }
 
 
+def _profile_for_login(address: str | None, profile: str | None) -> str:
+    """The profile a login writes: the named one; else the one that already has this
+    address, else one named after it; else the current one, else ``default``."""
+    if profile:
+        return profiles.check_name(profile)
+    saved = profiles.Profiles.load()
+    if address:
+        match = saved.matching(address)
+        return match.name if match else profiles.name_for(address)
+    return saved.current or profiles.DEFAULT_PROFILE
+
+
 def login(
     browser: Annotated[
         bool, typer.Option("--browser", help="Use a browser on this machine (PKCE).")
@@ -704,23 +188,52 @@ def login(
     device: Annotated[
         bool, typer.Option("--device", help="Confirm a code on any device (the default).")
     ] = False,
+    controlplane: Annotated[
+        str | None,
+        typer.Option(
+            "--controlplane",
+            envvar="GATEHOUSE_CONTROLPLANE",
+            help="host:port of the control plane; remembered in the profile.",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-file",
+            envvar="GATEHOUSE_CA_FILE",
+            help="CA certificate (PEM) for the control plane; a copy is kept in the profile.",
+        ),
+    ] = None,
+    profile: ProfileOpt = None,
     issuer: IssuerOpt = None,
     client_id: ClientIdOpt = DEFAULT_CLIENT_ID,
     scope: ScopeOpt = DEFAULT_SCOPE,
     resource: ResourceOpt = None,
     groups_claim: GroupsClaimOpt = "groups",
 ) -> None:
-    """Log in with your identity provider; later commands use the login.
+    """Log in with your identity provider; later commands use the login and the control plane.
 
     Example: gatehouse login                # open the URL shown, on any device
 
     Example: gatehouse login --browser      # a browser on this machine
+
+    Example: gatehouse login --controlplane gw.example.com:8443 --ca-file ca.pem --profile prod
     """
     from rich.console import Console
 
     if browser and device:
         raise CliError("choose --browser or --device, not both", USAGE)
-    settings = login_settings(issuer, client_id, scope, resource, groups_claim)
+    name = _profile_for_login(controlplane, profile)
+    existing = profiles.Profiles.load().entries.get(name)
+    address = controlplane or (existing.controlplane if existing else None)
+    address = address or profiles.DEFAULT_CONTROLPLANE
+    if ca_file is None and existing is not None and existing.controlplane == address:
+        ca_file = existing.ca_file
+    if ca_file is not None:
+        profiles.read_ca(ca_file)  # a bad CA file is a usage error before anything is asked
+    # Discovery below asks this control plane, through this CA, how to log in.
+    target = profiles.select(profiles.Target(address, ca_file, name, "flag"))
+    settings = login_settings(issuer, client_id, scope, resource, groups_claim, target.address)
     console = Console(stderr=True, highlight=False)
     if browser:
         tokens = browser_login(
@@ -750,59 +263,84 @@ def login(
             tokens = device_login(settings, on_prompt=prompt, on_wait=waiting)
         finally:
             status.stop()
-    store = TokenStore()
-    store.save(tokens)
-    who = _who(tokens, settings.groups_claim)
+    TokenStore(profiles.token_path(name)).save(tokens)  # first: a profile never lacks its login
+    saved = profiles.remember(
+        name,
+        target.address,
+        ca_file=target.ca_file,
+        issuer=settings.issuer,
+        client_id=settings.client_id,
+    )
+    who = _who(tokens, settings.groups_claim, profiles.selected())
     groups = ", ".join(who["groups"]) or "none"
     typer.echo(f"Logged in as {who['subject']} ({who['email'] or 'no e-mail'}); groups: {groups}")
+    typer.echo(f"Profile {saved.name}: control plane {saved.controlplane}")
 
 
-def logout() -> None:
-    """Forget the stored login (and tell the identity provider, when it offers revocation).
+def _target_of(profile: str | None) -> profiles.Target:
+    """The named profile as it is saved (whatever address the environment names), else the
+    profile this command would use."""
+    if not profile:
+        return profiles.resolve()
+    entry = profiles.Profiles.load().entries.get(profiles.check_name(profile))
+    if entry is None:
+        return profiles.Target(profiles.DEFAULT_CONTROLPLANE, None, profile, "default")
+    return profiles.Target(entry.controlplane, entry.ca_file, profile, "profile")
 
-    Example: gatehouse logout
+
+def logout(profile: ProfileOpt = None) -> None:
+    """Forget a profile's login and the profile (and tell the identity provider, when it
+    offers revocation).
+
+    Example: gatehouse logout --profile prod
     """
-    store = TokenStore()
+    target = _target_of(profile)
+    store = TokenStore(profiles.token_path(target.profile))
     tokens = store.load()
+    removed = profiles.forget(target.profile)
     if tokens is None:
-        typer.echo("Not logged in.")
+        typer.echo(
+            f"Not logged in (profile {target.profile})."
+            + (" Removed the profile." if removed else "")
+        )
         return
-    note = ""
-    if tokens.revocation_endpoint and tokens.refresh_token:
-        fields = {
-            "token": tokens.refresh_token,
-            "token_type_hint": "refresh_token",
-            "client_id": tokens.client_id,
-        }
-        try:
-            status, answer = _request(tokens.revocation_endpoint, fields=fields, timeout=5.0)
-        except CliError as exc:
-            note = f" (the identity provider could not be told: {exc.message})"
-        else:
-            if status != 200:
-                note = f" (the identity provider refused revocation: {_oauth_error(answer)})"
+    why = revoke(tokens)
     store.forget()
-    typer.echo(f"Logged out: removed {store.path}{note}")
+    note = f" ({why})" if why else ""
+    typer.echo(f"Logged out of profile {target.profile}: removed {store.path}{note}")
 
 
 def whoami(
     output: OutputOpt = Format.table,
     groups_claim: GroupsClaimOpt = "groups",
+    profile: ProfileOpt = None,
 ) -> None:
-    """Show who the stored login says you are: subject, e-mail, groups and expiry.
+    """Show who the stored login says you are: profile, control plane, subject, e-mail,
+    groups and expiry.
 
     Example: gatehouse whoami -o json
     """
-    tokens = TokenStore().load()
+    target = _target_of(profile)
+    tokens = TokenStore(profiles.token_path(target.profile)).load()
     if tokens is None:
-        raise CliError("not logged in: run `gatehouse login`", REFUSED)
-    who = _who(tokens, groups_claim)
-    expiry = _when(tokens.expires_at)
+        raise CliError(f"not logged in (profile {target.profile}): run `gatehouse login`", REFUSED)
+    who = _who(tokens, groups_claim, target)
+    expiry = when(tokens.expires_at)
     if who["expired"]:
         expiry += " (expired; refreshed on next use)" if who["refreshable"] else " (expired)"
     emit(
         output,
         who,
-        ["SUBJECT", "EMAIL", "GROUPS", "EXPIRES", "ISSUER"],
-        [[who["subject"], who["email"], ", ".join(who["groups"]), expiry, who["issuer"]]],
+        ["PROFILE", "CONTROLPLANE", "SUBJECT", "EMAIL", "GROUPS", "EXPIRES", "ISSUER"],
+        [
+            [
+                who["profile"],
+                who["controlplane"],
+                who["subject"],
+                who["email"],
+                ", ".join(who["groups"]),
+                expiry,
+                who["issuer"],
+            ]
+        ],
     )

@@ -30,8 +30,8 @@ ControlplaneOpt = Annotated[
     typer.Option(
         "--controlplane",
         envvar="GATEHOUSE_CONTROLPLANE",
-        help="host:port of the control plane's gRPC listener.",
-        show_default="127.0.0.1:8443",
+        help="host:port of the control plane's gRPC listener; picks the profile that names it.",
+        show_default="the profile's (gatehouse login --controlplane), else 127.0.0.1:8443",
     ),
 ]
 OutputOpt = Annotated[

@@ -24,7 +24,11 @@ DEFAULT_CONTROLPLANE = "127.0.0.1:8443"
 
 
 def controlplane_address(flag: str | None) -> str:
-    return flag or os.environ.get("GATEHOUSE_CONTROLPLANE") or DEFAULT_CONTROLPLANE
+    """--controlplane, GATEHOUSE_CONTROLPLANE, the profile's, or 127.0.0.1:8443 (cli.profiles);
+    the choice also fixes the CA and the stored login the command uses."""
+    from cli.profiles import resolve
+
+    return resolve(flag).address
 
 
 def is_loopback(address: str) -> bool:
@@ -46,7 +50,7 @@ def token(flag: str | None = None) -> str:
     value = flag or os.environ.get("GATEHOUSE_TOKEN")
     if value:
         return value
-    from cli.login import TokenStore
+    from cli.tokenstore import TokenStore
 
     if TokenStore().load() is None:
         raise CliError(
@@ -62,21 +66,25 @@ def metadata(flag: str | None = None) -> tuple[tuple[str, str], ...]:
 
 
 def channel(address: str) -> grpc.aio.Channel:
-    """TLS, verified against GATEHOUSE_CA_FILE or the system's trust store. Plaintext only to
-    a loopback address with no CA file (a --dev control plane: traffic never leaves the host)."""
+    """TLS, verified against the CA file (--ca-file, GATEHOUSE_CA_FILE or the profile's) or the
+    system's trust store. Plaintext only to a loopback address with no CA file (a --dev control
+    plane: traffic never leaves the host)."""
     import grpc
 
     options = [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ]
-    ca = os.environ.get("GATEHOUSE_CA_FILE")
+    ca = _ca_file()  # --ca-file, GATEHOUSE_CA_FILE, or the profile's copy
     if is_loopback(address) and not ca:
         return grpc.aio.insecure_channel(address, options=options)
     try:
         root = Path(ca).read_bytes() if ca else None
     except OSError as exc:
-        raise CliError(f"GATEHOUSE_CA_FILE {ca}: {exc.strerror}", USAGE) from None
+        raise CliError(
+            f"the CA file {ca} (--ca-file, GATEHOUSE_CA_FILE or the profile's): {exc.strerror}",
+            USAGE,
+        ) from None
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     return grpc.aio.secure_channel(address, creds, options=options)
 
@@ -122,7 +130,7 @@ def explained(address: str) -> Iterator[None]:
         if code == grpc.StatusCode.UNAVAILABLE and _unreachable(exc):
             hint = (
                 " (a production control plane serves TLS: set GATEHOUSE_CA_FILE)"
-                if is_loopback(address) and not os.environ.get("GATEHOUSE_CA_FILE")
+                if is_loopback(address) and not _ca_file()
                 else ""
             )
             raise CliError(
@@ -133,6 +141,12 @@ def explained(address: str) -> Iterator[None]:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             raise CliError(f"the control plane at {address} did not answer in time") from None
         raise CliError(exc.details() or code.name, REFUSED) from None
+
+
+def _ca_file() -> str | None:
+    from cli.profiles import selected
+
+    return selected().ca_file
 
 
 def _tls_failed(exc: grpc.aio.AioRpcError) -> bool:

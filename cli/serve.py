@@ -180,9 +180,9 @@ def agentrun(
     Example: gatehouse agent run --controlplane gw.example.com:8443 --token ghj_… --name vpc-1
     """
     from agent.runner import AgentFatal, AgentSettings, run_agent
-    from cli.rpc import controlplane_address, is_loopback
+    from cli.rpc import DEFAULT_CONTROLPLANE, is_loopback
 
-    address = controlplane_address(controlplane)
+    address = controlplane or DEFAULT_CONTROLPLANE  # never a person's CLI profile
     if not token:
         raise CliError("--token (or GATEHOUSE_AGENT_TOKEN) is required", USAGE)
     if not name:

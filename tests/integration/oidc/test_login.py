@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -79,6 +80,8 @@ class _ScriptedProvider(BaseHTTPRequestHandler):
     """Discovery, device authorization and a token endpoint answering from a script."""
 
     answers: list[dict[str, Any]] = []
+    #: (path, form fields) of every POST, to check what the CLI sent.
+    seen: list[tuple[str, dict[str, str]]] = []
 
     def do_GET(self) -> None:
         base = f"http://{self.headers['Host']}"
@@ -88,11 +91,13 @@ class _ScriptedProvider(BaseHTTPRequestHandler):
                 "issuer": base,
                 "token_endpoint": base + "/token",
                 "device_authorization_endpoint": base + "/device/auth",
+                "revocation_endpoint": base + "/revoke",
             },
         )
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.seen.append((self.path, dict(urllib.parse.parse_qsl(body))))
         if self.path == "/device/auth":
             self._json(
                 200,
@@ -106,7 +111,8 @@ class _ScriptedProvider(BaseHTTPRequestHandler):
             )
         else:
             answer = self.answers.pop(0)
-            self._json(200 if "access_token" in answer else 400, answer)
+            status = int(answer.pop("_status", 200 if "access_token" in answer else 400))
+            self._json(status, answer)
 
     def _json(self, status: int, document: dict[str, Any]) -> None:
         body = json.dumps(document).encode()
@@ -120,11 +126,19 @@ class _ScriptedProvider(BaseHTTPRequestHandler):
         pass
 
 
+Seen = list[tuple[str, dict[str, str]]]
+
+
 @pytest.fixture
-def scripted() -> Iterator[tuple[LoginSettings, list[dict[str, Any]]]]:
+def seen() -> Seen:
+    return []
+
+
+@pytest.fixture
+def scripted(seen: Seen) -> Iterator[tuple[LoginSettings, list[dict[str, Any]]]]:
     """A stand-in token endpoint: the real provider never says slow_down or expired_token."""
     answers: list[dict[str, Any]] = []
-    handler = type("Handler", (_ScriptedProvider,), {"answers": answers})
+    handler = type("Handler", (_ScriptedProvider,), {"answers": answers, "seen": seen})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -165,6 +179,66 @@ def test_device_polling_stops_on_final_errors(
     with pytest.raises(CliError, match=message):
         device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
     assert not answers
+
+
+def test_device_login_sends_scopes_and_the_resource_indicator_as_a_public_client(
+    scripted: tuple[LoginSettings, list[dict[str, Any]]], seen: Seen
+) -> None:
+    settings, answers = scripted
+    settings = replace(settings, scopes=("openid", "offline_access"), resource="urn:gatehouse")
+    answers += [
+        {"access_token": "at", "refresh_token": "rt", "expires_in": 60, "token_type": "Bearer"},
+        {"access_token": "at2", "expires_in": 60, "token_type": "Bearer"},
+    ]
+    tokens = device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
+    # As a later command refreshes: from the stored login alone, without the settings.
+    fresh = refresh(None, tokens)
+    assert fresh.refresh_token == "rt"  # the provider did not rotate it: the old one stays
+    assert fresh.resource == "urn:gatehouse"
+
+    (start_path, start), (poll_path, poll), (refresh_path, renewal) = seen
+    assert start_path == "/device/auth"
+    assert start == {
+        "client_id": settings.client_id,
+        "scope": "openid offline_access",
+        "resource": "urn:gatehouse",
+    }
+    assert poll_path == "/token"
+    assert poll == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        "device_code": "dc",
+        "client_id": settings.client_id,
+    }
+    assert refresh_path == "/token"
+    assert renewal == {
+        "grant_type": "refresh_token",
+        "refresh_token": "rt",
+        "resource": "urn:gatehouse",
+        "client_id": settings.client_id,
+    }
+
+
+def test_a_provider_that_fails_or_is_gone_is_named_in_the_error(
+    scripted: tuple[LoginSettings, list[dict[str, Any]]],
+) -> None:
+    settings, answers = scripted
+    answers.append({"_status": 503, "error": "temporarily_unavailable"})
+    with pytest.raises(CliError, match=r"/token answered HTTP 503"):
+        device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
+
+    answers.append({"_status": 400, "error": "invalid_request", "padding": "x" * 2**20})
+    with pytest.raises(CliError, match=r"/token answered with \d+ bytes \(at most 1048576"):
+        device_login(settings, on_prompt=lambda p: None, sleep=lambda s: None)
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        gone = LoginSettings(issuer=f"http://127.0.0.1:{probe.getsockname()[1]}")
+    with pytest.raises(
+        CliError, match=r"cannot reach the identity provider at http://127\.0\.0\.1"
+    ):
+        device_login(gone, on_prompt=lambda p: None)
+    with pytest.raises(CliError, match="cannot reach the identity provider"):
+        refresh(gone, _sample(token_endpoint=gone.issuer + "/token"))
 
 
 # --- authorization code + PKCE on a loopback redirect -------------------------------------
