@@ -36,6 +36,7 @@ NOT_SUPPORTED_SQLSTATE = "0A000"
 DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it refuses
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
+AGENT_LOST_MESSAGE = "agent lost before the result arrived"
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
 COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
@@ -436,6 +437,18 @@ class PgInspector:
             result["error"] = result["error"] or "skipped"
             result["message"] = "not executed: an earlier message of its pipeline failed"
         await self._audit.submit(draft("db.result", session=self.session, ref=ref, result=result))
+
+    async def agent_lost(self) -> None:
+        """The agent's stream broke: statements that completed get their result, the others
+        one saying the outcome is unknown (it may have run, or not)."""
+        while self._cycles:
+            cycle = self._cycles.popleft()
+            for statement in cycle.done:
+                await self._result(statement, skipped=False)
+            for statement in cycle.statements:
+                statement.error, statement.message = "unknown", AGENT_LOST_MESSAGE
+                await self._result(statement, skipped=False)
+        self._open = None
 
 
 def _param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
