@@ -1,7 +1,7 @@
 """The differential fuzzer, bounded: random sessions through the gateway to a real PostgreSQL,
 each reconciled with the server's own statement log (tests/e2e/pgfuzz.py says what is drawn).
 
-`GATEHOUSE_PGFUZZ_EXAMPLES` sets the number of cases (default 60, about a minute); the long run
+`GATEHOUSE_PGFUZZ_EXAMPLES` sets the number of cases (default 300, about a minute); the long run
 is `python -m bench.pgfuzz --examples 5000` (or `make fuzz`).
 """
 
@@ -18,7 +18,7 @@ from devenv.stack import Connect
 from tests.e2e import pgfuzz, pglog
 from tests.e2e.conftest import AGENT, Stack
 
-EXAMPLES = int(os.environ.get("GATEHOUSE_PGFUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("GATEHOUSE_PGFUZZ_EXAMPLES", "300"))
 
 
 @pytest.fixture(scope="module")
