@@ -24,6 +24,7 @@ from typing import Any
 from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
+from controlplane.policy.statement_secrets import redact_statement
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.pg import framing
@@ -308,7 +309,7 @@ class PgInspector:
         protocol: str,
         params: list[str | None] | None = None,
     ) -> Draft:
-        request: dict[str, Any] = {"statement": sql, "protocol": protocol}
+        request: dict[str, Any] = {"statement": redact_statement(sql), "protocol": protocol}
         if params:
             request["params"] = params
         return draft(

@@ -9,6 +9,7 @@ statement that ran has an allowed `db.query` with exactly its text, and nothing 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -395,3 +396,37 @@ def test_simple_queries_pipelined_behind_a_denied_one_still_run_and_are_recorded
         assert answer.rows() == [["before"], ["after"]]
     assert rows(pg, sentinel) == 3
     window.reconcile()
+
+
+# ---- secrets in statement text ---------------------------------------------------------------
+
+
+def test_role_passwords_never_reach_the_trail_but_reach_the_server(
+    window: Window, listener: Connect, pg: PostgresServer
+) -> None:
+    role = f"secret_{uuid.uuid4().hex[:8]}"
+    first, second = f"first-{uuid.uuid4().hex}", f"second-{uuid.uuid4().hex}"
+    with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
+        conn.execute("alter role app createrole")
+    try:
+        with PgWire(listener.port) as client:
+            created = client.run(query(f"create role {role} login password '{first}'"))
+            assert created.errors == []
+            altered = client.run(
+                extended(f"alter role {role} with encrypted password '{second}'") + sync()
+            )
+            assert altered.errors == []
+        events = window.events()
+        exported = json.dumps(events)
+        assert first not in exported and second not in exported
+        texts = [q["request"]["statement"] for q in pglog.Trail.of(events).queries]
+        assert f"create role {role} login password '***'" in texts
+        assert f"alter role {role} with encrypted password '***'" in texts
+        window.reconcile()
+        # The server got the real password (a direct login, after the window: it logs too).
+        with psycopg.connect(pg.dsn(user=role, password=second, database="app")) as conn:
+            assert conn.execute("select current_user").fetchone() == (role,)
+    finally:
+        with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
+            conn.execute(f"drop role if exists {role}")
+            conn.execute("alter role app nocreaterole")
