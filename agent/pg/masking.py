@@ -68,7 +68,10 @@ _NULL: Final = b"\xff\xff\xff\xff"
     FUNCTION_RESULT,
 ) = (ord(c) for c in "DTCIsENZ123nHdcAV")
 _TERMINAL = frozenset({COMMAND_COMPLETE, EMPTY_QUERY, PORTAL_SUSPENDED, ERROR, READY})
-"""Tags the relay makes result marks of (``relay.result_marks``)."""
+"""Tags that end a statement or a cycle."""
+_MARKED = _TERMINAL | frozenset(ord(c) for c in "123TnS")
+"""Tags the relay makes result marks of (``relay.result_marks``): also the answers that confirm
+names, end a Describe or report a setting (decision 0010)."""
 _REWRITABLE = frozenset(
     {DATA_ROW, COPY_DATA, COPY_DONE, COMMAND_COMPLETE, ERROR, NOTICE, NOTIFICATION, FUNCTION_RESULT}
 )
@@ -620,7 +623,7 @@ class ResultMasker:
                 run = message.end
                 self._end(out, message, emitted, new)
                 continue
-            if message.tag in _TERMINAL:
+            if message.tag in _MARKED:
                 self._end(out, message, emitted + message.end - run, None)
         stop = messages[-1].end if messages else 0
         if self._framer.pending:
@@ -642,7 +645,7 @@ class ResultMasker:
 
     def _end(self, out: Masked, message: framing.Message, end: int, new: bytes | None) -> None:
         """Record a message that ends a statement or a cycle at ``end`` of the output."""
-        if message.tag not in _TERMINAL or new == b"":
+        if message.tag not in _MARKED or new == b"":
             return
         if new is not None:
             raw = memoryview(new)
@@ -650,7 +653,7 @@ class ResultMasker:
         else:
             message = framing.Message(message.tag, message.body, message.raw, end)
         out.ends.append(message)
-        if message.tag == READY:
+        if message.tag not in _TERMINAL or message.tag == READY:
             out.masked.append(False)
         else:
             out.masked.append(self._masked)

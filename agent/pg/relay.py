@@ -37,15 +37,31 @@ Receive = Callable[[], Awaitable[bytes | Cancel | None]]
 ENCODING_STATUS = b"client_encoding\x00"
 
 COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
+PARSED, BOUND, CLOSED, ROWS_DESCRIBED, NO_DATA, STATUS = (ord(c) for c in "123TnS")
+# Answers that change or confirm the names the control plane tracks (decision 0010).
+_NAME_MARKS = {PARSED: Mark.PARSE_COMPLETE, BOUND: Mark.BIND_COMPLETE, CLOSED: Mark.CLOSE_COMPLETE}
+# Settings that change how the server reads a statement's text; only these are marked.
+LEXICAL_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
 MAX_FRAME = 4 * READ_SIZE  # what the masker may hold back (a large row) goes out in pieces
 
 
 def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Mark]:
-    """Marks for the messages that end a statement or a request cycle."""
+    """Marks for the messages that end a statement or a request cycle, confirm a name, answer a
+    Describe, or report a lexical setting."""
     marks = []
     for message in messages:
         tag = message.tag
-        if tag == COMPLETE:
+        if tag in _NAME_MARKS:
+            marks.append(Mark(kind=_NAME_MARKS[tag], end=message.end + shift))
+        elif tag in (ROWS_DESCRIBED, NO_DATA):
+            marks.append(Mark(kind=Mark.DESCRIBED, end=message.end + shift))
+        elif tag == STATUS:
+            name, value = pgm.parse_parameter_status(message.body)
+            if name in LEXICAL_SETTINGS:
+                marks.append(
+                    Mark(kind=Mark.PARAMETER, end=message.end + shift, name=name, value=value)
+                )
+        elif tag == COMPLETE:
             tag_ = pgm.parse_command_complete(message.body)
             marks.append(
                 Mark(
@@ -78,9 +94,11 @@ def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Ma
 
 def masked_marks(masked: Masked) -> list[Mark]:
     """Marks for a masker's output, with ``masked`` set on statements whose values it masked."""
-    marks = result_marks(masked.ends)
-    for mark, flag in zip(marks, masked.masked, strict=True):
-        mark.masked = flag
+    marks = []
+    for message, flag in zip(masked.ends, masked.masked, strict=True):
+        for mark in result_marks((message,)):  # none for a setting that is not marked
+            mark.masked = flag
+            marks.append(mark)
     return marks
 
 

@@ -10,14 +10,24 @@ where the target became ready, and this module turns those marks into `db.result
 When the control plane answers a request itself (the audit store failed, an unsupported
 message), its answer must reach the client in the same order a database would give it, so
 requests and answers wait in one ordered queue of cycles, each ending at a ReadyForQuery.
+
+What a prepared statement or portal stands for is known only from the target's answers: every
+forwarded request waits in a second queue until the target answered it (the agent marks
+ParseComplete, BindComplete, CloseComplete, the end of a Describe, every CommandComplete, error
+and ReadyForQuery), and only then does a name change (``pg_names``). A name that an unanswered
+request may still create is resolved once the target answered; a name the target does not hold
+is refused. Text whose reading depends on the session's lexical settings is parsed only once
+every earlier request was answered, under the settings the target reported (``pg_lexical``).
+Decision 0010 explains both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +35,10 @@ from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
+from controlplane.relay import pg_sql
+from controlplane.relay.pg_lexical import LexicalSettings, sensitive
+from controlplane.relay.pg_names import MAX_NAMES, Names, Overlay, Portal, Prepared
+from controlplane.relay.pg_sql import Effect
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.pg import framing
@@ -35,13 +49,25 @@ PARAM_LIMIT = 256  # characters of one parameter value kept in an event
 AUDIT_FAILED_SQLSTATE = "58000"
 NOT_SUPPORTED_SQLSTATE = "0A000"
 DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it refuses
+UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name
+UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
+UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
+LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 AGENT_LOST_MESSAGE = "agent lost before the result arrived"
+FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
+
+#: What one session may hold of an extended-protocol batch before its Sync or Flush: the
+#: messages wait in memory until their events are committed. Past either, the session ends.
+MAX_HELD_BYTES = 16 * 1024 * 1024
+MAX_HELD_MESSAGES = 10_000
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
 COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
-PASSTHROUGH = {D, C}  # Describe and Close name objects only; they run no statement
+STARTUP_TAG = 0  # the StartupMessage, answered by the first ReadyForQuery
+Mark = tunnel_pb2.ResultMark
+_ACKS = {Mark.PARSE_COMPLETE: P, Mark.BIND_COMPLETE: B, Mark.CLOSE_COMPLETE: C, Mark.DESCRIBED: D}
 
 
 @dataclass(slots=True)
@@ -76,6 +102,39 @@ class Cycle:
     closed: bool = False  # no more requests join this cycle (its Sync was sent)
 
 
+@dataclass(slots=True)
+class Expect:
+    """One forwarded request the target has not answered yet, and what its answer changes."""
+
+    tag: int
+    name: str = ""  # Parse: the statement; Bind: the portal; Close: what it closes
+    close_kind: str = ""  # Close: 'S' or 'P'
+    prepared: Prepared | None = None  # Parse: what ParseComplete confirms
+    portal: Portal | None = None  # Bind: what BindComplete confirms
+    effects: deque[Effect | None] = field(default_factory=deque)  # Query/Execute, in order
+    creates: frozenset[tuple[str, str]] = frozenset()  # ('S'|'P', name) it may create
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the gateway answers a request itself instead of forwarding it."""
+
+    sqlstate: str
+    reason: str  # without the "gatehouse: " prefix
+    rule: str | None = None
+
+
+@dataclass(slots=True)
+class Resolved:
+    """The texts the names of a statement stand for, as the target holds them."""
+
+    prepared: dict[str, str] = field(default_factory=dict)
+    cursors: dict[str, str] = field(default_factory=dict)
+
+    def texts(self) -> list[str]:
+        return [*self.prepared.values(), *self.cursors.values()]
+
+
 class PgInspector:
     def __init__(
         self,
@@ -84,20 +143,30 @@ class PgInspector:
         wake: Callable[[], None],
         guard: SqlGuard | None = None,
         redact: DetectorSet | None = None,
+        forward: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.session = ctx  # what every event of this session repeats
         self._audit = audit
         self._wake = wake
+        # Sends decided bytes to the target before the inspector waits for its answers.
+        self._forward = forward
         self._strict = ctx.audit_mode == "strict"
         self._guard = guard or SqlGuard(())
         self._redact = redact if redact is not None else DetectorSet(["secret"])
         self._framer = framing.MessageFramer(startup_phase=True)
         self._cycles: deque[Cycle] = deque()
-        self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
-        self._held_decisions: list[Decision] = []
-        self._portals: dict[str, tuple[str, list[str | None]]] = {}
-        self._held: list[bytes] = []  # extended-protocol messages waiting for Sync/Flush
+        self._names = Names()  # what the target confirmed
+        self._overlay = Overlay()  # what the current pipeline creates, up to its Sync
+        self._expect: deque[Expect] = deque()  # forwarded, not yet answered
+        self._answered = asyncio.Event()
+        self._answered.set()
+        self._creating = 0  # unanswered requests that may create a name
+        self._lexical = LexicalSettings()
+        self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
+        self._held_bytes = 0
         self._held_events: list[Draft] = []
+        self._held_decisions: list[Decision] = []
+        self._refusal: Refusal | None = None  # the held batch is refused
         self._open: Cycle | None = None
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
@@ -120,11 +189,11 @@ class PgInspector:
             tag = msg.tag
             if tag == Q:
                 await self._query(msg, out)
-            elif tag in (P, B, E) or tag in PASSTHROUGH:
-                if not self._discarding:
-                    self._hold(msg)
+            elif tag in (P, B, E, D, C):
+                if not (self._discarding or self._refusal):
+                    await self._hold(msg, out)
             elif tag in (S, H):
-                self._held.append(bytes(msg.raw))
+                self._keep(bytes(msg.raw), Expect(S) if tag == S else None)
                 await self._release(out, sync=tag == S)
             elif tag in (COPY_DATA, COPY_DONE, COPY_FAIL):
                 out.append(msg.raw)  # the data of a COPY FROM STDIN whose statement was audited
@@ -156,47 +225,250 @@ class PgInspector:
             self._started = True
             self.startup_params = dict(startup.params)
             self._cycles.append(Cycle(closed=True))  # ends with the target's first ReadyForQuery
+            self._push(Expect(STARTUP_TAG))  # its ParameterStatus set the lexical settings
             out.append(msg.raw)
         else:
             raise framing.ProtocolError("a CancelRequest cannot travel inside a session")
 
     async def _query(self, msg: framing.Message, out: list[Chunk]) -> None:
+        if self._held or self._open is not None or self._discarding:
+            # The server would run it before the pipeline's end, and answer both with one
+            # ReadyForQuery; what the trail says ran could not be kept in order.
+            raise framing.ProtocolError(
+                "a simple Query inside an unfinished extended-protocol pipeline (send Sync first)"
+            )
         sql = pgm.parse_query(msg.body)
-        decision = self._guard.check(sql)
-        statements = await self._record([self._event(sql, decision, protocol="simple")])
+        if sensitive(sql):
+            await self._settle(out)
+        outcome = await self._decide(sql, Overlay(), out)
+        refusal: Refusal | None
+        effects: list[Effect | None]
+        if isinstance(outcome, Refusal):
+            refusal, resolved, effects = outcome, Resolved(), []
+            decision = Decision(False, refusal.rule or refusal.sqlstate, refusal.reason)
+        else:
+            decision, resolved, effects = outcome
+            refusal = None if decision.allowed else Refusal(DENIED_SQLSTATE, decision.reason or "")
+        event = self._event(sql, decision, protocol="simple", resolved=resolved)
+        statements = await self._record([event])
         if statements is None:
             self._refuse(AUDIT_FAILED_SQLSTATE, self._audit_failure())
             return
-        if not decision.allowed:
+        if refusal is not None:
             self.denied += 1
-            self._refuse(DENIED_SQLSTATE, f"gatehouse: {decision.reason}")
+            self._refuse(refusal.sqlstate, f"gatehouse: {refusal.reason}")
             return
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
+        # A simple Query drops the unnamed statement and portal when it starts.
+        self._names.statements.pop("", None)
+        self._names.portals.pop("", None)
+        self._push(_expect(Q, effects))
         out.append(msg.raw)
 
-    def _hold(self, msg: framing.Message) -> None:
+    async def _decide(
+        self, sql: str, overlay: Overlay, out: list[Chunk]
+    ) -> Refusal | tuple[Decision, Resolved, list[Effect | None]]:
+        """The guard's decision on ``sql`` and on every text a name in it stands for."""
+        why = self._lexical.unreadable(sql)
+        if why is not None:
+            return Refusal(UNREADABLE_SQLSTATE, why, "(unreadable)")
+        found = pg_sql.statements(sql)
+        creates = sum(1 for st in found if st.effect and st.effect.op in ("prepare", "declare"))
+        if creates and not self._room(creates):
+            return Refusal(LIMIT_SQLSTATE, self._full(), "(limit)")
+        resolved = Resolved()
+        for st in found:
+            for name in st.executes:
+                prepared = await self._statement(name, overlay, out)
+                if prepared is None:
+                    return Refusal(UNKNOWN_STATEMENT_SQLSTATE, _unknown("prepared statement", name))
+                resolved.prepared[name] = prepared.text
+            if st.fetches is not None:
+                portal = await self._portal(st.fetches, overlay, out)
+                if portal is None:
+                    return Refusal(UNKNOWN_CURSOR_SQLSTATE, _unknown("cursor", st.fetches))
+                resolved.cursors[st.fetches] = portal.text
+            if st.effect is not None:
+                overlay.apply(st.effect)
+        decision = self._guard.check(sql)
+        for text in resolved.texts():
+            if not decision.allowed:
+                break
+            decision = self._guard.check(text)
+        return decision, resolved, [st.effect for st in found]
+
+    async def _statement(self, name: str, overlay: Overlay, out: list[Chunk]) -> Prepared | None:
+        """What prepared statement ``name`` is when the request runs; None: the target has none."""
+        if name in overlay.statements:
+            return overlay.statements[name]
+        if overlay.statements_cleared:
+            return None
+        if self._may_create("S", name):
+            await self._settle(out)
+        return self._names.statements.get(name)
+
+    async def _portal(self, name: str, overlay: Overlay, out: list[Chunk]) -> Portal | None:
+        """What portal or cursor ``name`` is when the request runs; None: the target has none."""
+        if name in overlay.portals:
+            return overlay.portals[name]
+        if overlay.portals_cleared:
+            return None
+        if self._may_create("P", name):
+            await self._settle(out)
+        return self._names.portals.get(name)
+
+    def _may_create(self, kind: str, name: str) -> bool:
+        """Whether an unanswered request may still give ``name`` another meaning."""
+        return self._creating > 0 and any((kind, name) in e.creates for e in self._expect)
+
+    def _room(self, more: int = 1) -> bool:
+        held = len(self._overlay.statements) + len(self._overlay.portals)
+        return len(self._names) + held + self._creating + more <= MAX_NAMES
+
+    @staticmethod
+    def _full() -> str:
+        return (
+            f"this session holds {MAX_NAMES} prepared statements and portals, the gateway's "
+            "limit; close some (Close, DEALLOCATE, CLOSE) first"
+        )
+
+    async def _settle(self, out: list[Chunk]) -> None:
+        """Forward what is decided, then wait until the target answered every request.
+
+        A batch held without its Sync goes out first with a Flush of our own, so that the
+        target answers it now: waiting for an answer the target was never asked for would
+        never end.
+        """
+        if self._held and not (self._discarding or self._refusal):
+            self._keep(FLUSH_MESSAGE, None)
+            await self._release(out, sync=False)
+        if not self._expect:
+            return
+        if out:
+            if self._forward is None:
+                raise RuntimeError("the inspector must wait, but it has no way to forward")
+            data = b"".join(out)
+            out.clear()
+            await self._forward(data)
+        while self._expect:
+            await self._answered.wait()
+
+    def _keep(self, raw: bytes, expect: Expect | None) -> None:
+        """Hold one message of the batch, within the session's limits."""
+        if self._held_bytes + len(raw) > MAX_HELD_BYTES or len(self._held) >= MAX_HELD_MESSAGES:
+            raise framing.ProtocolError(
+                f"more than {MAX_HELD_BYTES // (1024 * 1024)} MiB or {MAX_HELD_MESSAGES} "
+                "extended-protocol messages without a Sync or Flush; send Sync more often"
+            )
+        self._held.append((raw, expect))
+        self._held_bytes += len(raw)
+
+    async def _hold(self, msg: framing.Message, out: list[Chunk]) -> None:
         tag = msg.tag
+        raw = bytes(msg.raw)
+        expect: Expect
         if tag == P:
             parse = pgm.parse_parse(msg.body)
-            self._prepared[parse.name] = (parse.query, parse.param_types)
+            if sensitive(parse.query):
+                await self._settle(out)
+                if self._discarding:
+                    return
+            why = self._lexical.unreadable(parse.query)
+            if why is not None:
+                self._refuse_held(parse.query, Refusal(UNREADABLE_SQLSTATE, why, "(unreadable)"))
+                return
+            decision = self._guard.check(parse.query)
+            if not decision.allowed:
+                self._refuse_held(
+                    parse.query, Refusal(DENIED_SQLSTATE, decision.reason or "", decision.rule)
+                )
+                return
+            if not self._room():
+                self._refuse_held(parse.query, Refusal(LIMIT_SQLSTATE, self._full(), "(limit)"))
+                return
+            prepared = Prepared(parse.query, parse.param_types)
+            self._overlay.statements[parse.name] = prepared
+            expect = Expect(P, name=parse.name, prepared=prepared, creates=_one("S", parse.name))
         elif tag == B:
             bind = pgm.parse_bind(msg.body)
-            sql, types = self._prepared.get(bind.statement, ("", ()))
-            params = [
+            found = await self._statement(bind.statement, self._overlay, out)
+            if self._discarding:
+                return
+            if found is None:
+                reason = _unknown("prepared statement", bind.statement)
+                self._refuse_held("", Refusal(UNKNOWN_STATEMENT_SQLSTATE, reason), bind.statement)
+                return
+            if not self._room():
+                self._refuse_held(found.text, Refusal(LIMIT_SQLSTATE, self._full(), "(limit)"))
+                return
+            types = found.param_types
+            params = tuple(
                 self._redacted(_param(value, fmt, types[i] if i < len(types) else 0))
                 for i, (value, fmt) in enumerate(bind.parameters())
-            ]
-            self._portals[bind.portal] = (sql, params)
+            )
+            portal = Portal(found.text, params)
+            self._overlay.portals[bind.portal] = portal
+            expect = Expect(B, name=bind.portal, portal=portal, creates=_one("P", bind.portal))
         elif tag == E:
-            portal = pgm.parse_execute(msg.body).portal
-            sql, params = self._portals.get(portal, ("", []))
-            decision = self._guard.check(sql)
+            name = pgm.parse_execute(msg.body).portal
+            running = await self._portal(name, self._overlay, out)
+            if self._discarding:
+                return
+            if running is None:
+                reason = _unknown("portal", name)
+                self._refuse_held("", Refusal(UNKNOWN_CURSOR_SQLSTATE, reason), portal=name)
+                return
+            outcome = await self._decide(running.text, self._overlay, out)
+            if self._discarding:
+                return
+            if isinstance(outcome, Refusal):
+                self._refuse_held(running.text, outcome, params=running.params)
+                return
+            decision, resolved, effects = outcome
             self._held_decisions.append(decision)
-            self._held_events.append(self._event(sql, decision, protocol="extended", params=params))
+            self._held_events.append(
+                self._event(
+                    running.text,
+                    decision,
+                    protocol="extended",
+                    params=list(running.params),
+                    resolved=resolved,
+                )
+            )
+            if not decision.allowed:
+                self._refusal = Refusal(DENIED_SQLSTATE, decision.reason or "", decision.rule)
+                return
+            expect = _expect(E, effects)
         elif tag == C:
             close = pgm.parse_close(msg.body)
-            (self._prepared if close.kind == "S" else self._portals).pop(close.name, None)
-        self._held.append(bytes(msg.raw))
+            if close.kind == "S":
+                self._overlay.statements[close.name] = None
+            else:
+                self._overlay.portals[close.name] = None
+            expect = Expect(C, name=close.name, close_kind=close.kind)
+        else:  # Describe names objects only; it runs no statement
+            expect = Expect(D)
+        self._keep(raw, expect)
+
+    def _refuse_held(
+        self,
+        sql: str,
+        refusal: Refusal,
+        statement: str | None = None,
+        *,
+        portal: str | None = None,
+        params: tuple[str | None, ...] = (),
+    ) -> None:
+        """Refuse the batch being held, recording the request that made it so."""
+        decision = Decision(False, refusal.rule or refusal.sqlstate, refusal.reason)
+        event = self._event(sql, decision, protocol="extended", params=list(params))
+        if statement is not None:
+            event.body["request"]["prepared_name"] = statement
+        if portal is not None:
+            event.body["request"]["portal"] = portal
+        self._held_decisions.append(decision)
+        self._held_events.append(event)
+        self._refusal = refusal
 
     def _redacted(self, value: str | None) -> str | None:
         """A parameter as the event may keep it: what the detectors find is masked."""
@@ -208,61 +480,68 @@ class PgInspector:
     async def _release(self, out: list[Chunk], *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions
         self._held, self._held_events, self._held_decisions = [], [], []
+        self._held_bytes = 0
+        refusal, self._refusal = self._refusal, None
+        if sync:
+            self._overlay = Overlay()
         if self._discarding:
             # Like the server after an error: skip everything up to the Sync, then answer it.
             if sync:
                 self._discarding = False
-                self._end_refused_pipeline(out, held[-1])
+                self._end_refused_pipeline(out, held[-1][0])
             return
-        denied = next((d for d in decisions if not d.allowed), None)
-        if denied is not None:
-            # One denied statement refuses its whole pipeline, which never reaches the target;
+        if refusal is not None:
+            # One refused request refuses its whole pipeline, which never reaches the target;
             # every statement of it is recorded as refused.
             for event, decision in zip(events, decisions, strict=True):
                 if decision.allowed:
                     event.body["decision"] = {
                         "result": "deny",
-                        "rule": denied.rule,
-                        "reason": f"not sent: its pipeline held a denied statement "
-                        f"({denied.reason})",
+                        "rule": refusal.rule or refusal.sqlstate,
+                        "reason": f"not sent: its pipeline held a refused request "
+                        f"({refusal.reason})",
                     }
             self.denied += len(events)
         statements = await self._record(events)
-        if statements is None or denied is not None:
+        if statements is None or refusal is not None:
             if statements is None:
                 answer = self._error(AUDIT_FAILED_SQLSTATE, self._audit_failure())
             else:
-                reason = denied.reason if denied else ""
-                answer = self._error(DENIED_SQLSTATE, f"gatehouse: {reason}")
+                assert refusal is not None
+                answer = self._error(refusal.sqlstate, f"gatehouse: {refusal.reason}")
             if self._open is not None:
                 # The target holds an unfinished part of this pipeline: it still needs the
                 # Sync, and our error belongs just before the ReadyForQuery that answers it.
                 self._open.injected += answer
                 self._discarding = not sync
                 if sync:
-                    self._end_refused_pipeline(out, held[-1])
+                    self._end_refused_pipeline(out, held[-1][0])
             else:
                 self._queue_answer(answer, with_ready=sync)
                 self._discarding = not sync
+            if not sync:
+                self._overlay = Overlay()  # nothing of it runs; the rest is skipped
             return
         cycle = self._open
-        if cycle is None:
-            if not sync and not statements:
-                # A Flush with no Execute in it (psycopg sends one after each Sync): the target
-                # answers it without a ReadyForQuery, so it must not open a cycle.
-                out.extend(held)
-                return
+        if cycle is None and (sync or statements):
             cycle = Cycle()
             self._cycles.append(cycle)
-        cycle.statements.extend(statements)
-        cycle.closed = sync
-        self._open = None if sync else cycle
-        out.extend(held)
+        # else: a Flush with no Execute in it (psycopg sends one after each Sync): the target
+        # answers it without a ReadyForQuery, so it must not open a cycle.
+        if cycle is not None:
+            cycle.statements.extend(statements)
+            cycle.closed = sync
+            self._open = None if sync else cycle
+        for raw, expect in held:
+            out.append(raw)
+            if expect is not None:
+                self._push(expect)
 
     def _end_refused_pipeline(self, out: list[Chunk], sync_message: bytes) -> None:
         """Answer the Sync of a refused pipeline: the target's, if it holds part of it."""
         if self._open is not None:
             out.append(sync_message)  # a Sync runs no statement; it ends what the target holds
+            self._push(Expect(S))
             self._open.closed = True
             self._open = None
         else:
@@ -308,13 +587,84 @@ class PgInspector:
         *,
         protocol: str,
         params: list[str | None] | None = None,
+        resolved: Resolved | None = None,
     ) -> Draft:
         request: dict[str, Any] = {"statement": redact_statement(sql), "protocol": protocol}
         if params:
             request["params"] = params
+        if resolved is not None and resolved.prepared:
+            request["prepared"] = resolved.prepared
+        if resolved is not None and resolved.cursors:
+            request["cursors"] = resolved.cursors
         return draft(
             "db.query", session=self.session, request=request, decision=decision.as_event()
         )
+
+    # ---- what the target holds ------------------------------------------------------------
+
+    def _push(self, expect: Expect) -> None:
+        self._expect.append(expect)
+        if expect.creates:
+            self._creating += 1
+        self._answered.clear()
+
+    def _pop(self) -> Expect:
+        expect = self._expect.popleft()
+        if expect.creates:
+            self._creating -= 1
+        if not self._expect:
+            self._answered.set()
+        return expect
+
+    def _answer(self, mark: tunnel_pb2.ResultMark) -> None:
+        """Apply one of the target's answers to the names it holds."""
+        front = self._expect[0] if self._expect else None
+        kind = mark.kind
+        if kind in _ACKS:
+            if front is not None and front.tag == Q and kind == Mark.DESCRIBED:
+                return  # a simple query's RowDescription
+            if front is None or front.tag != _ACKS[kind]:
+                raise framing.ProtocolError(
+                    "the agent's answers do not match the requests sent to the database"
+                )
+            done = self._pop()
+            if done.prepared is not None:
+                self._names.statements[done.name] = done.prepared
+            elif done.portal is not None:
+                self._names.portals[done.name] = done.portal
+            elif done.tag == C:
+                names: dict[str, Any] = (
+                    self._names.statements if done.close_kind == "S" else self._names.portals
+                )
+                names.pop(done.name, None)
+        elif kind == Mark.COMPLETE:
+            if front is None or front.tag not in (Q, E):
+                return
+            if front.tag == E:
+                self._pop()
+            if front.effects and (effect := front.effects.popleft()) is not None:
+                self._names.apply(effect)
+        elif kind == Mark.ERROR:
+            if front is None or front.tag in (S, STARTUP_TAG):
+                return
+            if front.tag == Q:
+                front.effects.clear()  # the rest of the query does not run
+                return
+            # An extended-protocol message failed: the target skips the rest up to the Sync.
+            if front.tag == P and front.name == "":
+                self._names.statements.pop("", None)  # a failed unnamed Parse drops the old one
+            self._names.portals.pop("", None)
+            while self._expect and self._expect[0].tag != S:
+                self._pop()
+        elif kind == Mark.READY:
+            while front is not None and front.tag not in (S, Q, STARTUP_TAG):
+                self._pop()  # unconfirmed: an agent without name marks; never trusted
+                front = self._expect[0] if self._expect else None
+            if front is not None:
+                self._pop()
+            self._names.portals.pop("", None)  # the unnamed portal ends at Sync
+            if mark.tx_status == "I":
+                self._names.transaction_ended()
 
     # ---- target → client ------------------------------------------------------------------
 
@@ -331,7 +681,13 @@ class PgInspector:
             if (running := self._running()) is not None:
                 running.bytes_out += mark.end - counted
             counted = mark.end
-            if mark.kind == tunnel_pb2.ResultMark.READY:
+            if mark.kind == Mark.PARAMETER:
+                self._lexical.update(mark.name, mark.value)
+                continue
+            self._answer(mark)
+            if mark.kind in _ACKS:
+                continue
+            if mark.kind == Mark.READY:
                 head = self._cycles[0] if self._cycles else None
                 if head is not None and head.injected:
                     ready_at = mark.end - READY_LENGTH
@@ -392,7 +748,7 @@ class PgInspector:
         if cycle is None or not cycle.statements:
             return  # e.g. an error during startup: the session end records it
         statement = cycle.statements[0]
-        if mark.kind == tunnel_pb2.ResultMark.ERROR:
+        if mark.kind == Mark.ERROR:
             statement.error, statement.message = mark.sqlstate, mark.message
         else:
             statement.commands.append(mark.command)
@@ -450,6 +806,28 @@ class PgInspector:
                 statement.error, statement.message = "unknown", AGENT_LOST_MESSAGE
                 await self._result(statement, skipped=False)
         self._open = None
+
+
+def _expect(tag: int, effects: list[Effect | None]) -> Expect:
+    """A Query or Execute awaiting its answers, with what each of its statements creates."""
+    creates = frozenset(
+        ("S" if e.op == "prepare" else "P", e.name)
+        for e in effects
+        if e is not None and e.op in ("prepare", "declare") and e.name is not None
+    )
+    return Expect(tag, effects=deque(effects), creates=creates)
+
+
+def _one(kind: str, name: str) -> frozenset[tuple[str, str]]:
+    return frozenset({(kind, name)})
+
+
+def _unknown(what: str, name: str) -> str:
+    shown = f'"{name}"' if name else "(unnamed)"
+    return (
+        f"{what} {shown} does not exist, or the database has not confirmed it; nothing was "
+        "sent to the database"
+    )
 
 
 def _param(value: bytes | None, fmt: int, type_oid: int) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -144,6 +145,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 tunnel.wake,
                 guard=self._policy.guard(connection),
                 redact=self._policy.parameter_detectors(connection),
+                forward=functools.partial(_forward, tunnel),
             )
         session_id = ctx.session_id
         db = self._db
@@ -537,6 +539,12 @@ async def _client_to_agent(
     finally:
         if inspector.end_on_client_eof:
             await tunnel.to_agent.put(None)
+
+
+async def _forward(tunnel: Tunnel, data: bytes) -> None:
+    """Send decided client bytes to the agent, in pieces: gRPC messages are bounded."""
+    for start in range(0, len(data), FORWARD_CHUNK):
+        await tunnel.to_agent.put(data[start : start + FORWARD_CHUNK])
 
 
 async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:

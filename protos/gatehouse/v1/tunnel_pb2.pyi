@@ -41,6 +41,19 @@ class ResultMark(_message.Message):
         """the target refused the request (PostgreSQL ErrorResponse)"""
         READY: ResultMark._Kind.ValueType  # 3
         """the target waits for the next request (PostgreSQL ReadyForQuery)"""
+        PARSE_COMPLETE: ResultMark._Kind.ValueType  # 4
+        """The target confirmed a name it now holds or dropped; the control plane keeps a prepared
+        statement's or portal's text only once the target has it (decision 0010).
+        PostgreSQL ParseComplete
+        """
+        BIND_COMPLETE: ResultMark._Kind.ValueType  # 5
+        """PostgreSQL BindComplete"""
+        CLOSE_COMPLETE: ResultMark._Kind.ValueType  # 6
+        """PostgreSQL CloseComplete"""
+        DESCRIBED: ResultMark._Kind.ValueType  # 7
+        """the last answer to a Describe (RowDescription or NoData)"""
+        PARAMETER: ResultMark._Kind.ValueType  # 8
+        """ParameterStatus of a lexical setting: `name`, `value`"""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: ResultMark.Kind.ValueType  # 0
@@ -50,6 +63,19 @@ class ResultMark(_message.Message):
     """the target refused the request (PostgreSQL ErrorResponse)"""
     READY: ResultMark.Kind.ValueType  # 3
     """the target waits for the next request (PostgreSQL ReadyForQuery)"""
+    PARSE_COMPLETE: ResultMark.Kind.ValueType  # 4
+    """The target confirmed a name it now holds or dropped; the control plane keeps a prepared
+    statement's or portal's text only once the target has it (decision 0010).
+    PostgreSQL ParseComplete
+    """
+    BIND_COMPLETE: ResultMark.Kind.ValueType  # 5
+    """PostgreSQL BindComplete"""
+    CLOSE_COMPLETE: ResultMark.Kind.ValueType  # 6
+    """PostgreSQL CloseComplete"""
+    DESCRIBED: ResultMark.Kind.ValueType  # 7
+    """the last answer to a Describe (RowDescription or NoData)"""
+    PARAMETER: ResultMark.Kind.ValueType  # 8
+    """ParameterStatus of a lexical setting: `name`, `value`"""
 
     KIND_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
@@ -59,6 +85,8 @@ class ResultMark(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TX_STATUS_FIELD_NUMBER: _builtins.int
     MASKED_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
     kind: Global___ResultMark.Kind.ValueType
     end: _builtins.int
     """Offset in the frame's `data` just past the message this mark describes."""
@@ -74,6 +102,10 @@ class ResultMark(_message.Message):
     """READY only: "I", "T" or "E" """
     masked: _builtins.bool
     """the agent masked values in this statement's response"""
+    name: _builtins.str
+    """PARAMETER only: e.g. "client_encoding" """
+    value: _builtins.str
+    """PARAMETER only: e.g. "UTF8" """
     def __init__(
         self,
         *,
@@ -85,10 +117,12 @@ class ResultMark(_message.Message):
         message: _builtins.str = ...,
         tx_status: _builtins.str = ...,
         masked: _builtins.bool = ...,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "end", b"end", "kind", b"kind", "masked", b"masked", "message", b"message", "rows", b"rows", "sqlstate", b"sqlstate", "tx_status", b"tx_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "end", b"end", "kind", b"kind", "masked", b"masked", "message", b"message", "name", b"name", "rows", b"rows", "sqlstate", b"sqlstate", "tx_status", b"tx_status", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

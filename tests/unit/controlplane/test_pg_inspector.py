@@ -1,6 +1,7 @@
 """PostgreSQL inspection: nothing reaches the target before its event is committed, results are
 recorded against the right query, and the gateway's own answers arrive in protocol order."""
 
+import asyncio
 import base64
 import json
 import sqlite3
@@ -14,6 +15,10 @@ from controlplane.audit.chain import verify_chain
 from controlplane.audit.events import SessionContext
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
+from controlplane.policy.document import Guardrail
+from controlplane.policy.guardrails import SqlGuard
+from controlplane.relay import pg as pg_module
+from controlplane.relay import pg_names as pg_names_module
 from controlplane.relay.pg import PgInspector
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
@@ -31,6 +36,7 @@ ALLOW_INSERTS = "DROP TRIGGER test_refuse_insert"
 STARTUP = pgm.startup_message({"user": "alice", "database": "app"})
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 BIND_COMPLETE = b"2\x00\x00\x00\x04"
+FLUSH = b"H\x00\x00\x00\x04"
 
 
 # ---- frontend messages the builders do not cover ---------------------------------------------
@@ -95,6 +101,22 @@ class Reply:
         )
         return self
 
+    def ack(self, message: bytes, kind: "Mark.Kind.ValueType") -> "Reply":
+        self.data += message
+        self.marks.append(Mark(kind=kind, end=len(self.data)))
+        return self
+
+    def parsed(self) -> "Reply":
+        return self.ack(PARSE_COMPLETE, Mark.PARSE_COMPLETE)
+
+    def bound(self) -> "Reply":
+        return self.ack(BIND_COMPLETE, Mark.BIND_COMPLETE)
+
+    def parameter(self, name: str, value: str) -> "Reply":
+        self.data += pgm.parameter_status(name, value)
+        self.marks.append(Mark(kind=Mark.PARAMETER, end=len(self.data), name=name, value=value))
+        return self
+
     def ready(self, status: str = "I") -> "Reply":
         self.data += pgm.ready_for_query(status)
         self.marks.append(Mark(kind=Mark.READY, end=len(self.data), tx_status=status))
@@ -116,6 +138,8 @@ def login_reply() -> Reply:
         Reply()
         .raw(pgm.authentication_ok())
         .raw(pgm.parameter_status("server_version", "17.2"))
+        .parameter("client_encoding", "UTF8")
+        .parameter("standard_conforming_strings", "on")
         .raw(pgm.backend_key_data(4242, b"\x01\x02\x03\x04"))
         .ready("I")
     )
@@ -156,9 +180,23 @@ def ctx() -> SessionContext:
     )
 
 
+class Forwarded(list[bytes]):
+    """What the inspector sent to the target before it waited for answers."""
+
+    async def __call__(self, data: bytes) -> None:
+        self.append(data)
+
+
 @pytest.fixture
-def inspector(ctx: SessionContext, writer: AuditWriter, wakes: Wakes) -> PgInspector:
-    return PgInspector(ctx, writer, wakes)
+def early() -> Forwarded:
+    return Forwarded()
+
+
+@pytest.fixture
+def inspector(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, early: Forwarded
+) -> PgInspector:
+    return PgInspector(ctx, writer, wakes, forward=early)
 
 
 @pytest.fixture
@@ -669,3 +707,275 @@ async def test_parameters_go_through_the_connections_detectors(
 
     [query] = stored(db_path)
     assert query["request"]["params"] == ["***@example.com", "42"]
+
+
+# ---- names are what the target confirmed (decision 0010) -----------------------------------
+
+
+def close_statement(name: str) -> bytes:
+    return _msg(b"C", b"S" + name.encode() + b"\0")
+
+
+def error_of(chunks: list[bytes]) -> pgm.ErrorFields:
+    [fields] = [
+        pgm.parse_error_fields(body) for tag, body in backend_messages(chunks) if tag == "E"
+    ]
+    return fields
+
+
+async def test_a_parse_the_target_rejected_does_not_rename_the_statement(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await ready.from_client(parse("select 2", "s1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+    await ready.from_client(parse("select 1", "s1") + pgm.sync())  # the target says 42P05
+    await ready.from_agent(
+        Reply().error("42P05", 'prepared statement "s1" already exists').ready().frame()
+    )
+
+    data = bind([], statement="s1") + execute() + pgm.sync()
+    assert await ready.from_client(data) == data
+
+    [query] = stored(db_path)
+    assert query["request"]["statement"] == "select 2"
+
+
+async def test_a_denied_statement_is_refused_at_parse(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, db_path: Path
+) -> None:
+    guard = SqlGuard([Guardrail.model_validate({"name": "g", "deny_statements": ["DROP"]})])
+    inspector = PgInspector(ctx, writer, wakes, guard=guard)
+    await inspector.from_client(STARTUP)
+    await inspector.from_agent(login_reply().frame())
+
+    assert await inspector.from_client(parse("drop table t", "s1") + pgm.sync()) == b""
+
+    assert error_of(inspector.take_synthetic()).sqlstate == "42501"
+    [query] = stored(db_path)
+    assert query["request"]["statement"] == "drop table t"
+    assert query["decision"]["result"] == "deny"
+
+
+@pytest.mark.parametrize(
+    ("data", "sqlstate"),
+    [
+        (bind([], statement="nobody") + execute() + pgm.sync(), "26000"),
+        (execute("nothing") + pgm.sync(), "34000"),
+        (pgm.query("EXECUTE nobody(1)"), "26000"),
+        (pgm.query("FETCH 1 FROM nothing"), "34000"),
+        (pgm.query("explain analyze execute nobody"), "26000"),
+    ],
+)
+async def test_a_name_the_target_does_not_hold_is_refused(
+    ready: PgInspector, db_path: Path, data: bytes, sqlstate: str
+) -> None:
+    assert await ready.from_client(data) == b""
+
+    assert error_of(ready.take_synthetic()).sqlstate == sqlstate
+    [query] = stored(db_path)
+    assert query["decision"]["result"] == "deny"
+
+
+async def test_a_statement_closed_earlier_in_the_pipeline_is_unknown(
+    ready: PgInspector,
+) -> None:
+    await ready.from_client(parse("select 2", "s1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+
+    data = close_statement("s1") + bind([], statement="s1") + execute() + pgm.sync()
+    assert await ready.from_client(data) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "26000"
+
+
+async def test_a_parse_of_the_same_pipeline_is_certain(ready: PgInspector, db_path: Path) -> None:
+    data = parse("select 3", "s2") + bind([], statement="s2") + execute() + pgm.sync()
+    assert await ready.from_client(data) == data
+    [query] = stored(db_path)
+    assert query["request"]["statement"] == "select 3"
+
+
+async def test_a_bind_waits_while_an_earlier_pipeline_may_change_its_statement(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await ready.from_client(parse("select 1", "s1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+    first = parse("select 2", "s1") + pgm.sync()  # not answered yet: may fail, may not
+    assert await ready.from_client(first) == first
+
+    data = bind([], statement="s1") + execute() + pgm.sync()
+    task = asyncio.create_task(ready.from_client(data))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+
+    await ready.from_agent(Reply().error("42P05", "already exists").ready().frame())
+    assert await asyncio.wait_for(task, 5) == data
+    [query] = stored(db_path)
+    assert query["request"]["statement"] == "select 1"
+
+
+async def test_the_unnamed_portal_ends_at_sync(ready: PgInspector) -> None:
+    await ready.from_client(parse("select 1") + bind([]) + describe_portal() + pgm.sync())
+    await ready.from_agent(
+        Reply().parsed().bound().ack(b"n\0\0\0\4", Mark.DESCRIBED).ready().frame()
+    )
+
+    assert await ready.from_client(execute() + pgm.sync()) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "34000"
+
+
+def describe_portal(name: str = "") -> bytes:
+    return _msg(b"D", b"P" + name.encode() + b"\0")
+
+
+async def test_sql_prepare_and_execute_record_the_prepared_text(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("PREPARE p(int) AS select $1 + 1"))
+    await ready.from_agent(Reply().complete("PREPARE").ready().frame())
+
+    query = pgm.query("EXECUTE p(41)")
+    assert await ready.from_client(query) == query
+    # The protocol shares the namespace: Bind may use a statement SQL prepared.
+    data = bind([b"1"], statement="p") + execute() + pgm.sync()
+    assert await ready.from_client(data) == data
+
+    _, simple, extended = of_type(stored(db_path), "db.query")
+    assert simple["request"]["statement"] == "EXECUTE p(41)"
+    assert simple["request"]["prepared"] == {"p": "select $1 + 1"}
+    assert extended["request"]["statement"] == "select $1 + 1"
+
+
+async def test_deallocate_forgets_the_statement_once_it_completed(ready: PgInspector) -> None:
+    await ready.from_client(pgm.query("PREPARE p AS select 1"))
+    await ready.from_agent(Reply().complete("PREPARE").ready().frame())
+    await ready.from_client(pgm.query("DEALLOCATE p"))
+    await ready.from_agent(Reply().complete("DEALLOCATE").ready().frame())
+
+    assert await ready.from_client(pgm.query("EXECUTE p")) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "26000"
+
+
+async def test_a_cursor_is_known_until_its_transaction_ends(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("BEGIN; DECLARE c CURSOR FOR select 1"))
+    await ready.from_agent(Reply().complete("BEGIN").complete("DECLARE CURSOR").ready("T").frame())
+
+    fetch = pgm.query("FETCH 1 FROM c")
+    assert await ready.from_client(fetch) == fetch
+    await ready.from_agent(select_reply(1, "T").frame())
+    await ready.from_client(pgm.query("COMMIT"))
+    await ready.from_agent(Reply().complete("COMMIT").ready("I").frame())
+
+    assert await ready.from_client(fetch) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "34000"
+    events = of_type(stored(db_path), "db.query")
+    assert events[1]["request"]["cursors"] == {"c": "select 1"}
+
+
+async def test_a_prepare_that_failed_is_not_known(ready: PgInspector) -> None:
+    await ready.from_client(pgm.query("PREPARE p AS select 1; PREPARE p AS select 2"))
+    # The first one ran, the second failed: p is the first.
+    await ready.from_agent(Reply().complete("PREPARE").error("42P05", "exists").ready().frame())
+    await ready.from_client(pgm.query("select 1; PREPARE q AS select 3"))
+    await ready.from_agent(Reply().error("42601", "error").ready().frame())
+
+    assert await ready.from_client(pgm.query("EXECUTE q")) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "26000"
+
+
+# ---- lexical settings -------------------------------------------------------------------------
+
+
+async def test_text_pipelined_behind_a_settings_change_waits_and_is_read_as_the_target_will(
+    ready: PgInspector, early: Forwarded, db_path: Path
+) -> None:
+    change = pgm.query("SET client_encoding TO 'GBK'")
+    hidden = pgm.query("select E'\u00e9\\'; DROP TABLE t; --'")
+    task = asyncio.create_task(ready.from_client(change + hidden))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    assert early == [change]  # what was decided went out; the rest waits for its answer
+
+    await ready.from_agent(
+        Reply().parameter("client_encoding", "GBK").complete("SET").ready().frame()
+    )
+    assert await asyncio.wait_for(task, 5) == b""
+    error = error_of(ready.take_synthetic())
+    assert error.sqlstate == "22021"
+    assert "GBK" in error.message
+    events = of_type(stored(db_path), "db.query")
+    assert events[-1]["decision"]["result"] == "deny"
+
+
+async def test_a_backslash_with_standard_conforming_strings_off_is_refused(
+    ready: PgInspector,
+) -> None:
+    await ready.from_client(
+        pgm.query("select set_config('standard_conforming_strings','off',false)")
+    )
+    await ready.from_agent(
+        Reply()
+        .parameter("standard_conforming_strings", "off")
+        .complete("SELECT 1", 1)
+        .ready()
+        .frame()
+    )
+
+    assert await ready.from_client(pgm.query("select 'a\\'; drop table t; --'")) == b""
+    error = error_of(ready.take_synthetic())
+    assert "standard_conforming_strings" in error.message
+    plain = pgm.query("select 'plain ascii'")
+    assert await ready.from_client(plain) == plain
+
+
+async def test_a_held_batch_goes_out_with_a_flush_before_the_inspector_waits(
+    ready: PgInspector, early: Forwarded
+) -> None:
+    change = (
+        parse("select set_config('standard_conforming_strings','off',false)") + bind([]) + execute()
+    )
+    later = parse("select 'x\\'") + bind([]) + execute() + pgm.sync()
+    task = asyncio.create_task(ready.from_client(change + later))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    assert early == [change + FLUSH]
+
+    await ready.from_agent(
+        Reply()
+        .parsed()
+        .bound()
+        .parameter("standard_conforming_strings", "off")
+        .complete("SELECT 1", 1)
+        .frame()
+    )
+    forwarded = await asyncio.wait_for(task, 5)
+    assert forwarded == pgm.sync()  # the later part is refused; the target still needs the Sync
+
+
+async def test_unsensitive_text_does_not_wait(ready: PgInspector) -> None:
+    first = pgm.query("select pg_sleep(10)")
+    second = pgm.query("select 2")
+    assert await asyncio.wait_for(ready.from_client(first + second), 1) == first + second
+
+
+# ---- limits -----------------------------------------------------------------------------------
+
+
+async def test_a_batch_without_sync_is_bounded(ready: PgInspector) -> None:
+    chunk = parse("select '" + "x" * 1_000_000 + "'")
+    with pytest.raises(framing.ProtocolError, match="without a Sync"):
+        for _ in range(20):
+            await ready.from_client(chunk)
+
+
+async def test_prepared_statements_per_session_are_bounded(
+    ready: PgInspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_names_module, "MAX_NAMES", 2)
+    monkeypatch.setattr(pg_module, "MAX_NAMES", 2)
+    for name in ("a", "b"):
+        await ready.from_client(parse("select 1", name) + pgm.sync())
+        await ready.from_agent(Reply().parsed().ready().frame())
+    assert await ready.from_client(parse("select 1", "c") + pgm.sync()) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "54000"

@@ -1,0 +1,108 @@
+"""What a SQL text does to the session's names: PREPARE, EXECUTE, DEALLOCATE, cursors, DISCARD.
+
+The prepared-statement namespace is shared by the protocol's Parse and SQL ``PREPARE``; the
+portal namespace by the protocol's Bind and SQL ``DECLARE … CURSOR``. The inspector must know
+which names a text creates, drops or uses, statement by statement (a simple Query may hold
+several), to record what a name stands for and to refuse a name it does not know
+(decision 0010). The text is read with pglast, the server's own grammar; most texts hold none
+of the keywords and are never parsed here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pglast.parser import ParseError, parse_sql_json, scan
+
+# Texts without any of these words cannot touch a name (keywords are ASCII, and a comment or a
+# string only makes a false positive, never a miss).
+_MAY_NAME: Final = re.compile(r"(?i)prepare|execute|deallocate|declare|fetch|move|close|discard")
+CURSOR_OPT_HOLD: Final = 0x0020  # PostgreSQL's parsenodes.h: DECLARE … WITH HOLD
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one statement does to the names once the server completed it.
+
+    ``op``: "prepare" / "deallocate" (statements), "declare" / "close" (portals), "discard"
+    (DISCARD ALL: every statement and portal). ``name`` None means ALL.
+    """
+
+    op: str
+    name: str | None = None
+    text: str = ""  # prepare/declare: the statement text the name stands for
+    holdable: bool = False  # declare: WITH HOLD survives its transaction
+
+
+@dataclass(frozen=True, slots=True)
+class SqlStatement:
+    """One statement of a text: what it creates or drops, and which names it runs."""
+
+    text: str
+    effect: Effect | None = None
+    executes: tuple[str, ...] = ()  # prepared statements it runs (EXECUTE, also nested)
+    fetches: str | None = None  # the cursor a FETCH or MOVE reads
+
+
+def statements(sql: str) -> list[SqlStatement]:
+    """The statements of ``sql`` that touch a name; [] when none does (or it does not parse:
+    the guard denies unparseable text on its own)."""
+    if _MAY_NAME.search(sql) is None:
+        return []
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except (ParseError, ValueError):
+        return []
+    raw = sql.encode("utf-8")
+    found = []
+    for entry in tree.get("stmts", []):
+        start = entry.get("stmt_location", 0)
+        length = entry.get("stmt_len", 0)
+        text = raw[start : start + length if length else len(raw)].decode("utf-8").strip()
+        node = entry.get("stmt", {})
+        found.append(_statement(text, node))
+    return found
+
+
+def _statement(text: str, node: dict[str, Any]) -> SqlStatement:
+    (kind, body), *_ = node.items() if node else (("", {}),)
+    executes = tuple(_executes(node))
+    if kind == "PrepareStmt":
+        effect = Effect("prepare", body.get("name", ""), _after(text, "AS"))
+    elif kind == "DeallocateStmt":
+        effect = Effect("deallocate", None if body.get("isall") else body.get("name"))
+    elif kind == "DeclareCursorStmt":
+        holdable = bool(body.get("options", 0) & CURSOR_OPT_HOLD)
+        effect = Effect("declare", body.get("portalname", ""), _after(text, "FOR"), holdable)
+    elif kind == "ClosePortalStmt":
+        effect = Effect("close", body.get("portalname"))
+    elif kind == "DiscardStmt" and body.get("target") == "DISCARD_ALL":
+        effect = Effect("discard")
+    else:
+        effect = None
+    fetches = body.get("portalname", "") if kind == "FetchStmt" else None
+    return SqlStatement(text, effect, executes, fetches)
+
+
+def _executes(node: Any) -> Iterator[str]:
+    """Names of every EXECUTE in a parse tree (EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS …)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "ExecuteStmt" and isinstance(value, dict):
+                yield str(value.get("name", ""))
+            yield from _executes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _executes(item)
+
+
+def _after(text: str, keyword: str) -> str:
+    """The text after the first ``keyword`` token: PREPARE p AS <query>, DECLARE c … FOR <query>."""
+    for token in scan(text):
+        if token.name == keyword:
+            return text[token.end + 1 :].strip()
+    return text
