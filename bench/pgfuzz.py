@@ -71,8 +71,8 @@ def _run(gateway: pgfuzz.Gateway, examples: int, chosen_seed: int | None) -> int
     failed = False
     try:
         check()
-    except AssertionError as exc:
-        print(f"pgfuzz: FAILED\n{exc}", file=sys.stderr)
+    except Exception as exc:  # a mismatch, or a hang (the gateway never answered)
+        print(f"pgfuzz: FAILED\n{exc!r}", file=sys.stderr)
         failed = True
     elapsed = time.monotonic() - started
     print(

@@ -267,7 +267,7 @@ def run_case(gateway: Gateway, case: Case) -> Outcome:
     after = gateway.after
     window = pglog.LogWindow(gateway.pg.log_file)
     problems: list[str] = []
-    with PgWire(gateway.port, **case.startup) as client:
+    with PgWire(gateway.port, timeout=10, **case.startup) as client:
         for batch in case.batches:
             answer = client.run(batch.wire, batch.readies)
             if answer.closed:

@@ -316,30 +316,72 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
     * every allowed statement whose result says it succeeded was logged as run;
     * no statement recorded as denied was run (unless an allowed event of the same text
       accounts for it);
-    * no `db.query` records an empty statement (the trail must say what ran, not "").
+    * no allowed `db.query` records an empty statement (the trail must say what ran, not "";
+      a refusal of an unknown name may, it names the name instead).
 
-    Password literals compare masked on both sides: the trail must not hold them.
+    Password literals compare masked on both sides: the trail must not hold them. A statement
+    prepared by SQL `PREPARE` or a cursor made by `DECLARE` and then executed through the
+    extended protocol is logged with the text that created it (the whole query string); the
+    event may name that text, or the query inside it (compared as pglast deparses both).
     """
     problems = []
-    allowed = Counter(q["request"]["statement"] for q in trail.allowed())
-    # The trail records password literals as '***' (statement_secrets): so must the log's.
-    logged = Counter(redact_statement(s) for s in log.statements)
-    for text, count in (logged - allowed).items():
-        problems.append(f"run by PostgreSQL without an allowed db.query ({count}x): {text!r}")
-    succeeded = Counter(
-        q["request"]["statement"]
-        for q in trail.allowed()
-        if (r := trail.result(q)) is not None and r.get("error") is None
-    )
-    for text, count in (succeeded - logged).items():
-        problems.append(f"recorded as run and succeeded, not in the log ({count}x): {text!r}")
+    allowed = trail.allowed()
+    unmatched = list(range(len(allowed)))
+    texts = [q["request"]["statement"] for q in allowed]
+    leftover: list[str] = []
+    for logged in (redact_statement(s) for s in log.statements):
+        at = next((i for i in unmatched if texts[i] == logged), None)
+        if at is None:
+            leftover.append(logged)
+        else:
+            unmatched.remove(at)
+    for logged in leftover:
+        inner = _inner_queries(logged)
+        at = next((i for i in unmatched if inner and _deparsed(texts[i]) in inner), None)
+        if at is None:
+            problems.append(f"run by PostgreSQL without an allowed db.query: {logged!r}")
+        else:
+            unmatched.remove(at)
+    for i in unmatched:
+        result = trail.result(allowed[i])
+        if result is not None and result.get("error") is None:
+            problems.append(f"recorded as run and succeeded, not in the log: {texts[i]!r}")
+    ran = Counter(redact_statement(s) for s in log.statements)
+    allowed_count = Counter(texts)
     for text in set(trail.denied()):
-        if logged[text] > allowed[text]:
+        if ran[text] > allowed_count[text]:
             problems.append(f"denied in the trail, run by PostgreSQL: {text!r}")
-    for q in trail.queries:
+    for q in allowed:
         if not q["request"]["statement"].strip():
-            problems.append(f"a db.query records an empty statement: seq {q['seq']}")
+            problems.append(f"an allowed db.query records an empty statement: seq {q['seq']}")
     return problems
+
+
+def _deparsed(sql: str) -> str | None:
+    from pglast import parse_sql
+    from pglast.stream import RawStream
+
+    try:
+        statements = parse_sql(sql)
+        return ";".join(RawStream()(r.stmt) for r in statements)
+    except Exception:
+        return None
+
+
+def _inner_queries(sql: str) -> set[str]:
+    """The queries that PREPARE and DECLARE statements in `sql` hold, deparsed."""
+    from pglast import ast, parse_sql
+    from pglast.stream import RawStream
+
+    try:
+        statements = parse_sql(sql)
+    except Exception:
+        return set()
+    return {
+        RawStream()(r.stmt.query)
+        for r in statements
+        if isinstance(r.stmt, ast.PrepareStmt | ast.DeclareCursorStmt)
+    }
 
 
 def wait_until(predicate: Any, timeout: float = 15, interval: float = 0.1) -> Any:

@@ -40,6 +40,7 @@ def gateway(stack: Stack, pg: PostgresServer) -> Iterator[pgfuzz.Gateway]:
         listener.stop()
 
 
+@pytest.mark.timeout(900)
 def test_random_sessions_reconcile_with_the_server_log(gateway: pgfuzz.Gateway) -> None:
     @settings(
         max_examples=EXAMPLES,
