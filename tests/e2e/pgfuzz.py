@@ -264,23 +264,27 @@ class Outcome:
 
 def run_case(gateway: Gateway, case: Case) -> Outcome:
     """Play one session through the gateway; then reconcile the server's log and the trail."""
+    _catch_up(gateway)  # a case that failed may have left events behind
     after = gateway.after
     window = pglog.LogWindow(gateway.pg.log_file)
     problems: list[str] = []
-    with PgWire(gateway.port, timeout=10, **case.startup) as client:
-        for batch in case.batches:
-            answer = client.run(batch.wire, batch.readies)
-            if answer.closed:
-                fatal = [e for e in answer.errors if e.get("S") == "FATAL"]
-                if not fatal:
-                    problems.append(f"the gateway closed the session without a FATAL: {batch}")
-                break
-    events = _ended(gateway, after)
+    try:
+        with PgWire(gateway.port, timeout=10, **case.startup) as client:
+            for batch in case.batches:
+                answer = client.run(batch.wire, batch.readies)
+                if answer.closed:
+                    fatal = [e for e in answer.errors if e.get("S") == "FATAL"]
+                    if not fatal:
+                        problems.append(f"the gateway closed the session without a FATAL: {batch}")
+                    break
+    finally:
+        # Also when the case failed (a hang): its events must not fall into the next window.
+        events = _ended(gateway, after)
+        if events:
+            gateway.after = max(e["seq"] for e in events)
     if events is None:
         problems.append("the session did not end in the trail")
         events = gateway.events(after)
-    if events:
-        gateway.after = max(e["seq"] for e in events)
     trail = pglog.Trail.of(events)
     ran = window.ran()
     gateway.cases += 1
@@ -291,6 +295,12 @@ def run_case(gateway: Gateway, case: Case) -> Outcome:
         problems.append(f"the sentinel table holds {rows} rows, not {SENTINEL_ROWS}")
         prepare_tables(gateway.pg)
     return Outcome(problems, len(ran.statements), len(trail.denied()))
+
+
+def _catch_up(gateway: Gateway) -> None:
+    events = gateway.events(gateway.after)
+    if events:
+        gateway.after = max(e["seq"] for e in events)
 
 
 def _ended(gateway: Gateway, after: int, timeout: float = 15) -> list[dict[str, Any]] | None:

@@ -439,3 +439,29 @@ def test_role_passwords_never_reach_the_trail_but_reach_the_server(
         with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
             conn.execute(f"drop role if exists {role}")
             conn.execute("alter role app nocreaterole")
+
+
+# ---- cases the differential fuzzer found -----------------------------------------------------
+
+
+def test_a_refused_parse_after_flushed_describes_does_not_hang_the_session(
+    window: Window, listener: Connect
+) -> None:
+    """Found by tests/e2e/pgfuzz.py: Close and Describe of the unnamed statement, each
+    flushed, then a Parse the guard cannot read, under standard_conforming_strings=off."""
+    with PgWire(listener.port, timeout=10, options="-c standard_conforming_strings=off") as client:
+        for _ in range(3):
+            assert client.run(query("select 1")).rows() == [["1"]]
+        batch = (
+            pglog.close("S", "")
+            + pglog.flush()
+            + pglog.describe("S", "")
+            + pglog.flush()
+            + extended("selec 1")
+            + pglog.flush()
+            + sync()
+        )
+        answer = client.run(batch)
+        assert answer.errors
+        assert client.run(query("select 1")).rows() == [["1"]]
+    window.reconcile()
