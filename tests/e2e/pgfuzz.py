@@ -127,7 +127,9 @@ class Case:
 
 
 def _texts(pool: tuple[str, ...]) -> st.SearchStrategy[Text]:
-    codec = st.sampled_from(list(CODECS.values())) | st.just("utf-8")
+    # Mostly the session's default: text the gateway cannot decode ends the session (08P01),
+    # which is right, but a case that ends early explores little.
+    codec = st.sampled_from(["utf-8"] * 6 + list(CODECS.values()))
     return st.builds(Text, st.sampled_from(pool), codec)
 
 

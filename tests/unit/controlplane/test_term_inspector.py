@@ -173,3 +173,15 @@ async def test_an_agent_that_leaves_without_an_exit_still_ends_the_command(
     result = events(db)[-1]
     assert result["type"] == "ssh.result"
     assert "agent gone" in result["result"]["error"]
+
+
+async def test_a_lost_agent_leaves_a_result_saying_the_outcome_is_unknown(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "shell", "exec")
+    assert await h.inspector.from_client(start(argv=("sleep", "30")))
+    await h.inspector.agent_lost()
+    await h.inspector.finish("agent_lost")  # no second result
+    results = [e for e in events(db) if e["type"] == "shell.result"]
+    assert len(results) == 1
+    assert results[0]["result"]["error"].startswith("unknown: agent lost")
