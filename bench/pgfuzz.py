@@ -12,6 +12,7 @@ import argparse
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, seed, settings
@@ -58,6 +59,7 @@ def _run(gateway: pgfuzz.Gateway, examples: int, chosen_seed: int | None) -> int
         max_examples=examples,
         deadline=None,
         database=None,
+        print_blob=True,
         suppress_health_check=list(HealthCheck),
     )
     @given(case=pgfuzz.cases())
@@ -72,7 +74,9 @@ def _run(gateway: pgfuzz.Gateway, examples: int, chosen_seed: int | None) -> int
     try:
         check()
     except Exception as exc:  # a mismatch, or a hang (the gateway never answered)
-        print(f"pgfuzz: FAILED\n{exc!r}", file=sys.stderr)
+        # Hypothesis attaches the smallest failing case (and a blob to replay it) as notes.
+        report = "".join(traceback.format_exception(exc))
+        print(f"pgfuzz: FAILED\n{report}", file=sys.stderr)
         failed = True
     elapsed = time.monotonic() - started
     print(
