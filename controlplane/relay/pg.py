@@ -60,6 +60,7 @@ FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
 
 #: What one session may hold of an extended-protocol batch before its Sync or Flush: the
 #: messages wait in memory until their events are committed. Past either, the session ends.
+#: (The largest held message is not counted: one message alone may be larger.)
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_HELD_MESSAGES = 10_000
 
@@ -164,10 +165,12 @@ class PgInspector:
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
+        self._held_largest = 0  # the largest held message, which the bytes limit leaves out
         self._held_events: list[Draft] = []
         self._held_decisions: list[Decision] = []
         self._refusal: Refusal | None = None  # the held batch is refused
         self._open: Cycle | None = None
+        self._unsynced = False  # extended messages went out without their Sync yet
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
         self._started = False  # past the StartupMessage: every message is tagged
@@ -231,7 +234,7 @@ class PgInspector:
             raise framing.ProtocolError("a CancelRequest cannot travel inside a session")
 
     async def _query(self, msg: framing.Message, out: list[Chunk]) -> None:
-        if self._held or self._open is not None or self._discarding:
+        if self._held or self._unsynced or self._discarding or self._refusal:
             # The server would run it before the pipeline's end, and answer both with one
             # ReadyForQuery; what the trail says ran could not be kept in order.
             raise framing.ProtocolError(
@@ -355,13 +358,18 @@ class PgInspector:
 
     def _keep(self, raw: bytes, expect: Expect | None) -> None:
         """Hold one message of the batch, within the session's limits."""
-        if self._held_bytes + len(raw) > MAX_HELD_BYTES or len(self._held) >= MAX_HELD_MESSAGES:
+        # The largest message does not count: one message alone may be larger (a 20 MB
+        # parameter; the framer bounds a message at 64 MiB).
+        largest = max(self._held_largest, len(raw))
+        over = self._held_bytes + len(raw) - largest > MAX_HELD_BYTES
+        if over or len(self._held) >= MAX_HELD_MESSAGES:
             raise framing.ProtocolError(
                 f"more than {MAX_HELD_BYTES // (1024 * 1024)} MiB or {MAX_HELD_MESSAGES} "
                 "extended-protocol messages without a Sync or Flush; send Sync more often"
             )
         self._held.append((raw, expect))
         self._held_bytes += len(raw)
+        self._held_largest = largest
 
     async def _hold(self, msg: framing.Message, out: list[Chunk]) -> None:
         tag = msg.tag
@@ -480,7 +488,7 @@ class PgInspector:
     async def _release(self, out: list[Chunk], *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions
         self._held, self._held_events, self._held_decisions = [], [], []
-        self._held_bytes = 0
+        self._held_bytes = self._held_largest = 0
         refusal, self._refusal = self._refusal, None
         if sync:
             self._overlay = Overlay()
@@ -504,6 +512,11 @@ class PgInspector:
             self.denied += len(events)
         statements = await self._record(events)
         if statements is None or refusal is not None:
+            if self._open is None and self._unsynced:
+                # The target holds the start of this pipeline (flushed, no Execute in it): it
+                # still needs the Sync, whose ReadyForQuery our error goes before.
+                self._open = Cycle()
+                self._cycles.append(self._open)
             if statements is None:
                 answer = self._error(AUDIT_FAILED_SQLSTATE, self._audit_failure())
             else:
@@ -539,12 +552,17 @@ class PgInspector:
             out.append(raw)
             if expect is not None:
                 self._push(expect)
+        if sync:
+            self._unsynced = False
+        elif any(expect is not None for _, expect in held):
+            self._unsynced = True
 
     def _end_refused_pipeline(self, out: list[Chunk], sync_message: bytes) -> None:
         """Answer the Sync of a refused pipeline: the target's, if it holds part of it."""
         if self._open is not None:
             out.append(sync_message)  # a Sync runs no statement; it ends what the target holds
             self._push(Expect(S))
+            self._unsynced = False
             self._open.closed = True
             self._open = None
         else:

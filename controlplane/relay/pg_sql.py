@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pglast.parser import ParseError, parse_sql_json, scan
+from pglast.parser import ParseError, parse_sql_json
 
 # Texts without any of these words cannot touch a name (keywords are ASCII, and a comment or a
 # string only makes a false positive, never a miss).
@@ -34,7 +34,9 @@ class Effect:
 
     op: str
     name: str | None = None
-    text: str = ""  # prepare/declare: the statement text the name stands for
+    # prepare/declare: the text the name stands for, the whole PREPARE or DECLARE statement, as
+    # PostgreSQL itself reports it (pg_prepared_statements, pg_cursors, its statement log)
+    text: str = ""
     holdable: bool = False  # declare: WITH HOLD survives its transaction
 
 
@@ -72,12 +74,12 @@ def _statement(text: str, node: dict[str, Any]) -> SqlStatement:
     (kind, body), *_ = node.items() if node else (("", {}),)
     executes = tuple(_executes(node))
     if kind == "PrepareStmt":
-        effect = Effect("prepare", body.get("name", ""), _after(text, "AS"))
+        effect = Effect("prepare", body.get("name", ""), text)
     elif kind == "DeallocateStmt":
         effect = Effect("deallocate", None if body.get("isall") else body.get("name"))
     elif kind == "DeclareCursorStmt":
         holdable = bool(body.get("options", 0) & CURSOR_OPT_HOLD)
-        effect = Effect("declare", body.get("portalname", ""), _after(text, "FOR"), holdable)
+        effect = Effect("declare", body.get("portalname", ""), text, holdable)
     elif kind == "ClosePortalStmt":
         effect = Effect("close", body.get("portalname"))
     elif kind == "DiscardStmt" and body.get("target") == "DISCARD_ALL":
@@ -98,11 +100,3 @@ def _executes(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from _executes(item)
-
-
-def _after(text: str, keyword: str) -> str:
-    """The text after the first ``keyword`` token: PREPARE p AS <query>, DECLARE c … FOR <query>."""
-    for token in scan(text):
-        if token.name == keyword:
-            return text[token.end + 1 :].strip()
-    return text

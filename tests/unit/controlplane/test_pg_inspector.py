@@ -841,8 +841,8 @@ async def test_sql_prepare_and_execute_record_the_prepared_text(
 
     _, simple, extended = of_type(stored(db_path), "db.query")
     assert simple["request"]["statement"] == "EXECUTE p(41)"
-    assert simple["request"]["prepared"] == {"p": "select $1 + 1"}
-    assert extended["request"]["statement"] == "select $1 + 1"
+    assert simple["request"]["prepared"] == {"p": "PREPARE p(int) AS select $1 + 1"}
+    assert extended["request"]["statement"] == "PREPARE p(int) AS select $1 + 1"
 
 
 async def test_deallocate_forgets_the_statement_once_it_completed(ready: PgInspector) -> None:
@@ -870,7 +870,7 @@ async def test_a_cursor_is_known_until_its_transaction_ends(
     assert await ready.from_client(fetch) == b""
     assert error_of(ready.take_synthetic()).sqlstate == "34000"
     events = of_type(stored(db_path), "db.query")
-    assert events[1]["request"]["cursors"] == {"c": "select 1"}
+    assert events[1]["request"]["cursors"] == {"c": "DECLARE c CURSOR FOR select 1"}
 
 
 async def test_a_prepare_that_failed_is_not_known(ready: PgInspector) -> None:
@@ -979,3 +979,92 @@ async def test_prepared_statements_per_session_are_bounded(
         await ready.from_agent(Reply().parsed().ready().frame())
     assert await ready.from_client(parse("select 1", "c") + pgm.sync()) == b""
     assert error_of(ready.take_synthetic()).sqlstate == "54000"
+
+
+async def test_a_failed_unnamed_parse_drops_the_old_unnamed_statement(ready: PgInspector) -> None:
+    await ready.from_client(parse("select 1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+    await ready.from_client(parse("selec oops") + pgm.sync())
+    await ready.from_agent(Reply().error("42601", "syntax error").ready().frame())
+
+    assert await ready.from_client(bind([]) + execute() + pgm.sync()) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "26000"
+
+
+async def test_a_parse_skipped_after_an_error_keeps_the_old_unnamed_statement(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await ready.from_client(parse("select 1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+    await ready.from_client(
+        parse("select 1/0", "x")
+        + bind([], statement="x")
+        + execute()
+        + parse("select 2")
+        + pgm.sync()
+    )
+    await ready.from_agent(
+        Reply().parsed().bound().error("22012", "division by zero").ready().frame()
+    )
+
+    data = bind([]) + execute() + pgm.sync()
+    assert await ready.from_client(data) == data
+    assert of_type(stored(db_path), "db.query")[-1]["request"]["statement"] == "select 1"
+
+
+async def test_settings_reported_at_login_apply_from_the_first_statement(
+    inspector: PgInspector,
+) -> None:
+    await inspector.from_client(STARTUP)
+    # e.g. options=-c standard_conforming_strings=off in the startup packet
+    login = (
+        Reply()
+        .raw(pgm.authentication_ok())
+        .parameter("client_encoding", "UTF8")
+        .parameter("standard_conforming_strings", "off")
+        .ready()
+    )
+    await inspector.from_agent(login.frame())
+
+    assert await inspector.from_client(pgm.query("select 'a\\''; drop table t; --'")) == b""
+    assert error_of(inspector.take_synthetic()).sqlstate == "22021"
+
+
+async def test_text_pipelined_behind_the_startup_waits_for_its_settings(
+    inspector: PgInspector,
+) -> None:
+    hidden = pgm.query("select 'é'")
+    task = asyncio.create_task(inspector.from_client(STARTUP + hidden))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    await inspector.from_agent(login_reply().frame())
+    assert await asyncio.wait_for(task, 5) == hidden
+
+
+async def test_answers_that_do_not_match_the_requests_end_the_session(ready: PgInspector) -> None:
+    with pytest.raises(framing.ProtocolError, match="do not match"):
+        await ready.from_agent(Reply().parsed().frame())
+
+
+@pytest.mark.parametrize(
+    "before",
+    [parse("select 1"), bind([], statement="nobody"), parse("select 1") + flush()],
+    ids=["held", "refused", "flushed"],
+)
+async def test_a_simple_query_inside_an_unfinished_pipeline_ends_the_session(
+    ready: PgInspector, before: bytes
+) -> None:
+    await ready.from_client(before)
+    with pytest.raises(framing.ProtocolError, match="send Sync first"):
+        await ready.from_client(pgm.query("select 2"))
+
+
+async def test_a_refused_pipeline_whose_start_was_flushed_still_sends_its_sync(
+    ready: PgInspector,
+) -> None:
+    start = parse("select 1") + flush()
+    assert await ready.from_client(start) == start
+    assert await ready.from_client(bind([], statement="nobody") + pgm.sync()) == pgm.sync()
+
+    chunks = await ready.from_agent(Reply().parsed().ready().frame())
+    assert [tag for tag, _ in backend_messages(chunks)] == ["1", "E", "Z"]
