@@ -536,13 +536,10 @@ class PgInspector:
                 self._overlay = Overlay()  # nothing of it runs; the rest is skipped
             return
         cycle = self._open
-        if cycle is None and (sync or statements or len(held) > 1):
-            # A Flush that sends Parse/Bind/Describe/Close ahead opens a pipeline the target
-            # ends only at a Sync: it must be known as open, or a refusal later in it would
-            # never send that Sync, and the target would skip everything after.
+        if cycle is None and (sync or statements):
             cycle = Cycle()
             self._cycles.append(cycle)
-        # else: a Flush with nothing before it (psycopg sends one after each Sync): the target
+        # else: a Flush with no Execute in it (psycopg sends one after each Sync): the target
         # answers it without a ReadyForQuery, so it must not open a cycle.
         if cycle is not None:
             cycle.statements.extend(statements)
