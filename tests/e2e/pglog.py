@@ -342,6 +342,12 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
             problems.append(f"run by PostgreSQL without an allowed db.query: {logged!r}")
         else:
             unmatched.remove(at)
+    # A portal executed again (after a row limit, or once more when done) is logged as
+    # "execute fetch from": it may account for an event of its text, and needs none.
+    for logged in (redact_statement(s) for s in log.continued):
+        at = next((i for i in unmatched if texts[i] == logged), None)
+        if at is not None:
+            unmatched.remove(at)
     for i in unmatched:
         result = trail.result(allowed[i])
         if result is not None and result.get("error") is None:

@@ -493,3 +493,36 @@ def test_a_pipeline_that_waits_for_a_cursor_and_holds_a_denied_statement_runs_no
         client.run(query("close fz"))
     assert rows(pg, sentinel) == 3
     window.reconcile()
+
+
+OPEN_HANG = pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="open: refused as unreadable (standard_conforming_strings off) behind a cursor wait "
+    "and a failed Describe, the pipeline's answers never complete",
+)
+
+
+@pytest.mark.parametrize("refused", [pytest.param("literal", marks=OPEN_HANG), "denied"])
+def test_a_refusal_after_a_failed_describe_and_a_cursor_wait_does_not_hang(
+    window: Window, listener: Connect, sentinel: str, refused: str
+) -> None:
+    """Found by the fuzzer: a DECLARE, then (pipelined) a Describe of a portal that does not
+    exist, an Execute of the cursor being declared, and a statement the gateway refuses."""
+    declare = query("declare fy cursor with hold for select g from generate_series(1, 5) g")
+    pipeline = (
+        pglog.describe("P", "nosuch")
+        + execute("fy")
+        + (
+            extended("select E'tab\\there' as escaped")  # refused: 22021 with scs off
+            if refused == "literal"
+            else extended(f"truncate {sentinel}")  # denied: 42501
+        )
+        + sync()
+    )
+    options = {"options": "-c standard_conforming_strings=off"} if refused == "literal" else {}
+    with PgWire(listener.port, timeout=5, **options) as client:
+        answer = client.run(declare + pipeline, 2)
+        assert answer.errors
+        assert client.run(query("select 1")).rows() == [["1"]]
+    window.reconcile()
