@@ -326,7 +326,14 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
     """
     problems = []
     allowed = trail.allowed()
-    unmatched = list(range(len(allowed)))
+
+    def succeeded(i: int) -> bool:
+        result = trail.result(allowed[i])
+        return result is not None and result.get("error") is None
+
+    # A log line is matched to a succeeded event first: those must be in the log, while a
+    # failed one may be (an error while running) or not (an error before it ran).
+    unmatched = sorted(range(len(allowed)), key=lambda i: (not succeeded(i), i))
     texts = [q["request"]["statement"] for q in allowed]
     leftover: list[str] = []
     for logged in (redact_statement(s) for s in log.statements):
@@ -349,8 +356,7 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
         if at is not None:
             unmatched.remove(at)
     for i in unmatched:
-        result = trail.result(allowed[i])
-        if result is not None and result.get("error") is None:
+        if succeeded(i):
             problems.append(f"recorded as run and succeeded, not in the log: {texts[i]!r}")
     ran = Counter(redact_statement(s) for s in log.statements)
     allowed_count = Counter(texts)

@@ -526,3 +526,35 @@ def test_a_refusal_after_a_failed_describe_and_a_cursor_wait_does_not_hang(
         assert answer.errors
         assert client.run(query("select 1")).rows() == [["1"]]
     window.reconcile()
+
+
+@pytest.mark.parametrize("settings", ["default", "scs_off"])
+def test_an_execute_skipped_after_a_failed_reparse_is_not_recorded_as_run(
+    window: Window, listener: Connect, settings: str
+) -> None:
+    """Flushed pieces of one pipeline; the last re-Parse of a name fails (42P05), so the
+    server skips the Bind/Execute after it: the trail must not say it ran. (The fuzzer's
+    reconciliation once matched the failed event to a log line before a succeeded one.)"""
+    options = {"options": "-c standard_conforming_strings=off"} if settings == "scs_off" else {}
+    pipeline = (
+        pglog.close("S", "")
+        + pglog.flush()
+        + extended("select 1")
+        + pglog.flush()
+        + parse("s1", "select 1")
+        + bind("s1")
+        + execute()
+        + pglog.flush()
+        + parse("s1", "select 1")
+        + bind("s1")
+        + execute()
+        + pglog.flush()
+        + sync()
+    )
+    with PgWire(listener.port, timeout=10, **options) as client:
+        answer = client.run(pipeline)
+        assert answer.sqlstates == ["42P05"]
+        assert client.run(query("select 1")).rows() == [["1"]]
+    trail = window.reconcile()
+    outcomes = [trail.result(q) for q in trail.queries]
+    assert [r["error"] if r else "none" for r in outcomes] == [None, None, "42P05", None]
