@@ -53,6 +53,11 @@ UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name
 UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
 UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
 LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
+TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
+_TOO_DEEP = (
+    "the statement is nested too deeply for the gateway to read which prepared statements or "
+    "cursors it uses"
+)
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 AGENT_LOST_MESSAGE = "agent lost before the result arrived"
@@ -63,12 +68,19 @@ FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
 #: (The largest held message is not counted: one message alone may be larger.)
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_HELD_MESSAGES = 10_000
+#: Requests forwarded and not yet answered (each is remembered until its answer): past this,
+#: the inspector forwards nothing more until half of them were answered.
+MAX_IN_FLIGHT = 20_000
 
 Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
 COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
 STARTUP_TAG = 0  # the StartupMessage, answered by the first ReadyForQuery
 Mark = tunnel_pb2.ResultMark
-_ACKS = {Mark.PARSE_COMPLETE: P, Mark.BIND_COMPLETE: B, Mark.CLOSE_COMPLETE: C, Mark.DESCRIBED: D}
+# The mark kinds as plain ints: reading a protobuf enum attribute costs on every mark.
+COMPLETE, ERROR, READY = int(Mark.COMPLETE), int(Mark.ERROR), int(Mark.READY)
+DESCRIBED, PARAMETER = int(Mark.DESCRIBED), int(Mark.PARAMETER)
+_ACKS = {int(Mark.PARSE_COMPLETE): P, int(Mark.BIND_COMPLETE): B, int(Mark.CLOSE_COMPLETE): C}
+_ACKS[DESCRIBED] = D
 
 
 @dataclass(slots=True)
@@ -161,6 +173,7 @@ class PgInspector:
         self._expect: deque[Expect] = deque()  # forwarded, not yet answered
         self._answered = asyncio.Event()
         self._answered.set()
+        self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
@@ -190,6 +203,8 @@ class PgInspector:
         out: list[Chunk] = []  # joined once at the end: one copy of what is forwarded
         for msg in self._framer.feed(data):
             tag = msg.tag
+            if len(self._expect) >= MAX_IN_FLIGHT and tag not in (COPY_DATA, COPY_DONE, COPY_FAIL):
+                await self._throttle(out)
             if tag == Q:
                 await self._query(msg, out)
             elif tag in (P, B, E, D, C):
@@ -276,6 +291,8 @@ class PgInspector:
         if why is not None:
             return Refusal(UNREADABLE_SQLSTATE, why, "(unreadable)")
         found = pg_sql.statements(sql)
+        if found is None:
+            return Refusal(TOO_COMPLEX_SQLSTATE, _TOO_DEEP, "(unparseable)")
         creates = sum(1 for st in found if st.effect and st.effect.op in ("prepare", "declare"))
         if creates and not self._room(creates):
             return Refusal(LIMIT_SQLSTATE, self._full(), "(limit)")
@@ -355,6 +372,22 @@ class PgInspector:
             await self._forward(data)
         while self._expect:
             await self._answered.wait()
+
+    async def _throttle(self, out: list[Chunk]) -> None:
+        """Too many requests are unanswered: forward what is decided, and wait for answers.
+
+        Everything forwarded ended with a Sync or Flush, so the target answers it; the data of
+        a COPY FROM STDIN is never held here, so a running COPY still gets it.
+        """
+        if out:
+            if self._forward is None:
+                raise RuntimeError("the inspector must wait, but it has no way to forward")
+            data = b"".join(out)
+            out.clear()
+            await self._forward(data)
+        while len(self._expect) >= MAX_IN_FLIGHT // 2:
+            self._drained.clear()
+            await self._drained.wait()
 
     def _keep(self, raw: bytes, expect: Expect | None) -> None:
         """Hold one message of the batch, within the session's limits."""
@@ -632,14 +665,15 @@ class PgInspector:
             self._creating -= 1
         if not self._expect:
             self._answered.set()
+        if len(self._expect) < MAX_IN_FLIGHT // 2:
+            self._drained.set()
         return expect
 
-    def _answer(self, mark: tunnel_pb2.ResultMark) -> None:
+    def _answer(self, mark: tunnel_pb2.ResultMark, kind: int) -> None:
         """Apply one of the target's answers to the names it holds."""
         front = self._expect[0] if self._expect else None
-        kind = mark.kind
         if kind in _ACKS:
-            if front is not None and front.tag == Q and kind == Mark.DESCRIBED:
+            if front is not None and front.tag == Q and kind == DESCRIBED:
                 return  # a simple query's RowDescription
             if front is None or front.tag != _ACKS[kind]:
                 raise framing.ProtocolError(
@@ -655,14 +689,14 @@ class PgInspector:
                     self._names.statements if done.close_kind == "S" else self._names.portals
                 )
                 names.pop(done.name, None)
-        elif kind == Mark.COMPLETE:
+        elif kind == COMPLETE:
             if front is None or front.tag not in (Q, E):
                 return
             if front.tag == E:
                 self._pop()
             if front.effects and (effect := front.effects.popleft()) is not None:
                 self._names.apply(effect)
-        elif kind == Mark.ERROR:
+        elif kind == ERROR:
             if front is None or front.tag in (S, STARTUP_TAG):
                 return
             if front.tag == Q:
@@ -674,7 +708,7 @@ class PgInspector:
             self._names.portals.pop("", None)
             while self._expect and self._expect[0].tag != S:
                 self._pop()
-        elif kind == Mark.READY:
+        elif kind == READY:
             while front is not None and front.tag not in (S, Q, STARTUP_TAG):
                 self._pop()  # unconfirmed: an agent without name marks; never trusted
                 front = self._expect[0] if self._expect else None
@@ -699,13 +733,14 @@ class PgInspector:
             if (running := self._running()) is not None:
                 running.bytes_out += mark.end - counted
             counted = mark.end
-            if mark.kind == Mark.PARAMETER:
+            kind = mark.kind
+            if kind == PARAMETER:
                 self._lexical.update(mark.name, mark.value)
                 continue
-            self._answer(mark)
-            if mark.kind in _ACKS:
+            self._answer(mark, kind)
+            if kind in _ACKS:
                 continue
-            if mark.kind == Mark.READY:
+            if kind == READY:
                 head = self._cycles[0] if self._cycles else None
                 if head is not None and head.injected:
                     ready_at = mark.end - READY_LENGTH
@@ -766,7 +801,7 @@ class PgInspector:
         if cycle is None or not cycle.statements:
             return  # e.g. an error during startup: the session end records it
         statement = cycle.statements[0]
-        if mark.kind == Mark.ERROR:
+        if mark.kind == ERROR:
             statement.error, statement.message = mark.sqlstate, mark.message
         else:
             statement.commands.append(mark.command)

@@ -50,23 +50,25 @@ class SqlStatement:
     fetches: str | None = None  # the cursor a FETCH or MOVE reads
 
 
-def statements(sql: str) -> list[SqlStatement]:
-    """The statements of ``sql`` that touch a name; [] when none does (or it does not parse:
-    the guard denies unparseable text on its own)."""
+def statements(sql: str) -> list[SqlStatement] | None:
+    """Every statement of ``sql`` when one may touch a name, else []; [] too when it does not
+    parse (the server refuses it as well; the guard denies unparseable text on its own).
+    None when its tree is nested too deeply to read: which names it uses is not known."""
     if _MAY_NAME.search(sql) is None:
         return []
     try:
         tree = json.loads(parse_sql_json(sql))
+        raw = sql.encode("utf-8")
+        found = []
+        for entry in tree.get("stmts", []):
+            start = entry.get("stmt_location", 0)
+            length = entry.get("stmt_len", 0)
+            text = raw[start : start + length if length else len(raw)].decode("utf-8").strip()
+            found.append(_statement(text, entry.get("stmt", {})))
+    except RecursionError:
+        return None
     except (ParseError, ValueError):
         return []
-    raw = sql.encode("utf-8")
-    found = []
-    for entry in tree.get("stmts", []):
-        start = entry.get("stmt_location", 0)
-        length = entry.get("stmt_len", 0)
-        text = raw[start : start + length if length else len(raw)].decode("utf-8").strip()
-        node = entry.get("stmt", {})
-        found.append(_statement(text, node))
     return found
 
 

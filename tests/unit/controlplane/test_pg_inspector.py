@@ -1068,3 +1068,23 @@ async def test_a_refused_pipeline_whose_start_was_flushed_still_sends_its_sync(
 
     chunks = await ready.from_agent(Reply().parsed().ready().frame())
     assert [tag for tag, _ in backend_messages(chunks)] == ["1", "E", "Z"]
+
+
+async def test_a_statement_too_deep_to_read_its_names_is_refused(ready: PgInspector) -> None:
+    deep = "select " + "array[" * 1000 + "1" + "]" * 1000 + " as close"
+    assert await ready.from_client(pgm.query(deep)) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "54001"
+
+
+async def test_requests_in_flight_are_bounded_by_waiting_for_answers(
+    ready: PgInspector, early: Forwarded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_module, "MAX_IN_FLIGHT", 4)
+    one = parse("select 1") + pgm.sync()  # two requests: Parse and Sync
+    task = asyncio.create_task(ready.from_client(one * 3))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    assert early == [one * 2]  # four unanswered: the third waits
+
+    await ready.from_agent(Reply().parsed().ready().parsed().ready().frame())
+    assert await asyncio.wait_for(task, 5) == one
