@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 NODE_STAMP := devenv/oidc-provider/node_modules/.package-lock.json
 
-.PHONY: install system-deps oidc-deps demo test lint typecheck protos protos-check unit e2e bench clean
+.PHONY: install system-deps oidc-deps demo test lint typecheck protos protos-check unit e2e bench fuzz clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,6 +48,11 @@ typecheck: install
 bench: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The PostgreSQL differential fuzzer, run long (tests/e2e/pgfuzz.py); FUZZ_EXAMPLES cases.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	$(PY) -m bench.pgfuzz --examples $(FUZZ_EXAMPLES)
 
 protos: install
 	$(PY) protos/generate.py

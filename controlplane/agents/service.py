@@ -29,6 +29,9 @@ from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 30.0
+# How long an agent's end of stream waits for gRPC to say the call broke instead (a killed
+# agent), when the client was not done: the session then ends as agent_lost.
+EOF_GRACE = 0.25
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -180,19 +183,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.close())
         reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
-            while True:
-                item = await tunnel.to_agent.get()
-                if item is None:
-                    if not tunnel.closed.is_set():
-                        # The client is done sending; its last answers are still on their way.
-                        await context.write(agent_pb2.GatewayFrame(end=True))
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
-                    break
-                if isinstance(item, Cancel):
-                    await context.write(agent_pb2.GatewayFrame(cancel=True))
-                else:
-                    await context.write(agent_pb2.GatewayFrame(data=item))
+            await self._to_agent(tunnel, context, reader)
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the agent's connection drops mid-stream.
+            if not tunnel.closed.is_set():
+                tunnel.lost = True
+            raise
         finally:
             cut.cancel()
             reader.cancel()
@@ -200,15 +196,43 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if revoked.is_set():
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
 
+    @staticmethod
+    async def _to_agent(tunnel: Tunnel, context: Context, reader: asyncio.Task[None]) -> None:
+        """Audited client bytes (and cancels, and the end) to the agent."""
+        while True:
+            item = await tunnel.to_agent.get()
+            if item is None:
+                if not tunnel.closed.is_set():
+                    # The client is done sending; its last answers are still on their way.
+                    tunnel.ending = True
+                    await context.write(agent_pb2.GatewayFrame(end=True))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
+                break
+            if isinstance(item, Cancel):
+                await context.write(agent_pb2.GatewayFrame(cancel=True))
+            else:
+                await context.write(agent_pb2.GatewayFrame(data=item))
+
 
 async def _agent_to_client(tunnel: Tunnel, context: Context) -> None:
     try:
         while True:
             message = await context.read()
             if not isinstance(message, agent_pb2.AgentFrame):  # end of stream
+                if not tunnel.closed.is_set() and not tunnel.ending:
+                    # A killed agent's stream reads as ended too; gRPC reports the broken
+                    # call (by cancelling the handler, which marks the tunnel lost) a moment
+                    # later. Wait that moment before taking the end as clean.
+                    await asyncio.sleep(EOF_GRACE)
                 break
             if message.HasField("frame"):
                 await tunnel.to_client.put(message.frame)
+    except Exception:
+        # The stream broke rather than ended: the agent is gone, its answers with it.
+        if not tunnel.closed.is_set():
+            tunnel.lost = True
+        raise
     finally:
         if not tunnel.closed.is_set():
             await tunnel.to_client.put(None)

@@ -34,6 +34,7 @@ from typing import Any
 from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
+from controlplane.policy.statement_secrets import redact_statement
 from controlplane.relay import pg_sql
 from controlplane.relay.pg_lexical import LexicalSettings, sensitive
 from controlplane.relay.pg_names import MAX_NAMES, Names, Overlay, Portal, Prepared
@@ -59,6 +60,7 @@ _TOO_DEEP = (
 )
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
+AGENT_LOST_MESSAGE = "agent lost before the result arrived"
 FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
 
 #: What one session may hold of an extended-protocol batch before its Sync or Flush: the
@@ -638,7 +640,7 @@ class PgInspector:
         params: list[str | None] | None = None,
         resolved: Resolved | None = None,
     ) -> Draft:
-        request: dict[str, Any] = {"statement": sql, "protocol": protocol}
+        request: dict[str, Any] = {"statement": redact_statement(sql), "protocol": protocol}
         if params:
             request["params"] = params
         if resolved is not None and resolved.prepared:
@@ -845,6 +847,18 @@ class PgInspector:
             result["error"] = result["error"] or "skipped"
             result["message"] = "not executed: an earlier message of its pipeline failed"
         await self._audit.submit(draft("db.result", session=self.session, ref=ref, result=result))
+
+    async def agent_lost(self) -> None:
+        """The agent's stream broke: statements that completed get their result, the others
+        one saying the outcome is unknown (it may have run, or not)."""
+        while self._cycles:
+            cycle = self._cycles.popleft()
+            for statement in cycle.done:
+                await self._result(statement, skipped=False)
+            for statement in cycle.statements:
+                statement.error, statement.message = "unknown", AGENT_LOST_MESSAGE
+                await self._result(statement, skipped=False)
+        self._open = None
 
 
 def _expect(tag: int, effects: list[Effect | None]) -> Expect:

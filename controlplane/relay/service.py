@@ -465,6 +465,16 @@ class Inspector(Protocol):
 
     async def finish(self, reason: str) -> None: ...
 
+    async def agent_lost(self) -> None: ...
+
+
+AGENT_LOST = "agent_lost"
+
+
+class AgentLost(Exception):
+    """The agent's stream broke mid-session: the client got a protocol error, the in-flight
+    requests a result saying their outcome is unknown."""
+
 
 PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
 
@@ -487,6 +497,9 @@ async def _relay(context: Context, tunnel: Tunnel, inspector: Inspector, audit: 
         task.cancel()
     results = await asyncio.gather(upstream, downstream, return_exceptions=True)
     for result in results:
+        if isinstance(result, AgentLost):
+            log.warning("session %s: agent %s lost", tunnel.session_id, tunnel.agent)
+            return AGENT_LOST
         if isinstance(result, PROTOCOL_ERRORS):
             # Malformed input ends this session only, with the protocol's own fatal error.
             log.warning("session %s: protocol error: %s", tunnel.session_id, result)
@@ -540,6 +553,8 @@ async def _forward(tunnel: Tunnel, data: bytes) -> None:
 async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:
     while True:
         item = await tunnel.to_client.get()
+        if item is None and tunnel.lost:
+            await _agent_lost(context, tunnel, inspector)
         if item is None:
             chunks = inspector.closing()
         elif isinstance(item, tunnel_pb2.Frame):
@@ -554,6 +569,22 @@ async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: Inspecto
             await context.write(client_pb2.ServerFrame(data=data))
         if item is None or inspector.finished:
             return
+
+
+async def _agent_lost(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:
+    """Record every in-flight request's unknown outcome, then end the client's session with
+    the protocol's fatal error (PostgreSQL: 08006 connection_failure)."""
+    try:
+        await inspector.agent_lost()
+    finally:
+        fatal = inspector.fatal(
+            f"the connection to agent {tunnel.agent} was lost; the outcome of what was "
+            "running is unknown",
+            "08006",
+        )
+        with contextlib.suppress(Exception):
+            await context.write(client_pb2.ServerFrame(data=fatal))
+    raise AgentLost(tunnel.agent)
 
 
 def _delegated(row: ApiTokenRow) -> client_pb2.DelegatedToken:

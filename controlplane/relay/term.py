@@ -409,6 +409,14 @@ class TermInspector:
         if self._start is not None and not self._refused and not self._resulted:
             await self._result(codec.Exit(GATEWAY_STATUS, error=f"session ended: {reason}"))
 
+    async def agent_lost(self) -> None:
+        """The agent's stream broke: a command without an exit gets a result saying its
+        outcome is unknown (it may still be running, or have finished unreported)."""
+        if self._start is not None and not self._refused and not self._resulted:
+            await self._result(
+                codec.Exit(GATEWAY_STATUS, error="unknown: agent lost before the result arrived")
+            )
+
     async def _result(self, exit_: codec.Exit) -> None:
         if self._resulted or self._ref is None:
             return

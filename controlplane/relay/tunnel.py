@@ -49,6 +49,10 @@ class Tunnel:
     )
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The agent's stream broke (the agent died, its connection dropped) rather than ending:
+    # whatever the target was doing, its outcome is unknown (the session ends as agent_lost).
+    lost: bool = False
+    ending: bool = False  # the client is done: the agent's end of stream is the expected answer
 
     def wake(self) -> None:
         """Nudge the client writer; if frames are queued, it will look anyway."""

@@ -314,3 +314,15 @@ async def test_a_text_is_read_as_the_connections_shell_runs_it(
     h2 = Harness(db, writer, "shell", "exec")
     sent = start(command="exec sh")  # under /bin/sh -c, `exec sh` reads stdin
     assert await h2.inspector.from_client(sent) == b""
+
+
+async def test_a_lost_agent_leaves_a_result_saying_the_outcome_is_unknown(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, "shell", "exec")
+    assert await h.inspector.from_client(start(argv=("sleep", "30")))
+    await h.inspector.agent_lost()
+    await h.inspector.finish("agent_lost")  # no second result
+    results = [e for e in events(db) if e["type"] == "shell.result"]
+    assert len(results) == 1
+    assert results[0]["result"]["error"].startswith("unknown: agent lost")

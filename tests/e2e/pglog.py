@@ -1,0 +1,425 @@
+"""Reconcile what PostgreSQL ran (its own `log_statement=all` log) with the audit trail.
+
+The target's log is the ground truth of an audit gateway: whatever the trail says, the server
+writes every statement it runs before running it. Tests drive a session with a raw-protocol
+client (`PgWire`: bytes exactly as an attacker would send them, pipelined, in any client
+encoding), then `reconcile()` the server's log lines written meanwhile with the `db.query`
+events committed meanwhile. Sessions of one window run one after the other, so the window
+attributes every log line to the session under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane.policy.statement_secrets import redact_statement
+
+PROTOCOL_3 = 196608
+
+# %m [%p] SEVERITY:  message, continuation lines start with a tab (devenv.postgres pins it).
+_ENTRY_RE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+ \[(?P<pid>\d+)\] "
+    r"(?P<severity>[A-Z][A-Z0-9]*):  (?P<msg>.*)$"
+)
+# Portal names may hold anything but ':' in what we generate; "execute fetch from" is a later
+# Execute of a portal that already ran: the same statement continuing, not a new one.
+_RUN_RE = re.compile(r"(?:statement|execute (?P<name>[^:\n]*)): (?P<text>.*)", re.DOTALL)
+
+
+# ---- the frontend protocol, built by hand --------------------------------------------------
+
+
+def message(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack("!i", len(body) + 4) + body
+
+
+def cstr(text: str | bytes, encoding: str = "utf-8") -> bytes:
+    raw = text if isinstance(text, bytes) else text.encode(encoding)
+    return raw + b"\0"
+
+
+def startup(params: dict[str, str]) -> bytes:
+    body = struct.pack("!i", PROTOCOL_3)
+    body += b"".join(cstr(k) + cstr(v) for k, v in params.items()) + b"\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def query(sql: str | bytes, encoding: str = "utf-8") -> bytes:
+    return message(b"Q", cstr(sql, encoding))
+
+
+def parse(name: str, sql: str | bytes, encoding: str = "utf-8") -> bytes:
+    return message(b"P", cstr(name) + cstr(sql, encoding) + struct.pack("!h", 0))
+
+
+def bind(statement: str, portal: str = "", params: Iterable[str | None] = ()) -> bytes:
+    values = list(params)
+    body = cstr(portal) + cstr(statement) + struct.pack("!h", 0)
+    body += struct.pack("!h", len(values))
+    for value in values:
+        if value is None:
+            body += struct.pack("!i", -1)
+        else:
+            raw = value.encode()
+            body += struct.pack("!i", len(raw)) + raw
+    return message(b"B", body + struct.pack("!h", 0))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return message(b"E", cstr(portal) + struct.pack("!i", max_rows))
+
+
+def describe(kind: str, name: str) -> bytes:
+    return message(b"D", kind.encode() + cstr(name))
+
+
+def close(kind: str, name: str) -> bytes:
+    return message(b"C", kind.encode() + cstr(name))
+
+
+def sync() -> bytes:
+    return message(b"S", b"")
+
+
+def flush() -> bytes:
+    return message(b"H", b"")
+
+
+def terminate() -> bytes:
+    return message(b"X", b"")
+
+
+def extended(sql: str, name: str = "", params: Iterable[str | None] = ()) -> bytes:
+    """Parse, Bind, Execute of one statement (no Sync)."""
+    return parse(name, sql) + bind(name, "", params) + execute("")
+
+
+@dataclass
+class Backend:
+    """One backend message."""
+
+    tag: str
+    body: bytes
+
+    def fields(self) -> dict[str, str]:
+        out = {}
+        for item in self.body.split(b"\0"):
+            if item:
+                out[chr(item[0])] = item[1:].decode("utf-8", errors="replace")
+        return out
+
+
+@dataclass
+class Answer:
+    """The backend messages answering what was sent, up to the expected ReadyForQuery."""
+
+    messages: list[Backend]
+    closed: bool = False  # the gateway ended the connection
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return [m.fields() for m in self.messages if m.tag == "E"]
+
+    @property
+    def sqlstates(self) -> list[str]:
+        return [e.get("C", "") for e in self.errors]
+
+    @property
+    def tags(self) -> str:
+        return "".join(m.tag for m in self.messages)
+
+    def rows(self) -> list[list[str | None]]:
+        out = []
+        for m in self.messages:
+            if m.tag != "D":
+                continue
+            (count,) = struct.unpack_from("!h", m.body, 0)
+            pos, row = 2, []
+            for _ in range(count):
+                (length,) = struct.unpack_from("!i", m.body, pos)
+                pos += 4
+                if length < 0:
+                    row.append(None)
+                else:
+                    row.append(m.body[pos : pos + length].decode("utf-8", errors="replace"))
+                    pos += length
+            out.append(row)
+        return out
+
+
+class PgWire:
+    """A PostgreSQL client made of bytes, talking to `gatehouse connect`'s listener."""
+
+    def __init__(self, port: int, timeout: float = 30, **params: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._buf = b""
+        self.settings: dict[str, str] = {}
+        self.send(startup({"user": "adversary", "database": "pg", **params}))
+        self.startup = self.wait(1)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _next(self) -> Backend | None:
+        while True:
+            if len(self._buf) >= 5:
+                (length,) = struct.unpack_from("!i", self._buf, 1)
+                if len(self._buf) >= 1 + length:
+                    tag, body = chr(self._buf[0]), self._buf[5 : 1 + length]
+                    self._buf = self._buf[1 + length :]
+                    return Backend(tag, body)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+
+    def wait(self, readies: int) -> Answer:
+        """Read until `readies` ReadyForQuery messages arrived (or the connection ended)."""
+        got: list[Backend] = []
+        seen = 0
+        while seen < readies:
+            msg = self._next()
+            if msg is None:
+                return Answer(got, closed=True)
+            got.append(msg)
+            if msg.tag == "S":
+                name, value = msg.body.split(b"\0")[:2]
+                self.settings[name.decode()] = value.decode()
+            seen += msg.tag == "Z"
+        return Answer(got)
+
+    def run(self, data: bytes, readies: int = 1) -> Answer:
+        self.send(data)
+        return self.wait(readies)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(terminate())
+        self.sock.close()
+
+    def __enter__(self) -> PgWire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- the server's log ----------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    pid: int
+    severity: str
+    message: str
+
+
+def entries(text: str) -> Iterator[Entry]:
+    current: Entry | None = None
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if current is not None and line.startswith("\t"):
+            lines.append(line[1:])
+            continue
+        if current is not None:
+            current.message = "\n".join(lines)
+            yield current
+            current = None
+        if match := _ENTRY_RE.match(line):
+            current = Entry(int(match["pid"]), match["severity"], "")
+            lines = [match["msg"]]
+    if current is not None:
+        current.message = "\n".join(lines)
+        yield current
+
+
+@dataclass
+class Ran:
+    """What the server's log says it ran, in order."""
+
+    statements: list[str] = field(default_factory=list)  # LOG statement: / execute <name>:
+    continued: list[str] = field(default_factory=list)  # execute fetch from: a portal resumed
+    failed: list[str] = field(default_factory=list)  # STATEMENT: after an ERROR
+
+
+def ran(text: str) -> Ran:
+    out = Ran()
+    for entry in entries(text):
+        if entry.severity == "LOG" and (match := _RUN_RE.fullmatch(entry.message)):
+            name = match["name"] or ""
+            target = out.continued if name.startswith("fetch from ") else out.statements
+            target.append(match["text"])
+        elif entry.severity == "STATEMENT":
+            out.failed.append(entry.message)
+    return out
+
+
+class LogWindow:
+    """The part of the server's log written after it was opened."""
+
+    def __init__(self, log_file: Path) -> None:
+        self.path = Path(log_file)
+        self.offset = self.path.stat().st_size
+
+    def text(self) -> str:
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode("utf-8", errors="replace")
+
+    def ran(self) -> Ran:
+        return ran(self.text())
+
+
+# ---- the trail -----------------------------------------------------------------------------
+
+
+@dataclass
+class Trail:
+    """The db.query events of a window and their results."""
+
+    queries: list[dict[str, Any]]
+    results: dict[int, dict[str, Any]]
+
+    @classmethod
+    def of(cls, events: list[dict[str, Any]]) -> Trail:
+        return cls(
+            [e for e in events if e["type"] == "db.query"],
+            {e["ref"]: e["result"] for e in events if e["type"] == "db.result"},
+        )
+
+    def allowed(self) -> list[dict[str, Any]]:
+        return [q for q in self.queries if q["decision"]["result"] == "allow"]
+
+    def denied(self) -> list[str]:
+        return [
+            q["request"]["statement"] for q in self.queries if q["decision"]["result"] != "allow"
+        ]
+
+    def result(self, query: dict[str, Any]) -> dict[str, Any] | None:
+        return self.results.get(query["seq"])
+
+
+def reconcile(log: Ran, trail: Trail) -> list[str]:
+    """What is wrong between the log and the trail; empty when they agree exactly.
+
+    * every statement the server logged as run has an allowed `db.query` with exactly its text
+      (as many events as log lines);
+    * every allowed statement whose result says it succeeded was logged as run;
+    * no statement recorded as denied was run (unless an allowed event of the same text
+      accounts for it);
+    * no allowed `db.query` records an empty statement (the trail must say what ran, not "";
+      a refusal of an unknown name may, it names the name instead).
+
+    Password literals compare masked on both sides: the trail must not hold them. A statement
+    prepared by SQL `PREPARE` or a cursor made by `DECLARE` and then executed through the
+    extended protocol is logged with the text that created it (the whole query string); the
+    event may name that text, or the query inside it (compared as pglast deparses both).
+    """
+    problems = []
+    allowed = trail.allowed()
+
+    def succeeded(i: int) -> bool:
+        result = trail.result(allowed[i])
+        return result is not None and result.get("error") is None
+
+    # A log line is matched to a succeeded event first: those must be in the log, while a
+    # failed one may be (an error while running) or not (an error before it ran).
+    unmatched = sorted(range(len(allowed)), key=lambda i: (not succeeded(i), i))
+    texts = [q["request"]["statement"] for q in allowed]
+    leftover: list[str] = []
+    for logged in (redact_statement(s) for s in log.statements):
+        at = next((i for i in unmatched if texts[i] == logged), None)
+        if at is None:
+            leftover.append(logged)
+        else:
+            unmatched.remove(at)
+    for logged in leftover:
+        inner = _inner_queries(logged)
+        at = next((i for i in unmatched if inner and _deparsed(texts[i]) in inner), None)
+        if at is None:
+            problems.append(f"run by PostgreSQL without an allowed db.query: {logged!r}")
+        else:
+            unmatched.remove(at)
+    # A portal executed again (after a row limit, or once more when done) is logged as
+    # "execute fetch from": it may account for an event of its text, and needs none.
+    for logged in (redact_statement(s) for s in log.continued):
+        at = next((i for i in unmatched if texts[i] == logged), None)
+        if at is not None:
+            unmatched.remove(at)
+    for i in unmatched:
+        if succeeded(i):
+            problems.append(f"recorded as run and succeeded, not in the log: {texts[i]!r}")
+    ran = Counter(redact_statement(s) for s in log.statements)
+    allowed_count = Counter(texts)
+    for text in set(trail.denied()):
+        if ran[text] > allowed_count[text]:
+            problems.append(f"denied in the trail, run by PostgreSQL: {text!r}")
+    for q in allowed:
+        if not q["request"]["statement"].strip():
+            problems.append(f"an allowed db.query records an empty statement: seq {q['seq']}")
+    return problems
+
+
+def _deparsed(sql: str) -> str | None:
+    from pglast import parse_sql
+    from pglast.stream import RawStream
+
+    try:
+        statements = parse_sql(sql)
+        return ";".join(RawStream()(r.stmt) for r in statements)
+    except Exception:
+        return None
+
+
+def _inner_queries(sql: str) -> set[str]:
+    """The queries that PREPARE and DECLARE statements in `sql` hold, deparsed."""
+    from pglast import ast, parse_sql
+    from pglast.stream import RawStream
+
+    try:
+        statements = parse_sql(sql)
+    except Exception:
+        return set()
+    return {
+        RawStream()(r.stmt.query)
+        for r in statements
+        if isinstance(r.stmt, ast.PrepareStmt | ast.DeclareCursorStmt)
+    }
+
+
+def wait_until(predicate: Any, timeout: float = 15, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def http_events(http_port: int, token: str, after: int) -> list[dict[str, Any]]:
+    """Events after `after` from the export API: much cheaper than a CLI process per read."""
+    import json
+    import urllib.request
+
+    events: list[dict[str, Any]] = []
+    while True:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/v1/audit/events?after={after}&limit=1000"
+        )
+        request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read().decode("utf-8")
+        page = [json.loads(line) for line in body.split("\n") if line]
+        if not page:
+            return events
+        events += page
+        after = page[-1]["seq"]

@@ -1,0 +1,60 @@
+"""The differential fuzzer, bounded: random sessions through the gateway to a real PostgreSQL,
+each reconciled with the server's own statement log (tests/e2e/pgfuzz.py says what is drawn).
+
+`GATEHOUSE_PGFUZZ_EXAMPLES` sets the number of cases (default 300, about a minute); the long run
+is `python -m bench.pgfuzz --examples 5000` (or `make fuzz`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from devenv.postgres import PostgresServer
+from devenv.stack import Connect
+from tests.e2e import pgfuzz, pglog
+from tests.e2e.conftest import AGENT, Stack
+
+EXAMPLES = int(os.environ.get("GATEHOUSE_PGFUZZ_EXAMPLES", "300"))
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: Stack, pg: PostgresServer) -> Iterator[pgfuzz.Gateway]:
+    applied = stack.apply(pgfuzz.GUARDED_POLICY.format(agent=AGENT, port=pg.port))
+    assert applied.returncode == 0, applied.stderr
+    pgfuzz.prepare_tables(pg)
+    listener = Connect.create(stack.controlplane, "pg", stack.base)
+    listener.start_and_wait()
+    cp = stack.controlplane
+    try:
+        yield pgfuzz.Gateway(
+            port=listener.port,
+            pg=pg,
+            events=lambda after: pglog.http_events(cp.http_port, cp.token, after),
+            after=stack.events()[-1]["seq"],
+        )
+    finally:
+        listener.stop()
+
+
+@pytest.mark.timeout(900)
+def test_random_sessions_reconcile_with_the_server_log(gateway: pgfuzz.Gateway) -> None:
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,  # the same cases on every run: `make test` is reproducible; the
+        # long run (bench.pgfuzz) draws new ones each time
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(case=pgfuzz.cases())
+    def check(case: pgfuzz.Case) -> None:
+        outcome = pgfuzz.run_case(gateway, case)
+        assert not outcome.problems, "\n".join(outcome.problems)
+
+    check()
+    print(f"\npgfuzz: {gateway.cases} cases, {gateway.statements} statements run by PostgreSQL")
+    assert gateway.cases >= EXAMPLES
