@@ -23,7 +23,7 @@ import grpc
 
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import SessionContext, as_utc, draft, rfc3339, utc_now
-from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, ResultLoss
 from controlplane.auth.identity import USER, Identity
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import (
@@ -123,10 +123,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 )
             )
             relay = _relay(context, tunnel, inspector, self._audit)
-            if identity.token_id is None and identity.expires_at is None:
-                reason = await relay
-            else:
-                reason = await self._relay_while_valid(context, relay, identity, inspector)
+            with self._audit.watching(ctx.session_id) as loss:
+                reason = await self._relay_while_valid(context, relay, identity, inspector, loss)
         finally:
             self._tunnels.discard(tunnel)
             try:
@@ -388,25 +386,41 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         relay: Coroutine[Any, Any, str],
         identity: Identity,
         inspector: Inspector,
+        loss: ResultLoss,
     ) -> str:
-        """Relay until the session ends or its token stops working (revoked, expired): a
-        revoked token's live sessions end within REVOCATION_CHECK seconds."""
+        """Relay until the session ends, its token stops working (revoked, expired) or one of
+        its result events could not be recorded: a revoked token's live sessions end within
+        REVOCATION_CHECK seconds, a session whose trail has a hole ends at once."""
         relaying = asyncio.create_task(relay)
+        lost = asyncio.create_task(loss.lost.wait())
+        expires = identity.token_id is not None or identity.expires_at is not None
+        sqlstate = "57P01"  # admin_shutdown: what a server says when it ends a session
         try:
             while True:
-                done, _ = await asyncio.wait({relaying}, timeout=REVOCATION_CHECK)
-                if done:
+                done, _ = await asyncio.wait(
+                    {relaying, lost},
+                    timeout=REVOCATION_CHECK if expires else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if relaying in done:
                     return relaying.result()
-                why = await self._auth.still_valid(identity)
-                if why is not None:
+                if lost in done:
+                    why = f"audit_lost: {loss.reason}"
+                    sqlstate = "58000"
+                    break
+                invalid = await self._auth.still_valid(identity) if expires else None
+                if invalid is not None:
+                    why = invalid
                     break
         except BaseException:
             relaying.cancel()
             raise
+        finally:
+            lost.cancel()
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relaying
-        fatal = inspector.fatal(f"session ended: {why}", "57P01")
+        fatal = inspector.fatal(f"session ended: {why}", sqlstate)
         with contextlib.suppress(Exception):
             await context.write(client_pb2.ServerFrame(data=fatal))
         return why

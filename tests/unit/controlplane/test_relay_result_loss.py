@@ -1,0 +1,67 @@
+"""A session whose result event could not be recorded ends at once: the trail would otherwise
+say a statement was sent with no word of how it ended, while the session went on."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from controlplane.audit.writer import ResultLoss
+from controlplane.auth.identity import Identity
+from controlplane.relay.service import ClientServicer
+from gatehouse.v1 import client_pb2
+
+
+class Client:
+    def __init__(self) -> None:
+        self.written: list[client_pb2.ServerFrame] = []
+
+    async def write(self, frame: client_pb2.ServerFrame) -> None:
+        self.written.append(frame)
+
+
+class Inspector:
+    def fatal(self, message: str, sqlstate: str = "08P01") -> bytes:
+        return f"{sqlstate} {message}".encode()
+
+
+async def _relay_forever(cancelled: asyncio.Event) -> str:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+    return "closed"
+
+
+async def _supervise(identity: Identity, loss: ResultLoss, cancelled: asyncio.Event) -> Any:
+    servicer: Any = SimpleNamespace(_auth=None)  # a login with no expiry is never re-checked
+    client = Client()
+    why = await ClientServicer._relay_while_valid(
+        servicer, client, _relay_forever(cancelled), identity, Inspector(), loss
+    )
+    return why, client.written
+
+
+async def test_a_lost_result_event_ends_the_session_with_a_fatal_error() -> None:
+    loss, cancelled = ResultLoss(), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, loss, "db.result of seq 7: store unavailable")
+    why, written = await asyncio.wait_for(_supervise(Identity("alice"), loss, cancelled), 5)
+    assert why == "audit_lost: db.result of seq 7: store unavailable"
+    assert cancelled.is_set()  # the pumps stopped: nothing more reaches the target
+    [frame] = written
+    assert frame.data.startswith(b"58000 session ended: audit_lost")
+
+
+async def test_a_session_without_loss_ends_with_its_relay() -> None:
+    async def relay() -> str:
+        await asyncio.sleep(0.01)
+        return "closed"
+
+    servicer: Any = SimpleNamespace(_auth=None)
+    client = Client()
+    why = await ClientServicer._relay_while_valid(
+        servicer, client, relay(), Identity("alice"), Inspector(), ResultLoss()
+    )
+    assert why == "closed" and client.written == []
