@@ -103,6 +103,19 @@ def draft(
     return Draft(event_type, moment, body)
 
 
+def draft_result(
+    event_type: str, *, session: SessionContext, ref: int, result: JSON, **fields: Any
+) -> Draft:
+    """A result event that is always recordable: the request already ran, so a value the
+    target sent that has no canonical form (a lone surrogate) must not cost the trail its
+    result; the event then says what could not be kept instead of what the value was."""
+    try:
+        return draft(event_type, session=session, ref=ref, result=result, **fields)
+    except InvalidEvent as exc:
+        kept = {"error": "unrecordable", "message": f"the result could not be recorded: {exc}"}
+        return draft(event_type, session=session, ref=ref, result=kept)
+
+
 def check_body(body: JSON) -> None:
     """Raise InvalidEvent unless `body` has an RFC 8785 encoding.
 

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.audit.events import Draft, SessionContext, draft
+from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
@@ -846,7 +846,9 @@ class PgInspector:
         if skipped:
             result["error"] = result["error"] or "skipped"
             result["message"] = "not executed: an earlier message of its pipeline failed"
-        await self._audit.submit(draft("db.result", session=self.session, ref=ref, result=result))
+        await self._audit.submit(
+            draft_result("db.result", session=self.session, ref=ref, result=result)
+        )
 
     async def agent_lost(self) -> None:
         """The agent's stream broke: statements that completed get their result, the others

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from controlplane.audit.events import Draft, SessionContext, draft
+from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
@@ -434,7 +434,7 @@ class TermInspector:
             "stdin": self._program,
             "run_as": exit_.run_as,  # what the agent says it switched to
         }
-        event = draft(
+        event = draft_result(
             f"{self._kind}.result",
             session=self.session,
             ref=ref,

@@ -293,3 +293,19 @@ async def test_watching_gives_a_relay_an_event_to_wait_on_beside_its_pumps(db: D
         assert writer.result_failures == 2  # counted; nobody watches s1 any more
     finally:
         await writer.close()
+
+
+def test_a_result_the_target_made_unrecordable_still_leaves_a_result() -> None:
+    """The request already ran: its result event says what could not be kept, never vanishes."""
+    from controlplane.audit.events import SessionContext, draft_result
+
+    ctx = SessionContext("s1", Identity("alice"), {"name": "pg"}, "strict")
+    event = draft_result("db.result", session=ctx, ref=7, result={"message": "bad \ud800 text"})
+    assert event.body["ref"] == 7
+    assert event.body["result"]["error"] == "unrecordable"
+    assert (
+        "surrogate" in event.body["result"]["message"]
+        or "result" in event.body["result"]["message"]
+    )
+    good = draft_result("db.result", session=ctx, ref=8, result={"rows": 1})
+    assert good.body["result"] == {"rows": 1}
