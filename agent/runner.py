@@ -14,12 +14,13 @@ import random
 import signal
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
 from agent import __version__, credentials
+from agent.metrics import AgentStats, start_http
 from agent.sessions import serve_session
+from agent.settings import AgentSettings
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,6 @@ STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 
 class AgentFatal(Exception):
     """Retrying cannot help (revoked, join token used up); the process should exit."""
-
-
-@dataclass
-class AgentSettings:
-    controlplane: str
-    token: str
-    name: str
-    data_dir: Path
-    insecure: bool = False
-    ca_file: Path | None = None
 
 
 @dataclass
@@ -71,6 +62,7 @@ class Agent:
         self.settings = settings
         self.state = AgentState()
         self.connected = asyncio.Event()
+        self.stats = AgentStats()
 
     async def credential(self, channel: grpc.aio.Channel) -> str:
         """The stored credential, or a new one in exchange for the join token."""
@@ -129,6 +121,7 @@ class Agent:
                     reason = exc.details() or exc.code().name
                 finally:
                     self.connected.clear()
+                    self.stats.control_connected = False
                 if asyncio.get_running_loop().time() - started > STABLE_AFTER:
                     attempt = 0
                 delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
@@ -160,6 +153,8 @@ class Agent:
                     interval = message.welcome.heartbeat_interval_ms / 1000 or 10.0
                     heartbeat = asyncio.create_task(self._heartbeats(call, interval))
                     self.connected.set()
+                    self.stats.control_connected = True
+                    self.stats.control_connects += 1
                     log.info(
                         "connected to %s as %s", self.settings.controlplane, self.settings.name
                     )
@@ -189,6 +184,7 @@ class Agent:
 
     def _apply(self, policy: agent_pb2.Policy) -> None:
         self.state.policy_version = policy.version
+        self.stats.policy_version = policy.version
         self.state.connections = {c.name: c for c in policy.connections}
         log.info(
             "policy version %d: %d connection(s): %s",
@@ -204,7 +200,7 @@ class Agent:
         order: agent_pb2.OpenSession,
     ) -> None:
         spec = self.state.connections.get(order.connection)
-        task = asyncio.create_task(serve_session(channel, metadata, order, spec))
+        task = asyncio.create_task(serve_session(channel, metadata, order, spec, self.stats))
         self.state.sessions.add(task)
         task.add_done_callback(self.state.sessions.discard)
 
@@ -212,6 +208,7 @@ class Agent:
 async def run_agent(settings: AgentSettings) -> None:
     """Run until SIGINT/SIGTERM."""
     agent = Agent(settings)
+    http = await start_http(agent.stats, settings.http_listen) if settings.http_listen else None
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -220,3 +217,6 @@ async def run_agent(settings: AgentSettings) -> None:
         await task
     except asyncio.CancelledError:
         log.info("agent stopped")
+    finally:
+        if http is not None:
+            await http.cleanup()

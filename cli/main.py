@@ -109,7 +109,7 @@ def _typer_app() -> typer.Typer:
 # Verbs that are groups of commands: where each one's typer app lives.
 _GROUPS: dict[str, tuple[str, str]] = {
     "controlplane": ("cli.serve", "controlplane_app"),
-    "agent": ("cli.serve", "agent_app"),
+    "agent": ("cli.agentrun", "agent_app"),
     "admin": ("cli.admin", "admin_app"),
     "sessions": ("cli.sessions", "sessions_app"),
     "connections": ("cli.connections", "connections_app"),

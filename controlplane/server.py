@@ -4,40 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
 from aiohttp import web
 
-from controlplane.addresses import is_loopback, split_host_port
+from controlplane.addresses import split_host_port
 from controlplane.admin import AdminServicer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
-from controlplane.audit.checkpoints import (
-    CHECKPOINT_EVERY_ENV,
-    KEY_FILE_NAME,
-    env_checkpoint_every,
-    env_key_file,
-    load_signing_key,
-)
+from controlplane.audit.checkpoints import KEY_FILE_NAME, load_signing_key
 from controlplane.audit.service import AuditServicer
-from controlplane.audit.settings import (
-    CHECKPOINT_INTERVAL_ENV,
-    MIN_RETENTION_ENV,
-    env_checkpoint_interval,
-    env_min_retention,
-    env_witnesses,
-)
-from controlplane.audit.witness import WitnessPublisher, check_target
+from controlplane.audit.witness import WitnessPublisher
 from controlplane.audit.writer import AuditWriter
+from controlplane.auth.failures import AuthFailures
 from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
-from controlplane.errors import InvalidArgument
 from controlplane.handshakes import HandshakeGuard, HandshakeLimits, grpc_options
 from controlplane.http.api import build_app
 from controlplane.http.metrics import registry as metrics_registry
@@ -45,6 +29,7 @@ from controlplane.policy.store import PolicyStore
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
 from controlplane.sessions import SessionServicer
+from controlplane.settings import Settings
 from controlplane.store.database import Database, default_url
 from gatehouse.v1 import (
     admin_pb2_grpc,
@@ -58,63 +43,6 @@ from gatehouse.v1 import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    grpc_listen: str = "127.0.0.1:8443"
-    http_listen: str = "127.0.0.1:8080"
-    database_url: str | None = None
-    dev: bool = False
-    heartbeat_interval: float = 10.0
-    # Audit signing key (Ed25519, PEM); None: DATA_DIR/audit-signing.key, made on first start.
-    audit_key_file: Path | None = field(default_factory=env_key_file)
-    # A signed audit.checkpoint event each time seq passes a multiple of this.
-    checkpoint_every: int = field(default_factory=env_checkpoint_every)
-    # ... and one every this many seconds when events came since the last (0: never).
-    checkpoint_interval: float = field(default_factory=env_checkpoint_interval)
-    # Each checkpoint is also pushed to these (file paths, http(s) URLs), outside the store.
-    witnesses: tuple[str, ...] = field(default_factory=env_witnesses)
-    # Prune never removes events younger than this.
-    min_retention: timedelta = field(default_factory=env_min_retention)
-
-    def validate(self) -> None:
-        if not self.dev:
-            raise InvalidArgument(
-                "TLS and OIDC are not configured yet: start the control plane with --dev "
-                "(plaintext on loopback, bootstrap admin token)"
-            )
-        if self.checkpoint_every < 1:
-            raise InvalidArgument(
-                f"{CHECKPOINT_EVERY_ENV} must be a whole number of events, at least 1"
-            )
-        if not 0 < self.checkpoint_interval <= 86400:
-            raise InvalidArgument(
-                f"{CHECKPOINT_INTERVAL_ENV} must be a duration from 1s to 24h (e.g. 60s, 5m)"
-            )
-        if not timedelta(seconds=1) <= self.min_retention <= timedelta(days=36500):
-            raise InvalidArgument(
-                f"{MIN_RETENTION_ENV} must be a duration up to 100 years (e.g. 30d, 90d)"
-            )
-        if self.min_retention < timedelta(days=1):
-            log.warning(
-                "%s is %s: prune may remove events that young (meant for tests)",
-                MIN_RETENTION_ENV,
-                self.min_retention,
-            )
-        for target in self.witnesses:
-            check_target(target)
-        for name, listen in (
-            ("--grpc-listen", self.grpc_listen),
-            ("--http-listen", self.http_listen),
-        ):
-            host = split_host_port(listen)[0]
-            if not is_loopback(host):
-                raise InvalidArgument(
-                    f"{name} {listen}: --dev serves plaintext and only listens on loopback "
-                    "(127.0.0.1 or ::1)"
-                )
 
 
 class ControlPlane:
@@ -131,14 +59,26 @@ class ControlPlane:
         self.witnesses = WitnessPublisher(settings.witnesses)
         if self.witnesses:
             self.audit.add_checkpoint_sink(self.witnesses.offer)
-        oidc = OidcSettings.from_env()
+        oidc = _oidc_settings(settings)
         self.oidc_settings = oidc
         self.oidc = OidcValidator(oidc) if oidc is not None else None
-        self.auth = TokenAuthenticator(self.db, self.audit, self.oidc)
+        self.auth = TokenAuthenticator(
+            self.db,
+            self.audit,
+            self.oidc,
+            admin_groups=frozenset(settings.admin_groups),
+            failures=AuthFailures(
+                self.audit,
+                window=settings.auth_fail_window,
+                limit=settings.auth_fail_limit,
+                max_sources=settings.auth_fail_sources,
+            ),
+            login_max_age=timedelta(seconds=settings.delegation_login_max_age),
+        )
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
-        self.limits = HandshakeLimits.from_env()
+        self.limits = HandshakeLimits(settings.handshake_timeout, settings.max_pending_handshakes)
         self.http_handshakes = HandshakeGuard(self.limits)
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -186,7 +126,7 @@ class ControlPlane:
                 self.tunnels,
                 self.audit,
                 self.db,
-                login=_login_config(self.oidc_settings),
+                login=_login_config(self.oidc_settings, settings),
             ),
             server,
         )
@@ -295,14 +235,26 @@ async def serve(settings: Settings) -> None:
         await plane.stop()
 
 
-def _login_config(oidc: OidcSettings | None) -> client_pb2.LoginConfig | None:
+def _oidc_settings(settings: Settings) -> OidcSettings | None:
+    """None when no issuer is configured: the control plane then accepts only its own tokens."""
+    if not settings.oidc_issuer.strip():
+        return None
+    return OidcSettings(
+        issuer=settings.oidc_issuer.strip(),
+        audience=settings.oidc_audience,
+        groups_claim=settings.oidc_groups_claim.strip() or "groups",
+        leeway=settings.oidc_leeway,
+    )
+
+
+def _login_config(oidc: OidcSettings | None, settings: Settings) -> client_pb2.LoginConfig | None:
     """What the CLI needs to log in, from the same settings the control plane validates with."""
     if oidc is None:
         return None
     return client_pb2.LoginConfig(
         issuer=oidc.issuer,
-        client_id=os.environ.get("GATEHOUSE_OIDC_CLIENT_ID", "gatehouse-cli"),
+        client_id=settings.oidc_client_id,
         groups_claim=oidc.groups_claim,
-        resource=os.environ.get("GATEHOUSE_OIDC_RESOURCE", ""),
-        scopes=os.environ.get("GATEHOUSE_OIDC_SCOPES", "").split(),
+        resource=settings.oidc_resource,
+        scopes=settings.oidc_scopes.split(),
     )

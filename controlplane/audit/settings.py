@@ -1,4 +1,4 @@
-"""The audit trail's settings read from the environment, and the one duration syntax they use.
+"""The audit trail's setting defaults, and the one duration syntax settings use.
 
 Every limit is explicit: checkpoint interval, minimum retention and witnesses have defaults that
 `controlplane serve` shows in --help and validation refuses nonsense instead of guessing.
@@ -6,7 +6,6 @@ Every limit is explicit: checkpoint interval, minimum retention and witnesses ha
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 
@@ -31,34 +30,6 @@ def parse_duration(text: str, what: str) -> timedelta:
         return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
     except OverflowError:
         raise ValueError(f"{what} {text!r} is longer than any clock can count") from None
-
-
-def env_checkpoint_interval() -> float:
-    """GATEHOUSE_CHECKPOINT_INTERVAL (default 60 s); -1 when unreadable, which validation
-    refuses."""
-    value = os.environ.get(CHECKPOINT_INTERVAL_ENV, "").strip()
-    if not value:
-        return DEFAULT_CHECKPOINT_INTERVAL
-    try:
-        return parse_duration(value, CHECKPOINT_INTERVAL_ENV).total_seconds()
-    except ValueError:
-        return -1.0
-
-
-def env_min_retention() -> timedelta:
-    """GATEHOUSE_AUDIT_MIN_RETENTION (default 30 days); negative when unreadable (refused)."""
-    value = os.environ.get(MIN_RETENTION_ENV, "").strip()
-    if not value:
-        return DEFAULT_MIN_RETENTION
-    try:
-        return parse_duration(value, MIN_RETENTION_ENV)
-    except ValueError:
-        return timedelta(seconds=-1)
-
-
-def env_witnesses() -> tuple[str, ...]:
-    """GATEHOUSE_AUDIT_WITNESS: file paths and http(s) URLs, separated by commas."""
-    return split_witnesses(os.environ.get(WITNESS_ENV, ""))
 
 
 def split_witnesses(value: str) -> tuple[str, ...]:
