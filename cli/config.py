@@ -52,26 +52,40 @@ def setting(
     *,
     help: str,  # the word typer uses
     secret: bool = False,
+    key: str | None = None,
     env: str | None = None,
     flags: tuple[str, ...] = (),
     parse: Callable[[str], Any] | None = None,
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
-    """A settings field: its help text, whether a `_file` variant exists, an environment name
-    other than GATEHOUSE_KEY, flag spellings other than --key, and a parser for its text form."""
-    metadata = {"help": help, "secret": secret, "env": env, "flags": flags, "parse": parse}
+    """A settings field: its help text, whether a `_file` variant exists, its key when other
+    than the field's name, an environment name other than GATEHOUSE_KEY, flag spellings other
+    than --key, and a parser for its text form."""
+    metadata = {
+        "help": help,
+        "secret": secret,
+        "key": key,
+        "env": env,
+        "flags": flags,
+        "parse": parse,
+    }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def key_name(field: dataclasses.Field[Any]) -> str:
+    """The name in the file (and, upper-cased or dashed, in the environment and on flags)."""
+    return str(field.metadata.get("key") or field.name)
+
+
 def env_name(field: dataclasses.Field[Any]) -> str:
-    return str(field.metadata.get("env") or PREFIX + field.name.upper())
+    return str(field.metadata.get("env") or PREFIX + key_name(field).upper())
 
 
 def flag_name(field: dataclasses.Field[Any]) -> str:
     flags: tuple[str, ...] = field.metadata.get("flags") or ()
-    return flags[0] if flags else "--" + field.name.replace("_", "-")
+    return flags[0] if flags else "--" + key_name(field).replace("_", "-")
 
 
 def keys(cls: type[Any]) -> list[dataclasses.Field[Any]]:
@@ -150,7 +164,8 @@ def load(
     the default. Unknown file keys, two spellings of one key in one place, and values of the
     wrong kind are refused with the key and its source named."""
     fields = keys(cls)
-    known = {f.name for f in fields} | {f.name + "_file" for f in fields if f.metadata["secret"]}
+    known = {key_name(f) for f in fields}
+    known |= {key_name(f) + "_file" for f in fields if f.metadata["secret"]}
     from_file = read_config_file(config_file) if config_file is not None else {}
     for key, given in from_file.items():
         if key not in known:
@@ -170,8 +185,8 @@ def load(
         if missing:
             field = missing[0]
             raise ConfigError(
-                f"{field.name} is required: give {flag_name(field)}, {env_name(field)} "
-                f"or `{field.name}` in the config file"
+                f"{key_name(field)} is required: give {flag_name(field)}, {env_name(field)} "
+                f"or `{key_name(field)}` in the config file"
             ) from None
         raise ConfigError(str(exc)) from None
 
@@ -188,7 +203,7 @@ def _pick(
 ) -> Raw | None:
     """The highest layer that gives this key, reading a `_file` variant's file here."""
     secret = bool(field.metadata["secret"])
-    name, env_key, flag = field.name, env_name(field), flag_name(field)
+    name, env_key, flag = key_name(field), env_name(field), flag_name(field)
     layers: list[tuple[Raw | None, Raw | None]] = []
     direct = flags.get(name)
     via = flags.get(name + "_file") if secret else None
@@ -252,7 +267,7 @@ def convert(field: dataclasses.Field[Any], hint: Any, raw: Raw) -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{field.name} ({raw.source}): {exc}") from None
+        raise ConfigError(f"{key_name(field)} ({raw.source}): {exc}") from None
 
 
 def _convert(field: dataclasses.Field[Any], hint: Any, value: object) -> Any:
@@ -358,13 +373,13 @@ def command(
             annotation = Annotated[str | None, option]
         params.append(
             inspect.Parameter(
-                field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+                key_name(field), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
             )
         )
         if field.metadata["secret"]:
             params.append(
                 inspect.Parameter(
-                    field.name + "_file",
+                    key_name(field) + "_file",
                     inspect.Parameter.KEYWORD_ONLY,
                     default=None,
                     annotation=Annotated[

@@ -69,16 +69,14 @@ class Settings:
     )
     witnesses: tuple[str, ...] = setting(
         (),
-        env="GATEHOUSE_AUDIT_WITNESS",
-        flags=("--audit-witness",),
+        key="audit_witness",
         parse=split_witnesses,
         help="Push each checkpoint here too, comma-separated: absolute file paths "
         "(NDJSON, fsynced) and http(s) URLs (JSON POST).",
     )
     min_retention: timedelta = setting(
         DEFAULT_MIN_RETENTION,
-        env="GATEHOUSE_AUDIT_MIN_RETENTION",
-        flags=("--audit-min-retention",),
+        key="audit_min_retention",
         parse=_retention,
         help="Prune never removes events younger than this (e.g. 30d, 90d).",
     )
