@@ -6,9 +6,11 @@ import asyncio
 import logging
 import signal
 from datetime import timedelta
+from typing import Any
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controlplane.addresses import split_host_port
 from controlplane.admin import AdminServicer
@@ -24,7 +26,7 @@ from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.handshakes import HandshakeGuard, HandshakeLimits, grpc_options
 from controlplane.http.api import build_app
-from controlplane.http.metrics import registry as metrics_registry
+from controlplane.http.metrics import Metrics
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
@@ -43,6 +45,15 @@ from gatehouse.v1 import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
+READY_TIMEOUT = 3.0  # a store that takes longer to answer `SELECT` is not ready
+HEALTH_INTERVAL = 5.0  # how often the gRPC health status follows readiness
+SERVICES = (
+    "gatehouse.v1.AgentService",
+    "gatehouse.v1.ClientService",
+    "gatehouse.v1.AdminService",
+    "gatehouse.v1.SessionService",
+    "gatehouse.v1.AuditService",
+)
 
 
 class ControlPlane:
@@ -80,6 +91,12 @@ class ControlPlane:
         self.tunnels = Tunnels()
         self.limits = HandshakeLimits(settings.handshake_timeout, settings.max_pending_handshakes)
         self.http_handshakes = HandshakeGuard(self.limits)
+        self.metrics = Metrics(self._metric_values)
+        self.audit.on_commit = self.metrics.commit_latency.observe
+        self.tunnels.on_close = self.metrics.session_duration.observe
+        # grpc-stubs 1.53 predates `health.aio`, the asyncio servicer the package ships.
+        self.grpc_health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
@@ -140,6 +157,7 @@ class ControlPlane:
             AuditServicer(self.auth, self.db, self.audit, min_retention=settings.min_retention),
             server,
         )
+        health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
         self._grpc = server
         try:
             server.add_insecure_port(settings.grpc_listen)
@@ -147,6 +165,8 @@ class ControlPlane:
             raise OSError(f"cannot listen on {settings.grpc_listen} (gRPC): in use?") from None
         await server.start()
         self._http = await self._start_http()
+        await self._follow_readiness()
+        self._health_task = asyncio.create_task(self._health_loop(), name="grpc-health")
         log.info(
             "control plane listening: gRPC %s, HTTP %s, store %s",
             settings.grpc_listen,
@@ -155,7 +175,9 @@ class ControlPlane:
         )
 
     async def _start_http(self) -> web.AppRunner:
-        app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
+        app = build_app(
+            self.auth, self.db, self.health, self.metrics.exposition, ready=self.readiness
+        )
         app.middlewares.insert(0, source_middleware)
         # keepalive_timeout: an idle connection between requests; the guard: before the first.
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=30.0)
@@ -180,6 +202,44 @@ class ControlPlane:
             "events_committed": self.audit.committed,
         }
 
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether this process can serve now, and each check's finding (never a secret)."""
+        checks: dict[str, str] = {}
+        try:
+            current, head = await asyncio.wait_for(
+                asyncio.to_thread(self.db.schema_revisions), READY_TIMEOUT
+            )
+        except TimeoutError:
+            checks["store"] = f"no answer within {READY_TIMEOUT:g} s"
+        except Exception as exc:  # the driver's error: unreachable, refused, gone
+            checks["store"] = f"unreachable: {type(exc).__name__}"
+        else:
+            checks["store"] = "ok"
+            checks["migrations"] = (
+                "ok" if current == head else f"store at {current}, this code needs {head}"
+            )
+        checks["audit_writer"] = "ok" if self.audit.alive else "not running"
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def _follow_readiness(self) -> None:
+        """The gRPC health status (overall and per service) follows `readiness`."""
+        ok, _ = await self.readiness()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *SERVICES):
+            await self.grpc_health.set(service, status)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            try:
+                await self._follow_readiness()
+            except Exception:  # a health probe must never stop the process
+                log.exception("readiness check failed")
+
     def _metric_values(self) -> dict[str, float]:
         return {
             "events_committed": self.audit.committed,
@@ -197,6 +257,11 @@ class ControlPlane:
 
     async def stop(self, grace: float = 5.0) -> None:
         self.audit.stop_followers()  # end StreamEvents now; followers resume elsewhere or later
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+            self._health_task = None
+        await self.grpc_health.enter_graceful_shutdown()  # NOT_SERVING while draining
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

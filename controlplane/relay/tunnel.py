@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controlplane.errors import PermissionDenied, Unavailable
@@ -49,6 +51,7 @@ class Tunnel:
     )
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = field(default_factory=time.monotonic)
 
     def wake(self) -> None:
         """Nudge the client writer; if frames are queued, it will look anyway."""
@@ -68,6 +71,8 @@ class Tunnels:
     def __init__(self) -> None:
         self._open: dict[str, Tunnel] = {}
         self.opened = 0  # since start, for metrics
+        #: Called with each session's seconds when it ends (the duration histogram).
+        self.on_close: Callable[[float], None] | None = None
 
     def expect(self, session_id: str, agent: str) -> Tunnel:
         tunnel = Tunnel(session_id, agent)
@@ -90,6 +95,8 @@ class Tunnels:
         tunnel.close()
         if self._open.get(tunnel.session_id) is tunnel:
             del self._open[tunnel.session_id]
+            if self.on_close is not None:
+                self.on_close(time.monotonic() - tunnel.started)
 
     def __len__(self) -> int:
         return len(self._open)

@@ -1,0 +1,170 @@
+"""Operations: liveness and readiness over HTTP, the standard gRPC health service, JSON logs,
+the Prometheus histograms, and the agent's own /healthz and /metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devenv.postgres import PostgresServer, start_postgres
+from devenv.processes import free_port
+from devenv.stack import Agent, ControlPlane, enroll_agent
+from tests.e2e.conftest import AGENT, PG_PASSWORD, POLICY, Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def grpc_health(address: str, service: str = "") -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(answer.status)
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in the exposition")
+
+
+@pytest.fixture
+def ops_stack(tmp_path: Path, pg: PostgresServer) -> Iterator[tuple[Stack, int]]:
+    """A control plane and an agent, both logging JSON, the agent's HTTP listener on."""
+    controlplane = ControlPlane.create(
+        tmp_path / "controlplane", env={"GATEHOUSE_LOG_FORMAT": "json"}
+    )
+    controlplane.start_and_wait()
+    agent_port = free_port()
+    try:
+        agent: Agent = enroll_agent(
+            controlplane,
+            AGENT,
+            tmp_path / "agent",
+            env={"PG_PASSWORD": PG_PASSWORD, "GATEHOUSE_LOG_FORMAT": "json"},
+        )
+    except Exception:
+        controlplane.stop()
+        raise
+    agent.stop()  # again with the flag: `--http-listen` on the command line
+    agent.args += ["--http-listen", f"127.0.0.1:{agent_port}"]
+    agent.start()
+    stack = Stack(controlplane, agent, pg, tmp_path)
+    try:
+        controlplane.wait_agent(AGENT)
+        assert stack.apply(POLICY.format(agent=AGENT, port=pg.port)).returncode == 0
+        yield stack, agent_port
+    finally:
+        stack.stop()
+
+
+def test_health_readiness_grpc_health_json_logs_and_histograms(
+    ops_stack: tuple[Stack, int],
+) -> None:
+    stack, agent_port = ops_stack
+    cp = stack.controlplane
+    base = f"http://127.0.0.1:{cp.http_port}"
+
+    status, body = get(base + "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, body = get(base + "/readyz")
+    assert status == 200, body
+    assert json.loads(body) == {
+        "status": "ready",
+        "checks": {"store": "ok", "migrations": "ok", "audit_writer": "ok"},
+    }
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert grpc_health(cp.address) == serving
+    assert grpc_health(cp.address, "gatehouse.v1.ClientService") == serving
+    with pytest.raises(grpc.RpcError) as unknown:
+        grpc_health(cp.address, "no.such.Service")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+    result = stack.cli("exec", "pg", "-c", "select 41+1 as answer")
+    assert result.returncode == 0, result.stderr
+    assert "42" in result.stdout
+
+    _, exposition = get(base + "/metrics")
+    text = exposition.decode()
+    assert metric(text, "gatehouse_audit_commit_duration_seconds_count") >= 2
+    assert metric(text, 'gatehouse_audit_commit_duration_seconds_bucket{le="+Inf"}') >= 2
+    deadline = time.monotonic() + 10
+    while metric(text, "gatehouse_session_duration_seconds_count") < 1:
+        assert time.monotonic() < deadline, "no session duration was observed"
+        time.sleep(0.2)
+        text = get(base + "/metrics")[1].decode()
+
+    # The agent's own listener: alive, connected, and the session it served counted.
+    status, body = get(f"http://127.0.0.1:{agent_port}/healthz")
+    assert status == 200
+    assert json.loads(body) == {"status": "ok", "control_stream": "connected", "sessions": 0}
+    agent_metrics = get(f"http://127.0.0.1:{agent_port}/metrics")[1].decode()
+    assert metric(agent_metrics, "gatehouse_agent_control_connected") == 1.0
+    assert metric(agent_metrics, "gatehouse_agent_sessions_total") == 1.0
+    assert metric(agent_metrics, 'gatehouse_agent_session_bytes_total{direction="to_target"}') > 0
+    assert metric(agent_metrics, 'gatehouse_agent_session_bytes_total{direction="from_target"}') > 0
+    assert metric(agent_metrics, "gatehouse_agent_policy_version") >= 1
+
+    # Every line either process logged is one JSON object with the fields a pipeline needs,
+    # and the agent's session lines carry the session id; no query text reached a log.
+    session_lines = 0
+    for log_file in (cp.log_file, stack.agent.log_file):
+        lines = [line for line in log_file.read_text().splitlines() if line.strip()]
+        assert lines
+        for line in lines:
+            record: dict[str, Any] = json.loads(line)
+            assert {"time", "level", "logger", "message"} <= record.keys(), line
+            assert "41+1" not in line
+            if record["logger"] == "agent.sessions" and "ended" in record["message"]:
+                assert record["session_id"] in record["message"]
+                session_lines += 1
+    assert session_lines == 1
+
+
+def test_readyz_and_grpc_health_fail_when_the_store_is_gone(tmp_path: Path) -> None:
+    store = start_postgres(
+        tmp_path / "store", roles={"gh": "gh-pass"}, databases={"gh": "gh"}, log_statements=False
+    )
+    controlplane = ControlPlane.create(
+        tmp_path / "controlplane",
+        env={"GATEHOUSE_DATABASE_URL": store.dsn("gh", "gh-pass", "gh")},
+    )
+    try:
+        controlplane.start_and_wait()
+        base = f"http://127.0.0.1:{controlplane.http_port}"
+        assert get(base + "/readyz")[0] == 200
+        assert grpc_health(controlplane.address) == health_pb2.HealthCheckResponse.SERVING
+        store.stop()
+        status, body = get(base + "/readyz")
+        assert status == 503, body
+        answer = json.loads(body)
+        assert answer["status"] == "unready"
+        assert answer["checks"]["store"].startswith("unreachable")
+        assert answer["checks"]["audit_writer"] == "ok"
+        assert "gh-pass" not in body.decode()
+        assert get(base + "/healthz")[0] == 200  # alive: restarting would not bring the store
+        deadline = time.monotonic() + 15  # the gRPC status follows within HEALTH_INTERVAL
+        while grpc_health(controlplane.address) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "gRPC health still SERVING without a store"
+            time.sleep(0.5)
+    finally:
+        controlplane.stop()
+        store.stop()
