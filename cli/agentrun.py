@@ -44,8 +44,10 @@ agent_app.command("run")(
         env=os.environ,
         doc="""Run an agent: dial out to the control plane and open targets on its orders.
 
-    Every option is also a GATEHOUSE_* variable and a key of the --config file (flags win,
-    then variables, then the file).
+    Every option is also a GATEHOUSE_* variable and a key of the --config file.
+
+    Flags win over variables, variables over the file.
+
     Example: gatehouse agent run --controlplane 127.0.0.1:8443 --token ghj_… --name vpc-1 --insecure
     """,
     )

@@ -404,7 +404,7 @@ def command(
 
     invoke.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     invoke.__annotations__ = {p.name: p.annotation for p in params}
-    invoke.__doc__ = doc
+    invoke.__doc__ = inspect.cleandoc(doc)
     return invoke
 
 
@@ -415,7 +415,7 @@ def _is_bool(hint: Any) -> bool:
 
 
 def _default_text(field: dataclasses.Field[Any]) -> str | bool:
-    if field.default is dataclasses.MISSING or field.default is None:
+    if field.default is dataclasses.MISSING or field.default in (None, ""):
         return False
     value = field.default
     if isinstance(value, timedelta):

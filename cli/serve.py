@@ -38,8 +38,11 @@ controlplane_app.command("serve")(
         env=os.environ,
         doc="""Run the control plane: apply migrations, listen, relay and record.
 
-    Every option is also a GATEHOUSE_* variable and a key of the --config file (flags win,
-    then variables, then the file). Example: gatehouse controlplane serve --dev --data-dir ./data
+    Every option is also a GATEHOUSE_* variable and a key of the --config file.
+
+    Flags win over variables, variables over the file.
+
+    Example: gatehouse controlplane serve --dev --data-dir ./data
     """,
     )
 )

@@ -62,6 +62,7 @@ esac
 case "$controlplane" in
   *[!A-Za-z0-9.:_\[\]-]* | "") die "--controlplane must be HOST:PORT" ;;
 esac
+[ -n "$(tr -d '\r\n' <"$token_file")" ] || die "the token file $token_file is empty"
 if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
   die "run as root (it writes /etc/gatehouse and a systemd unit), or give --root DIR"
 fi
@@ -83,7 +84,6 @@ install -d -m 0755 "$etc" "$units"
 # The token: readable by root alone; systemd hands it to the service (LoadCredential=).
 install -m 0600 /dev/null "$etc/agent.token"
 tr -d '\r\n' <"$token_file" >"$etc/agent.token"
-[ -s "$etc/agent.token" ] || die "the token file $token_file is empty"
 
 if [ -n "$ca_file" ]; then
   install -m 0644 "$ca_file" "$etc/ca.pem"
