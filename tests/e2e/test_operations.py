@@ -168,3 +168,47 @@ def test_readyz_and_grpc_health_fail_when_the_store_is_gone(tmp_path: Path) -> N
     finally:
         controlplane.stop()
         store.stop()
+
+
+def test_controlplane_runs_from_a_config_file_with_env_over_file(tmp_path: Path) -> None:
+    """A TOML file gives everything; a variable overrides one key; the store URL comes from
+    a file (`database_url_file`); the process serves where the winning values say."""
+    data_dir = tmp_path / "data"
+    grpc_port, file_http_port, env_http_port = free_port(), free_port(), free_port()
+    url_file = tmp_path / "database-url"
+    url_file.write_text(f"sqlite:///{tmp_path / 'from-file.db'}\n")
+    config = tmp_path / "controlplane.toml"
+    config.write_text(
+        f'dev = true\ndata_dir = "{data_dir}"\ngrpc_listen = "127.0.0.1:{grpc_port}"\n'
+        f'http_listen = "127.0.0.1:{file_http_port}"\ndatabase_url_file = "{url_file}"\n'
+        'log_format = "json"\n'
+    )
+    controlplane = ControlPlane(
+        args=["controlplane", "serve", "--config", str(config)],
+        log_file=tmp_path / "controlplane.log",
+        env={"GATEHOUSE_HTTP_LISTEN": f"127.0.0.1:{env_http_port}"},
+        data_dir=data_dir,
+        grpc_port=grpc_port,
+        http_port=env_http_port,
+    )
+    try:
+        controlplane.start_and_wait()
+        assert get(f"http://127.0.0.1:{env_http_port}/readyz")[0] == 200
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{file_http_port}/healthz", timeout=2)
+        assert (tmp_path / "from-file.db").exists()
+        assert not (data_dir / "gatehouse.db").exists()
+        first = controlplane.log_file.read_text().splitlines()[0]
+        assert json.loads(first)["level"] == "info"
+    finally:
+        controlplane.stop()
+
+
+def test_a_bad_config_file_stops_the_start_with_key_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "controlplane.yaml"
+    config.write_text("dev: true\ncheckpoint_every: lots\n")
+    from devenv.stack import gatehouse
+
+    result = gatehouse(["controlplane", "serve", "--config", str(config)])
+    assert result.returncode == 2
+    assert f"checkpoint_every ({config}:2): must be a whole number" in result.stderr
