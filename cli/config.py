@@ -139,11 +139,17 @@ def _yaml(path: Path, text: str) -> dict[str, Raw]:
         return {}
     if not isinstance(node, yaml.MappingNode) or not isinstance(document, dict):
         raise ConfigError(f"{path}: the config file must be a mapping of key: value")
-    lines = {
-        str(key.value): key.start_mark.line + 1
-        for key, _ in node.value
-        if isinstance(key, yaml.ScalarNode)
-    }
+    lines: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        line = key.start_mark.line + 1
+        if str(key.value) in lines:  # PyYAML would keep the last one silently
+            raise ConfigError(
+                f"{path}:{line}: key {key.value!r} is given again (first on line "
+                f"{lines[str(key.value)]})"
+            )
+        lines[str(key.value)] = line
     return {
         str(key): Raw(value, f"{path}:{lines.get(str(key), '?')}")
         for key, value in document.items()

@@ -47,13 +47,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 16 * 1024 * 1024
 READY_TIMEOUT = 3.0  # a store that takes longer to answer `SELECT` is not ready
 HEALTH_INTERVAL = 5.0  # how often the gRPC health status follows readiness
-SERVICES = (
-    "gatehouse.v1.AgentService",
-    "gatehouse.v1.ClientService",
-    "gatehouse.v1.AdminService",
-    "gatehouse.v1.SessionService",
-    "gatehouse.v1.AuditService",
-)
 
 
 class ControlPlane:
@@ -229,7 +222,7 @@ class ControlPlane:
             if ok
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", *SERVICES):
+        for service in ("", *_services()):
             await self.grpc_health.set(service, status)
 
     async def _health_loop(self) -> None:
@@ -298,6 +291,14 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("stopping")
         await plane.stop()
+
+
+def _services() -> list[str]:
+    """The full names of the gRPC services this process serves, for the health service."""
+    from gatehouse.v1 import admin_pb2, agent_pb2, audit_pb2, sessions_pb2
+
+    modules = (agent_pb2, client_pb2, admin_pb2, sessions_pb2, audit_pb2)
+    return [s.full_name for m in modules for s in m.DESCRIPTOR.services_by_name.values()]
 
 
 def _oidc_settings(settings: Settings) -> OidcSettings | None:

@@ -128,6 +128,14 @@ def test_wrong_kind_of_value_names_key_and_source(tmp_path: Path) -> None:
         load(Settings, flags={}, env={}, config_file=write(tmp_path / "gh.yaml", "grpc_listen: 5"))
 
 
+def test_a_key_repeated_in_yaml_is_refused_not_overwritten(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "gh.yaml", "grpc_listen: 127.0.0.1:1\ndev: true\ngrpc_listen: 0.0.0.0:1\n"
+    )
+    with pytest.raises(ConfigError, match=r"gh\.yaml:3: key 'grpc_listen' is given again .*line 1"):
+        load(Settings, flags={}, env={}, config_file=config)
+
+
 def test_malformed_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(Settings, flags={}, env={}, config_file=write(tmp_path / "a.toml", "dev = \n"))
