@@ -79,6 +79,16 @@ def test_units_verify_without_a_warning(tmp_path: Path) -> None:
 
 
 @needs_systemd
+def test_the_database_url_drop_in_verifies(tmp_path: Path) -> None:
+    units = copy_units(tmp_path)
+    result = verify(units / "gatehouse-controlplane.service")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = unit_lines(units / "gatehouse-controlplane.service.d" / "database-url.conf")
+    assert "Environment=GATEHOUSE_DATABASE_URL_FILE=%d/database-url" in lines
+    assert "GATEHOUSE_DATABASE_URL_FILE" in env_names(Settings)
+
+
+@needs_systemd
 def test_the_run_as_drop_in_verifies_too(tmp_path: Path) -> None:
     units = copy_units(tmp_path)
     drop_in = units / "gatehouse-agent.service.d" / "run-as.conf"
