@@ -124,8 +124,9 @@ def test_units_hold_the_hardening_the_issue_asks_for(unit: str) -> None:
 def test_run_as_drop_in_grants_setuid_and_setgid_only() -> None:
     lines = unit_lines(UNITS / "gatehouse-agent.service.d" / "run-as.conf")
     assert "CapabilityBoundingSet=CAP_SETUID CAP_SETGID" in lines
-    assert "AmbientCapabilities=CAP_SETUID CAP_SETGID" in lines
-    assert not any(line.startswith("User=root") for line in lines)
+    # No ambient capability: they would survive the switch to a non-root account and reach
+    # every command (tests/e2e/test_run_as_capabilities.py shows the commands get none).
+    assert "AmbientCapabilities=" in lines
 
 
 def install_agent(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
