@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from controlplane.errors import PermissionDenied, Unavailable
 from gatehouse.v1 import tunnel_pb2
+from wire.logcontext import SESSION_ID
 
 QUEUE_FRAMES = 16
 
@@ -75,6 +76,9 @@ class Tunnels:
         self.on_close: Callable[[float], None] | None = None
 
     def expect(self, session_id: str, agent: str) -> Tunnel:
+        # The rest of the caller's task (the client's RPC) is about this session: its log
+        # lines say so (JSON logs, wire/logcontext.py). Each RPC runs in a task of its own.
+        SESSION_ID.set(session_id)
         tunnel = Tunnel(session_id, agent)
         self.opened += 1
         self._open[session_id] = tunnel
@@ -88,6 +92,7 @@ class Tunnels:
             raise PermissionDenied(f"session {session_id} belongs to another agent")
         if tunnel.attached.is_set():
             raise PermissionDenied(f"session {session_id} is already attached")
+        SESSION_ID.set(session_id)  # the agent's session stream: its lines too
         tunnel.attached.set()
         return tunnel
 
