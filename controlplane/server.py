@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
 READY_TIMEOUT = 3.0  # a store that takes longer to answer `SELECT` is not ready
+READY_CACHE = 1.0  # seconds a finished store probe answers readiness checks
 HEALTH_INTERVAL = 5.0  # how often the gRPC health status follows readiness
 
 
@@ -90,6 +91,8 @@ class ControlPlane:
         # grpc-stubs 1.53 predates `health.aio`, the asyncio servicer the package ships.
         self.grpc_health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_task: asyncio.Task[None] | None = None
+        self._store_probe: asyncio.Future[tuple[str | None, str | None]] | None = None
+        self._store_probe_at = 0.0
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
@@ -198,10 +201,19 @@ class ControlPlane:
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Whether this process can serve now, and each check's finding (never a secret)."""
         checks: dict[str, str] = {}
+        # One probe of the store at a time, and at most one a second: a hung store must not
+        # pile up blocked threads, and /readyz (no token needed) must not become a way to
+        # load the store. Probes come from /readyz callers and the gRPC health loop alike.
+        now = asyncio.get_running_loop().time()
+        probe = self._store_probe
+        if probe is None or (probe.done() and now - self._store_probe_at >= READY_CACHE):
+            self._store_probe_at = now
+            probe = asyncio.ensure_future(asyncio.to_thread(self.db.schema_revisions))
+            # Its error is read here when awaited, or dropped once nobody waits for it.
+            probe.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._store_probe = probe
         try:
-            current, head = await asyncio.wait_for(
-                asyncio.to_thread(self.db.schema_revisions), READY_TIMEOUT
-            )
+            current, head = await asyncio.wait_for(asyncio.shield(probe), READY_TIMEOUT)
         except TimeoutError:
             checks["store"] = f"no answer within {READY_TIMEOUT:g} s"
         except Exception as exc:  # the driver's error: unreachable, refused, gone

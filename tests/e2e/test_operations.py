@@ -153,7 +153,11 @@ def test_readyz_and_grpc_health_fail_when_the_store_is_gone(tmp_path: Path) -> N
         assert get(base + "/readyz")[0] == 200
         assert grpc_health(controlplane.address) == health_pb2.HealthCheckResponse.SERVING
         store.stop()
-        status, body = get(base + "/readyz")
+        deadline = time.monotonic() + 5  # a probe's answer is reused for a second
+        while (answer := get(base + "/readyz"))[0] == 200:
+            assert time.monotonic() < deadline, "/readyz still 200 without a store"
+            time.sleep(0.2)
+        status, body = answer
         assert status == 503, body
         answer = json.loads(body)
         assert answer["status"] == "unready"
