@@ -98,6 +98,32 @@ def test_the_run_as_drop_in_verifies_too(tmp_path: Path) -> None:
     assert "Unknown key 'AmbientCapabilitys'" in verify(units / "gatehouse-agent.service").stderr
 
 
+@needs_systemd
+@pytest.mark.parametrize(
+    ("unit", "drop_in", "threshold"),
+    [
+        ("gatehouse-controlplane.service", False, 15),  # measured 1.4
+        ("gatehouse-agent.service", False, 20),  # measured 1.7
+        ("gatehouse-agent.service", True, 25),  # with run-as.conf (uid 0): measured 2.4
+    ],
+)
+def test_exposure_stays_low(tmp_path: Path, unit: str, drop_in: bool, threshold: int) -> None:
+    """`systemd-analyze security` scores exposure 0-10 (lower is better); the threshold is
+    in tenths. A hardening line dropped from a unit makes this fail."""
+    units = copy_units(tmp_path)
+    if not drop_in:
+        shutil.rmtree(units / f"{unit}.d", ignore_errors=True)
+    command = ["systemd-analyze", "security", "--offline=true", f"--threshold={threshold}"]
+    result = subprocess.run(
+        [*command, str(units / unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
 @pytest.mark.parametrize("unit", ["gatehouse-controlplane.service", "gatehouse-agent.service"])
 def test_units_hold_the_hardening_the_issue_asks_for(unit: str) -> None:
     lines = unit_lines(UNITS / unit)
