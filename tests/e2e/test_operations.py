@@ -216,3 +216,41 @@ def test_a_bad_config_file_stops_the_start_with_key_and_line(tmp_path: Path) -> 
     result = gatehouse(["controlplane", "serve", "--config", str(config)])
     assert result.returncode == 2
     assert f"checkpoint_every ({config}:2): must be a whole number" in result.stderr
+
+
+def test_agent_runs_from_a_config_file_with_its_token_in_a_file(tmp_path: Path) -> None:
+    """Everything in agent.yaml, the join token in a 0600 file named by `token_file`: nothing
+    secret on the command line or in the environment."""
+    controlplane = ControlPlane.create(tmp_path / "controlplane")
+    controlplane.start_and_wait()
+    agent: Agent | None = None
+    try:
+        from devenv.stack import gatehouse
+
+        created = gatehouse(["admin", "agents", "create", "from-file"], env=controlplane.cli_env)
+        assert created.returncode == 0, created.stderr
+        token_file = tmp_path / "join.token"
+        token_file.write_text(created.stdout)
+        token_file.chmod(0o600)
+        port = free_port()
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            f"controlplane: {controlplane.address}\nname: from-file\ninsecure: true\n"
+            f"data_dir: {tmp_path / 'agent'}\ntoken_file: {token_file}\n"
+            f"http_listen: 127.0.0.1:{port}\n"
+        )
+        agent = Agent(
+            args=["agent", "run", "--config", str(config)],
+            log_file=tmp_path / "agent.log",
+            name="from-file",
+        )
+        agent.start()
+        controlplane.wait_agent("from-file")
+        assert created.stdout.strip() not in " ".join(agent.args)
+        status, body = get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200
+        assert json.loads(body)["control_stream"] == "connected"
+    finally:
+        if agent is not None:
+            agent.stop()
+        controlplane.stop()
