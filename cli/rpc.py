@@ -62,17 +62,21 @@ def metadata(flag: str | None = None) -> tuple[tuple[str, str], ...]:
 
 
 def channel(address: str) -> grpc.aio.Channel:
-    """Plaintext only to loopback (traffic that never leaves the host); TLS otherwise."""
+    """TLS, verified against GATEHOUSE_CA_FILE or the system's trust store. Plaintext only to
+    a loopback address with no CA file (a --dev control plane: traffic never leaves the host)."""
     import grpc
 
     options = [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ]
-    if is_loopback(address):
-        return grpc.aio.insecure_channel(address, options=options)
     ca = os.environ.get("GATEHOUSE_CA_FILE")
-    root = Path(ca).read_bytes() if ca else None
+    if is_loopback(address) and not ca:
+        return grpc.aio.insecure_channel(address, options=options)
+    try:
+        root = Path(ca).read_bytes() if ca else None
+    except OSError as exc:
+        raise CliError(f"GATEHOUSE_CA_FILE {ca}: {exc.strerror}", USAGE) from None
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     return grpc.aio.secure_channel(address, creds, options=options)
 
@@ -108,15 +112,32 @@ def explained(address: str) -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE and _tls_failed(exc):
+            raise CliError(
+                f"TLS with the control plane at {address} failed: its certificate is not "
+                "trusted or does not name this address (set GATEHOUSE_CA_FILE to its CA, "
+                f"e.g. DATA_DIR/ca.pem) [{exc.details()}]",
+                REFUSED,
+            ) from None
         if code == grpc.StatusCode.UNAVAILABLE and _unreachable(exc):
+            hint = (
+                " (a production control plane serves TLS: set GATEHOUSE_CA_FILE)"
+                if is_loopback(address) and not os.environ.get("GATEHOUSE_CA_FILE")
+                else ""
+            )
             raise CliError(
                 f"cannot reach the control plane at {address}: is it running? "
-                "(set GATEHOUSE_CONTROLPLANE or --controlplane)",
+                f"(set GATEHOUSE_CONTROLPLANE or --controlplane){hint}",
                 REFUSED,
             ) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             raise CliError(f"the control plane at {address} did not answer in time") from None
         raise CliError(exc.details() or code.name, REFUSED) from None
+
+
+def _tls_failed(exc: grpc.aio.AioRpcError) -> bool:
+    details = (exc.details() or "").lower()
+    return any(word in details for word in ("handshake", "certificate", "ssl_error", "tls"))
 
 
 def _unreachable(exc: grpc.aio.AioRpcError) -> bool:

@@ -42,6 +42,10 @@ controlplane_app.command("serve")(
 
     Flags win over variables, variables over the file.
 
+    Production (TLS on both listeners, CA and admin token made in DIR on first start):
+      gatehouse controlplane serve --data-dir /var/lib/gatehouse --grpc-listen 0.0.0.0:8443
+      --http-listen 0.0.0.0:8080 --public-addr gw.example.com
+
     Example: gatehouse controlplane serve --dev --data-dir ./data
     """,
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +27,12 @@ from controlplane.auth.failures import AuthFailures
 from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
-from controlplane.handshakes import HandshakeGuard, HandshakeLimits, grpc_options
+from controlplane.handshakes import (
+    MAX_CONNECTIONS,
+    HandshakeGuard,
+    HandshakeLimits,
+    grpc_options,
+)
 from controlplane.http.api import build_app
 from controlplane.http.metrics import Metrics
 from controlplane.policy.store import PolicyStore
@@ -33,6 +41,9 @@ from controlplane.relay.tunnel import Tunnels
 from controlplane.sessions import SessionServicer
 from controlplane.settings import Settings
 from controlplane.store.database import Database, default_url
+from controlplane.tls import proxy
+from controlplane.tls.front import TlsFront
+from controlplane.tls.server import ALPN_GRPC, ALPN_HTTP, ServerTls
 from gatehouse.v1 import (
     admin_pb2_grpc,
     agent_pb2_grpc,
@@ -48,6 +59,7 @@ MAX_MESSAGE = 16 * 1024 * 1024
 READY_TIMEOUT = 3.0  # a store that takes longer to answer `SELECT` is not ready
 READY_CACHE = 1.0  # seconds a finished store probe answers readiness checks
 HEALTH_INTERVAL = 5.0  # how often the gRPC health status follows readiness
+GRPC_PENDING_HANDSHAKES = 4096  # TLS handshakes at once on the gRPC listener, at least
 
 
 class ControlPlane:
@@ -96,6 +108,9 @@ class ControlPlane:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
+        self.tls: ServerTls | None = None
+        self._fronts: list[TlsFront] = []
+        self._run_dir: Path | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -108,8 +123,22 @@ class ControlPlane:
         self.audit.start(signer)
         self.auth.failures.start()
         await self.policy.load()
-        if settings.dev:
-            await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
+        await self.auth.bootstrap_admin(settings.data_dir / "admin.token")
+        if not settings.dev:
+            self.tls = await asyncio.to_thread(
+                ServerTls.configure,
+                settings.data_dir,
+                settings.tls_cert,
+                settings.tls_key,
+                [
+                    *settings.public_addr,
+                    split_host_port(settings.grpc_listen)[0],
+                    split_host_port(settings.http_listen)[0],
+                ],
+            )
+            # The inner servers' sockets: private to this process's user, short enough for
+            # sun_path (a data dir can be deep), gone at stop.
+            self._run_dir = Path(tempfile.mkdtemp(prefix="gatehouse-"))
         server = grpc.aio.server(
             interceptors=[SourceInterceptor()],
             options=[
@@ -155,20 +184,62 @@ class ControlPlane:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
         self._grpc = server
+        inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc.sock"
         try:
-            server.add_insecure_port(settings.grpc_listen)
+            server.add_insecure_port(inner)
         except RuntimeError:
             raise OSError(f"cannot listen on {settings.grpc_listen} (gRPC): in use?") from None
         await server.start()
         self._http = await self._start_http()
+        if self.tls is not None:
+            self._start_fronts(self.tls)
         await self._follow_readiness()
         self._health_task = asyncio.create_task(self._health_loop(), name="grpc-health")
         log.info(
-            "control plane listening: gRPC %s, HTTP %s, store %s",
+            "control plane listening: gRPC %s, HTTP %s (%s), store %s",
             settings.grpc_listen,
             settings.http_listen,
+            "plaintext, --dev" if self.tls is None else f"TLS, CA pin {self.tls.ca.pin}",
             "SQLite" if self.db.is_sqlite else "PostgreSQL",
         )
+
+    def _start_fronts(self, tls: ServerTls) -> None:
+        assert self._run_dir is not None
+        trusted = proxy.parse_networks(self.settings.trusted_proxies)
+        # gRPC: a fleet of agents reconnecting at once after a restart must not be turned away
+        # (they would only retry later); the timeout still bounds connections that stall.
+        grpc_pending = max(self.limits.max_pending, GRPC_PENDING_HANDSHAKES)
+        for name, listen, alpn, inner, http, pending in (
+            ("gRPC", self.settings.grpc_listen, ALPN_GRPC, "grpc.sock", False, grpc_pending),
+            (
+                "HTTP",
+                self.settings.http_listen,
+                ALPN_HTTP,
+                "http.sock",
+                True,
+                self.limits.max_pending,
+            ),
+        ):
+            front = TlsFront(
+                name,
+                tls,
+                alpn,
+                self._run_dir / inner,
+                self._run_dir,
+                trusted_proxies=trusted,
+                handshake_timeout=self.limits.timeout,
+                max_pending=pending,
+                max_connections=MAX_CONNECTIONS,
+                http=http,
+            )
+            host, port = split_host_port(listen)
+            try:
+                front.listen(host, port)
+            except OSError:
+                raise OSError(f"cannot listen on {listen} ({name}): in use?") from None
+            self._fronts.append(front)
+        for front in self._fronts:
+            front.start()
 
     async def _start_http(self) -> web.AppRunner:
         app = build_app(
@@ -182,9 +253,13 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         try:
             assert runner.server is not None  # set up above
-            self._http_server = await loop.create_server(
-                self.http_handshakes.wrap(runner.server), host, port
-            )
+            factory = self.http_handshakes.wrap(runner.server)
+            if self._run_dir is not None:  # behind the TLS front
+                self._http_server = await loop.create_unix_server(
+                    factory, str(self._run_dir / "http.sock")
+                )
+            else:
+                self._http_server = await loop.create_server(factory, host, port)
         except OSError:
             await runner.cleanup()
             raise OSError(f"cannot listen on {self.settings.http_listen} (HTTP): in use?") from None
@@ -267,6 +342,8 @@ class ControlPlane:
             await asyncio.gather(self._health_task, return_exceptions=True)
             self._health_task = None
         await self.grpc_health.enter_graceful_shutdown()  # NOT_SERVING while draining
+        for front in self._fronts:
+            front.stop_accepting()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -276,6 +353,12 @@ class ControlPlane:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        for front in self._fronts:
+            await front.close()
+        self._fronts.clear()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
         if self.audit.running:
             await self.auth.failures.stop()  # aggregated auth.fail counts, before the writer ends
             await self.audit.close()

@@ -22,6 +22,7 @@ from controlplane.audit.settings import (
 )
 from controlplane.audit.witness import check_target
 from controlplane.errors import InvalidArgument
+from controlplane.tls import proxy
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ class Settings:
         default_factory=default_data_dir,
         help="State directory (SQLite store, signing key, admin token).",
     )
-    dev: bool = setting(False, help="SQLite, plaintext on loopback, admin token in DIR.")
+    dev: bool = setting(
+        False, help="Plaintext on loopback (no TLS), for a laptop; admin token in DIR."
+    )
     grpc_listen: str = setting("127.0.0.1:8443", help="host:port for gRPC.")
     http_listen: str = setting("127.0.0.1:8080", help="host:port for health, metrics, export.")
     database_url: str | None = setting(
@@ -97,17 +100,43 @@ class Settings:
     auth_fail_window: float = setting(60.0, help="Seconds of one failed-authentication window.")
     auth_fail_limit: int = setting(30, help="Failed authentications per source and window.")
     auth_fail_sources: int = setting(10_000, help="Sources tracked before they share one.")
+    # ---- TLS (production mode): the operator's certificate and key, re-read when they
+    # change; without them the CA in data_dir issues one for public_addr and the listen
+    # addresses.
+    tls_cert: Path | None = setting(
+        None,
+        help="Server certificate chain (PEM) for both listeners; re-read when it changes. "
+        "Default: issued by the control plane's own CA (DIR/ca.pem).",
+    )
+    tls_key: Path | None = setting(None, help="Key (PEM) of --tls-cert.")
+    public_addr: tuple[str, ...] = setting(
+        (),
+        help="Names and IPs clients dial, comma-separated: put in the self-issued "
+        "certificate (with the listen addresses and localhost).",
+    )
+    # PROXY protocol v2 headers are read from these peers only (comma-separated CIDRs).
+    trusted_proxies: str = setting(
+        "",
+        help="Read a PROXY protocol v2 header (the client's address) from these peers "
+        "only, comma-separated CIDRs (your TCP load balancers).",
+    )
     # ---- listeners
     handshake_timeout: float = setting(10.0, help="Seconds a new connection has to handshake.")
     max_pending_handshakes: int = setting(128, help="Connections handshaking at once.")
 
     def validate(self) -> None:
         """Refuse nonsense before anything starts; messages name the key."""
-        if not self.dev:
+        if self.dev and (self.tls_cert or self.tls_key or self.trusted_proxies):
             raise InvalidArgument(
-                "TLS and OIDC are not configured yet: start the control plane with --dev "
-                "(plaintext on loopback, bootstrap admin token)"
+                "--dev serves plaintext on loopback: --tls-cert, --tls-key and "
+                "--trusted-proxies are for production mode (drop --dev)"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("--tls-cert and --tls-key go together: give both or neither")
+        try:
+            proxy.parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise InvalidArgument(f"--trusted-proxies: {exc}") from None
         if self.log_format not in LOG_FORMATS:
             raise InvalidArgument(f"log_format must be text or json, not {self.log_format!r}")
         if self.checkpoint_every < 1:
@@ -155,7 +184,7 @@ class Settings:
             ("--http-listen", self.http_listen),
         ):
             host = split_host_port(listen)[0]
-            if not is_loopback(host):
+            if self.dev and not is_loopback(host):
                 raise InvalidArgument(
                     f"{name} {listen}: --dev serves plaintext and only listens on loopback "
                     "(127.0.0.1 or ::1)"

@@ -32,10 +32,12 @@ def gatehouse(
     env: Mapping[str, str] | None = None,
     timeout: float = 60,
     input: str | None = None,
+    wrap: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run one `gatehouse` command to completion and capture what it printed."""
+    """Run one `gatehouse` command to completion and capture what it printed; `wrap` runs it
+    under another command (e.g. `ip netns exec NS`)."""
     return subprocess.run(
-        [*GATEHOUSE, *args],
+        [*wrap, *GATEHOUSE, *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -54,12 +56,13 @@ class Process:
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    wrap: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "cp"]
 
     def start(self) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*GATEHOUSE, *self.args],
+                [*self.wrap, *GATEHOUSE, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -93,6 +96,8 @@ class ControlPlane(Process):
     data_dir: Path = Path()
     grpc_port: int = 0
     http_port: int = 0
+    tls: bool = False  # production mode: TLS on both listeners, clients trust DATA_DIR/ca.pem
+    host: str = "127.0.0.1"
 
     @classmethod
     def create(
@@ -102,18 +107,22 @@ class ControlPlane(Process):
         env: Mapping[str, str] | None = None,
         grpc_port: int | None = None,
         http_port: int | None = None,
+        tls: bool = False,
+        host: str = "127.0.0.1",
+        extra: Sequence[str] = (),
     ) -> ControlPlane:
         grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
         args = [
             "controlplane",
             "serve",
-            "--dev",
+            *([] if tls else ["--dev"]),
             "--data-dir",
             str(data_dir),
             "--grpc-listen",
-            f"127.0.0.1:{grpc_port}",
+            f"{host}:{grpc_port}",
             "--http-listen",
-            f"127.0.0.1:{http_port}",
+            f"{host}:{http_port}",
+            *extra,
         ]
         return cls(
             args=args,
@@ -122,11 +131,17 @@ class ControlPlane(Process):
             data_dir=data_dir,
             grpc_port=grpc_port,
             http_port=http_port,
+            tls=tls,
+            host=host,
         )
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "ca.pem"
 
     @property
     def token(self) -> str:
@@ -135,14 +150,23 @@ class ControlPlane(Process):
     @property
     def cli_env(self) -> dict[str, str]:
         """What a CLI user exports to talk to this control plane as its admin."""
-        return {"GATEHOUSE_CONTROLPLANE": self.address, "GATEHOUSE_TOKEN": self.token}
+        env = {"GATEHOUSE_CONTROLPLANE": self.address, "GATEHOUSE_TOKEN": self.token}
+        if self.tls:
+            env["GATEHOUSE_CA_FILE"] = str(self.ca_file)
+        return env
 
     def health(self) -> dict[str, object] | None:
         import json
+        import ssl
 
-        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        scheme, context = "http", None
+        if self.tls:
+            if not self.ca_file.exists():
+                return None
+            scheme, context = "https", ssl.create_default_context(cafile=self.ca_file)
+        url = f"{scheme}://{self.host}:{self.http_port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
                 document = json.loads(response.read())
                 return document if isinstance(document, dict) else None
         except OSError:
@@ -190,7 +214,9 @@ class Agent(Process):
         data_dir: Path,
         *,
         env: Mapping[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> Agent:
+        trust = ["--ca-file", str(controlplane.ca_file)] if controlplane.tls else ["--insecure"]
         args = [
             "agent",
             "run",
@@ -200,12 +226,16 @@ class Agent(Process):
             token,
             "--name",
             name,
-            "--insecure",
+            *trust,
             "--data-dir",
             str(data_dir),
         ]
         return cls(
-            args=args, log_file=data_dir / f"agent-{name}.log", env=dict(env or {}), name=name
+            args=args,
+            log_file=data_dir / f"agent-{name}.log",
+            env=dict(env or {}),
+            name=name,
+            wrap=list(wrap),
         )
 
 

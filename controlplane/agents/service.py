@@ -13,6 +13,7 @@ from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.errors import GatehouseError, InvalidArgument, unary
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
+from controlplane.tls.peers import grpc_peer
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise InvalidArgument("the control stream must start with hello")
-            link = await self._registry.connected(row, first.hello, context.peer())
+            link = await self._registry.connected(row, first.hello, grpc_peer(context))
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
             return

@@ -11,9 +11,13 @@ import inspect
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import unquote
 
 import grpc
 from aiohttp import web
+
+from controlplane.tls import peers
+from controlplane.tls.proxy import normal_ip
 
 UNKNOWN = "unknown"  # no address known (a call made outside a listener, e.g. in-process)
 
@@ -26,12 +30,16 @@ def current_source() -> str:
 
 
 def peer_ip(peer: str) -> str:
-    """gRPC's `ipv4:127.0.0.1:5555` → `127.0.0.1`; `ipv6:[::1]:5555` → `::1`."""
+    """gRPC's `ipv4:127.0.0.1:5555` → `127.0.0.1`; `ipv6:[::1]:5555` (or `%5B::1%5D:5555`)
+    → `::1`; a connection the TLS front forwarded (`unix:…`) → the address the front saw."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
+        return normal_ip(unquote(rest).rpartition(":")[0].strip("[]"))
     if kind == "ipv4":
         return rest.rpartition(":")[0]
+    if kind == "unix":
+        forwarded = peers.lookup(peer)
+        return forwarded.address if forwarded is not None else UNKNOWN
     return peer or UNKNOWN
 
 
@@ -91,7 +99,11 @@ class SourceInterceptor(_Interceptor):
 async def source_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    SOURCE.set(request.remote or UNKNOWN)
+    remote = request.remote
+    if remote is not None and remote.startswith("/"):  # forwarded by the TLS front
+        forwarded = peers.lookup(remote)
+        remote = forwarded.address if forwarded is not None else None
+    SOURCE.set(remote or UNKNOWN)
     return await handler(request)
 
 

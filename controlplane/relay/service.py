@@ -565,10 +565,7 @@ def _delegated(row: ApiTokenRow) -> client_pb2.DelegatedToken:
 
 
 def _peer_ip(peer: str) -> str:
-    """`ipv4:127.0.0.1:5555` → `127.0.0.1`; `ipv6:[::1]:5555` → `::1`."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    return peer
+    """The caller's address (also through the TLS front and a trusted proxy)."""
+    from controlplane.auth.sources import peer_ip
+
+    return peer_ip(peer)

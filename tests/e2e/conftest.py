@@ -86,8 +86,8 @@ class Stack:
         self.controlplane.stop()
 
 
-def start_stack(base: Path, pg: PostgresServer) -> Stack:
-    controlplane = ControlPlane.create(base / "controlplane")
+def start_stack(base: Path, pg: PostgresServer, *, tls: bool = False) -> Stack:
+    controlplane = ControlPlane.create(base / "controlplane", tls=tls)
     controlplane.start_and_wait()
     try:
         agent = enroll_agent(controlplane, AGENT, base / "agent", env={"PG_PASSWORD": PG_PASSWORD})

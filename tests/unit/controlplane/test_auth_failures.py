@@ -148,4 +148,7 @@ async def test_a_source_over_its_budget_is_refused_without_token_work(
 def test_peer_addresses() -> None:
     assert peer_ip("ipv4:127.0.0.1:5555") == "127.0.0.1"
     assert peer_ip("ipv6:[::1]:5555") == "::1"
-    assert peer_ip("unix:/tmp/s") == "unix:/tmp/s"
+    assert peer_ip("ipv6:%5B2001:db8::1%5D:5555") == "2001:db8::1"  # how grpc 1.6x+ writes it
+    assert peer_ip("ipv6:[::ffff:10.0.0.7]:5555") == "10.0.0.7"  # IPv4 on a dual-stack port
+    # A unix peer is a connection the TLS front forwarded; one it did not register is unknown.
+    assert peer_ip("unix:/tmp/s") == "unknown"

@@ -1,0 +1,1 @@
+"""TLS for the control plane's listeners: its own CA, its server certificate, reloading."""
