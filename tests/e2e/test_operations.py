@@ -254,3 +254,30 @@ def test_agent_runs_from_a_config_file_with_its_token_in_a_file(tmp_path: Path) 
         if agent is not None:
             agent.stop()
         controlplane.stop()
+
+
+def test_health_over_tls_in_production_mode(tmp_path: Path) -> None:
+    """Without --dev: /healthz and /readyz over HTTPS and the gRPC health service over TLS,
+    both trusting the control plane's own CA (DATA_DIR/ca.pem); plaintext is refused."""
+    import ssl
+
+    controlplane = ControlPlane.create(
+        tmp_path / "controlplane", tls=True, extra=["--public-addr", "127.0.0.1"]
+    )
+    try:
+        controlplane.start_and_wait()
+        ca = controlplane.data_dir / "ca.pem"
+        context = ssl.create_default_context(cafile=str(ca))
+        url = f"https://127.0.0.1:{controlplane.http_port}/readyz"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            assert json.loads(response.read())["status"] == "ready"
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        with grpc.secure_channel(controlplane.address, credentials) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError):
+            grpc_health(controlplane.address)  # plaintext
+    finally:
+        controlplane.stop()

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import pwd
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import devenv.stack
 from devenv.postgres import PostgresServer
 from devenv.stack import Agent, ControlPlane, gatehouse
 from tests.e2e.conftest import AGENT, POLICY, Stack
@@ -40,7 +38,6 @@ def sandboxed(
     tmp_path: Path,
     pg: PostgresServer,
     account: pwd.struct_passwd,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Stack]:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
@@ -51,9 +48,8 @@ def sandboxed(
         created = gatehouse(["admin", "agents", "create", AGENT], env=controlplane.cli_env)
         assert created.returncode == 0, created.stderr
         agent = Agent.create(controlplane, AGENT, created.stdout.strip(), tmp_path / "agent")
-        with monkeypatch.context() as patch:
-            patch.setattr(devenv.stack, "GATEHOUSE", [*SANDBOX, sys.executable, "-m", "cli.main"])
-            agent.start()
+        agent.wrap = SANDBOX
+        agent.start()
         controlplane.wait_agent(AGENT)
         stack = Stack(controlplane, agent, pg, tmp_path)
         policy = RUN_AS_POLICY.format(agent=AGENT, port=pg.port, account=account.pw_name)
