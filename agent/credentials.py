@@ -1,7 +1,9 @@
 """The agent's own credential, kept in its data directory (0700) in a file of mode 0600.
 
-A join token works once; after enrollment the agent keeps the credential it got in exchange,
-so restarting it with the same command line just reconnects. Anyone who reads the file can
+After enrollment the agent keeps what it got in exchange for its join token, so restarting it
+with the same command line just reconnects: in production its own private key, its short-lived
+client certificate and the CA it trusts for the control plane (key and certificate in one file,
+so a renewal replaces both at once); with --dev a bearer credential. Anyone who reads the file can
 act as the agent, so the modes are enforced every time it is loaded or saved (a directory
 made by hand, an old file, a umask), not only when it is created: shell commands run as
 other accounts on the same host (``run_as``) and must not be able to read it.
@@ -20,7 +22,15 @@ class StoredCredential:
     controlplane: str
     name: str
     agent_id: str
-    credential: str
+    credential: str  # --dev: bearer credential; empty in production
+    roots: str = ""  # PEM CA(s) the control plane is verified against; empty: system trust
+    certificate: str = ""  # PEM client certificate
+    key: str = ""  # PEM private key of the certificate
+    obtained: float = 0.0  # when the certificate was received (epoch seconds)
+
+    @property
+    def mtls(self) -> bool:
+        return bool(self.certificate and self.key)
 
 
 def credential_path(data_dir: Path, name: str) -> Path:

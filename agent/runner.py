@@ -1,5 +1,9 @@
 """The agent process: enroll once, then hold one control stream, reconnecting with backoff.
 
+In production the agent verifies the control plane against the CA its join token pins (or its
+--ca-file, or the system's CAs), enrolls with a CSR for a key it made, holds its streams with
+mTLS and renews its short-lived certificate at 2/3 of its lifetime (docs/decisions/0016).
+
 The agent only dials out. It keeps the control stream open with heartbeats, applies the policy
 pushed to it (its connections and secret references), and for every session order dials a
 session stream back. When the control plane goes away it retries with exponential backoff and
@@ -9,30 +13,43 @@ full jitter, so a thousand agents do not stampede a restarted control plane.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 
 import grpc
 
-from agent import __version__, credentials
+from agent import __version__, credentials, enrollment
 from agent.metrics import AgentStats, start_http
 from agent.sessions import serve_session
 from agent.settings import AgentSettings
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
+from wire import jointoken
+from wire.jointoken import JoinToken
 
 log = logging.getLogger(__name__)
 
-JOIN_PREFIX = "ghj_"
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 15.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
+RENEW_AT = 2 / 3  # of the certificate's lifetime
+RENEW_RETRY = 30.0  # seconds between renewal attempts that failed (fewer when close to expiry)
+
+OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
 
 
 class AgentFatal(Exception):
-    """Retrying cannot help (revoked, join token used up); the process should exit."""
+    """Retrying cannot help (revoked, join token used up, wrong pin); the process should exit."""
 
 
 @dataclass
@@ -42,19 +59,20 @@ class AgentState:
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-def make_channel(settings: AgentSettings) -> grpc.aio.Channel:
-    options = [
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ]
+def make_channel(
+    settings: AgentSettings,
+    roots: bytes | None = None,
+    key: bytes | None = None,
+    certificate: bytes | None = None,
+) -> grpc.aio.Channel:
+    """Plaintext with --insecure (loopback only); otherwise TLS verified against `roots`
+    (the --ca-file, the pinned CA or the system's), with the client certificate if given."""
     if settings.insecure:
-        return grpc.aio.insecure_channel(settings.controlplane, options=options)
-    root = settings.ca_file.read_bytes() if settings.ca_file else None
-    credentials_ = grpc.ssl_channel_credentials(root_certificates=root)
-    return grpc.aio.secure_channel(settings.controlplane, credentials_, options=options)
+        return grpc.aio.insecure_channel(settings.controlplane, options=OPTIONS)
+    credentials_ = grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=certificate
+    )
+    return grpc.aio.secure_channel(settings.controlplane, credentials_, options=OPTIONS)
 
 
 class Agent:
@@ -63,21 +81,72 @@ class Agent:
         self.state = AgentState()
         self.connected = asyncio.Event()
         self.stats = AgentStats()
+        self.stored: credentials.StoredCredential | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self._switch = asyncio.Event()  # a renewed certificate: move to a new channel
+        self._next_channel: grpc.aio.Channel | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
-    async def credential(self, channel: grpc.aio.Channel) -> str:
+    @property
+    def serial(self) -> str:
+        """The serial of the client certificate in use ("" with --dev)."""
+        if self.stored is None or not self.stored.mtls:
+            return ""
+        return enrollment.serial(self.stored.certificate.encode())
+
+    # ---- trust and enrollment -----------------------------------------------------------
+
+    async def _roots(self, token: JoinToken | None) -> bytes | None:
+        """What the control plane is verified against before enrollment."""
+        settings = self.settings
+        if settings.ca_file is not None:
+            pem = settings.ca_file.read_bytes()
+            if token is not None and token.pin is not None:
+                try:
+                    enrollment.check_ca_file(pem, token.pin, str(settings.ca_file))
+                except (enrollment.PinMismatch, ValueError) as exc:
+                    raise AgentFatal(str(exc)) from None
+            return pem
+        if token is not None and token.pin is not None:
+            try:
+                return await asyncio.to_thread(
+                    enrollment.pinned_root, settings.controlplane, token.pin
+                )
+            except enrollment.PinMismatch as exc:
+                raise AgentFatal(str(exc)) from None
+        return await asyncio.to_thread(enrollment.system_roots)
+
+    async def credential(self) -> credentials.StoredCredential:
         """The stored credential, or a new one in exchange for the join token."""
         settings = self.settings
-        if not settings.token.startswith(JOIN_PREFIX):
-            return settings.token
+        if not jointoken.is_join_token(settings.token):
+            if not settings.insecure:
+                raise AgentFatal(
+                    "--token must be a join token (ghj_…): outside --dev agents authenticate "
+                    "with a client certificate they get by enrolling"
+                )
+            return credentials.StoredCredential(
+                settings.controlplane, settings.name, "", settings.token
+            )
         stored = credentials.load(settings.data_dir, settings.name, settings.controlplane)
-        if stored is not None:
-            return stored.credential
-        stub = agent_pb2_grpc.AgentServiceStub(channel)
-        request = agent_pb2.EnrollRequest(
-            join_token=settings.token, name=settings.name, version=__version__
-        )
+        if stored is not None and (settings.insecure or self._usable(stored)):
+            return stored
         try:
-            response = await stub.Enroll(request, timeout=15)
+            token = jointoken.parse(settings.token)
+        except jointoken.BadJoinToken as exc:
+            raise AgentFatal(str(exc)) from None
+        roots = None if settings.insecure else await self._roots(token)
+        key = None if settings.insecure else enrollment.new_key()
+        request = agent_pb2.EnrollRequest(
+            join_token=token.secret,
+            name=settings.name,
+            version=__version__,
+            hostname=socket.gethostname(),
+            csr=enrollment.csr_pem(key, settings.name) if key is not None else b"",
+        )
+        channel = make_channel(settings, roots)
+        try:
+            response = await agent_pb2_grpc.AgentServiceStub(channel).Enroll(request, timeout=15)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -86,32 +155,147 @@ class Agent:
             ):
                 raise AgentFatal(f"enrollment refused: {exc.details()}") from None
             raise
-        path = credentials.save(
-            settings.data_dir,
-            credentials.StoredCredential(
-                settings.controlplane, settings.name, response.agent_id, response.credential
-            ),
+        finally:
+            await channel.close(None)
+        if key is not None and not response.certificate:
+            raise AgentFatal(
+                "the control plane sent no client certificate (is it an older version, or "
+                "does it run with --dev? then use --insecure)"
+            )
+        stored = credentials.StoredCredential(
+            settings.controlplane,
+            settings.name,
+            response.agent_id,
+            response.credential,
+            roots=(roots or b"").decode(),
+            certificate=response.certificate.decode(),
+            key=enrollment.key_pem(key).decode() if key is not None else "",
+            obtained=time.time(),
         )
-        log.info("enrolled as %s; credential stored in %s", settings.name, path)
-        return response.credential
+        path = credentials.save(settings.data_dir, stored)
+        log.info(
+            "enrolled as %s%s; credential stored in %s",
+            settings.name,
+            f" (certificate serial {enrollment.serial(response.certificate)})"
+            if response.certificate
+            else "",
+            path,
+        )
+        return stored
+
+    @staticmethod
+    def _usable(stored: credentials.StoredCredential) -> bool:
+        """A certificate that has not expired yet (an expired one needs the join token)."""
+        return stored.mtls and enrollment.not_after(stored.certificate.encode()) > time.time() + 5
+
+    def _channel_for(self, stored: credentials.StoredCredential) -> grpc.aio.Channel:
+        if not stored.mtls:
+            return make_channel(self.settings, stored.roots.encode() or None)
+        return make_channel(
+            self.settings,
+            stored.roots.encode() or None,
+            stored.key.encode(),
+            stored.certificate.encode(),
+        )
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.stored is None or self.stored.mtls:
+            return ()
+        return (("authorization", f"Bearer {self.stored.credential}"),)
+
+    # ---- renewal ----------------------------------------------------------------------
+
+    async def _renewals(self) -> None:
+        """Renew the certificate at RENEW_AT of its lifetime, retrying until it expires."""
+        while True:
+            stored = self.stored
+            if stored is None or not stored.mtls:
+                return
+            expires = enrollment.not_after(stored.certificate.encode())
+            due = stored.obtained + (expires - stored.obtained) * RENEW_AT
+            await asyncio.sleep(max(0.0, due - time.time()))
+            try:
+                await self._renew(stored)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
+                    return  # revoked: the control stream learns it too and ends the agent
+                left = expires - time.time()
+                log.warning("certificate renewal failed (%s); %.0f s left", exc.details(), left)
+                await asyncio.sleep(max(1.0, min(RENEW_RETRY, left / 10)))
+                # `stored` still the same: the loop computes `due` in the past and retries.
+
+    async def _renew(self, stored: credentials.StoredCredential) -> None:
+        assert self.channel is not None
+        key = enrollment.new_key()
+        stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+        response = await stub.Renew(
+            agent_pb2.RenewRequest(csr=enrollment.csr_pem(key, self.settings.name)), timeout=15
+        )
+        renewed = dataclasses.replace(
+            stored,
+            certificate=response.certificate.decode(),
+            key=enrollment.key_pem(key).decode(),
+            obtained=time.time(),
+        )
+        credentials.save(self.settings.data_dir, renewed)
+        self.stored = renewed
+        log.info(
+            "certificate renewed: serial %s, valid until %s",
+            enrollment.serial(response.certificate),
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(response.not_after_unix)),
+        )
+        # Sessions keep the old channel (its TLS connection stays open) until they end; the
+        # control stream ends and `run` moves it and new sessions to the new channel.
+        self._next_channel = self._channel_for(renewed)
+        self._switch.set()
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        running = set(self.state.sessions)
+
+        async def close_when_idle() -> None:
+            if running:
+                await asyncio.wait(running)
+            await channel.close(None)
+
+        task = asyncio.create_task(close_when_idle())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    # ---- the control stream -------------------------------------------------------------
 
     async def run(self) -> None:
         """Stay connected until cancelled; raises AgentFatal when retrying cannot help."""
         attempt = 0
-        channel = make_channel(self.settings)
+        renewals: asyncio.Task[None] | None = None
         try:
             while True:
                 started = asyncio.get_running_loop().time()
                 try:
-                    credential = await self.credential(channel)
-                    await self._control(channel, credential)
+                    if self.stored is None or (self.stored.mtls and not self._usable(self.stored)):
+                        self.stored = await self.credential()
+                        if self.channel is not None:
+                            self._retire(self.channel)
+                        self.channel = self._channel_for(self.stored)
+                        if renewals is not None:
+                            renewals.cancel()
+                        renewals = asyncio.create_task(self._renewals())
+                    if self._next_channel is not None:  # no control stream on the old one now
+                        if self.channel is not None:
+                            self._retire(self.channel)
+                        self.channel, self._next_channel = self._next_channel, None
+                    assert self.channel is not None
+                    self._switch.clear()
+                    await self._control(self.channel, self._metadata())
                     reason = "the control plane closed the stream"
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (
                         grpc.StatusCode.UNAUTHENTICATED,
                         grpc.StatusCode.PERMISSION_DENIED,
                     ):
-                        if self.settings.token.startswith(JOIN_PREFIX):
+                        if jointoken.is_join_token(self.settings.token):
                             # The stored credential was refused (revoked): drop it, so that a
                             # new join token can enroll this agent again.
                             credentials.forget(self.settings.data_dir, self.settings.name)
@@ -119,9 +303,14 @@ class Agent:
                             f"the control plane refused this agent: {exc.details()}"
                         ) from None
                     reason = exc.details() or exc.code().name
+                except OSError as exc:  # the pin check's own TLS connection (refused, reset)
+                    reason = f"cannot read the control plane's certificate chain: {exc}"
                 finally:
                     self.connected.clear()
                     self.stats.control_connected = False
+                if self._switch.is_set():
+                    log.info("moving the control stream to the renewed certificate")
+                    continue
                 if asyncio.get_running_loop().time() - started > STABLE_AFTER:
                     attempt = 0
                 delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
@@ -129,13 +318,21 @@ class Agent:
                 log.warning("control stream lost (%s); reconnecting in %.1f s", reason, delay)
                 await asyncio.sleep(delay)
         finally:
+            if renewals is not None:
+                renewals.cancel()
             for task in list(self.state.sessions):
                 task.cancel()
             await asyncio.gather(*self.state.sessions, return_exceptions=True)
-            await channel.close(None)
+            for task in list(self._retired):
+                task.cancel()
+            await asyncio.gather(*self._retired, return_exceptions=True)
+            for channel in (self.channel, self._next_channel):
+                if channel is not None:
+                    await channel.close(None)
 
-    async def _control(self, channel: grpc.aio.Channel, credential: str) -> None:
-        metadata = (("authorization", f"Bearer {credential}"),)
+    async def _control(
+        self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]
+    ) -> None:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         call = stub.Control(metadata=metadata)  # type: ignore[call-arg]  # read/write API
         hello = agent_pb2.Hello(
@@ -143,9 +340,15 @@ class Agent:
         )
         await call.write(agent_pb2.AgentMessage(hello=hello))
         heartbeat: asyncio.Task[None] | None = None
+        switch = asyncio.create_task(self._switch.wait())
         try:
             while True:
-                message = await call.read()
+                read = asyncio.ensure_future(call.read())
+                await asyncio.wait({read, switch}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():  # renewed: end this stream, the caller opens a new one
+                    read.cancel()
+                    return
+                message = read.result()
                 if not isinstance(message, agent_pb2.ControlMessage):  # end of stream
                     return
                 kind = message.WhichOneof("msg")
@@ -164,6 +367,7 @@ class Agent:
                     self._open(channel, metadata, message.open_session)
                 # "heartbeat": an ack from an older control plane; nothing to do with it.
         finally:
+            switch.cancel()
             if heartbeat is not None:
                 heartbeat.cancel()
             call.cancel()

@@ -30,14 +30,21 @@ class AgentSettings:
         DEFAULT_CONTROLPLANE, help="host:port of the control plane's gRPC listener."
     )
     token: str = setting(
-        "", secret=True, env="GATEHOUSE_AGENT_TOKEN", help="Join token or agent credential."
+        "",
+        secret=True,
+        env="GATEHOUSE_AGENT_TOKEN",
+        help="Join token (carries the CA pin); with --insecure also a --dev credential.",
     )
     name: str = setting(
         "", env="GATEHOUSE_AGENT_NAME", help="Agent name (as created by the admin)."
     )
     data_dir: Path = setting(default_factory=default_data_dir, help="State directory.")
     insecure: bool = setting(False, help="Plaintext gRPC; only to a loopback address.")
-    ca_file: Path | None = setting(None, help="CA of the control plane's certificate.")
+    ca_file: Path | None = setting(
+        None,
+        help="CA of the control plane's certificate; default: the CA the join token pins, "
+        "else the system's CAs.",
+    )
     http_listen: str = setting(
         "",
         env="GATEHOUSE_AGENT_HTTP_LISTEN",

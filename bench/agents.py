@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,86 @@ def enroll_directly(data_dir: Path, count: int, seed: str) -> None:
             )
     finally:
         db.dispose()
+
+
+def enroll_with_certificates(data_dir: Path, count: int) -> Path:
+    """Agent rows as a production `Enroll` leaves them: a key and a client certificate from the
+    control plane's CA (made here first; the control plane loads it), the certificate's
+    SHA-256 in the store. Returns the JSON file bench/agentsim.py reads the keys from."""
+    from agent import enrollment
+    from controlplane.agents.certificates import describe
+    from controlplane.audit.events import utc_now
+    from controlplane.tls.ca import CertificateAuthority
+
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = CertificateAuthority.load_or_create(data_dir)
+    now = utc_now()
+    agents: dict[str, dict[str, str]] = {}
+    rows = []
+    for i in range(count):
+        key = enrollment.new_key()
+        pem = ca.sign_csr(enrollment.csr_pem(key, agent_name(i)), agent_name(i), timedelta(hours=2))
+        issued = describe(pem)
+        agents[str(i)] = {"key": enrollment.key_pem(key).decode(), "certificate": pem.decode()}
+        rows.append(
+            AgentRow(
+                id=str(uuid.uuid4()),
+                name=agent_name(i),
+                version="bench",
+                created_at=now,
+                enrolled_at=now,
+                cert_fingerprint=issued.fingerprint,
+                cert_serial=issued.serial,
+                cert_not_after=issued.not_after,
+            )
+        )
+    db = Database(default_url(data_dir))
+    try:
+        db.migrate()
+        with db.write_session() as session, session.begin():
+            session.add_all(rows)
+    finally:
+        db.dispose()
+    path = data_dir.parent / "agents-mtls.json"
+    path.write_text(json.dumps({"ca": ca.cert_pem.decode(), "agents": agents}))
+    return path
+
+
+def compare_connect(base: Path, count: int) -> dict[str, dict[str, Any]]:
+    """Connect `count` agents, one connection each, to a --dev control plane (plaintext,
+    bearer credentials) and to a production one (TLS, client certificates); the seconds until
+    all are connected, and the control plane's CPU meanwhile."""
+    from devenv.production import ProductionControlPlane
+
+    results: dict[str, dict[str, Any]] = {}
+    for mode in ("plaintext", "mtls"):
+        data_dir = base / mode / "controlplane"
+        controlplane: ControlPlane
+        mtls: Path | None = None
+        seed = secrets.token_hex(16)
+        if mode == "mtls":
+            mtls = enroll_with_certificates(data_dir, count)
+            controlplane = ProductionControlPlane.create_production(data_dir)
+        else:
+            enroll_directly(data_dir, count, seed)
+            controlplane = ControlPlane.create(data_dir)
+        controlplane.start_and_wait()
+        assert controlplane.proc is not None
+        found: dict[str, Any] = {"agents": count}
+        fleet = None
+        try:
+            time.sleep(1.0)
+            fleet = Fleet(controlplane, count, seed, base / mode, per_channel=1, mtls=mtls)
+            connect_all(fleet, controlplane.proc.pid, found)
+            found["rss_mib"] = (rss_bytes(controlplane.proc.pid) or 0) / MIB
+        finally:
+            if fleet is not None:
+                fleet.stop()
+            controlplane.stop(timeout=60)
+        found.pop("connect_timeline", None)
+        results[mode] = found
+        progress(f"{mode}: {found.get('connected')} agents in {found.get('connect_s', 0):.1f} s")
+    return results
 
 
 def push_policy(count: int, target_port: int = 5432) -> str:
@@ -116,7 +197,16 @@ class Client:
 class Fleet:
     """The client processes together: sums of what their agents report."""
 
-    def __init__(self, controlplane: ControlPlane, count: int, seed: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        controlplane: ControlPlane,
+        count: int,
+        seed: str,
+        log_dir: Path,
+        *,
+        per_channel: int = PER_CHANNEL,
+        mtls: Path | None = None,
+    ) -> None:
         self.count = count
         self.clients: list[Client] = []
         processes = max(1, -(-count // AGENTS_PER_PROCESS))
@@ -135,7 +225,8 @@ class Fleet:
                 "--count",
                 str(min(share, count - first)),
                 "--per-channel",
-                str(PER_CHANNEL),
+                str(per_channel),
+                *(["--mtls", str(mtls)] if mtls is not None else []),
             ]
             with (log_dir / f"agentsim-{first}.log").open("ab") as err:
                 process = subprocess.Popen(
@@ -400,3 +491,14 @@ def target_10k(found: dict[str, Any] | None) -> Target:
     if held < found["agents"]:
         return Target(name, goal, f"{reached} with only {held:,} agents connected", False)
     return Target(name, goal, reached, rss * MIB <= GIB)
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="connect N agents: plaintext vs mTLS")
+    parser.add_argument("--count", type=int, default=1000)
+    parsed = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gatehouse-bench-") as scratch:
+        print(json.dumps(compare_connect(Path(scratch), parsed.count), indent=2))

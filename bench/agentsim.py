@@ -1,6 +1,7 @@
 """Simulated agents: one process holds many `AgentService.Control` streams, as real agents do.
 
-Each simulated agent speaks the real protocol (bearer credential, Hello, Welcome, the pushed
+Each simulated agent speaks the real protocol (bearer credential or, with --mtls, its own
+client certificate on a connection of its own; Hello, Welcome, the pushed
 Policy, heartbeats at the interval the control plane asks for), so the control plane does for
 it exactly what it does for a real agent. Streams share a few gRPC channels (HTTP/2
 connections), `--per-channel` streams each, so thousands of them fit in a few processes.
@@ -27,6 +28,7 @@ import grpc
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 STATUS_EVERY = 0.5
+MTLS = "mtls"  # the --seed of agents that authenticate by client certificate
 
 
 def agent_name(index: int) -> str:
@@ -76,21 +78,40 @@ class Fleet:
         self.received_at[policy.version] = time.time()
 
 
-def make_channels(address: str, count: int) -> list[grpc.aio.Channel]:
+def make_channels(
+    address: str, count: int, tls: list[grpc.ChannelCredentials] | None = None
+) -> list[grpc.aio.Channel]:
     """Separate HTTP/2 connections: gRPC would otherwise share one subchannel between channels
-    with the same arguments."""
+    with the same arguments. With `tls`, channel i holds agent i's client certificate."""
+    channels = []
+    for index in range(count):
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("bench.channel", index),
+        ]
+        if tls is None:
+            channels.append(grpc.aio.insecure_channel(address, options=options))
+        else:
+            channels.append(grpc.aio.secure_channel(address, tls[index], options=options))
+    return channels
+
+
+def mtls_credentials(path: str, first: int, count: int) -> list[grpc.ChannelCredentials]:
+    """Agent i's key and certificate from the file bench/agents.py wrote (mTLS: one identity,
+    so one connection, per agent)."""
+    with open(path) as handle:
+        document = json.load(handle)
+    ca = document["ca"].encode()
     return [
-        grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.use_local_subchannel_pool", 1),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("bench.channel", index),
-            ],
+        grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=document["agents"][str(i)]["key"].encode(),
+            certificate_chain=document["agents"][str(i)]["certificate"].encode(),
         )
-        for index in range(count)
+        for i in range(first, first + count)
     ]
 
 
@@ -102,7 +123,8 @@ async def simulate(
     fleet: Fleet,
 ) -> None:
     stub = agent_pb2_grpc.AgentServiceStub(channel)
-    metadata = (("authorization", f"Bearer {credential(seed, index)}"),)
+    mtls = seed == MTLS
+    metadata = () if mtls else (("authorization", f"Bearer {credential(seed, index)}"),)
     heartbeat: asyncio.Task[None] | None = None
     connected = False
     try:
@@ -160,7 +182,12 @@ async def _heartbeats(
 
 async def main_async(args: argparse.Namespace) -> None:
     fleet = Fleet()
-    channels = make_channels(args.address, max(1, -(-args.count // args.per_channel)))
+    if args.mtls:
+        args.seed, args.per_channel = MTLS, 1
+        tls = mtls_credentials(args.mtls, args.first, args.count)
+        channels = make_channels(args.address, args.count, tls)
+    else:
+        channels = make_channels(args.address, max(1, -(-args.count // args.per_channel)))
     gate = asyncio.Semaphore(args.concurrency)
     tasks = [
         asyncio.create_task(
@@ -186,11 +213,14 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--address", required=True, help="the control plane's gRPC host:port")
-    parser.add_argument("--seed", required=True, help="derives each agent's credential")
+    parser.add_argument("--seed", default="", help="derives each agent's credential")
     parser.add_argument("--first", type=int, required=True, help="index of the first agent")
     parser.add_argument("--count", type=int, required=True, help="how many agents")
     parser.add_argument("--per-channel", type=int, default=100, help="streams per connection")
     parser.add_argument("--concurrency", type=int, default=50, help="connects at once")
+    parser.add_argument(
+        "--mtls", help="JSON of the CA and each agent's key and certificate: connect with mTLS"
+    )
     args = parser.parse_args()
     try:
         import uvloop

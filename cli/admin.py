@@ -21,13 +21,26 @@ admin_app.add_typer(connections_admin_app, name="connections")
 @agents_app.command("create")
 def agents_create(
     name: Annotated[str, typer.Argument(help="Agent name, e.g. vpc-eu-1.")],
+    uses: Annotated[
+        int,
+        typer.Option(
+            "--uses", min=1, help="How many enrollments the join token allows (re-joins)."
+        ),
+    ] = 1,
+    ttl: Annotated[
+        str, typer.Option("--ttl", help="How long the join token works (30m, 24h, 7d).")
+    ] = "1h",
     controlplane: ControlplaneOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Create an agent and print its one-time join token.
+    """Create an agent and print its join token, which carries the pin of the control
+    plane's CA: the agent needs no CA file.
 
-    Example: gatehouse admin agents create vpc-eu-1
+    Example: gatehouse admin agents create vpc-eu-1 --uses 10 --ttl 24h
     """
+    from cli.options import parse_duration
+
+    ttl_seconds = parse_duration(ttl)
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -36,15 +49,27 @@ def agents_create(
 
     async def work(channel: Any) -> Any:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
-        return await stub.CreateAgent(admin_pb2.CreateAgentRequest(name=name), metadata=md)
+        request = admin_pb2.CreateAgentRequest(name=name, uses=uses, ttl_seconds=ttl_seconds)
+        return await stub.CreateAgent(request, metadata=md)
 
     response = call(address, work)
     if output is Format.json:
-        emit_json({"name": response.name, "join_token": response.join_token})
+        emit_json(
+            {
+                "name": response.name,
+                "join_token": response.join_token,
+                "ca_pin": response.ca_pin or None,
+                "uses": response.uses,
+                "expires": response.expires,
+            }
+        )
     else:
         typer.echo(response.join_token)
+        times = "once" if response.uses == 1 else f"{response.uses} times"
+        pinned = f"; it pins the CA {response.ca_pin}" if response.ca_pin else ""
         typer.echo(
-            f"One-time join token for agent {response.name!r}: start the agent with\n"
+            f"Join token for agent {response.name!r}, usable {times} until {response.expires}"
+            f"{pinned}. Start the agent with\n"
             f"  gatehouse agent run --controlplane {address} --name {response.name} "
             f"--token {response.join_token}",
             err=True,
@@ -76,14 +101,19 @@ def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
             "hostname": a.hostname,
             "last_seen": a.last_seen or None,
             "created": a.created,
+            "cert_serial": a.cert_serial or None,
+            "cert_expires": a.cert_expires or None,
         }
         for a in response.agents
     ]
     emit(
         output,
         agents,
-        ["NAME", "STATUS", "VERSION", "HOST", "LAST SEEN"],
-        [[a["name"], a["status"], a["version"], a["hostname"], a["last_seen"]] for a in agents],
+        ["NAME", "STATUS", "VERSION", "HOST", "LAST SEEN", "CERT EXPIRES"],
+        [
+            [a["name"], a["status"], a["version"], a["hostname"], a["last_seen"], a["cert_expires"]]
+            for a in agents
+        ],
         empty="No agents yet: create one with `gatehouse admin agents create NAME`.",
     )
 

@@ -48,7 +48,7 @@ agent_app.command("run")(
 
     Flags win over variables, variables over the file.
 
-    Example: gatehouse agent run --controlplane 127.0.0.1:8443 --token ghj_… --name vpc-1 --insecure
+    Example: gatehouse agent run --controlplane gw.example.com:8443 --token ghj_… --name vpc-1
     """,
     )
 )

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from controlplane.agents.certificates import DEFAULT_JOIN_TTL
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import as_utc, rfc3339
 from controlplane.auth.tokens import TokenAuthenticator
@@ -31,8 +32,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateAgentRequest, context: Context
     ) -> admin_pb2.CreateAgentResponse:
         admin = await self._auth.require_admin(context.invocation_metadata())
-        token = await self._agents.create(request.name, admin)
-        return admin_pb2.CreateAgentResponse(name=request.name, join_token=token)
+        created = await self._agents.create(
+            request.name,
+            admin,
+            uses=request.uses or 1,
+            ttl=timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_JOIN_TTL,
+        )
+        return admin_pb2.CreateAgentResponse(
+            name=created.name,
+            join_token=created.join_token,
+            ca_pin=created.pin or "",
+            uses=created.uses,
+            expires=rfc3339(created.expires),
+        )
 
     @unary
     async def ListAgents(
@@ -49,6 +61,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     hostname=item.hostname,
                     last_seen=rfc3339(as_utc(item.row.last_seen)) if item.row.last_seen else "",
                     created=rfc3339(as_utc(item.row.created_at)),
+                    cert_serial=item.row.cert_serial or "",
+                    cert_expires=(
+                        rfc3339(as_utc(item.row.cert_not_after)) if item.row.cert_not_after else ""
+                    ),
                 )
             )
         return response

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controlplane.addresses import split_host_port
 from controlplane.admin import AdminServicer
+from controlplane.agents.certificates import AgentCertificates
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
 from controlplane.audit.checkpoints import KEY_FILE_NAME, load_signing_key
@@ -43,6 +44,7 @@ from controlplane.settings import Settings
 from controlplane.store.database import Database, default_url
 from controlplane.tls import proxy
 from controlplane.tls.front import TlsFront
+from controlplane.tls.peers import peer_certificate
 from controlplane.tls.server import ALPN_GRPC, ALPN_HTTP, ServerTls
 from gatehouse.v1 import (
     admin_pb2_grpc,
@@ -136,6 +138,14 @@ class ControlPlane:
                     split_host_port(settings.http_listen)[0],
                 ],
             )
+            self.agents.certificates = AgentCertificates(
+                self.tls.ca,
+                settings.agent_cert_lifetime,
+                # Tokens pin our CA only when it signs what the listeners serve; with an
+                # operator certificate agents use the system's CAs or their --ca-file.
+                pin=self.tls.ca.pin if self.tls.self_issued else None,
+                peer_certificate=peer_certificate,
+            )
             # The inner servers' sockets: private to this process's user, short enough for
             # sun_path (a data dir can be deep), gone at stop.
             self._run_dir = Path(tempfile.mkdtemp(prefix="gatehouse-"))
@@ -157,6 +167,7 @@ class ControlPlane:
                 self.policy,
                 self.tunnels,
                 heartbeat_interval=settings.heartbeat_interval,
+                failures=self.auth.failures,
             ),
             server,
         )

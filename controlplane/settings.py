@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cli.config import setting
 from controlplane.addresses import is_loopback, split_host_port
+from controlplane.agents.certificates import DEFAULT_LIFETIME as DEFAULT_AGENT_CERT_LIFETIME
 from controlplane.audit.settings import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_MIN_RETENTION,
@@ -37,7 +38,7 @@ def _seconds(text: str) -> float:
     return parse_duration(text, "a duration").total_seconds()
 
 
-def _retention(text: str) -> timedelta:
+def _duration(text: str) -> timedelta:
     return parse_duration(text, "a duration")
 
 
@@ -58,6 +59,11 @@ class Settings:
     log_format: str = setting("text", help="text or json (one JSON object per line).")
     verbose: bool = setting(False, flags=("--verbose", "-v"), help="Debug logging.")
     heartbeat_interval: float = setting(10.0, help="Seconds between agent heartbeats.")
+    agent_cert_lifetime: timedelta = setting(
+        DEFAULT_AGENT_CERT_LIFETIME,
+        parse=_duration,
+        help="Lifetime of agents' client certificates, renewed at 2/3 of it (30s, 8h, 1d).",
+    )
     # ---- the audit trail
     audit_key_file: Path | None = setting(
         None,
@@ -80,7 +86,7 @@ class Settings:
     min_retention: timedelta = setting(
         DEFAULT_MIN_RETENTION,
         key="audit_min_retention",
-        parse=_retention,
+        parse=_duration,
         help="Prune never removes events younger than this (e.g. 30d, 90d).",
     )
     # ---- people and tokens
@@ -130,6 +136,10 @@ class Settings:
             raise InvalidArgument(
                 "--dev serves plaintext on loopback: --tls-cert, --tls-key and "
                 "--trusted-proxies are for production mode (drop --dev)"
+            )
+        if not timedelta(seconds=10) <= self.agent_cert_lifetime <= timedelta(days=397):
+            raise InvalidArgument(
+                "--agent-cert-lifetime must be from 10s (agents renew at 2/3 of it) to 397d"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgument("--tls-cert and --tls-key go together: give both or neither")

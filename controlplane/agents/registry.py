@@ -1,7 +1,9 @@
 """Enrolled agents and the ones online now.
 
-An agent is created with a one-time join token, exchanges it once for a credential, and then
-holds one control stream. Only hashes of both secrets are stored. The live link of an online
+An agent is created with a join token (N uses until it expires), exchanges it for a credential,
+and then holds one control stream. In production the credential is a short-lived client
+certificate for a key the agent made (the store keeps its SHA-256, and the one it renewed from);
+with --dev, a bearer credential. Only hashes of secrets are stored. The live link of an online
 agent has a small bounded outbox: a wedged agent makes `send` fail, never memory grow.
 
 Last-seen is kept in memory and written for all agents that changed in one transaction every
@@ -17,14 +19,24 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
-from controlplane.audit.events import as_utc, draft, utc_now
+from controlplane.agents.certificates import (
+    DEFAULT_JOIN_TTL,
+    MAX_JOIN_TTL,
+    MAX_JOIN_USES,
+    AgentCertificates,
+    Issued,
+    describe,
+)
+from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
+from controlplane.auth.sources import current_source
 from controlplane.auth.tokens import AGENT_PREFIX, JOIN_PREFIX, bearer, new_token, token_hash
 from controlplane.errors import (
     AlreadyExists,
@@ -37,6 +49,7 @@ from controlplane.errors import (
 from controlplane.store.database import Database
 from controlplane.store.models import AgentRow
 from gatehouse.v1 import agent_pb2
+from wire import jointoken
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +97,34 @@ class AgentStatus:
     hostname: str
 
 
+@dataclass(frozen=True, slots=True)
+class CreatedAgent:
+    name: str
+    join_token: str  # the secret and, when the control plane has its own CA, the CA pin
+    pin: str | None
+    uses: int
+    expires: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled:
+    agent_id: str
+    name: str
+    credential: str | None  # --dev: a bearer credential
+    certificate: Issued | None  # production: the client certificate
+
+
 class AgentRegistry:
-    def __init__(self, db: Database, audit: AuditWriter) -> None:
+    def __init__(
+        self, db: Database, audit: AuditWriter, certificates: AgentCertificates | None = None
+    ) -> None:
         self._db = db
         self._audit = audit
+        # Production: agents get client certificates and are known by them. None (--dev):
+        # bearer credentials, as plaintext on loopback has no TLS to carry a certificate.
+        self.certificates = certificates
         self._links: dict[str, AgentLink] = {}
+        self._revocations: dict[str, asyncio.Event] = {}
         # Links whose last-seen (version, hostname) the store does not have yet, by agent id;
         # `_writing` is the batch a flush is storing right now (readers still overlay it).
         self._pending: dict[str, AgentLink] = {}
@@ -98,13 +134,28 @@ class AgentRegistry:
 
     # ---- administration -------------------------------------------------------------------
 
-    async def create(self, name: str, by: Identity) -> str:
-        """Create (or re-create a revoked) agent; returns its one-time join token."""
+    async def create(
+        self,
+        name: str,
+        by: Identity,
+        *,
+        uses: int = 1,
+        ttl: timedelta = DEFAULT_JOIN_TTL,
+    ) -> CreatedAgent:
+        """Create (or re-create a revoked) agent, or give an existing one a new join token
+        when `uses` > 1 (a pod without a volume re-joins with it); returns the token."""
         if not NAME_RE.match(name):
             raise InvalidArgument(
                 f"invalid agent name {name!r}: use lowercase letters, digits, '.', '_' or '-'"
             )
-        token = new_token(JOIN_PREFIX)
+        if not 1 <= uses <= MAX_JOIN_USES:
+            raise InvalidArgument(f"--uses must be from 1 to {MAX_JOIN_USES}, not {uses}")
+        if not timedelta(seconds=1) <= ttl <= MAX_JOIN_TTL:
+            raise InvalidArgument(
+                f"--ttl must be from 1s to {MAX_JOIN_TTL.days}d, not {ttl.total_seconds():g}s"
+            )
+        secret = new_token(JOIN_PREFIX)
+        expires = utc_now() + ttl
 
         def create(session: Session) -> None:
             row = session.exec(select(AgentRow).where(AgentRow.name == name)).first()
@@ -120,16 +171,28 @@ class AgentRegistry:
                 AgentRow(
                     id=str(uuid.uuid4()),
                     name=name,
-                    join_token_hash=token_hash(token),
+                    join_token_hash=token_hash(secret),
+                    join_uses_left=uses,
+                    join_expires_at=expires,
                     created_at=utc_now(),
                 )
             )
 
         await self._db.write(create)
         await self._audit.commit(
-            draft("admin.change", identity=by, change={"action": "agent.create", "agent": name})
+            draft(
+                "admin.change",
+                identity=by,
+                change={
+                    "action": "agent.create",
+                    "agent": name,
+                    "join_uses": uses,
+                    "join_expires": rfc3339(expires),
+                },
+            )
         )
-        return token
+        pin = self.certificates.pin if self.certificates else None
+        return CreatedAgent(name, jointoken.format_token(secret, pin), pin, uses, expires)
 
     async def revoke(self, name: str, by: Identity) -> None:
         def revoke(session: Session) -> None:
@@ -139,6 +202,9 @@ class AgentRegistry:
             row.revoked_at = utc_now()
             row.credential_hash = None
             row.join_token_hash = None
+            row.join_uses_left = 0
+            row.cert_fingerprint = None
+            row.prev_cert_fingerprint = None
             session.add(row)
 
         await self._db.write(revoke)
@@ -148,6 +214,13 @@ class AgentRegistry:
         link = self._links.get(name)
         if link is not None:
             link.close("the agent was revoked")
+        cut = self._revocations.pop(name, None)
+        if cut is not None:  # its sessions on this process end now, not when they finish
+            cut.set()
+
+    def revocation(self, name: str) -> asyncio.Event:
+        """Set when the agent is revoked: its open session streams end then."""
+        return self._revocations.setdefault(name, asyncio.Event())
 
     async def statuses(self) -> list[AgentStatus]:
         rows = await self._db.read(lambda s: list(s.exec(select(AgentRow).order_by(AgentRow.name))))
@@ -173,43 +246,137 @@ class AgentRegistry:
 
     # ---- the agent's side -------------------------------------------------------------------
 
-    async def enroll(self, join_token: str, name: str, version: str) -> tuple[str, str]:
-        """Exchange a join token for a credential, once."""
-        if not join_token.startswith(JOIN_PREFIX):
-            raise Unauthenticated(
-                f"that is not a join token (join tokens start with {JOIN_PREFIX!r}); "
-                "create one with `gatehouse admin agents create NAME`"
+    async def enroll(self, request: agent_pb2.EnrollRequest, peer: str) -> Enrolled:
+        """Spend one use of a join token: a client certificate for the request's key (or, with
+        --dev, a bearer credential). Each use is an `agent.enroll` event; the certificate (or
+        credential) of an earlier use stops working."""
+        try:
+            token = jointoken.parse(request.join_token)
+        except jointoken.BadJoinToken as exc:
+            raise Unauthenticated(str(exc)) from None
+        certs = self.certificates
+        if certs is not None and not request.csr:
+            raise InvalidArgument(
+                "this control plane gives agents client certificates: the enrollment must carry "
+                "a certificate request (upgrade the agent)"
             )
-        credential = new_token(AGENT_PREFIX)
-        digest = token_hash(join_token)
+        digest = token_hash(token.secret)
+        # Only the name is checked before signing, so a bad CSR does not spend a use.
+        row = await self._db.read(
+            lambda s: s.exec(select(AgentRow).where(AgentRow.join_token_hash == digest)).first()
+        )
+        if row is None:
+            raise Unauthenticated(
+                "unknown or revoked join token; create a new one with "
+                "`gatehouse admin agents create NAME`"
+            )
+        if request.name and request.name != row.name:
+            raise PermissionDenied(
+                f"this join token is for agent {row.name!r}, not {request.name!r}"
+            )
+        issued: Issued | None = None
+        credential: str | None = None
+        if certs is not None:
+            pem = certs.ca.sign_csr(request.csr, row.name, certs.lifetime, client=True)
+            issued = describe(pem)
+        else:
+            credential = new_token(AGENT_PREFIX)
 
-        def enroll(session: Session) -> str:
-            row = session.exec(select(AgentRow).where(AgentRow.join_token_hash == digest)).first()
-            if row is None:
-                raise Unauthenticated(
-                    "unknown or revoked join token; create a new one with "
-                    "`gatehouse admin agents create NAME`"
-                )
-            if row.enrolled_at is not None:
+        def enroll(session: Session) -> tuple[str, int]:
+            # FOR UPDATE: two replicas spending the last use at once must not both succeed.
+            row = session.exec(
+                select(AgentRow).where(AgentRow.join_token_hash == digest).with_for_update()
+            ).first()
+            if row is None or row.revoked_at is not None:
+                raise Unauthenticated("unknown or revoked join token")
+            now = utc_now()
+            if row.join_expires_at is not None and as_utc(row.join_expires_at) <= now:
                 raise PermissionDenied(
-                    f"this join token was already used (agent {row.name!r} enrolled at "
-                    f"{as_utc(row.enrolled_at):%Y-%m-%d %H:%M:%S} UTC); join tokens work once: "
-                    f"revoke and re-create the agent to enroll again"
+                    f"this join token expired at {as_utc(row.join_expires_at):%Y-%m-%d %H:%M:%S}"
+                    f" UTC; create a new one with `gatehouse admin agents revoke {row.name}` and "
+                    f"`gatehouse admin agents create {row.name} --ttl …`"
                 )
-            if name and name != row.name:
-                raise PermissionDenied(f"this join token is for agent {row.name!r}, not {name!r}")
-            row.enrolled_at = utc_now()
-            row.credential_hash = token_hash(credential)
-            row.version = version
+            if row.join_uses_left < 1:
+                when = as_utc(row.enrolled_at or now)
+                raise PermissionDenied(
+                    f"this join token was already used (agent {row.name!r} last enrolled at "
+                    f"{when:%Y-%m-%d %H:%M:%S} UTC) and has no uses left; revoke and re-create "
+                    f"the agent (with --uses N for a token that enrolls N times)"
+                )
+            row.join_uses_left -= 1
+            row.enrolled_at = now
+            row.version = request.version
+            row.hostname = request.hostname[:255]
+            # A new use replaces the earlier instance's credential or certificate.
+            row.credential_hash = token_hash(credential) if credential else None
+            row.cert_fingerprint = issued.fingerprint if issued else None
+            row.cert_serial = issued.serial if issued else None
+            row.cert_not_after = issued.not_after if issued else None
+            row.prev_cert_fingerprint = None
+            row.prev_cert_not_after = None
             session.add(row)
-            return row.id
+            return row.id, row.join_uses_left
 
-        agent_id = await self._db.write(enroll)
-        return agent_id, credential
+        agent_id, uses_left = await self._db.write(enroll)
+        await self._audit.commit(
+            draft(
+                "agent.enroll",
+                agent={
+                    "name": row.name,
+                    "version": request.version[:100],
+                    "hostname": request.hostname[:255],
+                    "peer": peer,
+                    "address": current_source(),
+                },
+                join={"uses_left": uses_left},
+                certificate=(
+                    {"serial": issued.serial, "not_after": rfc3339(issued.not_after)}
+                    if issued
+                    else None
+                ),
+            )
+        )
+        if self._links.get(row.name) is not None:  # the earlier instance's credential is gone
+            self._links[row.name].close("replaced by a new enrollment of the same agent")
+        return Enrolled(agent_id, row.name, credential, issued)
 
-    async def authenticate(self, metadata: Any) -> AgentRow:
-        credential = bearer(metadata)
-        if credential.startswith(JOIN_PREFIX):
+    async def renew(self, row: AgentRow, csr: bytes, peer: str) -> Issued:
+        """A new certificate for the agent authenticated by its current one; the current one
+        keeps opening sessions until it expires, so nothing running is dropped."""
+        certs = self.certificates
+        if certs is None:
+            raise InvalidArgument("this control plane does not issue certificates (--dev)")
+        issued = describe(certs.ca.sign_csr(csr, row.name, certs.lifetime, client=True))
+        old = row.cert_fingerprint
+
+        def renew(session: Session) -> None:
+            current = session.get(AgentRow, row.id, with_for_update=True)
+            if current is None or current.revoked_at is not None or current.cert_fingerprint != old:
+                raise Unauthenticated("this certificate was revoked or replaced")
+            current.prev_cert_fingerprint = current.cert_fingerprint
+            current.prev_cert_not_after = current.cert_not_after
+            current.cert_fingerprint = issued.fingerprint
+            current.cert_serial = issued.serial
+            current.cert_not_after = issued.not_after
+            session.add(current)
+
+        await self._db.write(renew)
+        await self._audit.commit(
+            draft(
+                "agent.renew",
+                agent={"name": row.name, "peer": peer},
+                certificate={"serial": issued.serial, "not_after": rfc3339(issued.not_after)},
+            )
+        )
+        return issued
+
+    async def authenticate(self, context: Any) -> AgentRow:
+        """The agent this call comes from: by the verified client certificate in production,
+        by the bearer credential with --dev (and only there)."""
+        if self.certificates is not None:
+            return await self._by_certificate(context)
+        credential = bearer(context.invocation_metadata())
+        if jointoken.is_join_token(credential):
             raise Unauthenticated("a join token must first be exchanged with Enroll")
         digest = token_hash(credential)
         row = await self._db.read(
@@ -219,6 +386,35 @@ class AgentRegistry:
             raise Unauthenticated(
                 "the agent credential is unknown or was revoked; enroll the agent again with a "
                 "new join token"
+            )
+        return row
+
+    async def _by_certificate(self, context: Any) -> AgentRow:
+        assert self.certificates is not None
+        found = self.certificates.peer_fingerprint(context)
+        if found is None:
+            raise Unauthenticated(
+                "agents authenticate with their client certificate: this call carried none "
+                "(enroll the agent with a join token)"
+            )
+        now = utc_now()
+
+        def lookup(s: Session) -> AgentRow | None:
+            current = s.exec(select(AgentRow).where(AgentRow.cert_fingerprint == found)).first()
+            if current is not None and as_utc(current.cert_not_after or now) > now:
+                return current
+            previous = s.exec(
+                select(AgentRow).where(AgentRow.prev_cert_fingerprint == found)
+            ).first()
+            if previous is not None and as_utc(previous.prev_cert_not_after or now) > now:
+                return previous
+            return None
+
+        row = await self._db.read(lookup)
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated(
+                "this agent certificate is unknown, replaced or revoked; enroll the agent again "
+                "with a new join token"
             )
         return row
 

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import grpc
 
 from controlplane.agents.registry import AgentLink, AgentRegistry
-from controlplane.errors import GatehouseError, InvalidArgument, unary
+from controlplane.auth.failures import AuthFailures
+from controlplane.auth.sources import current_source
+from controlplane.errors import (
+    GatehouseError,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    unary,
+)
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
+from controlplane.store.models import AgentRow
 from controlplane.tls.peers import grpc_peer
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
@@ -20,6 +31,7 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 30.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -30,26 +42,70 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         tunnels: Tunnels,
         *,
         heartbeat_interval: float = 10.0,
+        failures: AuthFailures | None = None,
     ) -> None:
         self._registry = registry
         self._policy = policy
         self._tunnels = tunnels
         self._heartbeat_interval = heartbeat_interval
+        # Refused join tokens and agent credentials are `auth.fail` events, throttled per
+        # source like people's tokens: spent, expired or guessed tokens show in the trail.
+        self._failures = failures
+
+    async def _guarded(self, kind: str, work: Awaitable[T]) -> T:
+        failures = self._failures
+        if failures is None:
+            return await work
+        source = current_source()
+        throttled = failures.throttled(source)
+        if throttled is not None:
+            if inspect.iscoroutine(work):
+                work.close()
+            await failures.failed(source, throttled, kind, True)
+            raise Unauthenticated(throttled)
+        try:
+            return await work
+        except (Unauthenticated, PermissionDenied) as exc:
+            await failures.failed(source, str(exc), kind, False)
+            raise
+
+    async def _authenticate(self, context: Context) -> AgentRow:
+        kind = "agent_certificate" if self._registry.certificates else "agent_credential"
+        return await self._guarded(kind, self._registry.authenticate(context))
 
     @unary
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        agent_id, credential = await self._registry.enroll(
-            request.join_token, request.name, request.version
+        enrolled = await self._guarded(
+            "join_token", self._registry.enroll(request, grpc_peer(context))
         )
-        return agent_pb2.EnrollResponse(agent_id=agent_id, credential=credential)
+        response = agent_pb2.EnrollResponse(
+            agent_id=enrolled.agent_id, credential=enrolled.credential or ""
+        )
+        if enrolled.certificate is not None:
+            certs = self._registry.certificates
+            assert certs is not None  # a certificate is issued only with a CA
+            response.certificate = enrolled.certificate.pem
+            response.ca = certs.ca.cert_pem
+            response.not_after_unix = int(enrolled.certificate.not_after.timestamp())
+        return response
+
+    @unary
+    async def Renew(
+        self, request: agent_pb2.RenewRequest, context: Context
+    ) -> agent_pb2.RenewResponse:
+        row = await self._authenticate(context)
+        issued = await self._registry.renew(row, request.csr, grpc_peer(context))
+        return agent_pb2.RenewResponse(
+            certificate=issued.pem, not_after_unix=int(issued.not_after.timestamp())
+        )
 
     async def Control(  # type: ignore[override]  # read/write API, not a generator
         self, request_iterator: Any, context: Context
     ) -> None:
         try:
-            row = await self._registry.authenticate(context.invocation_metadata())
+            row = await self._authenticate(context)
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise InvalidArgument("the control stream must start with hello")
@@ -107,7 +163,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         """The agent's half of a session: frames in, audited client bytes out."""
         try:
-            row = await self._registry.authenticate(context.invocation_metadata())
+            row = await self._authenticate(context)
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentFrame) or not first.HasField("attach"):
                 raise InvalidArgument("a session stream must start with attach")
@@ -118,6 +174,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no attach within 10 s")
             return
+        revoked = self._registry.revocation(row.name)
+        cut = asyncio.create_task(revoked.wait())
+        # Revoked: end both directions at once (not when the session is done: then cancelled).
+        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.close())
         reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
             while True:
@@ -134,8 +194,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 else:
                     await context.write(agent_pb2.GatewayFrame(data=item))
         finally:
+            cut.cancel()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if revoked.is_set():
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
 
 
 async def _agent_to_client(tunnel: Tunnel, context: Context) -> None:

@@ -695,7 +695,9 @@ def _agent(reader: _Reader, kind: str) -> _Mapped:
     if version is not None:
         described["version"] = version
     endpoint["agent_list"] = [described]
-    return _Mapped(NETWORK, 1 if kind == "agent.connect" else 2, {"src_endpoint": endpoint})
+    # Open, Close; an enrollment or a certificate renewal is "Other", named by its type.
+    activity = {"agent.connect": 1, "agent.disconnect": 2}.get(kind, OTHER)
+    return _Mapped(NETWORK, activity, {"src_endpoint": endpoint})
 
 
 def _peer(value: object) -> tuple[str | None, int | None]:

@@ -23,6 +23,17 @@ class AgentRow(SQLModel, table=True):
     enrolled_at: datetime | None = None
     last_seen: datetime | None = None
     revoked_at: datetime | None = None
+    # A join token works this many more times, until it expires (None: never, for tokens
+    # made before expiry existed).
+    join_uses_left: int = 0
+    join_expires_at: datetime | None = None
+    # Production mode: SHA-256 of the agent's current client certificate (DER), and of the one
+    # it renewed from, which still opens sessions until it expires.
+    cert_fingerprint: str | None = Field(default=None, unique=True, index=True)
+    cert_serial: str | None = None
+    cert_not_after: datetime | None = None
+    prev_cert_fingerprint: str | None = Field(default=None, unique=True, index=True)
+    prev_cert_not_after: datetime | None = None
 
 
 class ApiTokenRow(SQLModel, table=True):

@@ -23,15 +23,23 @@ class CreateAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    uses: _builtins.int
+    """how many enrollments the join token allows; 0 means 1"""
+    ttl_seconds: _builtins.int
+    """how long the join token works; 0 means the default (1 h)"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        uses: _builtins.int = ...,
+        ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ttl_seconds", b"ttl_seconds", "uses", b"uses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -43,18 +51,29 @@ class CreateAgentResponse(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     JOIN_TOKEN_FIELD_NUMBER: _builtins.int
+    CA_PIN_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     join_token: _builtins.str
-    """shown once; only its hash is stored"""
+    """shown once; only its secret's hash is stored; carries ca_pin"""
+    ca_pin: _builtins.str
+    """sha256:<hex> of the CA's SubjectPublicKeyInfo; empty with --dev"""
+    uses: _builtins.int
+    expires: _builtins.str
+    """RFC 3339"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         join_token: _builtins.str = ...,
+        ca_pin: _builtins.str = ...,
+        uses: _builtins.int = ...,
+        expires: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_token", b"join_token", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pin", b"ca_pin", "expires", b"expires", "join_token", b"join_token", "name", b"name", "uses", b"uses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,6 +104,8 @@ class AgentInfo(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    CERT_SERIAL_FIELD_NUMBER: _builtins.int
+    CERT_EXPIRES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     status: _builtins.str
     """online | offline | pending | revoked"""
@@ -93,6 +114,10 @@ class AgentInfo(_message.Message):
     last_seen: _builtins.str
     """RFC 3339, empty if never seen"""
     created: _builtins.str
+    cert_serial: _builtins.str
+    """the current client certificate (production mode)"""
+    cert_expires: _builtins.str
+    """RFC 3339"""
     def __init__(
         self,
         *,
@@ -102,10 +127,12 @@ class AgentInfo(_message.Message):
         hostname: _builtins.str = ...,
         last_seen: _builtins.str = ...,
         created: _builtins.str = ...,
+        cert_serial: _builtins.str = ...,
+        cert_expires: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "hostname", b"hostname", "last_seen", b"last_seen", "name", b"name", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_expires", b"cert_expires", "cert_serial", b"cert_serial", "created", b"created", "hostname", b"hostname", "last_seen", b"last_seen", "name", b"name", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

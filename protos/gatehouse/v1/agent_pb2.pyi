@@ -27,19 +27,27 @@ class EnrollRequest(_message.Message):
     JOIN_TOKEN_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
     join_token: _builtins.str
+    """without its CA pin: the pin is for the agent, not a secret"""
     name: _builtins.str
     version: _builtins.str
+    csr: _builtins.bytes
+    """PEM PKCS#10 of the agent's own key; required in production"""
+    hostname: _builtins.str
     def __init__(
         self,
         *,
         join_token: _builtins.str = ...,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
+        csr: _builtins.bytes = ...,
+        hostname: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_token", b"join_token", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "hostname", b"hostname", "join_token", b"join_token", "name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -51,21 +59,74 @@ class EnrollResponse(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_UNIX_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     credential: _builtins.str
+    """--dev only: a bearer credential"""
+    certificate: _builtins.bytes
+    """PEM client certificate for the CSR's key"""
+    ca: _builtins.bytes
+    """PEM of the CA that signed it (the agent's trust root)"""
+    not_after_unix: _builtins.int
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         credential: _builtins.str = ...,
+        certificate: _builtins.bytes = ...,
+        ca: _builtins.bytes = ...,
+        not_after_unix: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "credential", b"credential"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "ca", b"ca", "certificate", b"certificate", "credential", b"credential", "not_after_unix", b"not_after_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnrollResponse: _TypeAlias = EnrollResponse  # noqa: Y015
+
+@_typing.final
+class RenewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_FIELD_NUMBER: _builtins.int
+    csr: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
+
+@_typing.final
+class RenewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_UNIX_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    not_after_unix: _builtins.int
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        not_after_unix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "not_after_unix", b"not_after_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewResponse: _TypeAlias = RenewResponse  # noqa: Y015
 
 @_typing.final
 class AgentMessage(_message.Message):

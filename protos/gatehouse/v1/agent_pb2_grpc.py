@@ -40,6 +40,11 @@ class AgentServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_agent__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_agent__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/gatehouse.v1.AgentService/Renew',
+                request_serializer=gatehouse_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+                _registered_method=True)
         self.Control = channel.stream_stream(
                 '/gatehouse.v1.AgentService/Control',
                 request_serializer=gatehouse_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
@@ -57,7 +62,15 @@ class AgentServiceServicer:
     """
 
     def Enroll(self, request, context):
-        """Exchange a one-time join token for a long-lived agent credential.
+        """Exchange a join token for the agent's credential: in production a short-lived client
+        certificate for the key of `csr` (mTLS from then on); with --dev a bearer credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """A new certificate for a new key, authenticated by the agent's current client certificate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,7 +78,7 @@ class AgentServiceServicer:
 
     def Control(self, request_iterator, context):
         """One long-lived stream per agent: registration, heartbeats, policy, session orders.
-        Authenticated with the agent credential in the `authorization` metadata.
+        Authenticated by the client certificate (production) or the bearer credential (--dev).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +99,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=gatehouse_dot_v1_dot_agent__pb2.EnrollRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_agent__pb2.EnrollResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=gatehouse_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
             ),
             'Control': grpc.stream_stream_rpc_method_handler(
                     servicer.Control,
@@ -126,6 +144,33 @@ class AgentService:
             '/gatehouse.v1.AgentService/Enroll',
             gatehouse_dot_v1_dot_agent__pb2.EnrollRequest.SerializeToString,
             gatehouse_dot_v1_dot_agent__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AgentService/Renew',
+            gatehouse_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            gatehouse_dot_v1_dot_agent__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,10 +34,14 @@ class AgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     Enroll: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EnrollRequest, _agent_pb2.EnrollResponse]
-    """Exchange a one-time join token for a long-lived agent credential."""
+    """Exchange a join token for the agent's credential: in production a short-lived client
+    certificate for the key of `csr` (mTLS from then on); with --dev a bearer credential.
+    """
+    Renew: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]
+    """A new certificate for a new key, authenticated by the agent's current client certificate."""
     Control: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]
     """One long-lived stream per agent: registration, heartbeats, policy, session orders.
-    Authenticated with the agent credential in the `authorization` metadata.
+    Authenticated by the client certificate (production) or the bearer credential (--dev).
     """
     Session: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentFrame, _agent_pb2.GatewayFrame]
     """One stream per session, dialled by the agent after an OpenSession order. The first
@@ -50,10 +54,14 @@ class AgentServiceAsyncStub(AgentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Enroll: _aio.UnaryUnaryMultiCallable[_agent_pb2.EnrollRequest, _agent_pb2.EnrollResponse]  # type: ignore[assignment]
-    """Exchange a one-time join token for a long-lived agent credential."""
+    """Exchange a join token for the agent's credential: in production a short-lived client
+    certificate for the key of `csr` (mTLS from then on); with --dev a bearer credential.
+    """
+    Renew: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]  # type: ignore[assignment]
+    """A new certificate for a new key, authenticated by the agent's current client certificate."""
     Control: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]  # type: ignore[assignment]
     """One long-lived stream per agent: registration, heartbeats, policy, session orders.
-    Authenticated with the agent credential in the `authorization` metadata.
+    Authenticated by the client certificate (production) or the bearer credential (--dev).
     """
     Session: _aio.StreamStreamMultiCallable[_agent_pb2.AgentFrame, _agent_pb2.GatewayFrame]  # type: ignore[assignment]
     """One stream per session, dialled by the agent after an OpenSession order. The first
@@ -69,7 +77,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.EnrollRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.EnrollResponse, _abc.Awaitable[_agent_pb2.EnrollResponse]]:
-        """Exchange a one-time join token for a long-lived agent credential."""
+        """Exchange a join token for the agent's credential: in production a short-lived client
+        certificate for the key of `csr` (mTLS from then on); with --dev a bearer credential.
+        """
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _agent_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RenewResponse, _abc.Awaitable[_agent_pb2.RenewResponse]]:
+        """A new certificate for a new key, authenticated by the agent's current client certificate."""
 
     @_abc_1.abstractmethod
     def Control(
@@ -78,7 +96,7 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControlMessage], _abc.AsyncIterator[_agent_pb2.ControlMessage]]:
         """One long-lived stream per agent: registration, heartbeats, policy, session orders.
-        Authenticated with the agent credential in the `authorization` metadata.
+        Authenticated by the client certificate (production) or the bearer credential (--dev).
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,262 @@
+"""Join tokens (uses, expiry, pin) and agent certificates: enrollment, renewal, revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlmodel import select
+
+from agent import enrollment
+from controlplane.agents.certificates import AgentCertificates
+from controlplane.agents.registry import AgentRegistry
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import ADMIN, Identity
+from controlplane.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from controlplane.store.database import Database
+from controlplane.store.models import AgentRow, EventRow
+from gatehouse.v1 import agent_pb2
+from wire import jointoken
+
+ROOT = Identity(subject="root", role=ADMIN)
+
+
+class SmallCA:
+    """A CA with the signing interface of controlplane.tls.ca, for the registry alone."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def sign_csr(
+        self, csr_pem: bytes, common_name: str, lifetime: datetime.timedelta, *, client: bool = True
+    ) -> bytes:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise InvalidArgument("bad CSR")
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + lifetime)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class FakeContext:
+    """What gRPC gives a servicer: the verified peer certificate in the auth context."""
+
+    def __init__(self, pem: bytes | None) -> None:
+        self.pem = pem
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self.pem]} if self.pem else {}
+
+    def invocation_metadata(self) -> tuple[Any, ...]:
+        return ()
+
+
+@pytest.fixture
+def ca() -> SmallCA:
+    return SmallCA()
+
+
+@pytest.fixture
+def registry(db: Database, writer: AuditWriter, ca: SmallCA) -> AgentRegistry:
+    pin = enrollment.spki_pin(ca.cert)
+    return AgentRegistry(db, writer, AgentCertificates(ca, datetime.timedelta(minutes=10), pin=pin))
+
+
+def request(token: str, name: str = "edge") -> agent_pb2.EnrollRequest:
+    key = enrollment.new_key()
+    secret = jointoken.parse(token).secret
+    return agent_pb2.EnrollRequest(
+        join_token=secret,
+        name=name,
+        version="1.0",
+        hostname="pod-1",
+        csr=enrollment.csr_pem(key, name),
+    )
+
+
+async def events(db: Database, kind: str) -> list[dict[str, Any]]:
+    rows = await db.read(lambda s: list(s.exec(select(EventRow).where(EventRow.type == kind))))
+    return [json.loads(row.body) for row in rows]
+
+
+def test_a_token_carries_the_pin_and_parses_back() -> None:
+    secret = "ghj_" + "A" * 43
+    pin = "sha256:" + "ab" * 32
+    text = jointoken.format_token(secret, pin)
+    assert text == f"{secret}.{'ab' * 32}"
+    assert jointoken.parse(text) == jointoken.JoinToken(secret, pin)
+    assert jointoken.parse(secret) == jointoken.JoinToken(secret, None)
+    with pytest.raises(jointoken.BadJoinToken, match="CA pin, 64 hex digits"):
+        jointoken.parse(text[:-3])
+    with pytest.raises(jointoken.BadJoinToken, match="not a join token"):
+        jointoken.parse("gha_" + "A" * 43)
+
+
+async def test_a_pinned_token_enrolls_with_a_certificate_for_the_agents_own_key(
+    registry: AgentRegistry, ca: SmallCA, db: Database, writer: AuditWriter
+) -> None:
+    created = await registry.create("edge", ROOT)
+    assert created.pin == enrollment.spki_pin(ca.cert)
+    assert jointoken.parse(created.join_token).pin == created.pin
+    enrolled = await registry.enroll(request(created.join_token), "ipv4:10.0.0.7:5555")
+    assert enrolled.credential is None and enrolled.certificate is not None
+    cert = x509.load_pem_x509_certificate(enrolled.certificate.pem)
+    assert cert.subject.rfc4514_string() == "CN=edge"
+    cert.verify_directly_issued_by(ca.cert)
+    lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert lifetime <= datetime.timedelta(minutes=10)
+
+    row = await registry.authenticate(FakeContext(enrolled.certificate.pem))
+    assert row.name == "edge"
+    (event,) = await events(db, "agent.enroll")
+    assert event["agent"]["hostname"] == "pod-1"
+    assert event["agent"]["peer"] == "ipv4:10.0.0.7:5555"
+    assert event["certificate"]["serial"] == enrolled.certificate.serial
+
+
+async def test_used_up_and_expired_tokens_are_refused_with_the_reason(
+    registry: AgentRegistry,
+) -> None:
+    once = await registry.create("edge", ROOT)
+    await registry.enroll(request(once.join_token), "ipv4:127.0.0.1:1")
+    with pytest.raises(PermissionDenied, match=r"already used .* no uses left"):
+        await registry.enroll(request(once.join_token), "ipv4:127.0.0.1:2")
+
+    brief = await registry.create("short", ROOT, ttl=datetime.timedelta(seconds=1))
+    brief_row_expiry = brief.expires
+    assert brief_row_expiry > datetime.datetime.now(datetime.UTC)
+
+    await asyncio.sleep(1.2)
+    with pytest.raises(PermissionDenied, match="this join token expired at"):
+        await registry.enroll(request(brief.join_token, "short"), "ipv4:127.0.0.1:3")
+
+
+async def test_a_reusable_token_rejoins_and_each_use_replaces_the_last_certificate(
+    registry: AgentRegistry, db: Database, writer: AuditWriter
+) -> None:
+    created = await registry.create("pod", ROOT, uses=3, ttl=datetime.timedelta(hours=24))
+    first = await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:1")
+    second = await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:2")
+    assert first.certificate and second.certificate
+    assert first.certificate.serial != second.certificate.serial
+    with pytest.raises(Unauthenticated, match="unknown, replaced or revoked"):
+        await registry.authenticate(FakeContext(first.certificate.pem))
+    assert (await registry.authenticate(FakeContext(second.certificate.pem))).name == "pod"
+    await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:3")
+    with pytest.raises(PermissionDenied, match="no uses left"):
+        await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:4")
+    uses = [e["join"]["uses_left"] for e in await events(db, "agent.enroll")]
+    assert uses == [2, 1, 0]
+
+
+async def test_renewal_keeps_the_old_certificate_for_sessions_and_revocation_ends_both(
+    registry: AgentRegistry,
+) -> None:
+    created = await registry.create("edge", ROOT)
+    enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
+    assert enrolled.certificate is not None
+    old = FakeContext(enrolled.certificate.pem)
+    row = await registry.authenticate(old)
+    renewed = await registry.renew(
+        row, enrollment.csr_pem(enrollment.new_key(), "edge"), "ipv4:127.0.0.1:1"
+    )
+    assert renewed.serial != enrolled.certificate.serial
+    assert (await registry.authenticate(FakeContext(renewed.pem))).cert_serial == renewed.serial
+    assert (await registry.authenticate(old)).name == "edge"  # open sessions keep working
+
+    await registry.revoke("edge", ROOT)
+    for context in (old, FakeContext(renewed.pem)):
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await registry.authenticate(context)
+
+
+async def test_a_call_without_a_client_certificate_is_refused(registry: AgentRegistry) -> None:
+    with pytest.raises(Unauthenticated, match="carried none"):
+        await registry.authenticate(FakeContext(None))
+
+
+async def test_production_enrollment_needs_a_csr_and_a_bad_csr_spends_no_use(
+    registry: AgentRegistry, db: Database
+) -> None:
+    created = await registry.create("edge", ROOT)
+    secret = jointoken.parse(created.join_token).secret
+    bare = agent_pb2.EnrollRequest(join_token=secret, name="edge")
+    with pytest.raises(InvalidArgument, match="certificate request"):
+        await registry.enroll(bare, "ipv4:127.0.0.1:1")
+    bad = agent_pb2.EnrollRequest(join_token=secret, name="edge", csr=b"not a csr")
+    with pytest.raises(ValueError):
+        await registry.enroll(bad, "ipv4:127.0.0.1:1")
+    row = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    assert row.join_uses_left == 1
+    with pytest.raises(PermissionDenied, match="not 'other'"):
+        await registry.enroll(request(created.join_token, "other"), "ipv4:127.0.0.1:1")
+
+
+async def test_limits_on_uses_and_ttl_are_explicit(registry: AgentRegistry) -> None:
+    with pytest.raises(InvalidArgument, match="--uses"):
+        await registry.create("edge", ROOT, uses=0)
+    with pytest.raises(InvalidArgument, match="--ttl"):
+        await registry.create("edge", ROOT, ttl=datetime.timedelta(days=31))
+
+
+async def test_dev_mode_keeps_bearer_credentials(db: Database, writer: AuditWriter) -> None:
+    registry = AgentRegistry(db, writer)
+    created = await registry.create("edge", ROOT)
+    assert created.pin is None and "." not in created.join_token
+    enrolled = await registry.enroll(
+        agent_pb2.EnrollRequest(join_token=created.join_token, name="edge"), "ipv4:127.0.0.1:1"
+    )
+    assert enrolled.credential and enrolled.credential.startswith("gha_")
+
+
+@pytest.mark.parametrize("kind", ["agent.enroll", "agent.renew"])
+def test_enrollment_and_renewal_events_map_to_valid_ocsf(kind: str) -> None:
+    from controlplane.audit.events import draft
+    from controlplane.audit.ocsf import to_ocsf
+    from tests.unit.controlplane.test_ocsf import Trail, agent_info, assert_valid
+
+    event = Trail().add(
+        draft(
+            kind,
+            agent={**agent_info(), "address": "10.0.3.4"},
+            join={"uses_left": 2},
+            certificate={"serial": "ab12", "not_after": "2026-12-05T00:00:00Z"},
+        )
+    )
+    ocsf = to_ocsf(event)
+    assert_valid(ocsf)
+    assert (ocsf["class_uid"], ocsf["activity_id"]) == (4001, 99)
+    assert ocsf["src_endpoint"]["ip"] == "10.0.3.4"
