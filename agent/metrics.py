@@ -30,6 +30,8 @@ class AgentStats:
     control_connected: bool = False
     control_connects: int = 0
     policy_version: int = -1
+    certificate_not_after: float = 0.0  # unix time; 0 without a client certificate (--dev)
+    certificate_renewals: int = 0
 
 
 class _Collector(Collector):
@@ -61,6 +63,17 @@ class _Collector(Collector):
             "gatehouse_agent_control_connects",
             "Control streams established since start (reconnects show here).",
             value=s.control_connects,
+        )
+        yield GaugeMetricFamily(
+            "gatehouse_agent_certificate_expiry_timestamp_seconds",
+            "When the agent's client certificate expires (unix time; 0: none, --dev). "
+            "Alert when it comes near: renewal happens at 2/3 of its lifetime.",
+            value=s.certificate_not_after,
+        )
+        yield CounterMetricFamily(
+            "gatehouse_agent_certificate_renewals",
+            "Client certificates renewed over the control stream since start.",
+            value=s.certificate_renewals,
         )
         yield GaugeMetricFamily(
             "gatehouse_agent_policy_version",

@@ -87,6 +87,12 @@ class Agent:
         self._next_channel: grpc.aio.Channel | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
+    def _note_certificate(self) -> None:
+        """The expiry of the certificate in use, for /metrics."""
+        stored = self.stored
+        if stored is not None and stored.mtls:
+            self.stats.certificate_not_after = enrollment.not_after(stored.certificate.encode())
+
     @property
     def serial(self) -> str:
         """The serial of the client certificate in use ("" with --dev)."""
@@ -242,6 +248,8 @@ class Agent:
         )
         credentials.save(self.settings.data_dir, renewed)
         self.stored = renewed
+        self.stats.certificate_renewals += 1
+        self._note_certificate()
         log.info(
             "certificate renewed: serial %s, valid until %s",
             enrollment.serial(response.certificate),
@@ -276,6 +284,7 @@ class Agent:
                 try:
                     if self.stored is None or (self.stored.mtls and not self._usable(self.stored)):
                         self.stored = await self.credential()
+                        self._note_certificate()
                         if self.channel is not None:
                             self._retire(self.channel)
                         self.channel = self._channel_for(self.stored)

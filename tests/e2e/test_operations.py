@@ -281,3 +281,31 @@ def test_health_over_tls_in_production_mode(tmp_path: Path) -> None:
             grpc_health(controlplane.address)  # plaintext
     finally:
         controlplane.stop()
+
+
+def test_agent_metrics_show_its_client_certificate_in_production_mode(tmp_path: Path) -> None:
+    """Over TLS the agent enrolls for a client certificate; /metrics says when it expires, so
+    an operator can alert before a failing renewal locks the agent out."""
+    controlplane = ControlPlane.create(
+        tmp_path / "controlplane",
+        tls=True,
+        extra=["--public-addr", "127.0.0.1", "--agent-cert-lifetime", "1h"],
+    )
+    controlplane.start_and_wait()
+    port = free_port()
+    try:
+        agent = enroll_agent(
+            controlplane,
+            "tls-agent",
+            tmp_path / "agent",
+            env={"GATEHOUSE_AGENT_HTTP_LISTEN": f"127.0.0.1:{port}"},
+        )
+        try:
+            text = get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+            expiry = metric(text, "gatehouse_agent_certificate_expiry_timestamp_seconds")
+            assert time.time() + 3000 < expiry <= time.time() + 3600 + 60
+            assert metric(text, "gatehouse_agent_control_connected") == 1.0
+        finally:
+            agent.stop()
+    finally:
+        controlplane.stop()
