@@ -41,7 +41,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy controlplane agent cli wire redact devenv
+	$(VENV)/bin/mypy controlplane agent cli wire redact devenv trail
 
 # Benchmarks, not tests: ratios against baselines measured in the same run (docs/benchmarks.md).
 # Run it on a quiet machine; BENCH_ARGS passes options, e.g. BENCH_ARGS='--quick'.

@@ -1,3 +1,5 @@
 """The Gatehouse agent: dials out to the control plane, holds target credentials, opens targets."""
 
-__version__ = "0.1.0"
+from gatehouse import __version__
+
+__all__ = ["__version__"]

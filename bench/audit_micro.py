@@ -34,11 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a file: make the repository importable
     sys.path.insert(0, str(REPO))
 
-from controlplane.audit.chain import verify_chain  # noqa: E402
 from controlplane.audit.events import SessionContext, draft  # noqa: E402
 from controlplane.audit.writer import AuditWriter  # noqa: E402
 from controlplane.auth.identity import Identity  # noqa: E402
 from controlplane.store.database import Database  # noqa: E402
+from trail.chain import verify_chain  # noqa: E402
 
 ROLE, PASSWORD = "gatehouse", "bench-pw"
 

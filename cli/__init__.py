@@ -1,3 +1,5 @@
 """The gatehouse command line: what people, scripts and AI agents drive."""
 
-__version__ = "0.1.0"
+from gatehouse import __version__
+
+__all__ = ["__version__"]

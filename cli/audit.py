@@ -24,12 +24,12 @@ import typer
 from cli.errors import USAGE, CliError
 from cli.options import ControlplaneOpt, OutputOpt, call, run
 from cli.output import Format, emit_json
-from controlplane.audit.chain import export_line
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
+from trail.chain import export_line
 
 if TYPE_CHECKING:
-    from controlplane.audit.checkpoints import TailAllowance, TrailReport, TrailVerifier
-    from controlplane.audit.witness import WitnessEntry, WitnessReport
+    from trail.verify import TailAllowance, TrailReport, TrailVerifier
+    from trail.witness import WitnessEntry, WitnessReport
 
 PAGE = 1000
 Metadata = tuple[tuple[str, str], ...]
@@ -211,7 +211,7 @@ def audit_export(
 
 
 def _read_keys(paths: Iterable[Path]) -> dict[str, Any]:
-    from controlplane.audit.checkpoints import SigningKeyError, keyring, load_public_key
+    from trail.signatures import PublicKeyError, keyring, load_public_key
 
     keys = []
     for path in paths:
@@ -221,7 +221,7 @@ def _read_keys(paths: Iterable[Path]) -> dict[str, Any]:
             raise CliError(f"cannot read the key {path}: {exc.strerror}", USAGE) from None
         try:
             keys.append(load_public_key(data, str(path)))
-        except SigningKeyError as exc:
+        except PublicKeyError as exc:
             raise CliError(str(exc), USAGE) from None
     return keyring(keys)
 
@@ -235,14 +235,8 @@ async def verify_store(
     """Walk the stored trail from genesis, or from the newest prune anchor once its signature
     is checked, with the given keys or the one the server reports. The `checkpoint` of every
     event whose seq is a key of `witnessed` is filled in (None: that event is no checkpoint)."""
-    from controlplane.audit.checkpoints import (
-        SigningKeyError,
-        Start,
-        TrailVerifier,
-        anchor_start,
-        keyring,
-        load_public_key,
-    )
+    from trail.signatures import PublicKeyError, keyring, load_public_key
+    from trail.verify import Start, TrailVerifier, anchor_start
 
     stub = audit_pb2_grpc.AuditServiceStub(channel)
     if not keys:
@@ -252,7 +246,7 @@ async def verify_store(
         try:
             pem = reported.public_key_pem.encode()
             served = keyring([load_public_key(pem, "the server's key")])
-        except SigningKeyError as exc:
+        except PublicKeyError as exc:
             raise CliError(str(exc)) from None
         if keys is None:
             keys = served
@@ -284,7 +278,7 @@ async def verify_store(
 
 def verify_file(handle: TextIO, keys: dict[str, Any]) -> TrailReport:
     """Walk an export (`gatehouse audit export` lines) offline."""
-    from controlplane.audit.checkpoints import TrailVerifier
+    from trail.verify import TrailVerifier
 
     verifier: TrailVerifier = TrailVerifier(keys)
     for number, line in enumerate(handle, start=1):
@@ -335,7 +329,7 @@ def audit_verify(
 
     Example: gatehouse audit verify --file trail.ndjson --key pub.pem
     """
-    from controlplane.audit.checkpoints import TailAllowance
+    from trail.verify import TailAllowance
 
     keys = _read_keys(key or [])
     pinned = dict(keys) if key else None
@@ -383,7 +377,7 @@ def audit_verify(
 
 
 def _read_witness(path: Path) -> list[WitnessEntry]:
-    from controlplane.audit.witness import read_witness
+    from trail.witness import read_witness
 
     try:
         with path.open(encoding="utf-8") as handle:
@@ -400,8 +394,8 @@ def _check_witness(
     found: dict[int, dict[str, Any] | None],
     keys: dict[str, Any],
 ) -> WitnessReport:
-    from controlplane.audit.checkpoints import checkpoint_note, signature_problem
-    from controlplane.audit.witness import check_witness
+    from trail.signatures import checkpoint_note, signature_problem
+    from trail.witness import check_witness
 
     def signed(document: dict[str, Any]) -> str | None:
         if not keys:
@@ -425,7 +419,7 @@ def _print_report(
     allowance: TailAllowance | None = None,
     witness: WitnessReport | None = None,
 ) -> None:
-    from controlplane.audit.checkpoints import tail_problem
+    from trail.verify import tail_problem
 
     broken = report.broken
     start = report.start
@@ -586,7 +580,7 @@ def audit_prune(
     if before is None:
         raise CliError("--before DATE is required (or `audit prune approve ID`)", USAGE)
     from cli import rpc
-    from controlplane.audit.checkpoints import parse_cutoff
+    from trail.times import parse_cutoff
 
     try:
         parse_cutoff(before)

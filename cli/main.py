@@ -21,14 +21,17 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import errno
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Generic, TextIO, TypeVar, cast
 
-from cli.errors import CliError
+from cli.errors import USAGE, CliError
 
 if TYPE_CHECKING:
     import typer
-    from typer import _click
     from typer.models import CommandInfo, TyperInfo
+
+Command = TypeVar("Command")
+# Modules only the control plane's extra installs (`pip install 'gatehouse[controlplane]'`).
+CONTROLPLANE_EXTRA = ("sqlmodel", "sqlalchemy", "alembic", "pglast", "psycopg", "joserfc")
 
 VERBS = (
     # Commands first, then groups: the order `gatehouse --help` lists them in.
@@ -37,20 +40,23 @@ VERBS = (
 )
 
 
-class _Verbs(MutableMapping[str, "_click.Command"]):
-    """The root group's commands: every verb's name, its command built on first lookup."""
+class _Verbs(MutableMapping[str, Command], Generic[Command]):
+    """The root group's commands: every verb's name, its command built on first lookup.
 
-    def __init__(self, built: MutableMapping[str, _click.Command]) -> None:
+    Generic in the command type, which typer keeps in its private copy of click: the root
+    group's own `commands` mapping gives it, so nothing here names it."""
+
+    def __init__(self, built: MutableMapping[str, Command]) -> None:
         self._built = dict(built)
 
-    def __getitem__(self, name: str) -> _click.Command:
+    def __getitem__(self, name: str) -> Command:
         if name not in self._built:
             if name not in VERBS:
                 raise KeyError(name)
-            self._built[name] = _build(name)
+            self._built[name] = cast("Command", _build(name))
         return self._built[name]
 
-    def __setitem__(self, name: str, command: _click.Command) -> None:
+    def __setitem__(self, name: str, command: Command) -> None:
         self._built[name] = command
 
     def __delitem__(self, name: str) -> None:
@@ -91,10 +97,10 @@ def _typer_app() -> typer.Typer:
             super().__init__(**attrs)
             self.commands = _Verbs(self.commands)
 
-        def list_commands(self, ctx: _click.Context) -> list[str]:
+        def list_commands(self, ctx: object) -> list[str]:
             return list(self.commands)
 
-    _app = typer.Typer(
+    app = typer.Typer(
         name="gatehouse",
         help="Gatehouse: an access gateway that records every request before it reaches the "
         "target.",
@@ -103,7 +109,42 @@ def _typer_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         cls=LazyGroup,
     )
+
+    def show_version(value: bool) -> None:
+        if value:
+            typer.echo(f"gatehouse {installed_version()}")
+            raise typer.Exit()
+
+    # The option is a default value, not an Annotated annotation: annotations are strings
+    # here (`from __future__ import annotations`) and typer is not a module-level name.
+    @app.callback(no_args_is_help=True)
+    def root(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ) -> None:
+        """Gatehouse: an access gateway that records every request before it reaches the
+        target."""
+
+    _app = app
     return _app
+
+
+def installed_version() -> str:
+    """The installed distribution's version (its metadata); the source's own in a checkout
+    that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gatehouse")
+    except PackageNotFoundError:
+        from gatehouse import __version__
+
+        return __version__
 
 
 # Verbs that are groups of commands: where each one's typer app lives.
@@ -158,7 +199,7 @@ def _attach(name: str) -> CommandInfo | TyperInfo:
     return _attach(name)
 
 
-def _build(name: str) -> _click.Command:
+def _build(name: str) -> object:
     """Verb `name` as a click command, built as typer builds the root group's commands."""
     import typer.main
     from typer.models import CommandInfo
@@ -206,6 +247,17 @@ def run() -> None:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.partition(".")[0] not in CONTROLPLANE_EXTRA:
+                raise
+            from cli.execute import echo
+
+            echo(
+                f"error: this needs the control plane's dependencies (module {exc.name} is "
+                "not installed): pip install 'gatehouse[controlplane]'",
+                err=True,
+            )
+            sys.exit(USAGE)
     except SystemExit as done:
         if exec_arguments is not None:
             _exit_now(done)
@@ -234,26 +286,36 @@ def _exec(arguments: dict[str, Any]) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except EOFError:
-        from typer import _click
-        from typer.core import HAS_RICH
+        from cli.execute import echo
 
-        _click.echo(file=sys.stderr)
-        if HAS_RICH and _typer_app().rich_markup_mode is not None:
-            from typer import rich_utils
-
-            rich_utils.rich_abort_error()
-        else:
-            _click.echo("Aborted!", file=sys.stderr)
+        echo("", err=True)
+        echo("Aborted.", err=True)
         sys.exit(1)
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
-        from typer._click.utils import PacifyFlushWrapper
-
-        sys.stdout = PacifyFlushWrapper(sys.stdout)
-        sys.stderr = PacifyFlushWrapper(sys.stderr)
+        sys.stdout = cast(TextIO, _QuietFlush(sys.stdout))
+        sys.stderr = cast(TextIO, _QuietFlush(sys.stderr))
         sys.exit(1)
     sys.exit(status)
+
+
+class _QuietFlush:
+    """A stream whose reader went away: flushing it (at exit) says nothing more, as click's
+    own wrapper does for typer's verbs, instead of Python's "Exception ignored" and status 120."""
+
+    def __init__(self, wrapped: IO[str]) -> None:
+        self._wrapped = wrapped
+
+    def flush(self) -> None:
+        try:
+            self._wrapped.flush()
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
 
 
 def _exit_now(done: SystemExit) -> None:

@@ -87,11 +87,9 @@ def _plain(cell: str) -> bool:
         return False
     if ":" not in cell or not _EMOJI_CODE.search(cell):
         return True
-    try:
-        from rich._emoji_replace import _emoji_replace
-    except ImportError:  # pragma: no cover - a rich without it: let rich render
-        return False
-    return _emoji_replace(cell) == cell
+    from rich.emoji import Emoji
+
+    return Emoji.replace(cell) == cell
 
 
 def _rich_terminal() -> bool:

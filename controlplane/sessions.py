@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 from sqlmodel import Session, col, select
 
-from controlplane.audit.chain import check_link
 from controlplane.audit.events import as_utc, rfc3339
 from controlplane.auth.identity import ADMIN, AUDIT_READER
 from controlplane.auth.tokens import TokenAuthenticator
@@ -28,6 +27,7 @@ from controlplane.errors import (
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow, RecordingChunkRow, SessionRow
 from gatehouse.v1 import audit_pb2, sessions_pb2, sessions_pb2_grpc
+from trail.chain import check_link
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_LIMIT = 100

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from controlplane.audit.chain import export_line
 from controlplane.errors import InvalidArgument
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow
+from trail.chain import export_line
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000

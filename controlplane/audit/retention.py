@@ -25,13 +25,14 @@ from typing import Any
 from sqlalchemy import delete, func, text
 from sqlmodel import Session, col, select
 
-from controlplane.audit.checkpoints import PRUNE_TYPE, SigningKey
+from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.settings import DEFAULT_MIN_RETENTION, PRUNE_REQUEST_TTL
 from controlplane.audit.writer import append_events
 from controlplane.auth.identity import Identity
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
+from trail.signatures import PRUNE_TYPE
 
 PG_SETTING = "gatehouse.prune_through"
 REQUEST_TYPE = "audit.prune_request"

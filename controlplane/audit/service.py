@@ -20,9 +20,9 @@ import grpc
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from controlplane.audit.checkpoints import ALGORITHM, SigningKey, parse_cutoff
+from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.events import draft, rfc3339, utc_now
-from controlplane.audit.reader import check_request, export_line, read_page
+from controlplane.audit.reader import check_request, read_page
 from controlplane.audit.retention import (
     REFUSED_TYPE,
     PruneRequestRecord,
@@ -49,6 +49,9 @@ from controlplane.errors import (
 from controlplane.store.database import Database
 from controlplane.store.models import AnchorRow, EventRow
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
+from trail.chain import export_line
+from trail.signatures import ALGORITHM
+from trail.times import parse_cutoff
 
 Context = grpc.aio.ServicerContext[Any, Any]
 FORMATS = ("json", "ocsf")

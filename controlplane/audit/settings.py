@@ -6,8 +6,12 @@ Every limit is explicit: checkpoint interval, minimum retention and witnesses ha
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
+
+from trail.times import parse_duration
+
+# Re-exported: the one duration syntax (controlplane/settings.py reads settings with it).
+__all__ = ["parse_duration"]
 
 CHECKPOINT_INTERVAL_ENV = "GATEHOUSE_CHECKPOINT_INTERVAL"
 MIN_RETENTION_ENV = "GATEHOUSE_AUDIT_MIN_RETENTION"
@@ -15,21 +19,6 @@ WITNESS_ENV = "GATEHOUSE_AUDIT_WITNESS"
 DEFAULT_CHECKPOINT_INTERVAL = 60.0  # seconds
 DEFAULT_MIN_RETENTION = timedelta(days=30)
 PRUNE_REQUEST_TTL = timedelta(hours=24)  # a second admin approves within this, or asks again
-
-_DURATION = re.compile(r"^(\d{1,9}(?:\.\d{1,6})?)([smhd]?)$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, what: str) -> timedelta:
-    """`90`, `90s`, `15m`, `12h`, `30d` (a bare number is seconds); ValueError naming `what`."""
-    match = _DURATION.match(text.strip().lower())
-    if match is None:
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise ValueError(f"{what} must be a duration such as 90s, 15m, 12h or 30d, not {shown!r}")
-    try:
-        return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
-    except OverflowError:
-        raise ValueError(f"{what} {text!r} is longer than any clock can count") from None
 
 
 def split_witnesses(value: str) -> tuple[str, ...]:

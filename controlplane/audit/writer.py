@@ -36,13 +36,15 @@ from sqlalchemy import Dialect
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlmodel import Session
 
-from controlplane.audit.chain import canonical, link_hash
-from controlplane.audit.checkpoints import CHECKPOINT_TYPE, SigningKey
+from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.errors import AuditUnavailable, InvalidEvent
 from controlplane.audit.events import Draft, draft
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
 from controlplane.store.models import ChainHeadRow, EventRow
+from trail.canonical import canonical
+from trail.chain import link_hash
+from trail.signatures import CHECKPOINT_TYPE
 
 EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 HEAD = ChainHeadRow.__table__  # type: ignore[attr-defined]

@@ -40,10 +40,11 @@ from sqlalchemy.pool import NullPool, PoolProxiedConnection
 from sqlmodel import Session, create_engine
 
 from controlplane.errors import InvalidArgument, Unavailable
+from controlplane.store.migrations import migrations_dir
 
 T = TypeVar("T")
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+ALEMBIC_DIR = migrations_dir()
 
 #: The only PostgreSQL driver the control plane is built and tested with.
 PG_DRIVER = "postgresql+psycopg"

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.audit.chain import GENESIS_HASH, canonical, link_hash
 from devenv.postgres import PostgresServer
 from tests.e2e.conftest import Stack, start_stack
+from trail.canonical import canonical
+from trail.chain import GENESIS_HASH, link_hash
 
 
 def start_with(base: Path, pg: PostgresServer, **env: str) -> Stack:

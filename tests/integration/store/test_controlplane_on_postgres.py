@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit.chain import verify_chain
 from devenv.postgres import PostgresServer
 from devenv.stack import ControlPlane, enroll_agent, gatehouse
 from tests.integration.store.conftest import TARGET_PASSWORD, TARGET_ROLE, Store, postgres_url
+from trail.chain import verify_chain
 
 pytestmark = pytest.mark.e2e
 

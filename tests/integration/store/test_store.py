@@ -22,7 +22,6 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError, DBAPIError
 from sqlmodel import Session, col, select
 
-from controlplane.audit.chain import GENESIS_HASH, verify_chain
 from controlplane.audit.events import draft
 from controlplane.audit.reader import read_page
 from controlplane.audit.writer import AuditWriter, append_events
@@ -37,6 +36,7 @@ from tests.integration.store.replica import (
     replica,
     run_in_process,
 )
+from trail.chain import GENESIS_HASH, verify_chain
 
 TABLES = {
     "agents",

@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit import retention, witness
-from controlplane.audit.chain import GENESIS_HASH, canonical, link_hash
-from controlplane.audit.checkpoints import (
-    CHECKPOINT_TYPE,
-    SigningKey,
-    TailAllowance,
-    TrailReport,
-    TrailVerifier,
-    checkpoint_note,
-    keyring,
-    signature_problem,
-    tail_problem,
-)
+from controlplane.audit import retention
+from controlplane.audit import witness as publishing
+from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.events import draft
 from controlplane.audit.retention import (
     PruneRequestRecord,
@@ -32,11 +22,17 @@ from controlplane.audit.retention import (
     approve_prune,
     request_prune,
 )
-from controlplane.audit.witness import WitnessPublisher, check_witness, read_witness
+from controlplane.audit.witness import WitnessPublisher
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.store.database import Database
+from trail import witness
+from trail.canonical import canonical
+from trail.chain import GENESIS_HASH, link_hash
+from trail.signatures import CHECKPOINT_TYPE, checkpoint_note, keyring, signature_problem
+from trail.verify import TailAllowance, TrailReport, TrailVerifier, tail_problem
+from trail.witness import check_witness, read_witness
 
 ALICE = Identity("alice", role=ADMIN)
 BOB = Identity("bob", role=ADMIN)
@@ -191,7 +187,7 @@ async def test_a_file_witness_catches_a_store_rewound_after_its_checkpoint(
 async def test_an_unreachable_url_witness_is_retried_counted_and_never_blocks(
     db: Database, db_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(witness, "ATTEMPTS", 2)
+    monkeypatch.setattr(publishing, "ATTEMPTS", 2)
     publisher = WitnessPublisher(["http://127.0.0.1:9/witness"])
     writer = AuditWriter(db)
     writer.add_checkpoint_sink(publisher.offer)
@@ -378,7 +374,7 @@ async def test_a_url_witness_gets_each_checkpoint_posted_and_retried(
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    monkeypatch.setattr(witness, "ATTEMPTS", 3)
+    monkeypatch.setattr(publishing, "ATTEMPTS", 3)
     received: list[dict[str, object]] = []
     calls = 0
 
@@ -415,7 +411,7 @@ async def test_a_url_witness_gets_each_checkpoint_posted_and_retried(
     "text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "x" * 10_000, "1e23"]
 )
 def test_a_hostile_cutoff_is_a_clear_error_not_a_crash(text: str) -> None:
-    from controlplane.audit.checkpoints import parse_cutoff
+    from trail.times import parse_cutoff
 
     with pytest.raises(ValueError, match="is not a date or time") as caught:
         parse_cutoff(text)
@@ -424,7 +420,7 @@ def test_a_hostile_cutoff_is_a_clear_error_not_a_crash(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["999999999999d", "5 minutes", "-1s", "1e9", ""])
 def test_a_hostile_duration_is_a_clear_error(text: str) -> None:
-    from controlplane.audit.settings import parse_duration
+    from trail.times import parse_duration
 
     with pytest.raises(ValueError, match="GATEHOUSE_X"):
         parse_duration(text, "GATEHOUSE_X")

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.audit.chain import verify_chain
 from controlplane.audit.events import Draft, draft, new_event_id, utc_now
 from controlplane.audit.writer import AuditUnavailable, AuditWriter, InvalidEvent
 from controlplane.auth.identity import Identity
 from controlplane.errors import InvalidArgument
 from controlplane.store.database import Database
+from trail.chain import verify_chain
 
 HOSTILE: list[tuple[str, Any, str]] = [
     ("surrogate", {"argv": ["sh", "-c", "echo \ud800"]}, "request.argv[2]"),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit.chain import verify_chain
 from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
+from trail.chain import verify_chain
 
 REFUSE_INSERTS = (
     "CREATE TRIGGER test_refuse_insert BEFORE INSERT ON audit_events "

@@ -18,25 +18,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane.audit.chain import GENESIS_HASH, canonical, link_hash
-from controlplane.audit.checkpoints import (
-    CHECKPOINT_TYPE,
-    PRUNE_TYPE,
-    SigningKey,
-    SigningKeyError,
-    Start,
-    TrailReport,
-    TrailVerifier,
-    anchor_start,
-    checkpoint_note,
-    keyring,
-    load_signing_key,
-)
+from controlplane.audit.checkpoints import SigningKey, SigningKeyError, load_signing_key
 from controlplane.audit.events import draft
 from controlplane.audit.retention import latest_anchor, prune
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.store.database import Database
+from trail.canonical import canonical
+from trail.chain import GENESIS_HASH, link_hash
+from trail.signatures import CHECKPOINT_TYPE, PRUNE_TYPE, checkpoint_note, keyring
+from trail.verify import Start, TrailReport, TrailVerifier, anchor_start
 
 Row = tuple[int, str, str]
 ADMIN_ID = Identity("root", role=ADMIN)

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
-from controlplane.audit.chain import GENESIS_HASH, canonical, link_hash
 from controlplane.audit.events import Draft, SessionContext, draft
 from controlplane.audit.ocsf import OCSF_VERSION, to_ocsf
 from controlplane.auth.identity import Identity
+from trail.canonical import canonical
+from trail.chain import GENESIS_HASH, link_hash
 
 JSON = dict[str, Any]
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from controlplane.audit.chain import verify_chain
 from controlplane.audit.events import SessionContext
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.relay.pg import PgInspector
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
+from trail.chain import verify_chain
 from wire.pg import framing
 from wire.pg import messages as pgm
 

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controlplane.audit import chain
+from trail import canonical as chain
 
 TEXT = st.text(max_size=12) | st.sampled_from(
     ["", "\ue000", "\U0001f600", "\x7f", "\u2028", "\ud800", '\x00\x1f"\\\b\f\n\r\t', "é"]

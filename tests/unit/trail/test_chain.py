@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
-from controlplane.audit.chain import GENESIS_HASH, canonical, link_hash, verify_chain
 from controlplane.audit.events import new_event_id
+from trail.canonical import canonical
+from trail.chain import GENESIS_HASH, link_hash, verify_chain
 
 Triple = tuple[int, str, str]
 
