@@ -20,12 +20,13 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
 from agent import __version__, credentials, enrollment
+from agent.metrics import AgentStats, start_http
 from agent.sessions import serve_session
+from agent.settings import AgentSettings
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 from wire import jointoken
 from wire.jointoken import JoinToken
@@ -49,16 +50,6 @@ OPTIONS = [
 
 class AgentFatal(Exception):
     """Retrying cannot help (revoked, join token used up, wrong pin); the process should exit."""
-
-
-@dataclass
-class AgentSettings:
-    controlplane: str
-    token: str
-    name: str
-    data_dir: Path
-    insecure: bool = False
-    ca_file: Path | None = None
 
 
 @dataclass
@@ -89,11 +80,18 @@ class Agent:
         self.settings = settings
         self.state = AgentState()
         self.connected = asyncio.Event()
+        self.stats = AgentStats()
         self.stored: credentials.StoredCredential | None = None
         self.channel: grpc.aio.Channel | None = None
         self._switch = asyncio.Event()  # a renewed certificate: move to a new channel
         self._next_channel: grpc.aio.Channel | None = None
         self._retired: set[asyncio.Task[None]] = set()
+
+    def _note_certificate(self) -> None:
+        """The expiry of the certificate in use, for /metrics."""
+        stored = self.stored
+        if stored is not None and stored.mtls:
+            self.stats.certificate_not_after = enrollment.not_after(stored.certificate.encode())
 
     @property
     def serial(self) -> str:
@@ -250,6 +248,8 @@ class Agent:
         )
         credentials.save(self.settings.data_dir, renewed)
         self.stored = renewed
+        self.stats.certificate_renewals += 1
+        self._note_certificate()
         log.info(
             "certificate renewed: serial %s, valid until %s",
             enrollment.serial(response.certificate),
@@ -284,6 +284,7 @@ class Agent:
                 try:
                     if self.stored is None or (self.stored.mtls and not self._usable(self.stored)):
                         self.stored = await self.credential()
+                        self._note_certificate()
                         if self.channel is not None:
                             self._retire(self.channel)
                         self.channel = self._channel_for(self.stored)
@@ -315,6 +316,7 @@ class Agent:
                     reason = f"cannot read the control plane's certificate chain: {exc}"
                 finally:
                     self.connected.clear()
+                    self.stats.control_connected = False
                 if self._switch.is_set():
                     log.info("moving the control stream to the renewed certificate")
                     continue
@@ -363,6 +365,8 @@ class Agent:
                     interval = message.welcome.heartbeat_interval_ms / 1000 or 10.0
                     heartbeat = asyncio.create_task(self._heartbeats(call, interval))
                     self.connected.set()
+                    self.stats.control_connected = True
+                    self.stats.control_connects += 1
                     log.info(
                         "connected to %s as %s", self.settings.controlplane, self.settings.name
                     )
@@ -393,6 +397,7 @@ class Agent:
 
     def _apply(self, policy: agent_pb2.Policy) -> None:
         self.state.policy_version = policy.version
+        self.stats.policy_version = policy.version
         self.state.connections = {c.name: c for c in policy.connections}
         log.info(
             "policy version %d: %d connection(s): %s",
@@ -408,7 +413,7 @@ class Agent:
         order: agent_pb2.OpenSession,
     ) -> None:
         spec = self.state.connections.get(order.connection)
-        task = asyncio.create_task(serve_session(channel, metadata, order, spec))
+        task = asyncio.create_task(serve_session(channel, metadata, order, spec, self.stats))
         self.state.sessions.add(task)
         task.add_done_callback(self.state.sessions.discard)
 
@@ -416,6 +421,7 @@ class Agent:
 async def run_agent(settings: AgentSettings) -> None:
     """Run until SIGINT/SIGTERM."""
     agent = Agent(settings)
+    http = await start_http(agent.stats, settings.http_listen) if settings.http_listen else None
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -424,3 +430,6 @@ async def run_agent(settings: AgentSettings) -> None:
         await task
     except asyncio.CancelledError:
         log.info("agent stopped")
+    finally:
+        if http is not None:
+            await http.cleanup()

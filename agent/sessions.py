@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from agent.metrics import AgentStats
 from agent.pg import relay as pg_relay
 from agent.term import shell as term_shell
 from agent.term import ssh as term_ssh
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc, tunnel_pb2
+from wire.logcontext import SESSION_ID
 from wire.term import codec as term_codec
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ async def serve_session(
     metadata: Metadata,
     order: agent_pb2.OpenSession,
     spec: agent_pb2.ConnectionSpec | None,
+    stats: AgentStats | None = None,
 ) -> None:
+    stats = stats if stats is not None else AgentStats()
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     call = stub.Session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
     session_id = order.session_id
@@ -46,16 +50,20 @@ async def serve_session(
             return pg_relay.CANCEL
         if message.end:
             return None
+        stats.bytes_to_targets += len(message.data)
         return bytes(message.data)
 
     receive = _Reader(read)
-
+    token = SESSION_ID.set(session_id)
+    stats.sessions_active += 1
+    stats.sessions_total += 1
     try:
         await call.write(
             agent_pb2.AgentFrame(attach=agent_pb2.SessionAttach(session_id=session_id))
         )
 
         async def send(frame: tunnel_pb2.Frame) -> None:
+            stats.bytes_from_targets += len(frame.data)
             await call.write(agent_pb2.AgentFrame(frame=frame))
 
         if spec is None:
@@ -83,7 +91,9 @@ async def serve_session(
         log.exception("session %s failed", session_id)
         call.cancel()
     finally:
+        stats.sessions_active -= 1
         await receive.close(CLOSE_GRACE)
+        SESSION_ID.reset(token)
 
 
 async def _first_bytes(receive: pg_relay.Receive) -> bytes:

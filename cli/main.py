@@ -150,7 +150,7 @@ def installed_version() -> str:
 # Verbs that are groups of commands: where each one's typer app lives.
 _GROUPS: dict[str, tuple[str, str]] = {
     "controlplane": ("cli.serve", "controlplane_app"),
-    "agent": ("cli.serve", "agent_app"),
+    "agent": ("cli.agentrun", "agent_app"),
     "admin": ("cli.admin", "admin_app"),
     "sessions": ("cli.sessions", "sessions_app"),
     "connections": ("cli.connections", "connections_app"),

@@ -4,8 +4,6 @@ cli.rpc, which `exec` uses without typer; they are re-exported here for the verb
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -52,12 +50,10 @@ def resolve_data_dir(value: Path | None) -> Path:
     return (value or Path.home() / ".local" / "share" / "gatehouse").expanduser()
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(verbose: bool, log_format: str = "text") -> None:
+    from cli.logs import setup_logging as setup
+
+    setup(verbose, log_format)
 
 
 def parse_duration(text: str) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -46,25 +45,6 @@ HEADERS_END = b"\r\n\r\n"
 class HandshakeLimits:
     timeout: float = DEFAULT_TIMEOUT
     max_pending: int = DEFAULT_PENDING
-
-    @classmethod
-    def from_env(cls) -> HandshakeLimits:
-        timeout = os.environ.get(TIMEOUT_ENV, "").strip()
-        pending = os.environ.get(PENDING_ENV, "").strip()
-        try:
-            limits = cls(
-                float(timeout) if timeout else DEFAULT_TIMEOUT,
-                int(pending) if pending else DEFAULT_PENDING,
-            )
-        except ValueError:
-            raise ValueError(
-                f"{TIMEOUT_ENV} must be seconds and {PENDING_ENV} a whole number"
-            ) from None
-        if not 0.1 <= limits.timeout <= 600:
-            raise ValueError(f"{TIMEOUT_ENV} must be between 0.1 and 600 s")
-        if not 1 <= limits.max_pending <= 100_000:
-            raise ValueError(f"{PENDING_ENV} must be between 1 and 100000")
-        return limits
 
 
 def grpc_options(limits: HandshakeLimits) -> list[tuple[str, int]]:

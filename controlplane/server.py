@@ -4,44 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from controlplane.addresses import is_loopback, split_host_port
+from controlplane.addresses import split_host_port
 from controlplane.admin import AdminServicer
-from controlplane.agents.certificates import DEFAULT_LIFETIME as DEFAULT_AGENT_CERT_LIFETIME
 from controlplane.agents.certificates import AgentCertificates
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
-from controlplane.audit.checkpoints import (
-    CHECKPOINT_EVERY_ENV,
-    KEY_FILE_NAME,
-    env_checkpoint_every,
-    env_key_file,
-    load_signing_key,
-)
+from controlplane.audit.checkpoints import KEY_FILE_NAME, load_signing_key
 from controlplane.audit.service import AuditServicer
-from controlplane.audit.settings import (
-    CHECKPOINT_INTERVAL_ENV,
-    MIN_RETENTION_ENV,
-    env_checkpoint_interval,
-    env_min_retention,
-    env_witnesses,
-)
-from controlplane.audit.witness import WitnessPublisher, check_target
+from controlplane.audit.witness import WitnessPublisher
 from controlplane.audit.writer import AuditWriter
+from controlplane.auth.failures import AuthFailures
 from controlplane.auth.oidc import OidcSettings, OidcValidator
 from controlplane.auth.sources import SourceInterceptor, source_middleware
 from controlplane.auth.tokens import TokenAuthenticator
-from controlplane.errors import InvalidArgument
 from controlplane.handshakes import (
     MAX_CONNECTIONS,
     HandshakeGuard,
@@ -49,11 +35,12 @@ from controlplane.handshakes import (
     grpc_options,
 )
 from controlplane.http.api import build_app
-from controlplane.http.metrics import registry as metrics_registry
+from controlplane.http.metrics import Metrics
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
 from controlplane.sessions import SessionServicer
+from controlplane.settings import Settings
 from controlplane.store.database import Database, default_url
 from controlplane.tls import proxy
 from controlplane.tls.front import TlsFront
@@ -71,83 +58,10 @@ from gatehouse.v1 import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
+READY_TIMEOUT = 3.0  # a store that takes longer to answer `SELECT` is not ready
+READY_CACHE = 1.0  # seconds a finished store probe answers readiness checks
+HEALTH_INTERVAL = 5.0  # how often the gRPC health status follows readiness
 GRPC_PENDING_HANDSHAKES = 4096  # TLS handshakes at once on the gRPC listener, at least
-
-
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    grpc_listen: str = "127.0.0.1:8443"
-    http_listen: str = "127.0.0.1:8080"
-    database_url: str | None = None
-    dev: bool = False
-    heartbeat_interval: float = 10.0
-    # Production mode: how long an agent's client certificate lives (renewed at 2/3 of it).
-    agent_cert_lifetime: timedelta = DEFAULT_AGENT_CERT_LIFETIME
-    # Audit signing key (Ed25519, PEM); None: DATA_DIR/audit-signing.key, made on first start.
-    audit_key_file: Path | None = field(default_factory=env_key_file)
-    # A signed audit.checkpoint event each time seq passes a multiple of this.
-    checkpoint_every: int = field(default_factory=env_checkpoint_every)
-    # ... and one every this many seconds when events came since the last (0: never).
-    checkpoint_interval: float = field(default_factory=env_checkpoint_interval)
-    # Each checkpoint is also pushed to these (file paths, http(s) URLs), outside the store.
-    witnesses: tuple[str, ...] = field(default_factory=env_witnesses)
-    # Prune never removes events younger than this.
-    min_retention: timedelta = field(default_factory=env_min_retention)
-    # TLS (production mode): the operator's certificate and key, re-read when they change;
-    # without them the CA in data_dir issues one for public_addr and the listen addresses.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    public_addr: tuple[str, ...] = ()
-    # PROXY protocol v2 headers are read from these peers only (comma-separated CIDRs).
-    trusted_proxies: str = ""
-
-    def validate(self) -> None:
-        if self.dev and (self.tls_cert or self.tls_key or self.trusted_proxies):
-            raise InvalidArgument(
-                "--dev serves plaintext on loopback: --tls-cert, --tls-key and "
-                "--trusted-proxies are for production mode (drop --dev)"
-            )
-        if not timedelta(seconds=10) <= self.agent_cert_lifetime <= timedelta(days=397):
-            raise InvalidArgument(
-                "--agent-cert-lifetime must be from 10s (agents renew at 2/3 of it) to 397d"
-            )
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise InvalidArgument("--tls-cert and --tls-key go together: give both or neither")
-        try:
-            proxy.parse_networks(self.trusted_proxies)
-        except ValueError as exc:
-            raise InvalidArgument(f"--trusted-proxies: {exc}") from None
-        if self.checkpoint_every < 1:
-            raise InvalidArgument(
-                f"{CHECKPOINT_EVERY_ENV} must be a whole number of events, at least 1"
-            )
-        if not 0 < self.checkpoint_interval <= 86400:
-            raise InvalidArgument(
-                f"{CHECKPOINT_INTERVAL_ENV} must be a duration from 1s to 24h (e.g. 60s, 5m)"
-            )
-        if not timedelta(seconds=1) <= self.min_retention <= timedelta(days=36500):
-            raise InvalidArgument(
-                f"{MIN_RETENTION_ENV} must be a duration up to 100 years (e.g. 30d, 90d)"
-            )
-        if self.min_retention < timedelta(days=1):
-            log.warning(
-                "%s is %s: prune may remove events that young (meant for tests)",
-                MIN_RETENTION_ENV,
-                self.min_retention,
-            )
-        for target in self.witnesses:
-            check_target(target)
-        for name, listen in (
-            ("--grpc-listen", self.grpc_listen),
-            ("--http-listen", self.http_listen),
-        ):
-            host = split_host_port(listen)[0]
-            if self.dev and not is_loopback(host):
-                raise InvalidArgument(
-                    f"{name} {listen}: --dev serves plaintext and only listens on loopback "
-                    "(127.0.0.1 or ::1)"
-                )
 
 
 class ControlPlane:
@@ -164,15 +78,35 @@ class ControlPlane:
         self.witnesses = WitnessPublisher(settings.witnesses)
         if self.witnesses:
             self.audit.add_checkpoint_sink(self.witnesses.offer)
-        oidc = OidcSettings.from_env()
+        oidc = _oidc_settings(settings)
         self.oidc_settings = oidc
         self.oidc = OidcValidator(oidc) if oidc is not None else None
-        self.auth = TokenAuthenticator(self.db, self.audit, self.oidc)
+        self.auth = TokenAuthenticator(
+            self.db,
+            self.audit,
+            self.oidc,
+            admin_groups=frozenset(settings.admin_groups),
+            failures=AuthFailures(
+                self.audit,
+                window=settings.auth_fail_window,
+                limit=settings.auth_fail_limit,
+                max_sources=settings.auth_fail_sources,
+            ),
+            login_max_age=timedelta(seconds=settings.delegation_login_max_age),
+        )
         self.agents = AgentRegistry(self.db, self.audit)
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
-        self.limits = HandshakeLimits.from_env()
+        self.limits = HandshakeLimits(settings.handshake_timeout, settings.max_pending_handshakes)
         self.http_handshakes = HandshakeGuard(self.limits)
+        self.metrics = Metrics(self._metric_values)
+        self.audit.on_commit = self.metrics.commit_latency.observe
+        self.tunnels.on_close = self.metrics.session_duration.observe
+        # grpc-stubs 1.53 predates `health.aio`, the asyncio servicer the package ships.
+        self.grpc_health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health_task: asyncio.Task[None] | None = None
+        self._store_probe: asyncio.Future[tuple[str | None, str | None]] | None = None
+        self._store_probe_at = 0.0
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
@@ -245,7 +179,7 @@ class ControlPlane:
                 self.tunnels,
                 self.audit,
                 self.db,
-                login=_login_config(self.oidc_settings),
+                login=_login_config(self.oidc_settings, settings),
             ),
             server,
         )
@@ -259,6 +193,7 @@ class ControlPlane:
             AuditServicer(self.auth, self.db, self.audit, min_retention=settings.min_retention),
             server,
         )
+        health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
         self._grpc = server
         inner = settings.grpc_listen if self._run_dir is None else f"unix:{self._run_dir}/grpc.sock"
         try:
@@ -269,6 +204,8 @@ class ControlPlane:
         self._http = await self._start_http()
         if self.tls is not None:
             self._start_fronts(self.tls)
+        await self._follow_readiness()
+        self._health_task = asyncio.create_task(self._health_loop(), name="grpc-health")
         log.info(
             "control plane listening: gRPC %s, HTTP %s (%s), store %s",
             settings.grpc_listen,
@@ -316,7 +253,9 @@ class ControlPlane:
             front.start()
 
     async def _start_http(self) -> web.AppRunner:
-        app = build_app(self.auth, self.db, self.health, metrics_registry(self._metric_values))
+        app = build_app(
+            self.auth, self.db, self.health, self.metrics.exposition, ready=self.readiness
+        )
         app.middlewares.insert(0, source_middleware)
         # keepalive_timeout: an idle connection between requests; the guard: before the first.
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=30.0)
@@ -345,6 +284,53 @@ class ControlPlane:
             "events_committed": self.audit.committed,
         }
 
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether this process can serve now, and each check's finding (never a secret)."""
+        checks: dict[str, str] = {}
+        # One probe of the store at a time, and at most one a second: a hung store must not
+        # pile up blocked threads, and /readyz (no token needed) must not become a way to
+        # load the store. Probes come from /readyz callers and the gRPC health loop alike.
+        now = asyncio.get_running_loop().time()
+        probe = self._store_probe
+        if probe is None or (probe.done() and now - self._store_probe_at >= READY_CACHE):
+            self._store_probe_at = now
+            probe = asyncio.ensure_future(asyncio.to_thread(self.db.schema_revisions))
+            # Its error is read here when awaited, or dropped once nobody waits for it.
+            probe.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._store_probe = probe
+        try:
+            current, head = await asyncio.wait_for(asyncio.shield(probe), READY_TIMEOUT)
+        except TimeoutError:
+            checks["store"] = f"no answer within {READY_TIMEOUT:g} s"
+        except Exception as exc:  # the driver's error: unreachable, refused, gone
+            checks["store"] = f"unreachable: {type(exc).__name__}"
+        else:
+            checks["store"] = "ok"
+            checks["migrations"] = (
+                "ok" if current == head else f"store at {current}, this code needs {head}"
+            )
+        checks["audit_writer"] = "ok" if self.audit.alive else "not running"
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def _follow_readiness(self) -> None:
+        """The gRPC health status (overall and per service) follows `readiness`."""
+        ok, _ = await self.readiness()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *_services()):
+            await self.grpc_health.set(service, status)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            try:
+                await self._follow_readiness()
+            except Exception:  # a health probe must never stop the process
+                log.exception("readiness check failed")
+
     def _metric_values(self) -> dict[str, float]:
         return {
             "events_committed": self.audit.committed,
@@ -362,6 +348,11 @@ class ControlPlane:
 
     async def stop(self, grace: float = 5.0) -> None:
         self.audit.stop_followers()  # end StreamEvents now; followers resume elsewhere or later
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+            self._health_task = None
+        await self.grpc_health.enter_graceful_shutdown()  # NOT_SERVING while draining
         for front in self._fronts:
             front.stop_accepting()
         if self._grpc is not None:
@@ -408,14 +399,34 @@ async def serve(settings: Settings) -> None:
         await plane.stop()
 
 
-def _login_config(oidc: OidcSettings | None) -> client_pb2.LoginConfig | None:
+def _services() -> list[str]:
+    """The full names of the gRPC services this process serves, for the health service."""
+    from gatehouse.v1 import admin_pb2, agent_pb2, audit_pb2, sessions_pb2
+
+    modules = (agent_pb2, client_pb2, admin_pb2, sessions_pb2, audit_pb2)
+    return [s.full_name for m in modules for s in m.DESCRIPTOR.services_by_name.values()]
+
+
+def _oidc_settings(settings: Settings) -> OidcSettings | None:
+    """None when no issuer is configured: the control plane then accepts only its own tokens."""
+    if not settings.oidc_issuer.strip():
+        return None
+    return OidcSettings(
+        issuer=settings.oidc_issuer.strip(),
+        audience=settings.oidc_audience,
+        groups_claim=settings.oidc_groups_claim.strip() or "groups",
+        leeway=settings.oidc_leeway,
+    )
+
+
+def _login_config(oidc: OidcSettings | None, settings: Settings) -> client_pb2.LoginConfig | None:
     """What the CLI needs to log in, from the same settings the control plane validates with."""
     if oidc is None:
         return None
     return client_pb2.LoginConfig(
         issuer=oidc.issuer,
-        client_id=os.environ.get("GATEHOUSE_OIDC_CLIENT_ID", "gatehouse-cli"),
+        client_id=settings.oidc_client_id,
         groups_claim=oidc.groups_claim,
-        resource=os.environ.get("GATEHOUSE_OIDC_RESOURCE", ""),
-        scopes=os.environ.get("GATEHOUSE_OIDC_SCOPES", "").split(),
+        resource=settings.oidc_resource,
+        scopes=settings.oidc_scopes.split(),
     )

@@ -3,7 +3,8 @@
 # (a throwaway cluster is started from them; no running server is assumed), the psql client,
 # Node.js with npm (the OpenID Provider the identity tests log in against), OpenSSH's sshd and
 # clients (a throwaway sshd is the target of the SSH tests) and PgBouncer (the benchmark's
-# pooling baseline; it is started from its binary, never as a service).
+# pooling baseline; it is started from its binary, never as a service) and shellcheck (the
+# agent installer's lint). systemd-analyze, which checks the units, comes with systemd.
 set -euo pipefail
 
 have_pg() {
@@ -19,6 +20,7 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || missing+=(openssh-client)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # checks deploy/install-agent.sh
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

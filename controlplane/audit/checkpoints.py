@@ -122,20 +122,3 @@ def _parse_private(data: bytes, path: Path) -> SigningKey:
     if mode:
         log.warning("the audit signing key %s is readable by others: chmod 600 it", path)
     return SigningKey(private)
-
-
-# ---- settings (until `controlplane serve` has flags for them) -------------------------------
-
-
-def env_key_file() -> Path | None:
-    """GATEHOUSE_AUDIT_KEY_FILE: a PEM Ed25519 private key to sign with, shared by replicas."""
-    value = os.environ.get(KEY_FILE_ENV, "").strip()
-    return Path(value) if value else None
-
-
-def env_checkpoint_every() -> int:
-    """GATEHOUSE_CHECKPOINT_EVERY (default 1000); 0 when unreadable, which validation refuses."""
-    value = os.environ.get(CHECKPOINT_EVERY_ENV, "").strip()
-    if not value:
-        return DEFAULT_CHECKPOINT_EVERY
-    return int(value) if value.isdigit() else 0

@@ -117,6 +117,8 @@ class AuditWriter:
         self.committed = 0  # events, for metrics
         self.commits = 0  # transactions
         self.commit_seconds = 0.0
+        #: Called with each transaction's seconds (the metrics' latency histogram).
+        self.on_commit: Callable[[float], None] | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -125,6 +127,11 @@ class AuditWriter:
     @property
     def running(self) -> bool:
         return self._task is not None
+
+    @property
+    def alive(self) -> bool:
+        """Started and still committing: its task has not ended (readiness)."""
+        return self._task is not None and not self._task.done()
 
     @property
     def signer(self) -> SigningKey | None:
@@ -271,8 +278,11 @@ class AuditWriter:
                 self._notify()
                 self._publish(outcome.checkpoints)
             finally:
+                elapsed = time.perf_counter() - started
                 self.commits += 1
-                self.commit_seconds += time.perf_counter() - started
+                self.commit_seconds += elapsed
+                if self.on_commit is not None:
+                    self.on_commit(elapsed)
                 for _ in batch:
                     self._queue.task_done()
 

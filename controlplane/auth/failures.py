@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,19 +44,6 @@ DEFAULT_SOURCES = 10_000
 MAX_REASONS = 10
 MAX_IMMEDIATE = 5
 OTHER = "other"  # the catch-all source once max_sources are tracked
-
-
-def _env_number(name: str, default: float, low: float, high: float) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value}")
-    return number
 
 
 @dataclass
@@ -84,11 +70,9 @@ class AuthFailures:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._audit = audit
-        self.window = _env_number(WINDOW_ENV, DEFAULT_WINDOW, 1, 3600) if window is None else window
-        self.limit = int(_env_number(LIMIT_ENV, DEFAULT_LIMIT, 1, 1e6) if limit is None else limit)
-        if max_sources is None:
-            max_sources = int(_env_number(SOURCES_ENV, DEFAULT_SOURCES, 1, 1e7))
-        self.max_sources = max_sources
+        self.window = DEFAULT_WINDOW if window is None else window
+        self.limit = DEFAULT_LIMIT if limit is None else limit
+        self.max_sources = DEFAULT_SOURCES if max_sources is None else max_sources
         self._monotonic = monotonic
         self._windows: dict[str, _Window] = {}
         self._task: asyncio.Task[None] | None = None

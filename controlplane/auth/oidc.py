@@ -24,7 +24,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -112,7 +111,7 @@ class OidcSettings:
         return (self.audience,) if isinstance(self.audience, str) else tuple(self.audience)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> OidcSettings | None:
+    def from_env(cls, env: Mapping[str, str]) -> OidcSettings | None:
         """From GATEHOUSE_OIDC_ISSUER, _AUDIENCE (comma-separated), _GROUPS_CLAIM and _LEEWAY
         (seconds of clock skew allowed, 0 to 60, default 30; a session of a login ends that
         long after the token's exp).

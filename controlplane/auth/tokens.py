@@ -39,30 +39,9 @@ MAX_DELEGATION = timedelta(days=30)
 LOGIN_MAX_AGE_ENV = "GATEHOUSE_DELEGATION_LOGIN_MAX_AGE"
 #: A delegated token works only while its person has logged in within this long.
 DEFAULT_LOGIN_MAX_AGE = timedelta(hours=24)
+DEFAULT_ADMIN_GROUPS = frozenset({"admins"})
 #: The person's row is rewritten at most this often when nothing about them changed.
 SEEN_WRITE_INTERVAL = timedelta(seconds=60)
-
-
-def env_login_max_age() -> timedelta:
-    """`GATEHOUSE_DELEGATION_LOGIN_MAX_AGE` (seconds, default 86400): how recently an OIDC
-    person must have logged in for their delegated tokens to work."""
-    value = os.environ.get(LOGIN_MAX_AGE_ENV, "").strip()
-    if not value:
-        return DEFAULT_LOGIN_MAX_AGE
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{LOGIN_MAX_AGE_ENV} must be seconds, not {value!r}") from None
-    if not 1 <= seconds <= MAX_DELEGATION.total_seconds():
-        raise ValueError(f"{LOGIN_MAX_AGE_ENV} must be between 1 s and {MAX_DELEGATION.days} days")
-    return timedelta(seconds=seconds)
-
-
-def env_admin_groups() -> frozenset[str]:
-    """`GATEHOUSE_ADMIN_GROUPS` (comma-separated, default `admins`): people in one of these
-    groups have the admin role."""
-    value = os.environ.get(ADMIN_GROUPS_ENV, "admins")
-    return frozenset(g.strip() for g in value.split(",") if g.strip())
 
 
 def new_token(prefix: str) -> str:
@@ -104,9 +83,9 @@ class TokenAuthenticator:
         self._db = db
         self._audit = audit
         self._oidc = oidc
-        self.admin_groups = env_admin_groups() if admin_groups is None else admin_groups
+        self.admin_groups = DEFAULT_ADMIN_GROUPS if admin_groups is None else admin_groups
         self.failures = failures if failures is not None else AuthFailures(audit)
-        self.login_max_age = env_login_max_age() if login_max_age is None else login_max_age
+        self.login_max_age = DEFAULT_LOGIN_MAX_AGE if login_max_age is None else login_max_age
 
     async def identify(self, metadata: Any) -> Identity:
         """The caller; a refusal is recorded as an `auth.fail` event (the reason, never the

@@ -1,4 +1,9 @@
-"""HTTP endpoints for machines: `/healthz`, `/metrics`, and `GET /v1/audit/events`.
+"""HTTP endpoints for machines: `/healthz`, `/readyz`, `/metrics`, and `GET /v1/audit/events`.
+
+`/healthz` says the process answers (a liveness probe: restart me if not); `/readyz` says it
+can do its job now (store reachable, schema at this code's migration head, audit writer
+running; a readiness probe: send me no traffic if not). Neither needs a token or tells more
+than counts.
 
 The export endpoint is what a SIEM polls (Elastic `httpjson`, Splunk REST, Sentinel's codeless
 connector): NDJSON in seq order, a `next` cursor in a header and in a `Link` header, bearer
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +45,17 @@ def build_app(
     db: Database,
     health: Callable[[], dict[str, Any]],
     metrics: Callable[[], bytes],
+    ready: Callable[[], Awaitable[tuple[bool, dict[str, str]]]] | None = None,
 ) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response(health())
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if ready is None:
+            return web.json_response({"status": "ready", "checks": {}})
+        ok, checks = await ready()
+        body = {"status": "ready" if ok else "unready", "checks": checks}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_endpoint(_request: web.Request) -> web.Response:
         return web.Response(body=metrics(), content_type="text/plain", charset="utf-8")
@@ -99,6 +112,7 @@ def build_app(
 
     app = web.Application(middlewares=[errors])
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/v1/openapi.yaml", openapi)
     app.router.add_get("/v1/audit/events", events)

@@ -1,12 +1,20 @@
-"""Prometheus metrics, read from the live objects at scrape time (nothing to keep in sync)."""
+"""Prometheus metrics: counters and gauges read from the live objects at scrape time (nothing
+to keep in sync), and the two histograms that cannot be read afterwards, observed as they
+happen: audit commit latency and session duration."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+#: An audit commit is one fsynced transaction: sub-millisecond on a local SSD, tens of
+#: milliseconds on networked PostgreSQL; seconds mean trouble (each request waits for it).
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+#: From a one-shot `exec` (under a second) to a working day's shell.
+SESSION_BUCKETS = (0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400)
 
 
 class _Live(Collector):
@@ -68,8 +76,29 @@ class _Live(Collector):
         )
 
 
+class Metrics:
+    """A private registry (not the process-global one): the live values and the histograms."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Live(read))
+        self.commit_latency = Histogram(
+            "gatehouse_audit_commit_duration_seconds",
+            "Latency of each audit store transaction (group commit), in seconds.",
+            buckets=COMMIT_BUCKETS,
+            registry=self._registry,
+        )
+        self.session_duration = Histogram(
+            "gatehouse_session_duration_seconds",
+            "How long relayed sessions lasted, from open to close, in seconds.",
+            buckets=SESSION_BUCKETS,
+            registry=self._registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self._registry)
+
+
 def registry(read: Callable[[], dict[str, float]]) -> Callable[[], bytes]:
-    """A private registry (not the process-global one) and its text exposition."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Live(read))
-    return lambda: generate_latest(reg)
+    """The text exposition of the live values alone (no histograms)."""
+    return Metrics(read).exposition

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controlplane.errors import PermissionDenied, Unavailable
 from gatehouse.v1 import tunnel_pb2
+from wire.logcontext import SESSION_ID
 
 QUEUE_FRAMES = 16
 
@@ -53,6 +56,7 @@ class Tunnel:
     # whatever the target was doing, its outcome is unknown (the session ends as agent_lost).
     lost: bool = False
     ending: bool = False  # the client is done: the agent's end of stream is the expected answer
+    started: float = field(default_factory=time.monotonic)
 
     def wake(self) -> None:
         """Nudge the client writer; if frames are queued, it will look anyway."""
@@ -72,8 +76,13 @@ class Tunnels:
     def __init__(self) -> None:
         self._open: dict[str, Tunnel] = {}
         self.opened = 0  # since start, for metrics
+        #: Called with each session's seconds when it ends (the duration histogram).
+        self.on_close: Callable[[float], None] | None = None
 
     def expect(self, session_id: str, agent: str) -> Tunnel:
+        # The rest of the caller's task (the client's RPC) is about this session: its log
+        # lines say so (JSON logs, wire/logcontext.py). Each RPC runs in a task of its own.
+        SESSION_ID.set(session_id)
         tunnel = Tunnel(session_id, agent)
         self.opened += 1
         self._open[session_id] = tunnel
@@ -87,6 +96,7 @@ class Tunnels:
             raise PermissionDenied(f"session {session_id} belongs to another agent")
         if tunnel.attached.is_set():
             raise PermissionDenied(f"session {session_id} is already attached")
+        SESSION_ID.set(session_id)  # the agent's session stream: its lines too
         tunnel.attached.set()
         return tunnel
 
@@ -94,6 +104,8 @@ class Tunnels:
         tunnel.close()
         if self._open.get(tunnel.session_id) is tunnel:
             del self._open[tunnel.session_id]
+            if self.on_close is not None:
+                self.on_close(time.monotonic() - tunnel.started)
 
     def __len__(self) -> int:
         return len(self._open)

@@ -224,6 +224,21 @@ class Database:
         finally:
             engine.dispose()
 
+    def schema_revisions(self) -> tuple[str | None, str | None]:
+        """(the store's Alembic revision, the newest this code knows): equal when current.
+
+        Reads over a reader connection, so it also proves the store answers; raises the
+        driver's error when it does not."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(ALEMBIC_DIR))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        with self._reader.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        return current, head
+
     def write_session(self) -> Session:
         return Session(self._writer, expire_on_commit=False)
 

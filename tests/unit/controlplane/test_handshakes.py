@@ -99,10 +99,10 @@ def test_grpc_listener_limits_are_explicit() -> None:
     assert options["grpc.max_allowed_incoming_connections"] > 0
 
 
-def test_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GATEHOUSE_HANDSHAKE_TIMEOUT", "2.5")
-    monkeypatch.setenv("GATEHOUSE_MAX_PENDING_HANDSHAKES", "7")
-    assert HandshakeLimits.from_env() == HandshakeLimits(2.5, 7)
-    monkeypatch.setenv("GATEHOUSE_HANDSHAKE_TIMEOUT", "0")
-    with pytest.raises(ValueError, match=r"between 0\.1 and 600"):
-        HandshakeLimits.from_env()
+def test_limits_are_validated_from_the_settings() -> None:
+    from controlplane.errors import InvalidArgument
+    from controlplane.settings import Settings
+
+    Settings(dev=True, handshake_timeout=2.5, max_pending_handshakes=7).validate()
+    with pytest.raises(InvalidArgument, match=r"handshake_timeout must be between 0\.1 and 600"):
+        Settings(dev=True, handshake_timeout=0).validate()
