@@ -175,6 +175,9 @@ class PgInspector:
         self._answered.set()
         self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
+        # An extended-protocol message failed and the Sync that ends its pipeline was not
+        # forwarded yet: the target skips (and never answers) every message up to that Sync.
+        self._skipping = False
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
@@ -654,6 +657,10 @@ class PgInspector:
     # ---- what the target holds ------------------------------------------------------------
 
     def _push(self, expect: Expect) -> None:
+        if expect.tag == S:
+            self._skipping = False
+        elif self._skipping:
+            return  # the target skips it without an answer: waiting for one would never end
         self._expect.append(expect)
         if expect.creates:
             self._creating += 1
@@ -708,6 +715,9 @@ class PgInspector:
             self._names.portals.pop("", None)
             while self._expect and self._expect[0].tag != S:
                 self._pop()
+            # No Sync forwarded after it (a flushed part of a pipeline): what the client still
+            # sends of that pipeline is skipped too, up to its Sync.
+            self._skipping = not self._expect
         elif kind == READY:
             while front is not None and front.tag not in (S, Q, STARTUP_TAG):
                 self._pop()  # unconfirmed: an agent without name marks; never trusted
