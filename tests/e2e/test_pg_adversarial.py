@@ -607,3 +607,30 @@ def test_the_fuzzers_pipeline_after_a_failed_describe_and_an_encoding_change_doe
             assert sum(m.tag == "Z" for m in answer.messages) == readies
     assert rows(pg, sentinel) == 3
     window.reconcile()
+
+
+@pytest.mark.parametrize("client_kind", ["waits_for_copy_in", "pipelines_everything"])
+def test_syncs_the_server_ignores_during_an_extended_copy_leave_nothing_waiting(
+    window: Window, listener: Connect, sentinel: str, pg: PostgresServer, client_kind: str
+) -> None:
+    """libpq runs COPY FROM STDIN in the extended protocol as Parse/Bind/Execute/Sync, then the
+    data, CopyDone and another Sync. The server ignores a Sync (or Flush) that arrives in
+    copy-in mode, so only one ReadyForQuery answers the two: a gateway that expected two would
+    wait forever for the second, or hold its own answers behind it."""
+    copy = f"copy {sentinel} from stdin"
+    with PgWire(listener.port, timeout=10) as client:
+        start = extended(copy) + pglog.flush() + sync()
+        data = pglog.message(b"d", b"4\n") + pglog.message(b"c", b"") + sync()
+        if client_kind == "waits_for_copy_in":
+            client.send(start)
+            assert client.wait_for("G").tag == "G"
+            answer = client.run(data)
+        else:
+            answer = client.run(start + data)
+        assert [m.tag for m in answer.messages][-2:] == ["C", "Z"]
+        # Text that is read once every earlier request was answered, then a denied one.
+        assert client.run(query("select 'caf\u00e9'")).rows() == [["caf\u00e9"]]
+        assert client.run(query(f"truncate {sentinel}")).sqlstates == ["42501"]
+        assert client.run(query("select 1")).rows() == [["1"]]
+    assert rows(pg, sentinel) == 4
+    window.reconcile()
