@@ -217,6 +217,13 @@ class PgInspector:
         for msg in self._framer.feed(data):
             tag = msg.tag
             if tag not in (S, H, COPY_DATA):
+                if self._copy_epoch == self._epoch and tag not in (COPY_DONE, COPY_FAIL, X):
+                    # The target would fail the copy and consume the message unanswered: what
+                    # the trail says ran could no longer be kept in order.
+                    raise framing.ProtocolError(
+                        f"message type {chr(tag)!r} during COPY FROM STDIN (end it with "
+                        "CopyDone or CopyFail first)"
+                    )
                 self._epoch += 1  # a COPY FROM STDIN the target runs ends here
             if len(self._expect) >= MAX_IN_FLIGHT and tag not in (COPY_DATA, COPY_DONE, COPY_FAIL):
                 await self._throttle(out)
@@ -766,6 +773,8 @@ class PgInspector:
                 )
                 names.pop(done.name, None)
         elif kind == COMPLETE:
+            if front is not None and front.epoch == self._copy_epoch:
+                self._copy_epoch = None  # the copy (or the statement after it) ended
             if front is None or front.tag not in (Q, E):
                 return
             if front.tag == E:
@@ -773,6 +782,8 @@ class PgInspector:
             if front.effects and (effect := front.effects.popleft()) is not None:
                 self._names.apply(effect)
         elif kind == ERROR:
+            if front is not None and front.epoch == self._copy_epoch:
+                self._copy_epoch = None  # the target left copy-in mode
             if front is None or front.tag in (S, STARTUP_TAG):
                 return
             if front.tag == Q:

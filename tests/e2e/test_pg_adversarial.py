@@ -634,3 +634,18 @@ def test_syncs_the_server_ignores_during_an_extended_copy_leave_nothing_waiting(
         assert client.run(query("select 1")).rows() == [["1"]]
     assert rows(pg, sentinel) == 4
     window.reconcile()
+
+
+def test_a_query_sent_in_the_middle_of_a_copy_ends_the_session_with_a_fatal(
+    window: Window, listener: Connect, sentinel: str, pg: PostgresServer
+) -> None:
+    """The server would fail the copy and swallow the query unanswered; the gateway, which
+    would wait for that answer, ends the session with a FATAL instead of hanging."""
+    with PgWire(listener.port, timeout=10) as client:
+        client.send(query(f"copy {sentinel} from stdin"))
+        assert client.wait_for("G").tag == "G"
+        answer = client.run(pglog.message(b"d", b"4\n") + query("select 'caf\u00e9'"))
+        assert answer.closed
+        assert [e["S"] for e in answer.errors] == ["FATAL"]
+    assert rows(pg, sentinel) == 3
+    window.reconcile()
