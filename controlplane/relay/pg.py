@@ -54,6 +54,9 @@ UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
 UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
 LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
 TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
+_COPY_BROKEN = (
+    "a request was sent during COPY FROM STDIN; end the copy with CopyDone or CopyFail first"
+)
 _TOO_DEEP = (
     "the statement is nested too deeply for the gateway to read which prepared statements or "
     "cursors it uses"
@@ -188,6 +191,8 @@ class PgInspector:
         self._copy_epoch: int | None = None
         self._copy_tag = 0
         self._epoch = 0
+        self._copy_ends: set[int] = set()  # epochs begun by a CopyDone or CopyFail
+        self._copy_broken = False  # a message other than copy data followed a running COPY
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
@@ -225,6 +230,8 @@ class PgInspector:
                         "CopyDone or CopyFail first)"
                     )
                 self._epoch += 1  # a COPY FROM STDIN the target runs ends here
+                if tag in (COPY_DONE, COPY_FAIL):
+                    self._copy_ends.add(self._epoch)
             if len(self._expect) >= MAX_IN_FLIGHT and tag not in (COPY_DATA, COPY_DONE, COPY_FAIL):
                 await self._throttle(out)
             if tag == Q:
@@ -711,6 +718,11 @@ class PgInspector:
         if front is None or front.tag not in (Q, E):
             return
         self._copy_epoch, self._copy_tag = front.epoch, front.tag
+        self._copy_ends = {e for e in self._copy_ends if e > front.epoch}
+        if self._epoch > front.epoch and front.epoch + 1 not in self._copy_ends:
+            # The client sent another request right behind the COPY: the target fails the
+            # copy and consumes that request without an answer, which nothing can wait for.
+            self._copy_broken = True
         ignored = [e for e in self._expect if e.tag == S and e.epoch == front.epoch]
         if not ignored:
             return
@@ -829,6 +841,11 @@ class PgInspector:
                 continue
             if kind == COPY_IN:
                 self._copy_in()
+                if self._copy_broken:
+                    self.finished = True
+                    await self._abandon(_COPY_BROKEN)
+                    chunks += (data[start : mark.end], self.fatal(_COPY_BROKEN))
+                    return [c for c in chunks if c]
                 continue
             self._answer(mark, kind)
             if kind in _ACKS:
@@ -944,12 +961,16 @@ class PgInspector:
     async def agent_lost(self) -> None:
         """The agent's stream broke: statements that completed get their result, the others
         one saying the outcome is unknown (it may have run, or not)."""
+        await self._abandon(AGENT_LOST_MESSAGE)
+
+    async def _abandon(self, message: str) -> None:
+        """The session ends with requests in flight: each gets a result with ``message``."""
         while self._cycles:
             cycle = self._cycles.popleft()
             for statement in cycle.done:
                 await self._result(statement, skipped=False)
             for statement in cycle.statements:
-                statement.error, statement.message = "unknown", AGENT_LOST_MESSAGE
+                statement.error, statement.message = "unknown", message
                 await self._result(statement, skipped=False)
         self._open = None
 

@@ -649,3 +649,16 @@ def test_a_query_sent_in_the_middle_of_a_copy_ends_the_session_with_a_fatal(
         assert [e["S"] for e in answer.errors] == ["FATAL"]
     assert rows(pg, sentinel) == 3
     window.reconcile()
+
+
+def test_a_query_pipelined_right_behind_a_copy_ends_the_session_with_a_fatal(
+    window: Window, listener: Connect, sentinel: str, pg: PostgresServer
+) -> None:
+    """Sent in one write before the server started the copy: once it did, the query would be
+    swallowed unanswered, so the gateway ends the session with a FATAL instead of waiting."""
+    with PgWire(listener.port, timeout=10) as client:
+        answer = client.run(query(f"copy {sentinel} from stdin") + query("select 'caf\u00e9'"))
+        assert answer.closed
+        assert "FATAL" in [e["S"] for e in answer.errors]
+    assert rows(pg, sentinel) == 3
+    window.reconcile()
