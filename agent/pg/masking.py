@@ -69,9 +69,9 @@ _NULL: Final = b"\xff\xff\xff\xff"
 ) = (ord(c) for c in "DTCIsENZ123nHdcAV")
 _TERMINAL = frozenset({COMMAND_COMPLETE, EMPTY_QUERY, PORTAL_SUSPENDED, ERROR, READY})
 """Tags that end a statement or a cycle."""
-_MARKED = _TERMINAL | frozenset(ord(c) for c in "123TnS")
+_MARKED = _TERMINAL | frozenset(ord(c) for c in "123TnSG")
 """Tags the relay makes result marks of (``relay.result_marks``): also the answers that confirm
-names, end a Describe or report a setting (decision 0010)."""
+names, end a Describe, report a setting (decision 0010) or start a COPY FROM STDIN."""
 _REWRITABLE = frozenset(
     {DATA_ROW, COPY_DATA, COPY_DONE, COMMAND_COMPLETE, ERROR, NOTICE, NOTIFICATION, FUNCTION_RESULT}
 )

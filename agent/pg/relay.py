@@ -38,6 +38,7 @@ ENCODING_STATUS = b"client_encoding\x00"
 
 COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
 PARSED, BOUND, CLOSED, ROWS_DESCRIBED, NO_DATA, STATUS = (ord(c) for c in "123TnS")
+COPY_IN = ord("G")
 # Answers that change or confirm the names the control plane tracks (decision 0010).
 _NAME_MARKS = {PARSED: Mark.PARSE_COMPLETE, BOUND: Mark.BIND_COMPLETE, CLOSED: Mark.CLOSE_COMPLETE}
 # Settings that change how the server reads a statement's text; only these are marked.
@@ -47,7 +48,7 @@ MAX_FRAME = 4 * READ_SIZE  # what the masker may hold back (a large row) goes ou
 
 def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Mark]:
     """Marks for the messages that end a statement or a request cycle, confirm a name, answer a
-    Describe, or report a lexical setting."""
+    Describe, report a lexical setting, or start a COPY FROM STDIN."""
     marks = []
     for message in messages:
         tag = message.tag
@@ -55,6 +56,10 @@ def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Ma
             marks.append(Mark(kind=_NAME_MARKS[tag], end=message.end + shift))
         elif tag in (ROWS_DESCRIBED, NO_DATA):
             marks.append(Mark(kind=Mark.DESCRIBED, end=message.end + shift))
+        elif tag == COPY_IN:
+            # The target now ignores Sync and Flush until the copy ends: the control plane
+            # must not wait for their answers.
+            marks.append(Mark(kind=Mark.COPY_IN, end=message.end + shift))
         elif tag == STATUS:
             name, value = pgm.parse_parameter_status(message.body)
             if name in LEXICAL_SETTINGS:

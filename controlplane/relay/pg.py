@@ -54,6 +54,9 @@ UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
 UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
 LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
 TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
+_COPY_BROKEN = (
+    "a request was sent during COPY FROM STDIN; end the copy with CopyDone or CopyFail first"
+)
 _TOO_DEEP = (
     "the statement is nested too deeply for the gateway to read which prepared statements or "
     "cursors it uses"
@@ -79,6 +82,7 @@ Mark = tunnel_pb2.ResultMark
 # The mark kinds as plain ints: reading a protobuf enum attribute costs on every mark.
 COMPLETE, ERROR, READY = int(Mark.COMPLETE), int(Mark.ERROR), int(Mark.READY)
 DESCRIBED, PARAMETER = int(Mark.DESCRIBED), int(Mark.PARAMETER)
+COPY_IN = int(Mark.COPY_IN)
 _ACKS = {int(Mark.PARSE_COMPLETE): P, int(Mark.BIND_COMPLETE): B, int(Mark.CLOSE_COMPLETE): C}
 _ACKS[DESCRIBED] = D
 
@@ -126,6 +130,10 @@ class Expect:
     portal: Portal | None = None  # Bind: what BindComplete confirms
     effects: deque[Effect | None] = field(default_factory=deque)  # Query/Execute, in order
     creates: frozenset[tuple[str, str]] = frozenset()  # ('S'|'P', name) it may create
+    # Which client message made it: the count of messages that would end a COPY FROM STDIN
+    # (all but Sync, Flush and CopyData) when it arrived; -1 until it is stamped.
+    epoch: int = -1
+    cycle: Cycle | None = None  # Sync: the cycle whose ReadyForQuery answers it
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +183,16 @@ class PgInspector:
         self._answered.set()
         self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
+        # An extended-protocol message failed and the Sync that ends its pipeline was not
+        # forwarded yet: the target skips (and never answers) every message up to that Sync.
+        self._skipping = False
+        # The target reads COPY data for the request made at this epoch: it ignores the
+        # Syncs of the same epoch, which therefore get no ReadyForQuery.
+        self._copy_epoch: int | None = None
+        self._copy_tag = 0
+        self._epoch = 0
+        self._copy_ends: set[int] = set()  # epochs begun by a CopyDone or CopyFail
+        self._copy_broken = False  # a message other than copy data followed a running COPY
         self._lexical = LexicalSettings()
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
@@ -203,6 +221,17 @@ class PgInspector:
         out: list[Chunk] = []  # joined once at the end: one copy of what is forwarded
         for msg in self._framer.feed(data):
             tag = msg.tag
+            if tag not in (S, H, COPY_DATA):
+                if self._copy_epoch == self._epoch and tag not in (COPY_DONE, COPY_FAIL, X):
+                    # The target would fail the copy and consume the message unanswered: what
+                    # the trail says ran could no longer be kept in order.
+                    raise framing.ProtocolError(
+                        f"message type {chr(tag)!r} during COPY FROM STDIN (end it with "
+                        "CopyDone or CopyFail first)"
+                    )
+                self._epoch += 1  # a COPY FROM STDIN the target runs ends here
+                if tag in (COPY_DONE, COPY_FAIL):
+                    self._copy_ends.add(self._epoch)
             if len(self._expect) >= MAX_IN_FLIGHT and tag not in (COPY_DATA, COPY_DONE, COPY_FAIL):
                 await self._throttle(out)
             if tag == Q:
@@ -400,6 +429,8 @@ class PgInspector:
                 f"more than {MAX_HELD_BYTES // (1024 * 1024)} MiB or {MAX_HELD_MESSAGES} "
                 "extended-protocol messages without a Sync or Flush; send Sync more often"
             )
+        if expect is not None:
+            expect.epoch = self._epoch
         self._held.append((raw, expect))
         self._held_bytes += len(raw)
         self._held_largest = largest
@@ -578,23 +609,25 @@ class PgInspector:
             cycle.statements.extend(statements)
             cycle.closed = sync
             self._open = None if sync else cycle
+        if sync:
+            self._unsynced = False
+            if (own := held[-1][1]) is not None:
+                own.cycle = cycle  # the Sync's ReadyForQuery ends this cycle
+        elif any(expect is not None for _, expect in held):
+            self._unsynced = True
         for raw, expect in held:
             out.append(raw)
             if expect is not None:
                 self._push(expect)
-        if sync:
-            self._unsynced = False
-        elif any(expect is not None for _, expect in held):
-            self._unsynced = True
 
     def _end_refused_pipeline(self, out: list[Chunk], sync_message: bytes) -> None:
         """Answer the Sync of a refused pipeline: the target's, if it holds part of it."""
         if self._open is not None:
             out.append(sync_message)  # a Sync runs no statement; it ends what the target holds
-            self._push(Expect(S))
+            cycle, self._open = self._open, None
+            cycle.closed = True
             self._unsynced = False
-            self._open.closed = True
-            self._open = None
+            self._push(Expect(S, cycle=cycle))
         else:
             self._queue_answer(b"", with_ready=True)
 
@@ -654,6 +687,15 @@ class PgInspector:
     # ---- what the target holds ------------------------------------------------------------
 
     def _push(self, expect: Expect) -> None:
+        if expect.epoch < 0:
+            expect.epoch = self._epoch
+        if expect.tag == S and expect.epoch == self._copy_epoch:
+            self._ignored_sync(expect)  # the target reads COPY data: it ignores this Sync
+            return
+        if expect.tag == S:
+            self._skipping = False
+        elif self._skipping:
+            return  # the target skips it without an answer: waiting for one would never end
         self._expect.append(expect)
         if expect.creates:
             self._creating += 1
@@ -668,6 +710,59 @@ class PgInspector:
         if len(self._expect) < MAX_IN_FLIGHT // 2:
             self._drained.set()
         return expect
+
+    def _copy_in(self) -> None:
+        """The target started reading COPY data for the request in front: until the client's
+        next message other than CopyData, Sync or Flush, it ignores every Sync and Flush."""
+        front = self._expect[0] if self._expect else None
+        if front is None or front.tag not in (Q, E):
+            return
+        self._copy_epoch, self._copy_tag = front.epoch, front.tag
+        self._copy_ends = {e for e in self._copy_ends if e > front.epoch}
+        if self._epoch > front.epoch and front.epoch + 1 not in self._copy_ends:
+            # The client sent another request right behind the COPY: the target fails the
+            # copy and consumes that request without an answer, which nothing can wait for.
+            self._copy_broken = True
+        ignored = [e for e in self._expect if e.tag == S and e.epoch == front.epoch]
+        if not ignored:
+            return
+        self._expect = deque(e for e in self._expect if not any(e is i for i in ignored))
+        for sync in ignored:
+            self._ignored_sync(sync)
+
+    def _ignored_sync(self, sync: Expect) -> None:
+        """A Sync the target ignored answers nothing: the cycle it closed goes on to the next
+        Sync the target will answer (or stays open), so that no ReadyForQuery is awaited twice."""
+        cycle = sync.cycle
+        head = next((c for c in self._cycles if c.synthetic is None), None)
+        if cycle is None or head is None:
+            return
+        if cycle is not head:
+            if self._copy_tag != E and (cycle.statements or cycle.injected):
+                return  # not the copy's pipeline; leave it as it is
+            self._merge(head, cycle)
+        following = next((e for e in self._expect if e.tag == S and e.cycle is not None), None)
+        if following is not None:
+            if following.cycle is not head:
+                assert following.cycle is not None
+                self._merge(head, following.cycle)
+                following.cycle = head
+            head.closed = True
+        elif self._copy_tag == E:
+            if self._open is not None and self._open is not head:
+                self._merge(head, self._open)
+            head.closed = False
+            self._open = head
+            self._unsynced = True
+
+    def _merge(self, into: Cycle, cycle: Cycle) -> None:
+        """One ReadyForQuery answers both cycles: ``cycle`` joins ``into``."""
+        into.statements.extend(cycle.statements)
+        into.done.extend(cycle.done)
+        into.injected += cycle.injected
+        self._cycles = deque(c for c in self._cycles if c is not cycle)
+        if self._open is cycle:
+            self._open = into
 
     def _answer(self, mark: tunnel_pb2.ResultMark, kind: int) -> None:
         """Apply one of the target's answers to the names it holds."""
@@ -690,6 +785,8 @@ class PgInspector:
                 )
                 names.pop(done.name, None)
         elif kind == COMPLETE:
+            if front is not None and front.epoch == self._copy_epoch:
+                self._copy_epoch = None  # the copy (or the statement after it) ended
             if front is None or front.tag not in (Q, E):
                 return
             if front.tag == E:
@@ -697,6 +794,8 @@ class PgInspector:
             if front.effects and (effect := front.effects.popleft()) is not None:
                 self._names.apply(effect)
         elif kind == ERROR:
+            if front is not None and front.epoch == self._copy_epoch:
+                self._copy_epoch = None  # the target left copy-in mode
             if front is None or front.tag in (S, STARTUP_TAG):
                 return
             if front.tag == Q:
@@ -708,6 +807,9 @@ class PgInspector:
             self._names.portals.pop("", None)
             while self._expect and self._expect[0].tag != S:
                 self._pop()
+            # No Sync forwarded after it (a flushed part of a pipeline): what the client still
+            # sends of that pipeline is skipped too, up to its Sync.
+            self._skipping = not self._expect
         elif kind == READY:
             while front is not None and front.tag not in (S, Q, STARTUP_TAG):
                 self._pop()  # unconfirmed: an agent without name marks; never trusted
@@ -736,6 +838,14 @@ class PgInspector:
             kind = mark.kind
             if kind == PARAMETER:
                 self._lexical.update(mark.name, mark.value)
+                continue
+            if kind == COPY_IN:
+                self._copy_in()
+                if self._copy_broken:
+                    self.finished = True
+                    await self._abandon(_COPY_BROKEN)
+                    chunks += (data[start : mark.end], self.fatal(_COPY_BROKEN))
+                    return [c for c in chunks if c]
                 continue
             self._answer(mark, kind)
             if kind in _ACKS:
@@ -853,12 +963,16 @@ class PgInspector:
     async def agent_lost(self) -> None:
         """The agent's stream broke: statements that completed get their result, the others
         one saying the outcome is unknown (it may have run, or not)."""
+        await self._abandon(AGENT_LOST_MESSAGE)
+
+    async def _abandon(self, message: str) -> None:
+        """The session ends with requests in flight: each gets a result with ``message``."""
         while self._cycles:
             cycle = self._cycles.popleft()
             for statement in cycle.done:
                 await self._result(statement, skipped=False)
             for statement in cycle.statements:
-                statement.error, statement.message = "unknown", AGENT_LOST_MESSAGE
+                statement.error, statement.message = "unknown", message
                 await self._result(statement, skipped=False)
         self._open = None
 

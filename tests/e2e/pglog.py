@@ -197,6 +197,15 @@ class PgWire:
             seen += msg.tag == "Z"
         return Answer(got)
 
+    def wait_for(self, tag: str) -> Backend:
+        """Read until a message with ``tag`` arrived (CopyInResponse, say)."""
+        while True:
+            msg = self._next()
+            if msg is None:
+                raise ConnectionError(f"the connection ended before a {tag!r} message")
+            if msg.tag == tag:
+                return msg
+
     def run(self, data: bytes, readies: int = 1) -> Answer:
         self.send(data)
         return self.wait(readies)

@@ -54,6 +54,10 @@ class ResultMark(_message.Message):
         """the last answer to a Describe (RowDescription or NoData)"""
         PARAMETER: ResultMark._Kind.ValueType  # 8
         """ParameterStatus of a lexical setting: `name`, `value`"""
+        COPY_IN: ResultMark._Kind.ValueType  # 9
+        """PostgreSQL CopyInResponse: the target reads COPY data now, and ignores every Sync and
+        Flush until the copy ends (CopyDone, CopyFail or another message).
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: ResultMark.Kind.ValueType  # 0
@@ -76,6 +80,10 @@ class ResultMark(_message.Message):
     """the last answer to a Describe (RowDescription or NoData)"""
     PARAMETER: ResultMark.Kind.ValueType  # 8
     """ParameterStatus of a lexical setting: `name`, `value`"""
+    COPY_IN: ResultMark.Kind.ValueType  # 9
+    """PostgreSQL CopyInResponse: the target reads COPY data now, and ignores every Sync and
+    Flush until the copy ends (CopyDone, CopyFail or another message).
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int

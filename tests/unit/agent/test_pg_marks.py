@@ -43,3 +43,17 @@ def test_name_answers_describe_ends_and_lexical_settings_are_marked() -> None:
 def test_data_rows_and_notices_are_not_marked() -> None:
     data = pgm.data_row([b"1"]) + pgm.notice_response(sqlstate="01000", message="hi")
     assert marks(data) == []
+
+
+def test_copy_in_response_is_marked() -> None:
+    """In copy-in mode the target ignores Sync and Flush: the control plane must know when."""
+    copy_in = b"G\0\0\0\7\0\0\0"  # CopyInResponse: text format, no columns
+    assert marks(copy_in) == [(Mark.COPY_IN, len(copy_in), "", "")]
+
+
+def test_copy_in_response_is_marked_through_the_masker() -> None:
+    from tests.unit.agent.test_masking import masker
+
+    copy_in = b"G\0\0\0\7\0\0\0"
+    out = masker().server(copy_in)
+    assert [(m.kind, m.end) for m in relay.masked_marks(out)] == [(Mark.COPY_IN, len(copy_in))]

@@ -1088,3 +1088,27 @@ async def test_requests_in_flight_are_bounded_by_waiting_for_answers(
 
     await ready.from_agent(Reply().parsed().ready().parsed().ready().frame())
     assert await asyncio.wait_for(task, 5) == one
+
+
+async def test_after_a_failure_in_a_flushed_pipeline_nothing_waits_for_skipped_messages(
+    ready: PgInspector, early: Forwarded, writer: AuditWriter, db_path: Path
+) -> None:
+    """The target skips the rest of a pipeline after a failed message, up to its Sync, and
+    answers none of it: text read only once earlier requests were answered must not wait for
+    those answers (the session would hang without its ReadyForQuery)."""
+    flushed = describe_portal("nosuch") + flush()
+    assert await ready.from_client(flushed) == flushed
+    await ready.from_agent(Reply().error("34000", 'portal "nosuch" does not exist').frame())
+
+    skipped = parse("select 1") + bind([]) + execute() + flush()
+    sensitive = parse("select 'caf\u00e9'") + bind([]) + execute() + pgm.sync()
+    forwarded = await asyncio.wait_for(ready.from_client(skipped + sensitive), 2)
+    assert b"".join(early) + forwarded == skipped + sensitive
+
+    answer = await ready.from_agent(Reply().ready().frame())
+    assert [tag for tag, _ in backend_messages(answer)] == ["Z"]
+    results = of_type(await all_events(writer, db_path), "db.result")
+    assert [r["result"]["error"] for r in results] == ["skipped", "skipped"]
+    # The Sync ended the skipping: the next pipeline is answered and waited for as usual.
+    assert await ready.from_client(parse("select 2") + pgm.sync()) != b""
+    await ready.from_agent(Reply().parsed().ready().frame())
