@@ -4,7 +4,8 @@
 # Node.js with npm (the OpenID Provider the identity tests log in against), OpenSSH's sshd and
 # clients (a throwaway sshd is the target of the SSH tests) and PgBouncer (the benchmark's
 # pooling baseline; it is started from its binary, never as a service) and shellcheck (the
-# agent installer's lint). systemd-analyze, which checks the units, comes with systemd.
+# agent installer's lint), systemd-analyze and kubectl (the deploy/ checks), setpriv and ip
+# (the run_as sandbox and the network-namespace tests).
 set -euo pipefail
 
 have_pg() {
@@ -21,6 +22,10 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || missing+=(openssh-client)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # checks deploy/install-agent.sh
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # checks deploy/systemd/
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)  # kustomizes deploy/kubernetes/
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the run_as capability sandbox
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces of test_network.py
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -29,7 +29,7 @@ class NetnsError(Exception):
 
 
 def available() -> str | None:
-    """None when namespaces can be made here; else why not (for a skip message)."""
+    """None when namespaces can be made here; else why not (the tests fail saying so)."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns add)"
     if shutil.which("ip") is None:

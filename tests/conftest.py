@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -27,3 +30,29 @@ def sshd_unprivileged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd
     server = start_sshd(tmp_path_factory.mktemp("sshd-user"), login=login)
     yield server
     server.stop()
+
+
+RUN_AS_ACCOUNT = "gatehouse-test"
+
+
+def require(condition: bool, what: str) -> None:
+    """A test that needs root or a tool fails saying so: a skipped test proves nothing in CI,
+    and `make test` (as root, with deploy/system-deps.sh) provides everything named here."""
+    if not condition:
+        pytest.fail(f"{what}; run `make test` as root, which installs it (deploy/system-deps.sh)")
+
+
+@pytest.fixture(scope="session")
+def account() -> pwd.struct_passwd:
+    """An ordinary account that `run_as` commands switch to (made when missing)."""
+    require(os.geteuid() == 0, "switching accounts needs an agent running as root")
+    try:
+        return pwd.getpwnam(RUN_AS_ACCOUNT)
+    except KeyError:
+        command = ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*"]
+        subprocess.run([*command, RUN_AS_ACCOUNT], check=True, capture_output=True)
+        return pwd.getpwnam(RUN_AS_ACCOUNT)
+
+
+def require_tool(name: str) -> None:
+    require(shutil.which(name) is not None, f"`{name}` is not installed")

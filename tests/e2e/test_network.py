@@ -31,6 +31,7 @@ from devenv.postgres import PostgresServer, start_postgres
 from devenv.processes import tail
 from devenv.sshd import Sshd, start_sshd
 from devenv.stack import Process, gatehouse
+from tests.conftest import require
 
 PG_PASSWORD = "vpc-pg-password"
 AGENT = "vpc-agent"
@@ -50,8 +51,11 @@ connections:
     secret: {{private_key: 'file:{key}'}}
 """
 
-skip_reason = netns.available()
-pytestmark = pytest.mark.skipif(skip_reason is not None, reason=skip_reason or "")
+
+@pytest.fixture(autouse=True)
+def _namespaces_available() -> None:
+    why = netns.available()
+    require(why is None, f"{why}")
 
 
 @dataclass

@@ -17,8 +17,9 @@ import pytest
 
 from devenv.postgres import PostgresServer
 from devenv.stack import Agent, ControlPlane, gatehouse
+from tests.conftest import require_tool
 from tests.e2e.conftest import AGENT, POLICY, Stack
-from tests.e2e.test_shell_run_as import RUN_AS_POLICY, account  # noqa: F401  # a fixture
+from tests.e2e.test_shell_run_as import RUN_AS_POLICY
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +38,9 @@ DROP_IN = (
 def sandboxed(
     tmp_path: Path,
     pg: PostgresServer,
-    account: pwd.struct_passwd,  # noqa: F811
+    account: pwd.struct_passwd,
 ) -> Iterator[Stack]:
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+    require_tool("setpriv")
     controlplane = ControlPlane.create(tmp_path / "controlplane")
     controlplane.start_and_wait()
     agent: Agent | None = None
@@ -80,7 +80,7 @@ def test_the_drop_in_is_what_this_test_runs() -> None:
 
 def test_a_run_as_command_has_no_capability_and_cannot_switch_back(
     sandboxed: Stack,
-    account: pwd.struct_passwd,  # noqa: F811
+    account: pwd.struct_passwd,
 ) -> None:
     agent = sandboxed.agent.proc
     assert agent is not None

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from devenv.postgres import PostgresServer
+from tests.conftest import RUN_AS_ACCOUNT
 from tests.e2e.conftest import AGENT, PG_PASSWORD, POLICY, Stack, start_stack
 
-ACCOUNT = "gatehouse-test"
+ACCOUNT = RUN_AS_ACCOUNT
 RUN_AS_POLICY = (
     POLICY
     + """\
@@ -28,18 +28,6 @@ RUN_AS_POLICY = (
     target: {{run_as: no-such-account-gatehouse, workdir: /tmp}}
 """
 )
-
-
-@pytest.fixture(scope="module")
-def account() -> pwd.struct_passwd:
-    if os.geteuid() != 0:
-        pytest.skip("switching accounts needs an agent running as root")
-    try:
-        return pwd.getpwnam(ACCOUNT)
-    except KeyError:
-        command = ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", ACCOUNT]
-        subprocess.run(command, check=True, capture_output=True)
-        return pwd.getpwnam(ACCOUNT)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import asyncio
 import hashlib
 import os
 import pwd
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.term import shell
+from tests.conftest import RUN_AS_ACCOUNT
 from tests.integration.term_client import TermClient, run_command
 from wire.term import codec
 
@@ -24,7 +24,7 @@ def ran(status: int, signal: str | None = None, error: str | None = None) -> cod
     return codec.Exit(status, signal, error, run_as="agent")
 
 
-ACCOUNT = "gatehouse-test"
+ACCOUNT = RUN_AS_ACCOUNT
 
 
 async def run(
@@ -159,19 +159,6 @@ async def test_client_leaving_stops_the_command(tmp_path: Path) -> None:
 
 
 # ---- whose account runs the command ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def account() -> pwd.struct_passwd:
-    """An ordinary account to run commands as (made when missing; needs root, as tests have)."""
-    if os.geteuid() != 0:
-        pytest.skip("switching accounts needs root")
-    try:
-        return pwd.getpwnam(ACCOUNT)
-    except KeyError:
-        command = ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", ACCOUNT]
-        subprocess.run(command, check=True, capture_output=True)
-        return pwd.getpwnam(ACCOUNT)
 
 
 async def test_a_command_runs_as_the_run_as_account(account: pwd.struct_passwd) -> None:

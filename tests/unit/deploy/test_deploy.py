@@ -20,6 +20,7 @@ import yaml
 from agent.settings import AgentSettings
 from cli.config import env_name
 from controlplane.settings import Settings
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
@@ -65,9 +66,12 @@ def verify(*units: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-needs_systemd = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
-)
+needs_systemd = pytest.mark.usefixtures("systemd_analyze")
+
+
+@pytest.fixture
+def systemd_analyze() -> None:
+    require_tool("systemd-analyze")
 
 
 @needs_systemd
@@ -226,8 +230,8 @@ def test_install_agent_refuses_incomplete_or_odd_input(
     assert not (tmp_path / "r" / "etc").exists()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_install_agent_is_shellcheck_clean() -> None:
+    require_tool("shellcheck")
     result = subprocess.run(
         ["shellcheck", str(DEPLOY / "install-agent.sh")],
         capture_output=True,
@@ -291,8 +295,8 @@ def test_kubernetes_agent_deployment_is_complete() -> None:
     assert listed == on_disk
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kubectl_kustomize_builds_the_set() -> None:
+    require_tool("kubectl")
     result = subprocess.run(
         ["kubectl", "kustomize", str(DEPLOY / "kubernetes")],
         capture_output=True,
