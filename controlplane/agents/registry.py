@@ -142,8 +142,9 @@ class AgentRegistry:
         uses: int = 1,
         ttl: timedelta = DEFAULT_JOIN_TTL,
     ) -> CreatedAgent:
-        """Create (or re-create a revoked) agent, or give an existing one a new join token
-        when `uses` > 1 (a pod without a volume re-joins with it); returns the token."""
+        """Create (or re-create a revoked) agent; returns its join token, usable `uses` times
+        (a pod without a volume re-joins with another use). An agent that exists and is not
+        revoked is refused (AlreadyExists): revoke it first."""
         if not NAME_RE.match(name):
             raise InvalidArgument(
                 f"invalid agent name {name!r}: use lowercase letters, digits, '.', '_' or '-'"
