@@ -150,8 +150,9 @@ def approve_prune(
         raise SelfApproval(
             f"prune request {request_id} was made by {requester}: another admin must approve it"
         )
+    creators = _token_creators(session)
     for token, creator in ((by.subject, requester), (requester, by.subject)):
-        if _created_token(session, token, creator):
+        if creator in _minted_by(token, creators):
             raise SelfApproval(
                 f"prune request {request_id}: {token} is a token {creator} created; "
                 "another admin must approve it"
@@ -179,22 +180,35 @@ def approve_prune(
     return result, requester
 
 
-def _created_token(session: Session, subject: str, creator: str) -> bool:
-    """True when `subject` is an API token that `creator` made (from the trail's own record):
-    an admin cannot approve their own request with a token they minted for it."""
-    if not subject.startswith("token:"):
-        return False
-    name = subject.removeprefix("token:")
+MAX_TOKEN_CHAIN = 1000  # makers followed up a chain of tokens; a bound, not a policy
+
+
+def _token_creators(session: Session) -> dict[str, set[str]]:
+    """Who made each API token, from the trail's own `token.create` records (a name reused
+    after a revocation has every maker)."""
+    creators: dict[str, set[str]] = {}
     query = select(EventRow.body).where(EventRow.type == "admin.change")
     for body in session.exec(query):
         if '"token.create"' not in body:
             continue
         event = json.loads(body)
         change, user = event.get("change", {}), event.get("user", {})
-        made = (change.get("action"), change.get("name"), user.get("sub"))
-        if made == ("token.create", name, creator):
-            return True
-    return False
+        if change.get("action") == "token.create":
+            creators.setdefault(f"token:{change.get('name')}", set()).add(str(user.get("sub")))
+    return creators
+
+
+def _minted_by(subject: str, creators: dict[str, set[str]]) -> set[str]:
+    """Everyone up the chain of tokens that made `subject` (a token minted by a token minted
+    by alice is alice's): whoever made a token saw its secret and can act as it."""
+    found: set[str] = set()
+    todo = [subject]
+    while todo and len(found) < MAX_TOKEN_CHAIN:
+        for maker in creators.get(todo.pop(), ()):
+            if maker not in found:
+                found.add(maker)
+                todo.append(maker)
+    return found
 
 
 def _lock_head(session: Session) -> None:

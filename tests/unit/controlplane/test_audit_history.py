@@ -368,6 +368,27 @@ async def test_a_token_the_requester_minted_cannot_approve_their_request(
     assert result.removed == 5
 
 
+async def test_a_token_minted_by_a_token_the_requester_minted_cannot_approve(
+    aged: AuditWriter, db_path: Path, key: SigningKey
+) -> None:
+    """alice → token t1 → token t2: t2 acts for alice, however many tokens stand between."""
+    first = {"action": "token.create", "token": "a", "name": "t1", "role": "admin"}
+    await aged.commit(draft("admin.change", identity=ALICE, change=first))
+    second = {"action": "token.create", "token": "b", "name": "t2", "role": "admin"}
+    await aged.commit(
+        draft("admin.change", identity=Identity("token:t1", role=ADMIN), change=second)
+    )
+    cutoff = datetime.now(UTC) - timedelta(days=50)
+    made = await aged.transact(lambda s: request_prune(s, cutoff, ALICE, key))
+    assert isinstance(made, PruneRequestRecord)
+    with pytest.raises(SelfApproval, match="token:t2 is a token alice created"):
+        await aged.transact(
+            lambda s: approve_prune(s, made.id, Identity("token:t2", role=ADMIN), key)
+        )
+    result, _ = await aged.transact(lambda s: approve_prune(s, made.id, BOB, key))
+    assert result.removed == 5
+
+
 async def test_a_url_witness_gets_each_checkpoint_posted_and_retried(
     db: Database, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
