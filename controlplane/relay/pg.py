@@ -52,6 +52,12 @@ DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it 
 UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name
 UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
 UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
+AFTER_EXECUTE = (
+    "gatehouse: text with a non-ASCII character or a backslash follows an Execute of the same "
+    "pipeline, and PostgreSQL reports a setting that statement may have changed "
+    "(client_encoding, standard_conforming_strings) only at the next Sync, so the gateway "
+    "cannot know how the server would read it; send a Sync before this Parse"
+)
 LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
 TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
 _COPY_BROKEN = (
@@ -204,6 +210,9 @@ class PgInspector:
         self._unsynced = False  # extended messages went out without their Sync yet
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
+        # An Execute was sent since the last Sync: PostgreSQL (14 and later) reports a setting
+        # it changed only at the next ReadyForQuery, so text after it cannot be read safely.
+        self._executed_unsynced = False
         self._started = False  # past the StartupMessage: every message is tagged
         self._audit_error = ""
         self.startup_params: dict[str, str] = {}
@@ -240,6 +249,8 @@ class PgInspector:
                 if not (self._discarding or self._refusal):
                     await self._hold(msg, out)
             elif tag in (S, H):
+                if tag == S:
+                    self._executed_unsynced = False
                 self._keep(bytes(msg.raw), Expect(S) if tag == S else None)
                 await self._release(out, sync=tag == S)
             elif tag in (COPY_DATA, COPY_DONE, COPY_FAIL):
@@ -442,6 +453,11 @@ class PgInspector:
         if tag == P:
             parse = pgm.parse_parse(msg.body)
             if sensitive(parse.query):
+                if self._executed_unsynced and not self._skipping:  # skipped: never read
+                    self._refuse_held(
+                        parse.query, Refusal(UNREADABLE_SQLSTATE, AFTER_EXECUTE, "(unreadable)")
+                    )
+                    return
                 await self._settle(out)
                 if self._discarding:
                     return
@@ -482,6 +498,7 @@ class PgInspector:
             self._overlay.portals[bind.portal] = portal
             expect = Expect(B, name=bind.portal, portal=portal, creates=_one("P", bind.portal))
         elif tag == E:
+            self._executed_unsynced = True
             name = pgm.parse_execute(msg.body).portal
             running = await self._portal(name, self._overlay, out)
             if self._discarding:
