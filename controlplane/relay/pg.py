@@ -52,6 +52,10 @@ DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it 
 UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name
 UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
 UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
+NAME_TOO_LONG_SQLSTATE = "42622"  # name_too_long
+# PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1 bytes: two
+# longer names that share them are one object on the server and two here. Refused instead.
+MAX_NAME_BYTES = 63
 AFTER_EXECUTE = (
     "gatehouse: text with a non-ASCII character or a backslash follows an Execute of the same "
     "pipeline, and PostgreSQL reports a setting that statement may have changed "
@@ -452,6 +456,8 @@ class PgInspector:
         expect: Expect
         if tag == P:
             parse = pgm.parse_parse(msg.body)
+            if self._refuse_long(parse.query, parse.name):
+                return
             if sensitive(parse.query):
                 if self._executed_unsynced and not self._skipping:  # skipped: never read
                     self._refuse_held(
@@ -479,6 +485,8 @@ class PgInspector:
             expect = Expect(P, name=parse.name, prepared=prepared, creates=_one("S", parse.name))
         elif tag == B:
             bind = pgm.parse_bind(msg.body)
+            if self._refuse_long("", bind.statement, bind.portal):
+                return
             found = await self._statement(bind.statement, self._overlay, out)
             if self._discarding:
                 return
@@ -500,6 +508,8 @@ class PgInspector:
         elif tag == E:
             self._executed_unsynced = True
             name = pgm.parse_execute(msg.body).portal
+            if self._refuse_long("", name):
+                return
             running = await self._portal(name, self._overlay, out)
             if self._discarding:
                 return
@@ -530,6 +540,8 @@ class PgInspector:
             expect = _expect(E, effects)
         elif tag == C:
             close = pgm.parse_close(msg.body)
+            if self._refuse_long("", close.name):
+                return
             if close.kind == "S":
                 self._overlay.statements[close.name] = None
             else:
@@ -538,6 +550,19 @@ class PgInspector:
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
         self._keep(raw, expect)
+
+    def _refuse_long(self, sql: str, *names: str) -> bool:
+        """Refuse the batch when a name is longer than the server keeps (see MAX_NAME_BYTES)."""
+        for name in names:
+            if len(name.encode()) > MAX_NAME_BYTES:
+                reason = (
+                    f"gatehouse: the name {name[:20]!r}… is longer than {MAX_NAME_BYTES} bytes, "
+                    "which PostgreSQL would cut short; use a shorter prepared statement or "
+                    "portal name"
+                )
+                self._refuse_held(sql, Refusal(NAME_TOO_LONG_SQLSTATE, reason, "(name)"))
+                return True
+        return False
 
     def _refuse_held(
         self,

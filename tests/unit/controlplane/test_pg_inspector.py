@@ -1107,3 +1107,16 @@ async def test_after_a_failure_in_a_flushed_pipeline_nothing_waits_for_skipped_m
     # The Sync ended the skipping: the next pipeline is answered and waited for as usual.
     assert await ready.from_client(parse("select 2") + pgm.sync()) != b""
     await ready.from_agent(Reply().parsed().ready().frame())
+
+
+async def test_a_name_longer_than_the_server_keeps_is_refused(
+    ready: PgInspector, early: Forwarded
+) -> None:
+    """The server keys names by their first 63 bytes: `a…a1` and `a…a2` would be one object."""
+    long = "a" * 63 + "1"
+    sent = parse("select 1", name=long) + pgm.sync()
+    assert await asyncio.wait_for(ready.from_client(sent), 2) == b""
+    error = error_of(ready.take_synthetic())
+    assert error.sqlstate == "42622" and "63 bytes" in error.message
+    fits = parse("select 1", name="a" * 63) + pgm.sync()
+    assert await asyncio.wait_for(ready.from_client(fits), 2) == fits
