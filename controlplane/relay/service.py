@@ -1,9 +1,11 @@
-"""ClientService: one session from open to end, for `exec` and `connect` alike.
+"""ClientService: one session from open to end, for `exec`, `connect` and `--pg-listen` alike.
 
 open → identify the caller → find the connection and its online agent → commit
 `session.start` → order the agent to dial back → relay, with the protocol's inspector between
-the client and the agent → commit `session.end`. Errors before the relay starts are gRPC
-statuses with a message for the user; after it starts, the protocol's own error messages.
+the client and the agent → commit `session.end`. `admit` does everything up to the relay and
+`serve` the relay itself, over a `ClientEnd`: the gRPC stream here, a native client's socket in
+controlplane/pglisten.py. Errors before the relay starts are gRPC statuses (pg-listen: FATAL
+ErrorResponses) with a message for the user; after it starts, the protocol's own errors.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -36,14 +39,15 @@ from controlplane.errors import (
     unary,
 )
 from controlplane.policy.access import MODES, AccessDecision, decide
-from controlplane.policy.document import Connection
+from controlplane.policy.document import Connection, Review
 from controlplane.policy.store import PolicyStore
+from controlplane.relay.ends import ClientEnd, GrpcEnd
 from controlplane.relay.pg import PgInspector
 from controlplane.relay.reviews import Reviews, as_message, wait_timeout
 from controlplane.relay.term import TermInspector
-from controlplane.relay.tunnel import CANCEL, Fatal, Tunnel, Tunnels
+from controlplane.relay.tunnel import CANCEL, Cancel, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
-from controlplane.store.models import ApiTokenRow, RecordingChunkRow, SessionRow
+from controlplane.store.models import ApiTokenRow, RecordingChunkRow, ReviewRow, SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
 from wire.pg.framing import ProtocolError
 from wire.term.codec import ProtocolError as TermProtocolError
@@ -56,6 +60,8 @@ SUPPORTED_TYPES = {"postgres", "ssh", "shell"}
 FORWARD_CHUNK = 1024 * 1024
 REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still works
 DEFAULT_DELEGATION = 8 * 3600
+#: Told the client when its session waits for a review; may raise to refuse instead.
+ReviewPending = Callable[[ReviewRow, Review, str], Awaitable[None]]
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
@@ -81,27 +87,20 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def Session(  # type: ignore[override]  # read/write API, not a generator
         self, request_iterator: Any, context: Context
     ) -> None:
+        end = GrpcEnd(context)
         try:
             identity = await self._auth.identify(context.invocation_metadata())
             first = await asyncio.wait_for(context.read(), 30)
             if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
                 raise InvalidArgument("a session must start with open")
             opening = first.open
-            mode = opening.mode or "exec"
-            connection, decision = await self._connection(opening.connection, identity, mode)
-            review_id = await self._review(context, identity, connection, mode, decision)
-            ctx = SessionContext(
-                session_id=str(uuid.uuid4()),
-                identity=identity,
-                connection={
-                    "name": connection.name,
-                    "type": connection.type,
-                    "agent": connection.agent,
-                },
-                audit_mode=connection.audit,
-                source={"ip": _peer_ip(context.peer()), "client": opening.client or "unknown"},
+            session = await self.admit(
+                identity,
+                opening.connection,
+                opening.mode or "exec",
+                {"ip": end.peer, "client": opening.client or "unknown"},
+                functools.partial(_review_pending, context),
             )
-            tunnel = await self._open(ctx, connection, identity, mode, review_id)
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
             return
@@ -111,20 +110,64 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no open message within 30 s")
             return
-        started = time.monotonic()
-        inspector = self._inspector(ctx, connection, mode, tunnel)
-        reason = "closed"
-        try:
+
+        async def opened() -> None:
             await context.write(
                 client_pb2.ServerFrame(
                     opened=client_pb2.SessionOpened(
-                        session_id=ctx.session_id, connection_type=connection.type
+                        session_id=session.ctx.session_id,
+                        connection_type=session.connection.type,
                     )
                 )
             )
-            relay = _relay(context, tunnel, inspector, self._audit)
+
+        await self.serve(end, session, opened)
+
+    async def admit(
+        self,
+        identity: Identity,
+        name: str,
+        mode: str,
+        source: dict[str, Any],
+        review_pending: ReviewPending,
+    ) -> Admitted:
+        """Everything before the relay: access, review, `session.start`, the agent attached.
+        Raises a GatehouseError (or AuditUnavailable) that says why not."""
+        connection, decision = await self._connection(name, identity, mode)
+        review_id = await self._review(review_pending, identity, connection, mode, decision)
+        ctx = SessionContext(
+            session_id=str(uuid.uuid4()),
+            identity=identity,
+            connection={
+                "name": connection.name,
+                "type": connection.type,
+                "agent": connection.agent,
+            },
+            audit_mode=connection.audit,
+            source=source,
+        )
+        tunnel = await self._open(ctx, connection, identity, mode, review_id)
+        inspector = self._inspector(ctx, connection, mode, tunnel)
+        return Admitted(ctx, connection, identity, tunnel, inspector, self._audit)
+
+    async def serve(
+        self,
+        end: ClientEnd,
+        session: Admitted,
+        opened: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Relay an admitted session until it ends, then record its end."""
+        ctx, tunnel, inspector = session.ctx, session.tunnel, session.inspector
+        started = time.monotonic()
+        reason = "closed"
+        try:
+            if opened is not None:
+                await opened()
+            relay = _relay(end, session)
             with self._audit.watching(ctx.session_id) as loss:
-                reason = await self._relay_while_valid(context, relay, identity, inspector, loss)
+                reason = await self._relay_while_valid(
+                    end, relay, session.identity, inspector, loss
+                )
         finally:
             self._tunnels.discard(tunnel)
             try:
@@ -271,14 +314,15 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     async def _review(
         self,
-        context: Context,
+        pending: ReviewPending,
         identity: Identity,
         connection: Connection,
         mode: str,
         decision: AccessDecision,
     ) -> str | None:
         """The review this session opens under: none when the rule needs none; an unexpired
-        approval of the same connection and mode; else a new one, waited for here."""
+        approval of the same connection and mode; else a new one, waited for here (`pending`
+        tells the client, and may refuse instead of waiting)."""
         if decision.needs_review is None or decision.rule is None:
             return None
         held = await self._reviews.granted(identity, connection.name, mode)
@@ -287,16 +331,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         row = await self._reviews.request(
             identity, connection.name, mode, decision.rule, decision.needs_review
         )
-        await context.write(
-            client_pb2.ServerFrame(
-                review_pending=client_pb2.ReviewPending(
-                    review_id=row.id,
-                    reviewer_groups=list(decision.needs_review.groups),
-                    rule=decision.rule,
-                    timeout_seconds=int(wait_timeout()),
-                )
-            )
-        )
+        await pending(row, decision.needs_review, decision.rule)
         approved = await self._reviews.wait(row.id)
         return approved.id
 
@@ -382,7 +417,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     async def _relay_while_valid(
         self,
-        context: Context,
+        end: ClientEnd,
         relay: Coroutine[Any, Any, str],
         identity: Identity,
         inspector: Inspector,
@@ -422,7 +457,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await relaying
         fatal = inspector.fatal(f"session ended: {why}", sqlstate)
         with contextlib.suppress(Exception):
-            await context.write(client_pb2.ServerFrame(data=fatal))
+            await end.write(fatal)
         return why
 
     async def _end(self, ctx: SessionContext, reason: str, started: float, count: int) -> None:
@@ -482,6 +517,41 @@ class Inspector(Protocol):
     async def agent_lost(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A session the control plane started (`session.start` committed, agent attached) and
+    whose relay has not run yet: hand it to `ClientServicer.serve`."""
+
+    ctx: SessionContext
+    connection: Connection
+    identity: Identity
+    tunnel: Tunnel
+    inspector: Inspector
+    audit: AuditWriter
+
+    async def cancel(self) -> None:
+        """The client's cancel request: recorded (it changes what the target does), then
+        sent to the agent, which cancels with the target's own key."""
+        event = self.inspector.cancel_event()
+        if event is not None:
+            await self.audit.submit(event)
+            await self.tunnel.to_agent.put(CANCEL)
+
+
+async def _review_pending(context: Context, row: ReviewRow, review: Review, rule: str) -> None:
+    """A gRPC client waits for the review with a spinner: tell it whom it waits for."""
+    await context.write(
+        client_pb2.ServerFrame(
+            review_pending=client_pb2.ReviewPending(
+                review_id=row.id,
+                reviewer_groups=list(review.groups),
+                rule=rule,
+                timeout_seconds=int(wait_timeout()),
+            )
+        )
+    )
+
+
 AGENT_LOST = "agent_lost"
 
 
@@ -493,10 +563,11 @@ class AgentLost(Exception):
 PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
 
 
-async def _relay(context: Context, tunnel: Tunnel, inspector: Inspector, audit: AuditWriter) -> str:
+async def _relay(end: ClientEnd, session: Admitted) -> str:
     """Pump both directions until one side ends; returns why the session ended."""
-    upstream = asyncio.create_task(_client_to_agent(context, tunnel, inspector, audit))
-    downstream = asyncio.create_task(_agent_to_client(context, tunnel, inspector))
+    tunnel, inspector = session.tunnel, session.inspector
+    upstream = asyncio.create_task(_client_to_agent(end, session))
+    downstream = asyncio.create_task(_agent_to_client(end, tunnel, inspector))
     done, pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
     if upstream in done and upstream.exception() is None:
         # The client finished sending; let the target's last answers through. A command runs
@@ -524,29 +595,22 @@ async def _relay(context: Context, tunnel: Tunnel, inspector: Inspector, audit: 
     return "closed"
 
 
-async def _client_to_agent(
-    context: Context, tunnel: Tunnel, inspector: Inspector, audit: AuditWriter
-) -> None:
+async def _client_to_agent(end: ClientEnd, session: Admitted) -> None:
+    tunnel, inspector = session.tunnel, session.inspector
     try:
         while True:
-            message = await context.read()
-            if not isinstance(message, client_pb2.ClientFrame):  # end of stream
+            data = await end.read()
+            if data is None:  # end of stream
                 if inspector.incomplete:
                     error = ProtocolError("the client left in the middle of a message")
                     await tunnel.to_client.put(Fatal(inspector.fatal(str(error))))
                     raise error
                 return
-            if message.HasField("cancel"):
-                event = inspector.cancel_event()
-                if event is not None:
-                    # Not a statement: recorded (it changes what the target does), then sent.
-                    await audit.submit(event)
-                    await tunnel.to_agent.put(CANCEL)
-                continue
-            if not message.HasField("data"):
+            if isinstance(data, Cancel):
+                await session.cancel()
                 continue
             try:
-                forward = await inspector.from_client(message.data)
+                forward = await inspector.from_client(data)
             except PROTOCOL_ERRORS as exc:
                 await tunnel.to_client.put(Fatal(inspector.fatal(str(exc))))
                 raise
@@ -564,28 +628,27 @@ async def _forward(tunnel: Tunnel, data: bytes) -> None:
         await tunnel.to_agent.put(data[start : start + FORWARD_CHUNK])
 
 
-async def _agent_to_client(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:
+async def _agent_to_client(end: ClientEnd, tunnel: Tunnel, inspector: Inspector) -> None:
     while True:
         item = await tunnel.to_client.get()
         if item is None and tunnel.lost:
-            await _agent_lost(context, tunnel, inspector)
+            await _agent_lost(end, tunnel, inspector)
         if item is None:
             chunks = inspector.closing()
         elif isinstance(item, tunnel_pb2.Frame):
             chunks = await inspector.from_agent(item)
         elif isinstance(item, Fatal):
-            await context.write(client_pb2.ServerFrame(data=item.data))
+            await end.write(item.data)
             return
         else:
             chunks = inspector.take_synthetic()
         if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            await context.write(client_pb2.ServerFrame(data=data))
+            await end.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if item is None or inspector.finished:
             return
 
 
-async def _agent_lost(context: Context, tunnel: Tunnel, inspector: Inspector) -> None:
+async def _agent_lost(end: ClientEnd, tunnel: Tunnel, inspector: Inspector) -> None:
     """Record every in-flight request's unknown outcome, then end the client's session with
     the protocol's fatal error (PostgreSQL: 08006 connection_failure)."""
     try:
@@ -597,7 +660,7 @@ async def _agent_lost(context: Context, tunnel: Tunnel, inspector: Inspector) ->
             "08006",
         )
         with contextlib.suppress(Exception):
-            await context.write(client_pb2.ServerFrame(data=fatal))
+            await end.write(fatal)
     raise AgentLost(tunnel.agent)
 
 
@@ -615,10 +678,3 @@ def _delegated(row: ApiTokenRow) -> client_pb2.DelegatedToken:
         revoked=moment(row.revoked_at),
         role=row.role,
     )
-
-
-def _peer_ip(peer: str) -> str:
-    """The caller's address (also through the TLS front and a trusted proxy)."""
-    from controlplane.auth.sources import peer_ip
-
-    return peer_ip(peer)
