@@ -36,6 +36,7 @@ from controlplane.handshakes import (
 )
 from controlplane.http.api import build_app
 from controlplane.http.metrics import Metrics
+from controlplane.pglisten import PgListener
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
@@ -112,6 +113,7 @@ class ControlPlane:
         self._http_server: asyncio.Server | None = None
         self.tls: ServerTls | None = None
         self._fronts: list[TlsFront] = []
+        self.pg_listener: PgListener | None = None
         self._run_dir: Path | None = None
 
     async def start(self) -> None:
@@ -136,6 +138,7 @@ class ControlPlane:
                     *settings.public_addr,
                     split_host_port(settings.grpc_listen)[0],
                     split_host_port(settings.http_listen)[0],
+                    *([split_host_port(settings.pg_listen)[0]] if settings.pg_listen else []),
                 ],
             )
             self.agents.certificates = AgentCertificates(
@@ -171,18 +174,16 @@ class ControlPlane:
             ),
             server,
         )
-        client_pb2_grpc.add_ClientServiceServicer_to_server(
-            ClientServicer(
-                self.auth,
-                self.policy,
-                self.agents,
-                self.tunnels,
-                self.audit,
-                self.db,
-                login=_login_config(self.oidc_settings, settings),
-            ),
-            server,
+        sessions = ClientServicer(
+            self.auth,
+            self.policy,
+            self.agents,
+            self.tunnels,
+            self.audit,
+            self.db,
+            login=_login_config(self.oidc_settings, settings),
         )
+        client_pb2_grpc.add_ClientServiceServicer_to_server(sessions, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.auth, self.agents, self.policy), server
         )
@@ -204,12 +205,15 @@ class ControlPlane:
         self._http = await self._start_http()
         if self.tls is not None:
             self._start_fronts(self.tls)
+        if settings.pg_listen:
+            self._start_pg_listener(sessions)
         await self._follow_readiness()
         self._health_task = asyncio.create_task(self._health_loop(), name="grpc-health")
         log.info(
-            "control plane listening: gRPC %s, HTTP %s (%s), store %s",
+            "control plane listening: gRPC %s, HTTP %s%s (%s), store %s",
             settings.grpc_listen,
             settings.http_listen,
+            f", PostgreSQL {settings.pg_listen}" if settings.pg_listen else "",
             "plaintext, --dev" if self.tls is None else f"TLS, CA pin {self.tls.ca.pin}",
             "SQLite" if self.db.is_sqlite else "PostgreSQL",
         )
@@ -251,6 +255,27 @@ class ControlPlane:
             self._fronts.append(front)
         for front in self._fronts:
             front.start()
+
+    def _start_pg_listener(self, sessions: ClientServicer) -> None:
+        """Native PostgreSQL clients, on the same session path as the gRPC ClientService."""
+        listener = PgListener(
+            sessions,
+            self.auth,
+            self.tls,
+            trusted_proxies=proxy.parse_networks(self.settings.trusted_proxies),
+            handshake_timeout=self.limits.timeout,
+            max_pending=self.limits.max_pending,
+            max_connections=self.settings.pg_listen_max_connections,
+        )
+        host, port = split_host_port(self.settings.pg_listen)
+        try:
+            listener.listen(host, port)
+        except OSError:
+            raise OSError(
+                f"cannot listen on {self.settings.pg_listen} (PostgreSQL): in use?"
+            ) from None
+        listener.start()
+        self.pg_listener = listener
 
     async def _start_http(self) -> web.AppRunner:
         app = build_app(
@@ -355,6 +380,8 @@ class ControlPlane:
         await self.grpc_health.enter_graceful_shutdown()  # NOT_SERVING while draining
         for front in self._fronts:
             front.stop_accepting()
+        if self.pg_listener is not None:
+            self.pg_listener.stop_accepting()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -367,6 +394,9 @@ class ControlPlane:
         for front in self._fronts:
             await front.close()
         self._fronts.clear()
+        if self.pg_listener is not None:
+            await self.pg_listener.close()  # each session records its end
+            self.pg_listener = None
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None

@@ -53,6 +53,14 @@ class Settings:
     )
     grpc_listen: str = setting("127.0.0.1:8443", help="host:port for gRPC.")
     http_listen: str = setting("127.0.0.1:8080", help="host:port for health, metrics, export.")
+    pg_listen: str = setting(
+        "",
+        help="host:port where native PostgreSQL clients connect (dbname=<connection>, "
+        "password=<a Gatehouse token>); TLS required but with --dev. Empty: off.",
+    )
+    pg_listen_max_connections: int = setting(
+        1000, help="Connections the --pg-listen listener holds at once (sessions and handshakes)."
+    )
     database_url: str | None = setting(
         None, secret=True, help="SQLAlchemy URL of the store (default: SQLite in the data dir)."
     )
@@ -178,6 +186,8 @@ class Settings:
             raise InvalidArgument("handshake_timeout must be between 0.1 and 600 s")
         if not 1 <= self.max_pending_handshakes <= 100_000:
             raise InvalidArgument("max_pending_handshakes must be between 1 and 100000")
+        if not 1 <= self.pg_listen_max_connections <= 100_000:
+            raise InvalidArgument("pg_listen_max_connections must be between 1 and 100000")
         if not 0.5 <= self.heartbeat_interval <= 300:
             raise InvalidArgument("heartbeat_interval must be between 0.5 and 300 s")
         if self.oidc_issuer.strip():
@@ -192,6 +202,7 @@ class Settings:
         for name, listen in (
             ("--grpc-listen", self.grpc_listen),
             ("--http-listen", self.http_listen),
+            *((("--pg-listen", self.pg_listen),) if self.pg_listen else ()),
         ):
             host = split_host_port(listen)[0]
             if self.dev and not is_loopback(host):

@@ -98,6 +98,7 @@ class ControlPlane(Process):
     http_port: int = 0
     tls: bool = False  # production mode: TLS on both listeners, clients trust DATA_DIR/ca.pem
     host: str = "127.0.0.1"
+    pg_port: int = 0  # --pg-listen's port; 0: not listening for PostgreSQL clients
 
     @classmethod
     def create(
@@ -110,8 +111,10 @@ class ControlPlane(Process):
         tls: bool = False,
         host: str = "127.0.0.1",
         extra: Sequence[str] = (),
+        pg_listen: bool = False,
     ) -> ControlPlane:
         grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
+        pg_port = free_port() if pg_listen else 0
         args = [
             "controlplane",
             "serve",
@@ -122,6 +125,7 @@ class ControlPlane(Process):
             f"{host}:{grpc_port}",
             "--http-listen",
             f"{host}:{http_port}",
+            *(["--pg-listen", f"{host}:{pg_port}"] if pg_port else []),
             *extra,
         ]
         return cls(
@@ -133,6 +137,7 @@ class ControlPlane(Process):
             http_port=http_port,
             tls=tls,
             host=host,
+            pg_port=pg_port,
         )
 
     @property

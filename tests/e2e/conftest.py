@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from devenv.postgres import PostgresServer, start_postgres
 from devenv.sshd import Sshd
-from devenv.stack import Agent, ControlPlane, enroll_agent, gatehouse
+from devenv.stack import Agent, Connect, ControlPlane, enroll_agent, gatehouse
 
 PG_PASSWORD = "s3cret-pg-password"
 AGENT = "vpc-1"
@@ -86,8 +87,11 @@ class Stack:
         self.controlplane.stop()
 
 
-def start_stack(base: Path, pg: PostgresServer, *, tls: bool = False) -> Stack:
-    controlplane = ControlPlane.create(base / "controlplane", tls=tls)
+def start_stack(
+    base: Path, pg: PostgresServer, *, tls: bool = False, extra: tuple[str, ...] = ()
+) -> Stack:
+    """The control plane listens for native PostgreSQL clients too (`--pg-listen`)."""
+    controlplane = ControlPlane.create(base / "controlplane", tls=tls, pg_listen=True, extra=extra)
     controlplane.start_and_wait()
     try:
         agent = enroll_agent(controlplane, AGENT, base / "agent", env={"PG_PASSWORD": PG_PASSWORD})
@@ -114,6 +118,58 @@ def own_stack(tmp_path: Path, pg: PostgresServer) -> Iterator[Stack]:
     started = start_stack(tmp_path, pg)
     yield started
     started.stop()
+
+
+@dataclass(frozen=True)
+class WayIn:
+    """How a native PostgreSQL client reaches the gateway: the local port of `gatehouse
+    connect` (any password) or the control plane's own `--pg-listen` (a token as password;
+    TLS against the control plane's CA when it runs in production mode)."""
+
+    name: str
+    port: int
+    password: str
+    ca_file: Path | None = None
+
+    def params(self, **extra: str) -> dict[str, str]:
+        params = {
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "dbname": "pg",
+            "user": "anyone",
+            "password": self.password,
+        }
+        if self.ca_file is not None:
+            params.update(sslmode="verify-full", sslrootcert=str(self.ca_file))
+        params.update(extra)
+        return params
+
+    def dsn(self, **extra: str) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.params(**extra).items())
+
+    def url(self) -> str:
+        """For SQLAlchemy and asyncpg."""
+        query = f"?sslmode=verify-full&sslrootcert={self.ca_file}" if self.ca_file else ""
+        return f"postgresql://anyone:{self.password}@127.0.0.1:{self.port}/pg{query}"
+
+
+WAYS_IN = ("connect", "pg-listen")
+
+
+@contextlib.contextmanager
+def way_in(name: str, stack: Stack) -> Iterator[WayIn]:
+    """A running way in of that name (`gatehouse connect` is started and stopped here)."""
+    if name == "pg-listen":
+        controlplane = stack.controlplane
+        ca = controlplane.ca_file if controlplane.tls else None
+        yield WayIn(name, controlplane.pg_port, controlplane.token, ca)
+        return
+    process = Connect.create(stack.controlplane, "pg", stack.base)
+    process.start_and_wait()
+    try:
+        yield WayIn(name, process.port, "anything")
+    finally:
+        process.stop()
 
 
 def ssh_policy(stack: Stack, sshd: Sshd, known_hosts: str | None = None) -> str:

@@ -1,5 +1,6 @@
-"""Unmodified PostgreSQL clients through `gatehouse connect`: each connection one audited
-session, everything the protocol offers behaving as on a direct connection."""
+"""Unmodified PostgreSQL clients through both ways in — `gatehouse connect`'s local port and the
+control plane's own `--pg-listen` — each connection one audited session, everything the
+protocol offers behaving as on a direct connection."""
 
 from __future__ import annotations
 
@@ -16,65 +17,77 @@ import pytest
 
 from devenv.postgres import find_pg_bindir
 from devenv.stack import Connect
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import WAYS_IN, Stack, WayIn, way_in
 
 
-@pytest.fixture(scope="module")
-def listener(stack: Stack) -> Iterator[Connect]:
-    process = Connect.create(stack.controlplane, "pg", stack.base)
-    process.start_and_wait()
-    yield process
-    process.stop()
+@pytest.fixture(scope="module", params=WAYS_IN)
+def listener(request: pytest.FixtureRequest, stack: Stack) -> Iterator[WayIn]:
+    with way_in(request.param, stack) as way:
+        yield way
 
 
-def dsn(listener: Connect, **extra: str) -> str:
-    params = {"host": "127.0.0.1", "port": str(listener.port), "dbname": "pg", "user": "anyone"}
-    params.update(extra)
-    return " ".join(f"{k}={v}" for k, v in params.items())
+def dsn(listener: WayIn, **extra: str) -> str:
+    return listener.dsn(**extra)
 
 
-def queries(stack: Stack, statement: str) -> list[dict[str, object]]:
+def queries(stack: Stack, statement: str, after: int = 0) -> list[dict[str, object]]:
     return [
         e
-        for e in stack.events()
+        for e in stack.events(after)
         if e["type"] == "db.query" and e["request"]["statement"] == statement  # type: ignore[index]
     ]
 
 
-def test_psql_works_with_any_password_and_tls(stack: Stack, listener: Connect) -> None:
+def test_psql_runs_as_the_connections_database_user(stack: Stack, listener: WayIn) -> None:
     psql = shutil.which("psql")
     assert psql, "psql is installed by deploy/system-deps.sh"
-    for sslmode in ("disable", "require"):
-        result = subprocess.run(
-            [
-                psql,
-                dsn(listener, sslmode=sslmode, password="wrong"),
-                "-At",
-                "-c",
-                "select 41+1, current_user",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        # The database user is the agent's, whatever the client claimed.
-        assert result.stdout.strip() == "42|app"
+    result = subprocess.run(
+        [psql, dsn(listener), "-At", "-c", "select 41+1, current_user"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # The database user is the agent's, whatever the client claimed.
+    assert result.stdout.strip() == "42|app"
 
 
-def test_psycopg_extended_protocol_parameters_are_recorded(stack: Stack, listener: Connect) -> None:
+def test_connect_takes_any_password_and_tls_on_the_local_leg(stack: Stack) -> None:
+    psql = shutil.which("psql")
+    assert psql, "psql is installed by deploy/system-deps.sh"
+    with way_in("connect", stack) as listener:
+        for sslmode in ("disable", "require"):
+            result = subprocess.run(
+                [
+                    psql,
+                    dsn(listener, sslmode=sslmode, password="wrong"),
+                    "-At",
+                    "-c",
+                    "select 41+1, current_user",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == "42|app"
+
+
+def test_psycopg_extended_protocol_parameters_are_recorded(stack: Stack, listener: WayIn) -> None:
     statement = "select %s::int + 1 as n, %s::text as t"
+    after = stack.events()[-1]["seq"]
     with psycopg.connect(dsn(listener)) as conn:
         assert conn.execute(statement, (41, "hé")).fetchone() == (42, "hé")
-    (event,) = queries(stack, "select $1::int + 1 as n, $2::text as t")
+    (event,) = queries(stack, "select $1::int + 1 as n, $2::text as t", after)
     request = event["request"]
     assert request["protocol"] == "extended"  # type: ignore[index]
     assert request["params"] == ["41", "hé"]  # type: ignore[index]
     assert stack.pg.wait_for_statement("select $1::int + 1 as n, $2::text as t") >= 1
 
 
-def test_copy_both_ways_and_error_recovery(stack: Stack, listener: Connect) -> None:
+def test_copy_both_ways_and_error_recovery(stack: Stack, listener: WayIn) -> None:
     with psycopg.connect(dsn(listener)) as conn:
         conn.execute("create temp table t(id int, note text)")
         with conn.cursor() as cur:
@@ -100,7 +113,7 @@ def test_copy_both_ways_and_error_recovery(stack: Stack, listener: Connect) -> N
     assert copy_out["bytes"] > expected
 
 
-def test_notifications_and_notices_pass_through(listener: Connect) -> None:
+def test_notifications_and_notices_pass_through(listener: WayIn) -> None:
     with psycopg.connect(dsn(listener), autocommit=True) as conn:
         notices: list[str] = []
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
@@ -112,11 +125,9 @@ def test_notifications_and_notices_pass_through(listener: Connect) -> None:
         assert got == ["payload"]
 
 
-def test_asyncpg_streams_a_large_result(stack: Stack, listener: Connect) -> None:
+def test_asyncpg_streams_a_large_result(stack: Stack, listener: WayIn) -> None:
     async def main() -> tuple[int, int]:
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=listener.port, user="anyone", database="pg"
-        )
+        conn = await asyncpg.connect(listener.url())
         try:
             rows = await conn.fetch("select g, repeat('x', 200) from generate_series(1, 300000) g")
             blob = await conn.fetchval("select repeat('y', 8 * 1024 * 1024)")
@@ -127,8 +138,8 @@ def test_asyncpg_streams_a_large_result(stack: Stack, listener: Connect) -> None
     assert asyncio.run(main()) == (300000, 8 * 1024 * 1024)
 
 
-def test_fifty_concurrent_connections_are_fifty_sessions(stack: Stack, listener: Connect) -> None:
-    tag = "concurrent-check"
+def test_fifty_concurrent_connections_are_fifty_sessions(stack: Stack, listener: WayIn) -> None:
+    tag = f"concurrent-check-{listener.name}"
 
     def one(i: int) -> int:
         with psycopg.connect(dsn(listener, application_name=f"c{i}")) as conn:
@@ -147,9 +158,9 @@ def test_fifty_concurrent_connections_are_fifty_sessions(stack: Stack, listener:
     assert stack.cli("audit", "verify").returncode == 0
 
 
-def test_pgbench_runs_through_the_gateway(stack: Stack, listener: Connect, tmp_path: Path) -> None:
+def test_pgbench_runs_through_the_gateway(stack: Stack, listener: WayIn, tmp_path: Path) -> None:
     pgbench = str(find_pg_bindir() / "pgbench")
-    target = f"host=127.0.0.1 port={listener.port} dbname=pg"
+    target = dsn(listener)
     init = subprocess.run(
         [pgbench, "-i", "-s", "1", "-q", target],
         capture_output=True,
@@ -174,12 +185,16 @@ def test_unknown_connection_is_a_fatal_error_for_the_client(stack: Stack, tmp_pa
     process.start_and_wait()
     try:
         with pytest.raises(psycopg.OperationalError, match="no connection named 'nope'"):
-            psycopg.connect(dsn(process))
+            psycopg.connect(dsn(WayIn("connect", process.port, "anything")))
     finally:
         process.stop()
+    with way_in("pg-listen", stack) as listener:
+        with pytest.raises(psycopg.OperationalError, match="no connection named 'nope'") as exc:
+            psycopg.connect(dsn(listener, dbname="nope"))
+        assert exc.value.sqlstate == "3D000"
 
 
-def test_cancel_reaches_the_right_backend(stack: Stack, listener: Connect) -> None:
+def test_cancel_reaches_the_right_backend(stack: Stack, listener: WayIn) -> None:
     import threading
     import time
 
@@ -199,14 +214,14 @@ def test_cancel_reaches_the_right_backend(stack: Stack, listener: Connect) -> No
     assert any(e["type"] == "db.cancel" for e in stack.events())
 
 
-def test_backend_key_given_to_the_client_is_not_the_targets(listener: Connect) -> None:
+def test_backend_key_given_to_the_client_is_not_the_targets(listener: WayIn) -> None:
     with psycopg.connect(dsn(listener), autocommit=True) as conn:
         real_pid = conn.execute("select pg_backend_pid()").fetchone()
         assert real_pid is not None
         assert conn.info.backend_pid != real_pid[0]
 
 
-def test_leaving_utf8_ends_the_session(listener: Connect) -> None:
+def test_leaving_utf8_ends_the_session(listener: WayIn) -> None:
     # The gateway reads statements as UTF-8; a session the server reads as SJIS could hide a
     # statement from the guardrails, so it ends instead.
     with psycopg.connect(dsn(listener), autocommit=True) as conn:

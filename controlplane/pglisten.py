@@ -1,0 +1,532 @@
+"""`--pg-listen HOST:PORT`: native PostgreSQL clients straight to the control plane.
+
+Any client (psql, drivers, GUIs, pgbench) connects with `dbname=<connection>` and a Gatehouse
+token as its password; each connection is one session of mode `connect` on the same path as
+`gatehouse exec`/`connect` (`ClientServicer.admit` then `serve`), with this socket as its
+`ClientEnd`. What happens before the session is this module's:
+
+* PROXY v2 from a trusted proxy gives the client's address (as on the other listeners);
+* SSLRequest → TLS with the listeners' certificate (renewals apply to the next connection);
+  a StartupMessage without TLS is refused with 28000, except with `--dev` (loopback only);
+  GSSENCRequest → 'N'. The preamble is read from the raw socket in exact sizes, so nothing a
+  client sends before the TLS handshake can be taken for what it sends inside TLS;
+* AuthenticationCleartextPassword (inside TLS): the password is the token. A wrong one is
+  28P01 and an `auth.fail` event (aggregated and throttled per source, `AuthFailures`);
+* limits: a whole handshake (PROXY header, TLS, startup, password) within `handshake_timeout`,
+  at most `max_pending` connections in it at once, startup packets of at most 10000 bytes,
+  password packets of at most MAX_PASSWORD bytes, at most `max_connections` connections;
+* cancel: the client gets a BackendKeyData minted here (not the agent's, never the target's),
+  mapped to its session; a CancelRequest with that exact key cancels that session's statement
+  through its agent, any other key cancels nothing and counts as a failed authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import socket
+import ssl
+import struct
+from dataclasses import dataclass, field
+
+from controlplane.addresses import is_loopback
+from controlplane.audit.writer import AuditUnavailable
+from controlplane.auth.sources import SOURCE
+from controlplane.auth.tokens import TokenAuthenticator
+from controlplane.errors import (
+    GatehouseError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from controlplane.policy.document import Review
+from controlplane.relay.service import Admitted, ClientServicer
+from controlplane.relay.tunnel import Cancel
+from controlplane.store.models import ReviewRow
+from controlplane.tls import proxy
+from controlplane.tls.server import ServerTls
+from wire.pg import framing
+from wire.pg import messages as pgm
+
+log = logging.getLogger(__name__)
+
+ALPN_POSTGRES = ("postgresql",)  # what libpq 17+ offers; older clients offer none
+READ_SIZE = 256 * 1024
+MAX_PASSWORD = 16 * 1024  # a token, or an OIDC access token (a JWT of a few KB)
+DEFAULT_MAX_CONNECTIONS = 1000
+MODE = "connect"
+VIA = "pg-listen"
+_HEADER = struct.Struct("!i")
+_TAGGED = struct.Struct("!ci")
+PASSWORD = b"p"
+
+TLS_REQUIRED = (
+    "gatehouse: TLS required: this listener takes only encrypted connections; connect with "
+    "sslmode=verify-full and sslrootcert=<the control plane's CA, DATA_DIR/ca.pem>"
+)
+
+
+class Refused(Exception):
+    """Answer the client with a FATAL ErrorResponse and close."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class CancelKeys:
+    """The cancel keys clients got from this listener, each mapped to its one session."""
+
+    def __init__(self) -> None:
+        self._keys: dict[int, tuple[bytes, Admitted]] = {}
+
+    def issue(self, session: Admitted, length: int) -> tuple[int, bytes]:
+        """A fresh (pid, secret) for `session`: random, unique among the live keys."""
+        while True:
+            pid = secrets.randbits(31)
+            if pid and pid not in self._keys:
+                break
+        secret = secrets.token_bytes(length)
+        self._keys[pid] = (secret, session)
+        return pid, secret
+
+    def find(self, pid: int, secret: bytes) -> Admitted | None:
+        entry = self._keys.get(pid)
+        if entry is None or not hmac.compare_digest(entry[0], secret):
+            return None
+        return entry[1]
+
+    def forget(self, pid: int) -> None:
+        self._keys.pop(pid, None)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+@dataclass
+class SocketEnd:
+    """A native client's socket as the session's `ClientEnd`.
+
+    The first read is the StartupMessage this listener already read; the agent answers it.
+    Until the first ReadyForQuery, what goes to the client is framed so that the agent's
+    BackendKeyData is replaced by a key of this listener's (`CancelKeys`)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    address: str
+    startup: bytes
+    session: Admitted
+    keys: CancelKeys
+    pid: int | None = None
+    _startup_phase: bool = True
+    _pending: bytearray = field(default_factory=bytearray)
+
+    @property
+    def peer(self) -> str:
+        return self.address
+
+    async def read(self) -> bytes | Cancel | None:
+        if self.startup:
+            first, self.startup = self.startup, b""
+            return first
+        try:
+            data = await self.reader.read(READ_SIZE)
+        except (ConnectionError, ssl.SSLError):
+            return None
+        return data or None
+
+    async def write(self, data: bytes) -> None:
+        if self._startup_phase:
+            data = self._rekey(data)
+            if not data:
+                return
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def _rekey(self, data: bytes) -> bytes:
+        """Complete messages of the startup answer, BackendKeyData replaced; after the first
+        ReadyForQuery everything passes as it comes."""
+        self._pending += data
+        out = bytearray()
+        buffer = self._pending
+        pos = 0
+        while len(buffer) - pos >= 5:
+            tag, length = _TAGGED.unpack_from(buffer, pos)
+            end = pos + 1 + length
+            if length < 4 or end > len(buffer):
+                break
+            if tag == b"K":
+                _, secret = pgm.parse_backend_key_data(bytes(buffer[pos + 5 : end]))
+                if self.pid is not None:
+                    self.keys.forget(self.pid)
+                self.pid, mine = self.keys.issue(self.session, len(secret))
+                out += pgm.backend_key_data(self.pid, mine)
+            else:
+                out += buffer[pos:end]
+            pos = end
+            if tag == b"Z":
+                self._startup_phase = False
+                out += buffer[pos:]
+                pos = len(buffer)
+                break
+        del buffer[:pos]
+        return bytes(out)
+
+    def close(self) -> None:
+        if self.pid is not None:
+            self.keys.forget(self.pid)
+            self.pid = None
+
+
+class PgListener:
+    """The `--pg-listen` listener of one control-plane process."""
+
+    def __init__(
+        self,
+        sessions: ClientServicer,
+        auth: TokenAuthenticator,
+        tls: ServerTls | None,
+        *,
+        trusted_proxies: tuple[proxy.Network, ...] = (),
+        handshake_timeout: float = 10.0,
+        max_pending: int = 128,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.sessions = sessions
+        self.auth = auth
+        self.tls = tls  # None: --dev, plaintext (the listen address is loopback)
+        self.trusted_proxies = trusted_proxies
+        self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
+        self.max_connections = max_connections
+        self.keys = CancelKeys()
+        self.pending = 0
+        self.refused = 0  # over a limit
+        self.expired = 0  # handshake not done in time
+        self.refused_plaintext = 0
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def listen(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        dual = family == socket.AF_INET6 and host == "::"
+        sock = socket.create_server((host, port), family=family, backlog=1024, dualstack_ipv6=dual)
+        sock.setblocking(False)
+        self._listener = sock
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def start(self) -> None:
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    def stop_accepting(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    async def close(self) -> None:
+        """Stop accepting and end every session (each records its `session.end`)."""
+        self.stop_accepting()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _accept(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(self._listener)
+            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
+                log.warning("pg-listen: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self._serve(conn, proxy.normal_ip(address[0])))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, conn: socket.socket, address: str) -> None:
+        client = _Client(conn, address)
+        try:
+            if len(self._connections) > self.max_connections or self.pending >= self.max_pending:
+                self.refused += 1
+                log.warning(
+                    "pg-listen: refusing %s: %d connections, %d of them starting",
+                    address,
+                    len(self._connections) - 1,
+                    self.pending,
+                )
+                raise Refused(
+                    "53300",
+                    "gatehouse: too many connections to this listener right now; try again later",
+                )
+            self.pending += 1
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    hello = await self._handshake(client)
+            except TimeoutError:
+                self.expired += 1
+                raise Refused(
+                    "08P01",
+                    f"gatehouse: the connection did not start up and authenticate within "
+                    f"{self.handshake_timeout:g} s",
+                ) from None
+            finally:
+                self.pending -= 1
+            if hello is not None:
+                await self._session(hello)
+        except Refused as exc:
+            await client.refuse(exc)
+        except framing.ProtocolError as exc:
+            log.info("pg-listen: %s sent something that is not PostgreSQL: %s", address, exc)
+            await client.refuse(Refused("08P01", f"gatehouse: {exc}"))
+        except proxy.ProxyHeaderError as exc:
+            log.info("pg-listen: bad PROXY header from %s: %s", address, exc)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.debug("pg-listen: connection from %s ended: %s", address, exc)
+        finally:
+            client.close()
+
+    async def _handshake(self, client: _Client) -> Hello | None:
+        """PROXY header, SSL negotiation, StartupMessage (or CancelRequest), password.
+        None when the connection was a cancel request (answered: nothing to say)."""
+        conn, address = client.conn, client.address
+        source, prefix = await self._source(conn, address)
+        while client.stream is None:
+            raw = await _recv_untagged(conn, prefix)
+            prefix = b""
+            message = pgm.parse_startup(raw[4:])
+            if isinstance(message, pgm.SSLRequest):
+                if self.tls is None:
+                    await _send(conn, b"N")
+                    continue
+                await _send(conn, b"S")
+                client.stream = await _wrap(conn, self.tls.context(ALPN_POSTGRES))
+            elif isinstance(message, pgm.GSSENCRequest):
+                await _send(conn, b"N")
+            elif isinstance(message, pgm.CancelRequest):
+                await self._cancel(message, source)
+                return None
+            else:
+                if not self._plaintext_allowed(address):
+                    self.refused_plaintext += 1
+                    log.info("pg-listen: refused a plaintext startup from %s", source)
+                    raise Refused("28000", TLS_REQUIRED)
+                client.stream = await _wrap(conn, None)
+                return await self._authenticate(client.stream, source, message, raw)
+        raw = await _read_untagged(client.stream[0])
+        message = pgm.parse_startup(raw[4:])
+        if isinstance(message, pgm.CancelRequest):
+            await self._cancel(message, source)
+            return None
+        if not isinstance(message, pgm.StartupMessage):
+            raise framing.ProtocolError("a second SSL or GSSAPI request inside TLS")
+        return await self._authenticate(client.stream, source, message, raw)
+
+    def _plaintext_allowed(self, address: str) -> bool:
+        """Only a --dev control plane (no TLS material), and only from loopback."""
+        return self.tls is None and is_loopback(address)
+
+    async def _source(self, conn: socket.socket, address: str) -> tuple[str, bytes]:
+        """The client's address (a trusted proxy's PROXY v2 header wins), and the bytes read
+        while looking for that header (the start of the first message)."""
+        if not proxy.trusted(address, self.trusted_proxies):
+            return address, b""
+        start = await _recv_exactly(conn, 8)  # every startup-phase message is at least 8 bytes
+        if start != proxy.SIGNATURE[:8]:
+            return address, start
+        prefix = start + await _recv_exactly(conn, proxy.PREFIX - 8)
+        header = proxy.parse(prefix + await _recv_exactly(conn, proxy.body_length(prefix)))
+        return header.source or address, b""
+
+    async def _cancel(self, request: pgm.CancelRequest, source: str) -> None:
+        """A key this listener gave out cancels its session's statement; any other key is a
+        failed authentication (counted, recorded, throttled per source)."""
+        failures = self.auth.failures
+        throttled = failures.throttled(source)
+        session = None if throttled is not None else self.keys.find(request.pid, request.key)
+        if session is None:
+            reason = throttled or "a cancel request with a key this listener did not give out"
+            await failures.failed(source, reason, "cancel key", throttled is not None)
+            log.info("pg-listen: cancel request from %s with an unknown key ignored", source)
+            return
+        await session.cancel()
+
+    async def _authenticate(
+        self,
+        stream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        source: str,
+        startup: pgm.StartupMessage,
+        raw: bytes,
+    ) -> Hello:
+        reader, writer = stream
+        writer.write(pgm.authentication_request(pgm.AUTH_CLEARTEXT_PASSWORD))
+        await writer.drain()
+        header = await reader.readexactly(5)
+        tag, length = _TAGGED.unpack(header)
+        if tag != PASSWORD:
+            raise framing.ProtocolError(
+                f"expected a password message, got message type {tag.decode('latin-1')!r}"
+            )
+        if not 4 < length <= MAX_PASSWORD:
+            raise Refused(
+                "08P01", f"gatehouse: a password message of {length} bytes (at most {MAX_PASSWORD})"
+            )
+        secret = pgm.parse_password_message(await reader.readexactly(length - 4))
+        return Hello(reader, writer, source, startup, raw, secret)
+
+    async def _session(self, hello: Hello) -> None:
+        SOURCE.set(hello.source)  # failed authentications are counted per client address
+        params = hello.startup.params
+        name = params.get("database") or params.get("user") or ""
+        app = params.get("application_name") or "unknown"
+        try:
+            token = hello.secret.decode("utf-8")
+        except UnicodeDecodeError:
+            token = ""
+        try:
+            try:
+                identity = await self.auth.identify((("authorization", f"Bearer {token}"),))
+            except Unauthenticated as exc:
+                raise Refused(
+                    "28P01",
+                    f"gatehouse: password authentication failed ({exc}); the password must be "
+                    "a Gatehouse token (`gatehouse tokens create`) or an access token of a login",
+                ) from None
+            if not name:
+                raise Refused("3D000", "gatehouse: no database given: use dbname=<connection>")
+            session = await self.sessions.admit(
+                identity,
+                name,
+                MODE,
+                {"ip": hello.source, "client": f"{app} via {VIA}"},
+                _refuse_review,
+            )
+        except NotFound as exc:
+            raise Refused("3D000", f"gatehouse: {exc}") from None
+        except PermissionDenied as exc:
+            raise Refused("42501", f"gatehouse: {exc}") from None
+        except GatehouseError as exc:
+            raise Refused("08004", f"gatehouse: {exc}") from None
+        except AuditUnavailable as exc:
+            raise Refused("58000", f"gatehouse: {exc}") from None
+        end = SocketEnd(hello.reader, hello.writer, hello.source, hello.raw, session, self.keys)
+        try:
+            await self.sessions.serve(end, session)
+        finally:
+            end.close()
+
+
+@dataclass
+class _Client:
+    """One accepted connection: the raw socket until it is wrapped in streams (TLS or not)."""
+
+    conn: socket.socket
+    address: str
+    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def refuse(self, refusal: Refused) -> None:
+        """A FATAL ErrorResponse, inside TLS once TLS was negotiated."""
+        message = pgm.error_response(
+            severity="FATAL", sqlstate=refusal.sqlstate, message=str(refusal)
+        )
+        with contextlib.suppress(Exception):
+            if self.stream is not None:
+                self.stream[1].write(message)
+                await asyncio.wait_for(self.stream[1].drain(), 5)
+            else:
+                await asyncio.wait_for(_send(self.conn, message), 5)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream[1].close()
+        else:
+            self.conn.close()
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A client that started up and sent its password, not yet authenticated."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    source: str
+    startup: pgm.StartupMessage
+    raw: bytes
+    secret: bytes
+
+
+async def _refuse_review(row: ReviewRow, review: Review, rule: str) -> None:
+    """A native client cannot show a spinner: the request is made, the client told to come
+    back once it is approved (an approval holds for the rule's ttl)."""
+    raise PermissionDenied(
+        f"access needs a review (rule {rule!r}): request {row.id} is pending for "
+        f"{', '.join(review.groups)}; once one of them approves it "
+        f"(`gatehouse reviews approve {row.id}`), connect again"
+    )
+
+
+async def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    """Exactly `size` bytes from the raw socket, never more (nothing is buffered ahead)."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < size:
+        chunk = await loop.sock_recv(conn, size - len(data))
+        if not chunk:
+            raise ConnectionError("the client closed the connection")
+        data += chunk
+    return bytes(data)
+
+
+def _startup_length(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length < 8 or length > framing.MAX_STARTUP_LENGTH:
+        raise framing.ProtocolError(f"invalid startup packet length {length}")
+    return int(length)
+
+
+async def _recv_untagged(conn: socket.socket, prefix: bytes) -> bytes:
+    """One startup-phase message from the raw socket (`prefix`: its first bytes, read)."""
+    if len(prefix) < 4:
+        prefix += await _recv_exactly(conn, 4 - len(prefix))
+    length = _startup_length(prefix[:4])
+    if len(prefix) > length:
+        raise framing.ProtocolError("a startup message shorter than the bytes before it")
+    return prefix + await _recv_exactly(conn, length - len(prefix))
+
+
+async def _read_untagged(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(4)
+    return header + await reader.readexactly(_startup_length(header) - 4)
+
+
+async def _send(conn: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(conn, data)
+
+
+async def _wrap(
+    conn: socket.socket, context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over the socket: TLS (server side) when `context` is given. The caller's
+    deadline bounds the TLS handshake."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
