@@ -1,7 +1,7 @@
-"""Through `gatehouse connect`, a PostgreSQL client sees exactly what a direct connection to the
-same database shows. Each test runs one workload twice, through the gateway and directly (as
-the agent's own database user), and compares what came back; the last one reconciles the audit
-trail with the statement log of the server itself."""
+"""Through either way in (`gatehouse connect`, `--pg-listen`), a PostgreSQL client sees exactly
+what a direct connection to the same database shows. Each test runs one workload twice, through
+the gateway and directly (as the agent's own database user), and compares what came back; the
+last one reconciles the audit trail with the statement log of the server itself."""
 
 from __future__ import annotations
 
@@ -32,24 +32,21 @@ from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql as sa_pg
 
 from devenv.postgres import PostgresServer, parse_statement_log
-from devenv.stack import Connect
-from tests.e2e.conftest import PG_PASSWORD, Stack
+from tests.e2e.conftest import PG_PASSWORD, WAYS_IN, Stack, WayIn, way_in
 
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def listener(stack: Stack) -> Iterator[Connect]:
-    process = Connect.create(stack.controlplane, "pg", stack.base)
-    process.start_and_wait()
-    yield process
-    process.stop()
+@pytest.fixture(scope="module", params=WAYS_IN)
+def listener(request: pytest.FixtureRequest, stack: Stack) -> Iterator[WayIn]:
+    with way_in(request.param, stack) as way:
+        yield way
 
 
 @pytest.fixture(scope="module")
-def gateway(listener: Connect) -> str:
+def gateway(listener: WayIn) -> str:
     """The client's side of the gateway: any user name, the connection's name as database."""
-    return f"postgresql://anyone@127.0.0.1:{listener.port}/pg"
+    return listener.url()
 
 
 @pytest.fixture(scope="module")
@@ -585,14 +582,19 @@ def backend_messages(data: bytes) -> list[tuple[str, bytes]]:
     return messages
 
 
-def half_closed_exchange(address: str | tuple[str, int], user: str, database: str) -> list[Any]:
+def half_closed_exchange(
+    address: str | tuple[str, int], user: str, database: str, password: str = ""
+) -> list[Any]:
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(address)
         # The answer comes well after the end of the client's stream has reached the gateway.
         query = raw_query("select 41 + 1 from pg_sleep(0.2)")
-        sock.sendall(raw_startup({"user": user, "database": database}) + query)
+        # A password the server will ask for travels ahead too, as pipelined as the query.
+        secret = password.encode() + b"\0"
+        login = b"p" + struct.pack("!i", len(secret) + 4) + secret if password else b""
+        sock.sendall(raw_startup({"user": user, "database": database}) + login + query)
         sock.shutdown(socket.SHUT_WR)  # all said: the client only listens now
         data = b""
         while chunk := sock.recv(65536):
@@ -603,19 +605,20 @@ def half_closed_exchange(address: str | tuple[str, int], user: str, database: st
 
 
 def test_a_client_that_half_closes_still_gets_its_answers(
-    listener: Connect, pg: PostgresServer
+    listener: WayIn, pg: PostgresServer
 ) -> None:
     assert pg.socket_dir is not None
     socket_path = str(pg.socket_dir / f".s.PGSQL.{pg.port}")
     plain = half_closed_exchange(socket_path, pg.superuser, "app")
     assert [tag for tag, _ in plain] == ["Z", "T", "D", "C", "Z"]
-    assert half_closed_exchange(("127.0.0.1", listener.port), "anyone", "pg") == plain
+    through = half_closed_exchange(("127.0.0.1", listener.port), "anyone", "pg", listener.password)
+    assert through == plain
 
 
 # ---- reconciliation with the server's statement log ----------------------------------------
 
 
-def workload(stack: Stack, listener: Connect, gateway: str, tag: str) -> None:
+def workload(stack: Stack, listener: WayIn, gateway: str, tag: str) -> None:
     """Simple and extended protocol, COPY, errors and a failed pipeline, in parallel sessions."""
     table = f"rec_{tag}"
 
@@ -665,7 +668,7 @@ def workload(stack: Stack, listener: Connect, gateway: str, tag: str) -> None:
     def psql_session() -> None:
         psql = shutil.which("psql")
         assert psql
-        command = [psql, f"host=127.0.0.1 port={listener.port} dbname=pg", "-X", "-At"]
+        command = [psql, listener.dsn(), "-X", "-At"]
         for sql in (f"select 'psql' as {tag}", f"select 1 as {tag}; select 2 as {tag}"):
             run = subprocess.run(
                 [*command, "-c", sql], capture_output=True, text=True, timeout=30, check=False
@@ -689,7 +692,7 @@ def log_size(pg: PostgresServer) -> int:
 
 
 def test_every_logged_statement_is_audited_and_every_audited_one_logged(
-    stack: Stack, listener: Connect, gateway: str, pg: PostgresServer
+    stack: Stack, listener: WayIn, gateway: str, pg: PostgresServer
 ) -> None:
     tag = marker()
     after = stack.events()[-1]["seq"]
