@@ -1,8 +1,9 @@
-"""Section `pgbench`: what the data path costs, as pgbench -S tps and latency on four paths.
+"""Section `pgbench`: what the data path costs, as pgbench -S tps and latency on five paths.
 
 Paths: direct to the server (the baseline), through PgBouncer (session pooling: what a mature
 C proxy costs on the same machine), through Gatehouse (`connect`, strict audit, no masking
-rule matching) and through Gatehouse with a masking rule that matches every row. Runs are
+rule matching), through Gatehouse with a masking rule that matches every row, and straight
+to the control plane's `--pg-listen` (strict audit, no local CLI hop). Runs are
 interleaved (every path for one protocol and client count, then the next), so a machine that
 slows down mid-run shifts all paths alike. Each run also records the CPU each process on the
 path used, which is what tells where the time goes on a 2-core machine.
@@ -21,9 +22,9 @@ from bench.procfs import CpuWindow
 from bench.resources import Resources
 from bench.stats import ratio
 
-PATHS = ("direct", "pgbouncer", "gatehouse", "gatehouse-masked")
+PATHS = ("direct", "pgbouncer", "gatehouse", "gatehouse-masked", "gatehouse-pg-listen")
 PROTOCOLS = ("simple", "extended")
-CLIENTS = (1, 8)
+CLIENTS = (1, 8, 32)
 _EVENTS = "gatehouse_audit_events_committed_total"
 _COMMITS = "gatehouse_audit_commits_total"
 
@@ -50,8 +51,13 @@ def run(cfg: Config, res: Resources, section: Section) -> None:
         for path, connection in (("gatehouse", PLAIN), ("gatehouse-masked", MASKED)):
             endpoints[path] = gateway.endpoint(connection)
             pids[path] = gateway.pids(connection)
+        endpoints["gatehouse-pg-listen"] = gateway.pg_listen(PLAIN)
+        pids["gatehouse-pg-listen"] = {
+            k: v for k, v in gateway.pids(PLAIN).items() if k != "connect"
+        }
     except Exception as exc:
-        broken["gatehouse"] = broken["gatehouse-masked"] = f"{type(exc).__name__}: {exc}"
+        for path in PATHS[2:]:
+            broken[path] = f"{type(exc).__name__}: {exc}"
     try:
         workdir = res.scratch("pgbench")
         warmup = 1.0 if cfg.quick else 3.0
@@ -223,10 +229,22 @@ def _find(runs: list[dict[str, Any]], path: str, protocol: str, clients: int) ->
     )
 
 
+def _listen_target(runs: list[dict[str, Any]], clients: int, goal: float) -> Target:
+    """Issue 14's goal for native clients straight to the control plane."""
+    found: float | None = _find(runs, "gatehouse-pg-listen", "extended", clients).get("tps_ratio")
+    return Target(
+        f"pgbench -S extended via --pg-listen, {clients} clients, strict audit",
+        f"≥ {goal:.2f}{TIMES} direct tps",
+        fmt(found, 2, TIMES),
+        None if found is None else found >= goal,
+    )
+
+
 def _targets(runs: list[dict[str, Any]]) -> list[Target]:
     strict = _find(runs, "gatehouse", "extended", 8).get("tps_ratio")
     bouncer = _find(runs, "pgbouncer", "extended", 8).get("tps_ratio")
     added = _find(runs, "gatehouse", "extended", 1).get("added_p50_ms")
+    listen = [_listen_target(runs, clients, goal) for clients, goal in ((8, 0.15), (32, 0.30))]
     return [
         Target(
             "pgbench -S extended, 8 clients, strict audit",
@@ -240,4 +258,5 @@ def _targets(runs: list[dict[str, Any]]) -> list[Target]:
             f"{fmt(added, 3)} ms",
             None if added is None else added <= 1.0,
         ),
+        *listen,
     ]

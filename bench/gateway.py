@@ -66,6 +66,12 @@ class Gateway:
         listener = self.listeners[connection]
         return Endpoint("127.0.0.1", listener.port, self.target.user, self.target.dbname)
 
+    def pg_listen(self, connection: str) -> Endpoint:
+        """The control plane's own --pg-listen: the connection as database, a token as
+        password (plaintext on loopback: the bench control plane runs with --dev)."""
+        cp = self.controlplane
+        return Endpoint("127.0.0.1", cp.pg_port, self.target.user, connection, cp.token)
+
     def pids(self, connection: str) -> dict[str, int]:
         """The processes on the data path, for CPU accounting."""
         found = {}
@@ -134,7 +140,7 @@ def start_gateway(base_dir: Path, target: Endpoint) -> Gateway:
     once a statement went through each connection (so the agent has the policy)."""
     if target.password is None:
         raise StackError("the agent needs the target's password")
-    controlplane = ControlPlane.create(base_dir / "controlplane")
+    controlplane = ControlPlane.create(base_dir / "controlplane", pg_listen=True)
     controlplane.start_and_wait()
     try:
         agent = _enroll(controlplane, base_dir / "agent", target.password)

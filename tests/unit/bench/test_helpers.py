@@ -33,6 +33,7 @@ def test_ratios_compare_with_direct_at_the_same_protocol_and_clients() -> None:
         _run("direct", 1, 5000.0, 0.1, 0.2),
         _run("gatehouse", 8, 4500.0, 1.5, 5.0),
         _run("gatehouse", 1, 1000.0, 0.9, None),
+        _run("gatehouse-pg-listen", 8, 2000.0, 0.9, None),
         {"path": "pgbouncer", "protocol": "extended", "clients": 8, "error": "not started"},
     ]
     _add_ratios(runs)
@@ -40,14 +41,16 @@ def test_ratios_compare_with_direct_at_the_same_protocol_and_clients() -> None:
     assert runs[2]["added_p50_ms"] == pytest.approx(1.0)
     assert runs[2]["added_p99_ms"] == pytest.approx(3.0)
     assert runs[3]["added_p99_ms"] is None
-    assert "tps_ratio" not in runs[4]
-    strict, latency = _targets(runs)
+    assert "tps_ratio" not in runs[5]
+    strict, latency, listen_8, listen_32 = _targets(runs)
+    assert listen_8.met is True and listen_8.reached == f"0.20{TIMES}"
+    assert listen_32.met is None  # not measured
     assert strict.met is True and strict.reached == f"0.45{TIMES} (PgBouncer —)"
     assert latency.met is True and latency.reached == "0.800 ms"
 
 
 def test_targets_not_measured_when_the_runs_failed() -> None:
-    assert [t.met for t in _targets([])] == [None, None]
+    assert [t.met for t in _targets([])] == [None, None, None, None]
 
 
 def test_prometheus_text() -> None:
