@@ -32,6 +32,7 @@ import ssl
 import struct
 from dataclasses import dataclass, field
 
+from controlplane.accept import Acceptor
 from controlplane.addresses import is_loopback
 from controlplane.audit.writer import AuditUnavailable
 from controlplane.auth.sources import SOURCE
@@ -181,7 +182,7 @@ class SocketEnd:
             self.pid = None
 
 
-class PgListener:
+class PgListener(Acceptor):
     """The `--pg-listen` listener of one control-plane process."""
 
     def __init__(
@@ -195,6 +196,7 @@ class PgListener:
         max_pending: int = 128,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        super().__init__("pg-listen")
         self.sessions = sessions
         self.auth = auth
         self.tls = tls  # None: --dev, plaintext (the listen address is loopback)
@@ -207,61 +209,13 @@ class PgListener:
         self.refused = 0  # over a limit
         self.expired = 0  # handshake not done in time
         self.refused_plaintext = 0
-        self._listener: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    def listen(self, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        dual = family == socket.AF_INET6 and host == "::"
-        sock = socket.create_server((host, port), family=family, backlog=1024, dualstack_ipv6=dual)
-        sock.setblocking(False)
-        self._listener = sock
-
-    @property
-    def port(self) -> int:
-        assert self._listener is not None
-        return int(self._listener.getsockname()[1])
 
     @property
     def connections(self) -> int:
         return len(self._connections)
 
-    def start(self) -> None:
-        self._accepting = asyncio.get_running_loop().create_task(self._accept())
-
-    def stop_accepting(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-            self._accepting = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-
-    async def close(self) -> None:
-        """Stop accepting and end every session (each records its `session.end`)."""
-        self.stop_accepting()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _accept(self) -> None:
-        assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(self._listener)
-            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                log.warning("pg-listen: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            conn.setblocking(False)
-            task = loop.create_task(self._serve(conn, proxy.normal_ip(address[0])))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-
-    async def _serve(self, conn: socket.socket, address: str) -> None:
+    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        address = peer[0]
         client = _Client(conn, address)
         try:
             if len(self._connections) > self.max_connections or self.pending >= self.max_pending:

@@ -22,6 +22,7 @@ import socket
 import ssl
 from pathlib import Path
 
+from controlplane.accept import Acceptor
 from controlplane.tls import peers, proxy
 from controlplane.tls.server import ServerTls
 
@@ -36,7 +37,7 @@ PLAINTEXT_REFUSAL = (
 )
 
 
-class TlsFront:
+class TlsFront(Acceptor):
     """One TCP listener that terminates TLS and forwards to a unix socket."""
 
     def __init__(
@@ -53,7 +54,7 @@ class TlsFront:
         max_connections: int = 20_000,
         http: bool = False,
     ) -> None:
-        self.name = name
+        super().__init__(name)
         self.tls = tls
         self.alpn = alpn
         self.inner = inner
@@ -67,67 +68,17 @@ class TlsFront:
         self.refused_plaintext = 0
         self.failed_handshakes = 0
         self._ids = itertools.count(1)
-        self._listener: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self._connections: set[asyncio.Task[None]] = set()
 
-    def listen(self, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        dual = family == socket.AF_INET6 and host == "::"
-        sock = socket.create_server(
-            (host, port), family=family, backlog=1024, reuse_port=False, dualstack_ipv6=dual
-        )
-        sock.setblocking(False)
-        self._listener = sock
-
-    @property
-    def port(self) -> int:
-        assert self._listener is not None
-        return int(self._listener.getsockname()[1])
-
-    def start(self) -> None:
-        self._accepting = asyncio.get_running_loop().create_task(self._accept())
-
-    def stop_accepting(self) -> None:
-        """New connections are refused; those open keep flowing until `close`."""
-        if self._accepting is not None:
-            self._accepting.cancel()
-            self._accepting = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-
-    async def close(self) -> None:
-        self.stop_accepting()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _accept(self) -> None:
-        assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(self._listener)
-            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                log.warning("%s: accept failed: %s", self.name, exc)
-                await asyncio.sleep(0.1)
-                continue
-            if self.pending >= self.max_pending or len(self._connections) >= self.max_connections:
-                log.warning(
-                    "%s: refusing a connection: %d handshakes pending, %d connections open",
-                    self.name,
-                    self.pending,
-                    len(self._connections),
-                )
-                conn.close()
-                continue
-            conn.setblocking(False)
-            client = (proxy.normal_ip(address[0]), int(address[1]))
-            task = loop.create_task(self._serve(conn, client))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+    def _takes(self) -> bool:
+        if self.pending >= self.max_pending or len(self._connections) >= self.max_connections:
+            log.warning(
+                "%s: refusing a connection: %d handshakes pending, %d connections open",
+                self.name,
+                self.pending,
+                len(self._connections),
+            )
+            return False
+        return True
 
     async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> None:
         self.pending += 1

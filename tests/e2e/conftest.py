@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,6 +155,14 @@ class WayIn:
 
 
 WAYS_IN = ("connect", "pg-listen")
+
+
+def psql(dsn: str, sql: str) -> subprocess.CompletedProcess[str]:
+    """`psql DSN -At -c SQL`, as a user runs it."""
+    binary = shutil.which("psql")
+    assert binary, "psql is installed by deploy/system-deps.sh"
+    command = [binary, dsn, "-At", "-c", sql]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
 
 
 @contextlib.contextmanager

@@ -4,11 +4,9 @@ refusals in PostgreSQL's own words, cancel keys that belong to one session, PROX
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 import uuid
@@ -21,7 +19,7 @@ import pytest
 
 from controlplane.tls import proxy
 from devenv.postgres import PostgresServer
-from tests.e2e.conftest import PG_PASSWORD, Stack, WayIn, start_stack
+from tests.e2e.conftest import PG_PASSWORD, Stack, WayIn, psql, start_stack
 from wire.pg import messages as pgm
 
 HANDSHAKE_TIMEOUT = "5"
@@ -79,16 +77,8 @@ def last_seq(stack: Stack) -> int:
 
 
 def test_psql_verifies_the_control_plane_and_runs_a_statement(tls_stack: Stack, way: WayIn) -> None:
-    psql = shutil.which("psql")
-    assert psql
     after = last_seq(tls_stack)
-    result = subprocess.run(
-        [psql, way.dsn(application_name="report"), "-At", "-c", "select 41+1, current_user"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = psql(way.dsn(application_name="report"), "select 41+1, current_user")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "42|app"
     (start,) = [e for e in new_events(tls_stack, after, "session.start") if "decision" not in e]
@@ -97,16 +87,8 @@ def test_psql_verifies_the_control_plane_and_runs_a_statement(tls_stack: Stack, 
 
 
 def test_plaintext_is_refused_before_anything_opens(tls_stack: Stack, way: WayIn) -> None:
-    psql = shutil.which("psql")
-    assert psql
     after = last_seq(tls_stack)
-    result = subprocess.run(
-        [psql, way.dsn(sslmode="disable"), "-At", "-c", "select 1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = psql(way.dsn(sslmode="disable"), "select 1")
     assert result.returncode != 0
     assert "TLS required" in result.stderr
     error = asyncio.run(startup_error(way, tls_stack, ssl=False))

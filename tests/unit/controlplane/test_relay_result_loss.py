@@ -10,15 +10,16 @@ from typing import Any
 from controlplane.audit.writer import ResultLoss
 from controlplane.auth.identity import Identity
 from controlplane.relay.service import ClientServicer
-from gatehouse.v1 import client_pb2
 
 
 class Client:
-    def __init__(self) -> None:
-        self.written: list[client_pb2.ServerFrame] = []
+    """The session's client end: what it was sent."""
 
-    async def write(self, frame: client_pb2.ServerFrame) -> None:
-        self.written.append(frame)
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
 
 
 class Inspector:
@@ -50,8 +51,8 @@ async def test_a_lost_result_event_ends_the_session_with_a_fatal_error() -> None
     why, written = await asyncio.wait_for(_supervise(Identity("alice"), loss, cancelled), 5)
     assert why == "audit_lost: db.result of seq 7: store unavailable"
     assert cancelled.is_set()  # the pumps stopped: nothing more reaches the target
-    [frame] = written
-    assert frame.data.startswith(b"58000 session ended: audit_lost")
+    [fatal] = written
+    assert fatal.startswith(b"58000 session ended: audit_lost")
 
 
 async def test_a_session_without_loss_ends_with_its_relay() -> None:
