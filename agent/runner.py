@@ -177,11 +177,13 @@ class Agent:
             certificate=response.certificate.decode(),
             key=enrollment.key_pem(key).decode() if key is not None else "",
             obtained=time.time(),
+            instance_id=response.instance_id,
         )
         path = credentials.save(settings.data_dir, stored)
         log.info(
-            "enrolled as %s%s; credential stored in %s",
+            "enrolled as %s (instance %s)%s; credential stored in %s",
             settings.name,
+            response.instance_id,
             f" (certificate serial {enrollment.serial(response.certificate)})"
             if response.certificate
             else "",
@@ -368,7 +370,10 @@ class Agent:
                     self.stats.control_connected = True
                     self.stats.control_connects += 1
                     log.info(
-                        "connected to %s as %s", self.settings.controlplane, self.settings.name
+                        "connected to %s as %s (instance %s)",
+                        self.settings.controlplane,
+                        self.settings.name,
+                        message.welcome.instance_id,
                     )
                 elif kind == "policy":
                     self._apply(message.policy)

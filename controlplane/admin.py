@@ -55,15 +55,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         for item in await self._agents.statuses():
             response.agents.append(
                 admin_pb2.AgentInfo(
-                    name=item.row.name,
+                    name=item.name,
+                    instance_id=item.instance_id,
                     status=item.status,
                     version=item.version,
                     hostname=item.hostname,
-                    last_seen=rfc3339(as_utc(item.row.last_seen)) if item.row.last_seen else "",
-                    created=rfc3339(as_utc(item.row.created_at)),
-                    cert_serial=item.row.cert_serial or "",
+                    replica=item.replica,
+                    last_seen=rfc3339(as_utc(item.last_seen)) if item.last_seen else "",
+                    created=rfc3339(as_utc(item.created_at)),
+                    cert_serial=item.cert_serial,
                     cert_expires=(
-                        rfc3339(as_utc(item.row.cert_not_after)) if item.row.cert_not_after else ""
+                        rfc3339(as_utc(item.cert_not_after)) if item.cert_not_after else ""
                     ),
                 )
             )
@@ -74,8 +76,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeAgentRequest, context: Context
     ) -> admin_pb2.RevokeAgentResponse:
         admin = await self._auth.require_admin(context.invocation_metadata())
-        await self._agents.revoke(request.name, admin)
-        return admin_pb2.RevokeAgentResponse(name=request.name)
+        revoked = await self._agents.revoke(request.name, admin, request.instance_id)
+        return admin_pb2.RevokeAgentResponse(name=request.name, instances=revoked)
 
     @unary
     async def Apply(
@@ -103,6 +105,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListConnectionsResponse:
         await self._auth.require_admin(context.invocation_metadata())
         await self._policy.load()
+        online = await self._agents.online_names()
         response = admin_pb2.ListConnectionsResponse()
         for conn in self._policy.document.connections:
             response.connections.append(
@@ -110,7 +113,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     name=conn.name,
                     type=conn.type,
                     agent=conn.agent,
-                    agent_status="online" if self._agents.link(conn.agent) else "offline",
+                    agent_status="online" if conn.agent in online else "offline",
                     audit=conn.audit,
                 )
             )
