@@ -13,19 +13,25 @@ from controlplane.audit.events import as_utc, rfc3339
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import unary
 from controlplane.policy.store import PolicyStore
+from controlplane.replicas import Replicas, push_policy
 from controlplane.store.models import ApiTokenRow
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc, agent_pb2
+from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, auth: TokenAuthenticator, agents: AgentRegistry, policy: PolicyStore
+        self,
+        auth: TokenAuthenticator,
+        agents: AgentRegistry,
+        policy: PolicyStore,
+        replicas: Replicas | None = None,
     ) -> None:
         self._auth = auth
         self._agents = agents
         self._policy = policy
+        self._replicas = replicas
 
     @unary
     async def CreateAgent(
@@ -87,14 +93,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         applied = await self._policy.apply(
             request.content, request.filename or "gatehouse.yaml", admin
         )
-        notified = []
-        for link in self._agents.online():
-            push = agent_pb2.ControlMessage(policy=self._policy.for_agent(link.name))
-            try:
-                await link.send(push)
-                notified.append(link.name)
-            except Exception:  # an agent that cannot take it gets it again when it reconnects
-                continue
+        notified = await push_policy(self._agents.online(), self._policy)
+        if self._replicas is not None:  # and the agents the other replicas hold
+            self._replicas.pushed(applied.version)
+            await self._replicas.policy_applied()
         return admin_pb2.ApplyResponse(
             version=applied.version, changes=applied.changes, agents_notified=notified
         )

@@ -167,6 +167,8 @@ class AgentRegistry:
         self.replica_timeout = REPLICA_TIMEOUT
         #: How a session order reaches an instance held by another replica (replica bus).
         self.forward: Forward | None = None
+        #: Tells the other replicas which instances were revoked (replica bus).
+        self.on_revoked: Callable[[list[str]], Awaitable[None]] | None = None
         self._links: dict[str, AgentLink] = {}  # by instance id
         self._revocations: dict[str, asyncio.Event] = {}  # by instance id
         self._turn: dict[str, int] = {}  # round robin over a name's instances
@@ -281,6 +283,8 @@ class AgentRegistry:
             change["instance"] = instance
         await self._audit.commit(draft("admin.change", identity=by, change=change))
         self.cut(revoked)
+        if self.on_revoked is not None:
+            await self.on_revoked(revoked)
         return revoked
 
     def cut(self, instances: Iterable[str]) -> None:
