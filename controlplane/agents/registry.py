@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 FLUSH_EVERY = 5.0  # seconds between batched last-seen writes
 REPLICA_TIMEOUT = 5.0  # seconds without a heartbeat after which a replica counts as gone
+# Replicas: how long a session waits for an instance of its agent to come (back) online, as
+# when the replica that held them stops and they reconnect to another; and how often it looks.
+ROUTE_WAIT = 5.0
+ROUTE_POLL = 0.2
 
 
 class AgentLink:
@@ -394,9 +398,13 @@ class AgentRegistry:
 
     # ---- routing sessions -------------------------------------------------------------------
 
-    async def route(self, name: str) -> Route:
+    async def route(self, name: str, wait: float | None = None) -> Route:
         """The instance of `name` the next session goes to: its online instances (on any live
-        replica) take turns. Raises Unavailable (a message for the user) when none is online."""
+        replica) take turns. When none is online, waits up to `wait` seconds (default: while
+        several replicas share the store, ROUTE_WAIT) for one to reconnect, then raises
+        Unavailable (a message for the user)."""
+        if wait is None:
+            wait = ROUTE_WAIT if self.forward is not None else 0.0
         now = utc_now()
         local = {
             link.instance_id: Route(name, link.instance_id, self.replica_id)
@@ -422,6 +430,10 @@ class AgentRegistry:
 
         remote = await self._db.read(online) if self.forward is not None else []
         candidates = sorted([*local.values(), *remote], key=lambda r: r.instance_id)
+        if not candidates and wait > 0:
+            # A replica restarting or dying: its instances are reconnecting elsewhere now.
+            await asyncio.sleep(ROUTE_POLL)
+            return await self.route(name, wait - ROUTE_POLL)
         if not candidates:
             raise Unavailable(
                 f"agent {name!r} is offline (no instance of it is connected); check it with "

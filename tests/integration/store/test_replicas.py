@@ -364,3 +364,59 @@ def test_a_killed_replica_costs_only_its_sessions_and_the_trail_stays_dense(
     assert set(logged) <= set(recorded)
     for tag in ok:
         assert f"select '{tag}' as tag" in logged
+
+
+def test_a_rolling_restart_loses_no_event_and_no_statement(cluster: Cluster) -> None:
+    token = _pool_token(cluster)
+    both = f"{cluster.replicas[0].address},{cluster.replicas[1].address}"
+    for index in range(2):
+        cluster.agent(token, both, index)
+    cluster.wait_online(2)
+    ok: list[str] = []
+    refused: list[str] = []
+    down: set[int] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        """Clients of a replica being restarted go to the other one, as a balancer does."""
+        i = 0
+        while not stop.is_set():
+            replica = i % 2
+            i += 1
+            if replica in down:
+                replica = 1 - replica
+            tag = uuid.uuid4().hex[:10]
+            ran = cluster.exec(replica, f"select '{tag}' as tag")
+            if ran.returncode == 0:
+                ok.append(tag)
+            else:  # why, for the assertion's message
+                refused.append(f"replica {replica}: {ran.stderr.strip()[-300:]}")
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        for index in (0, 1):
+            time.sleep(2)
+            down.add(index)
+            cluster.replicas[index].stop()
+            cluster.replica(index)
+            down.discard(index)
+        time.sleep(2)
+    finally:
+        stop.set()
+        worker.join(60)
+    print(f"rolling restart: {len(ok)} sessions ok, {len(refused)} refused")
+    assert len(ok) > 10
+    # At most the sessions in flight on each replica as it stops.
+    assert len(refused) <= 2, refused
+
+    verified = cluster.cli(1, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    exported = cluster.cli(0, "audit", "export")
+    events = [json.loads(line) for line in exported.stdout.split("\n") if line]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    logged = [s for s in cluster.target.statement_log() if "as tag" in s]
+    recorded = {e["request"]["statement"] for e in events if e["type"] == "db.query"}
+    assert set(logged) <= recorded and len(logged) == len(set(logged))
+    for tag in ok:
+        assert f"select '{tag}' as tag" in logged
