@@ -52,6 +52,7 @@ HEARTBEAT = 1.0  # seconds between a replica's "alive" writes
 RECHECK = 3.0  # seconds between re-checks of revocations and the policy version
 RECONNECT = 1.0  # seconds before the listener tries its connection again
 PUBLISH_TIMEOUT = 5.0  # seconds a notification may take to send
+ORDER_ACK = 2.0  # seconds the holding replica has to confirm it passed an order on
 
 
 async def push_policy(links: list[AgentLink], policy: PolicyStore) -> list[str]:
@@ -136,6 +137,7 @@ class Replicas:
         self._publisher: psycopg.AsyncConnection[Any] | None = None
         self._publish_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._acks: dict[str, asyncio.Future[bool]] = {}  # forwarded orders, by session id
         self._pushed_version = -1
         self.listening = asyncio.Event()
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -143,6 +145,7 @@ class Replicas:
             "revoke": self._on_revoke,
             "policy": self._on_policy,
             "audit": self._on_audit,
+            "ack": self._on_ack,
         }
 
     async def start(self) -> None:
@@ -214,17 +217,28 @@ class Replicas:
 
     async def forward(self, route: Route, order: agent_pb2.OpenSession) -> None:
         """A session order for an instance another replica holds: it passes it on, and the
-        agent dials this replica's advertised address."""
-        await self.publish(
-            {
-                "kind": "order",
-                "to": route.replica,
-                "instance": route.instance_id,
-                "session_id": order.session_id,
-                "connection": order.connection,
-                "dial": self.advertise,
-            }
-        )
+        agent dials this replica's advertised address. Raises Unavailable when that replica
+        does not confirm within ORDER_ACK (it died, or no longer holds the instance)."""
+        acked = asyncio.get_running_loop().create_future()
+        self._acks[order.session_id] = acked
+        try:
+            await self.publish(
+                {
+                    "kind": "order",
+                    "to": route.replica,
+                    "instance": route.instance_id,
+                    "session_id": order.session_id,
+                    "connection": order.connection,
+                    "dial": self.advertise,
+                }
+            )
+            taken = await asyncio.wait_for(acked, ORDER_ACK)
+        except TimeoutError:
+            taken = False
+        finally:
+            self._acks.pop(order.session_id, None)
+        if not taken:
+            raise Unavailable(f"replica {route.replica} did not take the session order")
 
     async def revoked(self, instances: list[str]) -> None:
         try:
@@ -290,12 +304,21 @@ class Replicas:
             connection=str(message["connection"]),
             dial=str(message["dial"]),
         )
-        if not self._registry.deliver(str(message["instance"]), order):
+        taken = self._registry.deliver(str(message["instance"]), order)
+        if not taken:
             log.warning(
-                "session %s: instance %s is no longer held here; its replica will time out",
+                "session %s: instance %s is no longer held here; its replica reroutes",
                 order.session_id,
                 message["instance"],
             )
+        ack = {"kind": "ack", "to": message.get("from"), "session_id": order.session_id}
+        with contextlib.suppress(Unavailable):  # the origin then times out and reroutes
+            await self.publish({**ack, "taken": taken})
+
+    async def _on_ack(self, message: dict[str, Any]) -> None:
+        acked = self._acks.get(str(message.get("session_id")))
+        if acked is not None and not acked.done():
+            acked.set_result(bool(message.get("taken")))
 
     async def _on_revoke(self, message: dict[str, Any]) -> None:
         if message.get("from") != self.id:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ class AgentRegistry:
         self._links: dict[str, AgentLink] = {}  # by instance id
         self._revocations: dict[str, asyncio.Event] = {}  # by instance id
         self._turn: dict[str, int] = {}  # round robin over a name's instances
+        self._suspect: dict[str, float] = {}  # replicas that failed an order, until when
         # Links whose last-seen (version, hostname, replica) the store does not have yet, by
         # instance id; `_writing` is the batch a flush is storing (readers still overlay it).
         self._pending: dict[str, AgentLink] = {}
@@ -398,14 +400,19 @@ class AgentRegistry:
 
     # ---- routing sessions -------------------------------------------------------------------
 
-    async def route(self, name: str, wait: float | None = None) -> Route:
+    async def route(
+        self, name: str, wait: float | None = None, exclude: frozenset[str] = frozenset()
+    ) -> Route:
         """The instance of `name` the next session goes to: its online instances (on any live
         replica) take turns. When none is online, waits up to `wait` seconds (default: while
         several replicas share the store, ROUTE_WAIT) for one to reconnect, then raises
-        Unavailable (a message for the user)."""
+        Unavailable (a message for the user). Instances in `exclude`, and those of replicas
+        that just failed to take an order, are passed over."""
         if wait is None:
             wait = ROUTE_WAIT if self.forward is not None else 0.0
         now = utc_now()
+        clock = time.monotonic()
+        suspect = {r for r, until in self._suspect.items() if until > clock}
         local = {
             link.instance_id: Route(name, link.instance_id, self.replica_id)
             for link in self._links.values()
@@ -425,15 +432,21 @@ class AgentRegistry:
             return [
                 Route(name, i, replica)
                 for i, replica in rows
-                if replica in live and replica != self.replica_id and replica is not None
+                if replica in live
+                and replica != self.replica_id
+                and replica is not None
+                and replica not in suspect
             ]
 
         remote = await self._db.read(online) if self.forward is not None else []
-        candidates = sorted([*local.values(), *remote], key=lambda r: r.instance_id)
+        candidates = sorted(
+            (r for r in [*local.values(), *remote] if r.instance_id not in exclude),
+            key=lambda r: r.instance_id,
+        )
         if not candidates and wait > 0:
             # A replica restarting or dying: its instances are reconnecting elsewhere now.
             await asyncio.sleep(ROUTE_POLL)
-            return await self.route(name, wait - ROUTE_POLL)
+            return await self.route(name, wait - ROUTE_POLL, exclude)
         if not candidates:
             raise Unavailable(
                 f"agent {name!r} is offline (no instance of it is connected); check it with "
@@ -444,7 +457,29 @@ class AgentRegistry:
         return candidates[turn % len(candidates)]
 
     async def order(self, route: Route, order: agent_pb2.OpenSession) -> None:
-        """Send a session order to the routed instance, here or through its replica."""
+        """Send a session order to the routed instance, here or through its replica. When the
+        other replica does not take it (it died a moment ago, or no longer holds the
+        instance), the order goes to another online instance instead."""
+        tried: set[str] = set()
+        while True:
+            try:
+                await self._send(route, order)
+                return
+            except Unavailable:
+                if route.replica == self.replica_id:
+                    raise
+                # Pass that replica over until its heartbeat would have told us anyway.
+                self._suspect[route.replica] = time.monotonic() + self.replica_timeout
+                tried.add(route.instance_id)
+                log.warning(
+                    "session %s: replica %s did not take the order for instance %s; rerouting",
+                    order.session_id,
+                    route.replica,
+                    route.instance_id,
+                )
+                route = await self.route(route.name, exclude=frozenset(tried))
+
+    async def _send(self, route: Route, order: agent_pb2.OpenSession) -> None:
         if route.replica == self.replica_id:
             link = self._links.get(route.instance_id)
             if link is None:

@@ -260,11 +260,7 @@ def test_a_second_replica_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
 def test_a_killed_replica_costs_only_its_sessions_and_the_trail_stays_dense(
     cluster: Cluster,
 ) -> None:
-    token = _pool_token(cluster)
-    both = f"{cluster.replicas[0].address},{cluster.replicas[1].address}"
-    for index in range(2):
-        cluster.agent(token, both, index)
-    cluster.wait_online(2)
+    _pool_on_both(cluster)
 
     ok: list[str] = []
     failed: list[tuple[float, str]] = []
@@ -350,28 +346,11 @@ def test_a_killed_replica_costs_only_its_sessions_and_the_trail_stays_dense(
 
     # The replica comes back; the trail is one dense chain written by all of them.
     cluster.replica(0)
-    verified = cluster.cli(0, "audit", "verify")
-    assert verified.returncode == 0, verified.stderr + verified.stdout
-    exported = cluster.cli(1, "audit", "export")
-    assert exported.returncode == 0, exported.stderr
-    events = [json.loads(line) for line in exported.stdout.split("\n") if line]
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    # Every statement the target ran has its db.query event; every success ran.
-    logged = [s for s in cluster.target.statement_log() if "as tag" in s]
-    recorded = [e["request"]["statement"] for e in events if e["type"] == "db.query"]
-    recorded = [s for s in recorded if "as tag" in s]
-    assert sorted(logged) == sorted(set(logged))  # nothing ran twice
-    assert set(logged) <= set(recorded)
-    for tag in ok:
-        assert f"select '{tag}' as tag" in logged
+    _trail_accounts_for_every_statement(cluster, ok)
 
 
 def test_a_rolling_restart_loses_no_event_and_no_statement(cluster: Cluster) -> None:
-    token = _pool_token(cluster)
-    both = f"{cluster.replicas[0].address},{cluster.replicas[1].address}"
-    for index in range(2):
-        cluster.agent(token, both, index)
-    cluster.wait_online(2)
+    _pool_on_both(cluster)
     ok: list[str] = []
     refused: list[str] = []
     down: set[int] = set()
@@ -410,13 +389,30 @@ def test_a_rolling_restart_loses_no_event_and_no_statement(cluster: Cluster) -> 
     # At most the sessions in flight on each replica as it stops.
     assert len(refused) <= 2, refused
 
-    verified = cluster.cli(1, "audit", "verify")
+    _trail_accounts_for_every_statement(cluster, ok)
+
+
+def _pool_on_both(cluster: Cluster) -> None:
+    """Two instances of `vpc`, each given both replicas' addresses."""
+    token = _pool_token(cluster)
+    both = f"{cluster.replicas[0].address},{cluster.replicas[1].address}"
+    for index in range(2):
+        cluster.agent(token, both, index)
+    cluster.wait_online(2)
+
+
+def _trail_accounts_for_every_statement(cluster: Cluster, ok: list[str]) -> None:
+    """The chain verifies through either replica, seq is dense, every statement the target
+    logged has its `db.query` event and ran once, and every session that succeeded ran."""
+    verified = cluster.cli(0, "audit", "verify")
     assert verified.returncode == 0, verified.stderr + verified.stdout
-    exported = cluster.cli(0, "audit", "export")
+    exported = cluster.cli(1, "audit", "export")
+    assert exported.returncode == 0, exported.stderr
     events = [json.loads(line) for line in exported.stdout.split("\n") if line]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     logged = [s for s in cluster.target.statement_log() if "as tag" in s]
     recorded = {e["request"]["statement"] for e in events if e["type"] == "db.query"}
-    assert set(logged) <= recorded and len(logged) == len(set(logged))
+    assert len(logged) == len(set(logged))  # nothing ran twice
+    assert set(logged) <= recorded
     for tag in ok:
         assert f"select '{tag}' as tag" in logged
