@@ -27,6 +27,7 @@ class StoredCredential:
     certificate: str = ""  # PEM client certificate
     key: str = ""  # PEM private key of the certificate
     obtained: float = 0.0  # when the certificate was received (epoch seconds)
+    instance_id: str = ""  # this process's instance of the agent name (a pool has several)
 
     @property
     def mtls(self) -> bool:

@@ -27,6 +27,7 @@ from agent import __version__, credentials, enrollment
 from agent.metrics import AgentStats, start_http
 from agent.sessions import serve_session
 from agent.settings import AgentSettings
+from cli.rpc import is_loopback
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 from wire import jointoken
 from wire.jointoken import JoinToken
@@ -61,18 +62,20 @@ class AgentState:
 
 def make_channel(
     settings: AgentSettings,
+    address: str,
     roots: bytes | None = None,
     key: bytes | None = None,
     certificate: bytes | None = None,
 ) -> grpc.aio.Channel:
-    """Plaintext with --insecure (loopback only); otherwise TLS verified against `roots`
-    (the --ca-file, the pinned CA or the system's), with the client certificate if given."""
+    """A channel to `address`: plaintext with --insecure (loopback only); otherwise TLS
+    verified against `roots` (the --ca-file, the pinned CA or the system's), with the client
+    certificate if given. A new channel resolves the name anew."""
     if settings.insecure:
-        return grpc.aio.insecure_channel(settings.controlplane, options=OPTIONS)
+        return grpc.aio.insecure_channel(address, options=OPTIONS)
     credentials_ = grpc.ssl_channel_credentials(
         root_certificates=roots, private_key=key, certificate_chain=certificate
     )
-    return grpc.aio.secure_channel(settings.controlplane, credentials_, options=OPTIONS)
+    return grpc.aio.secure_channel(address, credentials_, options=OPTIONS)
 
 
 class Agent:
@@ -86,6 +89,17 @@ class Agent:
         self._switch = asyncio.Event()  # a renewed certificate: move to a new channel
         self._next_channel: grpc.aio.Channel | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        # The replicas (or load balancer names) to try, in turn from a random start, so that
+        # a fleet does not pile onto the first address of the list.
+        self._addresses = settings.addresses or [settings.controlplane]
+        self._at = random.randrange(len(self._addresses))
+        # Channels to other replicas that hold the clients of sessions (their `dial`).
+        self._dialed: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def address(self) -> str:
+        """The control-plane address this agent dials now."""
+        return self._addresses[self._at]
 
     def _note_certificate(self) -> None:
         """The expiry of the certificate in use, for /metrics."""
@@ -115,9 +129,7 @@ class Agent:
             return pem
         if token is not None and token.pin is not None:
             try:
-                return await asyncio.to_thread(
-                    enrollment.pinned_root, settings.controlplane, token.pin
-                )
+                return await asyncio.to_thread(enrollment.pinned_root, self.address, token.pin)
             except enrollment.PinMismatch as exc:
                 raise AgentFatal(str(exc)) from None
         return await asyncio.to_thread(enrollment.system_roots)
@@ -150,7 +162,7 @@ class Agent:
             hostname=socket.gethostname(),
             csr=enrollment.csr_pem(key, settings.name) if key is not None else b"",
         )
-        channel = make_channel(settings, roots)
+        channel = make_channel(settings, self.address, roots)
         try:
             response = await agent_pb2_grpc.AgentServiceStub(channel).Enroll(request, timeout=15)
         except grpc.aio.AioRpcError as exc:
@@ -177,11 +189,13 @@ class Agent:
             certificate=response.certificate.decode(),
             key=enrollment.key_pem(key).decode() if key is not None else "",
             obtained=time.time(),
+            instance_id=response.instance_id,
         )
         path = credentials.save(settings.data_dir, stored)
         log.info(
-            "enrolled as %s%s; credential stored in %s",
+            "enrolled as %s (instance %s)%s; credential stored in %s",
             settings.name,
+            response.instance_id,
             f" (certificate serial {enrollment.serial(response.certificate)})"
             if response.certificate
             else "",
@@ -194,11 +208,15 @@ class Agent:
         """A certificate that has not expired yet (an expired one needs the join token)."""
         return stored.mtls and enrollment.not_after(stored.certificate.encode()) > time.time() + 5
 
-    def _channel_for(self, stored: credentials.StoredCredential) -> grpc.aio.Channel:
+    def _channel_for(
+        self, stored: credentials.StoredCredential, address: str | None = None
+    ) -> grpc.aio.Channel:
+        target = address or self.address
         if not stored.mtls:
-            return make_channel(self.settings, stored.roots.encode() or None)
+            return make_channel(self.settings, target, stored.roots.encode() or None)
         return make_channel(
             self.settings,
+            target,
             stored.roots.encode() or None,
             stored.key.encode(),
             stored.certificate.encode(),
@@ -258,6 +276,9 @@ class Agent:
         # Sessions keep the old channel (its TLS connection stays open) until they end; the
         # control stream ends and `run` moves it and new sessions to the new channel.
         self._next_channel = self._channel_for(renewed)
+        for dialed in self._dialed.values():  # the next sessions dial with the new one
+            self._retire(dialed)
+        self._dialed.clear()
         self._switch.set()
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
@@ -278,10 +299,15 @@ class Agent:
         """Stay connected until cancelled; raises AgentFatal when retrying cannot help."""
         attempt = 0
         renewals: asyncio.Task[None] | None = None
+        moved = False  # the last stream was lost: dial the next address, resolved anew
         try:
             while True:
                 started = asyncio.get_running_loop().time()
                 try:
+                    if moved and self.channel is not None and self.stored is not None:
+                        self._retire(self.channel)  # its sessions end on their own
+                        self.channel = self._channel_for(self.stored)
+                    moved = False
                     if self.stored is None or (self.stored.mtls and not self._usable(self.stored)):
                         self.stored = await self.credential()
                         self._note_certificate()
@@ -324,7 +350,16 @@ class Agent:
                     attempt = 0
                 delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
                 attempt += 1
-                log.warning("control stream lost (%s); reconnecting in %.1f s", reason, delay)
+                lost = self.address
+                self._at = (self._at + 1) % len(self._addresses)
+                moved = True
+                log.warning(
+                    "control stream to %s lost (%s); reconnecting to %s in %.1f s",
+                    lost,
+                    reason,
+                    self.address,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         finally:
             if renewals is not None:
@@ -335,7 +370,7 @@ class Agent:
             for task in list(self._retired):
                 task.cancel()
             await asyncio.gather(*self._retired, return_exceptions=True)
-            for channel in (self.channel, self._next_channel):
+            for channel in (self.channel, self._next_channel, *self._dialed.values()):
                 if channel is not None:
                     await channel.close(None)
 
@@ -368,7 +403,10 @@ class Agent:
                     self.stats.control_connected = True
                     self.stats.control_connects += 1
                     log.info(
-                        "connected to %s as %s", self.settings.controlplane, self.settings.name
+                        "connected to %s as %s (instance %s)",
+                        self.address,
+                        self.settings.name,
+                        message.welcome.instance_id,
                     )
                 elif kind == "policy":
                     self._apply(message.policy)
@@ -413,9 +451,27 @@ class Agent:
         order: agent_pb2.OpenSession,
     ) -> None:
         spec = self.state.connections.get(order.connection)
+        if order.dial:  # the client's session is held by another replica: dial it there
+            if self.settings.insecure and not is_loopback(order.dial):
+                log.warning(
+                    "session %s: refusing to dial %s in plaintext (--insecure: loopback only)",
+                    order.session_id,
+                    order.dial,
+                )
+                return
+            channel = self._dial(order.dial)
         task = asyncio.create_task(serve_session(channel, metadata, order, spec, self.stats))
         self.state.sessions.add(task)
         task.add_done_callback(self.state.sessions.discard)
+
+    def _dial(self, address: str) -> grpc.aio.Channel:
+        """A channel to another replica, with this agent's credential, kept for the next
+        sessions there (until the certificate is renewed)."""
+        channel = self._dialed.get(address)
+        if channel is None:
+            assert self.stored is not None  # orders come only over an authenticated stream
+            channel = self._dialed[address] = self._channel_for(self.stored, address)
+        return channel
 
 
 async def run_agent(settings: AgentSettings) -> None:

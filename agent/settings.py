@@ -27,7 +27,10 @@ class AgentSettingsError(ValueError):
 @dataclass(frozen=True)
 class AgentSettings:
     controlplane: str = setting(
-        DEFAULT_CONTROLPLANE, help="host:port of the control plane's gRPC listener."
+        DEFAULT_CONTROLPLANE,
+        help="host:port of the control plane's gRPC listener; several replicas (or a load "
+        "balancer's name) comma-separated, tried in turn, names resolved anew at each "
+        "reconnect.",
     )
     token: str = setting(
         "",
@@ -60,9 +63,20 @@ class AgentSettings:
             )
         if not self.name:
             raise AgentSettingsError("name is required: the name the agent was created with")
+        for address in self.addresses or [""]:
+            _host, sep, port = address.rpartition(":")
+            if not sep or not _host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise AgentSettingsError(
+                    f"controlplane {address!r} is not host:port (several: comma-separated)"
+                )
         if self.log_format not in LOG_FORMATS:
             raise AgentSettingsError(f"log_format must be text or json, not {self.log_format!r}")
         if self.http_listen:
             _host, sep, port = self.http_listen.rpartition(":")
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                 raise AgentSettingsError(f"http_listen {self.http_listen!r} is not host:port")
+
+    @property
+    def addresses(self) -> list[str]:
+        """The control plane's addresses (`controlplane` is a comma-separated list)."""
+        return [a.strip() for a in self.controlplane.split(",") if a.strip()]

@@ -36,7 +36,7 @@ from bench.resources import Resources
 from bench.stats import rate
 from controlplane.auth.tokens import token_hash
 from controlplane.store.database import Database, default_url
-from controlplane.store.models import AgentRow
+from controlplane.store.models import AgentInstanceRow, AgentRow
 from devenv.stack import REPO, ControlPlane, StackError, gatehouse
 
 AGENTS_PER_PROCESS = 2500
@@ -55,17 +55,23 @@ def enroll_directly(data_dir: Path, count: int, seed: str) -> None:
     try:
         db.migrate()
         now = utc_now()
+        agents = [
+            AgentRow(id=str(uuid.uuid4()), name=agent_name(i), created_at=now, enrolled_at=now)
+            for i in range(count)
+        ]
         with db.write_session() as session, session.begin():
+            session.add_all(agents)
+            session.flush()
             session.add_all(
-                AgentRow(
-                    id=str(uuid.uuid4()),
-                    name=agent_name(i),
+                AgentInstanceRow(
+                    id=agent.id,
+                    agent_id=agent.id,
+                    name=agent.name,
                     credential_hash=token_hash(credential(seed, i)),
                     version="bench",
-                    created_at=now,
                     enrolled_at=now,
                 )
-                for i in range(count)
+                for i, agent in enumerate(agents)
             )
     finally:
         db.dispose()
@@ -85,17 +91,20 @@ def enroll_with_certificates(data_dir: Path, count: int) -> Path:
     now = utc_now()
     agents: dict[str, dict[str, str]] = {}
     rows = []
+    instances = []
     for i in range(count):
         key = enrollment.new_key()
         pem = ca.sign_csr(enrollment.csr_pem(key, agent_name(i)), agent_name(i), timedelta(hours=2))
         issued = describe(pem)
         agents[str(i)] = {"key": enrollment.key_pem(key).decode(), "certificate": pem.decode()}
-        rows.append(
-            AgentRow(
-                id=str(uuid.uuid4()),
+        agent_id = str(uuid.uuid4())
+        rows.append(AgentRow(id=agent_id, name=agent_name(i), created_at=now, enrolled_at=now))
+        instances.append(
+            AgentInstanceRow(
+                id=agent_id,
+                agent_id=agent_id,
                 name=agent_name(i),
                 version="bench",
-                created_at=now,
                 enrolled_at=now,
                 cert_fingerprint=issued.fingerprint,
                 cert_serial=issued.serial,
@@ -107,6 +116,8 @@ def enroll_with_certificates(data_dir: Path, count: int) -> Path:
         db.migrate()
         with db.write_session() as session, session.begin():
             session.add_all(rows)
+            session.flush()
+            session.add_all(instances)
     finally:
         db.dispose()
     path = data_dir.parent / "agents-mtls.json"

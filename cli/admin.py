@@ -78,7 +78,7 @@ def agents_create(
 
 @agents_app.command("list")
 def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table) -> None:
-    """Show every agent: online/offline, version, last seen.
+    """Show every agent instance: online/offline, version, host, replica, last seen.
 
     Example: gatehouse admin agents list -o json
     """
@@ -96,9 +96,11 @@ def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     agents = [
         {
             "name": a.name,
+            "instance": a.instance_id or None,
             "status": a.status,
             "version": a.version,
             "hostname": a.hostname,
+            "replica": a.replica or None,
             "last_seen": a.last_seen or None,
             "created": a.created,
             "cert_serial": a.cert_serial or None,
@@ -109,9 +111,18 @@ def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     emit(
         output,
         agents,
-        ["NAME", "STATUS", "VERSION", "HOST", "LAST SEEN", "CERT EXPIRES"],
+        ["NAME", "INSTANCE", "STATUS", "VERSION", "HOST", "REPLICA", "LAST SEEN", "CERT EXPIRES"],
         [
-            [a["name"], a["status"], a["version"], a["hostname"], a["last_seen"], a["cert_expires"]]
+            [
+                a["name"],
+                a["instance"],
+                a["status"],
+                a["version"],
+                a["hostname"],
+                a["replica"],
+                a["last_seen"],
+                a["cert_expires"],
+            ]
             for a in agents
         ],
         empty="No agents yet: create one with `gatehouse admin agents create NAME`.",
@@ -121,11 +132,18 @@ def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
 @agents_app.command("revoke")
 def agents_revoke(
     name: Annotated[str, typer.Argument(help="The agent to revoke.")],
+    instance: Annotated[
+        str,
+        typer.Option(
+            "--instance", help="Revoke only this instance (see `agents list`), not the agent."
+        ),
+    ] = "",
     controlplane: ControlplaneOpt = None,
 ) -> None:
-    """Revoke an agent: its credential stops working and its streams are closed.
+    """Revoke an agent (every instance and its join token), or one instance of it: their
+    credentials stop working and their streams are closed on every replica.
 
-    Example: gatehouse admin agents revoke vpc-eu-1
+    Example: gatehouse admin agents revoke vpc-eu-1 --instance 3f2a9c01b7de
     """
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
@@ -135,10 +153,14 @@ def agents_revoke(
 
     async def work(channel: Any) -> Any:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
-        return await stub.RevokeAgent(admin_pb2.RevokeAgentRequest(name=name), metadata=md)
+        request = admin_pb2.RevokeAgentRequest(name=name, instance_id=instance)
+        return await stub.RevokeAgent(request, metadata=md)
 
-    call(address, work)
-    typer.echo(f"agent {name} revoked")
+    response = call(address, work)
+    if instance:
+        typer.echo(f"instance {instance} of agent {name} revoked")
+    else:
+        typer.echo(f"agent {name} revoked ({len(response.instances)} instance(s))")
 
 
 @admin_app.command("apply")

@@ -22,12 +22,12 @@ def _run(settings: AgentSettings) -> None:
         settings.validate()
     except AgentSettingsError as exc:
         raise CliError(str(exc), USAGE) from None
-    if settings.insecure and not is_loopback(settings.controlplane):
-        raise CliError(
-            f"--insecure is refused for {settings.controlplane}: plaintext is allowed only to "
-            "loopback",
-            USAGE,
-        )
+    for address in settings.addresses:
+        if settings.insecure and not is_loopback(address):
+            raise CliError(
+                f"--insecure is refused for {address}: plaintext is allowed only to loopback",
+                USAGE,
+            )
     setup_logging(settings.verbose, settings.log_format)
     try:
         run(run_agent(settings))

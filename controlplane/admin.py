@@ -13,19 +13,25 @@ from controlplane.audit.events import as_utc, rfc3339
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import unary
 from controlplane.policy.store import PolicyStore
+from controlplane.replicas import Replicas, push_policy
 from controlplane.store.models import ApiTokenRow
-from gatehouse.v1 import admin_pb2, admin_pb2_grpc, agent_pb2
+from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, auth: TokenAuthenticator, agents: AgentRegistry, policy: PolicyStore
+        self,
+        auth: TokenAuthenticator,
+        agents: AgentRegistry,
+        policy: PolicyStore,
+        replicas: Replicas | None = None,
     ) -> None:
         self._auth = auth
         self._agents = agents
         self._policy = policy
+        self._replicas = replicas
 
     @unary
     async def CreateAgent(
@@ -55,15 +61,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         for item in await self._agents.statuses():
             response.agents.append(
                 admin_pb2.AgentInfo(
-                    name=item.row.name,
+                    name=item.name,
+                    instance_id=item.instance_id,
                     status=item.status,
                     version=item.version,
                     hostname=item.hostname,
-                    last_seen=rfc3339(as_utc(item.row.last_seen)) if item.row.last_seen else "",
-                    created=rfc3339(as_utc(item.row.created_at)),
-                    cert_serial=item.row.cert_serial or "",
+                    replica=item.replica,
+                    last_seen=rfc3339(as_utc(item.last_seen)) if item.last_seen else "",
+                    created=rfc3339(as_utc(item.created_at)),
+                    cert_serial=item.cert_serial,
                     cert_expires=(
-                        rfc3339(as_utc(item.row.cert_not_after)) if item.row.cert_not_after else ""
+                        rfc3339(as_utc(item.cert_not_after)) if item.cert_not_after else ""
                     ),
                 )
             )
@@ -74,8 +82,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeAgentRequest, context: Context
     ) -> admin_pb2.RevokeAgentResponse:
         admin = await self._auth.require_admin(context.invocation_metadata())
-        await self._agents.revoke(request.name, admin)
-        return admin_pb2.RevokeAgentResponse(name=request.name)
+        revoked = await self._agents.revoke(request.name, admin, request.instance_id)
+        return admin_pb2.RevokeAgentResponse(name=request.name, instances=revoked)
 
     @unary
     async def Apply(
@@ -85,14 +93,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         applied = await self._policy.apply(
             request.content, request.filename or "gatehouse.yaml", admin
         )
-        notified = []
-        for link in self._agents.online():
-            push = agent_pb2.ControlMessage(policy=self._policy.for_agent(link.name))
-            try:
-                await link.send(push)
-                notified.append(link.name)
-            except Exception:  # an agent that cannot take it gets it again when it reconnects
-                continue
+        notified = await push_policy(self._agents.online(), self._policy)
+        if self._replicas is not None:  # and the agents the other replicas hold
+            self._replicas.pushed(applied.version)
+            await self._replicas.policy_applied()
         return admin_pb2.ApplyResponse(
             version=applied.version, changes=applied.changes, agents_notified=notified
         )
@@ -103,6 +107,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListConnectionsResponse:
         await self._auth.require_admin(context.invocation_metadata())
         await self._policy.load()
+        online = await self._agents.online_names()
         response = admin_pb2.ListConnectionsResponse()
         for conn in self._policy.document.connections:
             response.connections.append(
@@ -110,7 +115,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     name=conn.name,
                     type=conn.type,
                     agent=conn.agent,
-                    agent_status="online" if self._agents.link(conn.agent) else "offline",
+                    agent_status="online" if conn.agent in online else "offline",
                     audit=conn.audit,
                 )
             )

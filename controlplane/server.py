@@ -40,6 +40,7 @@ from controlplane.pglisten import PgListener
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
+from controlplane.replicas import Replicas, SqliteReplicaLock, default_advertise
 from controlplane.sessions import SessionServicer
 from controlplane.settings import Settings
 from controlplane.store.database import Database, default_url
@@ -96,6 +97,9 @@ class ControlPlane:
             login_max_age=timedelta(seconds=settings.delegation_login_max_age),
         )
         self.agents = AgentRegistry(self.db, self.audit)
+        # PostgreSQL: one of several replicas (ADR 0023); SQLite: the only one, enforced.
+        self.replicas: Replicas | None = None
+        self.sqlite_lock = SqliteReplicaLock(self.db) if self.db.is_sqlite else None
         self.policy = PolicyStore(self.db, self.audit)
         self.tunnels = Tunnels()
         self.limits = HandshakeLimits(settings.handshake_timeout, settings.max_pending_handshakes)
@@ -119,6 +123,8 @@ class ControlPlane:
     async def start(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.sqlite_lock is not None:
+            self.sqlite_lock.acquire()
         await asyncio.to_thread(self.db.migrate)
         signer = await asyncio.to_thread(
             load_signing_key, settings.data_dir / KEY_FILE_NAME, settings.audit_key_file
@@ -139,6 +145,7 @@ class ControlPlane:
                     split_host_port(settings.grpc_listen)[0],
                     split_host_port(settings.http_listen)[0],
                     *([split_host_port(settings.pg_listen)[0]] if settings.pg_listen else []),
+                    *([split_host_port(settings.advertise)[0]] if settings.advertise else []),
                 ],
             )
             self.agents.certificates = AgentCertificates(
@@ -152,6 +159,12 @@ class ControlPlane:
             # The inner servers' sockets: private to this process's user, short enough for
             # sun_path (a data dir can be deep), gone at stop.
             self._run_dir = Path(tempfile.mkdtemp(prefix="gatehouse-"))
+        if not self.db.is_sqlite:
+            advertise = settings.advertise or default_advertise(
+                settings.grpc_listen, settings.public_addr
+            )
+            self.replicas = Replicas(self.db, self.agents, self.policy, self.audit, advertise)
+            await self.replicas.start()
         server = grpc.aio.server(
             interceptors=[SourceInterceptor()],
             options=[
@@ -185,7 +198,7 @@ class ControlPlane:
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(sessions, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.auth, self.agents, self.policy), server
+            AdminServicer(self.auth, self.agents, self.policy, self.replicas), server
         )
         sessions_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.auth, self.db), server
@@ -304,6 +317,7 @@ class ControlPlane:
     def health(self) -> dict[str, object]:
         return {
             "status": "ok",
+            "replica": self.agents.replica_id,
             "agents_online": len(self.agents.online()),
             "sessions": len(self.tunnels),
             "events_committed": self.audit.committed,
@@ -378,6 +392,9 @@ class ControlPlane:
             await asyncio.gather(self._health_task, return_exceptions=True)
             self._health_task = None
         await self.grpc_health.enter_graceful_shutdown()  # NOT_SERVING while draining
+        if self.replicas is not None:  # the others stop routing sessions through us
+            await self.replicas.stop()
+            self.replicas = None
         for front in self._fronts:
             front.stop_accepting()
         if self.pg_listener is not None:
@@ -407,6 +424,8 @@ class ControlPlane:
         if self.oidc is not None:
             await self.oidc.close()
         self.db.dispose()
+        if self.sqlite_lock is not None:
+            self.sqlite_lock.release()
 
 
 async def serve(settings: Settings) -> None:

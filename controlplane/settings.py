@@ -134,6 +134,13 @@ class Settings:
         help="Read a PROXY protocol v2 header (the client's address) from these peers "
         "only, comma-separated CIDRs (your TCP load balancers).",
     )
+    # ---- several replicas on one PostgreSQL store (ADR 0023)
+    advertise: str = setting(
+        "",
+        help="host:port of this replica's gRPC listener that agents dial for the sessions of "
+        "its clients, when several replicas share a PostgreSQL store (default: the gRPC "
+        "listen address, or the first --public-addr with its port when it listens on all).",
+    )
     # ---- listeners
     handshake_timeout: float = setting(10.0, help="Seconds a new connection has to handshake.")
     max_pending_handshakes: int = setting(128, help="Connections handshaking at once.")
@@ -145,6 +152,13 @@ class Settings:
                 "--dev serves plaintext on loopback: --tls-cert, --tls-key and "
                 "--trusted-proxies are for production mode (drop --dev)"
             )
+        if self.advertise:
+            host, sep, port = self.advertise.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise InvalidArgument(
+                    f"advertise {self.advertise!r} is not host:port (the address agents dial "
+                    "to reach this replica)"
+                )
         if not timedelta(seconds=10) <= self.agent_cert_lifetime <= timedelta(days=397):
             raise InvalidArgument(
                 "--agent-cert-lifetime must be from 10s (agents renew at 2/3 of it) to 397d"

@@ -189,8 +189,11 @@ class ControlPlane(Process):
         self.stop()
         raise StackError(f"the control plane did not become ready:\n{tail(self.log_file)}")
 
-    def wait_agent(self, name: str, status: str = "online", timeout: float = 30) -> None:
-        """Wait until `admin agents list` shows the agent with that status."""
+    def wait_agent(
+        self, name: str, status: str = "online", timeout: float = 30, *, instances: int = 1
+    ) -> list[dict[str, object]]:
+        """Wait until `admin agents list` shows `instances` instances of the agent with that
+        status (for `online`, at least that many); returns the agent's lines."""
         import json
 
         deadline = time.monotonic() + timeout
@@ -198,12 +201,15 @@ class ControlPlane(Process):
         while time.monotonic() < deadline:
             result = gatehouse(["admin", "agents", "list", "-o", "json"], env=self.cli_env)
             if result.returncode == 0:
-                agents = {a["name"]: a["status"] for a in json.loads(result.stdout)}
-                last = str(agents)
-                if agents.get(name) == status:
-                    return
+                lines = [a for a in json.loads(result.stdout) if a["name"] == name]
+                last = str([(a["instance"], a["status"]) for a in lines])
+                matching = [a for a in lines if a["status"] == status]
+                if len(matching) >= instances and (
+                    status == "online" or len(matching) == len(lines)
+                ):
+                    return lines
             time.sleep(0.2)
-        raise StackError(f"agent {name} is not {status} (agents: {last})")
+        raise StackError(f"agent {name} is not {status} (instances: {last})")
 
 
 @dataclass

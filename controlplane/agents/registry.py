@@ -1,28 +1,35 @@
-"""Enrolled agents and the ones online now.
+"""Enrolled agents, their instances, and the ones online now.
 
-An agent is created with a join token (N uses until it expires), exchanges it for a credential,
-and then holds one control stream. In production the credential is a short-lived client
-certificate for a key the agent made (the store keeps its SHA-256, and the one it renewed from);
-with --dev, a bearer credential. Only hashes of secrets are stored. The live link of an online
-agent has a small bounded outbox: a wedged agent makes `send` fail, never memory grow.
+An agent name is created with a join token (N uses until it expires). Each use enrolls one
+instance of the agent — a process with its own credential — so several processes can serve
+one name (a pool, ADR 0024). In production the credential is a short-lived client certificate
+for a key the instance made (the store keeps its SHA-256, and the one it renewed from); with
+--dev, a bearer credential. Only hashes of secrets are stored. Each instance holds one control
+stream on one replica; the store records which (`agent_instances.replica`), so a session on
+any replica can be routed to it (ADR 0023). The live link of an online instance has a small
+bounded outbox: a wedged agent makes `send` fail, never memory grow.
 
-Last-seen is kept in memory and written for all agents that changed in one transaction every
-FLUSH_EVERY seconds, and at once when an agent disconnects: a write per heartbeat per agent
-was most of the control plane's load with thousands of agents (docs/decisions/0009). This
-process's readers see the in-memory value; the store (other replicas) lags by FLUSH_EVERY.
+Last-seen is kept in memory and written for all instances that changed in one transaction
+every FLUSH_EVERY seconds, and at once when an instance connects or disconnects: a write per
+heartbeat per agent was most of the control plane's load with thousands of agents
+(docs/decisions/0009). This process's readers see the in-memory value; the store (other
+replicas) lags by FLUSH_EVERY.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
+import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, delete, or_, update
 from sqlmodel import Session, col, select
 
 from controlplane.agents.certificates import (
@@ -47,7 +54,7 @@ from controlplane.errors import (
     Unavailable,
 )
 from controlplane.store.database import Database
-from controlplane.store.models import AgentRow
+from controlplane.store.models import AgentInstanceRow, AgentRow, ReplicaRow
 from gatehouse.v1 import agent_pb2
 from wire import jointoken
 
@@ -55,14 +62,21 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 FLUSH_EVERY = 5.0  # seconds between batched last-seen writes
+REPLICA_TIMEOUT = 5.0  # seconds without a heartbeat after which a replica counts as gone
+# Replicas: how long a session waits for an instance of its agent to come (back) online, as
+# when the replica that held them stops and they reconnect to another; and how often it looks.
+ROUTE_WAIT = 5.0
+ROUTE_POLL = 0.2
 
 
 class AgentLink:
-    """The control stream of one online agent, as seen by the rest of the control plane."""
+    """The control stream of one online agent instance, as seen by the rest of the control
+    plane."""
 
-    def __init__(self, row: AgentRow, hello: agent_pb2.Hello, peer: str) -> None:
-        self.agent_id = row.id
-        self.name = row.name
+    def __init__(self, instance: AgentInstanceRow, hello: agent_pb2.Hello, peer: str) -> None:
+        self.agent_id = instance.agent_id
+        self.instance_id = instance.id
+        self.name = instance.name
         self.version = hello.version
         self.hostname = hello.hostname
         self.peer = peer
@@ -91,10 +105,28 @@ class AgentLink:
 
 @dataclass(frozen=True, slots=True)
 class AgentStatus:
-    row: AgentRow
+    """One line of `agents list`: an instance of an agent, or a name with none yet."""
+
+    name: str
+    instance_id: str  # "" for a name no instance has enrolled under yet
     status: str  # online | offline | pending | revoked
     version: str
     hostname: str
+    replica: str  # the replica holding its control stream ("" when not online)
+    created_at: datetime
+    last_seen: datetime | None
+    cert_serial: str
+    cert_not_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a session order for an agent goes: the chosen instance and the replica holding
+    its control stream."""
+
+    name: str
+    instance_id: str
+    replica: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,24 +141,45 @@ class CreatedAgent:
 @dataclass(frozen=True, slots=True)
 class Enrolled:
     agent_id: str
+    instance_id: str
     name: str
     credential: str | None  # --dev: a bearer credential
     certificate: Issued | None  # production: the client certificate
 
 
+#: Sends a session order to an instance held by another replica (the replica bus); None
+#: while this process is the only replica.
+Forward = Callable[[Route, agent_pb2.OpenSession], Awaitable[None]]
+
+
 class AgentRegistry:
     def __init__(
-        self, db: Database, audit: AuditWriter, certificates: AgentCertificates | None = None
+        self,
+        db: Database,
+        audit: AuditWriter,
+        certificates: AgentCertificates | None = None,
+        *,
+        replica_id: str = "",
     ) -> None:
         self._db = db
         self._audit = audit
         # Production: agents get client certificates and are known by them. None (--dev):
         # bearer credentials, as plaintext on loopback has no TLS to carry a certificate.
         self.certificates = certificates
-        self._links: dict[str, AgentLink] = {}
-        self._revocations: dict[str, asyncio.Event] = {}
-        # Links whose last-seen (version, hostname) the store does not have yet, by agent id;
-        # `_writing` is the batch a flush is storing right now (readers still overlay it).
+        #: This process's id in `replicas`, recorded on the instances whose streams it holds.
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        #: Seconds after which a replica that stopped saying it is alive counts as gone.
+        self.replica_timeout = REPLICA_TIMEOUT
+        #: How a session order reaches an instance held by another replica (replica bus).
+        self.forward: Forward | None = None
+        #: Tells the other replicas which instances were revoked (replica bus).
+        self.on_revoked: Callable[[list[str]], Awaitable[None]] | None = None
+        self._links: dict[str, AgentLink] = {}  # by instance id
+        self._revocations: dict[str, asyncio.Event] = {}  # by instance id
+        self._turn: dict[str, int] = {}  # round robin over a name's instances
+        self._suspect: dict[str, float] = {}  # replicas that failed an order, until when
+        # Links whose last-seen (version, hostname, replica) the store does not have yet, by
+        # instance id; `_writing` is the batch a flush is storing (readers still overlay it).
         self._pending: dict[str, AgentLink] = {}
         self._writing: dict[str, AgentLink] = {}
         self._flush_lock = asyncio.Lock()
@@ -142,9 +195,9 @@ class AgentRegistry:
         uses: int = 1,
         ttl: timedelta = DEFAULT_JOIN_TTL,
     ) -> CreatedAgent:
-        """Create (or re-create a revoked) agent; returns its join token, usable `uses` times
-        (a pod without a volume re-joins with another use). An agent that exists and is not
-        revoked is refused (AlreadyExists): revoke it first."""
+        """Create (or re-create a revoked) agent; returns its join token, usable `uses` times:
+        each use enrolls one instance of the agent (a pool), or re-joins a pod without a
+        volume. An agent that exists and is not revoked is refused (AlreadyExists)."""
         if not NAME_RE.match(name):
             raise InvalidArgument(
                 f"invalid agent name {name!r}: use lowercase letters, digits, '.', '_' or '-'"
@@ -166,6 +219,9 @@ class AgentRegistry:
                     f"`gatehouse admin agents revoke {name}` to enroll it again"
                 )
             if row is not None:
+                session.connection().execute(
+                    delete(AgentInstanceRow).where(col(AgentInstanceRow.agent_id) == row.id)
+                )
                 session.delete(row)
                 session.flush()
             session.add(
@@ -195,62 +251,270 @@ class AgentRegistry:
         pin = self.certificates.pin if self.certificates else None
         return CreatedAgent(name, jointoken.format_token(secret, pin), pin, uses, expires)
 
-    async def revoke(self, name: str, by: Identity) -> None:
-        def revoke(session: Session) -> None:
+    async def revoke(self, name: str, by: Identity, instance: str = "") -> list[str]:
+        """Revoke the agent (its join token and every instance) or, with `instance`, that one
+        instance; returns the instance ids revoked. Their credentials stop working at their
+        next call; the streams this process holds end now, other replicas' within seconds."""
+
+        def revoke(session: Session) -> list[str]:
             row = session.exec(select(AgentRow).where(AgentRow.name == name)).first()
             if row is None:
                 raise NotFound(f"no agent named {name!r}; see `gatehouse admin agents list`")
-            row.revoked_at = utc_now()
-            row.credential_hash = None
-            row.join_token_hash = None
-            row.join_uses_left = 0
-            row.cert_fingerprint = None
-            row.prev_cert_fingerprint = None
-            session.add(row)
+            query = select(AgentInstanceRow).where(AgentInstanceRow.agent_id == row.id)
+            if instance:
+                query = query.where(AgentInstanceRow.id == instance)
+            found = list(session.exec(query))
+            if instance and not found:
+                raise NotFound(
+                    f"agent {name!r} has no instance {instance!r}; see `gatehouse admin agents "
+                    "list` for its instances"
+                )
+            now = utc_now()
+            if not instance:
+                row.revoked_at = now
+                row.join_token_hash = None
+                row.join_uses_left = 0
+                session.add(row)
+            for item in found:
+                item.revoked_at = item.revoked_at or now
+                item.credential_hash = None
+                item.cert_fingerprint = None
+                item.prev_cert_fingerprint = None
+                session.add(item)
+            return [item.id for item in found]
 
-        await self._db.write(revoke)
-        await self._audit.commit(
-            draft("admin.change", identity=by, change={"action": "agent.revoke", "agent": name})
-        )
-        link = self._links.get(name)
-        if link is not None:
-            link.close("the agent was revoked")
-        cut = self._revocations.pop(name, None)
-        if cut is not None:  # its sessions on this process end now, not when they finish
-            cut.set()
+        revoked = await self._db.write(revoke)
+        change: dict[str, Any] = {"action": "agent.revoke", "agent": name}
+        if instance:
+            change["instance"] = instance
+        await self._audit.commit(draft("admin.change", identity=by, change=change))
+        self.cut(revoked)
+        if self.on_revoked is not None:
+            await self.on_revoked(revoked)
+        return revoked
 
-    def revocation(self, name: str) -> asyncio.Event:
-        """Set when the agent is revoked: its open session streams end then."""
-        return self._revocations.setdefault(name, asyncio.Event())
+    def cut(self, instances: Iterable[str]) -> None:
+        """End what this process holds of revoked instances: control streams and sessions."""
+        for instance_id in instances:
+            link = self._links.get(instance_id)
+            if link is not None:
+                link.close("the agent was revoked")
+            cut = self._revocations.pop(instance_id, None)
+            if cut is not None:  # its sessions on this process end now, not when they finish
+                cut.set()
+
+    def revocation(self, instance_id: str) -> asyncio.Event:
+        """Set when the instance is revoked: its open session streams end then."""
+        return self._revocations.setdefault(instance_id, asyncio.Event())
+
+    def held(self) -> list[str]:
+        """Instance ids with a control stream or a session stream on this process."""
+        return sorted({*self._links, *self._revocations})
+
+    async def recheck(self) -> None:
+        """Cut every instance this process holds whose credential was revoked meanwhile: a
+        revocation whose notification this replica missed still ends within one re-check."""
+        held = self.held()
+        if not held:
+            return
+
+        def revoked(session: Session) -> list[str]:
+            query = select(AgentInstanceRow.id, AgentInstanceRow.revoked_at).where(
+                col(AgentInstanceRow.id).in_(held)
+            )
+            alive = {i for i, gone in session.exec(query) if gone is None}
+            return [i for i in held if i not in alive]
+
+        gone = await self._db.read(revoked)
+        if gone:
+            log.info("cutting %d revoked agent instance(s)", len(gone))
+            self.cut(gone)
 
     async def statuses(self) -> list[AgentStatus]:
-        rows = await self._db.read(lambda s: list(s.exec(select(AgentRow).order_by(AgentRow.name))))
+        """Every agent's instances (and names none enrolled under yet), from the store: the
+        same on every replica, but for a last-seen this process has not stored yet."""
+        now = utc_now()
+
+        def load(
+            session: Session,
+        ) -> tuple[list[AgentRow], list[AgentInstanceRow], set[str]]:
+            agents = list(session.exec(select(AgentRow).order_by(AgentRow.name)))
+            instances = list(
+                session.exec(
+                    select(AgentInstanceRow).order_by(
+                        col(AgentInstanceRow.name), col(AgentInstanceRow.enrolled_at)
+                    )
+                )
+            )
+            return agents, instances, self._live_replicas(session, now)
+
+        agents, instances, live = await self._db.read(load)
+        by_agent: dict[str, list[AgentInstanceRow]] = {}
+        for item in instances:
+            by_agent.setdefault(item.agent_id, []).append(item)
         result = []
-        for row in rows:
-            link = self._links.get(row.name)
-            if row.revoked_at is not None:
-                status = "revoked"
-            elif link is not None:
-                status = "online"
-            elif row.enrolled_at is None:
-                status = "pending"
-            else:
-                status = "offline"
-            # This process may know a newer last-seen than the store (not flushed yet).
-            unsaved = link or self._pending.get(row.id) or self._writing.get(row.id)
-            if unsaved is not None and unsaved.agent_id == row.id:
-                row.last_seen = max(unsaved.last_seen, as_utc(row.last_seen or unsaved.last_seen))
-            version = link.version if link else row.version
-            hostname = link.hostname if link else row.hostname
-            result.append(AgentStatus(row, status, version, hostname))
+        for row in agents:
+            mine = by_agent.get(row.id, [])
+            if not mine:
+                status = "revoked" if row.revoked_at is not None else "pending"
+                result.append(
+                    AgentStatus(row.name, "", status, "", "", "", row.created_at, None, "", None)
+                )
+                continue
+            for item in mine:
+                link = self._links.get(item.id)
+                online = (link is not None and not link.closed.is_set()) or (
+                    item.replica is not None
+                    and item.replica != self.replica_id
+                    and item.replica in live
+                )
+                holder = self.replica_id if link is not None else item.replica or ""
+                if row.revoked_at is not None or item.revoked_at is not None:
+                    status = "revoked"
+                else:
+                    status = "online" if online else "offline"
+                last_seen = item.last_seen
+                # This process may know a newer last-seen than the store (not flushed yet).
+                unsaved = (
+                    self._links.get(item.id)
+                    or self._pending.get(item.id)
+                    or self._writing.get(item.id)
+                )
+                if unsaved is not None:
+                    last_seen = max(unsaved.last_seen, as_utc(last_seen or unsaved.last_seen))
+                result.append(
+                    AgentStatus(
+                        name=row.name,
+                        instance_id=item.id,
+                        status=status,
+                        version=link.version if link is not None else item.version,
+                        hostname=link.hostname if link is not None else item.hostname,
+                        replica=holder if status == "online" else "",
+                        created_at=row.created_at,
+                        last_seen=last_seen,
+                        cert_serial=item.cert_serial or "",
+                        cert_not_after=item.cert_not_after,
+                    )
+                )
         return result
+
+    # ---- routing sessions -------------------------------------------------------------------
+
+    async def route(
+        self, name: str, wait: float | None = None, exclude: frozenset[str] = frozenset()
+    ) -> Route:
+        """The instance of `name` the next session goes to: its online instances (on any live
+        replica) take turns. When none is online, waits up to `wait` seconds (default: while
+        several replicas share the store, ROUTE_WAIT) for one to reconnect, then raises
+        Unavailable (a message for the user). Instances in `exclude`, and those of replicas
+        that just failed to take an order, are passed over."""
+        if wait is None:
+            wait = ROUTE_WAIT if self.forward is not None else 0.0
+        now = utc_now()
+        clock = time.monotonic()
+        suspect = {r for r, until in self._suspect.items() if until > clock}
+        local = {
+            link.instance_id: Route(name, link.instance_id, self.replica_id)
+            for link in self._links.values()
+            if link.name == name and not link.closed.is_set()
+        }
+
+        def online(session: Session) -> list[Route]:
+            query = select(AgentInstanceRow.id, AgentInstanceRow.replica).where(
+                AgentInstanceRow.name == name,
+                col(AgentInstanceRow.revoked_at).is_(None),
+                col(AgentInstanceRow.replica).is_not(None),
+            )
+            rows = list(session.exec(query))
+            if not rows:
+                return []
+            live = self._live_replicas(session, now)
+            return [
+                Route(name, i, replica)
+                for i, replica in rows
+                if replica in live
+                and replica != self.replica_id
+                and replica is not None
+                and replica not in suspect
+            ]
+
+        remote = await self._db.read(online) if self.forward is not None else []
+        candidates = sorted(
+            (r for r in [*local.values(), *remote] if r.instance_id not in exclude),
+            key=lambda r: r.instance_id,
+        )
+        if not candidates and wait > 0:
+            # A replica restarting or dying: its instances are reconnecting elsewhere now.
+            await asyncio.sleep(ROUTE_POLL)
+            return await self.route(name, wait - ROUTE_POLL, exclude)
+        if not candidates:
+            raise Unavailable(
+                f"agent {name!r} is offline (no instance of it is connected); check it with "
+                "`gatehouse admin agents list`"
+            )
+        turn = self._turn.get(name, random.randrange(len(candidates)))
+        self._turn[name] = turn + 1
+        return candidates[turn % len(candidates)]
+
+    async def order(self, route: Route, order: agent_pb2.OpenSession) -> None:
+        """Send a session order to the routed instance, here or through its replica. When the
+        other replica does not take it (it died a moment ago, or no longer holds the
+        instance), the order goes to another online instance instead."""
+        tried: set[str] = set()
+        while True:
+            try:
+                await self._send(route, order)
+                return
+            except Unavailable:
+                if route.replica == self.replica_id:
+                    raise
+                # Pass that replica over until its heartbeat would have told us anyway.
+                self._suspect[route.replica] = time.monotonic() + self.replica_timeout
+                tried.add(route.instance_id)
+                log.warning(
+                    "session %s: replica %s did not take the order for instance %s; rerouting",
+                    order.session_id,
+                    route.replica,
+                    route.instance_id,
+                )
+                route = await self.route(route.name, exclude=frozenset(tried))
+
+    async def _send(self, route: Route, order: agent_pb2.OpenSession) -> None:
+        if route.replica == self.replica_id:
+            link = self._links.get(route.instance_id)
+            if link is None:
+                raise Unavailable(f"agent {route.name!r} went offline; try again")
+            await link.send(agent_pb2.ControlMessage(open_session=order))
+            return
+        if self.forward is None:
+            raise Unavailable(f"agent {route.name!r} is held by another replica")
+        await self.forward(route, order)
+
+    def deliver(self, instance_id: str, order: agent_pb2.OpenSession) -> bool:
+        """An order another replica routed to an instance held here; False if it is not."""
+        link = self._links.get(instance_id)
+        if link is None or link.closed.is_set():
+            return False
+        try:
+            link.outbox.put_nowait(agent_pb2.ControlMessage(open_session=order))
+        except asyncio.QueueFull:
+            return False  # the origin's attach times out and the client is told
+        return True
+
+    def _live_replicas(self, session: Session, now: datetime) -> set[str]:
+        """Replicas that said they are alive within `replica_timeout` (and this one)."""
+        since = now - timedelta(seconds=self.replica_timeout)
+        query = select(ReplicaRow.id).where(
+            col(ReplicaRow.seen_at) > since, col(ReplicaRow.stopped_at).is_(None)
+        )
+        return {*session.exec(query), self.replica_id}
 
     # ---- the agent's side -------------------------------------------------------------------
 
     async def enroll(self, request: agent_pb2.EnrollRequest, peer: str) -> Enrolled:
-        """Spend one use of a join token: a client certificate for the request's key (or, with
-        --dev, a bearer credential). Each use is an `agent.enroll` event; the certificate (or
-        credential) of an earlier use stops working."""
+        """Spend one use of a join token: a new instance of the agent with a client certificate
+        for the request's key (or, with --dev, a bearer credential). Each use is an
+        `agent.enroll` event; instances enrolled earlier keep working (a pool)."""
         try:
             token = jointoken.parse(request.join_token)
         except jointoken.BadJoinToken as exc:
@@ -282,6 +546,7 @@ class AgentRegistry:
             issued = describe(pem)
         else:
             credential = new_token(AGENT_PREFIX)
+        instance_id = uuid.uuid4().hex[:12]
 
         def enroll(session: Session) -> tuple[str, int]:
             # FOR UPDATE: two replicas spending the last use at once must not both succeed.
@@ -306,16 +571,34 @@ class AgentRegistry:
                 )
             row.join_uses_left -= 1
             row.enrolled_at = now
-            row.version = request.version
-            row.hostname = request.hostname[:255]
-            # A new use replaces the earlier instance's credential or certificate.
-            row.credential_hash = token_hash(credential) if credential else None
-            row.cert_fingerprint = issued.fingerprint if issued else None
-            row.cert_serial = issued.serial if issued else None
-            row.cert_not_after = issued.not_after if issued else None
-            row.prev_cert_fingerprint = None
-            row.prev_cert_not_after = None
             session.add(row)
+            # Instances that are gone for good (offline, every certificate expired) leave the
+            # list: a pod that re-joins without a volume would otherwise pile them up.
+            session.connection().execute(
+                delete(AgentInstanceRow).where(
+                    col(AgentInstanceRow.agent_id) == row.id,
+                    col(AgentInstanceRow.replica).is_(None),
+                    col(AgentInstanceRow.cert_not_after) < now,
+                    or_(
+                        col(AgentInstanceRow.prev_cert_not_after).is_(None),
+                        col(AgentInstanceRow.prev_cert_not_after) < now,
+                    ),
+                )
+            )
+            session.add(
+                AgentInstanceRow(
+                    id=instance_id,
+                    agent_id=row.id,
+                    name=row.name,
+                    hostname=request.hostname[:255],
+                    version=request.version[:100],
+                    enrolled_at=now,
+                    credential_hash=token_hash(credential) if credential else None,
+                    cert_fingerprint=issued.fingerprint if issued else None,
+                    cert_serial=issued.serial if issued else None,
+                    cert_not_after=issued.not_after if issued else None,
+                )
+            )
             return row.id, row.join_uses_left
 
         agent_id, uses_left = await self._db.write(enroll)
@@ -324,6 +607,7 @@ class AgentRegistry:
                 "agent.enroll",
                 agent={
                     "name": row.name,
+                    "instance": instance_id,
                     "version": request.version[:100],
                     "hostname": request.hostname[:255],
                     "peer": peer,
@@ -337,21 +621,19 @@ class AgentRegistry:
                 ),
             )
         )
-        if self._links.get(row.name) is not None:  # the earlier instance's credential is gone
-            self._links[row.name].close("replaced by a new enrollment of the same agent")
-        return Enrolled(agent_id, row.name, credential, issued)
+        return Enrolled(agent_id, instance_id, row.name, credential, issued)
 
-    async def renew(self, row: AgentRow, csr: bytes, peer: str) -> Issued:
-        """A new certificate for the agent authenticated by its current one; the current one
+    async def renew(self, instance: AgentInstanceRow, csr: bytes, peer: str) -> Issued:
+        """A new certificate for the instance authenticated by its current one; the current one
         keeps opening sessions until it expires, so nothing running is dropped."""
         certs = self.certificates
         if certs is None:
             raise InvalidArgument("this control plane does not issue certificates (--dev)")
-        issued = describe(certs.ca.sign_csr(csr, row.name, certs.lifetime, client=True))
-        old = row.cert_fingerprint
+        issued = describe(certs.ca.sign_csr(csr, instance.name, certs.lifetime, client=True))
+        old = instance.cert_fingerprint
 
         def renew(session: Session) -> None:
-            current = session.get(AgentRow, row.id, with_for_update=True)
+            current = session.get(AgentInstanceRow, instance.id, with_for_update=True)
             if current is None or current.revoked_at is not None or current.cert_fingerprint != old:
                 raise Unauthenticated("this certificate was revoked or replaced")
             current.prev_cert_fingerprint = current.cert_fingerprint
@@ -365,15 +647,15 @@ class AgentRegistry:
         await self._audit.commit(
             draft(
                 "agent.renew",
-                agent={"name": row.name, "peer": peer},
+                agent={"name": instance.name, "instance": instance.id, "peer": peer},
                 certificate={"serial": issued.serial, "not_after": rfc3339(issued.not_after)},
             )
         )
         return issued
 
-    async def authenticate(self, context: Any) -> AgentRow:
-        """The agent this call comes from: by the verified client certificate in production,
-        by the bearer credential with --dev (and only there)."""
+    async def authenticate(self, context: Any) -> AgentInstanceRow:
+        """The agent instance this call comes from: by the verified client certificate in
+        production, by the bearer credential with --dev (and only there)."""
         if self.certificates is not None:
             return await self._by_certificate(context)
         credential = bearer(context.invocation_metadata())
@@ -381,7 +663,9 @@ class AgentRegistry:
             raise Unauthenticated("a join token must first be exchanged with Enroll")
         digest = token_hash(credential)
         row = await self._db.read(
-            lambda s: s.exec(select(AgentRow).where(AgentRow.credential_hash == digest)).first()
+            lambda s: s.exec(
+                select(AgentInstanceRow).where(AgentInstanceRow.credential_hash == digest)
+            ).first()
         )
         if row is None or row.revoked_at is not None:
             raise Unauthenticated(
@@ -390,7 +674,7 @@ class AgentRegistry:
             )
         return row
 
-    async def _by_certificate(self, context: Any) -> AgentRow:
+    async def _by_certificate(self, context: Any) -> AgentInstanceRow:
         assert self.certificates is not None
         found = self.certificates.peer_fingerprint(context)
         if found is None:
@@ -400,12 +684,14 @@ class AgentRegistry:
             )
         now = utc_now()
 
-        def lookup(s: Session) -> AgentRow | None:
-            current = s.exec(select(AgentRow).where(AgentRow.cert_fingerprint == found)).first()
+        def lookup(s: Session) -> AgentInstanceRow | None:
+            current = s.exec(
+                select(AgentInstanceRow).where(AgentInstanceRow.cert_fingerprint == found)
+            ).first()
             if current is not None and as_utc(current.cert_not_after or now) > now:
                 return current
             previous = s.exec(
-                select(AgentRow).where(AgentRow.prev_cert_fingerprint == found)
+                select(AgentInstanceRow).where(AgentInstanceRow.prev_cert_fingerprint == found)
             ).first()
             if previous is not None and as_utc(previous.prev_cert_not_after or now) > now:
                 return previous
@@ -419,20 +705,32 @@ class AgentRegistry:
             )
         return row
 
-    async def connected(self, row: AgentRow, hello: agent_pb2.Hello, peer: str) -> AgentLink:
-        link = AgentLink(row, hello, peer)
-        previous = self._links.get(row.name)
+    async def connected(
+        self, instance: AgentInstanceRow, hello: agent_pb2.Hello, peer: str
+    ) -> AgentLink:
+        """The instance holds its control stream here now. Another instance of the same name
+        is not touched (a pool); a newer stream of the same instance replaces its older one.
+        The store learns at once that this replica holds it, so every replica can route to it."""
+        link = AgentLink(instance, hello, peer)
+        previous = self._links.get(instance.id)
         if previous is not None:
-            previous.close("replaced by a newer connection of the same agent")
-        self._links[row.name] = link
-        self._unsaved(link)  # last-seen, version and hostname go with the next flush
+            previous.close("replaced by a newer connection of the same agent instance")
+        self._links[instance.id] = link
+        self._unsaved(link)  # last-seen, version, hostname and replica go with the next flush
+        if self.forward is not None:
+            # Other replicas route sessions by the store: tell it now, not at the next tick
+            # (many connecting together share one transaction).
+            try:
+                await asyncio.shield(self.flush())
+            except Exception as exc:  # kept pending: the next flush tries again
+                log.warning("could not store that agent %s is online: %s", link.name, exc)
         await self._audit.commit(draft("agent.connect", agent=self._describe(link)))
         return link
 
     async def disconnected(self, link: AgentLink) -> None:
         link.close(link.close_reason or "the control stream ended")
-        if self._links.get(link.name) is link:
-            del self._links[link.name]
+        if self._links.get(link.instance_id) is link:
+            del self._links[link.instance_id]
             link.last_seen = utc_now()
             self._unsaved(link)
             # Now, not at the next tick: many disconnecting together share one transaction.
@@ -449,37 +747,54 @@ class AgentRegistry:
         link.last_seen = utc_now()
         self._unsaved(link)
 
-    def link(self, name: str) -> AgentLink | None:
-        return self._links.get(name)
+    def links(self, name: str) -> list[AgentLink]:
+        """The instances of `name` holding a control stream on this process."""
+        return [link for link in self._links.values() if link.name == name]
 
     def online(self) -> list[AgentLink]:
         return list(self._links.values())
 
+    async def online_names(self) -> set[str]:
+        """Names with at least one instance online on any replica."""
+        return {s.name for s in await self.statuses() if s.status == "online"}
+
     async def flush(self) -> None:
-        """Store every pending last-seen in one transaction. Concurrent callers take turns,
-        and the later ones find their agents already written by an earlier batch; a failed
-        batch stays pending for the next flush."""
+        """Store every pending last-seen (and which replica holds each instance) in one
+        transaction. Concurrent callers take turns, and the later ones find their instances
+        already written by an earlier batch; a failed batch stays pending for the next flush."""
         async with self._flush_lock:
             if not self._pending:
                 return
             batch, self._pending = self._pending, {}
-            rows = [
+            seen = [
                 {"b_id": k, "b_seen": v.last_seen, "b_version": v.version, "b_host": v.hostname}
                 for k, v in batch.items()
             ]
+            # A replica marks only instances it holds; it unmarks one only while the store
+            # still names it (the instance may have moved to another replica meanwhile).
+            held = [
+                {"b_id": k, "b_replica": self.replica_id, "b_at": v.last_seen}
+                for k, v in batch.items()
+                if self._links.get(k) is v
+            ]
+            left = [
+                {"b_id": k, "b_replica": self.replica_id}
+                for k, v in batch.items()
+                if self._links.get(k) is not v
+            ]
             self._writing = batch
             try:
-                await self._db.write(lambda session: _store_seen(session, rows))
+                await self._db.write(lambda session: _store_seen(session, seen, held, left))
             except Exception:
-                for agent_id, link in batch.items():
-                    self._pending.setdefault(agent_id, link)
+                for instance_id, link in batch.items():
+                    self._pending.setdefault(instance_id, link)
                 self._schedule()
                 raise
             finally:
                 self._writing = {}
 
     def _unsaved(self, link: AgentLink) -> None:
-        self._pending[link.agent_id] = link
+        self._pending[link.instance_id] = link
         self._schedule()
 
     def _schedule(self) -> None:
@@ -500,21 +815,44 @@ class AgentRegistry:
     def _describe(link: AgentLink) -> dict[str, str]:
         return {
             "name": link.name,
+            "instance": link.instance_id,
             "version": link.version,
             "hostname": link.hostname,
             "peer": link.peer,
         }
 
 
-def _store_seen(session: Session, rows: list[dict[str, Any]]) -> None:
-    """One executemany UPDATE by primary key; a row deleted meanwhile is simply skipped."""
-    statement = (
-        update(AgentRow)
-        .where(col(AgentRow.id) == bindparam("b_id"))
+def _store_seen(
+    session: Session,
+    seen: list[dict[str, Any]],
+    held: list[dict[str, Any]],
+    left: list[dict[str, Any]],
+) -> None:
+    """executemany UPDATEs by primary key; a row deleted meanwhile is simply skipped."""
+    table = AgentInstanceRow
+    connection = session.connection()
+    connection.execute(
+        update(table)
+        .where(col(table.id) == bindparam("b_id"))
         .values(
             last_seen=bindparam("b_seen"),
             version=bindparam("b_version"),
             hostname=bindparam("b_host"),
-        )
+        ),
+        seen,
     )
-    session.connection().execute(statement, rows)
+    if held:
+        connection.execute(
+            update(table)
+            .where(col(table.id) == bindparam("b_id"))
+            .where(or_(col(table.replica).is_(None), col(table.replica) != bindparam("b_replica")))
+            .values(replica=bindparam("b_replica"), connected_at=bindparam("b_at")),
+            held,
+        )
+    if left:
+        connection.execute(
+            update(table)
+            .where(col(table.id) == bindparam("b_id"), col(table.replica) == bindparam("b_replica"))
+            .values(replica=None),
+            left,
+        )

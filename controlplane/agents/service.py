@@ -23,7 +23,7 @@ from controlplane.errors import (
 )
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
-from controlplane.store.models import AgentRow
+from controlplane.store.models import AgentInstanceRow
 from controlplane.tls.peers import grpc_peer
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
@@ -72,7 +72,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await failures.failed(source, str(exc), kind, False)
             raise
 
-    async def _authenticate(self, context: Context) -> AgentRow:
+    async def _authenticate(self, context: Context) -> AgentInstanceRow:
         kind = "agent_certificate" if self._registry.certificates else "agent_credential"
         return await self._guarded(kind, self._registry.authenticate(context))
 
@@ -84,7 +84,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             "join_token", self._registry.enroll(request, grpc_peer(context))
         )
         response = agent_pb2.EnrollResponse(
-            agent_id=enrolled.agent_id, credential=enrolled.credential or ""
+            agent_id=enrolled.agent_id,
+            instance_id=enrolled.instance_id,
+            credential=enrolled.credential or "",
         )
         if enrolled.certificate is not None:
             certs = self._registry.certificates
@@ -119,7 +121,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
             return
-        log.info("agent %s connected from %s", link.name, link.peer)
+        log.info("agent %s (instance %s) connected from %s", link.name, link.instance_id, link.peer)
         try:
             await self._policy.load()
             await context.write(
@@ -127,6 +129,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     welcome=agent_pb2.Welcome(
                         agent_id=link.agent_id,
                         heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
+                        instance_id=link.instance_id,
                     )
                 )
             )
@@ -140,7 +143,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
             await self._registry.disconnected(link)
-            log.info("agent %s disconnected: %s", link.name, link.close_reason)
+            log.info(
+                "agent %s (instance %s) disconnected: %s",
+                link.name,
+                link.instance_id,
+                link.close_reason,
+            )
         if link.close_reason == "the agent was revoked":
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
 
@@ -177,7 +185,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no attach within 10 s")
             return
-        revoked = self._registry.revocation(row.name)
+        revoked = self._registry.revocation(row.id)
         cut = asyncio.create_task(revoked.wait())
         # Revoked: end both directions at once (not when the session is done: then cancelled).
         cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.close())

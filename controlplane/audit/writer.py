@@ -240,6 +240,10 @@ class AuditWriter:
         """An event set at the next commit. Take it *before* reading the store, then wait."""
         return self._commit_signal
 
+    def wake_followers(self) -> None:
+        """Another replica committed: followers read the store now, not at their next poll."""
+        self._notify()
+
     def stop_followers(self) -> None:
         """The process is stopping: wake every follower so that it ends its stream now."""
         self.followers_stopped = True

@@ -375,12 +375,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         mode: str,
         review_id: str | None = None,
     ) -> Tunnel:
-        link = self._agents.link(connection.agent)
-        if link is None:
+        try:  # any online instance of the agent, on any replica (ADR 0023, 0024)
+            route = await self._agents.route(connection.agent)
+        except Unavailable:
             raise Unavailable(
                 f"connection {connection.name!r} is served by agent {connection.agent!r}, "
                 "which is offline; check it with `gatehouse admin agents list`"
-            )
+            ) from None
         await self._audit.commit(draft("session.start", session=ctx, mode=mode, review=review_id))
         await self._db.write(
             lambda s: s.add(
@@ -401,7 +402,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         tunnel = self._tunnels.expect(ctx.session_id, connection.agent)
         try:
             order = agent_pb2.OpenSession(session_id=ctx.session_id, connection=connection.name)
-            await link.send(agent_pb2.ControlMessage(open_session=order))
+            await self._agents.order(route, order)
             await asyncio.wait_for(tunnel.attached.wait(), ATTACH_TIMEOUT)
         except BaseException as exc:
             self._tunnels.discard(tunnel)

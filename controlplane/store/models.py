@@ -9,31 +9,62 @@ from sqlmodel import Field, SQLModel
 
 
 class AgentRow(SQLModel, table=True):
-    """An enrolled (or pending) agent. Secrets are kept only as SHA-256 hashes."""
+    """An agent name: its join token and whether it is revoked. The processes enrolled under
+    it are its instances (`AgentInstanceRow`), each with its own credential (ADR 0024)."""
 
     __tablename__ = "agents"
 
     id: str = Field(primary_key=True)
     name: str = Field(unique=True, index=True)
     join_token_hash: str | None = Field(default=None, unique=True)
-    credential_hash: str | None = Field(default=None, unique=True)
-    version: str = ""
-    hostname: str = ""
     created_at: datetime
-    enrolled_at: datetime | None = None
-    last_seen: datetime | None = None
+    enrolled_at: datetime | None = None  # the newest enrollment of any instance
     revoked_at: datetime | None = None
     # A join token works this many more times, until it expires (None: never, for tokens
-    # made before expiry existed).
+    # made before expiry existed). Each use enrolls one more instance.
     join_uses_left: int = 0
     join_expires_at: datetime | None = None
-    # Production mode: SHA-256 of the agent's current client certificate (DER), and of the one
-    # it renewed from, which still opens sessions until it expires.
+
+
+class AgentInstanceRow(SQLModel, table=True):
+    """One agent process enrolled under a name with one use of its join token. Secrets are kept
+    only as SHA-256 hashes; `replica` names the control-plane replica holding its control
+    stream (None: offline), so every replica can route a session to it."""
+
+    __tablename__ = "agent_instances"
+
+    id: str = Field(primary_key=True)  # the instance id
+    agent_id: str = Field(index=True)
+    name: str = Field(index=True)
+    hostname: str = ""
+    version: str = ""
+    enrolled_at: datetime
+    last_seen: datetime | None = None
+    revoked_at: datetime | None = None
+    credential_hash: str | None = Field(default=None, unique=True)  # --dev: bearer credential
+    # Production mode: SHA-256 of the instance's current client certificate (DER), and of the
+    # one it renewed from, which still opens sessions until it expires.
     cert_fingerprint: str | None = Field(default=None, unique=True, index=True)
     cert_serial: str | None = None
     cert_not_after: datetime | None = None
     prev_cert_fingerprint: str | None = Field(default=None, unique=True, index=True)
     prev_cert_not_after: datetime | None = None
+    replica: str | None = Field(default=None, index=True)
+    connected_at: datetime | None = None
+
+
+class ReplicaRow(SQLModel, table=True):
+    """A control-plane process serving this store: where agents dial its session streams, and
+    when it last said it is alive (a replica killed with -9 stops saying so)."""
+
+    __tablename__ = "replicas"
+
+    id: str = Field(primary_key=True)
+    advertise: str  # host:port agents dial for sessions of this replica's clients
+    hostname: str = ""
+    started_at: datetime
+    seen_at: datetime
+    stopped_at: datetime | None = None
 
 
 class ApiTokenRow(SQLModel, table=True):

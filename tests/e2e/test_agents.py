@@ -6,7 +6,7 @@ import json
 import time
 
 from devenv.stack import Agent, gatehouse
-from tests.e2e.conftest import AGENT, POLICY, Stack
+from tests.e2e.conftest import AGENT, PG_PASSWORD, POLICY, Stack
 
 
 def test_agents_list_shows_status_version_and_last_seen(own_stack: Stack) -> None:
@@ -112,3 +112,58 @@ def test_agent_without_a_token_is_a_usage_error() -> None:
     result = gatehouse(["agent", "run", "--name", "x"], env={"GATEHOUSE_AGENT_TOKEN": ""})
     assert result.returncode == 2
     assert "--token" in result.stderr
+
+
+def test_a_pool_of_instances_serves_one_name_and_one_instance_can_be_revoked(
+    own_stack: Stack,
+) -> None:
+    created = own_stack.cli("admin", "agents", "create", "pool", "--uses", "2", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    token = json.loads(created.stdout)["join_token"]
+    env = {"PG_PASSWORD": PG_PASSWORD}
+    agents = [
+        Agent.create(own_stack.controlplane, "pool", token, own_stack.base / f"p{i}", env=env)
+        for i in range(2)
+    ]
+    for agent in agents:
+        agent.start()
+    try:
+        lines = own_stack.controlplane.wait_agent("pool", instances=2)
+        assert len({line["instance"] for line in lines}) == 2
+        assert all(line["replica"] for line in lines)
+        applied = own_stack.apply(POLICY.format(agent="pool", port=own_stack.pg.port))
+        assert applied.returncode == 0, applied.stderr
+
+        served: dict[int, int] = {}
+        for _ in range(6):
+            ran = own_stack.cli("exec", "pg", "-c", "select 1 as one", "-o", "json")
+            assert ran.returncode == 0, ran.stderr
+            session = json.loads(ran.stdout)["session_id"]
+            (which,) = [i for i, a in enumerate(agents) if f"session {session} ended" in a.log()]
+            served[which] = served.get(which, 0) + 1
+        assert len(served) == 2  # sessions spread over both instances
+        for agent in agents:  # and neither was knocked off by the other
+            assert "replaced by" not in agent.log()
+
+        first = str(lines[0]["instance"])
+        revoked = own_stack.cli("admin", "agents", "revoke", "pool", "--instance", first)
+        assert revoked.returncode == 0, revoked.stderr
+        listed = {
+            a["instance"]: a["status"]
+            for a in json.loads(own_stack.cli("admin", "agents", "list", "-o", "json").stdout)
+            if a["name"] == "pool"
+        }
+        assert listed[first] == "revoked"
+        assert set(listed.values()) == {"revoked", "online"}
+        for _ in range(3):  # the other instance serves on
+            ran = own_stack.cli("exec", "pg", "-c", "select 2 as two")
+            assert ran.returncode == 0, ran.stderr
+        deadline = time.monotonic() + 15
+        cut = [a for a in agents if "refused this agent" in a.log()]
+        while not cut and time.monotonic() < deadline:
+            time.sleep(0.2)
+            cut = [a for a in agents if "refused this agent" in a.log()]
+        assert len(cut) == 1 and not cut[0].running
+    finally:
+        for agent in agents:
+            agent.stop()

@@ -106,6 +106,8 @@ class AgentInfo(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     CERT_SERIAL_FIELD_NUMBER: _builtins.int
     CERT_EXPIRES_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     status: _builtins.str
     """online | offline | pending | revoked"""
@@ -118,6 +120,10 @@ class AgentInfo(_message.Message):
     """the current client certificate (production mode)"""
     cert_expires: _builtins.str
     """RFC 3339"""
+    instance_id: _builtins.str
+    """one process enrolled under the name ("" : none yet)"""
+    replica: _builtins.str
+    """the control-plane replica holding its control stream"""
     def __init__(
         self,
         *,
@@ -129,10 +135,12 @@ class AgentInfo(_message.Message):
         created: _builtins.str = ...,
         cert_serial: _builtins.str = ...,
         cert_expires: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_expires", b"cert_expires", "cert_serial", b"cert_serial", "created", b"created", "hostname", b"hostname", "last_seen", b"last_seen", "name", b"name", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_expires", b"cert_expires", "cert_serial", b"cert_serial", "created", b"created", "hostname", b"hostname", "instance_id", b"instance_id", "last_seen", b"last_seen", "name", b"name", "replica", b"replica", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,15 +171,19 @@ class RevokeAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    instance_id: _builtins.str
+    """only this instance; empty: the agent and all its instances"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -182,15 +194,21 @@ class RevokeAgentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the instances revoked"""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        instances: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -62,6 +62,7 @@ class EnrollResponse(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     CA_FIELD_NUMBER: _builtins.int
     NOT_AFTER_UNIX_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     credential: _builtins.str
     """--dev only: a bearer credential"""
@@ -70,6 +71,8 @@ class EnrollResponse(_message.Message):
     ca: _builtins.bytes
     """PEM of the CA that signed it (the agent's trust root)"""
     not_after_unix: _builtins.int
+    instance_id: _builtins.str
+    """this process's instance of the agent (a pool has several)"""
     def __init__(
         self,
         *,
@@ -78,10 +81,11 @@ class EnrollResponse(_message.Message):
         certificate: _builtins.bytes = ...,
         ca: _builtins.bytes = ...,
         not_after_unix: _builtins.int = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "ca", b"ca", "certificate", b"certificate", "credential", b"credential", "not_after_unix", b"not_after_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "ca", b"ca", "certificate", b"certificate", "credential", b"credential", "instance_id", b"instance_id", "not_after_unix", b"not_after_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,18 +242,21 @@ class Welcome(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
     """How often the agent should send a heartbeat."""
+    instance_id: _builtins.str
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "heartbeat_interval_ms", b"heartbeat_interval_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "heartbeat_interval_ms", b"heartbeat_interval_ms", "instance_id", b"instance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,17 +356,23 @@ class OpenSession(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_FIELD_NUMBER: _builtins.int
+    DIAL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     connection: _builtins.str
+    dial: _builtins.str
+    """host:port of the replica holding the client, when it is not the one this order came
+    through: the agent dials the session stream there. Empty: the control stream's replica.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         connection: _builtins.str = ...,
+        dial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "dial", b"dial", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,18 +9,24 @@ from sqlmodel import Session, select
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.writer import AuditWriter
 from controlplane.store.database import Database
-from controlplane.store.models import AgentRow
+from controlplane.store.models import AgentInstanceRow, AgentRow
 from gatehouse.v1 import agent_pb2
 
 
 async def test_a_flush_stores_every_agents_last_seen_version_and_host(db: Database) -> None:
     created = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [
+    agents = [
         AgentRow(id=f"a{i}", name=f"edge-{i}", created_at=created, enrolled_at=created)
         for i in range(3)
     ]
+    rows = [
+        AgentInstanceRow(id=f"i{i}", agent_id=a.id, name=a.name, enrolled_at=created)
+        for i, a in enumerate(agents)
+    ]
 
     def add(session: Session) -> None:
+        session.add_all(agents)
+        session.flush()
         session.add_all(rows)
 
     await db.write(add)
@@ -43,7 +49,9 @@ async def test_a_flush_stores_every_agents_last_seen_version_and_host(db: Databa
 
     stored = {
         row.name: row
-        for row in await db.read(lambda s: list(s.exec(select(AgentRow).order_by(AgentRow.name))))
+        for row in await db.read(
+            lambda s: list(s.exec(select(AgentInstanceRow).order_by(AgentInstanceRow.name)))
+        )
     }
     first = stored["edge-0"]
     assert first.last_seen is not None

@@ -19,7 +19,7 @@ from controlplane.agents.certificates import AgentCertificates
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
-from controlplane.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
 from controlplane.store.models import AgentRow, EventRow
 from gatehouse.v1 import agent_pb2
@@ -164,7 +164,7 @@ async def test_used_up_and_expired_tokens_are_refused_with_the_reason(
         await registry.enroll(request(brief.join_token, "short"), "ipv4:127.0.0.1:3")
 
 
-async def test_a_reusable_token_rejoins_and_each_use_replaces_the_last_certificate(
+async def test_each_use_of_a_token_enrolls_an_instance_of_its_own_and_one_can_be_revoked(
     registry: AgentRegistry, db: Database, writer: AuditWriter
 ) -> None:
     created = await registry.create("pod", ROOT, uses=3, ttl=datetime.timedelta(hours=24))
@@ -172,14 +172,38 @@ async def test_a_reusable_token_rejoins_and_each_use_replaces_the_last_certifica
     second = await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:2")
     assert first.certificate and second.certificate
     assert first.certificate.serial != second.certificate.serial
-    with pytest.raises(Unauthenticated, match="unknown, replaced or revoked"):
-        await registry.authenticate(FakeContext(first.certificate.pem))
-    assert (await registry.authenticate(FakeContext(second.certificate.pem))).name == "pod"
+    assert first.instance_id != second.instance_id and first.agent_id == second.agent_id
+    # A pool: the earlier instance keeps its certificate.
+    one = await registry.authenticate(FakeContext(first.certificate.pem))
+    two = await registry.authenticate(FakeContext(second.certificate.pem))
+    assert (one.name, one.id, two.name, two.id) == (
+        "pod",
+        first.instance_id,
+        "pod",
+        second.instance_id,
+    )
     await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:3")
     with pytest.raises(PermissionDenied, match="no uses left"):
         await registry.enroll(request(created.join_token, "pod"), "ipv4:127.0.0.1:4")
-    uses = [e["join"]["uses_left"] for e in await events(db, "agent.enroll")]
-    assert uses == [2, 1, 0]
+    enrolls = await events(db, "agent.enroll")
+    assert [e["join"]["uses_left"] for e in enrolls] == [2, 1, 0]
+    assert enrolls[0]["agent"]["instance"] == first.instance_id
+
+    assert await registry.revoke("pod", ROOT, first.instance_id) == [first.instance_id]
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await registry.authenticate(FakeContext(first.certificate.pem))
+    assert (await registry.authenticate(FakeContext(second.certificate.pem))).id == two.id
+    listed = {s.instance_id: s.status for s in await registry.statuses()}
+    assert listed[first.instance_id] == "revoked"
+    assert listed[second.instance_id] == "offline"
+    (change,) = [e for e in await events(db, "admin.change") if "instance" in e["change"]]
+    assert change["change"] == {
+        "action": "agent.revoke",
+        "agent": "pod",
+        "instance": first.instance_id,
+    }
+    with pytest.raises(NotFound, match="no instance 'nope'"):
+        await registry.revoke("pod", ROOT, "nope")
 
 
 async def test_renewal_keeps_the_old_certificate_for_sessions_and_revocation_ends_both(

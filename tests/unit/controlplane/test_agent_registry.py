@@ -15,9 +15,10 @@ from controlplane.agents import registry as registry_module
 from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.audit.events import as_utc, utc_now
 from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
 from controlplane.errors import Unavailable
 from controlplane.store.database import Database
-from controlplane.store.models import AgentRow
+from controlplane.store.models import AgentInstanceRow, AgentRow
 from gatehouse.v1 import agent_pb2
 
 T = TypeVar("T")
@@ -45,31 +46,39 @@ def writes(db: Database, monkeypatch: pytest.MonkeyPatch) -> CountingWrites:
     return counting
 
 
-def enrolled(db: Database, count: int) -> list[AgentRow]:
+def enrolled(db: Database, count: int) -> list[AgentInstanceRow]:
     now = utc_now() - timedelta(days=1)
-    rows = [
-        AgentRow(
-            id=str(uuid.uuid4()),
-            name=f"edge-{i}",
+    agents = [
+        AgentRow(id=str(uuid.uuid4()), name=f"edge-{i}", created_at=now, enrolled_at=now)
+        for i in range(count)
+    ]
+    instances = [
+        AgentInstanceRow(
+            id=f"i{i}",
+            agent_id=agent.id,
+            name=agent.name,
             credential_hash=f"hash-{i}",
-            created_at=now,
             enrolled_at=now,
         )
-        for i in range(count)
+        for i, agent in enumerate(agents)
     ]
 
     with db.write_session() as session, session.begin():  # not counted: not the registry's
-        session.add_all(rows)
-    return rows
+        session.add_all(agents)
+        session.flush()
+        session.add_all(instances)
+    return instances
 
 
-async def connect(registry: AgentRegistry, row: AgentRow, version: str = "1.2.3") -> AgentLink:
+async def connect(
+    registry: AgentRegistry, row: AgentInstanceRow, version: str = "1.2.3"
+) -> AgentLink:
     hello = agent_pb2.Hello(name=row.name, version=version, hostname=f"host-{row.name}")
     return await registry.connected(row, hello, "ipv4:127.0.0.1:1")
 
 
-async def stored(db: Database) -> dict[str, AgentRow]:
-    rows: list[AgentRow] = await db.read(lambda s: list(s.exec(select(AgentRow))))
+async def stored(db: Database) -> dict[str, AgentInstanceRow]:
+    rows: list[AgentInstanceRow] = await db.read(lambda s: list(s.exec(select(AgentInstanceRow))))
     return {row.name: row for row in rows}
 
 
@@ -106,7 +115,7 @@ async def test_the_list_shows_the_in_memory_last_seen_before_any_flush(
 
     (status,) = await registry.statuses()
     assert status.status == "online"
-    assert status.row.last_seen == link.last_seen
+    assert status.last_seen == link.last_seen
     assert (status.version, status.hostname) == ("1.2.3", "host-edge-0")
     assert writes.count == 0
     assert (await stored(db))["edge-0"].last_seen is None  # the store is behind, by design
@@ -125,7 +134,7 @@ async def test_a_disconnect_stores_last_seen_at_once(
     assert stored_row.version == "2.0.0"
     (status,) = await registry.statuses()
     assert status.status == "offline"
-    assert status.row.last_seen is not None and as_utc(status.row.last_seen) == link.last_seen
+    assert status.last_seen is not None and as_utc(status.last_seen) == link.last_seen
 
 
 async def test_many_disconnecting_together_share_a_few_transactions(
@@ -150,7 +159,7 @@ async def test_a_replaced_connection_does_not_overwrite_the_newer_one(
     await registry.disconnected(old)
     await registry.flush()
 
-    assert registry.link("edge-0") is new
+    assert registry.links("edge-0") == [new]
     assert (await stored(db))["edge-0"].version == "2.0.0"
 
 
@@ -168,7 +177,7 @@ async def test_a_failed_flush_keeps_the_values_for_the_next_one(
     await registry.disconnected(link)  # logged, not raised: the disconnect is still audited
     assert (await stored(db))["edge-0"].last_seen is None
     (status,) = await registry.statuses()
-    assert status.row.last_seen == link.last_seen  # still shown from memory
+    assert status.last_seen == link.last_seen  # still shown from memory
 
     writes.fail = False
     for _ in range(100):  # the timer retries on its own
@@ -211,3 +220,96 @@ async def test_send_queues_at_once_and_fails_only_when_the_agent_does_not_read(
     link.close("test")
     with pytest.raises(Unavailable, match="offline"):
         await link.send(message)
+
+
+async def pool(db: Database, name: str, size: int) -> list[AgentInstanceRow]:
+    """`size` instances enrolled under one agent name."""
+    now = utc_now()
+    agent = AgentRow(id=str(uuid.uuid4()), name=name, created_at=now, enrolled_at=now)
+    rows = [
+        AgentInstanceRow(
+            id=f"{name}-{i}",
+            agent_id=agent.id,
+            name=name,
+            credential_hash=f"{name}-{i}",
+            enrolled_at=now,
+        )
+        for i in range(size)
+    ]
+
+    def add(session: Session) -> None:
+        session.add(agent)
+        session.flush()
+        session.add_all(rows)
+
+    await db.write(add)
+    return rows
+
+
+async def test_instances_of_one_name_stay_connected_together_and_take_turns(
+    db: Database, writer: AuditWriter
+) -> None:
+    rows = await pool(db, "vpc", 3)
+    registry = AgentRegistry(db, writer)
+    links = [await connect(registry, row) for row in rows]
+    assert not any(link.closed.is_set() for link in links)  # nobody knocked off
+    assert {s.instance_id: s.status for s in await registry.statuses()} == {
+        row.id: "online" for row in rows
+    }
+    chosen = [(await registry.route("vpc")).instance_id for _ in range(9)]
+    assert sorted(chosen) == sorted([row.id for row in rows] * 3)  # each gets its third
+
+    order = agent_pb2.OpenSession(session_id="s1", connection="pg")
+    route = await registry.route("vpc")
+    await registry.order(route, order)
+    (target,) = [link for link in links if link.instance_id == route.instance_id]
+    assert target.outbox.get_nowait().open_session.session_id == "s1"
+
+
+async def test_revoking_one_instance_cuts_only_its_streams(
+    db: Database, writer: AuditWriter
+) -> None:
+    rows = await pool(db, "vpc", 2)
+    registry = AgentRegistry(db, writer)
+    first, second = [await connect(registry, row) for row in rows]
+    sessions = [registry.revocation(row.id) for row in rows]
+    root = Identity(subject="root", role="admin")
+    assert await registry.revoke("vpc", root, rows[0].id) == [rows[0].id]
+    assert first.closed.is_set() and first.close_reason == "the agent was revoked"
+    assert sessions[0].is_set()
+    assert not second.closed.is_set() and not sessions[1].is_set()
+    await registry.disconnected(first)
+    for _ in range(4):
+        assert (await registry.route("vpc")).instance_id == rows[1].id
+
+    assert await registry.revoke("vpc", root) == [r.id for r in rows]
+    assert second.closed.is_set() and sessions[1].is_set()
+
+
+async def test_a_missed_revocation_is_found_by_the_recheck(
+    db: Database, writer: AuditWriter
+) -> None:
+    rows = await pool(db, "vpc", 2)
+    registry = AgentRegistry(db, writer)
+    first, second = [await connect(registry, row) for row in rows]
+    held = registry.revocation(rows[0].id)
+
+    def revoke_behind_its_back(session: Session) -> None:  # as another replica does
+        row = session.get(AgentInstanceRow, rows[0].id)
+        assert row is not None
+        row.revoked_at = utc_now()
+        session.add(row)
+
+    await db.write(revoke_behind_its_back)
+    await registry.recheck()
+    assert first.closed.is_set() and held.is_set()
+    assert not second.closed.is_set()
+
+
+async def test_an_offline_agent_is_refused_with_what_to_do(
+    db: Database, writer: AuditWriter
+) -> None:
+    await pool(db, "vpc", 1)
+    registry = AgentRegistry(db, writer)
+    with pytest.raises(Unavailable, match="agents list"):
+        await registry.route("vpc")
