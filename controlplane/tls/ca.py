@@ -9,7 +9,6 @@ SubjectPublicKeyInfo, as kubeadm's discovery hash, so a join token can carry it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
 import secrets
@@ -18,10 +17,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from wire.jointoken import spki_pin
 
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
@@ -73,7 +72,7 @@ class CertificateAuthority:
         cert = x509.load_pem_x509_certificate(cert_pem)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise FailedPrecondition(f"{key_path} is not an ECDSA key")
-        if _spki(key.public_key()) != _spki(cert.public_key()):
+        if key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{key_path} is not the key of {cert_path}")
         return cls(key, cert)
 
@@ -109,7 +108,7 @@ class CertificateAuthority:
 
     @property
     def pin(self) -> str:
-        return spki_pin(self._cert_pem)
+        return spki_pin(self._cert)
 
     def issue_server(
         self, dns_names: list[str], ips: list[str], days: int = 90
@@ -184,18 +183,6 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False
             )
         )
-
-
-def spki_pin(cert_pem: bytes) -> str:
-    """`sha256:<hex>` of the first certificate's SubjectPublicKeyInfo (DER) in `cert_pem`."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return "sha256:" + hashlib.sha256(_spki(cert.public_key())).hexdigest()
-
-
-def _spki(public: CertificatePublicKeyTypes) -> bytes:
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _now() -> datetime.datetime:
