@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import secrets
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from wire.atomicfile import write_atomic
 from wire.jointoken import spki_pin
 
 CA_CERT_FILE = "ca.pem"
@@ -47,10 +47,10 @@ class CertificateAuthority:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = cls._create()
         try:
-            _write_new(key_path, _key_pem(ca._key), 0o600)
+            write_atomic(key_path, _key_pem(ca._key), 0o600, exclusive=True)
         except FileExistsError:  # another process made it first: use theirs
             return cls._load(cert_path, key_path)
-        _write_new(cert_path, ca.cert_pem, 0o644)
+        write_atomic(cert_path, ca.cert_pem, 0o644, exclusive=True)
         return ca
 
     @classmethod
@@ -211,18 +211,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` from the start (never briefly wider); FileExistsError if there."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it
-        os.link(tmp, path)  # fails if `path` exists: first writer wins
-    finally:
-        tmp.unlink(missing_ok=True)
