@@ -138,8 +138,14 @@ class CertificateAuthority:
         *,
         client: bool = True,
     ) -> bytes:
-        """A certificate for the CSR's key, named `common_name` (the CSR's own subject and
-        extensions are ignored: the caller decides who this is). PEM, leaf only."""
+        """An agent's client certificate for the CSR's key, named `common_name` (the CSR's own
+        subject and extensions are ignored: the caller decides who this is). PEM, leaf only.
+
+        Only client certificates are signed for a CSR; the control plane's own server
+        certificate comes from `issue_server`, with its key made here. `client` must be True:
+        it is still accepted because callers pass it."""
+        if not client:
+            raise ValueError("sign_csr signs client certificates only; use issue_server")
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError:
@@ -151,12 +157,7 @@ class CertificateAuthority:
             raise InvalidArgument("the certificate request's key must be ECDSA P-256 or larger")
         if not datetime.timedelta(seconds=1) <= lifetime <= MAX_LEAF_LIFETIME:
             raise InvalidArgument(f"a certificate lifetime must be from 1s to {MAX_LEAF_LIFETIME}")
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = self._leaf(common_name, public, lifetime, usage)
-        if not client:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False
-            )
+        builder = self._leaf(common_name, public, lifetime, ExtendedKeyUsageOID.CLIENT_AUTH)
         return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     def _leaf(
