@@ -39,26 +39,19 @@ GRPC_PORT, HTTP_PORT = 8443, 8080
 # PostgreSQL, so a test can show that nothing reaches the target through a refused agent.
 EXTRA_AGENTS = ("vpc-foreign", "vpc-expired", "vpc-revoked")
 
-POLICY = """\
-connections:
-  - name: pg
+PG_CONNECTION = """\
+  - name: {name}
     type: postgres
     agent: {agent}
     target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
     secret: {{password: env:PG_PASSWORD}}
+"""
+SSH_CONNECTION = """\
   - name: web-1
     type: ssh
     agent: {agent}
     target: {{host: 127.0.0.1, port: {ssh_port}, user: {user}, known_hosts: '{known_hosts}'}}
     secret: {{private_key: 'file:{key}'}}
-"""
-
-EXTRA_CONNECTION = """\
-  - name: pg-{agent}
-    type: postgres
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
-    secret: {{password: env:PG_PASSWORD}}
 """
 
 
@@ -267,18 +260,20 @@ def _start(
     world.agent = agent
     world.wait_online(agent)
     policy = base / "gatehouse.yaml"
-    extra = "".join(EXTRA_CONNECTION.format(agent=name, port=pg.port) for name in EXTRA_AGENTS)
-    policy.write_text(
-        POLICY.format(
+    connections = [PG_CONNECTION.format(name="pg", agent=AGENT, port=pg.port)]
+    connections.append(
+        SSH_CONNECTION.format(
             agent=AGENT,
-            port=pg.port,
             ssh_port=sshd.port,
             user=sshd.user,
             known_hosts=sshd.host_key_line,
             key=sshd.client_key,
         )
-        + extra
     )
+    connections += [
+        PG_CONNECTION.format(name=f"pg-{name}", agent=name, port=pg.port) for name in EXTRA_AGENTS
+    ]
+    policy.write_text("connections:\n" + "".join(connections))
     applied = world.cli("admin", "apply", "-f", str(policy))
     assert applied.returncode == 0, applied.stderr
     return world
