@@ -1,11 +1,12 @@
 """Files holding keys, certificates and credentials, written so that no one sees half of one.
 
-The control plane's CA and server certificate, the agent's credential and the CLI's login and
-profiles are all replaced the same way: the bytes go to a new file beside the real one, created
-with its final mode (never briefly readable by others, whatever the umask) and flushed to disk,
-which then takes the real name in one rename. A reader sees the old file or the new one; a crash
-leaves the old one. Shared by the control plane, the agent and the CLI, so it lives here, with
-the standard library only (an agent host installs no more than it needs).
+The control plane's CA, server certificate and admin token, the agent's credential and the
+CLI's login and profiles are all written the same way: the bytes go to a new file beside the
+real one, created with its final mode (never briefly readable by others, whatever the umask)
+and flushed to disk, which then takes the real name in one rename. A reader sees the old file
+or the new one; a crash leaves the old one. Shared by the control plane, the agent and the CLI,
+so it lives here, with the standard library only (an agent host installs no more than it
+needs).
 """
 
 from __future__ import annotations
