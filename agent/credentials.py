@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wire.atomicfile import write_atomic
+
 
 @dataclass(frozen=True)
 class StoredCredential:
@@ -62,13 +64,7 @@ def save(data_dir: Path, stored: StoredCredential) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     secure(data_dir)
     path = credential_path(data_dir, stored.name)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)  # a leftover could have any mode; O_EXCL makes ours 0600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.fchmod(fd, 0o600)  # whatever the umask
-    with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(stored), handle)
-    tmp.replace(path)
+    write_atomic(path, json.dumps(asdict(stored)).encode(), 0o600)
     return path
 
 

@@ -14,7 +14,6 @@ control plane only ever sees a CSR and signs a short-lived certificate for it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import select
 import socket
@@ -28,16 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from wire.jointoken import spki_pin
+
 
 class PinMismatch(Exception):
     """The control plane's chain has no CA with the pinned key: refuse, naming both."""
-
-
-def spki_pin(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def split_address(address: str) -> tuple[str, int]:

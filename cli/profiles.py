@@ -34,6 +34,7 @@ from pathlib import Path
 
 from cli import rpc
 from cli.errors import USAGE, CliError
+from wire.atomicfile import write_atomic
 
 __all__ = [
     "DEFAULT_CONTROLPLANE",
@@ -200,19 +201,7 @@ def write_private(path: Path, text: str) -> None:
     if path.parent.parent == config_dir():  # ca/: the configuration directory is private too
         config_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    import tempfile
-
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_atomic(path, text.encode("utf-8"), 0o600)
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,9 @@ class Network:
 
 @contextlib.contextmanager
 def network(prefix: str, links: Sequence[tuple[str, str]]) -> Iterator[Network]:
-    """Namespaces `{prefix}-{role}` for every role named in `links`; link number i joins its
-    two roles over 10.231.(i+1).0/24 (the first role .1, the second .2). Unique per process."""
+    """Namespaces `{prefix}{pid}-{role}` for every role named in `links` (the pid keeps two
+    test runs on one machine apart); link number i joins its two roles over 10.231.(i+1).0/24
+    (the first role .1, the second .2)."""
     if len(links) > 250:
         raise ValueError("at most 250 links")
     tag = f"{prefix}{os.getpid()}"

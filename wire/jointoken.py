@@ -6,12 +6,19 @@ hex SHA-256 of the control plane CA's SubjectPublicKeyInfo, as kubeadm's discove
 not secret, it tells the agent which CA to trust before it has any file from the control
 plane. A control plane with a certificate from a public CA (or `--dev`) makes tokens without
 a pin; the agent then trusts the system's CAs (or, with --dev, plaintext on loopback).
+
+`spki_pin` computes the pin, here once: the control plane puts its CA's pin in the tokens it
+makes, and the agent looks for the certificate with that pin in the chain it is shown.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 PREFIX = "ghj_"
 PIN_SCHEME = "sha256:"
@@ -30,6 +37,15 @@ class JoinToken:
 
     def __str__(self) -> str:
         return format_token(self.secret, self.pin)
+
+
+def spki_pin(cert: x509.Certificate) -> str:
+    """`sha256:<hex>` of the certificate's SubjectPublicKeyInfo (DER), as kubeadm's discovery
+    hash: it names the key, so a CA certificate re-issued for the same key keeps its pin."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return PIN_SCHEME + hashlib.sha256(spki).hexdigest()
 
 
 def format_token(secret: str, pin: str | None) -> str:

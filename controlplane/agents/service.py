@@ -37,6 +37,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
 
+def revoked_message(name: str) -> str:
+    """What a revoked agent is told as its streams are cut: it exits with this."""
+    return (
+        f"agent {name!r} was revoked: to bring it back, an admin creates a new join token "
+        f"with `gatehouse admin agents create {name}` and the agent is started with it"
+    )
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
@@ -150,7 +158,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 link.close_reason,
             )
         if link.close_reason == "the agent was revoked":
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, revoked_message(link.name))
 
     async def _read_control(self, link: AgentLink, context: Context) -> None:
         while True:
@@ -202,7 +210,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         if revoked.is_set():
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent was revoked")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, revoked_message(row.name))
 
     @staticmethod
     async def _to_agent(tunnel: Tunnel, context: Context, reader: asyncio.Task[None]) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import os
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from controlplane.auth.sources import current_source
 from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, PersonRow
+from wire.atomicfile import write_atomic
 
 USER_PREFIX = "ghu_"
 JOIN_PREFIX = "ghj_"
@@ -488,11 +488,10 @@ def _read_token(path: Path) -> str | None:
 
 
 def _write_secret(path: Path, value: str) -> None:
-    """Write a secret readable by the owner only, created so from the start."""
+    """Write a secret readable by the owner only, created so from the start (a file already
+    there, whatever its mode, is replaced, not written into)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    write_atomic(path, (value + "\n").encode(), 0o600)
 
 
 def _credential_kind(metadata: Any) -> str:

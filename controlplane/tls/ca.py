@@ -9,19 +9,18 @@ SubjectPublicKeyInfo, as kubeadm's discovery hash, so a join token can carry it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
-import os
 import secrets
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.errors import FailedPrecondition, InvalidArgument
+from wire.atomicfile import write_atomic
+from wire.jointoken import spki_pin
 
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
@@ -48,10 +47,10 @@ class CertificateAuthority:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = cls._create()
         try:
-            _write_new(key_path, _key_pem(ca._key), 0o600)
+            write_atomic(key_path, _key_pem(ca._key), 0o600, exclusive=True)
         except FileExistsError:  # another process made it first: use theirs
             return cls._load(cert_path, key_path)
-        _write_new(cert_path, ca.cert_pem, 0o644)
+        write_atomic(cert_path, ca.cert_pem, 0o644, exclusive=True)
         return ca
 
     @classmethod
@@ -73,7 +72,7 @@ class CertificateAuthority:
         cert = x509.load_pem_x509_certificate(cert_pem)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise FailedPrecondition(f"{key_path} is not an ECDSA key")
-        if _spki(key.public_key()) != _spki(cert.public_key()):
+        if key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{key_path} is not the key of {cert_path}")
         return cls(key, cert)
 
@@ -109,7 +108,7 @@ class CertificateAuthority:
 
     @property
     def pin(self) -> str:
-        return spki_pin(self._cert_pem)
+        return spki_pin(self._cert)
 
     def issue_server(
         self, dns_names: list[str], ips: list[str], days: int = 90
@@ -139,8 +138,14 @@ class CertificateAuthority:
         *,
         client: bool = True,
     ) -> bytes:
-        """A certificate for the CSR's key, named `common_name` (the CSR's own subject and
-        extensions are ignored: the caller decides who this is). PEM, leaf only."""
+        """An agent's client certificate for the CSR's key, named `common_name` (the CSR's own
+        subject and extensions are ignored: the caller decides who this is). PEM, leaf only.
+
+        Only client certificates are signed for a CSR; the control plane's own server
+        certificate comes from `issue_server`, with its key made here. `client` must be True:
+        it is still accepted because callers pass it."""
+        if not client:
+            raise ValueError("sign_csr signs client certificates only; use issue_server")
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError:
@@ -152,12 +157,7 @@ class CertificateAuthority:
             raise InvalidArgument("the certificate request's key must be ECDSA P-256 or larger")
         if not datetime.timedelta(seconds=1) <= lifetime <= MAX_LEAF_LIFETIME:
             raise InvalidArgument(f"a certificate lifetime must be from 1s to {MAX_LEAF_LIFETIME}")
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = self._leaf(common_name, public, lifetime, usage)
-        if not client:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False
-            )
+        builder = self._leaf(common_name, public, lifetime, ExtendedKeyUsageOID.CLIENT_AUTH)
         return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     def _leaf(
@@ -186,18 +186,6 @@ class CertificateAuthority:
         )
 
 
-def spki_pin(cert_pem: bytes) -> str:
-    """`sha256:<hex>` of the first certificate's SubjectPublicKeyInfo (DER) in `cert_pem`."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return "sha256:" + hashlib.sha256(_spki(cert.public_key())).hexdigest()
-
-
-def _spki(public: CertificatePublicKeyTypes) -> bytes:
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -224,18 +212,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` from the start (never briefly wider); FileExistsError if there."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it
-        os.link(tmp, path)  # fails if `path` exists: first writer wins
-    finally:
-        tmp.unlink(missing_ok=True)

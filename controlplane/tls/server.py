@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import secrets
 import ssl
 import time
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from cryptography import x509
 
 from controlplane.errors import InvalidArgument
 from controlplane.tls.ca import CertificateAuthority
+from wire.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +180,8 @@ class ServerTls:
         dns, ips = self._issue_for
         chain, key = self.ca.issue_server(dns, ips, days=SELF_ISSUED_DAYS)
         # Key first, then certificate, each replaced atomically: a reader sees old or new.
-        _replace(self.key_file, key, 0o600)
-        _replace(self.cert_file, chain, 0o644)
+        write_atomic(self.key_file, key, 0o600)
+        write_atomic(self.cert_file, chain, 0o644)
         log.info("issued a server certificate for %s", ", ".join(dns + ips))
 
 
@@ -219,17 +218,3 @@ def _without_port(name: str) -> str:
 def _stamp(cert: Path, key: Path) -> tuple[int, int, int, int]:
     c, k = cert.stat(), key.stat()
     return (c.st_mtime_ns, c.st_size, k.st_mtime_ns, k.st_size)
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

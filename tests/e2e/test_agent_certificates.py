@@ -16,14 +16,16 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 
 from agent import enrollment
-from controlplane.tls.ca import CertificateAuthority, spki_pin
+from controlplane.tls.ca import CertificateAuthority
 from devenv.postgres import PostgresServer
 from devenv.production import ProductionControlPlane, production_agent, start_production_agent
 from devenv.stack import GATEHOUSE, gatehouse
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 from tests.e2e.conftest import PG_PASSWORD, POLICY
+from wire.jointoken import spki_pin
 
 LIFETIME = 20  # seconds: agents renew at ~13 s
 
@@ -70,7 +72,7 @@ def test_a_pinned_token_enrolls_over_mtls_and_an_exec_runs_through_the_agent(
     cp: ProductionControlPlane, pg: PostgresServer, tmp_path: Path
 ) -> None:
     info = cp.create_agent("prod-1")
-    pin = spki_pin(cp.ca_file.read_bytes())
+    pin = spki_pin(x509.load_pem_x509_certificate(cp.ca_file.read_bytes()))
     assert info["ca_pin"] == pin
     assert str(info["join_token"]).endswith("." + pin.removeprefix("sha256:"))
     data = tmp_path / "agent"

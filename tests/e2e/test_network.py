@@ -1,55 +1,42 @@
-"""Across real network boundaries on one machine: three network namespaces.
+"""Across real network boundaries on one machine: a control plane, a VPC and a CLI, each in a
+network namespace of its own (tests/e2e/networld.py draws the map).
 
-* `cp`: the control plane, listening on every address, TLS on both listeners.
-* `vpc`: an agent, a throwaway PostgreSQL and sshd listening on the namespace's own loopback
-  (unreachable from anywhere else); the agent dials out to the control plane.
-* `cli`: the CLI (exec, connect) and a SIEM reader (curl over HTTPS).
-
-`cp` is joined to `vpc` (10.231.1.0/24) and to `cli` (10.231.2.0/24); `vpc` and `cli` cannot
-reach each other. The namespaces go when the module ends, also when a test fails.
+Through TLS the CLI reaches the VPC's PostgreSQL and sshd and a SIEM pulls the trail over
+HTTPS, every event naming the caller's real address. Refused across the same boundaries: a
+plaintext or untrusting client, and agents in the VPC with a token pinned to another CA, a
+used-up or expired token, or a revoked certificate, each seen by the operator (the agent's exit
+and message), in the trail (`auth.fail`, agent events, from the VPC's address) and at the
+target (no statement reaches it). One world for the whole module: the namespaces and servers
+start once (~3 s).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import ssl
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
 from cryptography import x509
 
+from agent import enrollment
 from controlplane.tls.ca import CertificateAuthority
 from devenv import netns
-from devenv.postgres import PostgresServer, start_postgres
 from devenv.processes import tail
-from devenv.sshd import Sshd, start_sshd
-from devenv.stack import Process, gatehouse
+from devenv.stack import Process
 from tests.conftest import require
+from tests.e2e.networld import AGENT, GRPC_PORT, HTTP_PORT, PREFIX, World, started, wait
+from wire.jointoken import JoinToken
 
-PG_PASSWORD = "vpc-pg-password"
-AGENT = "vpc-agent"
-GRPC_PORT, HTTP_PORT, CONNECT_PORT = 8443, 8080, 15432
-
-POLICY = """\
-connections:
-  - name: pg
-    type: postgres
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
-    secret: {{password: env:PG_PASSWORD}}
-  - name: web-1
-    type: ssh
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {ssh_port}, user: {user}, known_hosts: '{known_hosts}'}}
-    secret: {{private_key: 'file:{key}'}}
-"""
+CONNECT_PORT = 15432
 
 
 @pytest.fixture(autouse=True)
@@ -58,170 +45,10 @@ def _namespaces_available() -> None:
     require(why is None, f"{why}")
 
 
-@dataclass
-class World:
-    net: netns.Network
-    base: Path
-    cp_data: Path
-    cp: Process
-    agent: Process
-    pg: PostgresServer
-    sshd: Sshd
-
-    @property
-    def cp_for_cli(self) -> str:
-        return self.net["cp"].addresses[1]  # the cp end of the cp<->cli link
-
-    @property
-    def cp_for_vpc(self) -> str:
-        return self.net["cp"].addresses[0]
-
-    @property
-    def cli_ip(self) -> str:
-        return self.net["cli"].addresses[0]
-
-    @property
-    def token(self) -> str:
-        return (self.cp_data / "admin.token").read_text().strip()
-
-    def cli_env(self, **extra: str) -> dict[str, str]:
-        env = {
-            "GATEHOUSE_CONTROLPLANE": f"{self.cp_for_cli}:{GRPC_PORT}",
-            "GATEHOUSE_CA_FILE": str(self.cp_data / "ca.pem"),
-            "GATEHOUSE_TOKEN": self.token,
-        }
-        env.update(extra)
-        return {k: v for k, v in env.items() if v}
-
-    def cli(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-        return gatehouse(
-            list(args), env=self.cli_env(**env), timeout=timeout, wrap=self.net["cli"].wrap
-        )
-
-    def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.net["cli"].run(["curl", "-sS", *args], timeout=30)
-
-    def export(self) -> list[dict[str, Any]]:
-        got = self.curl(
-            "--fail",
-            "--cacert",
-            str(self.cp_data / "ca.pem"),
-            "-H",
-            f"Authorization: Bearer {self.token}",
-            f"https://{self.cp_for_cli}:{HTTP_PORT}/v1/audit/events?after=0",
-        )
-        assert got.returncode == 0, got.stderr
-        return [json.loads(line) for line in got.stdout.split("\n") if line]
-
-
-def _wait(what: str, check: Any, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen:\n{tail(log)}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("network")
-    with netns.network("ghtls", [("cp", "vpc"), ("cp", "cli")]) as net:
-        processes: list[Process] = []
-        servers: list[Any] = []
-        try:
-            yield _start(net, base, processes, servers)
-        finally:
-            for process in reversed(processes):
-                process.stop()
-            for server in servers:
-                server.stop()
-
-
-def _start(net: netns.Network, base: Path, processes: list[Process], servers: list[Any]) -> World:
-    with net["vpc"].entered():  # the targets listen on the VPC's own loopback
-        pg = start_postgres(base / "pg", roles={"app": PG_PASSWORD}, databases={"app": "app"})
-        servers.append(pg)
-        sshd = start_sshd(base / "sshd")
-        servers.append(sshd)
-    cp_data = base / "cp"
-    cp = Process(
-        args=[
-            "controlplane",
-            "serve",
-            "--data-dir",
-            str(cp_data),
-            "--grpc-listen",
-            f"0.0.0.0:{GRPC_PORT}",
-            "--http-listen",
-            f"0.0.0.0:{HTTP_PORT}",
-            "--public-addr",
-            ",".join(net["cp"].addresses),
-        ],
-        log_file=base / "controlplane.log",
-        wrap=net["cp"].wrap,
-    )
-    cp.start()
-    processes.append(cp)
-    ca = cp_data / "ca.pem"
-    world = World(net, base, cp_data, cp, cp, pg, sshd)
-
-    def healthy() -> bool:
-        assert cp.running, tail(cp.log_file)
-        if not (ca.exists() and (cp_data / "admin.token").exists()):
-            return False
-        got = world.curl(
-            "--fail", "--cacert", str(ca), f"https://{world.cp_for_cli}:{HTTP_PORT}/healthz"
-        )
-        return got.returncode == 0
-
-    _wait("the control plane answering over HTTPS from the cli namespace", healthy, cp.log_file)
-    created = world.cli("admin", "agents", "create", AGENT)
-    assert created.returncode == 0, created.stderr
-    agent = Process(
-        args=[
-            "agent",
-            "run",
-            "--controlplane",
-            f"{world.cp_for_vpc}:{GRPC_PORT}",
-            "--token",
-            created.stdout.strip(),
-            "--name",
-            AGENT,
-            "--ca-file",
-            str(ca),
-            "--data-dir",
-            str(base / "agent"),
-        ],
-        log_file=base / "agent.log",
-        env={"PG_PASSWORD": PG_PASSWORD},
-        wrap=net["vpc"].wrap,
-    )
-    agent.start()
-    processes.append(agent)
-    world.agent = agent
-
-    def online() -> bool:
-        assert agent.running, tail(agent.log_file)
-        listed = world.cli("admin", "agents", "list", "-o", "json")
-        return listed.returncode == 0 and any(
-            a["name"] == AGENT and a["status"] == "online" for a in json.loads(listed.stdout)
-        )
-
-    _wait("the agent coming online", online, agent.log_file)
-    policy = base / "gatehouse.yaml"
-    policy.write_text(
-        POLICY.format(
-            agent=AGENT,
-            port=pg.port,
-            ssh_port=sshd.port,
-            user=sshd.user,
-            known_hosts=sshd.host_key_line,
-            key=sshd.client_key,
-        )
-    )
-    applied = world.cli("admin", "apply", "-f", str(policy))
-    assert applied.returncode == 0, applied.stderr
-    return world
+    with started(tmp_path_factory.mktemp("network")) as built:
+        yield built
 
 
 def test_the_networks_are_really_separate(world: World) -> None:
@@ -245,11 +72,15 @@ def test_exec_to_the_vpcs_postgres_through_tls(world: World) -> None:
     assert {e["source"]["ip"] for e in events} == {world.cli_ip}
 
 
-def test_the_agent_is_recorded_from_the_vpcs_address(world: World) -> None:
+def test_the_agent_trusts_the_pin_and_is_recorded_from_the_vpcs_address(world: World) -> None:
+    # It was given no file from the control plane: the CA it keeps is the one it found in
+    # the chain presented across the network, by the pin in its join token.
+    assert "--ca-file" not in world.agent.args
+    stored = json.loads((world.base / "agent" / f"agent-{AGENT}.json").read_text())
+    assert stored["roots"].encode() == (world.cp_data / "ca.pem").read_bytes()
     connects = [e for e in world.export() if e["type"] == "agent.connect"]
     assert connects
-    vpc = world.net["vpc"].addresses[0]
-    assert all(e["agent"]["peer"].startswith(f"ipv4:{vpc}:") for e in connects), connects
+    assert all(e["agent"]["peer"].startswith(f"ipv4:{world.vpc_ip}:") for e in connects), connects
 
 
 def test_exec_over_ssh_in_the_vpc(world: World) -> None:
@@ -276,7 +107,7 @@ def test_connect_to_the_vpcs_postgres(world: World) -> None:
                 with socket.socket() as sock:
                     return sock.connect_ex(("127.0.0.1", CONNECT_PORT)) == 0
 
-            _wait("gatehouse connect listening", listening, listener.log_file)
+            wait("gatehouse connect listening", listening, listener.log_file)
             dsn = f"host=127.0.0.1 port={CONNECT_PORT} dbname=pg user=anyone sslmode=disable"
             with psycopg.connect(dsn, connect_timeout=20) as conn:
                 row = conn.execute("select 'connected across netns' as how").fetchone()
@@ -331,7 +162,7 @@ def test_a_renewed_server_certificate_is_served_without_restart(world: World) ->
     renewed = x509.load_pem_x509_certificate(chain)
     (world.cp_data / "server.key").write_bytes(key)
     (world.cp_data / "server.pem").write_bytes(chain)
-    _wait(
+    wait(
         "the renewed certificate being served",
         lambda: served().serial_number == renewed.serial_number,
         world.cp.log_file,
@@ -346,7 +177,7 @@ def test_a_renewed_server_certificate_is_served_without_restart(world: World) ->
 
 def test_namespaces_are_removed_afterwards() -> None:
     """The context manager's promise, checked on a network of its own that fails inside."""
-    with pytest.raises(RuntimeError), netns.network("ghgone", [("a", "b")]) as net:
+    with pytest.raises(RuntimeError), netns.network(f"{PREFIX}gone", [("a", "b")]) as net:
         names = [n.name for n in net.namespaces.values()]
         sleeper = subprocess.Popen([*net["a"].wrap, "sleep", "300"])  # left running inside
         raise RuntimeError("a failing test")
@@ -355,3 +186,168 @@ def test_namespaces_are_removed_afterwards() -> None:
         ["ip", "netns", "list"], capture_output=True, text=True, check=False
     ).stdout
     assert not any(name in listed for name in names)
+
+
+# ---- agents in the VPC that must be refused ------------------------------------------------
+# Every refusal below comes from the VPC's address. The control plane records the first
+# failure of a source in a window and each new reason at once (up to 5, see
+# controlplane/auth/failures.py); these tests give it 4 distinct reasons from that source.
+
+
+Trail = list[dict[str, Any]]
+
+
+def _of(trail: Trail, kind: str, agent: str) -> Trail:
+    """The events of `kind` about `agent`."""
+    return [e for e in trail if e["type"] == kind and e.get("agent", {}).get("name") == agent]
+
+
+def _refusals(world: World, trail: Trail, credential: str, reason: str) -> Trail:
+    """`auth.fail` events with `credential`, from the VPC, whose reason contains `reason`."""
+    return [
+        e
+        for e in trail
+        if e["type"] == "auth.fail"
+        and e["credential"] == credential
+        and reason in e["reason"]
+        and e["source"]["ip"] == world.vpc_ip
+    ]
+
+
+def _nothing_reaches_the_target_through(world: World, name: str) -> None:
+    """An exec through the connection agent `name` serves is refused, and PostgreSQL never
+    sees its statement."""
+    marker = f"through-{name}-{uuid.uuid4().hex[:8]}"
+    ran = world.cli("exec", f"pg-{name}", "-c", f"select '{marker}'")
+    assert ran.returncode == 1, ran.stdout
+    assert f"is served by agent '{name}', which is" in ran.stderr
+    assert marker not in ran.stdout
+    assert not any(marker in s for s in world.pg.statement_log())
+
+
+def test_an_agent_whose_token_pins_another_ca_refuses_to_enroll(world: World) -> None:
+    name = "vpc-foreign"
+    created = world.create_agent(name)
+    other = CertificateAuthority.load_or_create(world.base / "other-ca")
+    secret = str(created["join_token"]).partition(".")[0]
+    forged = str(JoinToken(secret, other.pin))  # a genuine secret, another CA's pin
+    data = world.base / name
+    refused = world.refused_agent(name, forged, data)
+    assert refused.returncode == 1, refused.stderr
+    # The operator is told both fingerprints, what the agent dialled and why it stopped.
+    assert other.pin in refused.stderr  # what the token pins
+    assert created["ca_pin"] in refused.stderr  # what the control plane presented
+    assert f"{world.cp_for_vpc}:{GRPC_PORT}" in refused.stderr
+    assert "Refusing to enroll" in refused.stderr
+    # The secret never left the agent: nothing was enrolled, spent or stored.
+    assert world.agents()[name]["status"] == "pending"
+    assert _of(world.export(), "agent.enroll", name) == []
+    assert not (data / f"agent-{name}.json").exists()
+    _nothing_reaches_the_target_through(world, name)
+
+
+def test_a_used_up_join_token_is_refused_and_the_enrolled_agent_keeps_its_place(
+    world: World,
+) -> None:
+    name = "vpc-once"
+    token = str(world.create_agent(name, uses=1)["join_token"])
+    first = world.start_agent(name, token, world.base / f"{name}-1")
+    try:
+        enrolled = world.agents()[name]
+        # A second pod without the first one's data dir tries the same token.
+        second = world.base / f"{name}-2"
+        refused = world.refused_agent(name, token, second)
+        assert refused.returncode == 1, refused.stderr
+        assert "this join token was already used" in refused.stderr
+        assert "has no uses left; revoke and re-create the agent" in refused.stderr
+        assert not (second / f"agent-{name}.json").exists()
+        # A spent token cannot push the enrolled instance out.
+        assert first.running, tail(first.log_file)
+        after = world.agents()[name]
+        assert after["status"] == "online"
+        assert after["cert_serial"] == enrolled["cert_serial"]
+    finally:
+        first.stop()
+    trail = world.export()
+    (enroll,) = _of(trail, "agent.enroll", name)
+    assert enroll["agent"]["address"] == world.vpc_ip
+    assert enroll["join"]["uses_left"] == 0
+    assert _refusals(world, trail, "join_token", "no uses left"), trail
+
+
+def test_an_expired_join_token_is_refused(world: World) -> None:
+    name = "vpc-expired"
+    created = world.create_agent(name, ttl="1s")  # the shortest --ttl there is
+    expires = datetime.fromisoformat(str(created["expires"])).timestamp()
+    wait("the join token's expiry", lambda: time.time() > expires, world.cp.log_file, 10)
+    data = world.base / name
+    refused = world.refused_agent(name, str(created["join_token"]), data)
+    assert refused.returncode == 1, refused.stderr
+    assert "this join token expired at" in refused.stderr
+    assert f"`gatehouse admin agents create {name} --ttl" in refused.stderr  # what to do
+    assert not (data / f"agent-{name}.json").exists()
+    assert world.agents()[name]["status"] == "pending"
+    trail = world.export()
+    assert _of(trail, "agent.enroll", name) == []
+    assert _refusals(world, trail, "join_token", "this join token expired at"), trail
+    _nothing_reaches_the_target_through(world, name)
+
+
+def test_a_revoked_agent_is_cut_off_and_cannot_come_back(world: World) -> None:
+    name = "vpc-revoked"
+    token = str(world.create_agent(name)["join_token"])
+    data = world.base / name
+    agent = world.start_agent(name, token, data)
+    copied = world.base / f"{name}-copy"  # its credential, as anyone who read its disk has it
+    try:
+        shutil.copytree(data, copied)
+        marker = f"cut-{uuid.uuid4().hex[:8]}"
+        sql = f"select pg_sleep(60), '{marker}'"
+        with world.cli_running("exec", f"pg-{name}", "-c", sql) as running:
+            wait(
+                "the long statement reaching PostgreSQL",
+                lambda: any(marker in s for s in world.pg.statement_log()),
+                agent.log_file,
+                30,
+            )
+            started_at = time.monotonic()
+            revoked = world.cli("admin", "agents", "revoke", name)
+            assert revoked.returncode == 0, revoked.stderr
+            # The agent's stream is cut: it exits, saying why and what brings it back.
+            assert agent.proc is not None
+            assert agent.proc.wait(timeout=20) == 1
+            assert f"agent '{name}' was revoked" in agent.log()
+            assert f"`gatehouse admin agents create {name}`" in agent.log()
+            # The session it served ends at once, not when its statement would.
+            out, err = running.communicate(timeout=20)
+            assert time.monotonic() - started_at < 20
+        assert running.returncode != 0, out
+        assert marker not in out
+        assert "the session ended before the database answered" in err
+    finally:
+        agent.stop()
+    # The refused credential is gone from its disk; restarted, the agent is refused again.
+    assert not (data / f"agent-{name}.json").exists()
+    restarted = world.refused_agent(name, token, data)
+    assert restarted.returncode == 1, restarted.stderr
+    assert "unknown or revoked join token" in restarted.stderr
+    assert "gatehouse admin agents create" in restarted.stderr
+    # The copied certificate has not expired, and is refused anyway.
+    stolen = json.loads((copied / f"agent-{name}.json").read_text())["certificate"]
+    assert enrollment.not_after(stolen.encode()) > time.time()
+    replayed = world.refused_agent(name, token, copied)
+    assert replayed.returncode == 1, replayed.stderr
+    assert "this agent certificate is unknown, replaced or revoked" in replayed.stderr
+    assert "enroll the agent again with a new join token" in replayed.stderr
+    # The trail: one connection, cut by the revocation; both returns refused from the VPC.
+    assert world.agents()[name]["status"] == "revoked"
+    trail = world.export()
+    changes = [e["change"] for e in trail if e["type"] == "admin.change"]
+    assert {"action": "agent.revoke", "agent": name} in changes
+    assert len(_of(trail, "agent.connect", name)) == 1
+    (cut,) = _of(trail, "agent.disconnect", name)
+    assert cut["reason"] == "the agent was revoked"
+    assert cut["agent"]["peer"].startswith(f"ipv4:{world.vpc_ip}:")
+    assert _refusals(world, trail, "join_token", "unknown or revoked join token"), trail
+    assert _refusals(world, trail, "agent_certificate", "unknown, replaced or revoked"), trail
+    _nothing_reaches_the_target_through(world, name)

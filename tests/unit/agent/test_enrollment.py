@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 
 from agent import credentials, enrollment
-from controlplane.tls.ca import CertificateAuthority, spki_pin
+from controlplane.tls.ca import CertificateAuthority
+from wire.jointoken import spki_pin
 
 
 class TlsServer:
@@ -63,7 +64,7 @@ def test_the_pinned_ca_is_found_in_the_presented_chain(
 ) -> None:
     root = enrollment.pinned_root(server.address, ca.pin)
     assert root == ca.cert_pem
-    assert enrollment.spki_pin(x509.load_pem_x509_certificate(root)) == spki_pin(ca.cert_pem)
+    assert spki_pin(x509.load_pem_x509_certificate(root)) == ca.pin
 
 
 def test_a_chain_without_the_pinned_ca_is_refused_naming_both_fingerprints(

@@ -91,7 +91,7 @@ def ca() -> SmallCA:
 
 @pytest.fixture
 def registry(db: Database, writer: AuditWriter, ca: SmallCA) -> AgentRegistry:
-    pin = enrollment.spki_pin(ca.cert)
+    pin = jointoken.spki_pin(ca.cert)
     return AgentRegistry(db, writer, AgentCertificates(ca, datetime.timedelta(minutes=10), pin=pin))
 
 
@@ -129,7 +129,7 @@ async def test_a_pinned_token_enrolls_with_a_certificate_for_the_agents_own_key(
     registry: AgentRegistry, ca: SmallCA, db: Database, writer: AuditWriter
 ) -> None:
     created = await registry.create("edge", ROOT)
-    assert created.pin == enrollment.spki_pin(ca.cert)
+    assert created.pin == jointoken.spki_pin(ca.cert)
     assert jointoken.parse(created.join_token).pin == created.pin
     enrolled = await registry.enroll(request(created.join_token), "ipv4:10.0.0.7:5555")
     assert enrolled.credential is None and enrolled.certificate is not None

@@ -5,9 +5,11 @@ expired login's sessions are told to end."""
 from __future__ import annotations
 
 import json
+import stat
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -199,3 +201,16 @@ async def test_an_approval_covers_exactly_its_person_and_actor(
     assert await reviews.granted(cursor, "pg", "exec") is None
     bob = Identity(subject="bob", groups=("dba",), actor="devin")
     assert await reviews.granted(bob, "pg", "exec") is None
+
+
+async def test_the_admin_token_file_is_private_even_over_an_old_readable_one(
+    auth: TokenAuthenticator, tmp_path: Path
+) -> None:
+    path = tmp_path / "admin.token"
+    path.write_text("gh_from_another_database\n")
+    path.chmod(0o644)  # left by hand, or by an older version
+    await auth.bootstrap_admin(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text().strip()
+    assert token != "gh_from_another_database"
+    assert (await auth.identify(md(token))).role == ADMIN

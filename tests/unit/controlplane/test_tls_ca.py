@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.errors import FailedPrecondition, InvalidArgument
-from controlplane.tls.ca import CertificateAuthority, spki_pin
+from controlplane.tls.ca import CertificateAuthority
+from wire.jointoken import spki_pin
 
 
 def _csr(common_name: str = "asked-for") -> tuple[bytes, ec.EllipticCurvePrivateKey]:
@@ -68,7 +69,7 @@ def test_pin_is_the_sha256_of_the_spki(tmp_path: Path) -> None:
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert ca.pin == "sha256:" + hashlib.sha256(spki).hexdigest() == spki_pin(ca.cert_pem)
+    assert ca.pin == "sha256:" + hashlib.sha256(spki).hexdigest() == spki_pin(cert)
 
 
 def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_server_certificate_names_and_chain(tmp_path: Path) -> None:
     assert datetime.timedelta(days=90) <= life <= datetime.timedelta(days=90, minutes=6)
     key = serialization.load_pem_private_key(key_pem, None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    assert spki_pin(chain_pem) == _pin_of(key.public_key())
+    assert spki_pin(leaf) == _pin_of(key.public_key())
     _verify(leaf, ca, "gw.example.com")
 
 
@@ -114,7 +115,7 @@ def test_client_certificate_takes_the_given_name_not_the_csrs(tmp_path: Path) ->
         ca.sign_csr(csr, "agent:vpc-1", datetime.timedelta(minutes=10))
     )
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "agent:vpc-1"
-    assert spki_pin(cert.public_bytes(serialization.Encoding.PEM)) == _pin_of(key.public_key())
+    assert spki_pin(cert) == _pin_of(key.public_key())
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(minutes=16)
@@ -131,3 +132,5 @@ def test_bad_csrs_are_refused(tmp_path: Path) -> None:
     csr, _ = _csr()
     with pytest.raises(InvalidArgument, match="lifetime"):
         ca.sign_csr(csr, "x", datetime.timedelta(days=1000))
+    with pytest.raises(ValueError, match="client certificates only"):
+        ca.sign_csr(csr, "x", datetime.timedelta(minutes=1), client=False)
