@@ -178,9 +178,9 @@ class TermInspector:
                 decision = Decision(
                     False,
                     "(mode)",
-                    f"{shlex.join(readers[0].command)} reads its program from a terminal: that "
-                    "is a terminal session and needs the connect mode (`gatehouse ssh` or "
-                    "`gatehouse connect`, recorded); this session was opened for exec",
+                    f"{readers[0].describe()}, here a terminal: that is a terminal session and "
+                    "needs the connect mode (`gatehouse ssh` or `gatehouse connect`, "
+                    "recorded); this session was opened for exec",
                 )
         return await self._record_start(start, decision)
 
@@ -278,10 +278,10 @@ class TermInspector:
         """Someone may be typing at a terminal and wondering why nothing happens: say so."""
         if self._held is None:
             return
-        command = shlex.join(self._held.readers[0].command)
         text = (
-            f"gatehouse: {command} reads its program from stdin; it is recorded and runs once "
-            f"stdin ends (Ctrl-D at a terminal), at most {STDIN_LIMIT} bytes\n"
+            f"gatehouse: {self._held.readers[0].describe()}; it is recorded and runs once "
+            f"stdin ends (Ctrl-D at a terminal; `gatehouse exec -n` sends none), at most "
+            f"{STDIN_LIMIT} bytes\n"
         )
         self._notices.append(codec.encode(codec.STDERR, text.encode()))
         self._wake()
