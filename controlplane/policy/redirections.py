@@ -24,6 +24,7 @@ __all__ = ["stdin_redirection"]
 
 _OPERATOR_CHARS: Final = frozenset(" \t\r\n;&|()<>")
 _NO_INPUT: Final = frozenset({"/dev/null"})
+_MAX_NESTING: Final = 64
 _WRITTEN: Final = re.compile(
     r"(?P<fd>\d+|\{\w+\})?(?P<operator><<<|<<-?|<>|<&|<\(|<|>&|>>|>\||>)\s*"
     r"(?P<target>[^\s;&|<>]*)"
@@ -41,63 +42,72 @@ class _Scanner:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.depth = 0
 
-    def code(self, i: int, stop: str | None, comparing: bool = False) -> tuple[int, str | None]:
+    def code(
+        self, i: int, stop: str | None, *, comparing: bool = False, quoted: bool = False
+    ) -> tuple[int, str | None]:
         """Shell code from `i` up to `stop` (``)`` of ``$(``, a backquote, ``))`` of arithmetic,
-        ``]]`` of a test, or the end); `comparing`: inside arithmetic or a test."""
+        ``]]`` of a test, ``"`` of a quoted string, or the end); `comparing`: inside
+        arithmetic or a test; `quoted`: inside ``"…"``, where only substitutions are code."""
+        if self.depth >= _MAX_NESTING:  # unsure, and says so
+            return len(self.text), f"(cannot tell: substitutions nested deeper than {_MAX_NESTING})"
+        self.depth += 1
+        try:
+            return self.scan(i, stop, comparing, quoted)
+        finally:
+            self.depth -= 1
+
+    def scan(
+        self, i: int, stop: str | None, comparing: bool, quoted: bool
+    ) -> tuple[int, str | None]:
+        """`code` within the nesting limit."""
         text, n = self.text, len(self.text)
         while i < n:
-            c = text[i]
-            found: str | None = None
-            if c == "\\":
+            if text[i] == "\\":
                 i += 2
                 continue
             if stop is not None and text.startswith(stop, i):
                 return i + len(stop), None
-            if c == "'":
-                end = text.find("'", i + 1)
-                i = n if end < 0 else end + 1
-            elif c == '"':
-                i, found = self.double_quoted(i + 1)
-            elif text.startswith("$((", i) or (text.startswith("((", i) and self.word_start(i)):
-                i, found = self.code(i + (3 if c == "$" else 2), "))", comparing=True)
-            elif text.startswith("[[", i) and self.word_start(i):
-                i, found = self.code(i + 2, "]]", comparing=True)
-            elif text.startswith("$(", i) or c == "`":
-                i, found = self.code(i + (2 if c == "$" else 1), ")" if c == "$" else "`")
-            elif c == "#" and self.word_start(i) and not comparing:
-                end = text.find("\n", i)
-                i = n if end < 0 else end
-            elif c in "<>":
-                if not comparing or text.startswith(("<&", "<(", "<<<"), i):
-                    found = self.redirection(i)
+            scanned = self.substitution(i)
+            if scanned is None and not quoted:
+                scanned = self.construct(i, comparing)
+            if scanned is None:
                 i += 1
-            else:
-                i += 1
+                continue
+            i, found = scanned
             if found is not None:
                 return i, found
         return n, None
 
-    def double_quoted(self, i: int) -> tuple[int, str | None]:
-        """Inside ``"…"`` only substitutions are code."""
+    def substitution(self, i: int) -> tuple[int, str | None] | None:
+        """``$(( … ))``, ``$( … )`` or a backquoted command at `i`, scanned; None if none."""
+        text = self.text
+        if text.startswith("$((", i):
+            return self.code(i + 3, "))", comparing=True)
+        if text.startswith("$(", i):
+            return self.code(i + 2, ")")
+        if text[i] == "`":
+            return self.code(i + 1, "`")
+        return None
+
+    def construct(self, i: int, comparing: bool) -> tuple[int, str | None] | None:
+        """Quotes, arithmetic, a test, a comment or a redirection at `i`; None if none."""
         text, n = self.text, len(self.text)
-        while i < n:
-            c = text[i]
-            found: str | None = None
-            if c == "\\":
-                i += 2
-                continue
-            if c == '"':
-                return i + 1, None
-            if text.startswith("$((", i):
-                i, found = self.code(i + 3, "))", comparing=True)
-            elif text.startswith("$(", i) or c == "`":
-                i, found = self.code(i + (2 if c == "$" else 1), ")" if c == "$" else "`")
-            else:
-                i += 1
-            if found is not None:
-                return i, found
-        return n, None
+        c = text[i]
+        if c == "'":
+            end = text.find("'", i + 1)
+            return (n if end < 0 else end + 1), None
+        if c == '"':
+            return self.code(i + 1, '"', quoted=True)
+        if text.startswith(("((", "[["), i) and self.word_start(i):
+            return self.code(i + 2, "))" if c == "(" else "]]", comparing=True)
+        if c == "#" and self.word_start(i) and not comparing:
+            end = text.find("\n", i)
+            return (n if end < 0 else end), None
+        if c in "<>" and (not comparing or text.startswith(("<&", "<(", "<<<"), i)):
+            return i + 1, self.redirection(i)
+        return None
 
     def word_start(self, i: int) -> bool:
         return i == 0 or self.text[i - 1] in _OPERATOR_CHARS

@@ -284,6 +284,10 @@ def test_an_unsure_reader_says_why_in_its_event() -> None:
         ("ls 3<&0", None),
         ("ls 2</tmp/x", None),
         ("echo \"a<b\" 'c<d' e\\<f", None),
+        (
+            "echo " + "$(" * 100 + "x" + ")" * 100,
+            "(cannot tell: substitutions nested deeper than 64)",
+        ),
     ],
 )
 def test_a_redirection_is_reported_as_written(text: str, written: str | None) -> None:
