@@ -226,6 +226,11 @@ _SCRIPT_OPTIONS: Final = frozenset({"-f", "--file", "-x", "--command-file"})
 _EXPANDED: Final = frozenset("$`{}*?[")  # a command name the shell expands at run time
 _STDIN_PATH: Final = re.compile(r"^(-|/dev/stdin|/dev/fd/\d+|/proc/(self|thread-self|\d+)/fd/\d+)$")
 _NAMES_STDIN: Final = re.compile(r"/dev/stdin|/dev/fd/\d|/proc/[^/\s]+/fd/\d")
+# A variable set to stdin for the command it prefixes: `BASH_ENV=/dev/stdin bash -c ls` sources
+# stdin first, and the splitter drops assignments before any rule sees them.
+_STDIN_VARIABLE: Final = re.compile(
+    r"(?:^|[\s;&|(])[A-Za-z_]\w*=['\"]?(?:/dev/stdin|/dev/fd/\d|/proc/[^/\s]+/fd/\d)"
+)
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_.+-]+")
 _AWKS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "busybox-awk"})
 _SEDS: Final = frozenset({"sed", "gsed"})
@@ -283,13 +288,23 @@ def _readers(argv: Sequence[str], text: str | None, depth: int) -> list[StdinRea
         if reader is not None and reader not in found:
             found.append(reader)
 
+    add(_stdin_variable(text if text is not None else " ".join(argv)))
     if text is not None:
         add(_redirected(text))
     for words in commands:
         add(_reader(words, depth))
         for nested in _shell_texts(words):  # `sh -c 'sh <&0'`: the inner text's redirections
             add(_redirected(nested))
+            add(_stdin_variable(nested))
     return found
+
+
+def _stdin_variable(text: str) -> StdinReader | None:
+    """Unsure when shell `text` sets a variable to stdin (``BASH_ENV=/dev/stdin``)."""
+    assigned = _STDIN_VARIABLE.search(text)
+    if assigned is None:
+        return None
+    return StdinReader((text,), "shell", f"a variable names stdin: {assigned.group(0).strip()}")
 
 
 def _redirected(text: str) -> StdinReader | None:
@@ -420,6 +435,8 @@ def _unknown(command: tuple[str, ...], name: str, args: list[str]) -> StdinReade
     for word in args:
         if _NAMES_STDIN.search(word):
             return StdinReader(command, "shell", f"{name} is given {word}")
+        if _RUN_TIME.search(word):  # `strace -f $SHELL`: what it starts is decided at run time
+            return StdinReader(command, "shell", f"{name} is given {word}, decided at run time")
         named = _named_reader(word)
         if named is not None:
             return StdinReader(command, _language(named), f"{name} may start {named}")

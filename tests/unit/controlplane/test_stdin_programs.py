@@ -111,6 +111,9 @@ ARGVS: list[tuple[list[str], str]] = [
     (["sort", "--compress-program=sh"], UNSURE),
     (["strace", "xargs", "rm"], UNSURE),
     (["emacs", "--script", "/dev/stdin"], UNSURE),
+    (["strace", "-f", "$SHELL"], UNSURE),
+    (["strace", "-f", "$(which sh)"], UNSURE),
+    (["env", "BASH_ENV=/dev/stdin", "bash", "-c", "ls"], UNSURE),
     (["apt-get", "install", "-y", "python3"], UNSURE),  # -o hooks run commands
     (["kubectl", "exec", "-i", "pod", "--", "python3"], UNSURE),
     (["nsenter", "-t", "1", "-m", "bash"], PROGRAM),
@@ -214,6 +217,9 @@ TEXTS: list[tuple[str, str]] = [
     ("su -c 'sh <&0'", UNSURE),
     ("env -S 'sh <&0'", UNSURE),
     ("watch -n 1 'sh <&0'", UNSURE),
+    ("BASH_ENV=/dev/stdin bash -c ls", UNSURE),
+    ("sh -c 'BASH_ENV=/dev/fd/0 bash -c ls'", UNSURE),
+    ("tar x -C $DIR", UNSURE),
     ("python3 /dev/fd/0", PROGRAM),
     (". /dev/stdin", PROGRAM),
     ("ls; sh", PROGRAM),
@@ -237,6 +243,8 @@ TEXTS: list[tuple[str, str]] = [
     ("ls 2>&1", DATA),
     ("echo x >&2", DATA),
     ("ls # a < b", DATA),
+    ("tar x -C $HOME/app", DATA),
+    ("LC_ALL=C sort", DATA),
 ]
 
 
