@@ -27,6 +27,7 @@ from agent import __version__, credentials, enrollment
 from agent.metrics import AgentStats, start_http
 from agent.sessions import serve_session
 from agent.settings import AgentSettings
+from agent.term.shell import own_account
 from cli.rpc import is_loopback
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 from wire import jointoken
@@ -379,8 +380,13 @@ class Agent:
     ) -> None:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         call = stub.Control(metadata=metadata)  # type: ignore[call-arg]  # read/write API
+        account = own_account()  # `admin apply` warns when run_as: agent would be root
         hello = agent_pb2.Hello(
-            name=self.settings.name, version=__version__, hostname=socket.gethostname()
+            name=self.settings.name,
+            version=__version__,
+            hostname=socket.gethostname(),
+            uid=account.uid,
+            user=account.user or "",
         )
         await call.write(agent_pb2.AgentMessage(hello=hello))
         heartbeat: asyncio.Task[None] | None = None

@@ -58,9 +58,7 @@ async def serve_session(
     stats.sessions_active += 1
     stats.sessions_total += 1
     try:
-        await call.write(
-            agent_pb2.AgentFrame(attach=agent_pb2.SessionAttach(session_id=session_id))
-        )
+        await call.write(agent_pb2.AgentFrame(attach=_attach(session_id, spec)))
 
         async def send(frame: tunnel_pb2.Frame) -> None:
             stats.bytes_from_targets += len(frame.data)
@@ -94,6 +92,24 @@ async def serve_session(
         stats.sessions_active -= 1
         await receive.close(CLOSE_GRACE)
         SESSION_ID.reset(token)
+
+
+def _attach(session_id: str, spec: agent_pb2.ConnectionSpec | None) -> agent_pb2.SessionAttach:
+    """The session's first message; for a `shell` connection it says whose account its
+    commands run as (the control plane records it, and refuses a session without it)."""
+    attach = agent_pb2.SessionAttach(session_id=session_id)
+    if spec is not None and spec.type == "shell":
+        run_as = term_shell.running_as(MessageToDict(spec.target))
+        attach.run_as.CopyFrom(
+            agent_pb2.RunAs(
+                mode=run_as.mode,
+                account=run_as.account or "",
+                uid=run_as.uid,
+                user=run_as.user or "",
+                error=run_as.error or "",
+            )
+        )
+    return attach
 
 
 async def _first_bytes(receive: pg_relay.Receive) -> bytes:

@@ -193,7 +193,10 @@ def admin_apply(
         "version": response.version,
         "changes": list(response.changes),
         "agents_notified": list(response.agents_notified),
+        "warnings": list(response.warnings),
     }
+    for warning in response.warnings:  # on stderr in both formats: stdout may be parsed
+        typer.echo(f"warning: {warning}", err=True)
     if output is Format.json:
         emit_json(document)
         return

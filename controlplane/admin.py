@@ -12,6 +12,7 @@ from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import as_utc, rfc3339
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import unary
+from controlplane.policy.document import RUN_AS_AGENT, PolicyDocument, ShellConnection
 from controlplane.policy.store import PolicyStore
 from controlplane.replicas import Replicas, push_policy
 from controlplane.store.models import ApiTokenRow
@@ -98,7 +99,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self._replicas.pushed(applied.version)
             await self._replicas.policy_applied()
         return admin_pb2.ApplyResponse(
-            version=applied.version, changes=applied.changes, agents_notified=notified
+            version=applied.version,
+            changes=applied.changes,
+            agents_notified=notified,
+            warnings=run_as_warnings(self._policy.document, self._agents),
         )
 
     @unary
@@ -146,6 +150,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         admin = await self._auth.require_admin(context.invocation_metadata())
         await self._auth.revoke(request.id, admin)
         return admin_pb2.RevokeTokenResponse()
+
+
+def run_as_warnings(document: PolicyDocument, agents: AgentRegistry) -> list[str]:
+    """Shell connections whose commands would run as root: `run_as: agent` on an agent that
+    runs as root (as it must to switch to run_as accounts). Applied all the same, since the
+    agent's account is its own to change; every command's event records the uid it ran as."""
+    warnings = []
+    for conn in document.connections:
+        if not isinstance(conn, ShellConnection) or conn.target.run_as != RUN_AS_AGENT:
+            continue
+        link = agents.link(conn.agent)
+        if link is None:
+            warnings.append(
+                f"connection {conn.name!r} runs commands as agent {conn.agent!r}'s own user "
+                "(run_as: agent), and that agent is offline, so which account that is cannot "
+                "be told now; if the agent runs as root, so do its commands (each command's "
+                "event records the uid)"
+            )
+        elif link.uid is None:
+            warnings.append(
+                f"agent {conn.agent!r} does not report its account (it is older than the "
+                f"control plane): connection {conn.name!r}'s commands are refused until it is "
+                "upgraded"
+            )
+        elif link.uid == 0:
+            warnings.append(
+                f"connection {conn.name!r} runs commands as root: run_as: agent, and agent "
+                f"{conn.agent!r} runs as uid 0 ({link.user or 'root'}), so its commands can "
+                "read and change anything on that host; name an unprivileged account "
+                "(run_as: NAME) unless that is meant"
+            )
+    return warnings
 
 
 def _token_info(row: ApiTokenRow) -> admin_pb2.TokenInfo:

@@ -46,12 +46,21 @@ from agent.term.stream import (
 )
 from wire.term import codec
 
-__all__ = ["INHERITED", "NO_TERMINAL", "RUN_AS_AGENT", "Account", "ShellTarget", "child_env", "run"]
+__all__ = [
+    "INHERITED",
+    "NO_TERMINAL",
+    "RUN_AS_AGENT",
+    "Account",
+    "ShellTarget",
+    "child_env",
+    "own_account",
+    "run",
+    "running_as",
+]
 
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """The agent's own variables a command sees (unless the connection's env sets them)."""
 NO_TERMINAL = "a shell connection runs commands; use `gatehouse exec NAME -- CMD`"
-DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 _REAP_TIMEOUT = 5.0
@@ -121,14 +130,14 @@ class ShellTarget:
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
-    shell: tuple[str, ...] = DEFAULT_SHELL
+    shell: tuple[str, ...] = codec.DEFAULT_SHELL
     max_output: int = DEFAULT_MAX_OUTPUT
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, object]) -> ShellTarget:
         """From the pushed target (a protobuf Struct as a dict, so numbers arrive as floats)."""
         env = spec.get("env") or {}
-        shell = spec.get("shell") or DEFAULT_SHELL
+        shell = spec.get("shell") or codec.DEFAULT_SHELL
         if not isinstance(env, Mapping) or not isinstance(shell, list | tuple):
             raise Refused("the connection's env or shell is malformed; fix it in the policy")
         try:
@@ -144,6 +153,38 @@ class ShellTarget:
             raise Refused(
                 f"the connection's target is malformed ({exc}); fix it in the policy"
             ) from None
+
+
+def running_as(target: Mapping[str, object]) -> codec.RunAs:
+    """Whose account this connection's commands run as, told to the control plane when the
+    session attaches so that its command event records the real uid before anything runs
+    (``run_as: agent`` on an agent running as root is root, and says so)."""
+    run_as = target.get("run_as")
+    name = str(run_as) if run_as else None
+    mode = "agent" if name == RUN_AS_AGENT else "account"
+    named = None if mode == "agent" else name
+    try:
+        account = Account.resolve(name)
+    except Refused as exc:
+        return codec.RunAs(mode, account=named, error=str(exc))
+    return _as_reported(account, named)
+
+
+def _as_reported(account: Account | None, named: str | None) -> codec.RunAs:
+    """`account` (None: the agent's own user) as the trail records it."""
+    if account is not None:
+        return codec.RunAs("account", account.uid, account.name, account=named)
+    return own_account()
+
+
+def own_account() -> codec.RunAs:
+    """The account the agent itself runs as (`run_as: agent` commands too)."""
+    uid = os.geteuid()
+    try:
+        user: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a name (a container's): the number says it all
+        user = None
+    return codec.RunAs("agent", uid, user)
 
 
 def child_env(
@@ -183,14 +224,14 @@ async def _launch(target: ShellTarget, start: codec.Start) -> TermProcess:
     if start.pty is not None or start.subsystem is not None or start.interactive:
         raise Refused(NO_TERMINAL)
     account = Account.resolve(target.run_as)
+    reported = _as_reported(account, target.run_as if account is not None else None)
     argv = list(start.argv) if start.argv else [*target.shell, start.command_line()]
     env = child_env(target.env, start.env.get("TERM"), account)
     try:
         process = await _LocalProcess.spawn(argv, target.workdir, env, account)
     except OSError as exc:
         raise _not_started(exc, argv[0], target.workdir, env["PATH"]) from None
-    if account is not None:
-        process.run_as = account.name
+    process.run_as = reported
     return process
 
 
@@ -296,7 +337,7 @@ class _LocalProcess:
         self._group = child.pid  # start_new_session: the child leads its own group
         self._child_exited = exited
         self._exited = asyncio.create_task(self._reap())
-        self.run_as = RUN_AS_AGENT  # who it runs as, reported in its exit
+        self.run_as: codec.RunAs | None = None  # who it runs as, reported in its exit
 
     @classmethod
     async def spawn(

@@ -277,7 +277,7 @@ async def _pump(
         await asyncio.gather(finished, inbound, return_exceptions=True)
     await process.close()  # before the exit, so a stopped command no longer runs when it arrives
     account = getattr(process, "run_as", None)  # a shell child's account, for the record
-    if isinstance(account, str):
+    if isinstance(account, codec.RunAs):
         exit_ = dataclasses.replace(exit_, run_as=account)
     await send_exit(send, exit_)
     if exit_.error is not None:

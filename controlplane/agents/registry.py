@@ -79,6 +79,9 @@ class AgentLink:
         self.name = instance.name
         self.version = hello.version
         self.hostname = hello.hostname
+        # The account the agent runs as (None: an agent older than Hello.uid).
+        self.uid = hello.uid if hello.HasField("uid") else None
+        self.user = hello.user or None
         self.peer = peer
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue(64)
         self.closed = asyncio.Event()

@@ -186,7 +186,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentFrame) or not first.HasField("attach"):
                 raise InvalidArgument("a session stream must start with attach")
-            tunnel = self._tunnels.attach(first.attach.session_id, row.name)
+            attach = first.attach
+            run_as = attach.run_as if attach.HasField("run_as") else None
+            tunnel = self._tunnels.attach(attach.session_id, row.name, run_as)
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
             return

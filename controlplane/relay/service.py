@@ -44,7 +44,7 @@ from controlplane.policy.store import PolicyStore
 from controlplane.relay.ends import ClientEnd, GrpcEnd
 from controlplane.relay.pg import PgInspector
 from controlplane.relay.reviews import Reviews, as_message, wait_timeout
-from controlplane.relay.term import TermInspector
+from controlplane.relay.term import TermInspector, reported_run_as
 from controlplane.relay.tunnel import CANCEL, Cancel, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, RecordingChunkRow, ReviewRow, SessionRow
@@ -218,6 +218,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             workdir=workdir,
             run_as=getattr(connection.target, "run_as", None),
             shell=getattr(connection.target, "shell", None),
+            agent_run_as=reported_run_as(tunnel.run_as),
         )
 
     @unary

@@ -15,6 +15,12 @@ guardrails as a command line and recorded in the command's own event (text, SHA-
 committed before the `start`, the program and the eof go to the agent together. A program
 larger than the limit is refused: an open-ended stdin program is a terminal session, whose
 place is the `connect` mode. Data to any other command streams as it comes.
+
+A `shell` command's event records the real account it runs as (`codec.RunAs`: the mode the
+policy chose, uid and user name), as the agent resolved it when the session attached: a
+`run_as: agent` command on an agent running as root says uid 0. A session whose agent said
+nothing (an older agent), or another mode or account than the policy's (a policy not yet
+applied there), is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.programs import StdinReader, stdin_readers
 from controlplane.relay.recording import LineTracker, Recording, Store
-from gatehouse.v1 import tunnel_pb2
+from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.term import codec
 from wire.term.codec import ProtocolError
 
@@ -51,7 +57,7 @@ HOLD_NOTICE_AFTER: Final = 2.0
 """Seconds a held program's stdin may stay open before the client is told why nothing runs."""
 _FORWARD_PIECE: Final = 64 * 1024  # input messages the held program is sent in
 PROGRAM_RULE: Final = "(stdin program)"
-DEFAULT_SHELL: Final = ("/bin/sh", "-c")  # as agent/term/shell.py runs a command text
+RUN_AS_RULE: Final = "(run_as)"
 
 Kind = Literal["ssh", "shell"]
 
@@ -84,6 +90,7 @@ class TermInspector:
         workdir: str | None = None,
         run_as: str | None = None,
         shell: Sequence[str] | None = None,
+        agent_run_as: codec.RunAs | None = None,
     ) -> None:
         self.session = ctx
         self._audit = audit
@@ -95,8 +102,9 @@ class TermInspector:
         self._recorded = recorded  # the result event that vouches for the recording
         self._workdir = workdir
         self._run_as = run_as  # the account a shell command runs as ("agent": the agent's)
+        self._agent_run_as = agent_run_as  # ... as the agent resolved it when it attached
         # What a `shell` connection runs a command text with (the agent's default: sh -c).
-        self._shell = tuple(shell) if shell else DEFAULT_SHELL
+        self._shell = tuple(shell) if shell else codec.DEFAULT_SHELL
         self._strict = ctx.audit_mode == "strict"
         self._from_client = codec.TermFramer.from_client()
         self._from_target = codec.TermFramer.from_target()
@@ -178,9 +186,9 @@ class TermInspector:
                 decision = Decision(
                     False,
                     "(mode)",
-                    f"{shlex.join(readers[0].command)} reads its program from a terminal: that "
-                    "is a terminal session and needs the connect mode (`gatehouse ssh` or "
-                    "`gatehouse connect`, recorded); this session was opened for exec",
+                    f"{readers[0].describe()}, here a terminal: that is a terminal session and "
+                    "needs the connect mode (`gatehouse ssh` or `gatehouse connect`, "
+                    "recorded); this session was opened for exec",
                 )
         return await self._record_start(start, decision)
 
@@ -208,7 +216,8 @@ class TermInspector:
             return False
         self.statements = 1
         if not decision.allowed:
-            self._refuse(f"gatehouse: {decision.reason}", DENIED_STATUS)
+            status = GATEWAY_STATUS if decision.rule == RUN_AS_RULE else DENIED_STATUS
+            self._refuse(f"gatehouse: {decision.reason}", status)
             return False
         self._started = time.monotonic()
         if start.pty is not None:
@@ -234,6 +243,8 @@ class TermInspector:
                 f"{what} needs the connect mode (`gatehouse ssh` or `gatehouse connect`); "
                 "this session was opened for exec",
             )
+        if self._kind == "shell" and (refused := self._run_as_refusal()) is not None:
+            return refused
         if self._kind == "shell" and start.argv:
             return self._guard.check_argv(start.argv)
         if start.argv or start.command is not None:
@@ -241,6 +252,31 @@ class TermInspector:
         # A login shell or a subsystem (sftp) is no command a guardrail can read; who may open
         # one is the access rules' `connect` mode. The session is recorded all the same.
         return Decision(True)
+
+    def _run_as_refusal(self) -> Decision | None:
+        """A shell command runs only where the trail can say whose account it runs as, and
+        only as the account the policy names."""
+        agent = self.session.connection.get("agent", "")
+        reported = self._agent_run_as
+        if reported is None:
+            return Decision(
+                False,
+                RUN_AS_RULE,
+                f"agent {agent!r} did not say whose account runs this connection's commands "
+                "(it is older than the control plane), so the trail could not record it; "
+                "upgrade the agent",
+            )
+        wanted = _run_as_of_policy(self._run_as)
+        if self._run_as is not None and (reported.mode, reported.account) != wanted:
+            return Decision(
+                False,
+                RUN_AS_RULE,
+                f"agent {agent!r} would run this command as {_who(reported)}, but the policy "
+                f"says run_as: {self._run_as}; the agent has not applied the current policy "
+                "yet: try again in a moment (`gatehouse admin agents list` shows whether it "
+                "is online)",
+            )
+        return None
 
     async def _hold(self, msg: codec.Message) -> list[bytes | memoryview]:
         """A message while the stdin program is gathered; at its end, what to forward."""
@@ -278,10 +314,10 @@ class TermInspector:
         """Someone may be typing at a terminal and wondering why nothing happens: say so."""
         if self._held is None:
             return
-        command = shlex.join(self._held.readers[0].command)
         text = (
-            f"gatehouse: {command} reads its program from stdin; it is recorded and runs once "
-            f"stdin ends (Ctrl-D at a terminal), at most {STDIN_LIMIT} bytes\n"
+            f"gatehouse: {self._held.readers[0].describe()}; it is recorded and runs once "
+            f"stdin ends (Ctrl-D at a terminal; `gatehouse exec -n` sends none), at most "
+            f"{STDIN_LIMIT} bytes\n"
         )
         self._notices.append(codec.encode(codec.STDERR, text.encode()))
         self._wake()
@@ -326,7 +362,7 @@ class TermInspector:
             request["subsystem"] = start.subsystem
         if self._kind == "shell":
             request["workdir"] = self._workdir
-            request["run_as"] = self._run_as
+            request["run_as"] = self._run_as_event()
         if program is not None:
             request["stdin"] = program
         if start.pty is not None:
@@ -342,6 +378,14 @@ class TermInspector:
         return draft(
             event_type, session=self.session, request=request, decision=decision.as_event()
         )
+
+    def _run_as_event(self) -> dict[str, Any]:
+        """Whose account the command runs as: what the agent said, else what the policy asked
+        for with no uid (and the command is refused)."""
+        if self._agent_run_as is not None:
+            return self._agent_run_as.as_event()
+        mode, account = _run_as_of_policy(self._run_as)
+        return codec.RunAs(mode, account=account, error="not reported by the agent").as_event()
 
     def _refuse(self, message: str, status: int = GATEWAY_STATUS) -> None:
         self._refused = True
@@ -432,7 +476,8 @@ class TermInspector:
             "duration_ms": round((time.monotonic() - self._started) * 1000, 3),
             "bytes": {"in": self.bytes_in, "out": self.bytes_out, "err": self.bytes_err},
             "stdin": self._program,
-            "run_as": exit_.run_as,  # what the agent says it switched to
+            # The account the agent says it started the command as.
+            "run_as": exit_.run_as.as_event() if exit_.run_as is not None else None,
         }
         event = draft_result(
             f"{self._kind}.result",
@@ -469,6 +514,32 @@ class TermInspector:
                 await self._audit.submit(draft("ssh.input", session=self.session, input=line))
             except AuditUnavailable:
                 log.warning("session %s: an input line was not recorded", self.session.session_id)
+
+
+def reported_run_as(message: agent_pb2.RunAs | None) -> codec.RunAs | None:
+    """A shell session's account as the agent said it when attaching (None: it said nothing)."""
+    if message is None:
+        return None
+    return codec.RunAs(
+        message.mode,
+        message.uid if message.HasField("uid") else None,
+        message.user or None,
+        message.account or None,
+        message.error or None,
+    )
+
+
+def _run_as_of_policy(run_as: str | None) -> tuple[str, str | None]:
+    """The (mode, account) a policy's ``run_as`` asks for."""
+    return ("agent", None) if run_as == "agent" else ("account", run_as)
+
+
+def _who(run_as: codec.RunAs) -> str:
+    """An account for a message: ``its own user (uid 0, root)``, ``account deploy``."""
+    what = "its own user" if run_as.mode == "agent" else f"account {run_as.account}"
+    if run_as.uid is None:
+        return what
+    return f"{what} (uid {run_as.uid}{f', {run_as.user}' if run_as.user else ''})"
 
 
 def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controlplane.errors import PermissionDenied, Unavailable
-from gatehouse.v1 import tunnel_pb2
+from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.logcontext import SESSION_ID
 
 QUEUE_FRAMES = 16
@@ -56,6 +56,8 @@ class Tunnel:
     # whatever the target was doing, its outcome is unknown (the session ends as agent_lost).
     lost: bool = False
     ending: bool = False  # the client is done: the agent's end of stream is the expected answer
+    # What the agent said when it attached: a shell session's account (SessionAttach.run_as).
+    run_as: agent_pb2.RunAs | None = None
     started: float = field(default_factory=time.monotonic)
 
     def wake(self) -> None:
@@ -88,7 +90,7 @@ class Tunnels:
         self._open[session_id] = tunnel
         return tunnel
 
-    def attach(self, session_id: str, agent: str) -> Tunnel:
+    def attach(self, session_id: str, agent: str, run_as: agent_pb2.RunAs | None = None) -> Tunnel:
         tunnel = self._open.get(session_id)
         if tunnel is None or tunnel.closed.is_set():
             raise Unavailable(f"session {session_id} is not waiting for an agent")
@@ -97,6 +99,7 @@ class Tunnels:
         if tunnel.attached.is_set():
             raise PermissionDenied(f"session {session_id} is already attached")
         SESSION_ID.set(session_id)  # the agent's session stream: its lines too
+        tunnel.run_as = run_as  # before the client's side, waiting for `attached`, reads it
         tunnel.attached.set()
         return tunnel
 

@@ -93,6 +93,8 @@ def test_a_run_as_command_has_no_capability_and_cannot_switch_back(
     assert result.returncode == 0, result.stderr
     uid, _, status = result.stdout.partition("\n")
     assert int(uid) == account.pw_uid
+    [event] = [e for e in sandboxed.events() if e["type"] == "shell.command"][-1:]
+    assert event["request"]["run_as"]["uid"] == account.pw_uid  # the trail says the same
     caps = capabilities(status)
     assert caps["CapEff"] == caps["CapPrm"] == caps["CapAmb"] == caps["CapInh"] == 0
 

@@ -26,6 +26,10 @@ RUN_AS_POLICY = (
     type: shell
     agent: {agent}
     target: {{run_as: no-such-account-gatehouse, workdir: /tmp}}
+  - name: ops-agent
+    type: shell
+    agent: {agent}
+    target: {{run_as: agent, workdir: /tmp}}
 """
 )
 
@@ -48,9 +52,40 @@ def test_commands_run_as_the_account(stack: Stack, account: pwd.struct_passwd) -
     assert result.stdout == f"{account.pw_uid}\n{account.pw_dir} {ACCOUNT}\n"
     events = stack.events()
     [event] = [e for e in events if e["type"] == "shell.command"][-1:]
-    assert event["request"]["run_as"] == ACCOUNT  # what the policy asked for
+    switched = {"mode": "account", "account": ACCOUNT, "uid": account.pw_uid, "user": ACCOUNT}
+    assert event["request"]["run_as"] == switched  # what the agent said before it ran
     [outcome] = [e for e in events if e["type"] == "shell.result" and e["ref"] == event["seq"]]
-    assert outcome["result"]["run_as"] == ACCOUNT  # what the agent says it switched to
+    assert outcome["result"]["run_as"] == switched  # what the agent says it switched to
+
+
+def test_run_as_agent_on_a_root_agent_is_recorded_as_root(stack: Stack) -> None:
+    """The agent runs as root here, as the tests do: `run_as: agent` commands are root, and
+    the trail says so rather than "agent"."""
+    agent = stack.agent.proc
+    assert agent is not None and os.stat(f"/proc/{agent.pid}").st_uid == 0
+    result = stack.cli("exec", "ops-agent", "--", "id", "-u")
+    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
+    events = stack.events()
+    [event] = [e for e in events if e["type"] == "shell.command"][-1:]
+    root = {"mode": "agent", "uid": 0, "user": "root"}
+    assert event["request"]["argv"] == ["id", "-u"]
+    assert event["request"]["run_as"] == root
+    [outcome] = [e for e in events if e["type"] == "shell.result" and e["ref"] == event["seq"]]
+    assert outcome["result"]["run_as"] == root
+
+
+def test_admin_apply_warns_of_a_shell_connection_that_runs_as_root(stack: Stack) -> None:
+    policy = RUN_AS_POLICY.format(agent=AGENT, port=stack.pg.port, account=ACCOUNT)
+    applied = stack.apply(policy)
+    assert applied.returncode == 0, applied.stderr
+    [warning] = [line for line in applied.stderr.splitlines() if line.startswith("warning:")]
+    assert "'ops-agent' runs commands as root" in warning and "uid 0" in warning
+    assert "run_as: NAME" in warning  # what to do about it
+    unprivileged = policy.replace("run_as: agent, ", f"run_as: {ACCOUNT}, ")
+    applied = stack.apply(unprivileged)
+    assert applied.returncode == 0, applied.stderr
+    assert "warning:" not in applied.stderr
+    assert stack.apply(policy).returncode == 0  # as the module's other tests expect it
 
 
 def test_the_account_cannot_read_the_agents_secrets(stack: Stack) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -106,7 +107,12 @@ def test_a_shell_command_runs_in_the_workdir_with_the_connection_env(ssh_stack: 
     assert trail[1]["request"] == {
         "argv": ["sh", "-c", 'pwd; echo "$GREETING"; exit 4'],
         "workdir": str(ssh_stack.base),
-        "run_as": "agent",
+        # run_as: agent is the agent's own account, recorded as the real uid (root here).
+        "run_as": {
+            "mode": "agent",
+            "uid": os.geteuid(),
+            "user": pwd.getpwuid(os.geteuid()).pw_name,
+        },
     }
     assert trail[2]["type"] == "shell.result" and trail[2]["result"]["exit_code"] == 4
 

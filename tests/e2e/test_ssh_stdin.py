@@ -1,6 +1,8 @@
 """A program a command reads from stdin is recorded and checked before it runs, end to end:
 `echo 'rm -rf DIR' | gatehouse exec ops -- sh` through a real control plane and agent, to a
-real sshd and to the agent's own host; the file system says what ran."""
+real sshd and to the agent's own host; the file system says what ran. Also behind wrappers
+the gateway has no rule for (`strace -f sh`, `ip netns exec X sh`) and through redirections
+(`sh <&0`, `bash <(cat)`), which it holds as unsure."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from devenv.postgres import PostgresServer
 from devenv.sshd import Sshd
 from devenv.stack import GATEHOUSE, REPO
+from tests.conftest import require_tool
 from tests.e2e.conftest import Stack, ssh_policy, start_stack
 
 
@@ -67,6 +70,24 @@ def command_event(stack: Stack, marker: str) -> tuple[dict[str, Any], list[dict[
         ("ops", ["timeout", "30", "sh"]),
         ("web-1", ["nice", "-n", "1", "sh", "/dev/stdin"]),
         ("ops", ["xargs", "rm", "-rf"]),
+        # wrappers without a rule of their own, and redirections of stdin
+        ("ops", ["strace", "-f", "sh"]),
+        ("web-1", ["pkexec", "sh"]),
+        ("ops", ["chrt", "1", "sh"]),
+        ("web-1", ["ip", "netns", "exec", "stdin-none", "sh"]),
+        ("ops", ["newgrp"]),
+        ("web-1", ["make", "-f", "-"]),
+        ("ops", ["find", ".", "-maxdepth", "0", "-exec", "sh", ";"]),
+        ("ops", ["env", "-S", "sh"]),
+        ("ops", ["ionice", "-c2", "sh"]),
+        ("web-1", ["stdbuf", "-oL", "sh"]),
+        ("ops", ["setsid", "sh"]),
+        ("web-1", ["script", "-qc", "sh", "/dev/null"]),
+        ("ops", ["su", "-c", "sh"]),
+        ("ops", ["sh", "-c", "sh <&0"]),
+        ("web-1", ["sh <&0"]),
+        ("web-1", ["exec 3<&0; sh <&3"]),
+        ("ops", ["bash", "-c", "bash <(cat)"]),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
@@ -89,6 +110,71 @@ def test_a_denied_program_on_stdin_never_runs(
     assert event["request"]["stdin"]["text"] == program
     assert event["request"]["stdin"]["sha256"] == hashlib.sha256(program.encode()).hexdigest()
     assert not [e for e in session if e["type"].endswith(".result")]
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A network namespace of this test's own, for `ip netns exec`."""
+    require_tool("ip")
+    name = f"stdin-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+MARK = "echo ran > {marker}\n"
+
+
+@pytest.mark.parametrize(
+    ("connection", "argv", "program", "unsure"),
+    [
+        ("ops", ["strace", "-f", "-o", "/dev/null", "sh"], MARK, "strace may start sh"),
+        ("web-1", ["chrt", "-o", "0", "sh"], MARK, "chrt may start sh"),
+        ("ops", ["ip", "netns", "exec", "{namespace}", "sh"], MARK, "ip may start sh"),
+        ("ops", ["newgrp"], MARK, "newgrp starts a shell"),
+        ("web-1", ["make", "-f", "-"], "all:\n\techo ran > {marker}\n", None),
+        ("web-1", ["find / -maxdepth 0 -exec sh \\;"], MARK, "find may start sh"),
+        ("web-1", ["sh <&0"], MARK, "stdin is redirected: <&0"),
+        ("ops", ["sh", "-c", "exec 3<&0; sh <&3"], MARK, "stdin is redirected: <&3"),
+        ("web-1", ["bash <(cat)"], MARK, "stdin is redirected: <(cat)"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v) if isinstance(v, list) else "",
+)
+def test_a_program_behind_a_wrapper_or_a_redirection_is_recorded_and_runs(
+    stack: Stack,
+    sshd: Sshd,
+    tmp_path: Path,
+    namespace: str,
+    connection: str,
+    argv: list[str],
+    program: str,
+    unsure: str | None,
+) -> None:
+    """What the gateway cannot be sure of is held and recorded all the same: the program in
+    the trail is the one that ran on the target."""
+    if argv[0] == "strace":
+        require_tool("strace")
+    marker = tmp_path / f"ran-{uuid.uuid4().hex[:8]}"
+    text = program.format(marker=marker)
+    argv = [word.format(namespace=namespace) for word in argv]
+    logins = sshd.log().count("Accepted publickey")
+    result = pipe(stack, text, "exec", connection, "--", *argv)
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "ran\n"  # it ran on the target
+    if connection == "web-1":
+        assert sshd.log().count("Accepted publickey") == logins + 1
+    event, session = command_event(stack, str(marker))
+    assert event["decision"] == {"result": "allow"}
+    assert event["request"]["stdin"]["text"] == text  # what ran is what was recorded
+    reader = event["request"]["stdin"]["readers"][0]
+    assert reader.get("unsure", "").startswith(unsure or "")
+    assert ("unsure" in reader) == bool(unsure)
+    [outcome] = [e for e in session if e["type"].endswith(".result")]
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert outcome["result"]["stdin"] == {"sha256": digest, "bytes": len(text.encode())}
+    assert outcome["result"]["exit_code"] == 0
 
 
 @pytest.mark.parametrize("connection", ["ops", "web-1"])

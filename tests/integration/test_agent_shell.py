@@ -20,8 +20,11 @@ AS_AGENT = {"run_as": "agent"}
 
 
 def ran(status: int, signal: str | None = None, error: str | None = None) -> codec.Exit:
-    """The exit of a command the agent ran as its own user (`run_as: agent`)."""
-    return codec.Exit(status, signal, error, run_as="agent")
+    """The exit of a command the agent ran as its own user (`run_as: agent`): its real uid."""
+    return codec.Exit(status, signal, error, run_as=codec.RunAs("agent", os.geteuid(), USER))
+
+
+USER = pwd.getpwuid(os.geteuid()).pw_name
 
 
 ACCOUNT = RUN_AS_ACCOUNT
@@ -164,7 +167,9 @@ async def test_client_leaving_stops_the_command(tmp_path: Path) -> None:
 async def test_a_command_runs_as_the_run_as_account(account: pwd.struct_passwd) -> None:
     script = 'id -u; id -g; echo "$HOME|$USER|$LOGNAME|$SHELL"; pwd'
     _, client = await run(codec.Start(argv=("sh", "-c", script)), run_as=ACCOUNT)
-    assert client.exit == codec.Exit(0, run_as=ACCOUNT), client.stderr
+    switched = codec.RunAs("account", account.pw_uid, ACCOUNT, account=ACCOUNT)
+    assert client.exit == codec.Exit(0, run_as=switched), client.stderr
+    assert shell.running_as({"run_as": ACCOUNT}) == switched  # what it said at attach
     assert client.stdout.decode().splitlines() == [
         str(account.pw_uid),
         str(account.pw_gid),
@@ -185,6 +190,21 @@ async def test_the_run_as_account_cannot_read_the_agents_secrets(
     _, client = await run(codec.Start(argv=("sh", "-c", script)), run_as=ACCOUNT)
     assert client.stdout == b"end\n"
     assert client.stderr.count(b"Permission denied") == 2
+
+
+def test_the_agent_says_whose_account_runs_commands_before_any_runs() -> None:
+    """What the agent tells the control plane when a session attaches."""
+    assert shell.running_as(AS_AGENT) == codec.RunAs("agent", os.geteuid(), USER)
+    assert shell.own_account() == shell.running_as(AS_AGENT)
+    missing = shell.running_as({"run_as": "no-such-account-gatehouse"})
+    assert (missing.mode, missing.account, missing.uid, missing.user) == (
+        "account",
+        "no-such-account-gatehouse",
+        None,
+        None,
+    )
+    assert "does not exist" in (missing.error or "")
+    assert "names no run_as" in (shell.running_as({}).error or "")
 
 
 async def test_without_run_as_nothing_runs(tmp_path: Path) -> None:

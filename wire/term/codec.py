@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DEFAULT_SHELL",
     "EOF",
     "EXIT",
     "INPUT",
@@ -41,6 +42,7 @@ __all__ = [
     "Message",
     "ProtocolError",
     "Pty",
+    "RunAs",
     "Start",
     "TermFramer",
     "encode",
@@ -60,6 +62,9 @@ TARGET_TAGS = frozenset({STDOUT, STDERR, EXIT})
 MAX_BODY = 4 * 1024 * 1024
 """Longest body accepted; senders cut their data into much smaller pieces (64 KiB)."""
 DEFAULT_TERM = "xterm-256color"
+DEFAULT_SHELL = ("/bin/sh", "-c")
+"""What runs a `Start.command` text on a `shell` connection without a ``shell`` of its own,
+with the text as its last word: the agent runs it so, and the control plane reads the text so."""
 SIGNALS = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2", "WINCH"})
 
 _HEADER = struct.Struct("!BI")
@@ -105,16 +110,59 @@ class Start:
 
 
 @dataclass(frozen=True, slots=True)
+class RunAs:
+    """The account a `shell` connection's commands run as, as the agent resolved it.
+
+    `mode` is what the connection asks for: ``agent`` (the agent's own user) or ``account``
+    (the `account` named by its ``run_as``). `uid` and `user` are the real account: for
+    ``agent`` whatever the agent runs as, root included. `error` says why the agent cannot run
+    commands as it (then `uid` and `user` are None and nothing runs)."""
+
+    mode: str
+    uid: int | None = None
+    user: str | None = None
+    account: str | None = None
+    error: str | None = None
+
+    def as_event(self) -> dict[str, Any]:
+        """As events record it: ``{"mode": "agent", "uid": 0, "user": "root"}``."""
+        event: dict[str, Any] = {"mode": self.mode}
+        if self.account is not None:
+            event["account"] = self.account
+        event["uid"] = self.uid
+        event["user"] = self.user
+        if self.error is not None:
+            event["error"] = self.error
+        return event
+
+    @classmethod
+    def from_event(cls, document: object) -> RunAs:
+        """From `as_event`'s shape; raises ProtocolError when it is not one."""
+        if not isinstance(document, dict) or not isinstance(document.get("mode"), str):
+            raise ProtocolError("run_as must be an object with a mode")
+        uid = document.get("uid")
+        if uid is not None and (not isinstance(uid, int) or isinstance(uid, bool) or uid < 0):
+            raise ProtocolError("run_as: uid must be a non-negative integer")
+        return cls(
+            document["mode"],
+            uid,
+            _optional_str(document, "user"),
+            _optional_str(document, "account"),
+            _optional_str(document, "error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     """How the command ended. `status` is its exit status (128 + n after signal n, as shells
     report it); `signal` names the signal that ended it; `error` says why the gateway or the
-    agent ended or refused it (then the command may not have run at all). `run_as` names the
-    account a `shell` command ran as, said by the agent that switched to it."""
+    agent ended or refused it (then the command may not have run at all). `run_as` is the
+    account a `shell` command ran as, said by the agent that started it."""
 
     status: int
     signal: str | None = None
     error: str | None = None
-    run_as: str | None = None  # the account the command ran as, as the agent reports it
+    run_as: RunAs | None = None
 
 
 @dataclass(slots=True)
@@ -154,7 +202,7 @@ def encode_exit(exit_: Exit) -> bytes:
     if exit_.error is not None:
         document["error"] = exit_.error
     if exit_.run_as is not None:
-        document["run_as"] = exit_.run_as
+        document["run_as"] = exit_.run_as.as_event()
     return encode(EXIT, json.dumps(document, separators=(",", ":")).encode())
 
 
@@ -205,12 +253,14 @@ def parse_exit(body: bytes | memoryview) -> Exit:
     status = document.get("status")
     if not isinstance(status, int) or isinstance(status, bool):
         raise ProtocolError("exit: status must be an integer")
-    return Exit(
-        status,
-        _optional_str(document, "signal"),
-        _optional_str(document, "error"),
-        _optional_str(document, "run_as"),
-    )
+    run_as = document.get("run_as")
+    if isinstance(run_as, str):  # an agent before uids were reported: the name it switched to
+        mode = "agent" if run_as == "agent" else "account"
+        account = None if mode == "agent" else run_as
+        run_as = RunAs(mode, user=account, account=account)
+    elif run_as is not None:
+        run_as = RunAs.from_event(run_as)
+    return Exit(status, _optional_str(document, "signal"), _optional_str(document, "error"), run_as)
 
 
 class TermFramer:

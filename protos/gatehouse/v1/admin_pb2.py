@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/admin.proto\x12\x0cgatehouse.v1\"E\n\x12\x43reateAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"f\n\x13\x43reateAgentResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pin\x18\x03 \x01(\t\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\t\"\x13\n\x11ListAgentsRequest\"\xc1\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x11\n\tlast_seen\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x65rt_expires\x18\x08 \x01(\t\x12\x13\n\x0binstance_id\x18\t \x01(\t\x12\x0f\n\x07replica\x18\n \x01(\t\"=\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.gatehouse.v1.AgentInfo\"7\n\x12RevokeAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"6\n\x13RevokeAgentResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x03(\t\"1\n\x0c\x41pplyRequest\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"J\n\rApplyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanges\x18\x02 \x03(\t\x12\x17\n\x0f\x61gents_notified\x18\x03 \x03(\t\"\x18\n\x16ListConnectionsRequest\"`\n\x0e\x43onnectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x14\n\x0c\x61gent_status\x18\x04 \x01(\t\x12\r\n\x05\x61udit\x18\x05 \x01(\t\"L\n\x17ListConnectionsResponse\x12\x31\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1c.gatehouse.v1.ConnectionInfo\"E\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x04\"f\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\t\"M\n\x13\x43reateTokenResponse\x12&\n\x05token\x18\x01 \x01(\x0b\x32\x17.gatehouse.v1.TokenInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"=\n\x12ListTokensResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.gatehouse.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13RevokeTokenResponse2\xa2\x05\n\x0c\x41\x64minService\x12R\n\x0b\x43reateAgent\x12 .gatehouse.v1.CreateAgentRequest\x1a!.gatehouse.v1.CreateAgentResponse\x12O\n\nListAgents\x12\x1f.gatehouse.v1.ListAgentsRequest\x1a .gatehouse.v1.ListAgentsResponse\x12R\n\x0bRevokeAgent\x12 .gatehouse.v1.RevokeAgentRequest\x1a!.gatehouse.v1.RevokeAgentResponse\x12@\n\x05\x41pply\x12\x1a.gatehouse.v1.ApplyRequest\x1a\x1b.gatehouse.v1.ApplyResponse\x12^\n\x0fListConnections\x12$.gatehouse.v1.ListConnectionsRequest\x1a%.gatehouse.v1.ListConnectionsResponse\x12R\n\x0b\x43reateToken\x12 .gatehouse.v1.CreateTokenRequest\x1a!.gatehouse.v1.CreateTokenResponse\x12O\n\nListTokens\x12\x1f.gatehouse.v1.ListTokensRequest\x1a .gatehouse.v1.ListTokensResponse\x12R\n\x0bRevokeToken\x12 .gatehouse.v1.RevokeTokenRequest\x1a!.gatehouse.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/admin.proto\x12\x0cgatehouse.v1\"E\n\x12\x43reateAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"f\n\x13\x43reateAgentResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pin\x18\x03 \x01(\t\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\t\"\x13\n\x11ListAgentsRequest\"\xc1\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x11\n\tlast_seen\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x65rt_expires\x18\x08 \x01(\t\x12\x13\n\x0binstance_id\x18\t \x01(\t\x12\x0f\n\x07replica\x18\n \x01(\t\"=\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.gatehouse.v1.AgentInfo\"7\n\x12RevokeAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"6\n\x13RevokeAgentResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x03(\t\"1\n\x0c\x41pplyRequest\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\\\n\rApplyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanges\x18\x02 \x03(\t\x12\x17\n\x0f\x61gents_notified\x18\x03 \x03(\t\x12\x10\n\x08warnings\x18\x04 \x03(\t\"\x18\n\x16ListConnectionsRequest\"`\n\x0e\x43onnectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x14\n\x0c\x61gent_status\x18\x04 \x01(\t\x12\r\n\x05\x61udit\x18\x05 \x01(\t\"L\n\x17ListConnectionsResponse\x12\x31\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1c.gatehouse.v1.ConnectionInfo\"E\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x04\"f\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\t\"M\n\x13\x43reateTokenResponse\x12&\n\x05token\x18\x01 \x01(\x0b\x32\x17.gatehouse.v1.TokenInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"=\n\x12ListTokensResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.gatehouse.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13RevokeTokenResponse2\xa2\x05\n\x0c\x41\x64minService\x12R\n\x0b\x43reateAgent\x12 .gatehouse.v1.CreateAgentRequest\x1a!.gatehouse.v1.CreateAgentResponse\x12O\n\nListAgents\x12\x1f.gatehouse.v1.ListAgentsRequest\x1a .gatehouse.v1.ListAgentsResponse\x12R\n\x0bRevokeAgent\x12 .gatehouse.v1.RevokeAgentRequest\x1a!.gatehouse.v1.RevokeAgentResponse\x12@\n\x05\x41pply\x12\x1a.gatehouse.v1.ApplyRequest\x1a\x1b.gatehouse.v1.ApplyResponse\x12^\n\x0fListConnections\x12$.gatehouse.v1.ListConnectionsRequest\x1a%.gatehouse.v1.ListConnectionsResponse\x12R\n\x0b\x43reateToken\x12 .gatehouse.v1.CreateTokenRequest\x1a!.gatehouse.v1.CreateTokenResponse\x12O\n\nListTokens\x12\x1f.gatehouse.v1.ListTokensRequest\x1a .gatehouse.v1.ListTokensResponse\x12R\n\x0bRevokeToken\x12 .gatehouse.v1.RevokeTokenRequest\x1a!.gatehouse.v1.RevokeTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,27 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYREQUEST']._serialized_start=610
   _globals['_APPLYREQUEST']._serialized_end=659
   _globals['_APPLYRESPONSE']._serialized_start=661
-  _globals['_APPLYRESPONSE']._serialized_end=735
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=737
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=761
-  _globals['_CONNECTIONINFO']._serialized_start=763
-  _globals['_CONNECTIONINFO']._serialized_end=859
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=861
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=937
-  _globals['_CREATETOKENREQUEST']._serialized_start=939
-  _globals['_CREATETOKENREQUEST']._serialized_end=1008
-  _globals['_TOKENINFO']._serialized_start=1010
-  _globals['_TOKENINFO']._serialized_end=1112
-  _globals['_CREATETOKENRESPONSE']._serialized_start=1114
-  _globals['_CREATETOKENRESPONSE']._serialized_end=1191
-  _globals['_LISTTOKENSREQUEST']._serialized_start=1193
-  _globals['_LISTTOKENSREQUEST']._serialized_end=1212
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=1214
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=1275
-  _globals['_REVOKETOKENREQUEST']._serialized_start=1277
-  _globals['_REVOKETOKENREQUEST']._serialized_end=1309
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=1311
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=1332
-  _globals['_ADMINSERVICE']._serialized_start=1335
-  _globals['_ADMINSERVICE']._serialized_end=2009
+  _globals['_APPLYRESPONSE']._serialized_end=753
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=755
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=779
+  _globals['_CONNECTIONINFO']._serialized_start=781
+  _globals['_CONNECTIONINFO']._serialized_end=877
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=879
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=955
+  _globals['_CREATETOKENREQUEST']._serialized_start=957
+  _globals['_CREATETOKENREQUEST']._serialized_end=1026
+  _globals['_TOKENINFO']._serialized_start=1028
+  _globals['_TOKENINFO']._serialized_end=1130
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1132
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1209
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1211
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1230
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1232
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1293
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1295
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1327
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=1329
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1350
+  _globals['_ADMINSERVICE']._serialized_start=1353
+  _globals['_ADMINSERVICE']._serialized_end=2027
 # @@protoc_insertion_point(module_scope)

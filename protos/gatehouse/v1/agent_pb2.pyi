@@ -165,21 +165,32 @@ class Hello(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     hostname: _builtins.str
+    uid: _builtins.int
+    """The account the agent process runs as: `run_as: agent` shell commands run as it too, so
+    `admin apply` warns when that is root. Unset on agents older than this field.
+    """
+    user: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        uid: _builtins.int | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "hostname", b"hostname", "name", b"name", "uid", b"uid", "user", b"user", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
+    _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
@@ -409,19 +420,67 @@ class SessionAttach(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_AS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    @_builtins.property
+    def run_as(self) -> Global___RunAs:
+        """A `shell` session: whose account its commands run as, resolved by the agent now, so
+        that the command's event records the real account before anything runs.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        run_as: Global___RunAs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run_as", b"run_as"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_as", b"run_as", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionAttach: _TypeAlias = SessionAttach  # noqa: Y015
+
+@_typing.final
+class RunAs(_message.Message):
+    """The account a shell connection's commands run as (wire/term/codec.py RunAs)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """"agent" (the agent's own user) | "account" (the run_as account)"""
+    account: _builtins.str
+    """the run_as name, in account mode"""
+    uid: _builtins.int
+    """the real account; unset when `error` says it cannot be used"""
+    user: _builtins.str
+    """its name; empty for a uid without one"""
+    error: _builtins.str
+    """why the agent cannot run commands as it"""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        account: _builtins.str = ...,
+        uid: _builtins.int | None = ...,
+        user: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "uid", b"uid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "account", b"account", "error", b"error", "mode", b"mode", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
+    _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
+
+Global___RunAs: _TypeAlias = RunAs  # noqa: Y015
 
 @_typing.final
 class GatewayFrame(_message.Message):

@@ -26,6 +26,10 @@ def events(db: Database) -> list[dict[str, Any]]:
         return [json.loads(body) for body in rows]
 
 
+ROOT_AGENT = codec.RunAs("agent", 0, "root")
+"""What an agent running as root says at attach for a `run_as: agent` connection."""
+
+
 class Harness:
     def __init__(
         self,
@@ -34,6 +38,8 @@ class Harness:
         kind: str,
         mode: str,
         shell: tuple[str, ...] | None = None,
+        run_as: str = "agent",
+        agent_run_as: codec.RunAs | None = ROOT_AGENT,
     ) -> None:
         self.wakes = 0
         self.pieces: dict[int, bytes] = {}
@@ -41,7 +47,7 @@ class Harness:
         ctx = SessionContext(
             session_id="sess-1",
             identity=Identity("alice", email="alice@example.com", groups=("ops",)),
-            connection={"name": "web-1", "type": kind},
+            connection={"name": "web-1", "type": kind, "agent": "vpc-1"},
             audit_mode="strict",
             source={"ip": "192.0.2.10"},
         )
@@ -64,6 +70,8 @@ class Harness:
             recorded=recorded,
             workdir="/srv/app" if kind == "shell" else None,
             shell=shell,
+            run_as=run_as if kind == "shell" else None,
+            agent_run_as=agent_run_as if kind == "shell" else None,
         )
 
     def wake(self) -> None:
@@ -161,9 +169,50 @@ async def test_a_shell_command_records_argv_and_workdir(db: Database, writer: Au
     assert event["request"] == {
         "argv": ["echo", ";rm -rf /"],
         "workdir": "/srv/app",
-        "run_as": None,
+        "run_as": {"mode": "agent", "uid": 0, "user": "root"},  # what the agent said at attach
     }
     assert event["decision"] == {"result": "allow"}
+
+
+async def test_a_shell_result_records_the_account_the_agent_started_it_as(
+    db: Database, writer: AuditWriter
+) -> None:
+    account = codec.RunAs("account", 1001, "deploy", account="deploy")
+    h = Harness(db, writer, "shell", "exec", run_as="deploy", agent_run_as=account)
+    assert await h.inspector.from_client(start(argv=("id", "-u")))
+    await h.agent(codec.encode_exit(codec.Exit(0, run_as=account)))
+    command, result = events(db)
+    expected = {"mode": "account", "account": "deploy", "uid": 1001, "user": "deploy"}
+    assert command["request"]["run_as"] == expected
+    assert result["result"]["run_as"] == expected
+
+
+@pytest.mark.parametrize(
+    ("run_as", "reported", "says"),
+    [
+        ("agent", None, "did not say whose account"),
+        ("deploy", ROOT_AGENT, "would run this command as its own user (uid 0, root)"),
+        ("deploy", codec.RunAs("account", 1002, "other", account="other"), "run_as: deploy"),
+    ],
+    ids=["an older agent", "a stale policy", "another account"],
+)
+async def test_a_shell_command_whose_account_the_trail_cannot_vouch_for_never_runs(
+    db: Database, writer: AuditWriter, run_as: str, reported: codec.RunAs | None, says: str
+) -> None:
+    h = Harness(db, writer, "shell", "exec", run_as=run_as, agent_run_as=reported)
+    assert await h.inspector.from_client(start(argv=("touch", "/tmp/x"))) == b""
+    [(_, stderr), (_, body)] = decode(b"".join(h.inspector.take_synthetic()))
+    assert says in stderr.decode()
+    assert codec.parse_exit(body).status == 255  # the gateway's failure, not a guardrail's
+    [event] = events(db)
+    assert event["decision"]["result"] == "deny" and event["decision"]["rule"] == "(run_as)"
+    if reported is None:
+        assert event["request"]["run_as"] == {
+            "mode": "agent",
+            "uid": None,
+            "user": None,
+            "error": "not reported by the agent",
+        }
 
 
 async def test_input_before_start_ends_the_session(db: Database, writer: AuditWriter) -> None:

@@ -26,8 +26,20 @@ starts = st.one_of(
     st.builds(codec.Start, subsystem=names.filter(bool), env=envs),
     st.builds(codec.Start, pty=ptys, env=envs),  # a login shell
 )
+run_as = st.builds(
+    codec.RunAs,
+    st.sampled_from(["agent", "account"]),
+    st.none() | st.integers(0, 2**32 - 1),
+    st.none() | names,
+    st.none() | names,
+    st.none() | st.text(),
+)
 exits = st.builds(
-    codec.Exit, st.integers(-(2**31), 2**31), st.none() | names, st.none() | st.text()
+    codec.Exit,
+    st.integers(-(2**31), 2**31),
+    st.none() | names,
+    st.none() | st.text(),
+    st.none() | run_as,
 )
 
 
@@ -144,11 +156,22 @@ def test_malformed_start_is_refused(body: bytes, problem: str) -> None:
         (b'{"status": "0"}', "status must be an integer"),
         (b'{"status": true}', "status must be an integer"),
         (b'{"status": 1, "error": 2}', "error must be a string"),
+        (b'{"status": 1, "run_as": 2}', "run_as must be an object"),
+        (b'{"status": 1, "run_as": {"mode": "agent", "uid": -1}}', "non-negative"),
+        (b'{"status": 1, "run_as": {"mode": "agent", "uid": true}}', "non-negative"),
     ],
 )
 def test_malformed_exit_is_refused(body: bytes, problem: str) -> None:
     with pytest.raises(codec.ProtocolError, match=problem):
         codec.parse_exit(body)
+
+
+def test_an_older_agents_run_as_name_still_parses_without_a_uid() -> None:
+    agent = codec.parse_exit(b'{"status": 0, "run_as": "agent"}').run_as
+    assert agent == codec.RunAs("agent")
+    assert agent.as_event() == {"mode": "agent", "uid": None, "user": None}
+    named = codec.parse_exit(b'{"status": 0, "run_as": "deploy"}').run_as
+    assert named == codec.RunAs("account", user="deploy", account="deploy")
 
 
 def test_start_defaults_fill_a_sparse_pty() -> None:
