@@ -160,27 +160,29 @@ def run_as_warnings(document: PolicyDocument, agents: AgentRegistry) -> list[str
     for conn in document.connections:
         if not isinstance(conn, ShellConnection) or conn.target.run_as != RUN_AS_AGENT:
             continue
-        link = agents.link(conn.agent)
-        if link is None:
+        links = agents.links(conn.agent)
+        if not links:
             warnings.append(
                 f"connection {conn.name!r} runs commands as agent {conn.agent!r}'s own user "
-                "(run_as: agent), and that agent is offline, so which account that is cannot "
-                "be told now; if the agent runs as root, so do its commands (each command's "
-                "event records the uid)"
+                "(run_as: agent), and no instance of that agent is connected to this replica, "
+                "so which account that is cannot be told now; if the agent runs as root, so do "
+                "its commands (each command's event records the uid)"
             )
-        elif link.uid is None:
-            warnings.append(
-                f"agent {conn.agent!r} does not report its account (it is older than the "
-                f"control plane): connection {conn.name!r}'s commands are refused until it is "
-                "upgraded"
-            )
-        elif link.uid == 0:
-            warnings.append(
-                f"connection {conn.name!r} runs commands as root: run_as: agent, and agent "
-                f"{conn.agent!r} runs as uid 0 ({link.user or 'root'}), so its commands can "
-                "read and change anything on that host; name an unprivileged account "
-                "(run_as: NAME) unless that is meant"
-            )
+        for link in links:
+            where = f"agent {conn.agent!r} (instance {link.instance_id})"
+            if link.uid is None:
+                warnings.append(
+                    f"{where} does not report its account (it is older than the control "
+                    f"plane): connection {conn.name!r}'s commands are refused on it until it "
+                    "is upgraded"
+                )
+            elif link.uid == 0:
+                warnings.append(
+                    f"connection {conn.name!r} runs commands as root: run_as: agent, and "
+                    f"{where} runs as uid 0 ({link.user or 'root'}), so its commands can "
+                    "read and change anything on that host; name an unprivileged account "
+                    "(run_as: NAME) unless that is meant"
+                )
     return warnings
 
 
