@@ -116,6 +116,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.committed = 0  # events, for metrics
         self.commits = 0  # transactions
+        self.durable_commits = 0  # transactions that waited for the disk (fsync)
         self.commit_seconds = 0.0
         #: Called with each transaction's seconds (the metrics' latency histogram).
         self.on_commit: Callable[[float], None] | None = None
@@ -280,6 +281,7 @@ class AuditWriter:
             finally:
                 elapsed = time.perf_counter() - started
                 self.commits += 1
+                self.durable_commits += 1
                 self.commit_seconds += elapsed
                 if self.on_commit is not None:
                     self.on_commit(elapsed)
