@@ -70,6 +70,10 @@ __all__ = [
     "is_result",
 ]
 
+#: Seconds after a relaxed commit within which the writer syncs it, when no durable commit did
+#: meanwhile: the most a power loss can take from the trail (a process crash takes nothing).
+SYNC_INTERVAL = 1.0
+
 # Told why a session's result event could not be recorded; it must end that session.
 FailureCallback = Callable[[str], None]
 # Told each signed checkpoint after its commit (the witnesses); must not block.
@@ -104,7 +108,7 @@ class AuditWriter:
         queue_size: int = 8192,
         checkpoint_every: int = 0,
         checkpoint_interval: float = 0.0,
-        sync_interval: float = 1.0,
+        sync_interval: float = SYNC_INTERVAL,
     ) -> None:
         self._db = db
         self._signer: SigningKey | None = None

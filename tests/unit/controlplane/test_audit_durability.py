@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditWriter
 from controlplane.store.database import Database
+from tests.unit.controlplane.test_audit_writer import stored
 from trail.chain import verify_chain
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,15 +49,6 @@ CHILD = textwrap.dedent(
     asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
     """
 )
-
-
-def stored(db_path: Path) -> list[tuple[int, str, str]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        rows = conn.execute("SELECT seq, body, hash FROM audit_events ORDER BY seq").fetchall()
-    finally:
-        conn.close()
-    return [(int(seq), str(body), str(hash_)) for seq, body, hash_ in rows]
 
 
 def traced_child(tmp_path: Path, db_path: Path, statements: int, sync_interval: float) -> str:
