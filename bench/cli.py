@@ -80,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exec-runs", type=int, help="calls of each command (default 30; 5 quick)")
     p.add_argument("--export-events", type=int, help="events to export (default 200000)")
     p.add_argument(
-        "--audit-sessions", type=_int_list, help="concurrent sessions (default 1,64,512)"
+        "--audit-sessions", type=_int_list, help="concurrent sessions (default 1,8,32,128)"
     )
     p.add_argument(
         "--merge",

@@ -28,7 +28,7 @@ class Config:
     scale: int = 10  # pgbench -i -s
     exec_runs: int = 30
     export_events: int = 200_000
-    audit_sessions: tuple[int, ...] = (1, 64, 512)
+    audit_sessions: tuple[int, ...] = (1, 8, 32, 128)
     keep: bool = False  # keep the scratch directory (logs) after the run
 
     @classmethod

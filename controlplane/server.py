@@ -374,6 +374,8 @@ class ControlPlane:
         return {
             "events_committed": self.audit.committed,
             "commits": self.audit.commits,
+            "durable_commits": self.audit.durable_commits,
+            "syncs": self.audit.syncs,
             "commit_seconds": self.audit.commit_seconds,
             "queue_depth": self.audit.queue_depth,
             "result_failures": self.audit.result_failures,

@@ -6,7 +6,7 @@
 # pooling baseline; it is started from its binary, never as a service) and shellcheck (the
 # agent installer's lint), systemd-analyze and kubectl (the deploy/ checks), setpriv and ip
 # (the run_as sandbox and the network-namespace tests) and strace (a wrapper the stdin-program
-# tests run a shell behind).
+# tests run a shell behind, and the count of the audit writer's syncs).
 set -euo pipefail
 
 have_pg() {
@@ -27,7 +27,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # checks deplo
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)  # kustomizes deploy/kubernetes/
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the run_as capability sandbox
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces of test_network.py
-command -v strace >/dev/null 2>&1 || missing+=(strace)  # a wrapper test_ssh_stdin.py runs a shell behind
+command -v strace >/dev/null 2>&1 || missing+=(strace)  # test_ssh_stdin.py's wrapper; counts fdatasyncs
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -5,6 +5,13 @@ request; everything queued meanwhile rides in the same transaction (natural batc
 timers), so one fsync serves many sessions. When the store fails, every waiting caller gets
 `AuditUnavailable` and refuses its request: nothing unaudited goes through.
 
+Only `commit()` waits for the disk (ADR 0026). An event that is `submit()`-ed (a result, an
+async-mode request, an auth failure: nobody waits for it) is committed as soon as the writer
+takes it, but a batch of only such events commits *relaxed*, without the fsync: it survives a
+crash of this process at once, and a power loss once the next durable commit (whose sync
+covers everything before it) or `sync_interval` later the writer's own sync has run. So a
+statement costs one fsync, not two, and chain order and seq are exactly as before.
+
 One event never fails its neighbours: each is encoded on its own before it joins the group, and
 one that has no canonical form fails only its own future with `InvalidEvent` (drafts are checked
 when they are made, so this is the second line). A *result* event (`*.result`: what ran and how
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -51,7 +59,7 @@ HEAD = ChainHeadRow.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[Draft, "asyncio.Future[int]"]
+_Item = tuple[Draft, "asyncio.Future[int]", bool]  # the event, its seq, durable
 T = TypeVar("T")
 __all__ = [
     "AuditUnavailable",
@@ -61,6 +69,10 @@ __all__ = [
     "append_events",
     "is_result",
 ]
+
+#: Seconds after a relaxed commit within which the writer syncs it, when no durable commit did
+#: meanwhile: the most a power loss can take from the trail (a process crash takes nothing).
+SYNC_INTERVAL = 1.0
 
 # Told why a session's result event could not be recorded; it must end that session.
 FailureCallback = Callable[[str], None]
@@ -96,11 +108,17 @@ class AuditWriter:
         queue_size: int = 8192,
         checkpoint_every: int = 0,
         checkpoint_interval: float = 0.0,
+        sync_interval: float = SYNC_INTERVAL,
     ) -> None:
         self._db = db
         self._signer: SigningKey | None = None
         self._checkpoint_every = checkpoint_every  # 0: only checkpoints that are asked for
         self._checkpoint_interval = checkpoint_interval  # 0: no timed checkpoints
+        # A relaxed commit is made durable at the latest this long after it (a power loss
+        # before that, with no durable commit meanwhile, can lose it; a process crash cannot).
+        self._sync_interval = sync_interval
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._unsynced = False  # relaxed commits not yet synced (read and set in the thread)
         self._unsigned = False  # events follow the last checkpoint (read from the store first)
         self._ticker: asyncio.Task[None] | None = None
         self._watchers: dict[str, FailureCallback] = {}
@@ -116,6 +134,8 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.committed = 0  # events, for metrics
         self.commits = 0  # transactions
+        self.durable_commits = 0  # transactions that waited for the disk (fsync)
+        self.syncs = 0  # timed syncs of relaxed commits that no durable commit covered
         self.commit_seconds = 0.0
         #: Called with each transaction's seconds (the metrics' latency histogram).
         self.on_commit: Callable[[float], None] | None = None
@@ -174,7 +194,7 @@ class AuditWriter:
             unwatch()
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
+        """Commit what is queued, make it durable, then stop."""
         self.stop_followers()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -185,31 +205,42 @@ class AuditWriter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+            if self._sync_timer is not None:
+                self._sync_timer.cancel()
+                self._sync_timer = None
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._sync)
+            except Exception:
+                log.exception("cannot sync the audit store's last relaxed commits")
         self._thread.shutdown(wait=True)
 
-    async def submit(self, event: Draft) -> asyncio.Future[int]:
+    async def submit(self, event: Draft, *, durable: bool = False) -> asyncio.Future[int]:
         """Queue an event; the future resolves to its seq once committed.
 
         Awaiting this call itself only waits for room in the queue (back-pressure). The future
         fails with `InvalidEvent` for an event that has no canonical form (its neighbours are
         committed), or `AuditUnavailable` when the store failed. A result event's failure is
         also counted and reported to the session's `watch` callback: nobody need await it.
+        Without `durable`, the commit that resolves the future may be a relaxed one (see the
+        module's docstring): in the store and surviving this process, not yet a power loss.
         """
         if self._task is None:
             raise AuditUnavailable("the audit writer is not running")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._queue.full():
-            await self._queue.put((event, future))
+            await self._queue.put((event, future, durable))
         else:  # the common case, without a coroutine for Queue.put
-            self._queue.put_nowait((event, future))
+            self._queue.put_nowait((event, future, durable))
         return future
 
     async def commit(self, event: Draft) -> int:
         """Queue an event and wait until it is durably committed; returns its seq."""
-        return await (await self.submit(event))
+        return await (await self.submit(event, durable=True))
 
     async def commit_all(self, events: Sequence[Draft]) -> list[int]:
-        futures = [await self.submit(e) for e in events]
+        """`commit` of several events, queued together (one group commit when the writer is
+        idle); returns their seqs in order."""
+        futures = [await self.submit(e, durable=True) for e in events]
         return list(await asyncio.gather(*futures))
 
     async def checkpoint(self, identity: Identity | None = None) -> int:
@@ -259,17 +290,22 @@ class AuditWriter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            drafts = [draft for draft, _ in batch]
+            drafts = [draft for draft, _, _ in batch]
+            durable = any(wanted for _, _, wanted in batch)
             started = time.perf_counter()
             try:
-                outcome = await loop.run_in_executor(self._thread, self._append, drafts)
+                outcome = await loop.run_in_executor(self._thread, self._append, drafts, durable)
             except Exception as exc:
                 log.exception("audit commit failed for %d events", len(batch))
                 error = AuditUnavailable(f"the audit store could not commit the event: {exc}")
-                for item, future in batch:
+                for item, future, _ in batch:
                     self._failed(item, future, error)
             else:
-                for (item, future), seq in zip(batch, outcome.results, strict=True):
+                if outcome.durable:
+                    self.durable_commits += 1
+                elif self._sync_timer is None:
+                    self._sync_timer = loop.call_later(self._sync_interval, self._sync_due)
+                for (item, future, _), seq in zip(batch, outcome.results, strict=True):
                     if isinstance(seq, InvalidEvent):
                         self.invalid_events += 1
                         self._failed(item, future, seq)
@@ -289,6 +325,32 @@ class AuditWriter:
                     self.on_commit(elapsed)
                 for _ in batch:
                     self._queue.task_done()
+
+    def _sync_due(self) -> None:
+        """`sync_interval` after a relaxed commit: sync it unless a durable commit did."""
+        self._sync_timer = None
+        if self._task is None:
+            return
+        synced = asyncio.get_running_loop().run_in_executor(self._thread, self._sync)
+        synced.add_done_callback(self._synced)
+
+    def _synced(self, synced: asyncio.Future[bool]) -> None:
+        if synced.cancelled():
+            return
+        error = synced.exception()
+        if error is not None:  # the events are committed; a later durable commit may cover them
+            log.error("cannot sync the audit store's relaxed commits: %s", error)
+        elif synced.result():
+            self.syncs += 1
+
+    def _sync(self) -> bool:
+        """Sync relaxed commits that no durable commit has covered (runs in the writer thread,
+        so it is ordered with the commits); True when there were some."""
+        if not self._unsynced:
+            return False
+        self._db.sync()
+        self._unsynced = False
+        return True
 
     def _failed(self, item: Draft, future: asyncio.Future[int], error: Exception) -> None:
         """Fail one event's future; a result event is also counted and ends its session."""
@@ -345,19 +407,27 @@ class AuditWriter:
             row = session.get(EventRow, head.seq)
             return row is None or row.type != CHECKPOINT_TYPE
 
-    def _append(self, drafts: list[Draft]) -> _Outcome:
+    def _append(self, drafts: list[Draft], durable: bool) -> _Outcome:
         """Append in one transaction under the chain-head lock (runs in the writer thread).
 
         On a bare driver connection: SQLAlchemy's session, Core statements and even
         `exec_driver_sql` cost more per group commit than the statements and the COMMIT.
+        A relaxed batch that appends a checkpoint commits durably all the same: witnesses
+        hear of a checkpoint only once the chain it signs is on disk.
         """
         dialect = self._db.writer_engine.dialect
-        with self._db.driver_write() as connection:
-            cursor = connection.cursor()
+        with self._db.driver_write(durable=durable) as write:
+            cursor = write.connection.cursor()
             try:
-                return _append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
+                outcome = _append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
             finally:
                 cursor.close()
+            if outcome.checkpoints:
+                write.require_durable()
+            durable = write.durable
+        # After the commit: what this thread knows is synced (a durable commit syncs all before).
+        self._unsynced = not durable and (outcome.appended > 0 or self._unsynced)
+        return dataclasses.replace(outcome, durable=durable)
 
 
 def append_events(
@@ -398,6 +468,7 @@ class _Outcome:
     checkpoints: list[dict[str, Any]]
     appended: int
     ends_signed: bool  # the last event appended is a checkpoint
+    durable: bool = True  # its commit waited for the disk (the writer sets it)
 
 
 @dataclass(frozen=True, slots=True)

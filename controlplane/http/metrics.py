@@ -34,6 +34,17 @@ class _Live(Collector):
             value=values["commits"],
         )
         yield CounterMetricFamily(
+            "gatehouse_audit_durable_commits",
+            "Audit store transactions that waited for the disk (the others held only events "
+            "nobody waits for: results, async requests).",
+            value=values.get("durable_commits", 0.0),
+        )
+        yield CounterMetricFamily(
+            "gatehouse_audit_syncs",
+            "Timed syncs of relaxed audit commits that no durable commit covered in time.",
+            value=values.get("syncs", 0.0),
+        )
+        yield CounterMetricFamily(
             "gatehouse_audit_commit_seconds",
             "Time spent in audit store transactions; divide by commits for the mean latency.",
             value=values["commit_seconds"],

@@ -24,6 +24,7 @@ stored in UTC (`timestamptz` on PostgreSQL) and come back as aware UTC datetimes
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -161,6 +162,29 @@ def _pg_engine(url: URL, settings: dict[str, str], **kwargs: Any) -> Engine:
     )
 
 
+class DriverWrite:
+    """A transaction from `Database.driver_write`: its driver connection, and whether its
+    commit waits for the disk."""
+
+    __slots__ = ("_sqlite", "connection", "durable")
+
+    def __init__(self, connection: PoolProxiedConnection, durable: bool, sqlite: bool) -> None:
+        self.connection = connection
+        self.durable = durable
+        self._sqlite = sqlite
+
+    def require_durable(self) -> None:
+        """This transaction must be durable when its commit returns, though it began relaxed
+        (it appended a checkpoint that witnesses will hear of)."""
+        if self.durable:
+            return
+        self.durable = True
+        if not self._sqlite:  # SQLite: synced after the commit (the pragma is fixed by now)
+            cursor = self.connection.cursor()
+            cursor.execute("SET LOCAL synchronous_commit = on")
+            cursor.close()
+
+
 class Database:
     """One store: SQLite (embedded default) or PostgreSQL (production, several replicas)."""
 
@@ -243,20 +267,36 @@ class Database:
         return Session(self._writer, expire_on_commit=False)
 
     @contextmanager
-    def driver_write(self) -> Iterator[PoolProxiedConnection]:
+    def driver_write(self, *, durable: bool = True) -> Iterator[DriverWrite]:
         """One write transaction on a bare driver connection from the writer pool; commits when
         the block ends, rolls back (or discards the connection, if even that fails) otherwise.
 
         For the audit writer's group commit, where SQLAlchemy's execution layer cost more than
         the statements. The transaction is the one `write_session` gives: `BEGIN IMMEDIATE` on
         SQLite, and on PostgreSQL the pool's session settings, pre-ping and READ COMMITTED.
+
+        `durable=False` commits without waiting for the disk (ADR 0026): SQLite takes the
+        transaction with `synchronous=NORMAL` (its WAL frames are written, not synced, and the
+        next synced commit or `sync` makes them durable), PostgreSQL with `synchronous_commit
+        = off`. The commit survives a crash of this process, not a power loss until then.
+        `DriverWrite.require_durable` turns it back into a durable one before the block ends.
         """
         connection = self._writer.raw_connection()
+        write = DriverWrite(connection, durable, self.is_sqlite)
+        relaxed_sqlite = self.is_sqlite and not durable
         try:
+            if relaxed_sqlite:
+                connection.execute("PRAGMA synchronous=NORMAL")  # not inside a transaction
             if self.is_sqlite:
                 connection.execute("BEGIN IMMEDIATE")  # sqlite3: a cursor of its own
-            yield connection
+            elif not durable:
+                cursor = connection.cursor()
+                cursor.execute("SET LOCAL synchronous_commit = off")
+                cursor.close()
+            yield write
             connection.commit()
+            if relaxed_sqlite and write.durable:
+                self.sync()  # required durable after it began: sync what NORMAL left unsynced
         except BaseException:
             try:
                 connection.rollback()
@@ -264,7 +304,29 @@ class Database:
                 connection.invalidate()  # broken: never hand it out again
             raise
         finally:
+            if relaxed_sqlite:
+                try:  # the pool hands this connection to other writes: FULL again
+                    connection.execute("PRAGMA synchronous=FULL")
+                except Exception:
+                    connection.invalidate()
             connection.close()  # back to the pool
+
+    def sync(self) -> None:
+        """Make every commit so far durable, the ones made with `durable=False` included.
+
+        SQLite: fdatasync of the WAL file (what a `synchronous=FULL` commit does; the frames
+        of earlier NORMAL commits are in it, before the newest). PostgreSQL: nothing to do
+        here; its WAL writer flushes commits made with `synchronous_commit = off` within
+        three times `wal_writer_delay` (600 ms by default), and a durable commit flushes
+        them before its own.
+        """
+        if not self.is_sqlite or not self.sa_url.database:
+            return
+        fd = os.open(f"{self.sa_url.database}-wal", os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def read_session(self) -> Session:
         return Session(self._reader, expire_on_commit=False)

@@ -1,5 +1,5 @@
-"""The hash chain's canonical JSON: the fast path through the standard C encoder must write
-exactly what RFC 8785 (the `rfc8785` package) writes, or refuse exactly when it refuses."""
+"""The hash chain's canonical JSON: the fast path through orjson must write exactly what
+RFC 8785 (the `rfc8785` package) writes, or refuse exactly when it refuses."""
 
 from __future__ import annotations
 
@@ -49,8 +49,16 @@ def test_canonical_is_rfc8785_for_any_json(value: dict[str, Any]) -> None:
 @settings(max_examples=400, suppress_health_check=list(HealthCheck), deadline=None)
 @given(st.dictionaries(ASCII_KEYS, ASCII_VALUES, max_size=8))
 def test_canonical_is_rfc8785_on_the_fast_path(value: dict[str, Any]) -> None:
-    # ASCII keys: most of these take the C encoder, the path every real event takes.
+    # ASCII keys: most of these take orjson, the path every real event takes.
     assert outcome(chain.canonical, value) == outcome(rfc8785.dumps, value)
+
+
+@settings(max_examples=2000, suppress_health_check=list(HealthCheck), deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=4))
+def test_floats_on_the_fast_path_are_written_as_rfc8785_writes_them(values: list[float]) -> None:
+    # Where orjson and RFC 8785 could differ: the digits and notation of a float.
+    event = {"result": {"duration_ms": values}}
+    assert outcome(chain.canonical, event) == outcome(rfc8785.dumps, event)
 
 
 def test_a_real_event_takes_the_fast_path_and_keeps_its_bytes() -> None:
