@@ -574,11 +574,12 @@ async def _relay(end: ClientEnd, session: Admitted) -> str:
     if upstream in done and upstream.exception() is None:
         # The client finished sending; let the target's last answers through. A command runs
         # on after its input ended (`cmd < /dev/null`) for as long as it likes.
-        with contextlib.suppress(TimeoutError):
+        # Whatever ends it (time, an AgentLost, a protocol error) is read below from gather.
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(downstream), inspector.drain_timeout)
     elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
         # The client writer sends the FATAL itself: one writer per call, never two at once.
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(downstream), 10)
     for task in pending:
         task.cancel()

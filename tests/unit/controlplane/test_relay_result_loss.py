@@ -66,3 +66,40 @@ async def test_a_session_without_loss_ends_with_its_relay() -> None:
         servicer, client, relay(), Identity("alice"), Inspector(), ResultLoss()
     )
     assert why == "closed" and client.written == []
+
+
+class _DoneClient(Client):
+    """A client that sent everything and half-closed (exec's shape): reads end at once."""
+
+    async def read(self) -> None:
+        return None
+
+
+class _LosingInspector(Inspector):
+    incomplete = False
+    end_on_client_eof = False
+    drain_timeout = 5.0
+    finished = False
+
+    def __init__(self) -> None:
+        self.abandoned = False
+
+    async def agent_lost(self) -> None:
+        self.abandoned = True
+
+
+async def test_an_agent_lost_while_the_client_waits_for_its_answers_ends_as_agent_lost() -> None:
+    # The client is done sending and the relay drains the target's last answers: an agent
+    # lost then is a session end like any other, never an exception out of the handler.
+    from controlplane.relay.service import AGENT_LOST, _relay
+    from controlplane.relay.tunnel import Tunnel
+
+    tunnel = Tunnel("s-1", "vpc")
+    tunnel.lost = True
+    tunnel.to_client.put_nowait(None)
+    inspector, client = _LosingInspector(), _DoneClient()
+    session: Any = SimpleNamespace(tunnel=tunnel, inspector=inspector)
+    why = await asyncio.wait_for(_relay(client, session), 5)
+    assert why == AGENT_LOST and inspector.abandoned
+    [fatal] = client.written
+    assert fatal.startswith(b"08006 the connection to agent vpc was lost")
