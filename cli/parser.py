@@ -212,8 +212,16 @@ def resolve(
         root_version = version if node is root else None
         _group_words(node, " ".join([prog, *words]), rest, root_version)
     params = _params(node)
-    parser = _parser(" ".join([prog, *words]), node, params, listed)
-    return Invocation(tuple(words), node, _arguments(parser, params, rest))
+    name = " ".join([prog, *words])
+    parser = _parser(name, node, params, listed)
+    try:
+        arguments = _arguments(parser, params, rest)
+    except UsageError:
+        # argparse says what is missing before what is unknown; a misspelt option is the
+        # likelier cause (`--fiel x` for a required --file), so it is named first.
+        _refuse_unknown(_parser(name, node, params, listed, lenient=True), params, rest)
+        raise
+    return Invocation(tuple(words), node, arguments)
 
 
 def _group_words(
@@ -255,20 +263,57 @@ def load(reference: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-# argparse drops every "--" a positional receives (Python 3.11), not only the one that ends
-# the options: the words after that one stand in as this (argv cannot hold a NUL), and are
-# turned back after parsing.
-_DASHES = "\0--"
+# The words after `--` are positional whatever they look like, and argparse (3.11) mishandles
+# them: it drops every `--` a positional receives, and intermixed parsing reads a `-x` after
+# `--` as an option. So argparse gets placeholders for them (argv cannot hold a NUL), and the
+# words are put back after parsing.
+_HELD = "\0"
+
+
+def _words(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(what argparse parses, the words after `--` that its placeholders stand for)."""
+    words = list(argv)
+    if "--" not in words:
+        return words, []
+    cut = words.index("--")
+    after = words[cut + 1 :]
+    return words[:cut] + [f"{_HELD}{i}" for i in range(len(after))], after
+
+
+def _put_back(word: str, after: Sequence[str]) -> str:
+    return after[int(word[1:])] if word.startswith(_HELD) else word
 
 
 def _arguments(parser: _Parser, params: Sequence[Param], argv: Sequence[str]) -> dict[str, Any]:
-    words = list(argv)
-    if "--" in words:
-        cut = words.index("--") + 1
-        words[cut:] = [_DASHES if w == "--" else w for w in words[cut:]]
+    words, after = _words(argv)
     namespace, extra = parser.parse_known_intermixed_args(words)
     if extra:
-        word = extra[0].replace(_DASHES, "--")
+        _refuse_unknown(parser, params, extra)
+        raise UsageError(
+            f"unexpected argument {_put_back(extra[0], after)!r}", parser.format_usage()
+        )
+    values = vars(namespace)
+    for param in params:
+        value = values.get(param.dest if isinstance(param, Arg) else param.name)
+        if isinstance(param, Arg):
+            if isinstance(value, list):
+                value = [_put_back(word, after) for word in value]
+            elif isinstance(value, str):
+                value = _put_back(value, after)
+            values[param.dest] = value
+            continue
+        values[param.name] = _with_fallback(param, value, parser)
+    return values
+
+
+def _refuse_unknown(parser: _Parser, params: Sequence[Param], argv: Sequence[str]) -> None:
+    """A usage error naming the first option of `argv` that `parser` does not know, if one
+    is there."""
+    try:
+        _, extra = parser.parse_known_intermixed_args(_words(argv)[0])
+    except UsageError:
+        return
+    for word in extra:
         if word.startswith("-") and word != "-":
             flags = [f for p in params if isinstance(p, Opt) for f in p.flags]
             raise UsageError(
@@ -276,19 +321,6 @@ def _arguments(parser: _Parser, params: Sequence[Param], argv: Sequence[str]) ->
                 + _suggest(word.partition("=")[0], flags, f"`{parser.prog} --help` lists them"),
                 parser.format_usage(),
             )
-        raise UsageError(f"unexpected argument {word!r}", parser.format_usage())
-    values = vars(namespace)
-    for param in params:
-        value = values.get(param.dest if isinstance(param, Arg) else param.name)
-        if isinstance(param, Arg):
-            if isinstance(value, list):
-                value = ["--" if w == _DASHES else w for w in value]
-            elif value == _DASHES:
-                value = "--"
-            values[param.dest] = value
-            continue
-        values[param.name] = _with_fallback(param, value, parser)
-    return values
 
 
 def _with_fallback(option: Opt, value: Any, parser: _Parser) -> Any:
@@ -335,8 +367,14 @@ def wrapped(text: str, width: int | None = None) -> str:
 
 
 def _parser(
-    name: str, command: Command, params: Sequence[Param], listed: Mapping[str, Command | Group]
+    name: str,
+    command: Command,
+    params: Sequence[Param],
+    listed: Mapping[str, Command | Group],
+    lenient: bool = False,
 ) -> _Parser:
+    """The command's argparse parser; a `lenient` one requires nothing and converts nothing,
+    to find the options a wrong command line names that the command does not have."""
     epilog = [f"Example: {example}" for example in command.examples]
     if listed:
         epilog += ["", _commands(listed), "", f"Run `{name} COMMAND --help` for its options."]
@@ -349,9 +387,11 @@ def _parser(
     )
     for param in params:
         if isinstance(param, Arg):
-            variadic: dict[str, Any] = {"nargs": "*", "default": []} if param.variadic else {}
+            nargs: dict[str, Any] = {"nargs": "*", "default": []} if param.variadic else {}
+            if lenient and not param.variadic:
+                nargs = {"nargs": "?"}
             parser.add_argument(
-                param.dest, metavar=param.metavar, help=_escaped(param.help), **variadic
+                param.dest, metavar=param.metavar, help=_escaped(param.help), **nargs
             )
             continue
         kwargs: dict[str, Any] = {"dest": param.name, "help": _option_help(param)}
@@ -360,10 +400,12 @@ def _parser(
         elif param.negatable:
             kwargs.update(action=argparse.BooleanOptionalAction, default=None)
         else:
-            kwargs.update(type=_checked(param.type), metavar=param.metavar, default=None)
+            kwargs.update(metavar=param.metavar, default=None)
+            if not lenient:
+                kwargs["type"] = _checked(param.type)
             if param.repeat:
                 kwargs["action"] = "append"
-        if param.required:
+        if param.required and not lenient:
             kwargs["required"] = True
         parser.add_argument(*param.flags, **kwargs)
     return parser
