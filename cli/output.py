@@ -16,16 +16,12 @@ class Format(StrEnum):
     json = "json"
 
 
-_STYLE = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")
-"""A terminal style or cursor sequence (what click's echo strips off a pipe)."""
-
-
 def echo(text: str = "", err: bool = False) -> None:
     """A line on stdout (or stderr), flushed at once. Terminal sequences (from a server's
     message, say) reach only a terminal; a pipe or a file gets the text without them."""
     stream = sys.stderr if err else sys.stdout
     if "\x1b" in text and not _isatty(stream):
-        text = _STYLE.sub("", text)
+        text = re.sub(r"\033\[[;?0-9]*[a-zA-Z]", "", text)  # what click's echo stripped
     stream.write(text + "\n")
     stream.flush()
 

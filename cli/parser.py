@@ -16,14 +16,15 @@ kept as a word after the first one (argparse 3.11 drops every `--` a positional 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from cli.errors import USAGE, CliError
+
+# Imported on every command line, `exec`'s included: what only help or an error needs
+# (textwrap, difflib, importlib's helpers) is imported where it is used.
 
 C = TypeVar("C", bound=str)
 Convert = Callable[[str], Any]
@@ -150,6 +151,8 @@ def number(minimum: float | None = None) -> Convert:
             value = float(text.strip())
         except ValueError:
             raise ValueError(f"must be a number, not {text!r}") from None
+        import math
+
         if math.isnan(value) or (minimum is not None and value < minimum):
             least = "" if minimum is None else f" of at least {minimum:g}"
             raise ValueError(f"must be a number{least}, not {text!r}")
@@ -354,6 +357,8 @@ class _Parser(argparse.ArgumentParser):
 def wrapped(text: str, width: int | None = None) -> str:
     """Paragraphs filled to the terminal's width (at most 100 columns), blank lines between;
     a paragraph with indented lines or examples is kept as written."""
+    import textwrap
+
     width = width or _width()
     first, _, rest = text.strip().partition("\n")  # a docstring's layout: dedent the rest
     paragraphs = []
@@ -483,6 +488,8 @@ def group_help(group: Group, name: str, root: bool = False) -> str:
 
 def _commands(commands: Mapping[str, Command | Group]) -> str:
     """`commands:` and one line each: the word and its summary, wrapped beside it."""
+    import textwrap
+
     width = _width()
     column = max(len(word) for word in commands) + 4
     lines = ["commands:"]
