@@ -2,7 +2,7 @@
 standard library's argparse.
 
 Why argparse under a small table of our own (docs/decisions/0022): argparse costs ~1.5 ms to
-import where typer with its click and pydantic cost ~35 ms, and AI agents run `gatehouse exec`
+import where typer with its click and pydantic cost ~30 ms, and AI agents run `gatehouse exec`
 again and again. The table is walked without importing any verb's module: a command line
 builds one argparse parser, for the one command it names, and imports only that command's
 module; `--help` imports none.
@@ -353,6 +353,11 @@ class _Parser(argparse.ArgumentParser):
             sys.stderr.write(message)
         raise Exit(status)
 
+    def format_help(self) -> str:
+        # The help is wrapped only when shown: parsing `exec` need not pay for it.
+        self.description = wrapped(self.description or "")
+        return super().format_help()
+
 
 def wrapped(text: str, width: int | None = None) -> str:
     """Paragraphs filled to the terminal's width (at most 100 columns), blank lines between;
@@ -385,7 +390,7 @@ def _parser(
         epilog += ["", _commands(listed), "", f"Run `{name} COMMAND --help` for its options."]
     parser = _Parser(
         prog=name,
-        description=wrapped(command.help),
+        description=command.help,
         epilog="\n".join(epilog),
         formatter_class=_formatter,
         allow_abbrev=False,
