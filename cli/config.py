@@ -365,7 +365,7 @@ def options(cls: type[Any]) -> tuple[Opt, ...]:
                 flags,
                 f"{field.metadata['help']} (env {env_name(field)})",
                 dest=key_name(field),
-                metavar=key_name(field).upper(),
+                metavar="VALUE",
                 negatable=_is_bool(hints[field.name]),
                 shown_default=_default_text(field),
             )

@@ -222,7 +222,8 @@ def resolve(
     except UsageError:
         # argparse says what is missing before what is unknown; a misspelt option is the
         # likelier cause (`--fiel x` for a required --file), so it is named first.
-        _refuse_unknown(_parser(name, node, params, listed, lenient=True), params, rest)
+        lenient = _parser(name, node, params, listed, lenient=True)
+        _refuse_unknown(lenient, params, rest, parser.format_usage())
         raise
     return Invocation(tuple(words), node, arguments)
 
@@ -291,7 +292,7 @@ def _arguments(parser: _Parser, params: Sequence[Param], argv: Sequence[str]) ->
     words, after = _words(argv)
     namespace, extra = parser.parse_known_intermixed_args(words)
     if extra:
-        _refuse_unknown(parser, params, extra)
+        _refuse_unknown(parser, params, extra, parser.format_usage())
         raise UsageError(
             f"unexpected argument {_put_back(extra[0], after)!r}", parser.format_usage()
         )
@@ -309,9 +310,11 @@ def _arguments(parser: _Parser, params: Sequence[Param], argv: Sequence[str]) ->
     return values
 
 
-def _refuse_unknown(parser: _Parser, params: Sequence[Param], argv: Sequence[str]) -> None:
-    """A usage error naming the first option of `argv` that `parser` does not know, if one
-    is there."""
+def _refuse_unknown(
+    parser: _Parser, params: Sequence[Param], argv: Sequence[str], usage: str
+) -> None:
+    """A usage error (with `usage`) naming the first option of `argv` that `parser` does not
+    know, if one is there."""
     try:
         _, extra = parser.parse_known_intermixed_args(_words(argv)[0])
     except UsageError:
@@ -322,7 +325,7 @@ def _refuse_unknown(parser: _Parser, params: Sequence[Param], argv: Sequence[str
             raise UsageError(
                 f"no such option: {word}; "
                 + _suggest(word.partition("=")[0], flags, f"`{parser.prog} --help` lists them"),
-                parser.format_usage(),
+                usage,
             )
 
 
@@ -388,8 +391,15 @@ def _parser(
     epilog = [f"Example: {example}" for example in command.examples]
     if listed:
         epilog += ["", _commands(listed), "", f"Run `{name} COMMAND --help` for its options."]
+    options = [p for p in params if isinstance(p, Opt)]
+    usage = None  # argparse's: every option
+    if len(options) > 8:  # the settings commands: --help lists them one per line anyway
+        usage = " ".join(
+            [name, "[-h] [options]", *(p.metavar for p in params if isinstance(p, Arg))]
+        )
     parser = _Parser(
         prog=name,
+        usage=usage,
         description=command.help,
         epilog="\n".join(epilog),
         formatter_class=_formatter,
@@ -456,7 +466,7 @@ def _suggest(word: str, known: Iterable[str], otherwise: str) -> str:
     """ "did you mean X?" for the closest known word, else `otherwise`."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(known), n=1)
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.75)
     return f"did you mean {close[0]}?" if close else otherwise
 
 

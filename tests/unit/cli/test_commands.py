@@ -94,8 +94,10 @@ def test_an_unknown_option_is_a_usage_error_that_names_it(
     assert main([*words, "--no-such-option", "x"]) == 2
     said = capsys.readouterr()
     assert said.out == ""
-    assert said.err.startswith(f"usage: {named(words)} ")
     assert "error: no such option: --no-such-option" in said.err
+    assert main([*words, "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert said.err.split("\nerror: ")[0] == usage  # the command's own usage, as --help shows
 
 
 def test_a_usage_error_from_the_installed_command_exits_2_before_anything_runs() -> None:
