@@ -1,46 +1,19 @@
-"""`gatehouse admin …`: agents, the policy file, connections."""
+"""`gatehouse admin …`: agents, the policy file, connections, machine tokens. Their options
+and help are declared in cli.commands."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from cli.errors import USAGE, CliError
-from cli.options import ControlplaneOpt, OutputOpt, call
-from cli.output import Format, emit, emit_json
-
-admin_app = typer.Typer(help="Administer agents, connections and policy.", no_args_is_help=True)
-agents_app = typer.Typer(help="Enroll, list and revoke agents.", no_args_is_help=True)
-connections_admin_app = typer.Typer(help="Connections as applied.", no_args_is_help=True)
-admin_app.add_typer(agents_app, name="agents")
-admin_app.add_typer(connections_admin_app, name="connections")
+from cli.output import Format, echo, emit, emit_json
+from cli.rpc import call
 
 
-@agents_app.command("create")
-def agents_create(
-    name: Annotated[str, typer.Argument(help="Agent name, e.g. vpc-eu-1.")],
-    uses: Annotated[
-        int,
-        typer.Option(
-            "--uses", min=1, help="How many enrollments the join token allows (re-joins)."
-        ),
-    ] = 1,
-    ttl: Annotated[
-        str, typer.Option("--ttl", help="How long the join token works (30m, 24h, 7d).")
-    ] = "1h",
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Create an agent and print its join token, which carries the pin of the control
-    plane's CA: the agent needs no CA file.
-
-    Example: gatehouse admin agents create vpc-eu-1 --uses 10 --ttl 24h
-    """
-    from cli.options import parse_duration
-
-    ttl_seconds = parse_duration(ttl)
+def agents_create(name: str, uses: int, ttl: int, controlplane: str | None, output: Format) -> None:
+    """A join token that pins the control plane's CA, so the agent needs no CA file; `ttl`
+    in seconds."""
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -49,7 +22,7 @@ def agents_create(
 
     async def work(channel: Any) -> Any:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
-        request = admin_pb2.CreateAgentRequest(name=name, uses=uses, ttl_seconds=ttl_seconds)
+        request = admin_pb2.CreateAgentRequest(name=name, uses=uses, ttl_seconds=ttl)
         return await stub.CreateAgent(request, metadata=md)
 
     response = call(address, work)
@@ -64,10 +37,10 @@ def agents_create(
             }
         )
     else:
-        typer.echo(response.join_token)
+        echo(response.join_token)
         times = "once" if response.uses == 1 else f"{response.uses} times"
         pinned = f"; it pins the CA {response.ca_pin}" if response.ca_pin else ""
-        typer.echo(
+        echo(
             f"Join token for agent {response.name!r}, usable {times} until {response.expires}"
             f"{pinned}. Start the agent with\n"
             f"  gatehouse agent run --controlplane {address} --name {response.name} "
@@ -76,12 +49,7 @@ def agents_create(
         )
 
 
-@agents_app.command("list")
-def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table) -> None:
-    """Show every agent instance: online/offline, version, host, replica, last seen.
-
-    Example: gatehouse admin agents list -o json
-    """
+def agents_list(controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -129,22 +97,8 @@ def agents_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     )
 
 
-@agents_app.command("revoke")
-def agents_revoke(
-    name: Annotated[str, typer.Argument(help="The agent to revoke.")],
-    instance: Annotated[
-        str,
-        typer.Option(
-            "--instance", help="Revoke only this instance (see `agents list`), not the agent."
-        ),
-    ] = "",
-    controlplane: ControlplaneOpt = None,
-) -> None:
-    """Revoke an agent (every instance and its join token), or one instance of it: their
-    credentials stop working and their streams are closed on every replica.
-
-    Example: gatehouse admin agents revoke vpc-eu-1 --instance 3f2a9c01b7de
-    """
+def agents_revoke(name: str, instance: str, controlplane: str | None) -> None:
+    """The whole agent (every instance and its join token), or one `instance` of it."""
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -158,21 +112,14 @@ def agents_revoke(
 
     response = call(address, work)
     if instance:
-        typer.echo(f"instance {instance} of agent {name} revoked")
+        echo(f"instance {instance} of agent {name} revoked")
     else:
-        typer.echo(f"agent {name} revoked ({len(response.instances)} instance(s))")
+        echo(f"agent {name} revoked ({len(response.instances)} instance(s))")
 
 
-@admin_app.command("apply")
-def admin_apply(
-    file: Annotated[Path, typer.Option("--file", "-f", help="The policy file (YAML).")],
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Apply a policy file: connections, guardrails, masking, access.
-
-    Example: gatehouse admin apply -f gatehouse.yaml
-    """
+def admin_apply(file: Path, controlplane: str | None, output: Format) -> None:
+    """The control plane validates the file (errors name its line) and pushes each agent its
+    part."""
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -196,25 +143,18 @@ def admin_apply(
         "warnings": list(response.warnings),
     }
     for warning in response.warnings:  # on stderr in both formats: stdout may be parsed
-        typer.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     if output is Format.json:
         emit_json(document)
         return
-    typer.echo(f"applied policy version {response.version}")
+    echo(f"applied policy version {response.version}")
     for change in response.changes:
-        typer.echo(f"  {change}")
+        echo(f"  {change}")
     notified = ", ".join(response.agents_notified) or "none online"
-    typer.echo(f"agents notified: {notified}")
+    echo(f"agents notified: {notified}")
 
 
-@connections_admin_app.command("list")
-def admin_connections_list(
-    controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """List every connection of the applied policy and its agent's status.
-
-    Example: gatehouse admin connections list
-    """
+def admin_connections_list(controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -245,12 +185,6 @@ def admin_connections_list(
     )
 
 
-tokens_app = typer.Typer(
-    help="Tokens for machines, e.g. a SIEM's audit-reader.", no_args_is_help=True
-)
-admin_app.add_typer(tokens_app, name="tokens")
-
-
 def _token_document(info: Any) -> dict[str, Any]:
     return {
         "id": info.id,
@@ -262,25 +196,14 @@ def _token_document(info: Any) -> dict[str, Any]:
     }
 
 
-@tokens_app.command("create")
 def tokens_create(
-    name: Annotated[str, typer.Argument(help="Who holds it, e.g. splunk.")],
-    role: Annotated[str, typer.Option(help="audit-reader (read the trail only) or admin.")] = (
-        "audit-reader"
-    ),
-    ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d; none: no expiry.")] = None,
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
+    name: str, role: str, ttl: int | None, controlplane: str | None, output: Format
 ) -> None:
-    """Create a token and print its secret once (only its hash is stored).
-
-    Example: gatehouse admin tokens create splunk --role audit-reader --ttl 90d
-    """
+    """The secret is printed once; only its hash is stored. No `ttl`: no expiry."""
     from cli import rpc
-    from cli.options import parse_duration
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
-    seconds = parse_duration(ttl) if ttl else 0
+    seconds = ttl or 0
     address = rpc.controlplane_address(controlplane)
     md = rpc.metadata()
 
@@ -293,20 +216,15 @@ def tokens_create(
     if output is Format.json:
         emit_json({**_token_document(response.token), "secret": response.secret})
         return
-    typer.echo(response.secret)
-    typer.echo(
+    echo(response.secret)
+    echo(
         f"Token {response.token.id} ({response.token.role}) for {name}; the secret above is "
         "shown once.",
         err=True,
     )
 
 
-@tokens_app.command("list")
-def tokens_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table) -> None:
-    """List machine tokens (never their secrets).
-
-    Example: gatehouse admin tokens list -o json
-    """
+def tokens_list(controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -327,15 +245,7 @@ def tokens_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     )
 
 
-@tokens_app.command("revoke")
-def tokens_revoke(
-    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id.")],
-    controlplane: ControlplaneOpt = None,
-) -> None:
-    """Revoke a token: it stops working at once.
-
-    Example: gatehouse admin tokens revoke 6f1c…
-    """
+def tokens_revoke(token_id: str, controlplane: str | None) -> None:
     from cli import rpc
     from gatehouse.v1 import admin_pb2, admin_pb2_grpc
 
@@ -347,4 +257,4 @@ def tokens_revoke(
         return await stub.RevokeToken(admin_pb2.RevokeTokenRequest(id=token_id), metadata=md)
 
     call(address, work)
-    typer.echo(f"token {token_id} revoked")
+    echo(f"token {token_id} revoked")

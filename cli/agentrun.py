@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import os
-
-import typer
+from typing import Any
 
 from agent.settings import AgentSettings, AgentSettingsError
 from cli import config
 from cli.errors import USAGE, CliError
-from cli.options import run, setup_logging
-
-agent_app = typer.Typer(help="Run an agent next to your targets.", no_args_is_help=True)
+from cli.parser import Opt
 
 
-def _run(settings: AgentSettings) -> None:
+def options() -> tuple[Opt, ...]:
+    """One option per key of the agent's settings, and --config."""
+    return config.options(AgentSettings)
+
+
+def agent_run(**given: Any) -> None:
+    """Build the settings (flags > GATEHOUSE_* > --config file > defaults), then run; plaintext
+    only to a loopback control plane."""
     from agent.runner import AgentFatal, run_agent
-    from cli.rpc import is_loopback
+    from cli.logs import setup_logging
+    from cli.rpc import is_loopback, run
 
+    settings = config.settings_from(AgentSettings, given)
     try:
         settings.validate()
     except AgentSettingsError as exc:
@@ -35,20 +40,3 @@ def _run(settings: AgentSettings) -> None:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot start the agent: {exc}") from None
-
-
-agent_app.command("run")(
-    config.command(
-        AgentSettings,
-        _run,
-        env=os.environ,
-        doc="""Run an agent: dial out to the control plane and open targets on its orders.
-
-    Every option is also a GATEHOUSE_* variable and a key of the --config file.
-
-    Flags win over variables, variables over the file.
-
-    Example: gatehouse agent run --controlplane gw.example.com:8443 --token ghj_… --name vpc-1
-    """,
-    )
-)

@@ -14,16 +14,14 @@ import random
 import sys
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
-import typer
 
 from cli.errors import USAGE, CliError
-from cli.options import ControlplaneOpt, OutputOpt, call, run
-from cli.output import Format, emit_json
+from cli.output import Format, echo, emit_json
+from cli.rpc import call, run
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
 from trail.chain import export_line
 
@@ -44,15 +42,6 @@ FINAL_CODES = (
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.UNIMPLEMENTED,
 )
-
-audit_app = typer.Typer(
-    help="Export, follow, verify, sign and prune the audit trail.", no_args_is_help=True
-)
-
-
-class ExportFormat(StrEnum):
-    json = "json"
-    ocsf = "ocsf"
 
 
 async def events(
@@ -84,7 +73,7 @@ async def events(
 
 def ndjson_line(event: audit_pb2.AuditEvent, fmt: str = "json") -> str:
     """The exported form: the stored body with its hash added (or the server's OCSF object)."""
-    if fmt == ExportFormat.ocsf:
+    if fmt == "ocsf":
         return event.formatted
     return export_line(event.body, event.hash)
 
@@ -170,42 +159,26 @@ def _kinds(types: str | None) -> list[str] | None:
     return [t.strip() for t in types.split(",") if t.strip()] if types else None
 
 
-@audit_app.command("export")
 def audit_export(
-    after: Annotated[int, typer.Option(help="Start after this seq (the cursor).")] = 0,
-    limit: Annotated[int | None, typer.Option(help="At most this many events.")] = None,
-    types: Annotated[
-        str | None, typer.Option(help="Comma-separated event types, e.g. db.query,db.result.")
-    ] = None,
-    fmt: Annotated[
-        ExportFormat,
-        typer.Option("--format", help="json (stored events) or ocsf.", case_sensitive=False),
-    ] = ExportFormat.json,
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow", "-f", help="Keep printing new events; reconnect and resume on breaks."
-        ),
-    ] = False,
-    controlplane: ControlplaneOpt = None,
+    after: int,
+    limit: int | None,
+    types: str | None,
+    fmt: str,
+    follow: bool,
+    controlplane: str | None,
 ) -> None:
-    """Print audit events as NDJSON, in seq order.
-
-    Example: gatehouse audit export --after 1042 --follow >> trail.ndjson
-    """
+    """NDJSON in seq order; `fmt` is json (the stored bodies) or ocsf."""
     from cli import rpc
 
     address = rpc.controlplane_address(controlplane)
     md = rpc.metadata()
     kinds = _kinds(types)
     if follow:
-        run(follow_events(address, md, after=after, limit=limit, types=kinds, fmt=fmt.value))
+        run(follow_events(address, md, after=after, limit=limit, types=kinds, fmt=fmt))
         return
 
     async def work(channel: Any) -> int:
-        return await export_events(
-            channel, md, after=after, limit=limit, types=kinds, fmt=fmt.value
-        )
+        return await export_events(channel, md, after=after, limit=limit, types=kinds, fmt=fmt)
 
     call(address, work)
 
@@ -287,48 +260,15 @@ def verify_file(handle: TextIO, keys: dict[str, Any]) -> TrailReport:
     return verifier.report()
 
 
-@audit_app.command("verify")
 def audit_verify(
-    file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file", help="Verify this export (NDJSON, `-` for stdin) offline, not the store."
-        ),
-    ] = None,
-    key: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--key",
-            help="Public key(s) checkpoints must verify with (PEM, from `audit public-key`); "
-            "with the store, default: the key the server reports. With --key, every event must "
-            "be vouched for by a checkpoint signed by one of them.",
-        ),
-    ] = None,
-    allow_unsigned_tail: Annotated[
-        str | None,
-        typer.Option(
-            "--allow-unsigned-tail",
-            metavar="N|DURATION",
-            help="With --key: accept events after the last signed checkpoint if there are at "
-            "most N of them, or the oldest is younger than DURATION (e.g. 2m).",
-        ),
-    ] = None,
-    witness: Annotated[
-        Path | None,
-        typer.Option(
-            "--witness",
-            help="A witness file (GATEHOUSE_AUDIT_WITNESS): every checkpoint in it must be in "
-            "the store, identical, and the store must not end before the newest one.",
-        ),
-    ] = None,
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
+    file: Path | None,
+    key: list[Path] | None,
+    allow_unsigned_tail: str | None,
+    witness: Path | None,
+    controlplane: str | None,
+    output: Format,
 ) -> None:
-    """Walk the hash chain and check every signed checkpoint; say how far the signatures
-    reach; exit 1 naming the first broken link, bad signature, unsigned tail or rewound head.
-
-    Example: gatehouse audit verify --file trail.ndjson --key pub.pem
-    """
+    """Never trusts the server: the chain is recomputed here, every signature checked."""
     from trail.verify import TailAllowance
 
     keys = _read_keys(key or [])
@@ -458,10 +398,10 @@ def _print_report(
         emit_json(document)
     elif report.ok:
         if not report.checked:
-            typer.echo("ok: no events")
+            echo("ok: no events")
         else:
             tail = report.unsigned
-            typer.echo(
+            echo(
                 f"{'ok' if ok else 'chain intact'}: {report.checked} events, chain intact up to "
                 f"seq {report.last_seq} (from seq {report.first_seq}, vouched for by "
                 f"{start.vouched_by if start else 'nothing'}); {report.checkpoints} signed "
@@ -469,7 +409,7 @@ def _print_report(
                 f"{tail} unsigned event{'' if tail == 1 else 's'} after the last checkpoint"
             )
         if witness is not None and witness.ok:
-            typer.echo(
+            echo(
                 f"witness: {witness.matched} checkpoints found in the store unchanged"
                 + (f", {witness.pruned} before its start (pruned)" if witness.pruned else "")
                 + f"; the store is not behind the newest (seq {witness.newest})"
@@ -484,15 +424,7 @@ def _print_report(
         raise CliError(f"not verified: {unsigned}")
 
 
-@audit_app.command("checkpoint")
-def audit_checkpoint(
-    controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """Append a signed checkpoint of the trail now (admin). Keep its output: it vouches for
-    everything up to it.
-
-    Example: gatehouse audit checkpoint -o json >> checkpoints.ndjson
-    """
+def audit_checkpoint(controlplane: str | None, output: Format) -> None:
     from cli import rpc
 
     address = rpc.controlplane_address(controlplane)
@@ -514,20 +446,13 @@ def audit_checkpoint(
             }
         )
         return
-    typer.echo(
+    echo(
         f"checkpoint at seq {made.event_seq}: vouches for seq {made.seq} (hash {made.hash}), "
         f"signed by key {made.key_id}"
     )
 
 
-@audit_app.command("public-key")
-def audit_public_key(
-    controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """Print the Ed25519 public key that signs checkpoints and prune anchors (PEM).
-
-    Example: gatehouse audit public-key > pub.pem
-    """
+def audit_public_key(controlplane: str | None, output: Format) -> None:
     from cli import rpc
 
     address = rpc.controlplane_address(controlplane)
@@ -546,37 +471,11 @@ def audit_public_key(
     sys.stdout.write(key.public_key_pem)
 
 
-prune_app = typer.Typer(
-    help="Prune old events: one admin asks (--before), another approves (approve ID).",
-    invoke_without_command=True,
-)
-audit_app.add_typer(prune_app, name="prune")
-
-
-@prune_app.callback()
 def audit_prune(
-    ctx: typer.Context,
-    before: Annotated[
-        str | None,
-        typer.Option(
-            "--before",
-            help="Remove every event up to the last one older than this date (YYYY-MM-DD, "
-            "UTC) or RFC 3339 time; at least the minimum retention (default 30 days) ago.",
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
-    ] = False,
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
+    before: str | None, dry_run: bool, controlplane: str | None, output: Format
 ) -> None:
-    """Ask to remove an old range of the trail (admin): records an audit.prune_request and
-    prints its id; nothing is removed until another admin runs `audit prune approve ID`.
-
-    Example: gatehouse audit prune --before 2026-01-01 --dry-run
-    """
-    if ctx.invoked_subcommand is not None:
-        return
+    """One admin asks (this), another approves (`audit_prune_approve`): nobody removes
+    history alone."""
     if before is None:
         raise CliError("--before DATE is required (or `audit prune approve ID`)", USAGE)
     from cli import rpc
@@ -598,13 +497,11 @@ def audit_prune(
     if output is Format.json:
         emit_json(_prune_document(result, dry_run))
     elif not result.removed:
-        typer.echo(f"nothing to prune: no event is older than {before}")
+        echo(f"nothing to prune: no event is older than {before}")
     elif dry_run:
-        typer.echo(
-            f"would remove {result.removed} events, seq {result.first_seq}..{result.through_seq}"
-        )
+        echo(f"would remove {result.removed} events, seq {result.first_seq}..{result.through_seq}")
     else:
-        typer.echo(
+        echo(
             f"prune request {result.request_id} recorded as seq {result.event_seq}: it would "
             f"remove {result.removed} events, seq {result.first_seq}..{result.through_seq}.\n"
             f"Another admin performs it with `gatehouse audit prune approve "
@@ -612,17 +509,7 @@ def audit_prune(
         )
 
 
-@prune_app.command("approve")
-def audit_prune_approve(
-    request_id: Annotated[str, typer.Argument(help="The id `audit prune --before` printed.")],
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Approve and perform another admin's prune request (admin; not your own), leaving a
-    signed anchor so that what remains still verifies, and an audit.prune event naming both.
-
-    Example: gatehouse audit prune approve 0193c1d2-...
-    """
+def audit_prune_approve(request_id: str, controlplane: str | None, output: Format) -> None:
     from cli import rpc
 
     address = rpc.controlplane_address(controlplane)
@@ -637,9 +524,9 @@ def audit_prune_approve(
     if output is Format.json:
         emit_json(_prune_document(result, False))
     elif not result.removed:
-        typer.echo(f"approved {request_id}: nothing was left to prune")
+        echo(f"approved {request_id}: nothing was left to prune")
     else:
-        typer.echo(
+        echo(
             f"removed {result.removed} events, seq {result.first_seq}..{result.through_seq} "
             f"(asked by {result.requested_by}, approved by {result.approved_by}); the trail now "
             f"starts after the signed anchor at seq {result.through_seq}; recorded as seq "

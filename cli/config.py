@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
+import os
 import re
 import tomllib
 import types
@@ -23,10 +23,11 @@ import typing
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-import typer
 import yaml
+
+from cli.parser import Opt
 
 PREFIX = "GATEHOUSE_"
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -50,7 +51,7 @@ class Raw:
 def setting(
     default: Any = dataclasses.MISSING,
     *,
-    help: str,  # the word typer uses
+    help: str,
     secret: bool = False,
     key: str | None = None,
     env: str | None = None,
@@ -343,75 +344,55 @@ def _shown(value: object) -> str:
 # ---- the command line --------------------------------------------------------------------
 
 
-def command(
-    cls: type[T], run: Callable[[T], None], *, doc: str, env: Mapping[str, str]
-) -> Callable[..., None]:
-    """A typer command with `--config` and one option per key of `cls`; it loads the settings
-    (flags > environment > file > defaults) and calls `run` with them."""
+def options(cls: type[Any]) -> tuple[Opt, ...]:
+    """`--config` and one option per key of `cls` (a `--key-file` too for a secret), for
+    cli.commands. Each gives its text as is, or None: `load` converts it and layers it."""
     hints = typing.get_type_hints(cls)
-    params = [
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None,
-                typer.Option(
-                    "--config",
-                    envvar=PREFIX + "CONFIG",
-                    help="A settings file (.toml, .yaml): any key below, by its name "
-                    "(grpc_listen = ...). Flags win over GATEHOUSE_* variables, "
-                    "which win over the file.",
-                ),
-            ],
+    made = [
+        Opt(
+            ("--config",),
+            "A settings file (.toml, .yaml): any key below, by its name (grpc_listen = ...). "
+            "Flags win over GATEHOUSE_* variables, which win over the file.",
+            type=Path,
+            metavar="FILE",
+            env=PREFIX + "CONFIG",
         )
     ]
     for field in keys(cls):
-        flags = field.metadata.get("flags") or (flag_name(field),)
-        default = _default_text(field)
-        help_text = f"{field.metadata['help']} (env {env_name(field)})"
-        if _is_bool(hints[field.name]):
-            flags = tuple(f"{f}/--no-{f[2:]}" if f.startswith("--") else f for f in flags)
-            option = typer.Option(*flags, help=help_text, show_default=default)
-            annotation: Any = Annotated[bool | None, option]
-        else:
-            option = typer.Option(*flags, help=help_text, show_default=default)
-            annotation = Annotated[str | None, option]
-        params.append(
-            inspect.Parameter(
-                key_name(field), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+        flags: tuple[str, ...] = field.metadata.get("flags") or (flag_name(field),)
+        made.append(
+            Opt(
+                flags,
+                f"{field.metadata['help']} (env {env_name(field)})",
+                dest=key_name(field),
+                metavar="VALUE",
+                negatable=_is_bool(hints[field.name]),
+                shown_default=_default_text(field),
             )
         )
         if field.metadata["secret"]:
-            params.append(
-                inspect.Parameter(
-                    key_name(field) + "_file",
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=None,
-                    annotation=Annotated[
-                        str | None,
-                        typer.Option(
-                            flag_name(field) + "-file",
-                            help=f"A file holding {flag_name(field)} [env {env_name(field)}_FILE]",
-                        ),
-                    ],
+            made.append(
+                Opt(
+                    (flag_name(field) + "-file",),
+                    f"A file holding {flag_name(field)} (env {env_name(field)}_FILE)",
+                    dest=key_name(field) + "_file",
+                    metavar="FILE",
                 )
             )
+    return tuple(made)
 
-    def invoke(**given: Any) -> None:
-        from cli.errors import USAGE, CliError
 
-        config = given.pop("config")
-        try:
-            settings = load(cls, flags=given, env=env, config_file=config)
-        except ConfigError as exc:
-            raise CliError(str(exc), USAGE) from None
-        run(settings)
+def settings_from(cls: type[T], given: dict[str, Any]) -> T:
+    """The settings object from a command's options (`options(cls)`), the environment and the
+    --config file; a ConfigError is a usage error naming the key and its source."""
+    from cli.errors import USAGE, CliError
 
-    invoke.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    invoke.__annotations__ = {p.name: p.annotation for p in params}
-    invoke.__doc__ = inspect.cleandoc(doc)
-    return invoke
+    flags = dict(given)
+    config = flags.pop("config")
+    try:
+        return load(cls, flags=flags, env=os.environ, config_file=config)
+    except ConfigError as exc:
+        raise CliError(str(exc), USAGE) from None
 
 
 def _is_bool(hint: Any) -> bool:
@@ -420,14 +401,14 @@ def _is_bool(hint: Any) -> bool:
     )
 
 
-def _default_text(field: dataclasses.Field[Any]) -> str | bool:
+def _default_text(field: dataclasses.Field[Any]) -> str | None:
     if field.default is dataclasses.MISSING or field.default in (None, ""):
-        return False
+        return None
     value = field.default
     if isinstance(value, timedelta):
         return f"{int(value.total_seconds())}s"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(value) or False
+        return ",".join(value) or None
     return str(value)

@@ -27,14 +27,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import grpc
-import typer
 
 from cli import __version__
 from cli.errors import CliError
-from cli.options import ControlplaneOpt, run
+from cli.output import echo
+from cli.rpc import run
 from cli.session import Call, open_session, review_log
 from gatehouse.v1 import client_pb2, client_pb2_grpc
 from wire.pg import framing
@@ -312,7 +312,7 @@ async def serve(
         )
         server = await asyncio.start_server(listener.handle, host, port, limit=READ_SIZE)
         bound = server.sockets[0].getsockname()[1]
-        typer.echo(
+        echo(
             f"Listening on {host}:{bound} for connection {connection!r}; every session is "
             f"recorded.\n  psql 'host={host} port={bound} dbname={connection}'\n"
             "Press Ctrl-C to stop.",
@@ -323,33 +323,17 @@ async def serve(
 
 
 def connect(
-    connection: Annotated[str, typer.Argument(help="Connection name.")],
-    port: Annotated[
-        int | None,
-        typer.Option(help="Local port; 0 picks a free one.", show_default="5433; ssh: 2222"),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Local address (loopback only).")] = "127.0.0.1",
-    authorized_keys: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--authorized-keys",
-            metavar="FILE",
-            help="ssh: public keys that may log in to the listener (repeatable).",
-            show_default="~/.ssh/authorized_keys and ~/.ssh/id_*.pub",
-        ),
-    ] = None,
-    controlplane: ControlplaneOpt = None,
+    connection: str,
+    port: int | None,
+    host: str,
+    authorized_keys: list[Path] | None,
+    controlplane: str | None,
 ) -> None:
-    """Listen locally for native clients (psql, psycopg, asyncpg, GUIs; ssh, scp, sftp for
-    an ssh connection); each connection (each SSH channel) is one audited session.
-
-    Example: gatehouse connect pg-prod --port 5433   # then: psql -h 127.0.0.1 -p 5433
-
-    Example: gatehouse connect web-1 --port 2222     # then: ssh -p 2222 localhost
-    """
+    """A PostgreSQL listener, or an SSH server for an ssh connection (cli.sshlisten), on
+    loopback only: whoever reaches it acts as the caller."""
     from cli import rpc
     from cli.errors import USAGE
-    from cli.options import setup_logging
+    from cli.logs import setup_logging
 
     if not rpc.is_loopback(f"{host}:0"):
         raise CliError(
@@ -390,8 +374,7 @@ def connect(
 def connection_type(address: str, metadata: tuple[tuple[str, str], ...], name: str) -> str | None:
     """The connection's type from the caller's own list; None when it is not there (the
     control plane then answers each client with its reason, in the client's protocol)."""
-    from cli.options import call
-    from gatehouse.v1 import client_pb2
+    from cli.rpc import call
 
     async def work(channel: grpc.aio.Channel) -> Any:
         stub = client_pb2_grpc.ClientServiceStub(channel)

@@ -1,26 +1,15 @@
-"""`gatehouse connections list`: what the caller may use, and how."""
+"""`gatehouse connections list`: what the caller may use, and how (options and help: in
+cli.commands)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import typer
-
-from cli.options import ControlplaneOpt, OutputOpt, call
 from cli.output import Format, emit
+from cli.rpc import call
 
-connections_app = typer.Typer(help="The connections you may use.", no_args_is_help=True)
 
-
-@connections_app.command("list")
-def connections_list(
-    controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """List the connections you may use, the modes the access rules grant you on each, and
-    which of them need a review first.
-
-    Example: gatehouse connections list -o json
-    """
+def connections_list(controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 

@@ -4,20 +4,18 @@ commands after it.
 The OAuth flows are in cli.oidcflow (on Authlib's client), the token file in cli.tokenstore, the
 profiles (which control plane, which CA) in cli.profiles; this module is the commands. The names
 of those modules are re-exported here, where the rest of the code and the tests look for them.
+The commands' options and help are declared in cli.commands.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from cli import profiles
 from cli.errors import REFUSED, USAGE, CliError
 from cli.oidcflow import DevicePrompt, browser_login, device_login, discover, refresh, revoke
-from cli.options import OutputOpt
-from cli.output import Format, emit
+from cli.output import Format, echo, emit
 from cli.tokenstore import (
     DEFAULT_CLIENT_ID,
     DEFAULT_SCOPE,
@@ -46,56 +44,13 @@ __all__ = [
     "whoami",
 ]
 
-IssuerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--issuer", envvar="GATEHOUSE_OIDC_ISSUER", help="The identity provider's issuer URL."
-    ),
-]
-ClientIdOpt = Annotated[
-    str,
-    typer.Option(
-        "--client-id",
-        envvar="GATEHOUSE_OIDC_CLIENT_ID",
-        help="The CLI's client id at the identity provider.",
-    ),
-]
-ScopeOpt = Annotated[
-    str,
-    typer.Option("--scope", envvar="GATEHOUSE_OIDC_SCOPES", help="Scopes to ask for."),
-]
-ResourceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--resource",
-        envvar="GATEHOUSE_OIDC_RESOURCE",
-        help="Resource indicator (RFC 8707) for the access token, if the provider needs one.",
-    ),
-]
-GroupsClaimOpt = Annotated[
-    str,
-    typer.Option(
-        "--groups-claim", envvar="GATEHOUSE_OIDC_GROUPS_CLAIM", help="Claim that lists groups."
-    ),
-]
-
-
-ProfileOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--profile",
-        envvar="GATEHOUSE_PROFILE",
-        help="Which saved control plane and login (default: the last login's).",
-    ),
-]
-
 
 def discover_login(address: str | None = None) -> LoginSettings | None:
     """Ask the control plane how to log in, so that its address is all a person needs."""
     import grpc
 
     from cli import rpc
-    from cli.options import run
+    from cli.rpc import run
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
     if address is None or profiles.selected().address != address:
@@ -182,43 +137,19 @@ def _profile_for_login(address: str | None, profile: str | None) -> str:
 
 
 def login(
-    browser: Annotated[
-        bool, typer.Option("--browser", help="Use a browser on this machine (PKCE).")
-    ] = False,
-    device: Annotated[
-        bool, typer.Option("--device", help="Confirm a code on any device (the default).")
-    ] = False,
-    controlplane: Annotated[
-        str | None,
-        typer.Option(
-            "--controlplane",
-            envvar="GATEHOUSE_CONTROLPLANE",
-            help="host:port of the control plane; remembered in the profile.",
-        ),
-    ] = None,
-    ca_file: Annotated[
-        str | None,
-        typer.Option(
-            "--ca-file",
-            envvar="GATEHOUSE_CA_FILE",
-            help="CA certificate (PEM) for the control plane; a copy is kept in the profile.",
-        ),
-    ] = None,
-    profile: ProfileOpt = None,
-    issuer: IssuerOpt = None,
-    client_id: ClientIdOpt = DEFAULT_CLIENT_ID,
-    scope: ScopeOpt = DEFAULT_SCOPE,
-    resource: ResourceOpt = None,
-    groups_claim: GroupsClaimOpt = "groups",
+    browser: bool,
+    device: bool,
+    controlplane: str | None,
+    ca_file: str | None,
+    profile: str | None,
+    issuer: str | None,
+    client_id: str | None,
+    scope: str | None,
+    resource: str | None,
+    groups_claim: str,
 ) -> None:
-    """Log in with your identity provider; later commands use the login and the control plane.
-
-    Example: gatehouse login                # open the URL shown, on any device
-
-    Example: gatehouse login --browser      # a browser on this machine
-
-    Example: gatehouse login --controlplane gw.example.com:8443 --ca-file ca.pem --profile prod
-    """
+    """The device grant unless `browser`; the login and the control plane's address (and CA)
+    are kept in a profile for the commands after it."""
     from rich.console import Console
 
     if browser and device:
@@ -233,7 +164,14 @@ def login(
         profiles.read_ca(ca_file)  # a bad CA file is a usage error before anything is asked
     # Discovery below asks this control plane, through this CA, how to log in.
     target = profiles.select(profiles.Target(address, ca_file, name, "flag"))
-    settings = login_settings(issuer, client_id, scope, resource, groups_claim, target.address)
+    settings = login_settings(
+        issuer,
+        client_id or DEFAULT_CLIENT_ID,
+        scope or DEFAULT_SCOPE,
+        resource,
+        groups_claim,
+        target.address,
+    )
     console = Console(stderr=True, highlight=False)
     if browser:
         tokens = browser_login(
@@ -273,8 +211,8 @@ def login(
     )
     who = _who(tokens, settings.groups_claim, profiles.selected())
     groups = ", ".join(who["groups"]) or "none"
-    typer.echo(f"Logged in as {who['subject']} ({who['email'] or 'no e-mail'}); groups: {groups}")
-    typer.echo(f"Profile {saved.name}: control plane {saved.controlplane}")
+    echo(f"Logged in as {who['subject']} ({who['email'] or 'no e-mail'}); groups: {groups}")
+    echo(f"Profile {saved.name}: control plane {saved.controlplane}")
 
 
 def _target_of(profile: str | None) -> profiles.Target:
@@ -288,18 +226,14 @@ def _target_of(profile: str | None) -> profiles.Target:
     return profiles.Target(entry.controlplane, entry.ca_file, profile, "profile")
 
 
-def logout(profile: ProfileOpt = None) -> None:
-    """Forget a profile's login and the profile (and tell the identity provider, when it
-    offers revocation).
-
-    Example: gatehouse logout --profile prod
-    """
+def logout(profile: str | None) -> None:
+    """Revokes the refresh token where the identity provider offers revocation."""
     target = _target_of(profile)
     store = TokenStore(profiles.token_path(target.profile))
     tokens = store.load()
     removed = profiles.forget(target.profile)
     if tokens is None:
-        typer.echo(
+        echo(
             f"Not logged in (profile {target.profile})."
             + (" Removed the profile." if removed else "")
         )
@@ -307,19 +241,11 @@ def logout(profile: ProfileOpt = None) -> None:
     why = revoke(tokens)
     store.forget()
     note = f" ({why})" if why else ""
-    typer.echo(f"Logged out of profile {target.profile}: removed {store.path}{note}")
+    echo(f"Logged out of profile {target.profile}: removed {store.path}{note}")
 
 
-def whoami(
-    output: OutputOpt = Format.table,
-    groups_claim: GroupsClaimOpt = "groups",
-    profile: ProfileOpt = None,
-) -> None:
-    """Show who the stored login says you are: profile, control plane, subject, e-mail,
-    groups and expiry.
-
-    Example: gatehouse whoami -o json
-    """
+def whoami(output: Format, groups_claim: str, profile: str | None) -> None:
+    """What the stored login says, read locally: no call to the control plane."""
     target = _target_of(profile)
     tokens = TokenStore(profiles.token_path(target.profile)).load()
     if tokens is None:

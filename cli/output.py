@@ -16,6 +16,23 @@ class Format(StrEnum):
     json = "json"
 
 
+def echo(text: str = "", err: bool = False) -> None:
+    """A line on stdout (or stderr), flushed at once. Terminal sequences (from a server's
+    message, say) reach only a terminal; a pipe or a file gets the text without them."""
+    stream = sys.stderr if err else sys.stdout
+    if "\x1b" in text and not _isatty(stream):
+        text = re.sub(r"\033\[[;?0-9]*[a-zA-Z]", "", text)  # what click's echo stripped
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 

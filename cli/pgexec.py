@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -28,11 +27,14 @@ BOOL_TYPE = 16
 JSON_TYPES = {114, 3802}
 
 
-@dataclass
 class ResultSet:
-    columns: list[pgm.Column] = field(default_factory=list)
-    rows: list[list[bytes | None]] = field(default_factory=list)
-    command: str = ""
+    """One statement's result: its columns, its rows as the server sent them, its tag.
+    (Plain classes here: a dataclass costs ~0.4 ms to define, on every `exec`.)"""
+
+    def __init__(self, columns: list[pgm.Column] | None = None) -> None:
+        self.columns: list[pgm.Column] = columns or []
+        self.rows: list[list[bytes | None]] = []
+        self.command = ""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -45,12 +47,14 @@ class ResultSet:
         }
 
 
-@dataclass
 class Outcome:
-    session_id: str = ""
-    results: list[ResultSet] = field(default_factory=list)
-    error: pgm.ErrorFields | None = None
-    notices: list[pgm.ErrorFields] = field(default_factory=list)
+    """What the session gave back: every result, the error if one ended it, the notices."""
+
+    def __init__(self, session_id: str = "") -> None:
+        self.session_id = session_id
+        self.results: list[ResultSet] = []
+        self.error: pgm.ErrorFields | None = None
+        self.notices: list[pgm.ErrorFields] = []
 
 
 class PgError(CliError):

@@ -26,12 +26,11 @@ import tempfile
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, BinaryIO, NamedTuple
-
-import typer
+from typing import IO, Any, BinaryIO, NamedTuple
 
 from cli.errors import USAGE, CliError
-from cli.options import ControlplaneOpt, call
+from cli.output import echo
+from cli.rpc import call
 
 DEFAULT_IDLE_LIMIT = 2.0
 """Longest pause played, in recorded seconds, unless --idle-limit or the header says."""
@@ -190,35 +189,15 @@ def print_events(info: dict[str, Any], events: list[dict[str, Any]], out: IO[str
 
 
 def sessions_replay(
-    session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
-    speed: Annotated[
-        float, typer.Option(help="Play this many times faster (0.5: slower).", min=0.01)
-    ] = 1.0,
-    instant: Annotated[
-        bool, typer.Option("--instant", help="Print all output at once, no waiting.")
-    ] = False,
-    idle_limit: Annotated[
-        float | None,
-        typer.Option(
-            help="Cut longer pauses to this many recorded seconds; 0 keeps them.",
-            show_default=f"{DEFAULT_IDLE_LIMIT:g}, or the recording's own",
-            min=0,
-        ),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output", metavar="FILE.cast", help="Write the checked recording there; - : stdout."
-        ),
-    ] = None,
-    controlplane: ControlplaneOpt = None,
+    session_id: str,
+    speed: float,
+    instant: bool,
+    idle_limit: float | None,
+    output: str | None,
+    controlplane: str | None,
 ) -> None:
-    """Replay a session: a terminal session's recording plays with its timing (checked
-    against the audit trail first); a database session's statements and results print in
-    order.
-
-    Example: gatehouse sessions replay 5c87a46a-a936-476c-83f1-2fccbd206f28 --speed 2
-    """
+    """A recording is played (or written to `output`) only once its digest matches the one
+    the audit trail vouches for."""
     from cli import rpc
     from cli.sessions import session_document
     from gatehouse.v1 import sessions_pb2, sessions_pb2_grpc
@@ -254,7 +233,7 @@ def sessions_replay(
 
     if output not in (None, "-"):
         _download_to(Path(output), lambda sink: call(address, lambda ch: download(ch, sink)))
-        typer.echo(f"wrote {output}: session {session_id}, checked against the trail", err=True)
+        echo(f"wrote {output}: session {session_id}, checked against the trail", err=True)
         return
     with tempfile.TemporaryFile() as spool:
         call(address, lambda channel: download(channel, spool))
@@ -315,7 +294,7 @@ def _warn_if_smaller(header: Header) -> None:
     with contextlib.suppress(OSError):
         size = os.get_terminal_size(sys.stdout.fileno())
         if size.columns < header.width or size.lines < header.height:
-            typer.echo(
+            echo(
                 f"recorded in a {header.width}x{header.height} terminal; this one is "
                 f"{size.columns}x{size.lines}: widen it for a faithful replay",
                 err=True,

@@ -1,20 +1,12 @@
 """`gatehouse reviews …`: just-in-time access reviews, for the people an access rule names as
-reviewers (`review: {groups, ttl}`)."""
+reviewers (`review: {groups, ttl}`). Their options and help are declared in cli.commands."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from cli.options import ControlplaneOpt, OutputOpt, call
-from cli.output import Format, emit, emit_json
-
-reviews_app = typer.Typer(
-    help="Access reviews: approve or deny sessions that an access rule lets open only after a "
-    "review.",
-    no_args_is_help=True,
-)
+from cli.output import Format, echo, emit, emit_json
+from cli.rpc import call
 
 
 def _document(review: Any) -> dict[str, Any]:
@@ -36,12 +28,7 @@ def _document(review: Any) -> dict[str, Any]:
     }
 
 
-@reviews_app.command("list")
-def reviews_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table) -> None:
-    """List the pending reviews you may decide, and your own requests.
-
-    Example: gatehouse reviews list -o json
-    """
+def reviews_list(controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
@@ -74,16 +61,7 @@ def reviews_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Forma
     )
 
 
-@reviews_app.command("approve")
-def reviews_approve(
-    review_id: Annotated[str, typer.Argument(metavar="ID", help="The review's id.")],
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Approve a review: the requester may use that connection and mode for the rule's TTL.
-
-    Example: gatehouse reviews approve 6f1c…
-    """
+def reviews_approve(review_id: str, controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
@@ -98,23 +76,13 @@ def reviews_approve(
     if output is Format.json:
         emit_json(review)
         return
-    typer.echo(
+    echo(
         f"review {review['id']} approved: {review['requester']} may {review['mode']} on "
         f"{review['connection']} until {review['grant_until']}"
     )
 
 
-@reviews_app.command("deny")
-def reviews_deny(
-    review_id: Annotated[str, typer.Argument(metavar="ID", help="The review's id.")],
-    reason: Annotated[str, typer.Option(help="Why; shown to the requester.")],
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Deny a review: the waiting session ends with your reason.
-
-    Example: gatehouse reviews deny 6f1c… --reason 'not during the freeze'
-    """
+def reviews_deny(review_id: str, reason: str, controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
@@ -130,4 +98,4 @@ def reviews_deny(
     if output is Format.json:
         emit_json(review)
         return
-    typer.echo(f"review {review['id']} denied: {review['reason']}")
+    echo(f"review {review['id']} denied: {review['reason']}")

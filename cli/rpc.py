@@ -1,8 +1,8 @@
 """Reaching the control plane: address, credential, channel, the command's one event loop,
 and gRPC errors in plain words.
 
-No typer here (nor in what this imports at the top): `gatehouse exec` runs on this module
-without the typer app (cli.main)."""
+Light at import (the standard library and cli.errors): `gatehouse exec` imports this on every
+call, grpc only once it dials."""
 
 from __future__ import annotations
 

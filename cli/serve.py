@@ -1,52 +1,41 @@
-"""`gatehouse controlplane serve`: settings from flags, GATEHOUSE_*, a config file."""
+"""`gatehouse controlplane serve`: settings from flags, GATEHOUSE_*, a config file.
+
+The control plane's entry point, and the only CLI module that imports it: the command table
+(cli.commands) names this module only for the `controlplane` verb, and cli.main tells the
+user which extra to install when its dependencies are missing.
+"""
 
 from __future__ import annotations
 
-import os
-
-import typer
+from typing import Any
 
 from cli import config
 from cli.errors import USAGE, CliError
-from cli.options import run, setup_logging
+from cli.parser import Opt
 from controlplane.settings import Settings
 
-controlplane_app = typer.Typer(help="Run the control plane.", no_args_is_help=True)
+
+def options() -> tuple[Opt, ...]:
+    """One option per key of the control plane's settings, and --config."""
+    return config.options(Settings)
 
 
-def _serve(settings: Settings) -> None:
+def serve(**given: Any) -> None:
+    """Build the settings (flags > GATEHOUSE_* > --config file > defaults), then serve."""
+    from cli.logs import setup_logging
+    from cli.rpc import run
     from controlplane.errors import GatehouseError
-    from controlplane.server import serve
+    from controlplane.server import serve as serve_settings
 
+    settings = config.settings_from(Settings, given)
     try:
         settings.validate()
     except GatehouseError as exc:
         raise CliError(str(exc), USAGE) from None
     setup_logging(settings.verbose, settings.log_format)
     try:
-        run(serve(settings))
+        run(serve_settings(settings))
     except GatehouseError as exc:
         raise CliError(str(exc), USAGE) from None
     except OSError as exc:
         raise CliError(f"cannot start the control plane: {exc}") from None
-
-
-controlplane_app.command("serve")(
-    config.command(
-        Settings,
-        _serve,
-        env=os.environ,
-        doc="""Run the control plane: apply migrations, listen, relay and record.
-
-    Every option is also a GATEHOUSE_* variable and a key of the --config file.
-
-    Flags win over variables, variables over the file.
-
-    Production (TLS on both listeners, CA and admin token made in DIR on first start):
-      gatehouse controlplane serve --data-dir /var/lib/gatehouse --grpc-listen 0.0.0.0:8443
-      --http-listen 0.0.0.0:8080 --public-addr gw.example.com
-
-    Example: gatehouse controlplane serve --dev --data-dir ./data
-    """,
-    )
-)

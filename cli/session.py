@@ -11,8 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import TypeGuard
+from typing import NamedTuple, TypeGuard
 
 import grpc
 
@@ -31,8 +30,7 @@ ReviewWait = Callable[[client_pb2.ReviewPending, str], AbstractContextManager[No
 when the decision arrives."""
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A session the control plane opened: its stream, id and connection type."""
 
     call: Call

@@ -1,17 +1,13 @@
 """`gatehouse sessions list | show`: who opened what, and one session's events in order.
-`replay` lives in cli/replay.py."""
+`replay` lives in cli/replay.py; the options and help in cli.commands."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from cli.options import ControlplaneOpt, OutputOpt, call
-from cli.output import Format, emit, emit_json
-
-sessions_app = typer.Typer(help="Recorded sessions.", no_args_is_help=True)
+from cli.output import Format, echo, emit, emit_json
+from cli.rpc import call
 
 
 def session_document(info: Any) -> dict[str, Any]:
@@ -32,22 +28,15 @@ def session_document(info: Any) -> dict[str, Any]:
     }
 
 
-@sessions_app.command("list")
 def sessions_list(
-    user: Annotated[str | None, typer.Option(help="Only this user (subject).")] = None,
-    connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None,
-    since: Annotated[str | None, typer.Option(help="Started at or after, e.g. 2026-11-01.")] = None,
-    type_: Annotated[
-        str | None, typer.Option("--type", help="Connection type, e.g. postgres.")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
+    user: str | None,
+    connection: str | None,
+    since: str | None,
+    type_: str | None,
+    limit: int,
+    controlplane: str | None,
+    output: Format,
 ) -> None:
-    """List recorded sessions, newest first.
-
-    Example: gatehouse sessions list --connection pg-prod --since 2026-11-01
-    """
     from cli import rpc
     from gatehouse.v1 import sessions_pb2, sessions_pb2_grpc
 
@@ -79,16 +68,7 @@ def sessions_list(
     )
 
 
-@sessions_app.command("show")
-def sessions_show(
-    session_id: Annotated[str, typer.Argument(metavar="ID", help="The session's id.")],
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Show one session and its events (statements and results) in order.
-
-    Example: gatehouse sessions show 5c87a46a-a936-476c-83f1-2fccbd206f28
-    """
+def sessions_show(session_id: str, controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import sessions_pb2, sessions_pb2_grpc
 
@@ -106,7 +86,7 @@ def sessions_show(
         emit_json({"session": session_document(response.session), "events": events})
         return
     info = session_document(response.session)
-    typer.echo(
+    echo(
         f"session {info['id']}: {info['user']} on {info['connection']} ({info['type']}, "
         f"{info['mode']}) from {info['source_ip']} with {info['client']}"
     )

@@ -17,37 +17,19 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from cli.errors import USAGE, CliError
-from cli.options import ControlplaneOpt, call
+from cli.output import echo
+from cli.rpc import call
 
 if TYPE_CHECKING:
     from cli.term import Output, TermSession
     from wire.term.codec import Exit
 
 
-def ssh(
-    connection: Annotated[str, typer.Argument(help="Connection name (type ssh or shell).")],
-    args: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="CMD",
-            help="A command to run with a terminal instead of a login shell, after --.",
-            show_default=False,
-        ),
-    ] = None,
-    controlplane: ControlplaneOpt = None,
-) -> None:
-    """Open an interactive terminal through the gateway; the session is recorded and can be
-    replayed. Exits with the remote shell's (or command's) exit status.
-
-    Example: gatehouse ssh web-1
-
-    Example: gatehouse ssh web-1 -- htop   # a command with a terminal, like ssh -t
-    """
+def ssh(connection: str, args: list[str], controlplane: str | None) -> int:
+    """Returns the remote shell's (or command's) exit status, gatehouse's own."""
     interactive = os.isatty(0)
     if not interactive and not args:
         raise CliError(
@@ -78,14 +60,26 @@ def ssh(
         streams = term.StdStreams()
         async with term.TermSession(opened) as session:
             if not interactive:
-                typer.echo("gatehouse: stdin is not a terminal; running without one", err=True)
+                echo("gatehouse: stdin is not a terminal; running without one", err=True)
                 start = Start(argv=tuple(args or ()))
                 exit_ = await term.relay(session, start, term.read_fd(0), streams)
             else:
                 exit_ = await _interactive(session, tuple(args or ()), streams)
         return term.exit_status(exit_, streams.said)
 
-    raise typer.Exit(call(address, work))
+    try:
+        return call(address, work)
+    except Stopped as stop:
+        return stop.status
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP ended an interactive session: exit 128 + the signal, as a shell
+    reports a command a signal ended."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 async def _interactive(session: TermSession, argv: tuple[str, ...], output: Output) -> Exit:
@@ -119,7 +113,7 @@ async def _interactive(session: TermSession, argv: tuple[str, ...], output: Outp
     except asyncio.CancelledError:
         if not stopped:
             raise
-        raise typer.Exit(128 + stopped[0]) from None
+        raise Stopped(128 + stopped[0]) from None
 
 
 def terminal_size() -> tuple[int, int]:

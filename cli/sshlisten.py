@@ -30,10 +30,10 @@ from typing import Any
 
 import asyncssh
 import grpc
-import typer
 
 from cli import __version__
 from cli.errors import USAGE, CliError
+from cli.output import echo
 from cli.session import open_session, review_log
 from cli.term import HIGH_WATER, SAID_TAIL, SessionClosed, TermSession, relay
 from wire.term import codec
@@ -366,7 +366,7 @@ async def serve(
         )
         bound = server.get_port()
         alias = f"gatehouse-{connection}"
-        typer.echo(
+        echo(
             f"Listening on {host}:{bound} for ssh connection {connection!r}; every session is "
             f"recorded.\n"
             f"  host key {key.get_fingerprint()} ({key_path})\n"

@@ -1,19 +1,12 @@
 """`gatehouse tokens …`: delegated tokens, which let an AI agent act as you, limited and
-expiring."""
+expiring. Their options and help are declared in cli.commands."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from cli.options import ControlplaneOpt, OutputOpt, call
-from cli.output import Format, emit, emit_json
-
-tokens_app = typer.Typer(
-    help="Delegated tokens: let an AI agent act as you, limited and expiring.",
-    no_args_is_help=True,
-)
+from cli.output import Format, echo, emit, emit_json
+from cli.rpc import call
 
 
 def _document(info: Any) -> dict[str, Any]:
@@ -29,38 +22,19 @@ def _document(info: Any) -> dict[str, Any]:
     }
 
 
-@tokens_app.command("create")
 def tokens_create(
-    actor: Annotated[str, typer.Option(help="Who uses the token, e.g. devin.")],
-    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 8h, 7d.")] = "8h",
-    connections: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated connections (globs) it is limited to; default: all you may use."
-        ),
-    ] = None,
-    role: Annotated[
-        str,
-        typer.Option(
-            help="user (default), or admin: only an admin may give it, it is recorded, and it "
-            "holds only while you are still an admin."
-        ),
-    ] = "user",
-    controlplane: ControlplaneOpt = None,
-    output: OutputOpt = Format.table,
+    actor: str,
+    ttl: int,
+    connections: str | None,
+    role: str,
+    controlplane: str | None,
+    output: Format,
 ) -> None:
-    """Create a token that acts as you for an AI agent and print its secret once.
-
-    Every event of a session opened with it names you as `user` and the agent as `actor`.
-    It has your groups as they are at each use (never more than today's) and the `user` role.
-
-    Example: gatehouse tokens create --actor devin --ttl 8h --connections pg-prod
-    """
+    """The token acts as its creator for `actor`, `ttl` seconds long; its secret is printed
+    once."""
     from cli import rpc
-    from cli.options import parse_duration
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
-    seconds = parse_duration(ttl)
     scope = [c.strip() for c in connections.split(",") if c.strip()] if connections else []
     if connections is not None and not scope:
         from cli.errors import USAGE, CliError
@@ -72,7 +46,7 @@ def tokens_create(
     async def work(channel: Any) -> Any:
         stub = client_pb2_grpc.ClientServiceStub(channel)
         request = client_pb2.CreateDelegatedTokenRequest(
-            actor=actor, ttl_seconds=seconds, connections=scope, role=role
+            actor=actor, ttl_seconds=ttl, connections=scope, role=role
         )
         return await stub.CreateDelegatedToken(request, metadata=md)
 
@@ -80,9 +54,9 @@ def tokens_create(
     if output is Format.json:
         emit_json({**_document(response.token), "secret": response.secret})
         return
-    typer.echo(response.secret)
+    echo(response.secret)
     limited = ", ".join(response.token.connections) or "every connection you may use"
-    typer.echo(
+    echo(
         f"Token {response.token.id} ({response.token.role or 'user'}) for "
         f"{response.token.actor}, acting as "
         f"{response.token.user} on {limited} until {response.token.expires}; the secret above "
@@ -91,12 +65,7 @@ def tokens_create(
     )
 
 
-@tokens_app.command("list")
-def tokens_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format.table) -> None:
-    """List the delegated tokens you created (never their secrets).
-
-    Example: gatehouse tokens list -o json
-    """
+def tokens_list(controlplane: str | None, output: Format) -> None:
     from cli import rpc
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
@@ -128,16 +97,7 @@ def tokens_list(controlplane: ControlplaneOpt = None, output: OutputOpt = Format
     )
 
 
-@tokens_app.command("revoke")
-def tokens_revoke(
-    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id.")],
-    controlplane: ControlplaneOpt = None,
-) -> None:
-    """Revoke a delegated token: new sessions are refused at once, live ones end within
-    seconds.
-
-    Example: gatehouse tokens revoke 6f1c…
-    """
+def tokens_revoke(token_id: str, controlplane: str | None) -> None:
     from cli import rpc
     from gatehouse.v1 import client_pb2, client_pb2_grpc
 
@@ -149,4 +109,4 @@ def tokens_revoke(
         return await stub.RevokeMyToken(client_pb2.RevokeMyTokenRequest(id=token_id), metadata=md)
 
     call(address, work)
-    typer.echo(f"token {token_id} revoked")
+    echo(f"token {token_id} revoked")

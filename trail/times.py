@@ -1,7 +1,8 @@
 """Durations and moments as people write them on a command line or in a setting.
 
-One syntax for both sides: the control plane's settings and the CLI's `--allow-unsigned-tail`
-and `--before` read them the same way, and refuse what they cannot read with a message.
+One syntax for both sides: the control plane's settings and the CLI's `--ttl`,
+`--allow-unsigned-tail` and `--before` read them the same way (cli.parser.duration for the
+CLI's options), and refuse what they cannot read with a message.
 """
 
 from __future__ import annotations

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from cli.errors import CliError
 from cli.login import (
@@ -32,11 +30,9 @@ from cli.login import (
     browser_login,
     default_token_path,
     device_login,
-    login,
-    logout,
     refresh,
-    whoami,
 )
+from cli.main import main
 from controlplane.auth.oidc import OidcValidator
 from devenv.oidc import CLIENT_ID, OidcProvider, act_as_browser
 from devenv.stack import REPO
@@ -389,45 +385,39 @@ def test_settings_refuse_a_plaintext_issuer_off_loopback() -> None:
 # --- the commands ---------------------------------------------------------------------------
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("login")(login)
-    app.command("logout")(logout)
-    app.command("whoami")(whoami)
-    return app
-
-
 def test_whoami_and_logout_commands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_in: LogIn, settings: LoginSettings
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    log_in: LogIn,
+    settings: LoginSettings,
 ) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     tokens = log_in("alice")
     TokenStore().save(tokens)
-    runner = CliRunner()
 
-    result = runner.invoke(_app(), ["whoami", "-o", "json"])
-    assert result.exit_code == 0, result.output
-    who = json.loads(result.stdout)
+    assert main(["whoami", "-o", "json"]) == 0
+    who = json.loads(capsys.readouterr().out)
     assert (who["subject"], who["email"], who["groups"]) == ("alice", "alice@example.com", ["dba"])
     assert who["expired"] is False and who["refreshable"] is True
 
-    table = runner.invoke(_app(), ["whoami"])
-    assert "alice@example.com" in table.stdout and "dba" in table.stdout
+    assert main(["whoami"]) == 0
+    table = capsys.readouterr().out
+    assert "alice@example.com" in table and "dba" in table
 
-    result = runner.invoke(_app(), ["logout"])
-    assert result.exit_code == 0 and "Logged out" in result.stdout
+    assert main(["logout"]) == 0
+    assert "Logged out" in capsys.readouterr().out
     assert not (tmp_path / "gatehouse" / "tokens.json").exists()
     with pytest.raises(CliError, match="expired or was revoked"):
         refresh(settings, tokens)  # logout revoked the refresh token at the provider
 
-    result = runner.invoke(_app(), ["whoami"])
-    assert isinstance(result.exception, CliError) and "not logged in" in result.exception.message
+    assert main(["whoami"]) == 1
+    assert "not logged in" in capsys.readouterr().err
 
 
 def _run_login(oidc: OidcProvider, tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    code = "import typer; from cli.login import login; typer.run(login)"
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "cli.main", "login", *args],
         cwd=REPO,
         env={
             **os.environ,

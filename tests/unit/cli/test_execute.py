@@ -4,10 +4,9 @@ errors that are caught before anything is sent."""
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 from cli import main
-from cli.errors import USAGE, CliError
+from cli.errors import USAGE
 from cli.execute import command_start
 from wire.term import codec
 
@@ -33,11 +32,11 @@ def test_dash_c_text_is_kept_verbatim() -> None:
     ],
 )
 def test_usage_errors_need_no_control_plane(
-    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("GATEHOUSE_CONTROLPLANE", "127.0.0.1:1")
-    main._register()
-    result = CliRunner().invoke(main.app, args)
-    assert isinstance(result.exception, CliError)
-    assert message in result.exception.message
-    assert result.exception.exit_code == USAGE
+    assert main.main(args) == USAGE
+    assert message in capsys.readouterr().err

@@ -243,22 +243,13 @@ def test_the_token_flag_and_variable_win_over_the_profiles_login(
     assert rpc.token("from-flag") == "from-flag"
 
 
-def test_login_refuses_a_bad_ca_file_before_asking_anything(tmp_path: Path, config: Path) -> None:
-    import typer
-    from typer.testing import CliRunner
+def test_login_refuses_a_bad_ca_file_before_asking_anything(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import main
 
-    from cli.login import login
-
-    app = typer.Typer()
-    app.command("login")(login)
-    app.command("other")(lambda: None)
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate")
-    result = CliRunner().invoke(
-        app, ["login", "--controlplane", "gw.example.com:8443", "--ca-file", str(bad)]
-    )
-    assert isinstance(result.exception, CliError)
-    assert (
-        result.exception.exit_code == 2 and "holds no PEM certificate" in result.exception.message
-    )
+    status = main(["login", "--controlplane", "gw.example.com:8443", "--ca-file", str(bad)])
+    assert status == 2 and "holds no PEM certificate" in capsys.readouterr().err
     assert not config.exists()  # no profile, no token, no CA copy
