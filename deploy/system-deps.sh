@@ -5,7 +5,8 @@
 # clients (a throwaway sshd is the target of the SSH tests) and PgBouncer (the benchmark's
 # pooling baseline; it is started from its binary, never as a service) and shellcheck (the
 # agent installer's lint), systemd-analyze and kubectl (the deploy/ checks), setpriv and ip
-# (the run_as sandbox and the network-namespace tests).
+# (the run_as sandbox and the network-namespace tests) and HAProxy (the load balancer in front of
+# the replicas in the replica tests and the soak; started from its binary, never as a service).
 set -euo pipefail
 
 have_pg() {
@@ -26,6 +27,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # checks deplo
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)  # kustomizes deploy/kubernetes/
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the run_as capability sandbox
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces of test_network.py
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the balancer of test_replicas_network.py
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
