@@ -25,7 +25,9 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,22 +214,29 @@ class World:
         return document if isinstance(document, dict) else None
 
     def export(self) -> list[dict[str, Any]]:
-        """The whole trail over HTTPS through the balancer, as a SIEM pulls it."""
-        got = self.net["cli"].run(
-            [
-                "curl",
-                "-sS",
-                "--fail",
-                "--cacert",
-                str(self.data_dir("a") / CA_CERT_FILE),
-                "-H",
-                f"Authorization: Bearer {self.token}",
-                f"https://{self.balancer}:{HTTP_PORT}/v1/audit/events?after=0",
-            ],
-            timeout=60,
-        )
-        assert got.returncode == 0, got.stderr
-        return [json.loads(line) for line in got.stdout.split("\n") if line]
+        """The whole trail over HTTPS through the balancer, as a SIEM pulls it: page after
+        page (the answer is bounded) until one comes back empty."""
+        events: list[dict[str, Any]] = []
+        while True:
+            after = events[-1]["seq"] if events else 0
+            got = self.net["cli"].run(
+                [
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "--cacert",
+                    str(self.data_dir("a") / CA_CERT_FILE),
+                    "-H",
+                    f"Authorization: Bearer {self.token}",
+                    f"https://{self.balancer}:{HTTP_PORT}/v1/audit/events?after={after}",
+                ],
+                timeout=60,
+            )
+            assert got.returncode == 0, got.stderr
+            page = [json.loads(line) for line in got.stdout.split("\n") if line]
+            if not page:
+                return events
+            events += page
 
     # ---- replicas -----------------------------------------------------------------------
 
@@ -344,6 +353,58 @@ class World:
         for process in [*self.agents, *self.replicas.values()]:
             process.stop()
         self.haproxy.stop()
+
+
+@dataclass
+class Load:
+    """Exec sessions through the balancer, back to back on `threads` threads; each tagged
+    statement and when each session started and ended."""
+
+    world: World
+    threads: int = 2
+    ok: list[tuple[float, float, str]] = field(default_factory=list)
+    refused: list[tuple[float, float, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(90)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            tag = uuid.uuid4().hex[:10]
+            began = time.monotonic()
+            ran = self.world.exec(f"select '{tag}' as tag")
+            ended = time.monotonic()
+            if ran.returncode == 0:
+                self.ok.append((began, ended, tag))
+            else:
+                self.refused.append((began, ended, ran.stderr.strip()[-300:]))
+
+    def wait_ok(self, count: int, timeout: float = 30) -> None:
+        target = len(self.ok) + count
+        wait(f"{count} more sessions", lambda: len(self.ok) >= target, timeout=timeout)
+
+    def recovered_after(self, moment: float, timeout: float = 30) -> float:
+        """Seconds from `moment` until a session that *began* after it succeeded."""
+
+        def first() -> float | None:
+            after = [ended for began, ended, _ in self.ok if began > moment]
+            return min(after) - moment if after else None
+
+        wait("a new session succeeding", lambda: first() is not None, timeout=timeout)
+        found = first()
+        assert found is not None
+        return found
 
 
 def haproxy_config(world: World) -> str:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -25,6 +23,7 @@ from devenv.replicanet import (
     GRPC_PORT,
     POLICY,
     REPLICAS,
+    Load,
     World,
     create_pool,
     reconcile,
@@ -138,58 +137,6 @@ def test_an_apply_through_b_reaches_the_instance_on_a_within_a_second(world: Wor
     assert reached < 1.0
     ran = world.cli("exec", f"pg-{tag}", "-c", "select 'new connection' as how", via="a")
     assert ran.returncode == 0, ran.stderr
-
-
-@dataclass
-class Load:
-    """Exec sessions through the balancer, back to back on `threads` threads; each tagged
-    statement and when each session started and ended."""
-
-    world: World
-    threads: int = 2
-    ok: list[tuple[float, float, str]] = field(default_factory=list)
-    refused: list[tuple[float, float, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Load:
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(90)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            tag = uuid.uuid4().hex[:10]
-            began = time.monotonic()
-            ran = self.world.exec(f"select '{tag}' as tag")
-            ended = time.monotonic()
-            if ran.returncode == 0:
-                self.ok.append((began, ended, tag))
-            else:
-                self.refused.append((began, ended, ran.stderr.strip()[-300:]))
-
-    def wait_ok(self, count: int, timeout: float = 30) -> None:
-        target = len(self.ok) + count
-        wait(f"{count} more sessions", lambda: len(self.ok) >= target, timeout=timeout)
-
-    def recovered_after(self, moment: float, timeout: float = 30) -> float:
-        """Seconds from `moment` until a session that *began* after it succeeded."""
-
-        def first() -> float | None:
-            after = [ended for began, ended, _ in self.ok if began > moment]
-            return min(after) - moment if after else None
-
-        wait("a new session succeeding", lambda: first() is not None, timeout=timeout)
-        found = first()
-        assert found is not None
-        return found
 
 
 def test_kill_9_of_a_replica_then_of_an_agent_under_load_through_haproxy(world: World) -> None:

@@ -133,3 +133,17 @@ async def test_an_order_that_is_not_acked_goes_to_another_instance_and_never_twi
         assert next_route.replica == "rc"
         await origin.order(next_route, agent_pb2.OpenSession(session_id=session_id))
     assert _orders(on_c) == ["s3", "s4"] and _orders(on_b) == []
+
+
+async def test_an_order_for_an_instance_that_went_offline_here_goes_to_another(
+    db: Database, writer: AuditWriter
+) -> None:
+    rows = await pool(db, "vpc", 2)
+    registry = AgentRegistry(db, writer)
+    gone, stays = [await connect(registry, row) for row in rows]
+    registry._turn["vpc"] = 0
+    route = await registry.route("vpc")
+    assert route.instance_id == gone.instance_id
+    await registry.disconnected(gone)  # between choosing it and sending the order
+    await registry.order(route, agent_pb2.OpenSession(session_id="s5", connection="pg"))
+    assert _orders(stays) == ["s5"] and _orders(gone) == []
