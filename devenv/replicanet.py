@@ -39,7 +39,7 @@ from devenv import netns
 from devenv.postgres import PostgresServer, start_postgres
 from devenv.processes import stop_process, tail
 from devenv.production import production_agent
-from devenv.stack import GATEHOUSE, Agent, Process, gatehouse
+from devenv.stack import Agent, Process, gatehouse, gatehouse_running
 
 PREFIX = "rep"
 REPLICAS = ("a", "b")
@@ -168,19 +168,8 @@ class World:
     @contextlib.contextmanager
     def cli_running(self, *args: str, via: str | None = None) -> Iterator[subprocess.Popen[str]]:
         """A CLI command left running in the cli namespace; killed if it still runs after."""
-        command = subprocess.Popen(
-            [*self.net["cli"].wrap, *GATEHOUSE, *args],
-            env={**os.environ, **self.cli_env(via)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with gatehouse_running(args, env=self.cli_env(via), wrap=self.net["cli"].wrap) as command:
             yield command
-        finally:
-            if command.poll() is None:
-                command.kill()
-                command.communicate()
 
     def exec(self, statement: str, via: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.cli("exec", "pg", "-c", statement, "-o", "json", via=via, timeout=60)

@@ -32,17 +32,11 @@ from controlplane.tls.ca import CertificateAuthority
 from devenv import netns
 from devenv.processes import tail
 from devenv.stack import Process
-from tests.conftest import require
 from tests.e2e.networld import AGENT, GRPC_PORT, HTTP_PORT, PREFIX, World, started, wait
 from wire.jointoken import JoinToken
 
 CONNECT_PORT = 15432
-
-
-@pytest.fixture(autouse=True)
-def _namespaces_available() -> None:
-    why = netns.available()
-    require(why is None, f"{why}")
+pytestmark = pytest.mark.usefixtures("namespaces_available")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from devenv import netns
 from devenv.replicanet import (
     EXTRA,
     GRPC_PORT,
@@ -30,15 +29,8 @@ from devenv.replicanet import (
     started,
     wait,
 )
-from tests.conftest import require
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def _namespaces_available() -> None:
-    why = netns.available()
-    require(why is None, f"{why}")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("namespaces_available")]
 
 
 @pytest.fixture(scope="module")
