@@ -141,7 +141,10 @@ async def _until_ready(
             current.command = tag_text
             results.append(current)
             current = None
-    raise CliError("the session ended before the database answered")
+    raise CliError(
+        "the session ended before the database answered, without a reason from the control "
+        "plane (the replica serving it may have stopped); run it again"
+    )
 
 
 def _json_value(value: bytes | None, type_oid: int) -> Any:

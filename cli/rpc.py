@@ -138,6 +138,13 @@ def explained(address: str) -> Iterator[None]:
                 f"(set GATEHOUSE_CONTROLPLANE or --controlplane){hint}",
                 REFUSED,
             ) from None
+        if code == grpc.StatusCode.UNAVAILABLE and _dropped(exc):
+            raise CliError(
+                f"the connection to the control plane at {address} was lost while it was "
+                "serving this (the replica may have stopped); whatever was running may or may "
+                f"not have completed: check before running it again [{exc.details()}]",
+                REFUSED,
+            ) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             raise CliError(f"the control plane at {address} did not answer in time") from None
         raise CliError(exc.details() or code.name, REFUSED) from None
@@ -152,6 +159,12 @@ def _ca_file() -> str | None:
 def _tls_failed(exc: grpc.aio.AioRpcError) -> bool:
     details = (exc.details() or "").lower()
     return any(word in details for word in ("handshake", "certificate", "ssl_error", "tls"))
+
+
+def _dropped(exc: grpc.aio.AioRpcError) -> bool:
+    """An established connection that broke (gRPC says "Stream removed", "Socket closed")."""
+    details = (exc.details() or "").lower()
+    return any(word in details for word in ("stream removed", "socket closed", "connection reset"))
 
 
 def _unreachable(exc: grpc.aio.AioRpcError) -> bool:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
@@ -53,6 +54,11 @@ RECHECK = 3.0  # seconds between re-checks of revocations and the policy version
 RECONNECT = 1.0  # seconds before the listener tries its connection again
 PUBLISH_TIMEOUT = 5.0  # seconds a notification may take to send
 ORDER_ACK = 2.0  # seconds the holding replica has to confirm it passed an order on
+# The holder passes an order on only within this many seconds of its sending (wall clocks,
+# which replicas keep in step for certificates and tokens anyway); the rest of ORDER_ACK is
+# for its ack to travel back. A late order is refused, never delivered after the origin has
+# given up on it and sent the session to another instance.
+ORDER_TTL = ORDER_ACK / 2
 
 
 async def push_policy(links: list[AgentLink], policy: PolicyStore) -> list[str]:
@@ -230,6 +236,7 @@ class Replicas:
                     "session_id": order.session_id,
                     "connection": order.connection,
                     "dial": self.advertise,
+                    "expires": time.time() + ORDER_TTL,
                 }
             )
             taken = await asyncio.wait_for(acked, ORDER_ACK)
@@ -304,8 +311,18 @@ class Replicas:
             connection=str(message["connection"]),
             dial=str(message["dial"]),
         )
-        taken = self._registry.deliver(str(message["instance"]), order)
-        if not taken:
+        late = time.time() - float(message.get("expires", 0))
+        if late > 0:
+            log.warning(
+                "session %s: the order came %.1f s after its deadline (a slow store, or clocks "
+                "out of step); refused, its replica sends it to another instance",
+                order.session_id,
+                late,
+            )
+            taken = False
+        else:
+            taken = self._registry.deliver(str(message["instance"]), order)
+        if late <= 0 and not taken:
             log.warning(
                 "session %s: instance %s is no longer held here; its replica reroutes",
                 order.session_id,

@@ -5,8 +5,10 @@
 # clients (a throwaway sshd is the target of the SSH tests) and PgBouncer (the benchmark's
 # pooling baseline; it is started from its binary, never as a service) and shellcheck (the
 # agent installer's lint), systemd-analyze and kubectl (the deploy/ checks), setpriv and ip
-# (the run_as sandbox and the network-namespace tests) and strace (a wrapper the stdin-program
-# tests run a shell behind, and the count of the audit writer's syncs).
+# (the run_as sandbox and the network-namespace tests), strace (a wrapper the stdin-program
+# tests run a shell behind, and the count of the audit writer's syncs) and HAProxy (the load
+# balancer in front of the replicas in the replica tests and the soak; started from its
+# binary, never as a service).
 set -euo pipefail
 
 have_pg() {
@@ -28,6 +30,7 @@ command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)  # kustomizes
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the run_as capability sandbox
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces of test_network.py
 command -v strace >/dev/null 2>&1 || missing+=(strace)  # test_ssh_stdin.py's wrapper; counts fdatasyncs
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the balancer of test_replicas_network.py
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -47,6 +47,7 @@ def _ip(*args: str) -> None:
 class Namespace:
     name: str
     addresses: list[str] = field(default_factory=list)  # this namespace's end of each link
+    extra: list[str] = field(default_factory=list)  # added with add_address
 
     @property
     def wrap(self) -> list[str]:
@@ -77,6 +78,24 @@ class Namespace:
                 yield
             finally:
                 _setns(home.fileno())
+
+    def add_address(self, beside: str, address: str) -> None:
+        """A second address on the link that carries `beside` (one of `addresses`): a process
+        here can then use another source address on that link (a load balancer's own)."""
+        shown = subprocess.run(
+            ["ip", "-n", self.name, "-o", "-4", "addr", "show"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in shown.stdout.splitlines():
+            fields = line.split()  # "N: DEV inet A.B.C.D/24 ..."
+            if len(fields) > 3 and fields[3].split("/")[0] == beside:
+                prefix = fields[3].split("/")[1]
+                _ip("-n", self.name, "addr", "add", f"{address}/{prefix}", "dev", fields[1])
+                self.extra.append(address)
+                return
+        raise NetnsError(f"{self.name} has no address {beside}")
 
     def pids(self) -> list[int]:
         result = subprocess.run(

@@ -25,7 +25,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -333,9 +333,11 @@ def _conf_value(value: str | int) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _server_config(port: int, socket_dir: Path, encryption: str, log_statements: bool) -> str:
+def _server_config(
+    port: int, socket_dir: Path, encryption: str, log_statements: bool, listen: Sequence[str] = ()
+) -> str:
     settings: dict[str, str | int] = {
-        "listen_addresses": HOST,
+        "listen_addresses": ",".join([HOST, *listen]),
         "port": port,
         "unix_socket_directories": str(socket_dir),
         "max_connections": 200,
@@ -356,7 +358,7 @@ def _server_config(port: int, socket_dir: Path, encryption: str, log_statements:
     return "# Written by devenv.postgres on every start.\n" + body
 
 
-def _pg_hba(encryption: str) -> str:
+def _pg_hba(encryption: str, samenet: bool = False) -> str:
     return (
         "# Written by devenv.postgres: the superuser is trusted on the private unix socket only;\n"
         "# everyone else, and every TCP connection, needs a password.\n"
@@ -364,6 +366,7 @@ def _pg_hba(encryption: str) -> str:
         f"local  all  all                       {encryption}\n"
         f"host   all  all       127.0.0.1/32    {encryption}\n"
         f"host   all  all       ::1/128         {encryption}\n"
+        + (f"host   all  all       samenet         {encryption}\n" if samenet else "")
     )
 
 
@@ -378,6 +381,7 @@ def start_postgres(
     tls: tuple[Path, Path] | None = None,
     log_statements: bool = True,
     ready_timeout: float = 30.0,
+    listen: Sequence[str] = (),
 ) -> PostgresServer:
     """initdb a fresh cluster under ``base_dir``, start it, and create ``roles`` and ``databases``.
 
@@ -385,7 +389,9 @@ def start_postgres(
     ``databases`` maps database name to owner role. ``port=None`` picks a free port (and retries
     with another if it is taken meanwhile). ``base_dir`` must not already hold a cluster.
     ``auth_method`` is what pg_hba asks TCP clients for (default: ``password_encryption``;
-    ``password`` for cleartext); ``tls`` is (certificate, key) to serve TLS with.
+    ``password`` for cleartext); ``tls`` is (certificate, key) to serve TLS with. ``listen``
+    adds addresses to listen on besides loopback (a store other network namespaces reach);
+    clients from the networks of those addresses (``samenet``) log in with a password too.
     """
     if password_encryption not in _ENCRYPTIONS:
         raise ValueError(
@@ -403,7 +409,9 @@ def start_postgres(
         )
     _prepare_dirs(base_dir, data_dir, socket_dir, log_file, account)
     _initdb(bindir, data_dir, base_dir, account)
-    _write(data_dir / "pg_hba.conf", _pg_hba(auth_method or password_encryption), account)
+    _write(
+        data_dir / "pg_hba.conf", _pg_hba(auth_method or password_encryption, bool(listen)), account
+    )
     tls_settings: dict[str, str | int] = {}
     if tls is not None:
         for source, name in zip(tls, ("server.crt", "server.key"), strict=True):
@@ -416,7 +424,7 @@ def start_postgres(
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     for _ in range(attempts):
         chosen = port if port is not None else free_port()
-        config = _server_config(chosen, socket_dir, password_encryption, log_statements)
+        config = _server_config(chosen, socket_dir, password_encryption, log_statements, listen)
         config += "".join(f"{k} = {_conf_value(v)}\n" for k, v in tls_settings.items())
         _write(data_dir / "devenv.conf", config, account)
         server = PostgresServer(HOST, chosen, data_dir, log_file, SUPERUSER, socket_dir)

@@ -6,13 +6,14 @@ start them; nothing is imported in-process, so a test sees what a user sees.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,27 @@ def gatehouse(
         cwd=REPO,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def gatehouse_running(
+    args: Sequence[str], *, env: Mapping[str, str], wrap: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[str]]:
+    """A `gatehouse` command left running (output captured); killed if it still runs after."""
+    command = subprocess.Popen(
+        [*wrap, *GATEHOUSE, *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        yield command
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.communicate()
 
 
 @dataclass

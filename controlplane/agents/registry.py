@@ -460,22 +460,23 @@ class AgentRegistry:
         return candidates[turn % len(candidates)]
 
     async def order(self, route: Route, order: agent_pb2.OpenSession) -> None:
-        """Send a session order to the routed instance, here or through its replica. When the
-        other replica does not take it (it died a moment ago, or no longer holds the
-        instance), the order goes to another online instance instead."""
+        """Send a session order to the routed instance, here or through its replica. When it
+        cannot take it (its stream closed a moment ago, or another replica died or no longer
+        holds it), the order goes to another online instance instead."""
         tried: set[str] = set()
         while True:
             try:
                 await self._send(route, order)
                 return
             except Unavailable:
-                if route.replica == self.replica_id:
-                    raise
-                # Pass that replica over until its heartbeat would have told us anyway.
-                self._suspect[route.replica] = time.monotonic() + self.replica_timeout
+                # Nothing was queued for that instance: another one may take the session.
                 tried.add(route.instance_id)
+                if route.replica != self.replica_id:
+                    # Pass that replica over until its heartbeat would have told us anyway.
+                    self._suspect[route.replica] = time.monotonic() + self.replica_timeout
                 log.warning(
-                    "session %s: replica %s did not take the order for instance %s; rerouting",
+                    "session %s: replica %s did not take the order for instance %s (gone or "
+                    "not reading); rerouting",
                     order.session_id,
                     route.replica,
                     route.instance_id,

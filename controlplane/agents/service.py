@@ -198,7 +198,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         revoked = self._registry.revocation(row.id)
         cut = asyncio.create_task(revoked.wait())
         # Revoked: end both directions at once (not when the session is done: then cancelled).
-        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.close())
+        why = (
+            f"agent {row.name!r} (instance {row.id}) serving this session was revoked; run it "
+            "again to have another instance serve it"
+        )
+        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.cut_off(why))
         reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
             await self._to_agent(tunnel, context, reader)

@@ -584,6 +584,8 @@ async def _relay(end: ClientEnd, session: Admitted) -> str:
     for task in pending:
         task.cancel()
     results = await asyncio.gather(upstream, downstream, return_exceptions=True)
+    if tunnel.cut:
+        return tunnel.cut
     for result in results:
         if isinstance(result, AgentLost):
             log.warning("session %s: agent %s lost", tunnel.session_id, tunnel.agent)
@@ -636,6 +638,12 @@ async def _agent_to_client(end: ClientEnd, tunnel: Tunnel, inspector: Inspector)
         item = await tunnel.to_client.get()
         if item is None and tunnel.lost:
             await _agent_lost(end, tunnel, inspector)
+        if item is None and tunnel.cut:
+            # Cut off by the control plane (a revocation): say so, as a server shutting the
+            # session down would (57P01), not just end the stream.
+            with contextlib.suppress(Exception):
+                await end.write(inspector.fatal(f"session ended: {tunnel.cut}", "57P01"))
+            return
         if item is None:
             chunks = inspector.closing()
         elif isinstance(item, tunnel_pb2.Frame):

@@ -58,12 +58,20 @@ class Tunnel:
     ending: bool = False  # the client is done: the agent's end of stream is the expected answer
     # What the agent said when it attached: a shell session's account (SessionAttach.run_as).
     run_as: agent_pb2.RunAs | None = None
+    # Why the control plane cut the session off (its agent instance was revoked): the client
+    # is told this rather than seeing its session simply end.
+    cut: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def wake(self) -> None:
         """Nudge the client writer; if frames are queued, it will look anyway."""
         with contextlib.suppress(asyncio.QueueFull):
             self.to_client.put_nowait(WAKE)
+
+    def cut_off(self, reason: str) -> None:
+        """End the session now, telling the client `reason`."""
+        self.cut = reason
+        self.close()
 
     def close(self) -> None:
         self.closed.set()

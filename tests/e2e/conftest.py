@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from devenv import netns
 from devenv.postgres import PostgresServer, start_postgres
 from devenv.sshd import Sshd
 from devenv.stack import Agent, Connect, ControlPlane, enroll_agent, gatehouse
+from tests.conftest import require
 
 PG_PASSWORD = "s3cret-pg-password"
 AGENT = "vpc-1"
@@ -28,6 +30,13 @@ connections:
     target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
     secret: {{password: env:PG_PASSWORD}}
 """
+
+
+@pytest.fixture
+def namespaces_available() -> None:
+    """For the tests across network namespaces: fail saying why they cannot be made here."""
+    why = netns.available()
+    require(why is None, f"{why}")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from devenv.postgres import PostgresServer, start_postgres
 from devenv.processes import tail
 from devenv.production import production_agent
 from devenv.sshd import Sshd, start_sshd
-from devenv.stack import GATEHOUSE, Agent, Process, gatehouse
+from devenv.stack import Agent, Process, gatehouse, gatehouse_running
 
 PREFIX = "netns"
 PG_PASSWORD = "vpc-pg-password"
@@ -111,19 +110,8 @@ class World:
     @contextlib.contextmanager
     def cli_running(self, *args: str) -> Iterator[subprocess.Popen[str]]:
         """A CLI command left running in the cli namespace; killed if it still runs after."""
-        command = subprocess.Popen(
-            [*self.net["cli"].wrap, *GATEHOUSE, *args],
-            env={**os.environ, **self.cli_env()},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with gatehouse_running(args, env=self.cli_env(), wrap=self.net["cli"].wrap) as command:
             yield command
-        finally:
-            if command.poll() is None:
-                command.kill()
-                command.communicate()
 
     def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.net["cli"].run(["curl", "-sS", *args], timeout=30)
