@@ -6,11 +6,19 @@ pipeline skipped after an error) must not change what the inspector believes the
 for, or the trail would record one text while another runs (decision 0010). Within one
 pipeline, what an earlier message of the same pipeline creates is certain for a later one: if
 the earlier one fails, the server skips the rest up to the Sync. That is the ``Overlay``.
+
+A portal's text is *proven* from its confirmation until user-defined code may have run that
+could close it and open another portal under the same name (a function called by any
+statement, a trigger, a DO block, the deferred triggers and holdable cursors a COMMIT runs).
+A portal being executed (FETCH, Execute) is active and cannot be dropped, so the code of its
+own statement leaves it proven. A name the inspector never saw created may still exist: code
+may have opened it (a function returning a refcursor). Neither is claimed in the trail.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Final
 
 from controlplane.relay.pg_sql import Effect
 
@@ -24,6 +32,7 @@ class Prepared:
 
     text: str
     param_types: tuple[int, ...] = ()
+    planned: bool = True  # a Bind plans it (and may call functions for that)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +42,33 @@ class Portal:
     text: str
     params: tuple[str | None, ...] = ()
     holdable: bool = False  # DECLARE … WITH HOLD outlives its transaction
-    prepared: tuple[tuple[str, str], ...] = ()  # EXECUTEs inside ``text`` and what they ran
+    proven: bool = True  # no code that could have re-opened the name ran since it was confirmed
+    known: bool = True  # False: a name never seen created, which code may have opened
+
+
+#: A portal the inspector never saw created: code that ran may have opened one by that name.
+UNKNOWN: Final = Portal("", proven=False, known=False)
+
+
+def _unproven(portal: Portal) -> Portal:
+    return replace(portal, proven=False) if portal.proven else portal
+
+
+def _after_code(name: str, portal: Portal | None, keeps: frozenset[str]) -> Portal | None:
+    """What a name of the pipeline stands for after code that may have run: a portal closed
+    earlier in it may have been opened again."""
+    if not name or name in keeps:
+        return portal
+    return UNKNOWN if portal is None else _unproven(portal)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement (or protocol message) as the names see it once the server ran it."""
+
+    effect: Effect | None = None
+    runs_code: bool = False  # it may run user-defined code, which may re-open any portal …
+    keeps: frozenset[str] = frozenset()  # … but the ones it runs: they are active meanwhile
 
 
 @dataclass(slots=True)
@@ -44,6 +79,21 @@ class Overlay:
     portals: dict[str, Portal | None] = field(default_factory=dict)
     statements_cleared: bool = False  # DEALLOCATE ALL / DISCARD ALL earlier in it
     portals_cleared: bool = False  # CLOSE ALL / DISCARD ALL earlier in it
+    # Code may run earlier in it (since the portals were cleared): confirmed portals are then
+    # unproven for what follows, but those every such statement ran (``kept``).
+    code_ran: bool = False
+    kept: frozenset[str] = frozenset()
+
+    def run(self, step: Step) -> None:
+        """What a statement of the pipeline will have done, if it runs."""
+        if step.runs_code:
+            self.kept = self.kept & step.keeps if self.code_ran else step.keeps
+            self.code_ran = True
+            self.portals = {
+                name: _after_code(name, portal, step.keeps) for name, portal in self.portals.items()
+            }
+        if step.effect is not None:
+            self.apply(step.effect)
 
     def apply(self, effect: Effect) -> None:
         """What a statement of the pipeline will have done to the names, if it runs."""
@@ -59,14 +109,18 @@ class Overlay:
             self.portals[effect.name] = Portal(effect.text, holdable=effect.holdable)
         elif effect.op == "close":
             if effect.name is None:
-                self.portals.clear()
-                self.portals_cleared = True
+                self._clear_portals()
             else:
                 self.portals[effect.name] = None
         elif effect.op == "discard":
             self.statements.clear()
-            self.portals.clear()
-            self.statements_cleared = self.portals_cleared = True
+            self.statements_cleared = True
+            self._clear_portals()
+
+    def _clear_portals(self) -> None:
+        self.portals.clear()
+        self.portals_cleared = True
+        self.code_ran, self.kept = False, frozenset()
 
 
 @dataclass(slots=True)
@@ -75,9 +129,26 @@ class Names:
 
     statements: dict[str, Prepared] = field(default_factory=dict)
     portals: dict[str, Portal] = field(default_factory=dict)
+    code_in_transaction: bool = False  # its COMMIT may run code (deferred triggers, …)
 
     def __len__(self) -> int:
         return len(self.statements) + len(self.portals)
+
+    def run(self, step: Step) -> None:
+        """A statement (or a Bind, which may plan) ran on the server."""
+        if step.runs_code:
+            self.unprove(step.keeps)
+        if step.effect is not None:
+            self.apply(step.effect)
+
+    def unprove(self, keeps: frozenset[str] = frozenset()) -> None:
+        """Code ran: every portal but ``keeps`` (and the unnamed one, which no code can open
+        again under its name) may have been closed and re-opened."""
+        self.code_in_transaction = True
+        self.portals = {
+            name: portal if not name or name in keeps else _unproven(portal)
+            for name, portal in self.portals.items()
+        }
 
     def apply(self, effect: Effect) -> None:
         """A SQL statement that touches names completed on the server."""
@@ -104,5 +175,10 @@ class Names:
 
         A holdable cursor of a transaction that rolled back is gone too; keeping it here is
         safe: a FETCH of it fails on the server, and a new DECLARE of the name replaces it.
+        If code ran in the transaction, its end may have run more (deferred triggers, and the
+        query of each holdable cursor, to keep its rows), which may have re-opened any of them.
         """
-        self.portals = {name: p for name, p in self.portals.items() if p.holdable and name}
+        held = {name: p for name, p in self.portals.items() if p.holdable and name}
+        if self.code_in_transaction:
+            held = {name: _unproven(portal) for name, portal in held.items()}
+        self.portals, self.code_in_transaction = held, False
