@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -197,6 +197,7 @@ class PgInspector:
         self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
         self._running_code = 0  # unanswered requests that may run user-defined code
+        self._kept = Counter[str]()  # … and, by name, how many of them run that portal
         # An extended-protocol message failed and the Sync that ends its pipeline was not
         # forwarded yet: the target skips (and never answers) every message up to that Sync.
         self._skipping = False
@@ -327,7 +328,7 @@ class PgInspector:
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
         # A simple Query drops the unnamed statement and portal when it starts.
         self._names.statements.pop("", None)
-        self._names.portals.pop("", None)
+        self._names.drop_portal("")
         self._push(_expect(Q, steps))
         out.append(msg.raw)
 
@@ -396,13 +397,14 @@ class PgInspector:
         """What portal or cursor ``name`` is when the request runs: None when the target has
         none, ``UNKNOWN`` when code may have opened one the inspector never saw, and unproven
         when code may have closed and re-opened it since it was confirmed."""
-        if name in overlay.portals:
-            return overlay.portals[name]
+        changed, portal = overlay.portal(name)
+        if changed:
+            return portal
         if overlay.portals_cleared:
             return UNKNOWN if overlay.code_ran and name else None
         if self._may_create("P", name):
             await self._settle(out)
-        portal = self._names.portals.get(name)
+        portal = self._names.portal(name)
         if portal is None:
             return UNKNOWN if name else None  # no code can open a portal without a name
         replaced = (overlay.code_ran and name not in overlay.kept) or self._code_pending(name)
@@ -418,16 +420,14 @@ class PgInspector:
         """
         if not self._running_code:
             return False
-        in_block = self._tx_status == "T"
-        return any(e.runs_code and not (in_block and name in e.keeps) for e in self._expect)
+        return self._tx_status != "T" or self._kept[name] < self._running_code
 
     def _may_create(self, kind: str, name: str) -> bool:
         """Whether an unanswered request may still give ``name`` another meaning."""
         return self._creating > 0 and any((kind, name) in e.creates for e in self._expect)
 
     def _room(self, more: int = 1) -> bool:
-        held = len(self._overlay.statements) + len(self._overlay.portals)
-        return len(self._names) + held + self._creating + more <= MAX_NAMES
+        return len(self._names) + len(self._overlay) + self._creating + more <= MAX_NAMES
 
     @staticmethod
     def _full() -> str:
@@ -548,7 +548,7 @@ class PgInspector:
             bound = Step(runs_code=found.planned or bool(params), keeps=frozenset({bind.portal}))
             self._overlay.run(bound)
             portal = Portal(found.text, params)
-            self._overlay.portals[bind.portal] = portal
+            self._overlay.bind(bind.portal, portal)
             expect = Expect(
                 B,
                 name=bind.portal,
@@ -605,7 +605,7 @@ class PgInspector:
             if close.kind == "S":
                 self._overlay.statements[close.name] = None
             else:
-                self._overlay.portals[close.name] = None
+                self._overlay.close(close.name)
             expect = Expect(C, name=close.name, close_kind=close.kind)
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
@@ -807,6 +807,7 @@ class PgInspector:
             self._creating += 1
         if expect.runs_code:
             self._running_code += 1
+            self._kept.update(expect.keeps)
         self._answered.clear()
 
     def _pop(self) -> Expect:
@@ -815,6 +816,10 @@ class PgInspector:
             self._creating -= 1
         if expect.runs_code:
             self._running_code -= 1
+            self._kept.subtract(expect.keeps)
+            for name in expect.keeps:
+                if not self._kept[name]:
+                    del self._kept[name]
         if not self._expect:
             self._answered.set()
         if len(self._expect) < MAX_IN_FLIGHT // 2:
@@ -890,12 +895,11 @@ class PgInspector:
             if done.prepared is not None:
                 self._names.statements[done.name] = done.prepared
             elif done.portal is not None:
-                self._names.portals[done.name] = done.portal
+                self._names.bind(done.name, done.portal)
+            elif done.tag == C and done.close_kind == "S":
+                self._names.statements.pop(done.name, None)
             elif done.tag == C:
-                names: dict[str, Any] = (
-                    self._names.statements if done.close_kind == "S" else self._names.portals
-                )
-                names.pop(done.name, None)
+                self._names.drop_portal(done.name)
         elif kind == COMPLETE:
             if front is not None and front.epoch == self._copy_epoch:
                 self._copy_epoch = None  # the copy (or the statement after it) ended
@@ -923,7 +927,7 @@ class PgInspector:
             # An extended-protocol message failed: the target skips the rest up to the Sync.
             if front.tag == P and front.name == "":
                 self._names.statements.pop("", None)  # a failed unnamed Parse drops the old one
-            self._names.portals.pop("", None)
+            self._names.drop_portal("")
             while self._expect and self._expect[0].tag != S:
                 self._pop()
             # No Sync forwarded after it (a flushed part of a pipeline): what the client still
@@ -939,7 +943,7 @@ class PgInspector:
                 for step in self._pop().effects:  # statements whose end was not marked
                     if step.runs_code:
                         self._names.unprove(step.keeps)
-            self._names.portals.pop("", None)  # the unnamed portal ends at Sync
+            self._names.drop_portal("")  # the unnamed portal ends at Sync
             if mark.tx_status == "I":
                 self._names.transaction_ended()
 
