@@ -917,9 +917,8 @@ class PgInspector:
             if front is None or front.tag in (S, STARTUP_TAG):
                 return
             if front.tag == Q:
-                if front.effects:  # the statement that failed may have run code first
-                    failed = front.effects[0]
-                    self._names.run(Step(runs_code=failed.runs_code, keeps=failed.keeps))
+                if front.effects and front.effects[0].runs_code:  # it may have run code first
+                    self._names.unprove(front.effects[0].keeps)
                 front.effects.clear()  # the rest of the query does not run
                 return
             if front.runs_code:  # the message that failed may have run code first
