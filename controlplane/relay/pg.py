@@ -1134,7 +1134,8 @@ def _reopened(name: str) -> str:
     return (
         f'portal "{name}" may have been closed and opened again by code that ran since it was '
         f"bound ({_CODE} can do that), so the gateway cannot say what it would run; nothing "
-        "was sent to the database: Bind it again"
+        "was sent to the database: Bind it again, or read it to its end before running other "
+        "statements"
     )
 
 
