@@ -398,7 +398,9 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
     """
     problems = []
     opened: set[str] = set()
-    claims = [q for q in trail.allowed() if q["request"].get("cursors")]
+    # Each statement the server logged is the next event of its text that may have run (one
+    # its pipeline skipped was never logged), whether that event claims a cursor text or not.
+    ran = [q for q in trail.allowed() if (trail.result(q) or {}).get("error") != "skipped"]
     logged = list(entries(text))
     for index, entry in enumerate(logged):
         if entry.severity != "LOG":
@@ -410,13 +412,13 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
         if match is None:
             continue
         statement = redact_statement(match["text"])
-        claim = next((q for q in claims if q["request"]["statement"] == statement), None)
-        if claim is not None:
-            claims.remove(claim)
-            for name in sorted(opened & set(claim["request"]["cursors"])):
+        event = next((q for q in ran if q["request"]["statement"] == statement), None)
+        if event is not None:
+            ran.remove(event)
+            for name in sorted(opened & set(event["request"].get("cursors", ()))):
                 problems.append(
                     f"claims the text of cursor {name!r}, which a function opened again: "
-                    f"{statement!r} (seq {claim['seq']})"
+                    f"{statement!r} (seq {event['seq']})"
                 )
         failed = index + 1 < len(logged) and logged[index + 1].severity == "ERROR"
         if not failed:

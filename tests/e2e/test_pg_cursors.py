@@ -164,3 +164,21 @@ def test_a_holdable_cursor_is_not_claimed_after_a_commit_that_ran_code(
     trail = open_window.reconcile()
     [fetch] = [q for q in trail.allowed() if q["request"]["statement"] == "fetch all from h"]
     assert fetch["request"]["cursors_unknown"] == {"h": held}
+
+
+def test_a_cursor_declared_again_after_the_code_is_claimed_again(
+    open_window: pggate.Window, open_listener: Connect
+) -> None:
+    """Found by the fuzzer (its oracle once matched the first MOVE's log line to the second
+    MOVE's event): the same text, unknown after the code, known after the new DECLARE."""
+    with PgWire(open_listener.port) as client:
+        for code in (HOW["select"], "set work_mem = '8MB'"):
+            client.run(query("begin"))
+            client.run(query(DECLARED))
+            assert client.run(query(code)).errors == []
+            assert client.run(query("move 1 in c")).errors == []
+            client.run(query("commit"))
+    trail = open_window.reconcile()
+    moves = [q["request"] for q in trail.allowed() if q["request"]["statement"] == "move 1 in c"]
+    assert [m.get("cursors_unknown") for m in moves] == [{"c": DECLARED}, None]
+    assert [m.get("cursors") for m in moves] == [None, {"c": DECLARED}]
