@@ -18,9 +18,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, seed, settings
 
 from devenv.postgres import start_postgres
-from devenv.stack import Connect
-from tests.e2e import pgfuzz, pglog
-from tests.e2e.conftest import AGENT, PG_PASSWORD, start_stack
+from tests.e2e import pgfuzz, pggate
+from tests.e2e.conftest import PG_PASSWORD, start_stack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,24 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp)
         pg = start_postgres(base / "pg", roles={"app": PG_PASSWORD}, databases={"app": "app"})
         stack = start_stack(base / "stack", pg)
-        listener = Connect.create(stack.controlplane, "pg", base)
         try:
-            applied = stack.apply(pgfuzz.GUARDED_POLICY.format(agent=AGENT, port=pg.port))
-            if applied.returncode != 0:
-                print(applied.stderr, file=sys.stderr)
-                return 2
-            pgfuzz.prepare_tables(pg)
-            listener.start_and_wait()
-            cp = stack.controlplane
-            gateway = pgfuzz.Gateway(
-                port=listener.port,
-                pg=pg,
-                events=lambda after: pglog.http_events(cp.http_port, cp.token, after),
-                after=stack.events()[-1]["seq"],
-            )
-            return _run(gateway, args.examples, args.seed)
+            pggate.guard(stack)
+            pgfuzz.prepare(pg)
+            events = pggate.http_events(stack)
+            with (
+                pggate.listening(stack) as guarded,
+                pggate.listening(stack, pggate.OPEN) as unguarded,
+            ):
+                gateway = pgfuzz.Gateway(
+                    guarded.port, unguarded.port, pg, events, pggate.last_seq(events)
+                )
+                return _run(gateway, args.examples, args.seed)
         finally:
-            listener.stop()
             stack.stop()
             pg.stop()
 

@@ -6,7 +6,7 @@ a DELETE inside a data-modifying CTE, an EXPLAIN ANALYZE or a PREPARE is one. Th
 keyword of each statement and the reasons are explained in ``docs/guardrails.md``.
 
 This runs on the path of every statement, so ``check`` parses at most once (twice when a string
-literal holds a backslash, see ``_nonstandard_reading``), reads the parser's JSON text before it
+literal holds a backslash, see ``nonstandard_reading``), reads the parser's JSON text before it
 decodes it, and remembers its recent answers by statement text.
 """
 
@@ -23,7 +23,14 @@ from pglast.parser import ParseError, parse_sql_json, scan
 
 from controlplane.policy.document import Guardrail
 
-__all__ = ["STATEMENT_KEYWORDS", "UNPARSEABLE_RULE", "Decision", "SqlGuard"]
+__all__ = [
+    "STATEMENT_KEYWORDS",
+    "UNPARSEABLE_RULE",
+    "Decision",
+    "SqlGuard",
+    "TooAmbiguous",
+    "nonstandard_reading",
+]
 
 #: The `rule` of a decision on text that could not be parsed.
 UNPARSEABLE_RULE: Final = "(unparseable)"
@@ -328,8 +335,8 @@ class _Unparseable:
     message: str
 
 
-class _TooAmbiguous(Exception):
-    pass
+class TooAmbiguous(Exception):
+    """Too many string literals read differently with standard_conforming_strings off."""
 
 
 def _statement_names(tree_json: str) -> list[str]:
@@ -380,7 +387,7 @@ def _label_of(statement: _Body) -> str:
 _ESCAPED_QUOTE: Final = re.compile(r"(?<!\\)(?:\\\\)*\\'")
 
 
-def _nonstandard_reading(sql: str) -> str | None:
+def nonstandard_reading(sql: str) -> str | None:
     """The text as a server with ``standard_conforming_strings = off`` reads it, spelled so that
     libpg_query (which always reads with it on) parses it the same way; None when both readings
     are the same.
@@ -394,7 +401,7 @@ def _nonstandard_reading(sql: str) -> str | None:
     follows it is lexed afresh.
 
     Raises ParseError when the other reading cannot be lexed (the server would refuse it
-    too), _TooAmbiguous past _MAX_REREADS re-reads.
+    too), TooAmbiguous past _MAX_REREADS re-reads.
     """
     text = sql
     for _reread in range(_MAX_REREADS + 1):  # the last pass only confirms
@@ -421,7 +428,7 @@ def _nonstandard_reading(sql: str) -> str | None:
         text = "".join(pieces)
         if not extent_changes:
             return text
-    raise _TooAmbiguous
+    raise TooAmbiguous
 
 
 # ----------------------------------------------------------------------------------- guard
@@ -488,6 +495,14 @@ class SqlGuard:
             else self._decide
         )
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The guardrails that read SQL text; empty when this guard allows everything.
+
+        A request whose text the gateway cannot know (a cursor a function may have re-opened)
+        is refused when any of them would have to read it (decision 0010)."""
+        return tuple(rule.name for rule in self._rules)
+
     def check(self, sql: str) -> Decision:
         """Decide one statement text, as the client sent it (one or several statements)."""
         if not self._rules:
@@ -546,8 +561,8 @@ class SqlGuard:
         if isinstance(findings, _Unparseable) or "\\" not in sql:
             return findings
         try:
-            other = _nonstandard_reading(sql)
-        except _TooAmbiguous:
+            other = nonstandard_reading(sql)
+        except TooAmbiguous:
             return _Unparseable(
                 f"over {_MAX_REREADS} string literals read differently when"
                 " standard_conforming_strings is off"

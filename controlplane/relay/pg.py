@@ -16,9 +16,10 @@ forwarded request waits in a second queue until the target answered it (the agen
 ParseComplete, BindComplete, CloseComplete, the end of a Describe, every CommandComplete, error
 and ReadyForQuery), and only then does a name change (``pg_names``). A name that an unanswered
 request may still create is resolved once the target answered; a name the target does not hold
-is refused. Text whose reading depends on the session's lexical settings is parsed only once
+is refused. A cursor's text is claimed only while no code that could have re-opened it ran
+(``pg_names``). Text whose reading depends on the session's lexical settings is parsed only once
 every earlier request was answered, under the settings the target reported (``pg_lexical``).
-Decision 0010 explains both.
+Decision 0010 explains all three.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
@@ -37,8 +38,7 @@ from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
 from controlplane.relay import pg_sql
 from controlplane.relay.pg_lexical import LexicalSettings, sensitive
-from controlplane.relay.pg_names import MAX_NAMES, Names, Overlay, Portal, Prepared
-from controlplane.relay.pg_sql import Effect
+from controlplane.relay.pg_names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.pg import framing
@@ -67,10 +67,7 @@ TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
 _COPY_BROKEN = (
     "a request was sent during COPY FROM STDIN; end the copy with CopyDone or CopyFail first"
 )
-_TOO_DEEP = (
-    "the statement is nested too deeply for the gateway to read which prepared statements or "
-    "cursors it uses"
-)
+UNKNOWN_CURSOR_RULE = "(unknown cursor)"
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 AGENT_LOST_MESSAGE = "agent lost before the result arrived"
@@ -138,8 +135,10 @@ class Expect:
     close_kind: str = ""  # Close: 'S' or 'P'
     prepared: Prepared | None = None  # Parse: what ParseComplete confirms
     portal: Portal | None = None  # Bind: what BindComplete confirms
-    effects: deque[Effect | None] = field(default_factory=deque)  # Query/Execute, in order
+    effects: deque[Step] = field(default_factory=deque)  # Query/Execute: its statements
     creates: frozenset[tuple[str, str]] = frozenset()  # ('S'|'P', name) it may create
+    runs_code: bool = False  # it may run user-defined code (which may re-open portals) …
+    keeps: frozenset[str] = frozenset()  # … but not the portals it runs
     # Which client message made it: the count of messages that would end a COPY FROM STDIN
     # (all but Sync, Flush and CopyData) when it arrived; -1 until it is stamped.
     epoch: int = -1
@@ -153,6 +152,7 @@ class Refusal:
     sqlstate: str
     reason: str  # without the "gatehouse: " prefix
     rule: str | None = None
+    resolved: Resolved | None = None  # what the names of the refused text stood for
 
 
 @dataclass(slots=True)
@@ -161,6 +161,9 @@ class Resolved:
 
     prepared: dict[str, str] = field(default_factory=dict)
     cursors: dict[str, str] = field(default_factory=dict)
+    # Cursors whose text cannot be known: the text they were declared with (None: never seen
+    # declared); code that ran since may have closed them and opened others by their names.
+    unknown: dict[str, str | None] = field(default_factory=dict)
 
     def texts(self) -> list[str]:
         return [*self.prepared.values(), *self.cursors.values()]
@@ -193,6 +196,8 @@ class PgInspector:
         self._answered.set()
         self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
+        self._running_code = 0  # unanswered requests that may run user-defined code
+        self._kept = Counter[str]()  # … and, by name, how many of them run that portal
         # An extended-protocol message failed and the Sync that ends its pipeline was not
         # forwarded yet: the target skips (and never answers) every message up to that Sync.
         self._skipping = False
@@ -304,12 +309,12 @@ class PgInspector:
             await self._settle(out)
         outcome = await self._decide(sql, Overlay(), out)
         refusal: Refusal | None
-        effects: list[Effect | None]
+        steps: list[Step]
         if isinstance(outcome, Refusal):
-            refusal, resolved, effects = outcome, Resolved(), []
+            refusal, resolved, steps = outcome, outcome.resolved or Resolved(), []
             decision = Decision(False, refusal.rule or refusal.sqlstate, refusal.reason)
         else:
-            decision, resolved, effects = outcome
+            decision, resolved, steps = outcome
             refusal = None if decision.allowed else Refusal(DENIED_SQLSTATE, decision.reason or "")
         event = self._event(sql, decision, protocol="simple", resolved=resolved)
         statements = await self._record([event])
@@ -323,43 +328,60 @@ class PgInspector:
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
         # A simple Query drops the unnamed statement and portal when it starts.
         self._names.statements.pop("", None)
-        self._names.portals.pop("", None)
-        self._push(_expect(Q, effects))
+        self._names.drop_portal("")
+        self._push(_expect(Q, steps))
         out.append(msg.raw)
 
     async def _decide(
-        self, sql: str, overlay: Overlay, out: list[Chunk]
-    ) -> Refusal | tuple[Decision, Resolved, list[Effect | None]]:
-        """The guard's decision on ``sql`` and on every text a name in it stands for."""
+        self, sql: str, overlay: Overlay, out: list[Chunk], runs: frozenset[str] = frozenset()
+    ) -> Refusal | tuple[Decision, Resolved, list[Step]]:
+        """The guard's decision on ``sql`` and on every text a name in it stands for.
+
+        ``runs``: the portal a protocol Execute of ``sql`` runs (its code cannot replace it).
+        """
         why = self._lexical.unreadable(sql)
         if why is not None:
             return Refusal(UNREADABLE_SQLSTATE, why, "(unreadable)")
         found = pg_sql.statements(sql)
-        if found is None:
-            return Refusal(TOO_COMPLEX_SQLSTATE, _TOO_DEEP, "(unparseable)")
+        if isinstance(found, pg_sql.Unreadable):
+            if found.too_complex:
+                return Refusal(TOO_COMPLEX_SQLSTATE, found.reason, "(unparseable)")
+            return Refusal(UNREADABLE_SQLSTATE, found.reason, "(unreadable)")
         creates = sum(1 for st in found if st.effect and st.effect.op in ("prepare", "declare"))
         if creates and not self._room(creates):
             return Refusal(LIMIT_SQLSTATE, self._full(), "(limit)")
         resolved = Resolved()
+        steps = []
         for st in found:
             for name in st.executes:
                 prepared = await self._statement(name, overlay, out)
                 if prepared is None:
                     return Refusal(UNKNOWN_STATEMENT_SQLSTATE, _unknown("prepared statement", name))
                 resolved.prepared[name] = prepared.text
+            keeps = runs
             if st.fetches is not None:
                 portal = await self._portal(st.fetches, overlay, out)
                 if portal is None:
                     return Refusal(UNKNOWN_CURSOR_SQLSTATE, _unknown("cursor", st.fetches))
-                resolved.cursors[st.fetches] = portal.text
-            if st.effect is not None:
-                overlay.apply(st.effect)
+                if portal.proven and st.fetches not in resolved.unknown:
+                    resolved.cursors[st.fetches] = portal.text
+                else:  # not claimed for the text at all if any of its uses is unproven
+                    resolved.cursors.pop(st.fetches, None)
+                    resolved.unknown[st.fetches] = portal.text if portal.known else None
+                keeps = runs | {st.fetches}
+            step = Step(st.effect, st.runs_code, keeps)
+            overlay.run(step)
+            steps.append(step)
+        if resolved.unknown and self._guard.names:
+            # A guardrail would have to read what the cursor runs, and nobody can say.
+            reason = _unknowable(resolved.unknown, self._guard.names)
+            return Refusal(DENIED_SQLSTATE, reason, UNKNOWN_CURSOR_RULE, resolved)
         decision = self._guard.check(sql)
         for text in resolved.texts():
             if not decision.allowed:
                 break
             decision = self._guard.check(text)
-        return decision, resolved, [st.effect for st in found]
+        return decision, resolved, steps
 
     async def _statement(self, name: str, overlay: Overlay, out: list[Chunk]) -> Prepared | None:
         """What prepared statement ``name`` is when the request runs; None: the target has none."""
@@ -372,22 +394,40 @@ class PgInspector:
         return self._names.statements.get(name)
 
     async def _portal(self, name: str, overlay: Overlay, out: list[Chunk]) -> Portal | None:
-        """What portal or cursor ``name`` is when the request runs; None: the target has none."""
-        if name in overlay.portals:
-            return overlay.portals[name]
+        """What portal or cursor ``name`` is when the request runs: None when the target has
+        none, ``UNKNOWN`` when code may have opened one the inspector never saw, and unproven
+        when code may have closed and re-opened it since it was confirmed."""
+        changed, portal = overlay.portal(name)
+        if changed:
+            return portal
         if overlay.portals_cleared:
-            return None
+            return UNKNOWN if overlay.code_ran and name else None
         if self._may_create("P", name):
             await self._settle(out)
-        return self._names.portals.get(name)
+        portal = self._names.portal(name)
+        if portal is None:
+            return UNKNOWN if name else None  # no code can open a portal without a name
+        replaced = (overlay.code_ran and name not in overlay.kept) or self._code_pending(name)
+        if portal.proven and name and replaced:
+            return replace(portal, proven=False)
+        return portal
+
+    def _code_pending(self, name: str) -> bool:
+        """Whether an unanswered request may run code that re-opens portal ``name``.
+
+        One that runs the portal itself cannot, unless its implicit COMMIT runs code (deferred
+        triggers): only inside a transaction block does it keep the portal.
+        """
+        if not self._running_code:
+            return False
+        return self._tx_status != "T" or self._kept[name] < self._running_code
 
     def _may_create(self, kind: str, name: str) -> bool:
         """Whether an unanswered request may still give ``name`` another meaning."""
         return self._creating > 0 and any((kind, name) in e.creates for e in self._expect)
 
     def _room(self, more: int = 1) -> bool:
-        held = len(self._overlay.statements) + len(self._overlay.portals)
-        return len(self._names) + held + self._creating + more <= MAX_NAMES
+        return len(self._names) + len(self._overlay) + self._creating + more <= MAX_NAMES
 
     @staticmethod
     def _full() -> str:
@@ -480,7 +520,9 @@ class PgInspector:
             if not self._room():
                 self._refuse_held(parse.query, Refusal(LIMIT_SQLSTATE, self._full(), "(limit)"))
                 return
-            prepared = Prepared(parse.query, parse.param_types)
+            read = pg_sql.statements(parse.query)
+            planned = isinstance(read, pg_sql.Unreadable) or any(st.planned for st in read)
+            prepared = Prepared(parse.query, parse.param_types, planned)
             self._overlay.statements[parse.name] = prepared
             expect = Expect(P, name=parse.name, prepared=prepared, creates=_one("S", parse.name))
         elif tag == B:
@@ -502,9 +544,19 @@ class PgInspector:
                 self._redacted(_param(value, fmt, types[i] if i < len(types) else 0))
                 for i, (value, fmt) in enumerate(bind.parameters())
             )
+            # Planning may call functions, and so may a parameter's input (a domain's CHECK).
+            bound = Step(runs_code=found.planned or bool(params), keeps=frozenset({bind.portal}))
+            self._overlay.run(bound)
             portal = Portal(found.text, params)
-            self._overlay.portals[bind.portal] = portal
-            expect = Expect(B, name=bind.portal, portal=portal, creates=_one("P", bind.portal))
+            self._overlay.bind(bind.portal, portal)
+            expect = Expect(
+                B,
+                name=bind.portal,
+                portal=portal,
+                creates=_one("P", bind.portal),
+                runs_code=bound.runs_code,
+                keeps=bound.keeps,
+            )
         elif tag == E:
             self._executed_unsynced = True
             name = pgm.parse_execute(msg.body).portal
@@ -513,17 +565,25 @@ class PgInspector:
             running = await self._portal(name, self._overlay, out)
             if self._discarding:
                 return
-            if running is None:
+            if running is None or not running.known:
                 reason = _unknown("portal", name)
+                if name:
+                    reason += "; a cursor a function opened is read with SQL FETCH"
                 self._refuse_held("", Refusal(UNKNOWN_CURSOR_SQLSTATE, reason), portal=name)
                 return
-            outcome = await self._decide(running.text, self._overlay, out)
+            if not running.proven:
+                # The trail would claim a text nobody can prove ran (what PostgreSQL logs as
+                # `execute <name>: <text>` is the re-opened portal's).
+                refusal = Refusal(UNKNOWN_CURSOR_SQLSTATE, _reopened(name))
+                self._refuse_held("", refusal, portal=name)
+                return
+            outcome = await self._decide(running.text, self._overlay, out, frozenset({name}))
             if self._discarding:
                 return
             if isinstance(outcome, Refusal):
                 self._refuse_held(running.text, outcome, params=running.params)
                 return
-            decision, resolved, effects = outcome
+            decision, resolved, steps = outcome
             self._held_decisions.append(decision)
             self._held_events.append(
                 self._event(
@@ -537,7 +597,7 @@ class PgInspector:
             if not decision.allowed:
                 self._refusal = Refusal(DENIED_SQLSTATE, decision.reason or "", decision.rule)
                 return
-            expect = _expect(E, effects)
+            expect = _expect(E, steps)
         elif tag == C:
             close = pgm.parse_close(msg.body)
             if self._refuse_long("", close.name):
@@ -545,7 +605,7 @@ class PgInspector:
             if close.kind == "S":
                 self._overlay.statements[close.name] = None
             else:
-                self._overlay.portals[close.name] = None
+                self._overlay.close(close.name)
             expect = Expect(C, name=close.name, close_kind=close.kind)
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
@@ -575,7 +635,9 @@ class PgInspector:
     ) -> None:
         """Refuse the batch being held, recording the request that made it so."""
         decision = Decision(False, refusal.rule or refusal.sqlstate, refusal.reason)
-        event = self._event(sql, decision, protocol="extended", params=list(params))
+        event = self._event(
+            sql, decision, protocol="extended", params=list(params), resolved=refusal.resolved
+        )
         if statement is not None:
             event.body["request"]["prepared_name"] = statement
         if portal is not None:
@@ -722,6 +784,8 @@ class PgInspector:
             request["prepared"] = resolved.prepared
         if resolved is not None and resolved.cursors:
             request["cursors"] = resolved.cursors
+        if resolved is not None and resolved.unknown:
+            request["cursors_unknown"] = resolved.unknown
         return draft(
             "db.query", session=self.session, request=request, decision=decision.as_event()
         )
@@ -741,12 +805,21 @@ class PgInspector:
         self._expect.append(expect)
         if expect.creates:
             self._creating += 1
+        if expect.runs_code:
+            self._running_code += 1
+            self._kept.update(expect.keeps)
         self._answered.clear()
 
     def _pop(self) -> Expect:
         expect = self._expect.popleft()
         if expect.creates:
             self._creating -= 1
+        if expect.runs_code:
+            self._running_code -= 1
+            self._kept.subtract(expect.keeps)
+            for name in expect.keeps:
+                if not self._kept[name]:
+                    del self._kept[name]
         if not self._expect:
             self._answered.set()
         if len(self._expect) < MAX_IN_FLIGHT // 2:
@@ -817,36 +890,43 @@ class PgInspector:
                     "the agent's answers do not match the requests sent to the database"
                 )
             done = self._pop()
+            if done.runs_code:  # a Bind that planned: first its code, then its portal
+                self._names.unprove(done.keeps)
             if done.prepared is not None:
                 self._names.statements[done.name] = done.prepared
             elif done.portal is not None:
-                self._names.portals[done.name] = done.portal
+                self._names.bind(done.name, done.portal)
+            elif done.tag == C and done.close_kind == "S":
+                self._names.statements.pop(done.name, None)
             elif done.tag == C:
-                names: dict[str, Any] = (
-                    self._names.statements if done.close_kind == "S" else self._names.portals
-                )
-                names.pop(done.name, None)
+                self._names.drop_portal(done.name)
         elif kind == COMPLETE:
             if front is not None and front.epoch == self._copy_epoch:
                 self._copy_epoch = None  # the copy (or the statement after it) ended
             if front is None or front.tag not in (Q, E):
                 return
             if front.tag == E:
-                self._pop()
-            if front.effects and (effect := front.effects.popleft()) is not None:
-                self._names.apply(effect)
+                self._pop()  # one Execute runs one statement: every step of it is done
+                while front.effects:
+                    self._names.run(front.effects.popleft())
+            elif front.effects:
+                self._names.run(front.effects.popleft())  # one statement of the query
         elif kind == ERROR:
             if front is not None and front.epoch == self._copy_epoch:
                 self._copy_epoch = None  # the target left copy-in mode
             if front is None or front.tag in (S, STARTUP_TAG):
                 return
             if front.tag == Q:
+                if front.effects and front.effects[0].runs_code:  # it may have run code first
+                    self._names.unprove(front.effects[0].keeps)
                 front.effects.clear()  # the rest of the query does not run
                 return
+            if front.runs_code:  # the message that failed may have run code first
+                self._names.unprove(front.keeps)
             # An extended-protocol message failed: the target skips the rest up to the Sync.
             if front.tag == P and front.name == "":
                 self._names.statements.pop("", None)  # a failed unnamed Parse drops the old one
-            self._names.portals.pop("", None)
+            self._names.drop_portal("")
             while self._expect and self._expect[0].tag != S:
                 self._pop()
             # No Sync forwarded after it (a flushed part of a pipeline): what the client still
@@ -855,10 +935,14 @@ class PgInspector:
         elif kind == READY:
             while front is not None and front.tag not in (S, Q, STARTUP_TAG):
                 self._pop()  # unconfirmed: an agent without name marks; never trusted
+                if front.runs_code:
+                    self._names.unprove(front.keeps)
                 front = self._expect[0] if self._expect else None
             if front is not None:
-                self._pop()
-            self._names.portals.pop("", None)  # the unnamed portal ends at Sync
+                for step in self._pop().effects:  # statements whose end was not marked
+                    if step.runs_code:
+                        self._names.unprove(step.keeps)
+            self._names.drop_portal("")  # the unnamed portal ends at Sync
             if mark.tx_status == "I":
                 self._names.transaction_ended()
 
@@ -1019,14 +1103,16 @@ class PgInspector:
         self._open = None
 
 
-def _expect(tag: int, effects: list[Effect | None]) -> Expect:
-    """A Query or Execute awaiting its answers, with what each of its statements creates."""
+def _expect(tag: int, steps: list[Step]) -> Expect:
+    """A Query or Execute awaiting its answers, with what each of its statements does."""
     creates = frozenset(
         ("S" if e.op == "prepare" else "P", e.name)
-        for e in effects
+        for e in (step.effect for step in steps)
         if e is not None and e.op in ("prepare", "declare") and e.name is not None
     )
-    return Expect(tag, effects=deque(effects), creates=creates)
+    code = [step.keeps for step in steps if step.runs_code]
+    keeps = frozenset.intersection(*code) if code else frozenset()
+    return Expect(tag, effects=deque(steps), creates=creates, runs_code=bool(code), keeps=keeps)
 
 
 def _one(kind: str, name: str) -> frozenset[tuple[str, str]]:
@@ -1039,6 +1125,38 @@ def _unknown(what: str, name: str) -> str:
         f"{what} {shown} does not exist, or the database has not confirmed it; nothing was "
         "sent to the database"
     )
+
+
+_CODE = "a function, procedure, DO block or trigger"
+
+
+def _reopened(name: str) -> str:
+    return (
+        f'portal "{name}" may have been closed and opened again by code that ran since it was '
+        f"bound ({_CODE} can do that), so the gateway cannot say what it would run; nothing "
+        "was sent to the database: Bind it again, or read it to its end before running other "
+        "statements"
+    )
+
+
+def _unknowable(cursors: dict[str, str | None], guardrails: tuple[str, ...]) -> str:
+    """Why a FETCH or MOVE of cursors whose query cannot be known is refused."""
+    name, declared = next(iter(cursors.items()))
+    rules = ", ".join(f'"{rule}"' for rule in guardrails)
+    if declared is None:
+        how = (
+            f'cursor "{name}" was not declared through the gateway; if code ({_CODE}) opened '
+            "it, the gateway cannot see its query"
+        )
+        fix = "have the function return its rows (RETURNS TABLE or SETOF), or DECLARE the cursor"
+    else:
+        how = (
+            f'cursor "{name}" may have been closed and opened again by code that ran since it '
+            f"was declared ({_CODE}), so its query is not known"
+        )
+        fix = "DECLARE it again after that code"
+    guardrail = "guardrail" if len(guardrails) == 1 else "guardrails"
+    return f"{how}, and {guardrail} {rules} cannot check what it would run; {fix}"
 
 
 def _param(value: bytes | None, fmt: int, type_oid: int) -> str | None:

@@ -10,6 +10,11 @@ reports every change with a ParameterStatus, which the agent marks (decision 001
 Pure ASCII without a backslash reads the same under every setting, so only text holding a byte
 >= 0x80 or a backslash depends on them: the inspector parses such text only once every earlier
 request was answered, and with the settings the server reported by then.
+
+A configuration reload is reported too late for that: a session applies it right after reading
+its next message and reports it after that statement ran. The agent therefore logs in with
+client_encoding=UTF8, which a configuration file cannot override, and what depends on
+standard_conforming_strings is read both ways (the guard, and the names in ``pg_sql``).
 """
 
 from __future__ import annotations

@@ -6,11 +6,19 @@ pipeline skipped after an error) must not change what the inspector believes the
 for, or the trail would record one text while another runs (decision 0010). Within one
 pipeline, what an earlier message of the same pipeline creates is certain for a later one: if
 the earlier one fails, the server skips the rest up to the Sync. That is the ``Overlay``.
+
+A portal's text is *proven* from its confirmation until user-defined code may have run that
+could close it and open another portal under the same name (a function called by any
+statement, a trigger, a DO block, the deferred triggers and holdable cursors a COMMIT runs).
+A portal being executed (FETCH, Execute) is active and cannot be dropped, so the code of its
+own statement leaves it proven. A name the inspector never saw created may still exist: code
+may have opened it (a function returning a refcursor). Neither is claimed in the trail.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Final
 
 from controlplane.relay.pg_sql import Effect
 
@@ -24,6 +32,7 @@ class Prepared:
 
     text: str
     param_types: tuple[int, ...] = ()
+    planned: bool = True  # a Bind plans it (and may call functions for that)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +42,53 @@ class Portal:
     text: str
     params: tuple[str | None, ...] = ()
     holdable: bool = False  # DECLARE … WITH HOLD outlives its transaction
-    prepared: tuple[tuple[str, str], ...] = ()  # EXECUTEs inside ``text`` and what they ran
+    proven: bool = True  # no code that could have re-opened the name ran since it was confirmed
+    known: bool = True  # False: a name never seen created, which code may have opened
+    # Where it is kept: how many times code may have run when it was confirmed (or when code
+    # that ran it, and so could not replace it, ended). Proven while that count is current.
+    seen: int = 0
+    closed: bool = False  # in an Overlay: closed earlier in the pipeline
+
+
+#: A portal the inspector never saw created: code that ran may have opened one by that name.
+UNKNOWN: Final = Portal("", proven=False, known=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement (or protocol message) as the names see it once the server ran it."""
+
+    effect: Effect | None = None
+    runs_code: bool = False  # it may run user-defined code, which may re-open any portal …
+    keeps: frozenset[str] = frozenset()  # … but the ones it runs: they are active meanwhile
+
+
+@dataclass(slots=True)
+class _Portals:
+    """Portals by name, each proven while no code ran since it was confirmed; one counter
+    makes code that ran cost the same however many portals there are."""
+
+    portals: dict[str, Portal] = field(default_factory=dict)
+    runs: int = 0  # how many times code may have run
+
+    def put(self, name: str, portal: Portal) -> None:
+        self.portals[name] = replace(portal, seen=self.runs)
+
+    def get(self, name: str) -> Portal | None:
+        """The portal, unproven if code ran since it was confirmed (never the unnamed one: no
+        code can open a portal without a name)."""
+        portal = self.portals.get(name)
+        if portal is None or not name or portal.seen == self.runs or not portal.proven:
+            return portal
+        return replace(portal, proven=False)
+
+    def code_ran(self, keeps: frozenset[str] = frozenset()) -> None:
+        """Every portal but ``keeps`` (active while the code ran) may have been re-opened."""
+        self.runs += 1
+        for name in keeps:
+            portal = self.portals.get(name)
+            if portal is not None and portal.seen == self.runs - 1:
+                self.portals[name] = replace(portal, seen=self.runs)
 
 
 @dataclass(slots=True)
@@ -41,9 +96,42 @@ class Overlay:
     """Names created or dropped earlier in the same pipeline (or simple Query)."""
 
     statements: dict[str, Prepared | None] = field(default_factory=dict)
-    portals: dict[str, Portal | None] = field(default_factory=dict)
+    created: _Portals = field(default_factory=_Portals)  # portals it declares, binds, closes
     statements_cleared: bool = False  # DEALLOCATE ALL / DISCARD ALL earlier in it
     portals_cleared: bool = False  # CLOSE ALL / DISCARD ALL earlier in it
+    # Code may run earlier in it (since the portals were cleared): confirmed portals are then
+    # unproven for what follows, but those every such statement ran (``kept``).
+    code_ran: bool = False
+    kept: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        """How many names it changes."""
+        return len(self.statements) + len(self.created.portals)
+
+    def portal(self, name: str) -> tuple[bool, Portal | None]:
+        """Whether the pipeline changed ``name`` and, if so, what it stands for: None when it
+        was closed (``UNKNOWN`` if code ran since, which may have opened it again)."""
+        portal = self.created.get(name)
+        if portal is None:
+            return False, None
+        if portal.closed:
+            return True, None if portal.seen == self.created.runs else UNKNOWN
+        return True, portal
+
+    def bind(self, name: str, portal: Portal) -> None:
+        self.created.put(name, portal)
+
+    def close(self, name: str) -> None:
+        self.created.put(name, Portal("", proven=False, known=False, closed=True))
+
+    def run(self, step: Step) -> None:
+        """What a statement of the pipeline will have done, if it runs."""
+        if step.runs_code:
+            self.kept = self.kept & step.keeps if self.code_ran else step.keeps
+            self.code_ran = True
+            self.created.code_ran(step.keeps)
+        if step.effect is not None:
+            self.apply(step.effect)
 
     def apply(self, effect: Effect) -> None:
         """What a statement of the pipeline will have done to the names, if it runs."""
@@ -56,17 +144,21 @@ class Overlay:
             else:
                 self.statements[effect.name] = None
         elif effect.op == "declare" and effect.name is not None:
-            self.portals[effect.name] = Portal(effect.text, holdable=effect.holdable)
+            self.bind(effect.name, Portal(effect.text, holdable=effect.holdable))
         elif effect.op == "close":
             if effect.name is None:
-                self.portals.clear()
-                self.portals_cleared = True
+                self._clear_portals()
             else:
-                self.portals[effect.name] = None
+                self.close(effect.name)
         elif effect.op == "discard":
             self.statements.clear()
-            self.portals.clear()
-            self.statements_cleared = self.portals_cleared = True
+            self.statements_cleared = True
+            self._clear_portals()
+
+    def _clear_portals(self) -> None:
+        self.created = _Portals()
+        self.portals_cleared = True
+        self.code_ran, self.kept = False, frozenset()
 
 
 @dataclass(slots=True)
@@ -74,10 +166,32 @@ class Names:
     """What the server confirmed it holds."""
 
     statements: dict[str, Prepared] = field(default_factory=dict)
-    portals: dict[str, Portal] = field(default_factory=dict)
+    held: _Portals = field(default_factory=_Portals)
+    code_in_transaction: bool = False  # its COMMIT may run code (deferred triggers, …)
 
     def __len__(self) -> int:
-        return len(self.statements) + len(self.portals)
+        return len(self.statements) + len(self.held.portals)
+
+    def portal(self, name: str) -> Portal | None:
+        return self.held.get(name)
+
+    def bind(self, name: str, portal: Portal) -> None:
+        self.held.put(name, portal)
+
+    def drop_portal(self, name: str) -> None:
+        self.held.portals.pop(name, None)
+
+    def run(self, step: Step) -> None:
+        """A statement (or a Bind, which may plan) ran on the server."""
+        if step.runs_code:
+            self.unprove(step.keeps)
+        if step.effect is not None:
+            self.apply(step.effect)
+
+    def unprove(self, keeps: frozenset[str] = frozenset()) -> None:
+        """Code ran: every portal but ``keeps`` may have been closed and re-opened."""
+        self.code_in_transaction = True
+        self.held.code_ran(keeps)
 
     def apply(self, effect: Effect) -> None:
         """A SQL statement that touches names completed on the server."""
@@ -89,20 +203,26 @@ class Names:
             else:
                 self.statements.pop(effect.name, None)
         elif effect.op == "declare" and effect.name is not None:
-            self.portals[effect.name] = Portal(effect.text, holdable=effect.holdable)
+            self.bind(effect.name, Portal(effect.text, holdable=effect.holdable))
         elif effect.op == "close":
             if effect.name is None:
-                self.portals.clear()
+                self.held.portals.clear()
             else:
-                self.portals.pop(effect.name, None)
+                self.drop_portal(effect.name)
         elif effect.op == "discard":
             self.statements.clear()
-            self.portals.clear()
+            self.held.portals.clear()
 
     def transaction_ended(self) -> None:
         """Named portals and cursors not declared WITH HOLD end with their transaction.
 
         A holdable cursor of a transaction that rolled back is gone too; keeping it here is
         safe: a FETCH of it fails on the server, and a new DECLARE of the name replaces it.
+        If code ran in the transaction, its end may have run more (deferred triggers, and the
+        query of each holdable cursor, to keep its rows), which may have re-opened any of them.
         """
-        self.portals = {name: p for name, p in self.portals.items() if p.holdable and name}
+        portals = self.held.portals
+        self.held.portals = {name: p for name, p in portals.items() if p.holdable and name}
+        if self.code_in_transaction:
+            self.held.code_ran()
+        self.code_in_transaction = False

@@ -1,4 +1,5 @@
-"""What a SQL text does to the session's names: PREPARE, EXECUTE, DEALLOCATE, cursors, DISCARD.
+"""What a SQL text does to the session's names: PREPARE, EXECUTE, DEALLOCATE, cursors, DISCARD,
+and whether running it may run code the gateway cannot see.
 
 The prepared-statement namespace is shared by the protocol's Parse and SQL ``PREPARE``; the
 portal namespace by the protocol's Bind and SQL ``DECLARE … CURSOR``. The inspector must know
@@ -6,22 +7,71 @@ which names a text creates, drops or uses, statement by statement (a simple Quer
 several), to record what a name stands for and to refuse a name it does not know
 (decision 0010). The text is read with pglast, the server's own grammar; most texts hold none
 of the keywords and are never parsed here.
+
+User-defined code (a function called anywhere in a statement, a trigger, a DO block, a
+procedure) can close a cursor and open another under the same name. Only a few utility
+statements provably run none; every other statement is taken to run some.
+
+The reading must not depend on ``standard_conforming_strings``: PostgreSQL reports a change of
+it by a configuration reload only after the next statement ran. A text whose names differ when
+the setting is off is unreadable; the guard reads both ways for the same reason.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from pglast.parser import ParseError, parse_sql_json
 
+from controlplane.policy.guardrails import TooAmbiguous, nonstandard_reading
+
 # Texts without any of these words cannot touch a name (keywords are ASCII, and a comment or a
 # string only makes a false positive, never a miss).
 _MAY_NAME: Final = re.compile(r"(?i)prepare|execute|deallocate|declare|fetch|move|close|discard")
+# Statements that provably run no user-defined code start with one of these words; a text that
+# starts otherwise (or with a comment) is taken to run some without being parsed.
+_MAY_BE_CODE_FREE: Final = re.compile(
+    r"(?i)\s*(?:begin|start|savepoint|release|rollback|abort|set|reset|show)\b"
+)
 CURSOR_OPT_HOLD: Final = 0x0020  # PostgreSQL's parsenodes.h: DECLARE … WITH HOLD
+
+# Statements that evaluate no expression, fire no trigger and plan nothing. COMMIT is not one:
+# it fires deferred triggers and runs the queries of holdable cursors to keep their rows.
+_CODE_FREE: Final = frozenset(
+    {"VariableSetStmt", "VariableShowStmt", "ClosePortalStmt", "DeallocateStmt", "PrepareStmt"}
+)
+_CODE_FREE_TRANSACTIONS: Final = frozenset(
+    {
+        "TRANS_STMT_BEGIN",
+        "TRANS_STMT_START",
+        "TRANS_STMT_SAVEPOINT",
+        "TRANS_STMT_RELEASE",
+        "TRANS_STMT_ROLLBACK",
+        "TRANS_STMT_ROLLBACK_TO",
+    }
+)
+# What a protocol Bind plans (and so may run functions for): queries, not utility statements.
+_PLANNED: Final = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+TOO_DEEP: Final = (
+    "the statement is nested too deeply for the gateway to read which prepared statements or "
+    "cursors it uses"
+)
+TOO_AMBIGUOUS: Final = (
+    "the statement has too many string literals that read differently when "
+    "standard_conforming_strings is off for the gateway to read which names it uses"
+)
+DEPENDS_ON_SETTINGS: Final = (
+    "the statement prepares, executes, declares or fetches names differently when "
+    "standard_conforming_strings is off, and PostgreSQL reports a change of that setting by a "
+    "configuration reload only after the next statement ran, so the gateway cannot know which "
+    "reading the server uses; write the backslash in an E'…' literal"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,34 +92,123 @@ class Effect:
 
 @dataclass(frozen=True, slots=True)
 class SqlStatement:
-    """One statement of a text: what it creates or drops, and which names it runs."""
+    """One statement of a text: what it creates or drops, which names it runs, and whether
+    running it may run user-defined code (which could re-open a cursor under its name)."""
 
     text: str
     effect: Effect | None = None
     executes: tuple[str, ...] = ()  # prepared statements it runs (EXECUTE, also nested)
     fetches: str | None = None  # the cursor a FETCH or MOVE reads
+    runs_code: bool = True
+    planned: bool = True  # a protocol Bind of it plans it (a query, not a utility statement)
 
 
-def statements(sql: str) -> list[SqlStatement] | None:
-    """Every statement of ``sql`` when one may touch a name, else []; [] too when it does not
-    parse (the server refuses it as well; the guard denies unparseable text on its own).
-    None when its tree is nested too deeply to read: which names it uses is not known."""
-    if _MAY_NAME.search(sql) is None:
-        return []
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Which names a text uses cannot be known: ``reason`` says why, for the client."""
+
+    reason: str
+    too_complex: bool = False
+
+
+def statements(sql: str) -> list[SqlStatement] | Unreadable:
+    """Every statement of ``sql``; one opaque statement that runs code when the text touches no
+    name, or does not parse (the server refuses it as well; the guard denies unparseable text
+    on its own)."""
+    if _MAY_NAME.search(sql) is None and _MAY_BE_CODE_FREE.match(sql) is None:
+        return [SqlStatement(sql)]
     try:
-        tree = json.loads(parse_sql_json(sql))
-        raw = sql.encode("utf-8")
-        found = []
-        for entry in tree.get("stmts", []):
-            start = entry.get("stmt_location", 0)
-            length = entry.get("stmt_len", 0)
-            text = raw[start : start + length if length else len(raw)].decode("utf-8").strip()
-            found.append(_statement(text, entry.get("stmt", {})))
+        found: list[SqlStatement] | None = _read(sql)
     except RecursionError:
-        return None
+        return Unreadable(TOO_DEEP, too_complex=True)
     except (ParseError, ValueError):
-        return []
+        found = None
+    if "\\" in sql:
+        return _either_reading(sql, found)
+    return [SqlStatement(sql)] if found is None else found
+
+
+def _either_reading(sql: str, found: list[SqlStatement] | None) -> list[SqlStatement] | Unreadable:
+    """``found`` (None: a syntax error) when the names are the same with
+    standard_conforming_strings off."""
+    try:
+        other = nonstandard_reading(sql)
+    except TooAmbiguous:
+        return Unreadable(TOO_AMBIGUOUS, too_complex=True)
+    except ParseError:
+        return _agreed(sql, found, None)  # with the setting off the server cannot lex it
+    if other is None:  # both readings are the same
+        return [SqlStatement(sql)] if found is None else found
+    try:
+        alternative: list[SqlStatement] | None = _read(other, sql)
+    except RecursionError:
+        return Unreadable(TOO_DEEP, too_complex=True)
+    except (ParseError, ValueError):
+        alternative = None
+    return _agreed(sql, found, alternative)
+
+
+def _agreed(
+    sql: str, one: list[SqlStatement] | None, two: list[SqlStatement] | None
+) -> list[SqlStatement] | Unreadable:
+    """What both readings do to the names (None: a syntax error, the server runs nothing)."""
+    if two is None:
+        return [SqlStatement(sql)] if one is None else one
+    if not any(map(_touches_names, one or ())) and not any(map(_touches_names, two)):
+        return [SqlStatement(sql)]
+    if one is None or list(map(_names, one)) != list(map(_names, two)):
+        return Unreadable(DEPENDS_ON_SETTINGS)
+    return [
+        replace(
+            mine, runs_code=mine.runs_code or other.runs_code, planned=mine.planned or other.planned
+        )
+        for mine, other in zip(one, two, strict=True)
+    ]
+
+
+def _touches_names(statement: SqlStatement) -> bool:
+    return bool(statement.effect or statement.executes or statement.fetches is not None)
+
+
+def _names(statement: SqlStatement) -> tuple[Any, ...]:
+    return (statement.effect, statement.executes, statement.fetches)
+
+
+def _read(sql: str, source: str | None = None) -> list[SqlStatement]:
+    """The statements of ``sql``; their texts are taken from ``source`` when ``sql`` is its
+    other reading (``source`` with " E" put before some literals)."""
+    tree = json.loads(parse_sql_json(sql))
+    raw = sql.encode("utf-8")
+    original = raw if source is None else source.encode("utf-8")
+    inserted = [] if source is None else _insertions(original, raw)
+    found = []
+    for entry in tree.get("stmts", []):
+        start = entry.get("stmt_location", 0)
+        length = entry.get("stmt_len", 0)
+        end = start + length if length else len(raw)
+        text = original[_back(start, inserted) : _back(end, inserted)].decode("utf-8").strip()
+        found.append(_statement(text, entry.get("stmt", {})))
     return found
+
+
+def _insertions(original: bytes, other: bytes) -> list[int]:
+    """Where ``other`` has the two bytes " E" that ``original`` has not (each one right before
+    a quote, so the first byte that differs is always the inserted space)."""
+    at: list[int] = []
+    i = j = 0
+    while j < len(other):
+        if i < len(original) and original[i] == other[j]:
+            i += 1
+            j += 1
+        else:
+            at.append(j)
+            j += 2
+    return at
+
+
+def _back(position: int, inserted: list[int]) -> int:
+    """A byte offset of the other reading as an offset of the original text."""
+    return position - 2 * bisect.bisect_left(inserted, position)
 
 
 def _statement(text: str, node: dict[str, Any]) -> SqlStatement:
@@ -89,7 +228,10 @@ def _statement(text: str, node: dict[str, Any]) -> SqlStatement:
     else:
         effect = None
     fetches = body.get("portalname", "") if kind == "FetchStmt" else None
-    return SqlStatement(text, effect, executes, fetches)
+    code_free = kind in _CODE_FREE or (
+        kind == "TransactionStmt" and body.get("kind") in _CODE_FREE_TRANSACTIONS
+    )
+    return SqlStatement(text, effect, executes, fetches, not code_free, kind in _PLANNED)
 
 
 def _executes(node: Any) -> Iterator[str]:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from devenv.postgres import PostgresServer, start_postgres
 from devenv.sshd import Sshd
 from devenv.stack import Agent, Connect, ControlPlane, enroll_agent, gatehouse
 from tests.conftest import require
+from tests.e2e import pggate
 
 PG_PASSWORD = "s3cret-pg-password"
 AGENT = "vpc-1"
@@ -188,6 +190,44 @@ def way_in(name: str, stack: Stack) -> Iterator[WayIn]:
         yield WayIn(name, process.port, "anything")
     finally:
         process.stop()
+
+
+# ---- a guarded gateway, judged by PostgreSQL's own log (tests/e2e/pggate.py) ------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(stack: Stack) -> Stack:
+    """The module's stack with `pg` behind guardrail no-destructive and `pg-open` without."""
+    return pggate.guard(stack)
+
+
+@pytest.fixture(scope="module")
+def listener(guarded: Stack) -> Iterator[Connect]:
+    """`gatehouse connect pg`: the guarded connection, for raw protocol clients."""
+    with pggate.listening(guarded) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def open_listener(guarded: Stack) -> Iterator[Connect]:
+    """`gatehouse connect pg-open`: the same database without guardrails."""
+    with pggate.listening(guarded, pggate.OPEN) as process:
+        yield process
+
+
+@pytest.fixture
+def window(guarded: Stack, pg: PostgresServer, listener: Connect) -> pggate.Window:
+    """The server's log and the trail from the start of the test (see pggate.Window)."""
+    return pggate.Window(pggate.http_events(guarded), pg.log_file)
+
+
+@pytest.fixture
+def sentinel(pg: PostgresServer) -> Iterator[str]:
+    """A table with three rows an attack would damage (made directly: not logged)."""
+    name = f"sentinel_{uuid.uuid4().hex[:10]}"
+    pggate.make_table(pg, name)
+    yield name
+    pggate.drop_table(pg, name)
 
 
 def ssh_policy(stack: Stack, sshd: Sshd, known_hosts: str | None = None) -> str:

@@ -6,9 +6,16 @@ never seen, cursors executed as portals, Close), SQL PREPARE/EXECUTE/DEALLOCATE,
 CLOSE, transactions, SET of the lexical settings (client_encoding among UTF8/LATIN1/GBK/SJIS,
 standard_conforming_strings by SET, SET LOCAL and set_config), statements that fail, and
 statements the guardrail denies (DROP, TRUNCATE, unbounded DELETE of a sentinel table, some of
-them hidden by an encoding or a backslash). Each batch is written at once, so everything in it
-is pipelined behind what came before. The oracle is the server itself: its statement log and the
-trail must reconcile exactly (`pglog.reconcile`) and the sentinel must keep its rows.
+them hidden by an encoding or a backslash). Code the gateway cannot see changes names and
+settings too: functions, a procedure, DO blocks and a trigger that close a cursor (or a protocol
+portal) and open another by its name, a function that returns a cursor it opened, set_config()
+inside a function, ALTER SYSTEM with pg_reload_conf() (the session applies it before its next
+message and says so after), ALTER ROLE … SET followed by a new session. Most cases go through
+the guarded connection, some through `pg-open`, where a FETCH of a cursor nobody can read runs.
+Each batch is written at once, so everything in it is pipelined behind what came before. The
+oracle is the server itself: its statement log and the trail must reconcile exactly
+(`pglog.reconcile`), no event may claim the text of a cursor the log shows code opened again
+(`pglog.cursor_claims`), and through the guarded connection the sentinel must keep its rows.
 
 `run_case` is shared by the bounded test (tests/e2e/test_pg_differential.py) and the long run
 (`python -m bench.pgfuzz --examples 5000`).
@@ -16,31 +23,13 @@ trail must reconcile exactly (`pglog.reconcile`) and the sentinel must keep its 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
 from hypothesis import strategies as st
 
 from devenv.postgres import PostgresServer
-from tests.e2e import pglog
+from tests.e2e import pggate, pglog
 from tests.e2e.pglog import PgWire
-
-GUARDED_POLICY = """\
-connections:
-  - name: pg
-    type: postgres
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
-    secret: {{password: env:PG_PASSWORD}}
-    guardrails: [no-destructive]
-guardrails:
-  - name: no-destructive
-    deny_statements: [DROP, TRUNCATE]
-    deny_unbounded: [DELETE]
-"""
 
 SENTINEL = "fuzz_sentinel"
 SCRATCH = "fuzz_scratch"
@@ -93,6 +82,45 @@ LEXICAL = (
     "set escape_string_warning = off",
 )
 TRANSACTION = ("begin", "commit", "rollback", "savepoint sp", "rollback to savepoint sp")
+# Code that opens cursors (and portals: p1) under names the session uses (pggate.CURSOR_CODE).
+REOPEN = "$q$select 'reopened by code' as v$q$"
+REOPENING = (
+    "select reopen('{name}', {query})",
+    "call reopen_later('{name}', {query})",
+    "do $d$ begin perform reopen('{name}', {query}); end $d$",
+    "insert into reopens values ('{name}', {query})",
+)
+CODE = (
+    *(how.format(name=name, query=REOPEN) for how in REOPENING for name in (*CURSORS, "p1")),
+    "select opens()",
+    "select opens('c2')",
+    'fetch all from "<unnamed portal 1>"',
+    'move 1 in "<unnamed portal 2>"',
+)
+# Settings changed where the session does not see it coming.
+LATE_SETTINGS = (
+    "select set_setting('standard_conforming_strings', 'off')",
+    "select set_setting('standard_conforming_strings', 'on')",
+    "select set_setting('client_encoding', 'SJIS')",
+    "alter system set standard_conforming_strings = off",
+    "alter system set client_encoding = 'GBK'",
+    "alter system reset standard_conforming_strings",
+    "select pg_reload_conf()",
+    "alter role current_user set standard_conforming_strings = off",
+    # Names a reload to off reads differently: one SELECT with it on, a DEALLOCATE and a
+    # PREPARE of s1 (or a DECLARE of c1) with it off.
+    "select 'x\\''; deallocate s1; prepare s1 as select 'swapped'; --'",
+    "select 'x\\''; declare c1 cursor with hold for select 'swapped'; --'",
+)
+# What the server must not keep from one case to the next.
+FUZZ_CODE = (
+    """
+create or replace function set_setting(name text, value text) returns text
+language sql as $$ select set_config(name, value, false) $$""",
+    "grant alter system on parameter standard_conforming_strings, client_encoding to app",
+    "grant execute on function pg_reload_conf() to app",
+)
+RESET = ("alter system reset all", "select pg_reload_conf()", "alter role app reset all")
 
 
 @dataclass(frozen=True)
@@ -109,20 +137,26 @@ class Text:
 
 @dataclass(frozen=True)
 class Batch:
-    """Bytes written at once, and how many ReadyForQuery messages answer them."""
+    """Bytes written at once, and how many ReadyForQuery messages answer them (none, and no
+    bytes: the session ends and a new one starts)."""
 
     wire: bytes
     readies: int
     label: str
 
 
+RECONNECT = Batch(b"", 0, "(a new session)")
+
+
 @dataclass
 class Case:
     batches: list[Batch]
     startup: dict[str, str] = field(default_factory=dict)
+    guarded: bool = True  # through `pg` (else `pg-open`, without guardrails)
 
     def __repr__(self) -> str:
-        lines = [f"startup {self.startup}"] + [b.label for b in self.batches]
+        where = pggate.GUARDED if self.guarded else pggate.OPEN
+        lines = [f"{where} startup {self.startup}"] + [b.label for b in self.batches]
         return "Case(\n  " + "\n  ".join(lines) + "\n)"
 
 
@@ -149,6 +183,8 @@ def statement_texts() -> st.SearchStrategy[Text]:
         _texts(TRANSACTION),
         _texts(tuple(prepared)),
         _texts(tuple(cursors)),
+        _texts(CODE),
+        _texts(LATE_SETTINGS),
     )
 
 
@@ -200,6 +236,50 @@ def extended_group(draw: st.DrawFn) -> Batch:
     return Batch(wire + pglog.sync(), 1, " | ".join([*labels, "S"]))
 
 
+def _query(sql: str) -> Batch:
+    return Batch(pglog.query(sql), 1, f"Q {sql!r}")
+
+
+def _group(wire: bytes, label: str) -> Batch:
+    return Batch(wire + pglog.sync(), 1, f"{label} | S")
+
+
+@st.composite
+def cursor_story(draw: st.DrawFn) -> list[Batch]:
+    """A cursor (or protocol portal) made, then code that may open another by its name or one
+    of its own, then a read of the name: the shape where a trail could claim a stale text."""
+    made = draw(st.sampled_from(["declare", "declare with hold", "bind", "function"]))
+    name = "p1" if made == "bind" else draw(st.sampled_from(CURSORS))
+    reopening = [how.format(name=name, query=REOPEN) for how in REOPENING]
+    code = draw(st.sampled_from([*reopening, "select 1", "set work_mem = '8MB'"]))
+    if made == "bind":
+        wire = pglog.parse("", "select g from generate_series(1, 3) g") + pglog.bind("", name)
+        first = _group(wire + pglog.execute(name, 1), f"P/B→{name}/E {name} rows=1")
+        read = _group(pglog.execute(name, 1), f"E {name} rows=1")
+    else:
+        hold = " with hold" if made == "declare with hold" else ""
+        made_by = f"select opens('{name}')"
+        first = _query(
+            made_by
+            if made == "function"
+            else f"declare {name} cursor{hold} for select 'declared' as v"
+        )
+        fetch = draw(st.sampled_from([f"fetch 1 from {name}", f"move 1 in {name}"]))
+        read = draw(
+            st.sampled_from(
+                [
+                    _query(fetch),
+                    _group(
+                        pglog.parse("", fetch) + pglog.bind("") + pglog.execute(),
+                        f"P/B/E {fetch!r}",
+                    ),
+                ]
+            )
+        )
+    end = draw(st.sampled_from(["commit", "rollback"]))
+    return [_query("begin"), first, _query(code), read, _query(end)]
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     startup: dict[str, str] = {}
@@ -207,18 +287,22 @@ def cases(draw: st.DrawFn) -> Case:
         startup["client_encoding"] = draw(st.sampled_from(sorted(CODECS)))
     if draw(st.integers(0, 4)) == 0:
         startup["options"] = "-c standard_conforming_strings=off"
-    steps = draw(st.lists(simple() | extended_group(), min_size=1, max_size=12))
+    single = (simple() | extended_group()).map(lambda batch: [batch])
+    stories = draw(st.lists(single | single | cursor_story(), min_size=1, max_size=8))
+    steps = [batch for story in stories for batch in story]
     # Pipelining: consecutive steps go out in one write, answered together.
     batches: list[Batch] = []
     for step in steps:
-        if batches and draw(st.booleans()):
+        if batches and draw(st.integers(0, 14)) == 14:  # (Hypothesis tries 0 first)
+            batches.append(RECONNECT)  # what ALTER ROLE … SET changed applies from here
+        if batches and batches[-1] is not RECONNECT and draw(st.booleans()):
             last = batches[-1]
             batches[-1] = Batch(
                 last.wire + step.wire, last.readies + step.readies, f"{last.label} ‖ {step.label}"
             )
         else:
             batches.append(step)
-    return Case(batches, startup)
+    return Case(batches, startup, guarded=draw(st.integers(0, 4)) < 4)
 
 
 # ---- running a case ------------------------------------------------------------------------
@@ -227,31 +311,30 @@ def cases(draw: st.DrawFn) -> Case:
 def prepare_tables(pg: PostgresServer) -> None:
     """The sentinel (three rows nobody may remove) and a scratch table, owned by the target's
     user; made as the superuser with logging off, so they stay out of every log window."""
-    with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
-        conn.execute(f"drop table if exists {SENTINEL}")
-        conn.execute(f"create table {SENTINEL} (id int)")
-        conn.execute(f"insert into {SENTINEL} values (1), (2), (3)")
-        conn.execute(f"create table if not exists {SCRATCH} (id int)")
-        conn.execute(f"alter table {SENTINEL} owner to app")
-        conn.execute(f"alter table {SCRATCH} owner to app")
+    pggate.make_table(pg, SENTINEL, SENTINEL_ROWS)
+    pggate.make_table(pg, SCRATCH, 0)
 
 
-def sentinel_rows(pg: PostgresServer) -> int | None:
-    with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
-        found = conn.execute("select to_regclass(%s)", (SENTINEL,)).fetchone()
-        if found is None or found[0] is None:
-            return None
-        count = conn.execute(f"select count(*) from {SENTINEL}").fetchone()
-        return None if count is None else int(count[0])
+def prepare(pg: PostgresServer) -> None:
+    """The tables, the code the cases call, and what the target's user may change."""
+    prepare_tables(pg)
+    pggate.create_cursor_code(pg)
+    pggate.admin(pg, *FUZZ_CODE)
+
+
+def reset(pg: PostgresServer) -> None:
+    """Undo what a case changed beyond its session (ALTER SYSTEM, ALTER ROLE … SET)."""
+    pggate.admin(pg, *RESET)
 
 
 @dataclass
 class Gateway:
-    """What a case needs: the listener's port, the server, and a way to read new events."""
+    """What a case needs: the listeners' ports, the server, and a way to read new events."""
 
-    port: int
+    port: int  # `pg`, guarded
+    open_port: int  # `pg-open`
     pg: PostgresServer
-    events: Callable[[int], list[dict[str, Any]]]
+    events: pggate.Events
     after: int  # the last event seq seen: the next case's window starts there
     cases: int = 0
     statements: int = 0
@@ -265,54 +348,57 @@ class Outcome:
 
 
 def run_case(gateway: Gateway, case: Case) -> Outcome:
-    """Play one session through the gateway; then reconcile the server's log and the trail."""
+    """Play one case's sessions through the gateway; then reconcile the server's log and the
+    trail."""
     _catch_up(gateway)  # a case that failed may have left events behind
-    after = gateway.after
-    window = pglog.LogWindow(gateway.pg.log_file)
-    problems: list[str] = []
+    window = pggate.Window(gateway.events, gateway.pg.log_file, after=gateway.after)
     try:
-        with PgWire(gateway.port, timeout=10, **case.startup) as client:
-            for batch in case.batches:
-                answer = client.run(batch.wire, batch.readies)
-                if answer.closed:
-                    fatal = [e for e in answer.errors if e.get("S") == "FATAL"]
-                    if not fatal:
-                        problems.append(f"the gateway closed the session without a FATAL: {batch}")
-                    break
+        problems = _play(gateway.port if case.guarded else gateway.open_port, case)
     finally:
-        # Also when the case failed (a hang): its events must not fall into the next window.
-        events = _ended(gateway, after)
+        # Also when the case failed (a hang): its events must not fall into the next window,
+        # nor its settings into the next case.
+        events = pggate.ended(gateway.events, window.after)
         if events:
             gateway.after = max(e["seq"] for e in events)
+        if any(word in b.label for b in case.batches for word in ("alter system", "alter role")):
+            reset(gateway.pg)
     if events is None:
-        problems.append("the session did not end in the trail")
-        events = gateway.events(after)
-    trail = pglog.Trail.of(events)
-    ran = window.ran()
+        problems.append("a session did not end in the trail")
+        events = gateway.events(window.after)
+    ran = window.log.ran()
     gateway.cases += 1
     gateway.statements += len(ran.statements)
-    problems += pglog.reconcile(ran, trail)
-    rows = sentinel_rows(gateway.pg)
+    problems += window.problems(events)
+    rows = pggate.rows(gateway.pg, SENTINEL)
     if rows != SENTINEL_ROWS:
-        problems.append(f"the sentinel table holds {rows} rows, not {SENTINEL_ROWS}")
+        if case.guarded:
+            problems.append(f"the sentinel table holds {rows} rows, not {SENTINEL_ROWS}")
         prepare_tables(gateway.pg)
-    return Outcome(problems, len(ran.statements), len(trail.denied()))
+    return Outcome(problems, len(ran.statements), len(pglog.Trail.of(events).denied()))
+
+
+def _play(port: int, case: Case) -> list[str]:
+    """The case's batches, session by session; what went wrong on the wire."""
+    problems: list[str] = []
+    sessions: list[list[Batch]] = [[]]
+    for batch in case.batches:
+        if batch is RECONNECT:
+            sessions.append([])
+        else:
+            sessions[-1].append(batch)
+    for batches in sessions:
+        with PgWire(port, timeout=10, **case.startup) as client:
+            answers = [client.startup]
+            for batch in batches:
+                if answers[-1].closed:
+                    break
+                answers.append(client.run(batch.wire, batch.readies))
+            if answers[-1].closed and not [e for e in answers[-1].errors if e.get("S") == "FATAL"]:
+                problems.append(f"the gateway closed the session without a FATAL: {case}")
+    return problems
 
 
 def _catch_up(gateway: Gateway) -> None:
     events = gateway.events(gateway.after)
     if events:
         gateway.after = max(e["seq"] for e in events)
-
-
-def _ended(gateway: Gateway, after: int, timeout: float = 15) -> list[dict[str, Any]] | None:
-    deadline = time.monotonic() + timeout
-    while True:
-        events = gateway.events(after)
-        starts = {e["session_id"] for e in events if e["type"] == "session.start"}
-        ends = {e["session_id"] for e in events if e["type"] == "session.end"}
-        if starts and starts <= ends:
-            return events
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)

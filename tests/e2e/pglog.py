@@ -33,6 +33,10 @@ _ENTRY_RE = re.compile(
 # Portal names may hold anything but ':' in what we generate; "execute fetch from" is a later
 # Execute of a portal that already ran: the same statement continuing, not a new one.
 _RUN_RE = re.compile(r"(?:statement|execute (?P<name>[^:\n]*)): (?P<text>.*)", re.DOTALL)
+#: What the tests' own functions write to the server's log (RAISE LOG) for every cursor they
+#: open, so that the log says when a cursor's name came to stand for another query.
+OPENED_BY_CODE = "cursor opened by code: "
+_DECLARE_RE = re.compile(r'(?i)\bdeclare\s+("?)(?P<name>\w+)\1\s')
 
 
 # ---- the frontend protocol, built by hand --------------------------------------------------
@@ -177,7 +181,10 @@ class PgWire:
                     tag, body = chr(self._buf[0]), self._buf[5 : 1 + length]
                     self._buf = self._buf[1 + length :]
                     return Backend(tag, body)
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""  # it closed with our bytes unread; what it said before is here
             if not chunk:
                 return None
             self._buf += chunk
@@ -209,6 +216,10 @@ class PgWire:
     def run(self, data: bytes, readies: int = 1) -> Answer:
         self.send(data)
         return self.wait(readies)
+
+    def until_closed(self) -> Answer:
+        """Everything the other side says until it closes."""
+        return self.wait(2**31)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -375,6 +386,43 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
     for q in allowed:
         if not q["request"]["statement"].strip():
             problems.append(f"an allowed db.query records an empty statement: seq {q['seq']}")
+    return problems
+
+
+def cursor_claims(text: str, trail: Trail) -> list[str]:
+    """Allowed events that claim what a cursor runs after code opened another cursor by its name.
+
+    The functions the tests call announce each cursor they open (``OPENED_BY_CODE`` in the
+    server's log, in the order things ran); a DECLARE that ran gives the name its own text again.
+    An event must then say the cursor's text is unknown (``cursors_unknown``), never claim one.
+    """
+    problems = []
+    opened: set[str] = set()
+    # Each statement the server logged is the next event of its text that may have run (one
+    # its pipeline skipped was never logged), whether that event claims a cursor text or not.
+    ran = [q for q in trail.allowed() if (trail.result(q) or {}).get("error") != "skipped"]
+    logged = list(entries(text))
+    for index, entry in enumerate(logged):
+        if entry.severity != "LOG":
+            continue
+        if entry.message.startswith(OPENED_BY_CODE):
+            opened.add(entry.message.removeprefix(OPENED_BY_CODE))
+            continue
+        match = _RUN_RE.fullmatch(entry.message)
+        if match is None:
+            continue
+        statement = redact_statement(match["text"])
+        event = next((q for q in ran if q["request"]["statement"] == statement), None)
+        if event is not None:
+            ran.remove(event)
+            for name in sorted(opened & set(event["request"].get("cursors", ()))):
+                problems.append(
+                    f"claims the text of cursor {name!r}, which a function opened again: "
+                    f"{statement!r} (seq {event['seq']})"
+                )
+        failed = index + 1 < len(logged) and logged[index + 1].severity == "ERROR"
+        if not failed:
+            opened -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
     return problems
 
 

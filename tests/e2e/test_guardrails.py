@@ -9,30 +9,18 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from devenv.stack import Connect
-from tests.e2e.conftest import AGENT, Stack
-
-POLICY = """\
-connections:
-  - name: pg
-    type: postgres
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
-    secret: {{password: env:PG_PASSWORD}}
-    guardrails: [no-destructive]
-guardrails:
-  - name: no-destructive
-    deny_statements: [DROP, TRUNCATE, ALTER]
-    deny_unbounded: [DELETE, UPDATE]
-    deny_patterns: ['(?i)pg_read_file']
-"""
+from tests.e2e import pggate
+from tests.e2e.conftest import Stack
 
 
 @pytest.fixture
 def guarded(own_stack: Stack) -> Iterator[Stack]:
-    applied = own_stack.apply(POLICY.format(agent=AGENT, port=own_stack.pg.port))
-    assert applied.returncode == 0, applied.stderr
-    yield own_stack
+    yield pggate.guard(
+        own_stack,
+        deny_statements=["DROP", "TRUNCATE", "ALTER"],
+        deny_unbounded=["DELETE", "UPDATE"],
+        deny_patterns=["(?i)pg_read_file"],
+    )
 
 
 def table(stack: Stack) -> str:
@@ -86,9 +74,7 @@ def test_one_denied_statement_denies_the_whole_string(guarded: Stack) -> None:
 
 
 def test_pattern_rule_and_extended_protocol_keep_the_session_usable(guarded: Stack) -> None:
-    listener = Connect.create(guarded.controlplane, "pg", guarded.base)
-    listener.start_and_wait()
-    try:
+    with pggate.listening(guarded) as listener:
         dsn = f"host=127.0.0.1 port={listener.port} dbname=pg user=x"
         with psycopg.connect(dsn, autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-destructive"):
@@ -98,8 +84,6 @@ def test_pattern_rule_and_extended_protocol_keep_the_session_usable(guarded: Sta
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("alter table pg_class rename to x")
             assert conn.execute("select 8").fetchone() == (8,)
-    finally:
-        listener.stop()
     reasons = [e["decision"]["reason"] for e in denials(guarded)]  # type: ignore[index]
     assert any("pg_read_file" in str(r) for r in reasons)
     assert guarded.pg.statement_log().count("select pg_read_file($1)") == 0

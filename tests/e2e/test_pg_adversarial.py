@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -20,100 +18,8 @@ import pytest
 from devenv.postgres import PostgresServer
 from devenv.stack import Connect
 from tests.e2e import pglog
-from tests.e2e.conftest import AGENT, Stack
+from tests.e2e.pggate import Window, rows
 from tests.e2e.pglog import PgWire, bind, execute, extended, parse, query, sync
-
-GUARDED_POLICY = """\
-connections:
-  - name: pg
-    type: postgres
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}
-    secret: {{password: env:PG_PASSWORD}}
-    guardrails: [no-destructive]
-guardrails:
-  - name: no-destructive
-    deny_statements: [DROP, TRUNCATE]
-    deny_unbounded: [DELETE]
-"""
-
-
-@pytest.fixture(scope="module")
-def guarded(stack: Stack) -> Stack:
-    applied = stack.apply(GUARDED_POLICY.format(agent=AGENT, port=stack.pg.port))
-    assert applied.returncode == 0, applied.stderr
-    return stack
-
-
-@pytest.fixture(scope="module")
-def listener(guarded: Stack) -> Iterator[Connect]:
-    process = Connect.create(guarded.controlplane, "pg", guarded.base)
-    process.start_and_wait()
-    yield process
-    process.stop()
-
-
-class Window:
-    """One test's sessions: the server's log and the trail written meanwhile."""
-
-    def __init__(self, stack: Stack, pg: PostgresServer) -> None:
-        self.stack = stack
-        self.pg = pg
-        self.after = stack.events()[-1]["seq"]
-        self.log = pglog.LogWindow(pg.log_file)
-
-    def events(self) -> list[dict[str, Any]]:
-        """The window's events once every session of it has ended."""
-
-        def ended() -> list[dict[str, Any]] | None:
-            events = self.stack.events(self.after)
-            starts = {e["session_id"] for e in events if e["type"] == "session.start"}
-            ends = {e["session_id"] for e in events if e["type"] == "session.end"}
-            return events if starts <= ends else None
-
-        events = pglog.wait_until(ended)
-        assert events is not None, "a session of the window did not end"
-        return events
-
-    def reconcile(self) -> pglog.Trail:
-        trail = pglog.Trail.of(self.events())
-        problems = pglog.reconcile(self.log.ran(), trail)
-        assert not problems, "\n".join(problems)
-        return trail
-
-
-@pytest.fixture
-def window(guarded: Stack, pg: PostgresServer, listener: Connect) -> Window:
-    return Window(guarded, pg)
-
-
-@pytest.fixture
-def sentinel(pg: PostgresServer) -> Iterator[str]:
-    """A table with three rows, made directly (not through the gateway, not logged)."""
-    name = f"sentinel_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
-        conn.execute(f"create table {name} (id int)")
-        conn.execute(f"insert into {name} values (1), (2), (3)")
-        conn.execute(f"alter table {name} owner to app")
-    yield name
-    with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
-        conn.execute(f"drop table if exists {name}")
-
-
-def rows(pg: PostgresServer, table: str) -> int | None:
-    """The table's row count, or None when it no longer exists."""
-    with psycopg.connect(pg.admin_dsn("app"), autocommit=True) as conn:
-        exists = conn.execute("select to_regclass(%s)", (table,)).fetchone()
-        if exists is None or exists[0] is None:
-            return None
-        count = conn.execute(f"select count(*) from {table}").fetchone()
-        return None if count is None else int(count[0])
-
-
-def never_logged(window: Window, needle: str) -> None:
-    ran = window.log.ran()
-    assert not [s for s in ran.statements if needle in s], f"{needle!r} reached PostgreSQL"
-
 
 # ---- named statements: recorded is what the server confirmed -------------------------------
 
@@ -131,7 +37,7 @@ def test_a_rejected_reparse_cannot_swap_the_recorded_text(
         assert run.errors == []
         assert run.rows() == [["1"]]
     assert rows(pg, sentinel) == 3
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     trail = window.reconcile()
     assert any(s.startswith("drop table") for s in trail.denied())
 
@@ -265,7 +171,7 @@ def test_a_pipelined_client_encoding_switch_cannot_hide_a_drop(
         answer = client.run(query(f"set client_encoding to '{encoding}'") + query(raw), 2)
         refused_before_running(answer)
     assert rows(pg, sentinel) == 3
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     window.reconcile()
 
 
@@ -277,7 +183,7 @@ def test_client_encoding_from_the_startup_packet_is_the_parsers(
         answer = client.run(query(raw))
         refused_before_running(answer)
     assert rows(pg, sentinel) == 3
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     window.reconcile()
 
 
@@ -292,7 +198,7 @@ def test_client_encoding_set_by_set_config_in_an_extended_pipeline(
         )
         refused_before_running(answer)
     assert rows(pg, sentinel) == 3
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     window.reconcile()
 
 
@@ -313,7 +219,7 @@ def test_a_reverted_standard_conforming_strings_is_followed(
         answer = client.run(query(BACKSLASH_DROP.format(table=sentinel)))
         assert answer.sqlstates == ["42501"]
     assert rows(pg, sentinel) == 3
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     window.reconcile()
 
 
@@ -332,7 +238,7 @@ def test_a_failed_set_of_standard_conforming_strings_changes_nothing(
         answer = client.run(pipeline, 5)
         assert answer.sqlstates[-1] == "42501"
     assert rows(pg, sentinel) == 3
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     window.reconcile()
 
 
@@ -367,7 +273,7 @@ def test_standard_conforming_strings_off_is_the_parsers_too(
     if not answer.errors:
         assert sql in [q["request"]["statement"] for q in trail.allowed()]
     else:
-        never_logged(window, "x\\'")
+        window.never_logged("x\\'")
 
 
 # ---- pipelines ------------------------------------------------------------------------------
@@ -387,8 +293,8 @@ def test_a_denied_statement_in_the_middle_of_a_pipeline_stops_all_of_it(
         assert answer.sqlstates == ["42501"]
         assert client.run(query("select 'after'")).rows() == [["after"]]
     assert rows(pg, sentinel) == 3
-    never_logged(window, "truncate")
-    never_logged(window, "values (1")
+    window.never_logged("truncate")
+    window.never_logged("values (1")
     window.reconcile()
 
 
@@ -402,7 +308,7 @@ def test_a_denied_statement_after_a_flush_does_not_undo_what_already_ran(
         answer = client.wait(1)
         assert "42501" in answer.sqlstates
     assert rows(pg, sentinel) in (3, 4)
-    never_logged(window, "drop table")
+    window.never_logged("drop table")
     window.reconcile()
 
 
@@ -486,11 +392,12 @@ def test_a_pipeline_that_waits_for_a_cursor_and_holds_a_denied_statement_runs_no
     """Found by the fuzzer: Execute of a cursor whose DECLARE is still unanswered makes the
     gateway wait; a denied statement later in the same pipeline must still refuse all of it,
     and the trail must say what, if anything, ran."""
-    declare = query("declare fz cursor with hold for select g from generate_series(1, 5) g")
+    declare = query("begin; declare fz cursor for select g from generate_series(1, 5) g")
     with PgWire(listener.port, timeout=10) as client:
         answer = client.run(declare + execute("fz") + extended(f"truncate {sentinel}") + sync(), 2)
         assert "42501" in answer.sqlstates
         client.run(query("close fz"))
+        client.run(query("commit"))
     assert rows(pg, sentinel) == 3
     window.reconcile()
 
@@ -501,7 +408,7 @@ def test_a_refusal_after_a_failed_describe_and_a_cursor_wait_does_not_hang(
 ) -> None:
     """Found by the fuzzer: a DECLARE, then (pipelined) a Describe of a portal that does not
     exist, an Execute of the cursor being declared, and a statement the gateway refuses."""
-    declare = query("declare fy cursor with hold for select g from generate_series(1, 5) g")
+    declare = query("begin; declare fy cursor for select g from generate_series(1, 5) g")
     pipeline = (
         pglog.describe("P", "nosuch")
         + execute("fy")
@@ -516,6 +423,7 @@ def test_a_refusal_after_a_failed_describe_and_a_cursor_wait_does_not_hang(
     with PgWire(listener.port, timeout=5, **options) as client:
         answer = client.run(declare + pipeline, 2)
         assert answer.errors
+        client.run(query("rollback"))  # the failed Describe aborted the transaction
         assert client.run(query("select 1")).rows() == [["1"]]
     window.reconcile()
 

@@ -15,29 +15,22 @@ from hypothesis import HealthCheck, given, settings
 
 from devenv.postgres import PostgresServer
 from devenv.stack import Connect
-from tests.e2e import pgfuzz, pglog
-from tests.e2e.conftest import AGENT, Stack
+from tests.e2e import pgfuzz, pggate
+from tests.e2e.conftest import Stack
 
 EXAMPLES = int(os.environ.get("GATEHOUSE_PGFUZZ_EXAMPLES", "300"))
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: Stack, pg: PostgresServer) -> Iterator[pgfuzz.Gateway]:
-    applied = stack.apply(pgfuzz.GUARDED_POLICY.format(agent=AGENT, port=pg.port))
-    assert applied.returncode == 0, applied.stderr
-    pgfuzz.prepare_tables(pg)
-    listener = Connect.create(stack.controlplane, "pg", stack.base)
-    listener.start_and_wait()
-    cp = stack.controlplane
+def gateway(
+    guarded: Stack, pg: PostgresServer, listener: Connect, open_listener: Connect
+) -> Iterator[pgfuzz.Gateway]:
+    pgfuzz.prepare(pg)
+    events = pggate.http_events(guarded)
     try:
-        yield pgfuzz.Gateway(
-            port=listener.port,
-            pg=pg,
-            events=lambda after: pglog.http_events(cp.http_port, cp.token, after),
-            after=stack.events()[-1]["seq"],
-        )
+        yield pgfuzz.Gateway(listener.port, open_listener.port, pg, events, pggate.last_seq(events))
     finally:
-        listener.stop()
+        pgfuzz.reset(pg)
 
 
 @pytest.mark.timeout(900)

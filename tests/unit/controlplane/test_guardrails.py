@@ -553,8 +553,8 @@ def test_backslashes_in_harmless_text_are_allowed(sql: str) -> None:
     allowed(NO_DESTRUCTIVE, sql)
 
 
-def test_nonstandard_reading_spells_the_other_reading() -> None:
-    read = module._nonstandard_reading
+def testnonstandard_reading_spells_the_other_reading() -> None:
+    read = module.nonstandard_reading
     assert read("select 'no backslash'") is None
     assert read(r"select E'a\'b'") is None
     assert read(r"select 'a\b'") == r"select  E'a\b'"

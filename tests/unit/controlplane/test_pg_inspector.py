@@ -762,7 +762,6 @@ async def test_a_denied_statement_is_refused_at_parse(
         (bind([], statement="nobody") + execute() + pgm.sync(), "26000"),
         (execute("nothing") + pgm.sync(), "34000"),
         (pgm.query("EXECUTE nobody(1)"), "26000"),
-        (pgm.query("FETCH 1 FROM nothing"), "34000"),
         (pgm.query("explain analyze execute nobody"), "26000"),
     ],
 )
@@ -867,10 +866,13 @@ async def test_a_cursor_is_known_until_its_transaction_ends(
     await ready.from_client(pgm.query("COMMIT"))
     await ready.from_agent(Reply().complete("COMMIT").ready("I").frame())
 
-    assert await ready.from_client(fetch) == b""
-    assert error_of(ready.take_synthetic()).sqlstate == "34000"
+    # Gone as far as the gateway knows; whether code opened one by that name, only the server
+    # knows: without guardrails it answers, and the trail claims no text for it.
+    assert await ready.from_client(fetch) == fetch
     events = of_type(stored(db_path), "db.query")
     assert events[1]["request"]["cursors"] == {"c": "DECLARE c CURSOR FOR select 1"}
+    assert "cursors" not in events[-1]["request"]
+    assert events[-1]["request"]["cursors_unknown"] == {"c": None}
 
 
 async def test_a_prepare_that_failed_is_not_known(ready: PgInspector) -> None:
@@ -1120,3 +1122,212 @@ async def test_a_name_longer_than_the_server_keeps_is_refused(
     assert error.sqlstate == "42622" and "63 bytes" in error.message
     fits = parse("select 1", name="a" * 63) + pgm.sync()
     assert await asyncio.wait_for(ready.from_client(fits), 2) == fits
+
+
+# ---- cursors that code may have re-opened (decision 0010) ----------------------------------
+
+DECLARED = "DECLARE c CURSOR FOR select 1"
+
+
+def guarded(ctx: SessionContext, writer: AuditWriter, wakes: Wakes) -> PgInspector:
+    guard = SqlGuard([Guardrail.model_validate({"name": "g", "deny_statements": ["DROP"]})])
+    return PgInspector(ctx, writer, wakes, guard=guard)
+
+
+async def declared(inspector: PgInspector, cursor: str = DECLARED) -> PgInspector:
+    await inspector.from_client(pgm.query(f"BEGIN; {cursor}"))
+    await inspector.from_agent(
+        Reply().complete("BEGIN").complete("DECLARE CURSOR").ready("T").frame()
+    )
+    return inspector
+
+
+async def ran(inspector: PgInspector, sql: str, reply: Reply | None = None) -> None:
+    """A simple query, forwarded and answered (in the open transaction)."""
+    data = pgm.query(sql)
+    assert await inspector.from_client(data) == data
+    await inspector.from_agent((reply or select_reply(1, "T")).frame())
+
+
+async def test_a_cursor_is_not_claimed_after_code_that_may_have_reopened_it(
+    ready: PgInspector, db_path: Path
+) -> None:
+    """select f() may close c and open another cursor named c: the FETCH that follows is
+    forwarded (no guardrail has to read it), and the trail names the cursor without a text."""
+    await declared(ready)
+    await ran(ready, "select 1 as before")  # a SELECT may call functions
+    fetch = pgm.query("FETCH 1 FROM c")
+    assert await ready.from_client(fetch) == fetch
+
+    request = of_type(stored(db_path), "db.query")[-1]["request"]
+    assert "cursors" not in request
+    assert request["cursors_unknown"] == {"c": DECLARED}
+
+
+async def test_a_guardrail_that_cannot_read_a_cursor_refuses_its_fetch(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, db_path: Path
+) -> None:
+    inspector = guarded(ctx, writer, wakes)
+    await inspector.from_client(STARTUP)
+    await inspector.from_agent(login_reply().frame())
+    await declared(inspector)
+    await ran(inspector, "select f()")
+
+    assert await inspector.from_client(pgm.query("MOVE 1 IN c")) == b""
+    error = error_of(inspector.take_synthetic())
+    assert error.sqlstate == "42501"
+    assert 'cursor "c" may have been closed and opened again' in error.message
+    assert 'guardrail "g" cannot check' in error.message
+    assert "DECLARE it again" in error.message
+    [*_, denied] = of_type(stored(db_path), "db.query")
+    assert denied["decision"]["rule"] == "(unknown cursor)"
+    assert denied["request"]["cursors_unknown"] == {"c": DECLARED}
+
+
+async def test_a_cursor_a_function_opened_is_read_only_without_guardrails(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, ready: PgInspector, db_path: Path
+) -> None:
+    """`SELECT f()` returns "<unnamed portal 1>": the gateway never saw its query."""
+    fetch = pgm.query('FETCH ALL FROM "<unnamed portal 1>"')
+    assert await ready.from_client(fetch) == fetch
+    assert of_type(stored(db_path), "db.query")[-1]["request"]["cursors_unknown"] == {
+        "<unnamed portal 1>": None
+    }
+
+    inspector = guarded(ctx, writer, wakes)
+    await inspector.from_client(STARTUP)
+    await inspector.from_agent(login_reply().frame())
+    assert await inspector.from_client(fetch) == b""
+    error = error_of(inspector.take_synthetic())
+    assert error.sqlstate == "42501"
+    assert "was not declared through the gateway" in error.message
+    assert "RETURNS TABLE or SETOF" in error.message
+
+
+@pytest.mark.parametrize(
+    "between",
+    ["FETCH 1 FROM c", "SET work_mem = '64MB'", "SHOW work_mem", "SAVEPOINT a", "CLOSE other"],
+)
+async def test_its_own_fetches_and_statements_that_run_no_code_keep_a_cursor_proven(
+    ready: PgInspector, db_path: Path, between: str
+) -> None:
+    await declared(ready)
+    await ran(ready, between)
+    fetch = pgm.query("FETCH 1 FROM c")
+    assert await ready.from_client(fetch) == fetch
+    assert of_type(stored(db_path), "db.query")[-1]["request"]["cursors"] == {"c": DECLARED}
+
+
+async def test_fetching_another_cursor_runs_its_query_which_may_reopen_this_one(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await declared(ready)
+    await declared(ready, "DECLARE d CURSOR FOR select 2")  # planning d may call functions
+    await ran(ready, "FETCH 1 FROM d")
+    data = pgm.query("FETCH 1 FROM d; FETCH 1 FROM c; FETCH 1 FROM d")
+    assert await ready.from_client(data) == data
+    request = of_type(stored(db_path), "db.query")[-1]["request"]
+    # d was kept by its own FETCH, until c's ran; c was lost to d's DECLARE and FETCH.
+    assert "cursors" not in request
+    assert request["cursors_unknown"] == {"c": DECLARED, "d": "DECLARE d CURSOR FOR select 2"}
+
+
+async def test_code_earlier_in_the_same_query_or_still_unanswered_counts_too(
+    ready: PgInspector, db_path: Path
+) -> None:
+    await declared(ready)
+    same = pgm.query("select 1; FETCH 1 FROM c")
+    assert await ready.from_client(same) == same
+    await ready.from_agent(select_reply(1, "T").frame())
+    await ran(ready, "FETCH 1 FROM c")  # proven again? No: nothing declared it since
+    # Pipelined behind an unanswered statement that may run code: not claimed, not waited for.
+    await declared(ready, "DECLARE e CURSOR FOR select 3")
+    pipelined = pgm.query("select 2") + pgm.query("FETCH 1 FROM e")
+    assert await asyncio.wait_for(ready.from_client(pipelined), 1) == pipelined
+
+    *_, first, second, _declare, _select, third = of_type(stored(db_path), "db.query")
+    assert first["request"]["cursors_unknown"] == {"c": DECLARED}
+    assert second["request"]["cursors_unknown"] == {"c": DECLARED}
+    assert third["request"]["cursors_unknown"] == {"e": "DECLARE e CURSOR FOR select 3"}
+
+
+async def test_a_commit_after_code_leaves_holdable_cursors_unproven(
+    ready: PgInspector, db_path: Path
+) -> None:
+    """COMMIT runs deferred triggers and each holdable cursor's query (to keep its rows)."""
+    held = "DECLARE h CURSOR WITH HOLD FOR select 1"
+    await declared(ready, held)
+    await ran(ready, "COMMIT", Reply().complete("COMMIT").ready("I"))
+    fetch = pgm.query("FETCH 1 FROM h")
+    assert await ready.from_client(fetch) == fetch
+    assert of_type(stored(db_path), "db.query")[-1]["request"]["cursors_unknown"] == {"h": held}
+
+
+async def test_a_portal_that_code_may_have_reopened_is_not_executed(
+    ready: PgInspector, db_path: Path
+) -> None:
+    """What PostgreSQL logs for that Execute is the re-opened portal's text: the trail would
+    claim one text while another ran, so the Execute is refused; its own Executes keep it."""
+    await ready.from_client(pgm.query("BEGIN"))
+    await ready.from_agent(Reply().complete("BEGIN").ready("T").frame())
+    bound = parse("select 1") + bind([], portal="p1") + execute("p1") + pgm.sync()
+    assert await ready.from_client(bound) == bound
+    await ready.from_agent(Reply().parsed().bound().complete("SELECT 1", 1).ready("T").frame())
+    again = execute("p1") + pgm.sync()
+    assert await ready.from_client(again) == again
+    await ready.from_agent(Reply().complete("SELECT 0", 0).ready("T").frame())
+    await ran(ready, "select f()")
+
+    assert await ready.from_client(again) == b""
+    error = error_of(ready.take_synthetic())
+    assert error.sqlstate == "34000"
+    assert "Bind it again" in error.message
+    assert of_type(stored(db_path), "db.query")[-1]["request"]["portal"] == "p1"
+
+
+async def test_a_bind_that_plans_may_run_code_but_not_one_of_a_utility_statement(
+    ready: PgInspector, db_path: Path
+) -> None:
+    """psycopg reads a server-side cursor with FETCH through the extended protocol."""
+    await declared(ready)
+    fetch = parse("FETCH 1 FROM c") + bind([]) + execute() + pgm.sync()
+    assert await ready.from_client(fetch) == fetch
+    planned = parse("select 1") + bind([]) + execute() + parse("FETCH 1 FROM c")
+    planned += bind([]) + execute() + pgm.sync()
+    assert await ready.from_client(planned) == planned
+    *_, kept, _select, lost = of_type(stored(db_path), "db.query")
+    assert kept["request"]["cursors"] == {"c": DECLARED}
+    assert lost["request"]["cursors_unknown"] == {"c": DECLARED}
+
+
+async def test_a_text_whose_names_depend_on_standard_conforming_strings_is_refused(
+    ready: PgInspector,
+) -> None:
+    """A configuration reload changes the setting before the next statement, and PostgreSQL
+    reports it only after that statement ran: off, this text replaces s1."""
+    hidden = pgm.query("select 'a\\''; prepare s1 as select 'swapped'; --'")
+    assert await ready.from_client(hidden) == b""
+    error = error_of(ready.take_synthetic())
+    assert error.sqlstate == "22021"
+    assert "E'…'" in error.message
+
+
+async def test_a_setting_reported_in_the_middle_of_a_result_applies_to_the_next_text(
+    ready: PgInspector,
+) -> None:
+    """The ParameterStatus may come between rows (PostgreSQL 13 and older report at once) and
+    in a frame of its own: the text behind the statement is read after all of it."""
+    change = pgm.query("select set_config('client_encoding', 'LATIN1', false), g")
+    hidden = pgm.query("select 'caf\u00e9'")
+    task = asyncio.create_task(ready.from_client(change + hidden))
+    await asyncio.sleep(0.05)
+    first = Reply().raw(pgm.row_description([pgm.Column("n")])).raw(pgm.data_row([b"1"]))
+    await ready.from_agent(first.frame())
+    await ready.from_agent(Reply().parameter("client_encoding", "LATIN1").frame())
+    assert not task.done()
+    await ready.from_agent(Reply().raw(pgm.data_row([b"2"])).complete("SELECT 2", 2).frame())
+    assert not task.done()
+    await ready.from_agent(Reply().ready().frame())
+    assert await asyncio.wait_for(task, 5) == b""
+    error = error_of(ready.take_synthetic())
+    assert error.sqlstate == "22021" and "LATIN1" in error.message

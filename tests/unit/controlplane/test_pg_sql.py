@@ -1,32 +1,51 @@
-"""Which names a SQL text creates, drops and runs, statement by statement (decision 0010)."""
+"""Which names a SQL text creates, drops and runs, statement by statement, and whether running
+it may run user-defined code (decision 0010)."""
 
-from controlplane.relay.pg_sql import Effect, SqlStatement, statements
+import pytest
+
+from controlplane.relay.pg_sql import (
+    DEPENDS_ON_SETTINGS,
+    Effect,
+    SqlStatement,
+    Unreadable,
+    statements,
+)
 
 
-def test_texts_without_a_naming_keyword_are_not_parsed() -> None:
-    assert statements("select 1; insert into t values (2)") == []
+def read(sql: str) -> list[SqlStatement]:
+    found = statements(sql)
+    assert not isinstance(found, Unreadable), found
+    return found
+
+
+def test_texts_without_a_naming_keyword_are_one_statement_that_runs_code() -> None:
+    text = "select 1; insert into t values (2)"
+    assert statements(text) == [SqlStatement(text, runs_code=True, planned=True)]
 
 
 def test_prepare_execute_and_deallocate() -> None:
     found = statements("PREPARE P(int) AS select $1; EXECUTE p(1); DEALLOCATE p; DEALLOCATE ALL")
     assert found == [
         SqlStatement(
-            "PREPARE P(int) AS select $1", Effect("prepare", "p", "PREPARE P(int) AS select $1")
+            "PREPARE P(int) AS select $1",
+            Effect("prepare", "p", "PREPARE P(int) AS select $1"),
+            runs_code=False,
+            planned=False,
         ),
-        SqlStatement("EXECUTE p(1)", executes=("p",)),
-        SqlStatement("DEALLOCATE p", Effect("deallocate", "p")),
-        SqlStatement("DEALLOCATE ALL", Effect("deallocate", None)),
+        SqlStatement("EXECUTE p(1)", executes=("p",), planned=False),
+        SqlStatement("DEALLOCATE p", Effect("deallocate", "p"), runs_code=False, planned=False),
+        SqlStatement("DEALLOCATE ALL", Effect("deallocate", None), runs_code=False, planned=False),
     ]
 
 
 def test_an_execute_nested_in_another_statement_is_found() -> None:
-    [explain, create] = statements("explain analyze execute a; create table x as execute b")
+    [explain, create] = read("explain analyze execute a; create table x as execute b")
     assert explain.executes == ("a",)
     assert create.executes == ("b",)
 
 
 def test_cursors() -> None:
-    found = statements(
+    found = read(
         'DECLARE c CURSOR WITH HOLD FOR select 1; DECLARE "D" CURSOR FOR select 2;'
         " FETCH 2 FROM c; MOVE d; CLOSE c; CLOSE ALL; DISCARD ALL"
     )
@@ -43,11 +62,88 @@ def test_cursors() -> None:
 
 
 def test_statement_texts_are_cut_by_bytes_of_utf8() -> None:
-    found = statements("select 'éé'; PREPARE p AS select 'ü'")
+    found = read("select 'éé'; PREPARE p AS select 'ü'")
     assert [s.text for s in found] == ["select 'éé'", "PREPARE p AS select 'ü'"]
 
 
 def test_an_unparseable_text_names_nothing_and_a_too_deep_one_is_unknown() -> None:
-    assert statements("PREPARE p AS selec 1") == []
+    assert statements("PREPARE p AS selec 1") == [SqlStatement("PREPARE p AS selec 1")]
     deep = "select " + "array[" * 1000 + "1" + "]" * 1000 + " as close"
-    assert statements(deep) is None
+    found = statements(deep)
+    assert isinstance(found, Unreadable) and found.too_complex
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "BEGIN",
+        "start transaction isolation level serializable",
+        "SAVEPOINT a",
+        "release a",
+        "ROLLBACK",
+        "abort",
+        "rollback to savepoint a",
+        "SET search_path = public",
+        "set local standard_conforming_strings = off",
+        "RESET ALL",
+        "SHOW client_encoding",
+        "CLOSE c",
+        "CLOSE ALL",
+        "DEALLOCATE p",
+        "PREPARE p AS select f()",
+    ],
+)
+def test_statements_that_evaluate_nothing_run_no_code(sql: str) -> None:
+    [statement] = read(sql)
+    assert not statement.runs_code
+    assert not statement.planned
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COMMIT",  # deferred triggers, and the queries of holdable cursors
+        "end",
+        "prepare transaction 'x'",
+        "FETCH 1 FROM c",  # the cursor's query
+        "MOVE c",
+        "DECLARE c CURSOR FOR select 1",  # planned on the spot
+        "EXECUTE p",
+        "DO $$ begin null; end $$",
+        "CALL p()",
+        "DISCARD ALL",
+        "set constraints all immediate",  # fires deferred triggers now
+        "/* a comment first */ BEGIN",  # not read: taken to run code
+    ],
+)
+def test_other_statements_may_run_code(sql: str) -> None:
+    [statement] = read(sql)
+    assert statement.runs_code
+
+
+def test_a_bind_plans_queries_not_utility_statements() -> None:
+    assert [s.planned for s in read("FETCH 1 FROM c; CLOSE c; select 1; execute p")] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_names_read_the_same_with_standard_conforming_strings_off_are_kept() -> None:
+    text = "PREPARE p AS select 'C:\\temp'; EXECUTE p"
+    found = read(text)
+    # The texts are the client's, not the other reading's (which put an E before the literal).
+    assert [s.text for s in found] == ["PREPARE p AS select 'C:\\temp'", "EXECUTE p"]
+    assert found[0].effect == Effect("prepare", "p", "PREPARE p AS select 'C:\\temp'")
+
+
+def test_names_that_differ_with_standard_conforming_strings_off_are_unreadable() -> None:
+    """A configuration reload can turn the setting off before the next statement, and the server
+    says so only after it ran: the names must not depend on it."""
+    # On: one SELECT of a literal. Off: a SELECT, then a PREPARE that replaces s1.
+    hidden = "select 'a\\''; prepare s1 as select 'swapped'; --'"
+    assert statements(hidden) == Unreadable(DEPENDS_ON_SETTINGS)
+    # Off it is a SELECT and a DROP, but no name changes: for the guard to decide.
+    dropped = "select 'a\\''; drop table t; --'"
+    assert statements(dropped) == [SqlStatement(dropped)]
