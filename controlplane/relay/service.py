@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -113,24 +114,27 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             return
         started = time.monotonic()
         inspector = self._inspector(ctx, connection, mode, tunnel)
-        reason = "closed"
-        try:
-            await context.write(
-                client_pb2.ServerFrame(
-                    opened=client_pb2.SessionOpened(
-                        session_id=ctx.session_id, connection_type=connection.type
+        ending = Ending("closed")
+        # Watched until session.end: results recorded while the session ends (finish) are
+        # watched like those recorded while it runs, and a loss among them is in its end.
+        with self._audit.watching(ctx.session_id) as loss:
+            try:
+                await context.write(
+                    client_pb2.ServerFrame(
+                        opened=client_pb2.SessionOpened(
+                            session_id=ctx.session_id, connection_type=connection.type
+                        )
                     )
                 )
-            )
-            relay = _relay(context, tunnel, inspector, self._audit)
-            with self._audit.watching(ctx.session_id) as loss:
-                reason = await self._relay_while_valid(context, relay, identity, inspector, loss)
-        finally:
-            self._tunnels.discard(tunnel)
-            try:
-                await inspector.finish(reason)
+                relay = _relay(context, tunnel, inspector, self._audit)
+                revoked = self._agents.revocation(connection.agent)
+                ending = await self._relay_while_valid(context, relay, identity, loss, revoked)
             finally:
-                await self._end(ctx, reason, started, inspector.statements)
+                self._tunnels.discard(tunnel)
+                try:
+                    await _close(context, inspector, ending)
+                finally:
+                    await self._end(ctx, ending.reason, started, inspector.statements, loss)
 
     def _inspector(
         self, ctx: SessionContext, connection: Connection, mode: str, tunnel: Tunnel
@@ -371,7 +375,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         except BaseException as exc:
             self._tunnels.discard(tunnel)
             reason = "agent did not attach" if isinstance(exc, TimeoutError) else str(exc)
-            await self._end(ctx, reason, time.monotonic(), 0)
+            await self._end(ctx, reason, time.monotonic(), 0, None)
             if isinstance(exc, TimeoutError):
                 raise Unavailable(
                     f"agent {connection.agent!r} did not open the session within "
@@ -385,47 +389,61 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         context: Context,
         relay: Coroutine[Any, Any, str],
         identity: Identity,
-        inspector: Inspector,
         loss: ResultLoss,
-    ) -> str:
-        """Relay until the session ends, its token stops working (revoked, expired) or one of
-        its result events could not be recorded: a revoked token's live sessions end within
-        REVOCATION_CHECK seconds, a session whose trail has a hole ends at once."""
+        revoked: asyncio.Event,
+    ) -> Ending:
+        """Relay until the session ends, its token stops working (revoked, expired), its agent
+        is revoked or one of its result events could not be recorded: a revoked token's live
+        sessions end within REVOCATION_CHECK seconds, the others at once. The pumps are stopped
+        here; the caller records the results still in flight, then tells the client."""
         relaying = asyncio.create_task(relay)
         lost = asyncio.create_task(loss.lost.wait())
+        cut = asyncio.create_task(revoked.wait())
         expires = identity.token_id is not None or identity.expires_at is not None
-        sqlstate = "57P01"  # admin_shutdown: what a server says when it ends a session
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {relaying, lost},
+                    {relaying, lost, cut},
                     timeout=REVOCATION_CHECK if expires else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+                if revoked.is_set():
+                    # Checked first: revoking the agent closes its tunnel, which may also end
+                    # the relay as if the session had simply closed.
+                    ending = Ending(AGENT_REVOKED, "57P01", "the agent serving it was revoked")
+                    break
                 if relaying in done:
-                    return relaying.result()
+                    return Ending(relaying.result())
                 if lost in done:
                     why = f"audit_lost: {loss.reason}"
-                    sqlstate = "58000"
+                    ending = Ending(why, "58000", why)
                     break
                 invalid = await self._auth.still_valid(identity) if expires else None
                 if invalid is not None:
-                    why = invalid
+                    # admin_shutdown: what a server says when it ends a session
+                    ending = Ending(invalid, "57P01", invalid)
                     break
         except BaseException:
             relaying.cancel()
             raise
         finally:
             lost.cancel()
+            cut.cancel()
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relaying
-        fatal = inspector.fatal(f"session ended: {why}", sqlstate)
-        with contextlib.suppress(Exception):
-            await context.write(client_pb2.ServerFrame(data=fatal))
-        return why
+        return ending
 
-    async def _end(self, ctx: SessionContext, reason: str, started: float, count: int) -> None:
+    async def _end(
+        self,
+        ctx: SessionContext,
+        reason: str,
+        started: float,
+        count: int,
+        loss: ResultLoss | None,
+    ) -> None:
+        """Record session.end; `results_lost` counts result events of the session that could
+        not be recorded (the trail has that many holes, and says so)."""
         duration = round((time.monotonic() - started) * 1000, 3)
         try:
             await self._audit.commit(
@@ -435,6 +453,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     reason=reason,
                     duration_ms=duration,
                     statements=count,
+                    results_lost=loss.count if loss is not None and loss.count else None,
                 )
             )
 
@@ -448,6 +467,26 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await self._db.write(ended)
         except Exception:
             log.exception("session %s: could not record its end", ctx.session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a session ended and, when the control plane ended it (not the client or the
+    agent), what the client is told: the protocol's fatal error with this SQLSTATE."""
+
+    reason: str
+    sqlstate: str | None = None
+    message: str = ""
+
+
+async def _close(context: Context, inspector: Inspector, ending: Ending) -> None:
+    """Record the results of every request still in flight, then (when the control plane
+    ended the session) tell the client why: what the client hears is already in the trail."""
+    await inspector.finish(ending.reason)
+    if ending.sqlstate is not None:
+        fatal = inspector.fatal(f"session ended: {ending.message}", ending.sqlstate)
+        with contextlib.suppress(Exception):
+            await context.write(client_pb2.ServerFrame(data=fatal))
 
 
 class Inspector(Protocol):
@@ -483,6 +522,7 @@ class Inspector(Protocol):
 
 
 AGENT_LOST = "agent_lost"
+AGENT_REVOKED = "agent_revoked"
 
 
 class AgentLost(Exception):
@@ -494,22 +534,29 @@ PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
 
 
 async def _relay(context: Context, tunnel: Tunnel, inspector: Inspector, audit: AuditWriter) -> str:
-    """Pump both directions until one side ends; returns why the session ended."""
+    """Pump both directions until one side ends; returns why the session ended.
+
+    Cancelled (the session ended by revocation or a lost result), it stops both pumps before
+    it ends: nothing more is read from the client or recorded, and the inspector is left to
+    `finish` alone.
+    """
     upstream = asyncio.create_task(_client_to_agent(context, tunnel, inspector, audit))
     downstream = asyncio.create_task(_agent_to_client(context, tunnel, inspector))
-    done, pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
-    if upstream in done and upstream.exception() is None:
-        # The client finished sending; let the target's last answers through. A command runs
-        # on after its input ended (`cmd < /dev/null`) for as long as it likes.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(downstream), inspector.drain_timeout)
-    elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
-        # The client writer sends the FATAL itself: one writer per call, never two at once.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(downstream), 10)
-    for task in pending:
-        task.cancel()
-    results = await asyncio.gather(upstream, downstream, return_exceptions=True)
+    try:
+        done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        if upstream in done and upstream.exception() is None:
+            # The client finished sending; let the target's last answers through. A command
+            # runs on after its input ended (`cmd < /dev/null`) for as long as it likes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(downstream), inspector.drain_timeout)
+        elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
+            # The client writer sends the FATAL itself: one writer per call, never two at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(downstream), 10)
+    finally:
+        for task in (upstream, downstream):
+            task.cancel()  # a pump that ended already is not affected
+        results = await asyncio.gather(upstream, downstream, return_exceptions=True)
     for result in results:
         if isinstance(result, AgentLost):
             log.warning("session %s: agent %s lost", tunnel.session_id, tunnel.agent)
@@ -535,7 +582,7 @@ async def _client_to_agent(
                     error = ProtocolError("the client left in the middle of a message")
                     await tunnel.to_client.put(Fatal(inspector.fatal(str(error))))
                     raise error
-                return
+                break
             if message.HasField("cancel"):
                 event = inspector.cancel_event()
                 if event is not None:
@@ -550,16 +597,21 @@ async def _client_to_agent(
             except PROTOCOL_ERRORS as exc:
                 await tunnel.to_client.put(Fatal(inspector.fatal(str(exc))))
                 raise
-            # A large request (a 20 MB parameter) travels in pieces: gRPC messages are bounded.
-            for start in range(0, len(forward), FORWARD_CHUNK):
-                await tunnel.to_agent.put(forward[start : start + FORWARD_CHUNK])
-    finally:
+            await _forward(tunnel, forward)
+    except BaseException:
+        # Stopped (an error, or the session ends): never wait here for room in the queue of
+        # an agent that may be gone; discarding the tunnel tells the agent anyway.
         if inspector.end_on_client_eof:
-            await tunnel.to_agent.put(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                tunnel.to_agent.put_nowait(None)
+        raise
+    if inspector.end_on_client_eof:
+        await tunnel.to_agent.put(None)  # the client is done: the agent ends the session
 
 
 async def _forward(tunnel: Tunnel, data: bytes) -> None:
-    """Send decided client bytes to the agent, in pieces: gRPC messages are bounded."""
+    """Send decided client bytes to the agent, in pieces: gRPC messages are bounded (a 20 MB
+    parameter travels as several)."""
     for start in range(0, len(data), FORWARD_CHUNK):
         await tunnel.to_agent.put(data[start : start + FORWARD_CHUNK])
 
