@@ -18,9 +18,10 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
@@ -34,12 +35,13 @@ from controlplane.agents.certificates import (
     describe,
 )
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
-from controlplane.audit.writer import AuditWriter
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, append_events
 from controlplane.auth.identity import Identity
 from controlplane.auth.sources import current_source
 from controlplane.auth.tokens import AGENT_PREFIX, JOIN_PREFIX, bearer, new_token, token_hash
 from controlplane.errors import (
     AlreadyExists,
+    GatehouseError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 FLUSH_EVERY = 5.0  # seconds between batched last-seen writes
+T = TypeVar("T")
 
 
 class AgentLink:
@@ -283,6 +286,8 @@ class AgentRegistry:
         else:
             credential = new_token(AGENT_PREFIX)
 
+        address = current_source()
+
         def enroll(session: Session) -> tuple[str, int]:
             # FOR UPDATE: two replicas spending the last use at once must not both succeed.
             row = session.exec(
@@ -316,27 +321,26 @@ class AgentRegistry:
             row.prev_cert_fingerprint = None
             row.prev_cert_not_after = None
             session.add(row)
-            return row.id, row.join_uses_left
-
-        agent_id, uses_left = await self._db.write(enroll)
-        await self._audit.commit(
-            draft(
+            event = draft(
                 "agent.enroll",
                 agent={
                     "name": row.name,
                     "version": request.version[:100],
                     "hostname": request.hostname[:255],
                     "peer": peer,
-                    "address": current_source(),
+                    "address": address,
                 },
-                join={"uses_left": uses_left},
+                join={"uses_left": row.join_uses_left},
                 certificate=(
                     {"serial": issued.serial, "not_after": rfc3339(issued.not_after)}
                     if issued
                     else None
                 ),
             )
-        )
+            append_events(session, [event], signer=self._audit.signer)
+            return row.id, row.join_uses_left
+
+        agent_id, _ = await self._granting("enrollment", enroll)
         if self._links.get(row.name) is not None:  # the earlier instance's credential is gone
             self._links[row.name].close("replaced by a new enrollment of the same agent")
         return Enrolled(agent_id, row.name, credential, issued)
@@ -360,16 +364,32 @@ class AgentRegistry:
             current.cert_serial = issued.serial
             current.cert_not_after = issued.not_after
             session.add(current)
-
-        await self._db.write(renew)
-        await self._audit.commit(
-            draft(
+            event = draft(
                 "agent.renew",
                 agent={"name": row.name, "peer": peer},
                 certificate={"serial": issued.serial, "not_after": rfc3339(issued.not_after)},
             )
-        )
+            append_events(session, [event], signer=self._audit.signer)
+
+        await self._granting("renewal", renew)
         return issued
+
+    async def _granting(self, what: str, grant: Callable[[Session], T]) -> T:
+        """Store a credential and its audit event in one transaction (the audit writer's, so
+        the event joins the chain in order): the credential is granted only if its event is
+        recorded, and an event is never recorded for a credential that was not stored."""
+        try:
+            return await self._audit.transact(grant)
+        except Exception as exc:
+            if isinstance(exc, GatehouseError) and not isinstance(exc, AuditUnavailable):
+                raise  # refused (a used-up token, a replaced certificate): nothing was stored
+            # The event could not be appended, or the store failed: rolled back, both.
+            log.error("agent %s refused: it could not be recorded: %s", what, exc)
+            raise Unavailable(
+                f"the {what} could not be recorded in the audit trail, so no credential was "
+                "issued; the join token or certificate is unchanged: try again once the "
+                "control plane's store is available"
+            ) from None
 
     async def authenticate(self, context: Any) -> AgentRow:
         """The agent this call comes from: by the verified client certificate in production,
