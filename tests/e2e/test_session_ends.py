@@ -11,7 +11,6 @@ saying its outcome is unknown and why, recorded before the session's end.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from devenv.stack import GATEHOUSE, REPO, Connect
+from devenv.stack import Connect, spawn
 from tests.e2e import pglog
 from tests.e2e.conftest import AGENT, POLICY, Stack
 from tests.e2e.pglog import PgWire, query
@@ -56,24 +55,28 @@ def delegated_admin(stack: Stack) -> dict[str, Any]:
 
 
 def start(stack: Stack, token: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **stack.controlplane.cli_env, "GATEHOUSE_TOKEN": token}
-    return subprocess.Popen(
-        [*GATEHOUSE, *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn(args, env={**stack.controlplane.cli_env, "GATEHOUSE_TOKEN": token})
 
 
-def finished(running: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
+def ended_by(
+    running: subprocess.Popen[str], ready: Any, end: Any, timeout: float = 20
+) -> tuple[int, str]:
+    """Once `ready()` holds, `end()` the session (`running` is its client): the client's exit
+    status and stderr, and how soon after `end()` returned it exited, printed and bounded."""
+    since = time.monotonic()
     try:
+        assert pglog.wait_until(ready, timeout=20), "the request never started"
+        ending = end()
+        assert ending.returncode == 0, ending.stderr
+        since = time.monotonic()
         _, stderr = running.communicate(timeout=timeout)
     finally:
         if running.poll() is None:
             running.kill()
             running.communicate()
+    ended = time.monotonic() - since
+    print(f"the session ended {ended:.2f} s after `{' '.join(ending.args[-4:])}` returned")
+    assert ended < 8  # a token is re-checked every 2 s; never the request's own 30 s
     return running.returncode, stderr
 
 
@@ -107,17 +110,11 @@ def test_a_revoked_token_ends_its_session_and_the_running_statement_gets_a_resul
     token = delegated_admin(stack)
     sql = f"select pg_sleep(30), 'revoked-{uuid.uuid4().hex[:8]}'"
     log = pglog.LogWindow(stack.pg.log_file)
-    running = start(stack, token["secret"], "exec", "pg", "-c", sql)
-    try:
-        assert stack.pg.wait_for_statement(sql, timeout=20) == 1
-        revoked = stack.cli("tokens", "revoke", token["id"])
-        assert revoked.returncode == 0, revoked.stderr
-        since = time.monotonic()
-    finally:
-        status, stderr = finished(running)
-    ended = time.monotonic() - since
-    print(f"the session ended {ended:.2f} s after the token was revoked")
-    assert ended < 8  # the revocation check runs every 2 s; never the statement's 30 s
+    status, stderr = ended_by(
+        start(stack, token["secret"], "exec", "pg", "-c", sql),
+        lambda: stack.pg.wait_for_statement(sql, timeout=0),
+        lambda: stack.cli("tokens", "revoke", token["id"]),
+    )
     assert status == 1
     assert "session ended: the token was revoked" in stderr
 
@@ -137,17 +134,11 @@ def test_a_revoked_agent_ends_its_sessions_and_the_running_statement_gets_a_resu
     own_stack: Stack,
 ) -> None:
     sql = f"select pg_sleep(30), 'agent-revoked-{uuid.uuid4().hex[:8]}'"
-    running = start(own_stack, own_stack.controlplane.token, "exec", "pg", "-c", sql)
-    try:
-        assert own_stack.pg.wait_for_statement(sql, timeout=20) == 1
-        revoked = own_stack.cli("admin", "agents", "revoke", AGENT)
-        assert revoked.returncode == 0, revoked.stderr
-        since = time.monotonic()
-    finally:
-        status, stderr = finished(running)
-    ended = time.monotonic() - since
-    print(f"the session ended {ended:.2f} s after the agent was revoked")
-    assert ended < 8
+    status, stderr = ended_by(
+        start(own_stack, own_stack.controlplane.token, "exec", "pg", "-c", sql),
+        lambda: own_stack.pg.wait_for_statement(sql, timeout=0),
+        lambda: own_stack.cli("admin", "agents", "revoke", AGENT),
+    )
     assert status == 1
     assert "the agent serving it was revoked" in stderr
 
@@ -210,13 +201,11 @@ def test_a_command_of_a_revoked_token_gets_a_result_without_an_exit_status(
     token = delegated_admin(shell_stack)
     began, done = tmp_path / "began", tmp_path / "done"
     script = f"echo $$ > {began}; sleep 30; touch {done}"
-    running = start(shell_stack, token["secret"], "exec", "ops", "--", "sh", "-c", script)
-    try:
-        assert pglog.wait_until(began.exists, timeout=20)
-        revoked = shell_stack.cli("tokens", "revoke", token["id"])
-        assert revoked.returncode == 0, revoked.stderr
-    finally:
-        status, stderr = finished(running)
+    status, stderr = ended_by(
+        start(shell_stack, token["secret"], "exec", "ops", "--", "sh", "-c", script),
+        began.exists,
+        lambda: shell_stack.cli("tokens", "revoke", token["id"]),
+    )
     assert status == 255
     assert "the token was revoked" in stderr
 

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from sqlmodel import select
 
 from agent import enrollment
-from controlplane.agents.certificates import AgentCertificates
+from controlplane.agents.certificates import AgentCertificates, Issued
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditWriter
@@ -194,18 +194,23 @@ async def test_a_reusable_token_rejoins_and_each_use_replaces_the_last_certifica
     assert uses == [2, 1, 0]
 
 
-async def test_renewal_keeps_the_old_certificate_for_sessions_and_revocation_ends_both(
-    registry: AgentRegistry,
-) -> None:
+async def enrolled_edge(registry: AgentRegistry) -> tuple[Issued, FakeContext]:
+    """Agent `edge`, enrolled with a one-use token: its certificate, and a call carrying it."""
     created = await registry.create("edge", ROOT)
     enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
     assert enrolled.certificate is not None
-    old = FakeContext(enrolled.certificate.pem)
+    return enrolled.certificate, FakeContext(enrolled.certificate.pem)
+
+
+async def test_renewal_keeps_the_old_certificate_for_sessions_and_revocation_ends_both(
+    registry: AgentRegistry,
+) -> None:
+    certificate, old = await enrolled_edge(registry)
     row = await registry.authenticate(old)
     renewed = await registry.renew(
         row, enrollment.csr_pem(enrollment.new_key(), "edge"), "ipv4:127.0.0.1:1"
     )
-    assert renewed.serial != enrolled.certificate.serial
+    assert renewed.serial != certificate.serial
     assert (await registry.authenticate(FakeContext(renewed.pem))).cert_serial == renewed.serial
     assert (await registry.authenticate(old)).name == "edge"  # open sessions keep working
 
@@ -294,16 +299,13 @@ async def test_an_enrollment_that_cannot_be_recorded_grants_nothing(
 async def test_a_renewal_that_cannot_be_recorded_keeps_the_old_certificate_only(
     registry: AgentRegistry, db: Database, db_path: Path
 ) -> None:
-    created = await registry.create("edge", ROOT)
-    enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
-    assert enrolled.certificate is not None
-    current = FakeContext(enrolled.certificate.pem)
+    certificate, current = await enrolled_edge(registry)
     row = await registry.authenticate(current)
     refuse_events(db_path, "agent.renew")
     with pytest.raises(Unavailable, match="renewal could not be recorded"):
         await registry.renew(row, enrollment.csr_pem(enrollment.new_key(), "edge"), "p")
     stored = await db.read(lambda s: s.exec(select(AgentRow)).one())
-    assert stored.cert_serial == enrolled.certificate.serial  # the old one, nothing else
+    assert stored.cert_serial == certificate.serial  # the old one, nothing else
     assert stored.prev_cert_fingerprint is None
     assert await events(db, "agent.renew") == []
     assert (await registry.authenticate(current)).name == "edge"
@@ -326,12 +328,10 @@ async def test_a_refused_renewal_is_a_failed_authentication(
     servicer = AgentServicer(
         registry, cast(PolicyStore, None), Tunnels(), failures=AuthFailures(writer)
     )
-    created = await registry.create("edge", ROOT)
-    enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
-    assert enrolled.certificate is not None
+    _, current = await enrolled_edge(registry)
     good_csr = enrollment.csr_pem(enrollment.new_key(), "edge")
     calls = [
-        (FakeContext(enrolled.certificate.pem), b"not a csr", "is not a PEM CSR"),
+        (current, b"not a csr", "is not a PEM CSR"),
         (FakeContext(None), good_csr, "carried none"),
         (FakeContext(SmallCA().cert_pem), good_csr, "unknown, replaced or revoked"),
     ]
