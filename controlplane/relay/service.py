@@ -102,6 +102,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 audit_mode=connection.audit,
                 source={"ip": _peer_ip(context.peer()), "client": opening.client or "unknown"},
             )
+            # Taken before the agent is asked to serve the session: the same event the agent's
+            # stream watches, even if the agent is revoked while the session opens.
+            revoked = self._agents.revocation(connection.agent)
             tunnel = await self._open(ctx, connection, identity, mode, review_id)
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
@@ -127,7 +130,6 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     )
                 )
                 relay = _relay(context, tunnel, inspector, self._audit)
-                revoked = self._agents.revocation(connection.agent)
                 ending = await self._relay_while_valid(context, relay, identity, loss, revoked)
             finally:
                 self._tunnels.discard(tunnel)
@@ -516,8 +518,13 @@ class Inspector(Protocol):
 
     def fatal(self, message: str, sqlstate: str = ...) -> bytes: ...
 
+    # The session ended (`reason`) and its pumps stopped: give every request still in flight
+    # its result (its real one if it has it, else outcome unknown and why); returns once they
+    # are committed or reported lost. Called on every end, once the relay is over.
     async def finish(self, reason: str) -> None: ...
 
+    # The agent's stream broke: the same, before the client is told (it may be called before
+    # `finish`, which then finds nothing left).
     async def agent_lost(self) -> None: ...
 
 
