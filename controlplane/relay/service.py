@@ -592,9 +592,8 @@ async def _client_to_agent(
                 break
             if message.HasField("cancel"):
                 event = inspector.cancel_event()
-                if event is not None:
+                if event is not None and await _recorded(audit, inspector.session, event):
                     # Not a statement: recorded (it changes what the target does), then sent.
-                    await audit.submit(event)
                     await tunnel.to_agent.put(CANCEL)
                 continue
             if not message.HasField("data"):
@@ -614,6 +613,21 @@ async def _client_to_agent(
         raise
     if inspector.end_on_client_eof:
         await tunnel.to_agent.put(None)  # the client is done: the agent ends the session
+
+
+async def _recorded(audit: AuditWriter, session: SessionContext, event: Any) -> bool:
+    """Record an event of the client's that is no statement (a cancel) as its statements are:
+    committed first in strict mode, so that it never reaches the target unrecorded (a cancel
+    the store refused is not sent: the statement runs on), queued in async mode."""
+    try:
+        if session.audit_mode == "strict":
+            await audit.commit(event)
+        else:
+            await audit.submit(event)
+    except AuditUnavailable as exc:
+        log.warning("session %s: a cancel was not sent: %s", session.session_id, exc)
+        return False
+    return True
 
 
 async def _forward(tunnel: Tunnel, data: bytes) -> None:
