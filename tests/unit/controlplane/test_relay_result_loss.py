@@ -1,5 +1,6 @@
-"""A session whose result event could not be recorded ends at once: the trail would otherwise
-say a statement was sent with no word of how it ended, while the session went on."""
+"""A session whose result event could not be recorded, or whose agent was revoked, ends at
+once: the trail would otherwise say a statement was sent with no word of how it ended, while
+the session went on. The results still in flight are recorded before the client is told."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from controlplane.audit.writer import ResultLoss
 from controlplane.auth.identity import Identity
-from controlplane.relay.service import ClientServicer
+from controlplane.relay.service import AGENT_REVOKED, ClientServicer, Ending, _close
 
 
 class Client:
@@ -23,8 +24,17 @@ class Client:
 
 
 class Inspector:
+    """Notes the order of what happens at the end: results first, then the client's fatal."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.finished_with: list[tuple[str, int]] = []
+
     def fatal(self, message: str, sqlstate: str = "08P01") -> bytes:
         return f"{sqlstate} {message}".encode()
+
+    async def finish(self, reason: str) -> None:
+        self.finished_with.append((reason, len(self.client.written)))
 
 
 async def _relay_forever(cancelled: asyncio.Event) -> str:
@@ -36,23 +46,55 @@ async def _relay_forever(cancelled: asyncio.Event) -> str:
     return "closed"
 
 
-async def _supervise(identity: Identity, loss: ResultLoss, cancelled: asyncio.Event) -> Any:
+async def _supervise(
+    loss: ResultLoss, revoked: asyncio.Event, cancelled: asyncio.Event
+) -> tuple[Ending, Inspector, Client]:
     servicer: Any = SimpleNamespace(_auth=None)  # a login with no expiry is never re-checked
     client = Client()
-    why = await ClientServicer._relay_while_valid(
-        servicer, client, _relay_forever(cancelled), identity, Inspector(), loss
+    inspector = Inspector(client)
+    ending = await ClientServicer._relay_while_valid(
+        servicer, _relay_forever(cancelled), Identity("alice"), loss, revoked
     )
-    return why, client.written
+    await _close(client, inspector, ending)  # type: ignore[arg-type]
+    return ending, inspector, client
 
 
 async def test_a_lost_result_event_ends_the_session_with_a_fatal_error() -> None:
-    loss, cancelled = ResultLoss(), asyncio.Event()
+    loss, revoked, cancelled = ResultLoss(), asyncio.Event(), asyncio.Event()
     asyncio.get_running_loop().call_later(0.05, loss, "db.result of seq 7: store unavailable")
-    why, written = await asyncio.wait_for(_supervise(Identity("alice"), loss, cancelled), 5)
-    assert why == "audit_lost: db.result of seq 7: store unavailable"
+    ending, inspector, client = await asyncio.wait_for(_supervise(loss, revoked, cancelled), 5)
+    assert ending.reason == "audit_lost: db.result of seq 7: store unavailable"
     assert cancelled.is_set()  # the pumps stopped: nothing more reaches the target
-    [fatal] = written
+    # The requests still in flight got their results before the client heard anything.
+    assert inspector.finished_with == [(ending.reason, 0)]
+    [fatal] = client.written
     assert fatal.startswith(b"58000 session ended: audit_lost")
+
+
+async def test_a_revoked_agent_ends_the_session_and_says_so() -> None:
+    loss, revoked, cancelled = ResultLoss(), asyncio.Event(), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, revoked.set)
+    ending, inspector, client = await asyncio.wait_for(_supervise(loss, revoked, cancelled), 5)
+    assert ending.reason == AGENT_REVOKED
+    assert cancelled.is_set()
+    assert inspector.finished_with == [(AGENT_REVOKED, 0)]
+    [fatal] = client.written
+    assert fatal == b"57P01 session ended: the agent serving it was revoked"
+
+
+async def test_a_revocation_that_also_closed_the_relay_is_still_a_revocation() -> None:
+    """Revoking the agent closes its tunnel: the relay may end first, as if simply closed."""
+    revoked = asyncio.Event()
+
+    async def relay() -> str:
+        revoked.set()
+        return "closed"
+
+    servicer: Any = SimpleNamespace(_auth=None)
+    ending = await ClientServicer._relay_while_valid(
+        servicer, relay(), Identity("alice"), ResultLoss(), revoked
+    )
+    assert ending.reason == AGENT_REVOKED and ending.sqlstate == "57P01"
 
 
 async def test_a_session_without_loss_ends_with_its_relay() -> None:
@@ -62,7 +104,18 @@ async def test_a_session_without_loss_ends_with_its_relay() -> None:
 
     servicer: Any = SimpleNamespace(_auth=None)
     client = Client()
-    why = await ClientServicer._relay_while_valid(
-        servicer, client, relay(), Identity("alice"), Inspector(), ResultLoss()
+    inspector = Inspector(client)
+    ending = await ClientServicer._relay_while_valid(
+        servicer, relay(), Identity("alice"), ResultLoss(), asyncio.Event()
     )
-    assert why == "closed" and client.written == []
+    await _close(client, inspector, ending)  # type: ignore[arg-type]
+    assert ending == Ending("closed")
+    assert inspector.finished_with == [("closed", 0)]
+    assert client.written == []  # the client ended it: nothing to tell it
+
+
+def test_a_loss_counts_every_result_and_keeps_the_first_reason() -> None:
+    loss = ResultLoss()
+    loss("first")
+    loss("second")
+    assert (loss.count, loss.reason, loss.lost.is_set()) == (2, "first", True)
