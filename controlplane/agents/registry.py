@@ -547,7 +547,7 @@ class AgentRegistry:
         issued: Issued | None = None
         credential: str | None = None
         if certs is not None:
-            pem = certs.ca.sign_csr(request.csr, row.name, certs.lifetime, client=True)
+            pem = certs.ca.sign_csr(request.csr, row.name, certs.lifetime)
             issued = describe(pem)
         else:
             credential = new_token(AGENT_PREFIX)
@@ -635,7 +635,7 @@ class AgentRegistry:
         certs = self.certificates
         if certs is None:
             raise InvalidArgument("this control plane does not issue certificates (--dev)")
-        issued = describe(certs.ca.sign_csr(csr, instance.name, certs.lifetime, client=True))
+        issued = describe(certs.ca.sign_csr(csr, instance.name, certs.lifetime))
         old = instance.cert_fingerprint
 
         def renew(session: Session) -> None:

@@ -61,9 +61,7 @@ class SmallCA:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def sign_csr(
-        self, csr_pem: bytes, common_name: str, lifetime: datetime.timedelta, *, client: bool = True
-    ) -> bytes:
+    def sign_csr(self, csr_pem: bytes, common_name: str, lifetime: datetime.timedelta) -> bytes:
         csr = x509.load_pem_x509_csr(csr_pem)
         if not csr.is_signature_valid:
             raise InvalidArgument("bad CSR")
