@@ -239,10 +239,7 @@ class AgentRegistry:
                     created_at=utc_now(),
                 )
             )
-
-        await self._db.write(create)
-        await self._audit.commit(
-            draft(
+            event = draft(
                 "admin.change",
                 identity=by,
                 change={
@@ -252,6 +249,11 @@ class AgentRegistry:
                     "join_expires": rfc3339(expires),
                 },
             )
+            append_events(session, [event], signer=self._audit.signer)
+
+        # A join token is a credential: stored only with its event, like enroll's certificate.
+        await self._granting(
+            "agent's creation", create, "no join token was issued and the agent is unchanged"
         )
         pin = self.certificates.pin if self.certificates else None
         return CreatedAgent(name, jointoken.format_token(secret, pin), pin, uses, expires)
@@ -626,7 +628,9 @@ class AgentRegistry:
             append_events(session, [event], signer=self._audit.signer)
             return row.id
 
-        agent_id = await self._granting("enrollment", enroll)
+        agent_id = await self._granting(
+            "enrollment", enroll, "no credential was issued; the join token is unchanged"
+        )
         return Enrolled(agent_id, instance_id, row.name, credential, issued)
 
     async def renew(self, instance: AgentInstanceRow, csr: bytes, peer: str) -> Issued:
@@ -655,24 +659,26 @@ class AgentRegistry:
             )
             append_events(session, [event], signer=self._audit.signer)
 
-        await self._granting("renewal", renew)
+        await self._granting(
+            "renewal", renew, "no credential was issued; the current certificate is unchanged"
+        )
         return issued
 
-    async def _granting(self, what: str, grant: Callable[[Session], T]) -> T:
-        """Store a credential and its audit event in one transaction (the audit writer's, so
-        the event joins the chain in order): the credential is granted only if its event is
-        recorded, and an event is never recorded for a credential that was not stored."""
+    async def _granting(self, what: str, grant: Callable[[Session], T], kept: str) -> T:
+        """Store a credential (a join token, an instance's certificate) and its audit event in
+        one transaction (the audit writer's, so the event joins the chain in order): the
+        credential is granted only if its event is recorded, and an event is never recorded
+        for a credential that was not stored. `kept` tells the caller what stayed as it was."""
         try:
             return await self._audit.transact(grant)
         except Exception as exc:
             if isinstance(exc, GatehouseError) and not isinstance(exc, AuditUnavailable):
                 raise  # refused (a used-up token, a replaced certificate): nothing was stored
             # The event could not be appended, or the store failed: rolled back, both.
-            log.error("agent %s refused: it could not be recorded: %s", what, exc)
+            log.error("the %s was refused: it could not be recorded: %s", what, exc)
             raise Unavailable(
-                f"the {what} could not be recorded in the audit trail, so no credential was "
-                "issued; the join token or certificate is unchanged: try again once the "
-                "control plane's store is available"
+                f"the {what} could not be recorded in the audit trail, so {kept}: try again "
+                "once the control plane's store is available"
             ) from None
 
     async def authenticate(self, context: Any) -> AgentInstanceRow:

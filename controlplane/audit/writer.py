@@ -253,8 +253,9 @@ class AuditWriter:
         return await self.commit(draft(CHECKPOINT_TYPE, identity=identity, reason="requested"))
 
     async def transact(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn` in one write transaction on the writer's own thread (a prune: it must not
-        interleave with appends), then wake followers as after any commit."""
+        """Run `fn` in one write transaction on the writer's own thread (a prune, or a
+        credential stored with its event by `append_events`: it must not interleave with
+        appends), then wake followers as after any commit. The transaction is a durable one."""
         if self._task is None:
             raise AuditUnavailable("the audit writer is not running")
         loop = asyncio.get_running_loop()

@@ -327,6 +327,36 @@ async def test_an_enrollment_that_cannot_be_recorded_grants_nothing(
     assert event["join"]["uses_left"] == 0
 
 
+async def test_an_agent_whose_creation_cannot_be_recorded_gets_no_join_token(
+    registry: AgentRegistry, db: Database, db_path: Path
+) -> None:
+    """The join token and its admin.change are one transaction: no event, no token; and a
+    revoked agent being re-created stays as it was (revoked, its instances listed)."""
+    refuse_events(db_path, "admin.change")
+    with pytest.raises(Unavailable, match="creation could not be recorded in the audit trail"):
+        await registry.create("edge", ROOT)
+    assert await db.read(lambda s: list(s.exec(select(AgentRow)))) == []
+
+    refuse_events(db_path, None)
+    created = await registry.create("edge", ROOT)
+    enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
+    await registry.revoke("edge", ROOT)
+    before = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    refuse_events(db_path, "admin.change")
+    with pytest.raises(Unavailable, match="no join token was issued"):
+        await registry.create("edge", ROOT)
+    after = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    assert after.model_dump() == before.model_dump() and after.revoked_at is not None
+    (instance,) = await db.read(lambda s: list(s.exec(select(AgentInstanceRow))))
+    assert instance.id == enrolled.instance_id
+    changes = [e["change"]["action"] for e in await events(db, "admin.change")]
+    assert changes == ["agent.create", "agent.revoke"]  # each recorded one happened
+
+    refuse_events(db_path, None)
+    again = await registry.create("edge", ROOT)
+    assert await registry.enroll(request(again.join_token), "ipv4:127.0.0.1:2")
+
+
 async def test_a_renewal_that_cannot_be_recorded_keeps_the_old_certificate_only(
     registry: AgentRegistry, db: Database, db_path: Path
 ) -> None:
