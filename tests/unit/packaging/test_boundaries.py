@@ -64,7 +64,7 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
     assert imports(source) == [("controlplane.x", "f", 3)]
 
 
-def test_the_trail_package_imports_only_the_standard_library_its_encoders_and_cryptography() -> None:
+def test_the_trail_package_imports_only_the_stdlib_its_encoders_and_cryptography() -> None:
     allowed = set(sys.stdlib_module_names) | {"trail", "rfc8785", "orjson", "cryptography"}
     for path in sorted((ROOT / "trail").rglob("*.py")):
         tops = {module.partition(".")[0] for module, _, _ in imports(path)}
