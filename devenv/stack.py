@@ -70,6 +70,19 @@ def gatehouse_running(
             command.communicate()
 
 
+def spawn(args: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start one `gatehouse` command and return at once, its output piped: for a test that acts
+    while it runs (revokes its token, kills its agent) and then reads how it ended."""
+    return subprocess.Popen(
+        [*GATEHOUSE, *args],
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @dataclass
 class Process:
     """A long-running child with its output in a log file."""

@@ -29,9 +29,7 @@ class Signer(Protocol):
     @property
     def cert_pem(self) -> bytes: ...
 
-    def sign_csr(
-        self, csr_pem: bytes, common_name: str, lifetime: timedelta, *, client: bool = True
-    ) -> bytes: ...
+    def sign_csr(self, csr_pem: bytes, common_name: str, lifetime: timedelta) -> bytes: ...
 
 
 def grpc_peer_certificate(context: Any) -> x509.Certificate | None:

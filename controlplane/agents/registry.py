@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, or_, update
 from sqlmodel import Session, col, select
@@ -41,12 +41,13 @@ from controlplane.agents.certificates import (
     describe,
 )
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
-from controlplane.audit.writer import AuditWriter
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, append_events
 from controlplane.auth.identity import Identity
 from controlplane.auth.sources import current_source
 from controlplane.auth.tokens import AGENT_PREFIX, JOIN_PREFIX, bearer, new_token, token_hash
 from controlplane.errors import (
     AlreadyExists,
+    GatehouseError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -67,6 +68,7 @@ REPLICA_TIMEOUT = 5.0  # seconds without a heartbeat after which a replica count
 # when the replica that held them stops and they reconnect to another; and how often it looks.
 ROUTE_WAIT = 5.0
 ROUTE_POLL = 0.2
+T = TypeVar("T")
 
 
 class AgentLink:
@@ -237,10 +239,7 @@ class AgentRegistry:
                     created_at=utc_now(),
                 )
             )
-
-        await self._db.write(create)
-        await self._audit.commit(
-            draft(
+            event = draft(
                 "admin.change",
                 identity=by,
                 change={
@@ -250,6 +249,11 @@ class AgentRegistry:
                     "join_expires": rfc3339(expires),
                 },
             )
+            append_events(session, [event], signer=self._audit.signer)
+
+        # A join token is a credential: stored only with its event, like enroll's certificate.
+        await self._granting(
+            "agent's creation", create, "no join token was issued and the agent is unchanged"
         )
         pin = self.certificates.pin if self.certificates else None
         return CreatedAgent(name, jointoken.format_token(secret, pin), pin, uses, expires)
@@ -546,13 +550,15 @@ class AgentRegistry:
         issued: Issued | None = None
         credential: str | None = None
         if certs is not None:
-            pem = certs.ca.sign_csr(request.csr, row.name, certs.lifetime, client=True)
+            pem = certs.ca.sign_csr(request.csr, row.name, certs.lifetime)
             issued = describe(pem)
         else:
             credential = new_token(AGENT_PREFIX)
         instance_id = uuid.uuid4().hex[:12]
 
-        def enroll(session: Session) -> tuple[str, int]:
+        address = current_source()
+
+        def enroll(session: Session) -> str:
             # FOR UPDATE: two replicas spending the last use at once must not both succeed.
             row = session.exec(
                 select(AgentRow).where(AgentRow.join_token_hash == digest).with_for_update()
@@ -603,11 +609,7 @@ class AgentRegistry:
                     cert_not_after=issued.not_after if issued else None,
                 )
             )
-            return row.id, row.join_uses_left
-
-        agent_id, uses_left = await self._db.write(enroll)
-        await self._audit.commit(
-            draft(
+            event = draft(
                 "agent.enroll",
                 agent={
                     "name": row.name,
@@ -615,15 +617,20 @@ class AgentRegistry:
                     "version": request.version[:100],
                     "hostname": request.hostname[:255],
                     "peer": peer,
-                    "address": current_source(),
+                    "address": address,
                 },
-                join={"uses_left": uses_left},
+                join={"uses_left": row.join_uses_left},
                 certificate=(
                     {"serial": issued.serial, "not_after": rfc3339(issued.not_after)}
                     if issued
                     else None
                 ),
             )
+            append_events(session, [event], signer=self._audit.signer)
+            return row.id
+
+        agent_id = await self._granting(
+            "enrollment", enroll, "no credential was issued; the join token is unchanged"
         )
         return Enrolled(agent_id, instance_id, row.name, credential, issued)
 
@@ -633,7 +640,7 @@ class AgentRegistry:
         certs = self.certificates
         if certs is None:
             raise InvalidArgument("this control plane does not issue certificates (--dev)")
-        issued = describe(certs.ca.sign_csr(csr, instance.name, certs.lifetime, client=True))
+        issued = describe(certs.ca.sign_csr(csr, instance.name, certs.lifetime))
         old = instance.cert_fingerprint
 
         def renew(session: Session) -> None:
@@ -646,16 +653,34 @@ class AgentRegistry:
             current.cert_serial = issued.serial
             current.cert_not_after = issued.not_after
             session.add(current)
-
-        await self._db.write(renew)
-        await self._audit.commit(
-            draft(
+            event = draft(
                 "agent.renew",
                 agent={"name": instance.name, "instance": instance.id, "peer": peer},
                 certificate={"serial": issued.serial, "not_after": rfc3339(issued.not_after)},
             )
+            append_events(session, [event], signer=self._audit.signer)
+
+        await self._granting(
+            "renewal", renew, "no credential was issued; the current certificate is unchanged"
         )
         return issued
+
+    async def _granting(self, what: str, grant: Callable[[Session], T], kept: str) -> T:
+        """Store a credential (a join token, an instance's certificate) and its audit event in
+        one transaction (the audit writer's, so the event joins the chain in order): the
+        credential is granted only if its event is recorded, and an event is never recorded
+        for a credential that was not stored. `kept` tells the caller what stayed as it was."""
+        try:
+            return await self._audit.transact(grant)
+        except Exception as exc:
+            if isinstance(exc, GatehouseError) and not isinstance(exc, AuditUnavailable):
+                raise  # refused (a used-up token, a replaced certificate): nothing was stored
+            # The event could not be appended, or the store failed: rolled back, both.
+            log.error("the %s was refused: it could not be recorded: %s", what, exc)
+            raise Unavailable(
+                f"the {what} could not be recorded in the audit trail, so {kept}: try again "
+                "once the control plane's store is available"
+            ) from None
 
     async def authenticate(self, context: Any) -> AgentInstanceRow:
         """The agent instance this call comes from: by the verified client certificate in

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from controlplane.agents.certificates import Issued
 from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.auth.failures import AuthFailures
 from controlplane.auth.sources import current_source
@@ -35,6 +36,13 @@ EOF_GRACE = 0.25
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+# A refused Enroll or Renew, whatever the reason (the credential, or the certificate request
+# it brought), is a failed authentication: it asked for a credential and got none.
+GRANT_REFUSALS: tuple[type[GatehouseError], ...] = (
+    Unauthenticated,
+    PermissionDenied,
+    InvalidArgument,
+)
 
 
 def revoked_message(name: str) -> str:
@@ -63,7 +71,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         # source like people's tokens: spent, expired or guessed tokens show in the trail.
         self._failures = failures
 
-    async def _guarded(self, kind: str, work: Awaitable[T]) -> T:
+    async def _guarded(
+        self,
+        kind: str,
+        work: Awaitable[T],
+        refusals: tuple[type[GatehouseError], ...] = (Unauthenticated, PermissionDenied),
+    ) -> T:
+        """Run `work`; a refusal among `refusals` is a failed authentication (`auth.fail`)."""
         failures = self._failures
         if failures is None:
             return await work
@@ -76,7 +90,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise Unauthenticated(throttled)
         try:
             return await work
-        except (Unauthenticated, PermissionDenied) as exc:
+        except refusals as exc:
             await failures.failed(source, str(exc), kind, False)
             raise
 
@@ -89,7 +103,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
         enrolled = await self._guarded(
-            "join_token", self._registry.enroll(request, grpc_peer(context))
+            "join_token", self._registry.enroll(request, grpc_peer(context)), GRANT_REFUSALS
         )
         response = agent_pb2.EnrollResponse(
             agent_id=enrolled.agent_id,
@@ -108,8 +122,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Renew(
         self, request: agent_pb2.RenewRequest, context: Context
     ) -> agent_pb2.RenewResponse:
-        row = await self._authenticate(context)
-        issued = await self._registry.renew(row, request.csr, grpc_peer(context))
+        async def renew() -> Issued:
+            row = await self._registry.authenticate(context)
+            return await self._registry.renew(row, request.csr, grpc_peer(context))
+
+        # One auth.fail for any refusal: an unknown, expired, revoked or replaced certificate,
+        # or a certificate request the CA will not sign.
+        issued = await self._guarded("agent_certificate", renew(), GRANT_REFUSALS)
         return agent_pb2.RenewResponse(
             certificate=issued.pem, not_after_unix=int(issued.not_after.timestamp())
         )
@@ -183,6 +202,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """The agent's half of a session: frames in, audited client bytes out."""
         try:
             row = await self._authenticate(context)
+            # Taken before the attach is read: a revocation while the agent attaches still
+            # ends this session (revoking pops the event it sets).
+            revoked = self._registry.revocation(row.id)
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentFrame) or not first.HasField("attach"):
                 raise InvalidArgument("a session stream must start with attach")
@@ -195,14 +217,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no attach within 10 s")
             return
-        revoked = self._registry.revocation(row.id)
         cut = asyncio.create_task(revoked.wait())
         # Revoked: end both directions at once (not when the session is done: then cancelled).
         why = (
             f"agent {row.name!r} (instance {row.id}) serving this session was revoked; run it "
             "again to have another instance serve it"
         )
-        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.cut_off(why))
+        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.revoke(why))
         reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
             await self._to_agent(tunnel, context, reader)

@@ -108,12 +108,57 @@ def draft_result(
 ) -> Draft:
     """A result event that is always recordable: the request already ran, so a value the
     target sent that has no canonical form (a lone surrogate) must not cost the trail its
-    result; the event then says what could not be kept instead of what the value was."""
+    result. Only the values that cannot be encoded are left out; everything else (rows, exit
+    status, the recording's digest, the stdin program's digest, run_as) is kept, and
+    `dropped` names each value left out and why."""
     try:
         return draft(event_type, session=session, ref=ref, result=result, **fields)
-    except InvalidEvent as exc:
-        kept = {"error": "unrecordable", "message": f"the result could not be recorded: {exc}"}
-        return draft(event_type, session=session, ref=ref, result=kept)
+    except InvalidEvent:
+        dropped: dict[str, str] = {}
+        kept = _encodable({"result": result, **fields}, "", 0, dropped)
+        assert isinstance(kept, dict)  # a dict stays a dict: only its values are dropped
+        shown = dict(list(dropped.items())[:MAX_DROPPED])
+        if len(dropped) > MAX_DROPPED:
+            shown["..."] = f"{len(dropped) - MAX_DROPPED} more values were left out"
+        return draft(event_type, session=session, ref=ref, dropped=shown, **kept)
+
+
+MAX_DROPPED = 20  # values named in a result's `dropped`; more are counted
+_LEFT_OUT = object()
+
+
+def _encodable(value: Any, path: str, depth: int, dropped: dict[str, str]) -> Any:
+    """`value` without what RFC 8785 cannot encode: a dict loses those entries, a list has
+    None in their place, a value that cannot be encoded at all becomes `_LEFT_OUT`. Each
+    one is named in `dropped` (path → why)."""
+    if isinstance(value, dict) and depth < MAX_DEPTH:
+        kept: dict[str, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str) or (not key.isascii() and _SURROGATE.search(key)):
+                dropped[_shown_path(where)] = "has a key that is not valid text"
+                continue
+            encodable = _encodable(item, where, depth + 1, dropped)
+            if encodable is not _LEFT_OUT:
+                kept[key] = encodable
+        return kept
+    if isinstance(value, list | tuple) and depth < MAX_DEPTH:
+        items = [
+            _encodable(item, f"{path}[{i}]", depth + 1, dropped) for i, item in enumerate(value)
+        ]
+        return [None if item is _LEFT_OUT else item for item in items]
+    problem = _problem(value, path, depth)
+    if problem is None:
+        return value
+    where, why = problem
+    dropped[_shown_path(where)] = why
+    return _LEFT_OUT
+
+
+def _shown_path(where: str) -> str:
+    """A field's path as an event may hold it: printable, bounded, never a surrogate."""
+    where = where.encode("utf-8", "backslashreplace").decode("utf-8")
+    return where if len(where) <= 120 else where[:117] + "..."
 
 
 def check_body(body: JSON) -> None:
@@ -129,8 +174,7 @@ def check_body(body: JSON) -> None:
     if problem is not None:
         where, why = problem
         # The path is made of the request's own keys: printable, bounded, never a surrogate.
-        where = where.encode("utf-8", "backslashreplace").decode("utf-8")
-        where = where if len(where) <= 120 else where[:117] + "..."
+        where = _shown_path(where)
         subject = f"field {where}" if where else "the event"
         raise InvalidEvent(f"the request cannot be recorded: {subject} {why}")
 

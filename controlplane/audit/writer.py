@@ -87,13 +87,16 @@ def is_result(event_type: str) -> bool:
 
 class ResultLoss:
     """Set when one of a session's result events could not be recorded (`AuditWriter.watching`):
-    the relay waits on `lost` beside its pumps and ends the session with `reason`."""
+    the relay waits on `lost` beside its pumps and ends the session with `reason` (the first
+    loss); `count` says how many were lost, so that the session's end can say so too."""
 
     def __init__(self) -> None:
         self.lost = asyncio.Event()
         self.reason = ""
+        self.count = 0
 
     def __call__(self, reason: str) -> None:
+        self.count += 1
         if not self.lost.is_set():
             self.reason = reason
             self.lost.set()
@@ -250,8 +253,9 @@ class AuditWriter:
         return await self.commit(draft(CHECKPOINT_TYPE, identity=identity, reason="requested"))
 
     async def transact(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn` in one write transaction on the writer's own thread (a prune: it must not
-        interleave with appends), then wake followers as after any commit."""
+        """Run `fn` in one write transaction on the writer's own thread (a prune, or a
+        credential stored with its event by `append_events`: it must not interleave with
+        appends), then wake followers as after any commit. The transaction is a durable one."""
         if self._task is None:
             raise AuditUnavailable("the audit writer is not running")
         loop = asyncio.get_running_loop()
@@ -358,17 +362,26 @@ class AuditWriter:
             future.set_exception(error)
             if is_result(item.type):
                 future.exception()  # reported below: never "exception was never retrieved"
-        if not is_result(item.type):
-            return
+        if is_result(item.type):
+            self.result_lost(item.session_id, item.type, error)
+
+    def result_lost(self, session_id: str | None, event_type: str, error: object) -> None:
+        """A result event of `session_id` cannot be recorded: count it, log it and tell the
+        session's `watch` callback, which ends the session.
+
+        The writer calls it for a result whose commit failed; an inspector calls it for one it
+        could not even queue (in async mode, when the request it answers was never committed,
+        there is no seq to refer to). Either way a lost result is never silent.
+        """
         self.result_failures += 1
-        session_id = item.session_id or "-"
-        log.error("session %s: its %s could not be recorded: %s", session_id, item.type, error)
-        callback = self._watchers.get(session_id)
+        session = session_id or "-"
+        log.error("session %s: its %s could not be recorded: %s", session, event_type, error)
+        callback = self._watchers.get(session)
         if callback is not None:
             try:
-                callback(f"its {item.type} could not be recorded: {error}")
+                callback(f"its {event_type} could not be recorded: {error}")
             except Exception:  # a callback must not stop the writer
-                log.exception("session %s: the failure callback failed", session_id)
+                log.exception("session %s: the failure callback failed", session)
 
     def _publish(self, checkpoints: list[dict[str, Any]]) -> None:
         for checkpoint in checkpoints:

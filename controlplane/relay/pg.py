@@ -216,6 +216,7 @@ class PgInspector:
         self._held_decisions: list[Decision] = []
         self._refusal: Refusal | None = None  # the held batch is refused
         self._open: Cycle | None = None
+        self._closing: Cycle | None = None  # taken off `_cycles`, its results being recorded
         self._unsynced = False  # extended messages went out without their Sync yet
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
@@ -1015,7 +1016,10 @@ class PgInspector:
         )
 
     async def finish(self, reason: str) -> None:
-        """Every statement's result was recorded as it came; nothing is left at the end."""
+        """The session ended (its client left, its token was revoked, its agent was revoked or
+        lost, a result could not be recorded…): every statement still in flight gets a result
+        saying its outcome is unknown, and why; one that completed gets its real result."""
+        await self._abandon(f"the session ended before the result arrived: {reason}")
 
     def _running(self) -> Statement | None:
         """The statement the target is working on now, if it is one we recorded."""
@@ -1053,15 +1057,46 @@ class PgInspector:
         cycle = self._cycles.popleft()
         if cycle is self._open:
             self._open = None
-        for statement in cycle.done:
-            await self._result(statement, skipped=False)
-        for statement in cycle.statements:  # the simple query, or executes the target skipped
-            await self._result(statement, skipped=not cycle.simple)
+        self._closing = cycle  # if the session ends halfway, `_abandon` takes over from here
+        # The simple query, or the executes the target skipped, are left in `statements`.
+        await self._cycle_results(cycle, skipped=not cycle.simple)
+        self._closing = None
 
-    async def _result(self, statement: Statement, *, skipped: bool) -> None:
-        ref = statement.seq_future
-        if not isinstance(ref, int):
-            ref = await ref  # async mode: the query's own commit comes first
+    async def _cycle_results(
+        self, cycle: Cycle, *, skipped: bool = False, unknown: str | None = None
+    ) -> list[asyncio.Future[int]]:
+        """Queue the result of every statement of `cycle`: those done with their outcome, the
+        others `skipped`, or with an `unknown` outcome and its reason. Each statement leaves the
+        cycle only once its result is queued, so a pump stopped halfway loses none of them."""
+        queued: list[asyncio.Future[int]] = []
+        while cycle.done:
+            future = await self._result(cycle.done[0], skipped=False)
+            cycle.done.pop(0)
+            if future is not None:
+                queued.append(future)
+        while cycle.statements:
+            statement = cycle.statements[0]
+            if unknown is not None:
+                statement.error, statement.message = "unknown", unknown
+            future = await self._result(statement, skipped=skipped)
+            cycle.statements.popleft()
+            if future is not None:
+                queued.append(future)
+        return queued
+
+    async def _result(self, statement: Statement, *, skipped: bool) -> asyncio.Future[int] | None:
+        """Queue the statement's `db.result`; its commit is watched by the writer. None when it
+        cannot even be queued, which is reported as a lost result (never silent)."""
+        try:
+            ref = statement.seq_future
+            if not isinstance(ref, int):
+                ref = await ref  # async mode: the query's own commit comes first
+            return await self._audit.submit(self._result_event(statement, ref, skipped=skipped))
+        except AuditUnavailable as exc:
+            self._audit.result_lost(self.session.session_id, "db.result", exc)
+            return None
+
+    def _result_event(self, statement: Statement, ref: int, *, skipped: bool) -> Draft:
         result: dict[str, Any] = {
             "rows": statement.rows,
             "duration_ms": round((time.monotonic() - statement.started) * 1000, 3),
@@ -1082,9 +1117,7 @@ class PgInspector:
         if skipped:
             result["error"] = result["error"] or "skipped"
             result["message"] = "not executed: an earlier message of its pipeline failed"
-        await self._audit.submit(
-            draft_result("db.result", session=self.session, ref=ref, result=result)
-        )
+        return draft_result("db.result", session=self.session, ref=ref, result=result)
 
     async def agent_lost(self) -> None:
         """The agent's stream broke: statements that completed get their result, the others
@@ -1092,15 +1125,21 @@ class PgInspector:
         await self._abandon(AGENT_LOST_MESSAGE)
 
     async def _abandon(self, message: str) -> None:
-        """The session ends with requests in flight: each gets a result with ``message``."""
+        """The session ends with requests in flight: each gets a result with ``message``.
+
+        Every one is tried, whatever happened to the others (a result that cannot be recorded
+        is reported by `_result` or the writer), and their commits are awaited: the session's
+        watch is still on, so a loss is known before the session's end is recorded.
+        """
+        queued: list[asyncio.Future[int]] = []
+        if self._closing is not None:  # a cycle whose results were being recorded
+            queued += await self._cycle_results(self._closing, unknown=message)
+            self._closing = None
         while self._cycles:
-            cycle = self._cycles.popleft()
-            for statement in cycle.done:
-                await self._result(statement, skipped=False)
-            for statement in cycle.statements:
-                statement.error, statement.message = "unknown", message
-                await self._result(statement, skipped=False)
+            queued += await self._cycle_results(self._cycles[0], unknown=message)
+            self._cycles.popleft()
         self._open = None
+        await asyncio.gather(*queued, return_exceptions=True)  # failures: counted, reported
 
 
 def _expect(tag: int, steps: list[Step]) -> Expect:

@@ -156,24 +156,25 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         session: Admitted,
         opened: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Relay an admitted session until it ends, then record its end."""
+        """Relay an admitted session until it ends, then record the results still in flight,
+        tell the client why (when the control plane ended it) and record its end."""
         ctx, tunnel, inspector = session.ctx, session.tunnel, session.inspector
         started = time.monotonic()
-        reason = "closed"
-        try:
-            if opened is not None:
-                await opened()
-            relay = _relay(end, session)
-            with self._audit.watching(ctx.session_id) as loss:
-                reason = await self._relay_while_valid(
-                    end, relay, session.identity, inspector, loss
-                )
-        finally:
-            self._tunnels.discard(tunnel)
+        ending = Ending("closed")
+        # Watched until session.end: results recorded while the session ends (finish) are
+        # watched like those recorded while it runs, and a loss among them is in its end.
+        with self._audit.watching(ctx.session_id) as loss:
             try:
-                await inspector.finish(reason)
+                if opened is not None:
+                    await opened()
+                relay = _relay(end, session)
+                ending = await self._relay_while_valid(relay, session.identity, loss, tunnel)
             finally:
-                await self._end(ctx, reason, started, inspector.statements)
+                self._tunnels.discard(tunnel)
+                try:
+                    await _close(end, inspector, ending)
+                finally:
+                    await self._end(ctx, ending.reason, started, inspector.statements, loss)
 
     def _inspector(
         self, ctx: SessionContext, connection: Connection, mode: str, tunnel: Tunnel
@@ -408,7 +409,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         except BaseException as exc:
             self._tunnels.discard(tunnel)
             reason = "agent did not attach" if isinstance(exc, TimeoutError) else str(exc)
-            await self._end(ctx, reason, time.monotonic(), 0)
+            await self._end(ctx, reason, time.monotonic(), 0, None)
             if isinstance(exc, TimeoutError):
                 raise Unavailable(
                     f"agent {connection.agent!r} did not open the session within "
@@ -419,50 +420,65 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     async def _relay_while_valid(
         self,
-        end: ClientEnd,
         relay: Coroutine[Any, Any, str],
         identity: Identity,
-        inspector: Inspector,
         loss: ResultLoss,
-    ) -> str:
-        """Relay until the session ends, its token stops working (revoked, expired) or one of
-        its result events could not be recorded: a revoked token's live sessions end within
-        REVOCATION_CHECK seconds, a session whose trail has a hole ends at once."""
+        tunnel: Tunnel,
+    ) -> Ending:
+        """Relay until the session ends, its token stops working (revoked, expired), its agent
+        is revoked or one of its result events could not be recorded: a revoked token's live
+        sessions end within REVOCATION_CHECK seconds, the others at once. The pumps are stopped
+        here; the caller records the results still in flight, then tells the client."""
         relaying = asyncio.create_task(relay)
         lost = asyncio.create_task(loss.lost.wait())
+        revoked = tunnel.revoked
+        cut = asyncio.create_task(revoked.wait())
         expires = identity.token_id is not None or identity.expires_at is not None
-        sqlstate = "57P01"  # admin_shutdown: what a server says when it ends a session
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {relaying, lost},
+                    {relaying, lost, cut},
                     timeout=REVOCATION_CHECK if expires else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+                if revoked.is_set():
+                    # Checked first: revoking the agent closes its tunnel, which may also end
+                    # the relay as if the session had simply closed.
+                    why = tunnel.cut or "the agent serving it was revoked"
+                    ending = Ending(AGENT_REVOKED, "57P01", why)
+                    break
                 if relaying in done:
-                    return relaying.result()
+                    return Ending(relaying.result())
                 if lost in done:
                     why = f"audit_lost: {loss.reason}"
-                    sqlstate = "58000"
+                    ending = Ending(why, "58000", why)
                     break
                 invalid = await self._auth.still_valid(identity) if expires else None
                 if invalid is not None:
-                    why = invalid
+                    # admin_shutdown: what a server says when it ends a session
+                    ending = Ending(invalid, "57P01", invalid)
                     break
         except BaseException:
             relaying.cancel()
             raise
         finally:
             lost.cancel()
+            cut.cancel()
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relaying
-        fatal = inspector.fatal(f"session ended: {why}", sqlstate)
-        with contextlib.suppress(Exception):
-            await end.write(fatal)
-        return why
+        return ending
 
-    async def _end(self, ctx: SessionContext, reason: str, started: float, count: int) -> None:
+    async def _end(
+        self,
+        ctx: SessionContext,
+        reason: str,
+        started: float,
+        count: int,
+        loss: ResultLoss | None,
+    ) -> None:
+        """Record session.end; `results_lost` counts result events of the session that could
+        not be recorded (the trail has that many holes, and says so)."""
         duration = round((time.monotonic() - started) * 1000, 3)
         try:
             await self._audit.commit(
@@ -472,6 +488,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     reason=reason,
                     duration_ms=duration,
                     statements=count,
+                    results_lost=loss.count if loss is not None and loss.count else None,
                 )
             )
 
@@ -485,6 +502,26 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await self._db.write(ended)
         except Exception:
             log.exception("session %s: could not record its end", ctx.session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a session ended and, when the control plane ended it (not the client or the
+    agent), what the client is told: the protocol's fatal error with this SQLSTATE."""
+
+    reason: str
+    sqlstate: str | None = None
+    message: str = ""
+
+
+async def _close(end: ClientEnd, inspector: Inspector, ending: Ending) -> None:
+    """Record the results of every request still in flight, then (when the control plane
+    ended the session) tell the client why: what the client hears is already in the trail."""
+    await inspector.finish(ending.reason)
+    if ending.sqlstate is not None:
+        fatal = inspector.fatal(f"session ended: {ending.message}", ending.sqlstate)
+        with contextlib.suppress(Exception):
+            await end.write(fatal)
 
 
 class Inspector(Protocol):
@@ -514,8 +551,13 @@ class Inspector(Protocol):
 
     def fatal(self, message: str, sqlstate: str = ...) -> bytes: ...
 
+    # The session ended (`reason`) and its pumps stopped: give every request still in flight
+    # its result (its real one if it has it, else outcome unknown and why); returns once they
+    # are committed or reported lost. Called on every end, once the relay is over.
     async def finish(self, reason: str) -> None: ...
 
+    # The agent's stream broke: the same, before the client is told (it may be called before
+    # `finish`, which then finds nothing left).
     async def agent_lost(self) -> None: ...
 
 
@@ -533,10 +575,10 @@ class Admitted:
 
     async def cancel(self) -> None:
         """The client's cancel request: recorded (it changes what the target does), then
-        sent to the agent, which cancels with the target's own key."""
+        sent to the agent, which cancels with the target's own key. In strict mode it is
+        committed first; one the store refused is not sent (the statement runs on)."""
         event = self.inspector.cancel_event()
-        if event is not None:
-            await self.audit.submit(event)
+        if event is not None and await _recorded(self.audit, self.ctx, event):
             await self.tunnel.to_agent.put(CANCEL)
 
 
@@ -555,6 +597,7 @@ async def _review_pending(context: Context, row: ReviewRow, review: Review, rule
 
 
 AGENT_LOST = "agent_lost"
+AGENT_REVOKED = "agent_revoked"
 
 
 class AgentLost(Exception):
@@ -566,26 +609,31 @@ PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
 
 
 async def _relay(end: ClientEnd, session: Admitted) -> str:
-    """Pump both directions until one side ends; returns why the session ended."""
+    """Pump both directions until one side ends; returns why the session ended.
+
+    Cancelled (the session ended by revocation or a lost result), it stops both pumps before
+    it ends: nothing more is read from the client or recorded, and the inspector is left to
+    `finish` alone.
+    """
     tunnel, inspector = session.tunnel, session.inspector
     upstream = asyncio.create_task(_client_to_agent(end, session))
     downstream = asyncio.create_task(_agent_to_client(end, tunnel, inspector))
-    done, pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
-    if upstream in done and upstream.exception() is None:
-        # The client finished sending; let the target's last answers through. A command runs
-        # on after its input ended (`cmd < /dev/null`) for as long as it likes.
-        # Whatever ends it (time, an AgentLost, a protocol error) is read below from gather.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(downstream), inspector.drain_timeout)
-    elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
-        # The client writer sends the FATAL itself: one writer per call, never two at once.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(downstream), 10)
-    for task in pending:
-        task.cancel()
-    results = await asyncio.gather(upstream, downstream, return_exceptions=True)
-    if tunnel.cut:
-        return tunnel.cut
+    try:
+        done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        if upstream in done and upstream.exception() is None:
+            # The client finished sending; let the target's last answers through. A command
+            # runs on after its input ended (`cmd < /dev/null`) for as long as it likes.
+            # Whatever ends it (time, an AgentLost, a protocol error) is read below from gather.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(downstream), inspector.drain_timeout)
+        elif upstream in done and isinstance(upstream.exception(), PROTOCOL_ERRORS):
+            # The client writer sends the FATAL itself: one writer per call, never two at once.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(downstream), 10)
+    finally:
+        for task in (upstream, downstream):
+            task.cancel()  # a pump that ended already is not affected
+        results = await asyncio.gather(upstream, downstream, return_exceptions=True)
     for result in results:
         if isinstance(result, AgentLost):
             log.warning("session %s: agent %s lost", tunnel.session_id, tunnel.agent)
@@ -610,7 +658,7 @@ async def _client_to_agent(end: ClientEnd, session: Admitted) -> None:
                     error = ProtocolError("the client left in the middle of a message")
                     await tunnel.to_client.put(Fatal(inspector.fatal(str(error))))
                     raise error
-                return
+                break
             if isinstance(data, Cancel):
                 await session.cancel()
                 continue
@@ -619,16 +667,36 @@ async def _client_to_agent(end: ClientEnd, session: Admitted) -> None:
             except PROTOCOL_ERRORS as exc:
                 await tunnel.to_client.put(Fatal(inspector.fatal(str(exc))))
                 raise
-            # A large request (a 20 MB parameter) travels in pieces: gRPC messages are bounded.
-            for start in range(0, len(forward), FORWARD_CHUNK):
-                await tunnel.to_agent.put(forward[start : start + FORWARD_CHUNK])
-    finally:
+            await _forward(tunnel, forward)
+    except BaseException:
+        # Stopped (an error, or the session ends): never wait here for room in the queue of
+        # an agent that may be gone; discarding the tunnel tells the agent anyway.
         if inspector.end_on_client_eof:
-            await tunnel.to_agent.put(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                tunnel.to_agent.put_nowait(None)
+        raise
+    if inspector.end_on_client_eof:
+        await tunnel.to_agent.put(None)  # the client is done: the agent ends the session
+
+
+async def _recorded(audit: AuditWriter, session: SessionContext, event: Any) -> bool:
+    """Record an event of the client's that is no statement (a cancel) as its statements are:
+    committed first in strict mode, so that it never reaches the target unrecorded (a cancel
+    the store refused is not sent: the statement runs on), queued in async mode."""
+    try:
+        if session.audit_mode == "strict":
+            await audit.commit(event)
+        else:
+            await audit.submit(event)
+    except AuditUnavailable as exc:
+        log.warning("session %s: a cancel was not sent: %s", session.session_id, exc)
+        return False
+    return True
 
 
 async def _forward(tunnel: Tunnel, data: bytes) -> None:
-    """Send decided client bytes to the agent, in pieces: gRPC messages are bounded."""
+    """Send decided client bytes to the agent, in pieces: gRPC messages are bounded (a 20 MB
+    parameter travels as several)."""
     for start in range(0, len(data), FORWARD_CHUNK):
         await tunnel.to_agent.put(data[start : start + FORWARD_CHUNK])
 
@@ -638,12 +706,6 @@ async def _agent_to_client(end: ClientEnd, tunnel: Tunnel, inspector: Inspector)
         item = await tunnel.to_client.get()
         if item is None and tunnel.lost:
             await _agent_lost(end, tunnel, inspector)
-        if item is None and tunnel.cut:
-            # Cut off by the control plane (a revocation): say so, as a server shutting the
-            # session down would (57P01), not just end the stream.
-            with contextlib.suppress(Exception):
-                await end.write(inspector.fatal(f"session ended: {tunnel.cut}", "57P01"))
-            return
         if item is None:
             chunks = inspector.closing()
         elif isinstance(item, tunnel_pb2.Frame):

@@ -444,43 +444,56 @@ class TermInspector:
         return codec.encode_exit(codec.Exit(GATEWAY_STATUS, error=f"gatehouse: {message}"))
 
     async def finish(self, reason: str) -> None:
-        """At the session's end: a command that never reported its exit still gets a result;
-        one whose stdin program never ended is recorded as not run."""
+        """At the session's end: a command that never reported its exit gets a result saying
+        its outcome is unknown, and why the session ended; one whose stdin program never
+        ended is recorded as not run (it never reached the agent)."""
         if self._held is not None:
             await self._release(
                 Decision(False, PROGRAM_RULE, f"the session ended before its stdin did: {reason}")
             )
-        if self._start is not None and not self._refused and not self._resulted:
-            await self._result(codec.Exit(GATEWAY_STATUS, error=f"session ended: {reason}"))
+        await self._unknown(f"the session ended before the command reported its exit: {reason}")
 
     async def agent_lost(self) -> None:
         """The agent's stream broke: a command without an exit gets a result saying its
         outcome is unknown (it may still be running, or have finished unreported)."""
-        if self._start is not None and not self._refused and not self._resulted:
-            await self._result(
-                codec.Exit(GATEWAY_STATUS, error="unknown: agent lost before the result arrived")
-            )
+        await self._unknown("agent lost before the result arrived")
 
-    async def _result(self, exit_: codec.Exit) -> None:
+    async def _unknown(self, why: str) -> None:
+        """The command ran (or may have) and its exit will never come: no exit status is
+        recorded, as none is known; `error: unknown` and `message` say so."""
+        if self._start is not None and not self._refused and not self._resulted:
+            await self._result(None, why)
+
+    async def _result(self, exit_: codec.Exit | None, unknown: str = "") -> None:
+        """Commit the command's result (before its exit is passed on); `exit_` None: the
+        outcome is unknown, for the reason `unknown`."""
         if self._resulted or self._ref is None:
             return
         self._resulted = True
         if self._lines is not None:
             await self._typed_lines(final=True)
         summary = await self._recording.close() if self._recording is not None else None
-        ref = self._ref if isinstance(self._ref, int) else await self._ref
+        kind = f"{self._kind}.result"
         result: dict[str, Any] = {
-            "exit_code": exit_.status,
-            "signal": exit_.signal,
-            "error": exit_.error,
+            "exit_code": exit_.status if exit_ else None,
+            "signal": exit_.signal if exit_ else None,
+            "error": exit_.error if exit_ else "unknown",
+            "message": None if exit_ else unknown,
             "duration_ms": round((time.monotonic() - self._started) * 1000, 3),
             "bytes": {"in": self.bytes_in, "out": self.bytes_out, "err": self.bytes_err},
             "stdin": self._program,
-            # The account the agent says it started the command as.
-            "run_as": exit_.run_as.as_event() if exit_.run_as is not None else None,
+            # The account the agent says it started the command as (unknown without an exit).
+            "run_as": exit_.run_as.as_event() if exit_ and exit_.run_as is not None else None,
         }
+        try:
+            ref = self._ref if isinstance(self._ref, int) else await self._ref
+        except AuditUnavailable as exc:
+            # Async mode: the command's own event was never committed, so its result has
+            # nothing to refer to. Counted and reported like any lost result.
+            self._audit.result_lost(self.session.session_id, kind, exc)
+            return
         event = draft_result(
-            f"{self._kind}.result",
+            kind,
             session=self.session,
             ref=ref,
             result={k: v for k, v in result.items() if v is not None},
@@ -489,8 +502,7 @@ class TermInspector:
         try:
             seq = await self._audit.commit(event)
         except AuditUnavailable:
-            log.exception("session %s: could not record its result", self.session.session_id)
-            return
+            return  # the writer counted it and told the session's watch
         if summary is not None:
             await self._recorded(seq)
 

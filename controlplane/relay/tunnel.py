@@ -52,6 +52,9 @@ class Tunnel:
     )
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The agent instance serving it was revoked: set before the tunnel closes, so the relay
+    # tells that end (agent_revoked) from a session that simply closed.
+    revoked: asyncio.Event = field(default_factory=asyncio.Event)
     # The agent's stream broke (the agent died, its connection dropped) rather than ending:
     # whatever the target was doing, its outcome is unknown (the session ends as agent_lost).
     lost: bool = False
@@ -68,9 +71,11 @@ class Tunnel:
         with contextlib.suppress(asyncio.QueueFull):
             self.to_client.put_nowait(WAKE)
 
-    def cut_off(self, reason: str) -> None:
-        """End the session now, telling the client `reason`."""
+    def revoke(self, reason: str) -> None:
+        """The agent serving the session was revoked: end it now, as `agent_revoked`, telling
+        the client `reason`."""
         self.cut = reason
+        self.revoked.set()
         self.close()
 
     def close(self) -> None:

@@ -130,22 +130,13 @@ class CertificateAuthority:
         chain = signed.public_bytes(serialization.Encoding.PEM) + self._cert_pem
         return chain, _key_pem(key)
 
-    def sign_csr(
-        self,
-        csr_pem: bytes,
-        common_name: str,
-        lifetime: datetime.timedelta,
-        *,
-        client: bool = True,
-    ) -> bytes:
+    def sign_csr(self, csr_pem: bytes, common_name: str, lifetime: datetime.timedelta) -> bytes:
         """An agent's client certificate for the CSR's key, named `common_name` (the CSR's own
         subject and extensions are ignored: the caller decides who this is). PEM, leaf only.
 
-        Only client certificates are signed for a CSR; the control plane's own server
-        certificate comes from `issue_server`, with its key made here. `client` must be True:
-        it is still accepted because callers pass it."""
-        if not client:
-            raise ValueError("sign_csr signs client certificates only; use issue_server")
+        Only client certificates are signed for a CSR (there is no way to ask for another): the
+        control plane's own server certificate comes from `issue_server`, with its key made
+        here, so no key from outside ever stands behind a serverAuth certificate."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -208,7 +209,9 @@ def test_a_revoked_agent_is_cut_off_and_its_certificate_refused_before_it_expire
         agent.stop()
 
 
-def renew_with(cp: ProductionControlPlane, credential: dict[str, Any]) -> grpc.RpcError:
+def renew_with(
+    cp: ProductionControlPlane, credential: dict[str, Any], csr: bytes | None = None
+) -> grpc.RpcError:
     """Call Renew with the agent's certificate and key; the error the control plane gives."""
     creds = grpc.ssl_channel_credentials(
         root_certificates=cp.ca_file.read_bytes(),
@@ -217,7 +220,7 @@ def renew_with(cp: ProductionControlPlane, credential: dict[str, Any]) -> grpc.R
     )
     with grpc.secure_channel(cp.address, creds) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        csr = enrollment.csr_pem(enrollment.new_key(), "prod-6")
+        csr = csr or enrollment.csr_pem(enrollment.new_key(), "prod-6")
         with pytest.raises(grpc.RpcError) as refused:
             stub.Renew(agent_pb2.RenewRequest(csr=csr), timeout=10)
     return refused.value
@@ -251,3 +254,67 @@ def test_the_certificate_is_renewed_while_a_session_runs(
         assert "after renewal" in after.stdout
     finally:
         agent.stop()
+
+
+def test_an_enrollment_the_trail_cannot_record_grants_nothing_until_it_can(
+    cp: ProductionControlPlane, tmp_path: Path
+) -> None:
+    """The store refuses agent.enroll (a fault of the store, made by a trigger): the agent gets
+    no certificate, its join token keeps its one use, and it enrolls once the store recovers."""
+    info = cp.create_agent("prod-8")
+    refuse(cp, "agent.enroll", True)
+    data = tmp_path / "agent"
+    agent = production_agent(cp.address, "prod-8", str(info["join_token"]), data)
+    agent.start()
+    try:
+        refusal = "the enrollment could not be recorded in the audit trail, so no credential"
+        deadline = time.monotonic() + 30
+        while agent.log().count(refusal) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert agent.log().count(refusal) >= 2, agent.log()  # refused, and refused again
+        assert not (data / "agent-prod-8.json").exists()  # nothing was granted
+        assert cp.agents()["prod-8"]["status"] == "pending"
+        assert events(cp, "agent.enroll", "prod-8") == []
+        refuse(cp, "agent.enroll", False)
+        cp.wait_agent("prod-8")  # the same one-use token still works: no use was spent
+        (enrolled,) = events(cp, "agent.enroll", "prod-8")
+        assert enrolled["join"]["uses_left"] == 0
+        assert enrolled["certificate"]["serial"] == cp.agents()["prod-8"]["cert_serial"]
+    finally:
+        agent.stop()
+
+
+def test_a_refused_renewal_is_a_failed_authentication(
+    cp: ProductionControlPlane, tmp_path: Path
+) -> None:
+    info = cp.create_agent("prod-9")
+    data = tmp_path / "agent"
+    agent = start_production_agent(cp, "prod-9", str(info["join_token"]), data)
+    try:
+        credential = stored(data, "prod-9")
+        refused = renew_with(cp, credential, csr=b"not a certificate request")
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a PEM CSR" in (refused.details() or "")
+    finally:
+        agent.stop()
+    exported = cli(cp, "audit", "export", "--after", "0", "--types", "auth.fail")
+    failed = [json.loads(line) for line in exported.stdout.split("\n") if line]
+    assert [e["credential"] for e in failed if "not a PEM CSR" in e["reason"]] == [
+        "agent_certificate"
+    ]
+    assert events(cp, "agent.renew", "prod-9") == []
+
+
+def refuse(cp: ProductionControlPlane, kind: str, on: bool) -> None:
+    """Make the control plane's store refuse events of `kind` (or take them again)."""
+    db = sqlite3.connect(cp.data_dir / "gatehouse.db", isolation_level=None)
+    try:
+        if on:
+            db.execute(
+                f"create trigger refuse_{kind.replace('.', '_')} before insert on audit_events "
+                f"when new.type = '{kind}' begin select raise(abort, 'audit disk is full'); end"
+            )
+        else:
+            db.execute(f"drop trigger refuse_{kind.replace('.', '_')}")
+    finally:
+        db.close()

@@ -82,3 +82,41 @@ def test_statement_is_refused_when_its_event_cannot_be_committed(own_stack: Stac
     assert accepted.returncode == 0, accepted.stderr
     assert own_stack.pg.wait_for_statement(sql) == 1
     assert own_stack.cli("audit", "verify").returncode == 0
+
+
+def test_a_cancel_whose_event_cannot_be_committed_is_not_sent(own_stack: Stack) -> None:
+    """A cancel changes what the target does: like a statement, it is committed before it is
+    sent. The store refuses db.cancel here, so the statement runs on to its end."""
+    import threading
+    import time
+
+    import psycopg
+
+    from devenv.stack import Connect
+
+    sql = f"select pg_sleep(3), 'not-cancelled-{uuid.uuid4().hex[:8]}'"
+    with store(own_stack) as db:
+        db.execute(
+            "create trigger no_cancel before insert on audit_events when new.type = 'db.cancel' "
+            "begin select raise(abort, 'disk full'); end"
+        )
+    listener = Connect.create(own_stack.controlplane, "pg", own_stack.base)
+    listener.start_and_wait()
+    try:
+        dsn = f"host=127.0.0.1 port={listener.port} dbname=pg user=x sslmode=disable"
+        with psycopg.connect(dsn, autocommit=True) as busy:
+            timer = threading.Timer(1.0, busy.cancel)
+            timer.start()
+            started = time.monotonic()
+            row = busy.execute(sql).fetchone()
+            timer.join()
+            assert time.monotonic() - started >= 3  # it ran to its end: never cancelled
+            assert row is not None and row[1].startswith("not-cancelled-")
+    finally:
+        listener.stop()
+    events = own_stack.events()
+    assert not [e for e in events if e["type"] == "db.cancel"]
+    (query,) = [e for e in events if e["type"] == "db.query" and e["request"]["statement"] == sql]
+    (result,) = [e for e in events if e["type"] == "db.result" and e["ref"] == query["seq"]]
+    assert result["result"]["error"] is None
+    assert "cancel" in own_stack.controlplane.log() and "disk full" in own_stack.controlplane.log()

@@ -5,6 +5,7 @@ source is answered at once without any token work."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -75,3 +76,67 @@ def test_a_flood_of_garbage_tokens_is_counted_not_appended(tmp_path: Path) -> No
     assert summary["throttled"] == FLOOD + 1 - LIMIT
     assert "ghu_garbage" not in export.stdout
     assert total - before < 10  # not one event per attempt
+
+
+def refused_from(plane: ControlPlane, source: str, token: str) -> str:
+    """A request to the HTTP API from `source` (any 127/8 address is this host's) with a
+    garbage token: the error the control plane answers with."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", plane.http_port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", "/v1/audit/events", headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        assert response.status == 401
+        error: str = json.loads(response.read())["error"]
+        return error
+    finally:
+        connection.close()
+
+
+def test_a_flood_from_many_addresses_overflows_explicitly_and_hides_no_one(
+    tmp_path: Path,
+) -> None:
+    """Eight addresses flood a control plane that tracks three: the three are throttled, the
+    others are the overflow, recorded as such; a real user's address arriving during the flood
+    is checked (never throttled under the attacker's budget) and named in the trail."""
+    plane = ControlPlane.create(
+        tmp_path / "cp",
+        env={
+            "GATEHOUSE_AUTH_FAIL_LIMIT": str(LIMIT),
+            "GATEHOUSE_AUTH_FAIL_WINDOW": "600",
+            "GATEHOUSE_AUTH_FAIL_SOURCES": "3",
+        },
+    )
+    plane.start_and_wait()
+    attackers = [f"127.0.0.{10 + index}" for index in range(8)]
+    try:
+        answers = {
+            source: [refused_from(plane, source, f"ghu_garbage{n}") for n in range(8)]
+            for source in attackers
+        }
+        real = [refused_from(plane, "127.0.0.99", "ghu_my-old-token") for _ in range(3)]
+    finally:
+        plane.stop()  # records what the windows hold
+    for source in attackers[:3]:  # tracked: over the limit, refused unchecked
+        assert all("too many failed authentications" in r for r in answers[source][LIMIT:])
+    for source in attackers[3:]:  # the overflow: checked, never throttled
+        assert all("not known to this control plane" in r for r in answers[source])
+    assert all("not known to this control plane" in r for r in real)
+
+    plane.start_and_wait()
+    try:
+        export = gatehouse(["audit", "export", "--types", "auth.fail"], env=plane.cli_env)
+    finally:
+        plane.stop()
+    events = [json.loads(line) for line in export.stdout.splitlines()]
+    assert sum(e["count"] for e in events) == 8 * 8 + 3  # every failure, once
+    overflowed = [e for e in events if "overflow" in e]
+    first, summary = overflowed
+    assert first["source"] == {"ip": attackers[3]} and first["count"] == 1
+    assert first["overflow"] == {"tracked_sources": 3}
+    assert "source" not in summary and summary["count"] == 5 * 8 + 3 - 1
+    assert summary["overflow"]["sources"] == {**dict.fromkeys(attackers[3:], 8), "127.0.0.99": 3}
+    assert summary["overflow"]["unlisted"] == 0
+    tracked = {e["source"]["ip"] for e in events if "overflow" not in e}
+    assert tracked == set(attackers[:3])  # no fake "other" address

@@ -317,7 +317,9 @@ def test_a_revoked_agent_is_cut_off_and_cannot_come_back(world: World) -> None:
             assert time.monotonic() - started_at < 20
         assert running.returncode != 0, out
         assert marker not in out
-        assert f"agent '{name}' (instance" in err and "was revoked" in err
+        # Told why, once its running statement's result is recorded (ADR 0011).
+        assert f"session ended: agent '{name}' (instance" in err and "was revoked" in err
+        assert "57P01" in err
     finally:
         agent.stop()
     # The refused credential is gone from its disk; restarted, the agent is refused again.
@@ -341,6 +343,13 @@ def test_a_revoked_agent_is_cut_off_and_cannot_come_back(world: World) -> None:
     assert len(_of(trail, "agent.connect", name)) == 1
     (cut,) = _of(trail, "agent.disconnect", name)
     assert cut["reason"] == "the agent was revoked"
+    (query,) = [e for e in trail if e["type"] == "db.query" and marker in e["request"]["statement"]]
+    (result,) = [e for e in trail if e["type"] == "db.result" and e["ref"] == query["seq"]]
+    assert result["result"]["error"] == "unknown"
+    (end,) = [
+        e for e in trail if e["type"] == "session.end" and e["session_id"] == query["session_id"]
+    ]
+    assert end["reason"] == "agent_revoked" and result["seq"] < end["seq"]
     assert cut["agent"]["peer"].startswith(f"ipv4:{world.vpc_ip}:")
     assert _refusals(world, trail, "join_token", "unknown or revoked join token"), trail
     assert _refusals(world, trail, "agent_certificate", "unknown, replaced or revoked"), trail

@@ -9,7 +9,6 @@ what the CLI prints and in PostgreSQL's own statement log.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -26,7 +25,7 @@ from joserfc.jwk import JWKRegistry
 from cli.login import TokenSet
 from devenv.oidc import AUDIENCE, CLIENT_ID, OidcProvider, start_oidc_provider
 from devenv.postgres import PostgresServer, start_postgres
-from devenv.stack import GATEHOUSE, REPO, Agent, ControlPlane, enroll_agent, gatehouse
+from devenv.stack import Agent, ControlPlane, enroll_agent, gatehouse, spawn
 from tests.integration.oidc.conftest import device_log_in, settings_for
 
 REVIEW_TIMEOUT = 4
@@ -77,15 +76,7 @@ class World:
         return gatehouse(list(args), env=env)
 
     def start(self, *args: str, token: str) -> subprocess.Popen[str]:
-        env = {**os.environ, **self.controlplane.cli_env, "GATEHOUSE_TOKEN": token}
-        return subprocess.Popen(
-            [*GATEHOUSE, *args],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return spawn(args, env={**self.controlplane.cli_env, "GATEHOUSE_TOKEN": token})
 
     def events(self, *types: str) -> list[dict[str, Any]]:
         args = ["audit", "export"] + (["--types", ",".join(types)] if types else [])

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-from typing import Any
+import sqlite3
+from pathlib import Path
+from typing import Any, cast
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,13 +18,20 @@ from cryptography.x509.oid import NameOID
 from sqlmodel import select
 
 from agent import enrollment
-from controlplane.agents.certificates import AgentCertificates
+from controlplane.agents.certificates import AgentCertificates, Issued
 from controlplane.agents.registry import AgentRegistry
+from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
-from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from controlplane.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from controlplane.store.database import Database
-from controlplane.store.models import AgentRow, EventRow
+from controlplane.store.models import AgentInstanceRow, AgentRow, EventRow
 from gatehouse.v1 import agent_pb2
 from wire import jointoken
 
@@ -51,9 +61,7 @@ class SmallCA:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def sign_csr(
-        self, csr_pem: bytes, common_name: str, lifetime: datetime.timedelta, *, client: bool = True
-    ) -> bytes:
+    def sign_csr(self, csr_pem: bytes, common_name: str, lifetime: datetime.timedelta) -> bytes:
         csr = x509.load_pem_x509_csr(csr_pem)
         if not csr.is_signature_valid:
             raise InvalidArgument("bad CSR")
@@ -76,6 +84,14 @@ class FakeContext:
 
     def __init__(self, pem: bytes | None) -> None:
         self.pem = pem
+        self.aborted = ""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = details
+        raise grpc.aio.AbortError(details)
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {"x509_pem_cert": [self.pem]} if self.pem else {}
@@ -206,18 +222,23 @@ async def test_each_use_of_a_token_enrolls_an_instance_of_its_own_and_one_can_be
         await registry.revoke("pod", ROOT, "nope")
 
 
-async def test_renewal_keeps_the_old_certificate_for_sessions_and_revocation_ends_both(
-    registry: AgentRegistry,
-) -> None:
+async def enrolled_edge(registry: AgentRegistry) -> tuple[Issued, FakeContext]:
+    """Agent `edge`, enrolled with a one-use token: its certificate, and a call carrying it."""
     created = await registry.create("edge", ROOT)
     enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
     assert enrolled.certificate is not None
-    old = FakeContext(enrolled.certificate.pem)
+    return enrolled.certificate, FakeContext(enrolled.certificate.pem)
+
+
+async def test_renewal_keeps_the_old_certificate_for_sessions_and_revocation_ends_both(
+    registry: AgentRegistry,
+) -> None:
+    certificate, old = await enrolled_edge(registry)
     row = await registry.authenticate(old)
     renewed = await registry.renew(
         row, enrollment.csr_pem(enrollment.new_key(), "edge"), "ipv4:127.0.0.1:1"
     )
-    assert renewed.serial != enrolled.certificate.serial
+    assert renewed.serial != certificate.serial
     assert (await registry.authenticate(FakeContext(renewed.pem))).cert_serial == renewed.serial
     assert (await registry.authenticate(old)).name == "edge"  # open sessions keep working
 
@@ -264,6 +285,127 @@ async def test_dev_mode_keeps_bearer_credentials(db: Database, writer: AuditWrit
         agent_pb2.EnrollRequest(join_token=created.join_token, name="edge"), "ipv4:127.0.0.1:1"
     )
     assert enrolled.credential and enrolled.credential.startswith("gha_")
+
+
+def refuse_events(db_path: Path, kind: str | None) -> None:
+    """The store refuses events of `kind` (a full disk, a broken store), or (None) takes them."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        if kind is None:
+            conn.execute("DROP TRIGGER refuse_kind")
+        else:
+            conn.execute(
+                "CREATE TRIGGER refuse_kind BEFORE INSERT ON audit_events "
+                f"WHEN new.type = '{kind}' BEGIN SELECT RAISE(ABORT, 'audit disk is full'); END"
+            )
+    finally:
+        conn.close()
+
+
+async def test_an_enrollment_that_cannot_be_recorded_grants_nothing(
+    registry: AgentRegistry, db: Database, db_path: Path
+) -> None:
+    """Fail closed: no certificate, no instance, no use spent, the row as it was; then it
+    works."""
+    created = await registry.create("edge", ROOT)
+    before = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    refuse_events(db_path, "agent.enroll")
+    with pytest.raises(Unavailable, match="could not be recorded in the audit trail"):
+        await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
+    after = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    assert after.join_uses_left == 1 and after.enrolled_at is None
+    assert after.model_dump() == before.model_dump()
+    assert await db.read(lambda s: list(s.exec(select(AgentInstanceRow)))) == []
+    assert await events(db, "agent.enroll") == []
+
+    refuse_events(db_path, None)
+    enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
+    assert enrolled.certificate is not None
+    (event,) = await events(db, "agent.enroll")
+    assert event["certificate"]["serial"] == enrolled.certificate.serial
+    assert event["agent"]["instance"] == enrolled.instance_id
+    assert event["join"]["uses_left"] == 0
+
+
+async def test_an_agent_whose_creation_cannot_be_recorded_gets_no_join_token(
+    registry: AgentRegistry, db: Database, db_path: Path
+) -> None:
+    """The join token and its admin.change are one transaction: no event, no token; and a
+    revoked agent being re-created stays as it was (revoked, its instances listed)."""
+    refuse_events(db_path, "admin.change")
+    with pytest.raises(Unavailable, match="creation could not be recorded in the audit trail"):
+        await registry.create("edge", ROOT)
+    assert await db.read(lambda s: list(s.exec(select(AgentRow)))) == []
+
+    refuse_events(db_path, None)
+    created = await registry.create("edge", ROOT)
+    enrolled = await registry.enroll(request(created.join_token), "ipv4:127.0.0.1:1")
+    await registry.revoke("edge", ROOT)
+    before = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    refuse_events(db_path, "admin.change")
+    with pytest.raises(Unavailable, match="no join token was issued"):
+        await registry.create("edge", ROOT)
+    after = await db.read(lambda s: s.exec(select(AgentRow)).one())
+    assert after.model_dump() == before.model_dump() and after.revoked_at is not None
+    (instance,) = await db.read(lambda s: list(s.exec(select(AgentInstanceRow))))
+    assert instance.id == enrolled.instance_id
+    changes = [e["change"]["action"] for e in await events(db, "admin.change")]
+    assert changes == ["agent.create", "agent.revoke"]  # each recorded one happened
+
+    refuse_events(db_path, None)
+    again = await registry.create("edge", ROOT)
+    assert await registry.enroll(request(again.join_token), "ipv4:127.0.0.1:2")
+
+
+async def test_a_renewal_that_cannot_be_recorded_keeps_the_old_certificate_only(
+    registry: AgentRegistry, db: Database, db_path: Path
+) -> None:
+    certificate, current = await enrolled_edge(registry)
+    row = await registry.authenticate(current)
+    refuse_events(db_path, "agent.renew")
+    with pytest.raises(Unavailable, match="renewal could not be recorded"):
+        await registry.renew(row, enrollment.csr_pem(enrollment.new_key(), "edge"), "p")
+    stored = await db.read(lambda s: s.exec(select(AgentInstanceRow)).one())
+    assert stored.cert_serial == certificate.serial  # the old one, nothing else
+    assert stored.prev_cert_fingerprint is None
+    assert await events(db, "agent.renew") == []
+    assert (await registry.authenticate(current)).name == "edge"
+
+
+async def test_a_refused_renewal_is_a_failed_authentication(
+    db: Database, writer: AuditWriter, tmp_path: Path
+) -> None:
+    """Renew refuses a bad certificate request, a missing or an unknown certificate: each is
+    an auth.fail with the reason, like any refused credential."""
+    from controlplane.agents.service import AgentServicer
+    from controlplane.auth.failures import AuthFailures
+    from controlplane.policy.store import PolicyStore
+    from controlplane.relay.tunnel import Tunnels
+    from controlplane.tls.ca import CertificateAuthority
+
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    lifetime = datetime.timedelta(minutes=10)
+    registry = AgentRegistry(db, writer, AgentCertificates(ca, lifetime, pin=ca.pin))
+    servicer = AgentServicer(
+        registry, cast(PolicyStore, None), Tunnels(), failures=AuthFailures(writer)
+    )
+    _, current = await enrolled_edge(registry)
+    good_csr = enrollment.csr_pem(enrollment.new_key(), "edge")
+    calls = [
+        (current, b"not a csr", "is not a PEM CSR"),
+        (FakeContext(None), good_csr, "carried none"),
+        (FakeContext(SmallCA().cert_pem), good_csr, "unknown, replaced or revoked"),
+    ]
+    for context, csr, why in calls:
+        with pytest.raises(grpc.aio.AbortError):
+            await AgentServicer.Renew(servicer, agent_pb2.RenewRequest(csr=csr), context)
+        assert why in context.aborted
+    await writer.commit_all([])
+    await writer.commit(draft("test.marker"))
+    failed = await events(db, "auth.fail")
+    assert [e["credential"] for e in failed] == ["agent_certificate"] * 3
+    assert [e["reason"] for e in failed] == [c.aborted for c, _, _ in calls]
+    assert await events(db, "agent.renew") == []
 
 
 @pytest.mark.parametrize("kind", ["agent.enroll", "agent.renew"])

@@ -296,13 +296,53 @@ async def test_watching_gives_a_relay_an_event_to_wait_on_beside_its_pumps(db: D
 
 
 def test_a_result_the_target_made_unrecordable_still_leaves_a_result() -> None:
-    """The request already ran: its result event says what could not be kept, never vanishes."""
+    """The request already ran: its result event keeps every value that can be kept, names the
+    ones it could not, and never vanishes."""
     from controlplane.audit.events import SessionContext, draft_result
 
     ctx = SessionContext("s1", Identity("alice"), {"name": "pg"}, "strict")
-    event = draft_result("db.result", session=ctx, ref=7, result={"message": "bad \ud800 text"})
+    result = {"rows": 3, "error": "22021", "message": "bad \ud800 text", "masked": False}
+    event = draft_result("db.result", session=ctx, ref=7, result=result)
     assert event.body["ref"] == 7
-    assert event.body["result"]["error"] == "unrecordable"
-    assert event.body["result"]["message"].startswith("the result could not be recorded")
+    assert event.body["result"] == {"rows": 3, "error": "22021", "masked": False}
+    assert event.body["dropped"] == {
+        "result.message": "holds a lone surrogate: it is not valid Unicode text"
+    }
     good = draft_result("db.result", session=ctx, ref=8, result={"rows": 1})
-    assert good.body["result"] == {"rows": 1}
+    assert good.body["result"] == {"rows": 1} and "dropped" not in good.body
+
+
+def test_an_unrecordable_value_costs_a_command_result_only_that_value() -> None:
+    """A shell result with its recording, stdin program and run_as: a bad value in one of them
+    leaves the others whole (the recording's digest is what replay checks against)."""
+    from controlplane.audit.events import SessionContext, draft_result
+
+    ctx = SessionContext("s1", Identity("alice"), {"name": "ops"}, "strict")
+    stdin = {"sha256": "ab" * 32, "bytes": 12, "readers": [{"command": ["sh"], "why": "\udcff"}]}
+    recording = {"sha256": "cd" * 32, "bytes": 2**60, "chunks": 3}
+    event = draft_result(
+        "shell.result",
+        session=ctx,
+        ref=9,
+        result={"exit_code": 0, "error": None, "stdin": stdin, "run_as": "svc-ops"},
+        recording=recording,
+    )
+    assert event.body["result"]["exit_code"] == 0
+    assert event.body["result"]["run_as"] == "svc-ops"
+    assert event.body["result"]["stdin"]["sha256"] == "ab" * 32
+    assert event.body["result"]["stdin"]["readers"] == [{"command": ["sh"]}]
+    assert event.body["recording"] == {"sha256": "cd" * 32, "chunks": 3}
+    assert set(event.body["dropped"]) == {"result.stdin.readers[0].why", "recording.bytes"}
+    assert "2**53" in event.body["dropped"]["recording.bytes"]
+
+
+def test_a_list_keeps_its_places_and_the_names_of_what_it_lost() -> None:
+    from controlplane.audit.events import MAX_DROPPED, SessionContext, draft_result
+
+    ctx = SessionContext("s1", Identity("alice"), {"name": "pg"}, "strict")
+    values = ["ok", "\ud800", 1.5, float("nan")] + ["\udc80"] * (MAX_DROPPED + 5)
+    event = draft_result("db.result", session=ctx, ref=1, result={"values": values})
+    assert event.body["result"]["values"][:4] == ["ok", None, 1.5, None]
+    dropped = event.body["dropped"]
+    assert len(dropped) == MAX_DROPPED + 1
+    assert dropped["..."] == "7 more values were left out"

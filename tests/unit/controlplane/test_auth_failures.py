@@ -5,13 +5,16 @@ the number of tracked sources, and a source over its budget is refused without t
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from sqlmodel import select
 
+from controlplane.audit.errors import AuditUnavailable
 from controlplane.audit.writer import AuditWriter
-from controlplane.auth.failures import OTHER, AuthFailures
+from controlplane.auth.failures import MAX_OVERFLOW_LISTED, OTHER, AuthFailures
 from controlplane.auth.oidc import OidcValidator
 from controlplane.auth.sources import SOURCE, peer_ip
 from controlplane.auth.tokens import TokenAuthenticator
@@ -101,19 +104,132 @@ async def test_stop_records_what_is_left(db: Database, writer: AuditWriter, cloc
     assert failures.tracked == 0
 
 
-async def test_the_number_of_tracked_sources_is_bounded(
+async def test_the_number_of_tracked_sources_is_bounded_and_the_overflow_is_explicit(
     db: Database, writer: AuditWriter, clock: Clock
 ) -> None:
     failures = AuthFailures(writer, window=60, limit=1000, max_sources=3, monotonic=clock)
-    for index in range(50):
-        await failures.failed(f"10.0.1.{index}", "bad", "jwt", False)
-    assert failures.tracked == 4  # three sources and the catch-all
+    for index in range(150):
+        await failures.failed(f"10.0.1.{index}", f"bad {index % 2}", "jwt", False)
+    assert failures.tracked == 3  # three sources; the rest are the overflow, which is none
+    assert failures.overflow_total == 147
+    await settle(writer)
+    first, second, third, overflowed = await trail(db, writer)
+    assert [e["source"] for e in (first, second, third)] == [
+        {"ip": "10.0.1.0"},
+        {"ip": "10.0.1.1"},
+        {"ip": "10.0.1.2"},
+    ]
+    # The overflow is recorded at once, as an overflow, with the address that overflowed.
+    assert overflowed["source"] == {"ip": "10.0.1.3"} and overflowed["count"] == 1
+    assert overflowed["overflow"] == {"tracked_sources": 3}
     await failures.flush()
     await settle(writer)
     events = await trail(db, writer)
-    assert sum(e["count"] for e in events) == 50
-    catch_all = [e for e in events if e["source"] == {"ip": OTHER}]
-    assert sum(e["count"] for e in catch_all) == 47
+    assert sum(e["count"] for e in events) == 150  # nothing lost
+    (summary,) = events[4:]
+    assert "source" not in summary  # many addresses: no one address
+    assert summary["count"] == 146 and summary["reasons"] == {"bad 0": 73, "bad 1": 74}
+    assert summary["overflow"]["tracked_sources"] == 3
+    listed = summary["overflow"]["sources"]
+    assert len(listed) == MAX_OVERFLOW_LISTED and listed["10.0.1.3"] == 1
+    assert summary["overflow"]["unlisted"] == 147 - MAX_OVERFLOW_LISTED
+    assert OTHER not in {e.get("source", {}).get("ip") for e in events}
+
+
+class ExpiringIssuer(CountingIssuer):
+    """The attacker's tokens are forged; the real user's one has expired."""
+
+    async def validate(self, token: str) -> Any:
+        if token == "real.but.expired":
+            self.calls += 1
+            raise Unauthenticated("the token expired")
+        return await super().validate(token)
+
+
+async def test_a_flood_from_many_sources_does_not_throttle_a_real_one(
+    db: Database, writer: AuditWriter, clock: Clock
+) -> None:
+    """The table is full of an attacker's addresses, each over its budget: a real user's
+    failures from a new address are still checked and recorded with their own reason and
+    address, never refused under a budget shared with the attacker."""
+    issuer = ExpiringIssuer()
+    failures = AuthFailures(writer, window=60, limit=5, max_sources=20, monotonic=clock)
+    auth = TokenAuthenticator(db, writer, cast(OidcValidator, issuer), failures=failures)
+    forged = [("authorization", "Bearer a.b.c")]
+    for index in range(100):  # 100 addresses, 10 attempts each: the table holds only 20
+        SOURCE.set(f"198.51.100.{index}")
+        for _ in range(10):
+            with pytest.raises(Unauthenticated):
+                await auth.identify(forged)
+    assert failures.tracked == 20
+    assert issuer.calls == 20 * 5 + 80 * 10  # tracked ones throttled after 5, the rest checked
+    SOURCE.set("203.0.113.77")
+    for _ in range(10):
+        with pytest.raises(Unauthenticated, match="the token expired"):
+            await auth.identify([("authorization", "Bearer real.but.expired")])
+    assert issuer.calls == 900 + 10
+    await failures.flush()
+    await settle(writer)
+    events = await trail(db, writer)
+    assert sum(e["count"] for e in events) == 1010
+    (summary,) = [e for e in events if "overflow" in e and e["count"] > 1]
+    assert summary["overflow"]["sources"]["203.0.113.77"] == 10
+    assert summary["reasons"]["the token expired"] == 10
+
+
+async def test_failures_the_writer_could_not_take_are_recorded_later(
+    db: Database, clock: Clock
+) -> None:
+    writer = AuditWriter(db)  # not running yet: it takes nothing
+    failures = AuthFailures(writer, window=60, limit=1000, max_sources=10, monotonic=clock)
+    for _ in range(3):
+        await failures.failed("10.0.0.1", "bad", "jwt", False)
+    with pytest.raises(AuditUnavailable):
+        await failures.flush()
+    assert failures.tracked == 1  # the window stays until its event is queued
+    writer.start()
+    try:
+        await failures.flush()
+        await settle(writer)
+        assert [e["count"] for e in await trail(db, writer)] == [3]
+        assert failures.tracked == 0
+    finally:
+        await writer.close()
+
+
+async def test_a_summary_the_store_refused_is_kept_for_the_next_flush(
+    db: Database, db_path: Path, writer: AuditWriter, clock: Clock
+) -> None:
+    failures = AuthFailures(writer, window=60, limit=1000, max_sources=10, monotonic=clock)
+    for _ in range(4):
+        await failures.failed("10.0.0.1", "bad", "jwt", False)
+    await settle(writer)
+    refuse(db_path, True)
+    await failures.flush()  # queued, then refused by the store
+    with pytest.raises(AuditUnavailable):
+        await settle(writer)
+    await failures.failed("10.0.0.1", "bad", "jwt", False)  # its event is refused too
+    with pytest.raises(AuditUnavailable):
+        await settle(writer)
+    refuse(db_path, False)
+    assert failures.tracked == 1
+    await failures.flush()
+    await settle(writer)
+    assert [e["count"] for e in await trail(db, writer)] == [1, 4]
+
+
+def refuse(db_path: Path, on: bool) -> None:
+    """The store refuses every new event (a full disk), or takes them again."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+            "BEGIN SELECT RAISE(ABORT, 'audit disk is full'); END"
+            if on
+            else "DROP TRIGGER refuse"
+        )
+    finally:
+        conn.close()
 
 
 async def test_a_source_over_its_budget_is_refused_without_token_work(

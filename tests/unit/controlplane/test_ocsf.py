@@ -595,3 +595,55 @@ ODD_EVENTS = st.fixed_dictionaries(
 @given(ODD_EVENTS)
 def test_any_event_shape_maps_to_a_valid_event_without_raising(event: JSON) -> None:
     assert_valid(to_ocsf(event))
+
+
+def test_the_shapes_of_sessions_that_end_abnormally_map_to_valid_events() -> None:
+    """An auth.fail overflow (no one address), a session.end that lost results, a result with
+    values left out and an unknown command outcome: valid, failures where they failed, and
+    nothing of them lost (`unmapped`)."""
+    from controlplane.audit.events import draft_result
+
+    trail = Trail()
+    overflow = to_ocsf(
+        trail.add(
+            draft(
+                "auth.fail",
+                reason="the token is not known to this control plane",
+                credential="gatehouse token",
+                count=42,
+                reasons={"the token is not known to this control plane": 42},
+                window={"start": "2026-11-27T10:15:02.123456Z", "seconds": 60},
+                overflow={"tracked_sources": 3, "sources": {"127.0.0.13": 8}, "unlisted": 0},
+            )
+        )
+    )
+    assert_valid(overflow)
+    assert overflow["status_id"] == 2 and "src_endpoint" not in overflow
+    assert overflow["unmapped"]["overflow"]["sources"] == {"127.0.0.13": 8}
+    end = to_ocsf(
+        trail.add(draft("session.end", session=PG, reason="audit_lost: …", results_lost=2))
+    )
+    assert_valid(end)
+    assert end["unmapped"]["results_lost"] == 2
+    result = to_ocsf(
+        trail.add(
+            draft_result("db.result", session=PG, ref=1, result={"rows": 1, "message": "\ud800"})
+        )
+    )
+    assert_valid(result)
+    assert result["unmapped"]["dropped"] == {
+        "result.message": "holds a lone surrogate: it is not valid Unicode text"
+    }
+    unknown = to_ocsf(
+        trail.add(
+            draft_result(
+                "shell.result",
+                session=SHELL,
+                ref=2,
+                result={"error": "unknown", "message": "the session ended before …: agent_lost"},
+            )
+        )
+    )
+    assert_valid(unknown)
+    assert unknown["status_id"] == 2 and unknown["status_code"] == "unknown"
+    assert unknown["status_detail"].endswith("agent_lost")

@@ -1331,3 +1331,70 @@ async def test_a_setting_reported_in_the_middle_of_a_result_applies_to_the_next_
     assert await asyncio.wait_for(task, 5) == b""
     error = error_of(ready.take_synthetic())
     assert error.sqlstate == "22021" and "LATIN1" in error.message
+
+
+# ---- the session ends with statements in flight --------------------------------------------
+
+
+async def test_finish_gives_every_statement_in_flight_a_result_saying_why_it_is_unknown(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    """Whatever ended the session (here a revoked token), a statement sent and not answered
+    gets a result: outcome unknown, and the reason; one that answered gets its real result."""
+    await ready.from_client(pgm.query("SELECT 1") + pgm.query("SELECT pg_sleep(60)"))
+    await ready.from_agent(select_reply(1).frame())
+    with writer.watching("sess-1") as loss:
+        await ready.finish("the token was revoked")
+    assert not loss.lost.is_set()
+    events = await all_events(writer, db_path)
+    first, second = of_type(events, "db.query")
+    results = {e["ref"]: e["result"] for e in of_type(events, "db.result")}
+    assert results[first["seq"]]["rows"] == 1 and results[first["seq"]]["error"] is None
+    assert results[second["seq"]]["error"] == "unknown"
+    assert results[second["seq"]]["message"] == (
+        "the session ended before the result arrived: the token was revoked"
+    )
+    assert len(results) == 2
+
+
+async def test_finish_of_an_idle_session_records_nothing(
+    ready: PgInspector, writer: AuditWriter, db_path: Path
+) -> None:
+    await ready.from_client(pgm.query("SELECT 1"))
+    await ready.from_agent(select_reply(1).frame())
+    await ready.finish("closed")
+    await ready.finish("closed")  # twice: still one result
+    assert len(of_type(await all_events(writer, db_path), "db.result")) == 1
+
+
+async def test_every_statement_in_flight_is_tried_and_a_lost_one_is_reported(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, db_path: Path
+) -> None:
+    """Async mode: the second statement's own event was never committed, so its result has no
+    seq to refer to. It is counted and reported as lost, and the third still gets its result
+    (the first failure used to stop the others)."""
+    from controlplane.audit.events import draft
+    from controlplane.audit.writer import AuditUnavailable
+
+    ctx.audit_mode = "async"
+    inspector = PgInspector(ctx, writer, wakes)
+    await inspector.from_client(STARTUP)
+    await inspector.from_agent(login_reply().frame())
+    await inspector.from_client(pgm.query("SELECT 'one'"))
+    await writer.commit(draft("test.marker"))  # the first query's event is committed
+    sql(db_path, REFUSE_INSERTS)
+    await inspector.from_client(pgm.query("SELECT 'two'"))
+    with pytest.raises(AuditUnavailable):
+        await writer.commit(draft("test.marker"))  # the second one's commit failed with it
+    sql(db_path, ALLOW_INSERTS)
+    await inspector.from_client(pgm.query("SELECT 'three'"))
+    with writer.watching("sess-1") as loss:
+        await inspector.finish("the login expired")
+    assert (loss.count, writer.result_failures) == (1, 1)
+    assert "db.result could not be recorded" in loss.reason
+    events = await all_events(writer, db_path)
+    texts = {e["seq"]: e["request"]["statement"] for e in of_type(events, "db.query")}
+    assert sorted(texts.values()) == ["SELECT 'one'", "SELECT 'three'"]
+    results = of_type(events, "db.result")
+    assert sorted(texts[r["ref"]] for r in results) == ["SELECT 'one'", "SELECT 'three'"]
+    assert all(r["result"]["error"] == "unknown" for r in results)

@@ -233,7 +233,9 @@ async def test_an_agent_that_leaves_without_an_exit_still_ends_the_command(
     await h.inspector.finish("agent gone")
     result = events(db)[-1]
     assert result["type"] == "ssh.result"
-    assert "agent gone" in result["result"]["error"]
+    # No exit status came: none is recorded, the outcome is unknown and the reason given.
+    assert result["result"]["error"] == "unknown" and "exit_code" not in result["result"]
+    assert result["result"]["message"].endswith("agent gone")
 
 
 # ---- a program on stdin ---------------------------------------------------------------------
@@ -374,4 +376,5 @@ async def test_a_lost_agent_leaves_a_result_saying_the_outcome_is_unknown(
     await h.inspector.finish("agent_lost")  # no second result
     results = [e for e in events(db) if e["type"] == "shell.result"]
     assert len(results) == 1
-    assert results[0]["result"]["error"].startswith("unknown: agent lost")
+    assert results[0]["result"]["error"] == "unknown"
+    assert results[0]["result"]["message"] == "agent lost before the result arrived"

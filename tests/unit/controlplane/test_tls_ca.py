@@ -132,5 +132,3 @@ def test_bad_csrs_are_refused(tmp_path: Path) -> None:
     csr, _ = _csr()
     with pytest.raises(InvalidArgument, match="lifetime"):
         ca.sign_csr(csr, "x", datetime.timedelta(days=1000))
-    with pytest.raises(ValueError, match="client certificates only"):
-        ca.sign_csr(csr, "x", datetime.timedelta(minutes=1), client=False)
