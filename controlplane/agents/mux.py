@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,24 +121,22 @@ class Leg:
 
     async def _ended(self) -> None:
         """The agent's end of the session arrived, or the tunnel closed."""
-        done = asyncio.create_task(self.agent_done.wait())
-        closed = asyncio.create_task(self.tunnel.closed.wait())
-        try:
-            await asyncio.wait({done, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            done.cancel()
-            closed.cancel()
+        await self._or_closed(self.agent_done.wait())
 
     async def _credit_or_closed(self) -> bool:
         """Wait for the agent's engine to take data; False if the session closed first."""
-        spend = asyncio.create_task(self.credit.spend(0))
+        await self._or_closed(self.credit.spend(0))
+        return not self.tunnel.closed.is_set()
+
+    async def _or_closed(self, waiting: Coroutine[Any, Any, Any]) -> None:
+        """Wait for `waiting` or the tunnel's close, whichever comes first."""
+        first = asyncio.create_task(waiting)
         closed = asyncio.create_task(self.tunnel.closed.wait())
         try:
-            await asyncio.wait({spend, closed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({first, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            spend.cancel()
+            first.cancel()
             closed.cancel()
-        return not self.tunnel.closed.is_set()
 
 
 class SessionStream:

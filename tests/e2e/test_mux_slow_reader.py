@@ -124,7 +124,7 @@ def test_a_client_that_stops_reading_does_not_slow_the_other_sessions(
     finally:
         stalled.close()
     assert during <= SLOWDOWN * baseline, (
-        f"{SESSIONS}×{STATEMENTS} statements took {during:.2f} s beside a stalled session, "
+        f"{SESSIONS} x {STATEMENTS} statements took {during:.2f} s beside a stalled session, "
         f"{baseline:.2f} s without it"
     )
     # The stalled session ends when its client leaves; the target stops sending.
