@@ -5,9 +5,10 @@ In production the agent verifies the control plane against the CA its join token
 mTLS and renews its short-lived certificate at 2/3 of its lifetime (docs/decisions/0016).
 
 The agent only dials out. It keeps the control stream open with heartbeats, applies the policy
-pushed to it (its connections and secret references), and for every session order dials a
-session stream back. When the control plane goes away it retries with exponential backoff and
-full jitter, so a thousand agents do not stampede a restarted control plane.
+pushed to it (its connections and secret references), and for every session order attaches the
+session on its session stream to that replica (one per replica, docs/decisions/0027). When the
+control plane goes away it retries with exponential backoff and full jitter, so a thousand agents
+do not stampede a restarted control plane.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import grpc
 
 from agent import __version__, credentials, enrollment
 from agent.metrics import AgentStats, start_http
+from agent.mux import SessionMux
 from agent.sessions import serve_session
 from agent.settings import AgentSettings
 from agent.term.shell import own_account
@@ -96,6 +98,8 @@ class Agent:
         self._at = random.randrange(len(self._addresses))
         # Channels to other replicas that hold the clients of sessions (their `dial`).
         self._dialed: dict[str, grpc.aio.Channel] = {}
+        # The session stream on each channel (one per replica), opened on first use.
+        self._muxes: dict[grpc.aio.Channel, SessionMux] = {}
 
     @property
     def address(self) -> str:
@@ -284,10 +288,13 @@ class Agent:
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
         running = set(self.state.sessions)
+        mux = self._muxes.pop(channel, None)  # the next sessions open one on the new channel
 
         async def close_when_idle() -> None:
             if running:
                 await asyncio.wait(running)
+            if mux is not None:
+                await mux.close()
             await channel.close(None)
 
         task = asyncio.create_task(close_when_idle())
@@ -371,6 +378,8 @@ class Agent:
             for task in list(self._retired):
                 task.cancel()
             await asyncio.gather(*self._retired, return_exceptions=True)
+            for mux in self._muxes.values():
+                await mux.close()
             for channel in (self.channel, self._next_channel, *self._dialed.values()):
                 if channel is not None:
                     await channel.close(None)
@@ -387,6 +396,7 @@ class Agent:
             hostname=socket.gethostname(),
             uid=account.uid,
             user=account.user or "",
+            multiplexed=True,
         )
         await call.write(agent_pb2.AgentMessage(hello=hello))
         heartbeat: asyncio.Task[None] | None = None
@@ -466,7 +476,10 @@ class Agent:
                 )
                 return
             channel = self._dial(order.dial)
-        task = asyncio.create_task(serve_session(channel, metadata, order, spec, self.stats))
+        mux = self._muxes.get(channel)
+        if mux is None:
+            mux = self._muxes[channel] = SessionMux(channel, metadata, self.stats)
+        task = asyncio.create_task(serve_session(mux, order, spec, self.stats))
         self.state.sessions.add(task)
         task.add_done_callback(self.state.sessions.discard)
 

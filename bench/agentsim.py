@@ -130,7 +130,9 @@ async def simulate(
     try:
         async with gate:  # connect a bounded number at a time, like a staggered fleet
             call = stub.Control(metadata=metadata)  # type: ignore[call-arg]
-            hello = agent_pb2.Hello(name=agent_name(index), version="bench", hostname="bench")
+            hello = agent_pb2.Hello(
+                name=agent_name(index), version="bench", hostname="bench", multiplexed=True
+            )
             await call.write(agent_pb2.AgentMessage(hello=hello))
             welcome = await call.read()
             if not isinstance(welcome, agent_pb2.ControlMessage) or not welcome.HasField("welcome"):

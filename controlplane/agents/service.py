@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable
@@ -12,10 +11,12 @@ from typing import Any, TypeVar
 import grpc
 
 from controlplane.agents.certificates import Issued
+from controlplane.agents.mux import SessionStream
 from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.auth.failures import AuthFailures
 from controlplane.auth.sources import current_source
 from controlplane.errors import (
+    FailedPrecondition,
     GatehouseError,
     InvalidArgument,
     PermissionDenied,
@@ -23,16 +24,13 @@ from controlplane.errors import (
     unary,
 )
 from controlplane.policy.store import PolicyStore
-from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
+from controlplane.relay.tunnel import Tunnels
 from controlplane.store.models import AgentInstanceRow
 from controlplane.tls.peers import grpc_peer
+from gatehouse import __version__
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
-DRAIN_TIMEOUT = 30.0
-# How long an agent's end of stream waits for gRPC to say the call broke instead (a killed
-# agent), when the client was not done: the session then ends as agent_lost.
-EOF_GRACE = 0.25
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -50,6 +48,15 @@ def revoked_message(name: str) -> str:
     return (
         f"agent {name!r} was revoked: to bring it back, an admin creates a new join token "
         f"with `gatehouse admin agents create {name}` and the agent is started with it"
+    )
+
+
+def outdated_message(version: str) -> str:
+    """What an agent too old for the multiplexed session stream is told (decision 0027)."""
+    return (
+        f"agent version {version or 'unknown'} carries sessions on per-session streams, "
+        f"which this control plane (version {__version__}) no longer serves: upgrade the "
+        "agent to the control plane's version (agents and control plane ship together)"
     )
 
 
@@ -141,6 +148,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise InvalidArgument("the control stream must start with hello")
+            if not first.hello.multiplexed:
+                raise FailedPrecondition(outdated_message(first.hello.version))
             link = await self._registry.connected(row, first.hello, grpc_peer(context))
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
@@ -196,86 +205,53 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         while True:
             await context.write(await link.outbox.get())
 
-    async def Session(  # type: ignore[override]  # read/write API, not a generator
+    async def Sessions(  # type: ignore[override]  # read/write API, not a generator
         self, request_iterator: Any, context: Context
     ) -> None:
-        """The agent's half of a session: frames in, audited client bytes out."""
+        """The agent's half of its sessions on this replica, multiplexed (decision 0027)."""
         try:
             row = await self._authenticate(context)
-            # Taken before the attach is read: a revocation while the agent attaches still
-            # ends this session (revoking pops the event it sets).
-            revoked = self._registry.revocation(row.id)
-            first = await asyncio.wait_for(context.read(), 10)
-            if not isinstance(first, agent_pb2.AgentFrame) or not first.HasField("attach"):
-                raise InvalidArgument("a session stream must start with attach")
-            attach = first.attach
-            run_as = attach.run_as if attach.HasField("run_as") else None
-            tunnel = self._tunnels.attach(attach.session_id, row.name, run_as)
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
             return
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no attach within 10 s")
-            return
+        stream = SessionStream(self._tunnels, row.name)
+        revoked = self._registry.revocation(row.id)
+        reader = asyncio.create_task(self._read_sessions(stream, context))
+        writer = asyncio.create_task(_write_sessions(stream, context))
         cut = asyncio.create_task(revoked.wait())
-        # Revoked: end both directions at once (not when the session is done: then cancelled).
-        why = (
-            f"agent {row.name!r} (instance {row.id}) serving this session was revoked; run it "
-            "again to have another instance serve it"
-        )
-        cut.add_done_callback(lambda task: None if task.cancelled() else tunnel.revoke(why))
-        reader = asyncio.create_task(_agent_to_client(tunnel, context))
         try:
-            await self._to_agent(tunnel, context, reader)
-        except asyncio.CancelledError:
-            # gRPC cancels the handler when the agent's connection drops mid-stream.
-            if not tunnel.closed.is_set():
-                tunnel.lost = True
-            raise
+            await asyncio.wait({reader, writer, cut}, return_when=asyncio.FIRST_COMPLETED)
+            if cut.done():
+                # Revoked: end its sessions at once (not when they are done: then cancelled),
+                # each telling its client why (57P01, after its in-flight results).
+                stream.revoke(
+                    f"agent {row.name!r} (instance {row.id}) serving this session was revoked; "
+                    "run it again to have another instance serve it"
+                )
         finally:
-            cut.cancel()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            for task in (reader, writer, cut):
+                task.cancel()
+            # Ended, broken or cancelled (gRPC cancels the handler when the agent's connection
+            # drops): a session the agent did not end has an unknown outcome (agent_lost).
+            await stream.broken()
+            await asyncio.gather(reader, writer, cut, return_exceptions=True)
         if revoked.is_set():
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, revoked_message(row.name))
+        for task in (reader, writer):
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("agent %s: session stream failed: %r", row.name, task.exception())
 
     @staticmethod
-    async def _to_agent(tunnel: Tunnel, context: Context, reader: asyncio.Task[None]) -> None:
-        """Audited client bytes (and cancels, and the end) to the agent."""
-        while True:
-            item = await tunnel.to_agent.get()
-            if item is None:
-                if not tunnel.closed.is_set():
-                    # The client is done sending; its last answers are still on their way.
-                    tunnel.ending = True
-                    await context.write(agent_pb2.GatewayFrame(end=True))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
-                break
-            if isinstance(item, Cancel):
-                await context.write(agent_pb2.GatewayFrame(cancel=True))
-            else:
-                await context.write(agent_pb2.GatewayFrame(data=item))
-
-
-async def _agent_to_client(tunnel: Tunnel, context: Context) -> None:
-    try:
+    async def _read_sessions(stream: SessionStream, context: Context) -> None:
         while True:
             message = await context.read()
-            if not isinstance(message, agent_pb2.AgentFrame):  # end of stream
-                if not tunnel.closed.is_set() and not tunnel.ending:
-                    # A killed agent's stream reads as ended too; gRPC reports the broken
-                    # call (by cancelling the handler, which marks the tunnel lost) a moment
-                    # later. Wait that moment before taking the end as clean.
-                    await asyncio.sleep(EOF_GRACE)
-                break
-            if message.HasField("frame"):
-                await tunnel.to_client.put(message.frame)
-    except Exception:
-        # The stream broke rather than ended: the agent is gone, its answers with it.
-        if not tunnel.closed.is_set():
-            tunnel.lost = True
-        raise
-    finally:
-        if not tunnel.closed.is_set():
-            await tunnel.to_client.put(None)
+            if not isinstance(message, agent_pb2.AgentBatch):  # end of stream
+                return
+            stream.receive(message)
+
+
+async def _write_sessions(stream: SessionStream, context: Context) -> None:
+    """Everything queued for the agent, across sessions, as one message per write."""
+    while True:
+        events = await stream.outbox.take()
+        await context.write(agent_pb2.GatewayBatch(events=events))

@@ -167,6 +167,7 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    MULTIPLEXED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     hostname: _builtins.str
@@ -175,6 +176,11 @@ class Hello(_message.Message):
     `admin apply` warns when that is root. Unset on agents older than this field.
     """
     user: _builtins.str
+    multiplexed: _builtins.bool
+    """The agent carries sessions on the multiplexed `Sessions` stream (docs/decisions/0027).
+    An agent without it only knows the removed per-session stream: its control stream is
+    refused with a message saying to upgrade it.
+    """
     def __init__(
         self,
         *,
@@ -183,10 +189,11 @@ class Hello(_message.Message):
         hostname: _builtins.str = ...,
         uid: _builtins.int | None = ...,
         user: _builtins.str = ...,
+        multiplexed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "hostname", b"hostname", "name", b"name", "uid", b"uid", "user", b"user", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "hostname", b"hostname", "multiplexed", b"multiplexed", "name", b"name", "uid", b"uid", "user", b"user", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
     _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
@@ -390,30 +397,149 @@ class OpenSession(_message.Message):
 Global___OpenSession: _TypeAlias = OpenSession  # noqa: Y015
 
 @_typing.final
-class AgentFrame(_message.Message):
+class AgentBatch(_message.Message):
+    """What the agent sends on its `Sessions` stream: every event queued when the writer ran."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    ATTACH_FIELD_NUMBER: _builtins.int
-    FRAME_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def attach(self) -> Global___SessionAttach: ...
-    @_builtins.property
-    def frame(self) -> _tunnel_pb2.Frame: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentEvent]: ...
     def __init__(
         self,
         *,
+        events: _abc.Iterable[Global___AgentEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentBatch: _TypeAlias = AgentBatch  # noqa: Y015
+
+@_typing.final
+class AgentEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    ATTACH_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    session: _builtins.int
+    """The session's number on this stream, chosen by the agent when it attaches (never reused
+    on the same stream).
+    """
+    credit: _builtins.int
+    """The agent's engine took this many bytes of client data: the control plane may send as
+    many more (the window it starts with is CLIENT_WINDOW, agent/mux.py).
+    """
+    end: _builtins.bool
+    """The session ended on the agent (the engine finished; its last frame is before this)."""
+    lost: _builtins.str
+    """The session broke on the agent (its engine failed, the agent is stopping): what the
+    target was doing has an unknown outcome (the session ends as agent_lost). Says why.
+    """
+    @_builtins.property
+    def attach(self) -> Global___SessionAttach:
+        """opens `session`: first event of every session"""
+
+    @_builtins.property
+    def frame(self) -> _tunnel_pb2.Frame:
+        """the target's bytes with their marks"""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.int = ...,
         attach: Global___SessionAttach | None = ...,
         frame: _tunnel_pb2.Frame | None = ...,
+        credit: _builtins.int = ...,
+        end: _builtins.bool = ...,
+        lost: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "frame", b"frame", "msg", b"msg"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "credit", b"credit", "end", b"end", "frame", b"frame", "lost", b"lost", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "frame", b"frame", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "credit", b"credit", "end", b"end", "frame", b"frame", "lost", b"lost", "msg", b"msg", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["attach", "frame"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["attach", "frame", "credit", "end", "lost"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
-Global___AgentFrame: _TypeAlias = AgentFrame  # noqa: Y015
+Global___AgentEvent: _TypeAlias = AgentEvent  # noqa: Y015
+
+@_typing.final
+class GatewayBatch(_message.Message):
+    """What the control plane sends on a `Sessions` stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___GatewayEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___GatewayEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayBatch: _TypeAlias = GatewayBatch  # noqa: Y015
+
+@_typing.final
+class GatewayEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    session: _builtins.int
+    data: _builtins.bytes
+    """Client bytes, forwarded only after their audit events were committed."""
+    cancel: _builtins.bool
+    """Cancel what the session is running on the target, with the credentials only the agent
+    knows (for PostgreSQL: a CancelRequest with the target's own backend key).
+    """
+    end: _builtins.bool
+    """The client finished sending (it may still read): pass the end on to the target and
+    relay its last answers before closing.
+    """
+    credit: _builtins.int
+    """The client's side took this many bytes of the target's frames: the agent may send as
+    many more (its window starts at TARGET_WINDOW, agent/mux.py).
+    """
+    close: _builtins.str
+    """The control plane is done with the session (its client left, it was refused or cut):
+    the agent stops its engine. Carries why, for the agent's log.
+    """
+    def __init__(
+        self,
+        *,
+        session: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        cancel: _builtins.bool = ...,
+        end: _builtins.bool = ...,
+        credit: _builtins.int = ...,
+        close: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "close", b"close", "credit", b"credit", "data", b"data", "end", b"end", "msg", b"msg"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "close", b"close", "credit", b"credit", "data", b"data", "end", b"end", "msg", b"msg", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["data", "cancel", "end", "credit", "close"]  # noqa: Y015
+    _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
+
+Global___GatewayEvent: _TypeAlias = GatewayEvent  # noqa: Y015
 
 @_typing.final
 class SessionAttach(_message.Message):
@@ -481,36 +607,3 @@ class RunAs(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
 
 Global___RunAs: _TypeAlias = RunAs  # noqa: Y015
-
-@_typing.final
-class GatewayFrame(_message.Message):
-    """Client bytes, forwarded only after their audit events were committed."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DATA_FIELD_NUMBER: _builtins.int
-    CANCEL_FIELD_NUMBER: _builtins.int
-    END_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    cancel: _builtins.bool
-    """Cancel what the session is running on the target, with the credentials only the agent
-    knows (for PostgreSQL: a CancelRequest with the target's own backend key).
-    """
-    end: _builtins.bool
-    """The client finished sending (it may still read): pass the end on to the target and
-    relay its last answers before closing.
-    """
-    def __init__(
-        self,
-        *,
-        data: _builtins.bytes = ...,
-        cancel: _builtins.bool = ...,
-        end: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "data", b"data", "end", b"end"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GatewayFrame: _TypeAlias = GatewayFrame  # noqa: Y015

@@ -50,10 +50,10 @@ class AgentServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_agent__pb2.ControlMessage.FromString,
                 _registered_method=True)
-        self.Session = channel.stream_stream(
-                '/gatehouse.v1.AgentService/Session',
-                request_serializer=gatehouse_dot_v1_dot_agent__pb2.AgentFrame.SerializeToString,
-                response_deserializer=gatehouse_dot_v1_dot_agent__pb2.GatewayFrame.FromString,
+        self.Sessions = channel.stream_stream(
+                '/gatehouse.v1.AgentService/Sessions',
+                request_serializer=gatehouse_dot_v1_dot_agent__pb2.AgentBatch.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_agent__pb2.GatewayBatch.FromString,
                 _registered_method=True)
 
 
@@ -84,9 +84,12 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Session(self, request_iterator, context):
-        """One stream per session, dialled by the agent after an OpenSession order. The first
-        message must be `attach`.
+    def Sessions(self, request_iterator, context):
+        """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
+        the agent dials when the first OpenSession order for this replica arrives and keeps open
+        (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
+        session has its own credit, so a session whose reader stalls never stalls another.
+        (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,10 +113,10 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=gatehouse_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=gatehouse_dot_v1_dot_agent__pb2.ControlMessage.SerializeToString,
             ),
-            'Session': grpc.stream_stream_rpc_method_handler(
-                    servicer.Session,
-                    request_deserializer=gatehouse_dot_v1_dot_agent__pb2.AgentFrame.FromString,
-                    response_serializer=gatehouse_dot_v1_dot_agent__pb2.GatewayFrame.SerializeToString,
+            'Sessions': grpc.stream_stream_rpc_method_handler(
+                    servicer.Sessions,
+                    request_deserializer=gatehouse_dot_v1_dot_agent__pb2.AgentBatch.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_agent__pb2.GatewayBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -209,7 +212,7 @@ class AgentService:
             _registered_method=True)
 
     @staticmethod
-    def Session(request_iterator,
+    def Sessions(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -222,9 +225,9 @@ class AgentService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/gatehouse.v1.AgentService/Session',
-            gatehouse_dot_v1_dot_agent__pb2.AgentFrame.SerializeToString,
-            gatehouse_dot_v1_dot_agent__pb2.GatewayFrame.FromString,
+            '/gatehouse.v1.AgentService/Sessions',
+            gatehouse_dot_v1_dot_agent__pb2.AgentBatch.SerializeToString,
+            gatehouse_dot_v1_dot_agent__pb2.GatewayBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,9 +43,12 @@ class AgentServiceStub:
     """One long-lived stream per agent: registration, heartbeats, policy, session orders.
     Authenticated by the client certificate (production) or the bearer credential (--dev).
     """
-    Session: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentFrame, _agent_pb2.GatewayFrame]
-    """One stream per session, dialled by the agent after an OpenSession order. The first
-    message must be `attach`.
+    Sessions: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentBatch, _agent_pb2.GatewayBatch]
+    """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
+    the agent dials when the first OpenSession order for this replica arrives and keeps open
+    (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
+    session has its own credit, so a session whose reader stalls never stalls another.
+    (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
     """
 
 @_typing.type_check_only
@@ -63,9 +66,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """One long-lived stream per agent: registration, heartbeats, policy, session orders.
     Authenticated by the client certificate (production) or the bearer credential (--dev).
     """
-    Session: _aio.StreamStreamMultiCallable[_agent_pb2.AgentFrame, _agent_pb2.GatewayFrame]  # type: ignore[assignment]
-    """One stream per session, dialled by the agent after an OpenSession order. The first
-    message must be `attach`.
+    Sessions: _aio.StreamStreamMultiCallable[_agent_pb2.AgentBatch, _agent_pb2.GatewayBatch]  # type: ignore[assignment]
+    """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
+    the agent dials when the first OpenSession order for this replica arrives and keeps open
+    (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
+    session has its own credit, so a session whose reader stalls never stalls another.
+    (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,13 +106,16 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def Session(
+    def Sessions(
         self,
-        request_iterator: _MaybeAsyncIterator[_agent_pb2.AgentFrame],
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.AgentBatch],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.GatewayFrame], _abc.AsyncIterator[_agent_pb2.GatewayFrame]]:
-        """One stream per session, dialled by the agent after an OpenSession order. The first
-        message must be `attach`.
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.GatewayBatch], _abc.AsyncIterator[_agent_pb2.GatewayBatch]]:
+        """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
+        the agent dials when the first OpenSession order for this replica arrives and keeps open
+        (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
+        session has its own credit, so a session whose reader stalls never stalls another.
+        (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

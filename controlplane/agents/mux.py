@@ -1,0 +1,223 @@
+"""The control plane's end of an agent's multiplexed `Sessions` stream (docs/decisions/0027).
+
+One stream carries every session the agent instance serves through this replica. Each session
+joins its client's Tunnel (controlplane/relay/tunnel.py) exactly as a per-session stream did:
+frames go into `tunnel.to_client`, audited client bytes come out of `tunnel.to_agent`. What
+changes is underneath: one writer sends everything queued as one message, and each session's
+credit keeps one stalled client from holding up the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.errors import GatehouseError
+from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
+from gatehouse.v1 import agent_pb2, tunnel_pb2
+from wire.mux import Credit, Grants, Outbox
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 30.0
+"""After the client finished sending, how long the agent's end of the session is awaited."""
+
+Delivery = tunnel_pb2.Frame | None
+
+
+@dataclass(eq=False)
+class Leg:
+    """One session on the stream."""
+
+    number: int
+    tunnel: Tunnel
+    outbox: Outbox[agent_pb2.GatewayEvent]
+    credit: Credit = field(default_factory=Credit)  # client bytes we may still send
+    grants: Grants = field(init=False)
+    # Frames the client's side has not taken yet (its queue was full): bounded by the
+    # agent's credit, which is granted back only as they move on.
+    backlog: deque[Delivery] = field(default_factory=deque)
+    draining: asyncio.Task[None] | None = None
+    agent_done: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.grants = Grants(self._grant)
+
+    def _grant(self, size: int) -> None:
+        self.outbox.put(agent_pb2.GatewayEvent(session=self.number, credit=size))
+
+    def send(self, **fields: Any) -> None:
+        self.outbox.put(agent_pb2.GatewayEvent(session=self.number, **fields))
+
+    def deliver(self, item: Delivery) -> None:
+        """A frame (or the end, None) for the client's side, in order, never blocking."""
+        if not self.backlog:
+            try:
+                self.tunnel.to_client.put_nowait(item)
+            except asyncio.QueueFull:
+                pass
+            else:
+                if item is not None:
+                    self.grants.took(len(item.data))
+                return
+        self.backlog.append(item)
+        if self.draining is None:
+            self.draining = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.backlog:
+                item = self.backlog[0]
+                put = asyncio.create_task(self.tunnel.to_client.put(item))
+                closed = asyncio.create_task(self.tunnel.closed.wait())
+                await asyncio.wait({put, closed}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                if not put.done():  # the client's side is gone: nobody will take the rest
+                    put.cancel()
+                    self.backlog.clear()
+                    return
+                self.backlog.popleft()
+                if item is not None:
+                    self.grants.took(len(item.data))
+        finally:
+            self.draining = None
+
+    def broken(self) -> None:
+        """The stream broke (or ended) before the agent ended this session: whatever the
+        target was doing, its outcome is unknown (the session ends as agent_lost)."""
+        if not self.tunnel.closed.is_set() and not self.agent_done.is_set():
+            self.tunnel.lost = True
+            self.deliver(None)
+        self.credit.close()
+
+    async def to_agent(self) -> None:
+        """Audited client bytes (and cancels, and the end) to the agent, within credit."""
+        tunnel = self.tunnel
+        while True:
+            item = await tunnel.to_agent.get()
+            if item is None:
+                if tunnel.closed.is_set():
+                    break
+                # The client is done sending; its last answers are still on their way.
+                tunnel.ending = True
+                self.send(end=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ended(), DRAIN_TIMEOUT)
+                break
+            if isinstance(item, Cancel):
+                self.send(cancel=True)
+                continue
+            if self.credit.exhausted and not await self._credit_or_closed():
+                break
+            await self.credit.spend(len(item))
+            self.outbox.put(agent_pb2.GatewayEvent(session=self.number, data=item), len(item))
+
+    async def _ended(self) -> None:
+        """The agent's end of the session arrived, or the tunnel closed."""
+        await self._or_closed(self.agent_done.wait())
+
+    async def _credit_or_closed(self) -> bool:
+        """Wait for the agent's engine to take data; False if the session closed first."""
+        await self._or_closed(self.credit.spend(0))
+        return not self.tunnel.closed.is_set()
+
+    async def _or_closed(self, waiting: Coroutine[Any, Any, Any]) -> None:
+        """Wait for `waiting` or the tunnel's close, whichever comes first."""
+        first = asyncio.create_task(waiting)
+        closed = asyncio.create_task(self.tunnel.closed.wait())
+        try:
+            await asyncio.wait({first, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+            closed.cancel()
+
+
+class SessionStream:
+    """The sessions of one `Sessions` call, by the agent's session numbers."""
+
+    def __init__(self, tunnels: Tunnels, agent: str) -> None:
+        self._tunnels = tunnels
+        self._agent = agent
+        self.outbox: Outbox[agent_pb2.GatewayEvent] = Outbox()
+        self.legs: dict[int, Leg] = {}
+
+    def receive(self, batch: agent_pb2.AgentBatch) -> None:
+        """Dispatch one message of the agent's; never waits (a full client queue is a leg's
+        backlog, bounded by that session's credit)."""
+        for event in batch.events:
+            kind = event.WhichOneof("msg")
+            if kind == "frame":
+                leg = self.legs.get(event.session)
+                if leg is not None:
+                    leg.deliver(event.frame)
+            elif kind == "credit":
+                leg = self.legs.get(event.session)
+                if leg is not None:
+                    leg.credit.grant(event.credit)
+            elif kind == "end":
+                leg = self.legs.get(event.session)
+                if leg is not None and not leg.agent_done.is_set():
+                    leg.agent_done.set()
+                    if not leg.tunnel.closed.is_set():
+                        leg.deliver(None)
+            elif kind == "lost":
+                leg = self.legs.get(event.session)
+                if leg is not None:
+                    log.warning(
+                        "session %s lost on the agent: %s", leg.tunnel.session_id, event.lost
+                    )
+                    leg.broken()
+            elif kind == "attach":
+                self._attach(event.session, event.attach)
+
+    def _attach(self, number: int, attach: agent_pb2.SessionAttach) -> None:
+        if number in self.legs:
+            self.outbox.put(
+                agent_pb2.GatewayEvent(session=number, close=f"session {number} is in use")
+            )
+            return
+        run_as = attach.run_as if attach.HasField("run_as") else None
+        # The session's own log context (wire/logcontext.py) for its lines, not the stream's.
+        context = contextvars.copy_context()
+        try:
+            tunnel = context.run(self._tunnels.attach, attach.session_id, self._agent, run_as)
+        except GatehouseError as exc:
+            log.warning("agent %s: session %s refused: %s", self._agent, attach.session_id, exc)
+            self.outbox.put(agent_pb2.GatewayEvent(session=number, close=str(exc)))
+            return
+        leg = Leg(number, tunnel, self.outbox)
+        self.legs[number] = leg
+        leg.pump = asyncio.create_task(self._pump(leg), context=context)
+
+    async def _pump(self, leg: Leg) -> None:
+        try:
+            await leg.to_agent()
+        finally:
+            if self.legs.get(leg.number) is leg:
+                del self.legs[leg.number]
+                if not leg.agent_done.is_set():
+                    leg.send(close="the session ended at the control plane")
+            leg.credit.close()
+
+    def revoke(self, reason: str) -> None:
+        """Every tunnel of this stream ends now, as agent_revoked, telling its client `reason`."""
+        for leg in list(self.legs.values()):
+            leg.tunnel.revoke(reason)
+
+    async def broken(self) -> None:
+        """The stream is gone: its open sessions are lost; their pumps stop."""
+        legs = list(self.legs.values())
+        self.legs.clear()
+        for leg in legs:
+            leg.broken()
+            if leg.pump is not None:
+                leg.pump.cancel()
+        pumps = [leg.pump for leg in legs if leg.pump is not None]
+        await asyncio.gather(*pumps, return_exceptions=True)

@@ -1,0 +1,134 @@
+"""Credit, grants and the batching outbox of the multiplexed agent leg (wire/mux.py), and a
+control-plane leg whose client stops taking frames: the stream's reader never waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+from controlplane.agents.mux import SessionStream
+from controlplane.relay.tunnel import QUEUE_FRAMES, Tunnels
+from gatehouse.v1 import agent_pb2, tunnel_pb2
+from wire.mux import WINDOW, Credit, Grants, Outbox
+
+
+async def test_a_sender_waits_once_its_window_is_spent_and_goes_on_when_granted() -> None:
+    credit = Credit(100)
+    await credit.spend(60)
+    await credit.spend(60)  # one message may overdraw: a frame larger than what is left
+    blocked = asyncio.create_task(credit.spend(10))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    credit.grant(30)  # still -20 + 30 = 10 > 0: the sender goes on
+    await asyncio.wait_for(blocked, 1)
+    assert credit.available == 0
+
+
+async def test_closing_releases_a_waiting_sender() -> None:
+    credit = Credit(1)
+    await credit.spend(1)
+    blocked = asyncio.create_task(credit.spend(5))
+    await asyncio.sleep(0)
+    credit.close()
+    await asyncio.wait_for(blocked, 1)
+
+
+def test_grants_go_back_in_few_large_events_and_never_strand_a_sender() -> None:
+    sent: list[int] = []
+    grants = Grants(sent.append, threshold=100)
+    for _ in range(9):
+        grants.took(10)
+    assert sent == []
+    grants.took(10)
+    assert sent == [100]
+    # A sender that spent its whole window can send again once the consumer took it all.
+    credit = Credit(WINDOW)
+    grants = Grants(credit.grant)
+    sent = 0
+    while not credit.exhausted:
+        credit.available -= 1000
+        sent += 1000
+    for _ in range(sent // 1000):
+        grants.took(1000)
+    assert not credit.exhausted
+
+
+async def test_the_writer_takes_everything_queued_as_one_batch_within_a_size_limit() -> None:
+    outbox: Outbox[str] = Outbox()
+    for name in ("a", "b", "c"):
+        outbox.put(name, 10)
+    assert await outbox.take() == ["a", "b", "c"]
+    outbox.put("big", 50)
+    outbox.put("next", 50)
+    assert await outbox.take(limit=60) == ["big"]
+    assert await outbox.take(limit=60) == ["next"]
+    waiting = asyncio.create_task(outbox.take())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    outbox.put("late")
+    assert await asyncio.wait_for(waiting, 1) == ["late"]
+
+
+def attach(number: int, session_id: str) -> agent_pb2.AgentEvent:
+    return agent_pb2.AgentEvent(
+        session=number, attach=agent_pb2.SessionAttach(session_id=session_id)
+    )
+
+
+def frame_event(number: int, size: int) -> agent_pb2.AgentEvent:
+    return agent_pb2.AgentEvent(session=number, frame=tunnel_pb2.Frame(data=b"x" * size))
+
+
+async def test_a_stalled_session_holds_its_frames_without_blocking_the_stream() -> None:
+    tunnels = Tunnels()
+    stalled, other = tunnels.expect("s-stalled", "a1"), tunnels.expect("s-other", "a1")
+    stream = SessionStream(tunnels, "a1")
+    stream.receive(
+        agent_pb2.AgentBatch(
+            events=[
+                attach(1, "s-stalled"),
+                attach(2, "s-other"),
+            ]
+        )
+    )
+    assert stalled.attached.is_set() and other.attached.is_set()
+    # Nobody reads the stalled session's client queue: its frames pile up in its leg.
+    stream.receive(agent_pb2.AgentBatch(events=[frame_event(1, 10_000) for _ in range(40)]))
+    # The stream's reader did not wait: the other session's frame is there at once.
+    stream.receive(agent_pb2.AgentBatch(events=[frame_event(2, 10)]))
+    got = other.to_client.get_nowait()
+    assert isinstance(got, tunnel_pb2.Frame) and got.data == b"x" * 10
+    assert stalled.to_client.full()
+    assert len(stream.legs[1].backlog) == 40 - QUEUE_FRAMES
+    # Credit was granted for what the client's side holds, not for the backlog.
+    events = await asyncio.wait_for(stream.outbox.take(), 1)
+    granted = sum(event.credit for event in events if event.session == 1)
+    assert 0 < granted <= QUEUE_FRAMES * 10_000
+    # The client takes its frames: the backlog drains and more credit goes back.
+    for _ in range(40):
+        await asyncio.wait_for(stalled.to_client.get(), 1)
+    draining = stream.legs[1].draining
+    if draining is not None:
+        await asyncio.wait_for(draining, 1)
+    assert not stream.legs[1].backlog
+    await stream.broken()
+    tunnels.discard(stalled)
+    tunnels.discard(other)
+
+
+async def test_a_broken_stream_loses_the_sessions_the_agent_did_not_end() -> None:
+    tunnels = Tunnels()
+    ended, running = tunnels.expect("s-ended", "a1"), tunnels.expect("s-running", "a1")
+    stream = SessionStream(tunnels, "a1")
+    stream.receive(
+        agent_pb2.AgentBatch(
+            events=[
+                attach(1, "s-ended"),
+                attach(2, "s-running"),
+                agent_pb2.AgentEvent(session=1, end=True),
+            ]
+        )
+    )
+    await stream.broken()
+    assert not ended.lost and running.lost
+    assert ended.to_client.get_nowait() is None
+    assert running.to_client.get_nowait() is None
