@@ -15,7 +15,7 @@ import re
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,23 +437,26 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
     server's log, in the order things ran); a DECLARE that ran gives the name its own text again.
     An event must then say the cursor's text is unknown (``cursors_unknown``), never claim one.
     The other way round, "unknown" is a claim too: only after the log shows a statement that
-    may run code (``Proof``) since the cursor was declared (or its portal first ran).
+    may run code (``Proof``) since the cursor was declared (or its portal first ran). Names
+    belong to one session: each server process is read on its own.
     """
     problems = []
-    opened: set[str] = set()
-    proof = Proof()
+    opened: defaultdict[int, set[str]] = defaultdict(set)
+    proofs: defaultdict[int, Proof] = defaultdict(Proof)
     # Each statement the server logged is the next event of its text that may have run (one
     # its pipeline skipped was never logged), whether that event claims a cursor text or not.
     ran = [q for q in trail.allowed() if (trail.result(q) or {}).get("error") != "skipped"]
     logged = list(entries(text))
     for index, entry in enumerate(logged):
+        proof = proofs[entry.pid]
         if entry.severity == "STATEMENT":
             proof.ran(entry.message, None, failed=True)
             continue
         if entry.severity != "LOG":
             continue
         if entry.message.startswith(OPENED_BY_CODE):
-            opened.add(entry.message.removeprefix(OPENED_BY_CODE))
+            opened[entry.pid].add(entry.message.removeprefix(OPENED_BY_CODE))
+            proof.opened(entry.message.removeprefix(OPENED_BY_CODE))
             continue
         match = _RUN_RE.fullmatch(entry.message)
         if match is None:
@@ -466,7 +469,7 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
             event = next((q for q in ran if _unknown_portal(q) == portal), None)
         if event is not None:
             ran.remove(event)
-            for name in sorted(opened & set(event["request"].get("cursors", ()))):
+            for name in sorted(opened[entry.pid] & set(event["request"].get("cursors", ()))):
                 problems.append(
                     f"claims the text of cursor {name!r}, which a function opened again: "
                     f"{statement!r} (seq {event['seq']})"
@@ -476,10 +479,11 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
                     f"calls the text of cursor {name!r} unknown, but nothing that could replace "
                     f"it ran since it was made: {statement!r} (seq {event['seq']})"
                 )
-        failed = index + 1 < len(logged) and logged[index + 1].severity == "ERROR"
+        after = (e.severity for e in logged[index + 1 :] if e.pid == entry.pid)
+        failed = next(after, "") == "ERROR"
         proof.ran(match["text"], portal, failed=failed, resumed=resumed)
         if not failed:
-            opened -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
+            opened[entry.pid] -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
     return problems
 
 
@@ -489,13 +493,22 @@ _BEGINS: Final = re.compile(r"(?i)\s*(?:begin|start)\b")
 
 @dataclass
 class Proof:
-    """Which cursors and portals the log shows made and not since exposed to code that could
-    have re-opened them, by the rule the gateway follows (decision 0010, item 7), read from
-    the log alone: a statement that may run code (`pg_sql`) exposes every cursor but the one it
-    runs, and, outside a transaction block or at the end of one that ran code, that one too.
-    A statement logged and then failed may have run code before it failed."""
+    """Which cursors and portals of one session the log shows made and not since exposed to
+    code that could have re-opened them, by the rule the gateway follows (decision 0010, item
+    7), read from the log alone: a statement that may run code (`pg_sql`) exposes every cursor
+    but the one it runs, and, outside a transaction block or at the end of one that ran code,
+    that one too. A statement logged and then failed may have run code before it failed. A
+    transaction's end drops its cursors not declared WITH HOLD and its portals.
+
+    The log does not show a Bind, only the text an Execute ran. An Execute of a portal that
+    was exposed (or that code opened) may run another text than the one it was bound with, so
+    the gateway cannot know what it runs: it counts as code, and its portal stays unproven (a
+    Bind the log cannot show may have made it afresh; then "unknown" is merely conservative).
+    """
 
     proven: set[str] = field(default_factory=set)
+    holdable: set[str] = field(default_factory=set)  # cursors declared WITH HOLD
+    seen: set[str] = field(default_factory=set)  # names made or run in this session
     in_block: bool = False
     code_in_block: bool = False
 
@@ -504,28 +517,47 @@ class Proof:
 
         found = pg_sql.statements(text)
         parts = [pg_sql.SqlStatement(text)] if isinstance(found, pg_sql.Unreadable) else found
+        unknown = bool(portal) and portal not in self.proven and (resumed or portal in self.seen)
         for part in parts:
             keeps = {portal} if portal else set()
             if part.fetches is not None:
                 keeps.add(part.fetches)
-            if part.runs_code:
+            if part.runs_code or unknown:
                 self.code_in_block = True
                 self.proven &= keeps if self.in_block else set()
             if _BEGINS.match(part.text) and not failed:
                 self.in_block, self.code_in_block = True, False
             elif _ENDS.match(part.text):
-                if self.code_in_block or not self.in_block:
-                    self.proven.clear()
-                self.in_block = self.code_in_block = False
+                self._ended()
             effect = part.effect
             if failed or effect is None:
                 continue
             if effect.op == "declare" and effect.name is not None:
                 self.proven.add(effect.name)
+                self.seen.add(effect.name)
+                if effect.holdable:
+                    self.holdable.add(effect.name)
+                else:
+                    self.holdable.discard(effect.name)
             elif effect.op in ("close", "discard"):
                 self.proven -= {effect.name} if effect.name else set(self.proven)
-        if portal and not resumed and not failed:
-            self.proven.add(portal)  # its first Execute: bound just before, and run now
+        if portal:
+            self.seen.add(portal)
+            if not resumed and not failed and not unknown:
+                self.proven.add(portal)  # its first Execute: bound just before, and run now
+        if not self.in_block:  # its own transaction (a pipeline's lasts to its Sync)
+            self.proven &= self.holdable | ({portal} if portal else set())
+
+    def opened(self, name: str) -> None:
+        """Code announced it opened a cursor by that name."""
+        self.proven.discard(name)
+        self.seen.add(name)
+
+    def _ended(self) -> None:
+        if self.code_in_block or not self.in_block:
+            self.proven.clear()
+        self.proven &= self.holdable
+        self.in_block = self.code_in_block = False
 
 
 def _deparsed(sql: str) -> str | None:

@@ -133,17 +133,22 @@ def test_a_cursor_a_function_opened_is_read_without_guardrails_and_refused_with(
     assert {cursor: None} in unknown
 
 
+def _read_then_reopen(client: PgWire, how: str) -> None:
+    """Portal c read twice in a transaction, then code (``how``) that re-opens it."""
+    client.run(query("begin"))
+    bound = parse("", "select g::text from generate_series(1, 4) g") + bind("", "c")
+    assert client.run(bound + execute("c", 1) + sync()).rows() == [["1"]]
+    assert client.run(execute("c", 1) + sync()).rows() == [["2"]]
+    assert client.run(query(how)).errors == []
+
+
 def test_a_portal_code_may_have_reopened_runs_with_its_text_unknown(
     open_window: pggate.Window, open_listener: Connect, how: str
 ) -> None:
     """PostgreSQL logs `execute <unnamed>/c: select 'reopened' as v`: the event of that Execute
     claims no text, it names the portal and marks the text it was bound with unknown."""
     with PgWire(open_listener.port) as client:
-        client.run(query("begin"))
-        bound = parse("", "select g::text from generate_series(1, 4) g") + bind("", "c")
-        assert client.run(bound + execute("c", 1) + sync()).rows() == [["1"]]
-        assert client.run(execute("c", 1) + sync()).rows() == [["2"]]
-        assert client.run(query(how)).errors == []
+        _read_then_reopen(client, how)
         assert client.run(execute("c", 1) + sync()).rows() == [["reopened"]]
         client.run(query("rollback"))
     trail = open_window.reconcile()
@@ -156,11 +161,7 @@ def test_a_guardrail_that_cannot_read_a_portal_refuses_its_execute(
     window: pggate.Window, listener: Connect, how: str
 ) -> None:
     with PgWire(listener.port) as client:
-        client.run(query("begin"))
-        bound = parse("", "select g::text from generate_series(1, 4) g") + bind("", "c")
-        assert client.run(bound + execute("c", 1) + sync()).rows() == [["1"]]
-        assert client.run(execute("c", 1) + sync()).rows() == [["2"]]
-        assert client.run(query(how)).errors == []
+        _read_then_reopen(client, how)
         [error] = client.run(execute("c", 1) + sync()).errors
         assert error["C"] == "42501"
         assert 'portal "c" may have been closed and opened again' in error["M"]
@@ -245,3 +246,26 @@ def test_a_cursor_declared_again_after_the_code_is_claimed_again(
     moves = [q["request"] for q in trail.allowed() if q["request"]["statement"] == "move 1 in c"]
     assert [m.get("cursors_unknown") for m in moves] == [{"c": DECLARED}, None]
     assert [m.get("cursors") for m in moves] == [None, {"c": DECLARED}]
+
+
+def test_a_cursor_of_another_session_or_an_ended_transaction_is_unknown(
+    open_window: pggate.Window, open_listener: Connect
+) -> None:
+    """The log check reads each session on its own and drops a transaction's cursors at its
+    end: a FETCH of c1 in a new session, or after the COMMIT that ended it, names a cursor the
+    gateway never saw declared there (found by the fuzzer: the check had read one log for all
+    sessions)."""
+    with PgWire(open_listener.port) as client:
+        client.run(query("begin"))
+        client.run(query("declare c1 cursor for select 'declared' as v"))
+    with PgWire(open_listener.port) as client:
+        [error] = client.run(query("fetch 1 from c1")).errors
+        assert error["C"] == "34000"
+        client.run(query("begin"))
+        client.run(query("declare c1 cursor for select 'declared' as v"))
+        client.run(query("commit"))
+        [error] = client.run(query("fetch 1 from c1")).errors
+        assert error["C"] == "34000"
+    trail = open_window.reconcile()
+    unknown = [q["request"].get("cursors_unknown") for q in trail.allowed()]
+    assert unknown.count({"c1": None}) == 2
