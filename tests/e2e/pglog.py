@@ -498,7 +498,8 @@ class Proof:
     7), read from the log alone: a statement that may run code (`pg_sql`) exposes every cursor
     but the one it runs, and, outside a transaction block or at the end of one that ran code,
     that one too. A statement logged and then failed may have run code before it failed. A
-    transaction's end drops its cursors not declared WITH HOLD and its portals.
+    transaction's end drops its cursors not declared WITH HOLD and its portals, and, if it ran
+    code, leaves none proven (its COMMIT runs each holdable cursor's query).
 
     The log does not show a Bind, only the text an Execute ran. An Execute of a portal that
     was exposed (or that code opened) may run another text than the one it was bound with, so
@@ -518,12 +519,13 @@ class Proof:
         found = pg_sql.statements(text)
         parts = [pg_sql.SqlStatement(text)] if isinstance(found, pg_sql.Unreadable) else found
         unknown = bool(portal) and portal not in self.proven and (resumed or portal in self.seen)
+        code = unknown
         for part in parts:
             keeps = {portal} if portal else set()
             if part.fetches is not None:
                 keeps.add(part.fetches)
             if part.runs_code or unknown:
-                self.code_in_block = True
+                code = self.code_in_block = True
                 self.proven &= keeps if self.in_block else set()
             if _BEGINS.match(part.text) and not failed:
                 self.in_block, self.code_in_block = True, False
@@ -545,8 +547,10 @@ class Proof:
             self.seen.add(portal)
             if not resumed and not failed and not unknown:
                 self.proven.add(portal)  # its first Execute: bound just before, and run now
-        if not self.in_block:  # its own transaction (a pipeline's lasts to its Sync)
-            self.proven &= self.holdable | ({portal} if portal else set())
+        if not self.in_block:  # its own transaction (a pipeline's lasts to its Sync) ended,
+            # which, if it ran code, may run more (a holdable cursor's query, to keep its rows)
+            kept = {portal} if portal else set()
+            self.proven &= kept if code else self.holdable | kept
 
     def opened(self, name: str) -> None:
         """Code announced it opened a cursor by that name."""
