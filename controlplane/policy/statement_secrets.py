@@ -13,6 +13,11 @@ case cannot hide one; each secret literal is then replaced, in place, by `'***'`
 
 Text the parser refuses is redacted conservatively when it mentions a password: every string
 literal the scanner finds goes, or, if even the scanner fails, everything after the word.
+
+A backslash in a literal is read differently with ``standard_conforming_strings`` off, and a
+configuration reload can turn it off unreported just before a statement (decision 0010): the
+text is read both ways. When the other reading holds a secret (or cannot be read), everything
+from the first literal the readings split differently is masked.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from pglast import parser
+
+from controlplane.policy.guardrails import TooAmbiguous, nonstandard_reading
 
 MASK = "'***'"
 # Statements that cannot hold a secret skip the parser: none of these words, in any case.
@@ -37,6 +44,37 @@ def redact_statement(sql: str) -> str:
     lowered = sql.lower()
     if not any(trigger in lowered for trigger in _TRIGGERS):
         return sql
+    redacted = _redact(sql)
+    if "\\" not in sql:
+        return redacted
+    try:
+        other = nonstandard_reading(sql)
+    except (parser.ParseError, TooAmbiguous):
+        other = ""  # a server reading it that way refuses it; it is recorded all the same
+    if other is None or (other and _redact(other) == other):
+        return redacted
+    return _cut(sql)
+
+
+def _cut(sql: str) -> str:
+    """The text up to the first literal holding a backslash (redacted as text of its own), then
+    one mask: the two readings split what follows differently."""
+    try:
+        tokens = parser.scan(sql)
+    except Exception:
+        return _conservative(sql)
+    start = next(
+        (t.start for t in tokens if t.name in _LITERALS and "\\" in sql[t.start : t.end + 1]),
+        None,
+    )
+    if start is None:
+        return _conservative(sql)
+    head = _redact(sql[:start])
+    return head if head.endswith(" ***") else head + MASK  # (the word and a mask already)
+
+
+def _redact(sql: str) -> str:
+    """The secret literals of the ``standard_conforming_strings = on`` reading masked."""
     raw = sql.encode("utf-8", errors="surrogatepass")
     try:
         tree = json.loads(parser.parse_sql_json(sql))

@@ -573,10 +573,12 @@ class PgInspector:
                 self._refuse_held("", Refusal(UNKNOWN_CURSOR_SQLSTATE, reason), portal=name)
                 return
             if not running.proven:
-                # The trail would claim a text nobody can prove ran (what PostgreSQL logs as
-                # `execute <name>: <text>` is the re-opened portal's).
-                refusal = Refusal(UNKNOWN_CURSOR_SQLSTATE, _reopened(name))
-                self._refuse_held("", refusal, portal=name)
+                refusal = self._unproven_execute(name, running)
+                if refusal is not None:
+                    self._refuse_held("", refusal, portal=name)
+                    return
+                expect = _expect(E, [Step(runs_code=True, keeps=frozenset({name}))])
+                self._keep(raw, expect)
                 return
             outcome = await self._decide(running.text, self._overlay, out, frozenset({name}))
             if self._discarding:
@@ -611,6 +613,31 @@ class PgInspector:
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
         self._keep(raw, expect)
+
+    def _unproven_execute(self, name: str, portal: Portal) -> Refusal | None:
+        """An Execute of portal ``name``, which code may have closed and opened again since it
+        was bound: recorded with its text unknown and forwarded, like a FETCH of such a cursor,
+        or refused (None: it was recorded and may go).
+
+        The event claims no text: PostgreSQL logs `execute <name>: <the text that runs>`, which
+        may be the re-opened portal's. Its statement stays empty, ``portal`` names what ran and
+        ``cursors_unknown`` the text it was bound with.
+        """
+        resolved = Resolved(unknown={name: portal.text})
+        if self._guard.names:
+            # A guardrail would have to read what the portal runs, and nobody can say.
+            reason = _unknowable(resolved.unknown, self._guard.names, protocol=True)
+            return Refusal(DENIED_SQLSTATE, reason, UNKNOWN_CURSOR_RULE, resolved)
+        found = pg_sql.statements(portal.text)
+        if isinstance(found, pg_sql.Unreadable) or any(map(pg_sql.touches_names, found)):
+            # What its own text would do to the names cannot be applied, nor left out.
+            return Refusal(UNKNOWN_CURSOR_SQLSTATE, _reopened(name), resolved=resolved)
+        decision = Decision(True)
+        event = self._event("", decision, protocol="extended", resolved=resolved)
+        event.body["request"]["portal"] = name
+        self._held_decisions.append(decision)
+        self._held_events.append(event)
+        return None
 
     def _refuse_long(self, sql: str, *names: str) -> bool:
         """Refuse the batch when a name is longer than the server keeps (see MAX_NAME_BYTES)."""
@@ -1172,16 +1199,28 @@ _CODE = "a function, procedure, DO block or trigger"
 def _reopened(name: str) -> str:
     return (
         f'portal "{name}" may have been closed and opened again by code that ran since it was '
-        f"bound ({_CODE} can do that), so the gateway cannot say what it would run; nothing "
-        "was sent to the database: Bind it again, or read it to its end before running other "
-        "statements"
+        f"bound ({_CODE} can do that), and its statement names prepared statements or cursors, "
+        "so the gateway cannot say what it would do to them; nothing was sent to the database: "
+        "Bind it again, or read it to its end before running other statements"
     )
 
 
-def _unknowable(cursors: dict[str, str | None], guardrails: tuple[str, ...]) -> str:
-    """Why a FETCH or MOVE of cursors whose query cannot be known is refused."""
+def _unknowable(
+    cursors: dict[str, str | None], guardrails: tuple[str, ...], *, protocol: bool = False
+) -> str:
+    """Why a FETCH or MOVE of cursors (or an Execute of a portal) whose query cannot be known
+    is refused."""
     name, declared = next(iter(cursors.items()))
     rules = ", ".join(f'"{rule}"' for rule in guardrails)
+    guardrail = "guardrail" if len(guardrails) == 1 else "guardrails"
+    if protocol:
+        return (
+            f'portal "{name}" may have been closed and opened again by code that ran since it '
+            f"was bound ({_CODE}; any statement but a few utility ones may call some), so its "
+            f"query is not known, and {guardrail} {rules} cannot check what it would run; "
+            "Bind it again after that code, or read it to its end before running other "
+            "statements"
+        )
     if declared is None:
         how = (
             f'cursor "{name}" was not declared through the gateway; if code ({_CODE}) opened '
@@ -1194,7 +1233,6 @@ def _unknowable(cursors: dict[str, str | None], guardrails: tuple[str, ...]) -> 
             f"was declared ({_CODE}), so its query is not known"
         )
         fix = "DECLARE it again after that code"
-    guardrail = "guardrail" if len(guardrails) == 1 else "guardrails"
     return f"{how}, and {guardrail} {rules} cannot check what it would run; {fix}"
 
 

@@ -10,7 +10,8 @@ of the keywords and are never parsed here.
 
 User-defined code (a function called anywhere in a statement, a trigger, a DO block, a
 procedure) can close a cursor and open another under the same name. Only a few utility
-statements provably run none; every other statement is taken to run some.
+statements and a SELECT of literals provably run none; every other statement is taken to run
+some.
 
 The reading must not depend on ``standard_conforming_strings``: PostgreSQL reports a change of
 it by a configuration reload only after the next statement ran. A text whose names differ when
@@ -38,6 +39,9 @@ _MAY_NAME: Final = re.compile(r"(?i)prepare|execute|deallocate|declare|fetch|mov
 _MAY_BE_CODE_FREE: Final = re.compile(
     r"(?i)\s*(?:begin|start|savepoint|release|rollback|abort|set|reset|show)\b"
 )
+# A SELECT of literals only (``select 1``, drivers' liveness checks) is parsed to see whether it
+# runs code; one with a parenthesis (a call, a subquery) or longer than this never is.
+_MAY_BE_LITERALS: Final = re.compile(r"(?is)\s*select\s[^()]{0,200}")
 CURSOR_OPT_HOLD: Final = 0x0020  # PostgreSQL's parsenodes.h: DECLARE … WITH HOLD
 
 # Statements that evaluate no expression, fire no trigger and plan nothing. COMMIT is not one:
@@ -115,7 +119,11 @@ def statements(sql: str) -> list[SqlStatement] | Unreadable:
     """Every statement of ``sql``; one opaque statement that runs code when the text touches no
     name, or does not parse (the server refuses it as well; the guard denies unparseable text
     on its own)."""
-    if _MAY_NAME.search(sql) is None and _MAY_BE_CODE_FREE.match(sql) is None:
+    if (
+        _MAY_NAME.search(sql) is None
+        and _MAY_BE_CODE_FREE.match(sql) is None
+        and _MAY_BE_LITERALS.fullmatch(sql) is None
+    ):
         return [SqlStatement(sql)]
     try:
         found: list[SqlStatement] | None = _read(sql)
@@ -154,7 +162,7 @@ def _agreed(
     """What both readings do to the names (None: a syntax error, the server runs nothing)."""
     if two is None:
         return [SqlStatement(sql)] if one is None else one
-    if not any(map(_touches_names, one or ())) and not any(map(_touches_names, two)):
+    if not any(map(touches_names, one or ())) and not any(map(touches_names, two)):
         return [SqlStatement(sql)]
     if one is None or list(map(_names, one)) != list(map(_names, two)):
         return Unreadable(DEPENDS_ON_SETTINGS)
@@ -166,7 +174,8 @@ def _agreed(
     ]
 
 
-def _touches_names(statement: SqlStatement) -> bool:
+def touches_names(statement: SqlStatement) -> bool:
+    """Whether running it creates, drops or uses a prepared statement or cursor."""
     return bool(statement.effect or statement.executes or statement.fetches is not None)
 
 
@@ -228,10 +237,38 @@ def _statement(text: str, node: dict[str, Any]) -> SqlStatement:
     else:
         effect = None
     fetches = body.get("portalname", "") if kind == "FetchStmt" else None
-    code_free = kind in _CODE_FREE or (
-        kind == "TransactionStmt" and body.get("kind") in _CODE_FREE_TRANSACTIONS
+    literals = kind == "SelectStmt" and _literals_only(body)
+    code_free = (
+        kind in _CODE_FREE
+        or literals
+        or (kind == "TransactionStmt" and body.get("kind") in _CODE_FREE_TRANSACTIONS)
     )
-    return SqlStatement(text, effect, executes, fetches, not code_free, kind in _PLANNED)
+    planned = kind in _PLANNED and not literals
+    return SqlStatement(text, effect, executes, fetches, not code_free, planned)
+
+
+# What a SELECT of literals holds besides its target list: no FROM, WHERE, INTO, LIMIT, …
+_PLAIN_SELECT: Final = {"limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}
+
+
+def _literals_only(body: dict[str, Any]) -> bool:
+    """``SELECT 1, 'a', NULL, -2.5 AS x``: constants of built-in types, no operator, cast,
+    function, parameter or table; evaluating and sending them calls built-in code only.
+
+    A parameter is left out: its type may be user-defined (its output function, a domain's
+    CHECK on input), which the text does not say. ``true`` is a constant too (pglast 6+).
+    """
+    targets = body.get("targetList")
+    if not targets or {k: v for k, v in body.items() if k != "targetList"} != _PLAIN_SELECT:
+        return False
+    for target in targets:
+        entry = target.get("ResTarget") if isinstance(target, dict) else None
+        if not isinstance(entry, dict) or set(entry) - {"name", "val", "location"}:
+            return False
+        value = entry.get("val")
+        if not isinstance(value, dict) or set(value) != {"A_Const"}:
+            return False
+    return True
 
 
 def _executes(node: Any) -> Iterator[str]:

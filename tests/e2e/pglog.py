@@ -15,11 +15,11 @@ import re
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from controlplane.policy.statement_secrets import redact_statement
 
@@ -269,18 +269,33 @@ class Ran:
     statements: list[str] = field(default_factory=list)  # LOG statement: / execute <name>:
     continued: list[str] = field(default_factory=list)  # execute fetch from: a portal resumed
     failed: list[str] = field(default_factory=list)  # STATEMENT: after an ERROR
+    # The portal of each line of `statements` / `continued` ("" unnamed, None for a Query).
+    portals: list[str | None] = field(default_factory=list)
+    continued_portals: list[str] = field(default_factory=list)
 
 
 def ran(text: str) -> Ran:
     out = Ran()
     for entry in entries(text):
         if entry.severity == "LOG" and (match := _RUN_RE.fullmatch(entry.message)):
-            name = match["name"] or ""
-            target = out.continued if name.startswith("fetch from ") else out.statements
-            target.append(match["text"])
+            name = match["name"]
+            if name is not None and name.startswith("fetch from "):
+                out.continued.append(match["text"])
+                out.continued_portals.append(_portal(name) or "")
+            else:
+                out.statements.append(match["text"])
+                out.portals.append(_portal(name))
         elif entry.severity == "STATEMENT":
             out.failed.append(entry.message)
     return out
+
+
+def _portal(name: str | None) -> str | None:
+    """The portal of a log line's `execute [fetch from] <statement>[/<portal>]` (None: a simple
+    Query's `statement:`); PostgreSQL names the unnamed statement `<unnamed>`."""
+    if name is None:
+        return None
+    return name.split("/", 1)[1] if "/" in name else ""
 
 
 class LogWindow:
@@ -337,7 +352,9 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
     * no statement recorded as denied was run (unless an allowed event of the same text
       accounts for it);
     * no allowed `db.query` records an empty statement (the trail must say what ran, not "";
-      a refusal of an unknown name may, it names the name instead).
+      a refusal of an unknown name may, it names the name instead), but for an Execute of a
+      portal whose text is unknown: it names the portal, in `portal` and `cursors_unknown`,
+      and accounts for a log line `execute <that portal>: <any text>`.
 
     Password literals compare masked on both sides: the trail must not hold them. A statement
     prepared by SQL `PREPARE` or a cursor made by `DECLARE` and then executed through the
@@ -362,17 +379,31 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
             leftover.append(logged)
         else:
             unmatched.remove(at)
+    portal_of = dict(zip(log.statements, log.portals, strict=True))
+
+    def unknown_portal(portal: str | None) -> int | None:
+        """An unmatched event of an Execute of ``portal`` whose text the gateway cannot know."""
+        return next(
+            (i for i in unmatched if portal is not None and _unknown_portal(allowed[i]) == portal),
+            None,
+        )
+
     for logged in leftover:
         inner = _inner_queries(logged)
         at = next((i for i in unmatched if inner and _deparsed(texts[i]) in inner), None)
+        if at is None:
+            at = unknown_portal(portal_of.get(logged))
         if at is None:
             problems.append(f"run by PostgreSQL without an allowed db.query: {logged!r}")
         else:
             unmatched.remove(at)
     # A portal executed again (after a row limit, or once more when done) is logged as
     # "execute fetch from": it may account for an event of its text, and needs none.
-    for logged in (redact_statement(s) for s in log.continued):
-        at = next((i for i in unmatched if texts[i] == logged), None)
+    continued = zip(log.continued, log.continued_portals, strict=True)
+    for logged, portal in ((redact_statement(s), p) for s, p in continued):
+        at = unknown_portal(portal)  # (the text may be any other portal's)
+        if at is None:
+            at = next((i for i in unmatched if texts[i] == logged), None)
         if at is not None:
             unmatched.remove(at)
     for i in unmatched:
@@ -384,46 +415,153 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
         if ran[text] > allowed_count[text]:
             problems.append(f"denied in the trail, run by PostgreSQL: {text!r}")
     for q in allowed:
-        if not q["request"]["statement"].strip():
+        if not q["request"]["statement"].strip() and _unknown_portal(q) is None:
             problems.append(f"an allowed db.query records an empty statement: seq {q['seq']}")
     return problems
 
 
+def _unknown_portal(query: dict[str, Any]) -> str | None:
+    """The portal an event's Execute ran when the event claims no text for it."""
+    request = query["request"]
+    portal = request.get("portal")
+    if request["statement"] == "" and portal in request.get("cursors_unknown", {}):
+        return str(portal)
+    return None
+
+
 def cursor_claims(text: str, trail: Trail) -> list[str]:
-    """Allowed events that claim what a cursor runs after code opened another cursor by its name.
+    """Allowed events that claim what a cursor runs after code opened another cursor by its name,
+    or that call a cursor's text unknown where the log shows none could have replaced it.
 
     The functions the tests call announce each cursor they open (``OPENED_BY_CODE`` in the
     server's log, in the order things ran); a DECLARE that ran gives the name its own text again.
     An event must then say the cursor's text is unknown (``cursors_unknown``), never claim one.
+    The other way round, "unknown" is a claim too: only after the log shows a statement that
+    may run code (``Proof``) since the cursor was declared (or its portal first ran). Names
+    belong to one session: each server process is read on its own.
     """
     problems = []
-    opened: set[str] = set()
+    opened: defaultdict[int, set[str]] = defaultdict(set)
+    proofs: defaultdict[int, Proof] = defaultdict(Proof)
     # Each statement the server logged is the next event of its text that may have run (one
     # its pipeline skipped was never logged), whether that event claims a cursor text or not.
     ran = [q for q in trail.allowed() if (trail.result(q) or {}).get("error") != "skipped"]
     logged = list(entries(text))
     for index, entry in enumerate(logged):
+        proof = proofs[entry.pid]
+        if entry.severity == "STATEMENT":
+            proof.ran(entry.message, None, failed=True)
+            continue
         if entry.severity != "LOG":
             continue
         if entry.message.startswith(OPENED_BY_CODE):
-            opened.add(entry.message.removeprefix(OPENED_BY_CODE))
+            opened[entry.pid].add(entry.message.removeprefix(OPENED_BY_CODE))
+            proof.opened(entry.message.removeprefix(OPENED_BY_CODE))
             continue
         match = _RUN_RE.fullmatch(entry.message)
         if match is None:
             continue
         statement = redact_statement(match["text"])
+        resumed = (match["name"] or "").startswith("fetch from ")
+        portal = _portal(match["name"])
         event = next((q for q in ran if q["request"]["statement"] == statement), None)
+        if event is None and portal is not None:
+            event = next((q for q in ran if _unknown_portal(q) == portal), None)
         if event is not None:
             ran.remove(event)
-            for name in sorted(opened & set(event["request"].get("cursors", ()))):
+            for name in sorted(opened[entry.pid] & set(event["request"].get("cursors", ()))):
                 problems.append(
                     f"claims the text of cursor {name!r}, which a function opened again: "
                     f"{statement!r} (seq {event['seq']})"
                 )
-        failed = index + 1 < len(logged) and logged[index + 1].severity == "ERROR"
+            for name in sorted(proof.proven & set(event["request"].get("cursors_unknown", ()))):
+                problems.append(
+                    f"calls the text of cursor {name!r} unknown, but nothing that could replace "
+                    f"it ran since it was made: {statement!r} (seq {event['seq']})"
+                )
+        after = (e.severity for e in logged[index + 1 :] if e.pid == entry.pid)
+        failed = next(after, "") == "ERROR"
+        proof.ran(match["text"], portal, failed=failed, resumed=resumed)
         if not failed:
-            opened -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
+            opened[entry.pid] -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
     return problems
+
+
+_ENDS: Final = re.compile(r"(?i)\s*(?:commit|end|rollback|abort)\b(?!\s+to\b)")
+_BEGINS: Final = re.compile(r"(?i)\s*(?:begin|start)\b")
+
+
+@dataclass
+class Proof:
+    """Which cursors and portals of one session the log shows made and not since exposed to
+    code that could have re-opened them, by the rule the gateway follows (decision 0010, item
+    7), read from the log alone: a statement that may run code (`pg_sql`) exposes every cursor
+    but the one it runs, and, outside a transaction block or at the end of one that ran code,
+    that one too. A statement logged and then failed may have run code before it failed. A
+    transaction's end drops its cursors not declared WITH HOLD and its portals, and, if it ran
+    code, leaves none proven (its COMMIT runs each holdable cursor's query).
+
+    The log does not show a Bind, only the text an Execute ran. An Execute of a portal that
+    was exposed (or that code opened) may run another text than the one it was bound with, so
+    the gateway cannot know what it runs: it counts as code, and its portal stays unproven (a
+    Bind the log cannot show may have made it afresh; then "unknown" is merely conservative).
+    """
+
+    proven: set[str] = field(default_factory=set)
+    holdable: set[str] = field(default_factory=set)  # cursors declared WITH HOLD
+    seen: set[str] = field(default_factory=set)  # names made or run in this session
+    in_block: bool = False
+    code_in_block: bool = False
+
+    def ran(self, text: str, portal: str | None, *, failed: bool, resumed: bool = False) -> None:
+        from controlplane.relay import pg_sql
+
+        found = pg_sql.statements(text)
+        parts = [pg_sql.SqlStatement(text)] if isinstance(found, pg_sql.Unreadable) else found
+        unknown = bool(portal) and portal not in self.proven and (resumed or portal in self.seen)
+        code = unknown
+        for part in parts:
+            keeps = {portal} if portal else set()
+            if part.fetches is not None:
+                keeps.add(part.fetches)
+            if part.runs_code or unknown:
+                code = self.code_in_block = True
+                self.proven &= keeps if self.in_block else set()
+            if _BEGINS.match(part.text) and not failed:
+                self.in_block, self.code_in_block = True, False
+            elif _ENDS.match(part.text):
+                self._ended()
+            effect = part.effect
+            if failed or effect is None:
+                continue
+            if effect.op == "declare" and effect.name is not None:
+                self.proven.add(effect.name)
+                self.seen.add(effect.name)
+                if effect.holdable:
+                    self.holdable.add(effect.name)
+                else:
+                    self.holdable.discard(effect.name)
+            elif effect.op in ("close", "discard"):
+                self.proven -= {effect.name} if effect.name else set(self.proven)
+        if portal:
+            self.seen.add(portal)
+            if not resumed and not failed and not unknown:
+                self.proven.add(portal)  # its first Execute: bound just before, and run now
+        if not self.in_block:  # its own transaction (a pipeline's lasts to its Sync) ended,
+            # which, if it ran code, may run more (a holdable cursor's query, to keep its rows)
+            kept = {portal} if portal else set()
+            self.proven &= kept if code else self.holdable | kept
+
+    def opened(self, name: str) -> None:
+        """Code announced it opened a cursor by that name."""
+        self.proven.discard(name)
+        self.seen.add(name)
+
+    def _ended(self) -> None:
+        if self.code_in_block or not self.in_block:
+            self.proven.clear()
+        self.proven &= self.holdable
+        self.in_block = self.code_in_block = False
 
 
 def _deparsed(sql: str) -> str | None:

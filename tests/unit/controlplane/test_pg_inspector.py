@@ -1155,7 +1155,7 @@ async def test_a_cursor_is_not_claimed_after_code_that_may_have_reopened_it(
     """select f() may close c and open another cursor named c: the FETCH that follows is
     forwarded (no guardrail has to read it), and the trail names the cursor without a text."""
     await declared(ready)
-    await ran(ready, "select 1 as before")  # a SELECT may call functions
+    await ran(ready, "select now() as before")  # a SELECT may call functions
     fetch = pgm.query("FETCH 1 FROM c")
     assert await ready.from_client(fetch) == fetch
 
@@ -1206,7 +1206,15 @@ async def test_a_cursor_a_function_opened_is_read_only_without_guardrails(
 
 @pytest.mark.parametrize(
     "between",
-    ["FETCH 1 FROM c", "SET work_mem = '64MB'", "SHOW work_mem", "SAVEPOINT a", "CLOSE other"],
+    [
+        "FETCH 1 FROM c",
+        "SET work_mem = '64MB'",
+        "SHOW work_mem",
+        "SAVEPOINT a",
+        "CLOSE other",
+        "select 1",
+        "SELECT 'x' AS a, NULL, -2.5",
+    ],
 )
 async def test_its_own_fetches_and_statements_that_run_no_code_keep_a_cursor_proven(
     ready: PgInspector, db_path: Path, between: str
@@ -1236,13 +1244,13 @@ async def test_code_earlier_in_the_same_query_or_still_unanswered_counts_too(
     ready: PgInspector, db_path: Path
 ) -> None:
     await declared(ready)
-    same = pgm.query("select 1; FETCH 1 FROM c")
+    same = pgm.query("select f(); FETCH 1 FROM c")
     assert await ready.from_client(same) == same
     await ready.from_agent(select_reply(1, "T").frame())
     await ran(ready, "FETCH 1 FROM c")  # proven again? No: nothing declared it since
     # Pipelined behind an unanswered statement that may run code: not claimed, not waited for.
     await declared(ready, "DECLARE e CURSOR FOR select 3")
-    pipelined = pgm.query("select 2") + pgm.query("FETCH 1 FROM e")
+    pipelined = pgm.query("select f()") + pgm.query("FETCH 1 FROM e")
     assert await asyncio.wait_for(ready.from_client(pipelined), 1) == pipelined
 
     *_, first, second, _declare, _select, third = of_type(stored(db_path), "db.query")
@@ -1263,26 +1271,71 @@ async def test_a_commit_after_code_leaves_holdable_cursors_unproven(
     assert of_type(stored(db_path), "db.query")[-1]["request"]["cursors_unknown"] == {"h": held}
 
 
-async def test_a_portal_that_code_may_have_reopened_is_not_executed(
+async def bound_then_code(inspector: PgInspector, portal_text: str = "select 1") -> bytes:
+    """Portal p1 bound and executed, executed again (which keeps it), then code that may have
+    closed it and opened another portal by its name; the next Execute of p1, to send."""
+    await inspector.from_client(pgm.query("BEGIN"))
+    await inspector.from_agent(Reply().complete("BEGIN").ready("T").frame())
+    bound = parse(portal_text) + bind([], portal="p1") + execute("p1") + pgm.sync()
+    assert await inspector.from_client(bound) == bound
+    await inspector.from_agent(Reply().parsed().bound().complete("SELECT 1", 1).ready("T").frame())
+    again = execute("p1") + pgm.sync()
+    assert await inspector.from_client(again) == again
+    await inspector.from_agent(Reply().complete("SELECT 0", 0).ready("T").frame())
+    await ran(inspector, "select f()")
+    return again
+
+
+async def test_a_portal_that_code_may_have_reopened_runs_with_its_text_unknown(
     ready: PgInspector, db_path: Path
 ) -> None:
-    """What PostgreSQL logs for that Execute is the re-opened portal's text: the trail would
-    claim one text while another ran, so the Execute is refused; its own Executes keep it."""
-    await ready.from_client(pgm.query("BEGIN"))
-    await ready.from_agent(Reply().complete("BEGIN").ready("T").frame())
-    bound = parse("select 1") + bind([], portal="p1") + execute("p1") + pgm.sync()
-    assert await ready.from_client(bound) == bound
-    await ready.from_agent(Reply().parsed().bound().complete("SELECT 1", 1).ready("T").frame())
-    again = execute("p1") + pgm.sync()
+    """What PostgreSQL logs for that Execute is the portal's text as it is now, which may be
+    the re-opened one's: the event claims no text, it names the portal and marks its text
+    unknown, like a FETCH of such a cursor."""
+    again = await bound_then_code(ready)
     assert await ready.from_client(again) == again
-    await ready.from_agent(Reply().complete("SELECT 0", 0).ready("T").frame())
-    await ran(ready, "select f()")
+    *_, kept, _code, unknown = of_type(stored(db_path), "db.query")
+    assert kept["request"]["statement"] == "select 1"
+    assert unknown["decision"]["result"] == "allow"
+    assert unknown["request"]["statement"] == ""
+    assert unknown["request"]["portal"] == "p1"
+    assert unknown["request"]["cursors_unknown"] == {"p1": "select 1"}
+    assert "cursors" not in unknown["request"]
 
+
+async def test_a_guardrail_that_cannot_read_a_portal_refuses_its_execute(
+    ctx: SessionContext, writer: AuditWriter, wakes: Wakes, db_path: Path
+) -> None:
+    inspector = guarded(ctx, writer, wakes)
+    await inspector.from_client(STARTUP)
+    await inspector.from_agent(login_reply().frame())
+    again = await bound_then_code(inspector)
+    assert await inspector.from_client(again) == b""
+    error = error_of(inspector.take_synthetic())
+    assert error.sqlstate == "42501"
+    assert 'portal "p1" may have been closed and opened again' in error.message
+    assert 'guardrail "g" cannot check' in error.message
+    assert "Bind it again after that code" in error.message
+    [*_, denied] = of_type(stored(db_path), "db.query")
+    assert denied["decision"]["rule"] == "(unknown cursor)"
+    assert denied["request"]["portal"] == "p1"
+    assert denied["request"]["cursors_unknown"] == {"p1": "select 1"}
+
+
+async def test_a_reopened_portal_whose_text_names_cursors_is_refused(
+    ready: PgInspector, db_path: Path
+) -> None:
+    """If it was not re-opened, its own text would fetch c (a second Execute of a FETCH
+    portal re-runs nothing, but the first one does): what that does to the names cannot be
+    applied without knowing it ran."""
+    await declared(ready)
+    await ready.from_client(pgm.query("COMMIT"))  # (the portal's own transaction follows)
+    await ready.from_agent(Reply().complete("COMMIT").ready("I").frame())
+    again = await bound_then_code(ready, "DECLARE d CURSOR FOR select 2")
     assert await ready.from_client(again) == b""
     error = error_of(ready.take_synthetic())
     assert error.sqlstate == "34000"
     assert "Bind it again" in error.message
-    assert of_type(stored(db_path), "db.query")[-1]["request"]["portal"] == "p1"
 
 
 async def test_a_bind_that_plans_may_run_code_but_not_one_of_a_utility_statement(
@@ -1292,7 +1345,7 @@ async def test_a_bind_that_plans_may_run_code_but_not_one_of_a_utility_statement
     await declared(ready)
     fetch = parse("FETCH 1 FROM c") + bind([]) + execute() + pgm.sync()
     assert await ready.from_client(fetch) == fetch
-    planned = parse("select 1") + bind([]) + execute() + parse("FETCH 1 FROM c")
+    planned = parse("select 1 + 1") + bind([]) + execute() + parse("FETCH 1 FROM c")
     planned += bind([]) + execute() + pgm.sync()
     assert await ready.from_client(planned) == planned
     *_, kept, _select, lost = of_type(stored(db_path), "db.query")

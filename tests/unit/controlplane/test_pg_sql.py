@@ -122,12 +122,47 @@ def test_other_statements_may_run_code(sql: str) -> None:
 
 
 def test_a_bind_plans_queries_not_utility_statements() -> None:
-    assert [s.planned for s in read("FETCH 1 FROM c; CLOSE c; select 1; execute p")] == [
+    assert [s.planned for s in read("FETCH 1 FROM c; CLOSE c; select x from t; execute p")] == [
         False,
         False,
         True,
         False,
     ]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["select 1", "SELECT 1 AS one, 'x', NULL, -2.5, true", '  select\n1 as "a b"'],
+)
+def test_a_select_of_literals_runs_no_code_and_plans_nothing(sql: str) -> None:
+    """Drivers' liveness checks (`select 1`) between the reads of a portal keep it proven."""
+    [statement] = read(sql)
+    assert not statement.runs_code
+    assert not statement.planned
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select $1",  # its type may be user-defined (an output function, a domain's CHECK)
+        "select 1 + 1",  # an operator is a function, maybe a user's
+        "select '1'::money",  # a cast
+        "select now()",
+        "select 1 from t",  # a view, row-level security
+        "select 1 where true",
+        "select 1 into t",  # CREATE TABLE AS: event triggers
+        "select 1 limit 1",
+        "select 1 for update",
+        "select 1 union select 2",
+        "select 1; select 2 + 2",
+        'select 1 collate "C"',
+        "select x",  # a column of nothing is an error, never code: still not read as code-free
+        "select 1 -- (",  # a parenthesis is never read further
+        "select " + "1, " * 100 + "1",  # longer than read
+    ],
+)
+def test_a_select_of_anything_else_may_run_code(sql: str) -> None:
+    assert any(statement.runs_code for statement in read(sql))
 
 
 def test_names_read_the_same_with_standard_conforming_strings_off_are_kept() -> None:

@@ -109,3 +109,29 @@ def test_any_text_is_handled_without_an_exception(text: str) -> None:
     assert isinstance(redacted, str)
     if "password" not in text.lower():
         assert redacted == text or "'***'" in redacted
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Off: the literal q' and an ALTER ROLE; on: one literal up to "password ", then the
+        # secret outside any literal (and a syntax error).
+        f"select 'q\\''; alter role r password '{SECRET}'; -- '",
+        # On: a literal, then the ALTER ROLE; off: one literal up to the last quote.
+        f"select 'x\\'; alter role r password '{SECRET}'; --'",
+        # Off: the password literal ends at the second quote and the secret follows it.
+        f"alter role r password 'a\\' || '{SECRET}'",
+        f"alter role r password 'se\\cret{SECRET}'",
+        f"select 'x\\', 'y' password '{SECRET}'",
+    ],
+)
+def test_no_part_of_a_password_is_kept_under_either_reading_of_a_backslash(sql: str) -> None:
+    """standard_conforming_strings may be off (a reload reports it late): both readings count."""
+    redacted = redact_statement(sql)
+    assert SECRET not in redacted
+    assert "hunter" not in redacted and "Zq9" not in redacted
+
+
+def test_a_backslash_that_both_readings_split_alike_keeps_the_rest() -> None:
+    sql = "select 'a\\b' as v, 1"
+    assert redact_statement(sql) is sql
