@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -180,7 +181,8 @@ async def test_a_failed_flush_keeps_the_values_for_the_next_one(
     assert status.last_seen == link.last_seen  # still shown from memory
 
     writes.fail = False
-    for _ in range(100):  # the timer retries on its own
+    deadline = time.monotonic() + 30  # generous: a loaded machine delays the timer, not the rule
+    while time.monotonic() < deadline:  # the timer retries on its own
         await asyncio.sleep(0.05)
         if (await stored(db))["edge-0"].last_seen is not None:
             break
@@ -196,13 +198,18 @@ async def test_the_timer_flushes_without_being_asked(
     registry = AgentRegistry(db, writer)
     for row in rows:
         await connect(registry, row)
-    for _ in range(100):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        if writes.count:
+        if all(row.last_seen is not None for row in (await stored(db)).values()):
             break
-    await asyncio.sleep(0.2)  # nothing pending: the timer does not spin
-    assert writes.count == 1
     assert all(row.last_seen is not None for row in (await stored(db)).values())
+    # One write per timer tick for whatever changed since the last (not one per agent); a
+    # loaded machine may split the three connects over two ticks.
+    flushed = writes.count
+    assert 1 <= flushed <= 2
+    await asyncio.sleep(0.2)  # nothing pending: the timer does not spin
+    assert writes.count == flushed
 
 
 async def test_send_queues_at_once_and_fails_only_when_the_agent_does_not_read(
