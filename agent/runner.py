@@ -30,9 +30,9 @@ from agent.mux import SessionMux
 from agent.sessions import serve_session
 from agent.settings import AgentSettings
 from agent.term.shell import own_account
-from cli.rpc import is_loopback
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc
 from wire import jointoken
+from wire.addresses import is_loopback
 from wire.jointoken import JoinToken
 
 log = logging.getLogger(__name__)

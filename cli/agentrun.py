@@ -20,7 +20,8 @@ def agent_run(**given: Any) -> None:
     only to a loopback control plane."""
     from agent.runner import AgentFatal, run_agent
     from cli.logs import setup_logging
-    from cli.rpc import is_loopback, run
+    from cli.rpc import run
+    from wire.addresses import is_loopback
 
     settings = config.settings_from(AgentSettings, given)
     try:

@@ -37,6 +37,7 @@ from cli.output import echo
 from cli.rpc import run
 from cli.session import Call, open_session, review_log
 from gatehouse.v1 import client_pb2, client_pb2_grpc
+from wire.addresses import is_loopback
 from wire.pg import framing
 from wire.pg import messages as pgm
 
@@ -335,7 +336,7 @@ def connect(
     from cli.errors import USAGE
     from cli.logs import setup_logging
 
-    if not rpc.is_loopback(f"{host}:0"):
+    if not is_loopback(f"{host}:0"):
         raise CliError(
             f"--host {host}: the listener accepts anyone who can reach it, so it only binds "
             "to loopback",

@@ -6,7 +6,6 @@ call, grpc only once it dials."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cli.errors import REFUSED, USAGE, CliError
+from wire.addresses import is_loopback
 
 if TYPE_CHECKING:
     import grpc
@@ -29,20 +29,6 @@ def controlplane_address(flag: str | None) -> str:
     from cli.profiles import resolve
 
     return resolve(flag).address
-
-
-def is_loopback(address: str) -> bool:
-    """Whether `host:port` (or a bare host) names this machine."""
-    return is_loopback_host(address.rpartition(":")[0].strip("[]") or address)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def token(flag: str | None = None) -> str:

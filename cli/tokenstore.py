@@ -25,7 +25,7 @@ from typing import Any
 
 from cli import profiles
 from cli.errors import USAGE, CliError
-from cli.rpc import is_loopback_host
+from wire.addresses import is_loopback_host
 
 __all__ = [
     "DEFAULT_CLIENT_ID",

@@ -1,8 +1,6 @@
-"""host:port parsing and the loopback test, for listeners and for URLs the control plane calls."""
+"""host:port parsing for the listeners (the loopback test is `wire.addresses`, shared)."""
 
 from __future__ import annotations
-
-import ipaddress
 
 from controlplane.errors import InvalidArgument
 
@@ -12,12 +10,3 @@ def split_host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise InvalidArgument(f"{value!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

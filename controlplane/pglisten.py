@@ -33,7 +33,6 @@ import struct
 from dataclasses import dataclass, field
 
 from controlplane.accept import Acceptor
-from controlplane.addresses import is_loopback
 from controlplane.audit.writer import AuditUnavailable
 from controlplane.auth.sources import SOURCE
 from controlplane.auth.tokens import TokenAuthenticator
@@ -49,6 +48,7 @@ from controlplane.relay.tunnel import Cancel
 from controlplane.store.models import ReviewRow
 from controlplane.tls import proxy
 from controlplane.tls.server import ServerTls
+from wire.addresses import is_loopback_host
 from wire.pg import framing
 from wire.pg import messages as pgm
 
@@ -295,7 +295,7 @@ class PgListener(Acceptor):
 
     def _plaintext_allowed(self, address: str) -> bool:
         """Only a --dev control plane (no TLS material), and only from loopback."""
-        return self.tls is None and is_loopback(address)
+        return self.tls is None and is_loopback_host(address)
 
     async def _source(self, conn: socket.socket, address: str) -> tuple[str, bytes]:
         """The client's address (a trusted proxy's PROXY v2 header wins), and the bytes read

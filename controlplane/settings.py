@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cli.config import setting
-from controlplane.addresses import is_loopback, split_host_port
+from controlplane.addresses import split_host_port
 from controlplane.agents.certificates import DEFAULT_LIFETIME as DEFAULT_AGENT_CERT_LIFETIME
 from controlplane.audit.settings import (
     DEFAULT_CHECKPOINT_INTERVAL,
@@ -24,6 +24,7 @@ from controlplane.audit.settings import (
 from controlplane.audit.witness import check_target
 from controlplane.errors import InvalidArgument
 from controlplane.tls import proxy
+from wire.addresses import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class Settings:
             *((("--pg-listen", self.pg_listen),) if self.pg_listen else ()),
         ):
             host = split_host_port(listen)[0]
-            if self.dev and not is_loopback(host):
+            if self.dev and not is_loopback_host(host):
                 raise InvalidArgument(
                     f"{name} {listen}: --dev serves plaintext and only listens on loopback "
                     "(127.0.0.1 or ::1)"

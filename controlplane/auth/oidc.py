@@ -38,9 +38,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 
-from controlplane.addresses import is_loopback
 from controlplane.auth.identity import Identity
 from controlplane.errors import Unauthenticated, Unavailable
+from wire.addresses import is_loopback_host
 
 __all__ = ["DEFAULT_ALGS", "Claims", "IssuerKeys", "OidcSettings", "OidcValidator"]
 
@@ -70,7 +70,9 @@ _LAST_TIME = 253402300800  # 10000-01-01: later "times" are junk
 def _require_https(url: str, what: str) -> None:
     """Keys fetched in plaintext could be swapped by anyone on the path: loopback only."""
     parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or "")):
+    if parts.scheme == "https" or (
+        parts.scheme == "http" and is_loopback_host(parts.hostname or "")
+    ):
         return
     raise ValueError(f"{what} {url!r} must be an https:// URL (http is allowed on loopback only)")
 
