@@ -30,13 +30,15 @@ Each checkpoint is then handed to the witnesses (witness.py), outside the store.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -120,8 +122,6 @@ class AuditWriter:
         # A relaxed commit is made durable at the latest this long after it (a power loss
         # before that, with no durable commit meanwhile, can lose it; a process crash cannot).
         self._sync_interval = sync_interval
-        self._sync_timer: asyncio.TimerHandle | None = None
-        self._unsynced = False  # relaxed commits not yet synced (read and set in the thread)
         self._unsigned = False  # events follow the last checkpoint (read from the store first)
         self._ticker: asyncio.Task[None] | None = None
         self._watchers: dict[str, FailureCallback] = {}
@@ -131,10 +131,21 @@ class AuditWriter:
         self._commit_signal = asyncio.Event()
         self.followers_stopped = False
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
-        # One thread: the only appender in this process, so batches commit in queue order.
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
-        self._task: asyncio.Task[None] | None = None
+        # Events and jobs for the writer thread, in the order they were queued: the events
+        # of one loop turn go as one list (`_outbox`, handed over at the end of the turn), so
+        # what was queued together commits together and the thread is woken once per turn.
+        # Bounded by `_pending` (queued or being committed, counted on the loop): `submit`
+        # waits for room once `queue_size` are.
+        self._queue: queue.SimpleQueue[list[_Item] | _Job] = queue.SimpleQueue()
+        self._outbox: list[_Item] = []
+        self._queue_size = queue_size
+        self._pending = 0
+        self._room = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._connection = db.writer_connection()  # only the writer thread uses it
+        self._sync_at: float | None = None  # when relaxed commits are due a sync (thread)
         self.committed = 0  # events, for metrics
         self.commits = 0  # transactions
         self.durable_commits = 0  # transactions that waited for the disk (fsync)
@@ -145,16 +156,17 @@ class AuditWriter:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Events queued or being committed."""
+        return self._pending
 
     @property
     def running(self) -> bool:
-        return self._task is not None
+        return self._thread is not None
 
     @property
     def alive(self) -> bool:
-        """Started and still committing: its task has not ended (readiness)."""
-        return self._task is not None and not self._task.done()
+        """Started and still committing: its thread has not ended (readiness)."""
+        return self._stopped is not None and not self._stopped.done()
 
     @property
     def signer(self) -> SigningKey | None:
@@ -164,7 +176,12 @@ class AuditWriter:
         """Start committing; with a `signer`, checkpoints are appended and can be asked for."""
         self._signer = signer
         self.followers_stopped = False
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        # A daemon: a process that never closes its writer still exits (nothing it committed
+        # is lost; what it had not committed was never acknowledged).
+        self._thread = threading.Thread(target=self._work, name="audit-writer", daemon=True)
+        self._thread.start()
         if signer is not None and self._checkpoint_interval > 0:
             self._ticker = asyncio.create_task(self._tick(), name="audit-checkpoint-timer")
 
@@ -203,19 +220,15 @@ class AuditWriter:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
-        if self._task is not None:
-            await self._queue.join()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-            if self._sync_timer is not None:
-                self._sync_timer.cancel()
-                self._sync_timer = None
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._sync)
-            except Exception:
-                log.exception("cannot sync the audit store's last relaxed commits")
-        self._thread.shutdown(wait=True)
+        thread, stopped = self._thread, self._stopped
+        if thread is None or stopped is None:
+            return
+        self._thread = None  # refuses new events; the ones queued before are committed
+        self._hand_over()
+        self._queue.put(_STOP)
+        await asyncio.shield(stopped)
+        self._room.set()  # a caller still waiting for room finds the writer closed
+        await asyncio.to_thread(thread.join)
 
     async def submit(self, event: Draft, *, durable: bool = False) -> asyncio.Future[int]:
         """Queue an event; the future resolves to its seq once committed.
@@ -227,13 +240,16 @@ class AuditWriter:
         Without `durable`, the commit that resolves the future may be a relaxed one (see the
         module's docstring): in the store and surviving this process, not yet a power loss.
         """
-        if self._task is None:
+        while self._pending >= self._queue_size and self._thread is not None:
+            self._room.clear()
+            await self._room.wait()
+        if self._thread is None or self._loop is None:
             raise AuditUnavailable("the audit writer is not running")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if self._queue.full():
-            await self._queue.put((event, future, durable))
-        else:  # the common case, without a coroutine for Queue.put
-            self._queue.put_nowait((event, future, durable))
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._pending += 1
+        if not self._outbox:
+            self._loop.call_soon(self._hand_over)
+        self._outbox.append((event, future, durable))
         return future
 
     async def commit(self, event: Draft) -> int:
@@ -255,16 +271,18 @@ class AuditWriter:
     async def transact(self, fn: Callable[[Session], T]) -> T:
         """Run `fn` in one write transaction on the writer's own thread (a prune, or a
         credential stored with its event by `append_events`: it must not interleave with
-        appends), then wake followers as after any commit. The transaction is a durable one."""
-        if self._task is None:
-            raise AuditUnavailable("the audit writer is not running")
-        loop = asyncio.get_running_loop()
+        appends), then wake followers as after any commit. The transaction is a durable one,
+        counted in the writer's metrics like its group commits."""
 
-        def run() -> T:
+        def run() -> tuple[T, int, float]:
+            started = time.perf_counter()
             with self._db.write_session() as session, session.begin():
-                return fn(session)
+                result = fn(session)
+            self._covered()  # a durable commit syncs the WAL up to itself
+            return result, appended_in(session), time.perf_counter() - started
 
-        result = await loop.run_in_executor(self._thread, run)
+        result, appended, elapsed = await self._job(run)
+        self._counted(elapsed, appended, durable=True)
         self._unsigned = True  # a prune appends its record
         self._notify()
         return result
@@ -288,73 +306,190 @@ class AuditWriter:
         signal, self._commit_signal = self._commit_signal, asyncio.Event()
         signal.set()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- the writer thread --
+
+    async def _job(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the writer thread, between two group commits."""
+        if self._thread is None:
+            raise AuditUnavailable("the audit writer is not running")
+        job = _Job(fn)
+        self._hand_over()  # after the events queued before it
+        self._queue.put(job)
+        return await asyncio.wrap_future(job.future)
+
+    def _hand_over(self) -> None:
+        """End of a loop turn: the events queued in it go to the thread as one list."""
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            self._queue.put(events)
+
+    def _work(self) -> None:
+        """The writer thread: take whatever is queued as one batch (up to `max_batch`, up to
+        the next job), append and commit it, and hand the outcome to the loop in one call."""
+        take = self._queue.get
+        take_now = self._queue.get_nowait
+        try:
+            while True:
+                try:
+                    item = take(timeout=self._idle_timeout())
+                except queue.Empty:
+                    try:
+                        self._idle()
+                    except Exception:  # the connection is dropped; the next batch takes one
+                        log.exception("the audit writer's idle work failed")
+                    continue
+                batch: list[_Item] = []
+                while type(item) is list:
+                    batch += item
+                    if len(batch) >= self._max_batch:
+                        break
+                    try:
+                        item = take_now()
+                    except queue.Empty:
+                        break
+                for first in range(0, len(batch), self._max_batch):
+                    self._commit_batch(batch[first : first + self._max_batch])
+                if type(item) is _Job:
+                    if item is _STOP:
+                        break
+                    item.run()
+        finally:
+            self._finish()
+
+    def _idle_timeout(self) -> float | None:
+        """How long the thread may wait for work: until relaxed commits are due their sync,
+        or until the held connection goes back to the pool; None when neither."""
+        if self._sync_at is not None:
+            return max(0.0, self._sync_at - time.monotonic())
+        return _IDLE_RELEASE if self._connection.held else None
+
+    def _idle(self) -> None:
+        """Nothing came: sync relaxed commits that are due, or give the connection back (on
+        PostgreSQL, the next checkout pings it, so a restarted server costs no batch)."""
+        if self._sync_at is not None:
+            if time.monotonic() >= self._sync_at:
+                self._timed_sync()
+            return
+        self._connection.release()
+
+    def _timed_sync(self) -> None:
+        try:
+            self._db.sync()
+        except Exception as exc:  # the events are committed; a later durable commit may cover them
+            log.error("cannot sync the audit store's relaxed commits: %s", exc)
+            self._sync_at = time.monotonic() + self._sync_interval
+        else:
+            self._sync_at = None
+            self.syncs += 1  # written by this thread only
+
+    def _covered(self) -> None:
+        """A durable commit synced everything before it: no sync is due."""
+        self._sync_at = None
+
+    def _finish(self) -> None:
+        """Closing (or the thread failing): sync what is left, give the connection back, and
+        tell the loop, after the outcomes of every batch before."""
+        try:
+            if self._sync_at is not None:
+                self._timed_sync()
+            self._connection.release()
+        except Exception:
+            log.exception("cannot sync the audit store's last relaxed commits")
+        finally:
+            self._refuse_queued()
+            self._deliver(self._stopped_now)
+
+    def _refuse_queued(self) -> None:
+        """Fail closed whatever is still queued when the thread ends (only if it failed: after
+        `close`, nothing is queued behind the stop)."""
+        error = AuditUnavailable("the audit writer stopped")
+        refused: list[_Item] = []
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            drafts = [draft for draft, _, _ in batch]
-            durable = any(wanted for _, _, wanted in batch)
-            started = time.perf_counter()
             try:
-                outcome = await loop.run_in_executor(self._thread, self._append, drafts, durable)
-            except Exception as exc:
-                log.exception("audit commit failed for %d events", len(batch))
-                error = AuditUnavailable(f"the audit store could not commit the event: {exc}")
-                for item, future, _ in batch:
-                    self._failed(item, future, error)
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if type(item) is list:
+                refused += item
+            elif type(item) is _Job and not item.future.done():
+                item.future.set_exception(error)
+        if refused:
+            self._deliver(functools.partial(self._resolve, refused, error, 0.0))
+
+    def _stopped_now(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+        self._thread = None
+
+    def _commit_batch(self, batch: list[_Item]) -> None:
+        drafts = [draft for draft, _, _ in batch]
+        durable = False
+        for _, _, wanted in batch:
+            if wanted:
+                durable = True
+                break
+        started = time.perf_counter()
+        outcome: _Outcome | Exception
+        try:
+            outcome = self._append(drafts, durable)
+        except Exception as exc:
+            log.exception("audit commit failed for %d events", len(batch))
+            outcome = exc
+        else:
+            if outcome.durable:
+                self._covered()
+            elif outcome.appended and self._sync_at is None:
+                self._sync_at = time.monotonic() + self._sync_interval
+        if self._sync_at is not None and time.monotonic() >= self._sync_at:
+            self._timed_sync()  # a stream of relaxed batches never leaves the thread idle
+        self._deliver(
+            functools.partial(self._resolve, batch, outcome, time.perf_counter() - started)
+        )
+
+    def _deliver(self, callback: Callable[[], None]) -> None:
+        """One hop to the loop per batch."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            log.warning("the audit writer's event loop closed before a commit was reported")
+
+    def _resolve(self, batch: list[_Item], outcome: _Outcome | Exception, elapsed: float) -> None:
+        """On the loop: resolve the batch's futures, count it, wake followers and witnesses."""
+        self._pending -= len(batch)
+        if self._pending < self._queue_size:
+            self._room.set()
+        if isinstance(outcome, Exception):
+            error = AuditUnavailable(f"the audit store could not commit the event: {outcome}")
+            for item, future, _ in batch:
+                self._failed(item, future, error)
+            self._counted(elapsed, 0, durable=False)
+            return
+        committed = 0
+        for (item, future, _), seq in zip(batch, outcome.results, strict=True):
+            if type(seq) is int:
+                committed += 1
+                if not future.done():
+                    future.set_result(seq)
             else:
-                if outcome.durable:
-                    self.durable_commits += 1
-                elif self._sync_timer is None:
-                    self._sync_timer = loop.call_later(self._sync_interval, self._sync_due)
-                for (item, future, _), seq in zip(batch, outcome.results, strict=True):
-                    if isinstance(seq, InvalidEvent):
-                        self.invalid_events += 1
-                        self._failed(item, future, seq)
-                    else:
-                        self.committed += 1
-                        if not future.done():
-                            future.set_result(seq)
-                if outcome.appended:
-                    self._unsigned = not outcome.ends_signed
-                self._notify()
-                self._publish(outcome.checkpoints)
-            finally:
-                elapsed = time.perf_counter() - started
-                self.commits += 1
-                self.commit_seconds += elapsed
-                if self.on_commit is not None:
-                    self.on_commit(elapsed)
-                for _ in batch:
-                    self._queue.task_done()
+                assert isinstance(seq, InvalidEvent)
+                self.invalid_events += 1
+                self._failed(item, future, seq)
+        self._counted(elapsed, committed, durable=outcome.durable)
+        if outcome.appended:
+            self._unsigned = not outcome.ends_signed
+        self._notify()
+        self._publish(outcome.checkpoints)
 
-    def _sync_due(self) -> None:
-        """`sync_interval` after a relaxed commit: sync it unless a durable commit did."""
-        self._sync_timer = None
-        if self._task is None:
-            return
-        synced = asyncio.get_running_loop().run_in_executor(self._thread, self._sync)
-        synced.add_done_callback(self._synced)
-
-    def _synced(self, synced: asyncio.Future[bool]) -> None:
-        if synced.cancelled():
-            return
-        error = synced.exception()
-        if error is not None:  # the events are committed; a later durable commit may cover them
-            log.error("cannot sync the audit store's relaxed commits: %s", error)
-        elif synced.result():
-            self.syncs += 1
-
-    def _sync(self) -> bool:
-        """Sync relaxed commits that no durable commit has covered (runs in the writer thread,
-        so it is ordered with the commits); True when there were some."""
-        if not self._unsynced:
-            return False
-        self._db.sync()
-        self._unsynced = False
-        return True
+    def _counted(self, elapsed: float, events: int, *, durable: bool) -> None:
+        self.committed += events
+        self.commits += 1
+        self.durable_commits += durable
+        self.commit_seconds += elapsed
+        if self.on_commit is not None:
+            self.on_commit(elapsed)
 
     def _failed(self, item: Draft, future: asyncio.Future[int], error: Exception) -> None:
         """Fail one event's future; a result event is also counted and ends its session."""
@@ -395,9 +530,8 @@ class AuditWriter:
         """Every `checkpoint_interval` seconds, sign the chain if events came since the last
         checkpoint: dropping the newest events and rewinding the head is then caught within
         one interval by a signature kept outside the store."""
-        loop = asyncio.get_running_loop()
         try:  # what an earlier process left unsigned
-            unsigned = await loop.run_in_executor(self._thread, self._head_unsigned)
+            unsigned = await self._job(self._head_unsigned)
         except Exception as exc:
             log.warning("cannot read the audit chain head: %s", exc)
             unsigned = True
@@ -423,13 +557,13 @@ class AuditWriter:
     def _append(self, drafts: list[Draft], durable: bool) -> _Outcome:
         """Append in one transaction under the chain-head lock (runs in the writer thread).
 
-        On a bare driver connection: SQLAlchemy's session, Core statements and even
+        On the writer's own driver connection: SQLAlchemy's session, Core statements and even
         `exec_driver_sql` cost more per group commit than the statements and the COMMIT.
         A relaxed batch that appends a checkpoint commits durably all the same: witnesses
         hear of a checkpoint only once the chain it signs is on disk.
         """
         dialect = self._db.writer_engine.dialect
-        with self._db.driver_write(durable=durable) as write:
+        with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
             try:
                 outcome = _append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
@@ -438,9 +572,38 @@ class AuditWriter:
             if outcome.checkpoints:
                 write.require_durable()
             durable = write.durable
-        # After the commit: what this thread knows is synced (a durable commit syncs all before).
-        self._unsynced = not durable and (outcome.appended > 0 or self._unsynced)
         return dataclasses.replace(outcome, durable=durable)
+
+
+class _Job:
+    """Work for the writer thread between batches (`transact`, reading the head, stopping)."""
+
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn()
+        except BaseException as exc:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+
+_STOP = _Job(lambda: None)  # queued by `close`: everything before it is committed first
+#: Seconds without work after which the writer thread hands its connection back to the pool.
+_IDLE_RELEASE = 1.0
+_APPENDED = "gatehouse.appended"  # Session.info: events `append_events` added in it
+
+
+def appended_in(session: Session) -> int:
+    """Events `append_events` appended in `session` (what `transact` counts)."""
+    return int(session.info.get(_APPENDED, 0))
 
 
 def append_events(
@@ -465,6 +628,7 @@ def append_events(
         outcome = _append_on(cursor, connection.dialect, drafts, signer, checkpoint_every)
     finally:
         cursor.close()
+    session.info[_APPENDED] = appended_in(session) + outcome.appended
     seqs = []
     for seq in outcome.results:
         if isinstance(seq, InvalidEvent):

@@ -163,7 +163,7 @@ def _pg_engine(url: URL, settings: dict[str, str], **kwargs: Any) -> Engine:
 
 
 class DriverWrite:
-    """A transaction from `Database.driver_write`: its driver connection, and whether its
+    """A transaction from `WriterConnection.transaction`: its driver connection, and whether its
     commit waits for the disk."""
 
     __slots__ = ("_sqlite", "connection", "durable")
@@ -183,6 +183,91 @@ class DriverWrite:
             cursor = self.connection.cursor()
             cursor.execute("SET LOCAL synchronous_commit = on")
             cursor.close()
+
+
+class WriterConnection:
+    """One bare driver connection from the writer pool, held by the audit writer's thread
+    across its group commits and handed back when it idles.
+
+    For the writer's hot path, where SQLAlchemy's execution layer, a pool checkout (with its
+    reset on return and, on PostgreSQL, its pre-ping round trip) and two `PRAGMA synchronous`
+    per relaxed batch cost more than the statements. Each `transaction` is the one
+    `write_session` gives: `BEGIN IMMEDIATE` on SQLite, and on PostgreSQL the pool's session
+    settings and READ COMMITTED. Only one thread may use it.
+
+    `durable=False` commits without waiting for the disk (ADR 0026): SQLite takes the
+    transaction with `synchronous=NORMAL` (its WAL frames are written, not synced, and the
+    next synced commit or `Database.sync` makes them durable), PostgreSQL with
+    `synchronous_commit = off`. The commit survives a crash of this process, not a power loss
+    until then. `DriverWrite.require_durable` turns it back into a durable one before the
+    block ends. The SQLite level is switched only when the next transaction wants the other
+    one, and set back to `FULL` before the connection returns to the pool, which serves every
+    other write.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._connection: PoolProxiedConnection | None = None
+        self._relaxed = False  # SQLite: the held connection is at synchronous=NORMAL
+
+    @property
+    def held(self) -> bool:
+        return self._connection is not None
+
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[DriverWrite]:
+        """One write transaction; commits when the block ends, rolls back (or drops the
+        connection, if even that fails) otherwise."""
+        sqlite = self._db.is_sqlite
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._db.writer_engine.raw_connection()
+        write = DriverWrite(connection, durable, sqlite)
+        try:
+            if sqlite:
+                if self._relaxed == durable:  # not inside a transaction: SQLite refuses there
+                    connection.execute(
+                        "PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL"
+                    )
+                    self._relaxed = not durable
+                connection.execute("BEGIN IMMEDIATE")  # sqlite3: a cursor of its own
+            elif not durable:
+                cursor = connection.cursor()
+                cursor.execute("SET LOCAL synchronous_commit = off")
+                cursor.close()
+            yield write
+            connection.commit()
+            if sqlite and not durable and write.durable:
+                self._db.sync()  # required durable after it began: sync what NORMAL left
+        except BaseException:
+            try:
+                connection.rollback()
+            except Exception:
+                self._drop()  # broken: never hand it out again
+            raise
+
+    def release(self) -> None:
+        """Hand the connection back to the pool (at `synchronous=FULL`); the next transaction
+        takes one again, pre-pinged on PostgreSQL."""
+        connection = self._connection
+        if connection is None:
+            return
+        if self._relaxed:
+            try:
+                connection.execute("PRAGMA synchronous=FULL")
+            except Exception:
+                self._drop()
+                return
+        self._connection = None
+        self._relaxed = False
+        connection.close()
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        self._relaxed = False
+        if connection is not None:
+            connection.invalidate()
+            connection.close()
 
 
 class Database:
@@ -266,50 +351,9 @@ class Database:
     def write_session(self) -> Session:
         return Session(self._writer, expire_on_commit=False)
 
-    @contextmanager
-    def driver_write(self, *, durable: bool = True) -> Iterator[DriverWrite]:
-        """One write transaction on a bare driver connection from the writer pool; commits when
-        the block ends, rolls back (or discards the connection, if even that fails) otherwise.
-
-        For the audit writer's group commit, where SQLAlchemy's execution layer cost more than
-        the statements. The transaction is the one `write_session` gives: `BEGIN IMMEDIATE` on
-        SQLite, and on PostgreSQL the pool's session settings, pre-ping and READ COMMITTED.
-
-        `durable=False` commits without waiting for the disk (ADR 0026): SQLite takes the
-        transaction with `synchronous=NORMAL` (its WAL frames are written, not synced, and the
-        next synced commit or `sync` makes them durable), PostgreSQL with `synchronous_commit
-        = off`. The commit survives a crash of this process, not a power loss until then.
-        `DriverWrite.require_durable` turns it back into a durable one before the block ends.
-        """
-        connection = self._writer.raw_connection()
-        write = DriverWrite(connection, durable, self.is_sqlite)
-        relaxed_sqlite = self.is_sqlite and not durable
-        try:
-            if relaxed_sqlite:
-                connection.execute("PRAGMA synchronous=NORMAL")  # not inside a transaction
-            if self.is_sqlite:
-                connection.execute("BEGIN IMMEDIATE")  # sqlite3: a cursor of its own
-            elif not durable:
-                cursor = connection.cursor()
-                cursor.execute("SET LOCAL synchronous_commit = off")
-                cursor.close()
-            yield write
-            connection.commit()
-            if relaxed_sqlite and write.durable:
-                self.sync()  # required durable after it began: sync what NORMAL left unsynced
-        except BaseException:
-            try:
-                connection.rollback()
-            except Exception:
-                connection.invalidate()  # broken: never hand it out again
-            raise
-        finally:
-            if relaxed_sqlite:
-                try:  # the pool hands this connection to other writes: FULL again
-                    connection.execute("PRAGMA synchronous=FULL")
-                except Exception:
-                    connection.invalidate()
-            connection.close()  # back to the pool
+    def writer_connection(self) -> WriterConnection:
+        """The audit writer's own driver connection (see `WriterConnection`)."""
+        return WriterConnection(self)
 
     def sync(self) -> None:
         """Make every commit so far durable, the ones made with `durable=False` included.
