@@ -21,6 +21,7 @@ the setting is off is unreadable; the guard reads both ways for the same reason.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -115,10 +116,30 @@ class Unreadable:
     too_complex: bool = False
 
 
+# Texts up to this long are remembered (the same few texts come back on every statement of a
+# driver's or a benchmark's loop, and parsing one cost a sixth of the relay's time); longer
+# ones are read each time, so the cache holds at most `_CACHED` times this many characters.
+_CACHED_TEXT: Final = 4096
+_CACHED: Final = 1024
+
+
 def statements(sql: str) -> list[SqlStatement] | Unreadable:
     """Every statement of ``sql``; one opaque statement that runs code when the text touches no
     name, or does not parse (the server refuses it as well; the guard denies unparseable text
-    on its own)."""
+    on its own). The reading depends on the text alone, so it is remembered per text."""
+    if len(sql) > _CACHED_TEXT:
+        return _statements(sql)
+    found = _remembered(sql)
+    return found if isinstance(found, Unreadable) else list(found)
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _remembered(sql: str) -> tuple[SqlStatement, ...] | Unreadable:
+    found = _statements(sql)
+    return found if isinstance(found, Unreadable) else tuple(found)
+
+
+def _statements(sql: str) -> list[SqlStatement] | Unreadable:
     if (
         _MAY_NAME.search(sql) is None
         and _MAY_BE_CODE_FREE.match(sql) is None
