@@ -3,12 +3,16 @@
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
+from sqlmodel import Session
 
+from controlplane.audit import writer as writer_module
 from controlplane.audit.events import draft
-from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, append_events
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
 from trail.chain import verify_chain
@@ -163,3 +167,74 @@ async def test_store_itself_refuses_to_change_or_remove_events(
         sql(db_path, statement)
 
     assert stored(db_path) == before
+
+
+async def test_events_queued_in_one_loop_turn_share_one_commit(
+    writer: AuditWriter, db_path: Path
+) -> None:
+    futures = [await writer.submit(draft("test.event", n=n), durable=True) for n in range(5)]
+
+    assert await asyncio.gather(*futures) == [1, 2, 3, 4, 5]
+    assert (writer.commits, writer.durable_commits, writer.committed) == (1, 1, 5)
+    assert verify_chain(stored(db_path)).broken is None
+
+
+async def test_a_full_queue_holds_callers_back_and_loses_nothing(
+    db: Database, db_path: Path
+) -> None:
+    audit = AuditWriter(db, queue_size=2, max_batch=2)
+    audit.start()
+    try:
+        futures = [await audit.submit(draft("test.event", n=n)) for n in range(7)]
+        assert audit.queue_depth <= 2  # the third submit waited for the first batch
+
+        assert sorted(await asyncio.gather(*futures)) == list(range(1, 8))
+    finally:
+        await audit.close()
+    rows = stored(db_path)
+    assert [seq for seq, _, _ in rows] == list(range(1, 8))
+    assert verify_chain(rows).broken is None
+
+
+async def test_transact_is_counted_like_a_group_commit(writer: AuditWriter, db_path: Path) -> None:
+    observed: list[float] = []
+    writer.on_commit = observed.append
+    await writer.commit(draft("test.event", n=0))
+
+    seqs = await writer.transact(
+        lambda s: append_events(s, [draft("test.event", n=1), draft("test.event", n=2)])
+    )
+
+    assert seqs == [2, 3]
+    assert (writer.commits, writer.durable_commits, writer.committed) == (2, 2, 3)
+    assert len(observed) == 2 and writer.commit_seconds >= sum(observed) > 0
+    assert [seq for seq, _, _ in stored(db_path)] == [1, 2, 3]
+
+
+async def test_a_failing_transaction_fails_only_its_caller(
+    writer: AuditWriter, db_path: Path
+) -> None:
+    def refuse(session: Session) -> None:
+        append_events(session, [draft("test.event", n=1)])
+        raise ValueError("refused by the caller")
+
+    with pytest.raises(ValueError, match="refused by the caller"):
+        await writer.transact(refuse)
+
+    assert await writer.commit(draft("test.event", n=2)) == 1  # rolled back: no gap
+    assert len(stored(db_path)) == 1
+
+
+async def test_an_idle_writer_gives_its_connection_back_to_the_pool(
+    db: Database, writer: AuditWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pooled connection is checked (pre-ping on PostgreSQL) when taken again, so a server
+    # restarted while the writer idled costs no batch.
+    monkeypatch.setattr(writer_module, "_IDLE_RELEASE", 0.01)
+    checked_in = threading.Event()
+    event.listen(db.writer_engine, "checkin", lambda *_: checked_in.set())
+    await writer.commit(draft("test.event", n=1))
+
+    assert await asyncio.to_thread(checked_in.wait, 10)
+    assert db.writer_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await writer.commit(draft("test.event", n=2)) == 2  # and takes one again
