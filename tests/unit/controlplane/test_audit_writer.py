@@ -4,17 +4,22 @@ import asyncio
 import json
 import sqlite3
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session
 
 from controlplane.audit import writer as writer_module
 from controlplane.audit.events import draft
-from controlplane.audit.writer import AuditUnavailable, AuditWriter, append_events
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, _sqlite_time, append_events
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
+from controlplane.store.models import EventRow
 from trail.chain import verify_chain
 
 REFUSE_INSERTS = (
@@ -238,3 +243,17 @@ async def test_an_idle_writer_gives_its_connection_back_to_the_pool(
     assert await asyncio.to_thread(checked_in.wait, 10)
     assert db.writer_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert await writer.commit(draft("test.event", n=2)) == 2  # and takes one again
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_the_stored_time_is_the_text_sqlalchemy_would_store(moment: datetime) -> None:
+    dialect = sqlite_dialect.dialect()
+    column = EventRow.__table__.c.time.type  # type: ignore[attr-defined]
+    processor = column.dialect_impl(dialect).bind_processor(dialect)
+
+    assert _sqlite_time(moment) == processor(moment)
+
+
+def test_a_naive_time_is_refused_as_the_column_refuses_it() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        _sqlite_time(datetime(2026, 1, 1))
