@@ -162,7 +162,8 @@ class AuditWriter:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        """Started and not closed yet (its thread may have failed: `close` still applies)."""
+        return self._stopped is not None
 
     @property
     def alive(self) -> bool:
@@ -222,14 +223,16 @@ class AuditWriter:
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
         thread, stopped = self._thread, self._stopped
-        if thread is None or stopped is None:
-            return
         self._thread = None  # refuses new events; the ones queued before are committed
-        self._hand_over()
-        self._queue.put(_STOP)
-        await asyncio.shield(stopped)
-        self._room.set()  # a caller still waiting for room finds the writer closed
-        await asyncio.to_thread(thread.join)
+        if stopped is None:
+            return
+        if thread is not None:
+            self._hand_over()
+            self._queue.put(_STOP)
+            await asyncio.shield(stopped)
+            self._room.set()  # a caller still waiting for room finds the writer closed
+            await asyncio.to_thread(thread.join)
+        self._stopped = None
 
     async def submit(self, event: Draft, *, durable: bool = False) -> asyncio.Future[int]:
         """Queue an event; the future resolves to its seq once committed.
@@ -357,11 +360,18 @@ class AuditWriter:
                     except queue.Empty:
                         break
                 for first in range(0, len(batch), self._max_batch):
-                    self._commit_batch(batch[first : first + self._max_batch])
+                    chunk = batch[first : first + self._max_batch]
+                    try:
+                        self._commit_batch(chunk)
+                    except BaseException:  # the thread ends: its batch must not hang
+                        self._deliver(functools.partial(self._refuse, chunk, _stopped()))
+                        raise
                 if type(item) is _Job:
                     if item is _STOP:
                         break
                     item.run()
+        except BaseException:  # a bug, or the interpreter going down: say so, fail closed
+            log.critical("the audit writer thread stopped; events are refused", exc_info=True)
         finally:
             self._finish()
 
@@ -411,7 +421,7 @@ class AuditWriter:
     def _refuse_queued(self) -> None:
         """Fail closed whatever is still queued when the thread ends (only if it failed: after
         `close`, nothing is queued behind the stop)."""
-        error = AuditUnavailable("the audit writer stopped")
+        error = _stopped()
         refused: list[_Item] = []
         while True:
             try:
@@ -423,7 +433,7 @@ class AuditWriter:
             elif type(item) is _Job and not item.future.done():
                 item.future.set_exception(error)
         if refused:
-            self._deliver(functools.partial(self._resolve, refused, error, 0.0))
+            self._deliver(functools.partial(self._refuse, refused, error))
 
     def _stopped_now(self) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -467,15 +477,12 @@ class AuditWriter:
 
     def _resolve(self, batch: list[_Item], outcome: _Outcome | Exception, elapsed: float) -> None:
         """On the loop: resolve the batch's futures, count it, wake followers and witnesses."""
-        self._pending -= len(batch)
-        if self._pending < self._queue_size:
-            self._room.set()
         if isinstance(outcome, Exception):
-            error = AuditUnavailable(f"the audit store could not commit the event: {outcome}")
-            for item, future, _ in batch:
-                self._failed(item, future, error)
+            error = f"the audit store could not commit the event: {outcome}"
+            self._refuse(batch, AuditUnavailable(error))
             self._counted(elapsed, 0, durable=False)
             return
+        self._taken(batch)
         committed = 0
         for (item, future, _), seq in zip(batch, outcome.results, strict=True):
             if type(seq) is int:
@@ -491,6 +498,18 @@ class AuditWriter:
             self._unsigned = not outcome.ends_signed
         self._notify()
         self._publish(outcome.checkpoints)
+
+    def _taken(self, batch: list[_Item]) -> None:
+        """The batch no longer counts against `queue_size`."""
+        self._pending -= len(batch)
+        if self._pending < self._queue_size:
+            self._room.set()
+
+    def _refuse(self, batch: list[_Item], error: AuditUnavailable) -> None:
+        """On the loop: fail every event of a batch the store did not take."""
+        self._taken(batch)
+        for item, future, _ in batch:
+            self._failed(item, future, error)
 
     def _counted(self, elapsed: float, events: int, *, durable: bool) -> None:
         self.committed += events
@@ -607,6 +626,10 @@ class _Job:
             self.future.set_exception(exc)
         else:
             self.future.set_result(result)
+
+
+def _stopped() -> AuditUnavailable:
+    return AuditUnavailable("the audit writer stopped: the control plane cannot record events")
 
 
 _STOP = _Job(lambda: None)  # queued by `close`: everything before it is committed first

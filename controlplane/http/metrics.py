@@ -30,7 +30,8 @@ class _Live(Collector):
         )
         yield CounterMetricFamily(
             "gatehouse_audit_commits",
-            "Audit store transactions (group commits) by this process.",
+            "Audit store transactions by this process: group commits, and the transactions "
+            "that store a credential or a prune with its event.",
             value=values["commits"],
         )
         yield CounterMetricFamily(

@@ -257,3 +257,19 @@ def test_the_stored_time_is_the_text_sqlalchemy_would_store(moment: datetime) ->
 def test_a_naive_time_is_refused_as_the_column_refuses_it() -> None:
     with pytest.raises(ValueError, match="aware"):
         _sqlite_time(datetime(2026, 1, 1))
+
+
+async def test_a_writer_thread_that_dies_fails_closed(
+    writer: AuditWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def die(drafts: object, durable: bool) -> None:
+        raise SystemExit("the writer thread is gone")  # not an Exception: the thread ends
+
+    monkeypatch.setattr(writer, "_append", die)
+
+    with pytest.raises(AuditUnavailable, match="stopped"):
+        await writer.commit(draft("test.event", n=1))
+    await writer.close()  # it returns; nothing is left waiting
+    assert not writer.alive
+    with pytest.raises(AuditUnavailable, match="not running"):
+        await writer.commit(draft("test.event", n=2))
