@@ -60,7 +60,7 @@ def execute(
                 f"the statement with -c, e.g. gatehouse exec {connection} -c 'select 1'",
                 USAGE,
             )
-        from cli import pgexec
+        from cli.pg import query as pgexec
 
         assert command is not None
         return await pgexec.run_sql_on(opened, command)
@@ -81,14 +81,14 @@ def execute(
         echo(f"{notice.severity}:  {notice.message}", err=True)
     _print_results(outcome, output)
     if outcome.error is not None:
-        from cli import pgexec
+        from cli.pg import query as pgexec
 
         raise pgexec.PgError(outcome.error, outcome)
     return 0
 
 
 async def _run_command(opened: Opened, args: list[str], command: str | None, no_stdin: bool) -> int:
-    from cli import term
+    from cli.term import stream as term
 
     start = command_start(args, command)
     source = None if no_stdin else term.read_fd(0)
@@ -114,7 +114,7 @@ def _notices(exc: CliError) -> list[Any]:
 
 
 def _print_results(outcome: Any, output: Format) -> None:
-    from cli import pgexec
+    from cli.pg import query as pgexec
 
     results: list[pgexec.ResultSet] = outcome.results
     if output is Format.json:

@@ -42,9 +42,9 @@ from controlplane.policy.access import MODES, AccessDecision, decide
 from controlplane.policy.document import Connection, Review
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.ends import ClientEnd, GrpcEnd
-from controlplane.relay.pg import PgInspector
+from controlplane.relay.pg.inspector import PgInspector
 from controlplane.relay.reviews import Reviews, as_message, wait_timeout
-from controlplane.relay.term import TermInspector, reported_run_as
+from controlplane.relay.term.inspector import TermInspector, reported_run_as
 from controlplane.relay.tunnel import CANCEL, Cancel, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, RecordingChunkRow, ReviewRow, SessionRow

@@ -225,7 +225,7 @@ print(json.dumps([status, sorted(sys.modules)]))
 """
 EXEC_MODULES = {
     *("cli", "cli.main", "cli.commands", "cli.parser", "cli.errors", "cli.output"),
-    *("cli.execute", "cli.rpc", "cli.profiles", "cli.session", "cli.pgexec"),
+    *("cli.execute", "cli.rpc", "cli.profiles", "cli.session", "cli.pg", "cli.pg.query"),
 }
 
 

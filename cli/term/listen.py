@@ -35,7 +35,7 @@ from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.output import echo
 from cli.session import open_session, review_log
-from cli.term import HIGH_WATER, SAID_TAIL, SessionClosed, TermSession, relay
+from cli.term.stream import HIGH_WATER, SAID_TAIL, SessionClosed, TermSession, relay
 from wire.term import codec
 
 log = logging.getLogger("gatehouse.connect")
@@ -342,7 +342,7 @@ async def serve(
 ) -> None:
     """Listen until cancelled; the banner says how to pin the host key and connect."""
     from cli import rpc
-    from cli.connect import handshake_limits
+    from cli.pg.listen import handshake_limits
 
     authorized, count = load_authorized_keys(key_files)
     key, key_path = host_key(config_dir())

@@ -347,7 +347,7 @@ def connect(
     setup_logging(False)
     kind = connection_type(address, md, connection)
     if kind == "ssh":
-        from cli import sshlisten
+        from cli.term import listen as sshlisten
 
         port = 2222 if port is None else port
         files = authorized_keys or sshlisten.default_key_files()

@@ -39,7 +39,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.programs import StdinReader, stdin_readers
-from controlplane.relay.recording import LineTracker, Recording, Store
+from controlplane.relay.term.recording import LineTracker, Recording, Store
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.term import codec
 from wire.term.codec import ProtocolError

@@ -36,9 +36,9 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
-from controlplane.relay import pg_sql
-from controlplane.relay.pg_lexical import LexicalSettings, sensitive
-from controlplane.relay.pg_names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
+from controlplane.relay.pg import sql as pg_sql
+from controlplane.relay.pg.lexical import LexicalSettings, sensitive
+from controlplane.relay.pg.names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.pg import framing

@@ -1,0 +1,1 @@
+"""Terminal streams in the CLI (ssh, shell): the session stream and the local SSH server."""
