@@ -38,7 +38,7 @@ from cli.rpc import run
 from cli.session import Call, open_session, review_log
 from gatehouse.v1 import client_pb2, client_pb2_grpc
 from wire.addresses import is_loopback
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger("gatehouse.connect")
@@ -92,7 +92,9 @@ class Listener:
                 self.refused += 1
                 log.warning("refusing %s: %d connections are still starting", peer, self.pending)
                 await _fatal(
-                    writer, "53300", "gatehouse: too many connections are starting; try again"
+                    writer,
+                    codes.TOO_MANY_CONNECTIONS,
+                    "gatehouse: too many connections are starting; try again",
                 )
                 return
             await self._serve(reader, writer)
@@ -100,7 +102,7 @@ class Listener:
             pass
         except framing.ProtocolError as exc:
             log.warning("client %s sent something that is not PostgreSQL: %s", peer, exc)
-            await _fatal(writer, "08P01", f"gatehouse: {exc}")
+            await _fatal(writer, codes.PROTOCOL_VIOLATION, f"gatehouse: {exc}")
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -117,7 +119,7 @@ class Listener:
             log.info("closing %s: no startup within %g s", peer, self.handshake_timeout)
             await _fatal(
                 writer,
-                "08P01",
+                codes.PROTOCOL_VIOLATION,
                 f"gatehouse: no startup message within {self.handshake_timeout:g} s",
             )
             return
@@ -137,13 +139,13 @@ class Listener:
             message = pgm.parse_startup(raw[4:])
             if isinstance(message, pgm.SSLRequest):
                 if self.tls is None:
-                    writer.write(b"N")
+                    writer.write(codes.SSL_REFUSED)
                     continue
-                writer.write(b"S")
+                writer.write(codes.SSL_ACCEPTED)
                 await writer.drain()
                 await writer.start_tls(self.tls)
             elif isinstance(message, pgm.GSSENCRequest):
-                writer.write(b"N")
+                writer.write(codes.SSL_REFUSED)
             else:
                 return message, raw
 
@@ -172,7 +174,7 @@ class Listener:
             await _fatal(writer, _sqlstate(exc.code()), f"gatehouse: {exc.details()}")
             return
         except CliError as exc:
-            await _fatal(writer, "08001", f"gatehouse: {exc.message}")
+            await _fatal(writer, codes.CLIENT_UNABLE_TO_CONNECT, f"gatehouse: {exc.message}")
             return
         call, session_id = opened.call, opened.session_id
         self.sessions += 1
@@ -216,9 +218,9 @@ async def _pump(
             data = frame.data
             if watching:
                 for message in startup.feed(data):
-                    if message.tag == ord("K"):
+                    if message.tag == codes.BACKEND_KEY_DATA:
                         on_key(pgm.parse_backend_key_data(message.body))
-                    elif message.tag == ord("Z"):
+                    elif message.tag == codes.READY_FOR_QUERY:
                         watching = False
             writer.write(data)
             await writer.drain()
@@ -253,10 +255,10 @@ async def _fatal(writer: asyncio.StreamWriter, sqlstate: str, message: str) -> N
 def _sqlstate(code: grpc.StatusCode) -> str:
     """The PostgreSQL error class a client best understands for a refusal."""
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return "28000"  # invalid_authorization_specification
+        return codes.INVALID_AUTHORIZATION
     if code == grpc.StatusCode.NOT_FOUND:
-        return "3D000"  # invalid_catalog_name: no such database (connection)
-    return "08001"  # sqlclient_unable_to_establish_sqlconnection
+        return codes.INVALID_CATALOG_NAME  # no such database: no such connection
+    return codes.CLIENT_UNABLE_TO_CONNECT
 
 
 def local_tls_context() -> ssl.SSLContext:

@@ -18,13 +18,8 @@ from cli import __version__
 from cli.errors import CliError
 from cli.session import Call, Opened, open_session
 from gatehouse.v1 import client_pb2
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
-
-INT_TYPES = {20, 21, 23, 26}  # int8, int2, int4, oid
-FLOAT_TYPES = {700, 701}
-BOOL_TYPE = 16
-JSON_TYPES = {114, 3802}
 
 
 class ResultSet:
@@ -152,13 +147,13 @@ def _json_value(value: bytes | None, type_oid: int) -> Any:
         return None
     text = value.decode("utf-8", errors="replace")
     try:
-        if type_oid in INT_TYPES:
+        if type_oid in codes.INT_TYPES:
             return int(text)
-        if type_oid in FLOAT_TYPES:
+        if type_oid in codes.FLOAT_TYPES:
             return float(text)
-        if type_oid == BOOL_TYPE:
+        if type_oid == codes.BOOL:
             return text == "t"
-        if type_oid in JSON_TYPES:
+        if type_oid in codes.JSON_TYPES:
             return json.loads(text)
     except ValueError:
         pass
