@@ -36,6 +36,7 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
+from controlplane.relay.inspection import EndCause, Opening
 from controlplane.relay.pg import sql as pg_sql
 from controlplane.relay.pg.lexical import LexicalSettings, sensitive
 from controlplane.relay.pg.names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
@@ -64,6 +65,12 @@ AFTER_EXECUTE = (
 )
 LIMIT_SQLSTATE = codes.PROGRAM_LIMIT_EXCEEDED
 TOO_COMPLEX_SQLSTATE = codes.STATEMENT_TOO_COMPLEX
+FATAL_SQLSTATES = {
+    EndCause.PROTOCOL: codes.PROTOCOL_VIOLATION,
+    EndCause.SHUTDOWN: codes.ADMIN_SHUTDOWN,  # what a server says when it ends a session
+    EndCause.AUDIT: codes.SYSTEM_ERROR,
+    EndCause.AGENT_LOST: codes.CONNECTION_FAILURE,
+}
 _COPY_BROKEN = (
     "a request was sent during COPY FROM STDIN; end the copy with CopyDone or CopyFail first"
 )
@@ -1038,10 +1045,10 @@ class PgInspector:
         """The agent's stream ended: answers of our own still due go out."""
         return self.take_synthetic()
 
-    def fatal(self, message: str, sqlstate: str = "08P01") -> bytes:
+    def fatal(self, message: str, cause: EndCause = EndCause.PROTOCOL) -> bytes:
         """The session's last words to the client: a FATAL ErrorResponse."""
         return pgm.error_response(
-            severity="FATAL", sqlstate=sqlstate, message=f"gatehouse: {message}"
+            severity="FATAL", sqlstate=FATAL_SQLSTATES[cause], message=f"gatehouse: {message}"
         )
 
     async def finish(self, reason: str) -> None:
@@ -1249,3 +1256,16 @@ def _param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
     if text is None:
         text = "base64:" + base64.b64encode(value[:PARAM_LIMIT]).decode("ascii")
     return text if len(text) <= PARAM_LIMIT else text[:PARAM_LIMIT] + "…"
+
+
+def open_inspector(opening: Opening) -> PgInspector:
+    """A `postgres` session's inspector, with its connection's guardrails and the detectors
+    that mask parameter values in its events."""
+    return PgInspector(
+        opening.session,
+        opening.audit,
+        opening.tunnel.wake,
+        guard=opening.policy.guard(opening.connection),
+        redact=opening.policy.parameter_detectors(opening.connection),
+        forward=opening.forward,
+    )
