@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from cli.errors import CliError
-from cli.pg.listen import Listener, handshake_limits, local_tls_context
+from cli.pg.listen import Listener, local_tls_context
+from cli.protocols import handshake_limits
 
 
 @pytest.fixture
