@@ -5,6 +5,10 @@ request; everything queued meanwhile rides in the same transaction (natural batc
 timers), so one fsync serves many sessions. When the store fails, every waiting caller gets
 `AuditUnavailable` and refuses its request: nothing unaudited goes through.
 
+One thread, `audit-writer`, does the appending (ADR 0032): the events of one event-loop turn
+reach it as one list, it commits whatever is queued on the driver connection it holds while
+busy (append.py), and it hands each batch's outcome back to the loop in one call.
+
 Only `commit()` waits for the disk (ADR 0026). An event that is `submit()`-ed (a result, an
 async-mode request, an auth failure: nobody waits for it) is committed as soon as the writer
 takes it, but a batch of only such events commits *relaxed*, without the fsync: it survives a
@@ -39,26 +43,18 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Dialect
-from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlmodel import Session
 
+from controlplane.audit.append import Outcome, append_events, append_on, appended_in
 from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.errors import AuditUnavailable, InvalidEvent
 from controlplane.audit.events import Draft, draft
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
 from controlplane.store.models import ChainHeadRow, EventRow
-from trail.canonical import canonical
-from trail.chain import link_hash
 from trail.signatures import CHECKPOINT_TYPE
-
-EVENTS = EventRow.__table__  # type: ignore[attr-defined]
-HEAD = ChainHeadRow.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +444,7 @@ class AuditWriter:
                 durable = True
                 break
         started = time.perf_counter()
-        outcome: _Outcome | Exception
+        outcome: Outcome | Exception
         try:
             outcome = self._append(drafts, durable)
         except Exception as exc:
@@ -475,7 +471,7 @@ class AuditWriter:
         except RuntimeError:  # the loop is closed: nobody is left to tell
             log.warning("the audit writer's event loop closed before a commit was reported")
 
-    def _resolve(self, batch: list[_Item], outcome: _Outcome | Exception, elapsed: float) -> None:
+    def _resolve(self, batch: list[_Item], outcome: Outcome | Exception, elapsed: float) -> None:
         """On the loop: resolve the batch's futures, count it, wake followers and witnesses."""
         if isinstance(outcome, Exception):
             error = f"the audit store could not commit the event: {outcome}"
@@ -582,7 +578,7 @@ class AuditWriter:
             row = session.get(EventRow, head.seq)
             return row is None or row.type != CHECKPOINT_TYPE
 
-    def _append(self, drafts: list[Draft], durable: bool) -> _Outcome:
+    def _append(self, drafts: list[Draft], durable: bool) -> Outcome:
         """Append in one transaction under the chain-head lock (runs in the writer thread).
 
         On the writer's own driver connection: SQLAlchemy's session, Core statements and even
@@ -594,7 +590,7 @@ class AuditWriter:
         with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
             try:
-                outcome = _append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
+                outcome = append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
             finally:
                 cursor.close()
             if outcome.checkpoints:
@@ -635,207 +631,3 @@ def _stopped() -> AuditUnavailable:
 _STOP = _Job(lambda: None)  # queued by `close`: everything before it is committed first
 #: Seconds without work after which the writer thread hands its connection back to the pool.
 _IDLE_RELEASE = 1.0
-_APPENDED = "gatehouse.appended"  # Session.info: events `append_events` added in it
-
-
-def appended_in(session: Session) -> int:
-    """Events `append_events` appended in `session` (what `transact` counts)."""
-    return int(session.info.get(_APPENDED, 0))
-
-
-def append_events(
-    session: Session,
-    drafts: Sequence[Draft],
-    *,
-    signer: SigningKey | None = None,
-    checkpoint_every: int = 0,
-) -> list[int]:
-    """Give each draft the next seq and its link in the chain, and insert it.
-
-    The head row is locked (`FOR UPDATE` on PostgreSQL, the write lock on SQLite) for the
-    whole transaction, so seq values become visible in commit order with no gaps. A draft of
-    type `audit.checkpoint` gets its signed `checkpoint` here, from the chain as it stands
-    before it; with `signer` and `checkpoint_every`, one is added when the batch takes seq past
-    a multiple of `checkpoint_every` (decided from the locked head, so replicas agree). Returns
-    the seqs of `drafts`.
-    """
-    connection = session.connection()
-    cursor = connection.connection.cursor()  # the driver's, inside the session's transaction
-    try:
-        outcome = _append_on(cursor, connection.dialect, drafts, signer, checkpoint_every)
-    finally:
-        cursor.close()
-    session.info[_APPENDED] = appended_in(session) + outcome.appended
-    seqs = []
-    for seq in outcome.results:
-        if isinstance(seq, InvalidEvent):
-            raise seq
-        seqs.append(seq)
-    return seqs
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """What one append did: per draft its seq or why it was refused, and the checkpoints."""
-
-    results: list[int | InvalidEvent]
-    checkpoints: list[dict[str, Any]]
-    appended: int
-    ends_signed: bool  # the last event appended is a checkpoint
-    durable: bool = True  # its commit waited for the disk (the writer sets it)
-
-
-@dataclass(frozen=True, slots=True)
-class _Sql:
-    """The append's three statements in the driver's own placeholders, and how `time` is bound.
-
-    Written out once per dialect and run on the driver's cursor: building, caching and binding
-    Core constructs cost more per group commit than the commit itself, and per-row parameter
-    processing was a fifth of the writer's time at large batches. `time` still goes through
-    the column type's own bind processor, so it is stored exactly as before.
-    """
-
-    head: str
-    insert: str
-    move: str
-    bind_time: Callable[[Any], Any] | None
-    copy: str | None  # PostgreSQL: the rows go in with COPY (see `_insert`)
-
-
-@functools.lru_cache(maxsize=32)
-def _sql(dialect: Dialect) -> _Sql:
-    if dialect.paramstyle == "qmark":
-        mark = "?"
-    elif dialect.paramstyle in ("format", "pyformat"):
-        mark = "%s"
-    else:  # pragma: no cover - only sqlite3 and psycopg are supported (store_url)
-        raise RuntimeError(f"unsupported paramstyle {dialect.paramstyle!r}")
-    lock = "" if dialect.name == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE locks
-    columns = ("seq", "id", "time", "type", "session_id", "body", "hash")
-    time_type = EVENTS.c.time.type
-    postgres = dialect.name == "postgresql"
-    return _Sql(
-        head=f"SELECT seq, hash FROM {HEAD.name} WHERE id = 1{lock}",
-        insert=f"INSERT INTO {EVENTS.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join([mark] * len(columns))})",
-        move=f"UPDATE {HEAD.name} SET seq = {mark}, hash = {mark} WHERE id = 1",
-        bind_time=_bind_time(time_type.dialect_impl(dialect).bind_processor(dialect), dialect),
-        copy=f"COPY {EVENTS.name} ({', '.join(columns)}) FROM STDIN" if postgres else None,
-    )
-
-
-def _bind_time(
-    processor: Callable[[Any], Any] | None, dialect: Dialect
-) -> Callable[[Any], Any] | None:
-    """On SQLite, `_sqlite_time` instead of the column's two bind processors (a tenth of
-    the append's time per event), once it is seen to write the same text."""
-    if dialect.name != "sqlite" or processor is None:
-        return processor
-    probe = datetime(987, 6, 5, 4, 3, 2, 0, tzinfo=timezone(timedelta(hours=-7)))
-    if all(_sqlite_time(m) == processor(m) for m in (probe, probe.replace(microsecond=10))):
-        return _sqlite_time
-    return processor  # pragma: no cover - SQLAlchemy changed how it stores DATETIME
-
-
-def _sqlite_time(moment: datetime) -> str:
-    """The text SQLAlchemy stores on SQLite for an aware `UTCDateTime`: the UTC moment as
-    `YYYY-MM-DD HH:MM:SS.ffffff`. A naive one is refused, as the column type refuses it."""
-    if moment.tzinfo is not UTC:  # drafts are made in UTC: this is the rare case
-        if moment.utcoffset() is None:
-            raise ValueError("an audit event's time must be aware")
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(" ", "microseconds")[:26]
-
-
-def _append_on(
-    cursor: DBAPICursor,
-    dialect: Dialect,
-    drafts: Sequence[Draft],
-    signer: SigningKey | None,
-    checkpoint_every: int,
-) -> _Outcome:
-    """`append_events` on a driver cursor inside a write transaction."""
-    sql = _sql(dialect)
-    cursor.execute(sql.head)
-    head = cursor.fetchone()
-    if head is None:
-        raise RuntimeError("the audit chain head row is missing: the store is not migrated")
-    head_seq, head_hash = head
-    seq, prev = head_seq, head_hash
-    rows: list[tuple[object, ...]] = []
-    results: list[int | InvalidEvent] = []
-    checkpoints: list[dict[str, Any]] = []
-    last_type = ""
-    for item in drafts:
-        try:
-            seq, prev = _append(rows, item, seq, prev, signer, sql.bind_time, checkpoints)
-        except InvalidEvent as exc:
-            results.append(exc)  # only this event fails; seq and the chain skip it
-            continue
-        results.append(seq)
-        last_type = item.type
-    every = checkpoint_every
-    if (
-        signer is not None
-        and every > 0
-        and rows
-        and last_type != CHECKPOINT_TYPE
-        and seq // every > head_seq // every
-    ):
-        interval = draft(CHECKPOINT_TYPE, reason="interval")
-        seq, prev = _append(rows, interval, seq, prev, signer, sql.bind_time, checkpoints)
-        last_type = CHECKPOINT_TYPE
-    if rows:
-        _insert(cursor, sql, rows)
-        cursor.execute(sql.move, (seq, prev))
-    return _Outcome(results, checkpoints, len(rows), last_type == CHECKPOINT_TYPE)
-
-
-def _insert(cursor: DBAPICursor, sql: _Sql, rows: list[tuple[object, ...]]) -> None:
-    """Insert the batch's rows: executemany on SQLite (one prepared statement, in C), COPY on
-    PostgreSQL, where psycopg's pipelined executemany cost ~30 µs a row in Python against
-    ~20 µs for COPY's rows (same triggers and constraints; one statement, one round trip)."""
-    if sql.copy is None:
-        cursor.executemany(sql.insert, rows)
-        return
-    import psycopg  # only with a PostgreSQL store
-
-    if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - psycopg 3 is the driver
-        raise RuntimeError(f"unexpected PostgreSQL cursor {type(cursor).__name__}")
-    with cursor.copy(sql.copy) as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-def _append(
-    rows: list[tuple[object, ...]],
-    item: Draft,
-    seq: int,
-    prev: str,
-    signer: SigningKey | None,
-    bind_time: Callable[[Any], Any] | None,
-    checkpoints: list[dict[str, Any]],
-) -> tuple[int, str]:
-    """Link one draft after (seq, prev) and add its row; InvalidEvent leaves both unchanged."""
-    body = dict(item.body)
-    if item.type == CHECKPOINT_TYPE:
-        # Only the writer says what a checkpoint vouches for: the event just before it.
-        if signer is None:
-            raise AuditUnavailable("no audit signing key: a checkpoint cannot be signed")
-        body["checkpoint"] = signer.checkpoint(seq, prev)
-    body["seq"] = seq + 1
-    body["prev_hash"] = prev
-    try:
-        raw = canonical(body)
-    except Exception as exc:  # rfc8785's errors, TypeError, ValueError, UnicodeEncodeError
-        detail = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")[:200]
-        raise InvalidEvent(
-            f"the {item.type} event has no canonical JSON form and was not recorded: {detail}"
-        ) from None
-    seq += 1
-    prev = link_hash(prev, raw)
-    stamp = item.time if bind_time is None else bind_time(item.time)
-    rows.append((seq, body["id"], stamp, item.type, item.session_id, raw.decode(), prev))
-    if item.type == CHECKPOINT_TYPE:
-        checkpoints.append(dict(body["checkpoint"], event_seq=seq, time=body.get("time", "")))
-    return seq, prev

@@ -15,8 +15,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session
 
 from controlplane.audit import writer as writer_module
+from controlplane.audit.append import sqlite_time
 from controlplane.audit.events import draft
-from controlplane.audit.writer import AuditUnavailable, AuditWriter, _sqlite_time, append_events
+from controlplane.audit.writer import AuditUnavailable, AuditWriter, append_events
 from controlplane.auth.identity import Identity
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow
@@ -251,12 +252,12 @@ def test_the_stored_time_is_the_text_sqlalchemy_would_store(moment: datetime) ->
     column = EventRow.__table__.c.time.type  # type: ignore[attr-defined]
     processor = column.dialect_impl(dialect).bind_processor(dialect)
 
-    assert _sqlite_time(moment) == processor(moment)
+    assert sqlite_time(moment) == processor(moment)
 
 
 def test_a_naive_time_is_refused_as_the_column_refuses_it() -> None:
     with pytest.raises(ValueError, match="aware"):
-        _sqlite_time(datetime(2026, 1, 1))
+        sqlite_time(datetime(2026, 1, 1))
 
 
 async def test_a_writer_thread_that_dies_fails_closed(
