@@ -39,9 +39,10 @@ from controlplane.errors import (
     unary,
 )
 from controlplane.policy.access import MODES, AccessDecision, decide
-from controlplane.policy.document import Connection, Review
+from controlplane.policy.document import Connection, HttpConnection, Review
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.ends import ClientEnd, GrpcEnd
+from controlplane.relay.http.inspector import HttpInspector
 from controlplane.relay.pg import PgInspector
 from controlplane.relay.reviews import Reviews, as_message, wait_timeout
 from controlplane.relay.term import TermInspector, reported_run_as
@@ -49,6 +50,7 @@ from controlplane.relay.tunnel import CANCEL, Cancel, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import ApiTokenRow, RecordingChunkRow, ReviewRow, SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
+from wire.http.codec import ProtocolError as HttpProtocolError
 from wire.pg.framing import ProtocolError
 from wire.term.codec import ProtocolError as TermProtocolError
 
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 ATTACH_TIMEOUT = 10.0
-SUPPORTED_TYPES = {"postgres", "ssh", "shell"}
+SUPPORTED_TYPES = {"postgres", "ssh", "shell", "http"}
 FORWARD_CHUNK = 1024 * 1024
 REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still works
 DEFAULT_DELEGATION = 8 * 3600
@@ -188,6 +190,17 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 guard=self._policy.guard(connection),
                 redact=self._policy.parameter_detectors(connection),
                 forward=functools.partial(_forward, tunnel),
+            )
+        if isinstance(connection, HttpConnection):
+            return HttpInspector(
+                ctx,
+                self._audit,
+                tunnel.wake,
+                guard=self._policy.request_guard(connection),
+                detectors=self._policy.parameter_detectors(connection),
+                forward=functools.partial(_forward, tunnel),
+                max_body=connection.target.max_body,
+                body_text=connection.target.record_body,
             )
         session_id = ctx.session_id
         db = self._db
@@ -605,7 +618,7 @@ class AgentLost(Exception):
     requests a result saying their outcome is unknown."""
 
 
-PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
+PROTOCOL_ERRORS = (ProtocolError, TermProtocolError, HttpProtocolError)
 
 
 async def _relay(end: ClientEnd, session: Admitted) -> str:
