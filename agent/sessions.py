@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from google.protobuf.json_format import MessageToDict
 
+from agent.http import engine as http_engine
 from agent.metrics import AgentStats
 from agent.mux import SessionMux, StreamLost
 from agent.pg import relay as pg_relay
@@ -51,6 +52,14 @@ async def serve_session(
             target = MessageToDict(spec.target)
             reason = await pg_relay.run(
                 target, dict(spec.secret), receive, send, masking=MessageToDict(spec.masking)
+            )
+        elif spec.type == "http":
+            reason = await http_engine.run(
+                MessageToDict(spec.target),
+                dict(spec.secret),
+                receive,
+                send,
+                masking=MessageToDict(spec.masking),
             )
         elif (engine := TERM_ENGINES.get(spec.type)) is not None:
             reason = await engine(MessageToDict(spec.target), dict(spec.secret), receive, send)
