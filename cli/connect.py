@@ -353,6 +353,13 @@ def connect(
         files = authorized_keys or sshlisten.default_key_files()
         sshlisten.load_authorized_keys(files)  # refuse before anything listens
         listening = sshlisten.serve(address, md, connection, host, port, files)
+    elif kind == "http":
+        from cli import httplisten
+
+        if authorized_keys:
+            raise CliError("--authorized-keys is for ssh connections", USAGE)
+        port = httplisten.DEFAULT_PORT if port is None else port
+        listening = httplisten.serve(address, md, connection, host, port)
     elif kind in (None, "postgres"):
         if authorized_keys:
             raise CliError("--authorized-keys is for ssh connections", USAGE)
@@ -360,8 +367,8 @@ def connect(
         listening = serve(address, md, connection, host, port)
     else:
         raise CliError(
-            f"{connection} is a {kind} connection: connect serves postgres and ssh connections; "
-            f"run commands with `gatehouse exec {connection} -- CMD`",
+            f"{connection} is a {kind} connection: connect serves postgres, ssh and http "
+            f"connections; run commands with `gatehouse exec {connection} -- CMD`",
             USAGE,
         )
     try:

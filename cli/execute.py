@@ -29,6 +29,9 @@ def execute(
     no_stdin: bool,
     controlplane: str | None,
     output: Format,
+    header: list[str] | None = None,
+    data: str | None = None,
+    verbose: bool = False,
 ) -> int:
     """Run the request; returns the exit status (a command's own, 141 when our reader went
     away), raises CliError for a refusal or a usage error."""
@@ -51,6 +54,10 @@ def execute(
         opened = await open_session(
             channel, md, connection, "exec", f"gatehouse-cli/{__version__} exec"
         )
+        if opened.connection_type == "http":
+            from cli import httpexec
+
+            return await httpexec.run(opened, args, header or [], data, verbose, output)
         if opened.connection_type in TERMINAL_TYPES:
             return await _run_command(opened, args or [], command, no_stdin)
         if args:
