@@ -127,8 +127,8 @@ class ServerSide:
         )
 
     def feed(self, data: bytes) -> None:
-        """Bytes from the client; b"" when it finished sending."""
-        if not self._switched:
+        """Bytes from the client (empty ones mean nothing: the end is the relay's to see)."""
+        if data and not self._switched:
             self._conn.receive_data(data)
 
     def next_request(self) -> Request | Continue | None:
