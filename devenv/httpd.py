@@ -1,4 +1,5 @@
-"""Throwaway HTTP targets nobody here wrote: httpbin (PyPI) under waitress, behind nginx (Debian).
+"""Throwaway HTTP targets nobody here wrote: httpbin (PyPI) under waitress, behind nginx (Debian),
+and a WebSocket echo on aiohttp's server.
 
 nginx serves `/static/` from ``base/www`` and passes everything else to httpbin; it listens
 in plain HTTP and, with a certificate from a CA of its own, in TLS. Its access log
@@ -49,6 +50,7 @@ class HttpTargets(Service):
     tls_port: int  # nginx, TLS with `cert`
     httpbin_port: int
     cert: ServerCert
+    ws_port: int  # a WebSocket echo server (devenv/wsecho.py, on aiohttp) at /echo
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     @property
@@ -132,7 +134,7 @@ def start_http_targets(base: Path, timeout: float = 20) -> HttpTargets:
     for sub in ("tmp", "www/static"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     cert = make_server_cert(base / "tls", [HOST, "api.internal"])
-    targets = HttpTargets(base, free_port(), free_port(), free_port(), cert)
+    targets = HttpTargets(base, free_port(), free_port(), free_port(), cert, free_port())
     targets._track()
     try:
         log = (base / "httpbin.log").open("ab")
@@ -157,6 +159,22 @@ def start_http_targets(base: Path, timeout: float = 20) -> HttpTargets:
             offset=0,
             timeout=timeout,
             port_taken="Address already in use",
+            error=HttpdStartError,
+        )
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "devenv.wsecho", str(targets.ws_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        targets._processes.append(echo)
+        wait_ready(
+            echo,
+            lambda: _probe(targets.ws_port),
+            name="websocket echo",
+            log_file=base / "httpbin.log",
+            offset=0,
+            timeout=timeout,
+            port_taken="address already in use",
             error=HttpdStartError,
         )
         (base / "nginx.conf").write_text(_nginx_conf(targets))

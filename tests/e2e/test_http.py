@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import requests
@@ -49,6 +50,10 @@ connections:
       url: 'https://127.0.0.1:{tls_port}'
       tls: {{ca_file: '{ca}', server_name: api.internal}}
     secret: {{headers: {{X-Api-Key: env:API_KEY}}}}
+  - name: ws
+    type: http
+    agent: {agent}
+    target: {{url: 'http://127.0.0.1:{ws_port}'}}
 guardrails:
   - name: api-rules
     deny_requests: ['DELETE /**', 'POST /admin/**']
@@ -81,7 +86,11 @@ def stack(
     )
     started = Stack(controlplane, agent, pg, base)
     policy = POLICY.format(
-        agent=AGENT, port=targets.port, tls_port=targets.tls_port, ca=targets.cert.ca
+        agent=AGENT,
+        port=targets.port,
+        tls_port=targets.tls_port,
+        ca=targets.cert.ca,
+        ws_port=targets.ws_port,
     )
     applied = started.apply(policy)
     assert applied.returncode == 0, applied.stderr
@@ -317,6 +326,43 @@ def _rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def test_a_websocket_echo_passes_through_and_is_recorded(stack: Stack) -> None:
+    connect = Connect.create(stack.controlplane, "ws", stack.base)
+    connect.start_and_wait()
+    after = last_seq(stack)
+
+    async def talk() -> list[str | bytes]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{connect.port}/echo") as socket,
+        ):
+            answers: list[str | bytes] = []
+            for text in ("hello", "wörld" * 1000):
+                await socket.send_str(text)
+                answers.append((await socket.receive(timeout=30)).data)
+            await socket.send_bytes(b"\x00\x01")
+            answers.append((await socket.receive(timeout=30)).data)
+            return answers
+
+    try:
+        assert asyncio.run(talk()) == ["hello", "wörld" * 1000, b"\x00\x01"]
+    finally:
+        connect.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        events = stack.events(after)
+        upgrade = [e for e in events if e["type"] == "http.upgrade"]
+        if upgrade:
+            break
+        time.sleep(0.1)
+    request = next(e for e in events if e["type"] == "http.request")
+    assert request["request"]["upgrade"] == "websocket"
+    response = next(e for e in events if e["type"] == "http.response")
+    assert response["result"]["status"] == 101
+    assert upgrade[0]["ref"] == request["seq"]
+    assert upgrade[0]["result"]["bytes"]["client"] > 6000
 
 
 def test_every_request_in_the_access_log_was_recorded_first(
