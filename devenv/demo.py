@@ -82,7 +82,10 @@ def main() -> int:
         controlplane.start_and_wait()
         step("creating and enrolling agent demo-agent")
         agent = enroll_agent(
-            controlplane, "demo-agent", base / "agent", env={"DEMO_PG_PASSWORD": DEMO_PASSWORD, "DEMO_API_TOKEN": DEMO_API_TOKEN}
+            controlplane,
+            "demo-agent",
+            base / "agent",
+            env={"DEMO_PG_PASSWORD": DEMO_PASSWORD, "DEMO_API_TOKEN": DEMO_API_TOKEN},
         )
         policy = base / "gatehouse.yaml"
         policy.write_text(

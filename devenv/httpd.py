@@ -5,7 +5,8 @@ nginx serves `/static/` from ``base/www`` and passes everything else to httpbin;
 in plain HTTP and, with a certificate from a CA of its own, in TLS. Its access log
 (``base/access.log``) says what reached the target: one line per request, as
 ``METHOD URI STATUS AUTHORIZATION X-API-KEY`` (tab-separated), so that tests can check what
-the gateway forwarded (and what it never did), and that the credential arrived. Nothing of
+the gateway forwarded (and what it never did), and that the credential arrived. It closes a
+kept-alive connection after 2 s idle, as servers do, so that clients meet that too. Nothing of
 the machine's own nginx is used: everything lives under ``base``. ``deploy/system-deps.sh``
 installs nginx.
 """
@@ -98,6 +99,7 @@ http {{
 {temp}
   client_max_body_size 0;
   keepalive_requests 100000;
+  keepalive_timeout 2s;  # short, so that a client's idle connection is closed under it
   upstream httpbin {{ server {HOST}:{targets.httpbin_port}; keepalive 16; }}
   server {{
     listen {HOST}:{targets.port};

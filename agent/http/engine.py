@@ -45,6 +45,7 @@ READ_SIZE: Final = 256 * 1024
 FRAME_BYTES: Final = 256 * 1024
 """Response bytes gathered into one frame at most (the tunnel's messages are bounded)."""
 _DROPPED_REQUEST: Final = HOP_BY_HOP | {"host", "authorization", "proxy-authorization"}
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DROPPED_RESPONSE: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "upgrade", "trailer", "te"}
 )
@@ -168,23 +169,30 @@ class _Session:
         return self.upstream
 
     async def exchange(self, request: Request) -> bool:
-        """Send one request and stream its response back; True when a protocol was switched."""
+        """Send one request and stream its response back; True when a protocol was switched.
+        A kept-alive connection the target closed while idle is found out only now: an
+        idempotent request is sent once more on a new one, if nothing of an answer came."""
         if self.target is None:
             await self.refuse(self.failure)
             return False
         self.streaming = False
-        try:
-            upstream = await self.connect()
-            await self._send_request(upstream, request)
-            return await self._relay_response(upstream, request)
-        except (TargetError, h11.ProtocolError, OSError, TimeoutError) as exc:
-            if self.upstream is not None:
-                self.upstream.close()
-                self.upstream = None
-            if self.streaming:
-                raise
-            await self.refuse(str(exc) or "the target did not answer in time")
-            return False
+        reused = self.upstream is not None
+        while True:
+            try:
+                upstream = await self.connect()
+                await self._send_request(upstream, request)
+                return await self._relay_response(upstream, request)
+            except (TargetError, h11.ProtocolError, OSError, TimeoutError) as exc:
+                if self.upstream is not None:
+                    self.upstream.close()
+                    self.upstream = None
+                if self.streaming:
+                    raise
+                if reused and request.method in _IDEMPOTENT and not isinstance(exc, TimeoutError):
+                    reused = False
+                    continue
+                await self.refuse(str(exc) or "the target did not answer in time")
+                return False
 
     async def _send_request(self, upstream: _Upstream, request: Request) -> None:
         target = self.target

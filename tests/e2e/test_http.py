@@ -256,6 +256,28 @@ def test_keep_alive_chunked_upload_and_100_continue(
     assert event["request"]["body"]["bytes"] == 200_000
 
 
+def test_a_connection_the_target_closed_while_idle_is_opened_again(
+    stack: Stack, listener: Connect, targets: HttpTargets
+) -> None:
+    with requests.Session() as session:
+        first = session.get(f"http://127.0.0.1:{listener.port}/anything/idle-1", timeout=30)
+        time.sleep(3)  # nginx closes its side of the agent's connection after 2 s
+        second = session.get(f"http://127.0.0.1:{listener.port}/anything/idle-2", timeout=30)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert wait_logged(targets, "/anything/idle-2")
+
+
+def test_an_http_1_0_client_gets_an_answer_it_can_read(listener: Connect) -> None:
+    curl = shutil.which("curl")
+    assert curl is not None
+    result = subprocess.run(
+        [curl, "-sS", "--http1.0", f"http://127.0.0.1:{listener.port}/anything/old?x=1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["args"] == {"x": "1"}
+
+
 def test_malformed_head_is_a_400_and_nothing_is_forwarded(
     listener: Connect, targets: HttpTargets
 ) -> None:

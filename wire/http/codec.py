@@ -76,6 +76,7 @@ class Request:
     headers: tuple[tuple[str, str], ...]  # names lower-cased, in order
     body: bytes
     upgrade: str | None = None  # the protocol asked for with Connection: upgrade (websocket)
+    version: str = "1.1"  # an HTTP/1.0 client's answers are framed by closing the connection
 
     @property
     def path(self) -> str:
@@ -188,7 +189,14 @@ class ServerSide:
         connection = ",".join(v for k, v in headers if k == "connection").lower()
         if "upgrade" in (token.strip() for token in connection.split(",")):
             upgrade = next((v for k, v in headers if k == "upgrade"), None)
-        return Request(_text(head.method), _text(head.target), headers, bytes(self._body), upgrade)
+        return Request(
+            _text(head.method),
+            _text(head.target),
+            headers,
+            bytes(self._body),
+            upgrade,
+            _text(head.http_version),
+        )
 
     # ---- answers -------------------------------------------------------------------------
 
@@ -278,10 +286,12 @@ def _content_length(head: h11.Request) -> int | None:
     return None
 
 
-def encode_request(method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+def encode_request(
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes, version: str = "1.1"
+) -> bytes:
     """One request as forwarded: `headers` as given (the caller dropped the hop-by-hop ones),
-    the body framed by its length."""
-    lines = [f"{method} {target} HTTP/1.1"]
+    the body framed by its length, in the client's HTTP version."""
+    lines = [f"{method} {target} HTTP/{version}"]
     lines += [f"{key}: {value}" for key, value in headers]
     if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE"):
         lines.append(f"content-length: {len(body)}")

@@ -385,4 +385,4 @@ def _forwarded(request: Request) -> bytes:
     headers = [(k, v) for k, v in request.headers if k not in HOP_BY_HOP]
     if request.upgrade is not None:
         headers += [("connection", "upgrade"), ("upgrade", request.upgrade)]
-    return encode_request(request.method, request.target, headers, request.body)
+    return encode_request(request.method, request.target, headers, request.body, request.version)
