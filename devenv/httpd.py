@@ -127,6 +127,26 @@ def _probe(port: int) -> str | None:
         return str(exc)
 
 
+def _start(
+    targets: HttpTargets, name: str, args: list[str], ports: list[int], timeout: float
+) -> None:
+    """Start one server (its output in ``base/NAME.log``) and wait until it listens."""
+    log_file = targets.base / f"{name}.log"
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    targets._processes.append(process)
+    wait_ready(
+        process,
+        lambda: next((why for port in ports if (why := _probe(port)) is not None), None),
+        name=name,
+        log_file=log_file,
+        offset=0,
+        timeout=timeout,
+        port_taken="in use",
+        error=HttpdStartError,
+    )
+
+
 def start_http_targets(base: Path, timeout: float = 20) -> HttpTargets:
     """httpbin under waitress, nginx in front of it; stop() (or `with`) ends both."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -138,65 +158,26 @@ def start_http_targets(base: Path, timeout: float = 20) -> HttpTargets:
     cert = make_server_cert(base / "tls", [HOST, "api.internal"])
     targets = HttpTargets(base, free_port(), free_port(), free_port(), cert, free_port())
     targets._track()
+    python = sys.executable
     try:
-        log = (base / "httpbin.log").open("ab")
-        waitress = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "waitress",
-                f"--listen={HOST}:{targets.httpbin_port}",
-                "--threads=16",
-                "httpbin:app",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        waitress = [python, "-m", "waitress", f"--listen={HOST}:{targets.httpbin_port}"]
+        _start(
+            targets,
+            "httpbin",
+            [*waitress, "--threads=16", "httpbin:app"],
+            [targets.httpbin_port],
+            timeout,
         )
-        targets._processes.append(waitress)
-        wait_ready(
-            waitress,
-            lambda: _probe(targets.httpbin_port),
-            name="httpbin",
-            log_file=base / "httpbin.log",
-            offset=0,
-            timeout=timeout,
-            port_taken="Address already in use",
-            error=HttpdStartError,
-        )
-        echo = subprocess.Popen(
-            [sys.executable, "-m", "devenv.wsecho", str(targets.ws_port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        targets._processes.append(echo)
-        wait_ready(
-            echo,
-            lambda: _probe(targets.ws_port),
-            name="websocket echo",
-            log_file=base / "httpbin.log",
-            offset=0,
-            timeout=timeout,
-            port_taken="address already in use",
-            error=HttpdStartError,
+        _start(
+            targets,
+            "wsecho",
+            [python, "-m", "devenv.wsecho", str(targets.ws_port)],
+            [targets.ws_port],
+            timeout,
         )
         (base / "nginx.conf").write_text(_nginx_conf(targets))
-        nginx_log = (base / "nginx.out").open("ab")
-        process = subprocess.Popen(
-            [nginx, "-p", str(base), "-c", str(base / "nginx.conf"), "-g", "daemon off;"],
-            stdout=nginx_log,
-            stderr=subprocess.STDOUT,
-        )
-        targets._processes.append(process)
-        wait_ready(
-            process,
-            lambda: _probe(targets.port) or _probe(targets.tls_port),
-            name="nginx",
-            log_file=base / "nginx.out",
-            offset=0,
-            timeout=timeout,
-            port_taken="Address already in use",
-            error=HttpdStartError,
-        )
+        nginx_args = [nginx, "-p", str(base), "-c", str(base / "nginx.conf"), "-g", "daemon off;"]
+        _start(targets, "nginx", nginx_args, [targets.port, targets.tls_port], timeout)
     except BaseException:
         targets.stop()
         raise
