@@ -61,6 +61,7 @@ EXEC = Command(
         "gatehouse exec pg-prod -c 'select 41+1 as answer' -o json",
         "tar c src | gatehouse exec web-1 -- tar x -C /srv/app",
         "gatehouse exec api -- POST /v1/items -H 'Content-Type: application/json' -d @item.json",
+        "gatehouse exec api -- GET '/v1/items?q=1' -v -o json",
     ),
     (
         Arg("connection", "NAME", "Connection name."),
@@ -68,7 +69,7 @@ EXEC = Command(
             "args",
             "CMD",
             "ssh and shell connections: the command and its arguments, after --; http: METHOD "
-            "/path?query.",
+            "/path?query [-H 'K: V']... [-d TEXT|@FILE|@-] [-v] (status and headers on stderr).",
             variadic=True,
         ),
         Opt(
@@ -81,25 +82,13 @@ EXEC = Command(
             "ssh and shell: send no input; the command reads end of file at once (like ssh -n).",
             switch=True,
         ),
-        Opt(
-            ("-H", "--header"),
-            "http: a request header 'Name: value' (repeatable).",
-            metavar="HEADER",
-            repeat=True,
-        ),
-        Opt(
-            ("-d", "--data"),
-            "http: the request body: TEXT, or @FILE (@- reads stdin).",
-            metavar="TEXT|@FILE",
-        ),
-        Opt(("-v", "--verbose"), "http: the status line and headers on stderr.", switch=True),
         *REMOTE,
     ),
     exit_at_once=True,
 )
 
 CONNECT = Command(
-    "cli.connect:connect",
+    "cli.listeners:connect",
     """Listen locally for native clients (psql, psycopg, asyncpg, GUIs; ssh, scp, sftp for an
     ssh connection; curl, httpx, requests, SDKs for an http one); each connection (each SSH
     channel) is one audited session.""",

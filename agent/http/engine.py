@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,16 +29,17 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import h11
+from google.protobuf.json_format import MessageToDict
 
+from agent.engines import Cancel, Engine, Receive, Refusal, SendFrame
 from agent.http.masking import BodyMasker
-from agent.pg.relay import Cancel, Receive, SendFrame
 from agent.secrets import SecretError, resolve
-from gatehouse.v1 import tunnel_pb2
+from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import HOP_BY_HOP, ProtocolError, Request, ServerSide
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Target", "run"]
+__all__ = ["HttpEngine", "Target", "run"]
 
 CONNECT_TIMEOUT: Final = 10.0
 READ_TIMEOUT: Final = 300.0
@@ -307,10 +310,43 @@ class _Session:
         """The target is not reachable: a 502 naming why, marked as an error."""
         log.warning("http request not sent: %s", message)
         data = self.side.respond_json(502, {"error": f"gatehouse agent: {message}"})
-        mark = _mark(502, 0, "application/json")
-        mark.kind = tunnel_pb2.ResultMark.ERROR
-        mark.message = message
-        await self.send(tunnel_pb2.Frame(data=data, marks=[mark]))
+        await self.send(_error_frame(data, message))
+
+
+def _error_frame(data: bytes, message: str) -> tunnel_pb2.Frame:
+    mark = _mark(502, 0, "application/json")
+    mark.kind = tunnel_pb2.ResultMark.ERROR
+    mark.message = message
+    return tunnel_pb2.Frame(data=data, marks=[mark])
+
+
+_METHOD_LINE = re.compile(rb"[A-Z]{3,7} [/*]")
+
+
+class HttpEngine(Engine):
+    """`http` connections (agent/engines.py)."""
+
+    async def run(self, spec: agent_pb2.ConnectionSpec, receive: Receive, send: SendFrame) -> str:
+        return await run(
+            MessageToDict(spec.target),
+            dict(spec.secret),
+            receive,
+            send,
+            masking=MessageToDict(spec.masking),
+        )
+
+    def refusal(self, why: Refusal, message: str) -> tunnel_pb2.Frame:
+        """A 502 that closes the connection: nothing of the session can be served."""
+        body = json.dumps({"error": f"gatehouse agent: {message}"}).encode() + b"\n"
+        head = (
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        return _error_frame(head.encode() + body, message)
+
+    def speaks(self, first: bytes) -> bool:
+        """A request line opens with a method and a target."""
+        return _METHOD_LINE.match(first) is not None
 
 
 def _mark(

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from wire import errors
+
 __all__ = [
     "HOP_BY_HOP",
     "MAX_BODY",
@@ -59,7 +61,7 @@ HOP_BY_HOP: Final = frozenset(
 is re-framed with its own Content-Length."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(errors.ProtocolError):
     """The client's bytes are not an acceptable HTTP/1.1 request: answer `status`, then close."""
 
     def __init__(self, message: str, status: int = 400) -> None:

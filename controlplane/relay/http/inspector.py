@@ -29,8 +29,10 @@ from urllib.parse import parse_qsl, urlencode
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.policy.document import HttpConnection
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.requests import RequestGuard
+from controlplane.relay.inspection import EndCause, Opening
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.http.codec import (
@@ -45,7 +47,7 @@ from wire.http.codec import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BODY_TEXT", "REDACTED", "HttpInspector", "redacted_headers"]
+__all__ = ["BODY_TEXT", "REDACTED", "HttpInspector", "open_inspector", "redacted_headers"]
 
 BODY_TEXT: Final = 64 * 1024
 """Most bytes of a request body kept as text in its event (its digest covers all of it)."""
@@ -312,12 +314,14 @@ class HttpInspector:
         """The agent's stream ended: answers of our own still due go out."""
         return self.take_synthetic()
 
-    def fatal(self, message: str, sqlstate: str = "") -> bytes:
-        """The session's last words, when no response is under way: a 502 saying why."""
+    def fatal(self, message: str, cause: EndCause = EndCause.PROTOCOL) -> bytes:
+        """The session's last words, when no response is under way: a status saying why (a
+        response under way can only be cut off: the client sees the connection close)."""
         if self._inflight is not None or self._upgraded is not None:
             return b""
+        status = _FATAL_STATUS[cause]
         try:
-            return self._side.respond_json(502, {"error": f"gatehouse: {message}"}, close=True)
+            return self._side.respond_json(status, {"error": f"gatehouse: {message}"}, close=True)
         except ProtocolError:
             return b""
 
@@ -361,6 +365,31 @@ class HttpInspector:
                 },
             )
         self._idle.set()
+
+
+_FATAL_STATUS: Final = {
+    EndCause.PROTOCOL: 400,
+    EndCause.SHUTDOWN: 403,  # its token stopped working, or its agent was revoked
+    EndCause.AUDIT: 503,
+    EndCause.AGENT_LOST: 502,
+}
+
+
+def open_inspector(opening: Opening) -> HttpInspector:
+    """An `http` session's inspector, with its connection's request guardrails, the detectors
+    that mask what its events keep, and its body limits."""
+    connection = opening.connection
+    assert isinstance(connection, HttpConnection)
+    return HttpInspector(
+        opening.session,
+        opening.audit,
+        opening.tunnel.wake,
+        guard=opening.policy.request_guard(connection),
+        detectors=opening.policy.parameter_detectors(connection),
+        forward=opening.forward,
+        max_body=connection.target.max_body,
+        body_text=connection.target.record_body,
+    )
 
 
 def _textual(content_type: str | None) -> bool:

@@ -18,7 +18,9 @@ import logging
 import grpc
 
 from cli import __version__
+from cli.errors import USAGE, CliError
 from cli.output import echo
+from cli.protocols import Listening, ListenRequest
 from cli.session import Call, open_session, review_log
 from gatehouse.v1 import client_pb2
 
@@ -103,6 +105,16 @@ async def _pump(call: Call, reader: asyncio.StreamReader, writer: asyncio.Stream
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         call.cancel()
+
+
+def listen(request: ListenRequest) -> Listening:
+    """`gatehouse connect` on an http connection: an HTTP listener on 8081 unless told
+    otherwise."""
+    if request.authorized_keys:
+        raise CliError("--authorized-keys is for ssh connections", USAGE)
+    port = DEFAULT_PORT if request.port is None else request.port
+    serving = serve(request.address, request.metadata, request.connection, request.host, port)
+    return Listening(port, serving)
 
 
 async def serve(

@@ -20,10 +20,11 @@ import h11
 
 from cli.errors import USAGE, CliError
 from cli.output import Format, echo, emit_json
+from cli.protocols import ExecRequest
 from cli.session import Opened
 from gatehouse.v1 import client_pb2
 
-__all__ = ["Words", "build_request", "read_words", "run"]
+__all__ = ["Words", "build_request", "execute", "read_words"]
 
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -41,8 +42,8 @@ class Words:
 
 
 def read_words(args: list[str]) -> Words:
-    """METHOD /path [-H 'K: V']... [-d TEXT|@FILE] [-v] [-o json]: the options may also come
-    before `--`, where `gatehouse exec` itself reads them."""
+    """METHOD /path [-H 'K: V']... [-d TEXT|@FILE|@-] [-v] [-o json], curl's way: the words
+    after `--` are the request's (`-o` may also come before it, where `exec` reads it)."""
     if len(args) < 2 or args[0].upper() not in METHODS or not args[1].startswith("/"):
         raise CliError(
             "an http request is METHOD /path, e.g. gatehouse exec api -- GET /v1/items?q=1",
@@ -104,20 +105,22 @@ def _body(data: str | None) -> bytes:
     return data.encode()
 
 
-async def run(
-    opened: Opened,
-    args: list[str],
-    headers: list[str],
-    data: str | None,
-    verbose: bool,
-    output: Format,
-) -> int:
-    words = read_words(args)
-    words.headers[:0] = headers
-    words.data = words.data if words.data is not None else data
-    words.verbose = words.verbose or verbose
-    request = build_request(words)
-    method, verbose = words.method, words.verbose
+async def execute(opened: Opened, asked: ExecRequest) -> int:
+    """Send the request, stream the response's body to stdout; 0 for a 2xx status, else 1."""
+    if asked.command is not None:
+        opened.call.cancel()
+        raise CliError(
+            f"{asked.connection} is an http connection: give the request after --, e.g. "
+            f"gatehouse exec {asked.connection} -- GET /v1/items",
+            USAGE,
+        )
+    try:
+        words = read_words(asked.args)
+        request = build_request(words)
+    except CliError:
+        opened.call.cancel()
+        raise
+    method, verbose, output = words.method, words.verbose, asked.output
     call = opened.call
     await call.write(client_pb2.ClientFrame(data=request))
     await call.done_writing()
