@@ -23,7 +23,7 @@ import requests
 
 from devenv.httpd import HttpTargets, start_http_targets
 from devenv.postgres import PostgresServer
-from devenv.stack import Connect, ControlPlane, enroll_agent
+from devenv.stack import Connect, ControlPlane, enroll_agent, gatehouse
 from tests.e2e.conftest import AGENT, Stack
 
 API_PASSWORD = "s3cret-api-password"
@@ -145,6 +145,14 @@ def test_exec_prints_the_body_and_records_request_and_response(
     assert response["result"]["content_type"] == "application/json"
     assert response["result"]["bytes"]["response"] > 0
     assert request["seq"] < response["seq"]
+    ocsf = stack.cli(
+        "audit", "export", "--after", str(after), "--types", "http.request,http.response",
+        "--format", "ocsf",
+    )  # fmt: skip
+    mapped = [json.loads(line) for line in ocsf.stdout.splitlines() if line]
+    assert [e["class_name"] for e in mapped] == ["HTTP Activity", "HTTP Activity"]
+    assert mapped[0]["http_request"]["http_method"] == "GET"
+    assert mapped[1]["http_response"]["code"] == 200
 
 
 def test_exec_json_output_and_exit_status_of_a_404(stack: Stack) -> None:
@@ -162,6 +170,25 @@ def test_exec_posts_a_body_from_a_file(stack: Stack, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["body"]["json"] == {"name": "widget"}
+    piped = gatehouse(
+        [
+            "exec",
+            "api",
+            "-o",
+            "json",
+            "--",
+            "PUT",
+            "/put",
+            "-d",
+            "@-",
+            "-H",
+            "Content-Type: text/plain",
+        ],
+        env=stack.controlplane.cli_env,
+        input="from stdin",
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["body"]["data"] == "from stdin"
 
 
 def test_the_credential_reaches_the_target_not_the_caller_nor_the_trail(
