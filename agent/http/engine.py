@@ -58,6 +58,10 @@ class TargetError(Exception):
     """The target could not be reached or answered nonsense; the client gets a 502."""
 
 
+class StaleConnection(TargetError):
+    """A kept-alive connection the target had closed: the request never got an answer."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where requests go and what is added to each."""
@@ -129,6 +133,8 @@ class _Upstream:
                 raise TargetError("the target's connection is paused (it switched protocols)")
             async with asyncio.timeout(READ_TIMEOUT):
                 data = await self.reader.read(READ_SIZE)
+            if not data and self.conn.their_state is h11.SEND_RESPONSE:
+                raise StaleConnection("the target closed the connection before it answered")
             self.conn.receive_data(data)
 
     def close(self) -> None:
@@ -191,7 +197,8 @@ class _Session:
                     self.upstream = None
                 if self.streaming:
                     raise
-                if reused and request.method in _IDEMPOTENT and not isinstance(exc, TimeoutError):
+                stale = isinstance(exc, StaleConnection | ConnectionResetError | BrokenPipeError)
+                if reused and stale and request.method in _IDEMPOTENT:
                     reused = False
                     continue
                 await self.refuse(str(exc) or "the target did not answer in time")
@@ -206,6 +213,10 @@ class _Session:
             (k, v) for k, v in request.headers if k not in _DROPPED_REQUEST and k not in injected
         ]
         headers += list(target.headers)
+        if self.masker is not None:
+            # A body the agent must mask has to arrive readable: no gzip, no br.
+            headers = [(k, v) for k, v in headers if k != "accept-encoding"]
+            headers.append(("accept-encoding", "identity"))
         if request.upgrade is not None:
             headers += [("connection", "upgrade"), ("upgrade", request.upgrade)]
         if request.body or request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -240,7 +251,13 @@ class _Session:
         content_type = _header(event.headers, b"content-type")
         headers = _response_headers(event.headers)
         masking = self.masker is not None and self.masker.applies(content_type)
-        if masking:
+        if masking and request.method != "HEAD":
+            encoding = _header(event.headers, b"content-encoding").lower()
+            if encoding not in ("", "identity"):
+                raise TargetError(
+                    f"the target sent a {encoding}-encoded body the agent cannot read to mask; "
+                    "nothing of it was sent"
+                )
             return await self._masked_response(upstream, event, headers, content_type)
         reason = event.reason.decode("latin-1")
         pending = bytearray(self.side.start(event.status_code, headers, reason))
