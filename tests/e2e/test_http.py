@@ -355,19 +355,26 @@ def test_a_100_mb_download_streams_with_flat_memory(
     size = 100 * 1024 * 1024
     with (targets.www / "static" / "big.bin").open("wb") as fh:
         fh.truncate(size)
-    agent_pid = stack.agent.proc.pid if stack.agent.proc else 0
-    before = _rss(agent_pid)
+    processes = {
+        "agent": stack.agent.proc,
+        "control plane": stack.controlplane.proc,
+        "connect": listener.proc,
+    }
+    pids = {name: proc.pid for name, proc in processes.items() if proc is not None}
+    before = {name: _rss(pid) for name, pid in pids.items()}
+    peak = dict(before)
     received = 0
-    peak = before
     with requests.get(
         f"http://127.0.0.1:{listener.port}/static/big.bin", stream=True, timeout=120
     ) as answer:
         assert answer.status_code == 200
         for chunk in answer.iter_content(1024 * 1024):
             received += len(chunk)
-            peak = max(peak, _rss(agent_pid))
+            for name, pid in pids.items():
+                peak[name] = max(peak[name], _rss(pid))
     assert received == size
-    assert peak - before < 40 * 1024 * 1024, f"agent grew {(peak - before) >> 20} MiB"
+    grown = {name: (peak[name] - before[name]) >> 20 for name in pids}
+    assert len(grown) == 3 and max(grown.values()) < 40, f"MiB grown while streaming: {grown}"
 
 
 def _rss(pid: int) -> int:
