@@ -241,7 +241,7 @@ class _Session:
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101 and request.upgrade is not None:
                     head = self.side.start(101, _response_headers(event.headers, upgrade=True))
-                    await self.send(tunnel_pb2.Frame(data=head, marks=[_mark(101, 0, "")]))
+                    await self.send(_marked(head, _mark(101, 0, "")))
                     return True
                 continue  # 100 Continue and the like were answered for this hop already
             if isinstance(event, h11.Response):
@@ -274,7 +274,7 @@ class _Session:
             elif isinstance(part, h11.EndOfMessage):
                 pending += self.side.end()
                 mark = _mark(event.status_code, size, content_type)
-                await self.send(tunnel_pb2.Frame(data=bytes(pending), marks=[mark]))
+                await self.send(_marked(bytes(pending), mark))
                 self._next(upstream)
                 return False
             elif isinstance(part, h11.ConnectionClosed):
@@ -310,7 +310,7 @@ class _Session:
         data = self.side.start(head.status_code, fields, head.reason.decode("latin-1"))
         data += self.side.data(out) + self.side.end()
         mark = _mark(head.status_code, len(out), content_type, masked=masked is not None)
-        await self.send(tunnel_pb2.Frame(data=data, marks=[mark]))
+        await self.send(_marked(data, mark))
         self._next(upstream)
         return False
 
@@ -334,6 +334,12 @@ def _error_frame(data: bytes, message: str) -> tunnel_pb2.Frame:
     mark = _mark(502, 0, "application/json")
     mark.kind = tunnel_pb2.ResultMark.ERROR
     mark.message = message
+    return _marked(data, mark)
+
+
+def _marked(data: bytes, mark: tunnel_pb2.ResultMark) -> tunnel_pb2.Frame:
+    """The frame that ends a response: the mark's `end` is just past it."""
+    mark.end = len(data)
     return tunnel_pb2.Frame(data=data, marks=[mark])
 
 

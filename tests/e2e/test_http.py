@@ -419,6 +419,7 @@ def test_a_websocket_echo_passes_through_and_is_recorded(stack: Stack) -> None:
     assert response["result"]["status"] == 101
     assert upgrade[0]["ref"] == request["seq"]
     assert upgrade[0]["result"]["bytes"]["client"] > 6000
+    assert upgrade[0]["result"]["messages"] == {"client": 3, "target": 3}
 
 
 def test_every_request_in_the_access_log_was_recorded_first(

@@ -44,6 +44,7 @@ from wire.http.codec import (
     ServerSide,
     encode_request,
 )
+from wire.http.websocket import MessageCount
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class HttpInspector:
         self._idle.set()
         self._upgraded: _InFlight | None = None
         self._upgrade_bytes = [0, 0]  # client → target, target → client after a 101
+        self._messages: tuple[MessageCount, MessageCount] | None = None
         self.finished = False
         # The agent ends the session once the response in flight has ended.
         self.drain_timeout: float | None = None
@@ -143,7 +145,7 @@ class HttpInspector:
         requests are forwarded here, one at a time, each once the previous one's response
         has ended)."""
         if self._upgraded is not None:
-            self._upgrade_bytes[0] += len(data)
+            self._passed(0, data)
             return data
         if self.finished:
             return b""
@@ -153,7 +155,7 @@ class HttpInspector:
             if self._upgraded is not None:
                 # A WebSocket from here on: what came after the upgrade request goes on.
                 rest = self._side.switched()
-                self._upgrade_bytes[0] += len(rest)
+                self._passed(0, rest)
                 return rest
             if self._side.closed:
                 return b""  # the conversation ended (Connection: close); nothing more goes on
@@ -263,13 +265,21 @@ class HttpInspector:
         """Pass the target's answer on; at a response's end, record it first."""
         data = frame.data
         if self._upgraded is not None:
-            self._upgrade_bytes[1] += len(data)
+            self._passed(1, data)
             return [data] if data else []
         for mark in frame.marks:
-            await self._response(mark)
+            await self._response(mark, data[: mark.end])
+        if self._upgraded is not None and frame.marks:
+            self._passed(1, data[frame.marks[-1].end :])
         return [data] if data else []
 
-    async def _response(self, mark: tunnel_pb2.ResultMark) -> None:
+    def _passed(self, direction: int, data: bytes) -> None:
+        """WebSocket bytes going by: counted, and their messages (0: the client's)."""
+        self._upgrade_bytes[direction] += len(data)
+        if self._messages is not None:
+            self._messages[direction].feed(data)
+
+    async def _response(self, mark: tunnel_pb2.ResultMark, head: bytes) -> None:
         inflight = self._inflight
         if inflight is None:
             return
@@ -289,6 +299,12 @@ class HttpInspector:
         await self._result(inflight, result)
         if status == 101 and inflight.upgrade is not None:
             self._upgraded = inflight
+            # An extension (permessage-deflate) changes what a frame is: not read then.
+            readable = b"sec-websocket-extensions" not in head.lower()
+            self._messages = (
+                MessageCount(from_client=True, readable=readable),
+                MessageCount(from_client=False, readable=readable),
+            )
         try:
             self._side.responded(status)
         except ProtocolError as exc:
@@ -344,6 +360,7 @@ class HttpInspector:
                                 "client": self._upgrade_bytes[0],
                                 "target": self._upgrade_bytes[1],
                             },
+                            "messages": _messages(self._messages),
                         },
                     )
                 )
@@ -390,6 +407,13 @@ def open_inspector(opening: Opening) -> HttpInspector:
         max_body=connection.target.max_body,
         body_text=connection.target.record_body,
     )
+
+
+def _messages(counts: tuple[MessageCount, MessageCount] | None) -> dict[str, int | None]:
+    """Messages each way (None: not readable, e.g. compressed with permessage-deflate)."""
+    if counts is None:
+        return {"client": None, "target": None}
+    return {"client": counts[0].as_event(), "target": counts[1].as_event()}
 
 
 def _textual(content_type: str | None) -> bool:
