@@ -191,6 +191,25 @@ def test_exec_posts_a_body_from_a_file(stack: Stack, tmp_path: Path) -> None:
     assert json.loads(piped.stdout)["body"]["data"] == "from stdin"
 
 
+def test_methods_and_bodies_through_the_listener(stack: Stack, listener: Connect) -> None:
+    after = last_seq(stack)
+    with httpx.Client(base_url=f"http://127.0.0.1:{listener.port}", timeout=30) as http:
+        assert http.put("/put", json={"a": 1}).json()["json"] == {"a": 1}
+        assert http.patch("/patch", content=b"raw bytes").json()["data"] == "raw bytes"
+        head = http.head("/get")
+        assert head.status_code == 200 and head.content == b""
+        assert http.options("/get").status_code == 200
+        assert http.get("/status/418").status_code == 418
+        assert http.get("/anything/after-all").json()["method"] == "GET"  # still in step
+    recorded = [(e["request"]["method"], e["request"]["path"]) for e in requests_of(stack, after)]
+    assert recorded == [
+        ("PUT", "/put"), ("PATCH", "/patch"), ("HEAD", "/get"), ("OPTIONS", "/get"),
+        ("GET", "/status/418"), ("GET", "/anything/after-all"),
+    ]  # fmt: skip
+    statuses = [e["result"]["status"] for e in stack.events(after) if e["type"] == "http.response"]
+    assert statuses == [200, 200, 200, 200, 418, 200]
+
+
 def test_the_credential_reaches_the_target_not_the_caller_nor_the_trail(
     stack: Stack, targets: HttpTargets
 ) -> None:
