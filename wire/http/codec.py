@@ -101,6 +101,10 @@ class Continue:
     target: str
     headers: tuple[tuple[str, str], ...]
 
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path or "/"
+
 
 def _text(value: bytes) -> str:
     return value.decode("latin-1")
@@ -155,6 +159,13 @@ class ServerSide:
                     )
                 return None
             if isinstance(event, h11.Request):
+                if not event.target.startswith(b"/") and event.target != b"*":
+                    # A proxy's absolute form (or CONNECT's authority form) would name some
+                    # other server: the target is the connection's, the request names a path.
+                    raise ProtocolError(
+                        f"the request target must be a path (/...), not "
+                        f"{_text(event.target)[:100]!r}: this is not a proxy"
+                    )
                 self._head, self._body, self._waiting = event, bytearray(), False
                 declared = _content_length(event)
                 if declared is not None and declared > self._max_body:

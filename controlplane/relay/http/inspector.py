@@ -179,7 +179,7 @@ class HttpInspector:
     async def _continue(self, head: Continue) -> None:
         """The client waits for `100 Continue`: refuse now what its head already decides,
         else let its body come."""
-        decision = self._guard.check_head(head.method, head.target.split("?", 1)[0])
+        decision = self._guard.check_head(head.method, head.path)
         if decision.allowed:
             self._answer.append(self._side.send_continue())
             self._wake()
