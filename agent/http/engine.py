@@ -224,7 +224,9 @@ class _Session:
         out = (
             upstream.conn.send(
                 h11.Request(
-                    method=request.method, target=target.prefix + request.target, headers=headers
+                    method=request.method,
+                    target=_joined(target.prefix, request.target),
+                    headers=headers,
                 )
             )
             or b""
@@ -384,6 +386,11 @@ def _mark(
         message=content_type,
         masked=masked,
     )
+
+
+def _joined(prefix: str, target: str) -> str:
+    """The request's target under the URL's path (`OPTIONS *` stays `*`)."""
+    return target if target == "*" else prefix + target
 
 
 def _header(headers: Any, name: bytes) -> str:
