@@ -33,6 +33,7 @@ from google.protobuf.json_format import MessageToDict
 
 from agent.engines import Cancel, Engine, Receive, Refusal, SendFrame
 from agent.http.masking import BodyMasker
+from agent.pg.masking import MaskingError
 from agent.secrets import SecretError, resolve
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import HOP_BY_HOP, ProtocolError, Request, ServerSide
@@ -352,13 +353,7 @@ class HttpEngine(Engine):
     """`http` connections (agent/engines.py)."""
 
     async def run(self, spec: agent_pb2.ConnectionSpec, receive: Receive, send: SendFrame) -> str:
-        return await run(
-            MessageToDict(spec.target),
-            dict(spec.secret),
-            receive,
-            send,
-            masking=MessageToDict(spec.masking),
-        )
+        return await run(spec, receive, send)
 
     def refusal(self, why: Refusal, message: str) -> tunnel_pb2.Frame:
         """A 502 that closes the connection: nothing of the session can be served."""
@@ -407,23 +402,21 @@ def _response_headers(headers: Any, *, upgrade: bool = False) -> list[tuple[str,
     return out
 
 
-async def run(
-    target: Mapping[str, Any],
-    secret: Mapping[str, str],
-    receive: Receive,
-    send: SendFrame,
-    masking: Mapping[str, Any] | None = None,
-) -> str:
-    """Serve one session until the client is done; returns why it ended."""
+async def run(connection: agent_pb2.ConnectionSpec, receive: Receive, send: SendFrame) -> str:
+    """Serve one session until the client is done; returns why it ended. A connection whose
+    secret, target or masking the agent cannot use answers every request 502 with why:
+    nothing is sent without its credential, nothing comes back unmasked."""
     spec: Target | None = None
+    masker: BodyMasker | None = None
     failure = ""
     try:
-        spec = Target.from_spec(target, secret)
-    except SecretError as exc:
+        masker = BodyMasker.from_spec(MessageToDict(connection.masking))
+        spec = Target.from_spec(MessageToDict(connection.target), dict(connection.secret))
+    except (SecretError, MaskingError) as exc:
         failure = str(exc)
     except (KeyError, ValueError) as exc:
         failure = f"the connection's target is not usable: {exc}"
-    session = _Session(spec, failure, send, BodyMasker.from_spec(masking))
+    session = _Session(spec, failure, send, masker)
     try:
         while True:
             data = await receive()

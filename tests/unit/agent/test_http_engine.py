@@ -12,7 +12,7 @@ import pytest
 
 from agent.engines import Cancel
 from agent.http import engine
-from gatehouse.v1 import tunnel_pb2
+from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import encode_request
 
 
@@ -74,8 +74,9 @@ async def converse(
         if frame.marks:
             answered.set()
 
-    spec = {"url": f"http://127.0.0.1:{port}/base"}
-    await asyncio.wait_for(engine.run(spec, secret, receive, send), 10)
+    spec = agent_pb2.ConnectionSpec(name="api", type="http", secret=secret)
+    spec.target.update({"url": f"http://127.0.0.1:{port}/base"})
+    await asyncio.wait_for(engine.run(spec, receive, send), 10)
     return frames
 
 
