@@ -54,7 +54,10 @@ async def target() -> AsyncIterator[Target]:
 
 
 async def converse(
-    port: int, requests: list[bytes], secret: dict[str, str]
+    port: int,
+    requests: list[bytes],
+    secret: dict[str, str],
+    masking: dict[str, object] | None = None,
 ) -> list[tunnel_pb2.Frame]:
     """Run the engine on `requests` (each sent once the previous answer ended)."""
     frames: list[tunnel_pb2.Frame] = []
@@ -76,6 +79,8 @@ async def converse(
 
     spec = agent_pb2.ConnectionSpec(name="api", type="http", secret=secret)
     spec.target.update({"url": f"http://127.0.0.1:{port}/base"})
+    if masking is not None:
+        spec.masking.update(masking)
     await asyncio.wait_for(engine.run(spec, receive, send), 10)
     return frames
 
@@ -119,4 +124,12 @@ async def test_an_unreachable_target_is_a_502_marked_as_an_error() -> None:
 async def test_an_unresolvable_secret_answers_every_request_with_why(target: Target) -> None:
     frames = await converse(target.port, [request("/x")], {"bearer": "env:GATEHOUSE_NOPE"})
     assert b"GATEHOUSE_NOPE is not set on the agent" in frames[0].data
+    assert target.heads == []
+
+
+async def test_masking_rules_the_agent_cannot_apply_send_nothing(target: Target) -> None:
+    rules = {"rules": [{"name": "pii", "detectors": ["retina_scan"]}]}
+    frames = await converse(target.port, [request("/x")], {}, masking=rules)
+    assert frames[0].data.startswith(b"HTTP/1.1 502 ")
+    assert b"retina_scan" in frames[0].data
     assert target.heads == []
