@@ -13,16 +13,19 @@ the number to compare between machines. Not part of `make bench` nor of the test
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procfs import cpu_seconds
 from devenv.httpd import HttpTargets, start_http_targets
-from devenv.stack import Connect, ControlPlane, enroll_agent, gatehouse
+from devenv.stack import Agent, Connect, ControlPlane, enroll_agent, gatehouse
 
 AGENT = "bench-http"
 POLICY = """\
@@ -48,6 +51,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu: str = ""  # cores each process of the path used during the run
 
 
 def _ms(text: str) -> float:
@@ -64,8 +68,8 @@ def parse_wrk(name: str, output: str) -> Run:
     """wrk's --latency report: requests, requests/s, the 50th and 99th percentiles, errors."""
     requests = re.search(r"(\d+) requests in", output)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    p50 = re.search(r"50%\s+(\S+)", output)
-    p99 = re.search(r"99%\s+(\S+)", output)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if requests is None or rps is None or p50 is None or p99 is None:
@@ -106,9 +110,8 @@ def measure(base: Path, duration: float, connections: int, threads: int) -> list
                 runs.append(wrk("direct to nginx", direct, duration, connections, threads))
                 for mode in ("strict", "async"):
                     logged = len(targets.log_lines())
-                    runs.append(
-                        _through(controlplane, targets, mode, base, duration, connections, threads)
-                    )
+                    gateway = (controlplane, agent)
+                    runs.append(_through(gateway, mode, base, duration, connections, threads))
                     _reconcile(controlplane, targets, logged)
             finally:
                 agent.stop()
@@ -118,19 +121,28 @@ def measure(base: Path, duration: float, connections: int, threads: int) -> list
 
 
 def _through(
-    controlplane: ControlPlane,
-    targets: HttpTargets,
+    gateway: tuple[ControlPlane, Agent],
     mode: str,
     base: Path,
     duration: float,
     connections: int,
     threads: int,
 ) -> Run:
+    controlplane, agent = gateway
     connect = Connect.create(controlplane, f"web-{mode}", base)
     connect.start_and_wait()
+    processes = {"controlplane": controlplane.proc, "agent": agent.proc, "connect": connect.proc}
+    pids = {name: proc.pid for name, proc in processes.items() if proc is not None}
     try:
         url = f"http://127.0.0.1:{connect.port}{FILE}"
-        return wrk(f"through the gateway ({mode})", url, duration, connections, threads)
+        before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+        started = time.monotonic()
+        run = wrk(f"through the gateway ({mode})", url, duration, connections, threads)
+        elapsed = time.monotonic() - started
+        used = {
+            name: ((cpu_seconds(pid) or 0.0) - before[name]) / elapsed for name, pid in pids.items()
+        }
+        return dataclasses.replace(run, cpu=", ".join(f"{n} {c:.2f}" for n, c in used.items()))
     finally:
         connect.stop()
 
@@ -153,14 +165,15 @@ def _write_file(targets: HttpTargets) -> None:
 def report(runs: list[Run]) -> str:
     direct = runs[0].rps
     lines = [
-        "| run | requests | requests/s | ratio to direct | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| run | requests | requests/s | ratio to direct | p50 ms | p99 ms | errors "
+        "| CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         ratio = run.rps / direct if direct else float("nan")
         lines.append(
             f"| {run.name} | {run.requests:,} | {run.rps:,.0f} | {ratio:.3f} | "
-            f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} |"
+            f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} | {run.cpu} |"
         )
     return "\n".join(lines)
 
