@@ -17,24 +17,20 @@ A `101 Switching Protocols` (a WebSocket) makes the rest of the session opaque b
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import re
-import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import h11
 from google.protobuf.json_format import MessageToDict
 
 from agent.engines import Cancel, Engine, Receive, Refusal, SendFrame
 from agent.http.masking import BodyMasker
+from agent.http.target import READ_SIZE, StaleConnection, Target, TargetError, Upstream
 from agent.pg.masking import MaskingError
-from agent.secrets import SecretError, resolve
+from agent.secrets import SecretError
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import HOP_BY_HOP, ProtocolError, Request, ServerSide
 
@@ -42,10 +38,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HttpEngine", "Target", "run"]
 
-CONNECT_TIMEOUT: Final = 10.0
-READ_TIMEOUT: Final = 300.0
-"""Most seconds the target may stay silent while a response is awaited."""
-READ_SIZE: Final = 256 * 1024
 FRAME_BYTES: Final = 256 * 1024
 """Response bytes gathered into one frame at most (the tunnel's messages are bounded)."""
 _DROPPED_REQUEST: Final = HOP_BY_HOP | {"host", "authorization", "proxy-authorization"}
@@ -55,94 +47,9 @@ _DROPPED_RESPONSE: Final = frozenset(
 )
 
 
-class TargetError(Exception):
-    """The target could not be reached or answered nonsense; the client gets a 502."""
-
-
-class StaleConnection(TargetError):
-    """A kept-alive connection the target had closed: the request never got an answer."""
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where requests go and what is added to each."""
-
-    scheme: str
-    host: str
-    port: int
-    prefix: str  # the URL's path, put before every request's
-    host_header: str
-    tls: ssl.SSLContext | None
-    server_name: str | None
-    headers: tuple[tuple[str, str], ...]  # the connection's headers and its credential
-
-    @classmethod
-    def from_spec(cls, target: Mapping[str, Any], secret: Mapping[str, str]) -> Target:
-        """Raises SecretError (a reference the agent cannot resolve) or ValueError."""
-        url = urlsplit(str(target["url"]))
-        https = url.scheme == "https"
-        port = url.port or (443 if https else 80)
-        host = url.hostname or ""
-        tls_spec = target.get("tls") or {}
-        context = None
-        if https:
-            context = ssl.create_default_context(cafile=tls_spec.get("ca_file") or None)
-        default_port = port == (443 if https else 80)
-        host_header = host if default_port else f"{host}:{port}"
-        headers = [(str(k).lower(), str(v)) for k, v in (target.get("headers") or {}).items()]
-        headers += _credential(secret)
-        return cls(
-            url.scheme,
-            host,
-            port,
-            url.path.rstrip("/"),
-            host_header,
-            context,
-            tls_spec.get("server_name") or None,
-            tuple(headers),
-        )
-
-
-def _credential(secret: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The headers the connection's secret makes (values resolved here, never logged)."""
-    out: list[tuple[str, str]] = []
-    if "bearer" in secret:
-        out.append(("authorization", f"Bearer {resolve(secret['bearer'])}"))
-    if "basic" in secret:
-        pair = f"{secret.get('basic_user', '')}:{resolve(secret['basic'])}".encode()
-        out.append(("authorization", f"Basic {base64.b64encode(pair).decode()}"))
-    for key, reference in secret.items():
-        if key.startswith("header:"):
-            out.append((key[len("header:") :].lower(), resolve(reference)))
-    return out
-
-
-@dataclass
-class _Upstream:
-    """One connection to the target, kept alive across requests."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
-
-    async def next_event(self) -> h11.Event:
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, h11.Event):
-                return event
-            if event is h11.PAUSED:
-                raise TargetError("the target's connection is paused (it switched protocols)")
-            async with asyncio.timeout(READ_TIMEOUT):
-                data = await self.reader.read(READ_SIZE)
-            if not data and self.conn.their_state is h11.SEND_RESPONSE:
-                raise StaleConnection("the target closed the connection before it answered")
-            self.conn.receive_data(data)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class _Session:
+    """One client connection's requests, in order, on at most one target connection."""
+
     def __init__(
         self, target: Target | None, failure: str, send: SendFrame, masker: BodyMasker | None
     ) -> None:
@@ -151,10 +58,10 @@ class _Session:
         self.send = send
         self.masker = masker
         self.side = ServerSide(max_body=1024 * 1024 * 1024)  # the control plane holds the limit
-        self.upstream: _Upstream | None = None
+        self.upstream: Upstream | None = None
         self.streaming = False  # a response head went to the client: no 502 can follow
 
-    async def connect(self) -> _Upstream:
+    async def connect(self) -> Upstream:
         target = self.target
         assert target is not None
         if self.upstream is not None and self.upstream.conn.our_state is h11.IDLE:
@@ -162,20 +69,7 @@ class _Session:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(
-                    target.host,
-                    target.port,
-                    ssl=target.tls,
-                    server_hostname=(target.server_name or target.host) if target.tls else None,
-                    limit=READ_SIZE,
-                )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise TargetError(
-                f"cannot reach {target.scheme}://{target.host_header}: {exc or 'timeout'}"
-            ) from None
-        self.upstream = _Upstream(reader, writer)
+        self.upstream = await target.open()
         return self.upstream
 
     async def exchange(self, request: Request) -> bool:
@@ -205,7 +99,7 @@ class _Session:
                 await self.refuse(str(exc) or "the target did not answer in time")
                 return False
 
-    async def _send_request(self, upstream: _Upstream, request: Request) -> None:
+    async def _send_request(self, upstream: Upstream, request: Request) -> None:
         target = self.target
         assert target is not None
         injected = {name for name, _ in target.headers}
@@ -238,7 +132,7 @@ class _Session:
         upstream.writer.write(out)
         await upstream.writer.drain()
 
-    async def _relay_response(self, upstream: _Upstream, request: Request) -> bool:
+    async def _relay_response(self, upstream: Upstream, request: Request) -> bool:
         while True:
             event = await upstream.next_event()
             if isinstance(event, h11.InformationalResponse):
@@ -285,7 +179,7 @@ class _Session:
 
     async def _masked_response(
         self,
-        upstream: _Upstream,
+        upstream: Upstream,
         head: h11.Response,
         headers: list[tuple[str, str]],
         content_type: str,
@@ -317,7 +211,7 @@ class _Session:
         self._next(upstream)
         return False
 
-    def _next(self, upstream: _Upstream) -> None:
+    def _next(self, upstream: Upstream) -> None:
         """The response ended: keep the connection for the next request, or drop it."""
         conn = upstream.conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:

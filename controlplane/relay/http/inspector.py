@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.document import HttpConnection
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.requests import RequestGuard
+from controlplane.relay.http.events import BODY_TEXT, described
 from controlplane.relay.inspection import EndCause, Opening
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
@@ -48,43 +47,9 @@ from wire.http.websocket import MessageCount
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BODY_TEXT", "REDACTED", "HttpInspector", "open_inspector", "redacted_headers"]
-
-BODY_TEXT: Final = 64 * 1024
-"""Most bytes of a request body kept as text in its event (its digest covers all of it)."""
-REDACTED: Final = "[redacted]"
-_CREDENTIAL_HEADERS: Final = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie"}
-)
-_SECRETISH: Final = ("token", "secret", "passw", "api-key", "apikey", "api_key", "auth", "session")
-_TEXTUAL: Final = ("text/", "json", "xml", "x-www-form-urlencoded", "javascript", "yaml")
+__all__ = ["HttpInspector", "open_inspector"]
 
 Forward = Callable[[bytes], Awaitable[None]]
-
-
-def _secretish(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in _CREDENTIAL_HEADERS or any(word in lowered for word in _SECRETISH)
-
-
-def redacted_headers(
-    headers: tuple[tuple[str, str], ...], detectors: DetectorSet
-) -> list[list[str]]:
-    """Headers for an event: credentials and cookies replaced, other values masked."""
-    out: list[list[str]] = []
-    for name, value in headers:
-        if _secretish(name):
-            out.append([name, REDACTED])
-        else:
-            out.append([name, detectors.mask(value) or value])
-    return out
-
-
-def _redacted_query(query: str, detectors: DetectorSet) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode(
-        [(k, REDACTED if _secretish(k) else (detectors.mask(v) or v)) for k, v in pairs]
-    )
 
 
 @dataclass(slots=True)
@@ -211,7 +176,7 @@ class HttpInspector:
         event = draft(
             "http.request",
             session=self.session,
-            request=self._describe(request, body_read),
+            request=described(request, self._detectors, self._body_text, body_read=body_read),
             decision=decision.as_event(),
         )
         try:
@@ -224,29 +189,6 @@ class HttpInspector:
             return None
         self.statements += 1
         return ref
-
-    def _describe(self, request: Request, body_read: bool) -> dict[str, Any]:
-        body = request.body
-        described: dict[str, Any] = {
-            "method": request.method,
-            "path": request.path,
-            "query": _redacted_query(request.query, self._detectors) or None,
-            "headers": redacted_headers(request.headers, self._detectors),
-        }
-        if request.upgrade is not None:
-            described["upgrade"] = request.upgrade
-        if not body_read:
-            described["body"] = {"bytes": None, "note": "refused before its body was sent"}
-            return described
-        about: dict[str, Any] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-        if body and _textual(request.header("content-type")):
-            kept = body[: self._body_text]
-            text = kept.decode("utf-8", "replace")
-            about["text"] = self._detectors.mask(text) or text
-            if len(kept) < len(body):
-                about["truncated"] = True
-        described["body"] = about
-        return described
 
     def _last_words(self, status: int, message: str, rule: str | None = None) -> None:
         """Answer `status` with `message` and close: the session is over."""
@@ -414,14 +356,6 @@ def _messages(counts: tuple[MessageCount, MessageCount] | None) -> dict[str, int
     if counts is None:
         return {"client": None, "target": None}
     return {"client": counts[0].as_event(), "target": counts[1].as_event()}
-
-
-def _textual(content_type: str | None) -> bool:
-    """Whether a body of this type is text worth keeping in the event (and masking)."""
-    if content_type is None:
-        return True  # curl -d sends form data; text it is, if it decodes
-    lowered = content_type.lower()
-    return any(kind in lowered for kind in _TEXTUAL)
 
 
 def _refusal(decision: Decision) -> dict[str, Any]:
