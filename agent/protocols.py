@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agent.engines import Engine
+from agent.http.engine import HttpEngine
 from agent.pg.engine import PgEngine
 from agent.term.engine import ShellEngine, ssh_engine
 
@@ -16,6 +17,7 @@ ENGINES: Mapping[str, Engine] = {
     "postgres": PgEngine(),
     "ssh": ssh_engine(),
     "shell": ShellEngine(),
+    "http": HttpEngine(),
 }
 FALLBACK = ENGINES["postgres"]
 """Refuses a session when no engine recognises the client's first bytes (or none came)."""

@@ -60,13 +60,16 @@ EXEC = Command(
     (
         "gatehouse exec pg-prod -c 'select 41+1 as answer' -o json",
         "tar c src | gatehouse exec web-1 -- tar x -C /srv/app",
+        "gatehouse exec api -- POST /v1/items -H 'Content-Type: application/json' -d @item.json",
+        "gatehouse exec api -- GET '/v1/items?q=1' -v -o json",
     ),
     (
         Arg("connection", "NAME", "Connection name."),
         Arg(
             "args",
             "CMD",
-            "ssh and shell connections: the command and its arguments, after --.",
+            "ssh and shell connections: the command and its arguments, after --; http: METHOD "
+            "/path?query [-H 'K: V']... [-d TEXT|@FILE|@-] [-v] (status and headers on stderr).",
             variadic=True,
         ),
         Opt(
@@ -87,10 +90,12 @@ EXEC = Command(
 CONNECT = Command(
     "cli.listeners:connect",
     """Listen locally for native clients (psql, psycopg, asyncpg, GUIs; ssh, scp, sftp for an
-    ssh connection); each connection (each SSH channel) is one audited session.""",
+    ssh connection; curl, httpx, requests, SDKs for an http one); each connection (each SSH
+    channel) is one audited session.""",
     (
         "gatehouse connect pg-prod --port 5433   # then: psql -h 127.0.0.1 -p 5433",
         "gatehouse connect web-1 --port 2222     # then: ssh -p 2222 localhost",
+        "gatehouse connect api --port 8081       # then: curl http://127.0.0.1:8081/v1/items",
     ),
     (
         Arg("connection", "NAME", "Connection name."),
@@ -99,7 +104,7 @@ CONNECT = Command(
             "Local port; 0 picks a free one.",
             type=whole(0, 65535),
             metavar="PORT",
-            shown_default="5433; ssh: 2222",
+            shown_default="5433; ssh: 2222; http: 8081",
         ),
         Opt(("--host",), "Local address (loopback only).", default="127.0.0.1", metavar="HOST"),
         Opt(

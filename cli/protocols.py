@@ -26,11 +26,13 @@ EXEC: Mapping[str, str] = {
     "postgres": "cli.pg.query:execute",
     "ssh": "cli.term.command:execute",
     "shell": "cli.term.command:execute",
+    "http": "cli.http.exec_:execute",
 }
 """`gatehouse exec` on a session whose `opened` frame names this type."""
 CONNECT: Mapping[str, str] = {
     "postgres": "cli.pg.listen:listen",
     "ssh": "cli.term.listen:listen",
+    "http": "cli.http.listen:listen",
 }
 """`gatehouse connect`: the local listener for this type's native clients."""
 DEFAULT = "postgres"

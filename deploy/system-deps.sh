@@ -8,7 +8,9 @@
 # (the run_as sandbox and the network-namespace tests), strace (a wrapper the stdin-program
 # tests run a shell behind, and the count of the audit writer's syncs) and HAProxy (the load
 # balancer in front of the replicas in the replica tests and the soak; started from its
-# binary, never as a service).
+# binary, never as a service), nginx (the HTTP tests' target, in front of httpbin; started from
+# its binary with its access log in the test's folder, never as a service) and wrk (the HTTP
+# benchmark's load).
 set -euo pipefail
 
 have_pg() {
@@ -31,6 +33,8 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the run_as capabi
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces of test_network.py
 command -v strace >/dev/null 2>&1 || missing+=(strace)  # test_ssh_stdin.py's wrapper; counts fdatasyncs
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the balancer of test_replicas_network.py
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)  # test_http.py's target
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # the HTTP benchmark's load generator
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,5 +1,5 @@
-"""`make demo`: a control plane, one enrolled agent, a PostgreSQL and an SSH target, all
-throwaway.
+"""`make demo`: a control plane, one enrolled agent, a PostgreSQL, an SSH and an HTTP target
+(httpbin behind nginx), all throwaway.
 
 Everything lives in ./demo-data (removed and made anew on each start); Ctrl-C stops all of it.
 """
@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from devenv.httpd import start_http_targets
 from devenv.postgres import start_postgres
 from devenv.sshd import start_sshd
 from devenv.stack import REPO, ControlPlane, StackError, enroll_agent, gatehouse
@@ -20,6 +21,7 @@ from devenv.stack import REPO, ControlPlane, StackError, enroll_agent, gatehouse
 # an ordinary user's demo can only run them as itself, which exposes the agent's secrets.
 RUN_AS = "nobody" if os.geteuid() == 0 else "agent"
 DEMO_PASSWORD = "demo-only-password"  # a throwaway cluster's role; the agent resolves it from env
+DEMO_API_TOKEN = "demo-only-api-token"  # the bearer token the agent adds to every API request
 
 POLICY = """\
 connections:
@@ -40,9 +42,17 @@ connections:
     agent: demo-agent
     target: {{run_as: {run_as}, workdir: {workdir}, env: {{GREETING: hello}}, timeout: 60}}
     guardrails: [no-rm-root]
+  - name: api
+    type: http
+    agent: demo-agent
+    target: {{url: 'http://127.0.0.1:{http_port}'}}
+    secret: {{bearer: env:DEMO_API_TOKEN}}
+    guardrails: [read-mostly]
 guardrails:
   - name: no-rm-root
     deny_commands: ['rm -rf /', 'rm -rf /*']
+  - name: read-mostly
+    deny_requests: ['DELETE /**', 'POST /admin/**']
 """
 
 
@@ -62,6 +72,8 @@ def main() -> int:
     pg = start_postgres(base / "postgres", roles={"app": DEMO_PASSWORD}, databases={"app": "app"})
     step("starting a throwaway OpenSSH server")
     sshd = start_sshd(base / "sshd")
+    step("starting httpbin behind a throwaway nginx")
+    http = start_http_targets(base / "http")
     # The CLI's default address, so that only GATEHOUSE_TOKEN needs exporting.
     controlplane = ControlPlane.create(base / "controlplane", grpc_port=8443, http_port=8080)
     agent = None
@@ -70,7 +82,10 @@ def main() -> int:
         controlplane.start_and_wait()
         step("creating and enrolling agent demo-agent")
         agent = enroll_agent(
-            controlplane, "demo-agent", base / "agent", env={"DEMO_PG_PASSWORD": DEMO_PASSWORD}
+            controlplane,
+            "demo-agent",
+            base / "agent",
+            env={"DEMO_PG_PASSWORD": DEMO_PASSWORD, "DEMO_API_TOKEN": DEMO_API_TOKEN},
         )
         policy = base / "gatehouse.yaml"
         policy.write_text(
@@ -82,6 +97,7 @@ def main() -> int:
                 ssh_key=sshd.client_key,
                 workdir="/tmp",  # somewhere the run_as account may enter
                 run_as=RUN_AS,
+                http_port=http.port,
             )
         )
         step(f"applying {policy.relative_to(REPO)}")
@@ -101,6 +117,9 @@ Gatehouse is running. In another terminal:
   gatehouse exec web -- uname -a
   gatehouse exec web -- 'cd / && rm -rf /'       # refused by guardrail no-rm-root (exit 126)
   gatehouse exec ops -- sh -c 'echo $GREETING from $PWD'
+  gatehouse exec api -- GET '/get?q=1' -v         # the agent adds the bearer token
+  gatehouse exec api -- DELETE /anything/1         # refused by guardrail read-mostly (403)
+  gatehouse connect api --port 8081 &              # then: curl http://127.0.0.1:8081/headers
   gatehouse ssh web                               # a recorded terminal; `exit` to leave
   gatehouse sessions list --type ssh
   gatehouse sessions replay <ID> --speed 2
@@ -126,6 +145,7 @@ Press Ctrl-C to stop everything.
         if agent is not None:
             agent.stop()
         controlplane.stop()
+        http.stop()
         sshd.stop()
         pg.stop()
 

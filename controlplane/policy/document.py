@@ -49,8 +49,11 @@ __all__ = [
     "Connection",
     "ConnectionType",
     "Guardrail",
+    "HttpBasic",
     "HttpConnection",
+    "HttpSecret",
     "HttpTarget",
+    "HttpTls",
     "MaskingRule",
     "MysqlConnection",
     "MysqlTarget",
@@ -186,6 +189,19 @@ def _check_base_url(value: str) -> str:
     return value
 
 
+_METHOD_RE = re.compile(r"\*|[A-Z]+")
+
+
+def _check_request_rule(value: str) -> str:
+    method, _, path = value.partition(" ")
+    if not _METHOD_RE.fullmatch(method) or not path.startswith("/") or " " in path:
+        raise _problem(
+            f"{_show(value)} is not a request rule; write METHOD /path/glob, e.g. "
+            "'DELETE /**' or 'POST /admin/**' (`*` any method)"
+        )
+    return value
+
+
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
@@ -240,6 +256,7 @@ EnvName = Annotated[str, AfterValidator(_check_env_name)]
 AbsolutePath = Annotated[str, AfterValidator(_check_absolute_path)]
 SqlKeyword = Annotated[str, BeforeValidator(_upper), AfterValidator(_check_sql_keyword)]
 Regex = Annotated[str, AfterValidator(_check_regex)]
+RequestRule = Annotated[str, AfterValidator(_check_request_rule)]
 UnboundedStatement = Annotated[Literal["DELETE", "UPDATE"], BeforeValidator(_upper)]
 Ttl = Annotated[
     timedelta,
@@ -314,9 +331,19 @@ class ShellTarget(_Model):
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
+class HttpTls(_Model):
+    ca_file: AbsolutePath | None = None  # the CA the target's certificate must chain to
+    server_name: NonEmptyStr | None = None  # checked and sent as SNI, not the URL's
+
+
 class HttpTarget(_Model):
-    base_url: Annotated[str, AfterValidator(_check_base_url)]
-    headers: dict[NonEmptyStr, str] = Field(default_factory=dict)
+    url: Annotated[str, AfterValidator(_check_base_url)]
+    tls: HttpTls = Field(default_factory=HttpTls)
+    headers: dict[NonEmptyStr, str] = Field(default_factory=dict)  # added to every request
+    # Most bytes of a request body held to be recorded and decided before it goes on (413).
+    max_body: Annotated[int, Strict(), Field(gt=0, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
+    # Most bytes of a request body kept as text in its event (masked); 0: none.
+    record_body: Annotated[int, Strict(), Field(ge=0)] = 64 * 1024
 
     @field_validator("headers")
     @classmethod
@@ -325,10 +352,42 @@ class HttpTarget(_Model):
             if header.lower() in _CREDENTIAL_HEADERS:
                 raise _problem(
                     f"header {header!r} carries credentials; put it under secret"
-                    " (authorization or header) as an env:/file: reference",
+                    " (bearer, basic or headers) as an env:/file: reference",
                     header,
                 )
         return value
+
+
+class HttpBasic(_Model):
+    user: NonEmptyStr
+    password: SecretRef
+
+
+class HttpSecret(_Model):
+    """The credential the agent injects; the caller never sees it. One of the three forms."""
+
+    bearer: SecretRef | None = None
+    basic: HttpBasic | None = None
+    headers: dict[NonEmptyStr, SecretRef] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        forms = [f for f in ("bearer", "basic") if getattr(self, f) is not None]
+        if len(forms) > 1:
+            raise _problem("give one of bearer or basic, not both")
+        return self
+
+    def flat(self) -> dict[str, str]:
+        """As the agent receives it (ConnectionSpec.secret): `bearer`, `basic`, `header:NAME`;
+        the basic user name, no secret, travels as `basic_user`."""
+        out: dict[str, str] = {}
+        if self.bearer is not None:
+            out["bearer"] = self.bearer
+        if self.basic is not None:
+            out["basic"] = self.basic.password
+            out["basic_user"] = self.basic.user
+        out.update({f"header:{name}": ref for name, ref in self.headers.items()})
+        return out
 
 
 Target = PostgresTarget | MysqlTarget | SshTarget | ShellTarget | HttpTarget
@@ -345,7 +404,7 @@ _SECRET_KEYS: dict[str, frozenset[str]] = {
     "mysql": frozenset({"password"}),
     "ssh": frozenset({"private_key", "password", "passphrase"}),
     "shell": frozenset(),
-    "http": frozenset({"authorization", "header"}),
+    "http": frozenset({"bearer", "basic", "headers"}),
 }
 
 
@@ -364,9 +423,9 @@ class Connection(_Model):
 
     @field_validator("secret")
     @classmethod
-    def _secret_keys_fit_type(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    def _secret_keys_fit_type(cls, value: object, info: ValidationInfo) -> object:
         kind = info.data.get("type")
-        if kind not in _SECRET_KEYS:
+        if kind not in _SECRET_KEYS or not isinstance(value, dict):
             return value  # `type` itself is reported
         allowed = _SECRET_KEYS[kind]
         unknown = sorted(key for key in value if key not in allowed)
@@ -427,6 +486,7 @@ class ShellConnection(Connection):
 class HttpConnection(Connection):
     type: Literal["http"]
     target: HttpTarget
+    secret: HttpSecret = Field(default_factory=HttpSecret)  # type: ignore[assignment]
 
 
 # `type` picks the model, so a bad target is reported against its own type only.
@@ -443,6 +503,9 @@ class Guardrail(_Model):
     deny_unbounded: list[UnboundedStatement] = Field(default_factory=list)
     deny_patterns: list[Regex] = Field(default_factory=list)  # Python regexes
     deny_commands: list[NonEmptyStr] = Field(default_factory=list)  # globs on the joined argv
+    # HTTP: "METHOD /path/glob" (`*` one segment, `**` any, method `*` any); see requests.py
+    deny_requests: list[RequestRule] = Field(default_factory=list)
+    allow_requests: list[RequestRule] = Field(default_factory=list)
 
 
 class MaskingRule(_Model):

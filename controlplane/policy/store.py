@@ -22,6 +22,7 @@ from controlplane.errors import InvalidArgument
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.document import (
     Connection,
+    HttpConnection,
     MaskingRule,
     PolicyDocument,
     PolicyError,
@@ -29,6 +30,7 @@ from controlplane.policy.document import (
     to_json,
 )
 from controlplane.policy.guardrails import SqlGuard
+from controlplane.policy.requests import RequestGuard
 from controlplane.store.database import Database
 from controlplane.store.models import PolicyVersionRow
 from gatehouse.v1 import agent_pb2
@@ -146,6 +148,11 @@ class PolicyStore:
         rules = [self.document.guardrail(n) for n in connection.guardrails]
         return CommandGuard([r for r in rules if r is not None])
 
+    def request_guard(self, connection: Connection) -> RequestGuard:
+        """The connection's HTTP guardrails (requests and body patterns): cheap to build."""
+        rules = [self.document.guardrail(n) for n in connection.guardrails]
+        return RequestGuard([r for r in rules if r is not None])
+
     def for_agent(self, agent: str) -> agent_pb2.Policy:
         """The part of the policy one agent needs: its connections and their masking."""
         policy = agent_pb2.Policy(version=self.version)
@@ -163,11 +170,18 @@ class PolicyStore:
                     name=conn.name,
                     type=conn.type,
                     target=target,
-                    secret={k: str(v) for k, v in conn.secret.items()},
+                    secret=_flat_secret(conn),
                     masking=masking,
                 )
             )
         return policy
+
+
+def _flat_secret(conn: Connection) -> dict[str, str]:
+    """A connection's secret references as the agent receives them (one flat map)."""
+    if isinstance(conn, HttpConnection):
+        return conn.secret.flat()
+    return {k: str(v) for k, v in conn.secret.items()}
 
 
 class _Index:

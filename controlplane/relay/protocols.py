@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from controlplane.relay.http import inspector as http
 from controlplane.relay.inspection import InspectorFactory
 from controlplane.relay.pg import inspector as pg
 from controlplane.relay.term import inspector as term
@@ -17,6 +18,7 @@ INSPECTORS: Mapping[str, InspectorFactory] = {
     "postgres": pg.open_inspector,
     "ssh": term.open_inspector,
     "shell": term.open_inspector,
+    "http": http.open_inspector,
 }
 SUPPORTED_TYPES = frozenset(INSPECTORS)
 """The connection types this control plane relays; a session of another type is refused."""

@@ -10,6 +10,7 @@ import yaml
 from controlplane.policy.document import (
     AccessRule,
     Guardrail,
+    HttpSecret,
     HttpTarget,
     MaskingRule,
     PolicyDocument,
@@ -355,14 +356,49 @@ def test_http_target_refuses_inline_credentials() -> None:
             type: http
             agent: a
             target:
-              base_url: https://user:pw@api.internal
+              url: https://user:pw@api.internal
               headers: {Authorization: Bearer abc}
         """
     )
     found = problems(text)
     assert [p.split(":")[1] for p in found] == ["6", "7"]
     assert not any("pw@" in p or "Bearer" in p for p in found)
-    assert HttpTarget(base_url="https://api.internal").headers == {}
+    assert HttpTarget(url="https://api.internal").headers == {}
+
+
+def test_http_secret_forms_flatten_for_the_agent() -> None:
+    text = textwrap.dedent(
+        """\
+        connections:
+          - name: api
+            type: http
+            agent: a
+            target: {url: 'https://api.internal:8443', tls: {server_name: api.internal}}
+            secret: {basic: {user: alice, password: env:PW}, headers: {X-Api-Key: env:KEY}}
+        """
+    )
+    (conn,) = parse_policy(text).connections
+    assert isinstance(conn.secret, HttpSecret)
+    assert conn.secret.flat() == {
+        "basic": "env:PW",
+        "basic_user": "alice",
+        "header:X-Api-Key": "env:KEY",
+    }
+
+
+def test_http_secret_refuses_literals_and_two_forms() -> None:
+    text = textwrap.dedent(
+        """\
+        connections:
+          - name: api
+            type: http
+            agent: a
+            target: {url: 'https://api.internal'}
+            secret: {bearer: hunter2, basic: {user: a, password: env:PW}}
+        """
+    )
+    found = problems(text)
+    assert found and not any("hunter2" in p for p in found)
 
 
 def test_model_refuses_duplicates_when_built_in_code() -> None:

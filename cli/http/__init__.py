@@ -1,0 +1,1 @@
+"""`http` connections in the CLI: `exec -- METHOD /path` and the `connect` HTTP listener."""

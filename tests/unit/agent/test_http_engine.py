@@ -1,0 +1,135 @@
+"""The agent's http engine against a socket server that records what it received: the
+client's credentials replaced by the connection's, Host set, each response's end marked, a
+kept-alive connection the target closed opened again, an unreachable target a 502."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.engines import Cancel
+from agent.http import engine
+from gatehouse.v1 import agent_pb2, tunnel_pb2
+from wire.http.codec import encode_request
+
+
+class Target:
+    """Answers every request 200 with a JSON body; closes each connection after `per_conn`
+    requests (as a server's keep-alive timeout does)."""
+
+    def __init__(self, per_conn: int) -> None:
+        self.per_conn = per_conn
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        for _ in range(self.per_conn):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            self.heads.append(head)
+            body = b'{"ok": true}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    served = Target(per_conn=1)
+    server = await asyncio.start_server(served.handle, "127.0.0.1", 0)
+    served.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield served
+
+
+async def converse(
+    port: int,
+    requests: list[bytes],
+    secret: dict[str, str],
+    masking: dict[str, object] | None = None,
+) -> list[tunnel_pb2.Frame]:
+    """Run the engine on `requests` (each sent once the previous answer ended)."""
+    frames: list[tunnel_pb2.Frame] = []
+    pending = list(requests)
+    answered = asyncio.Event()
+    answered.set()
+
+    async def receive() -> bytes | Cancel | None:
+        await answered.wait()
+        if not pending:
+            return None
+        answered.clear()
+        return pending.pop(0)
+
+    async def send(frame: tunnel_pb2.Frame) -> None:
+        frames.append(frame)
+        if frame.marks:
+            answered.set()
+
+    spec = agent_pb2.ConnectionSpec(name="api", type="http", secret=secret)
+    spec.target.update({"url": f"http://127.0.0.1:{port}/base"})
+    if masking is not None:
+        spec.masking.update(masking)
+    await asyncio.wait_for(engine.run(spec, receive, send), 10)
+    return frames
+
+
+def request(target: str, *headers: tuple[str, str]) -> bytes:
+    return encode_request("GET", target, [("host", "gateway"), *headers], b"")
+
+
+async def test_credentials_are_replaced_and_a_closed_connection_is_opened_again(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_PW", "s3cret")
+    frames = await converse(
+        target.port,
+        [request("/a", ("authorization", "Bearer caller")), request("/b?x=1")],
+        {"basic": "env:API_PW", "basic_user": "alice"},
+    )
+    marks = [m for f in frames for m in f.marks]
+    assert [(m.kind, m.command, m.rows) for m in marks] == [
+        (tunnel_pb2.ResultMark.COMPLETE, "200", 12),
+        (tunnel_pb2.ResultMark.COMPLETE, "200", 12),
+    ]
+    assert target.connections == 2  # the first was closed by the target, the second is new
+    first, second = target.heads
+    assert first.startswith(b"GET /base/a HTTP/1.1\r\n")
+    assert second.startswith(b"GET /base/b?x=1 HTTP/1.1\r\n")
+    expected = base64.b64encode(b"alice:s3cret")
+    assert f"host: 127.0.0.1:{target.port}".encode() in first
+    assert b"authorization: Basic " + expected in first
+    assert b"caller" not in first
+
+
+async def test_an_unreachable_target_is_a_502_marked_as_an_error() -> None:
+    frames = await converse(1, [request("/x")], {})
+    (frame,) = frames
+    assert frame.data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    (mark,) = frame.marks
+    assert mark.kind == tunnel_pb2.ResultMark.ERROR and "cannot reach" in mark.message
+
+
+async def test_an_unresolvable_secret_answers_every_request_with_why(target: Target) -> None:
+    frames = await converse(target.port, [request("/x")], {"bearer": "env:GATEHOUSE_NOPE"})
+    assert b"GATEHOUSE_NOPE is not set on the agent" in frames[0].data
+    assert target.heads == []
+
+
+async def test_masking_rules_the_agent_cannot_apply_send_nothing(target: Target) -> None:
+    rules = {"rules": [{"name": "pii", "detectors": ["retina_scan"]}]}
+    frames = await converse(target.port, [request("/x")], {}, masking=rules)
+    assert frames[0].data.startswith(b"HTTP/1.1 502 ")
+    assert b"retina_scan" in frames[0].data
+    assert target.heads == []

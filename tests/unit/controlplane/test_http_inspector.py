@@ -1,0 +1,151 @@
+"""HTTP inspection: a request is committed before it is forwarded, a denied one never is and
+gets a 403 naming its rule, credentials stay out of the event, and the response's end becomes
+http.response before its last bytes reach the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from sqlmodel import col, select
+
+from controlplane.audit.events import SessionContext
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.policy.document import Guardrail
+from controlplane.policy.requests import RequestGuard
+from controlplane.relay.http.inspector import HttpInspector
+from controlplane.store.database import Database
+from controlplane.store.models import EventRow
+from gatehouse.v1 import tunnel_pb2
+from redact.detectors import DetectorSet
+
+
+def events(db: Database) -> list[dict[str, Any]]:
+    with db.read_session() as session:
+        rows = session.exec(select(EventRow.body).order_by(col(EventRow.seq)))
+        return [json.loads(body) for body in rows]
+
+
+class Harness:
+    def __init__(self, db: Database, writer: AuditWriter, max_body: int = 1024) -> None:
+        self.db = db
+        self.forwarded: list[tuple[bytes, int]] = []  # bytes, events committed by then
+        self.sent = asyncio.Event()
+        ctx = SessionContext(
+            session_id="sess-1",
+            identity=Identity("alice", email="alice@example.com", groups=("dev",)),
+            connection={"name": "api", "type": "http", "agent": "vpc-1"},
+            audit_mode="strict",
+            source={"ip": "192.0.2.10"},
+        )
+        guard = RequestGuard([Guardrail(name="api-rules", deny_requests=["DELETE /**"])])
+
+        async def forward(data: bytes) -> None:
+            self.forwarded.append((data, len(events(db))))
+            self.sent.set()
+
+        self.inspector = HttpInspector(
+            ctx,
+            writer,
+            lambda: None,
+            guard=guard,
+            detectors=DetectorSet({"secret", "email"}),
+            forward=forward,
+            max_body=max_body,
+        )
+
+    async def respond(self, status: int = 200) -> list[bytes]:
+        body = b'{"ok":true}'
+        data = (
+            f"HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        mark = tunnel_pb2.ResultMark(
+            kind=tunnel_pb2.ResultMark.COMPLETE,
+            end=len(data),
+            command=str(status),
+            rows=len(body),
+            message="application/json",
+        )
+        return await self.inspector.from_agent(tunnel_pb2.Frame(data=data, marks=[mark]))
+
+
+async def test_a_request_is_committed_before_it_is_forwarded(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer)
+    sent = (
+        b"POST /v1/items?api_key=abc&q=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t0ken\r\n"
+        b"Cookie: s=1\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n"
+        b'{"mail": "bob@example.com", "n"'
+    )
+    assert await h.inspector.from_client(sent[:-1]) == b""
+    assert h.forwarded == []
+    task = asyncio.create_task(h.inspector.from_client(sent[-1:]))
+    await h.sent.wait()
+    data, committed = h.forwarded[0]
+    assert committed == 1  # http.request was in the store before its bytes left
+    assert data.startswith(b"POST /v1/items?api_key=abc&q=1 HTTP/1.1\r\n")
+    assert b"content-length: 31" in data
+    await h.respond()
+    await task
+    request, response = events(db)
+    assert request["type"] == "http.request"
+    assert request["request"]["query"] == "api_key=%5Bredacted%5D&q=1"
+    headers = dict(request["request"]["headers"])
+    assert headers["authorization"] == "[redacted]" and headers["cookie"] == "[redacted]"
+    assert request["request"]["body"]["bytes"] == 31
+    assert "bob@example.com" not in request["request"]["body"]["text"]
+    assert response["type"] == "http.response" and response["ref"] == request["seq"]
+    assert response["result"]["status"] == 200
+    assert "t0ken" not in json.dumps(events(db))
+
+
+async def test_a_denied_request_is_answered_403_and_never_forwarded(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer)
+    task = asyncio.create_task(
+        h.inspector.from_client(
+            b"DELETE /v1/items/1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /v1/items HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
+    )
+    await h.sent.wait()
+    answer = b"".join(h.inspector.take_synthetic())  # due before the GET's answer
+    await h.respond()
+    await task
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["rule"] == "api-rules"
+    assert [data.split(b" ", 2)[:2] for data, _ in h.forwarded] == [[b"GET", b"/v1/items"]]
+    denied, allowed, _response = events(db)
+    assert denied["decision"]["result"] == "deny" and allowed["decision"]["result"] == "allow"
+
+
+async def test_a_body_past_the_limit_is_a_413_and_the_session_ends(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, max_body=10)
+    await h.inspector.from_client(
+        b"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 11\r\n\r\nhello world"
+    )
+    answer = b"".join(h.inspector.take_synthetic())
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert h.inspector.finished
+    assert h.forwarded == [] and events(db) == []
+
+
+async def test_a_response_that_never_ends_is_recorded_as_unknown(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer)
+    task = asyncio.create_task(h.inspector.from_client(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n"))
+    await h.sent.wait()
+    await h.inspector.agent_lost()
+    await task
+    request, response = events(db)
+    assert response["ref"] == request["seq"]
+    assert response["result"]["error"] == "unknown"
+    assert "status" not in response["result"]

@@ -1,0 +1,69 @@
+"""HTTP guardrails: method and path globs against the path a server resolves, body patterns."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.policy.document import Guardrail
+from controlplane.policy.requests import PATH_RULE, RequestGuard, normalized_path
+
+GUARD = RequestGuard(
+    [
+        Guardrail(
+            name="api-rules",
+            deny_requests=["DELETE /**", "POST /admin/**", "* /internal/*/secrets"],
+            deny_patterns=["DROP TABLE"],
+        )
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/items/1"),
+        ("delete", "/"),
+        ("POST", "/admin/users"),
+        ("POST", "/public/../admin/users"),
+        ("POST", "//admin//users"),
+        ("POST", "/%61dmin/users"),
+        ("POST", "/./admin/x"),
+        ("GET", "/internal/a/secrets"),
+    ],
+)
+def test_denied_requests_name_the_rule(method: str, path: str) -> None:
+    decision = GUARD.check_head(method, path)
+    assert not decision.allowed
+    assert decision.rule == "api-rules"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/admin/users"), ("POST", "/administrator"), ("GET", "/internal/a/b/secrets")],
+)
+def test_other_requests_pass(method: str, path: str) -> None:
+    assert GUARD.check_head(method, path).allowed
+
+
+def test_a_path_above_the_root_is_refused() -> None:
+    decision = GUARD.check_head("GET", "/../etc/passwd")
+    assert not decision.allowed and decision.rule == PATH_RULE
+
+
+def test_allow_requests_refuse_everything_else() -> None:
+    guard = RequestGuard([Guardrail(name="read-only", allow_requests=["GET /**", "HEAD /**"])])
+    assert guard.check_head("GET", "/v1/items").allowed
+    refused = guard.check_head("PUT", "/v1/items")
+    assert not refused.allowed and refused.rule == "read-only"
+
+
+def test_body_patterns() -> None:
+    assert GUARD.reads_body
+    assert not GUARD.check_body("x; DROP TABLE users").allowed
+    assert GUARD.check_body("select 1").allowed
+
+
+def test_normalized_path() -> None:
+    assert normalized_path("/a/./b/../c/") == "/a/c/"
+    assert normalized_path("/%2e%2e/x") is None
+    assert normalized_path("/") == "/"
