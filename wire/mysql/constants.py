@@ -92,13 +92,13 @@ class Capability(IntFlag):
 
 #: What the gateway can relay: everything a client may ask for except what changes the framing
 #: or the meaning of packets in ways the inspector does not follow (compression, optional
-#: metadata, query attributes, multi-factor auth). LOCAL_FILES is added per connection.
+#: metadata, query attributes, multi-factor auth) or how the server reads names (NO_SCHEMA).
+#: LOCAL_FILES is added per connection.
 RELAYED = (
     Capability.LONG_PASSWORD
     | Capability.FOUND_ROWS
     | Capability.LONG_FLAG
     | Capability.CONNECT_WITH_DB
-    | Capability.NO_SCHEMA
     | Capability.ODBC
     | Capability.IGNORE_SPACE
     | Capability.PROTOCOL_41

@@ -228,6 +228,24 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse:
     return HandshakeResponse(caps, max_packet, charset, user, auth, database, plugin, attributes)
 
 
+def response_capabilities(
+    capabilities: int, *, database: str | None, attributes: dict[str, str] | None
+) -> int:
+    """The flags a handshake response carries (and, before it, its SSL request: the server
+    wants the same in both) for what it holds."""
+    caps = capabilities | Capability.PROTOCOL_41 | Capability.PLUGIN_AUTH
+    caps |= Capability.PLUGIN_AUTH_LENENC_DATA | Capability.SECURE_CONNECTION
+    if database:
+        caps |= Capability.CONNECT_WITH_DB
+    else:
+        caps &= ~Capability.CONNECT_WITH_DB
+    if attributes:
+        caps |= Capability.CONNECT_ATTRS
+    else:
+        caps &= ~Capability.CONNECT_ATTRS
+    return caps
+
+
 def handshake_response(
     *,
     capabilities: int,
@@ -239,16 +257,7 @@ def handshake_response(
     max_packet: int = 1 << 24,
     attributes: dict[str, str] | None = None,
 ) -> bytes:
-    caps = capabilities | Capability.PROTOCOL_41 | Capability.PLUGIN_AUTH
-    caps |= Capability.PLUGIN_AUTH_LENENC_DATA | Capability.SECURE_CONNECTION
-    if database:
-        caps |= Capability.CONNECT_WITH_DB
-    else:
-        caps &= ~Capability.CONNECT_WITH_DB
-    if attributes:
-        caps |= Capability.CONNECT_ATTRS
-    else:
-        caps &= ~Capability.CONNECT_ATTRS
+    caps = response_capabilities(capabilities, database=database, attributes=attributes)
     out = [ssl_request(caps, charset=charset, max_packet=max_packet)]
     out.append(user.encode() + b"\x00")
     out.append(lenenc_bytes(auth_response))
