@@ -22,7 +22,7 @@ from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-__all__ = ["Piece", "Unreadable", "code_reading", "readings", "split", "where_of"]
+__all__ = ["Piece", "Unreadable", "code_reading", "readings", "redact", "split", "where_of"]
 
 _DIALECT = MySQL()
 _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
@@ -229,3 +229,32 @@ def where_of(text: str) -> exp.Expression | Unreadable | None:
         return Unreadable("not read as a DELETE or UPDATE")
     where = tree.args.get("where")
     return where if isinstance(where, exp.Expression) else None
+
+
+_SECRET_WORDS = re.compile(r"(?i)password|identified|ed25519")
+_MASK = "'***'"
+
+
+def redact(sql: str) -> str:
+    """``sql`` with every string literal masked when it may hold a password (``IDENTIFIED BY``,
+    ``PASSWORD('…')``, ``MASTER_PASSWORD=``…), so that none reaches the trail. Text the tokenizer
+    cannot read loses everything after the first such word."""
+    found = _SECRET_WORDS.search(sql)
+    if found is None:
+        return sql
+    try:
+        tokens = list(_DIALECT.tokenize(sql))
+    except TokenError:
+        return sql[: found.start()] + "***"
+    if any(token.token_type in _COMMANDS for token in tokens):
+        # The rest of a command is one token whose position is not exact: mask all of it.
+        return sql[: found.start()] + "***"
+    out: list[str] = []
+    pos = 0
+    for token in tokens:
+        if token.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING):
+            out.append(sql[pos : token.start])
+            out.append(_MASK)
+            pos = token.end + 1
+    out.append(sql[pos:])
+    return "".join(out)
