@@ -17,15 +17,15 @@ from collections.abc import Sequence
 
 import grpc
 
+from agent.engines import CANCEL, Cancel
 from agent.metrics import AgentStats
-from agent.pg import relay as pg_relay
 from gatehouse.v1 import agent_pb2, agent_pb2_grpc, tunnel_pb2
 from wire.mux import Credit, Grants, Outbox
 
 log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str]]
-Received = bytes | pg_relay.Cancel | None
+Received = bytes | Cancel | None
 
 
 class StreamLost(ConnectionError):
@@ -90,7 +90,7 @@ class MuxSession:
         if kind == "data":
             self._inbox.put_nowait(bytes(event.data))
         elif kind == "cancel":
-            self._inbox.put_nowait(pg_relay.CANCEL)
+            self._inbox.put_nowait(CANCEL)
         elif kind == "credit":
             self.credit.grant(event.credit)
         elif kind == "end":

@@ -85,7 +85,7 @@ EXEC = Command(
 )
 
 CONNECT = Command(
-    "cli.connect:connect",
+    "cli.listeners:connect",
     """Listen locally for native clients (psql, psycopg, asyncpg, GUIs; ssh, scp, sftp for an
     ssh connection); each connection (each SSH channel) is one audited session.""",
     (

@@ -20,10 +20,6 @@ from gatehouse.v1 import client_pb2
 
 log = logging.getLogger("gatehouse.session")
 
-TERMINAL_TYPES = frozenset({"ssh", "shell"})
-"""Connection types whose sessions carry the terminal protocol (cli.term) after `opened`;
-here, so that `exec` on a database does not import that protocol to find out."""
-
 Call = grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame]
 ReviewWait = Callable[[client_pb2.ReviewPending, str], AbstractContextManager[None]]
 """Shown while a session waits for a review: entered at the first `review_pending`, left

@@ -24,7 +24,7 @@ from cli.output import echo
 from cli.rpc import call
 
 if TYPE_CHECKING:
-    from cli.term import Output, TermSession
+    from cli.term.stream import Output, TermSession
     from wire.term.codec import Exit
 
 
@@ -43,8 +43,8 @@ def ssh(connection: str, args: list[str], controlplane: str | None) -> int:
     md = rpc.metadata()
 
     async def work(channel: Any) -> int:
-        from cli import term
         from cli.session import open_session
+        from cli.term import stream as term
         from wire.term.codec import Start
 
         opened = await open_session(
@@ -85,7 +85,7 @@ class Stopped(Exception):
 async def _interactive(session: TermSession, argv: tuple[str, ...], output: Output) -> Exit:
     """Raw mode, resize forwarding and the relay; SIGTERM or SIGHUP end the session with the
     terminal restored."""
-    from cli import term
+    from cli.term import stream as term
     from wire.term.codec import Pty, Start
 
     cols, rows = terminal_size()

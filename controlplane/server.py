@@ -36,8 +36,8 @@ from controlplane.handshakes import (
 )
 from controlplane.http.api import build_app
 from controlplane.http.metrics import Metrics
-from controlplane.pglisten import PgListener
 from controlplane.policy.store import PolicyStore
+from controlplane.relay.pg.listen import PgListener
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
 from controlplane.replicas import Replicas, SqliteReplicaLock, default_advertise

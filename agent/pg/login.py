@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import scramp
 
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 CONNECT_TIMEOUT = 10.0
@@ -77,7 +77,7 @@ async def open_target(
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise TargetError(
-            "08001",
+            codes.CLIENT_UNABLE_TO_CONNECT,
             f"gatehouse agent could not connect to {target.host}:{target.port}: {reason}",
         ) from None
     try:
@@ -91,9 +91,13 @@ async def open_target(
     except BaseException as exc:
         writer.close()
         if isinstance(exc, TimeoutError):
-            raise TargetError("08006", "the target did not complete the login in time") from None
+            raise TargetError(
+                codes.CONNECTION_FAILURE, "the target did not complete the login in time"
+            ) from None
         if isinstance(exc, OSError | ssl.SSLError):
-            raise TargetError("08006", f"login to the target failed: {exc}") from None
+            raise TargetError(
+                codes.CONNECTION_FAILURE, f"login to the target failed: {exc}"
+            ) from None
         raise
 
 
@@ -106,10 +110,11 @@ async def _negotiate_tls(
     writer.write(pgm.ssl_request())
     await writer.drain()
     answer = await reader.readexactly(1)
-    if answer != b"S":
+    if answer != codes.SSL_ACCEPTED:
         if target.sslmode in ("require", "verify-ca", "verify-full"):
             raise TargetError(
-                "08001", f"the target does not offer TLS, but sslmode is {target.sslmode}"
+                codes.CLIENT_UNABLE_TO_CONNECT,
+                f"the target does not offer TLS, but sslmode is {target.sslmode}",
             )
         return
     context = ssl.create_default_context(cafile=target.sslrootcert)
@@ -133,19 +138,23 @@ async def _authenticate(
     while True:
         data = await reader.read(READ_SIZE)
         if not data:
-            raise TargetError("08006", "the target closed the connection during login")
+            raise TargetError(
+                codes.CONNECTION_FAILURE, "the target closed the connection during login"
+            )
         messages = framer.feed(data)
         for index, message in enumerate(messages):
-            if message.tag == ord("E"):
+            if message.tag == codes.ERROR_RESPONSE:
                 fields = pgm.parse_error_fields(message.body)
                 raise TargetError(
-                    fields.sqlstate or "28000",
+                    fields.sqlstate or codes.INVALID_AUTHORIZATION,
                     f"the target refused the agent's login: {fields.message}",
                 )
-            if message.tag == ord("N"):
+            if message.tag == codes.NOTICE_RESPONSE:
                 continue
-            if message.tag != ord("R"):
-                raise TargetError("08P01", "the target sent an unexpected message during login")
+            if message.tag != codes.AUTHENTICATION:
+                raise TargetError(
+                    codes.PROTOCOL_VIOLATION, "the target sent an unexpected message during login"
+                )
             auth = pgm.parse_authentication(message.body)
             if auth.code == pgm.AUTH_OK:
                 return Login(
@@ -166,7 +175,7 @@ def _answer(
     needs_password = (pgm.AUTH_CLEARTEXT_PASSWORD, pgm.AUTH_MD5_PASSWORD, pgm.AUTH_SASL)
     if auth.code in needs_password and password is None:
         raise TargetError(
-            "28000",
+            codes.INVALID_AUTHORIZATION,
             "the target asks for a password, but the connection has no secret.password",
         )
     if auth.code == pgm.AUTH_CLEARTEXT_PASSWORD:
@@ -177,7 +186,8 @@ def _answer(
         mechanisms = pgm.sasl_mechanisms(auth.data)
         if "SCRAM-SHA-256" not in mechanisms:
             raise TargetError(
-                "28000", f"the target offers only unsupported SASL mechanisms: {mechanisms}"
+                codes.INVALID_AUTHORIZATION,
+                f"the target offers only unsupported SASL mechanisms: {mechanisms}",
             )
         scram = scramp.ScramClient(["SCRAM-SHA-256"], target.user, password or "")
         first = scram.get_client_first().encode("utf-8")
@@ -190,8 +200,12 @@ def _answer(
             scram.set_server_final(auth.data.decode("utf-8"))
         except scramp.ScramException:
             raise TargetError(
-                "28000", "the target's SCRAM signature did not verify: it may be an impostor"
+                codes.INVALID_AUTHORIZATION,
+                "the target's SCRAM signature did not verify: it may be an impostor",
             ) from None
     else:
-        raise TargetError("28000", f"unsupported authentication request {auth.code} from target")
+        raise TargetError(
+            codes.INVALID_AUTHORIZATION,
+            f"unsupported authentication request {auth.code} from target",
+        )
     return scram

@@ -36,8 +36,36 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from redact.detectors import DetectorSet, UnknownDetector, is_card_number
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
+from wire.pg.codes import (
+    BIND_COMPLETE,
+    BOOL,
+    BPCHAR,
+    BYTEA,
+    CHAR,
+    CLOSE_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_DATA,
+    COPY_DONE,
+    DATA_ROW,
+    EMPTY_QUERY,
+    INT2,
+    INT4,
+    INT8,
+    JSON,
+    JSONB,
+    NAME,
+    NO_DATA,
+    NUMERIC,
+    OID,
+    PARSE_COMPLETE,
+    PORTAL_SUSPENDED,
+    ROW_DESCRIPTION,
+    TEXT,
+    UNKNOWN,
+    VARCHAR,
+)
 
 __all__ = ["Masked", "MaskingError", "MaskingPolicy", "ResultMasker"]
 
@@ -48,28 +76,15 @@ _INT32 = struct.Struct("!i")
 _NULL: Final = b"\xff\xff\xff\xff"
 
 # Backend tags.
-(
-    DATA_ROW,
-    ROW_DESCRIPTION,
-    COMMAND_COMPLETE,
-    EMPTY_QUERY,
-    PORTAL_SUSPENDED,
-    ERROR,
-    NOTICE,
-    READY,
-    PARSE_COMPLETE,
-    BIND_COMPLETE,
-    CLOSE_COMPLETE,
-    NO_DATA,
-    COPY_OUT,
-    COPY_DATA,
-    COPY_DONE,
-    NOTIFICATION,
-    FUNCTION_RESULT,
-) = (ord(c) for c in "DTCIsENZ123nHdcAV")
+ERROR, NOTICE, READY = codes.ERROR_RESPONSE, codes.NOTICE_RESPONSE, codes.READY_FOR_QUERY
+COPY_OUT, NOTIFICATION = codes.COPY_OUT_RESPONSE, codes.NOTIFICATION_RESPONSE
+FUNCTION_RESULT = codes.FUNCTION_CALL_RESPONSE
 _TERMINAL = frozenset({COMMAND_COMPLETE, EMPTY_QUERY, PORTAL_SUSPENDED, ERROR, READY})
 """Tags that end a statement or a cycle."""
-_MARKED = _TERMINAL | frozenset(ord(c) for c in "123TnSG")
+_MARKED = _TERMINAL | frozenset(
+    {PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, ROW_DESCRIPTION, NO_DATA}
+    | {codes.PARAMETER_STATUS, codes.COPY_IN_RESPONSE}
+)
 """Tags the relay makes result marks of (``relay.result_marks``): also the answers that confirm
 names, end a Describe, report a setting (decision 0010) or start a COPY FROM STDIN."""
 _REWRITABLE = frozenset(
@@ -78,13 +93,10 @@ _REWRITABLE = frozenset(
 """Tags of messages the masker may change or drop: only these are ever held back."""
 
 # Frontend tags.
-F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_SYNC, F_FUNCTION = (
-    ord(c) for c in "QPBDECSF"
-)
+F_QUERY, F_PARSE, F_BIND, F_DESCRIBE = codes.QUERY, codes.PARSE, codes.BIND, codes.DESCRIBE
+F_EXECUTE, F_CLOSE, F_SYNC, F_FUNCTION = codes.EXECUTE, codes.CLOSE, codes.SYNC, codes.FUNCTION_CALL
 
 # Type oids (pg_type.dat). Domains arrive as their base type: RowDescription reports that.
-BOOL, BYTEA, CHAR, NAME, INT8, INT2, INT4, TEXT, OID = 16, 17, 18, 19, 20, 21, 23, 25, 26
-JSON, JSONB, UNKNOWN, BPCHAR, VARCHAR, NUMERIC = 114, 3802, 705, 1042, 1043, 1700
 TEXT_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
 """Types whose text and binary forms are both the UTF-8 text: masked values stay text."""
 OPAQUE_TYPES = frozenset(
@@ -104,7 +116,7 @@ OPAQUE_TYPES = frozenset(
 
 TEXT_MASK = "****"
 JSON_MASK = '"****"'
-COPY_REFUSED_SQLSTATE = "42501"
+COPY_REFUSED_SQLSTATE = codes.INSUFFICIENT_PRIVILEGE
 
 
 class MaskingError(ValueError):

@@ -13,32 +13,25 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+from agent.engines import Cancel, Receive, SendFrame
 from agent.pg.login import READ_SIZE, PgTarget, TargetError, open_target
 from agent.pg.masking import Masked, MaskingError, MaskingPolicy, ResultMasker
 from agent.secrets import SecretError, resolve
 from gatehouse.v1 import tunnel_pb2
 from gatehouse.v1.tunnel_pb2 import ResultMark as Mark
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger(__name__)
 
-SendFrame = Callable[[tunnel_pb2.Frame], Awaitable[None]]
-
-
-class Cancel:
-    """What `receive` returns when the client asked to cancel the running statement."""
-
-
-CANCEL = Cancel()
-Receive = Callable[[], Awaitable[bytes | Cancel | None]]
 ENCODING_STATUS = b"client_encoding\x00"
 
-COMPLETE, EMPTY, SUSPENDED, ERROR, READY = (ord(c) for c in "CIsEZ")
-PARSED, BOUND, CLOSED, ROWS_DESCRIBED, NO_DATA, STATUS = (ord(c) for c in "123TnS")
-COPY_IN = ord("G")
+COMPLETE, EMPTY, SUSPENDED = codes.COMMAND_COMPLETE, codes.EMPTY_QUERY, codes.PORTAL_SUSPENDED
+ERROR, READY, STATUS = codes.ERROR_RESPONSE, codes.READY_FOR_QUERY, codes.PARAMETER_STATUS
+PARSED, BOUND, CLOSED = codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.CLOSE_COMPLETE
+ROWS_DESCRIBED, NO_DATA, COPY_IN = codes.ROW_DESCRIPTION, codes.NO_DATA, codes.COPY_IN_RESPONSE
 # Answers that change or confirm the names the control plane tracks (decision 0010).
 _NAME_MARKS = {PARSED: Mark.PARSE_COMPLETE, BOUND: Mark.BIND_COMPLETE, CLOSED: Mark.CLOSE_COMPLETE}
 # Settings that change how the server reads a statement's text; only these are marked.
@@ -164,13 +157,13 @@ async def run(
     try:
         policy = MaskingPolicy.from_spec(masking)
     except MaskingError as exc:
-        await send(error_frame("58000", f"gatehouse agent: {exc}"))
+        await send(error_frame(codes.SYSTEM_ERROR, f"gatehouse agent: {exc}"))
         return f"masking rules unusable: {exc}"
     try:
         password = resolve(secret["password"]) if "password" in secret else None
         login = await open_target(PgTarget.from_spec(target_spec), password, params)
     except (TargetError, SecretError) as exc:
-        sqlstate = exc.sqlstate if isinstance(exc, TargetError) else "28000"
+        sqlstate = exc.sqlstate if isinstance(exc, TargetError) else codes.INVALID_AUTHORIZATION
         await send(error_frame(sqlstate, str(exc)))
         return f"target login failed: {exc}"
     del password
@@ -181,7 +174,7 @@ async def run(
         _require_utf8(bytes(first))
     except EncodingChanged as exc:
         login.writer.close()
-        await send(error_frame("22021", f"gatehouse agent: {exc}"))
+        await send(error_frame(codes.CHARACTER_NOT_IN_REPERTOIRE, f"gatehouse agent: {exc}"))
         return str(exc)
     await send(tunnel_pb2.Frame(data=bytes(first), marks=result_marks(login.rest_messages, shift)))
     target = PgTarget.from_spec(target_spec)
@@ -246,7 +239,7 @@ async def _pump(
                 await asyncio.wait_for(asyncio.shield(tasks[0]), 30)
         return first.result()
     except EncodingChanged as exc:
-        await send(error_frame("22021", f"gatehouse agent: {exc}"))
+        await send(error_frame(codes.CHARACTER_NOT_IN_REPERTOIRE, f"gatehouse agent: {exc}"))
         return str(exc)
     except (OSError, framing.ProtocolError) as exc:
         return f"relay failed: {exc}"
@@ -271,7 +264,7 @@ def _require_utf8(data: bytes) -> None:
     """
     at = data.find(ENCODING_STATUS)
     while at >= 5:
-        if data[at - 5] == ord("S"):
+        if data[at - 5] == codes.PARAMETER_STATUS:
             end = data.find(b"\x00", at + len(ENCODING_STATUS))
             value = bytes(data[at + len(ENCODING_STATUS) : end]).decode("ascii", "replace")
             if end > 0 and value.upper() not in ("UTF8", "UTF-8", "UNICODE"):
@@ -291,7 +284,7 @@ def _swap_backend_key(
     session, and the agent sends the real key to the target itself.
     """
     for message in messages:
-        if message.tag != ord("K"):
+        if message.tag != codes.BACKEND_KEY_DATA:
             continue
         start = message.end + shift - len(message.raw)
         if start < 0:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import BinaryIO
 
-from agent.pg.relay import Receive, SendFrame
+from agent.engines import Receive, SendFrame
 from agent.term.stream import (
     READ_SIZE,
     Refused,

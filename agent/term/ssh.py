@@ -23,7 +23,7 @@ from functools import partial
 
 import asyncssh
 
-from agent.pg.relay import Receive, SendFrame
+from agent.engines import Receive, SendFrame
 from agent.secrets import SecretError, resolve
 from agent.term.stream import READ_SIZE, Refused, TargetLost, TermProcess, run_session, signalled
 from wire.term import codec

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from agent.pg.relay import Cancel, Receive, SendFrame
+from agent.engines import Cancel, Receive, SendFrame
 from gatehouse.v1 import tunnel_pb2
 from wire.term import codec
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -42,21 +42,19 @@ from controlplane.policy.access import MODES, AccessDecision, decide
 from controlplane.policy.document import Connection, Review
 from controlplane.policy.store import PolicyStore
 from controlplane.relay.ends import ClientEnd, GrpcEnd
-from controlplane.relay.pg import PgInspector
+from controlplane.relay.inspection import EndCause, Inspector, Opening
+from controlplane.relay.protocols import INSPECTORS, SUPPORTED_TYPES
 from controlplane.relay.reviews import Reviews, as_message, wait_timeout
-from controlplane.relay.term import TermInspector, reported_run_as
 from controlplane.relay.tunnel import CANCEL, Cancel, Fatal, Tunnel, Tunnels
 from controlplane.store.database import Database
-from controlplane.store.models import ApiTokenRow, RecordingChunkRow, ReviewRow, SessionRow
+from controlplane.store.models import ApiTokenRow, ReviewRow, SessionRow
 from gatehouse.v1 import agent_pb2, client_pb2, client_pb2_grpc, tunnel_pb2
-from wire.pg.framing import ProtocolError
-from wire.term.codec import ProtocolError as TermProtocolError
+from wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 ATTACH_TIMEOUT = 10.0
-SUPPORTED_TYPES = {"postgres", "ssh", "shell"}
 FORWARD_CHUNK = 1024 * 1024
 REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still works
 DEFAULT_DELEGATION = 8 * 3600
@@ -180,47 +178,17 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, ctx: SessionContext, connection: Connection, mode: str, tunnel: Tunnel
     ) -> Inspector:
         """The protocol's inspector: what sits between the client and the agent."""
-        if connection.type == "postgres":
-            return PgInspector(
-                ctx,
-                self._audit,
-                tunnel.wake,
-                guard=self._policy.guard(connection),
-                redact=self._policy.parameter_detectors(connection),
-                forward=functools.partial(_forward, tunnel),
-            )
-        session_id = ctx.session_id
-        db = self._db
-
-        async def store(index: int, data: bytes) -> None:
-            await db.write(
-                lambda s: s.add(RecordingChunkRow(session_id=session_id, idx=index, data=data))
-            )
-
-        async def recorded(seq: int) -> None:
-            def mark(session: Any) -> None:
-                row = session.get(SessionRow, session_id)
-                if row is not None:
-                    row.recording_seq = seq
-                    session.add(row)
-
-            await db.write(mark)
-
-        workdir = getattr(connection.target, "workdir", None)
-        return TermInspector(
-            ctx,
-            self._audit,
-            tunnel.wake,
-            kind="ssh" if connection.type == "ssh" else "shell",
+        opening = Opening(
+            session=ctx,
+            connection=connection,
             mode=mode,
-            guard=self._policy.command_guard(connection),
-            store=store,
-            recorded=recorded,
-            workdir=workdir,
-            run_as=getattr(connection.target, "run_as", None),
-            shell=getattr(connection.target, "shell", None),
-            agent_run_as=reported_run_as(tunnel.run_as),
+            tunnel=tunnel,
+            audit=self._audit,
+            policy=self._policy,
+            db=self._db,
+            forward=functools.partial(_forward, tunnel),
         )
+        return INSPECTORS[connection.type](opening)
 
     @unary
     async def GetLoginConfig(
@@ -445,18 +413,17 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     # Checked first: revoking the agent closes its tunnel, which may also end
                     # the relay as if the session had simply closed.
                     why = tunnel.cut or "the agent serving it was revoked"
-                    ending = Ending(AGENT_REVOKED, "57P01", why)
+                    ending = Ending(AGENT_REVOKED, EndCause.SHUTDOWN, why)
                     break
                 if relaying in done:
                     return Ending(relaying.result())
                 if lost in done:
                     why = f"audit_lost: {loss.reason}"
-                    ending = Ending(why, "58000", why)
+                    ending = Ending(why, EndCause.AUDIT, why)
                     break
                 invalid = await self._auth.still_valid(identity) if expires else None
                 if invalid is not None:
-                    # admin_shutdown: what a server says when it ends a session
-                    ending = Ending(invalid, "57P01", invalid)
+                    ending = Ending(invalid, EndCause.SHUTDOWN, invalid)
                     break
         except BaseException:
             relaying.cancel()
@@ -507,10 +474,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 @dataclass(frozen=True, slots=True)
 class Ending:
     """Why a session ended and, when the control plane ended it (not the client or the
-    agent), what the client is told: the protocol's fatal error with this SQLSTATE."""
+    agent), what the client is told: the protocol's fatal error for this cause."""
 
     reason: str
-    sqlstate: str | None = None
+    cause: EndCause | None = None
     message: str = ""
 
 
@@ -518,47 +485,10 @@ async def _close(end: ClientEnd, inspector: Inspector, ending: Ending) -> None:
     """Record the results of every request still in flight, then (when the control plane
     ended the session) tell the client why: what the client hears is already in the trail."""
     await inspector.finish(ending.reason)
-    if ending.sqlstate is not None:
-        fatal = inspector.fatal(f"session ended: {ending.message}", ending.sqlstate)
+    if ending.cause is not None:
+        fatal = inspector.fatal(f"session ended: {ending.message}", ending.cause)
         with contextlib.suppress(Exception):
             await end.write(fatal)
-
-
-class Inspector(Protocol):
-    """What the relay needs of a protocol's inspector (PostgreSQL, terminal streams)."""
-
-    session: SessionContext
-    statements: int
-    finished: bool  # it answered the client with a last message of its own
-    # After the client stops sending: how long the target's answers are awaited (None: until
-    # it ends), and whether the agent is told the session is over (PostgreSQL: yes; a
-    # command: no, it runs to its exit, which the client is still waiting for).
-    drain_timeout: float | None
-    end_on_client_eof: bool
-
-    @property
-    def incomplete(self) -> bool: ...
-
-    async def from_client(self, data: bytes) -> bytes: ...
-
-    async def from_agent(self, frame: tunnel_pb2.Frame) -> list[bytes]: ...
-
-    def take_synthetic(self) -> list[bytes]: ...
-
-    def closing(self) -> list[bytes]: ...
-
-    def cancel_event(self) -> Any: ...
-
-    def fatal(self, message: str, sqlstate: str = ...) -> bytes: ...
-
-    # The session ended (`reason`) and its pumps stopped: give every request still in flight
-    # its result (its real one if it has it, else outcome unknown and why); returns once they
-    # are committed or reported lost. Called on every end, once the relay is over.
-    async def finish(self, reason: str) -> None: ...
-
-    # The agent's stream broke: the same, before the client is told (it may be called before
-    # `finish`, which then finds nothing left).
-    async def agent_lost(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,7 +535,7 @@ class AgentLost(Exception):
     requests a result saying their outcome is unknown."""
 
 
-PROTOCOL_ERRORS = (ProtocolError, TermProtocolError)
+PROTOCOL_ERRORS = (ProtocolError,)  # every protocol's codec raises a subclass
 
 
 async def _relay(end: ClientEnd, session: Admitted) -> str:
@@ -730,7 +660,7 @@ async def _agent_lost(end: ClientEnd, tunnel: Tunnel, inspector: Inspector) -> N
         fatal = inspector.fatal(
             f"the connection to agent {tunnel.agent} was lost; the outcome of what was "
             "running is unknown",
-            "08006",
+            EndCause.AGENT_LOST,
         )
         with contextlib.suppress(Exception):
             await end.write(fatal)

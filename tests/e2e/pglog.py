@@ -514,7 +514,7 @@ class Proof:
     code_in_block: bool = False
 
     def ran(self, text: str, portal: str | None, *, failed: bool, resumed: bool = False) -> None:
-        from controlplane.relay import pg_sql
+        from controlplane.relay.pg import sql as pg_sql
 
         found = pg_sql.statements(text)
         parts = [pg_sql.SqlStatement(text)] if isinstance(found, pg_sql.Unreadable) else found

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from wire import errors
+
 __all__ = [
     "CANCEL_REQUEST_CODE",
     "GSSENC_REQUEST_CODE",
@@ -37,7 +39,7 @@ MAX_STARTUP_LENGTH = 10000
 _INT32 = struct.Struct("!i")
 
 
-class ProtocolError(Exception):
+class ProtocolError(errors.ProtocolError):
     """Malformed or oversized message; the session must be closed."""
 
 

@@ -11,16 +11,23 @@ import struct
 import uuid
 from collections.abc import Callable
 
-BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT, OID = 16, 17, 19, 20, 21, 23, 25, 26
-FLOAT4, FLOAT8, UNKNOWN, BPCHAR, VARCHAR, UUID, JSON, JSONB = (
-    700,
-    701,
-    705,
-    1042,
-    1043,
-    2950,
-    114,
-    3802,
+from wire.pg.codes import (
+    BOOL,
+    BPCHAR,
+    BYTEA,
+    FLOAT4,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    JSON,
+    JSONB,
+    NAME,
+    OID,
+    TEXT,
+    UNKNOWN,
+    UUID,
+    VARCHAR,
 )
 
 

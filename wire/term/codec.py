@@ -26,6 +26,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from wire import errors
+
 __all__ = [
     "DEFAULT_SHELL",
     "EOF",
@@ -71,7 +73,7 @@ _HEADER = struct.Struct("!BI")
 _WINDOW = struct.Struct("!HH")
 
 
-class ProtocolError(Exception):
+class ProtocolError(errors.ProtocolError):
     """A malformed message: the session must end."""
 
 

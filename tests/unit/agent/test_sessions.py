@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from agent import sessions
-from agent.pg.relay import CANCEL, Cancel, Receive
+from agent.engines import CANCEL, Cancel, Receive
 from wire.pg import framing
 from wire.pg import messages as pgm
 from wire.term import codec

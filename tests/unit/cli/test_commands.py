@@ -225,7 +225,8 @@ print(json.dumps([status, sorted(sys.modules)]))
 """
 EXEC_MODULES = {
     *("cli", "cli.main", "cli.commands", "cli.parser", "cli.errors", "cli.output"),
-    *("cli.execute", "cli.rpc", "cli.profiles", "cli.session", "cli.pgexec"),
+    *("cli.execute", "cli.rpc", "cli.profiles", "cli.session", "cli.protocols"),
+    *("cli.pg", "cli.pg.query"),
 }
 
 

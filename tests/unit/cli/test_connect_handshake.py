@@ -13,8 +13,9 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from cli.connect import Listener, handshake_limits, local_tls_context
 from cli.errors import CliError
+from cli.pg.listen import Listener, local_tls_context
+from cli.protocols import handshake_limits
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from cli import main
 from cli.errors import USAGE
-from cli.execute import command_start
+from cli.term.command import command_start
 from wire.term import codec
 
 

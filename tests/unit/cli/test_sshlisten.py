@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from cli import sshlisten
 from cli.errors import USAGE, CliError
+from cli.term import listen as sshlisten
 from wire.term import codec
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import term
 from cli.errors import CliError
+from cli.term import stream as term
 from tests.unit.cli.fakes import FakeCall, Reply, opened
 from wire.term import codec
 

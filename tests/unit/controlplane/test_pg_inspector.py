@@ -16,9 +16,9 @@ from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import SqlGuard
-from controlplane.relay import pg as pg_module
-from controlplane.relay import pg_names as pg_names_module
-from controlplane.relay.pg import PgInspector
+from controlplane.relay.pg import inspector as pg_module
+from controlplane.relay.pg import names as pg_names_module
+from controlplane.relay.pg.inspector import PgInspector
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from trail.chain import verify_chain

@@ -3,7 +3,7 @@ it may run user-defined code (decision 0010)."""
 
 import pytest
 
-from controlplane.relay.pg_sql import (
+from controlplane.relay.pg.sql import (
     DEPENDS_ON_SETTINGS,
     Effect,
     SqlStatement,

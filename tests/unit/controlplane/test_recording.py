@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from controlplane.relay import recording as rec
-from controlplane.relay.recording import LineTracker, Recording
+from controlplane.relay.term import recording as rec
+from controlplane.relay.term.recording import LineTracker, Recording
 
 
 async def test_recording_is_asciicast_v2_with_a_digest_over_its_stored_pieces(

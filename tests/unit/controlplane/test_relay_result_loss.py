@@ -10,6 +10,8 @@ from typing import Any
 
 from controlplane.audit.writer import ResultLoss
 from controlplane.auth.identity import Identity
+from controlplane.relay.inspection import EndCause
+from controlplane.relay.pg.inspector import FATAL_SQLSTATES
 from controlplane.relay.service import AGENT_REVOKED, ClientServicer, Ending, _close
 from controlplane.relay.tunnel import Tunnel
 
@@ -31,8 +33,8 @@ class Inspector:
         self.client = client
         self.finished_with: list[tuple[str, int]] = []
 
-    def fatal(self, message: str, sqlstate: str = "08P01") -> bytes:
-        return f"{sqlstate} {message}".encode()
+    def fatal(self, message: str, cause: EndCause = EndCause.PROTOCOL) -> bytes:
+        return f"{FATAL_SQLSTATES[cause]} {message}".encode()  # as PostgreSQL says it
 
     async def finish(self, reason: str) -> None:
         self.finished_with.append((reason, len(self.client.written)))
@@ -96,7 +98,7 @@ async def test_a_revocation_that_also_closed_the_relay_is_still_a_revocation() -
     ending = await ClientServicer._relay_while_valid(
         servicer, relay(), Identity("alice"), ResultLoss(), tunnel
     )
-    assert ending.reason == AGENT_REVOKED and ending.sqlstate == "57P01"
+    assert ending.reason == AGENT_REVOKED and ending.cause is EndCause.SHUTDOWN
 
 
 async def test_a_session_without_loss_ends_with_its_relay() -> None:

@@ -13,7 +13,7 @@ from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.document import Guardrail
-from controlplane.relay.term import TermInspector
+from controlplane.relay.term.inspector import TermInspector
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow
 from gatehouse.v1 import tunnel_pb2
@@ -287,7 +287,7 @@ async def test_a_denied_program_on_stdin_never_reaches_the_agent(
 
 
 async def test_a_program_beyond_the_limit_is_refused(db: Database, writer: AuditWriter) -> None:
-    from controlplane.relay.term import STDIN_LIMIT
+    from controlplane.relay.term.inspector import STDIN_LIMIT
 
     h = Harness(db, writer, "ssh", "exec")
     await h.inspector.from_client(start(argv=("python3",)))
@@ -341,7 +341,7 @@ async def test_a_client_whose_program_stays_open_is_told_why_nothing_runs(
 ) -> None:
     import asyncio
 
-    from controlplane.relay import term
+    from controlplane.relay.term import inspector as term
 
     monkeypatch.setattr(term, "HOLD_NOTICE_AFTER", 0.05)
     h = Harness(db, writer, "shell", "exec")

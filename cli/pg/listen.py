@@ -1,7 +1,5 @@
-"""`gatehouse connect NAME --port P`: a local listener for unmodified PostgreSQL clients.
-
-(An ssh connection gets a local SSH server instead: cli/sshlisten.py. The connection's type
-comes from the caller's own list of connections.)
+"""`gatehouse connect NAME --port P` on a `postgres` connection: a local listener for
+unmodified PostgreSQL clients (cli/listeners.py chooses it by the connection's type).
 
 Each TCP connection becomes one audited session on the control plane, exactly like `exec`.
 The local leg is negotiated here: TLS with a throwaway self-signed certificate when the client
@@ -20,11 +18,9 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import os
 import ssl
 import struct
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,42 +28,23 @@ from typing import Any
 import grpc
 
 from cli import __version__
-from cli.errors import CliError
+from cli.errors import USAGE, CliError
 from cli.output import echo
-from cli.rpc import run
+from cli.protocols import (
+    HANDSHAKE_TIMEOUT,
+    MAX_PENDING,
+    Listening,
+    ListenRequest,
+    handshake_limits,
+)
 from cli.session import Call, open_session, review_log
-from gatehouse.v1 import client_pb2, client_pb2_grpc
-from wire.addresses import is_loopback
-from wire.pg import framing
+from gatehouse.v1 import client_pb2
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger("gatehouse.connect")
 
 READ_SIZE = 256 * 1024
-#: A client must finish its startup (SSL negotiation, StartupMessage or CancelRequest) within
-#: this many seconds (PostgreSQL's authentication_timeout is 60 s); GATEHOUSE_HANDSHAKE_TIMEOUT.
-HANDSHAKE_TIMEOUT = 10.0
-#: At most this many connections may be starting at once; GATEHOUSE_MAX_PENDING_HANDSHAKES.
-MAX_PENDING = 64
-
-
-def handshake_limits(env: Mapping[str, str] = os.environ) -> tuple[float, int]:
-    """(deadline, max pending) for the listener's handshakes, from the environment."""
-    timeout = env.get("GATEHOUSE_HANDSHAKE_TIMEOUT", "").strip()
-    pending = env.get("GATEHOUSE_MAX_PENDING_HANDSHAKES", "").strip()
-    try:
-        limits = (float(timeout or HANDSHAKE_TIMEOUT), int(pending or MAX_PENDING))
-    except ValueError:
-        raise CliError(
-            "GATEHOUSE_HANDSHAKE_TIMEOUT must be seconds and GATEHOUSE_MAX_PENDING_HANDSHAKES "
-            "a whole number"
-        ) from None
-    if not (0.1 <= limits[0] <= 600 and 1 <= limits[1] <= 100_000):
-        raise CliError(
-            "GATEHOUSE_HANDSHAKE_TIMEOUT must be 0.1 to 600 s and "
-            "GATEHOUSE_MAX_PENDING_HANDSHAKES 1 to 100000"
-        )
-    return limits
 
 
 @dataclass
@@ -92,7 +69,9 @@ class Listener:
                 self.refused += 1
                 log.warning("refusing %s: %d connections are still starting", peer, self.pending)
                 await _fatal(
-                    writer, "53300", "gatehouse: too many connections are starting; try again"
+                    writer,
+                    codes.TOO_MANY_CONNECTIONS,
+                    "gatehouse: too many connections are starting; try again",
                 )
                 return
             await self._serve(reader, writer)
@@ -100,7 +79,7 @@ class Listener:
             pass
         except framing.ProtocolError as exc:
             log.warning("client %s sent something that is not PostgreSQL: %s", peer, exc)
-            await _fatal(writer, "08P01", f"gatehouse: {exc}")
+            await _fatal(writer, codes.PROTOCOL_VIOLATION, f"gatehouse: {exc}")
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -117,7 +96,7 @@ class Listener:
             log.info("closing %s: no startup within %g s", peer, self.handshake_timeout)
             await _fatal(
                 writer,
-                "08P01",
+                codes.PROTOCOL_VIOLATION,
                 f"gatehouse: no startup message within {self.handshake_timeout:g} s",
             )
             return
@@ -137,13 +116,13 @@ class Listener:
             message = pgm.parse_startup(raw[4:])
             if isinstance(message, pgm.SSLRequest):
                 if self.tls is None:
-                    writer.write(b"N")
+                    writer.write(codes.SSL_REFUSED)
                     continue
-                writer.write(b"S")
+                writer.write(codes.SSL_ACCEPTED)
                 await writer.drain()
                 await writer.start_tls(self.tls)
             elif isinstance(message, pgm.GSSENCRequest):
-                writer.write(b"N")
+                writer.write(codes.SSL_REFUSED)
             else:
                 return message, raw
 
@@ -172,7 +151,7 @@ class Listener:
             await _fatal(writer, _sqlstate(exc.code()), f"gatehouse: {exc.details()}")
             return
         except CliError as exc:
-            await _fatal(writer, "08001", f"gatehouse: {exc.message}")
+            await _fatal(writer, codes.CLIENT_UNABLE_TO_CONNECT, f"gatehouse: {exc.message}")
             return
         call, session_id = opened.call, opened.session_id
         self.sessions += 1
@@ -216,9 +195,9 @@ async def _pump(
             data = frame.data
             if watching:
                 for message in startup.feed(data):
-                    if message.tag == ord("K"):
+                    if message.tag == codes.BACKEND_KEY_DATA:
                         on_key(pgm.parse_backend_key_data(message.body))
-                    elif message.tag == ord("Z"):
+                    elif message.tag == codes.READY_FOR_QUERY:
                         watching = False
             writer.write(data)
             await writer.drain()
@@ -253,10 +232,10 @@ async def _fatal(writer: asyncio.StreamWriter, sqlstate: str, message: str) -> N
 def _sqlstate(code: grpc.StatusCode) -> str:
     """The PostgreSQL error class a client best understands for a refusal."""
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return "28000"  # invalid_authorization_specification
+        return codes.INVALID_AUTHORIZATION
     if code == grpc.StatusCode.NOT_FOUND:
-        return "3D000"  # invalid_catalog_name: no such database (connection)
-    return "08001"  # sqlclient_unable_to_establish_sqlconnection
+        return codes.INVALID_CATALOG_NAME  # no such database: no such connection
+    return codes.CLIENT_UNABLE_TO_CONNECT
 
 
 def local_tls_context() -> ssl.SSLContext:
@@ -323,66 +302,11 @@ async def serve(
             await server.serve_forever()
 
 
-def connect(
-    connection: str,
-    port: int | None,
-    host: str,
-    authorized_keys: list[Path] | None,
-    controlplane: str | None,
-) -> None:
-    """A PostgreSQL listener, or an SSH server for an ssh connection (cli.sshlisten), on
-    loopback only: whoever reaches it acts as the caller."""
-    from cli import rpc
-    from cli.errors import USAGE
-    from cli.logs import setup_logging
-
-    if not is_loopback(f"{host}:0"):
-        raise CliError(
-            f"--host {host}: the listener accepts anyone who can reach it, so it only binds "
-            "to loopback",
-            USAGE,
-        )
-    address = rpc.controlplane_address(controlplane)
-    md = rpc.metadata()
-    setup_logging(False)
-    kind = connection_type(address, md, connection)
-    if kind == "ssh":
-        from cli import sshlisten
-
-        port = 2222 if port is None else port
-        files = authorized_keys or sshlisten.default_key_files()
-        sshlisten.load_authorized_keys(files)  # refuse before anything listens
-        listening = sshlisten.serve(address, md, connection, host, port, files)
-    elif kind in (None, "postgres"):
-        if authorized_keys:
-            raise CliError("--authorized-keys is for ssh connections", USAGE)
-        port = 5433 if port is None else port
-        listening = serve(address, md, connection, host, port)
-    else:
-        raise CliError(
-            f"{connection} is a {kind} connection: connect serves postgres and ssh connections; "
-            f"run commands with `gatehouse exec {connection} -- CMD`",
-            USAGE,
-        )
-    try:
-        run(listening)
-    except OSError as exc:
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    except KeyboardInterrupt:
-        pass
-
-
-def connection_type(address: str, metadata: tuple[tuple[str, str], ...], name: str) -> str | None:
-    """The connection's type from the caller's own list; None when it is not there (the
-    control plane then answers each client with its reason, in the client's protocol)."""
-    from cli.rpc import call
-
-    async def work(channel: grpc.aio.Channel) -> Any:
-        stub = client_pb2_grpc.ClientServiceStub(channel)
-        return await stub.ListConnections(client_pb2.ListMyConnectionsRequest(), metadata=metadata)
-
-    for item in call(address, work).connections:
-        if item.name == name:
-            return str(item.type)
-    log.warning("%s is not among the connections you may use; listening for PostgreSQL", name)
-    return None
+def listen(request: ListenRequest) -> Listening:
+    """`gatehouse connect` on a `postgres` connection: a listener for native PostgreSQL
+    clients, on 5433 unless told otherwise."""
+    if request.authorized_keys:
+        raise CliError("--authorized-keys is for ssh connections", USAGE)
+    port = 5433 if request.port is None else request.port
+    serving = serve(request.address, request.metadata, request.connection, request.host, port)
+    return Listening(port, serving)

@@ -15,16 +15,13 @@ from typing import Any
 import grpc
 
 from cli import __version__
-from cli.errors import CliError
+from cli.errors import USAGE, CliError
+from cli.output import Format, echo, emit, emit_json
+from cli.protocols import ExecRequest
 from cli.session import Call, Opened, open_session
 from gatehouse.v1 import client_pb2
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
-
-INT_TYPES = {20, 21, 23, 26}  # int8, int2, int4, oid
-FLOAT_TYPES = {700, 701}
-BOOL_TYPE = 16
-JSON_TYPES = {114, 3802}
 
 
 class ResultSet:
@@ -152,13 +149,13 @@ def _json_value(value: bytes | None, type_oid: int) -> Any:
         return None
     text = value.decode("utf-8", errors="replace")
     try:
-        if type_oid in INT_TYPES:
+        if type_oid in codes.INT_TYPES:
             return int(text)
-        if type_oid in FLOAT_TYPES:
+        if type_oid in codes.FLOAT_TYPES:
             return float(text)
-        if type_oid == BOOL_TYPE:
+        if type_oid == codes.BOOL:
             return text == "t"
-        if type_oid in JSON_TYPES:
+        if type_oid in codes.JSON_TYPES:
             return json.loads(text)
     except ValueError:
         pass
@@ -170,3 +167,54 @@ def text_rows(result: ResultSet) -> list[list[str | None]]:
         [None if v is None else v.decode("utf-8", errors="replace") for v in row]
         for row in result.rows
     ]
+
+
+async def execute(opened: Opened, request: ExecRequest) -> int:
+    """`gatehouse exec NAME -c SQL`: the results on stdout (a table, or JSON with `-o json`),
+    notices on stderr, and the database's error (exit 1) after them."""
+    if request.args:
+        opened.call.cancel()
+        raise CliError(
+            f"{request.connection} is a {opened.connection_type or 'database'} connection: give "
+            f"the statement with -c, e.g. gatehouse exec {request.connection} -c 'select 1'",
+            USAGE,
+        )
+    assert request.command is not None
+    try:
+        outcome = await run_sql_on(opened, request.command)
+    except CliError as exc:
+        for notice in _notices(exc):
+            echo(f"{notice.severity}:  {notice.message}", err=True)
+        raise
+    for notice in outcome.notices:
+        echo(f"{notice.severity}:  {notice.message}", err=True)
+    _print_results(outcome, request.output)
+    if outcome.error is not None:
+        raise PgError(outcome.error, outcome)
+    return 0
+
+
+def _notices(exc: CliError) -> list[Any]:
+    """A database error's notices, printed before it as psql does."""
+    outcome = getattr(exc, "outcome", None)
+    return list(outcome.notices) if outcome is not None else []
+
+
+def _print_results(outcome: Outcome, output: Format) -> None:
+    results = outcome.results
+    if output is Format.json:
+        documents = [r.as_json() for r in results]
+        last = documents[-1] if documents else {"columns": [], "rows": [], "command": ""}
+        document = dict(last)
+        if len(documents) > 1:
+            document["results"] = documents
+        document["session_id"] = outcome.session_id
+        emit_json(document)
+        return
+    for result in results:
+        if result.columns:
+            emit(output, None, [c.name for c in result.columns], text_rows(result))
+            count = len(result.rows)
+            echo(f"({count} row{'s' if count != 1 else ''})")
+        else:
+            echo(result.command)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from controlplane.relay.pg_sql import Effect
+from controlplane.relay.pg.sql import Effect
 
 #: Prepared statements plus portals one session may hold (PostgreSQL itself has no limit).
 MAX_NAMES = 10_000

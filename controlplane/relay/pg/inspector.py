@@ -36,23 +36,24 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
-from controlplane.relay import pg_sql
-from controlplane.relay.pg_lexical import LexicalSettings, sensitive
-from controlplane.relay.pg_names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
+from controlplane.relay.inspection import EndCause, Opening
+from controlplane.relay.pg import sql as pg_sql
+from controlplane.relay.pg.lexical import LexicalSettings, sensitive
+from controlplane.relay.pg.names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
 from wire.pg.types import binary_to_text
 
 PARAM_LIMIT = 256  # characters of one parameter value kept in an event
-AUDIT_FAILED_SQLSTATE = "58000"
-NOT_SUPPORTED_SQLSTATE = "0A000"
-DENIED_SQLSTATE = "42501"  # insufficient_privilege: what a server says when it refuses
-UNKNOWN_STATEMENT_SQLSTATE = "26000"  # invalid_sql_statement_name
-UNKNOWN_CURSOR_SQLSTATE = "34000"  # invalid_cursor_name
-UNREADABLE_SQLSTATE = "22021"  # character_not_in_repertoire
-NAME_TOO_LONG_SQLSTATE = "42622"  # name_too_long
+AUDIT_FAILED_SQLSTATE = codes.SYSTEM_ERROR
+NOT_SUPPORTED_SQLSTATE = codes.FEATURE_NOT_SUPPORTED
+DENIED_SQLSTATE = codes.INSUFFICIENT_PRIVILEGE
+UNKNOWN_STATEMENT_SQLSTATE = codes.INVALID_SQL_STATEMENT_NAME
+UNKNOWN_CURSOR_SQLSTATE = codes.INVALID_CURSOR_NAME
+UNREADABLE_SQLSTATE = codes.CHARACTER_NOT_IN_REPERTOIRE
+NAME_TOO_LONG_SQLSTATE = codes.NAME_TOO_LONG
 # PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1 bytes: two
 # longer names that share them are one object on the server and two here. Refused instead.
 MAX_NAME_BYTES = 63
@@ -62,8 +63,14 @@ AFTER_EXECUTE = (
     "(client_encoding, standard_conforming_strings) only at the next Sync, so the gateway "
     "cannot know how the server would read it; send a Sync before this Parse"
 )
-LIMIT_SQLSTATE = "54000"  # program_limit_exceeded
-TOO_COMPLEX_SQLSTATE = "54001"  # statement_too_complex
+LIMIT_SQLSTATE = codes.PROGRAM_LIMIT_EXCEEDED
+TOO_COMPLEX_SQLSTATE = codes.STATEMENT_TOO_COMPLEX
+FATAL_SQLSTATES = {
+    EndCause.PROTOCOL: codes.PROTOCOL_VIOLATION,
+    EndCause.SHUTDOWN: codes.ADMIN_SHUTDOWN,  # what a server says when it ends a session
+    EndCause.AUDIT: codes.SYSTEM_ERROR,
+    EndCause.AGENT_LOST: codes.CONNECTION_FAILURE,
+}
 _COPY_BROKEN = (
     "a request was sent during COPY FROM STDIN; end the copy with CopyDone or CopyFail first"
 )
@@ -82,8 +89,10 @@ MAX_HELD_MESSAGES = 10_000
 #: the inspector forwards nothing more until half of them were answered.
 MAX_IN_FLIGHT = 20_000
 
-Q, P, B, E, D, C, S, H, X, F = (ord(c) for c in "QPBEDCSHXF")
-COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD = (ord(c) for c in "dcfp")
+Q, P, B, E, D = codes.QUERY, codes.PARSE, codes.BIND, codes.EXECUTE, codes.DESCRIBE
+C, S, H, X, F = codes.CLOSE, codes.SYNC, codes.FLUSH, codes.TERMINATE, codes.FUNCTION_CALL
+COPY_DATA, COPY_DONE, COPY_FAIL = codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL
+PASSWORD = codes.PASSWORD_MESSAGE
 STARTUP_TAG = 0  # the StartupMessage, answered by the first ReadyForQuery
 Mark = tunnel_pb2.ResultMark
 # The mark kinds as plain ints: reading a protobuf enum attribute costs on every mark.
@@ -288,7 +297,7 @@ class PgInspector:
         startup = pgm.parse_startup(msg.body)
         if isinstance(startup, pgm.SSLRequest | pgm.GSSENCRequest):
             # TLS is the job of the local leg (the CLI); inside the tunnel, say "no".
-            self._queue_answer(b"N", with_ready=False)
+            self._queue_answer(codes.SSL_REFUSED, with_ready=False)
         elif isinstance(startup, pgm.StartupMessage):
             self._started = True
             self.startup_params = dict(startup.params)
@@ -1036,10 +1045,10 @@ class PgInspector:
         """The agent's stream ended: answers of our own still due go out."""
         return self.take_synthetic()
 
-    def fatal(self, message: str, sqlstate: str = "08P01") -> bytes:
+    def fatal(self, message: str, cause: EndCause = EndCause.PROTOCOL) -> bytes:
         """The session's last words to the client: a FATAL ErrorResponse."""
         return pgm.error_response(
-            severity="FATAL", sqlstate=sqlstate, message=f"gatehouse: {message}"
+            severity="FATAL", sqlstate=FATAL_SQLSTATES[cause], message=f"gatehouse: {message}"
         )
 
     async def finish(self, reason: str) -> None:
@@ -1247,3 +1256,16 @@ def _param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
     if text is None:
         text = "base64:" + base64.b64encode(value[:PARAM_LIMIT]).decode("ascii")
     return text if len(text) <= PARAM_LIMIT else text[:PARAM_LIMIT] + "…"
+
+
+def open_inspector(opening: Opening) -> PgInspector:
+    """A `postgres` session's inspector, with its connection's guardrails and the detectors
+    that mask parameter values in its events."""
+    return PgInspector(
+        opening.session,
+        opening.audit,
+        opening.tunnel.wake,
+        guard=opening.policy.guard(opening.connection),
+        redact=opening.policy.parameter_detectors(opening.connection),
+        forward=opening.forward,
+    )

@@ -23,6 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from controlplane.store.database import Database
+from controlplane.store.models import RecordingChunkRow, SessionRow
+
 CHUNK_BYTES: Final = 256 * 1024  # a stored piece of the recording
 ECHO_WAIT: Final = 1.0  # seconds a typed key waits for its echo before its line is hidden
 EXPECTED_LIMIT: Final = 64 * 1024  # typed characters waiting for their echo, at most
@@ -33,6 +36,7 @@ LINE_LIMIT: Final = 4096  # characters of one typed line kept for its event
 _ANSI: Final = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 
 Store = Callable[[int, bytes], Awaitable[None]]
+Recorded = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,3 +268,24 @@ class LineTracker:
                 out.append(("".join(self._current.text), bytes(self._current.raw)))
             self._current = None
         return out
+
+
+def stored_in(db: Database, session_id: str) -> tuple[Store, Recorded]:
+    """Where a session's recording goes: its pieces as rows, and the seq of the result event
+    that vouches for it on the session's row."""
+
+    async def store(index: int, data: bytes) -> None:
+        await db.write(
+            lambda s: s.add(RecordingChunkRow(session_id=session_id, idx=index, data=data))
+        )
+
+    async def recorded(seq: int) -> None:
+        def mark(session: Any) -> None:
+            row = session.get(SessionRow, session_id)
+            if row is not None:
+                row.recording_seq = seq
+                session.add(row)
+
+        await db.write(mark)
+
+    return store, recorded

@@ -39,7 +39,8 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.programs import StdinReader, stdin_readers
-from controlplane.relay.recording import LineTracker, Recording, Store
+from controlplane.relay.inspection import EndCause, Opening
+from controlplane.relay.term.recording import LineTracker, Recording, Store, stored_in
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.term import codec
 from wire.term.codec import ProtocolError
@@ -439,7 +440,7 @@ class TermInspector:
             )
         return due
 
-    def fatal(self, message: str, sqlstate: str = "") -> bytes:
+    def fatal(self, message: str, cause: EndCause = EndCause.PROTOCOL) -> bytes:
         """The session's last words to the client, in this protocol."""
         return codec.encode_exit(codec.Exit(GATEWAY_STATUS, error=f"gatehouse: {message}"))
 
@@ -576,3 +577,24 @@ def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) 
 def _title(ctx: SessionContext, start: codec.Start) -> str:
     """The recording's title: the connection and what ran, as a player lists it."""
     return f"{ctx.connection.get('name', '')}: {start.command_line() or 'login shell'}"
+
+
+def open_inspector(opening: Opening) -> TermInspector:
+    """An `ssh` or `shell` session's inspector: its connection's command guardrails, where its
+    recording is stored, and (shell) whose account its commands run as."""
+    target = opening.target
+    store, recorded = stored_in(opening.db, opening.session.session_id)
+    return TermInspector(
+        opening.session,
+        opening.audit,
+        opening.tunnel.wake,
+        kind="ssh" if opening.connection.type == "ssh" else "shell",
+        mode=opening.mode,
+        guard=opening.policy.command_guard(opening.connection),
+        store=store,
+        recorded=recorded,
+        workdir=getattr(target, "workdir", None),
+        run_as=getattr(target, "run_as", None),
+        shell=getattr(target, "shell", None),
+        agent_run_as=reported_run_as(opening.tunnel.run_as),
+    )

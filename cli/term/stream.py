@@ -28,8 +28,8 @@ from typing import BinaryIO, Protocol
 import grpc
 
 from cli.errors import CliError
-from cli.session import TERMINAL_TYPES as TERMINAL_TYPES  # noqa: PLC0414 - cli.ssh reads it here
 from cli.session import Opened
+from cli.term import TERMINAL_TYPES as TERMINAL_TYPES  # noqa: PLC0414 - cli.ssh reads it here
 from gatehouse.v1 import client_pb2
 from wire.term import codec
 

@@ -2,7 +2,7 @@
 
 `ssh`, `scp` and `sftp` talk to 127.0.0.1:PORT as to any server. Every SSH channel (a
 command, a shell with a terminal, the sftp subsystem; scp runs `scp -t`/`scp -f` or sftp)
-becomes one Gatehouse session in `connect` mode, driven by cli.term like `gatehouse exec`:
+becomes one Gatehouse session in `connect` mode, driven by cli.term.stream like `exec`:
 the control plane decides and records it, the agent logs in to the target with a key the
 caller never sees, and the exit status comes back to the client.
 
@@ -34,8 +34,9 @@ import grpc
 from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.output import echo
+from cli.protocols import Listening, ListenRequest
 from cli.session import open_session, review_log
-from cli.term import HIGH_WATER, SAID_TAIL, SessionClosed, TermSession, relay
+from cli.term.stream import HIGH_WATER, SAID_TAIL, SessionClosed, TermSession, relay
 from wire.term import codec
 
 log = logging.getLogger("gatehouse.connect")
@@ -45,6 +46,18 @@ GATEWAY_FAILURE = 255
 """Exit status of a channel the gateway could not run, as ssh reports its own failures."""
 FORWARDED_ENV = ("LANG", "LC_")
 """Environment a client sends that is passed on: the locale only, as sshd's AcceptEnv."""
+
+
+def listen(request: ListenRequest) -> Listening:
+    """`gatehouse connect` on an ssh connection: an SSH server on 2222 unless told otherwise;
+    with no client key to accept it refuses before anything listens."""
+    port = 2222 if request.port is None else request.port
+    files = request.authorized_keys or default_key_files()
+    load_authorized_keys(files)  # refuse before anything listens
+    serving = serve(
+        request.address, request.metadata, request.connection, request.host, port, files
+    )
+    return Listening(port, serving)
 
 
 def default_key_files() -> list[Path]:
@@ -342,7 +355,7 @@ async def serve(
 ) -> None:
     """Listen until cancelled; the banner says how to pin the host key and connect."""
     from cli import rpc
-    from cli.connect import handshake_limits
+    from cli.protocols import handshake_limits
 
     authorized, count = load_authorized_keys(key_files)
     key, key_path = host_key(config_dir())

@@ -49,7 +49,7 @@ from controlplane.store.models import ReviewRow
 from controlplane.tls import proxy
 from controlplane.tls.server import ServerTls
 from wire.addresses import is_loopback_host
-from wire.pg import framing
+from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class PgListener(Acceptor):
                     self.pending,
                 )
                 raise Refused(
-                    "53300",
+                    codes.TOO_MANY_CONNECTIONS,
                     "gatehouse: too many connections to this listener right now; try again later",
                 )
             self.pending += 1
@@ -237,7 +237,7 @@ class PgListener(Acceptor):
             except TimeoutError:
                 self.expired += 1
                 raise Refused(
-                    "08P01",
+                    codes.PROTOCOL_VIOLATION,
                     f"gatehouse: the connection did not start up and authenticate within "
                     f"{self.handshake_timeout:g} s",
                 ) from None
@@ -249,7 +249,7 @@ class PgListener(Acceptor):
             await client.refuse(exc)
         except framing.ProtocolError as exc:
             log.info("pg-listen: %s sent something that is not PostgreSQL: %s", address, exc)
-            await client.refuse(Refused("08P01", f"gatehouse: {exc}"))
+            await client.refuse(Refused(codes.PROTOCOL_VIOLATION, f"gatehouse: {exc}"))
         except proxy.ProxyHeaderError as exc:
             log.info("pg-listen: bad PROXY header from %s: %s", address, exc)
         except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
@@ -268,12 +268,12 @@ class PgListener(Acceptor):
             message = pgm.parse_startup(raw[4:])
             if isinstance(message, pgm.SSLRequest):
                 if self.tls is None:
-                    await _send(conn, b"N")
+                    await _send(conn, codes.SSL_REFUSED)
                     continue
-                await _send(conn, b"S")
+                await _send(conn, codes.SSL_ACCEPTED)
                 client.stream = await _wrap(conn, self.tls.context(ALPN_POSTGRES))
             elif isinstance(message, pgm.GSSENCRequest):
-                await _send(conn, b"N")
+                await _send(conn, codes.SSL_REFUSED)
             elif isinstance(message, pgm.CancelRequest):
                 await self._cancel(message, source)
                 return None
@@ -281,7 +281,7 @@ class PgListener(Acceptor):
                 if not self._plaintext_allowed(address):
                     self.refused_plaintext += 1
                     log.info("pg-listen: refused a plaintext startup from %s", source)
-                    raise Refused("28000", TLS_REQUIRED)
+                    raise Refused(codes.INVALID_AUTHORIZATION, TLS_REQUIRED)
                 client.stream = await _wrap(conn, None)
                 return await self._authenticate(client.stream, source, message, raw)
         raw = await _read_untagged(client.stream[0])
@@ -340,7 +340,8 @@ class PgListener(Acceptor):
             )
         if not 4 < length <= MAX_PASSWORD:
             raise Refused(
-                "08P01", f"gatehouse: a password message of {length} bytes (at most {MAX_PASSWORD})"
+                codes.PROTOCOL_VIOLATION,
+                f"gatehouse: a password message of {length} bytes (at most {MAX_PASSWORD})",
             )
         secret = pgm.parse_password_message(await reader.readexactly(length - 4))
         return Hello(reader, writer, source, startup, raw, secret)
@@ -359,12 +360,15 @@ class PgListener(Acceptor):
                 identity = await self.auth.identify((("authorization", f"Bearer {token}"),))
             except Unauthenticated as exc:
                 raise Refused(
-                    "28P01",
+                    codes.INVALID_PASSWORD,
                     f"gatehouse: password authentication failed ({exc}); the password must be "
                     "a Gatehouse token (`gatehouse tokens create`) or an access token of a login",
                 ) from None
             if not name:
-                raise Refused("3D000", "gatehouse: no database given: use dbname=<connection>")
+                raise Refused(
+                    codes.INVALID_CATALOG_NAME,
+                    "gatehouse: no database given: use dbname=<connection>",
+                )
             session = await self.sessions.admit(
                 identity,
                 name,
@@ -373,13 +377,13 @@ class PgListener(Acceptor):
                 _refuse_review,
             )
         except NotFound as exc:
-            raise Refused("3D000", f"gatehouse: {exc}") from None
+            raise Refused(codes.INVALID_CATALOG_NAME, f"gatehouse: {exc}") from None
         except PermissionDenied as exc:
-            raise Refused("42501", f"gatehouse: {exc}") from None
+            raise Refused(codes.INSUFFICIENT_PRIVILEGE, f"gatehouse: {exc}") from None
         except GatehouseError as exc:
-            raise Refused("08004", f"gatehouse: {exc}") from None
+            raise Refused(codes.CONNECTION_REJECTED, f"gatehouse: {exc}") from None
         except AuditUnavailable as exc:
-            raise Refused("58000", f"gatehouse: {exc}") from None
+            raise Refused(codes.SYSTEM_ERROR, f"gatehouse: {exc}") from None
         end = SocketEnd(hello.reader, hello.writer, hello.source, hello.raw, session, self.keys)
         try:
             await self.sessions.serve(end, session)

@@ -1,0 +1,21 @@
+"""Which engine serves a connection type: the one place the agent lists its protocols.
+
+A new protocol is a folder (`agent/<protocol>/`) with an `Engine` (agent/engines.py) and one
+line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agent.engines import Engine
+from agent.pg.engine import PgEngine
+from agent.term.engine import ShellEngine, ssh_engine
+
+ENGINES: Mapping[str, Engine] = {
+    "postgres": PgEngine(),
+    "ssh": ssh_engine(),
+    "shell": ShellEngine(),
+}
+FALLBACK = ENGINES["postgres"]
+"""Refuses a session when no engine recognises the client's first bytes (or none came)."""

@@ -1,0 +1,1 @@
+"""PostgreSQL in the CLI: `exec -c SQL` and the local listener of `connect`."""
