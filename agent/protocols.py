@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agent.engines import Engine
+from agent.mysql.engine import MysqlEngine
 from agent.pg.engine import PgEngine
 from agent.term.engine import ShellEngine, ssh_engine
 
 ENGINES: Mapping[str, Engine] = {
     "postgres": PgEngine(),
+    "mysql": MysqlEngine(),
     "ssh": ssh_engine(),
     "shell": ShellEngine(),
 }

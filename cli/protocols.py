@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 
 EXEC: Mapping[str, str] = {
     "postgres": "cli.pg.query:execute",
+    "mysql": "cli.mysql.query:execute",
     "ssh": "cli.term.command:execute",
     "shell": "cli.term.command:execute",
 }
 """`gatehouse exec` on a session whose `opened` frame names this type."""
 CONNECT: Mapping[str, str] = {
     "postgres": "cli.pg.listen:listen",
+    "mysql": "cli.mysql.listen:listen",
     "ssh": "cli.term.listen:listen",
 }
 """`gatehouse connect`: the local listener for this type's native clients."""

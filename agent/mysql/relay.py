@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
+from agent.engines import Cancel, Receive, SendFrame
 from agent.mysql.login import READ_SIZE, MysqlTarget, TargetError, dial, login, shared_capabilities
 from agent.mysql.masking import RowMasker
 from agent.pg.masking import MaskingError, MaskingPolicy
-from agent.pg.relay import Cancel, Receive
 from agent.secrets import SecretError, resolve
 from gatehouse.v1 import tunnel_pb2
 from gatehouse.v1.tunnel_pb2 import ResultMark as Mark
@@ -43,8 +43,6 @@ from wire.mysql.follow import Done, Follower, Row
 from wire.mysql.packets import PacketFramer, ProtocolError, count, encode
 
 log = logging.getLogger(__name__)
-
-SendFrame = Callable[[tunnel_pb2.Frame], Awaitable[None]]
 
 
 CANCEL_TIMEOUT = 10.0

@@ -50,6 +50,8 @@ ER_HANDSHAKE = 1043
 ER_NET_READ_ERROR = 1158
 ER_UNKNOWN_ERROR = 1105
 ER_QUERY_INTERRUPTED = 1317
+ER_SERVER_SHUTDOWN = 1053
+ER_CONNECTION_LOST = 2013  # a client-side code: "Lost connection to server during query"
 
 
 class Capability(IntFlag):

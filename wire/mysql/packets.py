@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wire import errors
 from wire.mysql.constants import MAX_PAYLOAD
 
 __all__ = ["DEFAULT_MAX_PACKET", "Packet", "PacketFramer", "ProtocolError", "count", "encode"]
@@ -20,7 +21,7 @@ the gateway holds a whole packet in memory, so it stops well before)."""
 _HEADER = 4
 
 
-class ProtocolError(Exception):
+class ProtocolError(errors.ProtocolError):
     """Malformed, out-of-sequence or oversized packet; the session must be closed."""
 
 

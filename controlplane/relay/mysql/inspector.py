@@ -30,10 +30,14 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
 from controlplane.policy.mysql_sql import Piece, Unreadable, redact, split
+from controlplane.relay.inspection import EndCause, Opening
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.mysql import messages as msg
 from wire.mysql.constants import (
+    ER_CONNECTION_LOST,
+    ER_NET_READ_ERROR,
+    ER_SERVER_SHUTDOWN,
     ER_SPECIFIC_ACCESS_DENIED,
     ER_TABLEACCESS_DENIED,
     ER_UNKNOWN_COM,
@@ -48,6 +52,12 @@ MAX_PREPARED = 16_384  # statements one session may hold (MySQL's max_prepared_s
 AGENT_LOST_MESSAGE = "agent lost before the result arrived"
 DENIED_SQLSTATE = "42000"
 Mark = tunnel_pb2.ResultMark
+FATAL_ERRORS = {
+    EndCause.PROTOCOL: (ER_NET_READ_ERROR, "08S01"),
+    EndCause.SHUTDOWN: (ER_SERVER_SHUTDOWN, "08S01"),
+    EndCause.AUDIT: (ER_UNKNOWN_ERROR, "HY000"),
+    EndCause.AGENT_LOST: (ER_CONNECTION_LOST, "08S01"),
+}
 COMPLETE, ERROR, READY = int(Mark.COMPLETE), int(Mark.ERROR), int(Mark.READY)
 PREPARED = int(Mark.PARSE_COMPLETE)
 
@@ -135,6 +145,7 @@ class MysqlInspector:
         self._logged_in = False
         self._closing: Cycle | None = None
         self._audit_error = ""
+        self._next_seq = 1  # what a packet of ours answering the last command starts with
         self.statements = 0
         self.denied = 0
         self.finished = False
@@ -152,6 +163,7 @@ class MysqlInspector:
                 # or the rest of an exchange a command began (a LOCAL INFILE's file).
                 out.append(encode(packet.payload, packet.seq))
                 continue
+            self._next_seq = (packet.last_seq + 1) & 0xFF
             await self._command(packet, out)
         return b"".join(out)
 
@@ -468,15 +480,16 @@ class MysqlInspector:
     def incomplete(self) -> bool:
         return self._framer.pending > 0
 
-    def cancel_event(self) -> Draft:
+    def cancel_event(self) -> Draft | None:
         return draft("db.cancel", session=self.session)
 
     def closing(self) -> list[bytes]:
         return self.take_synthetic()
 
-    def fatal(self, message: str, sqlstate: str = "08S01") -> bytes:
+    def fatal(self, message: str, cause: EndCause = EndCause.PROTOCOL) -> bytes:
         """The session's last words: an ERR packet (MySQL has no FATAL; the connection closes)."""
-        return encode(msg.err(ER_UNKNOWN_ERROR, sqlstate, f"gatehouse: {message}"), 1)
+        code, sqlstate = FATAL_ERRORS[cause]
+        return encode(msg.err(code, sqlstate, f"gatehouse: {message}"), self._next_seq)
 
     async def finish(self, reason: str) -> None:
         await self._abandon(f"the session ended before the result arrived: {reason}")
@@ -500,3 +513,17 @@ def _text(payload: bytes) -> str | None:
         return payload[1:].decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def open_inspector(opening: Opening) -> MysqlInspector:
+    """A `mysql` session's inspector, with its connection's guardrails on MySQL's grammar and
+    the detectors that mask parameter values in its events."""
+    return MysqlInspector(
+        opening.session,
+        opening.audit,
+        opening.tunnel.wake,
+        guard=opening.policy.mysql_guard(opening.connection),
+        redact_params=opening.policy.parameter_detectors(opening.connection),
+        forward=opening.forward,
+        local_infile=bool(getattr(opening.target, "local_infile", False)),
+    )
