@@ -1,0 +1,131 @@
+"""MySQL through the gateway, judged by the server's general query log: `exec`, and unmodified
+clients (the mariadb CLI, PyMySQL, mysql-connector-python, SQLAlchemy, aiomysql) through
+`gatehouse connect`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+
+from devenv.mariadb import MariadbServer
+from tests.e2e import mysqlgate
+from tests.e2e.mysqlgate import MysqlStack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, mariadb: MariadbServer) -> Iterator[MysqlStack]:
+    started = mysqlgate.start(tmp_path_factory.mktemp("mysql-stack"), mariadb)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def port(stack: MysqlStack) -> Iterator[int]:
+    with stack.listening("my") as bound:
+        yield bound
+
+
+@pytest.fixture
+def table(mariadb: MariadbServer) -> Iterator[str]:
+    """A table with three rows (made directly: not in the general log)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    mariadb.admin(
+        f"CREATE TABLE app.{name} (id INT PRIMARY KEY, email VARCHAR(80), ssn CHAR(11),"
+        f" blob_col VARBINARY(16), born DATE);"
+        f" INSERT INTO app.{name} VALUES (1, 'ann@example.com', '123-45-6789', x'00ff10', "
+        f"'1990-01-02'), (2, 'bob@example.com', '987-65-4321', NULL, NULL), "
+        f"(3, 'no mail', '000-00-0000', x'', '2000-12-31')"
+    )
+    yield name
+    mariadb.admin(f"DROP TABLE IF EXISTS app.{name}")
+
+
+def connect(port: int, **extra: object) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+    return pymysql.connect(
+        host="127.0.0.1", port=port, user="anyone", password="ignored", database="app", **extra
+    )
+
+
+def test_exec_prints_a_table_and_json(stack: MysqlStack) -> None:
+    result = stack.cli("exec", "my", "-c", "SELECT 41 + 1 AS answer, CURRENT_USER() AS who")
+    assert result.returncode == 0, result.stderr
+    assert "42" in result.stdout and "app@%" in result.stdout
+    result = stack.cli("exec", "my", "-c", "SELECT 41 + 1 AS answer", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["columns"] == ["answer"]
+    assert document["rows"] == [[42]]
+
+
+def test_exec_error_carries_the_servers_code_and_sqlstate(stack: MysqlStack) -> None:
+    result = stack.cli("exec", "my", "-c", "SELECT * FROM no_such_table")
+    assert result.returncode == 1
+    assert "ERROR 1146 (42S02)" in result.stderr
+    after = stack.last_seq() - 3
+    results = [e for e in stack.events(after) if e["type"] == "db.result"]
+    assert results[-1]["result"]["code"] == 1146
+    assert results[-1]["result"]["error"] == "42S02"
+
+
+def test_guardrail_refusal_never_reaches_the_server(
+    stack: MysqlStack, mariadb: MariadbServer, table: str
+) -> None:
+    result = stack.cli("exec", "my", "-c", f"DROP TABLE {table}")
+    assert result.returncode == 1
+    assert "ERROR 1142 (42000)" in result.stderr
+    assert 'guardrail "no-destructive"' in result.stderr
+    assert not [q for q in mariadb.queries() if table in q and "DROP" in q.upper()]
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "3"
+    denied = [e for e in stack.queries() if f"DROP TABLE {table}" in e["request"]["statement"]]
+    assert denied[-1]["decision"]["result"] == "deny"
+    assert denied[-1]["decision"]["rule"] == "no-destructive"
+
+
+def test_pymysql_session_goes_on_after_a_refusal(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    with connect(port) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, email FROM {table} ORDER BY id")
+        assert cur.fetchall() == ((1, "ann@example.com"), (2, "bob@example.com"), (3, "no mail"))
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(f"DELETE FROM {table}")
+        assert refused.value.args[0] == 1142
+        cur.execute(f"DELETE FROM {table} WHERE id = 3")
+        assert cur.rowcount == 1
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchone() == ("app@%",)
+    logged = mariadb.queries()
+    assert f"DELETE FROM {table} WHERE id = 3" in logged
+    assert f"DELETE FROM {table}" not in logged
+
+
+def test_mariadb_cli_through_connect(stack: MysqlStack, port: int, table: str) -> None:
+    result = subprocess.run(
+        [
+            "mariadb",
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            str(port),
+            "-u",
+            "x",
+            "-pwrong",
+            "app",
+            "-N",
+            "-B",
+            "-e",
+            f"SELECT email FROM {table} WHERE id = 2; SELECT 7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["bob@example.com", "7"]
