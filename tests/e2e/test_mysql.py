@@ -129,3 +129,103 @@ def test_mariadb_cli_through_connect(stack: MysqlStack, port: int, table: str) -
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["bob@example.com", "7"]
+
+
+def _statements(events: list[dict[str, object]]) -> list[str]:
+    return [e["request"]["statement"] for e in events]  # type: ignore[index]
+
+
+def test_multi_statements_are_one_event_each(stack: MysqlStack, port: int, table: str) -> None:
+    after = stack.last_seq()
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    with connect(port, client_flag=flags) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT 1; UPDATE {table} SET email = 'x' WHERE id = 2; SELECT 3")
+        assert cur.fetchall() == ((1,),)
+        assert cur.nextset()
+        assert cur.rowcount == 1
+        assert cur.nextset()
+        assert cur.fetchall() == ((3,),)
+    events = stack.events(after)
+    queries = [e for e in events if e["type"] == "db.query"]
+    wanted = ["SELECT 1", f"UPDATE {table} SET email = 'x' WHERE id = 2", "SELECT 3"]
+    assert _statements(queries)[-3:] == wanted
+    results = {e["ref"]: e["result"] for e in events if e["type"] == "db.result"}
+    assert [results[q["seq"]]["rows"] for q in queries[-3:]] == [1, None, 1]
+    assert results[queries[-2]["seq"]]["affected_rows"] == 1
+
+
+def test_prepared_statements_with_parameters(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    import mysql.connector
+
+    after = stack.last_seq()
+    conn = mysql.connector.connect(
+        host="127.0.0.1", port=port, user="x", password="y", database="app", use_pure=True
+    )
+    try:
+        cur = conn.cursor(prepared=True)
+        cur.execute(f"SELECT id, email, blob_col, born FROM {table} WHERE id = %s", (1,))
+        assert cur.fetchall() == [
+            (1, "ann@example.com", bytearray(b"\x00\xff\x10"), _date(1990, 1, 2))
+        ]
+        cur.execute(f"SELECT id, email, blob_col, born FROM {table} WHERE id = %s", (2,))
+        assert cur.fetchall() == [(2, "bob@example.com", None, None)]
+        cur.close()
+    finally:
+        conn.close()
+    text = f"SELECT id, email, blob_col, born FROM {table} WHERE id = ?"
+    queries = [e for e in stack.queries(after) if e["request"]["statement"] == text]
+    # The connector prepares again for every execute: each prepare precedes its execute.
+    assert [q["request"]["protocol"] for q in queries] == ["prepare", "execute"] * 2
+    executes = [q for q in queries if q["request"]["protocol"] == "execute"]
+    assert [q["request"]["params"] for q in executes] == [["1"], ["2"]]
+    executed = [e for e in mariadb.general_log() if e.command == "Execute" and table in e.text]
+    assert [e.text.rsplit("= ", 1)[1] for e in executed[-2:]] == ["1", "2"]
+
+
+def _date(year: int, month: int, day: int) -> object:
+    import datetime
+
+    return datetime.date(year, month, day)
+
+
+def test_binary_columns_and_a_large_result(stack: MysqlStack, port: int) -> None:
+    with connect(port) as conn, conn.cursor() as cur:
+        cur.execute("SELECT UNHEX('00FF7F80'), CAST('é' AS BINARY), NULL")
+        assert cur.fetchone() == (b"\x00\xff\x7f\x80", "é".encode(), None)
+        cur.execute("SELECT seq, REPEAT('x', 20) FROM seq_1_to_200000")
+        rows = cur.fetchall()
+        assert len(rows) == 200_000
+        assert rows[-1] == (200_000, "x" * 20)
+    events = stack.events(stack.last_seq() - 4)
+    result = [e for e in events if e["type"] == "db.result"][-1]["result"]
+    assert result["rows"] == 200_000
+
+
+def test_masking_of_text_and_binary_rows(stack: MysqlStack, table: str) -> None:
+    import mysql.connector
+
+    with stack.listening("my-masked") as masked_port:
+        with connect(masked_port) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT id, email, ssn FROM {table} ORDER BY id")
+            rows = cur.fetchall()
+        conn2 = mysql.connector.connect(
+            host="127.0.0.1",
+            port=masked_port,
+            user="x",
+            password="y",
+            database="app",
+            use_pure=True,
+        )
+        try:
+            cur2 = conn2.cursor(prepared=True)
+            cur2.execute(f"SELECT id, email, ssn FROM {table} WHERE id < %s ORDER BY id", (3,))
+            binary_rows = cur2.fetchall()
+        finally:
+            conn2.close()
+    for got in (rows, binary_rows):
+        assert [r[0] for r in got][:2] == [1, 2]
+        # The email detector keeps the domain; the ssn column is masked whole.
+        assert [r[1] for r in got][:2] == ["***@example.com"] * 2
+        assert all(str(r[2]) == "***" for r in got)
