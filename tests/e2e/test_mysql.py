@@ -229,3 +229,113 @@ def test_masking_of_text_and_binary_rows(stack: MysqlStack, table: str) -> None:
         # The email detector keeps the domain; the ssn column is masked whole.
         assert [r[1] for r in got][:2] == ["***@example.com"] * 2
         assert all(str(r[2]) == "***" for r in got)
+
+
+def test_ed25519_login_over_verified_tls(stack: MysqlStack) -> None:
+    result = stack.cli(
+        "exec",
+        "my-ed",
+        "-c",
+        "SELECT CURRENT_USER(), VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS"
+        " WHERE VARIABLE_NAME = 'Ssl_cipher'",
+        "-o",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == [["edapp@%", 1]]
+
+
+def test_sqlalchemy_and_aiomysql(stack: MysqlStack, port: int, table: str) -> None:
+    import asyncio
+
+    import aiomysql
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"mysql+pymysql://x:y@127.0.0.1:{port}/app")
+    with engine.connect() as conn:
+        count = conn.execute(sqlalchemy.text(f"SELECT COUNT(*) FROM {table}")).scalar()
+        assert count == 3
+        row = conn.execute(
+            sqlalchemy.text(f"SELECT email FROM {table} WHERE id = :id"), {"id": 1}
+        ).one()
+        assert row == ("ann@example.com",)
+    engine.dispose()
+
+    async def run() -> list[tuple[int]]:
+        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="x", password="y", db="app")
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(f"SELECT id FROM {table} ORDER BY id")
+                return list(await cur.fetchall())
+        finally:
+            conn.close()
+
+    assert asyncio.run(run()) == [(1,), (2,), (3,)]
+
+
+def test_a_client_speaking_caching_sha2_logs_in(stack: MysqlStack, port: int) -> None:
+    import mysql.connector
+
+    conn = mysql.connector.connect(
+        host="127.0.0.1",
+        port=port,
+        user="x",
+        password="whatever",
+        database="app",
+        auth_plugin="caching_sha2_password",
+        use_pure=True,
+    )
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchall() == [("app@%",)]
+    finally:
+        conn.close()
+
+
+def test_fifty_concurrent_sessions(stack: MysqlStack, port: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(n: int) -> tuple[int, int]:
+        with connect(port) as conn, conn.cursor() as cur:
+            cur.execute("SELECT %s, CONNECTION_ID()", (n,))
+            value, thread = cur.fetchone()  # type: ignore[misc]
+            return int(value), int(thread)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(one, range(50)))
+    assert [value for value, _ in answers] == list(range(50))
+    assert len({thread for _, thread in answers}) == 50  # one target connection each
+
+
+def test_a_long_query_is_cancelled_with_kill_query(
+    stack: MysqlStack, port: int, mariadb: MariadbServer
+) -> None:
+    import threading
+    import time
+
+    outcome: list[object] = []
+    with connect(port) as conn:
+        thread_id = conn.thread_id()
+
+        def long() -> None:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT SLEEP(60)")
+                    outcome.append(cur.fetchall())
+            except pymysql.err.OperationalError as exc:
+                outcome.append(exc.args[0])
+
+        runner = threading.Thread(target=long)
+        started = time.monotonic()
+        runner.start()
+        time.sleep(1)
+        with connect(port) as other, other.cursor() as cur:
+            cur.execute(f"KILL QUERY {thread_id}")
+        runner.join(30)
+        assert time.monotonic() - started < 30
+    assert not runner.is_alive()
+    # SLEEP() interrupted by KILL QUERY returns 1 rather than failing (1317 elsewhere).
+    assert outcome in ([((1,),)], [1317])
+    cancels = [e for e in stack.events(stack.last_seq() - 20) if e["type"] == "db.cancel"]
+    assert cancels and cancels[-1]["request"]["statement"] == f"KILL QUERY {thread_id}"
