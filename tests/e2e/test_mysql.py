@@ -339,3 +339,138 @@ def test_a_long_query_is_cancelled_with_kill_query(
     assert outcome in ([((1,),)], [1317])
     cancels = [e for e in stack.events(stack.last_seq() - 20) if e["type"] == "db.cancel"]
     assert cancels and cancels[-1]["request"]["statement"] == f"KILL QUERY {thread_id}"
+
+
+def _agent_entries(mariadb: MariadbServer, skip: int) -> list[tuple[str, str]]:
+    """(command, text) the agent's connections ran, after the first `skip` log entries."""
+    entries = mariadb.general_log()
+    agents = {
+        e.connection
+        for e in entries
+        if e.command == "Connect" and e.text.split("@")[0] in ("app", "edapp")
+    }
+    return [
+        (e.command, e.text)
+        for e in entries[skip:]
+        if e.connection in agents and e.command in ("Query", "Prepare", "Execute", "Init DB")
+    ]
+
+
+def _covers(text: str, pieces: list[str]) -> bool:
+    """Whether `pieces`, in order, make up `text` but for whitespace and semicolons."""
+    rest, at = [], 0
+    for piece in pieces:
+        found = text.find(piece, at)
+        if found < 0:
+            return False
+        rest.append(text[at:found])
+        at = found + len(piece)
+    rest.append(text[at:])
+    return all(not part.strip(" \t\n;") for part in rest)
+
+
+def _covers_prefix(text: str, pieces: list[str]) -> bool:
+    """Whether `pieces`, in order, make up the start of `text` (whitespace, `;` between)."""
+    at = 0
+    for piece in pieces:
+        found = text.find(piece, at)
+        if found < 0 or text[at:found].strip(" \t\n;"):
+            return False
+        at = found + len(piece)
+    return True
+
+
+def _executed(template: str, logged: str, params: list[str | None]) -> bool:
+    """Whether the server's logged Execute is `template` with `params` in its places."""
+    pieces = template.split("?")
+    at = 0
+    for index, piece in enumerate(pieces):
+        found = logged.find(piece, at)
+        if found < 0:
+            return False
+        at = found + len(piece)
+        if index < len(params):
+            value = params[index]
+            shown = "NULL" if value is None else value
+            if shown not in logged[at:]:
+                return False
+    return True
+
+
+def test_every_statement_the_server_ran_has_its_event(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Reconciliation: the general log, entry by entry, against the trail's db.query events."""
+    import mysql.connector
+
+    skip = len(mariadb.general_log())
+    after = stack.last_seq()
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    with connect(port, client_flag=flags) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}; SELECT 'a;b' AS semi /* ; */")
+        while cur.nextset():
+            pass
+        with pytest.raises(pymysql.err.OperationalError):
+            cur.execute(f"TRUNCATE {table}")
+        cur.execute(f"UPDATE {table} SET born = NULL WHERE id = 1")
+        conn.select_db("app")
+        cur.execute("SELECT 1 # a comment\n")
+    conn2 = mysql.connector.connect(
+        host="127.0.0.1", port=port, user="x", password="y", database="app", use_pure=True
+    )
+    try:
+        cur2 = conn2.cursor(prepared=True)
+        cur2.execute(f"SELECT email FROM {table} WHERE id = %s AND email <> %s", (2, "z"))
+        cur2.fetchall()
+    finally:
+        conn2.close()
+    subprocess.run(
+        [
+            "mariadb",
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            str(port),
+            "-u",
+            "x",
+            "app",
+            "-e",
+            "SELECT 5",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    logged = _agent_entries(mariadb, skip)
+    assert {command for command, _ in logged} == {"Query", "Init DB", "Prepare", "Execute"}
+    events = stack.queries(after)
+    allowed = [e for e in events if e["decision"]["result"] == "allow"]
+    denied = [e for e in events if e["decision"]["result"] == "deny"]
+    assert [e["request"]["statement"] for e in denied] == [f"TRUNCATE {table}"]
+    pending = list(allowed)
+    for command, text in logged:
+        if command == "Query":
+            # The server logs a multi-statement text once: its events, in order, make it up.
+            taken: list[str] = []
+            while pending and not (taken and _covers(text, taken)):
+                candidate = pending[0]["request"]["statement"]
+                if pending[0]["request"]["protocol"] not in ("query", "cancel"):
+                    break
+                if not _covers_prefix(text, [*taken, candidate]):
+                    break
+                taken.append(candidate)
+                pending.pop(0)
+            assert taken and _covers(text, taken), (text, taken)
+        elif command == "Init DB":
+            event = pending.pop(0)
+            assert event["request"] == {"statement": f"USE `{text}`", "protocol": "init_db"}
+        elif command == "Prepare":
+            event = pending.pop(0)
+            assert event["request"]["protocol"] == "prepare"
+            assert event["request"]["statement"] == text
+        else:  # Execute
+            event = pending.pop(0)
+            assert event["request"]["protocol"] == "execute"
+            assert _executed(event["request"]["statement"], text, event["request"]["params"])
+    assert pending == []  # and every allowed event ran
