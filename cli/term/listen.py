@@ -165,7 +165,7 @@ class _Server(asyncssh.SSHServer):
 
 class ChannelSession(asyncssh.SSHServerSession[bytes]):
     """One SSH channel as one Gatehouse session: requests collected until the channel starts,
-    then cli.term.relay with this object as input and output."""
+    then cli.term.stream.relay with this object as input and output."""
 
     def __init__(self, listener: Listener, conn: asyncssh.SSHServerConnection) -> None:
         self._listener = listener
@@ -246,7 +246,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         if self._task is not None:
             self._task.cancel()
 
-    # cli.term.Output
+    # cli.term.stream.Output
 
     async def stdout(self, data: bytes) -> None:
         await self._writable.wait()

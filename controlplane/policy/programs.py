@@ -3,7 +3,7 @@
 ``echo 'rm -rf /srv' | gatehouse exec ops -- sh`` starts ``sh``, which runs what arrives on
 stdin: the command line says ``sh`` and nothing of what ran. Such a session's stdin is a
 program, not data, and the control plane holds it, records it and checks it before the
-command starts (``controlplane/relay/term.py``). ``tar c . | gatehouse exec web -- tar x``
+command starts (``controlplane/relay/term/inspector.py``). ``tar c . | gatehouse exec web -- tar x``
 sends data to a program that does not interpret it, and keeps streaming.
 
 A command reads its program from stdin (`StdinReader`) when it is

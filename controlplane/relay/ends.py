@@ -2,7 +2,7 @@
 
 One session path serves every way in: the gRPC stream of `gatehouse exec`/`connect`
 (`GrpcEnd`) and a native PostgreSQL client's own socket on `--pg-listen`
-(`controlplane/pglisten.py`). The relay sees only bytes in, bytes out and a cancel.
+(`controlplane/relay/pg/listen.py`). The relay sees only bytes in, bytes out and a cancel.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """ClientService: one session from open to end, for `exec`, `connect` and `--pg-listen` alike.
 
 open → identify the caller → find the connection and its online agent → commit
-`session.start` → order the agent to dial back → relay, with the protocol's inspector between
-the client and the agent → commit `session.end`. `admit` does everything up to the relay and
-`serve` the relay itself, over a `ClientEnd`: the gRPC stream here, a native client's socket in
-controlplane/pglisten.py. Errors before the relay starts are gRPC statuses (pg-listen: FATAL
-ErrorResponses) with a message for the user; after it starts, the protocol's own errors.
+`session.start` → order the agent to dial back → relay, with the inspector of the connection's
+type (relay/protocols.py) between the client and the agent → commit `session.end`. `admit`
+does everything up to the relay and `serve` the relay itself, over a `ClientEnd`: the gRPC
+stream here, a native client's socket in controlplane/relay/pg/listen.py. Errors before the
+relay starts are gRPC statuses (pg-listen: FATAL ErrorResponses) with a message for the user;
+after it starts, the protocol's own errors.
 """
 
 from __future__ import annotations
