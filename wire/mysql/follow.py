@@ -73,6 +73,7 @@ class _Pending:
     command: int
     expect: int
     binary: bool
+    statement: int = -1  # COM_STMT_EXECUTE/FETCH: the statement id
     # Reading state of the current result.
     stage: str = "first"  # first, params, columns, rows, infile
     left: int = 0  # definitions still to read in this stage
@@ -99,6 +100,7 @@ class Follower:
     def __init__(self, capabilities: int) -> None:
         self._deprecate_eof = bool(capabilities & Capability.DEPRECATE_EOF)
         self._pending: deque[_Pending] = deque()
+        self._cursors: dict[int, list[msg.Column]] = {}  # statement id -> its cursor's columns
 
     @property
     def idle(self) -> bool:
@@ -110,12 +112,20 @@ class Follower:
         if not payload:
             raise ProtocolError("an empty command packet")
         cmd = payload[0]
+        if cmd == Command.STMT_CLOSE and len(payload) >= 5:
+            self._cursors.pop(msg.statement_id(payload), None)
         if cmd in _SILENT:
             return
         expect = _EXPECT.get(cmd, _GENERIC)  # type: ignore[call-overload]
-        self._pending.append(
-            _Pending(cmd, expect, binary=cmd in (Command.STMT_EXECUTE, Command.STMT_FETCH))
-        )
+        binary = cmd in (Command.STMT_EXECUTE, Command.STMT_FETCH)
+        pending = _Pending(cmd, expect, binary=binary)
+        if binary:
+            pending.statement = msg.statement_id(payload)
+            # A fetch reads rows of the cursor an execute opened: they have its columns.
+            pending.columns = (
+                self._cursors.get(pending.statement, []) if cmd == Command.STMT_FETCH else []
+            )
+        self._pending.append(pending)
 
     def server(self, packet: Packet) -> Row | Done | None:
         """What this server packet is: a row, the end of a result, or neither."""
@@ -238,6 +248,7 @@ class Follower:
             )
         if status & Status.CURSOR_EXISTS:
             # COM_STMT_EXECUTE opened a cursor: rows come with COM_STMT_FETCH.
+            self._cursors[p.statement] = p.columns
             return self._done(Done("rows", True, status, 0, self._name(p), columns=p.columns))
         p.stage = "rows"
         return None

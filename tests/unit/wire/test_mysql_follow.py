@@ -119,3 +119,24 @@ def test_every_result_ends_where_the_server_ended_it(
     assert lasts == len(session)
     assert rows == sum(exchange.rows for exchange in session)
     assert follower.idle
+
+
+def test_rows_fetched_from_a_cursor_have_the_columns_of_the_execute_that_opened_it() -> None:
+    follower = Follower(0)
+    execute = msg.command(Command.STMT_EXECUTE, b"\x05\x00\x00\x00\x01\x01\x00\x00\x00")
+    follower.command(execute)
+    opened = [msg.lenenc_int(1), msg.column(COLUMN), msg.eof(status=Status.CURSOR_EXISTS)]
+    framer = PacketFramer()
+    seen = [
+        follower.server(p)
+        for p in framer.feed(b"".join(encode(x, i) for i, x in enumerate(opened, 1)))
+    ]
+    assert isinstance(seen[-1], Done) and seen[-1].last
+    follower.command(msg.command(Command.STMT_FETCH, b"\x05\x00\x00\x00\x0a\x00\x00\x00"))
+    rows = [msg.binary_row([msg.lenenc_bytes(b"a@b.c")]), msg.eof(status=Status.LAST_ROW_SENT)]
+    seen = [
+        follower.server(p)
+        for p in framer.feed(b"".join(encode(x, i) for i, x in enumerate(rows, 1)))
+    ]
+    assert isinstance(seen[0], Row) and seen[0].columns == [COLUMN] and seen[0].binary
+    assert isinstance(seen[1], Done) and seen[1].last
