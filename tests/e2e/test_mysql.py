@@ -8,6 +8,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pymysql
 import pytest
@@ -49,6 +50,14 @@ def connect(port: int, **extra: object) -> pymysql.connections.Connection:  # ty
     return pymysql.connect(
         host="127.0.0.1", port=port, user="anyone", password="ignored", database="app", **extra
     )
+
+
+def connector(port: int, **extra: object) -> Any:
+    """mysql-connector-python (pure Python) through the listener, with a password it ignores."""
+    import mysql.connector
+
+    options: dict[str, Any] = {"user": "x", "password": "y", "database": "app", **extra}
+    return mysql.connector.connect(host="127.0.0.1", port=port, use_pure=True, **options)
 
 
 def test_exec_prints_a_table_and_json(stack: MysqlStack) -> None:
@@ -157,12 +166,8 @@ def test_multi_statements_are_one_event_each(stack: MysqlStack, port: int, table
 def test_prepared_statements_with_parameters(
     stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
 ) -> None:
-    import mysql.connector
-
     after = stack.last_seq()
-    conn = mysql.connector.connect(
-        host="127.0.0.1", port=port, user="x", password="y", database="app", use_pure=True
-    )
+    conn = connector(port)
     try:
         cur = conn.cursor(prepared=True)
         cur.execute(f"SELECT id, email, blob_col, born FROM {table} WHERE id = %s", (1,))
@@ -204,20 +209,11 @@ def test_binary_columns_and_a_large_result(stack: MysqlStack, port: int) -> None
 
 
 def test_masking_of_text_and_binary_rows(stack: MysqlStack, table: str) -> None:
-    import mysql.connector
-
     with stack.listening("my-masked") as masked_port:
         with connect(masked_port) as conn, conn.cursor() as cur:
             cur.execute(f"SELECT id, email, ssn FROM {table} ORDER BY id")
             rows = cur.fetchall()
-        conn2 = mysql.connector.connect(
-            host="127.0.0.1",
-            port=masked_port,
-            user="x",
-            password="y",
-            database="app",
-            use_pure=True,
-        )
+        conn2 = connector(masked_port)
         try:
             cur2 = conn2.cursor(prepared=True)
             cur2.execute(f"SELECT id, email, ssn FROM {table} WHERE id < %s ORDER BY id", (3,))
@@ -274,17 +270,7 @@ def test_sqlalchemy_and_aiomysql(stack: MysqlStack, port: int, table: str) -> No
 
 
 def test_a_client_speaking_caching_sha2_logs_in(stack: MysqlStack, port: int) -> None:
-    import mysql.connector
-
-    conn = mysql.connector.connect(
-        host="127.0.0.1",
-        port=port,
-        user="x",
-        password="whatever",
-        database="app",
-        auth_plugin="caching_sha2_password",
-        use_pure=True,
-    )
+    conn = connector(port, auth_plugin="caching_sha2_password")
     try:
         cur = conn.cursor()
         cur.execute("SELECT CURRENT_USER()")
@@ -401,8 +387,6 @@ def test_every_statement_the_server_ran_has_its_event(
     stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
 ) -> None:
     """Reconciliation: the general log, entry by entry, against the trail's db.query events."""
-    import mysql.connector
-
     skip = len(mariadb.general_log())
     after = stack.last_seq()
     flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
@@ -415,9 +399,7 @@ def test_every_statement_the_server_ran_has_its_event(
         cur.execute(f"UPDATE {table} SET born = NULL WHERE id = 1")
         conn.select_db("app")
         cur.execute("SELECT 1 # a comment\n")
-    conn2 = mysql.connector.connect(
-        host="127.0.0.1", port=port, user="x", password="y", database="app", use_pure=True
-    )
+    conn2 = connector(port)
     try:
         cur2 = conn2.cursor(prepared=True)
         cur2.execute(f"SELECT email FROM {table} WHERE id = %s AND email <> %s", (2, "z"))
@@ -474,3 +456,18 @@ def test_every_statement_the_server_ran_has_its_event(
             assert event["request"]["protocol"] == "execute"
             assert _executed(event["request"]["statement"], text, event["request"]["params"])
     assert pending == []  # and every allowed event ran
+
+
+def test_a_parameter_sent_as_long_data(stack: MysqlStack, port: int) -> None:
+    import io
+
+    after = stack.last_seq()
+    conn = connector(port)
+    try:
+        cur = conn.cursor(prepared=True)
+        cur.execute("SELECT LENGTH(?), ?", (io.BytesIO(b"x" * 100_000), 7))
+        assert cur.fetchall() == [(100_000, 7)]
+    finally:
+        conn.close()
+    executes = [e for e in stack.queries(after) if e["request"]["protocol"] == "execute"]
+    assert executes[-1]["request"]["params"] == ["(long data)", "7"]

@@ -596,9 +596,16 @@ class Execute:
     values: list[bytes | None]  # raw binary values, None for NULL; [] when types are unknown
 
 
-def parse_execute(payload: bytes, params: int, previous: list[tuple[int, bool]] | None) -> Execute:
+def parse_execute(
+    payload: bytes,
+    params: int,
+    previous: list[tuple[int, bool]] | None,
+    long_data: frozenset[int] = frozenset(),
+) -> Execute:
     """COM_STMT_EXECUTE. ``params``: the count the server reported at prepare; ``previous``:
-    the types last bound to this statement (a client sends them once, then may not)."""
+    the types last bound to this statement (a client sends them once, then may not);
+    ``long_data``: the parameters sent before with COM_STMT_SEND_LONG_DATA, whose values the
+    execute does not carry (they read as empty here)."""
     r = Reader(payload, 1)
     statement_id = r.uint(4)
     flags = r.uint(1)
@@ -619,6 +626,9 @@ def parse_execute(payload: bytes, params: int, previous: list[tuple[int, bool]] 
     for i, (type_, _unsigned) in enumerate(types):
         if bitmap[i // 8] >> (i % 8) & 1:
             values.append(None)
+            continue
+        if i in long_data:
+            values.append(b"")
             continue
         end = binary_span(payload, r.pos, type_)
         values.append(bytes(payload[r.pos : end]))

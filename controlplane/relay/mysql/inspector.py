@@ -45,7 +45,7 @@ from wire.mysql.constants import (
     ER_UNKNOWN_STMT_HANDLER,
     Command,
 )
-from wire.mysql.packets import Packet, PacketFramer, encode
+from wire.mysql.packets import Packet, PacketFramer, ProtocolError, encode
 
 PARAM_LIMIT = 256  # characters of one parameter value kept in an event
 MAX_PREPARED = 16_384  # statements one session may hold (MySQL's max_prepared_stmt_count)
@@ -118,6 +118,7 @@ class Prepared:
     text: str
     params: int
     types: list[tuple[int, bool]] | None = None
+    long_data: set[int] = field(default_factory=set)  # parameters sent ahead of the execute
 
 
 class MysqlInspector:
@@ -158,9 +159,11 @@ class MysqlInspector:
         """Frame client packets; return what may now be forwarded (its events committed)."""
         out: list[bytes] = []
         for packet in self._framer.feed(data):
-            if not self._logged_in or packet.seq != 0:
-                # The handshake response (the agent logs in itself and ignores its password),
-                # or the rest of an exchange a command began (a LOCAL INFILE's file).
+            if not self._logged_in:
+                out.append(encode(_without_password(packet.payload), packet.seq))
+                continue
+            if packet.seq != 0:
+                # The rest of an exchange a command began (a LOCAL INFILE's file).
                 out.append(encode(packet.payload, packet.seq))
                 continue
             self._next_seq = (packet.last_seq + 1) & 0xFF
@@ -182,6 +185,11 @@ class MysqlInspector:
             await self._statements(packet, out, [(sql, self._guard.check(sql), "init_db")])
         elif cmd in _QUIET:
             known = cmd not in _BY_ID or msg.statement_id(payload) in self._prepared
+            if cmd == Command.STMT_SEND_LONG_DATA and known and len(payload) >= 7:
+                param = int.from_bytes(payload[5:7], "little")
+                self._prepared[msg.statement_id(payload)].long_data.add(param)
+            elif cmd == Command.STMT_RESET and known:
+                self._prepared[msg.statement_id(payload)].long_data.clear()
             if cmd == Command.STMT_CLOSE:
                 self._prepared.pop(msg.statement_id(payload), None)
             elif not known and cmd in _UNANSWERED:
@@ -283,11 +291,16 @@ class MysqlInspector:
         if prepared is None:
             self._unknown_statement(packet, sid)
             return
-        execute = msg.parse_execute(packet.payload, prepared.params, prepared.types)
+        long_data = frozenset(prepared.long_data)
+        execute = msg.parse_execute(packet.payload, prepared.params, prepared.types, long_data)
         types = execute.types or prepared.types or []
         params = [
-            None if value is None else self._param(msg.binary_to_text(t, u, value))
-            for value, (t, u) in zip(execute.values, types, strict=False)
+            None
+            if value is None
+            else "(long data)"
+            if index in long_data
+            else self._param(msg.binary_to_text(t, u, value))
+            for index, (value, (t, u)) in enumerate(zip(execute.values, types, strict=False))
         ]
         decision = self._guard.check(prepared.text)
         event = self._event(prepared.text, decision, protocol="execute", params=params)
@@ -302,6 +315,7 @@ class MysqlInspector:
             return
         if execute.types is not None:
             prepared.types = execute.types
+        prepared.long_data.clear()  # the execute consumed it
         self._cycles.append(Cycle(statements=deque(statements)))
         out.append(encode(packet.payload, packet.seq))
 
@@ -506,6 +520,27 @@ class MysqlInspector:
             queued += await self._cycle_results(self._cycles[0], unknown=message)
             self._cycles.popleft()
         await asyncio.gather(*queued, return_exceptions=True)
+
+
+def _without_password(payload: bytes) -> bytes:
+    """The client's handshake response with its password proof dropped: the agent logs in with
+    its own credential, and what the client typed never travels further."""
+    try:
+        response = msg.parse_handshake_response(payload)
+    except ProtocolError:
+        return payload  # the agent refuses it ("Bad handshake")
+    if response.ssl_request or not response.auth_response:
+        return payload
+    return msg.handshake_response(
+        capabilities=response.capabilities,
+        user=response.user,
+        auth_response=b"",
+        plugin=response.plugin,
+        database=response.database,
+        charset=response.charset,
+        max_packet=response.max_packet,
+        attributes=response.attributes or None,
+    )
 
 
 def _text(payload: bytes) -> str | None:

@@ -65,6 +65,29 @@ async def inspector(writer: AuditWriter, wakes: Wakes) -> MysqlInspector:
     return inspector
 
 
+async def test_the_clients_password_proof_never_reaches_the_agent(
+    writer: AuditWriter, wakes: Wakes
+) -> None:
+    ctx = SessionContext(
+        session_id="sess-2",
+        identity=Identity("alice"),
+        connection={"name": "my", "type": "mysql"},
+        audit_mode="strict",
+        source={},
+    )
+    inspector = MysqlInspector(ctx, writer, wakes)
+    response = msg.handshake_response(
+        capabilities=0,
+        user="bob",
+        auth_response=b"proof-of-hunter2",
+        plugin="mysql_native_password",
+        database="app",
+    )
+    forwarded = packets([await inspector.from_client(encode(response, 1))])
+    parsed = msg.parse_handshake_response(forwarded[0])
+    assert (parsed.user, parsed.database, parsed.auth_response) == ("bob", "app", b"")
+
+
 def query(sql: str) -> bytes:
     return encode(msg.command(Command.QUERY, sql.encode()), 0)
 
