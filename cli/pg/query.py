@@ -7,6 +7,7 @@ knows a password: the agent answers the startup itself.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 from collections.abc import AsyncIterator
@@ -93,8 +94,11 @@ async def run_sql_on(opened: Opened, sql: str) -> Outcome:
         raise PgError(outcome.error, outcome)
     await call.write(client_pb2.ClientFrame(data=pgm.query(sql)))
     await _until_ready(messages, outcome, outcome.results)
-    await call.write(client_pb2.ClientFrame(data=pgm.terminate()))
-    await call.done_writing()
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        # After a FATAL (the session was ended: a revoked token, say) the control plane may
+        # have closed the call already; what it said is in `outcome`, not in this write.
+        await call.write(client_pb2.ClientFrame(data=pgm.terminate()))
+        await call.done_writing()
     async for _ in messages:
         pass
     return outcome
