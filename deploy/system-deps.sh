@@ -8,7 +8,8 @@
 # (the run_as sandbox and the network-namespace tests), strace (a wrapper the stdin-program
 # tests run a shell behind, and the count of the audit writer's syncs) and HAProxy (the load
 # balancer in front of the replicas in the replica tests and the soak; started from its
-# binary, never as a service).
+# binary, never as a service), and MariaDB's server and clients (a throwaway mariadbd is the
+# target of the MySQL tests, started from its binary; the mariadb CLI and mysqlslap drive it).
 set -euo pipefail
 
 have_pg() {
@@ -31,6 +32,8 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the run_as capabi
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces of test_network.py
 command -v strace >/dev/null 2>&1 || missing+=(strace)  # test_ssh_stdin.py's wrapper; counts fdatasyncs
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the balancer of test_replicas_network.py
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v mysqlslap >/dev/null 2>&1 && command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
