@@ -206,15 +206,17 @@ class _Pump:
         self._shift = 0  # how far masking moved the response's sequence ids
         self._masked = False  # a row of the current result was masked
         self.canceller: _Canceller | None = None
+        self._answered = asyncio.Event()  # set while no answer is due
 
     async def run(self) -> str:
         tasks = [asyncio.create_task(self._to_client()), asyncio.create_task(self._to_target())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             first = done.pop()
-            if first is tasks[1] and first.exception() is None:
+            if first is tasks[1] and first.exception() is None and not self._follower.idle:
+                # The client is done sending: let the answers still due out, then close.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(tasks[0]), 30)
+                    await asyncio.wait_for(self._answered.wait(), 30)
             return first.result()
         except (OSError, ProtocolError) as exc:
             return f"relay failed: {exc}"
@@ -248,6 +250,7 @@ class _Pump:
             data = await self._reader.read(READ_SIZE)
             if not data:
                 return "the target closed the connection"
+            self._answered.clear()
             if self._masker is None:
                 marks: list[Mark] = []
                 for packet in self._server.feed(data):
@@ -255,8 +258,10 @@ class _Pump:
                     if isinstance(seen, Done):
                         marks.extend(done_marks(seen, packet.end))
                 await self._send(tunnel_pb2.Frame(data=data, marks=marks))
-                continue
-            await self._send(self._masked_frame(data))
+            else:
+                await self._send(self._masked_frame(data))
+            if self._follower.idle:
+                self._answered.set()
 
     def _masked_frame(self, data: bytes) -> tunnel_pb2.Frame:
         assert self._masker is not None
