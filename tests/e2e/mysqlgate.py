@@ -37,6 +37,11 @@ connections:
     target: {{host: 127.0.0.1, port: {port}, database: app, user: app}}
     secret: {{password: env:MY_PASSWORD}}
     masking: [people]
+  - name: my-files
+    type: mysql
+    agent: {agent}
+    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, local_infile: true}}
+    secret: {{password: env:MY_PASSWORD}}
 guardrails:
   - name: no-destructive
     deny_statements: [DROP, TRUNCATE]

@@ -471,3 +471,25 @@ def test_a_parameter_sent_as_long_data(stack: MysqlStack, port: int) -> None:
         conn.close()
     executes = [e for e in stack.queries(after) if e["request"]["protocol"] == "execute"]
     assert executes[-1]["request"]["params"] == ["(long data)", "7"]
+
+
+def test_load_data_local_only_where_the_connection_allows_it(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    data = Path(str(tmp_path)) / "rows.tsv"
+    data.write_text("10\tten@example.com\t111-11-1111\n11\televen\t222-22-2222\n")
+    load = f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE {table} (id, email, ssn)"
+    with connect(port, local_infile=True) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(load)
+        assert refused.value.args[0] == 1142
+        assert "LOAD DATA LOCAL" in refused.value.args[1]
+    assert load not in mariadb.queries()
+    with stack.listening("my-files") as files_port:
+        with connect(files_port, local_infile=True) as conn, conn.cursor() as cur:
+            cur.execute(load)
+            assert cur.rowcount == 2
+            conn.commit()
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "5"
