@@ -113,29 +113,20 @@ def test_pymysql_session_goes_on_after_a_refusal(
     assert f"DELETE FROM {table}" not in logged
 
 
-def test_mariadb_cli_through_connect(stack: MysqlStack, port: int, table: str) -> None:
-    result = subprocess.run(
-        [
-            "mariadb",
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            str(port),
-            "-u",
-            "x",
-            "-pwrong",
-            "app",
-            "-N",
-            "-B",
-            "-e",
-            f"SELECT email FROM {table} WHERE id = 2; SELECT 7",
-        ],
+def mariadb_cli(port: int, sql: str) -> subprocess.CompletedProcess[str]:
+    """The mariadb command-line client through the listener, with a password it ignores."""
+    command = ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(port), "-u", "x"]
+    return subprocess.run(
+        [*command, "-pwrong", "app", "-N", "-B", "-e", sql],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_mariadb_cli_through_connect(stack: MysqlStack, port: int, table: str) -> None:
+    result = mariadb_cli(port, f"SELECT email FROM {table} WHERE id = 2; SELECT 7")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["bob@example.com", "7"]
 
@@ -406,24 +397,7 @@ def test_every_statement_the_server_ran_has_its_event(
         cur2.fetchall()
     finally:
         conn2.close()
-    subprocess.run(
-        [
-            "mariadb",
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            str(port),
-            "-u",
-            "x",
-            "app",
-            "-e",
-            "SELECT 5",
-        ],
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    assert mariadb_cli(port, "SELECT 5").returncode == 0
     logged = _agent_entries(mariadb, skip)
     assert {command for command, _ in logged} == {"Query", "Init DB", "Prepare", "Execute"}
     events = stack.queries(after)
@@ -487,9 +461,12 @@ def test_load_data_local_only_where_the_connection_allows_it(
         assert refused.value.args[0] == 1142
         assert "LOAD DATA LOCAL" in refused.value.args[1]
     assert load not in mariadb.queries()
-    with stack.listening("my-files") as files_port:
-        with connect(files_port, local_infile=True) as conn, conn.cursor() as cur:
-            cur.execute(load)
-            assert cur.rowcount == 2
-            conn.commit()
+    with (
+        stack.listening("my-files") as files_port,
+        connect(files_port, local_infile=True) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute(load)
+        assert cur.rowcount == 2
+        conn.commit()
     assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "5"
