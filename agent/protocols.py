@@ -10,11 +10,14 @@ from collections.abc import Mapping
 
 from agent.engines import Engine
 from agent.http.engine import HttpEngine
+
+from agent.mysql.engine import MysqlEngine
 from agent.pg.engine import PgEngine
 from agent.term.engine import ShellEngine, ssh_engine
 
 ENGINES: Mapping[str, Engine] = {
     "postgres": PgEngine(),
+    "mysql": MysqlEngine(),
     "ssh": ssh_engine(),
     "shell": ShellEngine(),
     "http": HttpEngine(),

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 EXEC: Mapping[str, str] = {
     "postgres": "cli.pg.query:execute",
+    "mysql": "cli.mysql.query:execute",
     "ssh": "cli.term.command:execute",
     "shell": "cli.term.command:execute",
     "http": "cli.http.exec_:execute",
@@ -31,6 +32,7 @@ EXEC: Mapping[str, str] = {
 """`gatehouse exec` on a session whose `opened` frame names this type."""
 CONNECT: Mapping[str, str] = {
     "postgres": "cli.pg.listen:listen",
+    "mysql": "cli.mysql.listen:listen",
     "ssh": "cli.term.listen:listen",
     "http": "cli.http.listen:listen",
 }

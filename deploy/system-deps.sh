@@ -9,8 +9,9 @@
 # tests run a shell behind, and the count of the audit writer's syncs) and HAProxy (the load
 # balancer in front of the replicas in the replica tests and the soak; started from its
 # binary, never as a service), nginx (the HTTP tests' target, in front of httpbin; started from
-# its binary with its access log in the test's folder, never as a service) and wrk (the HTTP
-# benchmark's load).
+# its binary with its access log in the test's folder, never as a service), wrk (the HTTP
+# benchmark's load) and MariaDB's server and clients (a throwaway mariadbd is the target of the
+# MySQL tests, started from its binary; the mariadb CLI and mysqlslap drive it).
 set -euo pipefail
 
 have_pg() {
@@ -35,6 +36,8 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)  # test_ssh_stdin.py's wr
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the balancer of test_replicas_network.py
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)  # test_http.py's target
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # the HTTP benchmark's load generator
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v mysqlslap >/dev/null 2>&1 && command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from devenv.mariadb import MariadbServer, start_mariadb
 from devenv.sshd import Sshd, start_sshd
+
+MYSQL_PASSWORD = "s3cret-my-password"
+ED25519_PASSWORD = "s3cret-ed-password"
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +32,19 @@ def sshd_unprivileged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd
     what OpenSSH does for root and for everyone else differs, e.g. in delivering signals."""
     login = "gatehouse-test" if os.geteuid() == 0 else None
     server = start_sshd(tmp_path_factory.mktemp("sshd-user"), login=login)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariadbServer]:
+    """A throwaway MariaDB on loopback with its general query log on: `app` logs in with
+    mysql_native_password, `edapp` with client_ed25519; database `app`."""
+    server = start_mariadb(
+        tmp_path_factory.mktemp("mariadb"),
+        users={"app": (MYSQL_PASSWORD, "native"), "edapp": (ED25519_PASSWORD, "ed25519")},
+        databases=("app",),
+    )
     yield server
     server.stop()
 

@@ -287,6 +287,10 @@ class MysqlTarget(_Model):
     port: Port = 3306
     database: NonEmptyStr | None = None
     user: NonEmptyStr
+    # TLS inside the MySQL handshake: "prefer" uses it when the target offers it.
+    tls: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    tls_ca: NonEmptyStr | None = None
+    local_infile: bool = False  # LOAD DATA LOCAL INFILE reads files of the client's host
 
 
 class SshTarget(_Model):

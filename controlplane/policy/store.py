@@ -31,6 +31,8 @@ from controlplane.policy.document import (
 )
 from controlplane.policy.guardrails import SqlGuard
 from controlplane.policy.requests import RequestGuard
+
+from controlplane.policy.mysql_guardrails import MysqlGuard
 from controlplane.store.database import Database
 from controlplane.store.models import PolicyVersionRow
 from gatehouse.v1 import agent_pb2
@@ -52,6 +54,7 @@ class PolicyStore:
         self.version = 0
         self.document = PolicyDocument()
         self._guards: dict[tuple[int, str], SqlGuard] = {}
+        self._mysql_guards: dict[tuple[int, str], MysqlGuard] = {}
         self._index = _Index(self.document)
 
     async def load(self) -> None:
@@ -141,6 +144,17 @@ class PolicyStore:
                 self._guards.clear()
             rules = [self.document.guardrail(n) for n in connection.guardrails]
             guard = self._guards[key] = SqlGuard([r for r in rules if r is not None])
+        return guard
+
+    def mysql_guard(self, connection: Connection) -> MysqlGuard:
+        """The connection's SQL guardrails on MySQL's grammar, built once per policy version."""
+        key = (self.version, connection.name)
+        guard = self._mysql_guards.get(key)
+        if guard is None:
+            if self._mysql_guards and next(iter(self._mysql_guards))[0] != self.version:
+                self._mysql_guards.clear()
+            rules = [self.document.guardrail(n) for n in connection.guardrails]
+            guard = self._mysql_guards[key] = MysqlGuard([r for r in rules if r is not None])
         return guard
 
     def command_guard(self, connection: Connection) -> CommandGuard:

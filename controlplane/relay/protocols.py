@@ -11,11 +11,13 @@ from collections.abc import Mapping
 
 from controlplane.relay.http import inspector as http
 from controlplane.relay.inspection import InspectorFactory
+from controlplane.relay.mysql import inspector as mysql
 from controlplane.relay.pg import inspector as pg
 from controlplane.relay.term import inspector as term
 
 INSPECTORS: Mapping[str, InspectorFactory] = {
     "postgres": pg.open_inspector,
+    "mysql": mysql.open_inspector,
     "ssh": term.open_inspector,
     "shell": term.open_inspector,
     "http": http.open_inspector,

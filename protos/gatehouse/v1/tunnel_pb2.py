@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/tunnel.proto\x12\x0cgatehouse.v1\"\xf1\x02\n\nResultMark\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.gatehouse.v1.ResultMark.Kind\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x10\n\x08sqlstate\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\ttx_status\x18\x07 \x01(\t\x12\x0e\n\x06masked\x18\x08 \x01(\x08\x12\x0c\n\x04name\x18\t \x01(\t\x12\r\n\x05value\x18\n \x01(\t\"\xa6\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43OMPLETE\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\t\n\x05READY\x10\x03\x12\x12\n\x0ePARSE_COMPLETE\x10\x04\x12\x11\n\rBIND_COMPLETE\x10\x05\x12\x12\n\x0e\x43LOSE_COMPLETE\x10\x06\x12\r\n\tDESCRIBED\x10\x07\x12\r\n\tPARAMETER\x10\x08\x12\x0b\n\x07\x43OPY_IN\x10\t\">\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x05marks\x18\x02 \x03(\x0b\x32\x18.gatehouse.v1.ResultMarkb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gatehouse/v1/tunnel.proto\x12\x0cgatehouse.v1\"\xff\x02\n\nResultMark\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.gatehouse.v1.ResultMark.Kind\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x10\n\x08sqlstate\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\ttx_status\x18\x07 \x01(\t\x12\x0e\n\x06masked\x18\x08 \x01(\x08\x12\x0c\n\x04name\x18\t \x01(\t\x12\r\n\x05value\x18\n \x01(\t\x12\x0c\n\x04\x63ode\x18\x0b \x01(\r\"\xa6\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43OMPLETE\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\t\n\x05READY\x10\x03\x12\x12\n\x0ePARSE_COMPLETE\x10\x04\x12\x11\n\rBIND_COMPLETE\x10\x05\x12\x12\n\x0e\x43LOSE_COMPLETE\x10\x06\x12\r\n\tDESCRIBED\x10\x07\x12\r\n\tPARAMETER\x10\x08\x12\x0b\n\x07\x43OPY_IN\x10\t\">\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x05marks\x18\x02 \x03(\x0b\x32\x18.gatehouse.v1.ResultMarkb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse.v1.tunnel_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESULTMARK']._serialized_start=44
-  _globals['_RESULTMARK']._serialized_end=413
-  _globals['_RESULTMARK_KIND']._serialized_start=247
-  _globals['_RESULTMARK_KIND']._serialized_end=413
-  _globals['_FRAME']._serialized_start=415
-  _globals['_FRAME']._serialized_end=477
+  _globals['_RESULTMARK']._serialized_end=427
+  _globals['_RESULTMARK_KIND']._serialized_start=261
+  _globals['_RESULTMARK_KIND']._serialized_end=427
+  _globals['_FRAME']._serialized_start=429
+  _globals['_FRAME']._serialized_end=491
 # @@protoc_insertion_point(module_scope)

@@ -44,10 +44,12 @@ class ResultMark(_message.Message):
         PARSE_COMPLETE: ResultMark._Kind.ValueType  # 4
         """The target confirmed a name it now holds or dropped; the control plane keeps a prepared
         statement's or portal's text only once the target has it (decision 0010).
-        PostgreSQL ParseComplete
+        PostgreSQL ParseComplete; MySQL COM_STMT_PREPARE_OK (`name`: the
         """
         BIND_COMPLETE: ResultMark._Kind.ValueType  # 5
-        """PostgreSQL BindComplete"""
+        """statement id, `value`: its parameter count)
+        PostgreSQL BindComplete
+        """
         CLOSE_COMPLETE: ResultMark._Kind.ValueType  # 6
         """PostgreSQL CloseComplete"""
         DESCRIBED: ResultMark._Kind.ValueType  # 7
@@ -70,10 +72,12 @@ class ResultMark(_message.Message):
     PARSE_COMPLETE: ResultMark.Kind.ValueType  # 4
     """The target confirmed a name it now holds or dropped; the control plane keeps a prepared
     statement's or portal's text only once the target has it (decision 0010).
-    PostgreSQL ParseComplete
+    PostgreSQL ParseComplete; MySQL COM_STMT_PREPARE_OK (`name`: the
     """
     BIND_COMPLETE: ResultMark.Kind.ValueType  # 5
-    """PostgreSQL BindComplete"""
+    """statement id, `value`: its parameter count)
+    PostgreSQL BindComplete
+    """
     CLOSE_COMPLETE: ResultMark.Kind.ValueType  # 6
     """PostgreSQL CloseComplete"""
     DESCRIBED: ResultMark.Kind.ValueType  # 7
@@ -95,6 +99,7 @@ class ResultMark(_message.Message):
     MASKED_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     kind: Global___ResultMark.Kind.ValueType
     end: _builtins.int
     """Offset in the frame's `data` just past the message this mark describes."""
@@ -114,6 +119,8 @@ class ResultMark(_message.Message):
     """PARAMETER only: e.g. "client_encoding" """
     value: _builtins.str
     """PARAMETER only: e.g. "UTF8" """
+    code: _builtins.int
+    """ERROR only, MySQL: the server's error number (e.g. 1146)"""
     def __init__(
         self,
         *,
@@ -127,10 +134,11 @@ class ResultMark(_message.Message):
         masked: _builtins.bool = ...,
         name: _builtins.str = ...,
         value: _builtins.str = ...,
+        code: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "end", b"end", "kind", b"kind", "masked", b"masked", "message", b"message", "name", b"name", "rows", b"rows", "sqlstate", b"sqlstate", "tx_status", b"tx_status", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "command", b"command", "end", b"end", "kind", b"kind", "masked", b"masked", "message", b"message", "name", b"name", "rows", b"rows", "sqlstate", b"sqlstate", "tx_status", b"tx_status", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,7 +13,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 # The extra's modules (`gatehouse[controlplane]`): an agent host does not have them.
-CONTROLPLANE_EXTRA = ("sqlmodel", "sqlalchemy", "alembic", "pglast", "psycopg", "joserfc")
+CONTROLPLANE_EXTRA = (
+    "sqlmodel",
+    "sqlalchemy",
+    "alembic",
+    "pglast",
+    "psycopg",
+    "joserfc",
+    "sqlglot",
+)
 # cli/serve.py is the module of `gatehouse controlplane serve`, the control plane's entry point:
 # the command table (cli/commands.py) loads it for the `controlplane` verb only; it may import
 # the control plane, and the CLI tells the user to install the extra when that fails. Every

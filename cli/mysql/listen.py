@@ -1,0 +1,165 @@
+"""`gatehouse connect NAME --port P` on a `mysql` connection: a local listener for unmodified
+MySQL and MariaDB clients (cli/listeners.py chooses it by the connection's type).
+
+Each TCP connection becomes one audited session on the control plane, exactly like `exec`. In
+MySQL the server speaks first: the agent's greeting comes through the session, offering
+``mysql_native_password`` (a client that answers with ``caching_sha2_password``, as MySQL 8's
+do, is told its fast path succeeded); the client's password is ignored, since the agent logs in
+to the target with its own credential. This listener only moves bytes; TLS is not offered on
+the loopback leg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from cli import __version__
+from cli.errors import USAGE, CliError
+from cli.output import echo
+from cli.protocols import HANDSHAKE_TIMEOUT, MAX_PENDING, Listening, ListenRequest, handshake_limits
+from cli.session import Call, open_session, review_log
+from gatehouse.v1 import client_pb2
+from wire.mysql import messages as msg
+from wire.mysql.constants import ER_ACCESS_DENIED, ER_UNKNOWN_ERROR
+from wire.mysql.packets import encode
+
+log = logging.getLogger("gatehouse.connect")
+
+READ_SIZE = 256 * 1024
+DEFAULT_PORT = 3307
+
+
+@dataclass
+class Listener:
+    metadata: tuple[tuple[str, str], ...]
+    connection: str
+    channel: grpc.aio.Channel
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_pending: int = MAX_PENDING
+    pending: int = 0
+    sessions: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.pending >= self.max_pending:
+                await _refuse(
+                    writer,
+                    ER_UNKNOWN_ERROR,
+                    "08004",
+                    "too many connections are starting; try again",
+                )
+                return
+            await self._session(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = f"mysql client via gatehouse-cli/{__version__} connect"
+        self.pending += 1
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                opened = await open_session(
+                    self.channel, self.metadata, self.connection, "connect", client, review_log
+                )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            denied = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+            await _refuse(
+                writer,
+                ER_ACCESS_DENIED if denied else ER_UNKNOWN_ERROR,
+                "28000" if denied else "08004",
+                exc.details() or str(code),
+            )
+            return
+        except CliError as exc:
+            await _refuse(writer, ER_UNKNOWN_ERROR, "08004", exc.message)
+            return
+        except TimeoutError:
+            await _refuse(writer, ER_UNKNOWN_ERROR, "08004", "the session did not open in time")
+            return
+        finally:
+            self.pending -= 1
+        call = opened.call
+        self.sessions += 1
+        log.info("session %s opened (%s)", opened.session_id, self.sessions)
+        try:
+            await _pump(call, reader, writer)
+        except grpc.aio.AioRpcError as exc:
+            await _refuse(writer, ER_UNKNOWN_ERROR, "08S01", exc.details() or "session failed")
+        finally:
+            call.cancel()
+            log.info("session %s closed", opened.session_id)
+
+
+async def _pump(call: Call, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def upstream() -> None:
+        while data := await reader.read(READ_SIZE):
+            await call.write(client_pb2.ClientFrame(data=data))
+        with contextlib.suppress(grpc.aio.UsageError):
+            await call.done_writing()
+
+    async def downstream() -> None:
+        while True:
+            frame = await call.read()
+            if not isinstance(frame, client_pb2.ServerFrame):
+                return
+            writer.write(frame.data)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if tasks[0] in done and tasks[0].exception() is None:
+            await tasks[1]
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _refuse(writer: asyncio.StreamWriter, code: int, sqlstate: str, message: str) -> None:
+    """Refuse before any greeting: an ERR packet is what a server says in its place."""
+    with contextlib.suppress(Exception):
+        writer.write(encode(msg.err(code, sqlstate, f"gatehouse: {message}"), 0))
+        await writer.drain()
+
+
+async def serve(
+    address: str, metadata: tuple[tuple[str, str], ...], connection: str, host: str, port: int
+) -> None:
+    from cli import rpc
+
+    async with rpc.channel(address) as channel:
+        timeout, pending = handshake_limits()
+        listener = Listener(metadata, connection, channel, timeout, pending)
+        server = await asyncio.start_server(listener.handle, host, port, limit=READ_SIZE)
+        bound = server.sockets[0].getsockname()[1]
+        echo(
+            f"Listening on {host}:{bound} for connection {connection!r}; every session is "
+            f"recorded.\n  mysql -h {host} -P {bound} -u any\n"
+            "Press Ctrl-C to stop.",
+            err=True,
+        )
+        async with server:
+            await server.serve_forever()
+
+
+def listen(request: ListenRequest) -> Listening:
+    """`gatehouse connect` on a `mysql` connection: a listener for native MySQL clients, on
+    3307 unless told otherwise."""
+    if request.authorized_keys:
+        raise CliError("--authorized-keys is for ssh connections", USAGE)
+    port = DEFAULT_PORT if request.port is None else request.port
+    serving = serve(request.address, request.metadata, request.connection, request.host, port)
+    return Listening(port, serving)

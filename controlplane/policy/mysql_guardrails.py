@@ -1,0 +1,145 @@
+"""SQL guardrails for MySQL connections: the rule kinds of ``guardrails.SqlGuard`` (deny_statements,
+deny_unbounded, deny_patterns), decided on MySQL's grammar (``mysql_sql``).
+
+A text is decided under every reading the server could make of it (executable comments opened;
+with a backslash, also as NO_BACKSLASH_ESCAPES reads it): a rule that denies any reading
+denies the text. Text the tokenizer cannot read, or a DELETE/UPDATE whose WHERE cannot be
+parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure.
+``PREPARE … FROM 'text'`` is decided on that text too; prepared from a variable, it cannot be
+read, and is refused when a guardrail denies statements by type.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from controlplane.policy.document import Guardrail
+from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision
+from controlplane.policy.mysql_sql import Piece, Unreadable, readings, split, where_of
+
+__all__ = ["MysqlGuard"]
+
+_CACHE_MAX_CHARS = 4096
+_MAX_DEPTH = 4  # PREPARE FROM 'PREPARE FROM …' nesting the guard follows
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    statements: frozenset[str]
+    unbounded: frozenset[str]
+    patterns: tuple[re.Pattern[str], ...]
+
+    @property
+    def structural(self) -> bool:
+        return bool(self.statements or self.unbounded)
+
+
+class MysqlGuard:
+    """Decides, for one connection's guardrails, whether a MySQL statement text may run."""
+
+    def __init__(self, guardrails: Sequence[Guardrail], *, cache_size: int = 1024) -> None:
+        rules = []
+        for guardrail in guardrails:
+            rule = _Rule(
+                guardrail.name,
+                frozenset(word.upper() for word in guardrail.deny_statements),
+                frozenset(word.upper() for word in guardrail.deny_unbounded),
+                tuple(re.compile(p) for p in guardrail.deny_patterns),
+            )
+            if rule.structural or rule.patterns:
+                rules.append(rule)
+        self._rules = tuple(rules)
+        self._cached: Callable[[str], Decision] = functools.lru_cache(maxsize=cache_size)(
+            self._decide
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(rule.name for rule in self._rules)
+
+    def check(self, sql: str) -> Decision:
+        """Decide one statement's text (one piece of what ``mysql_sql.split`` returns)."""
+        if not self._rules:
+            return ALLOW
+        return self._cached(sql) if len(sql) <= _CACHE_MAX_CHARS else self._decide(sql)
+
+    def _decide(self, sql: str, depth: int = 0) -> Decision:
+        for rule in self._rules:
+            for pattern in rule.patterns:
+                found = pattern.search(sql)
+                if found is not None:
+                    shown = found.group(0)[:60].replace("\n", " ")
+                    return Decision(
+                        False,
+                        rule.name,
+                        f"pattern '{pattern.pattern}' of guardrail \"{rule.name}\""
+                        f' matched "{shown}"',
+                    )
+        structural = [rule for rule in self._rules if rule.structural]
+        if not structural:
+            return ALLOW
+        for index, reading in enumerate(readings(sql)):
+            try:
+                pieces = split(reading)
+            except Unreadable as exc:
+                if index:  # read as NO_BACKSLASH_ESCAPES it is a syntax error: it runs nothing
+                    continue
+                return _unparseable(structural[0], str(exc))
+            for piece in pieces:
+                decision = self._piece(piece, structural, depth)
+                if not decision.allowed:
+                    return decision
+        return ALLOW
+
+    def _piece(self, piece: Piece, rules: list[_Rule], depth: int) -> Decision:
+        for rule in rules:
+            denied = sorted(piece.keywords & rule.statements)
+            if denied:
+                label = piece.keyword or denied[0]
+                how = "is" if denied[0] == label else f"counts as {denied[0]}, which"
+                return Decision(
+                    False, rule.name, f'{label} {how} denied by guardrail "{rule.name}"'
+                )
+            if piece.keyword in rule.unbounded:
+                where = where_of(piece.text)
+                if isinstance(where, Unreadable):
+                    return _unparseable(rule, str(where))
+                if where is None or not any(where.find_all(exp.Column)):
+                    bound = (
+                        "without WHERE" if where is None else "with a WHERE that names no column"
+                    )
+                    return Decision(
+                        False,
+                        rule.name,
+                        f'{piece.keyword} {bound} is denied by guardrail "{rule.name}"',
+                    )
+        source = piece.prepare_source
+        if source is not None:
+            if not source or depth >= _MAX_DEPTH:
+                if any(rule.statements or rule.unbounded for rule in rules):
+                    return Decision(
+                        False,
+                        rules[0].name,
+                        "a statement prepared from a variable cannot be read, and guardrail"
+                        f' "{rules[0].name}" must read what runs; prepare it from a literal',
+                    )
+                return ALLOW
+            inner = self._decide(source, depth + 1)
+            if not inner.allowed:
+                return Decision(False, inner.rule, f"the prepared text: {inner.reason}")
+        return ALLOW
+
+
+def _unparseable(rule: _Rule, why: str) -> Decision:
+    return Decision(
+        False,
+        UNPARSEABLE_RULE,
+        f'the statement could not be read as MySQL, so guardrail "{rule.name}" cannot check'
+        f" it: {why}",
+    )

@@ -1,0 +1,260 @@
+"""How the gateway reads MySQL statement text: split into statements, and what each one is.
+
+Read with sqlglot's MySQL dialect (tokenizer and parser). MySQL names a statement by its first
+keyword (after a ``WITH`` clause, or inside ``EXPLAIN``/``ANALYZE``, which MariaDB runs), and
+only ``SELECT`` nests inside another statement (subqueries, ``INSERT … SELECT``), so the keywords
+of a statement come from its tokens and need no full parse; only the WHERE of a DELETE or an
+UPDATE does. Two readings the server could make differently are taken into account:
+
+* executable comments (``/*! … */``, ``/*!50700 … */``, MariaDB's ``/*M! … */``) are code to
+  MySQL: they are read as code here (``code_reading``);
+* with ``sql_mode`` NO_BACKSLASH_ESCAPES a backslash does not escape a quote, so text with a
+  backslash is read both ways (``readings``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+from sqlglot.dialects.mysql import MySQL
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokenizer_core import Token, TokenType
+
+__all__ = ["Piece", "Unreadable", "code_reading", "readings", "redact", "split", "where_of"]
+
+_DIALECT = MySQL()
+_PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
+_MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
+_COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
+_EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
+
+
+class Unreadable(Exception):
+    """The text cannot be read as MySQL: the guard cannot vouch for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One statement of a text: where it is, and what it is."""
+
+    text: str  # as the client sent it, trimmed
+    keyword: str  # its statement keyword: SELECT, DELETE, SHOW, KILL, LOAD …
+    keywords: frozenset[str]  # every statement keyword it counts as (nested SELECT, EXPLAIN …)
+    tokens: list[Token] = field(repr=False, default_factory=list)
+
+    def word(self, index: int) -> str:
+        """The upper-cased text of its token ``index`` ("" past the end)."""
+        return self.tokens[index].text.upper() if index < len(self.tokens) else ""
+
+    @property
+    def kill_query(self) -> bool:
+        """``KILL QUERY n``: a cancel of another session's running statement."""
+        return (
+            self.keyword == "KILL"
+            and self.word(1) in ("QUERY", "HARD", "SOFT")
+            and ("QUERY" in (self.word(1), self.word(2)))
+        )
+
+    @property
+    def load_local(self) -> bool:
+        """``LOAD DATA|XML LOCAL INFILE``: the server asks the client for a file."""
+        return self.keyword == "LOAD" and any(t.text.upper() == "LOCAL" for t in self.tokens[:6])
+
+    @property
+    def prepare_source(self) -> str | None:
+        """``PREPARE name FROM 'text'``: the text; "" when it comes from a variable."""
+        if self.keyword != "PREPARE":
+            return None
+        for index, token in enumerate(self.tokens):
+            if token.token_type == TokenType.FROM:
+                rest = self.tokens[index + 1 :]
+                if len(rest) == 1 and rest[0].token_type == TokenType.STRING:
+                    return rest[0].text
+                return ""
+        return ""
+
+
+def code_reading(sql: str) -> str:
+    """``sql`` with executable comments opened: what a MySQL server may run. The markers become
+    spaces; the text inside stays where it was."""
+    if "/*" not in sql:
+        return sql
+    out: list[str] = []
+    pos = 0
+    quote = ""
+    opened = 0  # executable comments open at this point
+    n = len(sql)
+    while pos < n:
+        ch = sql[pos]
+        if quote:
+            if ch == "\\" and quote != "`":
+                out.append(sql[pos : pos + 2])
+                pos += 2
+                continue
+            if ch == quote:
+                quote = ""
+            out.append(ch)
+            pos += 1
+            continue
+        if ch in "'\"`":
+            quote = ch
+        elif opened and sql.startswith("*/", pos):
+            out.append("  ")
+            opened -= 1
+            pos += 2
+            continue
+        elif sql.startswith("/*", pos):
+            found = _EXECUTABLE.match(sql, pos)
+            if found is not None:
+                out.append(" " * (found.end() - pos))
+                opened += 1
+                pos = found.end()
+                continue
+            end = sql.find("*/", pos + 2)
+            end = n if end < 0 else end + 2
+            out.append(sql[pos:end])
+            pos = end
+            continue
+        out.append(ch)
+        pos += 1
+    return "".join(out)
+
+
+def readings(sql: str) -> list[str]:
+    """The texts the server may run for ``sql``: its code reading and, when it holds a
+    backslash, that reading again as NO_BACKSLASH_ESCAPES would read it (each backslash
+    doubled, so that the tokenizer sees it as a plain character)."""
+    code = code_reading(sql)
+    if "\\" not in code:
+        return [code]
+    return [code, code.replace("\\", "\\\\")]
+
+
+def split(sql: str) -> list[Piece]:
+    """The statements of one text in order (empty ones dropped). Raises Unreadable."""
+    if "\x00" in sql:
+        raise Unreadable("the text contains a NUL character")
+    tokens = _tokens(sql)
+    pieces: list[Piece] = []
+    current: list[Token] = []
+    start = 0
+    for token in [*tokens, None]:
+        if token is None or token.token_type == TokenType.SEMICOLON:
+            if current:
+                stop = token.start if token is not None else len(sql)
+                pieces.append(_piece(sql[start:stop].strip(), _opened(current)))
+            current = []
+            continue
+        if not current:
+            start = token.start
+        current.append(token)
+    return pieces
+
+
+def _tokens(sql: str) -> list[Token]:
+    try:
+        return list(_DIALECT.tokenize(sql))
+    except TokenError as exc:
+        raise Unreadable(str(exc)) from None
+
+
+def _opened(tokens: list[Token]) -> list[Token]:
+    """The tokens with the rest of a command (which the tokenizer keeps as one string, as
+    after PREPARE, EXECUTE or REPLACE) tokenized too."""
+    out: list[Token] = []
+    command = False
+    for token in tokens:
+        if command and token.token_type == TokenType.STRING:
+            out.extend(_tokens(token.text))
+        else:
+            out.append(token)
+        command = token.token_type in _COMMANDS
+    return out
+
+
+def _piece(text: str, tokens: list[Token]) -> Piece:
+    words = [t.text.upper() for t in tokens]
+    keywords: set[str] = set()
+    index = 0
+    while index < len(words) and words[index] in _PREFIXES:
+        keywords.add("EXPLAIN" if words[index] in ("DESC", "DESCRIBE") else words[index])
+        index += 1
+        while index < len(words) and words[index] in (
+            "ANALYZE",
+            "EXTENDED",
+            "PARTITIONS",
+            "FORMAT",
+            "=",
+            "JSON",
+            "TRADITIONAL",
+            "TREE",
+        ):
+            index += 1
+    if index < len(words) and words[index] == "(":
+        main = "SELECT"
+    elif index < len(words) and words[index] == "WITH":
+        main = _after_with(tokens, index)
+    else:
+        main = words[index] if index < len(words) else ""
+    keywords.add(main)
+    if "SELECT" in words:
+        keywords.add("SELECT")
+    keyword = main if words[0] in _PREFIXES or words[0] in ("WITH", "(") else words[0]
+    return Piece(text, keyword, frozenset(keywords), tokens)
+
+
+def _after_with(tokens: list[Token], index: int) -> str:
+    """The statement a WITH clause belongs to: the first main keyword outside parentheses."""
+    depth = 0
+    for token in tokens[index + 1 :]:
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and token.text.upper() in _MAIN:
+            return token.text.upper()
+    return "SELECT"
+
+
+def where_of(text: str) -> exp.Expression | Unreadable | None:
+    """The WHERE of a DELETE or UPDATE (None: it has none); Unreadable when it cannot be parsed."""
+    try:
+        trees = _DIALECT.parse(text)
+    except (ParseError, TokenError) as exc:
+        return Unreadable(str(exc).splitlines()[0] if str(exc) else "syntax error")
+    tree = trees[0] if len(trees) == 1 else None
+    if not isinstance(tree, exp.Delete | exp.Update):
+        return Unreadable("not read as a DELETE or UPDATE")
+    where = tree.args.get("where")
+    return where if isinstance(where, exp.Expression) else None
+
+
+_SECRET_WORDS = re.compile(r"(?i)password|identified|ed25519")
+_MASK = "'***'"
+
+
+def redact(sql: str) -> str:
+    """``sql`` with every string literal masked when it may hold a password (``IDENTIFIED BY``,
+    ``PASSWORD('…')``, ``MASTER_PASSWORD=``…), so that none reaches the trail. Text the tokenizer
+    cannot read loses everything after the first such word."""
+    found = _SECRET_WORDS.search(sql)
+    if found is None:
+        return sql
+    try:
+        tokens = list(_DIALECT.tokenize(sql))
+    except TokenError:
+        return sql[: found.start()] + "***"
+    if any(token.token_type in _COMMANDS for token in tokens):
+        # The rest of a command is one token whose position is not exact: mask all of it.
+        return sql[: found.start()] + "***"
+    out: list[str] = []
+    pos = 0
+    for token in tokens:
+        if token.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING):
+            out.append(sql[pos : token.start])
+            out.append(_MASK)
+            pos = token.end + 1
+    out.append(sql[pos:])
+    return "".join(out)

@@ -1,0 +1,1 @@
+"""MySQL inspection on the client's side of a session (``inspector``)."""

@@ -1,0 +1,71 @@
+"""MySQL guardrails: the PostgreSQL rule kinds on MySQL's grammar, and the readings that could
+hide a statement from them (executable comments, NO_BACKSLASH_ESCAPES, PREPARE FROM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.policy.document import Guardrail
+from controlplane.policy.mysql_guardrails import MysqlGuard
+from controlplane.policy.mysql_sql import split
+
+GUARD = MysqlGuard(
+    [
+        Guardrail(name="no-drop", deny_statements=["DROP", "TRUNCATE"]),
+        Guardrail(name="bounded", deny_unbounded=["DELETE", "UPDATE"]),
+        Guardrail(name="no-outfile", deny_patterns=[r"(?i)into\s+outfile"]),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        ("DROP TABLE t", "no-drop"),
+        ("truncate t", "no-drop"),
+        ("DELETE FROM t", "bounded"),
+        ("UPDATE t SET a = 1 WHERE 1 = 1", "bounded"),
+        ("WITH x AS (SELECT 1) DELETE FROM t", "bounded"),
+        ("SELECT 1 /*! ; DROP TABLE t */", "no-drop"),
+        ("SELECT 1 /*M!100000 ; DROP TABLE t */", "no-drop"),
+        ("SELECT 'x\\' ; DROP TABLE t; -- '", "no-drop"),
+        ("PREPARE s FROM 'DROP TABLE t'", "no-drop"),
+        ("PREPARE s FROM @text", "no-drop"),
+        ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "no-outfile"),
+        ("SELECT 'unterminated", "(unparseable)"),
+    ],
+)
+def test_denied(sql: str, rule: str) -> None:
+    decision = GUARD.check(sql)
+    assert not decision.allowed
+    assert decision.rule == rule, decision.reason
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "DELETE FROM t WHERE id = 3",
+        "UPDATE t SET a = 1 WHERE id IN (SELECT id FROM u)",
+        "SELECT 'DROP TABLE t'",
+        "SELECT 1 /* DROP TABLE t */",
+        "SELECT 'it\\'s'",
+        "PREPARE s FROM 'SELECT ?'",
+        "SHOW TABLES",
+    ],
+)
+def test_allowed(sql: str) -> None:
+    assert GUARD.check(sql).allowed, GUARD.check(sql).reason
+
+
+def test_a_guard_without_rules_allows_even_unreadable_text() -> None:
+    assert MysqlGuard([]).check("SELECT 'unterminated").allowed
+
+
+def test_split_keeps_each_statements_text() -> None:
+    pieces = split("select 1; DELETE FROM t WHERE a = ';' ;\n KILL QUERY 7 ;")
+    assert [p.text for p in pieces] == ["select 1", "DELETE FROM t WHERE a = ';'", "KILL QUERY 7"]
+    assert [p.keyword for p in pieces] == ["SELECT", "DELETE", "KILL"]
+    assert pieces[2].kill_query
+    assert split("LOAD DATA LOCAL INFILE 'f' INTO TABLE t")[0].load_local
+    assert not split("LOAD DATA INFILE 'f' INTO TABLE t")[0].load_local
