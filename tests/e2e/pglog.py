@@ -36,7 +36,10 @@ _RUN_RE = re.compile(r"(?:statement|execute (?P<name>[^:\n]*)): (?P<text>.*)", r
 #: What the tests' own functions write to the server's log (RAISE LOG) for every cursor they
 #: open, so that the log says when a cursor's name came to stand for another query.
 OPENED_BY_CODE = "cursor opened by code: "
+#: What the tests' own functions write to the server's log for every statement they prepare.
+PREPARED_BY_CODE = "statement prepared by code: "
 _DECLARE_RE = re.compile(r'(?i)\bdeclare\s+("?)(?P<name>\w+)\1\s')
+_PREPARE_RE = re.compile(r'(?i)\bprepare\s+("?)(?P<name>\w+)\1[\s(]')
 
 
 # ---- the frontend protocol, built by hand --------------------------------------------------
@@ -435,6 +438,9 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
 
     The functions the tests call announce each cursor they open (``OPENED_BY_CODE`` in the
     server's log, in the order things ran); a DECLARE that ran gives the name its own text again.
+    The same for prepared statements (``PREPARED_BY_CODE``, PREPARE): an event must not claim
+    their text in ``prepared`` (a protocol Parse is not logged: a test must not Parse a name
+    code prepared and then EXECUTE it in SQL).
     An event must then say the cursor's text is unknown (``cursors_unknown``), never claim one.
     The other way round, "unknown" is a claim too: only after the log shows a statement that
     may run code (``Proof``) since the cursor was declared (or its portal first ran). Names
@@ -442,6 +448,7 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
     """
     problems = []
     opened: defaultdict[int, set[str]] = defaultdict(set)
+    prepared: defaultdict[int, set[str]] = defaultdict(set)  # by code, since
     proofs: defaultdict[int, Proof] = defaultdict(Proof)
     # Each statement the server logged is the next event of its text that may have run (one
     # its pipeline skipped was never logged), whether that event claims a cursor text or not.
@@ -453,6 +460,9 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
             proof.ran(entry.message, None, failed=True)
             continue
         if entry.severity != "LOG":
+            continue
+        if entry.message.startswith(PREPARED_BY_CODE):
+            prepared[entry.pid].add(entry.message.removeprefix(PREPARED_BY_CODE))
             continue
         if entry.message.startswith(OPENED_BY_CODE):
             opened[entry.pid].add(entry.message.removeprefix(OPENED_BY_CODE))
@@ -474,6 +484,11 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
                     f"claims the text of cursor {name!r}, which a function opened again: "
                     f"{statement!r} (seq {event['seq']})"
                 )
+            for name in sorted(prepared[entry.pid] & set(event["request"].get("prepared", ()))):
+                problems.append(
+                    f"claims the text of prepared statement {name!r}, which a function prepared "
+                    f"again: {statement!r} (seq {event['seq']})"
+                )
             for name in sorted(proof.proven & set(event["request"].get("cursors_unknown", ()))):
                 problems.append(
                     f"calls the text of cursor {name!r} unknown, but nothing that could replace "
@@ -484,6 +499,7 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
         proof.ran(match["text"], portal, failed=failed, resumed=resumed)
         if not failed:
             opened[entry.pid] -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
+            prepared[entry.pid] -= {m["name"] for m in _PREPARE_RE.finditer(statement)}
     return problems
 
 
