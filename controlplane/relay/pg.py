@@ -584,10 +584,13 @@ class PgInspector:
             code = found.planned or bool(params) or not found.proven
             bound = Step(runs_code=code, keeps=frozenset({bind.portal}))
             self._overlay.run(bound)
+            inner = None if found.parsed else found.planned
             if found.proven:
-                portal = Portal(found.text, params)
+                portal = Portal(found.text, params, inner_code=inner)
             else:  # its Execute is recorded with its text unknown
-                portal = Portal(found.text, params, statement=bind.statement, proven=False)
+                portal = Portal(
+                    found.text, params, statement=bind.statement, proven=False, inner_code=inner
+                )
             self._overlay.bind(bind.portal, portal)
             expect = Expect(
                 B,
@@ -619,7 +622,10 @@ class PgInspector:
                 expect = _expect(E, [Step(runs_code=True, keeps=frozenset({name}))])
                 self._keep(raw, expect)
                 return
-            outcome = await self._decide(running.text, self._overlay, out, frozenset({name}))
+            if running.inner_code is None:
+                outcome = await self._decide(running.text, self._overlay, out, frozenset({name}))
+            else:
+                outcome = self._decide_inner(name, running)
             if self._discarding:
                 return
             if isinstance(outcome, Refusal):
@@ -652,6 +658,15 @@ class PgInspector:
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
         self._keep(raw, expect)
+
+    def _decide_inner(self, name: str, running: Portal) -> tuple[Decision, Resolved, list[Step]]:
+        """An Execute of a portal bound from a statement SQL PREPARE made: the server runs the
+        query inside (a SELECT, INSERT, UPDATE, DELETE, MERGE or VALUES: it names no prepared
+        statement or cursor), not the PREPARE, so it creates nothing and may run code. The
+        event's text is the whole PREPARE, which is what PostgreSQL logs."""
+        step = Step(runs_code=bool(running.inner_code), keeps=frozenset({name}))
+        self._overlay.run(step)
+        return self._guard.check(running.text), Resolved(), [step]
 
     def _parse_again(self, name: str, found: Prepared) -> Prepared:
         """Make prepared statement ``name`` the text the gateway knows again, right before the

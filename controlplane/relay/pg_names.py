@@ -53,6 +53,9 @@ class Portal:
     holdable: bool = False  # DECLARE … WITH HOLD outlives its transaction
     # Bound from this prepared statement while its text was not proven: the text is a guess.
     statement: str | None = None
+    # Bound from a statement SQL PREPARE made (``text`` is the PREPARE): running it runs the
+    # query inside, which may run code (True) or not (False). None: it runs ``text``.
+    inner_code: bool | None = None
     proven: bool = True  # no code that could have re-opened the name ran since it was confirmed
     known: bool = True  # False: a name never seen created, which code may have opened
     # Where it is kept: how many times code may have run when it was confirmed (or when code
@@ -162,7 +165,7 @@ class Overlay:
     def apply(self, effect: Effect) -> None:
         """What a statement of the pipeline will have done to the names, if it runs."""
         if effect.op == "prepare" and effect.name is not None:
-            self.prepare(effect.name, Prepared(effect.text, parsed=False))
+            self.prepare(effect.name, Prepared(effect.text, planned=effect.runs_code, parsed=False))
         elif effect.op == "deallocate":
             if effect.name is None:
                 self.statements.clear()
@@ -232,7 +235,7 @@ class Names:
     def apply(self, effect: Effect) -> None:
         """A SQL statement that touches names completed on the server."""
         if effect.op == "prepare" and effect.name is not None:
-            self.prepare(effect.name, Prepared(effect.text, parsed=False))
+            self.prepare(effect.name, Prepared(effect.text, planned=effect.runs_code, parsed=False))
         elif effect.op == "deallocate":
             if effect.name is None:
                 self.statements.clear()

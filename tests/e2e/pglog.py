@@ -526,6 +526,9 @@ class Proof:
     proven: set[str] = field(default_factory=set)
     holdable: set[str] = field(default_factory=set)  # cursors declared WITH HOLD
     seen: set[str] = field(default_factory=set)  # names made or run in this session
+    # Statements SQL PREPARE made since code last ran: the gateway knows their text. (One a
+    # client Parsed is Parsed again by the gateway before a Bind that follows code.)
+    prepared: set[str] = field(default_factory=set)
     in_block: bool = False
     code_in_block: bool = False
 
@@ -535,6 +538,13 @@ class Proof:
         found = pg_sql.statements(text)
         parts = [pg_sql.SqlStatement(text)] if isinstance(found, pg_sql.Unreadable) else found
         unknown = bool(portal) and portal not in self.proven and (resumed or portal in self.seen)
+        inner = _sql_prepared(parts) if portal is not None else None
+        if inner is not None:
+            # A statement SQL PREPARE made, executed through the protocol: the server runs the
+            # query inside, and its text is unknown once code ran since the PREPARE.
+            name, runs_code = inner
+            unknown = unknown or (name not in self.prepared and not resumed)
+            parts = [pg_sql.SqlStatement(text, runs_code=runs_code)]
         code = unknown
         for part in parts:
             keeps = {portal} if portal else set()
@@ -543,6 +553,7 @@ class Proof:
             if part.runs_code or unknown:
                 code = self.code_in_block = True
                 self.proven &= keeps if self.in_block else set()
+                self.prepared.clear()
             if _BEGINS.match(part.text) and not failed:
                 self.in_block, self.code_in_block = True, False
             elif _ENDS.match(part.text):
@@ -550,7 +561,9 @@ class Proof:
             effect = part.effect
             if failed or effect is None:
                 continue
-            if effect.op == "declare" and effect.name is not None:
+            if effect.op == "prepare" and effect.name is not None:
+                self.prepared.add(effect.name)
+            elif effect.op == "declare" and effect.name is not None:
                 self.proven.add(effect.name)
                 self.seen.add(effect.name)
                 if effect.holdable:
@@ -567,6 +580,8 @@ class Proof:
             # which, if it ran code, may run more (a holdable cursor's query, to keep its rows)
             kept = {portal} if portal else set()
             self.proven &= kept if code else self.holdable | kept
+            if code:
+                self.prepared.clear()
 
     def opened(self, name: str) -> None:
         """Code announced it opened a cursor by that name."""
@@ -576,8 +591,16 @@ class Proof:
     def _ended(self) -> None:
         if self.code_in_block or not self.in_block:
             self.proven.clear()
+            self.prepared.clear()
         self.proven &= self.holdable
         self.in_block = self.code_in_block = False
+
+
+def _sql_prepared(parts: list[Any]) -> tuple[str, bool] | None:
+    """The name a text that is one SQL PREPARE makes, and whether its query may run code."""
+    if len(parts) != 1 or parts[0].effect is None or parts[0].effect.op != "prepare":
+        return None
+    return str(parts[0].effect.name), parts[0].effect.runs_code
 
 
 def _deparsed(sql: str) -> str | None:

@@ -44,6 +44,7 @@ end $$"""
 
 @pytest.fixture(scope="module", autouse=True)
 def code(pg: PostgresServer) -> None:
+    pggate.create_cursor_code(pg)
     pggate.admin(pg, REPREPARE)
 
 
@@ -149,3 +150,49 @@ def test_asyncpg_keeps_its_prepared_statements_behind_guardrails(
     runs = [q for q in trail.allowed() if q["request"]["statement"] == "select $1::int + 1"]
     assert len(runs) == 4  # each with its text: the gateway's Parse keeps it proven
     assert all(len(q["request"]["params"]) == 1 for q in runs)
+
+
+@pytest.mark.parametrize("guardrails", [True, False])
+def test_a_statement_sql_prepared_runs_its_query_when_bound_and_so_may_run_code(
+    window: pggate.Window, listener: Connect, open_listener: Connect, guardrails: bool
+) -> None:
+    """Bound through the protocol, `PREPARE rp AS select reopen(…)` runs reopen (PostgreSQL
+    logs `execute rp: PREPARE rp AS …`), which re-opens cursor c: c's text is no longer known."""
+    declared = "declare c cursor for select 'declared' as v"
+    reopen = "PREPARE rp AS select reopen('c', $q$select 'reopened' as v$q$)"
+    with PgWire((listener if guardrails else open_listener).port) as client:
+        assert client.run(query(f"begin; {declared}")).errors == []
+        assert client.run(query(reopen)).errors == []
+        assert client.run(bind("rp") + execute() + sync()).rows() == [["1"]]
+        fetched = client.run(query("fetch all from c"))
+        if guardrails:
+            assert fetched.sqlstates == ["42501"]
+        else:
+            assert fetched.rows() == [["reopened"]]
+        client.run(query("rollback"))
+    trail = window.reconcile()  # also: no event claims c's old text
+    [fetch] = [q for q in trail.queries if q["request"]["statement"] == "fetch all from c"]
+    assert fetch["request"]["cursors_unknown"] == {"c": declared}
+
+
+def test_a_statement_sql_prepared_that_prepares_itself_again_is_not_claimed(
+    open_window: pggate.Window, open_listener: Connect
+) -> None:
+    """Running rp (bound through the protocol) runs the query inside, which prepares rp
+    again: the next Bind of rp runs the new text, and the trail must not claim the old one."""
+    itself = "PREPARE rp AS select reprepare('rp', $q$select 'reprepared' as v$q$) as v"
+    with PgWire(open_listener.port) as client:
+        assert client.run(query(itself)).errors == []
+        assert client.run(query("begin")).errors == []  # no COMMIT between (it may run code)
+        assert client.run(bind("rp") + execute() + sync()).rows() == [["1"]]
+        assert client.run(bind("rp") + execute() + sync()).rows() == [["reprepared"]]
+        assert client.run(query("commit")).errors == []
+    trail = open_window.reconcile()
+    first, second = [
+        q
+        for q in trail.allowed()
+        if "portal" in q["request"] or q["request"]["statement"] == itself
+    ][-2:]
+    assert first["request"]["statement"] == itself
+    assert second["request"]["statement"] == ""
+    assert second["request"]["prepared_unknown"] == {"rp": itself}

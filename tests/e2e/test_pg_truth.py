@@ -127,9 +127,15 @@ def test_sql_prepare_execute_and_cursors_record_what_runs(
     declare_fetch = f"BEGIN; DECLARE {tag}_c CURSOR FOR {cursor}; FETCH 2 FROM {tag}_c"
     with PgWire(listener.port) as client:
         assert client.run(query(prepare)).errors == []
-        assert client.run(query(f"EXECUTE {tag}_p(41)")).rows() == [["42"]]
         # The protocol shares SQL's namespace.
         assert client.run(bind(f"{tag}_p", params=["1"]) + execute() + sync()).rows() == [["2"]]
+        # That ran code (its query, a parameter's input), which may have prepared the name
+        # again: prepared again, it is known once more.
+        assert client.run(query(f"DEALLOCATE {tag}_p; {prepare}")).errors == []
+        assert client.run(query(f"EXECUTE {tag}_p(41)")).rows() == [["42"]]
+        # So did the EXECUTE: a guardrail cannot read what the name stands for now.
+        refused = client.run(bind(f"{tag}_p", params=["1"]) + execute() + sync())
+        assert refused.sqlstates == ["42501"]
         assert client.run(query(declare_fetch)).errors == []
         assert client.run(query("COMMIT")).errors == []
         # Ended with its transaction, as far as the gateway knows; code may have opened another.
