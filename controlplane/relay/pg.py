@@ -163,8 +163,8 @@ class Refusal:
 class Resolved:
     """The texts the names of a statement stand for, as the target holds them."""
 
-    prepared: dict[str, str] = field(default_factory=dict)
-    cursors: dict[str, str] = field(default_factory=dict)
+    prepared: dict[str, str | list[str]] = field(default_factory=dict)
+    cursors: dict[str, str | list[str]] = field(default_factory=dict)
     # Cursors whose text cannot be known: the text they were declared with (None: never seen
     # declared); code that ran since may have closed them and opened others by their names.
     unknown: dict[str, str | None] = field(default_factory=dict)
@@ -173,7 +173,23 @@ class Resolved:
     prepared_unknown: dict[str, str] = field(default_factory=dict)
 
     def texts(self) -> list[str]:
-        return [*self.prepared.values(), *self.cursors.values()]
+        claimed = [*self.prepared.values(), *self.cursors.values()]
+        return [
+            text for texts in claimed for text in ([texts] if isinstance(texts, str) else texts)
+        ]
+
+    @staticmethod
+    def claim(texts: dict[str, str | list[str]], name: str, text: str) -> None:
+        """``name`` stands for ``text`` where the statement uses it now. A text that uses one
+        name for several texts (``EXECUTE p; DEALLOCATE p; PREPARE p AS …; EXECUTE p``) maps
+        it to the list of them, in the order it uses them: never one text for all."""
+        known = texts.get(name)
+        if known is None or known == text:
+            texts[name] = text
+        elif isinstance(known, str):
+            texts[name] = [known, text]
+        elif known[-1] != text:
+            known.append(text)
 
 
 class PgInspector:
@@ -368,7 +384,7 @@ class PgInspector:
                 if prepared is None:
                     return Refusal(UNKNOWN_STATEMENT_SQLSTATE, _unknown("prepared statement", name))
                 if prepared.proven and name not in resolved.prepared_unknown:
-                    resolved.prepared[name] = prepared.text
+                    resolved.claim(resolved.prepared, name, prepared.text)
                 else:  # not claimed for the text at all if any of its uses is unproven
                     resolved.prepared.pop(name, None)
                     resolved.prepared_unknown[name] = prepared.text
@@ -378,7 +394,7 @@ class PgInspector:
                 if portal is None:
                     return Refusal(UNKNOWN_CURSOR_SQLSTATE, _unknown("cursor", st.fetches))
                 if portal.proven and st.fetches not in resolved.unknown:
-                    resolved.cursors[st.fetches] = portal.text
+                    resolved.claim(resolved.cursors, st.fetches, portal.text)
                 else:  # not claimed for the text at all if any of its uses is unproven
                     resolved.cursors.pop(st.fetches, None)
                     resolved.unknown[st.fetches] = portal.text if portal.known else None

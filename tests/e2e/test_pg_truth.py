@@ -150,6 +150,19 @@ def test_sql_prepare_execute_and_cursors_record_what_runs(
     }
 
 
+def test_a_name_prepared_twice_in_one_query_records_both_texts(
+    window: Window, listener: Connect, tag: str
+) -> None:
+    """One simple Query, one event: p stood for one text, then for another."""
+    first, second = f"PREPARE p AS select 1 as {tag}", f"PREPARE p AS select 2 as {tag}"
+    sql = f"{first}; EXECUTE p; DEALLOCATE p; {second}; EXECUTE p; DEALLOCATE p"
+    with PgWire(listener.port) as client:
+        assert client.run(query(sql)).rows() == [["1"], ["2"]]
+    trail = window.reconcile()
+    [event] = [q for q in trail.queries if q["request"]["statement"] == sql]
+    assert event["request"]["prepared"] == {"p": [first, second]}
+
+
 # ---- lexical settings -------------------------------------------------------------------------
 
 

@@ -1489,3 +1489,31 @@ async def test_every_statement_in_flight_is_tried_and_a_lost_one_is_reported(
     results = of_type(events, "db.result")
     assert sorted(texts[r["ref"]] for r in results) == ["SELECT 'one'", "SELECT 'three'"]
     assert all(r["result"]["error"] == "unknown" for r in results)
+
+
+@pytest.mark.parametrize(
+    ("sql", "key", "name", "texts"),
+    [
+        (
+            "PREPARE p AS select 1; EXECUTE p; DEALLOCATE p; PREPARE p AS select 2; EXECUTE p",
+            "prepared",
+            "p",
+            ["PREPARE p AS select 1", "PREPARE p AS select 2"],
+        ),
+        (
+            "BEGIN; DECLARE c CURSOR FOR select 1; FETCH c; CLOSE c; "
+            "DECLARE c CURSOR FOR select 2; FETCH c; FETCH c",
+            "cursors",
+            "c",
+            ["DECLARE c CURSOR FOR select 1", "DECLARE c CURSOR FOR select 2"],
+        ),
+    ],
+)
+async def test_a_name_used_for_two_texts_in_one_query_maps_to_both(
+    ready: PgInspector, db_path: Path, sql: str, key: str, name: str, texts: list[str]
+) -> None:
+    """One event for the query: the name stood for one text, then another; claiming the last
+    for every use would misstate what the first ran."""
+    assert await ready.from_client(pgm.query(sql)) == pgm.query(sql)
+    [query] = of_type(stored(db_path), "db.query")
+    assert query["request"][key] == {name: texts}
