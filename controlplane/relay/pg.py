@@ -581,7 +581,7 @@ class PgInspector:
             if not self._room():
                 self._refuse_held(found.text, Refusal(LIMIT_SQLSTATE, self._full(), "(limit)"))
                 return
-            if not found.proven and found.parsed and not sensitive(found.text):
+            if not found.proven and found.parsed and self._may_parse_again(found):
                 found = self._parse_again(bind.statement, found)
             if not found.proven and self._guard.names:
                 # A guardrail would have to read what the statement runs, and nobody can say.
@@ -683,6 +683,12 @@ class PgInspector:
         step = Step(runs_code=bool(running.inner_code), keeps=frozenset({name}))
         self._overlay.run(step)
         return self._guard.check(running.text), Resolved(), [step]
+
+    def _may_parse_again(self, found: Prepared) -> bool:
+        """Whether Parsing ``found`` again reads it as it was read: a text that reads the same
+        under every lexical setting, and not in a failed transaction (where a Parse fails, and
+        the Close before it would have dropped the client's statement)."""
+        return self._tx_status != "E" and not sensitive(found.text)
 
     def _parse_again(self, name: str, found: Prepared) -> Prepared:
         """Make prepared statement ``name`` the text the gateway knows again, right before the
