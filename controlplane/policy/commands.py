@@ -6,6 +6,8 @@ shell's control operators and every simple command is checked. A `shell` connect
 argv as is, with no shell in between, so only that argv is checked. In both forms the words
 that only launch another command (``sudo``, ``env``, ``nohup``, ``timeout 5``, ``sh -c TEXT``,
 ``$(…)``) are looked through, so ``sudo -u root sh -c 'rm -rf /'`` is checked as ``rm -rf /``.
+So are program runners that build a command from their words (``env -S TEXT``, GNU
+``parallel CMD ::: ARGS``, ``pwsh -Command TEXT``).
 
 ``deny_commands`` are globs (``*`` matches anything, spaces included) on a simple command's
 words joined by single spaces; ``deny_patterns`` are regular expressions searched in the whole

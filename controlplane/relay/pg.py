@@ -17,9 +17,11 @@ ParseComplete, BindComplete, CloseComplete, the end of a Describe, every Command
 and ReadyForQuery), and only then does a name change (``pg_names``). A name that an unanswered
 request may still create is resolved once the target answered; a name the target does not hold
 is refused. A cursor's text is claimed only while no code that could have re-opened it ran
-(``pg_names``). Text whose reading depends on the session's lexical settings is parsed only once
-every earlier request was answered, under the settings the target reported (``pg_lexical``).
-Decision 0010 explains all three.
+(``pg_names``); a prepared statement code may have prepared again is Parsed again by the
+gateway before the client's Bind of it, or recorded as unknown (decision 0033). Text whose
+reading depends on the session's lexical settings is parsed only once every earlier request
+was answered, under the settings the target reported (``pg_lexical``). Decision 0010 explains
+all three.
 """
 
 from __future__ import annotations
