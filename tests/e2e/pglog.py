@@ -39,6 +39,8 @@ OPENED_BY_CODE = "cursor opened by code: "
 #: What the tests' own functions write to the server's log for every statement they prepare.
 PREPARED_BY_CODE = "statement prepared by code: "
 _DECLARE_RE = re.compile(r'(?i)\bdeclare\s+("?)(?P<name>\w+)\1\s')
+_DEALLOCATE_RE = re.compile(r'(?i)\bdeallocate\s+(?:prepare\s+)?("?)(?P<name>\w+)\1')
+_DEALLOCATE_ALL_RE = re.compile(r"(?i)\b(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\b")
 _PREPARE_RE = re.compile(r'(?i)\bprepare\s+("?)(?P<name>\w+)\1[\s(]')
 
 
@@ -500,6 +502,12 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
         if not failed:
             opened[entry.pid] -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
             prepared[entry.pid] -= {m["name"] for m in _PREPARE_RE.finditer(statement)}
+            if _DEALLOCATE_ALL_RE.search(statement):
+                prepared[entry.pid].clear()
+            prepared[entry.pid] -= {m["name"] for m in _DEALLOCATE_RE.finditer(statement)}
+            named = (match["name"] or "").split("/", 1)[0]
+            if named and not resumed and not statement.lstrip().lower().startswith("prepare"):
+                prepared[entry.pid].discard(named)  # runs a text the client Parsed
     return problems
 
 

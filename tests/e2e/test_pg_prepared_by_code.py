@@ -27,25 +27,10 @@ PARSED = "select 'parsed' as v"
 PREPARED = "PREPARE p AS select 'prepared' as v"
 AGAIN = "select reprepare('{name}', $q$select 'reprepared' as v$q$)"
 
-# DEALLOCATE and PREPARE through SPI, announced in the server's log (pglog.PREPARED_BY_CODE).
-REPREPARE = f"""
-create or replace function reprepare(name text, query text) returns int language plpgsql as $$
-begin
-  begin
-    execute format('deallocate %I', name);
-  exception when invalid_sql_statement_name then
-    null;
-  end;
-  execute format('prepare %I as %s', name, query);
-  raise log '{pglog.PREPARED_BY_CODE}%', name;
-  return 1;
-end $$"""
-
 
 @pytest.fixture(scope="module", autouse=True)
 def code(pg: PostgresServer) -> None:
-    pggate.create_cursor_code(pg)
-    pggate.admin(pg, REPREPARE)
+    pggate.create_cursor_code(pg)  # reopen(), reprepare()
 
 
 @pytest.fixture
