@@ -71,6 +71,7 @@ _COPY_BROKEN = (
 )
 UNKNOWN_CURSOR_RULE = "(unknown cursor)"
 UNKNOWN_STATEMENT_RULE = "(unknown prepared statement)"
+ALL = "\0all"  # in Expect.creates: every name (DEALLOCATE ALL, DISCARD ALL); no name holds NUL
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 AGENT_LOST_MESSAGE = "agent lost before the result arrived"
@@ -466,7 +467,9 @@ class PgInspector:
 
     def _may_create(self, kind: str, name: str) -> bool:
         """Whether an unanswered request may still give ``name`` another meaning."""
-        return self._creating > 0 and any((kind, name) in e.creates for e in self._expect)
+        if not self._creating:
+            return False
+        return any((kind, name) in e.creates or (kind, ALL) in e.creates for e in self._expect)
 
     def _room(self, more: int = 1) -> bool:
         return len(self._names) + len(self._overlay) + self._creating + more <= MAX_NAMES
@@ -672,7 +675,9 @@ class PgInspector:
                 self._overlay.statements[close.name] = None
             else:
                 self._overlay.close(close.name)
-            expect = Expect(C, name=close.name, close_kind=close.kind)
+            # (Closing a statement gives its name another meaning: see _expect.)
+            drops = _one("S", close.name) if close.kind == "S" else frozenset()
+            expect = Expect(C, name=close.name, close_kind=close.kind, creates=drops)
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
         self._keep(raw, expect)
@@ -1296,11 +1301,15 @@ class PgInspector:
 
 def _expect(tag: int, steps: list[Step]) -> Expect:
     """A Query or Execute awaiting its answers, with what each of its statements does."""
+    effects = [step.effect for step in steps if step.effect is not None]
     creates = frozenset(
         ("S" if e.op == "prepare" else "P", e.name)
-        for e in (step.effect for step in steps)
-        if e is not None and e.op in ("prepare", "declare") and e.name is not None
+        for e in effects
+        if e.op in ("prepare", "declare") and e.name is not None
     )
+    # What drops a statement gives its name another meaning too: a Bind of it waits for the
+    # answer rather than Parse it again (which would make a statement the server dropped).
+    creates |= {("S", e.name or ALL) for e in effects if e.op in ("deallocate", "discard")}
     code = [step.keeps for step in steps if step.runs_code]
     keeps = frozenset.intersection(*code) if code else frozenset()
     return Expect(tag, effects=deque(steps), creates=creates, runs_code=bool(code), keeps=keeps)

@@ -1517,3 +1517,29 @@ async def test_a_name_used_for_two_texts_in_one_query_maps_to_both(
     assert await ready.from_client(pgm.query(sql)) == pgm.query(sql)
     [query] = of_type(stored(db_path), "db.query")
     assert query["request"][key] == {name: texts}
+
+
+@pytest.mark.parametrize(
+    ("drop", "reply"),
+    [
+        (pgm.query("DISCARD ALL"), Reply().complete("DISCARD ALL").ready()),
+        (pgm.query("select f(); DEALLOCATE s1"), Reply().complete("SELECT 1", 1)
+         .complete("DEALLOCATE").ready()),
+        (_msg(b"C", b"Ss1\0") + pgm.sync(), Reply().ack(CLOSE_COMPLETE, Mark.CLOSE_COMPLETE)
+         .ready()),
+    ],
+)  # fmt: skip
+async def test_a_bind_after_a_drop_not_yet_answered_waits_and_is_refused(
+    ready: PgInspector, db_path: Path, drop: bytes, reply: Reply
+) -> None:
+    """Parsing s1 again would make a statement the server dropped: the Bind waits instead."""
+    await ready.from_client(parse("select f()", "s1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+    assert await ready.from_client(drop) == drop
+
+    task = asyncio.create_task(ready.from_client(bind([], statement="s1") + execute() + pgm.sync()))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    await ready.from_agent(reply.frame())
+    assert await asyncio.wait_for(task, 5) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "26000"
