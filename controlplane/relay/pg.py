@@ -238,6 +238,7 @@ class PgInspector:
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
         self._held_largest = 0  # the largest held message, which the bytes limit leaves out
+        self._held_own = 0  # held messages of our own (a statement Parsed again)
         self._held_events: list[Draft] = []
         self._held_decisions: list[Decision] = []
         self._refusal: Refusal | None = None  # the held batch is refused
@@ -520,13 +521,13 @@ class PgInspector:
 
     def _keep(self, raw: bytes, expect: Expect | None) -> None:
         """Hold one message of the batch, within the session's limits (messages of our own
-        are not counted: at most two for each Bind of the client's)."""
+        count for their bytes, not in the count of messages: at most two for each Bind)."""
         # The largest message does not count: one message alone may be larger (a 20 MB
         # parameter; the framer bounds a message at 64 MiB).
         largest = max(self._held_largest, len(raw))
         over = self._held_bytes + len(raw) - largest > MAX_HELD_BYTES
         own = expect is not None and expect.own
-        if not own and (over or len(self._held) >= MAX_HELD_MESSAGES):
+        if over or (not own and len(self._held) - self._held_own >= MAX_HELD_MESSAGES):
             raise framing.ProtocolError(
                 f"more than {MAX_HELD_BYTES // (1024 * 1024)} MiB or {MAX_HELD_MESSAGES} "
                 "extended-protocol messages without a Sync or Flush; send Sync more often"
@@ -534,6 +535,7 @@ class PgInspector:
         if expect is not None:
             expect.epoch = self._epoch
         self._held.append((raw, expect))
+        self._held_own += own
         self._held_bytes += len(raw)
         self._held_largest = largest
 
@@ -791,7 +793,7 @@ class PgInspector:
     async def _release(self, out: list[Chunk], *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions
         self._held, self._held_events, self._held_decisions = [], [], []
-        self._held_bytes = self._held_largest = 0
+        self._held_bytes = self._held_largest = self._held_own = 0
         refusal, self._refusal = self._refusal, None
         if sync:
             self._overlay = Overlay()

@@ -1543,3 +1543,17 @@ async def test_a_bind_after_a_drop_not_yet_answered_waits_and_is_refused(
     await ready.from_agent(reply.frame())
     assert await asyncio.wait_for(task, 5) == b""
     assert error_of(ready.take_synthetic()).sqlstate == "26000"
+
+
+async def test_messages_of_our_own_do_not_count_towards_the_held_limit(
+    ready: PgInspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five Binds of s1 in one pipeline, each after code: four Close and Parse pairs of our
+    own join the client's 12 messages, past a limit of 12 that the client alone stays within."""
+    monkeypatch.setattr(pg_module, "MAX_HELD_MESSAGES", 12)
+    data = parse("select f()", "s1")
+    data += b"".join(bind([], portal=f"p{n}", statement="s1") + execute(f"p{n}") for n in range(5))
+    forwarded = await ready.from_client(data + pgm.sync())
+    assert forwarded.count(b"Ss1\0") == 4  # Close S s1 before each Bind but the first
+    with pytest.raises(framing.ProtocolError):
+        await ready.from_client(data + bind([], statement="s1") + pgm.sync())
