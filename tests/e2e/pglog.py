@@ -377,14 +377,19 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
     # failed one may be (an error while running) or not (an error before it ran).
     unmatched = sorted(range(len(allowed)), key=lambda i: (not succeeded(i), i))
     texts = [q["request"]["statement"] for q in allowed]
-    leftover: list[str] = []
-    for logged in (redact_statement(s) for s in log.statements):
-        at = next((i for i in unmatched if texts[i] == logged), None)
+    # A log line is matched to an event of its kind first (`statement:` to a simple Query,
+    # `execute` to the extended protocol): a statement SQL PREPARE made and executed through the
+    # protocol is logged with the very text of the PREPARE Query, and must not take its event.
+    lines = [(redact_statement(s), p) for s, p in zip(log.statements, log.portals, strict=True)]
+    simple = [q["request"].get("protocol") == "simple" for q in allowed]
+    leftover: list[tuple[str, str | None]] = []
+    for logged, portal in lines:
+        kind = portal is None
+        at = next((i for i in unmatched if texts[i] == logged and simple[i] == kind), None)
         if at is None:
-            leftover.append(logged)
+            leftover.append((logged, portal))
         else:
             unmatched.remove(at)
-    portal_of = dict(zip(log.statements, log.portals, strict=True))
 
     def unknown_portal(portal: str | None) -> int | None:
         """An unmatched event of an Execute of ``portal`` whose text the gateway cannot know."""
@@ -393,11 +398,13 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
             None,
         )
 
-    for logged in leftover:
+    for logged, portal in leftover:
         inner = _inner_queries(logged)
         at = next((i for i in unmatched if inner and _deparsed(texts[i]) in inner), None)
         if at is None:
-            at = unknown_portal(portal_of.get(logged))
+            at = unknown_portal(portal)
+        if at is None:
+            at = next((i for i in unmatched if texts[i] == logged), None)  # of the other kind
         if at is None:
             problems.append(f"run by PostgreSQL without an allowed db.query: {logged!r}")
         else:

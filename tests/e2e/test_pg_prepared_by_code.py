@@ -181,3 +181,19 @@ def test_a_statement_sql_prepared_that_prepares_itself_again_is_not_claimed(
     assert first["request"]["statement"] == itself
     assert second["request"]["statement"] == ""
     assert second["request"]["prepared_unknown"] == {"rp": itself}
+
+
+def test_a_sql_prepared_statement_run_through_the_protocol_is_told_from_its_prepare(
+    open_window: pggate.Window, open_listener: Connect
+) -> None:
+    """PostgreSQL logs the Execute of a statement SQL PREPARE made with the PREPARE's own text:
+    the log check must pair that line with the Execute's event (here: text unknown), and the
+    PREPARE Query's lines with the Query's events (the second one fails: it exists already)."""
+    with PgWire(open_listener.port) as client:
+        assert client.run(query(PREPARED)).errors == []
+        assert client.run(query("select now()")).errors == []
+        assert client.run(bind("p") + execute() + sync()).rows() == [["prepared"]]
+        assert client.run(query(PREPARED)).sqlstates == ["42P05"]
+    trail = open_window.reconcile()
+    [unknown] = [q for q in trail.allowed() if q["request"]["statement"] == ""]
+    assert unknown["request"]["prepared_unknown"] == {"p": PREPARED}
