@@ -385,6 +385,20 @@ class ControlPlane:
             "sessions": len(self.tunnels),
             "sessions_total": self.tunnels.opened,
             "agents": len(self.agents.online()),
+            **self._pg_listen_values(),
+        }
+
+    def _pg_listen_values(self) -> dict[str, float]:
+        """The `--pg-listen` listener's counters (none without it)."""
+        listener = self.pg_listener
+        if listener is None:
+            return {}
+        return {
+            "pg_listen_accepted": listener.accepted,
+            "pg_listen_active": listener.connections,
+            "pg_listen_refused_limit": listener.refused,
+            "pg_listen_refused_timeout": listener.expired,
+            "pg_listen_refused_plaintext": listener.refused_plaintext,
         }
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -26,6 +26,7 @@ also when a read ends in the middle of one of its rows. See ``docs/masking.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -531,9 +532,12 @@ def _copy_refused() -> bytes:
 
 @dataclass(slots=True)
 class _Statement:
-    """A prepared statement; a new Parse under the same name makes a new object."""
+    """A prepared statement; a new Parse under the same name makes a new object, but for
+    a Close and Parse of the same text (what the control plane sends to make a statement that
+    code may have prepared again the text it recorded): that keeps the description."""
 
     columns: list[pgm.Column] | None = None  # from Describe('S'); formats there are all 0
+    digest: bytes = b""  # of the text Parsed
 
 
 @dataclass(slots=True)
@@ -553,6 +557,7 @@ class _Request:
     kind: str = ""  # Describe/Close: 'S' or 'P'
     statement: str = ""  # Bind
     formats: tuple[int, ...] = ()  # Bind's result formats
+    digest: bytes = b""  # Parse: of its text
 
 
 _EXTENDED = frozenset({F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE})
@@ -586,6 +591,7 @@ class ResultMasker:
         self._client = framing.MessageFramer()
         self._requests: deque[_Request] = deque()
         self._statements: dict[str, _Statement] = {}
+        self._closed: tuple[str, _Statement] | None = None  # the statement closed last
         self._portals: dict[str, _Portal] = {}
         self._plan: RowPlan | None = None  # for the DataRows of the running statement
         self._masked = False  # the running statement had values masked
@@ -735,7 +741,12 @@ class ResultMasker:
         elif tag == PARSE_COMPLETE:
             request = self._pop(F_PARSE)
             if request is not None:
-                self._statements[request.name] = _Statement()
+                closed, self._closed = self._closed, None
+                same = closed is not None and closed[0] == request.name
+                if same and closed is not None and closed[1].digest == request.digest:
+                    self._statements[request.name] = closed[1]
+                else:
+                    self._statements[request.name] = _Statement(digest=request.digest)
         elif tag == BIND_COMPLETE:
             request = self._pop(F_BIND)
             if request is not None:
@@ -747,7 +758,8 @@ class ResultMasker:
         elif tag == CLOSE_COMPLETE:
             request = self._pop(F_CLOSE)
             if request is not None and request.kind == "S":
-                self._statements.pop(request.name, None)
+                dropped = self._statements.pop(request.name, None)
+                self._closed = None if dropped is None else (request.name, dropped)
             elif request is not None:
                 self._portals.pop(request.name, None)
         elif tag == FUNCTION_RESULT:
@@ -873,7 +885,11 @@ def _request(message: framing.Message) -> _Request | None:
         body = message.body
         if tag in (F_QUERY, F_SYNC, F_FUNCTION):
             return _Request(tag)
-        if tag in (F_PARSE, F_EXECUTE):
+        if tag == F_PARSE:
+            name, pos = _cstring(body, 0)
+            digest = hashlib.blake2b(body[pos:], digest_size=16).digest()  # text and types
+            return _Request(tag, name=name, digest=digest)
+        if tag == F_EXECUTE:
             return _Request(tag, name=_cstring(body, 0)[0])
         if tag in (F_DESCRIBE, F_CLOSE):
             return _Request(tag, name=_cstring(body, 1)[0], kind=chr(body[0]) if body else "")

@@ -86,6 +86,31 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "gatehouse_agents_online", "Agents holding a control stream.", value=values["agents"]
         )
+        if "pg_listen_active" in values:
+            yield from _pg_listen(values)
+
+
+def _pg_listen(values: dict[str, float]) -> Iterator[Metric]:
+    """The `--pg-listen` listener: what it took, holds and refused, and why."""
+    yield CounterMetricFamily(
+        "gatehouse_pg_listen_connections",
+        "Connections the --pg-listen listener accepted since start (refused ones included).",
+        value=values["pg_listen_accepted"],
+    )
+    yield GaugeMetricFamily(
+        "gatehouse_pg_listen_active",
+        "Connections the --pg-listen listener holds now (starting up or in a session).",
+        value=values["pg_listen_active"],
+    )
+    refused = CounterMetricFamily(
+        "gatehouse_pg_listen_refused",
+        "Connections the --pg-listen listener refused: over its connection or handshake limit, "
+        "no startup in time, or a plaintext startup where TLS is required.",
+        labels=["reason"],
+    )
+    for reason in ("limit", "timeout", "plaintext"):
+        refused.add_metric([reason], values[f"pg_listen_refused_{reason}"])
+    yield refused
 
 
 class Metrics:

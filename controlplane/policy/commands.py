@@ -6,6 +6,8 @@ shell's control operators and every simple command is checked. A `shell` connect
 argv as is, with no shell in between, so only that argv is checked. In both forms the words
 that only launch another command (``sudo``, ``env``, ``nohup``, ``timeout 5``, ``sh -c TEXT``,
 ``$(…)``) are looked through, so ``sudo -u root sh -c 'rm -rf /'`` is checked as ``rm -rf /``.
+So are program runners that build a command from their words (``env -S TEXT``, GNU
+``parallel CMD ::: ARGS``, ``pwsh -Command TEXT``).
 
 ``deny_commands`` are globs (``*`` matches anything, spaces included) on a simple command's
 words joined by single spaces; ``deny_patterns`` are regular expressions searched in the whole
@@ -26,12 +28,30 @@ from typing import Final
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision
 
-__all__ = ["CommandGuard", "Unreadable", "simple_commands", "unwrapped"]
+__all__ = ["SHELLS", "CommandGuard", "Unreadable", "simple_commands", "unwrapped"]
 
 _OPERATORS: Final = frozenset({";", "&", "&&", "|", "||", "|&", ";;", "(", ")", "\n"})
-_SHELLS: Final = frozenset(
-    {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "hush", "yash", "posh", "fish", "rbash"}
-)
+#: Shells: what they run with ``-c TEXT`` is checked, and (``programs.py``) one without a
+#: command reads its program from stdin. The one list both readings use.
+SHELLS: Final = frozenset(
+    {
+        "sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "ash", "hush",
+        "yash", "posh", "fish", "csh", "tcsh", "nu", "xonsh", "elvish", "pwsh", "powershell",
+    }
+)  # fmt: skip
+_POWERSHELLS: Final = frozenset({"pwsh", "powershell"})
+# GNU parallel: its options that take a value, and the words that start its argument lists.
+_PARALLEL_VALUES: Final = frozenset(
+    {"-j", "--jobs", "-P", "--max-procs", "-S", "--sshlogin", "--slf", "--sshloginfile", "-a",
+     "--arg-file", "-d", "--delimiter", "-E", "--eof", "-I", "-n", "--max-args", "-N", "-L",
+     "--max-lines", "-l", "-s", "--max-chars", "-C", "--colsep", "--results", "--res",
+     "--joblog", "--tmpdir", "--delay", "--timeout", "--retries", "--halt", "--memfree",
+     "--load", "--workdir", "--wd", "--env", "--basefile", "--bf", "--return",
+     "--transferfile", "--tf", "--tag-string", "--tagstring", "--block", "--recend",
+     "--recstart", "--sqlmaster", "--sqlworker", "--limit", "--nice"}
+)  # fmt: skip
+_PARALLEL_SOURCES: Final = frozenset({":::", "::::", ":::+", "::::+"})
+_PARALLEL_ARGUMENTS: Final = 100  # arguments of its first list checked in the command each
 # Launchers that run the rest of their words as a command, and how many option words with a
 # value each takes (e.g. `sudo -u root`), so the command they start is what gets checked.
 _LAUNCHERS: Final[dict[str, frozenset[str]]] = {
@@ -222,7 +242,10 @@ def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
         return
     yield words
     name = words[0].rsplit("/", 1)[-1]
-    if name in _SHELLS:
+    if name in _POWERSHELLS:
+        yield from _powershell(words, depth)
+        return
+    if name in SHELLS:
         for i, word in enumerate(words[1:-1], start=1):
             if word.startswith("-") and "c" in word.lstrip("-") and not word.startswith("--"):
                 yield from _simple_commands(words[i + 1], depth + 1)
@@ -238,8 +261,14 @@ def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
                 text = attached if equals else (words[i + 1] if i + 1 < len(words) else "")
                 yield from _simple_commands(text, depth + 1)
                 return
+    if name == "parallel":
+        yield from _parallel(words[1:], depth)
+        return
     takes_value = _LAUNCHERS.get(name)
     if takes_value is None:
+        return
+    if name == "env" and (split := _env_split_string(words[1:])) is not None:
+        yield from _unwrap(split, depth + 1)
         return
     rest = _skip_options(words[1:], takes_value)
     if name == "taskset" and words[1:2] in (["-c"], ["--cpu-list"], ["-p"]):
@@ -255,6 +284,75 @@ def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
         return
     if rest:
         yield from _unwrap(rest, depth + 1)
+
+
+def _powershell(words: list[str], depth: int) -> Iterator[list[str]]:
+    """``pwsh -Command TEXT`` (any prefix of the name, any case) runs TEXT; an encoded command
+    (``-EncodedCommand``, ``-e``, ``-ec``) cannot be read."""
+    for i, word in enumerate(words[1:], start=1):
+        option = word.lower()
+        if option in ("-e", "-ec") or (len(option) > 2 and "-encodedcommand".startswith(option)):
+            raise _Unreadable("powershell's encoded command cannot be read")
+        if len(option) > 1 and "-command".startswith(option):
+            yield from _simple_commands(" ".join(words[i + 1 :]), depth + 1)
+            return
+
+
+def _env_split_string(args: list[str]) -> list[str] | None:
+    """The command ``env -S TEXT`` (``--split-string``, also in a cluster: ``-iS TEXT``) runs:
+    TEXT split into words, then the words after env's options. None without -S."""
+    takes_value = _LAUNCHERS["env"]
+    for i, word in enumerate(args):
+        if not word.startswith("-") or word in ("-", "--"):
+            return None
+        if word.startswith("--"):
+            option, equals, value = word.partition("=")
+            if option == "--split-string":
+                text, after = (value, i + 1) if equals else (_at(args, i + 1), i + 2)
+                return _env_words(text, args[after:])
+            continue
+        for at, letter in enumerate(word[1:], start=1):
+            if letter == "S":
+                attached = word[at + 1 :]
+                text, after = (attached, i + 1) if attached else (_at(args, i + 1), i + 2)
+                return _env_words(text, args[after:])
+            if f"-{letter}" in takes_value:
+                break  # the rest of the cluster is another option's value
+    return None
+
+
+def _at(words: list[str], i: int) -> str:
+    return words[i] if i < len(words) else ""
+
+
+def _env_words(text: str, rest: list[str]) -> list[str]:
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise _Unreadable(f"env -S: {str(exc).lower()}") from None
+    words += _skip_options(rest, _LAUNCHERS["env"])
+    while words and _ASSIGNMENT.match(words[0]):
+        words = words[1:]
+    return words
+
+
+def _parallel(args: list[str], depth: int) -> Iterator[list[str]]:
+    """GNU parallel runs its command words, joined, through a shell, once per argument of its
+    lists (``::: A B``), the argument in place of ``{}`` or appended. Without a command it
+    runs the lines of stdin (held and checked as a program on stdin, ``programs.py``)."""
+    rest = _skip_options(args, _PARALLEL_VALUES)
+    end = next((i for i, w in enumerate(rest) if w in _PARALLEL_SOURCES), len(rest))
+    command = " ".join(rest[:end])
+    if not command:
+        return
+    yield from _simple_commands(command, depth + 1)
+    following = rest[end + 1 :]
+    first = following[: next((i for i, w in enumerate(following) if w in _PARALLEL_SOURCES),
+                             len(following))]  # fmt: skip
+    for argument in first[:_PARALLEL_ARGUMENTS]:
+        quoted = shlex.quote(argument)
+        text = command.replace("{}", quoted) if "{}" in command else f"{command} {quoted}"
+        yield from _simple_commands(text, depth + 1)
 
 
 def _skip_options(words: list[str], takes_value: frozenset[str]) -> list[str]:

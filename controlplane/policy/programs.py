@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from controlplane.policy.commands import Unreadable, simple_commands, unwrapped
+from controlplane.policy.commands import SHELLS, Unreadable, simple_commands, unwrapped
 from controlplane.policy.redirections import stdin_redirection
 
 __all__ = ["SHELLS", "StdinReader", "interpreter", "stdin_readers"]
@@ -81,12 +81,6 @@ class StdinReader:
         return f"{command} may read its program from stdin ({self.unsure})"
 
 
-SHELLS: Final = frozenset(
-    {
-        "sh", "bash", "rbash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "ash", "hush",
-        "yash", "posh", "fish", "csh", "tcsh", "nu", "xonsh", "elvish", "pwsh", "powershell",
-    }
-)  # fmt: skip
 # Interpreters: the options that give the program on the command line (then stdin is data),
 # and the options that take a separate value (so the value is not taken for a script file).
 _INTERPRETERS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {

@@ -280,6 +280,37 @@ def cursor_story(draw: st.DrawFn) -> list[Batch]:
     return [_query("begin"), first, _query(code), read, _query(end)]
 
 
+# Code that deallocates a prepared statement and prepares another text under its name, and the
+# name the stories use (no other step prepares it: a Parse the log cannot show could otherwise
+# make the oracle read a claim of the client's text as stale).
+STORY_STATEMENT = "s3"
+REPREPARE = "select reprepare('{name}', $q$select 'prepared by code' as v$q$)"
+
+
+@st.composite
+def statement_story(draw: st.DrawFn) -> list[Batch]:
+    """A statement prepared (Parse, or SQL PREPARE), then code that may prepare another text
+    under its name, then a use of the name (Bind, or SQL EXECUTE): the shape where a trail
+    could claim a stale text (decision 0033)."""
+    name = STORY_STATEMENT
+    made = draw(st.sampled_from(["parse", "prepare"]))
+    if made == "parse":
+        wire = pglog.parse(name, "select 'parsed' as v") + pglog.bind(name) + pglog.execute()
+        first = _group(wire, f"P {name}/B/E")
+    else:
+        first = _query(f"prepare {name} as select 'prepared' as v")
+    code = draw(st.sampled_from([REPREPARE.format(name=name), "select now()", "select 1"]))
+    use = draw(
+        st.sampled_from(
+            [_group(pglog.bind(name) + pglog.execute(), f"B {name}/E"), _query(f"execute {name}")]
+        )
+    )
+    story = [first, _query(code), use]
+    if draw(st.booleans()):  # in a transaction block: no COMMIT between the code and the use
+        story = [_query("begin"), *story, _query(draw(st.sampled_from(["commit", "rollback"])))]
+    return story
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     startup: dict[str, str] = {}
@@ -288,7 +319,8 @@ def cases(draw: st.DrawFn) -> Case:
     if draw(st.integers(0, 4)) == 0:
         startup["options"] = "-c standard_conforming_strings=off"
     single = (simple() | extended_group()).map(lambda batch: [batch])
-    stories = draw(st.lists(single | single | cursor_story(), min_size=1, max_size=8))
+    story = cursor_story() | statement_story()
+    stories = draw(st.lists(single | single | story, min_size=1, max_size=8))
     steps = [batch for story in stories for batch in story]
     # Pipelining: consecutive steps go out in one write, answered together.
     batches: list[Batch] = []

@@ -180,7 +180,9 @@ def admin(pg: PostgresServer, *statements: str) -> None:
 
 # Code that closes a cursor and opens another under the same name, in each way PostgreSQL runs
 # user code: a function in a SELECT, a procedure, a DO block (which calls the function), a
-# trigger. Each announces what it opened in the server's log (pglog.OPENED_BY_CODE).
+# trigger. Each announces what it opened in the server's log (pglog.OPENED_BY_CODE); and a
+# function that deallocates a prepared statement and prepares another text under its name
+# (pglog.PREPARED_BY_CODE).
 CURSOR_CODE = (
     f"""
 create or replace function reopen(name text, query text) returns int language plpgsql as $$
@@ -216,6 +218,18 @@ create or replace function reopen_on_insert() returns trigger language plpgsql a
 begin
   perform reopen(new.name, new.query);
   return new;
+end $$""",
+    f"""
+create or replace function reprepare(name text, query text) returns int language plpgsql as $$
+begin
+  begin
+    execute format('deallocate %I', name);
+  exception when invalid_sql_statement_name then
+    null;
+  end;
+  execute format('prepare %I as %s', name, query);
+  raise log '{pglog.PREPARED_BY_CODE}%', name;
+  return 1;
 end $$""",
     "create table if not exists reopens (name text, query text)",
     "alter table reopens owner to app",

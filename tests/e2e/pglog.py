@@ -36,7 +36,12 @@ _RUN_RE = re.compile(r"(?:statement|execute (?P<name>[^:\n]*)): (?P<text>.*)", r
 #: What the tests' own functions write to the server's log (RAISE LOG) for every cursor they
 #: open, so that the log says when a cursor's name came to stand for another query.
 OPENED_BY_CODE = "cursor opened by code: "
+#: What the tests' own functions write to the server's log for every statement they prepare.
+PREPARED_BY_CODE = "statement prepared by code: "
 _DECLARE_RE = re.compile(r'(?i)\bdeclare\s+("?)(?P<name>\w+)\1\s')
+_DEALLOCATE_RE = re.compile(r'(?i)\bdeallocate\s+(?:prepare\s+)?("?)(?P<name>\w+)\1')
+_DEALLOCATE_ALL_RE = re.compile(r"(?i)\b(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\b")
+_PREPARE_RE = re.compile(r'(?i)\bprepare\s+("?)(?P<name>\w+)\1[\s(]')
 
 
 # ---- the frontend protocol, built by hand --------------------------------------------------
@@ -372,14 +377,19 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
     # failed one may be (an error while running) or not (an error before it ran).
     unmatched = sorted(range(len(allowed)), key=lambda i: (not succeeded(i), i))
     texts = [q["request"]["statement"] for q in allowed]
-    leftover: list[str] = []
-    for logged in (redact_statement(s) for s in log.statements):
-        at = next((i for i in unmatched if texts[i] == logged), None)
+    # A log line is matched to an event of its kind first (`statement:` to a simple Query,
+    # `execute` to the extended protocol): a statement SQL PREPARE made and executed through the
+    # protocol is logged with the very text of the PREPARE Query, and must not take its event.
+    lines = [(redact_statement(s), p) for s, p in zip(log.statements, log.portals, strict=True)]
+    simple = [q["request"].get("protocol") == "simple" for q in allowed]
+    leftover: list[tuple[str, str | None]] = []
+    for logged, portal in lines:
+        kind = portal is None
+        at = next((i for i in unmatched if texts[i] == logged and simple[i] == kind), None)
         if at is None:
-            leftover.append(logged)
+            leftover.append((logged, portal))
         else:
             unmatched.remove(at)
-    portal_of = dict(zip(log.statements, log.portals, strict=True))
 
     def unknown_portal(portal: str | None) -> int | None:
         """An unmatched event of an Execute of ``portal`` whose text the gateway cannot know."""
@@ -388,11 +398,13 @@ def reconcile(log: Ran, trail: Trail) -> list[str]:
             None,
         )
 
-    for logged in leftover:
+    for logged, portal in leftover:
         inner = _inner_queries(logged)
         at = next((i for i in unmatched if inner and _deparsed(texts[i]) in inner), None)
         if at is None:
-            at = unknown_portal(portal_of.get(logged))
+            at = unknown_portal(portal)
+        if at is None:
+            at = next((i for i in unmatched if texts[i] == logged), None)  # of the other kind
         if at is None:
             problems.append(f"run by PostgreSQL without an allowed db.query: {logged!r}")
         else:
@@ -435,6 +447,9 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
 
     The functions the tests call announce each cursor they open (``OPENED_BY_CODE`` in the
     server's log, in the order things ran); a DECLARE that ran gives the name its own text again.
+    The same for prepared statements (``PREPARED_BY_CODE``, PREPARE): an event must not claim
+    their text in ``prepared`` (a protocol Parse is not logged: a test must not Parse a name
+    code prepared and then EXECUTE it in SQL).
     An event must then say the cursor's text is unknown (``cursors_unknown``), never claim one.
     The other way round, "unknown" is a claim too: only after the log shows a statement that
     may run code (``Proof``) since the cursor was declared (or its portal first ran). Names
@@ -442,6 +457,7 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
     """
     problems = []
     opened: defaultdict[int, set[str]] = defaultdict(set)
+    prepared: defaultdict[int, set[str]] = defaultdict(set)  # by code, since
     proofs: defaultdict[int, Proof] = defaultdict(Proof)
     # Each statement the server logged is the next event of its text that may have run (one
     # its pipeline skipped was never logged), whether that event claims a cursor text or not.
@@ -453,6 +469,9 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
             proof.ran(entry.message, None, failed=True)
             continue
         if entry.severity != "LOG":
+            continue
+        if entry.message.startswith(PREPARED_BY_CODE):
+            prepared[entry.pid].add(entry.message.removeprefix(PREPARED_BY_CODE))
             continue
         if entry.message.startswith(OPENED_BY_CODE):
             opened[entry.pid].add(entry.message.removeprefix(OPENED_BY_CODE))
@@ -474,6 +493,11 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
                     f"claims the text of cursor {name!r}, which a function opened again: "
                     f"{statement!r} (seq {event['seq']})"
                 )
+            for name in sorted(prepared[entry.pid] & set(event["request"].get("prepared", ()))):
+                problems.append(
+                    f"claims the text of prepared statement {name!r}, which a function prepared "
+                    f"again: {statement!r} (seq {event['seq']})"
+                )
             for name in sorted(proof.proven & set(event["request"].get("cursors_unknown", ()))):
                 problems.append(
                     f"calls the text of cursor {name!r} unknown, but nothing that could replace "
@@ -484,6 +508,13 @@ def cursor_claims(text: str, trail: Trail) -> list[str]:
         proof.ran(match["text"], portal, failed=failed, resumed=resumed)
         if not failed:
             opened[entry.pid] -= {m["name"] for m in _DECLARE_RE.finditer(statement)}
+            prepared[entry.pid] -= {m["name"] for m in _PREPARE_RE.finditer(statement)}
+            if _DEALLOCATE_ALL_RE.search(statement):
+                prepared[entry.pid].clear()
+            prepared[entry.pid] -= {m["name"] for m in _DEALLOCATE_RE.finditer(statement)}
+            named = (match["name"] or "").split("/", 1)[0]
+            if named and not resumed and not statement.lstrip().lower().startswith("prepare"):
+                prepared[entry.pid].discard(named)  # runs a text the client Parsed
     return problems
 
 
@@ -510,6 +541,9 @@ class Proof:
     proven: set[str] = field(default_factory=set)
     holdable: set[str] = field(default_factory=set)  # cursors declared WITH HOLD
     seen: set[str] = field(default_factory=set)  # names made or run in this session
+    # Statements SQL PREPARE made since code last ran: the gateway knows their text. (One a
+    # client Parsed is Parsed again by the gateway before a Bind that follows code.)
+    prepared: set[str] = field(default_factory=set)
     in_block: bool = False
     code_in_block: bool = False
 
@@ -519,6 +553,13 @@ class Proof:
         found = pg_sql.statements(text)
         parts = [pg_sql.SqlStatement(text)] if isinstance(found, pg_sql.Unreadable) else found
         unknown = bool(portal) and portal not in self.proven and (resumed or portal in self.seen)
+        inner = _sql_prepared(parts) if portal is not None else None
+        if inner is not None:
+            # A statement SQL PREPARE made, executed through the protocol: the server runs the
+            # query inside, and its text is unknown once code ran since the PREPARE.
+            name, runs_code = inner
+            unknown = unknown or (name not in self.prepared and not resumed)
+            parts = [pg_sql.SqlStatement(text, runs_code=runs_code)]
         code = unknown
         for part in parts:
             keeps = {portal} if portal else set()
@@ -527,6 +568,7 @@ class Proof:
             if part.runs_code or unknown:
                 code = self.code_in_block = True
                 self.proven &= keeps if self.in_block else set()
+                self.prepared.clear()
             if _BEGINS.match(part.text) and not failed:
                 self.in_block, self.code_in_block = True, False
             elif _ENDS.match(part.text):
@@ -534,7 +576,9 @@ class Proof:
             effect = part.effect
             if failed or effect is None:
                 continue
-            if effect.op == "declare" and effect.name is not None:
+            if effect.op == "prepare" and effect.name is not None:
+                self.prepared.add(effect.name)
+            elif effect.op == "declare" and effect.name is not None:
                 self.proven.add(effect.name)
                 self.seen.add(effect.name)
                 if effect.holdable:
@@ -551,6 +595,8 @@ class Proof:
             # which, if it ran code, may run more (a holdable cursor's query, to keep its rows)
             kept = {portal} if portal else set()
             self.proven &= kept if code else self.holdable | kept
+            if code:
+                self.prepared.clear()
 
     def opened(self, name: str) -> None:
         """Code announced it opened a cursor by that name."""
@@ -560,8 +606,16 @@ class Proof:
     def _ended(self) -> None:
         if self.code_in_block or not self.in_block:
             self.proven.clear()
+            self.prepared.clear()
         self.proven &= self.holdable
         self.in_block = self.code_in_block = False
+
+
+def _sql_prepared(parts: list[Any]) -> tuple[str, bool] | None:
+    """The name a text that is one SQL PREPARE makes, and whether its query may run code."""
+    if len(parts) != 1 or parts[0].effect is None or parts[0].effect.op != "prepare":
+        return None
+    return str(parts[0].effect.name), parts[0].effect.runs_code
 
 
 def _deparsed(sql: str) -> str | None:

@@ -9,6 +9,7 @@ import ssl
 import struct
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -318,3 +319,37 @@ def test_the_listener_holds_at_most_its_connections(way: WayIn) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def pg_listen_metrics(stack: Stack) -> dict[str, float]:
+    """The listener's lines of the control plane's /metrics (over HTTPS, trusting its CA)."""
+    url = f"https://127.0.0.1:{stack.controlplane.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10, context=client_tls(stack)) as response:
+        text = response.read().decode()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines())
+        if name.startswith("gatehouse_pg_listen_")
+    }
+
+
+def test_metrics_count_what_the_listener_took_holds_and_refused(
+    tls_stack: Stack, way: WayIn
+) -> None:
+    before = pg_listen_metrics(tls_stack)
+    plaintext = 'gatehouse_pg_listen_refused_total{reason="plaintext"}'
+    with socket.create_connection(("127.0.0.1", way.port), timeout=30) as sock:
+        sock.sendall(pgm.startup_message({"user": "x", "database": "pg"}))
+        assert fatal_from(sock) == "28000"
+    with socket.create_connection(("127.0.0.1", way.port), timeout=30) as held:
+        held.sendall(pgm.ssl_request())
+        assert held.recv(1) == b"S"  # accepted, starting up
+        during = pg_listen_metrics(tls_stack)
+    assert during["gatehouse_pg_listen_active"] >= 1
+    assert during[plaintext] == before[plaintext] + 1
+    taken = "gatehouse_pg_listen_connections_total"
+    assert during[taken] >= before[taken] + 2
+    assert {
+        'gatehouse_pg_listen_refused_total{reason="limit"}',
+        'gatehouse_pg_listen_refused_total{reason="timeout"}',
+    } <= set(during)

@@ -127,9 +127,15 @@ def test_sql_prepare_execute_and_cursors_record_what_runs(
     declare_fetch = f"BEGIN; DECLARE {tag}_c CURSOR FOR {cursor}; FETCH 2 FROM {tag}_c"
     with PgWire(listener.port) as client:
         assert client.run(query(prepare)).errors == []
-        assert client.run(query(f"EXECUTE {tag}_p(41)")).rows() == [["42"]]
         # The protocol shares SQL's namespace.
         assert client.run(bind(f"{tag}_p", params=["1"]) + execute() + sync()).rows() == [["2"]]
+        # That ran code (its query, a parameter's input), which may have prepared the name
+        # again: prepared again, it is known once more.
+        assert client.run(query(f"DEALLOCATE {tag}_p; {prepare}")).errors == []
+        assert client.run(query(f"EXECUTE {tag}_p(41)")).rows() == [["42"]]
+        # So did the EXECUTE: a guardrail cannot read what the name stands for now.
+        refused = client.run(bind(f"{tag}_p", params=["1"]) + execute() + sync())
+        assert refused.sqlstates == ["42501"]
         assert client.run(query(declare_fetch)).errors == []
         assert client.run(query("COMMIT")).errors == []
         # Ended with its transaction, as far as the gateway knows; code may have opened another.
@@ -142,6 +148,19 @@ def test_sql_prepare_execute_and_cursors_record_what_runs(
     assert by_text[declare_fetch]["request"]["cursors"] == {
         f"{tag}_c": f"DECLARE {tag}_c CURSOR FOR {cursor}"
     }
+
+
+def test_a_name_prepared_twice_in_one_query_records_both_texts(
+    window: Window, listener: Connect, tag: str
+) -> None:
+    """One simple Query, one event: p stood for one text, then for another."""
+    first, second = f"PREPARE p AS select 1 as {tag}", f"PREPARE p AS select 2 as {tag}"
+    sql = f"{first}; EXECUTE p; DEALLOCATE p; {second}; EXECUTE p; DEALLOCATE p"
+    with PgWire(listener.port) as client:
+        assert client.run(query(sql)).rows() == [["1"], ["2"]]
+    trail = window.reconcile()
+    [event] = [q for q in trail.queries if q["request"]["statement"] == sql]
+    assert event["request"]["prepared"] == {"p": [first, second]}
 
 
 # ---- lexical settings -------------------------------------------------------------------------

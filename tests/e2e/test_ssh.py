@@ -144,6 +144,35 @@ def test_a_denied_command_exits_126_saying_why_once(stack: Stack) -> None:
     assert result.stdout == b""
 
 
+@pytest.mark.parametrize(
+    "runner",
+    [
+        ["env", "-S", "rm -rf {dir}"],
+        ["env", "-iS", "rm -rf", "{dir}"],
+        ["parallel", "rm -rf", ":::", "{dir}"],
+        ["tcsh", "-c", "rm -rf {dir}"],
+    ],
+)
+@pytest.mark.parametrize("connection", ["web-1", "ops"])
+def test_a_denied_command_behind_a_program_runner_does_not_run(
+    stack: Stack, tmp_path: Path, runner: list[str], connection: str
+) -> None:
+    """env -S splits a text into a command, parallel joins its words into one and tcsh -c runs
+    one: the guard reads what they run, so `rm -rf /*` is denied and the directory stays."""
+    target = Path("/tmp") / f"gatehouse-runner-{uuid.uuid4().hex[:8]}"
+    target.mkdir()
+    (target / "kept").write_text("still here")
+    try:
+        argv = [word.replace("{dir}", str(target)) for word in runner]
+        words = argv if connection == "ops" else [shlex.join(argv)]
+        result = run(stack, ["exec", connection, "--", *words])
+        assert result.returncode == 126, result.stderr
+        assert b"no-rm-root" in result.stderr
+        assert (target / "kept").read_text() == "still here"
+    finally:
+        subprocess.run(["rm", "-rf", str(target)], check=False)
+
+
 def test_argv_on_a_database_connection_says_to_use_dash_c(stack: Stack) -> None:
     result = run(stack, ["exec", "pg", "--", "ls"])
     assert result.returncode == 2

@@ -353,6 +353,21 @@ def sync() -> bytes:
     return b"S\x00\x00\x00\x04"
 
 
+def parse_message(name: str, sql: str, param_types: Sequence[int] = ()) -> bytes:
+    """Parse: prepare ``sql`` under ``name`` with these parameter type OIDs (0: inferred)."""
+    types = struct.pack(f"!h{len(param_types)}I", len(param_types), *param_types)
+    return _message(b"P", _cstr(name) + _cstr(sql) + types)
+
+
+def close_message(kind: str, name: str) -> bytes:
+    """Close: drop prepared statement (``kind`` "S") or portal ("P") ``name``."""
+    return _message(b"C", kind.encode("ascii") + _cstr(name))
+
+
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
+
+
 def password_message(secret: bytes) -> bytes:
     """PasswordMessage for cleartext or md5 authentication (NUL terminated)."""
     if b"\0" in secret:

@@ -17,9 +17,11 @@ ParseComplete, BindComplete, CloseComplete, the end of a Describe, every Command
 and ReadyForQuery), and only then does a name change (``pg_names``). A name that an unanswered
 request may still create is resolved once the target answered; a name the target does not hold
 is refused. A cursor's text is claimed only while no code that could have re-opened it ran
-(``pg_names``). Text whose reading depends on the session's lexical settings is parsed only once
-every earlier request was answered, under the settings the target reported (``pg_lexical``).
-Decision 0010 explains all three.
+(``pg_names``); a prepared statement code may have prepared again is Parsed again by the
+gateway before the client's Bind of it, or recorded as unknown (decision 0033). Text whose
+reading depends on the session's lexical settings is parsed only once every earlier request
+was answered, under the settings the target reported (``pg_lexical``). Decision 0010 explains
+all three.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ _COPY_BROKEN = (
     "a request was sent during COPY FROM STDIN; end the copy with CopyDone or CopyFail first"
 )
 UNKNOWN_CURSOR_RULE = "(unknown cursor)"
+UNKNOWN_STATEMENT_RULE = "(unknown prepared statement)"
+ALL = "\0all"  # in Expect.creates: every name (DEALLOCATE ALL, DISCARD ALL); no name holds NUL
 Chunk = bytes | memoryview
 READY_LENGTH = 6  # 'Z', int32 length 5, the status byte
 AGENT_LOST_MESSAGE = "agent lost before the result arrived"
@@ -101,6 +105,7 @@ DESCRIBED, PARAMETER = int(Mark.DESCRIBED), int(Mark.PARAMETER)
 COPY_IN = int(Mark.COPY_IN)
 _ACKS = {int(Mark.PARSE_COMPLETE): P, int(Mark.BIND_COMPLETE): B, int(Mark.CLOSE_COMPLETE): C}
 _ACKS[DESCRIBED] = D
+_OWN_ANSWERS = (pgm.PARSE_COMPLETE, pgm.CLOSE_COMPLETE)
 
 
 @dataclass(slots=True)
@@ -152,6 +157,8 @@ class Expect:
     # (all but Sync, Flush and CopyData) when it arrived; -1 until it is stamped.
     epoch: int = -1
     cycle: Cycle | None = None  # Sync: the cycle whose ReadyForQuery answers it
+    # Sent by the gateway itself (a statement Parsed again): its answer is not the client's.
+    own: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +175,33 @@ class Refusal:
 class Resolved:
     """The texts the names of a statement stand for, as the target holds them."""
 
-    prepared: dict[str, str] = field(default_factory=dict)
-    cursors: dict[str, str] = field(default_factory=dict)
+    prepared: dict[str, str | list[str]] = field(default_factory=dict)
+    cursors: dict[str, str | list[str]] = field(default_factory=dict)
     # Cursors whose text cannot be known: the text they were declared with (None: never seen
     # declared); code that ran since may have closed them and opened others by their names.
     unknown: dict[str, str | None] = field(default_factory=dict)
+    # Prepared statements whose text cannot be known: the text they were prepared with; code
+    # that ran since may have deallocated them and prepared others by their names.
+    prepared_unknown: dict[str, str] = field(default_factory=dict)
 
     def texts(self) -> list[str]:
-        return [*self.prepared.values(), *self.cursors.values()]
+        claimed = [*self.prepared.values(), *self.cursors.values()]
+        return [
+            text for texts in claimed for text in ([texts] if isinstance(texts, str) else texts)
+        ]
+
+    @staticmethod
+    def claim(texts: dict[str, str | list[str]], name: str, text: str) -> None:
+        """``name`` stands for ``text`` where the statement uses it now. A text that uses one
+        name for several texts (``EXECUTE p; DEALLOCATE p; PREPARE p AS …; EXECUTE p``) maps
+        it to the list of them, in the order it uses them: never one text for all."""
+        known = texts.get(name)
+        if known is None or known == text:
+            texts[name] = text
+        elif isinstance(known, str):
+            texts[name] = [known, text]
+        elif known[-1] != text:
+            known.append(text)
 
 
 class PgInspector:
@@ -221,6 +247,7 @@ class PgInspector:
         self._held: list[tuple[bytes, Expect | None]] = []  # waiting for Sync/Flush
         self._held_bytes = 0
         self._held_largest = 0  # the largest held message, which the bytes limit leaves out
+        self._held_own = 0  # held messages of our own (a statement Parsed again)
         self._held_events: list[Draft] = []
         self._held_decisions: list[Decision] = []
         self._refusal: Refusal | None = None  # the held batch is refused
@@ -233,6 +260,8 @@ class PgInspector:
         # it changed only at the next ReadyForQuery, so text after it cannot be read safely.
         self._executed_unsynced = False
         self._started = False  # past the StartupMessage: every message is tagged
+        # The target's bytes held back: the start of an answer to a request of our own.
+        self._carry = b""
         self._audit_error = ""
         self.startup_params: dict[str, str] = {}
         self.statements = 0
@@ -367,14 +396,18 @@ class PgInspector:
                 prepared = await self._statement(name, overlay, out)
                 if prepared is None:
                     return Refusal(UNKNOWN_STATEMENT_SQLSTATE, _unknown("prepared statement", name))
-                resolved.prepared[name] = prepared.text
+                if prepared.proven and name not in resolved.prepared_unknown:
+                    resolved.claim(resolved.prepared, name, prepared.text)
+                else:  # not claimed for the text at all if any of its uses is unproven
+                    resolved.prepared.pop(name, None)
+                    resolved.prepared_unknown[name] = prepared.text
             keeps = runs
             if st.fetches is not None:
                 portal = await self._portal(st.fetches, overlay, out)
                 if portal is None:
                     return Refusal(UNKNOWN_CURSOR_SQLSTATE, _unknown("cursor", st.fetches))
                 if portal.proven and st.fetches not in resolved.unknown:
-                    resolved.cursors[st.fetches] = portal.text
+                    resolved.claim(resolved.cursors, st.fetches, portal.text)
                 else:  # not claimed for the text at all if any of its uses is unproven
                     resolved.cursors.pop(st.fetches, None)
                     resolved.unknown[st.fetches] = portal.text if portal.known else None
@@ -386,6 +419,9 @@ class PgInspector:
             # A guardrail would have to read what the cursor runs, and nobody can say.
             reason = _unknowable(resolved.unknown, self._guard.names)
             return Refusal(DENIED_SQLSTATE, reason, UNKNOWN_CURSOR_RULE, resolved)
+        if resolved.prepared_unknown and self._guard.names:
+            reason = _unknowable_statement(next(iter(resolved.prepared_unknown)), self._guard.names)
+            return Refusal(DENIED_SQLSTATE, reason, UNKNOWN_STATEMENT_RULE, resolved)
         decision = self._guard.check(sql)
         for text in resolved.texts():
             if not decision.allowed:
@@ -394,14 +430,21 @@ class PgInspector:
         return decision, resolved, steps
 
     async def _statement(self, name: str, overlay: Overlay, out: list[Chunk]) -> Prepared | None:
-        """What prepared statement ``name`` is when the request runs; None: the target has none."""
-        if name in overlay.statements:
-            return overlay.statements[name]
+        """What prepared statement ``name`` is when the request runs: None when the target has
+        none, unproven when code may have deallocated and prepared it again since it was
+        confirmed (earlier in the pipeline, or in a request still unanswered)."""
+        changed, prepared = overlay.statement(name)
+        if changed:
+            return prepared
         if overlay.statements_cleared:
             return None
         if self._may_create("S", name):
             await self._settle(out)
-        return self._names.statements.get(name)
+        prepared = self._names.statement(name)
+        code = overlay.runs or self._running_code
+        if prepared is not None and prepared.proven and name and code:
+            return replace(prepared, proven=False)
+        return prepared
 
     async def _portal(self, name: str, overlay: Overlay, out: list[Chunk]) -> Portal | None:
         """What portal or cursor ``name`` is when the request runs: None when the target has
@@ -434,7 +477,9 @@ class PgInspector:
 
     def _may_create(self, kind: str, name: str) -> bool:
         """Whether an unanswered request may still give ``name`` another meaning."""
-        return self._creating > 0 and any((kind, name) in e.creates for e in self._expect)
+        if not self._creating:
+            return False
+        return any((kind, name) in e.creates or (kind, ALL) in e.creates for e in self._expect)
 
     def _room(self, more: int = 1) -> bool:
         return len(self._names) + len(self._overlay) + self._creating + more <= MAX_NAMES
@@ -484,12 +529,14 @@ class PgInspector:
             await self._drained.wait()
 
     def _keep(self, raw: bytes, expect: Expect | None) -> None:
-        """Hold one message of the batch, within the session's limits."""
+        """Hold one message of the batch, within the session's limits (messages of our own
+        count for their bytes, not in the count of messages: at most two for each Bind)."""
         # The largest message does not count: one message alone may be larger (a 20 MB
         # parameter; the framer bounds a message at 64 MiB).
         largest = max(self._held_largest, len(raw))
         over = self._held_bytes + len(raw) - largest > MAX_HELD_BYTES
-        if over or len(self._held) >= MAX_HELD_MESSAGES:
+        own = expect is not None and expect.own
+        if over or (not own and len(self._held) - self._held_own >= MAX_HELD_MESSAGES):
             raise framing.ProtocolError(
                 f"more than {MAX_HELD_BYTES // (1024 * 1024)} MiB or {MAX_HELD_MESSAGES} "
                 "extended-protocol messages without a Sync or Flush; send Sync more often"
@@ -497,6 +544,7 @@ class PgInspector:
         if expect is not None:
             expect.epoch = self._epoch
         self._held.append((raw, expect))
+        self._held_own += own
         self._held_bytes += len(raw)
         self._held_largest = largest
 
@@ -533,7 +581,7 @@ class PgInspector:
             read = pg_sql.statements(parse.query)
             planned = isinstance(read, pg_sql.Unreadable) or any(st.planned for st in read)
             prepared = Prepared(parse.query, parse.param_types, planned)
-            self._overlay.statements[parse.name] = prepared
+            self._overlay.prepare(parse.name, prepared)
             expect = Expect(P, name=parse.name, prepared=prepared, creates=_one("S", parse.name))
         elif tag == B:
             bind = pgm.parse_bind(msg.body)
@@ -549,15 +597,32 @@ class PgInspector:
             if not self._room():
                 self._refuse_held(found.text, Refusal(LIMIT_SQLSTATE, self._full(), "(limit)"))
                 return
+            if not found.proven and found.parsed and self._may_parse_again(found):
+                found = self._parse_again(bind.statement, found)
+            if not found.proven and self._guard.names:
+                # A guardrail would have to read what the statement runs, and nobody can say.
+                resolved = Resolved(prepared_unknown={bind.statement: found.text})
+                reason = _unknowable_statement(bind.statement, self._guard.names, protocol=True)
+                denied = Refusal(DENIED_SQLSTATE, reason, UNKNOWN_STATEMENT_RULE, resolved)
+                self._refuse_held("", denied, bind.statement)
+                return
             types = found.param_types
             params = tuple(
                 self._redacted(_param(value, fmt, types[i] if i < len(types) else 0))
                 for i, (value, fmt) in enumerate(bind.parameters())
             )
-            # Planning may call functions, and so may a parameter's input (a domain's CHECK).
-            bound = Step(runs_code=found.planned or bool(params), keeps=frozenset({bind.portal}))
+            # Planning may call functions, and so may a parameter's input (a domain's CHECK);
+            # what a statement of unknown text plans is unknown.
+            code = found.planned or bool(params) or not found.proven
+            bound = Step(runs_code=code, keeps=frozenset({bind.portal}))
             self._overlay.run(bound)
-            portal = Portal(found.text, params)
+            inner = None if found.parsed else found.planned
+            if found.proven:
+                portal = Portal(found.text, params, inner_code=inner)
+            else:  # its Execute is recorded with its text unknown
+                portal = Portal(
+                    found.text, params, statement=bind.statement, proven=False, inner_code=inner
+                )
             self._overlay.bind(bind.portal, portal)
             expect = Expect(
                 B,
@@ -589,7 +654,10 @@ class PgInspector:
                 expect = _expect(E, [Step(runs_code=True, keeps=frozenset({name}))])
                 self._keep(raw, expect)
                 return
-            outcome = await self._decide(running.text, self._overlay, out, frozenset({name}))
+            if running.inner_code is None:
+                outcome = await self._decide(running.text, self._overlay, out, frozenset({name}))
+            else:
+                outcome = self._decide_inner(name, running)
             if self._discarding:
                 return
             if isinstance(outcome, Refusal):
@@ -618,10 +686,43 @@ class PgInspector:
                 self._overlay.statements[close.name] = None
             else:
                 self._overlay.close(close.name)
-            expect = Expect(C, name=close.name, close_kind=close.kind)
+            # (Closing a statement gives its name another meaning: see _expect.)
+            drops = _one("S", close.name) if close.kind == "S" else frozenset()
+            expect = Expect(C, name=close.name, close_kind=close.kind, creates=drops)
         else:  # Describe names objects only; it runs no statement
             expect = Expect(D)
         self._keep(raw, expect)
+
+    def _decide_inner(self, name: str, running: Portal) -> tuple[Decision, Resolved, list[Step]]:
+        """An Execute of a portal bound from a statement SQL PREPARE made: the server runs the
+        query inside (a SELECT, INSERT, UPDATE, DELETE, MERGE or VALUES: it names no prepared
+        statement or cursor), not the PREPARE, so it creates nothing and may run code. The
+        event's text is the whole PREPARE, which is what PostgreSQL logs."""
+        step = Step(runs_code=bool(running.inner_code), keeps=frozenset({name}))
+        self._overlay.run(step)
+        return self._guard.check(running.text), Resolved(), [step]
+
+    def _may_parse_again(self, found: Prepared) -> bool:
+        """Whether Parsing ``found`` again reads it as it was read: a text that reads the same
+        under every lexical setting, and not in a failed transaction (where a Parse fails, and
+        the Close before it would have dropped the client's statement)."""
+        return self._tx_status != "E" and not sensitive(found.text)
+
+    def _parse_again(self, name: str, found: Prepared) -> Prepared:
+        """Make prepared statement ``name`` the text the gateway knows again, right before the
+        client's Bind of it, in the same pipeline: Close and Parse of our own, whose answers
+        the client never sees. Code that ran since may have deallocated it and prepared
+        another text under its name; nothing runs between our Parse and the Bind, so what the
+        Bind binds is the text that is recorded. Only for a text that reads the same under
+        every lexical setting (it is read again under today's)."""
+        proven = replace(found, proven=True)
+        close = pgm.close_message("S", name)
+        self._keep(close, Expect(C, name=name, close_kind="S", own=True))
+        parse = pgm.parse_message(name, found.text, found.param_types)
+        again = Expect(P, name=name, prepared=proven, creates=_one("S", name), own=True)
+        self._keep(parse, again)
+        self._overlay.prepare(name, proven)
+        return proven
 
     def _unproven_execute(self, name: str, portal: Portal) -> Refusal | None:
         """An Execute of portal ``name``, which code may have closed and opened again since it
@@ -633,13 +734,21 @@ class PgInspector:
         ``cursors_unknown`` the text it was bound with.
         """
         resolved = Resolved(unknown={name: portal.text})
+        if portal.statement is not None:
+            resolved.prepared_unknown[portal.statement] = portal.text
         if self._guard.names:
             # A guardrail would have to read what the portal runs, and nobody can say.
             reason = _unknowable(resolved.unknown, self._guard.names, protocol=True)
             return Refusal(DENIED_SQLSTATE, reason, UNKNOWN_CURSOR_RULE, resolved)
         found = pg_sql.statements(portal.text)
+        if portal.statement is not None and not isinstance(found, pg_sql.Unreadable):
+            # Bound from a statement SQL prepared: it runs the query inside, not the PREPARE.
+            found = [st for st in found if not _prepares(st, portal.statement)]
         if isinstance(found, pg_sql.Unreadable) or any(map(pg_sql.touches_names, found)):
             # What its own text would do to the names cannot be applied, nor left out.
+            if portal.statement is not None:
+                reason = _reprepared(portal.statement)
+                return Refusal(UNKNOWN_STATEMENT_SQLSTATE, reason, resolved=resolved)
             return Refusal(UNKNOWN_CURSOR_SQLSTATE, _reopened(name), resolved=resolved)
         decision = Decision(True)
         event = self._event("", decision, protocol="extended", resolved=resolved)
@@ -693,7 +802,7 @@ class PgInspector:
     async def _release(self, out: list[Chunk], *, sync: bool) -> None:
         held, events, decisions = self._held, self._held_events, self._held_decisions
         self._held, self._held_events, self._held_decisions = [], [], []
-        self._held_bytes = self._held_largest = 0
+        self._held_bytes = self._held_largest = self._held_own = 0
         refusal, self._refusal = self._refusal, None
         if sync:
             self._overlay = Overlay()
@@ -823,6 +932,8 @@ class PgInspector:
             request["cursors"] = resolved.cursors
         if resolved is not None and resolved.unknown:
             request["cursors_unknown"] = resolved.unknown
+        if resolved is not None and resolved.prepared_unknown:
+            request["prepared_unknown"] = resolved.prepared_unknown
         return draft(
             "db.query", session=self.session, request=request, decision=decision.as_event()
         )
@@ -930,7 +1041,7 @@ class PgInspector:
             if done.runs_code:  # a Bind that planned: first its code, then its portal
                 self._names.unprove(done.keeps)
             if done.prepared is not None:
-                self._names.statements[done.name] = done.prepared
+                self._names.prepare(done.name, done.prepared)
             elif done.portal is not None:
                 self._names.bind(done.name, done.portal)
             elif done.tag == C and done.close_kind == "S":
@@ -988,16 +1099,23 @@ class PgInspector:
     async def from_agent(self, frame: tunnel_pb2.Frame) -> list[bytes]:
         """Apply the agent's marks: record results, and slot in answers of our own."""
         data = frame.data
+        shift = len(self._carry)  # bytes held back from the last frame come first
+        if shift:
+            data, self._carry = self._carry + data, b""
         if not frame.marks:
+            if self._own_answer_due():
+                self._carry = data
+                return []
             if (running := self._running()) is not None:
-                running.bytes_out += len(data)
+                running.bytes_out += len(data) - shift
             return [data] if data else []
         chunks: list[bytes] = []
-        start = counted = 0
+        start, counted = 0, shift
         for mark in frame.marks:
+            end = mark.end + shift
             if (running := self._running()) is not None:
-                running.bytes_out += mark.end - counted
-            counted = mark.end
+                running.bytes_out += end - counted
+            counted = end
             kind = mark.kind
             if kind == PARAMETER:
                 self._lexical.update(mark.name, mark.value)
@@ -1007,20 +1125,27 @@ class PgInspector:
                 if self._copy_broken:
                     self.finished = True
                     await self._abandon(_COPY_BROKEN)
-                    chunks += (data[start : mark.end], self.fatal(_COPY_BROKEN))
+                    chunks += (data[start:end], self.fatal(_COPY_BROKEN))
                     return [c for c in chunks if c]
                 continue
+            own = self._own_answer_due()
             self._answer(mark, kind)
             if kind in _ACKS:
+                if own:  # the answer to a Close or Parse of our own: the client sent none
+                    begin = end - len(pgm.PARSE_COMPLETE)
+                    if begin < start or data[begin:end] not in _OWN_ANSWERS:
+                        raise framing.ProtocolError("an unexpected answer to the gateway's Parse")
+                    chunks.append(data[start:begin])
+                    start = end
                 continue
             if kind == READY:
                 head = self._cycles[0] if self._cycles else None
                 if head is not None and head.injected:
-                    ready_at = mark.end - READY_LENGTH
-                    chunks += (data[start:ready_at], head.injected, data[ready_at : mark.end])
+                    ready_at = end - READY_LENGTH
+                    chunks += (data[start:ready_at], head.injected, data[ready_at:end])
                 else:
-                    chunks.append(data[start : mark.end])
-                start = mark.end
+                    chunks.append(data[start:end])
+                start = end
                 self._tx_status = mark.tx_status or self._tx_status
                 await self._finish_cycle()
                 chunks.extend(self.take_synthetic())
@@ -1029,8 +1154,15 @@ class PgInspector:
         if counted < len(data) and (running := self._running()) is not None:
             running.bytes_out += len(data) - counted
         if start < len(data):
-            chunks.append(data[start:])
+            if self._own_answer_due():  # it may begin here: held until its mark arrives
+                self._carry = data[start:]
+            else:
+                chunks.append(data[start:])
         return [c for c in chunks if c]
+
+    def _own_answer_due(self) -> bool:
+        """Whether the target answers a request of the gateway's own next."""
+        return bool(self._expect) and self._expect[0].own
 
     @property
     def incomplete(self) -> bool:
@@ -1180,14 +1312,23 @@ class PgInspector:
 
 def _expect(tag: int, steps: list[Step]) -> Expect:
     """A Query or Execute awaiting its answers, with what each of its statements does."""
+    effects = [step.effect for step in steps if step.effect is not None]
     creates = frozenset(
         ("S" if e.op == "prepare" else "P", e.name)
-        for e in (step.effect for step in steps)
-        if e is not None and e.op in ("prepare", "declare") and e.name is not None
+        for e in effects
+        if e.op in ("prepare", "declare") and e.name is not None
     )
+    # What drops a statement gives its name another meaning too: a Bind of it waits for the
+    # answer rather than Parse it again (which would make a statement the server dropped).
+    creates |= {("S", e.name or ALL) for e in effects if e.op in ("deallocate", "discard")}
     code = [step.keeps for step in steps if step.runs_code]
     keeps = frozenset.intersection(*code) if code else frozenset()
     return Expect(tag, effects=deque(steps), creates=creates, runs_code=bool(code), keeps=keeps)
+
+
+def _prepares(statement: pg_sql.SqlStatement, name: str) -> bool:
+    effect = statement.effect
+    return effect is not None and effect.op == "prepare" and effect.name == name
 
 
 def _one(kind: str, name: str) -> frozenset[tuple[str, str]]:
@@ -1211,6 +1352,28 @@ def _reopened(name: str) -> str:
         f"bound ({_CODE} can do that), and its statement names prepared statements or cursors, "
         "so the gateway cannot say what it would do to them; nothing was sent to the database: "
         "Bind it again, or read it to its end before running other statements"
+    )
+
+
+def _reprepared(name: str) -> str:
+    return (
+        f'prepared statement "{name}" may have been deallocated and prepared again by code '
+        f"that ran since it was prepared ({_CODE} can do that), and its text names prepared "
+        "statements or cursors, so the gateway cannot say what it would do to them; nothing "
+        "was sent to the database: Parse it again after that code"
+    )
+
+
+def _unknowable_statement(name: str, guardrails: tuple[str, ...], *, protocol: bool = False) -> str:
+    """Why a Bind or SQL EXECUTE of a prepared statement whose text cannot be known is refused."""
+    rules = ", ".join(f'"{rule}"' for rule in guardrails)
+    guardrail = "guardrail" if len(guardrails) == 1 else "guardrails"
+    again = "Parse it again" if protocol else "PREPARE it again"
+    return (
+        f'prepared statement "{name}" may have been deallocated and prepared again by code that '
+        f"ran since it was prepared ({_CODE}; any statement but a few utility ones may call "
+        f"some), so its text is not known, and {guardrail} {rules} cannot check what it would "
+        f"run; {again} (under a new name, or after Close or DEALLOCATE) after that code"
     )
 
 

@@ -206,6 +206,7 @@ class PgListener(Acceptor):
         self.max_connections = max_connections
         self.keys = CancelKeys()
         self.pending = 0
+        self.accepted = 0  # connections taken since start (refused ones included)
         self.refused = 0  # over a limit
         self.expired = 0  # handshake not done in time
         self.refused_plaintext = 0
@@ -217,6 +218,7 @@ class PgListener(Acceptor):
     async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         address = peer[0]
         client = _Client(conn, address)
+        self.accepted += 1
         try:
             if len(self._connections) > self.max_connections or self.pending >= self.max_pending:
                 self.refused += 1

@@ -13,6 +13,11 @@ statement, a trigger, a DO block, the deferred triggers and holdable cursors a C
 A portal being executed (FETCH, Execute) is active and cannot be dropped, so the code of its
 own statement leaves it proven. A name the inspector never saw created may still exist: code
 may have opened it (a function returning a refcursor). Neither is claimed in the trail.
+
+A prepared statement's text is proven the same way: code can run ``DEALLOCATE s1`` and
+``PREPARE s1 AS …`` through SPI, so after any code a named statement stands for a text nobody
+can know (no statement is active: one being executed can be deallocated). The unnamed statement
+is always proven: SQL ``PREPARE`` needs a name.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ class Prepared:
     text: str
     param_types: tuple[int, ...] = ()
     planned: bool = True  # a Bind plans it (and may call functions for that)
+    # Made by a protocol Parse of ``text`` (not SQL PREPARE): the gateway can Parse it again.
+    parsed: bool = True
+    proven: bool = True  # no code that could have prepared the name again ran since
+    seen: int = 0  # how many times code may have run when it was confirmed (see Portal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,11 @@ class Portal:
     text: str
     params: tuple[str | None, ...] = ()
     holdable: bool = False  # DECLARE … WITH HOLD outlives its transaction
+    # Bound from this prepared statement while its text was not proven: the text is a guess.
+    statement: str | None = None
+    # Bound from a statement SQL PREPARE made (``text`` is the PREPARE): running it runs the
+    # query inside, which may run code (True) or not (False). None: it runs ``text``.
+    inner_code: bool | None = None
     proven: bool = True  # no code that could have re-opened the name ran since it was confirmed
     known: bool = True  # False: a name never seen created, which code may have opened
     # Where it is kept: how many times code may have run when it was confirmed (or when code
@@ -103,6 +117,7 @@ class Overlay:
     # unproven for what follows, but those every such statement ran (``kept``).
     code_ran: bool = False
     kept: frozenset[str] = frozenset()
+    runs: int = 0  # code that may run earlier in it, for the statements it (or the server) has
 
     def __len__(self) -> int:
         """How many names it changes."""
@@ -118,6 +133,19 @@ class Overlay:
             return True, None if portal.seen == self.created.runs else UNKNOWN
         return True, portal
 
+    def statement(self, name: str) -> tuple[bool, Prepared | None]:
+        """Whether the pipeline changed statement ``name`` and, if so, what it stands for
+        (None: deallocated), unproven if code may run between its Parse and here."""
+        if name not in self.statements:
+            return False, None
+        prepared = self.statements[name]
+        if prepared is None or not name or prepared.seen == self.runs:
+            return True, prepared
+        return True, replace(prepared, proven=False)
+
+    def prepare(self, name: str, prepared: Prepared) -> None:
+        self.statements[name] = replace(prepared, seen=self.runs)
+
     def bind(self, name: str, portal: Portal) -> None:
         self.created.put(name, portal)
 
@@ -127,6 +155,7 @@ class Overlay:
     def run(self, step: Step) -> None:
         """What a statement of the pipeline will have done, if it runs."""
         if step.runs_code:
+            self.runs += 1
             self.kept = self.kept & step.keeps if self.code_ran else step.keeps
             self.code_ran = True
             self.created.code_ran(step.keeps)
@@ -136,7 +165,7 @@ class Overlay:
     def apply(self, effect: Effect) -> None:
         """What a statement of the pipeline will have done to the names, if it runs."""
         if effect.op == "prepare" and effect.name is not None:
-            self.statements[effect.name] = Prepared(effect.text)
+            self.prepare(effect.name, Prepared(effect.text, planned=effect.runs_code, parsed=False))
         elif effect.op == "deallocate":
             if effect.name is None:
                 self.statements.clear()
@@ -175,6 +204,16 @@ class Names:
     def portal(self, name: str) -> Portal | None:
         return self.held.get(name)
 
+    def statement(self, name: str) -> Prepared | None:
+        """The prepared statement, unproven if code ran since it was confirmed."""
+        prepared = self.statements.get(name)
+        if prepared is None or not name or prepared.seen == self.held.runs or not prepared.proven:
+            return prepared
+        return replace(prepared, proven=False)
+
+    def prepare(self, name: str, prepared: Prepared) -> None:
+        self.statements[name] = replace(prepared, seen=self.held.runs, proven=True)
+
     def bind(self, name: str, portal: Portal) -> None:
         self.held.put(name, portal)
 
@@ -196,7 +235,7 @@ class Names:
     def apply(self, effect: Effect) -> None:
         """A SQL statement that touches names completed on the server."""
         if effect.op == "prepare" and effect.name is not None:
-            self.statements[effect.name] = Prepared(effect.text)
+            self.prepare(effect.name, Prepared(effect.text, planned=effect.runs_code, parsed=False))
         elif effect.op == "deallocate":
             if effect.name is None:
                 self.statements.clear()

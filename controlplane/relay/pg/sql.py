@@ -93,6 +93,8 @@ class Effect:
     # PostgreSQL itself reports it (pg_prepared_statements, pg_cursors, its statement log)
     text: str = ""
     holdable: bool = False  # declare: WITH HOLD survives its transaction
+    # prepare: whether running the query inside (a Bind and Execute of the name) may run code
+    runs_code: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,9 @@ def _statement(text: str, node: dict[str, Any]) -> SqlStatement:
     (kind, body), *_ = node.items() if node else (("", {}),)
     executes = tuple(_executes(node))
     if kind == "PrepareStmt":
-        effect = Effect("prepare", body.get("name", ""), text)
+        ((inner, query),) = (body.get("query") or {"": {}}).items()
+        constant = inner == "SelectStmt" and _literals_only(query)
+        effect = Effect("prepare", body.get("name", ""), text, runs_code=not constant)
     elif kind == "DeallocateStmt":
         effect = Effect("deallocate", None if body.get("isall") else body.get("name"))
     elif kind == "DeclareCursorStmt":

@@ -356,6 +356,25 @@ def test_a_prepared_statement_executed_again_without_describe() -> None:
         assert rows(out.data) == [[b"****"]]
 
 
+@pytest.mark.parametrize(("text", "masked"), [("select email from t", b"****"), ("x", None)])
+def test_a_statement_closed_and_parsed_again_keeps_its_description_if_its_text_is_the_same(
+    text: str, masked: bytes | None
+) -> None:
+    """The control plane sends Close and Parse of the text it recorded before a Bind of a
+    statement that code may have prepared again; the client described it once, before."""
+    m = masker()
+    m.client(parse("s", "select email from t") + describe("S", "s") + pgm.sync())
+    m.server(
+        PARSE_COMPLETE + parameter_description() + pgm.row_description([Column("email")]) + READY
+    )
+    m.client(_msg(b"C", b"Ss\0") + parse("s", text) + bind("", "s") + execute("") + pgm.sync())
+    out = m.server(
+        b"3\0\0\0\x04" + PARSE_COMPLETE + BIND_COMPLETE + pgm.data_row([b"a@b.co"])
+        + pgm.command_complete("SELECT 1") + READY
+    )  # fmt: skip
+    assert rows(out.data) == [[masked]]  # another text: no description, fails closed
+
+
 def test_a_pipeline_with_an_error_skips_to_the_sync() -> None:
     m = masker()
     m.client(

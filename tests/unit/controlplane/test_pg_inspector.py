@@ -36,6 +36,7 @@ ALLOW_INSERTS = "DROP TRIGGER test_refuse_insert"
 STARTUP = pgm.startup_message({"user": "alice", "database": "app"})
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 BIND_COMPLETE = b"2\x00\x00\x00\x04"
+CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
 FLUSH = b"H\x00\x00\x00\x04"
 
 
@@ -465,15 +466,22 @@ async def test_two_executes_in_one_sync_give_two_queries_resolved_in_order(
         + execute("p2")
         + pgm.sync()
     )
-    assert await ready.from_client(data) == data
+    # The first Execute may run code that prepares s1 again: the gateway Parses it again.
+    cut = data.index(bind([b"second"], portal="p2", statement="s1"))
+    own = _msg(b"C", b"Ss1\0") + parse("SELECT * FROM t WHERE k = $1", name="s1")
+    assert await ready.from_client(data) == data[:cut] + own + data[cut:]
     queries = stored(db_path)
     assert [q["request"]["params"] for q in queries] == [["first"], ["second"]]
     assert [q["seq"] for q in queries] == [1, 2]
 
-    reply = Reply().raw(PARSE_COMPLETE).raw(BIND_COMPLETE)
+    reply = Reply().parsed().bound()
     reply.raw(pgm.data_row([b"1"])).raw(pgm.data_row([b"2"])).complete("SELECT 2", 2)
-    reply.raw(BIND_COMPLETE).complete("SELECT 5", 5).ready("I")
-    assert await ready.from_agent(reply.frame()) == [bytes(reply.data)]
+    seen = bytes(reply.data)
+    reply.ack(CLOSE_COMPLETE, Mark.CLOSE_COMPLETE).parsed()
+    cut = len(reply.data)
+    reply.bound().complete("SELECT 5", 5).ready("I")
+    later = bytes(reply.data[cut:])
+    assert b"".join(await ready.from_agent(reply.frame())) == seen + later
 
     results = of_type(await all_events(writer, db_path), "db.result")
     assert [(r["ref"], r["result"]["rows"]) for r in results] == [(1, 2), (2, 5)]
@@ -835,13 +843,43 @@ async def test_sql_prepare_and_execute_record_the_prepared_text(
     query = pgm.query("EXECUTE p(41)")
     assert await ready.from_client(query) == query
     # The protocol shares the namespace: Bind may use a statement SQL prepared.
+    # The EXECUTE, still unanswered, may run code that prepares p again: its text is unknown.
     data = bind([b"1"], statement="p") + execute() + pgm.sync()
     assert await ready.from_client(data) == data
 
     _, simple, extended = of_type(stored(db_path), "db.query")
     assert simple["request"]["statement"] == "EXECUTE p(41)"
     assert simple["request"]["prepared"] == {"p": "PREPARE p(int) AS select $1 + 1"}
-    assert extended["request"]["statement"] == "PREPARE p(int) AS select $1 + 1"
+    assert extended["request"]["statement"] == ""
+    assert extended["request"]["prepared_unknown"] == {"p": "PREPARE p(int) AS select $1 + 1"}
+
+
+async def test_a_bind_after_code_binds_the_recorded_text_parsed_again(
+    ready: PgInspector, db_path: Path
+) -> None:
+    """Code may have deallocated s1 and prepared another text under its name: the gateway
+    Parses the text it recorded again right before the Bind; the client never sees it."""
+    first = parse("select f($1)", name="s1") + bind([b"1"], statement="s1") + execute()
+    assert await ready.from_client(first + pgm.sync()) == first + pgm.sync()
+    reply = Reply().parsed().bound().complete("SELECT 1", 1).ready()
+    assert await ready.from_agent(reply.frame()) == [bytes(reply.data)]
+
+    again = bind([b"2"], statement="s1") + execute() + pgm.sync()
+    own = _msg(b"C", b"Ss1\0") + parse("select f($1)", name="s1")
+    assert await ready.from_client(again) == own + again
+    # The answers to our Close and Parse arrive split across frames, and are taken out.
+    answer = Reply().ack(CLOSE_COMPLETE, Mark.CLOSE_COMPLETE).parsed()
+    answer.bound().complete("SELECT 1", 1).ready()
+    head = tunnel_pb2.Frame(data=bytes(answer.data[:3]))
+    tail = tunnel_pb2.Frame(data=bytes(answer.data[3:]), marks=answer.marks)
+    for mark in tail.marks:
+        mark.end -= 3
+    assert await ready.from_agent(head) == []
+    assert b"".join(await ready.from_agent(tail)) == bytes(answer.data[10:])
+
+    *_, repeated = of_type(stored(db_path), "db.query")
+    assert repeated["request"]["statement"] == "select f($1)"
+    assert repeated["request"]["params"] == ["2"]
 
 
 async def test_deallocate_forgets_the_statement_once_it_completed(ready: PgInspector) -> None:
@@ -1451,3 +1489,71 @@ async def test_every_statement_in_flight_is_tried_and_a_lost_one_is_reported(
     results = of_type(events, "db.result")
     assert sorted(texts[r["ref"]] for r in results) == ["SELECT 'one'", "SELECT 'three'"]
     assert all(r["result"]["error"] == "unknown" for r in results)
+
+
+@pytest.mark.parametrize(
+    ("sql", "key", "name", "texts"),
+    [
+        (
+            "PREPARE p AS select 1; EXECUTE p; DEALLOCATE p; PREPARE p AS select 2; EXECUTE p",
+            "prepared",
+            "p",
+            ["PREPARE p AS select 1", "PREPARE p AS select 2"],
+        ),
+        (
+            "BEGIN; DECLARE c CURSOR FOR select 1; FETCH c; CLOSE c; "
+            "DECLARE c CURSOR FOR select 2; FETCH c; FETCH c",
+            "cursors",
+            "c",
+            ["DECLARE c CURSOR FOR select 1", "DECLARE c CURSOR FOR select 2"],
+        ),
+    ],
+)
+async def test_a_name_used_for_two_texts_in_one_query_maps_to_both(
+    ready: PgInspector, db_path: Path, sql: str, key: str, name: str, texts: list[str]
+) -> None:
+    """One event for the query: the name stood for one text, then another; claiming the last
+    for every use would misstate what the first ran."""
+    assert await ready.from_client(pgm.query(sql)) == pgm.query(sql)
+    [query] = of_type(stored(db_path), "db.query")
+    assert query["request"][key] == {name: texts}
+
+
+@pytest.mark.parametrize(
+    ("drop", "reply"),
+    [
+        (pgm.query("DISCARD ALL"), Reply().complete("DISCARD ALL").ready()),
+        (pgm.query("select f(); DEALLOCATE s1"), Reply().complete("SELECT 1", 1)
+         .complete("DEALLOCATE").ready()),
+        (_msg(b"C", b"Ss1\0") + pgm.sync(), Reply().ack(CLOSE_COMPLETE, Mark.CLOSE_COMPLETE)
+         .ready()),
+    ],
+)  # fmt: skip
+async def test_a_bind_after_a_drop_not_yet_answered_waits_and_is_refused(
+    ready: PgInspector, db_path: Path, drop: bytes, reply: Reply
+) -> None:
+    """Parsing s1 again would make a statement the server dropped: the Bind waits instead."""
+    await ready.from_client(parse("select f()", "s1") + pgm.sync())
+    await ready.from_agent(Reply().parsed().ready().frame())
+    assert await ready.from_client(drop) == drop
+
+    task = asyncio.create_task(ready.from_client(bind([], statement="s1") + execute() + pgm.sync()))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    await ready.from_agent(reply.frame())
+    assert await asyncio.wait_for(task, 5) == b""
+    assert error_of(ready.take_synthetic()).sqlstate == "26000"
+
+
+async def test_messages_of_our_own_do_not_count_towards_the_held_limit(
+    ready: PgInspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five Binds of s1 in one pipeline, each after code: four Close and Parse pairs of our
+    own join the client's 12 messages, past a limit of 12 that the client alone stays within."""
+    monkeypatch.setattr(pg_module, "MAX_HELD_MESSAGES", 12)
+    data = parse("select f()", "s1")
+    data += b"".join(bind([], portal=f"p{n}", statement="s1") + execute(f"p{n}") for n in range(5))
+    forwarded = await ready.from_client(data + pgm.sync())
+    assert forwarded.count(b"Ss1\0") == 4  # Close S s1 before each Bind but the first
+    with pytest.raises(framing.ProtocolError):
+        await ready.from_client(data + bind([], statement="s1") + pgm.sync())

@@ -170,7 +170,9 @@ def test_names_read_the_same_with_standard_conforming_strings_off_are_kept() -> 
     found = read(text)
     # The texts are the client's, not the other reading's (which put an E before the literal).
     assert [s.text for s in found] == ["PREPARE p AS select 'C:\\temp'", "EXECUTE p"]
-    assert found[0].effect == Effect("prepare", "p", "PREPARE p AS select 'C:\\temp'")
+    # (A SELECT of a constant: a Bind and Execute of p run no code.)
+    prepared = Effect("prepare", "p", "PREPARE p AS select 'C:\\temp'", runs_code=False)
+    assert found[0].effect == prepared
 
 
 def test_names_that_differ_with_standard_conforming_strings_off_are_unreadable() -> None:
@@ -182,3 +184,22 @@ def test_names_that_differ_with_standard_conforming_strings_off_are_unreadable()
     # Off it is a SELECT and a DROP, but no name changes: for the guard to decide.
     dropped = "select 'a\\''; drop table t; --'"
     assert statements(dropped) == [SqlStatement(dropped)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "runs_code"),
+    [
+        ("prepare p as select 1, 'a'", False),
+        ("prepare p as select f()", True),
+        ("prepare p(int) as select $1", True),  # a parameter's type may be a domain
+        ("prepare p as select * from t", True),
+        ("prepare p as insert into t values (1)", True),
+    ],
+)
+def test_whether_a_statement_sql_prepared_runs_code_is_its_query_s(
+    sql: str, runs_code: bool
+) -> None:
+    """A Bind and Execute of the name run the query inside, not the PREPARE (which runs none)."""
+    [statement] = read(sql)
+    assert not statement.runs_code
+    assert statement.effect is not None and statement.effect.runs_code is runs_code
