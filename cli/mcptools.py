@@ -406,9 +406,7 @@ class Tools:
             if review is None:
                 raise ToolError(f"no review {review_id} of yours")
             if review.status in ("denied", "expired", "cancelled"):
-                for connection, pending in list(self.reviews.items()):
-                    if pending == review_id:
-                        del self.reviews[connection]
+                # Remembered still: the retried call fails with this reason, then forgets it.
                 who = f" by {review.decided_by}" if review.decided_by else ""
                 reason = f": {review.reason}" if review.reason else ""
                 raise ToolError(f"review {review_id} was {review.status}{who}{reason}")

@@ -4,20 +4,19 @@ every call is in the trail with the person and the agent."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession
 
 from devenv.sshd import Sshd
-from devenv.stack import GATEHOUSE, REPO
+from tests.e2e import mcpclient
 from tests.e2e.conftest import Stack, ssh_policy
+from tests.e2e.mcpclient import Work, call
 
 T = TypeVar("T")
 ACTOR = "claude-test"
@@ -45,27 +44,8 @@ def agent_token(mcp_stack: Stack) -> str:
     return str(json.loads(created.stdout)["secret"])
 
 
-def over_stdio(stack: Stack, token: str, work: Callable[[ClientSession], Awaitable[T]]) -> T:
-    """Start `gatehouse mcp` as an MCP client does and run `work` in its session."""
-    env = {**os.environ, **stack.controlplane.cli_env, "GATEHOUSE_TOKEN": token}
-    params = StdioServerParameters(
-        command=GATEHOUSE[0], args=[*GATEHOUSE[1:], "mcp"], env=env, cwd=str(REPO)
-    )
-
-    async def run() -> T:
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            return await work(session)
-
-    return asyncio.run(asyncio.wait_for(run(), 90))
-
-
-async def call(session: ClientSession, tool: str, **arguments: Any) -> tuple[bool, Any]:
-    """(is_error, the structured result or the error's text)."""
-    result = await session.call_tool(tool, arguments)
-    if result.is_error:
-        return True, result.content[0].text  # type: ignore[union-attr]
-    return False, result.structured_content
+def over_stdio(stack: Stack, token: str, work: Work[T]) -> T:
+    return mcpclient.over_stdio({**stack.controlplane.cli_env, "GATEHOUSE_TOKEN": token}, work)
 
 
 def test_tools_are_listed_with_their_schemas(mcp_stack: Stack, agent_token: str) -> None:
