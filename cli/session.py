@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import NamedTuple, TypeGuard
+from typing import NamedTuple, Protocol, TypeGuard
 
 import grpc
 
@@ -24,7 +24,21 @@ TERMINAL_TYPES = frozenset({"ssh", "shell"})
 """Connection types whose sessions carry the terminal protocol (cli.term) after `opened`;
 here, so that `exec` on a database does not import that protocol to find out."""
 
-Call = grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame]
+
+class Call(Protocol):
+    """A session's stream as the protocol clients (cli.pgexec, cli.term) use it: the gRPC
+    call of ClientService.Session, or an in-process session of the control plane's own
+    (its /mcp endpoint). `read` returns a ServerFrame, or something else at the end."""
+
+    async def write(self, request: client_pb2.ClientFrame) -> None: ...
+
+    async def read(self) -> object: ...
+
+    async def done_writing(self) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
 ReviewWait = Callable[[client_pb2.ReviewPending, str], AbstractContextManager[None]]
 """Shown while a session waits for a review: entered at the first `review_pending`, left
 when the decision arrives."""

@@ -39,3 +39,22 @@ async def call(session: ClientSession, tool: str, **arguments: Any) -> tuple[boo
     if result.is_error:
         return True, result.content[0].text  # type: ignore[union-attr]
     return False, result.structured_content
+
+
+def over_http(url: str, token: str | None, work: Work[T], ca: str | None = None) -> T:
+    """Connect to a remote MCP endpoint with `token` as its bearer token; run `work`."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def run() -> T:
+        async with (
+            httpx2.AsyncClient(headers=headers, verify=ca or True, timeout=60) as http,
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            return await work(session)
+
+    return asyncio.run(asyncio.wait_for(run(), 90))

@@ -209,3 +209,48 @@ def test_run_command_over_ssh_and_its_guardrail(
     assert command["actor"] == ACTOR
     refusal = [e for e in events if e["type"] == "ssh.exec" and "rm -rf /" in json.dumps(e)]
     assert refusal[-1]["decision"]["result"] == "deny"
+
+
+def mcp_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.controlplane.http_port}/mcp"
+
+
+def test_the_remote_endpoint_runs_the_same_tools_inside_the_control_plane(
+    mcp_stack: Stack, agent_token: str, tmp_path: Path
+) -> None:
+    marker = f"mcp-http-{uuid.uuid4().hex[:8]}"
+    touched = tmp_path / marker
+    after = mcp_stack.events()[-1]["seq"]
+
+    async def work(session: ClientSession) -> Any:
+        tools = await session.list_tools()
+        queried = await call(session, "query", connection="pg", sql=f"select '{marker}' as m")
+        denied = await call(session, "query", connection="pg", sql=f"drop table {marker}")
+        unknown = await call(session, "describe", connection="nope")
+        ran = await call(
+            session, "run_command", connection="web-1", command=["touch", str(touched)]
+        )
+        return tools, queried, denied, unknown, ran
+
+    tools, queried, denied, unknown, ran = mcpclient.over_http(
+        mcp_url(mcp_stack), agent_token, work
+    )
+    assert len(tools.tools) == 6
+    assert queried == (False, {**queried[1], "rows": [[marker]], "command": "SELECT 1"})
+    assert denied[0] is True and "no-drop" in denied[1]
+    assert unknown[0] is True and "nope" in unknown[1]
+    assert ran[0] is False and ran[1]["exit_status"] == 0 and touched.exists()
+    log = mcp_stack.pg.statement_log()
+    assert any(f"select '{marker}'" in line for line in log)
+    assert not any(f"drop table {marker}" in line for line in log)
+
+    events = mcp_stack.events(after)
+    calls = {e["seq"]: e for e in events if e["type"] == "mcp.call"}
+    assert [c["tool"] for c in calls.values()] == ["query", "query", "describe", "run_command"]
+    assert all(c["actor"] == ACTOR and c["source"]["ip"] == "127.0.0.1" for c in calls.values())
+    query = next(
+        e for e in events if e["type"] == "db.query" and marker in e["request"]["statement"]
+    )
+    assert calls[query["mcp_call"]["seq"]]["tool"] == "query" and query["actor"] == ACTOR
+    command = next(e for e in events if e["type"] == "ssh.exec")
+    assert calls[command["mcp_call"]["seq"]]["tool"] == "run_command"
