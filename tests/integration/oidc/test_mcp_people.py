@@ -1,12 +1,17 @@
-"""Reviews that do not block a tool call: alice (dba) hands an AI agent a delegated token;
-its MCP tool call on a review-gated connection answers `pending_review` at once, bob
-(security) decides with `gatehouse reviews approve|deny`, and the retried call runs or
-fails with his reason. `gatehouse exec --no-wait` makes the same choice for a script."""
+"""MCP with real people. Reviews that do not block a tool call: alice (dba) hands an AI agent
+a delegated token; its MCP tool call on a review-gated connection answers `pending_review`
+at once, bob (security) decides with `gatehouse reviews approve|deny`, and the retried call
+runs or fails with his reason (`gatehouse exec --no-wait` makes the same choice for a
+script). The remote `/mcp` endpoint takes the same tokens, refuses any other, and names the
+OIDC issuer an MCP client logs in with."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +22,7 @@ from mcp import ClientSession
 from devenv.oidc import AUDIENCE, OidcProvider
 from devenv.postgres import start_postgres
 from devenv.stack import ControlPlane, enroll_agent, gatehouse
-from tests.e2e.mcpclient import call, over_stdio
+from tests.e2e.mcpclient import call, over_http, over_stdio
 from tests.integration.oidc.conftest import device_log_in, settings_for
 from tests.integration.oidc.test_access_rules import People
 
@@ -156,3 +161,70 @@ def test_exec_no_wait_exits_3_with_the_review_id(people: People) -> None:
     third = people.cli(*args, token=people.alice.access_token)
     assert third.returncode == 0, third.stderr
     assert people.pg.wait_for_statement(sql) == 1
+
+
+def http(url: str, token: str | None = None, method: str = "POST") -> tuple[int, Any, bytes]:
+    request = urllib.request.Request(url, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_mcp_endpoint_refuses_missing_forged_and_expired_tokens_and_names_the_issuer(
+    people: People, oidc: OidcProvider
+) -> None:
+    base = f"http://127.0.0.1:{people.controlplane.http_port}"
+    status, headers, _ = http(base + "/mcp")
+    assert status == 401
+    metadata_url = f"{base}/.well-known/oauth-protected-resource/mcp"
+    assert headers["WWW-Authenticate"] == f'Bearer resource_metadata="{metadata_url}"'
+    status, _, body = http(metadata_url, method="GET")
+    assert status == 200
+    metadata = json.loads(body)
+    assert metadata["authorization_servers"] == [oidc.issuer]
+    assert metadata["resource"] == f"{base}/mcp"
+
+    forged_jwt = people.alice.access_token[:-8] + ("A" * 8)
+    short = people.cli(
+        "tokens",
+        "create",
+        "--actor",
+        ACTOR,
+        "--ttl",
+        "1s",
+        "-o",
+        "json",
+        token=people.alice.access_token,
+    )
+    assert short.returncode == 0, short.stderr
+    expired = json.loads(short.stdout)["secret"]
+    time.sleep(2)  # past its expiry
+    for token in ("ghu_" + uuid.uuid4().hex, forged_jwt, expired):
+        status, headers, _ = http(base + "/mcp", token)
+        assert status == 401, token
+        challenge = headers["WWW-Authenticate"]
+        assert 'error="invalid_token"' in challenge and metadata_url in challenge
+    fails = [e for e in people.events() if e["type"] == "auth.fail"]
+    assert fails  # each refusal is in the trail
+
+
+def test_mcp_endpoint_runs_a_login_s_calls_as_the_person(people: People) -> None:
+    url = f"http://127.0.0.1:{people.controlplane.http_port}/mcp"
+
+    async def work(session: ClientSession) -> Any:
+        listed = await call(session, "list_connections")
+        gated = await call(session, "request_access", connection="pg-gated-3")
+        return listed, gated
+
+    listed, gated = over_http(url, people.alice.access_token, work)
+    names = {c["name"]: c for c in listed[1]["connections"]}
+    assert names["pg-gated-1"]["review_modes"] == ["exec"]
+    assert names["pg-gated-1"]["reviewers"] == ["security"]
+    assert gated[0] is False and gated[1]["status"] in ("pending_review", "granted")
+    calls = [e for e in people.events() if e["type"] == "mcp.call"]
+    assert calls[-1]["tool"] == "request_access"
+    assert calls[-1]["user"]["email"] == "alice@example.com" and "actor" not in calls[-1]
