@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditWriter
@@ -58,18 +59,10 @@ class Reviews:
         person's own request does not cover their delegated tokens, and one given to a request
         made with actor devin's token covers neither the person nor another actor."""
         now = utc_now()
-        actor = identity.actor
-        same_actor = (
-            col(ReviewRow.actor).is_(None) if actor is None else col(ReviewRow.actor) == actor
-        )
 
         def find(session: Session) -> ReviewRow | None:
             query = (
-                select(ReviewRow)
-                .where(ReviewRow.requester == identity.subject)
-                .where(same_actor)
-                .where(ReviewRow.connection == connection)
-                .where(ReviewRow.mode == mode)
+                _requested_by(identity, connection, mode)
                 .where(ReviewRow.status == "approved")
                 .order_by(col(ReviewRow.grant_until).desc())
             )
@@ -167,18 +160,10 @@ class Reviews:
     async def pending_for(self, identity: Identity, connection: str, mode: str) -> ReviewRow | None:
         """The caller's newest review of this connection and mode still waiting for a
         decision: a caller that does not wait asks again and again, one request stands."""
-        actor = identity.actor
-        same_actor = (
-            col(ReviewRow.actor).is_(None) if actor is None else col(ReviewRow.actor) == actor
-        )
 
         def find(session: Session) -> ReviewRow | None:
             query = (
-                select(ReviewRow)
-                .where(ReviewRow.requester == identity.subject)
-                .where(same_actor)
-                .where(ReviewRow.connection == connection)
-                .where(ReviewRow.mode == mode)
+                _requested_by(identity, connection, mode)
                 .where(col(ReviewRow.status).in_(("pending", DECIDING)))
                 .order_by(col(ReviewRow.created_at).desc())
             )
@@ -308,6 +293,20 @@ class Reviews:
             return ReviewRow.model_validate(current.model_dump())
 
         return await self._db.write(record)
+
+
+def _requested_by(identity: Identity, connection: str, mode: str) -> SelectOfScalar[ReviewRow]:
+    """Reviews `identity` requested for `connection` and `mode`: the same person and the same
+    actor (none for the person's own requests)."""
+    actor = identity.actor
+    same_actor = col(ReviewRow.actor).is_(None) if actor is None else col(ReviewRow.actor) == actor
+    return (
+        select(ReviewRow)
+        .where(ReviewRow.requester == identity.subject)
+        .where(same_actor)
+        .where(ReviewRow.connection == connection)
+        .where(ReviewRow.mode == mode)
+    )
 
 
 def _may_decide(identity: Identity, row: ReviewRow) -> bool:

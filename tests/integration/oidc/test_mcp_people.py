@@ -19,19 +19,16 @@ from typing import Any
 import pytest
 from mcp import ClientSession
 
-from devenv.oidc import AUDIENCE, OidcProvider
-from devenv.postgres import start_postgres
-from devenv.stack import ControlPlane, enroll_agent, gatehouse
+from devenv.oidc import OidcProvider
 from tests.e2e.mcpclient import call, over_http, over_stdio
-from tests.integration.oidc.conftest import device_log_in, settings_for
-from tests.integration.oidc.test_access_rules import People
+from tests.integration.oidc.test_access_rules import People, start_people
 
 ACTOR = "devin"
 TARGET = (
     "    type: postgres\n"
     "    agent: vpc-1\n"
-    "    target: {host: 127.0.0.1, port: PORT, database: app, user: app, sslmode: disable}\n"
-    "    secret: {password: env:PG_PASSWORD}\n"
+    "    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}\n"
+    "    secret: {{password: env:PG_PASSWORD}}\n"
 )
 POLICY = (
     "connections:\n"
@@ -42,37 +39,14 @@ access:
     groups: [dba]
     connections: ['pg-gated-*']
     modes: [exec]
-    review: {groups: [security], ttl: 1h}
+    review: {{groups: [security], ttl: 1h}}
 """
 )
 
 
 @pytest.fixture(scope="module")
 def people(tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider) -> Iterator[People]:
-    base = tmp_path_factory.mktemp("mcp-reviews")
-    pg = start_postgres(base / "pg", roles={"app": "pw"}, databases={"app": "app"})
-    controlplane = ControlPlane.create(
-        base / "cp",
-        env={"GATEHOUSE_OIDC_ISSUER": oidc.issuer, "GATEHOUSE_OIDC_AUDIENCE": AUDIENCE},
-    )
-    controlplane.start_and_wait()
-    agent = None
-    try:
-        agent = enroll_agent(controlplane, "vpc-1", base / "agent", env={"PG_PASSWORD": "pw"})
-        (base / "gatehouse.yaml").write_text(POLICY.replace("PORT", str(pg.port)))
-        applied = gatehouse(
-            ["admin", "apply", "-f", str(base / "gatehouse.yaml")], env=controlplane.cli_env
-        )
-        assert applied.returncode == 0, applied.stderr
-        settings = settings_for(oidc)
-        alice = device_log_in(oidc, settings, "alice")
-        bob = device_log_in(oidc, settings, "bob")
-        yield People(controlplane, agent, pg, alice, bob)
-    finally:
-        if agent is not None:
-            agent.stop()
-        controlplane.stop()
-        pg.stop()
+    yield from start_people(tmp_path_factory.mktemp("mcp-people"), oidc, POLICY)
 
 
 @pytest.fixture(scope="module")
