@@ -22,14 +22,9 @@ from mcp import ClientSession
 from devenv.oidc import OidcProvider
 from tests.e2e.mcpclient import call, over_http, over_stdio
 from tests.integration.oidc.test_access_rules import People, start_people
+from tests.integration.oidc.test_reviews import TARGET
 
 ACTOR = "devin"
-TARGET = (
-    "    type: postgres\n"
-    "    agent: vpc-1\n"
-    "    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, sslmode: disable}}\n"
-    "    secret: {{password: env:PG_PASSWORD}}\n"
-)
 POLICY = (
     "connections:\n"
     + "".join(f"  - name: {name}\n{TARGET}" for name in ("pg-gated-1", "pg-gated-2", "pg-gated-3"))
