@@ -114,6 +114,7 @@ def test_query_runs_on_postgres_and_is_recorded_with_person_and_agent(
     query_call = calls[1]
     assert query_call["actor"] == ACTOR and query_call["user"]["sub"]
     assert query_call["arguments"]["params"] == ["hello"]
+    assert query_call["mcp_client"]  # the MCP client's own name, as it introduced itself
     session = [e for e in events if e.get("session_id") == queried[1]["session_id"]]
     assert [e["type"] for e in session] == [
         "session.start",
