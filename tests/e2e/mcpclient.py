@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -47,10 +48,11 @@ def over_http(url: str, token: str | None, work: Work[T], ca: str | None = None)
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    verify = ssl.create_default_context(cafile=ca) if ca else True
 
     async def run() -> T:
         async with (
-            httpx2.AsyncClient(headers=headers, verify=ca or True, timeout=60) as http,
+            httpx2.AsyncClient(headers=headers, verify=verify, timeout=60) as http,
             streamable_http_client(url, http_client=http) as (read, write),
             ClientSession(read, write) as session,
         ):
