@@ -255,3 +255,23 @@ def test_the_remote_endpoint_runs_the_same_tools_inside_the_control_plane(
     assert calls[query["mcp_call"]["seq"]]["tool"] == "query" and query["actor"] == ACTOR
     command = next(e for e in events if e["type"] == "ssh.exec")
     assert calls[command["mcp_call"]["seq"]]["tool"] == "run_command"
+
+
+def test_a_command_past_its_timeout_is_killed_and_says_so(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    async def work(session: ClientSession) -> Any:
+        return await call(
+            session,
+            "run_command",
+            connection="ops",
+            command="echo started; exec sleep 120",
+            timeout_s=1,
+        )
+
+    error, ran = over_stdio(mcp_stack, agent_token, work)
+    assert error is False, ran
+    assert ran["timed_out"] is True and ran["stdout"] == "started\n"
+    assert ran["exit_status"] != 0
+    events = [e for e in mcp_stack.events() if e.get("session_id") == ran["session_id"]]
+    assert [e["type"] for e in events][-2:] == ["shell.result", "session.end"]
