@@ -226,7 +226,9 @@ class Tools:
             return _pending(pending.pending, connection)
         except CliError as exc:
             self.reviews.pop(connection, None)
-            raise ToolError(exc.message) from None
+            # A refusal may not name the connection (names are not for everyone): say it here.
+            message = exc.message if connection in exc.message else f"{connection}: {exc.message}"
+            raise ToolError(message) from None
 
     async def _on_connection(
         self, tool: str, connection: str, args: dict[str, Any], call: client_pb2.McpCall
