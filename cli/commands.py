@@ -82,9 +82,61 @@ EXEC = Command(
             "ssh and shell: send no input; the command reads end of file at once (like ssh -n).",
             switch=True,
         ),
+        Opt(
+            ("--no-wait",),
+            "When a review is pending, do not wait: exit 3 with the review's id on stderr "
+            "(the review stays open; run again once it is approved).",
+            switch=True,
+        ),
         *REMOTE,
     ),
     exit_at_once=True,
+)
+
+MCP_SERVE = Command(
+    "cli.mcpserve:mcp",
+    """Serve Gatehouse's tools to an AI agent over MCP on stdin and stdout: list_connections,
+    query, describe, run_command, request_access, review_status. Each call is recorded
+    (an mcp.call event, then the session's own) with your credential: GATEHOUSE_TOKEN (a
+    delegated token: the agent is the events' actor) or your login. A review never blocks a
+    call: it answers pending_review with the review's id.""",
+    (
+        "GATEHOUSE_TOKEN=$(gatehouse tokens create --actor claude --ttl 8h) gatehouse mcp",
+        "gatehouse mcp config --client claude > .mcp.json",
+    ),
+    (CONTROLPLANE,),
+)
+
+MCP = Group(
+    MCP_SERVE.help,
+    MCP_SERVE.examples,
+    {
+        "config": Command(
+            "cli.mcpserve:mcp_config",
+            """Print an MCP client's configuration for `gatehouse mcp` (JSON to merge into
+            its file: Claude Code's .mcp.json, Cursor's .cursor/mcp.json, VS Code's
+            .vscode/mcp.json); with --url, for the control plane's remote /mcp endpoint.""",
+            (
+                "gatehouse mcp config --client claude > .mcp.json",
+                "gatehouse mcp config --client vscode --url https://gw.example.com:8080/mcp",
+            ),
+            (
+                Opt(
+                    ("--client",),
+                    "claude, cursor or vscode.",
+                    metavar="CLIENT",
+                    required=True,
+                ),
+                Opt(
+                    ("--url",),
+                    "The control plane's /mcp endpoint, for a remote server instead of stdio.",
+                    metavar="URL",
+                ),
+                CONTROLPLANE,
+            ),
+        ),
+    },
+    default=MCP_SERVE,
 )
 
 CONNECT = Command(
@@ -686,6 +738,7 @@ ROOT = Group(
         "exec": EXEC,
         "connect": CONNECT,
         "ssh": SSH,
+        "mcp": MCP,
         "login": LOGIN,
         "logout": LOGOUT,
         "whoami": WHOAMI,

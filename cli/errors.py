@@ -1,9 +1,11 @@
-"""CLI failures and their exit codes (DESIGN §9): 1 refused or failed, 2 usage error."""
+"""CLI failures and their exit codes (DESIGN §9): 1 refused or failed, 2 usage error, 3 a
+review is pending (`exec --no-wait`)."""
 
 from __future__ import annotations
 
 REFUSED = 1
 USAGE = 2
+PENDING = 3
 
 
 class CliError(Exception):

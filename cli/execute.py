@@ -25,6 +25,7 @@ def execute(
     no_stdin: bool,
     controlplane: str | None,
     output: Format,
+    no_wait: bool = False,
 ) -> int:
     """Run the request; returns the exit status (a command's own, 141 when our reader went
     away), raises CliError for a refusal or a usage error."""
@@ -46,7 +47,7 @@ def execute(
         from cli.session import open_session
 
         opened = await open_session(
-            channel, md, connection, "exec", f"gatehouse-cli/{__version__} exec"
+            channel, md, connection, "exec", f"gatehouse-cli/{__version__} exec", no_wait=no_wait
         )
         return await protocols.execute_for(opened.connection_type)(opened, request)
 

@@ -11,19 +11,47 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import NamedTuple, TypeGuard
+from typing import NamedTuple, Protocol, TypeGuard
 
 import grpc
 
-from cli.errors import CliError
+from cli.errors import PENDING, CliError
 from gatehouse.v1 import client_pb2
 
 log = logging.getLogger("gatehouse.session")
 
-Call = grpc.aio.StreamStreamCall[client_pb2.ClientFrame, client_pb2.ServerFrame]
+class Call(Protocol):
+    """A session's stream as the protocol clients (cli.pgexec, cli.term) use it: the gRPC
+    call of ClientService.Session, or an in-process session of the control plane's own
+    (its /mcp endpoint). `read` returns a ServerFrame, or something else at the end."""
+
+    async def write(self, request: client_pb2.ClientFrame) -> None: ...
+
+    async def read(self) -> object: ...
+
+    async def done_writing(self) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
 ReviewWait = Callable[[client_pb2.ReviewPending, str], AbstractContextManager[None]]
 """Shown while a session waits for a review: entered at the first `review_pending`, left
 when the decision arrives."""
+
+
+class ReviewPending(CliError):
+    """A caller that does not wait (`exec --no-wait`, MCP tools) was told its review is
+    pending: exit status 3, the review's id on stderr; the review stays open."""
+
+    def __init__(self, pending: client_pb2.ReviewPending, connection: str) -> None:
+        groups = ", ".join(pending.reviewer_groups)
+        super().__init__(
+            f"review {pending.review_id} is pending: access rule {pending.rule!r} on "
+            f"{connection} needs the approval of {groups} "
+            f"(`gatehouse reviews approve {pending.review_id}`); run it again once approved",
+            PENDING,
+        )
+        self.pending = pending
 
 
 class Opened(NamedTuple):
@@ -75,17 +103,26 @@ async def open_session(
     mode: str,
     client: str,
     review: ReviewWait = review_spinner,
+    *,
+    no_wait: bool = False,
+    retry: str = "",
+    mcp: client_pb2.McpCall | None = None,
 ) -> Opened:
     """Send `open` and wait for `opened`; a refusal raises grpc.aio.AioRpcError with the
-    control plane's reason (cli.rpc.explained turns it into words)."""
+    control plane's reason (cli.rpc.explained turns it into words). With `no_wait` a pending
+    review raises ReviewPending at once (`retry`: the review a retry follows)."""
     session = _session_method(channel)
     call: Call = session(metadata=metadata)  # type: ignore[call-arg]  # read/write API
-    open_ = client_pb2.SessionOpen(connection=connection, mode=mode, client=client)
+    open_ = client_pb2.SessionOpen(
+        connection=connection, mode=mode, client=client, no_wait=no_wait, review_id=retry, mcp=mcp
+    )
     try:
         with contextlib.suppress(grpc.aio.AioRpcError):
             # If the control plane refused first, reading the opening below raises its reason.
             await call.write(client_pb2.ClientFrame(open=open_))
         frame = await call.read()
+        if _pending(frame) and no_wait:
+            raise ReviewPending(frame.review_pending, connection)
         if _pending(frame):
             with review(frame.review_pending, connection):
                 while _pending(frame):

@@ -215,7 +215,7 @@ class ControlPlane:
         except RuntimeError:
             raise OSError(f"cannot listen on {settings.grpc_listen} (gRPC): in use?") from None
         await server.start()
-        self._http = await self._start_http()
+        self._http = await self._start_http(sessions)
         if self.tls is not None:
             self._start_fronts(self.tls)
         if settings.pg_listen:
@@ -290,11 +290,16 @@ class ControlPlane:
         listener.start()
         self.pg_listener = listener
 
-    async def _start_http(self) -> web.AppRunner:
+    async def _start_http(self, sessions: ClientServicer) -> web.AppRunner:
+        from controlplane.http.mcp import McpEndpoint
+        from gatehouse import __version__
+
         app = build_app(
             self.auth, self.db, self.health, self.metrics.exposition, ready=self.readiness
         )
         app.middlewares.insert(0, source_middleware)
+        issuer = self.oidc_settings.issuer if self.oidc_settings is not None else None
+        McpEndpoint(sessions, self.auth, issuer, not self.settings.dev, __version__).mount(app)
         # keepalive_timeout: an idle connection between requests; the guard: before the first.
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=30.0)
         await runner.setup()

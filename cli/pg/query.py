@@ -33,6 +33,7 @@ class ResultSet:
         self.columns: list[pgm.Column] = columns or []
         self.rows: list[list[bytes | None]] = []
         self.command = ""
+        self.truncated = False  # rows beyond the caller's cap were read and left out
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -48,8 +49,9 @@ class ResultSet:
 class Outcome:
     """What the session gave back: every result, the error if one ended it, the notices."""
 
-    def __init__(self, session_id: str = "") -> None:
+    def __init__(self, session_id: str = "", max_rows: int | None = None) -> None:
         self.session_id = session_id
+        self.max_rows = max_rows  # rows kept per result; None: all
         self.results: list[ResultSet] = []
         self.error: pgm.ErrorFields | None = None
         self.notices: list[pgm.ErrorFields] = []
@@ -80,10 +82,17 @@ async def run_sql(
     return await run_sql_on(opened, sql)
 
 
-async def run_sql_on(opened: Opened, sql: str) -> Outcome:
-    """Run `sql` in a session already open (`exec` opens first, then looks at the type)."""
+async def run_sql_on(
+    opened: Opened,
+    sql: str,
+    params: list[str | None] | None = None,
+    max_rows: int | None = None,
+) -> Outcome:
+    """Run `sql` in a session already open (`exec` opens first, then looks at the type):
+    the simple protocol, or the extended one with `params` (text, types inferred). Each
+    result keeps at most `max_rows` rows (the rest are read and left out: `truncated`)."""
     call = opened.call
-    outcome = Outcome(session_id=opened.session_id)
+    outcome = Outcome(session_id=opened.session_id, max_rows=max_rows)
     startup = pgm.startup_message(
         {"user": getpass.getuser() or "gatehouse", "application_name": "gatehouse exec"}
     )
@@ -92,7 +101,8 @@ async def run_sql_on(opened: Opened, sql: str) -> Outcome:
     await _until_ready(messages, outcome, None)
     if outcome.error is not None:
         raise PgError(outcome.error, outcome)
-    await call.write(client_pb2.ClientFrame(data=pgm.query(sql)))
+    request = pgm.query(sql) if params is None else pgm.extended_query(sql, params)
+    await call.write(client_pb2.ClientFrame(data=request))
     await _until_ready(messages, outcome, outcome.results)
     with contextlib.suppress(grpc.aio.AioRpcError):
         # After a FATAL (the session was ended: a revoked token, say) the control plane may
@@ -134,7 +144,10 @@ async def _until_ready(
         elif tag == "T":
             current = ResultSet(columns=pgm.parse_row_description(message.body))
         elif tag == "D" and current is not None:
-            current.rows.append(pgm.parse_data_row(message.body))
+            if outcome.max_rows is None or len(current.rows) < outcome.max_rows:
+                current.rows.append(pgm.parse_data_row(message.body))
+            else:
+                current.truncated = True
         elif tag == "C":
             tag_text = pgm.parse_command_complete(message.body).tag
             if current is None:

@@ -61,6 +61,8 @@ class SessionContext:
     connection: JSON
     audit_mode: str
     source: JSON = field(default_factory=dict)
+    # The `mcp.call` event ({"seq", "id"}) of the MCP tool call that opened the session.
+    mcp_call: JSON | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +96,8 @@ def draft(
         body["audit_mode"] = session.audit_mode
         if session.source:
             body["source"] = session.source
+        if session.mcp_call is not None:
+            body["mcp_call"] = session.mcp_call
     if identity is not None:
         body["user"] = identity.as_user()
         if identity.actor:

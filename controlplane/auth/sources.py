@@ -99,12 +99,24 @@ class SourceInterceptor(_Interceptor):
 async def source_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    remote = request.remote
-    if remote is not None and remote.startswith("/"):  # forwarded by the TLS front
-        forwarded = peers.lookup(remote)
-        remote = forwarded.address if forwarded is not None else None
-    SOURCE.set(remote or UNKNOWN)
+    SOURCE.set(http_remote(request.remote))
     return await handler(request)
 
 
-__all__ = ["SOURCE", "SourceInterceptor", "current_source", "peer_ip", "source_middleware"]
+def http_remote(remote: str | None) -> str:
+    """An HTTP client's address: the peer, or the one the TLS front accepted (a trusted
+    proxy's word for it) when the peer is the front's socket."""
+    if remote is not None and remote.startswith("/"):  # forwarded by the TLS front
+        forwarded = peers.lookup(remote)
+        remote = forwarded.address if forwarded is not None else None
+    return remote or UNKNOWN
+
+
+__all__ = [
+    "SOURCE",
+    "SourceInterceptor",
+    "current_source",
+    "http_remote",
+    "peer_ip",
+    "source_middleware",
+]

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditWriter
@@ -58,18 +59,10 @@ class Reviews:
         person's own request does not cover their delegated tokens, and one given to a request
         made with actor devin's token covers neither the person nor another actor."""
         now = utc_now()
-        actor = identity.actor
-        same_actor = (
-            col(ReviewRow.actor).is_(None) if actor is None else col(ReviewRow.actor) == actor
-        )
 
         def find(session: Session) -> ReviewRow | None:
             query = (
-                select(ReviewRow)
-                .where(ReviewRow.requester == identity.subject)
-                .where(same_actor)
-                .where(ReviewRow.connection == connection)
-                .where(ReviewRow.mode == mode)
+                _requested_by(identity, connection, mode)
                 .where(ReviewRow.status == "approved")
                 .order_by(col(ReviewRow.grant_until).desc())
             )
@@ -121,22 +114,65 @@ class Reviews:
                 row = await self._db.read(lambda s: s.get(ReviewRow, review_id))
                 if row is None:
                     raise ReviewDenied(f"review {review_id} disappeared")
-                if row.status == "approved":
+                if await self.settled(row):
                     return row
-                if row.status == "denied":
-                    who = row.decided_by_email or row.decided_by or "a reviewer"
-                    raise ReviewDenied(
-                        f"review {review_id} was denied by {who}: {row.reason or 'no reason given'}"
-                    )
-                if row.status not in ("pending", DECIDING):
-                    raise ReviewDenied(f"review {review_id} is {row.status}")
-                if row.status == "pending" and utc_now() >= as_utc(row.expires_at):
-                    await self._expire(review_id)
-                    continue
                 await asyncio.sleep(POLL)
         except asyncio.CancelledError:
             await asyncio.shield(self._close(review_id, "cancelled"))
             raise
+
+    async def settled(self, row: ReviewRow) -> bool:
+        """True once `row` is approved, False while it is pending; raises ReviewDenied with
+        the reason once it was denied, expired (recorded here when nobody recorded it yet)
+        or cancelled."""
+        if row.status == "approved":
+            return True
+        if row.status == "denied":
+            who = row.decided_by_email or row.decided_by or "a reviewer"
+            raise ReviewDenied(
+                f"review {row.id} was denied by {who}: {row.reason or 'no reason given'}"
+            )
+        if row.status not in ("pending", DECIDING):
+            raise ReviewDenied(f"review {row.id} is {row.status}")
+        if row.status == "pending" and utc_now() >= as_utc(row.expires_at):
+            await self._expire(row.id)  # raises, unless it was decided meanwhile
+        return False
+
+    async def mine(
+        self, identity: Identity, review_id: str, connection: str, mode: str
+    ) -> ReviewRow:
+        """The caller's own review `review_id` of this connection and mode (a retry names
+        it); NotFound for anyone else's, as if it did not exist."""
+        row = await self._db.read(lambda s: s.get(ReviewRow, review_id))
+        if (
+            row is None
+            or row.requester != identity.subject
+            or (row.actor or None) != identity.actor
+            or row.connection != connection
+            or row.mode != mode
+        ):
+            raise NotFound(
+                f"no review {review_id} of yours for {mode} on {connection}; "
+                "`gatehouse reviews list` shows yours"
+            )
+        return row
+
+    async def pending_for(self, identity: Identity, connection: str, mode: str) -> ReviewRow | None:
+        """The caller's newest review of this connection and mode still waiting for a
+        decision: a caller that does not wait asks again and again, one request stands."""
+
+        def find(session: Session) -> ReviewRow | None:
+            query = (
+                _requested_by(identity, connection, mode)
+                .where(col(ReviewRow.status).in_(("pending", DECIDING)))
+                .order_by(col(ReviewRow.created_at).desc())
+            )
+            return session.exec(query).first()
+
+        row = await self._db.read(find)
+        if row is None or (row.status == "pending" and utc_now() >= as_utc(row.expires_at)):
+            return None
+        return row
 
     async def _expire(self, review_id: str) -> None:
         row = await self._close(review_id, "expired")
@@ -257,6 +293,20 @@ class Reviews:
             return ReviewRow.model_validate(current.model_dump())
 
         return await self._db.write(record)
+
+
+def _requested_by(identity: Identity, connection: str, mode: str) -> SelectOfScalar[ReviewRow]:
+    """Reviews `identity` requested for `connection` and `mode`: the same person and the same
+    actor (none for the person's own requests)."""
+    actor = identity.actor
+    same_actor = col(ReviewRow.actor).is_(None) if actor is None else col(ReviewRow.actor) == actor
+    return (
+        select(ReviewRow)
+        .where(ReviewRow.requester == identity.subject)
+        .where(same_actor)
+        .where(ReviewRow.connection == connection)
+        .where(ReviewRow.mode == mode)
+    )
 
 
 def _may_decide(identity: Identity, row: ReviewRow) -> bool:

@@ -29,6 +29,7 @@ from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import SessionContext, as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditUnavailable, AuditWriter, ResultLoss
 from controlplane.auth.identity import USER, Identity
+from controlplane.auth.sources import peer_ip
 from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.errors import (
     FailedPrecondition,
@@ -42,6 +43,7 @@ from controlplane.errors import (
 from controlplane.policy.access import MODES, AccessDecision, decide
 from controlplane.policy.document import Connection, Review
 from controlplane.policy.store import PolicyStore
+from controlplane.relay import mcpcall
 from controlplane.relay.ends import ClientEnd, GrpcEnd
 from controlplane.relay.inspection import EndCause, Inspector, Opening
 from controlplane.relay.protocols import INSPECTORS, SUPPORTED_TYPES
@@ -61,6 +63,16 @@ REVOCATION_CHECK = 2.0  # seconds between checks that a delegated token still wo
 DEFAULT_DELEGATION = 8 * 3600
 #: Told the client when its session waits for a review; may raise to refuse instead.
 ReviewPending = Callable[[ReviewRow, Review, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Asking:
+    """How a caller opens: whether it waits for a review, the review it retries after, and
+    the MCP tool call it makes (recorded first)."""
+
+    no_wait: bool = False
+    retry: str | None = None
+    mcp: client_pb2.McpCall | None = None
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
@@ -93,12 +105,18 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
                 raise InvalidArgument("a session must start with open")
             opening = first.open
+            tell = _review_pending_no_wait if opening.no_wait else _review_pending
             session = await self.admit(
                 identity,
                 opening.connection,
                 opening.mode or "exec",
                 {"ip": end.peer, "client": opening.client or "unknown"},
-                functools.partial(_review_pending, context),
+                functools.partial(tell, context),
+                Asking(
+                    no_wait=opening.no_wait,
+                    retry=opening.review_id or None,
+                    mcp=opening.mcp if opening.HasField("mcp") else None,
+                ),
             )
         except GatehouseError as exc:
             await context.abort(exc.code, str(exc))
@@ -129,11 +147,14 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         mode: str,
         source: dict[str, Any],
         review_pending: ReviewPending,
+        asking: Asking = Asking(),
     ) -> Admitted:
-        """Everything before the relay: access, review, `session.start`, the agent attached.
-        Raises a GatehouseError (or AuditUnavailable) that says why not."""
-        connection, decision = await self._connection(name, identity, mode)
-        review_id = await self._review(review_pending, identity, connection, mode, decision)
+        """Everything before the relay: the MCP call's event, access, review,
+        `session.start`, the agent attached. Raises a GatehouseError (or AuditUnavailable)
+        that says why not."""
+        mcp_call = await self.mcp_call(identity, asking.mcp, source, name)
+        connection, decision = await self._connection(name, identity, mode, mcp_call)
+        review_id = await self._review(review_pending, identity, connection, mode, decision, asking)
         ctx = SessionContext(
             session_id=str(uuid.uuid4()),
             identity=identity,
@@ -144,6 +165,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             },
             audit_mode=connection.audit,
             source=source,
+            mcp_call=mcp_call,
         )
         tunnel = await self._open(ctx, connection, identity, mode, review_id)
         inspector = self._inspector(ctx, connection, mode, tunnel)
@@ -207,6 +229,12 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.ListMyConnectionsRequest, context: Context
     ) -> client_pb2.ListMyConnectionsResponse:
         identity = await self._auth.identify(context.invocation_metadata())
+        mcp = request.mcp if request.HasField("mcp") else None
+        await self.mcp_call(identity, mcp, {"ip": peer_ip(context.peer()), "client": "mcp"})
+        return await self.connections_of(identity)
+
+    async def connections_of(self, identity: Identity) -> client_pb2.ListMyConnectionsResponse:
+        """The connections `identity` may use and how (modes now, modes after a review)."""
         await self._policy.load()
         rules = self._policy.document.access
         response = client_pb2.ListMyConnectionsResponse()
@@ -264,8 +292,34 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self, request: client_pb2.ListReviewsRequest, context: Context
     ) -> client_pb2.ListReviewsResponse:
         identity = await self._auth.identify(context.invocation_metadata())
+        mcp = request.mcp if request.HasField("mcp") else None
+        await self.mcp_call(identity, mcp, {"ip": peer_ip(context.peer()), "client": "mcp"})
+        return await self.reviews_of(identity)
+
+    async def reviews_of(self, identity: Identity) -> client_pb2.ListReviewsResponse:
+        """Pending reviews `identity` may decide, and `identity`'s own."""
         rows = await self._reviews.listing(identity)
         return client_pb2.ListReviewsResponse(reviews=[as_message(r, identity) for r in rows])
+
+    async def mcp_call(
+        self,
+        identity: Identity,
+        call: client_pb2.McpCall | None,
+        source: dict[str, Any],
+        connection: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Record an MCP tool call's `mcp.call` event (none without a call); returns the
+        reference its session's events carry."""
+        if call is None or not mcpcall.present(call):
+            return None
+        detectors = None
+        if connection:
+            await self._policy.load()
+            known = self._policy.connection(connection)
+            detectors = self._policy.parameter_detectors(known) if known is not None else None
+        return await mcpcall.record(
+            self._audit, identity, call, source, connection=connection, detectors=detectors
+        )
 
     @unary
     async def ApproveReview(
@@ -290,24 +344,38 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         connection: Connection,
         mode: str,
         decision: AccessDecision,
+        asking: Asking,
     ) -> str | None:
-        """The review this session opens under: none when the rule needs none; an unexpired
-        approval of the same connection and mode; else a new one, waited for here (`pending`
-        tells the client, and may refuse instead of waiting)."""
+        """The review this session opens under: none when the rule needs none; the review a
+        retry names, once approved (its denial refuses with the reason); an unexpired approval
+        of the same connection and mode; else a new one — or, for a caller that does not
+        wait, the one of theirs still pending — waited for here (`pending` tells the client,
+        and may refuse instead of waiting)."""
         if decision.needs_review is None or decision.rule is None:
             return None
+        row: ReviewRow | None = None
+        if asking.retry is not None:
+            row = await self._reviews.mine(identity, asking.retry, connection.name, mode)
+            if await self._reviews.settled(row):
+                held = await self._reviews.granted(identity, connection.name, mode)
+                if held is not None:
+                    return held.id
+                row = None  # approved once, no longer held: ask again
         held = await self._reviews.granted(identity, connection.name, mode)
         if held is not None:
             return held.id
-        row = await self._reviews.request(
-            identity, connection.name, mode, decision.rule, decision.needs_review
-        )
+        if row is None and asking.no_wait:
+            row = await self._reviews.pending_for(identity, connection.name, mode)
+        if row is None:
+            row = await self._reviews.request(
+                identity, connection.name, mode, decision.rule, decision.needs_review
+            )
         await pending(row, decision.needs_review, decision.rule)
         approved = await self._reviews.wait(row.id)
         return approved.id
 
     async def _connection(
-        self, name: str, identity: Identity, mode: str
+        self, name: str, identity: Identity, mode: str, mcp_call: dict[str, Any] | None = None
     ) -> tuple[Connection, AccessDecision]:
         await self._policy.load()
         connection = self._policy.connection(name)
@@ -323,6 +391,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     connection={"name": name},
                     mode=mode,
                     decision={"result": "deny", "rule": decision.rule, "reason": reason},
+                    mcp_call=mcp_call,
                 )
             )
             raise PermissionDenied(reason)
@@ -524,6 +593,28 @@ async def _review_pending(context: Context, row: ReviewRow, review: Review, rule
                 timeout_seconds=int(wait_timeout()),
             )
         )
+    )
+
+
+class StillPending(FailedPrecondition):
+    """A caller that does not wait was told its review is pending: the review stays open
+    for its reviewers, the call ends here."""
+
+
+async def _review_pending_no_wait(
+    context: Context, row: ReviewRow, review: Review, rule: str
+) -> None:
+    """`exec --no-wait` and MCP tools: tell the review's id, then end the call; the review
+    stays pending (a waiting client's Ctrl-C withdraws it, this does not)."""
+    await _review_pending(context, row, review, rule)
+    raise StillPending(pending_message(row.id, review, rule))
+
+
+def pending_message(review_id: str, review: Review, rule: str) -> str:
+    groups = ", ".join(review.groups)
+    return (
+        f"review {review_id} is pending (access rule {rule!r}) for {groups}; once one of them "
+        f"approves it (`gatehouse reviews approve {review_id}`), run it again"
     )
 
 

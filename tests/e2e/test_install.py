@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP = (".git", ".venv", "build", "dist", "node_modules", "demo-data", "bench", "tests")
-CONTROLPLANE_EXTRA = {"sqlmodel", "alembic", "joserfc", "psycopg", "pglast"}
+CONTROLPLANE_EXTRA = {"sqlmodel", "alembic", "joserfc", "psycopg", "pglast", "aiohttp-asgi"}
 
 
 # `gatehouse ARGS` with the control plane's package and its extra unimportable.
@@ -40,7 +40,10 @@ AGENT_ONLY = """
 import sys
 from importlib.abc import MetaPathFinder
 
-BLOCKED = {"controlplane", "sqlmodel", "sqlalchemy", "alembic", "pglast", "psycopg", "joserfc"}
+BLOCKED = {
+    "controlplane", "sqlmodel", "sqlalchemy", "alembic", "pglast", "psycopg", "joserfc",
+    "aiohttp_asgi",
+}
 
 class Block(MetaPathFinder):
     def find_spec(self, name, path=None, target=None):

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -201,3 +202,30 @@ def _served_soon(cp: ControlPlane, ca: Path, serial: int) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_mcp_is_served_on_the_https_listener_and_its_challenge_says_https(
+    tls_stack: Stack,
+) -> None:
+    from mcp import ClientSession
+
+    from tests.e2e.mcpclient import call, over_http
+
+    cp = tls_stack.controlplane
+    url = f"https://127.0.0.1:{cp.http_port}/mcp"
+    request = urllib.request.Request(url, method="POST")
+    context = ssl.create_default_context(cafile=cp.ca_file)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10, context=context)
+    assert refused.value.code == 401
+    challenge = refused.value.headers["WWW-Authenticate"]
+    assert challenge == (
+        f'Bearer resource_metadata="https://127.0.0.1:{cp.http_port}'
+        '/.well-known/oauth-protected-resource/mcp"'
+    )
+
+    async def work(session: ClientSession) -> tuple[bool, Any]:
+        return await call(session, "query", connection="pg", sql="select 'over tls' as t")
+
+    error, answer = over_http(url, cp.token, work, ca=str(cp.ca_file))
+    assert error is False and answer["rows"] == [["over tls"]]

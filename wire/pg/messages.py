@@ -343,6 +343,31 @@ def query(sql: str) -> bytes:
     return _message(b"Q", _cstr(sql))
 
 
+def extended_query(sql: str, params: Sequence[str | None]) -> bytes:
+    """One statement with text parameters in the extended protocol: Parse and Bind (unnamed
+    statement and portal, every type inferred by the server), Describe the portal, Execute
+    it whole, Sync. The server answers ParseComplete, BindComplete, RowDescription (or
+    NoData), its rows, CommandComplete and ReadyForQuery."""
+    if len(params) > 65535:
+        raise ValueError(f"{len(params)} parameters: the protocol carries at most 65535")
+    parse = _cstr("") + _cstr(sql) + struct.pack("!h", 0)
+    bind = bytearray(_cstr("") + _cstr("") + struct.pack("!hh", 0, len(params)))
+    for value in params:
+        if value is None:
+            bind += _INT32.pack(-1)
+        else:
+            data = value.encode()
+            bind += _INT32.pack(len(data)) + data
+    bind += struct.pack("!h", 0)
+    return (
+        _message(b"P", parse)
+        + _message(b"B", bytes(bind))
+        + _message(b"D", b"P" + _cstr(""))
+        + _message(b"E", _cstr("") + _INT32.pack(0))
+        + sync()
+    )
+
+
 def terminate() -> bytes:
     """Terminate: the client closes the session politely."""
     return b"X\x00\x00\x00\x04"

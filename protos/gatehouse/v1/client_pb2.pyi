@@ -90,12 +90,19 @@ Global___Review: _TypeAlias = Review  # noqa: Y015
 class ListReviewsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    MCP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mcp(self) -> Global___McpCall:
+        """set by an MCP tool call: recorded as its `mcp.call` event"""
+
     def __init__(
         self,
+        *,
+        mcp: Global___McpCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mcp", b"mcp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mcp", b"mcp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,12 +390,19 @@ Global___RevokeMyTokenResponse: _TypeAlias = RevokeMyTokenResponse  # noqa: Y015
 class ListMyConnectionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    MCP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mcp(self) -> Global___McpCall:
+        """set by an MCP tool call: recorded as its `mcp.call` event"""
+
     def __init__(
         self,
+        *,
+        mcp: Global___McpCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mcp", b"mcp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mcp", b"mcp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -509,25 +523,73 @@ class SessionOpen(_message.Message):
     CONNECTION_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     CLIENT_FIELD_NUMBER: _builtins.int
+    NO_WAIT_FIELD_NUMBER: _builtins.int
+    REVIEW_ID_FIELD_NUMBER: _builtins.int
+    MCP_FIELD_NUMBER: _builtins.int
     connection: _builtins.str
     mode: _builtins.str
     """exec | connect"""
     client: _builtins.str
     """what the caller runs, e.g. "gatehouse-cli/0.1 exec" """
+    no_wait: _builtins.bool
+    """Do not wait for a review: after `review_pending` the stream ends with FAILED_PRECONDITION
+    and the review stays pending (`exec --no-wait`, MCP tools); ask again once it is decided.
+    """
+    review_id: _builtins.str
+    """The review this call retries after: its denial (or expiry) refuses with the reason, its
+    approval admits, while it is pending no new review is requested.
+    """
+    @_builtins.property
+    def mcp(self) -> Global___McpCall:
+        """Set by an MCP tool call: recorded as an `mcp.call` event that the session's events name."""
+
     def __init__(
         self,
         *,
         connection: _builtins.str = ...,
         mode: _builtins.str = ...,
         client: _builtins.str = ...,
+        no_wait: _builtins.bool = ...,
+        review_id: _builtins.str = ...,
+        mcp: Global___McpCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mcp", b"mcp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "connection", b"connection", "mode", b"mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "connection", b"connection", "mcp", b"mcp", "mode", b"mode", "no_wait", b"no_wait", "review_id", b"review_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionOpen: _TypeAlias = SessionOpen  # noqa: Y015
+
+@_typing.final
+class McpCall(_message.Message):
+    """One MCP tool call as the caller's MCP server made it: the tool and its arguments (JSON
+    text; the control plane redacts secrets before recording them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    tool: _builtins.str
+    arguments: _builtins.str
+    client: _builtins.str
+    """the MCP client's own name and version, as it introduced itself"""
+    def __init__(
+        self,
+        *,
+        tool: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+        client: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "client", b"client", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpCall: _TypeAlias = McpCall  # noqa: Y015
 
 @_typing.final
 class ServerFrame(_message.Message):

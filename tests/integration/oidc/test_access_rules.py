@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
@@ -70,19 +71,25 @@ class People:
         return [json.loads(line) for line in export.stdout.splitlines()]
 
 
-@pytest.fixture(scope="module")
-def people(tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider) -> Iterator[People]:
-    base = tmp_path_factory.mktemp("access")
+def start_people(
+    base: Path, oidc: OidcProvider, policy: str, env: dict[str, str] | None = None
+) -> Iterator[People]:
+    """A control plane trusting `oidc`, an agent, a PostgreSQL, the policy (its `{port}` the
+    PostgreSQL's), and alice and bob logged in; everything stopped after."""
     pg = start_postgres(base / "pg", roles={"app": "pw"}, databases={"app": "app"})
     controlplane = ControlPlane.create(
         base / "cp",
-        env={"GATEHOUSE_OIDC_ISSUER": oidc.issuer, "GATEHOUSE_OIDC_AUDIENCE": AUDIENCE},
+        env={
+            "GATEHOUSE_OIDC_ISSUER": oidc.issuer,
+            "GATEHOUSE_OIDC_AUDIENCE": AUDIENCE,
+            **(env or {}),
+        },
     )
     controlplane.start_and_wait()
     agent = None
     try:
         agent = enroll_agent(controlplane, "vpc-1", base / "agent", env={"PG_PASSWORD": "pw"})
-        (base / "gatehouse.yaml").write_text(POLICY.format(port=pg.port))
+        (base / "gatehouse.yaml").write_text(policy.format(port=pg.port))
         applied = gatehouse(
             ["admin", "apply", "-f", str(base / "gatehouse.yaml")], env=controlplane.cli_env
         )
@@ -96,6 +103,11 @@ def people(tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider) -> Iter
             agent.stop()
         controlplane.stop()
         pg.stop()
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider) -> Iterator[People]:
+    yield from start_people(tmp_path_factory.mktemp("access"), oidc, POLICY)
 
 
 def test_alice_in_dba_may_exec_on_pg_connections(people: People) -> None:

@@ -534,3 +534,23 @@ def test_sasl_initial_response_round_trip(mechanism: str, data: bytes) -> None:
 @given(code=st.sampled_from([11, 12]), data=st.binary(max_size=100))
 def test_authentication_round_trip(code: int, data: bytes) -> None:
     assert parse_authentication(body(authentication_request(code, data))) == AuthRequest(code, data)
+
+
+def test_extended_query_is_parse_bind_describe_execute_sync_with_text_parameters() -> None:
+    from wire.pg import framing
+    from wire.pg import messages as pgm
+
+    data = pgm.extended_query("select $1::int + $2", ["41", None])
+    parsed = list(framing.MessageFramer().feed(data))
+    assert [chr(m.tag) for m in parsed] == ["P", "B", "D", "E", "S"]
+    statement = pgm.parse_parse(parsed[0].body)
+    assert (statement.name, statement.query, statement.param_types) == (
+        "",
+        "select $1::int + $2",
+        (),
+    )
+    bind = pgm.parse_bind(parsed[1].body)
+    assert (bind.portal, bind.statement, bind.values) == ("", "", (b"41", None))
+    assert bind.param_formats == () and bind.result_formats == ()
+    execute = pgm.parse_execute(parsed[3].body)
+    assert (execute.portal, execute.max_rows) == ("", 0)

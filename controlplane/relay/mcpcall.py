@@ -1,0 +1,101 @@
+"""The `mcp.call` event: one per MCP tool call, before anything the call does.
+
+An AI agent's MCP server (`gatehouse mcp`, or the control plane's own `/mcp`) names the tool
+and its arguments in the request that carries the call (`McpCall` on a session's `open`, on
+`ListConnections` or `ListReviews`). The control plane records them as the caller's event —
+`user` the person, `actor` the agent, from its own authentication — and every event of the
+session the call opens carries `"mcp_call": {"seq", "id"}` of it, so a reader goes from a
+statement to the tool call that sent it and back.
+
+The arguments are recorded redacted as the statement they carry would be: password literals
+in `sql` as `'***'` (the same parse as `db.query`), `params` through the connection's
+parameter detectors, `stdin` as its length and SHA-256 only (a command's program on stdin is
+recorded in the command's own event, when it is one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from controlplane.audit.events import JSON, draft
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
+from controlplane.errors import InvalidArgument
+from controlplane.policy.statement_secrets import redact_statement
+from gatehouse.v1 import client_pb2
+from redact.detectors import DetectorSet
+
+MAX_ARGUMENTS = 1024 * 1024
+"""Bytes of a call's arguments (JSON text); a larger call is refused before anything runs."""
+MAX_TOOL = 64
+"""Characters of a tool's name."""
+DEFAULT_DETECTORS = ("secret",)
+
+
+def present(call: client_pb2.McpCall | None) -> bool:
+    """Whether a request carries a tool call (an empty message means none)."""
+    return call is not None and bool(call.tool)
+
+
+def arguments(call: client_pb2.McpCall, detectors: DetectorSet | None) -> JSON:
+    """The call's arguments as they may be recorded; InvalidArgument for ones that are not
+    a JSON object or are too large."""
+    if len(call.tool) > MAX_TOOL or not call.tool.isprintable():
+        raise InvalidArgument(f"an MCP tool name is printable and at most {MAX_TOOL} characters")
+    if len(call.arguments.encode("utf-8", "surrogatepass")) > MAX_ARGUMENTS:
+        raise InvalidArgument(f"an MCP tool call's arguments are at most {MAX_ARGUMENTS} bytes")
+    try:
+        parsed = json.loads(call.arguments) if call.arguments else {}
+    except ValueError:
+        raise InvalidArgument("an MCP tool call's arguments are not JSON") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument("an MCP tool call's arguments are a JSON object")
+    return _redacted(parsed, detectors or DetectorSet(DEFAULT_DETECTORS))
+
+
+def _redacted(args: dict[str, Any], detectors: DetectorSet) -> JSON:
+    out = dict(args)
+    sql = out.get("sql")
+    if isinstance(sql, str):
+        out["sql"] = redact_statement(sql)
+    params = out.get("params")
+    if isinstance(params, list):
+        out["params"] = [_masked(p, detectors) for p in params]
+    stdin = out.get("stdin")
+    if isinstance(stdin, str):
+        data = stdin.encode("utf-8", "surrogatepass")
+        out["stdin"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return out
+
+
+def _masked(value: Any, detectors: DetectorSet) -> Any:
+    if not isinstance(value, str) or not detectors:
+        return value
+    masked = detectors.mask(value)
+    return value if masked is None else masked
+
+
+async def record(
+    audit: AuditWriter,
+    identity: Identity,
+    call: client_pb2.McpCall,
+    source: JSON,
+    *,
+    connection: str | None = None,
+    detectors: DetectorSet | None = None,
+) -> JSON:
+    """Commit the call's `mcp.call` event (before anything it does); returns the reference
+    the events it causes carry: `{"seq", "id"}`."""
+    event = draft(
+        "mcp.call",
+        identity=identity,
+        source=source or None,
+        connection={"name": connection} if connection else None,
+        tool=call.tool,
+        arguments=arguments(call, detectors),
+        mcp_client=call.client[:200] or None,
+    )
+    seq = await audit.commit(event)
+    return {"seq": seq, "id": event.body["id"]}

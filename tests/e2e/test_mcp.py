@@ -1,0 +1,277 @@
+"""`gatehouse mcp` driven by the MCP SDK's own client over stdio: the tools run on a real
+PostgreSQL and a real sshd through a control plane and an agent, with a delegated token, and
+every call is in the trail with the person and the agent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from mcp import ClientSession
+
+from devenv.sshd import Sshd
+from tests.e2e import mcpclient
+from tests.e2e.conftest import Stack, ssh_policy
+from tests.e2e.mcpclient import Work, call
+
+T = TypeVar("T")
+ACTOR = "claude-test"
+
+
+@pytest.fixture(scope="module")
+def mcp_stack(stack: Stack, sshd: Sshd) -> Iterator[Stack]:
+    policy = ssh_policy(stack, sshd)
+    policy = policy.replace(
+        "    secret: {password: env:PG_PASSWORD}\n",
+        "    secret: {password: env:PG_PASSWORD}\n    guardrails: [no-drop]\n",
+        1,
+    ) + ("  - name: no-drop\n    deny_statements: [DROP]\n")
+    applied = stack.apply(policy)
+    assert applied.returncode == 0, applied.stderr
+    yield stack
+
+
+@pytest.fixture(scope="module")
+def agent_token(mcp_stack: Stack) -> str:
+    created = mcp_stack.cli(
+        "tokens", "create", "--actor", ACTOR, "--ttl", "1h", "--role", "admin", "-o", "json"
+    )
+    assert created.returncode == 0, created.stderr
+    return str(json.loads(created.stdout)["secret"])
+
+
+def over_stdio(stack: Stack, token: str, work: Work[T]) -> T:
+    return mcpclient.over_stdio({**stack.controlplane.cli_env, "GATEHOUSE_TOKEN": token}, work)
+
+
+def test_tools_are_listed_with_their_schemas(mcp_stack: Stack, agent_token: str) -> None:
+    async def work(session: ClientSession) -> Any:
+        return await session.list_tools()
+
+    listed = over_stdio(mcp_stack, agent_token, work)
+    tools = {t.name: t for t in listed.tools}
+    assert set(tools) == {
+        "list_connections",
+        "query",
+        "run_command",
+        "describe",
+        "request_access",
+        "review_status",
+    }
+    assert tools["query"].input_schema["required"] == ["connection", "sql"]
+    assert tools["run_command"].input_schema["required"] == ["connection", "command"]
+
+
+def test_query_runs_on_postgres_and_is_recorded_with_person_and_agent(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    marker = f"mcp-{uuid.uuid4().hex[:8]}"
+    after = mcp_stack.events()[-1]["seq"]
+
+    async def work(session: ClientSession) -> Any:
+        listed = await call(session, "list_connections")
+        queried = await call(
+            session,
+            "query",
+            connection="pg",
+            sql=f"select $1::text as m, 41 + 1 as n -- {marker}",
+            params=["hello"],
+        )
+        capped = await call(
+            session,
+            "query",
+            connection="pg",
+            sql="select generate_series(1, 50) as i",
+            max_rows=5,
+        )
+        return listed, queried, capped
+
+    listed, queried, capped = over_stdio(mcp_stack, agent_token, work)
+    assert listed[0] is False
+    names = {c["name"]: c for c in listed[1]["connections"]}
+    assert names["pg"]["type"] == "postgres" and "exec" in names["pg"]["modes"]
+    assert queried == (
+        False,
+        {
+            "columns": ["m", "n"],
+            "rows": [["hello", 42]],
+            "command": "SELECT 1",
+            "truncated": False,
+            "row_count": 1,
+            "session_id": queried[1]["session_id"],
+        },
+    )
+    assert capped[1]["rows"] == [[1], [2], [3], [4], [5]] and capped[1]["truncated"] is True
+    assert any(marker in line for line in mcp_stack.pg.statement_log())
+
+    events = mcp_stack.events(after)
+    calls = [e for e in events if e["type"] == "mcp.call"]
+    assert [c["tool"] for c in calls] == ["list_connections", "query", "query"]
+    query_call = calls[1]
+    assert query_call["actor"] == ACTOR and query_call["user"]["sub"]
+    assert query_call["arguments"]["params"] == ["hello"]
+    assert query_call["mcp_client"]  # the MCP client's own name, as it introduced itself
+    session = [e for e in events if e.get("session_id") == queried[1]["session_id"]]
+    assert [e["type"] for e in session] == [
+        "session.start",
+        "db.query",
+        "db.result",
+        "session.end",
+    ]
+    for event in session:
+        assert event["mcp_call"] == {"seq": query_call["seq"], "id": query_call["id"]}
+        assert event["actor"] == ACTOR and event["user"] == query_call["user"]
+
+
+def test_describe_lists_tables_through_the_audited_path(mcp_stack: Stack, agent_token: str) -> None:
+    table = f"mcp_{uuid.uuid4().hex[:8]}"
+    made = mcp_stack.cli("exec", "pg", "-c", f"create table {table} (id int not null, note text)")
+    assert made.returncode == 0, made.stderr
+    after = mcp_stack.events()[-1]["seq"]
+
+    async def work(session: ClientSession) -> Any:
+        return await call(session, "describe", connection="pg", table=table)
+
+    error, described = over_stdio(mcp_stack, agent_token, work)
+    assert error is False, described
+    assert described["tables"] == [
+        {
+            "schema": "public",
+            "name": table,
+            "columns": [
+                {"name": "id", "type": "integer", "nullable": False},
+                {"name": "note", "type": "text", "nullable": True},
+            ],
+        }
+    ]
+    queries = [e for e in mcp_stack.events(after) if e["type"] == "db.query"]
+    assert len(queries) == 1 and "information_schema.columns" in queries[0]["request"]["statement"]
+    assert queries[0]["actor"] == ACTOR
+
+
+def test_guardrail_refusal_and_unknown_connection_are_tool_errors_and_reach_nothing(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    marker = f"mcp_drop_{uuid.uuid4().hex[:8]}"
+
+    async def work(session: ClientSession) -> Any:
+        denied = await call(session, "query", connection="pg", sql=f"drop table {marker}")
+        unknown = await call(session, "query", connection="nope", sql=f"select '{marker}'")
+        still = await call(session, "query", connection="pg", sql="select 1 as one")
+        return denied, unknown, still
+
+    denied, unknown, still = over_stdio(mcp_stack, agent_token, work)
+    assert denied[0] is True and "no-drop" in denied[1] and "42501" in denied[1]
+    assert unknown[0] is True and "nope" in unknown[1]
+    assert still == (False, {**still[1], "rows": [[1]]})  # the server goes on
+    assert not any(marker in line for line in mcp_stack.pg.statement_log())
+    events = mcp_stack.events()
+    refused = [e for e in events if e["type"] == "db.query" and marker in e["request"]["statement"]]
+    assert refused[-1]["decision"]["result"] == "deny" and refused[-1]["mcp_call"]["seq"]
+
+
+def test_run_command_over_ssh_and_its_guardrail(
+    mcp_stack: Stack, agent_token: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / f"ran-{uuid.uuid4().hex[:8]}"
+    after = mcp_stack.events()[-1]["seq"]
+
+    async def work(session: ClientSession) -> Any:
+        ran = await call(
+            session,
+            "run_command",
+            connection="web-1",
+            command=f"touch {marker}; cat; echo err >&2; exit 3",
+            stdin="from stdin\n",
+        )
+        denied = await call(session, "run_command", connection="web-1", command="rm -rf /")
+        wrong = await call(session, "run_command", connection="pg", command="ls")
+        return ran, denied, wrong
+
+    ran, denied, wrong = over_stdio(mcp_stack, agent_token, work)
+    assert ran[0] is False, ran
+    assert (ran[1]["exit_status"], ran[1]["stdout"], ran[1]["stderr"]) == (
+        3,
+        "from stdin\n",
+        "err\n",
+    )
+    assert marker.exists()
+    assert denied[0] is True and "no-rm-root" in denied[1]
+    assert wrong[0] is True and "use query" in wrong[1]
+    events = mcp_stack.events(after)
+    command = next(e for e in events if e["type"] == "ssh.exec" and str(marker) in json.dumps(e))
+    call_event = next(e for e in events if e["seq"] == command["mcp_call"]["seq"])
+    assert call_event["type"] == "mcp.call" and call_event["tool"] == "run_command"
+    assert call_event["arguments"]["stdin"]["bytes"] == len("from stdin\n")
+    assert command["actor"] == ACTOR
+    refusal = [e for e in events if e["type"] == "ssh.exec" and "rm -rf /" in json.dumps(e)]
+    assert refusal[-1]["decision"]["result"] == "deny"
+
+
+def mcp_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.controlplane.http_port}/mcp"
+
+
+def test_the_remote_endpoint_runs_the_same_tools_inside_the_control_plane(
+    mcp_stack: Stack, agent_token: str, tmp_path: Path
+) -> None:
+    marker = f"mcp-http-{uuid.uuid4().hex[:8]}"
+    touched = tmp_path / marker
+    after = mcp_stack.events()[-1]["seq"]
+
+    async def work(session: ClientSession) -> Any:
+        tools = await session.list_tools()
+        queried = await call(session, "query", connection="pg", sql=f"select '{marker}' as m")
+        denied = await call(session, "query", connection="pg", sql=f"drop table {marker}")
+        unknown = await call(session, "describe", connection="nope")
+        ran = await call(
+            session, "run_command", connection="web-1", command=["touch", str(touched)]
+        )
+        return tools, queried, denied, unknown, ran
+
+    tools, queried, denied, unknown, ran = mcpclient.over_http(
+        mcp_url(mcp_stack), agent_token, work
+    )
+    assert len(tools.tools) == 6
+    assert queried == (False, {**queried[1], "rows": [[marker]], "command": "SELECT 1"})
+    assert denied[0] is True and "no-drop" in denied[1]
+    assert unknown[0] is True and "nope" in unknown[1]
+    assert ran[0] is False and ran[1]["exit_status"] == 0 and touched.exists()
+    log = mcp_stack.pg.statement_log()
+    assert any(f"select '{marker}'" in line for line in log)
+    assert not any(f"drop table {marker}" in line for line in log)
+
+    events = mcp_stack.events(after)
+    calls = {e["seq"]: e for e in events if e["type"] == "mcp.call"}
+    assert [c["tool"] for c in calls.values()] == ["query", "query", "describe", "run_command"]
+    assert all(c["actor"] == ACTOR and c["source"]["ip"] == "127.0.0.1" for c in calls.values())
+    query = next(
+        e for e in events if e["type"] == "db.query" and marker in e["request"]["statement"]
+    )
+    assert calls[query["mcp_call"]["seq"]]["tool"] == "query" and query["actor"] == ACTOR
+    command = next(e for e in events if e["type"] == "ssh.exec")
+    assert calls[command["mcp_call"]["seq"]]["tool"] == "run_command"
+
+
+def test_a_command_past_its_timeout_is_killed_and_says_so(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    async def work(session: ClientSession) -> Any:
+        return await call(
+            session,
+            "run_command",
+            connection="ops",
+            command="echo started; exec sleep 120",
+            timeout_s=1,
+        )
+
+    error, ran = over_stdio(mcp_stack, agent_token, work)
+    assert error is False, ran
+    assert ran["timed_out"] is True and ran["stdout"] == "started\n"
+    assert ran["exit_status"] != 0
+    events = [e for e in mcp_stack.events() if e.get("session_id") == ran["session_id"]]
+    assert [e["type"] for e in events][-2:] == ["shell.result", "session.end"]

@@ -1,0 +1,60 @@
+"""What an `mcp.call` event records of a tool call's arguments: secrets redacted as the
+statement's own event would have them, a command's stdin as its length and digest only."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from controlplane.errors import InvalidArgument
+from controlplane.relay import mcpcall
+from gatehouse.v1 import client_pb2
+from redact.detectors import DetectorSet
+
+
+def recorded(arguments: str, tool: str = "query") -> dict[str, object]:
+    call = client_pb2.McpCall(tool=tool, arguments=arguments)
+    return mcpcall.arguments(call, None)
+
+
+def test_a_password_literal_in_sql_is_masked() -> None:
+    args = recorded('{"connection": "pg", "sql": "alter role app password \'hunter2\'"}')
+    assert args["connection"] == "pg"
+    assert "hunter2" not in str(args["sql"]) and "'***'" in str(args["sql"])
+
+
+def test_parameters_pass_through_the_connection_s_detectors() -> None:
+    call = client_pb2.McpCall(
+        tool="query", arguments='{"sql": "select $1, $2", "params": ["alice@example.com", 42]}'
+    )
+    args = mcpcall.arguments(call, DetectorSet(["email"]))
+    params = args["params"]
+    assert isinstance(params, list) and params[1] == 42
+    assert "alice@example.com" not in str(params[0])
+
+
+def test_stdin_is_recorded_as_its_length_and_digest() -> None:
+    args = recorded('{"connection": "web", "command": "sh", "stdin": "rm -rf /srv\\n"}')
+    digest = hashlib.sha256(b"rm -rf /srv\n").hexdigest()
+    assert args["stdin"] == {"bytes": 12, "sha256": digest}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "tool", "why"),
+    [
+        ("{not json", "query", "not JSON"),
+        ("[1, 2]", "query", "JSON object"),
+        ("{}", "x" * 65, "tool name"),
+        ('{"sql": "' + "x" * (mcpcall.MAX_ARGUMENTS + 1) + '"}', "query", "at most"),
+    ],
+)
+def test_arguments_that_cannot_be_recorded_are_refused(arguments: str, tool: str, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=why):
+        recorded(arguments, tool)
+
+
+def test_an_empty_call_is_no_call() -> None:
+    assert not mcpcall.present(client_pb2.McpCall())
+    assert not mcpcall.present(None)
+    assert mcpcall.present(client_pb2.McpCall(tool="query"))
