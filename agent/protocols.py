@@ -10,7 +10,6 @@ from collections.abc import Mapping
 
 from agent.engines import Engine
 from agent.http.engine import HttpEngine
-
 from agent.mysql.engine import MysqlEngine
 from agent.pg.engine import PgEngine
 from agent.term.engine import ShellEngine, ssh_engine

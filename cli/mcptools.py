@@ -1,7 +1,7 @@
 """The tools Gatehouse gives an AI agent over MCP, and the MCP server that offers them.
 
 Each tool call is one request on the same audited path as `gatehouse exec`: `query` and
-`describe` speak PostgreSQL through a session (cli.pgexec), `run_command` the terminal
+`describe` speak PostgreSQL through a session (cli.pg.query), `run_command` the terminal
 protocol (cli.term), so guardrails, reviews, masking and the trail apply unchanged. The call
 itself travels with the request (`McpCall`): the control plane records it as an `mcp.call`
 event first, and the session's events name it.
@@ -273,7 +273,7 @@ class Tools:
     async def _query(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
-        from cli import pgexec
+        from cli.pg import query as pgexec
 
         sql = _text(args, "sql")
         params = _params(args.get("params"))
@@ -297,7 +297,7 @@ class Tools:
     async def _describe(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
-        from cli import pgexec
+        from cli.pg import query as pgexec
 
         schema = _optional_text(args, "schema")
         table = _optional_text(args, "table")
@@ -323,7 +323,7 @@ class Tools:
     async def _database(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> Opened:
-        from cli.session import TERMINAL_TYPES
+        from cli.term import TERMINAL_TYPES
 
         opened = await self._open(connection, args, call)
         if opened.connection_type in TERMINAL_TYPES:
@@ -336,8 +336,9 @@ class Tools:
     async def _run_command(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
-        from cli import term
-        from cli.execute import command_start
+        from cli.term import TERMINAL_TYPES
+        from cli.term import stream as term
+        from cli.term.command import command_start
 
         command = args.get("command")
         if isinstance(command, list) and command and all(isinstance(w, str) for w in command):
@@ -354,7 +355,7 @@ class Tools:
             raise ToolError(f"stdin is at most {MAX_STDIN} bytes")
         timeout = _number(args, "timeout_s", DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT)
         opened = await self._open(connection, args, call)
-        if opened.connection_type not in term.TERMINAL_TYPES:
+        if opened.connection_type not in TERMINAL_TYPES:
             opened.call.cancel()
             raise ToolError(
                 f"{connection} is a {opened.connection_type or 'database'} connection: use query"
@@ -445,7 +446,7 @@ class Captured:
 
 
 async def _sql(opened: Opened, sql: str, params: list[str | None] | None, max_rows: int) -> Any:
-    from cli import pgexec
+    from cli.pg import query as pgexec
 
     try:
         return await pgexec.run_sql_on(opened, sql, params, max_rows)

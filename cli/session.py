@@ -20,8 +20,9 @@ from gatehouse.v1 import client_pb2
 
 log = logging.getLogger("gatehouse.session")
 
+
 class Call(Protocol):
-    """A session's stream as the protocol clients (cli.pgexec, cli.term) use it: the gRPC
+    """A session's stream as the protocol clients (cli.pg.query, cli.term.stream) use it: the gRPC
     call of ClientService.Session, or an in-process session of the control plane's own
     (its /mcp endpoint). `read` returns a ServerFrame, or something else at the end."""
 

@@ -30,9 +30,8 @@ from controlplane.policy.document import (
     to_json,
 )
 from controlplane.policy.guardrails import SqlGuard
-from controlplane.policy.requests import RequestGuard
-
 from controlplane.policy.mysql_guardrails import MysqlGuard
+from controlplane.policy.requests import RequestGuard
 from controlplane.store.database import Database
 from controlplane.store.models import PolicyVersionRow
 from gatehouse.v1 import agent_pb2

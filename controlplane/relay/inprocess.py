@@ -2,7 +2,7 @@
 
 `PipeEnd` is the session's `ClientEnd` (what the relay reads and writes) and `PipeCall` the
 client's side, shaped like the gRPC call of `ClientService.Session` (cli.session.Call), so
-that the same protocol clients (cli.pgexec, cli.term) drive it; in between, the session
+that the same protocol clients (cli.pg.query, cli.term.stream) drive it; in between, the session
 runs `ClientServicer.serve` like any other: same inspection, guardrails and audit.
 
 Both directions are bounded queues (a slow reader holds the relay back, as a slow gRPC client
