@@ -29,7 +29,7 @@ from google.protobuf.json_format import MessageToDict
 from agent.engines import Cancel, Engine, Receive, Refusal, SendFrame
 from agent.http.masking import BodyMasker
 from agent.http.target import READ_SIZE, StaleConnection, Target, TargetError, Upstream
-from agent.pg.masking import MaskingError
+from agent.masking import MaskingError
 from agent.secrets import SecretError
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import HOP_BY_HOP, ProtocolError, Request, ServerSide

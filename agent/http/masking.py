@@ -1,6 +1,6 @@
 """Masking of HTTP response bodies at the agent: masked values never leave its network.
 
-The connection's masking rules are the same as a database's (agent/pg/masking.py reads them):
+The connection's masking rules are the same as a database's (agent/masking.py reads them):
 `columns` name JSON keys here — the value under such a key, whatever it is, becomes
 ``"****"`` — and `detectors` (redact/) find e-mail addresses, card numbers, secrets... in every
 string of a JSON document, and in a text body. A JSON document stays valid JSON; a body that
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from agent.pg.masking import TEXT_MASK, MaskingPolicy
+from agent.masking import TEXT_MASK, MaskingPolicy
 
 __all__ = ["MASK_LIMIT", "BodyMasker"]
 

@@ -1,6 +1,6 @@
 """Masking of MySQL result rows on the agent, text and binary protocol alike.
 
-The connection's rules are PostgreSQL's (``agent.pg.masking.MaskingPolicy``: columns masked
+The connection's rules are every protocol's (``agent.masking.MaskingPolicy``: columns masked
 whole, detectors from ``redact``). A value is replaced by one valid for its column: text
 columns (a character set other than binary) get replacement text, JSON columns a JSON string,
 and every other type (numbers, dates, binary strings) NULL, which any column may carry on the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from agent.pg.masking import MaskingPolicy
+from agent.masking import MaskingPolicy
 from wire.mysql import messages as msg
 from wire.mysql.constants import BINARY_CHARSET, FieldType
 from wire.mysql.follow import Row

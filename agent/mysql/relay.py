@@ -22,9 +22,9 @@ import secrets
 from collections.abc import Mapping
 
 from agent.engines import Cancel, Receive, SendFrame
+from agent.masking import MaskingError, MaskingPolicy
 from agent.mysql.login import READ_SIZE, MysqlTarget, TargetError, dial, login, shared_capabilities
 from agent.mysql.masking import RowMasker
-from agent.pg.masking import MaskingError, MaskingPolicy
 from agent.secrets import SecretError, resolve
 from gatehouse.v1 import tunnel_pb2
 from gatehouse.v1.tunnel_pb2 import ResultMark as Mark

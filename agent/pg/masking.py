@@ -32,11 +32,12 @@ import logging
 import re
 import struct
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from redact.detectors import DetectorSet, UnknownDetector, is_card_number
+from agent.masking import TEXT_MASK, MaskingPolicy
+from redact.detectors import DetectorSet, is_card_number
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 from wire.pg.codes import (
@@ -68,7 +69,7 @@ from wire.pg.codes import (
     VARCHAR,
 )
 
-__all__ = ["Masked", "MaskingError", "MaskingPolicy", "ResultMasker"]
+__all__ = ["Masked", "ResultMasker"]
 
 log = logging.getLogger(__name__)
 
@@ -115,57 +116,8 @@ OPAQUE_TYPES = frozenset(
 )  # fmt: skip
 """Types that cannot hold free text: detectors never look at them (int8 and numeric aside)."""
 
-TEXT_MASK = "****"
 JSON_MASK = '"****"'
 COPY_REFUSED_SQLSTATE = codes.INSUFFICIENT_PRIVILEGE
-
-
-class MaskingError(ValueError):
-    """The connection's masking rules cannot be applied; the session must not start."""
-
-
-# --- policy -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MaskingPolicy:
-    """All masking rules of one connection, merged: every rule applies to every result."""
-
-    columns: frozenset[str]
-    """Column names to mask whole, lower-cased (names match case-insensitively)."""
-    detectors: DetectorSet
-    rules: tuple[str, ...]
-
-    @classmethod
-    def from_spec(cls, spec: Mapping[str, object] | None) -> MaskingPolicy | None:
-        """Read ``ConnectionSpec.masking`` (``{"rules": [{name, columns, detectors}]}``).
-
-        None when no rule masks anything. Raises MaskingError on anything unreadable, such as a
-        detector this agent does not have: a rule it cannot apply must not pass as no rule.
-        """
-        rules = (spec or {}).get("rules") or []
-        if not isinstance(rules, list):
-            raise MaskingError("masking: 'rules' is not a list")
-        names: list[str] = []
-        columns: set[str] = set()
-        detectors: set[str] = set()
-        for rule in rules:
-            if not isinstance(rule, Mapping):
-                raise MaskingError("masking: a rule is not a mapping")
-            name = str(rule.get("name", "?"))
-            names.append(name)
-            for key, into in (("columns", columns), ("detectors", detectors)):
-                values = rule.get(key) or []
-                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                    raise MaskingError(f"masking rule {name!r}: {key} is not a list of names")
-                into.update(v.lower() if key == "columns" else v for v in values)
-        try:
-            detector_set = DetectorSet(detectors)
-        except UnknownDetector as exc:
-            raise MaskingError(str(exc)) from None
-        if not columns and not detector_set:
-            return None
-        return cls(frozenset(columns), detector_set, tuple(names))
 
 
 # --- values -------------------------------------------------------------------------------------

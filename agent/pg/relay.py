@@ -16,8 +16,9 @@ import secrets
 from collections.abc import Mapping, Sequence
 
 from agent.engines import Cancel, Receive, SendFrame
+from agent.masking import MaskingError, MaskingPolicy
 from agent.pg.login import READ_SIZE, PgTarget, TargetError, open_target
-from agent.pg.masking import Masked, MaskingError, MaskingPolicy, ResultMasker
+from agent.pg.masking import Masked, ResultMasker
 from agent.secrets import SecretError, resolve
 from gatehouse.v1 import tunnel_pb2
 from gatehouse.v1.tunnel_pb2 import ResultMark as Mark

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.masking import MaskingError, MaskingPolicy
 from agent.pg import relay
-from agent.pg.masking import Masked, MaskingError, MaskingPolicy, ResultMasker
+from agent.pg.masking import Masked, ResultMasker
 from gatehouse.v1 import tunnel_pb2
 from wire.pg import framing
 from wire.pg import messages as pgm

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from agent.masking import MaskingPolicy
 from agent.mysql.masking import RowMasker
-from agent.pg.masking import MaskingPolicy
 from wire.mysql import messages as msg
 from wire.mysql.constants import BINARY_CHARSET, FieldType
 from wire.mysql.follow import Row
