@@ -22,4 +22,5 @@ ENGINES: Mapping[str, Engine] = {
     "http": HttpEngine(),
 }
 FALLBACK = ENGINES["postgres"]
-"""Refuses a session when no engine recognises the client's first bytes (or none came)."""
+"""Refuses a session of a type this agent has no engine for, or of no known type whose client's
+first bytes no engine recognises (or none came)."""

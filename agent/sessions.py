@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str]]
 FIRST_BYTES_TIMEOUT = 10.0
-"""How long a session for an unknown connection waits to learn the client's protocol."""
+"""How long a session for an unknown connection of an unknown type waits to learn the
+client's protocol."""
 
 
 async def serve_session(
@@ -40,7 +41,7 @@ async def serve_session(
         engine = None if spec is None else ENGINES.get(spec.type)
         if spec is None:
             message = f"the agent has no connection named {order.connection!r}"
-            await send(_refusal(await _first_bytes(receive), message))
+            await send(await _refusal(order.type, receive, message))
             reason = "unknown connection"
         elif engine is None:
             await send(
@@ -85,9 +86,18 @@ async def _first_bytes(receive: Receive) -> bytes:
     return b""
 
 
-def _refusal(first: bytes, message: str) -> tunnel_pb2.Frame:
+async def _refusal(kind: str, receive: Receive, message: str) -> tunnel_pb2.Frame:
+    """A refusal in the protocol of the connection's type, as the control plane named it in
+    the order; from an older control plane (no type), in the protocol the client speaks."""
+    engine = ENGINES.get(kind)
+    if engine is not None:
+        return engine.refusal(Refusal.NO_CONNECTION, message)
+    return _sniffed_refusal(await _first_bytes(receive), message)
+
+
+def _sniffed_refusal(first: bytes, message: str) -> tunnel_pb2.Frame:
     """A refusal in the protocol the client speaks, told from its first bytes by the engines
-    (the agent does not know the type of a connection it has never heard of)."""
+    (a client whose server speaks first sends nothing: it gets the fallback's)."""
     for engine in ENGINES.values():
         if engine.speaks(first):
             return engine.refusal(Refusal.NO_CONNECTION, message)

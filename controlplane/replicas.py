@@ -235,6 +235,7 @@ class Replicas:
                     "instance": route.instance_id,
                     "session_id": order.session_id,
                     "connection": order.connection,
+                    "type": order.type,
                     "dial": self.advertise,
                     "expires": time.time() + ORDER_TTL,
                 }
@@ -310,6 +311,7 @@ class Replicas:
             session_id=str(message["session_id"]),
             connection=str(message["connection"]),
             dial=str(message["dial"]),
+            type=str(message.get("type", "")),
         )
         late = time.time() - float(message.get("expires", 0))
         if late > 0:

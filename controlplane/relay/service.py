@@ -441,7 +441,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         )
         tunnel = self._tunnels.expect(ctx.session_id, connection.agent)
         try:
-            order = agent_pb2.OpenSession(session_id=ctx.session_id, connection=connection.name)
+            order = agent_pb2.OpenSession(
+                session_id=ctx.session_id, connection=connection.name, type=connection.type
+            )
             await self._agents.order(route, order)
             await asyncio.wait_for(tunnel.attached.wait(), ATTACH_TIMEOUT)
         except BaseException as exc:

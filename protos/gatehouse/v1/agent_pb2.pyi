@@ -375,11 +375,16 @@ class OpenSession(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_FIELD_NUMBER: _builtins.int
     DIAL_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     connection: _builtins.str
     dial: _builtins.str
     """host:port of the replica holding the client, when it is not the one this order came
     through: the agent dials the session stream there. Empty: the control stream's replica.
+    """
+    type: _builtins.str
+    """The connection's type as the control plane knows it: an agent that has no connection by
+    that name refuses the session in that protocol's terms without waiting for the client.
     """
     def __init__(
         self,
@@ -387,10 +392,11 @@ class OpenSession(_message.Message):
         session_id: _builtins.str = ...,
         connection: _builtins.str = ...,
         dial: _builtins.str = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "dial", b"dial", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "dial", b"dial", "session_id", b"session_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

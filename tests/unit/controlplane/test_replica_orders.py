@@ -102,8 +102,12 @@ async def test_an_acked_order_is_delivered_once_and_not_rerouted(
     origin._turn["vpc"] = 0  # vpc-0, held by rb
     route = await origin.route("vpc")
     assert (route.instance_id, route.replica) == ("vpc-0", "rb")
-    await origin.order(route, agent_pb2.OpenSession(session_id="s1", connection="pg"))
-    assert _orders(on_b) == ["s1"] and _orders(on_c) == []
+    await origin.order(
+        route, agent_pb2.OpenSession(session_id="s1", connection="pg", type="postgres")
+    )
+    delivered = on_b.outbox.get_nowait().open_session
+    assert (delivered.session_id, delivered.connection, delivered.type) == ("s1", "pg", "postgres")
+    assert _orders(on_b) == [] and _orders(on_c) == []
     # The agent dials the origin's advertised address for the session stream.
     assert not origin._suspect
 
