@@ -21,12 +21,11 @@ from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.output import echo
 from cli.protocols import Listening, ListenRequest
-from cli.session import Call, open_session, review_log
-from gatehouse.v1 import client_pb2
+from cli.pump import READ_SIZE, pump
+from cli.session import open_session, review_log
 
 log = logging.getLogger("gatehouse.connect")
 
-READ_SIZE = 256 * 1024
 DEFAULT_PORT = 8081
 
 
@@ -59,7 +58,12 @@ class HttpListener:
                 await _answer(writer, 403 if denied else 502, exc.details() or str(exc.code()))
                 return
             self.sessions += 1
-            await _pump(opened.call, reader, writer)
+            try:
+                await pump(opened.call, reader, writer)
+            except grpc.aio.AioRpcError:
+                pass  # answers may have gone out already: the connection just closes
+            finally:
+                opened.call.cancel()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -78,33 +82,6 @@ async def _answer(writer: asyncio.StreamWriter, status: int, message: str) -> No
     )
     with contextlib.suppress(ConnectionError):
         await writer.drain()
-
-
-async def _pump(call: Call, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    async def upstream() -> None:
-        while data := await reader.read(READ_SIZE):
-            await call.write(client_pb2.ClientFrame(data=data))
-        with contextlib.suppress(grpc.aio.UsageError):
-            await call.done_writing()
-
-    async def downstream() -> None:
-        while True:
-            frame = await call.read()
-            if not isinstance(frame, client_pb2.ServerFrame):
-                return
-            writer.write(frame.data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done and tasks[0].exception() is None:
-            await tasks[1]  # the client finished sending: let the last answers out
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        call.cancel()
 
 
 def listen(request: ListenRequest) -> Listening:

@@ -22,15 +22,14 @@ from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.output import echo
 from cli.protocols import HANDSHAKE_TIMEOUT, MAX_PENDING, Listening, ListenRequest, handshake_limits
-from cli.session import Call, open_session, review_log
-from gatehouse.v1 import client_pb2
+from cli.pump import READ_SIZE, pump
+from cli.session import open_session, review_log
 from wire.mysql import messages as msg
 from wire.mysql.constants import ER_ACCESS_DENIED, ER_UNKNOWN_ERROR
 from wire.mysql.packets import encode
 
 log = logging.getLogger("gatehouse.connect")
 
-READ_SIZE = 256 * 1024
 DEFAULT_PORT = 3307
 
 
@@ -92,40 +91,12 @@ class Listener:
         self.sessions += 1
         log.info("session %s opened (%s)", opened.session_id, self.sessions)
         try:
-            await _pump(call, reader, writer)
+            await pump(call, reader, writer)
         except grpc.aio.AioRpcError as exc:
             await _refuse(writer, ER_UNKNOWN_ERROR, "08S01", exc.details() or "session failed")
         finally:
             call.cancel()
             log.info("session %s closed", opened.session_id)
-
-
-async def _pump(call: Call, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    async def upstream() -> None:
-        while data := await reader.read(READ_SIZE):
-            await call.write(client_pb2.ClientFrame(data=data))
-        with contextlib.suppress(grpc.aio.UsageError):
-            await call.done_writing()
-
-    async def downstream() -> None:
-        while True:
-            frame = await call.read()
-            if not isinstance(frame, client_pb2.ServerFrame):
-                return
-            writer.write(frame.data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done and tasks[0].exception() is None:
-            await tasks[1]
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _refuse(writer: asyncio.StreamWriter, code: int, sqlstate: str, message: str) -> None:

@@ -21,9 +21,9 @@ import logging
 import ssl
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -37,14 +37,13 @@ from cli.protocols import (
     ListenRequest,
     handshake_limits,
 )
+from cli.pump import READ_SIZE, pump
 from cli.session import Call, open_session, review_log
 from gatehouse.v1 import client_pb2
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger("gatehouse.connect")
-
-READ_SIZE = 256 * 1024
 
 
 @dataclass
@@ -159,7 +158,7 @@ class Listener:
         keys: list[tuple[int, bytes]] = []
         try:
             await call.write(client_pb2.ClientFrame(data=raw))
-            await _pump(call, reader, writer, lambda key: self._remember(key, call, keys))
+            await pump(call, reader, writer, _KeyWatch(lambda key: self._remember(key, call, keys)))
         except grpc.aio.AioRpcError as exc:
             await _fatal(writer, _sqlstate(exc.code()), f"gatehouse: {exc.details()}")
         finally:
@@ -173,46 +172,23 @@ class Listener:
         keys.append(key)
 
 
-async def _pump(
-    call: Call,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    on_key: Any,
-) -> None:
-    async def upstream() -> None:
-        while data := await reader.read(READ_SIZE):
-            await call.write(client_pb2.ClientFrame(data=data))
-        with contextlib.suppress(grpc.aio.UsageError):
-            await call.done_writing()
+class _KeyWatch:
+    """Finds the BackendKeyData the session sends during startup; looks no further than the
+    first ReadyForQuery."""
 
-    async def downstream() -> None:
-        startup = framing.MessageFramer()  # only until the first ReadyForQuery
-        watching = True
-        while True:
-            frame = await call.read()
-            if not isinstance(frame, client_pb2.ServerFrame):
+    def __init__(self, on_key: Callable[[tuple[int, bytes]], None]) -> None:
+        self._on_key = on_key
+        self._framer: framing.MessageFramer | None = framing.MessageFramer()
+
+    def __call__(self, data: bytes) -> None:
+        if self._framer is None:
+            return
+        for message in self._framer.feed(data):
+            if message.tag == codes.BACKEND_KEY_DATA:
+                self._on_key(pgm.parse_backend_key_data(message.body))
+            elif message.tag == codes.READY_FOR_QUERY:
+                self._framer = None
                 return
-            data = frame.data
-            if watching:
-                for message in startup.feed(data):
-                    if message.tag == codes.BACKEND_KEY_DATA:
-                        on_key(pgm.parse_backend_key_data(message.body))
-                    elif message.tag == codes.READY_FOR_QUERY:
-                        watching = False
-            writer.write(data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done and tasks[0].exception() is None:
-            await tasks[1]  # the client finished sending: let the last answers out
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _read_untagged(reader: asyncio.StreamReader) -> bytes:
