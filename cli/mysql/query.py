@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cli.errors import USAGE, CliError
+from cli.interrupt import cancel_on_interrupt
 from cli.output import Format, echo, emit, emit_json
 from cli.protocols import ExecRequest
 from cli.session import Call, Opened
@@ -176,7 +177,8 @@ async def execute(opened: Opened, request: ExecRequest) -> int:
             f"gatehouse exec {request.connection} -c 'select 1'",
             USAGE,
         )
-    results, error = await run_sql_on(opened, request.command)
+    with cancel_on_interrupt(opened.call):
+        results, error = await run_sql_on(opened, request.command)
     if request.output is Format.json:
         documents = [r.as_json() for r in results]
         last = documents[-1] if documents else {"columns": [], "rows": [], "affected_rows": None}

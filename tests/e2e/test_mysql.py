@@ -5,6 +5,7 @@ clients (the mariadb CLI, PyMySQL, mysql-connector-python, SQLAlchemy, aiomysql)
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ import pymysql
 import pytest
 
 from devenv.mariadb import MariadbServer
+from devenv.stack import gatehouse_running
 from tests.e2e import mysqlgate
 from tests.e2e.mysqlgate import MysqlStack
+from tests.e2e.pglog import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -470,3 +473,27 @@ def test_load_data_local_only_where_the_connection_allows_it(
         assert cur.rowcount == 2
         conn.commit()
     assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "5"
+
+
+def test_ctrl_c_in_exec_kills_the_query_on_the_server(
+    stack: MysqlStack, mariadb: MariadbServer
+) -> None:
+    """The first Ctrl-C cancels the statement (KILL QUERY from the agent) and `exec` prints
+    what the server answered; the session goes on to its end."""
+    marker = f"c_{uuid.uuid4().hex[:10]}"
+    skip, before = len(mariadb.general_log()), stack.last_seq()
+    command = ["exec", "my", "-c", f"SELECT SLEEP(60) AS {marker}", "-o", "json"]
+    with gatehouse_running(command, env=stack.controlplane.cli_env) as running:
+        started = wait_until(lambda: any(marker in e.text for e in mariadb.general_log()[skip:]))
+        assert started, "the statement never reached the server"
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=50)
+    assert "Cancel request sent" in err
+    kills = [e.text for e in mariadb.general_log()[skip:] if e.text.startswith("KILL QUERY")]
+    assert len(kills) == 1
+    # SLEEP() interrupted by KILL QUERY returns 1 rather than failing (1317 elsewhere).
+    if running.returncode == 0:
+        assert json.loads(out)["rows"] == [[1]]
+    else:
+        assert "ERROR 1317" in err
+    assert [e["type"] for e in stack.events(before) if e["type"] == "db.cancel"] == ["db.cancel"]
