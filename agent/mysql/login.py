@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agent.targettls import TLS_MODES, target_tls
 from wire.mysql import auth
 from wire.mysql import messages as msg
 from wire.mysql.constants import (
@@ -67,7 +68,7 @@ class MysqlTarget:
     @classmethod
     def from_spec(cls, target: Mapping[str, object]) -> MysqlTarget:
         tls = str(target.get("tls") or "prefer")
-        if tls not in ("disable", "prefer", "require", "verify-ca", "verify-full"):
+        if tls not in TLS_MODES:
             raise ValueError(
                 f"tls must be disable, prefer, require, verify-ca or verify-full: {tls}"
             )
@@ -186,7 +187,8 @@ async def _login(
             caps |= Capability.SSL
             conn.writer.write(encode(msg.ssl_request(caps, charset=charset), seq))
             await conn.writer.drain()
-            await conn.writer.start_tls(_tls_context(target), server_hostname=_hostname(target))
+            context, hostname = target_tls(target.tls, target.tls_ca, target.host)
+            await conn.writer.start_tls(context, server_hostname=hostname)
             conn.tls = True
             seq += 1
         elif target.tls != "prefer":
@@ -277,17 +279,3 @@ def _switch_answer(plugin: str, password: bytes, nonce: bytes, tls: bool) -> byt
         "08004",
         f"the target asks for authentication plugin {plugin!r}, which the agent does not speak",
     )
-
-
-def _tls_context(target: MysqlTarget) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=target.tls_ca)
-    if target.tls in ("prefer", "require"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif target.tls == "verify-ca":
-        context.check_hostname = False
-    return context
-
-
-def _hostname(target: MysqlTarget) -> str | None:
-    return target.host if target.tls == "verify-full" else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import scramp
 
+from agent.targettls import target_tls
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
@@ -117,13 +118,7 @@ async def _negotiate_tls(
                 f"the target does not offer TLS, but sslmode is {target.sslmode}",
             )
         return
-    context = ssl.create_default_context(cafile=target.sslrootcert)
-    if target.sslmode in ("prefer", "require"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif target.sslmode == "verify-ca":
-        context.check_hostname = False
-    hostname = target.host if target.sslmode == "verify-full" else None
+    context, hostname = target_tls(target.sslmode, target.sslrootcert, target.host)
     await writer.start_tls(context, server_hostname=hostname)
 
 
