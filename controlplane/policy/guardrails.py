@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -28,6 +28,7 @@ __all__ = [
     "UNPARSEABLE_RULE",
     "Decision",
     "SqlGuard",
+    "SqlRule",
     "TooAmbiguous",
     "nonstandard_reading",
 ]
@@ -435,11 +436,30 @@ def nonstandard_reading(sql: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rule:
+class SqlRule:
+    """The SQL part of one guardrail, compiled: what PostgreSQL's and MySQL's guards decide by."""
+
     name: str
     statements: frozenset[str]
     unbounded: frozenset[str]
     patterns: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def compile(
+        cls, guardrail: Guardrail, aliases: Mapping[str, str] | None = None
+    ) -> SqlRule | None:
+        """None for a guardrail with no SQL part (a shell-only one: deny_commands). Keywords are
+        upper-cased, then renamed by ``aliases`` in deny_statements."""
+        aliases = aliases or {}
+        rule = cls(
+            name=guardrail.name,
+            statements=frozenset(
+                aliases.get(word.upper(), word.upper()) for word in guardrail.deny_statements
+            ),
+            unbounded=frozenset(word.upper() for word in guardrail.deny_unbounded),
+            patterns=tuple(re.compile(pattern) for pattern in guardrail.deny_patterns),
+        )
+        return rule if rule.structural or rule.patterns else None
 
     @property
     def structural(self) -> bool:
@@ -464,7 +484,7 @@ class SqlGuard:
     ) -> None:
         if unparseable not in ("deny", "allow"):
             raise ValueError(f"unparseable must be 'deny' or 'allow', not {unparseable!r}")
-        rules: list[_Rule] = []
+        rules: list[SqlRule] = []
         for guardrail in guardrails:
             unknown = sorted(
                 {word.upper() for word in guardrail.deny_statements} - STATEMENT_KEYWORDS
@@ -475,17 +495,10 @@ class SqlGuard:
                     " which is not a PostgreSQL statement keyword this guard knows"
                     f" (known: {', '.join(sorted(STATEMENT_KEYWORDS))})"
                 )
-            rule = _Rule(
-                name=guardrail.name,
-                statements=frozenset(
-                    _ALIASES.get(word.upper(), word.upper()) for word in guardrail.deny_statements
-                ),
-                unbounded=frozenset(word.upper() for word in guardrail.deny_unbounded),
-                patterns=tuple(re.compile(pattern) for pattern in guardrail.deny_patterns),
-            )
-            if rule.structural or rule.patterns:
-                rules.append(rule)  # a shell-only guardrail (deny_commands) has no SQL part
-        self._rules: tuple[_Rule, ...] = tuple(rules)
+            rule = SqlRule.compile(guardrail, _ALIASES)
+            if rule is not None:
+                rules.append(rule)
+        self._rules: tuple[SqlRule, ...] = tuple(rules)
         self._deny_unparseable = unparseable == "deny"
         self._denied_keywords = frozenset[str]().union(*(rule.statements for rule in rules))
         self._denied_unbounded = frozenset[str]().union(*(rule.unbounded for rule in rules))
@@ -618,7 +631,7 @@ class SqlGuard:
         return "CREATE" in self._denied_keywords and '"intoClause":' in tree_json
 
 
-def _match(rule: _Rule, finding: _Finding) -> str | None:
+def _match(rule: SqlRule, finding: _Finding) -> str | None:
     """The reason rule denies the finding, or None."""
     kind = finding.kind
     guardrail = f'guardrail "{rule.name}"'

@@ -12,14 +12,12 @@ read, and is refused when a guardrail denies statements by type.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from sqlglot import exp
 
 from controlplane.policy.document import Guardrail
-from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision
+from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision, SqlRule
 from controlplane.policy.mysql_sql import Piece, Unreadable, readings, split, where_of
 
 __all__ = ["MysqlGuard"]
@@ -28,33 +26,12 @@ _CACHE_MAX_CHARS = 4096
 _MAX_DEPTH = 4  # PREPARE FROM 'PREPARE FROM …' nesting the guard follows
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    name: str
-    statements: frozenset[str]
-    unbounded: frozenset[str]
-    patterns: tuple[re.Pattern[str], ...]
-
-    @property
-    def structural(self) -> bool:
-        return bool(self.statements or self.unbounded)
-
-
 class MysqlGuard:
     """Decides, for one connection's guardrails, whether a MySQL statement text may run."""
 
     def __init__(self, guardrails: Sequence[Guardrail], *, cache_size: int = 1024) -> None:
-        rules = []
-        for guardrail in guardrails:
-            rule = _Rule(
-                guardrail.name,
-                frozenset(word.upper() for word in guardrail.deny_statements),
-                frozenset(word.upper() for word in guardrail.deny_unbounded),
-                tuple(re.compile(p) for p in guardrail.deny_patterns),
-            )
-            if rule.structural or rule.patterns:
-                rules.append(rule)
-        self._rules = tuple(rules)
+        compiled = (SqlRule.compile(guardrail) for guardrail in guardrails)
+        self._rules = tuple(rule for rule in compiled if rule is not None)
         self._cached: Callable[[str], Decision] = functools.lru_cache(maxsize=cache_size)(
             self._decide
         )
@@ -97,7 +74,7 @@ class MysqlGuard:
                     return decision
         return ALLOW
 
-    def _piece(self, piece: Piece, rules: list[_Rule], depth: int) -> Decision:
+    def _piece(self, piece: Piece, rules: list[SqlRule], depth: int) -> Decision:
         for rule in rules:
             denied = sorted(piece.keywords & rule.statements)
             if denied:
@@ -136,7 +113,7 @@ class MysqlGuard:
         return ALLOW
 
 
-def _unparseable(rule: _Rule, why: str) -> Decision:
+def _unparseable(rule: SqlRule, why: str) -> Decision:
     return Decision(
         False,
         UNPARSEABLE_RULE,
