@@ -19,10 +19,10 @@ import grpc
 
 from cli import __version__
 from cli.errors import USAGE, CliError
-from cli.output import echo
 from cli.protocols import Listening, ListenRequest
-from cli.pump import READ_SIZE, pump
 from cli.session import open_session, review_log
+from cli.tcp import pump
+from cli.tcp import serve as serve_tcp
 
 log = logging.getLogger("gatehouse.connect")
 
@@ -101,12 +101,12 @@ async def serve(
 
     async with rpc.channel(address) as channel:
         listener = HttpListener(channel, metadata, connection)
-        server = await asyncio.start_server(listener.handle, host, port, limit=READ_SIZE)
-        bound = server.sockets[0].getsockname()[1]
-        echo(
-            f"Listening on {host}:{bound} for connection {connection!r}; every request is "
-            f"recorded.\n  curl http://{host}:{bound}/\nPress Ctrl-C to stop.",
-            err=True,
+        await serve_tcp(
+            listener.handle,
+            host,
+            port,
+            lambda bound: (
+                f"Listening on {host}:{bound} for connection {connection!r}; every request is "
+                f"recorded.\n  curl http://{host}:{bound}/\nPress Ctrl-C to stop."
+            ),
         )
-        async with server:
-            await server.serve_forever()

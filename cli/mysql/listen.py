@@ -20,10 +20,10 @@ import grpc
 
 from cli import __version__
 from cli.errors import USAGE, CliError
-from cli.output import echo
 from cli.protocols import HANDSHAKE_TIMEOUT, MAX_PENDING, Listening, ListenRequest, handshake_limits
-from cli.pump import READ_SIZE, pump
 from cli.session import open_session, review_log
+from cli.tcp import pump
+from cli.tcp import serve as serve_tcp
 from wire.mysql import messages as msg
 from wire.mysql.constants import ER_ACCESS_DENIED, ER_UNKNOWN_ERROR
 from wire.mysql.packets import encode
@@ -114,16 +114,16 @@ async def serve(
     async with rpc.channel(address) as channel:
         timeout, pending = handshake_limits()
         listener = Listener(metadata, connection, channel, timeout, pending)
-        server = await asyncio.start_server(listener.handle, host, port, limit=READ_SIZE)
-        bound = server.sockets[0].getsockname()[1]
-        echo(
-            f"Listening on {host}:{bound} for connection {connection!r}; every session is "
-            f"recorded.\n  mysql -h {host} -P {bound} -u any\n"
-            "Press Ctrl-C to stop.",
-            err=True,
+        await serve_tcp(
+            listener.handle,
+            host,
+            port,
+            lambda bound: (
+                f"Listening on {host}:{bound} for connection {connection!r}; every session is "
+                f"recorded.\n  mysql -h {host} -P {bound} -u any\n"
+                "Press Ctrl-C to stop."
+            ),
         )
-        async with server:
-            await server.serve_forever()
 
 
 def listen(request: ListenRequest) -> Listening:

@@ -29,7 +29,6 @@ import grpc
 
 from cli import __version__
 from cli.errors import USAGE, CliError
-from cli.output import echo
 from cli.protocols import (
     HANDSHAKE_TIMEOUT,
     MAX_PENDING,
@@ -37,8 +36,9 @@ from cli.protocols import (
     ListenRequest,
     handshake_limits,
 )
-from cli.pump import READ_SIZE, pump
 from cli.session import Call, open_session, review_log
+from cli.tcp import pump
+from cli.tcp import serve as serve_tcp
 from gatehouse.v1 import client_pb2
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
@@ -266,16 +266,16 @@ async def serve(
             handshake_timeout=timeout,
             max_pending=pending,
         )
-        server = await asyncio.start_server(listener.handle, host, port, limit=READ_SIZE)
-        bound = server.sockets[0].getsockname()[1]
-        echo(
-            f"Listening on {host}:{bound} for connection {connection!r}; every session is "
-            f"recorded.\n  psql 'host={host} port={bound} dbname={connection}'\n"
-            "Press Ctrl-C to stop.",
-            err=True,
+        await serve_tcp(
+            listener.handle,
+            host,
+            port,
+            lambda bound: (
+                f"Listening on {host}:{bound} for connection {connection!r}; every session is "
+                f"recorded.\n  psql 'host={host} port={bound} dbname={connection}'\n"
+                "Press Ctrl-C to stop."
+            ),
         )
-        async with server:
-            await server.serve_forever()
 
 
 def listen(request: ListenRequest) -> Listening:

@@ -1,22 +1,23 @@
-"""The bytes of one listener connection moved to and from its session, whatever the protocol.
+"""The TCP side the PostgreSQL, MySQL and HTTP listeners of `gatehouse connect` share.
 
-`gatehouse connect`'s PostgreSQL, MySQL and HTTP listeners hand a client's TCP connection to
-its session's call once the session is open: what the client sends goes up as it arrives, and
-what the session sends comes down, until either side ends.
+`serve` accepts the native clients' connections on loopback; once a connection's session is
+open, `pump` moves its bytes: what the client sends goes up as it arrives, and what the session
+sends comes down, until either side ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
+from cli.output import echo
 from cli.session import Call
 from gatehouse.v1 import client_pb2
 
-__all__ = ["READ_SIZE", "pump"]
+__all__ = ["READ_SIZE", "pump", "serve"]
 
 READ_SIZE = 256 * 1024
 """Most bytes read from the client at once (and a listener's stream buffer)."""
@@ -62,3 +63,16 @@ async def pump(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(handle: Handler, host: str, port: int, banner: Callable[[int], str]) -> None:
+    """Accept connections on host:port (0: any free port) until cancelled; `banner` says on
+    stderr, given the port bound, where to point a client."""
+    server = await asyncio.start_server(handle, host, port, limit=READ_SIZE)
+    bound = server.sockets[0].getsockname()[1]
+    echo(banner(bound), err=True)
+    async with server:
+        await server.serve_forever()
