@@ -68,11 +68,23 @@ async def pump(
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def serve(handle: Handler, host: str, port: int, banner: Callable[[int], str]) -> None:
-    """Accept connections on host:port (0: any free port) until cancelled; `banner` says on
-    stderr, given the port bound, where to point a client."""
+async def serve(
+    handle: Handler,
+    host: str,
+    port: int,
+    connection: str,
+    unit: str,
+    hint: Callable[[int], str],
+) -> None:
+    """Accept connections on host:port (0: any free port) until cancelled. Says on stderr
+    where to point a client: `hint`, given the port bound, is the command to try; `unit` what
+    is recorded one by one (a session, a request)."""
     server = await asyncio.start_server(handle, host, port, limit=READ_SIZE)
     bound = server.sockets[0].getsockname()[1]
-    echo(banner(bound), err=True)
+    echo(
+        f"Listening on {host}:{bound} for connection {connection!r}; every {unit} is "
+        f"recorded.\n  {hint(bound)}\nPress Ctrl-C to stop.",
+        err=True,
+    )
     async with server:
         await server.serve_forever()

@@ -101,12 +101,8 @@ async def serve(
 
     async with rpc.channel(address) as channel:
         listener = HttpListener(channel, metadata, connection)
-        await serve_tcp(
-            listener.handle,
-            host,
-            port,
-            lambda bound: (
-                f"Listening on {host}:{bound} for connection {connection!r}; every request is "
-                f"recorded.\n  curl http://{host}:{bound}/\nPress Ctrl-C to stop."
-            ),
-        )
+
+        def hint(bound: int) -> str:
+            return f"curl http://{host}:{bound}/"
+
+        await serve_tcp(listener.handle, host, port, connection, "request", hint)

@@ -114,16 +114,11 @@ async def serve(
     async with rpc.channel(address) as channel:
         timeout, pending = handshake_limits()
         listener = Listener(metadata, connection, channel, timeout, pending)
-        await serve_tcp(
-            listener.handle,
-            host,
-            port,
-            lambda bound: (
-                f"Listening on {host}:{bound} for connection {connection!r}; every session is "
-                f"recorded.\n  mysql -h {host} -P {bound} -u any\n"
-                "Press Ctrl-C to stop."
-            ),
-        )
+
+        def hint(bound: int) -> str:
+            return f"mysql -h {host} -P {bound} -u any"
+
+        await serve_tcp(listener.handle, host, port, connection, "session", hint)
 
 
 def listen(request: ListenRequest) -> Listening:

@@ -266,16 +266,11 @@ async def serve(
             handshake_timeout=timeout,
             max_pending=pending,
         )
-        await serve_tcp(
-            listener.handle,
-            host,
-            port,
-            lambda bound: (
-                f"Listening on {host}:{bound} for connection {connection!r}; every session is "
-                f"recorded.\n  psql 'host={host} port={bound} dbname={connection}'\n"
-                "Press Ctrl-C to stop."
-            ),
-        )
+
+        def hint(bound: int) -> str:
+            return f"psql 'host={host} port={bound} dbname={connection}'"
+
+        await serve_tcp(listener.handle, host, port, connection, "session", hint)
 
 
 def listen(request: ListenRequest) -> Listening:
