@@ -14,12 +14,14 @@ Every refusal is a `Denied` with a `Reason` that each protocol turns into its ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from controlplane.accept import Acceptor
 from controlplane.audit.writer import AuditUnavailable
@@ -31,6 +33,7 @@ from controlplane.relay.service import Admitted, ClientServicer
 from controlplane.store.models import ReviewRow
 from controlplane.tls import proxy
 from controlplane.tls.server import ServerTls
+from wire import errors
 from wire.addresses import is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class Reason(enum.Enum):
     """Why a native client is refused; each listener maps it to its protocol's error."""
 
     TOO_MANY = "too many connections"
+    PROTOCOL = "not the listener's protocol"
     TIMEOUT = "handshake not done in time"
     PLAINTEXT = "TLS required"
     PASSWORD = "wrong token"
@@ -64,8 +68,42 @@ class Denied(Exception):
         self.reason = reason
 
 
+@dataclass
+class Accepted:
+    """One accepted connection during its handshake: the raw socket until it is wrapped in
+    streams (TLS or not); a protocol says how it refuses (`refusal`)."""
+
+    conn: socket.socket
+    address: str
+    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self.stream is None:
+            await send(self.conn, data)
+        else:
+            self.stream[1].write(data)
+            await self.stream[1].drain()
+
+    def refusal(self, denied: Denied) -> bytes:
+        """What the protocol says to a client it refuses (and then closes)."""
+        raise NotImplementedError
+
+    async def refuse(self, denied: Denied) -> None:
+        """Tell the client why, inside TLS once TLS was negotiated (best effort, bounded)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.send_bytes(self.refusal(denied)), 5)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream[1].close()
+        else:
+            self.conn.close()
+
+
 class NativeListener(Acceptor):
-    """The limits, counters and admission of one native listener of this process."""
+    """The limits, counters and admission of one native listener of this process; a
+    protocol says how a connection starts (`_client`), shakes hands (`_handshake`, within the
+    deadline; None: nothing more to do) and becomes a session (`_session`)."""
 
     protocol = ""  # "pg-listen", "mysql-listen": in logs and `source.client`
     types: frozenset[str] | None = None  # connection types it serves (None: any)
@@ -98,6 +136,35 @@ class NativeListener(Acceptor):
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    def _client(self, conn: socket.socket, address: str) -> Accepted:
+        raise NotImplementedError
+
+    async def _handshake(self, client: Any) -> Any:
+        raise NotImplementedError
+
+    async def _session(self, hello: Any) -> None:
+        raise NotImplementedError
+
+    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        address = peer[0]
+        client = self._client(conn, address)
+        try:
+            self.take(address)
+            hello = await self.within_deadline(self._handshake(client))
+            if hello is not None:
+                await self._session(hello)
+        except Denied as exc:
+            await client.refuse(exc)
+        except errors.ProtocolError as exc:
+            log.info("%s: %s broke the protocol: %s", self.protocol, address, exc)
+            await client.refuse(Denied(Reason.PROTOCOL, f"gatehouse: {exc}"))
+        except proxy.ProxyHeaderError as exc:
+            log.info("%s: bad PROXY header from %s: %s", self.protocol, address, exc)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.debug("%s: connection from %s ended: %s", self.protocol, address, exc)
+        finally:
+            client.close()
 
     def counters(self) -> dict[str, float]:
         """What /metrics shows of this listener, keyed `<protocol>_<counter>`."""

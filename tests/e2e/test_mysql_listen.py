@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -180,3 +181,38 @@ def test_metrics_count_the_listeners_connections(tls_stack: MysqlStack) -> None:
     }
     assert values["gatehouse_mysql_listen_connections_total"] >= 1
     assert 'gatehouse_mysql_listen_refused_total{reason="plaintext"}' in values
+
+
+def test_mysql_clear_password_over_tls(tls_stack: MysqlStack) -> None:
+    cp = tls_stack.controlplane
+    command = ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(cp.mysql_port)]
+    command += ["-u", "anyone", f"-p{cp.token}", "-D", "my", "-N", "-B"]
+    command += [f"--ssl-ca={cp.ca_file}", "--ssl-verify-server-cert"]
+    command += ["--default-auth=mysql_clear_password", "-e", "SELECT 'clear'"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["clear"]
+
+
+def test_a_connection_of_another_type_is_refused_before_it_starts(
+    tls_stack: MysqlStack, tmp_path: Path
+) -> None:
+    policy = mysqlgate.POLICY.format(
+        agent=mysqlgate.AGENT, port=tls_stack.server.port, ca=tls_stack.server.ca_file
+    ).replace(
+        "connections:\n",
+        "connections:\n  - name: pg-elsewhere\n    type: postgres\n"
+        f"    agent: {mysqlgate.AGENT}\n"
+        "    target: {host: 127.0.0.1, port: 5432, database: x, user: x}\n",
+        1,
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy)
+    applied = tls_stack.cli("admin", "apply", "-f", str(path))
+    assert applied.returncode == 0, applied.stderr
+    after = tls_stack.last_seq()
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        connect(tls_stack, database="pg-elsewhere")
+    assert refused.value.args[0] == 1105
+    assert "is of type postgres; this port speaks mysql" in refused.value.args[1]
+    assert new_events(tls_stack, after, "session.start") == []

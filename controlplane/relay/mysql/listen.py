@@ -33,27 +33,23 @@ import secrets
 import socket
 import ssl
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.relay.native import (
-    DEFAULT_MAX_CONNECTIONS,
     MAX_PASSWORD,
     READ_SIZE,
+    Accepted,
     Denied,
     NativeListener,
     Reason,
     proxied_source,
     recv_exactly,
-    send,
     wrap,
 )
-from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Cancel
-from controlplane.tls import proxy
-from controlplane.tls.server import ServerTls
 from wire.mysql import messages as msg
 from wire.mysql.auth import rsa_decrypt_password
 from wire.mysql.constants import (
@@ -101,6 +97,7 @@ ER_BAD_DB = 1049
 ER_SECURE_TRANSPORT_REQUIRED = 3159
 ERRORS = {
     Reason.TOO_MANY: (ER_CON_COUNT, "08004"),
+    Reason.PROTOCOL: (ER_HANDSHAKE, "08S01"),
     Reason.TIMEOUT: (ER_HANDSHAKE, "08S01"),
     Reason.PLAINTEXT: (ER_SECURE_TRANSPORT_REQUIRED, "HY000"),
     Reason.PASSWORD: (ER_ACCESS_DENIED, "28000"),
@@ -113,23 +110,19 @@ ERRORS = {
 
 
 @dataclass
-class _Client:
-    """One accepted connection during its login: the raw socket until it is wrapped in
-    streams, and the sequence id of the next packet either side sends."""
+class _Client(Accepted):
+    """A MySQL client in its login, and the sequence id of the next packet either side sends."""
 
-    conn: socket.socket
-    address: str
-    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     seq: int = 0
 
-    async def send(self, payload: bytes) -> None:
+    def packet(self, payload: bytes) -> bytes:
+        """`payload` framed with the next sequence id (counted as sent)."""
         data = encode(payload, self.seq)
         self.seq = (self.seq + count(len(payload))) & 0xFF
-        if self.stream is None:
-            await send(self.conn, data)
-        else:
-            self.stream[1].write(data)
-            await self.stream[1].drain()
+        return data
+
+    async def send(self, payload: bytes) -> None:
+        await self.send_bytes(self.packet(payload))
 
     async def receive(self) -> bytes:
         """One login packet, in sequence and at most MAX_LOGIN_PACKET bytes."""
@@ -149,16 +142,10 @@ class _Client:
         self.seq = (self.seq + 1) & 0xFF
         return payload
 
-    async def refuse(self, code: int, sqlstate: str, message: str) -> None:
-        """An ERR packet in place of the next answer, inside TLS once TLS was negotiated."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.send(msg.err(code, sqlstate, message)), 5)
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.stream[1].close()
-        else:
-            self.conn.close()
+    def refusal(self, denied: Denied) -> bytes:
+        """An ERR packet in place of the next answer."""
+        code, sqlstate = ERRORS[denied.reason]
+        return self.packet(msg.err(code, sqlstate, str(denied)))
 
 
 @dataclass(frozen=True)
@@ -262,51 +249,20 @@ class MysqlListener(NativeListener):
     protocol = VIA
     types = frozenset({"mysql"})
 
-    def __init__(
-        self,
-        sessions: ClientServicer,
-        auth: TokenAuthenticator,
-        tls: ServerTls | None,
-        *,
-        trusted_proxies: tuple[proxy.Network, ...] = (),
-        handshake_timeout: float = 10.0,
-        max_pending: int = 128,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    ) -> None:
-        super().__init__(
-            sessions,
-            auth,
-            tls,
-            trusted_proxies=trusted_proxies,
-            handshake_timeout=handshake_timeout,
-            max_pending=max_pending,
-            max_connections=max_connections,
-        )
-        # caching_sha2_password's key for clients without TLS (loopback, --dev only).
-        self.rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        self.public_pem = self.rsa_key.public_key().public_bytes(
+    @cached_property
+    def rsa_key(self) -> rsa.RSAPrivateKey:
+        """caching_sha2_password's key for clients without TLS (loopback, --dev only): made
+        at the first such login."""
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+
+    @cached_property
+    def public_pem(self) -> bytes:
+        return self.rsa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
-    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        address = peer[0]
-        client = _Client(conn, address)
-        try:
-            self.take(address)
-            hello = await self.within_deadline(self._handshake(client))
-            await self._session(hello)
-        except Denied as exc:
-            code, sqlstate = ERRORS[exc.reason]
-            await client.refuse(code, sqlstate, str(exc))
-        except ProtocolError as exc:
-            log.info("mysql-listen: %s sent something that is not MySQL: %s", address, exc)
-            await client.refuse(ER_HANDSHAKE, "08S01", f"gatehouse: Bad handshake: {exc}")
-        except proxy.ProxyHeaderError as exc:
-            log.info("mysql-listen: bad PROXY header from %s: %s", address, exc)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("mysql-listen: connection from %s ended: %s", address, exc)
-        finally:
-            client.close()
+    def _client(self, conn: socket.socket, address: str) -> _Client:
+        return _Client(conn, address)
 
     async def _handshake(self, client: _Client) -> Hello:
         """PROXY header, greeting, TLS, handshake response, the password in clear."""

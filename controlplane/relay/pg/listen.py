@@ -23,7 +23,6 @@ token as its password; each connection is one session of mode `connect` on the s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import secrets
@@ -31,12 +30,12 @@ import socket
 import ssl
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from controlplane.auth.tokens import TokenAuthenticator
 from controlplane.relay.native import (
-    DEFAULT_MAX_CONNECTIONS,
     MAX_PASSWORD,
     READ_SIZE,
+    Accepted,
     Denied,
     NativeListener,
     Reason,
@@ -45,10 +44,8 @@ from controlplane.relay.native import (
     send,
     wrap,
 )
-from controlplane.relay.service import Admitted, ClientServicer
+from controlplane.relay.service import Admitted
 from controlplane.relay.tunnel import Cancel
-from controlplane.tls import proxy
-from controlplane.tls.server import ServerTls
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
@@ -65,6 +62,7 @@ TLS_HINT = (
 )
 SQLSTATES = {
     Reason.TOO_MANY: codes.TOO_MANY_CONNECTIONS,
+    Reason.PROTOCOL: codes.PROTOCOL_VIOLATION,
     Reason.TIMEOUT: codes.PROTOCOL_VIOLATION,
     Reason.PLAINTEXT: codes.INVALID_AUTHORIZATION,
     Reason.PASSWORD: codes.INVALID_PASSWORD,
@@ -74,14 +72,6 @@ SQLSTATES = {
     Reason.REJECTED: codes.CONNECTION_REJECTED,
     Reason.UNAVAILABLE: codes.SYSTEM_ERROR,
 }
-
-
-class Refused(Exception):
-    """Answer the client with a FATAL ErrorResponse and close."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
 
 
 class CancelKeys:
@@ -193,49 +183,12 @@ class PgListener(NativeListener):
 
     protocol = VIA
 
-    def __init__(
-        self,
-        sessions: ClientServicer,
-        auth: TokenAuthenticator,
-        tls: ServerTls | None,
-        *,
-        trusted_proxies: tuple[proxy.Network, ...] = (),
-        handshake_timeout: float = 10.0,
-        max_pending: int = 128,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    ) -> None:
-        super().__init__(
-            sessions,
-            auth,
-            tls,
-            trusted_proxies=trusted_proxies,
-            handshake_timeout=handshake_timeout,
-            max_pending=max_pending,
-            max_connections=max_connections,
-        )
-        self.keys = CancelKeys()
+    @cached_property
+    def keys(self) -> CancelKeys:
+        return CancelKeys()
 
-    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        address = peer[0]
-        client = _Client(conn, address)
-        try:
-            self.take(address)
-            hello = await self.within_deadline(self._handshake(client))
-            if hello is not None:
-                await self._session(hello)
-        except Denied as exc:
-            await client.refuse(Refused(SQLSTATES[exc.reason], str(exc)))
-        except Refused as exc:
-            await client.refuse(exc)
-        except framing.ProtocolError as exc:
-            log.info("pg-listen: %s sent something that is not PostgreSQL: %s", address, exc)
-            await client.refuse(Refused(codes.PROTOCOL_VIOLATION, f"gatehouse: {exc}"))
-        except proxy.ProxyHeaderError as exc:
-            log.info("pg-listen: bad PROXY header from %s: %s", address, exc)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("pg-listen: connection from %s ended: %s", address, exc)
-        finally:
-            client.close()
+    def _client(self, conn: socket.socket, address: str) -> _Client:
+        return _Client(conn, address)
 
     async def _handshake(self, client: _Client) -> Hello | None:
         """PROXY header, SSL negotiation, StartupMessage (or CancelRequest), password.
@@ -301,9 +254,8 @@ class PgListener(NativeListener):
                 f"expected a password message, got message type {tag.decode('latin-1')!r}"
             )
         if not 4 < length <= MAX_PASSWORD:
-            raise Refused(
-                codes.PROTOCOL_VIOLATION,
-                f"gatehouse: a password message of {length} bytes (at most {MAX_PASSWORD})",
+            raise framing.ProtocolError(
+                f"a password message of {length} bytes (at most {MAX_PASSWORD})"
             )
         secret = pgm.parse_password_message(await reader.readexactly(length - 4))
         return Hello(reader, writer, source, startup, raw, secret)
@@ -320,31 +272,14 @@ class PgListener(NativeListener):
             end.close()
 
 
-@dataclass
-class _Client:
-    """One accepted connection: the raw socket until it is wrapped in streams (TLS or not)."""
+class _Client(Accepted):
+    """A PostgreSQL client in its startup."""
 
-    conn: socket.socket
-    address: str
-    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def refuse(self, refusal: Refused) -> None:
-        """A FATAL ErrorResponse, inside TLS once TLS was negotiated."""
-        message = pgm.error_response(
-            severity="FATAL", sqlstate=refusal.sqlstate, message=str(refusal)
+    def refusal(self, denied: Denied) -> bytes:
+        """A FATAL ErrorResponse."""
+        return pgm.error_response(
+            severity="FATAL", sqlstate=SQLSTATES[denied.reason], message=str(denied)
         )
-        with contextlib.suppress(Exception):
-            if self.stream is not None:
-                self.stream[1].write(message)
-                await asyncio.wait_for(self.stream[1].drain(), 5)
-            else:
-                await asyncio.wait_for(send(self.conn, message), 5)
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.stream[1].close()
-        else:
-            self.conn.close()
 
 
 @dataclass(frozen=True)
