@@ -37,6 +37,8 @@ from controlplane.handshakes import (
 from controlplane.http.api import build_app
 from controlplane.http.metrics import Metrics
 from controlplane.policy.store import PolicyStore
+from controlplane.relay.mysql.listen import MysqlListener
+from controlplane.relay.native import NativeListener
 from controlplane.relay.pg.listen import PgListener
 from controlplane.relay.service import ClientServicer
 from controlplane.relay.tunnel import Tunnels
@@ -117,7 +119,7 @@ class ControlPlane:
         self._http_server: asyncio.Server | None = None
         self.tls: ServerTls | None = None
         self._fronts: list[TlsFront] = []
-        self.pg_listener: PgListener | None = None
+        self.listeners: list[NativeListener] = []  # --pg-listen, --mysql-listen
         self._run_dir: Path | None = None
 
     async def start(self) -> None:
@@ -145,6 +147,7 @@ class ControlPlane:
                     split_host_port(settings.grpc_listen)[0],
                     split_host_port(settings.http_listen)[0],
                     *([split_host_port(settings.pg_listen)[0]] if settings.pg_listen else []),
+                    *([split_host_port(settings.mysql_listen)[0]] if settings.mysql_listen else []),
                     *([split_host_port(settings.advertise)[0]] if settings.advertise else []),
                 ],
             )
@@ -218,15 +221,20 @@ class ControlPlane:
         self._http = await self._start_http(sessions)
         if self.tls is not None:
             self._start_fronts(self.tls)
-        if settings.pg_listen:
-            self._start_pg_listener(sessions)
+        for kind, listen, limit, name in (
+            (PgListener, settings.pg_listen, settings.pg_listen_max_connections, "PostgreSQL"),
+            (MysqlListener, settings.mysql_listen, settings.mysql_listen_max_connections, "MySQL"),
+        ):
+            if listen:
+                self._start_listener(kind, sessions, listen, limit, name)
         await self._follow_readiness()
         self._health_task = asyncio.create_task(self._health_loop(), name="grpc-health")
         log.info(
-            "control plane listening: gRPC %s, HTTP %s%s (%s), store %s",
+            "control plane listening: gRPC %s, HTTP %s%s%s (%s), store %s",
             settings.grpc_listen,
             settings.http_listen,
             f", PostgreSQL {settings.pg_listen}" if settings.pg_listen else "",
+            f", MySQL {settings.mysql_listen}" if settings.mysql_listen else "",
             "plaintext, --dev" if self.tls is None else f"TLS, CA pin {self.tls.ca.pin}",
             "SQLite" if self.db.is_sqlite else "PostgreSQL",
         )
@@ -269,26 +277,31 @@ class ControlPlane:
         for front in self._fronts:
             front.start()
 
-    def _start_pg_listener(self, sessions: ClientServicer) -> None:
-        """Native PostgreSQL clients, on the same session path as the gRPC ClientService."""
-        listener = PgListener(
+    def _start_listener(
+        self,
+        kind: type[NativeListener],
+        sessions: ClientServicer,
+        listen: str,
+        max_connections: int,
+        name: str,
+    ) -> None:
+        """Native database clients, on the same session path as the gRPC ClientService."""
+        listener = kind(
             sessions,
             self.auth,
             self.tls,
             trusted_proxies=proxy.parse_networks(self.settings.trusted_proxies),
             handshake_timeout=self.limits.timeout,
             max_pending=self.limits.max_pending,
-            max_connections=self.settings.pg_listen_max_connections,
+            max_connections=max_connections,
         )
-        host, port = split_host_port(self.settings.pg_listen)
+        host, port = split_host_port(listen)
         try:
             listener.listen(host, port)
         except OSError:
-            raise OSError(
-                f"cannot listen on {self.settings.pg_listen} (PostgreSQL): in use?"
-            ) from None
+            raise OSError(f"cannot listen on {listen} ({name}): in use?") from None
         listener.start()
-        self.pg_listener = listener
+        self.listeners.append(listener)
 
     async def _start_http(self, sessions: ClientServicer) -> web.AppRunner:
         from controlplane.http.mcp import McpEndpoint
@@ -390,20 +403,7 @@ class ControlPlane:
             "sessions": len(self.tunnels),
             "sessions_total": self.tunnels.opened,
             "agents": len(self.agents.online()),
-            **self._pg_listen_values(),
-        }
-
-    def _pg_listen_values(self) -> dict[str, float]:
-        """The `--pg-listen` listener's counters (none without it)."""
-        listener = self.pg_listener
-        if listener is None:
-            return {}
-        return {
-            "pg_listen_accepted": listener.accepted,
-            "pg_listen_active": listener.connections,
-            "pg_listen_refused_limit": listener.refused,
-            "pg_listen_refused_timeout": listener.expired,
-            "pg_listen_refused_plaintext": listener.refused_plaintext,
+            **{k: v for listener in self.listeners for k, v in listener.counters().items()},
         }
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -418,8 +418,8 @@ class ControlPlane:
             self.replicas = None
         for front in self._fronts:
             front.stop_accepting()
-        if self.pg_listener is not None:
-            self.pg_listener.stop_accepting()
+        for listener in self.listeners:
+            listener.stop_accepting()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -432,9 +432,9 @@ class ControlPlane:
         for front in self._fronts:
             await front.close()
         self._fronts.clear()
-        if self.pg_listener is not None:
-            await self.pg_listener.close()  # each session records its end
-            self.pg_listener = None
+        for listener in self.listeners:
+            await listener.close()  # each session records its end
+        self.listeners.clear()
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None

@@ -62,6 +62,15 @@ class Settings:
     pg_listen_max_connections: int = setting(
         1000, help="Connections the --pg-listen listener holds at once (sessions and handshakes)."
     )
+    mysql_listen: str = setting(
+        "",
+        help="host:port where native MySQL/MariaDB clients connect (database=<connection>, "
+        "password=<a Gatehouse token>); TLS required but with --dev. Empty: off.",
+    )
+    mysql_listen_max_connections: int = setting(
+        1000,
+        help="Connections the --mysql-listen listener holds at once (sessions and handshakes).",
+    )
     database_url: str | None = setting(
         None, secret=True, help="SQLAlchemy URL of the store (default: SQLite in the data dir)."
     )
@@ -203,6 +212,8 @@ class Settings:
             raise InvalidArgument("max_pending_handshakes must be between 1 and 100000")
         if not 1 <= self.pg_listen_max_connections <= 100_000:
             raise InvalidArgument("pg_listen_max_connections must be between 1 and 100000")
+        if not 1 <= self.mysql_listen_max_connections <= 100_000:
+            raise InvalidArgument("mysql_listen_max_connections must be between 1 and 100000")
         if not 0.5 <= self.heartbeat_interval <= 300:
             raise InvalidArgument("heartbeat_interval must be between 0.5 and 300 s")
         if self.oidc_issuer.strip():
@@ -218,6 +229,7 @@ class Settings:
             ("--grpc-listen", self.grpc_listen),
             ("--http-listen", self.http_listen),
             *((("--pg-listen", self.pg_listen),) if self.pg_listen else ()),
+            *((("--mysql-listen", self.mysql_listen),) if self.mysql_listen else ()),
         ):
             host = split_host_port(listen)[0]
             if self.dev and not is_loopback_host(host):

@@ -134,6 +134,7 @@ class ControlPlane(Process):
     tls: bool = False  # production mode: TLS on both listeners, clients trust DATA_DIR/ca.pem
     host: str = "127.0.0.1"
     pg_port: int = 0  # --pg-listen's port; 0: not listening for PostgreSQL clients
+    mysql_port: int = 0  # --mysql-listen's port; 0: not listening for MySQL clients
 
     @classmethod
     def create(
@@ -147,9 +148,11 @@ class ControlPlane(Process):
         host: str = "127.0.0.1",
         extra: Sequence[str] = (),
         pg_listen: bool = False,
+        mysql_listen: bool = False,
     ) -> ControlPlane:
         grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
         pg_port = free_port() if pg_listen else 0
+        mysql_port = free_port() if mysql_listen else 0
         args = [
             "controlplane",
             "serve",
@@ -161,6 +164,7 @@ class ControlPlane(Process):
             "--http-listen",
             f"{host}:{http_port}",
             *(["--pg-listen", f"{host}:{pg_port}"] if pg_port else []),
+            *(["--mysql-listen", f"{host}:{mysql_port}"] if mysql_port else []),
             *extra,
         ]
         return cls(
@@ -173,6 +177,7 @@ class ControlPlane(Process):
             tls=tls,
             host=host,
             pg_port=pg_port,
+            mysql_port=mysql_port,
         )
 
     @property

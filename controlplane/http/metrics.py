@@ -86,30 +86,32 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "gatehouse_agents_online", "Agents holding a control stream.", value=values["agents"]
         )
-        if "pg_listen_active" in values:
-            yield from _pg_listen(values)
+        for prefix, flag in (("pg_listen", "--pg-listen"), ("mysql_listen", "--mysql-listen")):
+            if f"{prefix}_active" in values:
+                yield from _listener(prefix, flag, values)
 
 
-def _pg_listen(values: dict[str, float]) -> Iterator[Metric]:
-    """The `--pg-listen` listener: what it took, holds and refused, and why."""
+def _listener(prefix: str, flag: str, values: dict[str, float]) -> Iterator[Metric]:
+    """A native listener (`--pg-listen`, `--mysql-listen`): what it took, holds and refused,
+    and why."""
     yield CounterMetricFamily(
-        "gatehouse_pg_listen_connections",
-        "Connections the --pg-listen listener accepted since start (refused ones included).",
-        value=values["pg_listen_accepted"],
+        f"gatehouse_{prefix}_connections",
+        f"Connections the {flag} listener accepted since start (refused ones included).",
+        value=values[f"{prefix}_accepted"],
     )
     yield GaugeMetricFamily(
-        "gatehouse_pg_listen_active",
-        "Connections the --pg-listen listener holds now (starting up or in a session).",
-        value=values["pg_listen_active"],
+        f"gatehouse_{prefix}_active",
+        f"Connections the {flag} listener holds now (starting up or in a session).",
+        value=values[f"{prefix}_active"],
     )
     refused = CounterMetricFamily(
-        "gatehouse_pg_listen_refused",
-        "Connections the --pg-listen listener refused: over its connection or handshake limit, "
+        f"gatehouse_{prefix}_refused",
+        f"Connections the {flag} listener refused: over its connection or handshake limit, "
         "no startup in time, or a plaintext startup where TLS is required.",
         labels=["reason"],
     )
     for reason in ("limit", "timeout", "plaintext"):
-        refused.add_metric([reason], values[f"pg_listen_refused_{reason}"])
+        refused.add_metric([reason], values[f"{prefix}_refused_{reason}"])
     yield refused
 
 

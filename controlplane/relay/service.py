@@ -148,12 +148,19 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         source: dict[str, Any],
         review_pending: ReviewPending,
         asking: Asking = Asking(),
+        types: frozenset[str] | None = None,
     ) -> Admitted:
         """Everything before the relay: the MCP call's event, access, review,
         `session.start`, the agent attached. Raises a GatehouseError (or AuditUnavailable)
-        that says why not."""
+        that says why not. `types`: the connection types the caller's protocol speaks (a
+        native listener of one protocol), refused before anything starts; None: any."""
         mcp_call = await self.mcp_call(identity, asking.mcp, source, name)
         connection, decision = await self._connection(name, identity, mode, mcp_call)
+        if types is not None and connection.type not in types:
+            raise FailedPrecondition(
+                f"connection {name!r} is of type {connection.type}; this port speaks "
+                f"{', '.join(sorted(types))}"
+            )
         review_id = await self._review(review_pending, identity, connection, mode, decision, asking)
         ctx = SessionContext(
             session_id=str(uuid.uuid4()),

@@ -89,8 +89,9 @@ class MysqlStack:
         self.controlplane.stop()
 
 
-def start(base: Path, server: MariadbServer) -> MysqlStack:
-    controlplane = ControlPlane.create(base / "controlplane")
+def start(base: Path, server: MariadbServer, *, tls: bool = False) -> MysqlStack:
+    """The control plane listens for native MySQL clients too (`--mysql-listen`)."""
+    controlplane = ControlPlane.create(base / "controlplane", tls=tls, mysql_listen=True)
     controlplane.start_and_wait()
     try:
         agent = enroll_agent(

@@ -23,7 +23,6 @@ token as its password; each connection is one session of mode `connect` on the s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import secrets
@@ -31,51 +30,48 @@ import socket
 import ssl
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from controlplane.accept import Acceptor
-from controlplane.audit.writer import AuditUnavailable
-from controlplane.auth.sources import SOURCE
-from controlplane.auth.tokens import TokenAuthenticator
-from controlplane.errors import (
-    GatehouseError,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
+from controlplane.relay.native import (
+    MAX_PASSWORD,
+    READ_SIZE,
+    Accepted,
+    Denied,
+    NativeListener,
+    Reason,
+    proxied_source,
+    recv_exactly,
+    send,
+    wrap,
 )
-from controlplane.policy.document import Review
-from controlplane.relay.service import Admitted, ClientServicer
+from controlplane.relay.service import Admitted
 from controlplane.relay.tunnel import Cancel
-from controlplane.store.models import ReviewRow
-from controlplane.tls import proxy
-from controlplane.tls.server import ServerTls
-from wire.addresses import is_loopback_host
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
 log = logging.getLogger(__name__)
 
 ALPN_POSTGRES = ("postgresql",)  # what libpq 17+ offers; older clients offer none
-READ_SIZE = 256 * 1024
-MAX_PASSWORD = 16 * 1024  # a token, or an OIDC access token (a JWT of a few KB)
-DEFAULT_MAX_CONNECTIONS = 1000
-MODE = "connect"
 VIA = "pg-listen"
 _HEADER = struct.Struct("!i")
 _TAGGED = struct.Struct("!ci")
 PASSWORD = b"p"
 
-TLS_REQUIRED = (
-    "gatehouse: TLS required: this listener takes only encrypted connections; connect with "
-    "sslmode=verify-full and sslrootcert=<the control plane's CA, DATA_DIR/ca.pem>"
+TLS_HINT = (
+    "connect with sslmode=verify-full and sslrootcert=<the control plane's CA, DATA_DIR/ca.pem>"
 )
-
-
-class Refused(Exception):
-    """Answer the client with a FATAL ErrorResponse and close."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
+SQLSTATES = {
+    Reason.TOO_MANY: codes.TOO_MANY_CONNECTIONS,
+    Reason.PROTOCOL: codes.PROTOCOL_VIOLATION,
+    Reason.TIMEOUT: codes.PROTOCOL_VIOLATION,
+    Reason.PLAINTEXT: codes.INVALID_AUTHORIZATION,
+    Reason.PASSWORD: codes.INVALID_PASSWORD,
+    Reason.NO_NAME: codes.INVALID_CATALOG_NAME,
+    Reason.NOT_FOUND: codes.INVALID_CATALOG_NAME,
+    Reason.PRIVILEGE: codes.INSUFFICIENT_PRIVILEGE,
+    Reason.REJECTED: codes.CONNECTION_REJECTED,
+    Reason.UNAVAILABLE: codes.SYSTEM_ERROR,
+}
 
 
 class CancelKeys:
@@ -182,109 +178,42 @@ class SocketEnd:
             self.pid = None
 
 
-class PgListener(Acceptor):
+class PgListener(NativeListener):
     """The `--pg-listen` listener of one control-plane process."""
 
-    def __init__(
-        self,
-        sessions: ClientServicer,
-        auth: TokenAuthenticator,
-        tls: ServerTls | None,
-        *,
-        trusted_proxies: tuple[proxy.Network, ...] = (),
-        handshake_timeout: float = 10.0,
-        max_pending: int = 128,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    ) -> None:
-        super().__init__("pg-listen")
-        self.sessions = sessions
-        self.auth = auth
-        self.tls = tls  # None: --dev, plaintext (the listen address is loopback)
-        self.trusted_proxies = trusted_proxies
-        self.handshake_timeout = handshake_timeout
-        self.max_pending = max_pending
-        self.max_connections = max_connections
-        self.keys = CancelKeys()
-        self.pending = 0
-        self.accepted = 0  # connections taken since start (refused ones included)
-        self.refused = 0  # over a limit
-        self.expired = 0  # handshake not done in time
-        self.refused_plaintext = 0
+    protocol = VIA
 
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
+    @cached_property
+    def keys(self) -> CancelKeys:
+        return CancelKeys()
 
-    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        address = peer[0]
-        client = _Client(conn, address)
-        self.accepted += 1
-        try:
-            if len(self._connections) > self.max_connections or self.pending >= self.max_pending:
-                self.refused += 1
-                log.warning(
-                    "pg-listen: refusing %s: %d connections, %d of them starting",
-                    address,
-                    len(self._connections) - 1,
-                    self.pending,
-                )
-                raise Refused(
-                    codes.TOO_MANY_CONNECTIONS,
-                    "gatehouse: too many connections to this listener right now; try again later",
-                )
-            self.pending += 1
-            try:
-                async with asyncio.timeout(self.handshake_timeout):
-                    hello = await self._handshake(client)
-            except TimeoutError:
-                self.expired += 1
-                raise Refused(
-                    codes.PROTOCOL_VIOLATION,
-                    f"gatehouse: the connection did not start up and authenticate within "
-                    f"{self.handshake_timeout:g} s",
-                ) from None
-            finally:
-                self.pending -= 1
-            if hello is not None:
-                await self._session(hello)
-        except Refused as exc:
-            await client.refuse(exc)
-        except framing.ProtocolError as exc:
-            log.info("pg-listen: %s sent something that is not PostgreSQL: %s", address, exc)
-            await client.refuse(Refused(codes.PROTOCOL_VIOLATION, f"gatehouse: {exc}"))
-        except proxy.ProxyHeaderError as exc:
-            log.info("pg-listen: bad PROXY header from %s: %s", address, exc)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("pg-listen: connection from %s ended: %s", address, exc)
-        finally:
-            client.close()
+    def _client(self, conn: socket.socket, address: str) -> _Client:
+        return _Client(conn, address)
 
     async def _handshake(self, client: _Client) -> Hello | None:
         """PROXY header, SSL negotiation, StartupMessage (or CancelRequest), password.
         None when the connection was a cancel request (answered: nothing to say)."""
         conn, address = client.conn, client.address
-        source, prefix = await self._source(conn, address)
+        # every startup-phase message is at least 8 bytes
+        source, prefix = await proxied_source(conn, address, self.trusted_proxies, 8)
         while client.stream is None:
             raw = await _recv_untagged(conn, prefix)
             prefix = b""
             message = pgm.parse_startup(raw[4:])
             if isinstance(message, pgm.SSLRequest):
                 if self.tls is None:
-                    await _send(conn, codes.SSL_REFUSED)
+                    await send(conn, codes.SSL_REFUSED)
                     continue
-                await _send(conn, codes.SSL_ACCEPTED)
-                client.stream = await _wrap(conn, self.tls.context(ALPN_POSTGRES))
+                await send(conn, codes.SSL_ACCEPTED)
+                client.stream = await wrap(conn, self.tls.context(ALPN_POSTGRES))
             elif isinstance(message, pgm.GSSENCRequest):
-                await _send(conn, codes.SSL_REFUSED)
+                await send(conn, codes.SSL_REFUSED)
             elif isinstance(message, pgm.CancelRequest):
                 await self._cancel(message, source)
                 return None
             else:
-                if not self._plaintext_allowed(address):
-                    self.refused_plaintext += 1
-                    log.info("pg-listen: refused a plaintext startup from %s", source)
-                    raise Refused(codes.INVALID_AUTHORIZATION, TLS_REQUIRED)
-                client.stream = await _wrap(conn, None)
+                self.require_tls(address, source, TLS_HINT)
+                client.stream = await wrap(conn, None)
                 return await self._authenticate(client.stream, source, message, raw)
         raw = await _read_untagged(client.stream[0])
         message = pgm.parse_startup(raw[4:])
@@ -294,22 +223,6 @@ class PgListener(Acceptor):
         if not isinstance(message, pgm.StartupMessage):
             raise framing.ProtocolError("a second SSL or GSSAPI request inside TLS")
         return await self._authenticate(client.stream, source, message, raw)
-
-    def _plaintext_allowed(self, address: str) -> bool:
-        """Only a --dev control plane (no TLS material), and only from loopback."""
-        return self.tls is None and is_loopback_host(address)
-
-    async def _source(self, conn: socket.socket, address: str) -> tuple[str, bytes]:
-        """The client's address (a trusted proxy's PROXY v2 header wins), and the bytes read
-        while looking for that header (the start of the first message)."""
-        if not proxy.trusted(address, self.trusted_proxies):
-            return address, b""
-        start = await _recv_exactly(conn, 8)  # every startup-phase message is at least 8 bytes
-        if start != proxy.SIGNATURE[:8]:
-            return address, start
-        prefix = start + await _recv_exactly(conn, proxy.PREFIX - 8)
-        header = proxy.parse(prefix + await _recv_exactly(conn, proxy.body_length(prefix)))
-        return header.source or address, b""
 
     async def _cancel(self, request: pgm.CancelRequest, source: str) -> None:
         """A key this listener gave out cancels its session's statement; any other key is a
@@ -341,51 +254,17 @@ class PgListener(Acceptor):
                 f"expected a password message, got message type {tag.decode('latin-1')!r}"
             )
         if not 4 < length <= MAX_PASSWORD:
-            raise Refused(
-                codes.PROTOCOL_VIOLATION,
-                f"gatehouse: a password message of {length} bytes (at most {MAX_PASSWORD})",
+            raise framing.ProtocolError(
+                f"a password message of {length} bytes (at most {MAX_PASSWORD})"
             )
         secret = pgm.parse_password_message(await reader.readexactly(length - 4))
         return Hello(reader, writer, source, startup, raw, secret)
 
     async def _session(self, hello: Hello) -> None:
-        SOURCE.set(hello.source)  # failed authentications are counted per client address
         params = hello.startup.params
         name = params.get("database") or params.get("user") or ""
         app = params.get("application_name") or "unknown"
-        try:
-            token = hello.secret.decode("utf-8")
-        except UnicodeDecodeError:
-            token = ""
-        try:
-            try:
-                identity = await self.auth.identify((("authorization", f"Bearer {token}"),))
-            except Unauthenticated as exc:
-                raise Refused(
-                    codes.INVALID_PASSWORD,
-                    f"gatehouse: password authentication failed ({exc}); the password must be "
-                    "a Gatehouse token (`gatehouse tokens create`) or an access token of a login",
-                ) from None
-            if not name:
-                raise Refused(
-                    codes.INVALID_CATALOG_NAME,
-                    "gatehouse: no database given: use dbname=<connection>",
-                )
-            session = await self.sessions.admit(
-                identity,
-                name,
-                MODE,
-                {"ip": hello.source, "client": f"{app} via {VIA}"},
-                _refuse_review,
-            )
-        except NotFound as exc:
-            raise Refused(codes.INVALID_CATALOG_NAME, f"gatehouse: {exc}") from None
-        except PermissionDenied as exc:
-            raise Refused(codes.INSUFFICIENT_PRIVILEGE, f"gatehouse: {exc}") from None
-        except GatehouseError as exc:
-            raise Refused(codes.CONNECTION_REJECTED, f"gatehouse: {exc}") from None
-        except AuditUnavailable as exc:
-            raise Refused(codes.SYSTEM_ERROR, f"gatehouse: {exc}") from None
+        session = await self.admit(hello.secret, name, hello.source, app, "dbname=<connection>")
         end = SocketEnd(hello.reader, hello.writer, hello.source, hello.raw, session, self.keys)
         try:
             await self.sessions.serve(end, session)
@@ -393,31 +272,14 @@ class PgListener(Acceptor):
             end.close()
 
 
-@dataclass
-class _Client:
-    """One accepted connection: the raw socket until it is wrapped in streams (TLS or not)."""
+class _Client(Accepted):
+    """A PostgreSQL client in its startup."""
 
-    conn: socket.socket
-    address: str
-    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def refuse(self, refusal: Refused) -> None:
-        """A FATAL ErrorResponse, inside TLS once TLS was negotiated."""
-        message = pgm.error_response(
-            severity="FATAL", sqlstate=refusal.sqlstate, message=str(refusal)
+    def refusal(self, denied: Denied) -> bytes:
+        """A FATAL ErrorResponse."""
+        return pgm.error_response(
+            severity="FATAL", sqlstate=SQLSTATES[denied.reason], message=str(denied)
         )
-        with contextlib.suppress(Exception):
-            if self.stream is not None:
-                self.stream[1].write(message)
-                await asyncio.wait_for(self.stream[1].drain(), 5)
-            else:
-                await asyncio.wait_for(_send(self.conn, message), 5)
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.stream[1].close()
-        else:
-            self.conn.close()
 
 
 @dataclass(frozen=True)
@@ -432,28 +294,6 @@ class Hello:
     secret: bytes
 
 
-async def _refuse_review(row: ReviewRow, review: Review, rule: str) -> None:
-    """A native client cannot show a spinner: the request is made, the client told to come
-    back once it is approved (an approval holds for the rule's ttl)."""
-    raise PermissionDenied(
-        f"access needs a review (rule {rule!r}): request {row.id} is pending for "
-        f"{', '.join(review.groups)}; once one of them approves it "
-        f"(`gatehouse reviews approve {row.id}`), connect again"
-    )
-
-
-async def _recv_exactly(conn: socket.socket, size: int) -> bytes:
-    """Exactly `size` bytes from the raw socket, never more (nothing is buffered ahead)."""
-    loop = asyncio.get_running_loop()
-    data = bytearray()
-    while len(data) < size:
-        chunk = await loop.sock_recv(conn, size - len(data))
-        if not chunk:
-            raise ConnectionError("the client closed the connection")
-        data += chunk
-    return bytes(data)
-
-
 def _startup_length(header: bytes) -> int:
     (length,) = _HEADER.unpack(header)
     if length < 8 or length > framing.MAX_STARTUP_LENGTH:
@@ -464,29 +304,13 @@ def _startup_length(header: bytes) -> int:
 async def _recv_untagged(conn: socket.socket, prefix: bytes) -> bytes:
     """One startup-phase message from the raw socket (`prefix`: its first bytes, read)."""
     if len(prefix) < 4:
-        prefix += await _recv_exactly(conn, 4 - len(prefix))
+        prefix += await recv_exactly(conn, 4 - len(prefix))
     length = _startup_length(prefix[:4])
     if len(prefix) > length:
         raise framing.ProtocolError("a startup message shorter than the bytes before it")
-    return prefix + await _recv_exactly(conn, length - len(prefix))
+    return prefix + await recv_exactly(conn, length - len(prefix))
 
 
 async def _read_untagged(reader: asyncio.StreamReader) -> bytes:
     header = await reader.readexactly(4)
     return header + await reader.readexactly(_startup_length(header) - 4)
-
-
-async def _send(conn: socket.socket, data: bytes) -> None:
-    await asyncio.get_running_loop().sock_sendall(conn, data)
-
-
-async def _wrap(
-    conn: socket.socket, context: ssl.SSLContext | None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Streams over the socket: TLS (server side) when `context` is given. The caller's
-    deadline bounds the TLS handshake."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
