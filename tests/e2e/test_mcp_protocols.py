@@ -13,47 +13,34 @@ from typing import Any
 import pytest
 from mcp import ClientSession
 
-from devenv.httpd import HttpTargets, start_http_targets
+from devenv.httpd import HttpTargets
 from devenv.mariadb import MariadbServer
 from tests.e2e import mcpclient, mysqlgate
 from tests.e2e.mcpclient import call
 from tests.e2e.mysqlgate import MysqlStack
 
 ACTOR = "agent-protocols"
-POLICY = """\
-connections:
-  - name: my
-    type: mysql
-    agent: {agent}
-    target: {{host: 127.0.0.1, port: {port}, database: app, user: app, tls: disable}}
-    secret: {{password: env:MY_PASSWORD}}
-    guardrails: [no-destructive]
+API = """\
   - name: api
     type: http
     agent: {agent}
-    target: {{url: 'http://127.0.0.1:{http_port}'}}
+    target: {{url: 'http://127.0.0.1:{port}'}}
     guardrails: [api-rules]
 guardrails:
-  - name: no-destructive
-    deny_statements: [DROP, TRUNCATE]
   - name: api-rules
     deny_requests: ['DELETE /**']
 """
 
 
 @pytest.fixture(scope="module")
-def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpTargets]:
-    with start_http_targets(tmp_path_factory.mktemp("httpd")) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, mariadb: MariadbServer, targets: HttpTargets
+    tmp_path_factory: pytest.TempPathFactory, mariadb: MariadbServer, http_targets: HttpTargets
 ) -> Iterator[MysqlStack]:
     started = mysqlgate.start(tmp_path_factory.mktemp("mcp-protocols"), mariadb)
     path = started.base / "protocols.yaml"
-    path.write_text(POLICY.format(agent=mysqlgate.AGENT, port=mariadb.port, http_port=targets.port))
+    mysql = mysqlgate.POLICY.format(agent=mysqlgate.AGENT, port=mariadb.port, ca=mariadb.ca_file)
+    api = API.format(agent=mysqlgate.AGENT, port=http_targets.port)
+    path.write_text(mysql.replace("guardrails:\n", api, 1))
     applied = started.cli("admin", "apply", "-f", str(path))
     assert applied.returncode == 0, applied.stderr
     yield started
@@ -92,7 +79,7 @@ def test_list_connections_names_the_tool_for_each(stack: MysqlStack, env: dict[s
     error, listed = mcpclient.over_stdio(env, work)
     assert error is False, listed
     tools = {c["name"]: (c["type"], c["tool"]) for c in listed["connections"]}
-    assert tools == {"my": ("mysql", "query"), "api": ("http", "http_request")}
+    assert tools["my"] == ("mysql", "query") and tools["api"] == ("http", "http_request")
 
 
 def test_query_on_mysql_is_capped_and_recorded_with_person_and_agent(
@@ -208,7 +195,7 @@ def test_refused_statement_and_wrong_tool_are_tool_errors_and_reach_nothing(
 
 
 def test_http_request_reaches_httpbin_and_is_recorded(
-    stack: MysqlStack, env: dict[str, str], targets: HttpTargets
+    stack: MysqlStack, env: dict[str, str], http_targets: HttpTargets
 ) -> None:
     marker = uuid.uuid4().hex[:8]
     after = stack.last_seq()
@@ -250,7 +237,7 @@ def test_http_request_reaches_httpbin_and_is_recorded(
     assert capped[1]["status"] == 200 and capped[1]["truncated"] is True
     assert len(capped[1]["body"]) == 100
     assert missing[0] is False and missing[1]["status"] == 404  # an answer, not a tool error
-    uris = [line.uri for line in targets.log_lines()]
+    uris = [line.uri for line in http_targets.log_lines()]
     assert f"/get?m={marker}" in uris and "/post" in uris
 
     events = stack.events(after)
@@ -266,7 +253,7 @@ def test_http_request_reaches_httpbin_and_is_recorded(
 
 
 def test_refused_http_request_is_a_tool_error_naming_the_rule_and_never_arrives(
-    stack: MysqlStack, env: dict[str, str], targets: HttpTargets
+    stack: MysqlStack, env: dict[str, str], http_targets: HttpTargets
 ) -> None:
     marker = uuid.uuid4().hex[:8]
 
@@ -282,7 +269,7 @@ def test_refused_http_request_is_a_tool_error_naming_the_rule_and_never_arrives(
     assert denied[0] is True and "api-rules" in denied[1] and "403" in denied[1]
     assert bad[0] is True and "path starts with /" in bad[1]
     assert still[0] is False and still[1]["status"] == 200
-    mcpclient_seen = [line.uri for line in targets.log_lines()]
+    mcpclient_seen = [line.uri for line in http_targets.log_lines()]
     assert not [uri for uri in mcpclient_seen if marker in uri]
     refused = [
         e

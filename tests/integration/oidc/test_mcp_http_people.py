@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from mcp import ClientSession
 
-from devenv.httpd import HttpTargets, start_http_targets
+from devenv.httpd import HttpTargets
 from devenv.oidc import OidcProvider
 from tests.e2e.mcpclient import call, over_stdio
 from tests.integration.oidc.test_access_rules import People, start_people
@@ -38,21 +38,15 @@ access:
 
 
 @pytest.fixture(scope="module")
-def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpTargets]:
-    with start_http_targets(tmp_path_factory.mktemp("httpd")) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
 def people(
-    tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider, targets: HttpTargets
+    tmp_path_factory: pytest.TempPathFactory, oidc: OidcProvider, http_targets: HttpTargets
 ) -> Iterator[People]:
-    policy = POLICY.replace("HTTP_PORT", str(targets.port))
+    policy = POLICY.replace("HTTP_PORT", str(http_targets.port))
     yield from start_people(tmp_path_factory.mktemp("mcp-http-people"), oidc, policy)
 
 
 def test_a_delegated_agent_sends_requests_on_the_connection_alices_rule_gives(
-    people: People, targets: HttpTargets
+    people: People, http_targets: HttpTargets
 ) -> None:
     marker = uuid.uuid4().hex[:8]
     created = people.cli(
@@ -78,7 +72,7 @@ def test_a_delegated_agent_sends_requests_on_the_connection_alices_rule_gives(
     assert sent[0] is False and sent[1]["status"] == 200, sent
     assert json.loads(sent[1]["body"])["args"] == {"m": marker}
     assert refused[0] is True and "api-ops" in refused[1]
-    uris = [line.uri for line in targets.log_lines()]
+    uris = [line.uri for line in http_targets.log_lines()]
     assert f"/get?m={marker}" in uris and f"/get?o={marker}" not in uris
 
     events = people.events()
