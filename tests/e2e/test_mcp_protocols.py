@@ -278,3 +278,23 @@ def test_refused_http_request_is_a_tool_error_naming_the_rule_and_never_arrives(
     ]
     assert refused[-1]["decision"]["result"] == "deny" and refused[-1]["mcp_call"]["seq"]
     assert refused[-1]["actor"] == ACTOR
+
+
+def test_the_remote_endpoint_runs_them_inside_the_control_plane(
+    stack: MysqlStack, env: dict[str, str], mariadb: MariadbServer, http_targets: HttpTargets
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    url = f"http://127.0.0.1:{stack.controlplane.http_port}/mcp"
+
+    async def work(session: ClientSession) -> Any:
+        queried = await call(session, "query", connection="my", sql=f"SELECT '{marker}' AS m")
+        sent = await call(
+            session, "http_request", connection="api", method="GET", path=f"/get?r={marker}"
+        )
+        return queried, sent
+
+    queried, sent = mcpclient.over_http(url, env["GATEHOUSE_TOKEN"], work)
+    assert queried[0] is False and queried[1]["rows"] == [[marker]], queried
+    assert sent[0] is False and json.loads(sent[1]["body"])["args"] == {"r": marker}, sent
+    assert any(marker in q for q in mariadb.queries())
+    assert f"/get?r={marker}" in [line.uri for line in http_targets.log_lines()]
