@@ -381,8 +381,9 @@ class Tools:
         if "body" in args and body is None:
             body = ""  # an empty body is still a body: Content-Length: 0
         max_bytes = _number(args, "max_bytes", DEFAULT_BYTES, 0, MAX_BYTES, whole=True)
+        prepared = http.prepare(method, path, headers, body)
         opened = await self._opened_for("http_request", connection, args, call)
-        return await http.request(opened, method, path, headers, body, int(max_bytes))
+        return await http.request(opened, prepared, int(max_bytes))
 
     async def _run_command(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall

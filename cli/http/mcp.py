@@ -14,35 +14,43 @@ from cli.http.exec_ import METHODS, encode_request, exchange
 from cli.session import Opened
 
 
-async def request(
-    opened: Opened,
-    method: str,
-    path: str,
-    headers: dict[str, str],
-    body: str | None,
-    max_bytes: int,
-) -> dict[str, Any]:
-    """Status, headers and the body as text (its first `max_bytes`, then `truncated`: the
-    rest is not read). A guardrail's refusal (the control plane's 403 naming its rule) is a
-    CliError naming the rule, as a refused statement is."""
+class Prepared:
+    """A request ready to send: its method (HEAD's response has no body) and its bytes."""
+
+    def __init__(self, method: str, raw: bytes) -> None:
+        self.method = method
+        self.raw = raw
+
+
+def prepare(method: str, path: str, headers: dict[str, str], body: str | None) -> Prepared:
+    """The request's bytes, checked before a session opens: what h11 refuses, or a method or
+    path `exec` would not send, is a CliError and nothing is recorded or sent."""
     method = method.upper()
     if method not in METHODS or not path.startswith("/"):
-        opened.call.cancel()
         raise CliError(
             f"method is one of {', '.join(sorted(METHODS))} and path starts with /, "
             "e.g. GET /v1/items?q=1"
         )
     try:
         raw = encode_request(
-            method, path, list(headers.items()), None if body is None else body.encode()
+            method,
+            path,
+            list(headers.items()),
+            None if body is None else body.encode("utf-8", "replace"),
         )
-    except CliError:
-        opened.call.cancel()
-        raise
+    except UnicodeError:
+        raise CliError("the path and headers are ASCII (percent-encode the rest)") from None
+    return Prepared(method, raw)
+
+
+async def request(opened: Opened, prepared: Prepared, max_bytes: int) -> dict[str, Any]:
+    """Status, headers and the body as text (its first `max_bytes`, then `truncated`: the
+    rest is not read). A guardrail's refusal (the control plane's 403 naming its rule) is a
+    CliError naming the rule, as a refused statement is."""
     head: Response | None = None
     kept = bytearray()
     seen = 0
-    async with contextlib.aclosing(exchange(opened, method, raw)) as events:
+    async with contextlib.aclosing(exchange(opened, prepared.method, prepared.raw)) as events:
         async for event in events:
             if isinstance(event, Response):
                 head = event
@@ -66,8 +74,8 @@ async def request(
 
 
 def _refused(body: str) -> None:
-    """The control plane answers a refusal with a JSON body naming the rule; a target's own
-    403 is a result like any other."""
+    """The control plane answers a refusal with a JSON body naming the rule; a 403 without
+    one is the target's, a result like any other."""
     try:
         document = json.loads(body)
     except ValueError:

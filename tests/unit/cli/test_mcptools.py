@@ -51,6 +51,20 @@ PENDING = ReviewPending(
         ("review_status", {"review_id": "r", "wait_s": 600}, "wait_s"),
         ("list_connections", {"x": 1}, "no arguments"),
         ("http_request", {"connection": "api", "method": "GET"}, "path is a non-empty"),
+        ("http_request", {"connection": "api", "method": "GET", "path": "x"}, "starts with /"),
+        ("http_request", {"connection": "api", "method": "BREW", "path": "/"}, "method is one"),
+        ("http_request", {"connection": "api", "method": "GET", "path": "/a b"}, "not a valid"),
+        ("http_request", {"connection": "api", "method": "GET", "path": "/é"}, "ASCII"),
+        (
+            "http_request",
+            {
+                "connection": "api",
+                "method": "GET",
+                "path": "/",
+                "headers": {"X": "a\r\nHost: evil"},
+            },
+            "not a valid",
+        ),
         (
             "http_request",
             {"connection": "api", "method": "GET", "path": "/", "headers": {"a": 1}},
