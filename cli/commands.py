@@ -96,7 +96,7 @@ EXEC = Command(
 MCP_SERVE = Command(
     "cli.mcpserve:mcp",
     """Serve Gatehouse's tools to an AI agent over MCP on stdin and stdout: list_connections,
-    query, describe, run_command, request_access, review_status. Each call is recorded
+    query, describe, run_command, http_request, request_access, review_status. Each call is recorded
     (an mcp.call event, then the session's own) with your credential: GATEHOUSE_TOKEN (a
     delegated token: the agent is the events' actor) or your login. A review never blocks a
     call: it answers pending_review with the review's id.""",

@@ -1,8 +1,10 @@
 """The tools Gatehouse gives an AI agent over MCP, and the MCP server that offers them.
 
 Each tool call is one request on the same audited path as `gatehouse exec`: `query` and
-`describe` speak PostgreSQL through a session (cli.pg.query), `run_command` the terminal
-protocol (cli.term), so guardrails, reviews, masking and the trail apply unchanged. The call
+`describe` speak the database's own protocol through a session (the modules that
+cli.protocols.SQL_TOOLS names: PostgreSQL, MySQL), `run_command` the terminal protocol
+(cli.term) and `http_request` HTTP (cli.http), so guardrails, reviews, masking and the trail
+apply unchanged. Which tool fits a connection type is cli.protocols.MCP_TOOL. The call
 itself travels with the request (`McpCall`): the control plane records it as an `mcp.call`
 event first, and the session's events name it.
 
@@ -28,6 +30,7 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 
 from cli.errors import CliError
+from cli.protocols import DEFAULT, MCP_TOOL, SqlTools, sql_tools_for
 from cli.session import Opened, ReviewPending
 from gatehouse.v1 import client_pb2
 
@@ -40,6 +43,11 @@ DESCRIBE_ROWS = 5_000
 MAX_OUTPUT = 64 * 1024
 """Bytes of stdout and of stderr a `run_command` result carries (then `*_truncated`)."""
 MAX_STDIN = 1024 * 1024
+"""Bytes of a command's stdin, and of an HTTP request's body."""
+DEFAULT_BYTES = 64 * 1024
+MAX_BYTES = 1024 * 1024
+"""Bytes of an HTTP response's body `http_request` returns (then `truncated`)."""
+MAX_HEADERS = 100
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 600.0
 KILL_GRACE = 5.0
@@ -58,17 +66,19 @@ TOOLS: tuple[types.Tool, ...] = (
     types.Tool(
         name="list_connections",
         description=(
-            "The connections you may use and how: type (postgres, ssh, shell), modes usable "
-            "now, modes that need a review first and who reviews them."
+            "The connections you may use and how: type (postgres, mysql, ssh, shell, http), "
+            "the tool that runs requests on it, modes usable now, modes that need a review "
+            "first and who reviews them."
         ),
         input_schema={"type": "object", "properties": {}, "additionalProperties": False},
     ),
     types.Tool(
         name="query",
         description=(
-            "Run SQL on a database connection; recorded before it runs, refused by its "
-            "guardrails with the rule's name. Returns columns, rows (at most max_rows, with "
-            "`truncated`) and the command tag; or status pending_review with a review_id."
+            "Run SQL on a database connection (postgres or mysql); recorded before it runs, "
+            "refused by its guardrails with the rule's name. Returns columns, rows (at most "
+            "max_rows, with `truncated`) and the command tag (postgres) or affected_rows "
+            "(mysql); or status pending_review with a review_id."
         ),
         input_schema={
             "type": "object",
@@ -78,7 +88,7 @@ TOOLS: tuple[types.Tool, ...] = (
                 "params": {
                     "type": "array",
                     "items": {"type": ["string", "number", "boolean", "null"]},
-                    "description": "Values for $1, $2, … (one statement only).",
+                    "description": "Values for $1, $2, … (postgres; one statement only).",
                 },
                 "max_rows": {"type": "integer", "minimum": 0, "maximum": MAX_ROWS},
                 "review_id": REVIEW_ID,
@@ -115,8 +125,8 @@ TOOLS: tuple[types.Tool, ...] = (
     types.Tool(
         name="describe",
         description=(
-            "Schemas, tables and columns of a database connection (the catalogue query is "
-            "recorded like any other); optionally of one schema or table."
+            "Schemas (databases, on mysql), tables and columns of a database connection (the "
+            "catalogue query is recorded like any other); optionally of one schema or table."
         ),
         input_schema={
             "type": "object",
@@ -127,6 +137,36 @@ TOOLS: tuple[types.Tool, ...] = (
                 "review_id": REVIEW_ID,
             },
             "required": ["connection"],
+            "additionalProperties": False,
+        },
+    ),
+    types.Tool(
+        name="http_request",
+        description=(
+            "Send one HTTP request on an http connection (the gateway adds the credential); "
+            "recorded before it is forwarded, refused by its guardrails with the rule's name. "
+            "Returns status, headers and the body as text (at most max_bytes, with "
+            "`truncated`); or status pending_review."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "connection": {"type": "string"},
+                "method": {
+                    "type": "string",
+                    "enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                },
+                "path": {"type": "string", "description": "From /, with the query: /v1/x?q=1"},
+                "headers": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "maxProperties": MAX_HEADERS,
+                },
+                "body": {"type": "string"},
+                "max_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_BYTES},
+                "review_id": REVIEW_ID,
+            },
+            "required": ["connection", "method", "path"],
             "additionalProperties": False,
         },
     ),
@@ -162,13 +202,6 @@ TOOLS: tuple[types.Tool, ...] = (
     ),
 )
 TOOL_NAMES = frozenset(t.name for t in TOOLS)
-
-DESCRIBE_SQL = """select c.table_schema, c.table_name, c.column_name, c.data_type, c.is_nullable
-from information_schema.columns c
-where c.table_schema not in ('pg_catalog', 'information_schema')
-  and ($1::text is null or c.table_schema = $1)
-  and ($2::text is null or c.table_name = $2)
-order by c.table_schema, c.table_name, c.ordinal_position"""
 
 
 class ToolError(Exception):
@@ -242,6 +275,11 @@ class Tools:
         if tool == "run_command":
             _only(args, ("connection", "command", "stdin", "timeout_s", "review_id"))
             return await self._run_command(connection, args, call)
+        if tool == "http_request":
+            _only(
+                args, ("connection", "method", "path", "headers", "body", "max_bytes", "review_id")
+            )
+            return await self._http_request(connection, args, call)
         _only(args, ("connection", "review_id"))
         opened = await self._open(connection, args, call)
         opened.call.cancel()
@@ -262,6 +300,7 @@ class Tools:
                 {
                     "name": c.name,
                     "type": c.type,
+                    "tool": MCP_TOOL.get(c.type),
                     "modes": list(c.modes),
                     "review_modes": list(c.review_modes),
                     "reviewers": list(c.review_groups),
@@ -273,42 +312,21 @@ class Tools:
     async def _query(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
-        from cli.pg import query as pgexec
-
         sql = _text(args, "sql")
         params = _params(args.get("params"))
         max_rows = _number(args, "max_rows", DEFAULT_ROWS, 0, MAX_ROWS, whole=True)
-        opened = await self._database(connection, args, call)
-        outcome = await _sql(opened, sql, params, int(max_rows))
-        results = [
-            {**r.as_json(), "truncated": r.truncated, "row_count": len(r.rows)}
-            for r in outcome.results
-        ]
-        last = results[-1] if results else {"columns": [], "rows": [], "command": ""}
-        document: dict[str, Any] = {**last, "session_id": outcome.session_id}
-        if len(results) > 1:
-            document["results"] = results
-        if outcome.notices:
-            document["notices"] = [n.message for n in outcome.notices]
-        if outcome.error is not None:
-            raise ToolError(str(pgexec.PgError(outcome.error, outcome)))
-        return document
+        opened, sql_tools = await self._database(connection, args, call)
+        return await sql_tools.query(opened, sql, params, int(max_rows))
 
     async def _describe(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
-        from cli.pg import query as pgexec
-
         schema = _optional_text(args, "schema")
         table = _optional_text(args, "table")
-        opened = await self._database(connection, args, call)
-        outcome = await _sql(opened, DESCRIBE_SQL, [schema, table], DESCRIBE_ROWS)
-        if outcome.error is not None:
-            raise ToolError(str(pgexec.PgError(outcome.error, outcome)))
+        opened, sql_tools = await self._database(connection, args, call)
+        catalogue = await sql_tools.describe(opened, schema, table, DESCRIBE_ROWS)
         tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        result = outcome.results[-1] if outcome.results else pgexec.ResultSet()
-        for row in pgexec.text_rows(result):
-            schema_name, table_name, column, data_type, nullable = row
+        for schema_name, table_name, column, data_type, nullable in catalogue.rows:
             tables.setdefault((schema_name or "", table_name or ""), []).append(
                 {"name": column, "type": data_type, "nullable": nullable == "YES"}
             )
@@ -316,27 +334,60 @@ class Tools:
             "tables": [
                 {"schema": s, "name": t, "columns": columns} for (s, t), columns in tables.items()
             ],
-            "truncated": result.truncated,
-            "session_id": outcome.session_id,
+            "truncated": catalogue.truncated,
+            "session_id": opened.session_id,
         }
 
     async def _database(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
-    ) -> Opened:
-        from cli.term import TERMINAL_TYPES
-
-        opened = await self._open(connection, args, call)
-        if opened.connection_type in TERMINAL_TYPES:
+    ) -> tuple[Opened, SqlTools]:
+        opened = await self._opened_for("query", connection, args, call)
+        sql_tools = sql_tools_for(opened.connection_type)
+        if sql_tools is None:  # a database type this MCP_TOOL lists and SQL_TOOLS does not
             opened.call.cancel()
-            raise ToolError(
-                f"{connection} is a {opened.connection_type} connection: use run_command"
-            )
+            raise ToolError(f"{connection}: query is not served on {opened.connection_type}")
+        return opened, sql_tools
+
+    async def _opened_for(
+        self, tool: str, connection: str, args: dict[str, Any], call: client_pb2.McpCall
+    ) -> Opened:
+        """A session on `connection` when `tool` is the one for its type; else the tool that is."""
+        opened = await self._open(connection, args, call)
+        kind = opened.connection_type or DEFAULT
+        fits = MCP_TOOL.get(kind)
+        if fits != tool:
+            opened.call.cancel()
+            use = f"use {fits}" if fits else "no tool here serves it"
+            raise ToolError(f"{connection} is a {kind} connection: {use}")
         return opened
+
+    async def _http_request(
+        self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
+    ) -> dict[str, Any]:
+        from cli.http import mcp as http
+
+        method = _text(args, "method")
+        path = _text(args, "path")
+        headers = args.get("headers") or {}
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ToolError("headers is an object of strings")
+        if len(headers) > MAX_HEADERS:
+            raise ToolError(f"headers holds at most {MAX_HEADERS} fields")
+        body = _optional_text(args, "body")
+        if body is not None and len(body.encode("utf-8", "replace")) > MAX_STDIN:
+            raise ToolError(f"body is at most {MAX_STDIN} bytes")
+        if "body" in args and body is None:
+            body = ""  # an empty body is still a body: Content-Length: 0
+        max_bytes = _number(args, "max_bytes", DEFAULT_BYTES, 0, MAX_BYTES, whole=True)
+        prepared = http.prepare(method, path, headers, body)
+        opened = await self._opened_for("http_request", connection, args, call)
+        return await http.request(opened, prepared, int(max_bytes))
 
     async def _run_command(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
-        from cli.term import TERMINAL_TYPES
         from cli.term import stream as term
         from cli.term.command import command_start
 
@@ -354,12 +405,7 @@ class Tools:
         if len(data) > MAX_STDIN:
             raise ToolError(f"stdin is at most {MAX_STDIN} bytes")
         timeout = _number(args, "timeout_s", DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT)
-        opened = await self._open(connection, args, call)
-        if opened.connection_type not in TERMINAL_TYPES:
-            opened.call.cancel()
-            raise ToolError(
-                f"{connection} is a {opened.connection_type or 'database'} connection: use query"
-            )
+        opened = await self._opened_for("run_command", connection, args, call)
         output = Captured(MAX_OUTPUT)
         timed_out = False
         async with term.TermSession(opened) as session:
@@ -443,18 +489,6 @@ class Captured:
     async def stderr(self, data: bytes) -> None:
         self.err_total += len(data)
         self.err += data[: max(0, self.limit - len(self.err))]
-
-
-async def _sql(opened: Opened, sql: str, params: list[str | None] | None, max_rows: int) -> Any:
-    from cli.pg import query as pgexec
-
-    try:
-        return await pgexec.run_sql_on(opened, sql, params, max_rows)
-    except ValueError as exc:  # a NUL in the text: the protocol cannot carry it
-        opened.call.cancel()
-        raise ToolError(str(exc)) from None
-    except pgexec.PgError as exc:
-        raise ToolError(str(exc)) from None
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

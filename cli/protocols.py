@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cli.errors import CliError
 
@@ -37,6 +37,19 @@ CONNECT: Mapping[str, str] = {
     "http": "cli.http.listen:listen",
 }
 """`gatehouse connect`: the local listener for this type's native clients."""
+MCP_TOOL: Mapping[str, str] = {
+    "postgres": "query",
+    "mysql": "query",
+    "ssh": "run_command",
+    "shell": "run_command",
+    "http": "http_request",
+}
+"""The MCP tool that runs requests on a connection of this type (cli.mcptools)."""
+SQL_TOOLS: Mapping[str, str] = {
+    "postgres": "cli.pg.mcp",
+    "mysql": "cli.mysql.mcp",
+}
+"""MCP's `query` and `describe` on this type: a module shaped as `SqlTools`."""
 DEFAULT = "postgres"
 """What a session speaks when its type is not known: a control plane that does not name it,
 or a connection not in the caller's list (the control plane then refuses in this protocol)."""
@@ -95,6 +108,32 @@ class Listening:
         self.serve = serve
 
 
+class Catalogue:
+    """What `describe` read: (schema, table, column, type, nullable YES/NO) rows, in order,
+    and whether rows were left out at the cap."""
+
+    def __init__(self, rows: list[list[str | None]], truncated: bool) -> None:
+        self.rows = rows
+        self.truncated = truncated
+
+
+class SqlTools(Protocol):
+    """A database protocol's MCP tools; failures raise CliError with the database's words."""
+
+    async def query(
+        self, opened: Opened, sql: str, params: list[str | None] | None, max_rows: int
+    ) -> dict[str, Any]:
+        """The result document: columns, rows (capped, `truncated`), and the protocol's own
+        outcome (command tag, affected rows)."""
+        ...
+
+    async def describe(
+        self, opened: Opened, schema: str | None, table: str | None, max_rows: int
+    ) -> Catalogue:
+        """The columns of the tables outside the system schemas, through the session."""
+        ...
+
+
 Execute = Callable[["Opened", ExecRequest], Awaitable[int]]
 """Run the request in the opened session; returns the exit status, raises CliError."""
 Listen = Callable[[ListenRequest], Listening]
@@ -109,6 +148,12 @@ def execute_for(connection_type: str) -> Execute:
             "install a newer version"
         )
     return cast(Execute, _load(target))
+
+
+def sql_tools_for(connection_type: str) -> SqlTools | None:
+    """The type's `query` and `describe`, or None when it is not a database."""
+    target = SQL_TOOLS.get(connection_type or DEFAULT)
+    return None if target is None else cast(SqlTools, importlib.import_module(target))
 
 
 def listen_for(connection_type: str | None) -> Listen | None:

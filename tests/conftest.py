@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from devenv.httpd import HttpTargets, start_http_targets
 from devenv.mariadb import MariadbServer, start_mariadb
 from devenv.sshd import Sshd, start_sshd
 
@@ -24,6 +25,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def http_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpTargets]:
+    """httpbin behind nginx (and a TLS nginx, a WebSocket echo), one per test module: a
+    module's assertions on nginx's access log see only its own requests."""
+    with start_http_targets(tmp_path_factory.mktemp("httpd")) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

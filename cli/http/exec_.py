@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import h11
+from h11 import Data, Response
 
 from cli.errors import USAGE, CliError
 from cli.output import Format, echo, emit_json
@@ -24,7 +26,7 @@ from cli.protocols import ExecRequest
 from cli.session import Opened
 from gatehouse.v1 import client_pb2
 
-__all__ = ["Words", "build_request", "execute", "read_words"]
+__all__ = ["Words", "build_request", "encode_request", "exchange", "execute", "read_words"]
 
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -69,15 +71,23 @@ def read_words(args: list[str]) -> Words:
 
 def build_request(words: Words) -> bytes:
     """The request's bytes."""
-    method, target, headers, data = words.method, words.target, words.headers, words.data
-    fields: list[tuple[str, str]] = [("host", "gatehouse"), ("user-agent", "gatehouse-cli")]
-    for line in headers:
+    fields: list[tuple[str, str]] = []
+    for line in words.headers:
         name, sep, value = line.partition(":")
         if not sep or not name.strip():
             raise CliError(f"-H {line!r}: a header is 'Name: value'", USAGE)
         fields.append((name.strip(), value.strip()))
-    body = _body(data)
-    if data is not None:
+    return encode_request(words.method, words.target, fields, _body(words.data))
+
+
+def encode_request(
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+) -> bytes:
+    """One HTTP/1.1 request (`body` None: none, and no content headers); h11 refuses what is
+    not a valid request (a CliError)."""
+    fields: list[tuple[str, str]] = [("host", "gatehouse"), ("user-agent", "gatehouse-cli")]
+    fields += headers
+    if body is not None:
         fields.append(("content-length", str(len(body))))
         if not any(k.lower() == "content-type" for k, _ in fields):
             fields.append(("content-type", "application/x-www-form-urlencoded"))
@@ -92,9 +102,43 @@ def build_request(words: Words) -> bytes:
     return out
 
 
-def _body(data: str | None) -> bytes:
+async def exchange(
+    opened: Opened, method: str, request: bytes
+) -> AsyncGenerator[Response | Data, None]:
+    """Send `request` on the session and read its response: the head, then the body's pieces
+    as they come. The session is over after it (one request per `exec` session)."""
+    call = opened.call
+    await call.write(client_pb2.ClientFrame(data=request))
+    await call.done_writing()
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+    conn.send(h11.EndOfMessage())
+    answered = False
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                frame = await call.read()
+                conn.receive_data(frame.data if isinstance(frame, client_pb2.ServerFrame) else b"")
+                continue
+            if isinstance(event, Response):
+                answered = True
+                yield event
+            elif isinstance(event, Data):
+                yield event
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+    except h11.RemoteProtocolError as exc:
+        raise CliError(f"the response is not valid HTTP: {exc}") from None
+    finally:
+        call.cancel()
+    if not answered:
+        raise CliError("the session ended before the response arrived")
+
+
+def _body(data: str | None) -> bytes | None:
     if data is None:
-        return b""
+        return None
     if data == "@-":
         return sys.stdin.buffer.read()
     if data.startswith("@"):
@@ -120,45 +164,25 @@ async def execute(opened: Opened, asked: ExecRequest) -> int:
     except CliError:
         opened.call.cancel()
         raise
-    method, verbose, output = words.method, words.verbose, asked.output
-    call = opened.call
-    await call.write(client_pb2.ClientFrame(data=request))
-    await call.done_writing()
-    conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
-    conn.send(h11.EndOfMessage())
+    verbose = words.verbose
     status = 0
     kept: list[tuple[str, str]] = []
     body = bytearray()
-    as_json = output is Format.json or words.json
+    as_json = asked.output is Format.json or words.json
     out = sys.stdout.buffer
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            frame = await call.read()
-            if not isinstance(frame, client_pb2.ServerFrame):
-                conn.receive_data(b"")
-                continue
-            conn.receive_data(frame.data)
-            continue
-        if isinstance(event, h11.Response):
+    async for event in exchange(opened, words.method, request):
+        if isinstance(event, Response):
             status = event.status_code
             kept = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
             if verbose:
                 echo(f"HTTP/1.1 {status} {event.reason.decode('latin-1')}", err=True)
                 for key, value in kept:
                     echo(f"{key}: {value}", err=True)
-        elif isinstance(event, h11.Data):
-            if as_json:
-                body += event.data
-            else:
-                out.write(event.data)
-                out.flush()
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            break
-    call.cancel()
-    if status == 0:
-        raise CliError("the session ended before the response arrived")
+        elif as_json:
+            body += event.data
+        else:
+            out.write(event.data)
+            out.flush()
     if as_json:
         emit_json(
             {

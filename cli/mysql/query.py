@@ -61,6 +61,7 @@ class ResultSet:
         self.columns: list[msg.Column] = []
         self.rows: list[list[bytes | None]] = []
         self.affected: int | None = None
+        self.truncated = False  # rows beyond the caller's cap were read and left out
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,8 +85,11 @@ async def _packets(call: Call) -> AsyncIterator[Packet]:
                 yield packet
 
 
-async def run_sql_on(opened: Opened, sql: str) -> tuple[list[ResultSet], msg.Err | None]:
-    """Log in through the session, run `sql`, quit; the results, and the error if one came."""
+async def run_sql_on(
+    opened: Opened, sql: str, max_rows: int | None = None
+) -> tuple[list[ResultSet], msg.Err | None]:
+    """Log in through the session, run `sql`, quit; the results, and the error if one came.
+    Each result keeps at most `max_rows` rows (the rest are read and left out: `truncated`)."""
     call = opened.call
     packets = _packets(call)
     greeting = await anext(packets, None)
@@ -120,6 +124,9 @@ async def run_sql_on(opened: Opened, sql: str) -> tuple[list[ResultSet], msg.Err
     async for packet in packets:
         seen = follower.server(packet)
         if isinstance(seen, Row):
+            if max_rows is not None and len(current.rows) >= max_rows:
+                current.truncated = True
+                continue
             current.rows.append(
                 _binary_text(packet.payload, seen.columns)
                 if seen.binary

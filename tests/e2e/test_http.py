@@ -21,7 +21,7 @@ import httpx
 import pytest
 import requests
 
-from devenv.httpd import HttpTargets, start_http_targets
+from devenv.httpd import HttpTargets
 from devenv.postgres import PostgresServer
 from devenv.stack import Connect, ControlPlane, enroll_agent, gatehouse
 from tests.e2e.conftest import AGENT, Stack
@@ -66,14 +66,8 @@ masking:
 
 
 @pytest.fixture(scope="module")
-def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpTargets]:
-    with start_http_targets(tmp_path_factory.mktemp("httpd")) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, pg: PostgresServer, targets: HttpTargets
+    tmp_path_factory: pytest.TempPathFactory, pg: PostgresServer, http_targets: HttpTargets
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")
     controlplane = ControlPlane.create(base / "controlplane")
@@ -87,10 +81,10 @@ def stack(
     started = Stack(controlplane, agent, pg, base)
     policy = POLICY.format(
         agent=AGENT,
-        port=targets.port,
-        tls_port=targets.tls_port,
-        ca=targets.cert.ca,
-        ws_port=targets.ws_port,
+        port=http_targets.port,
+        tls_port=http_targets.tls_port,
+        ca=http_targets.cert.ca,
+        ws_port=http_targets.ws_port,
     )
     applied = started.apply(policy)
     assert applied.returncode == 0, applied.stderr
@@ -115,10 +109,10 @@ def last_seq(stack: Stack) -> int:
     return int(events[-1]["seq"]) if events else 0
 
 
-def wait_logged(targets: HttpTargets, uri: str, timeout: float = 5) -> list[Any]:
+def wait_logged(http_targets: HttpTargets, uri: str, timeout: float = 5) -> list[Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [line for line in targets.log_lines() if line.uri == uri]
+        found = [line for line in http_targets.log_lines() if line.uri == uri]
         if found:
             return found
         time.sleep(0.05)
@@ -126,7 +120,7 @@ def wait_logged(targets: HttpTargets, uri: str, timeout: float = 5) -> list[Any]
 
 
 def test_exec_prints_the_body_and_records_request_and_response(
-    stack: Stack, targets: HttpTargets
+    stack: Stack, http_targets: HttpTargets
 ) -> None:
     after = last_seq(stack)
     result = stack.cli("exec", "api", "--", "GET", "/get?q=1&token=abc", "-v")
@@ -211,7 +205,7 @@ def test_methods_and_bodies_through_the_listener(stack: Stack, listener: Connect
 
 
 def test_the_credential_reaches_the_target_not_the_caller_nor_the_trail(
-    stack: Stack, targets: HttpTargets
+    stack: Stack, http_targets: HttpTargets
 ) -> None:
     after = last_seq(stack)
     uri = f"/basic-auth/alice/{API_PASSWORD}"
@@ -220,7 +214,7 @@ def test_the_credential_reaches_the_target_not_the_caller_nor_the_trail(
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"authenticated": True, "user": "alice"}
-    logged = wait_logged(targets, uri)
+    logged = wait_logged(http_targets, uri)
     basic = base64.b64encode(f"alice:{API_PASSWORD}".encode()).decode()
     assert [line.authorization for line in logged] == [f"Basic {basic}"]  # not the caller's
     trail = json.dumps(stack.events(after))
@@ -230,16 +224,16 @@ def test_the_credential_reaches_the_target_not_the_caller_nor_the_trail(
 
 
 def test_tls_target_with_its_own_ca_and_an_injected_header(
-    stack: Stack, targets: HttpTargets
+    stack: Stack, http_targets: HttpTargets
 ) -> None:
     result = stack.cli("exec", "api-tls", "--", "GET", "/anything/tls-check")
     assert result.returncode == 0, result.stderr
-    logged = wait_logged(targets, "/anything/tls-check")
+    logged = wait_logged(http_targets, "/anything/tls-check")
     assert [line.api_key for line in logged] == [API_KEY]
 
 
 def test_a_denied_request_is_a_403_naming_the_rule_and_never_reaches_the_target(
-    stack: Stack, targets: HttpTargets, listener: Connect
+    stack: Stack, http_targets: HttpTargets, listener: Connect
 ) -> None:
     after = last_seq(stack)
     refused = stack.cli("exec", "api", "--", "DELETE", "/anything/doomed")
@@ -259,7 +253,7 @@ def test_a_denied_request_is_a_403_naming_the_rule_and_never_reaches_the_target(
     assert [e["decision"]["result"] for e in recorded] == ["deny", "deny", "deny"]
     assert recorded[0]["request"]["method"] == "DELETE"
     time.sleep(0.5)  # nginx writes a line when a request ends; none of these may have one
-    uris = {line.uri for line in targets.log_lines()}
+    uris = {line.uri for line in http_targets.log_lines()}
     assert not uris & {
         "/anything/doomed",
         "/admin/users",
@@ -303,14 +297,14 @@ def test_keep_alive_chunked_upload_and_100_continue(
 
 
 def test_a_connection_the_target_closed_while_idle_is_opened_again(
-    stack: Stack, listener: Connect, targets: HttpTargets
+    stack: Stack, listener: Connect, http_targets: HttpTargets
 ) -> None:
     with requests.Session() as session:
         first = session.get(f"http://127.0.0.1:{listener.port}/anything/idle-1", timeout=30)
         time.sleep(3)  # nginx closes its side of the agent's connection after 2 s
         second = session.get(f"http://127.0.0.1:{listener.port}/anything/idle-2", timeout=30)
     assert (first.status_code, second.status_code) == (200, 200)
-    assert wait_logged(targets, "/anything/idle-2")
+    assert wait_logged(http_targets, "/anything/idle-2")
 
 
 def test_an_http_1_0_client_gets_an_answer_it_can_read(listener: Connect) -> None:
@@ -325,7 +319,7 @@ def test_an_http_1_0_client_gets_an_answer_it_can_read(listener: Connect) -> Non
 
 
 def test_malformed_head_is_a_400_and_nothing_is_forwarded(
-    listener: Connect, targets: HttpTargets
+    listener: Connect, http_targets: HttpTargets
 ) -> None:
     with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
         sock.sendall(b"GET /anything/malformed HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
@@ -334,7 +328,7 @@ def test_malformed_head_is_a_400_and_nothing_is_forwarded(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400 ")
     time.sleep(0.3)
-    assert not any(line.uri == "/anything/malformed" for line in targets.log_lines())
+    assert not any(line.uri == "/anything/malformed" for line in http_targets.log_lines())
 
 
 def test_json_field_masked_at_the_agent(stack: Stack) -> None:
@@ -369,10 +363,10 @@ def test_500_requests_from_20_clients_over_keep_alive(stack: Stack, listener: Co
 
 
 def test_a_100_mb_download_streams_with_flat_memory(
-    stack: Stack, listener: Connect, targets: HttpTargets
+    stack: Stack, listener: Connect, http_targets: HttpTargets
 ) -> None:
     size = 100 * 1024 * 1024
-    with (targets.www / "static" / "big.bin").open("wb") as fh:
+    with (http_targets.www / "static" / "big.bin").open("wb") as fh:
         fh.truncate(size)
     processes = {
         "agent": stack.agent.proc,
@@ -442,7 +436,7 @@ def test_a_websocket_echo_passes_through_and_is_recorded(stack: Stack) -> None:
 
 
 def test_every_request_in_the_access_log_was_recorded_first(
-    stack: Stack, targets: HttpTargets
+    stack: Stack, http_targets: HttpTargets
 ) -> None:
     """Runs last: the whole module's traffic, reconciled with nginx's own log."""
     time.sleep(0.5)
@@ -451,7 +445,7 @@ def test_every_request_in_the_access_log_was_recorded_first(
         for e in requests_of(stack)
         if e["decision"]["result"] == "allow"
     ]
-    logged = targets.log_lines()
+    logged = http_targets.log_lines()
     assert logged
     remaining = list(recorded)
     for line in logged:

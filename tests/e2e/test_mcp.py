@@ -59,6 +59,7 @@ def test_tools_are_listed_with_their_schemas(mcp_stack: Stack, agent_token: str)
         "query",
         "run_command",
         "describe",
+        "http_request",
         "request_access",
         "review_status",
     }
@@ -94,6 +95,7 @@ def test_query_runs_on_postgres_and_is_recorded_with_person_and_agent(
     assert listed[0] is False
     names = {c["name"]: c for c in listed[1]["connections"]}
     assert names["pg"]["type"] == "postgres" and "exec" in names["pg"]["modes"]
+    assert names["pg"]["tool"] == "query" and names["web-1"]["tool"] == "run_command"
     assert queried == (
         False,
         {
@@ -236,7 +238,7 @@ def test_the_remote_endpoint_runs_the_same_tools_inside_the_control_plane(
     tools, queried, denied, unknown, ran = mcpclient.over_http(
         mcp_url(mcp_stack), agent_token, work
     )
-    assert len(tools.tools) == 6
+    assert len(tools.tools) == 7
     assert queried == (False, {**queried[1], "rows": [[marker]], "command": "SELECT 1"})
     assert denied[0] is True and "no-drop" in denied[1]
     assert unknown[0] is True and "nope" in unknown[1]

@@ -50,6 +50,36 @@ PENDING = ReviewPending(
         ("run_command", {"connection": "web", "command": "ls", "timeout_s": 0}, "timeout_s"),
         ("review_status", {"review_id": "r", "wait_s": 600}, "wait_s"),
         ("list_connections", {"x": 1}, "no arguments"),
+        ("http_request", {"connection": "api", "method": "GET"}, "path is a non-empty"),
+        ("http_request", {"connection": "api", "method": "GET", "path": "x"}, "starts with /"),
+        ("http_request", {"connection": "api", "method": "BREW", "path": "/"}, "method is one"),
+        ("http_request", {"connection": "api", "method": "GET", "path": "/a b"}, "not a valid"),
+        ("http_request", {"connection": "api", "method": "GET", "path": "/é"}, "ASCII"),
+        (
+            "http_request",
+            {
+                "connection": "api",
+                "method": "GET",
+                "path": "/",
+                "headers": {"X": "a\r\nHost: evil"},
+            },
+            "not a valid",
+        ),
+        (
+            "http_request",
+            {"connection": "api", "method": "GET", "path": "/", "headers": {"a": 1}},
+            "headers is an object of strings",
+        ),
+        (
+            "http_request",
+            {"connection": "api", "method": "GET", "path": "/", "max_bytes": 2**21},
+            "max_bytes",
+        ),
+        (
+            "http_request",
+            {"connection": "api", "method": "GET", "path": "/", "body": "x" * 2**21},
+            "body is at most",
+        ),
     ],
 )
 async def test_bad_arguments_are_tool_errors_that_say_why(
