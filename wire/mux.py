@@ -44,6 +44,14 @@ class Credit:
             await self._granted.wait()
         self.available -= size
 
+    def try_spend(self, size: int) -> bool:
+        """Spend `size` now if some credit is left and the session is open; False if a sender
+        would have to wait (or the session closed): then it takes the slow path."""
+        if self.available <= 0 or self.closed:
+            return False
+        self.available -= size
+        return True
+
     def grant(self, size: int) -> None:
         self.available += size
         self._granted.set()

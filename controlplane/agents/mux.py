@@ -101,7 +101,11 @@ class Leg:
         """Audited client bytes (and cancels, and the end) to the agent, within credit."""
         tunnel = self.tunnel
         while True:
-            item = await tunnel.to_agent.get()
+            tunnel.direct = self._direct  # parked with nothing in hand: order is kept
+            try:
+                item = await tunnel.to_agent.get()
+            finally:
+                tunnel.direct = None
             if item is None:
                 if tunnel.closed.is_set():
                     break
@@ -117,7 +121,17 @@ class Leg:
             if self.credit.exhausted and not await self._credit_or_closed():
                 break
             await self.credit.spend(len(item))
-            self.outbox.put(agent_pb2.GatewayEvent(session=self.number, data=item), len(item))
+            self._put(item)
+
+    def _direct(self, data: bytes) -> bool:
+        """Client bytes straight to the stream's outbox, if the session has credit left."""
+        if not self.credit.try_spend(len(data)):
+            return False
+        self._put(data)
+        return True
+
+    def _put(self, data: bytes) -> None:
+        self.outbox.put(agent_pb2.GatewayEvent(session=self.number, data=data), len(data))
 
     async def _ended(self) -> None:
         """The agent's end of the session arrived, or the tunnel closed."""

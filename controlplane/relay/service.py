@@ -729,7 +729,7 @@ async def _forward(tunnel: Tunnel, data: bytes) -> None:
     """Send decided client bytes to the agent, in pieces: gRPC messages are bounded (a 20 MB
     parameter travels as several)."""
     for start in range(0, len(data), FORWARD_CHUNK):
-        await tunnel.to_agent.put(data[start : start + FORWARD_CHUNK])
+        await tunnel.send_to_agent(data[start : start + FORWARD_CHUNK])
 
 
 async def _agent_to_client(end: ClientEnd, tunnel: Tunnel, inspector: Inspector) -> None:

@@ -65,6 +65,16 @@ class Tunnel:
     # is told this rather than seeing its session simply end.
     cut: str = ""
     started: float = field(default_factory=time.monotonic)
+    # Set by the agent's side while it waits for the next item with nothing in hand: takes
+    # client bytes straight to the agent's stream (False: no credit, use the queue).
+    direct: Callable[[bytes], bool] | None = None
+
+    async def send_to_agent(self, data: bytes) -> None:
+        """Client bytes for the agent. With nothing queued ahead and credit left they go
+        straight to the agent's stream, saving a task switch and two queue operations per
+        message; otherwise through `to_agent`, in order, waiting for room."""
+        if self.direct is None or not self.to_agent.empty() or not self.direct(data):
+            await self.to_agent.put(data)
 
     def wake(self) -> None:
         """Nudge the client writer; if frames are queued, it will look anyway."""

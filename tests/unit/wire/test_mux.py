@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from controlplane.agents.mux import SessionStream
-from controlplane.relay.tunnel import QUEUE_FRAMES, Tunnels
+from controlplane.relay.tunnel import CANCEL, QUEUE_FRAMES, Tunnels
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.mux import WINDOW, Credit, Grants, Outbox
 
@@ -132,3 +132,45 @@ async def test_a_broken_stream_loses_the_sessions_the_agent_did_not_end() -> Non
     assert not ended.lost and running.lost
     assert ended.to_client.get_nowait() is None
     assert running.to_client.get_nowait() is None
+
+
+async def test_client_bytes_skip_the_queue_only_with_nothing_ahead_and_credit_left() -> None:
+    tunnels = Tunnels()
+    tunnel = tunnels.expect("s-direct", "agent-a")
+    stream = SessionStream(tunnels, "agent-a")
+    stream.receive(agent_pb2.AgentBatch(events=[attach(1, "s-direct")]))
+    await asyncio.sleep(0)  # the leg's pump parks on the empty queue
+
+    async def sent() -> list[tuple[str, bytes]]:
+        """What the stream's writer would send now (a marker ends it: take never waits)."""
+        mark = agent_pb2.GatewayEvent(session=0, close="mark")
+        stream.outbox.put(mark)
+        events = await stream.outbox.take()
+        assert events[-1] is mark
+        return [(e.WhichOneof("msg") or "", e.data) for e in events[:-1]]
+
+    await tunnel.send_to_agent(b"first")
+    assert tunnel.to_agent.empty()  # in the outbox before any task switch
+    assert await sent() == [("data", b"first")]
+    assert tunnel.to_agent.empty()
+
+    # A cancel queued ahead keeps its place: later bytes wait behind it in the queue.
+    tunnel.to_agent.put_nowait(CANCEL)
+    await tunnel.send_to_agent(b"second")
+    assert tunnel.to_agent.qsize() == 2
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert await sent() == [("cancel", b""), ("data", b"second")]
+
+    # No credit left: the bytes go through the queue and wait for the agent's grant.
+    leg = stream.legs[1]
+    leg.credit.available = 0
+    await tunnel.send_to_agent(b"third")
+    await asyncio.sleep(0)
+    assert await sent() == []
+    stream.receive(agent_pb2.AgentBatch(events=[agent_pb2.AgentEvent(session=1, credit=WINDOW)]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert await sent() == [("data", b"third")]
+    tunnels.discard(tunnel)
+    await stream.broken()
