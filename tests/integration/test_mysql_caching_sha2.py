@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import socket
+import socketserver
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pymysql
@@ -24,7 +26,7 @@ from devenv.mariadb import _certificate
 from wire.mysql import auth
 from wire.mysql import messages as msg
 from wire.mysql.constants import CACHING_SHA2_PASSWORD, Capability
-from wire.mysql.packets import Packet, PacketFramer, encode
+from wire.mysql.packets import encode
 
 PASSWORD = b"s3cret-sha2"
 CAPS = int(
@@ -54,53 +56,50 @@ class Sha2Server:
         self.paths: list[str] = []  # how each login succeeded
         self.port = 0
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        framer = PacketFramer()
-        queued: list[Packet] = []
+    def handle(self, sock: socket.socket) -> None:
+        """One client, on a blocking socket read one packet at a time, as a server must: a
+        client sends its TLS hello right behind the SSLRequest, and those bytes belong to TLS."""
+        stream: list[socket.socket] = [sock]
 
-        async def read() -> bytes:
-            while not queued:
-                data = await reader.read(65536)
-                if not data:
-                    raise ConnectionError
-                queued.extend(framer.feed(data))
-            packet = queued.pop(0)
-            self.seq = packet.last_seq + 1
-            return packet.payload
+        def read() -> bytes:
+            header = _exactly(stream[0], 4)
+            payload = _exactly(stream[0], int.from_bytes(header[:3], "little"))
+            self.seq = header[3] + 1
+            return payload
 
         def send(payload: bytes) -> None:
-            writer.write(encode(payload, self.seq))
+            stream[0].sendall(encode(payload, self.seq))
             self.seq += 1
 
         nonce = secrets.token_bytes(20).replace(b"\x00", b"\x01")
         self.seq = 0
-        send(
-            msg.handshake(
-                server_version="8.4.0",
-                connection_id=9,
-                scramble=nonce,
-                capabilities=CAPS,
-                plugin=CACHING_SHA2_PASSWORD,
-            )
-        )
         try:
-            response = msg.parse_handshake_response(await read())
+            send(
+                msg.handshake(
+                    server_version="8.4.0",
+                    connection_id=9,
+                    scramble=nonce,
+                    capabilities=CAPS,
+                    plugin=CACHING_SHA2_PASSWORD,
+                )
+            )
+            response = msg.parse_handshake_response(read())
             tls = response.ssl_request
             if tls:
-                await writer.start_tls(self.tls)
-                response = msg.parse_handshake_response(await read())
+                stream[0] = self.tls.wrap_socket(sock, server_side=True)
+                response = msg.parse_handshake_response(read())
             scramble = response.auth_response
             if response.plugin != CACHING_SHA2_PASSWORD:
                 send(msg.auth_switch(CACHING_SHA2_PASSWORD, nonce))
-                scramble = await read()
+                scramble = read()
             if self.cached and auth.caching_sha2_verify(self.stored, nonce, scramble):
                 send(b"\x01\x03")
                 self.paths.append("fast")
                 send(msg.ok())
-                await self._commands(read, send)
+                self._commands(read, send)
                 return
             send(b"\x01\x04")
-            answer = await read()
+            answer = read()
             if tls:
                 password, path = answer.rstrip(b"\x00"), "full over TLS"
             else:
@@ -110,46 +109,53 @@ class Sha2Server:
                         serialization.PublicFormat.SubjectPublicKeyInfo,
                     )
                     send(b"\x01" + pem)
-                    answer = await read()
+                    answer = read()
                 password = auth.rsa_decrypt_password(answer, nonce, self.key)
                 path = "full under RSA"
             if password == PASSWORD:
                 self.paths.append(path)
                 send(msg.ok())
-                await self._commands(read, send)
+                self._commands(read, send)
             else:
                 send(msg.err(1045, "28000", "Access denied for user 'sha2'"))
-        except (ConnectionError, ValueError):
+        except (OSError, ValueError):
             pass
         finally:
-            await writer.drain()
-            writer.close()
+            stream[0].close()
 
     @staticmethod
-    async def _commands(
-        read: Callable[[], Awaitable[bytes]], send: Callable[[bytes], None]
-    ) -> None:
+    def _commands(read: Callable[[], bytes], send: Callable[[bytes], None]) -> None:
         """After the login: every command gets an OK (a client's SET NAMES) until COM_QUIT."""
-        while (await read())[:1] != b"\x01":
+        while read()[:1] != b"\x01":
             send(msg.ok())
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the client went away")
+        data += chunk
+    return data
 
 
 @pytest.fixture(params=[True, False], ids=["cached", "uncached"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sha2Server]:
     sha2 = Sha2Server(tmp_path, cached=request.param)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    started = asyncio.run_coroutine_threadsafe(
-        asyncio.start_server(sha2.handle, "127.0.0.1", 0), loop
-    )
-    listening = started.result(10)
-    sha2.port = listening.sockets[0].getsockname()[1]
-    yield sha2
-    listening.close()
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            sha2.handle(self.request)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as listening:
+        listening.daemon_threads = True
+        sha2.port = listening.server_address[1]
+        thread = threading.Thread(target=listening.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        yield sha2
+        listening.shutdown()
+        thread.join(10)
 
 
 def _agent_login(server: Sha2Server, tls: str, password: str) -> None:
