@@ -499,6 +499,19 @@ def test_an_upgrade_the_target_refuses_leaves_the_next_requests_parsed_and_decid
     assert not any(line.uri == "/admin/smuggled" for line in http_targets.log_lines())
 
 
+def test_a_fragment_in_the_request_target_is_a_400_and_never_reaches_the_target(
+    listener: Connect, http_targets: HttpTargets
+) -> None:
+    """The event records path and query: `#...` would reach nginx unrecorded."""
+    answer = raw_exchange(
+        listener.port, b"GET /anything/fragment#/../x HTTP/1.1\r\nHost: x\r\n\r\n", 1
+    )
+    assert [status for status, _ in answer] == [400]
+    assert b"fragment" in answer[0][1]
+    time.sleep(0.5)
+    assert not any(line.uri.startswith("/anything/fragment") for line in http_targets.log_lines())
+
+
 def test_every_request_in_the_access_log_was_recorded_first(
     stack: Stack, http_targets: HttpTargets
 ) -> None:
