@@ -512,6 +512,20 @@ def test_a_fragment_in_the_request_target_is_a_400_and_never_reaches_the_target(
     assert not any(line.uri.startswith("/anything/fragment") for line in http_targets.log_lines())
 
 
+@pytest.mark.parametrize("path", ["/anything/closing", "/admin/closing"])
+def test_connection_close_ends_the_conversation_after_its_answer(
+    listener: Connect, path: str
+) -> None:
+    """Allowed or refused (POST /admin/** is denied), the answer comes and the socket closes."""
+    request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # a connection left open times out here
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 " if path.startswith("/anything") else b"HTTP/1.1 403 ")
+
+
 def test_every_request_in_the_access_log_was_recorded_first(
     stack: Stack, http_targets: HttpTargets
 ) -> None:
