@@ -8,7 +8,8 @@ refused too. ``deny_patterns`` (regular expressions) are searched in the body's 
 
 Rules are matched against the path a server would act on: percent-escapes decoded, repeated
 slashes collapsed and dot segments resolved, so ``/public/../admin/x`` and ``/%61dmin/x`` are
-``/admin/x``. A path that climbs above the root is refused outright.
+``/admin/x`` and ``/admin/x/..`` is ``/admin/``. A path that climbs above the root is refused
+outright.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ def normalized_path(path: str) -> str | None:
             parts.pop()
             continue
         parts.append(segment)
-    trailing = "/" if decoded.endswith("/") and parts else ""
+    # A path ending in a dot segment names a directory, as RFC 3986 §5.2.4 and nginx resolve
+    # it: `/admin/x/..` is `/admin/`, which `/admin/**` must match.
+    last = decoded.rsplit("/", 1)[-1]
+    trailing = "/" if parts and (last in ("", ".", "..")) else ""
     return posixpath.join("/", *parts) + trailing
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -433,6 +434,96 @@ def test_a_websocket_echo_passes_through_and_is_recorded(stack: Stack) -> None:
     assert upgrade[0]["ref"] == request["seq"]
     assert upgrade[0]["result"]["bytes"]["client"] > 6000
     assert upgrade[0]["result"]["messages"] == {"client": 3, "target": 3}
+
+
+def raw_exchange(port: int, data: bytes, responses: int) -> list[tuple[int, bytes]]:
+    """`data` written as it is on one connection; the first `responses` answers (status and
+    body, framed by their Content-Length) read back."""
+    out: list[tuple[int, bytes]] = []
+    buffer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        while len(out) < responses:
+            head, sep, rest = buffer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head) if sep else None
+            if length is not None and len(rest) >= int(length.group(1)):
+                size = int(length.group(1))
+                out.append((int(head.split(b" ", 2)[1]), rest[:size]))
+                buffer = rest[size:]
+                continue
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection closed after {len(out)} answers: {buffer!r}"
+            buffer += chunk
+    return out
+
+
+def test_a_trailing_dot_segment_does_not_get_a_path_past_the_rule(
+    stack: Stack, listener: Connect, http_targets: HttpTargets
+) -> None:
+    """nginx resolves /admin/users/.. to /admin/, which `POST /admin/**` denies."""
+    after = last_seq(stack)
+    answer = raw_exchange(
+        listener.port,
+        b"POST /admin/users/.. HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+        1,
+    )
+    assert [status for status, _ in answer] == [403]
+    assert [e["decision"]["result"] for e in requests_of(stack, after)] == ["deny"]
+    time.sleep(0.5)
+    assert not any(line.uri.startswith("/admin/") for line in http_targets.log_lines())
+
+
+def test_an_upgrade_the_target_refuses_leaves_the_next_requests_parsed_and_decided(
+    stack: Stack, listener: Connect, http_targets: HttpTargets
+) -> None:
+    """Pipelined behind an upgrade nginx does not take: a denied request is refused, the next
+    one is recorded and reaches nginx as a request of its own."""
+    after = last_seq(stack)
+    answer = raw_exchange(
+        listener.port,
+        b"GET /anything/upgrade-refused HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        b"POST /admin/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
+        b"GET /anything/after-upgrade HTTP/1.1\r\nHost: x\r\n\r\n",
+        3,
+    )
+    assert [status for status, _ in answer] == [200, 403, 200]
+    recorded = requests_of(stack, after)
+    assert [(e["request"]["path"], e["decision"]["result"]) for e in recorded] == [
+        ("/anything/upgrade-refused", "allow"),
+        ("/admin/smuggled", "deny"),
+        ("/anything/after-upgrade", "allow"),
+    ]
+    assert wait_logged(http_targets, "/anything/after-upgrade")
+    assert not any(line.uri == "/admin/smuggled" for line in http_targets.log_lines())
+
+
+def test_a_fragment_in_the_request_target_is_a_400_and_never_reaches_the_target(
+    listener: Connect, http_targets: HttpTargets
+) -> None:
+    """The event records path and query: `#...` would reach nginx unrecorded."""
+    answer = raw_exchange(
+        listener.port, b"GET /anything/fragment#/../x HTTP/1.1\r\nHost: x\r\n\r\n", 1
+    )
+    assert [status for status, _ in answer] == [400]
+    assert b"fragment" in answer[0][1]
+    time.sleep(0.5)
+    assert not any(line.uri.startswith("/anything/fragment") for line in http_targets.log_lines())
+
+
+@pytest.mark.parametrize("path", ["/anything/closing", "/admin/closing"])
+def test_connection_close_ends_the_conversation_after_its_answer(
+    listener: Connect, path: str
+) -> None:
+    """Allowed or refused (POST /admin/** is denied), the answer comes and the socket closes."""
+    request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # a connection left open times out here
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 " if path.startswith("/anything") else b"HTTP/1.1 403 ")
 
 
 def test_every_request_in_the_access_log_was_recorded_first(

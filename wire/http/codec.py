@@ -166,6 +166,13 @@ class ServerSide:
                         f"the request target must be a path (/...), not "
                         f"{_text(event.target)[:100]!r}: this is not a proxy"
                     )
+                if b"#" in event.target:
+                    # A fragment is the client's own (RFC 9112 §3.2 has none in a request);
+                    # the event records path and query, so nothing else may go on.
+                    raise ProtocolError(
+                        f"the request target must not carry a fragment (#): "
+                        f"{_text(event.target)[:100]!r}"
+                    )
                 self._head, self._body, self._waiting = event, bytearray(), False
                 declared = _content_length(event)
                 if declared is not None and declared > self._max_body:

@@ -162,6 +162,7 @@ class HttpInspector:
             return
         if not decision.allowed:
             self._answer.append(self._side.respond_json(403, _refusal(decision), close=False))
+            self._end_if_closed()
             self._wake()
             return
         self._inflight = _InFlight(ref, time.monotonic(), len(request.body), request.upgrade)
@@ -252,7 +253,14 @@ class HttpInspector:
         except ProtocolError as exc:
             log.warning("session %s: %s", self.session.session_id, exc)
             self.finished = True
+        self._end_if_closed()
         self._idle.set()
+
+    def _end_if_closed(self) -> None:
+        """The client asked to close (`Connection: close`, HTTP/1.0): once its answer is out,
+        the session ends, and the client sees the connection close."""
+        if self._upgraded is None and self._side.closed:
+            self.finished = True
 
     async def _result(self, inflight: _InFlight, result: dict[str, Any]) -> None:
         try:

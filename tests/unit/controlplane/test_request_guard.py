@@ -28,6 +28,9 @@ GUARD = RequestGuard(
         ("POST", "//admin//users"),
         ("POST", "/%61dmin/users"),
         ("POST", "/./admin/x"),
+        ("POST", "/admin/users/.."),  # a trailing dot segment leaves /admin/, as nginx has it
+        ("POST", "/admin/."),
+        ("POST", "/admin/x/%2e%2e"),
         ("GET", "/internal/a/secrets"),
     ],
 )
@@ -67,3 +70,6 @@ def test_normalized_path() -> None:
     assert normalized_path("/a/./b/../c/") == "/a/c/"
     assert normalized_path("/%2e%2e/x") is None
     assert normalized_path("/") == "/"
+    assert normalized_path("/a/b/..") == "/a/"
+    assert normalized_path("/a/.") == "/a/"
+    assert normalized_path("/a/..") == "/"

@@ -98,6 +98,8 @@ def test_garbage_is_refused_or_waits_and_never_comes_out_as_a_request(junk: byte
         b"GET  /x HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET http://elsewhere/x HTTP/1.1\r\nHost: a\r\n\r\n",  # a proxy request
         b"CONNECT elsewhere:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /x#/../admin HTTP/1.1\r\nHost: a\r\n\r\n",  # a fragment the event would lack
+        b"GET /x?q=1#f HTTP/1.1\r\nHost: a\r\n\r\n",
     ],
 )
 def test_malformed_heads_are_a_400(head: bytes) -> None:
