@@ -65,8 +65,9 @@ class MysqlGuard:
             try:
                 pieces = split(reading)
             except Unreadable as exc:
-                if index:  # read as NO_BACKSLASH_ESCAPES it is a syntax error: it runs nothing
-                    continue
+                if index and ";" not in reading:
+                    continue  # one statement, a syntax error under NO_BACKSLASH_ESCAPES: not run
+                # Statements before the syntax error would run, and cannot be told apart.
                 return _unparseable(structural[0], str(exc))
             for piece in pieces:
                 decision = self._piece(piece, structural, depth)

@@ -22,7 +22,16 @@ from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-__all__ = ["Piece", "Unreadable", "code_reading", "readings", "redact", "split", "where_of"]
+__all__ = [
+    "Piece",
+    "Unreadable",
+    "code_reading",
+    "readings",
+    "redact",
+    "split",
+    "split_agreed",
+    "where_of",
+]
 
 _DIALECT = MySQL()
 _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
@@ -151,6 +160,29 @@ def split(sql: str) -> list[Piece]:
             start = token.start
         current.append(token)
     return pieces
+
+
+def split_agreed(sql: str) -> list[Piece] | None:
+    """The statements of one text, when every reading of ``readings`` ends its statements at
+    the same places; None when they do not (or one cannot be read), since then which
+    statements the server runs depends on its sql_mode. Raises Unreadable for ``split``'s."""
+    pieces = split(sql)
+    cuts = _cuts(sql)
+    for index, reading in enumerate(readings(sql)):
+        try:
+            found = _cuts(reading)
+        except Unreadable:
+            return None
+        if index:  # every backslash was doubled: back to the text's own offsets
+            found = [p - reading.count("\\", 0, p) // 2 for p in found]
+        if found != cuts:
+            return None
+    return pieces
+
+
+def _cuts(sql: str) -> list[int]:
+    """Where the statement separators of ``sql`` are."""
+    return [t.start for t in _tokens(sql) if t.token_type == TokenType.SEMICOLON]
 
 
 def _tokens(sql: str) -> list[Token]:

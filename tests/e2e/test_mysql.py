@@ -497,3 +497,32 @@ def test_ctrl_c_in_exec_kills_the_query_on_the_server(
     else:
         assert "ERROR 1317" in err
     assert [e["type"] for e in stack.events(before) if e["type"] == "db.cancel"] == ["db.cancel"]
+
+
+def test_a_text_split_differently_under_no_backslash_escapes_is_one_event(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Read by default, the text is SELECT '\\'' then a SELECT of one string; under the
+    session's NO_BACKSLASH_ESCAPES the server reads a SELECT, then DROP TABLE, then a comment.
+    Decided piece by piece on the default split, the DROP would run."""
+    sql = f"SELECT '\\''; SELECT '; DROP TABLE {table}; -- '"
+    after = stack.last_seq()
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    with connect(port, client_flag=flags) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'")
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(sql)
+        assert refused.value.args[0] == 1142
+        cur.execute(f"SELECT 'ok\\\\'; SELECT COUNT(*) FROM {table}")  # two, either way
+        assert cur.fetchall() == (("ok\\\\",),)
+        assert cur.nextset()
+        assert cur.fetchall() == ((3,),)
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "3"
+    assert not [q for q in mariadb.queries() if "DROP" in q.upper() and table in q]
+    events = [e for e in stack.queries(after) if not e["request"]["statement"].startswith("SET")]
+    assert [e["request"] for e in events[:1]] == [
+        {"statement": sql, "protocol": "query", "unsplit": True}
+    ]
+    assert events[0]["decision"]["result"] == "deny"
+    # Where every reading ends its statements at the same places, they are split as before.
+    assert _statements(events[1:]) == ["SELECT 'ok\\\\'", f"SELECT COUNT(*) FROM {table}"]
