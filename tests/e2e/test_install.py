@@ -32,7 +32,15 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP = (".git", ".venv", "build", "dist", "node_modules", "demo-data", "bench", "tests")
-CONTROLPLANE_EXTRA = {"sqlmodel", "alembic", "joserfc", "psycopg", "pglast", "sqlglot", "aiohttp-asgi"}
+CONTROLPLANE_EXTRA = {
+    "sqlmodel",
+    "alembic",
+    "joserfc",
+    "psycopg",
+    "pglast",
+    "sqlglot",
+    "aiohttp-asgi",
+}
 
 
 # `gatehouse ARGS` with the control plane's package and its extra unimportable.
