@@ -4,7 +4,9 @@ deny_unbounded, deny_patterns), decided on MySQL's grammar (``mysql_sql``).
 A text is decided under every reading the server could make of it (executable comments opened;
 with a backslash, also as NO_BACKSLASH_ESCAPES reads it): a rule that denies any reading
 denies the text. Text the tokenizer cannot read, or a DELETE/UPDATE whose WHERE cannot be
-parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure.
+parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure,
+as is text with a non-ASCII character right before a backslash or a backtick (GBK and its kin
+read it otherwise).
 ``PREPARE … FROM 'text'`` is decided on that text too; prepared from a variable, it cannot be
 read, and is refused when a guardrail denies statements by type.
 """
@@ -18,7 +20,14 @@ from sqlglot import exp
 
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision, SqlRule
-from controlplane.policy.mysql_sql import Piece, Unreadable, readings, split, where_of
+from controlplane.policy.mysql_sql import (
+    Piece,
+    Unreadable,
+    charset_sensitive,
+    readings,
+    split,
+    where_of,
+)
 
 __all__ = ["MysqlGuard"]
 
@@ -61,6 +70,13 @@ class MysqlGuard:
         structural = [rule for rule in self._rules if rule.structural]
         if not structural:
             return ALLOW
+        if charset_sensitive(sql):
+            return _unparseable(
+                structural[0],
+                "a non-ASCII character right before a backslash or a backtick is read"
+                " differently under GBK, SJIS, CP932, Big5 or GB18030; write it with an escape"
+                " (_utf8mb4 X'…', CHAR(…)) or put a space between them",
+            )
         for index, reading in enumerate(readings(sql)):
             try:
                 pieces = split(reading)

@@ -9,7 +9,10 @@ UPDATE does. Two readings the server could make differently are taken into accou
 * executable comments (``/*! … */``, ``/*!50700 … */``, MariaDB's ``/*M! … */``) are code to
   MySQL: they are read as code here (``code_reading``);
 * with ``sql_mode`` NO_BACKSLASH_ESCAPES a backslash does not escape a quote, so text with a
-  backslash is read both ways (``readings``).
+  backslash is read both ways (``readings``);
+* under a client character set whose characters may end in the byte of ``\\`` or `` ` ``
+  (GBK, SJIS, CP932, Big5, GB18030), a non-ASCII character right before one of them can take
+  it in: such text has no reading the gateway can vouch for (``charset_sensitive``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 __all__ = [
     "Piece",
     "Unreadable",
+    "charset_sensitive",
     "code_reading",
     "readings",
     "redact",
@@ -38,6 +42,7 @@ _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
 _MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 _COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
+_TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
 
 
 class Unreadable(Exception):
@@ -131,6 +136,13 @@ def code_reading(sql: str) -> str:
     return "".join(out)
 
 
+def charset_sensitive(sql: str) -> bool:
+    """Whether a non-ASCII character stands right before a backslash or a backtick: sent as
+    UTF-8 to a session whose client character set is GBK, SJIS, CP932, Big5 or GB18030, its
+    last byte and that character may be read as one character, and quotes move."""
+    return _TAKEN_IN.search(sql) is not None
+
+
 def readings(sql: str) -> list[str]:
     """The texts the server may run for ``sql``: its code reading and, when it holds a
     backslash, that reading again as NO_BACKSLASH_ESCAPES would read it (each backslash
@@ -167,6 +179,8 @@ def split_agreed(sql: str) -> list[Piece] | None:
     the same places; None when they do not (or one cannot be read), since then which
     statements the server runs depends on its sql_mode. Raises Unreadable for ``split``'s."""
     pieces = split(sql)
+    if charset_sensitive(sql):
+        return None
     cuts = _cuts(sql)
     for index, reading in enumerate(readings(sql)):
         try:

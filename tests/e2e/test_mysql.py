@@ -526,3 +526,27 @@ def test_a_text_split_differently_under_no_backslash_escapes_is_one_event(
     assert events[0]["decision"]["result"] == "deny"
     # Where every reading ends its statements at the same places, they are split as before.
     assert _statements(events[1:]) == ["SELECT 'ok\\\\'", f"SELECT COUNT(*) FROM {table}"]
+
+
+def test_a_text_that_gbk_reads_differently_is_refused_under_guardrails(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Under SET NAMES gbk the server reads the last byte of 中 (UTF-8 E4 B8 AD) and the
+    backslash after it as one character, so the escaped backslash becomes an escaped quote:
+    the first string runs on to the second statement's quote, and DROP TABLE is a statement."""
+    sql = f"SELECT '中\\\\'; SELECT '; DROP TABLE {table}; -- '"
+    after = stack.last_seq()
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    with connect(port, client_flag=flags) as conn, conn.cursor() as cur:
+        cur.execute("SET NAMES gbk")  # PyMySQL still sends UTF-8: the server reads it as GBK
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(sql)
+        assert refused.value.args[0] == 1142
+        assert "GBK" in refused.value.args[1]
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "3"
+    assert not [q for q in mariadb.queries() if "DROP" in q.upper() and table in q]
+    events = [e for e in stack.queries(after) if not e["request"]["statement"].startswith("SET")]
+    assert [e["request"] for e in events] == [
+        {"statement": sql, "protocol": "query", "unsplit": True}
+    ]
+    assert events[0]["decision"]["result"] == "deny"

@@ -92,3 +92,21 @@ def test_texts_whose_readings_agree_are_split() -> None:
     assert pieces is not None
     assert [p.text for p in pieces] == [p.text for p in split(sql)]
     assert len(pieces) == 3
+
+
+@pytest.mark.parametrize(
+    ("sql", "sensitive"),
+    [
+        ("SELECT '中\\\\'; SELECT '; DROP TABLE t; -- '", True),
+        ("SELECT 1 FROM `表`", True),
+        ("SELECT '中 \\\\'", False),
+        ("SELECT 'a\\\\'", False),
+        ("SELECT '中'", False),
+    ],
+)
+def test_a_non_ascii_character_before_a_backslash_or_backtick(sql: str, sensitive: bool) -> None:
+    assert (split_agreed(sql) is None) is sensitive
+    decision = GUARD.check(sql)
+    assert decision.allowed is not sensitive
+    if sensitive:
+        assert "GBK" in decision.reason
