@@ -2,7 +2,8 @@
 deny_unbounded, deny_patterns), decided on MySQL's grammar (``mysql_sql``).
 
 A text is decided under every reading the server could make of it (executable comments opened;
-with a backslash, also as NO_BACKSLASH_ESCAPES reads it): a rule that denies any reading
+with a backslash, also as NO_BACKSLASH_ESCAPES reads it; with a double quote, also as
+ANSI_QUOTES reads it): a rule that denies any reading
 denies the text. Text the tokenizer cannot read, or a DELETE/UPDATE whose WHERE cannot be
 parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure,
 as is text with a non-ASCII character right before a backslash or a backtick (GBK and its kin
@@ -79,9 +80,9 @@ class MysqlGuard:
             )
         for index, reading in enumerate(readings(sql)):
             try:
-                pieces = split(reading)
+                pieces = split(reading.text, ansi_quotes=reading.ansi_quotes)
             except Unreadable as exc:
-                if index and ";" not in reading:
+                if index and ";" not in reading.text:
                     continue  # one statement, a syntax error under NO_BACKSLASH_ESCAPES: not run
                 # Statements before the syntax error would run, and cannot be told apart.
                 return _unparseable(structural[0], str(exc))

@@ -27,6 +27,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 __all__ = [
     "Piece",
+    "Reading",
     "Unreadable",
     "charset_sensitive",
     "code_reading",
@@ -143,21 +144,35 @@ def charset_sensitive(sql: str) -> bool:
     return _TAKEN_IN.search(sql) is not None
 
 
-def readings(sql: str) -> list[str]:
-    """The texts the server may run for ``sql``: its code reading and, when it holds a
-    backslash, that reading again as NO_BACKSLASH_ESCAPES would read it (each backslash
-    doubled, so that the tokenizer sees it as a plain character)."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One way the server may read a text: the text to tokenize, and whether double quotes
+    delimit identifiers (sql_mode ANSI_QUOTES) rather than strings."""
+
+    text: str
+    ansi_quotes: bool = False
+    doubled: bool = False  # every backslash doubled (NO_BACKSLASH_ESCAPES)
+
+
+def readings(sql: str) -> list[Reading]:
+    """The readings the server may make of ``sql``: its code reading; when it holds a
+    backslash, that reading as NO_BACKSLASH_ESCAPES would read it (each backslash doubled, so
+    that the tokenizer sees it as a plain character); when it holds a double quote, each of
+    those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing)."""
     code = code_reading(sql)
-    if "\\" not in code:
-        return [code]
-    return [code, code.replace("\\", "\\\\")]
+    out = [Reading(code)]
+    if "\\" in code:
+        out.append(Reading(code.replace("\\", "\\\\"), doubled=True))
+    if '"' in code:
+        out += [Reading(r.text, ansi_quotes=True, doubled=r.doubled) for r in out]
+    return out
 
 
-def split(sql: str) -> list[Piece]:
+def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
     """The statements of one text in order (empty ones dropped). Raises Unreadable."""
     if "\x00" in sql:
         raise Unreadable("the text contains a NUL character")
-    tokens = _tokens(sql)
+    tokens = _tokens(sql, ansi_quotes)
     pieces: list[Piece] = []
     current: list[Token] = []
     start = 0
@@ -182,26 +197,37 @@ def split_agreed(sql: str) -> list[Piece] | None:
     if charset_sensitive(sql):
         return None
     cuts = _cuts(sql)
-    for index, reading in enumerate(readings(sql)):
+    for reading in readings(sql):
         try:
-            found = _cuts(reading)
+            found = _cuts(reading.text, reading.ansi_quotes)
         except Unreadable:
             return None
-        if index:  # every backslash was doubled: back to the text's own offsets
-            found = [p - reading.count("\\", 0, p) // 2 for p in found]
+        if reading.doubled:  # back to the text's own offsets
+            found = [p - reading.text.count("\\", 0, p) // 2 for p in found]
         if found != cuts:
             return None
     return pieces
 
 
-def _cuts(sql: str) -> list[int]:
+def _cuts(sql: str, ansi_quotes: bool = False) -> list[int]:
     """Where the statement separators of ``sql`` are."""
-    return [t.start for t in _tokens(sql) if t.token_type == TokenType.SEMICOLON]
+    return [t.start for t in _tokens(sql, ansi_quotes) if t.token_type == TokenType.SEMICOLON]
 
 
-def _tokens(sql: str) -> list[Token]:
+class _AnsiQuotes(MySQL.Tokenizer):
+    """MySQL's tokenizer under sql_mode ANSI_QUOTES: double quotes delimit identifiers."""
+
+    QUOTES = ["'"]
+    IDENTIFIERS = ["`", '"']
+    STRING_ESCAPES = ["'", "\\"]
+
+
+_ANSI = _AnsiQuotes()
+
+
+def _tokens(sql: str, ansi_quotes: bool = False) -> list[Token]:
     try:
-        return list(_DIALECT.tokenize(sql))
+        return list(_ANSI.tokenize(sql) if ansi_quotes else _DIALECT.tokenize(sql))
     except TokenError as exc:
         raise Unreadable(str(exc)) from None
 

@@ -550,3 +550,27 @@ def test_a_text_that_gbk_reads_differently_is_refused_under_guardrails(
         {"statement": sql, "protocol": "query", "unsplit": True}
     ]
     assert events[0]["decision"]["result"] == "deny"
+
+
+def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Under ANSI_QUOTES "\\" is an alias (a backslash escapes nothing in it), so the DROP
+    that both other readings keep inside a string is a statement the server runs."""
+    sql = "SELECT '\\'\"' AS \"\\\"; DROP TABLE " + table + '; -- "'
+    after = stack.last_seq()
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    with connect(port, client_flag=flags) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION sql_mode = 'ANSI_QUOTES'")
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(sql)
+        assert refused.value.args[0] == 1142
+        assert 'guardrail "no-destructive"' in refused.value.args[1]
+        cur.execute('SELECT "id" FROM ' + table + " WHERE id = 2; SELECT 'a\"b'")
+        assert cur.fetchall() == ((2,),)
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "3"
+    assert not [q for q in mariadb.queries() if "DROP" in q.upper() and table in q]
+    events = [e for e in stack.queries(after) if not e["request"]["statement"].startswith("SET")]
+    assert events[0]["request"] == {"statement": sql, "protocol": "query", "unsplit": True}
+    assert events[0]["decision"]["result"] == "deny"
+    assert _statements(events[1:]) == [f'SELECT "id" FROM {table} WHERE id = 2', "SELECT 'a\"b'"]

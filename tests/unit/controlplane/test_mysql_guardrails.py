@@ -35,6 +35,8 @@ GUARD = MysqlGuard(
         ("SELECT 'unterminated", "(unparseable)"),
         # NO_BACKSLASH_ESCAPES runs SELECT, then DROP, then fails on the unterminated string.
         ("SELECT 'a\\'; DROP TABLE t; SELECT 'b", "(unparseable)"),
+        # ANSI_QUOTES: "\" is an alias, and the DROP a statement.
+        ('SELECT \'\\\'"\' AS "\\"; DROP TABLE t; -- "', "no-drop"),
     ],
 )
 def test_denied(sql: str, rule: str) -> None:
@@ -80,6 +82,7 @@ def test_split_keeps_each_statements_text() -> None:
         "SELECT 'a\\'; DROP TABLE t; SELECT 'b",  # the second reading cannot be read
         "SELECT 1 /*! ; DELETE FROM t */",  # the comment is code to the server
         "SELECT 1 /*!50700 ; SELECT 2 */; SELECT 3",
+        'SELECT "a\\"; SELECT 2; -- "',  # a string, or an identifier under ANSI_QUOTES
     ],
 )
 def test_texts_whose_readings_split_differently_are_not_split(sql: str) -> None:
