@@ -196,8 +196,11 @@ def split_agreed(sql: str) -> list[Piece] | None:
     pieces = split(sql)
     if charset_sensitive(sql):
         return None
+    others = readings(sql)
+    if len(others) == 1 and others[0].text == sql:
+        return pieces  # the one reading is the text itself (the common case)
     cuts = _cuts(sql)
-    for reading in readings(sql):
+    for reading in others:
         try:
             found = _cuts(reading.text, reading.ansi_quotes)
         except Unreadable:
