@@ -19,6 +19,7 @@ Responses are not framed here: the agent marks where each result ended (``agent/
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,14 @@ _QUIET = frozenset(
 )
 _BY_ID = frozenset({Command.STMT_RESET, Command.STMT_FETCH, Command.STMT_SEND_LONG_DATA})
 _UNANSWERED = frozenset({Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE, Command.QUIT})
+_NO_LOCAL_INFILE = Decision(
+    False,
+    "(local infile)",
+    "LOAD DATA LOCAL reads a file of the client's host, which this connection does not allow"
+    " (target.local_infile)",
+)
+#: A text whose statements are not known may hold LOAD … LOCAL in one of its readings.
+_MAY_LOAD_LOCAL = re.compile(r"(?is)\bLOAD\b.*\bLOCAL\b")
 _REFUSED = {
     Command.CHANGE_USER: "COM_CHANGE_USER is refused: the gateway's session is one identity's;"
     " open a new connection instead",
@@ -223,19 +232,17 @@ class MysqlInspector:
         if pieces is None or not pieces:
             # Text the gateway cannot split, or whose statements depend on the session's
             # sql_mode: one event for all of it, marked, decided under every reading.
-            decided.append((sql, self._guard.check(sql), "query"))
+            decision = self._guard.check(sql)
+            if decision.allowed and not self._local_infile and _MAY_LOAD_LOCAL.search(sql):
+                decision = _NO_LOCAL_INFILE
+            decided.append((sql, decision, "query"))
             await self._statements(packet, out, decided, unsplit=True)
             return
         else:
             for piece in pieces:
                 decision = self._guard.check(piece.text)
                 if decision.allowed and piece.load_local and not self._local_infile:
-                    decision = Decision(
-                        False,
-                        "(local infile)",
-                        "LOAD DATA LOCAL reads a file of the client's host, which this"
-                        " connection does not allow (target.local_infile)",
-                    )
+                    decision = _NO_LOCAL_INFILE
                 decided.append((piece.text, decision, "cancel" if piece.kill_query else "query"))
         await self._statements(packet, out, decided)
 
