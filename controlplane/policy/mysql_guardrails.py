@@ -2,9 +2,12 @@
 deny_unbounded, deny_patterns), decided on MySQL's grammar (``mysql_sql``).
 
 A text is decided under every reading the server could make of it (executable comments opened;
-with a backslash, also as NO_BACKSLASH_ESCAPES reads it): a rule that denies any reading
+with a backslash, also as NO_BACKSLASH_ESCAPES reads it; with a double quote, also as
+ANSI_QUOTES reads it): a rule that denies any reading
 denies the text. Text the tokenizer cannot read, or a DELETE/UPDATE whose WHERE cannot be
-parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure.
+parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure,
+as is text with a non-ASCII character right before a backslash or a backtick (GBK and its kin
+read it otherwise).
 ``PREPARE … FROM 'text'`` is decided on that text too; prepared from a variable, it cannot be
 read, and is refused when a guardrail denies statements by type.
 """
@@ -18,7 +21,14 @@ from sqlglot import exp
 
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import ALLOW, UNPARSEABLE_RULE, Decision, SqlRule
-from controlplane.policy.mysql_sql import Piece, Unreadable, readings, split, where_of
+from controlplane.policy.mysql_sql import (
+    Piece,
+    Unreadable,
+    charset_sensitive,
+    readings,
+    split,
+    where_of,
+)
 
 __all__ = ["MysqlGuard"]
 
@@ -61,12 +71,20 @@ class MysqlGuard:
         structural = [rule for rule in self._rules if rule.structural]
         if not structural:
             return ALLOW
+        if charset_sensitive(sql):
+            return _unparseable(
+                structural[0],
+                "a non-ASCII character right before a backslash or a backtick is read"
+                " differently under GBK, SJIS, CP932, Big5 or GB18030; write it with an escape"
+                " (_utf8mb4 X'…', CHAR(…)) or put a space between them",
+            )
         for index, reading in enumerate(readings(sql)):
             try:
-                pieces = split(reading)
+                pieces = split(reading.text, ansi_quotes=reading.ansi_quotes)
             except Unreadable as exc:
-                if index:  # read as NO_BACKSLASH_ESCAPES it is a syntax error: it runs nothing
-                    continue
+                if index and ";" not in reading.text:
+                    continue  # one statement, a syntax error under NO_BACKSLASH_ESCAPES: not run
+                # Statements before the syntax error would run, and cannot be told apart.
                 return _unparseable(structural[0], str(exc))
             for piece in pieces:
                 decision = self._piece(piece, structural, depth)

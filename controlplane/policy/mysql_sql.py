@@ -9,7 +9,10 @@ UPDATE does. Two readings the server could make differently are taken into accou
 * executable comments (``/*! … */``, ``/*!50700 … */``, MariaDB's ``/*M! … */``) are code to
   MySQL: they are read as code here (``code_reading``);
 * with ``sql_mode`` NO_BACKSLASH_ESCAPES a backslash does not escape a quote, so text with a
-  backslash is read both ways (``readings``).
+  backslash is read both ways (``readings``);
+* under a client character set whose characters may end in the byte of ``\\`` or `` ` ``
+  (GBK, SJIS, CP932, Big5, GB18030), a non-ASCII character right before one of them can take
+  it in: such text has no reading the gateway can vouch for (``charset_sensitive``).
 """
 
 from __future__ import annotations
@@ -22,13 +25,25 @@ from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-__all__ = ["Piece", "Unreadable", "code_reading", "readings", "redact", "split", "where_of"]
+__all__ = [
+    "Piece",
+    "Reading",
+    "Unreadable",
+    "charset_sensitive",
+    "code_reading",
+    "readings",
+    "redact",
+    "split",
+    "split_agreed",
+    "where_of",
+]
 
 _DIALECT = MySQL()
 _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
 _MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 _COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
+_TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
 
 
 class Unreadable(Exception):
@@ -122,21 +137,42 @@ def code_reading(sql: str) -> str:
     return "".join(out)
 
 
-def readings(sql: str) -> list[str]:
-    """The texts the server may run for ``sql``: its code reading and, when it holds a
-    backslash, that reading again as NO_BACKSLASH_ESCAPES would read it (each backslash
-    doubled, so that the tokenizer sees it as a plain character)."""
+def charset_sensitive(sql: str) -> bool:
+    """Whether a non-ASCII character stands right before a backslash or a backtick: sent as
+    UTF-8 to a session whose client character set is GBK, SJIS, CP932, Big5 or GB18030, its
+    last byte and that character may be read as one character, and quotes move."""
+    return _TAKEN_IN.search(sql) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One way the server may read a text: the text to tokenize, and whether double quotes
+    delimit identifiers (sql_mode ANSI_QUOTES) rather than strings."""
+
+    text: str
+    ansi_quotes: bool = False
+    doubled: bool = False  # every backslash doubled (NO_BACKSLASH_ESCAPES)
+
+
+def readings(sql: str) -> list[Reading]:
+    """The readings the server may make of ``sql``: its code reading; when it holds a
+    backslash, that reading as NO_BACKSLASH_ESCAPES would read it (each backslash doubled, so
+    that the tokenizer sees it as a plain character); when it holds a double quote, each of
+    those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing)."""
     code = code_reading(sql)
-    if "\\" not in code:
-        return [code]
-    return [code, code.replace("\\", "\\\\")]
+    out = [Reading(code)]
+    if "\\" in code:
+        out.append(Reading(code.replace("\\", "\\\\"), doubled=True))
+    if '"' in code:
+        out += [Reading(r.text, ansi_quotes=True, doubled=r.doubled) for r in out]
+    return out
 
 
-def split(sql: str) -> list[Piece]:
+def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
     """The statements of one text in order (empty ones dropped). Raises Unreadable."""
     if "\x00" in sql:
         raise Unreadable("the text contains a NUL character")
-    tokens = _tokens(sql)
+    tokens = _tokens(sql, ansi_quotes)
     pieces: list[Piece] = []
     current: list[Token] = []
     start = 0
@@ -153,9 +189,48 @@ def split(sql: str) -> list[Piece]:
     return pieces
 
 
-def _tokens(sql: str) -> list[Token]:
+def split_agreed(sql: str) -> list[Piece] | None:
+    """The statements of one text, when every reading of ``readings`` ends its statements at
+    the same places; None when they do not (or one cannot be read), since then which
+    statements the server runs depends on its sql_mode. Raises Unreadable for ``split``'s."""
+    pieces = split(sql)
+    if charset_sensitive(sql):
+        return None
+    others = readings(sql)
+    if len(others) == 1 and others[0].text == sql:
+        return pieces  # the one reading is the text itself (the common case)
+    cuts = _cuts(sql)
+    for reading in others:
+        try:
+            found = _cuts(reading.text, reading.ansi_quotes)
+        except Unreadable:
+            return None
+        if reading.doubled:  # back to the text's own offsets
+            found = [p - reading.text.count("\\", 0, p) // 2 for p in found]
+        if found != cuts:
+            return None
+    return pieces
+
+
+def _cuts(sql: str, ansi_quotes: bool = False) -> list[int]:
+    """Where the statement separators of ``sql`` are."""
+    return [t.start for t in _tokens(sql, ansi_quotes) if t.token_type == TokenType.SEMICOLON]
+
+
+class _AnsiQuotes(MySQL.Tokenizer):
+    """MySQL's tokenizer under sql_mode ANSI_QUOTES: double quotes delimit identifiers."""
+
+    QUOTES = ["'"]
+    IDENTIFIERS = ["`", '"']
+    STRING_ESCAPES = ["'", "\\"]
+
+
+_ANSI = _AnsiQuotes()
+
+
+def _tokens(sql: str, ansi_quotes: bool = False) -> list[Token]:
     try:
-        return list(_DIALECT.tokenize(sql))
+        return list(_ANSI.tokenize(sql) if ansi_quotes else _DIALECT.tokenize(sql))
     except TokenError as exc:
         raise Unreadable(str(exc)) from None
 

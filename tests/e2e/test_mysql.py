@@ -497,3 +497,75 @@ def test_ctrl_c_in_exec_kills_the_query_on_the_server(
     else:
         assert "ERROR 1317" in err
     assert [e["type"] for e in stack.events(before) if e["type"] == "db.cancel"] == ["db.cancel"]
+
+
+def _refused_whole(
+    stack: MysqlStack,
+    port: int,
+    mariadb: MariadbServer,
+    table: str,
+    setting: str,
+    sql: str,
+    then: str = "SELECT 1",
+) -> tuple[str, list[dict[str, Any]], list[tuple[Any, ...]]]:
+    """In one multi-statement session: `setting`, then `sql` (refused, recorded whole as one
+    unsplit event, its DROP never at the server), then `then`. Returns the refusal's message,
+    the events after `sql`'s, and the result sets of `then`."""
+    after = stack.last_seq()
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    with connect(port, client_flag=flags) as conn, conn.cursor() as cur:
+        cur.execute(setting)
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(sql)
+        assert refused.value.args[0] == 1142
+        cur.execute(then)
+        results = [cur.fetchall()]
+        while cur.nextset():
+            results.append(cur.fetchall())
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "3"
+    assert not [q for q in mariadb.queries() if "DROP" in q.upper() and table in q]
+    events = [e for e in stack.queries(after) if not e["request"]["statement"].startswith("SET")]
+    assert events[0]["request"] == {"statement": sql, "protocol": "query", "unsplit": True}
+    assert events[0]["decision"]["result"] == "deny"
+    return str(refused.value.args[1]), events[1:], results
+
+
+def test_a_text_split_differently_under_no_backslash_escapes_is_one_event(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Read by default, the text is SELECT '\\'' then a SELECT of one string; under the
+    session's NO_BACKSLASH_ESCAPES the server reads a SELECT, then DROP TABLE, then a comment.
+    Decided piece by piece on the default split, the DROP would run."""
+    sql = f"SELECT '\\''; SELECT '; DROP TABLE {table}; -- '"
+    then = f"SELECT 'ok\\\\'; SELECT COUNT(*) FROM {table}"  # two statements, either way
+    setting = "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'"
+    _, events, results = _refused_whole(stack, port, mariadb, table, setting, sql, then)
+    assert results == [(("ok\\\\",),), ((3,),)]
+    # Where every reading ends its statements at the same places, they are split as before.
+    assert _statements(events) == ["SELECT 'ok\\\\'", f"SELECT COUNT(*) FROM {table}"]
+
+
+def test_a_text_that_gbk_reads_differently_is_refused_under_guardrails(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Under SET NAMES gbk the server reads the last byte of 中 (UTF-8 E4 B8 AD) and the
+    backslash after it as one character, so the escaped backslash becomes an escaped quote:
+    the first string runs on to the second statement's quote, and DROP TABLE is a statement.
+    (PyMySQL still sends UTF-8: the server reads it as GBK.)"""
+    sql = f"SELECT '中\\\\'; SELECT '; DROP TABLE {table}; -- '"
+    message, _, _ = _refused_whole(stack, port, mariadb, table, "SET NAMES gbk", sql)
+    assert "GBK" in message
+
+
+def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Under ANSI_QUOTES "\\" is an alias (a backslash escapes nothing in it), so the DROP
+    that both other readings keep inside a string is a statement the server runs."""
+    sql = "SELECT '\\'\"' AS \"\\\"; DROP TABLE " + table + '; -- "'
+    then = 'SELECT "id" FROM ' + table + " WHERE id = 2; SELECT 'a\"b'"
+    setting = "SET SESSION sql_mode = 'ANSI_QUOTES'"
+    message, events, results = _refused_whole(stack, port, mariadb, table, setting, sql, then)
+    assert 'guardrail "no-destructive"' in message
+    assert results == [((2,),), (('a"b',),)]
+    assert _statements(events) == [f'SELECT "id" FROM {table} WHERE id = 2', "SELECT 'a\"b'"]

@@ -19,6 +19,7 @@ Responses are not framed here: the agent marks where each result ended (``agent/
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
-from controlplane.policy.mysql_sql import Piece, Unreadable, redact, split
+from controlplane.policy.mysql_sql import Piece, Unreadable, redact, split_agreed
 from controlplane.relay.inspection import EndCause, Opening
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
@@ -78,6 +79,14 @@ _QUIET = frozenset(
 )
 _BY_ID = frozenset({Command.STMT_RESET, Command.STMT_FETCH, Command.STMT_SEND_LONG_DATA})
 _UNANSWERED = frozenset({Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE, Command.QUIT})
+_NO_LOCAL_INFILE = Decision(
+    False,
+    "(local infile)",
+    "LOAD DATA LOCAL reads a file of the client's host, which this connection does not allow"
+    " (target.local_infile)",
+)
+#: A text whose statements are not known may hold LOAD … LOCAL in one of its readings.
+_MAY_LOAD_LOCAL = re.compile(r"(?is)\bLOAD\b.*\bLOCAL\b")
 _REFUSED = {
     Command.CHANGE_USER: "COM_CHANGE_USER is refused: the gateway's session is one identity's;"
     " open a new connection instead",
@@ -216,28 +225,34 @@ class MysqlInspector:
             self._refuse(packet, ER_UNKNOWN_ERROR, "HY000", "the statement is not valid UTF-8")
             return
         try:
-            pieces: list[Piece] | None = split(sql)
+            pieces: list[Piece] | None = split_agreed(sql)
         except Unreadable:
             pieces = None
         decided: list[tuple[str, Decision, str]] = []
         if pieces is None or not pieces:
-            # Text the gateway cannot split: one event for all of it, decided as a whole.
-            decided.append((sql, self._guard.check(sql), "query"))
+            # Text the gateway cannot split, or whose statements depend on the session's
+            # sql_mode: one event for all of it, marked, decided under every reading.
+            decision = self._guard.check(sql)
+            if decision.allowed and not self._local_infile and _MAY_LOAD_LOCAL.search(sql):
+                decision = _NO_LOCAL_INFILE
+            decided.append((sql, decision, "query"))
+            await self._statements(packet, out, decided, unsplit=True)
+            return
         else:
             for piece in pieces:
                 decision = self._guard.check(piece.text)
                 if decision.allowed and piece.load_local and not self._local_infile:
-                    decision = Decision(
-                        False,
-                        "(local infile)",
-                        "LOAD DATA LOCAL reads a file of the client's host, which this"
-                        " connection does not allow (target.local_infile)",
-                    )
+                    decision = _NO_LOCAL_INFILE
                 decided.append((piece.text, decision, "cancel" if piece.kill_query else "query"))
         await self._statements(packet, out, decided)
 
     async def _statements(
-        self, packet: Packet, out: list[bytes], decided: list[tuple[str, Decision, str]]
+        self,
+        packet: Packet,
+        out: list[bytes],
+        decided: list[tuple[str, Decision, str]],
+        *,
+        unsplit: bool = False,
     ) -> None:
         """Record one command's statements; forward it if every one is allowed."""
         refusal = next((d for _, d, _ in decided if not d.allowed), None)
@@ -250,7 +265,7 @@ class MysqlInspector:
                     refusal.rule,
                     f"not sent: another statement of the same text was denied ({refusal.reason})",
                 )
-            events.append(self._event(text, decision, protocol=protocol))
+            events.append(self._event(text, decision, protocol=protocol, unsplit=unsplit))
         statements = await self._record(events)
         if statements is None:
             self._refuse(packet, ER_UNKNOWN_ERROR, "HY000", self._audit_failure())
@@ -339,8 +354,11 @@ class MysqlInspector:
         *,
         protocol: str,
         params: list[str | None] | None = None,
+        unsplit: bool = False,
     ) -> Draft:
         request: dict[str, Any] = {"statement": redact(sql), "protocol": protocol}
+        if unsplit:
+            request["unsplit"] = True  # the whole text: where its statements end is not known
         if params:
             request["params"] = params
         kind = "db.cancel" if protocol == "cancel" else "db.query"

@@ -7,7 +7,7 @@ import pytest
 
 from controlplane.policy.document import Guardrail
 from controlplane.policy.mysql_guardrails import MysqlGuard
-from controlplane.policy.mysql_sql import split
+from controlplane.policy.mysql_sql import split, split_agreed
 
 GUARD = MysqlGuard(
     [
@@ -33,6 +33,10 @@ GUARD = MysqlGuard(
         ("PREPARE s FROM @text", "no-drop"),
         ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "no-outfile"),
         ("SELECT 'unterminated", "(unparseable)"),
+        # NO_BACKSLASH_ESCAPES runs SELECT, then DROP, then fails on the unterminated string.
+        ("SELECT 'a\\'; DROP TABLE t; SELECT 'b", "(unparseable)"),
+        # ANSI_QUOTES: "\" is an alias, and the DROP a statement.
+        ('SELECT \'\\\'"\' AS "\\"; DROP TABLE t; -- "', "no-drop"),
     ],
 )
 def test_denied(sql: str, rule: str) -> None:
@@ -69,3 +73,43 @@ def test_split_keeps_each_statements_text() -> None:
     assert pieces[2].kill_query
     assert split("LOAD DATA LOCAL INFILE 'f' INTO TABLE t")[0].load_local
     assert not split("LOAD DATA INFILE 'f' INTO TABLE t")[0].load_local
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'x\\' ; DROP TABLE t; -- '",  # one statement, or three under NO_BACKSLASH_ESCAPES
+        "SELECT 'a\\'; DROP TABLE t; SELECT 'b",  # the second reading cannot be read
+        "SELECT 1 /*! ; DELETE FROM t */",  # the comment is code to the server
+        "SELECT 1 /*!50700 ; SELECT 2 */; SELECT 3",
+        'SELECT "a\\"; SELECT 2; -- "',  # a string, or an identifier under ANSI_QUOTES
+    ],
+)
+def test_texts_whose_readings_split_differently_are_not_split(sql: str) -> None:
+    assert split_agreed(sql) is None
+
+
+def test_texts_whose_readings_agree_are_split() -> None:
+    sql = "SELECT 'a\\\\b'; SELECT 'c''d' ; SELECT /*!40001 SQL_NO_CACHE */ 1"
+    pieces = split_agreed(sql)
+    assert pieces is not None
+    assert [p.text for p in pieces] == [p.text for p in split(sql)]
+    assert len(pieces) == 3
+
+
+@pytest.mark.parametrize(
+    ("sql", "sensitive"),
+    [
+        ("SELECT '中\\\\'; SELECT '; DROP TABLE t; -- '", True),
+        ("SELECT 1 FROM `表`", True),
+        ("SELECT '中 \\\\'", False),
+        ("SELECT 'a\\\\'", False),
+        ("SELECT '中'", False),
+    ],
+)
+def test_a_non_ascii_character_before_a_backslash_or_backtick(sql: str, sensitive: bool) -> None:
+    assert (split_agreed(sql) is None) is sensitive
+    decision = GUARD.check(sql)
+    assert decision.allowed is not sensitive
+    if sensitive:
+        assert "GBK" in decision.reason

@@ -156,6 +156,22 @@ async def test_a_denied_statement_denies_its_whole_text_and_the_session_goes_on(
     assert await inspector.from_client(data) == data
 
 
+async def test_an_unsplit_text_is_one_marked_event_and_may_not_load_local(
+    inspector: MysqlInspector, db_path: Path
+) -> None:
+    """Under NO_BACKSLASH_ESCAPES the server reads a LOAD DATA LOCAL after the first string."""
+    text = "SELECT '\\''; SELECT '; LOAD DATA LOCAL INFILE 'f' INTO TABLE t; -- '"
+    assert await inspector.from_client(query(text)) == b""
+    err = msg.parse_err(packets(inspector.take_synthetic())[0])
+    assert err.code == 1142 and "LOAD DATA LOCAL" in err.message
+    text = "SELECT '\\''; SELECT '; SELECT 2; -- '"
+    assert await inspector.from_client(query(text)) == query(text)
+    queries = [e for e in stored(db_path) if e["type"] == "db.query"]
+    assert [q["request"]["unsplit"] for q in queries] == [True, True]
+    assert [q["decision"]["result"] for q in queries] == ["deny", "allow"]
+    assert queries[1]["request"]["statement"] == text
+
+
 async def test_a_failed_commit_refuses_the_statement(
     inspector: MysqlInspector, db_path: Path
 ) -> None:
