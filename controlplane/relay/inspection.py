@@ -115,3 +115,12 @@ class Opening:
 
 InspectorFactory = Callable[[Opening], Inspector]
 """Makes a session's inspector; one per connection type in `protocols.INSPECTORS`."""
+
+
+async def record(audit: AuditWriter, events: list[Draft], *, strict: bool) -> list[Any]:
+    """A request's events as every inspector records them: committed before anything is
+    forwarded (strict), or queued for the next group commit (async; futures of their seqs).
+    Raises AuditUnavailable when the store refused them."""
+    if strict:
+        return await audit.commit_all(events)
+    return [await audit.submit(e) for e in events]

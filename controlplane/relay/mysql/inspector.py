@@ -31,7 +31,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
 from controlplane.policy.mysql_sql import Piece, Unreadable, redact, split_agreed
-from controlplane.relay.inspection import EndCause, Opening
+from controlplane.relay.inspection import EndCause, Opening, record
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
 from wire.mysql import messages as msg
@@ -367,10 +367,7 @@ class MysqlInspector:
     async def _record(self, events: list[Draft]) -> list[Statement] | None:
         """Commit (strict) or queue (async) events; None when the store refused them."""
         try:
-            if self._strict:
-                seqs: list[Any] = await self._audit.commit_all(events)
-            else:
-                seqs = [await self._audit.submit(e) for e in events]
+            seqs = await record(self._audit, events, strict=self._strict)
         except AuditUnavailable as exc:
             self._audit_error = str(exc)
             return None

@@ -38,7 +38,7 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import redact_statement
-from controlplane.relay.inspection import EndCause, Opening
+from controlplane.relay.inspection import EndCause, Opening, record
 from controlplane.relay.pg import sql as pg_sql
 from controlplane.relay.pg.lexical import LexicalSettings, sensitive
 from controlplane.relay.pg.names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
@@ -884,10 +884,7 @@ class PgInspector:
     async def _record(self, events: list[Draft]) -> list[Statement] | None:
         """Commit (strict) or queue (async) events; None when the store refused them."""
         try:
-            if self._strict:
-                seqs: list[Any] = await self._audit.commit_all(events)
-            else:
-                seqs = [await self._audit.submit(e) for e in events]
+            seqs = await record(self._audit, events, strict=self._strict)
         except AuditUnavailable as exc:
             self._audit_error = str(exc)
             return None
