@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import random
 import signal
 import socket
 import subprocess
@@ -125,8 +126,37 @@ def wait_ready(
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on now (a service started on it may still lose it:
-    wait_ready reports that as PortTaken)."""
-    with socket.socket() as sock:
+    """A loopback port nobody listens on now, below the kernel's ephemeral range.
+
+    The kernel's own pick (bind to port 0) lies in the ephemeral range, where every outgoing
+    connection also takes its local port: between this call and the service's bind, a client
+    connection elsewhere in the run could take it ("in use?"). Below that range only
+    listeners take ports, and each is handed out once per process."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(FIRST_PORT, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # the low range is crowded: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+FIRST_PORT = 10_000  # below it: well-known and registered services' ports
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: net.ipv4.ip_local_port_range)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return low if low > FIRST_PORT + 1_000 else 32_768

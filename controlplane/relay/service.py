@@ -100,8 +100,11 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     ) -> None:
         end = GrpcEnd(context)
         try:
-            identity = await self._auth.identify(context.invocation_metadata())
+            # The opening is read before the caller is authenticated: a refusal sent while the
+            # client is still writing its opening races that write, and grpc's client then
+            # reports "Internal error from Core" instead of the refusal's reason.
             first = await asyncio.wait_for(context.read(), 30)
+            identity = await self._auth.identify(context.invocation_metadata())
             if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
                 raise InvalidArgument("a session must start with open")
             opening = first.open

@@ -10,6 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -140,3 +141,22 @@ def test_a_flood_from_many_addresses_overflows_explicitly_and_hides_no_one(
     assert summary["overflow"]["unlisted"] == 0
     tracked = {e["source"]["ip"] for e in events if "overflow" not in e}
     assert tracked == set(attackers[:3])  # no fake "other" address
+
+
+def test_a_refused_session_always_names_its_reason(tmp_path: Path) -> None:
+    """`gatehouse exec` writes its opening while the control plane decides: a refusal sent
+    before that write completed made grpc's client report "Internal error from Core" instead
+    of the reason (3 runs in 60 here). The opening is now read before the caller is judged."""
+    plane = ControlPlane.create(tmp_path / "cp", env={"GATEHOUSE_AUTH_FAIL_LIMIT": "100000"})
+    plane.start_and_wait()
+    env = {**plane.cli_env, "GATEHOUSE_TOKEN": "ghu_garbage"}
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(
+                pool.map(lambda _: gatehouse(["exec", "pg", "-c", "select 1"], env=env), range(60))
+            )
+    finally:
+        plane.stop()
+    errors = {run.stderr.strip() for run in runs}
+    assert errors == {"error: the token is not known to this control plane"}, errors
+    assert {run.returncode for run in runs} == {1}
