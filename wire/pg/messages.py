@@ -10,7 +10,6 @@ decoded strictly, so that no two different byte strings can show up as the same 
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -517,6 +516,8 @@ def data_row(values: Sequence[bytes | None]) -> bytes:
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:
     """The md5 authentication answer: ``"md5" + md5(md5(password + user) + salt)``, hex."""
+    import hashlib  # here: only the agent's login answers md5; `gatehouse exec` never does
+
     inner = hashlib.md5((password + user).encode(), usedforsecurity=False).hexdigest()
     outer = hashlib.md5(inner.encode() + salt, usedforsecurity=False).hexdigest()
     return b"md5" + outer.encode()
