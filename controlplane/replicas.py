@@ -237,6 +237,7 @@ class Replicas:
                     "connection": order.connection,
                     "type": order.type,
                     "dial": self.advertise,
+                    "leg": order.leg,
                     "expires": time.time() + ORDER_TTL,
                 }
             )
@@ -312,6 +313,7 @@ class Replicas:
             connection=str(message["connection"]),
             dial=str(message["dial"]),
             type=str(message.get("type", "")),
+            leg=str(message.get("leg", "")),
         )
         late = time.time() - float(message.get("expires", 0))
         if late > 0:
