@@ -26,7 +26,7 @@ from agent import __version__
 from agent.engines import CANCEL, Cancel
 from agent.metrics import AgentStats
 from gatehouse.v1 import agent_pb2, tunnel_pb2
-from wire.frames import ALPN, READ_CHUNK, FrameReader, encode
+from wire.frames import ALPN, READ_CHUNK, FrameReader, encode, keep_alive
 from wire.mux import Credit, Grants, Outbox
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ class SessionMux:
         tasks: list[asyncio.Task[None]] = []
         try:
             reader, writer = await self._connect()
+            keep_alive(writer)
             hello = agent_pb2.LegHello(credential=self._credential, version=__version__)
             writer.write(encode(hello.SerializeToString()))
             tasks = [

@@ -9,7 +9,10 @@ longer than the reader's maximum ends the stream (`FrameError`): the sender neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
+from typing import Any
 
 ALPN = "gatehouse-leg/1"
 """The TLS ALPN protocol of a session leg on the control plane's gRPC port."""
@@ -18,6 +21,31 @@ MAX_FRAME = 8 * 1024 * 1024
 """Bytes of one frame at most. A batch carries at most wire.mux.MAX_BATCH (4 MiB) of payload
 plus one frame that overdraws it, and the engines' frames are far smaller."""
 READ_CHUNK = 256 * 1024
+
+
+KEEPALIVE_IDLE = 20
+"""Seconds of silence before TCP probes a leg's peer (gRPC's keepalive was a ping every 20 s);
+two probes 5 s apart unanswered, or data unacknowledged for 30 s, end the leg: a peer whose
+host vanished loses its sessions within about 30 s, as over gRPC."""
+
+
+def keep_alive(writer: asyncio.StreamWriter) -> None:
+    """TCP keepalive and a user timeout on the leg's socket (where the platform has them)."""
+    sock: Any = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    options = (
+        (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
+        (socket.IPPROTO_TCP, "TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, "TCP_KEEPINTVL", 5),
+        (socket.IPPROTO_TCP, "TCP_KEEPCNT", 2),
+        (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", 30_000),
+    )
+    for level, name, value in options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
 
 
 class FrameError(ConnectionError):

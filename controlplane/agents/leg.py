@@ -33,7 +33,7 @@ from controlplane.auth.sources import SOURCE
 from controlplane.errors import GatehouseError
 from controlplane.relay.tunnel import Tunnels
 from gatehouse.v1 import agent_pb2
-from wire.frames import MAX_FRAME, READ_CHUNK, FrameError, FrameReader, encode
+from wire.frames import MAX_FRAME, READ_CHUNK, FrameError, FrameReader, encode, keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class LegServer:
     ) -> None:
         """One leg, from its hello to its end; the caller closes the connection."""
         SOURCE.set(address)  # refusals are counted and throttled per source
+        keep_alive(writer)
         frames = FrameReader(reader, self._max_frame)
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):

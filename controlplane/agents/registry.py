@@ -315,11 +315,11 @@ class AgentRegistry:
                 cut.set()
 
     def revocation(self, instance_id: str) -> asyncio.Event:
-        """Set when the instance is revoked: its open session streams end then."""
+        """Set when the instance is revoked: its open session legs end then."""
         return self._revocations.setdefault(instance_id, asyncio.Event())
 
     def held(self) -> list[str]:
-        """Instance ids with a control stream or a session stream on this process."""
+        """Instance ids with a control stream or a session leg on this process."""
         return sorted({*self._links, *self._revocations})
 
     async def recheck(self) -> None:
