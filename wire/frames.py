@@ -30,11 +30,13 @@ host vanished loses its sessions within about 30 s, as over gRPC."""
 
 
 def keep_alive(writer: asyncio.StreamWriter) -> None:
-    """TCP keepalive and a user timeout on the leg's socket (where the platform has them)."""
+    """No Nagle delay, TCP keepalive and a user timeout on the leg's socket (where the
+    platform has them)."""
     sock: Any = writer.get_extra_info("socket")
     if sock is None:
         return
     options = (
+        (socket.IPPROTO_TCP, "TCP_NODELAY", 1),  # a batch goes out as soon as it is written
         (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
         (socket.IPPROTO_TCP, "TCP_KEEPIDLE", KEEPALIVE_IDLE),
         (socket.IPPROTO_TCP, "TCP_KEEPINTVL", 5),
