@@ -178,8 +178,8 @@ class Hello(_message.Message):
     """
     user: _builtins.str
     multiplexed: _builtins.bool
-    """The agent carries sessions on the multiplexed `Sessions` stream (docs/decisions/0027).
-    An agent without it only knows the removed per-session stream: its control stream is
+    """The agent multiplexes its sessions on one leg per replica (docs/decisions/0027). An
+    agent without it only knows the removed per-session stream: its control stream is
     refused with a message saying to upgrade it.
     """
     framed_leg: _builtins.bool
