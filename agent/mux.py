@@ -1,7 +1,10 @@
-"""The agent's end of the multiplexed session stream (docs/decisions/0027).
+"""The agent's end of the multiplexed session leg (docs/decisions/0027, 0035).
 
-One `Sessions` stream per replica the agent serves sessions for, dialled when the first
-session order for that replica arrives and kept open. A session is a number on the stream:
+One leg per replica the agent serves sessions for, dialled when the first session order for
+that replica arrives and kept open: a TLS connection with the agent's client certificate and
+ALPN `gatehouse-leg/1` to the replica's gRPC port (--insecure: plaintext to the address the
+order names), carrying length-prefixed AgentBatch / GatewayBatch frames (wire/frames.py) that
+the event loop reads and writes itself. A session is a number on the stream:
 `attach` opens it, frames and grants carry it, `end` (the agent's) or `close` (the control
 plane's) finishes it. The writer sends everything queued as one message; each session's
 credit bounds what it has in flight, so one stalled client stalls only its own session.
@@ -13,23 +16,26 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+import os
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-import grpc
-
+from agent import __version__
 from agent.engines import CANCEL, Cancel
 from agent.metrics import AgentStats
-from gatehouse.v1 import agent_pb2, agent_pb2_grpc, tunnel_pb2
+from gatehouse.v1 import agent_pb2, tunnel_pb2
+from wire.frames import ALPN, READ_CHUNK, FrameReader, encode, keep_alive
 from wire.mux import Credit, Grants, Outbox
 
 log = logging.getLogger(__name__)
 
-Metadata = Sequence[tuple[str, str]]
 Received = bytes | Cancel | None
 
 
 class StreamLost(ConnectionError):
-    """The session stream to the control plane broke: the session cannot go on."""
+    """The session leg to the control plane broke: the session cannot go on."""
 
 
 class MuxSession:
@@ -106,12 +112,56 @@ class MuxSession:
         self._inbox.put_nowait(None)
 
 
-class SessionMux:
-    """The `Sessions` stream to one replica, opened on first use and reopened after a break."""
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+"""Opens the leg's connection (TLS or, with --insecure, plaintext)."""
+CONNECT_TIMEOUT = 15.0
 
-    def __init__(self, channel: grpc.aio.Channel, metadata: Metadata, stats: AgentStats) -> None:
-        self._channel = channel
-        self._metadata = metadata
+
+def tls_context(roots: str, key: str, certificate: str) -> ssl.SSLContext:
+    """The leg's TLS: the control plane verified against `roots` (empty: the system's CAs),
+    this agent's client certificate, ALPN `gatehouse-leg/1`."""
+    context = ssl.create_default_context(cadata=roots or None)
+    context.set_alpn_protocols([ALPN])
+    # ssl loads a certificate chain only from a file: a private one, gone once read.
+    with tempfile.TemporaryDirectory(prefix="gatehouse-leg-") as directory:
+        path = Path(directory) / "client.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(key + "\n" + certificate)
+        context.load_cert_chain(path)
+    return context
+
+
+def connector(address: str, tls: ssl.SSLContext | None) -> Connect:
+    """How to open a leg to `address` (host:port)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            if tls is None:
+                return await asyncio.open_connection(host, int(port), limit=READ_CHUNK)
+            reader, writer = await asyncio.open_connection(
+                host, int(port), ssl=tls, server_hostname=host, limit=READ_CHUNK
+            )
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
+            writer.close()
+            raise ConnectionError(
+                f"{address} does not take session legs (no ALPN {ALPN}): is it a Gatehouse "
+                "control plane of this version?"
+            )
+        return reader, writer
+
+    return connect
+
+
+class SessionMux:
+    """The session leg to one replica, opened on first use and reopened after a break."""
+
+    def __init__(self, connect: Connect, credential: str, stats: AgentStats) -> None:
+        self._connect = connect
+        self._credential = credential  # --insecure: the bearer credential; else empty
         self.stats = stats
         self.outbox: Outbox[agent_pb2.AgentEvent] = Outbox()
         self.sessions: dict[int, MuxSession] = {}
@@ -119,7 +169,7 @@ class SessionMux:
         self._task: asyncio.Task[None] | None = None
 
     def open(self, attach: agent_pb2.SessionAttach) -> MuxSession:
-        """A new session on the stream (dialled now if it is not open): `attach` goes first."""
+        """A new session on the leg (dialled now if it is not open): `attach` goes first."""
         if self._task is None or self._task.done():
             self.outbox = Outbox()
             self._task = asyncio.create_task(self._run())
@@ -129,45 +179,55 @@ class SessionMux:
         return session
 
     async def _run(self) -> None:
-        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
-        call = stub.Sessions(metadata=self._metadata)  # type: ignore[call-arg]  # read/write API
-        outbox = self.outbox
-        writer = asyncio.create_task(self._write(call, outbox))
-        reader = asyncio.create_task(self._read(call))
+        writer: asyncio.StreamWriter | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            reader, writer = await self._connect()
+            keep_alive(writer)
+            hello = agent_pb2.LegHello(credential=self._credential, version=__version__)
+            writer.write(encode(hello.SerializeToString()))
+            tasks = [
+                asyncio.create_task(self._write(writer, self.outbox)),
+                asyncio.create_task(self._read(FrameReader(reader))),
+            ]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot open the session leg: %s", exc or "timeout")
         finally:
-            for task in (writer, reader):
+            for task in tasks:
                 task.cancel()
-            results = await asyncio.gather(writer, reader, return_exceptions=True)
-            call.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            if writer is not None:
+                writer.close()
             for session in list(self.sessions.values()):
                 session.broke()
             self.sessions.clear()
         for result in results:
-            if isinstance(result, grpc.aio.AioRpcError):
-                log.warning("session stream failed: %s", result.details())
+            if isinstance(result, Exception):
+                log.warning("session leg failed: %s", result)
 
     @staticmethod
-    async def _write(
-        call: grpc.aio.StreamStreamCall[agent_pb2.AgentBatch, agent_pb2.GatewayBatch],
-        outbox: Outbox[agent_pb2.AgentEvent],
-    ) -> None:
+    async def _write(writer: asyncio.StreamWriter, outbox: Outbox[agent_pb2.AgentEvent]) -> None:
         while True:
             events = await outbox.take()
-            await call.write(agent_pb2.AgentBatch(events=events))
+            writer.write(encode(agent_pb2.AgentBatch(events=events).SerializeToString()))
+            await writer.drain()
 
-    async def _read(
-        self, call: grpc.aio.StreamStreamCall[agent_pb2.AgentBatch, agent_pb2.GatewayBatch]
-    ) -> None:
-        while True:
-            batch = await call.read()
-            if not isinstance(batch, agent_pb2.GatewayBatch):  # end of stream
-                return
-            for event in batch.events:
+    async def _read(self, frames: FrameReader) -> None:
+        first = await frames.next()
+        if first is None:
+            log.warning("the control plane closed the session leg before answering")
+            return
+        welcome = agent_pb2.LegWelcome.FromString(first)
+        if welcome.refused:
+            log.warning("the control plane refused the session leg: %s", welcome.refused)
+            return
+        while (frame := await frames.next()) is not None:
+            for event in agent_pb2.GatewayBatch.FromString(frame).events:
                 session = self.sessions.get(event.session)
                 if session is not None:  # else: ended here already; what came late is moot
                     session.deliver(event)
+        log.info("the control plane closed the session leg")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -6,7 +6,7 @@ mTLS and renews its short-lived certificate at 2/3 of its lifetime (docs/decisio
 
 The agent only dials out. It keeps the control stream open with heartbeats, applies the policy
 pushed to it (its connections and secret references), and for every session order attaches the
-session on its session stream to that replica (one per replica, docs/decisions/0027). When the
+session on its session leg to that replica (one per replica, docs/decisions/0027 and 0035). When the
 control plane goes away it retries with exponential backoff and full jitter, so a thousand agents
 do not stampede a restarted control plane.
 """
@@ -26,7 +26,7 @@ import grpc
 
 from agent import __version__, credentials, enrollment
 from agent.metrics import AgentStats, start_http
-from agent.mux import SessionMux
+from agent.mux import SessionMux, connector, tls_context
 from agent.sessions import serve_session
 from agent.settings import AgentSettings
 from agent.term.shell import own_account
@@ -98,8 +98,9 @@ class Agent:
         self._at = random.randrange(len(self._addresses))
         # Channels to other replicas that hold the clients of sessions (their `dial`).
         self._dialed: dict[str, grpc.aio.Channel] = {}
-        # The session stream on each channel (one per replica), opened on first use.
-        self._muxes: dict[grpc.aio.Channel, SessionMux] = {}
+        # The session leg to each replica (by the channel its orders concern and the address
+        # the leg is dialled at), opened on first use, retired with its channel.
+        self._muxes: dict[tuple[grpc.aio.Channel, str], SessionMux] = {}
 
     @property
     def address(self) -> str:
@@ -288,12 +289,13 @@ class Agent:
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
         running = set(self.state.sessions)
-        mux = self._muxes.pop(channel, None)  # the next sessions open one on the new channel
+        # The next sessions open a leg for the new channel (with the renewed certificate).
+        muxes = [self._muxes.pop(key) for key in list(self._muxes) if key[0] is channel]
 
         async def close_when_idle() -> None:
             if running:
                 await asyncio.wait(running)
-            if mux is not None:
+            for mux in muxes:
                 await mux.close()
             await channel.close(None)
 
@@ -397,6 +399,7 @@ class Agent:
             uid=account.uid,
             user=account.user or "",
             multiplexed=True,
+            framed_leg=True,
         )
         await call.write(agent_pb2.AgentMessage(hello=hello))
         heartbeat: asyncio.Task[None] | None = None
@@ -427,7 +430,7 @@ class Agent:
                 elif kind == "policy":
                     self._apply(message.policy)
                 elif kind == "open_session":
-                    self._open(channel, metadata, message.open_session)
+                    self._open(channel, message.open_session)
                 # "heartbeat": an ack from an older control plane; nothing to do with it.
         finally:
             switch.cancel()
@@ -460,28 +463,38 @@ class Agent:
             ", ".join(sorted(self.state.connections)) or "none",
         )
 
-    def _open(
-        self,
-        channel: grpc.aio.Channel,
-        metadata: tuple[tuple[str, str], ...],
-        order: agent_pb2.OpenSession,
-    ) -> None:
+    def _open(self, channel: grpc.aio.Channel, order: agent_pb2.OpenSession) -> None:
         spec = self.state.connections.get(order.connection)
+        address = order.dial or self.address
+        # The leg goes to the replica's gRPC port (TLS, told apart by ALPN), or with --dev to
+        # the plaintext listener the order names (docs/decisions/0035).
+        target = order.leg or address
+        if self.settings.insecure and not is_loopback(target):
+            log.warning(
+                "session %s: refusing to dial %s in plaintext (--insecure: loopback only)",
+                order.session_id,
+                target,
+            )
+            return
         if order.dial:  # the client's session is held by another replica: dial it there
-            if self.settings.insecure and not is_loopback(order.dial):
-                log.warning(
-                    "session %s: refusing to dial %s in plaintext (--insecure: loopback only)",
-                    order.session_id,
-                    order.dial,
-                )
-                return
             channel = self._dial(order.dial)
-        mux = self._muxes.get(channel)
+        mux = self._muxes.get((channel, target))
         if mux is None:
-            mux = self._muxes[channel] = SessionMux(channel, metadata, self.stats)
+            mux = self._muxes[(channel, target)] = self._leg(target)
         task = asyncio.create_task(serve_session(mux, order, spec, self.stats))
         self.state.sessions.add(task)
         task.add_done_callback(self.state.sessions.discard)
+
+    def _leg(self, target: str) -> SessionMux:
+        """A session leg to `target` with this agent's identity now."""
+        stored = self.stored
+        assert stored is not None  # orders come only over an authenticated stream
+        if self.settings.insecure:
+            return SessionMux(connector(target, None), stored.credential, self.stats)
+        if not stored.mtls:
+            raise AgentFatal("outside --dev the session leg needs the agent's client certificate")
+        tls = tls_context(stored.roots, stored.key, stored.certificate)
+        return SessionMux(connector(target, tls), "", self.stats)
 
     def _dial(self, address: str) -> grpc.aio.Channel:
         """A channel to another replica, with this agent's credential, kept for the next

@@ -1,4 +1,4 @@
-"""The agent's end of a session: attach on the session stream, run the protocol engine."""
+"""The agent's end of a session: attach on the session leg, run the protocol engine."""
 
 from __future__ import annotations
 

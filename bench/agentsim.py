@@ -131,7 +131,11 @@ async def simulate(
         async with gate:  # connect a bounded number at a time, like a staggered fleet
             call = stub.Control(metadata=metadata)  # type: ignore[call-arg]
             hello = agent_pb2.Hello(
-                name=agent_name(index), version="bench", hostname="bench", multiplexed=True
+                name=agent_name(index),
+                version="bench",
+                hostname="bench",
+                multiplexed=True,
+                framed_leg=True,
             )
             await call.write(agent_pb2.AgentMessage(hello=hello))
             welcome = await call.read()

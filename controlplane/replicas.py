@@ -7,7 +7,7 @@ object addressed to everyone or to one replica:
 
 * `order` — a session of this replica's client goes to an agent instance whose control stream
   another replica holds: that replica passes the order on, with this replica's address, and
-  the agent dials the session stream here (ADR 0023).
+  the agent dials its session leg here (ADRs 0023, 0035).
 * `revoke` — agent instances were revoked: every replica cuts their control and session
   streams.
 * `policy` — a policy was applied: every replica pushes it to the instances it holds.
@@ -237,6 +237,7 @@ class Replicas:
                     "connection": order.connection,
                     "type": order.type,
                     "dial": self.advertise,
+                    "leg": order.leg,
                     "expires": time.time() + ORDER_TTL,
                 }
             )
@@ -312,6 +313,7 @@ class Replicas:
             connection=str(message["connection"]),
             dial=str(message["dial"]),
             type=str(message.get("type", "")),
+            leg=str(message.get("leg", "")),
         )
         late = time.time() - float(message.get("expires", 0))
         if late > 0:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from controlplane.addresses import split_host_port
 from controlplane.admin import AdminServicer
 from controlplane.agents.certificates import AgentCertificates
+from controlplane.agents.leg import LegListener, LegServer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
 from controlplane.audit.checkpoints import KEY_FILE_NAME, load_signing_key
@@ -58,6 +59,7 @@ from gatehouse.v1 import (
     client_pb2_grpc,
     sessions_pb2_grpc,
 )
+from wire.frames import ALPN as LEG_ALPN
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,10 @@ class ControlPlane:
         self.tls: ServerTls | None = None
         self._fronts: list[TlsFront] = []
         self.listeners: list[NativeListener] = []  # --pg-listen, --mysql-listen
+        # The agents' session legs (decision 0035): on the gRPC port's TLS front, or with
+        # --dev on a plaintext loopback listener of their own.
+        self.legs = LegServer(self.agents, self.tunnels, self.auth.failures)
+        self._leg_listener: LegListener | None = None
         self._run_dir: Path | None = None
 
     async def start(self) -> None:
@@ -184,7 +190,6 @@ class ControlPlane:
             AgentServicer(
                 self.agents,
                 self.policy,
-                self.tunnels,
                 heartbeat_interval=settings.heartbeat_interval,
                 failures=self.auth.failures,
             ),
@@ -221,6 +226,8 @@ class ControlPlane:
         self._http = await self._start_http(sessions)
         if self.tls is not None:
             self._start_fronts(self.tls)
+        else:
+            self._start_leg_listener()
         for kind, listen, limit, name in (
             (PgListener, settings.pg_listen, settings.pg_listen_max_connections, "PostgreSQL"),
             (MysqlListener, settings.mysql_listen, settings.mysql_listen_max_connections, "MySQL"),
@@ -267,6 +274,7 @@ class ControlPlane:
                 max_pending=pending,
                 max_connections=MAX_CONNECTIONS,
                 http=http,
+                leg=None if http else (LEG_ALPN, self.legs.serve),
             )
             host, port = split_host_port(listen)
             try:
@@ -276,6 +284,21 @@ class ControlPlane:
             self._fronts.append(front)
         for front in self._fronts:
             front.start()
+
+    def _start_leg_listener(self) -> None:
+        """--dev: session legs on the gRPC listener's loopback host, any free port; every
+        session order for this replica's clients names it (OpenSession.leg)."""
+        host = split_host_port(self.settings.grpc_listen)[0]
+        listener = LegListener(self.legs)
+        try:
+            listener.listen(host, 0)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host} (session legs): {exc}") from None
+        listener.start()
+        self._leg_listener = listener
+        self.agents.leg_address = (
+            f"[{host}]:{listener.port}" if ":" in host else (f"{host}:{listener.port}")
+        )
 
     def _start_listener(
         self,
@@ -418,6 +441,8 @@ class ControlPlane:
             self.replicas = None
         for front in self._fronts:
             front.stop_accepting()
+        if self._leg_listener is not None:
+            self._leg_listener.stop_accepting()
         for listener in self.listeners:
             listener.stop_accepting()
         if self._grpc is not None:
@@ -432,6 +457,9 @@ class ControlPlane:
         for front in self._fronts:
             await front.close()
         self._fronts.clear()
+        if self._leg_listener is not None:
+            await self._leg_listener.close()  # the agents' sessions end as agent_lost
+            self._leg_listener = None
         for listener in self.listeners:
             await listener.close()  # each session records its end
         self.listeners.clear()

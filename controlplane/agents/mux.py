@@ -1,7 +1,8 @@
-"""The control plane's end of an agent's multiplexed `Sessions` stream (docs/decisions/0027).
+"""The sessions of an agent's multiplexed session leg, control-plane side (decisions 0027, 0035).
 
-One stream carries every session the agent instance serves through this replica. Each session
-joins its client's Tunnel (controlplane/relay/tunnel.py) exactly as a per-session stream did:
+One leg (its frames: controlplane/agents/leg.py) carries every session the agent instance
+serves through this replica. Each session joins its client's Tunnel
+(controlplane/relay/tunnel.py) exactly as a per-session stream did:
 frames go into `tunnel.to_client`, audited client bytes come out of `tunnel.to_agent`. What
 changes is underneath: one writer sends everything queued as one message, and each session's
 credit keeps one stalled client from holding up the stream.
@@ -154,7 +155,7 @@ class Leg:
 
 
 class SessionStream:
-    """The sessions of one `Sessions` call, by the agent's session numbers."""
+    """The sessions of one leg, by the agent's session numbers."""
 
     def __init__(self, tunnels: Tunnels, agent: str) -> None:
         self._tunnels = tunnels

@@ -39,6 +39,7 @@ from controlplane.agents.certificates import (
     AgentCertificates,
     Issued,
     describe,
+    fingerprint,
 )
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditUnavailable, AuditWriter, append_events
@@ -173,6 +174,9 @@ class AgentRegistry:
         self.certificates = certificates
         #: This process's id in `replicas`, recorded on the instances whose streams it holds.
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        # --dev: host:port of this replica's plaintext session-leg listener, put in every
+        # session order for its clients (OpenSession.leg). Empty: agents dial the gRPC address.
+        self.leg_address = ""
         #: Seconds after which a replica that stopped saying it is alive counts as gone.
         self.replica_timeout = REPLICA_TIMEOUT
         #: How a session order reaches an instance held by another replica (replica bus).
@@ -311,11 +315,11 @@ class AgentRegistry:
                 cut.set()
 
     def revocation(self, instance_id: str) -> asyncio.Event:
-        """Set when the instance is revoked: its open session streams end then."""
+        """Set when the instance is revoked: its open session legs end then."""
         return self._revocations.setdefault(instance_id, asyncio.Event())
 
     def held(self) -> list[str]:
-        """Instance ids with a control stream or a session stream on this process."""
+        """Instance ids with a control stream or a session leg on this process."""
         return sorted({*self._links, *self._revocations})
 
     async def recheck(self) -> None:
@@ -467,6 +471,8 @@ class AgentRegistry:
         """Send a session order to the routed instance, here or through its replica. When it
         cannot take it (its stream closed a moment ago, or another replica died or no longer
         holds it), the order goes to another online instance instead."""
+        if self.leg_address and not order.leg:
+            order.leg = self.leg_address  # where the agent dials this replica's leg (--dev)
         tried: set[str] = set()
         while True:
             try:
@@ -686,8 +692,19 @@ class AgentRegistry:
         """The agent instance this call comes from: by the verified client certificate in
         production, by the bearer credential with --dev (and only there)."""
         if self.certificates is not None:
-            return await self._by_certificate(context)
-        credential = bearer(context.invocation_metadata())
+            return await self._by_fingerprint(self.certificates.peer_fingerprint(context))
+        return await self._by_credential(bearer(context.invocation_metadata()))
+
+    async def identify(self, credential: str, certificate_der: bytes | None) -> AgentInstanceRow:
+        """The same check for a session leg (docs/decisions/0035): its TLS client certificate
+        (verified by the front against our CA) in production, its LegHello's credential with
+        --dev."""
+        if self.certificates is not None:
+            found = fingerprint(certificate_der) if certificate_der is not None else None
+            return await self._by_fingerprint(found)
+        return await self._by_credential(credential)
+
+    async def _by_credential(self, credential: str) -> AgentInstanceRow:
         if jointoken.is_join_token(credential):
             raise Unauthenticated("a join token must first be exchanged with Enroll")
         digest = token_hash(credential)
@@ -703,9 +720,7 @@ class AgentRegistry:
             )
         return row
 
-    async def _by_certificate(self, context: Any) -> AgentInstanceRow:
-        assert self.certificates is not None
-        found = self.certificates.peer_fingerprint(context)
+    async def _by_fingerprint(self, found: str | None) -> AgentInstanceRow:
         if found is None:
             raise Unauthenticated(
                 "agents authenticate with their client certificate: this call carried none "

@@ -1,4 +1,4 @@
-"""AgentService: enrollment, the control stream, and the agent's end of each session."""
+"""AgentService: enrollment and the control stream (sessions ride the leg: agents/leg.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import grpc
 
 from controlplane.agents.certificates import Issued
-from controlplane.agents.mux import SessionStream
 from controlplane.agents.registry import AgentLink, AgentRegistry
 from controlplane.auth.failures import AuthFailures
 from controlplane.auth.sources import current_source
@@ -24,7 +23,6 @@ from controlplane.errors import (
     unary,
 )
 from controlplane.policy.store import PolicyStore
-from controlplane.relay.tunnel import Tunnels
 from controlplane.store.models import AgentInstanceRow
 from controlplane.tls.peers import grpc_peer
 from gatehouse import __version__
@@ -52,12 +50,36 @@ def revoked_message(name: str) -> str:
 
 
 def outdated_message(version: str) -> str:
-    """What an agent too old for the multiplexed session stream is told (decision 0027)."""
+    """What an agent too old for the framed session leg is told (decisions 0027, 0035)."""
     return (
-        f"agent version {version or 'unknown'} carries sessions on per-session streams, "
+        f"agent version {version or 'unknown'} carries sessions on gRPC streams, "
         f"which this control plane (version {__version__}) no longer serves: upgrade the "
         "agent to the control plane's version (agents and control plane ship together)"
     )
+
+
+async def guarded(
+    failures: AuthFailures | None,
+    kind: str,
+    work: Awaitable[T],
+    refusals: tuple[type[GatehouseError], ...] = (Unauthenticated, PermissionDenied),
+) -> T:
+    """Run `work`; a refusal among `refusals` is a failed authentication (`auth.fail`) of the
+    current source, throttled per source like people's tokens."""
+    if failures is None:
+        return await work
+    source = current_source()
+    throttled = failures.throttled(source)
+    if throttled is not None:
+        if inspect.iscoroutine(work):
+            work.close()
+        await failures.failed(source, throttled, kind, True)
+        raise Unauthenticated(throttled)
+    try:
+        return await work
+    except refusals as exc:
+        await failures.failed(source, str(exc), kind, False)
+        raise
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -65,14 +87,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self,
         registry: AgentRegistry,
         policy: PolicyStore,
-        tunnels: Tunnels,
         *,
         heartbeat_interval: float = 10.0,
         failures: AuthFailures | None = None,
     ) -> None:
         self._registry = registry
         self._policy = policy
-        self._tunnels = tunnels
         self._heartbeat_interval = heartbeat_interval
         # Refused join tokens and agent credentials are `auth.fail` events, throttled per
         # source like people's tokens: spent, expired or guessed tokens show in the trail.
@@ -84,22 +104,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         work: Awaitable[T],
         refusals: tuple[type[GatehouseError], ...] = (Unauthenticated, PermissionDenied),
     ) -> T:
-        """Run `work`; a refusal among `refusals` is a failed authentication (`auth.fail`)."""
-        failures = self._failures
-        if failures is None:
-            return await work
-        source = current_source()
-        throttled = failures.throttled(source)
-        if throttled is not None:
-            if inspect.iscoroutine(work):
-                work.close()
-            await failures.failed(source, throttled, kind, True)
-            raise Unauthenticated(throttled)
-        try:
-            return await work
-        except refusals as exc:
-            await failures.failed(source, str(exc), kind, False)
-            raise
+        return await guarded(self._failures, kind, work, refusals)
 
     async def _authenticate(self, context: Context) -> AgentInstanceRow:
         kind = "agent_certificate" if self._registry.certificates else "agent_credential"
@@ -148,7 +153,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             first = await asyncio.wait_for(context.read(), 10)
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise InvalidArgument("the control stream must start with hello")
-            if not first.hello.multiplexed:
+            if not (first.hello.multiplexed and first.hello.framed_leg):
                 raise FailedPrecondition(outdated_message(first.hello.version))
             link = await self._registry.connected(row, first.hello, grpc_peer(context))
         except GatehouseError as exc:
@@ -204,54 +209,3 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _write_control(link: AgentLink, context: Context) -> None:
         while True:
             await context.write(await link.outbox.get())
-
-    async def Sessions(  # type: ignore[override]  # read/write API, not a generator
-        self, request_iterator: Any, context: Context
-    ) -> None:
-        """The agent's half of its sessions on this replica, multiplexed (decision 0027)."""
-        try:
-            row = await self._authenticate(context)
-        except GatehouseError as exc:
-            await context.abort(exc.code, str(exc))
-            return
-        stream = SessionStream(self._tunnels, row.name)
-        revoked = self._registry.revocation(row.id)
-        reader = asyncio.create_task(self._read_sessions(stream, context))
-        writer = asyncio.create_task(_write_sessions(stream, context))
-        cut = asyncio.create_task(revoked.wait())
-        try:
-            await asyncio.wait({reader, writer, cut}, return_when=asyncio.FIRST_COMPLETED)
-            if cut.done():
-                # Revoked: end its sessions at once (not when they are done: then cancelled),
-                # each telling its client why (57P01, after its in-flight results).
-                stream.revoke(
-                    f"agent {row.name!r} (instance {row.id}) serving this session was revoked; "
-                    "run it again to have another instance serve it"
-                )
-        finally:
-            for task in (reader, writer, cut):
-                task.cancel()
-            # Ended, broken or cancelled (gRPC cancels the handler when the agent's connection
-            # drops): a session the agent did not end has an unknown outcome (agent_lost).
-            await stream.broken()
-            await asyncio.gather(reader, writer, cut, return_exceptions=True)
-        if revoked.is_set():
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, revoked_message(row.name))
-        for task in (reader, writer):
-            if not task.cancelled() and task.exception() is not None:
-                log.warning("agent %s: session stream failed: %r", row.name, task.exception())
-
-    @staticmethod
-    async def _read_sessions(stream: SessionStream, context: Context) -> None:
-        while True:
-            message = await context.read()
-            if not isinstance(message, agent_pb2.AgentBatch):  # end of stream
-                return
-            stream.receive(message)
-
-
-async def _write_sessions(stream: SessionStream, context: Context) -> None:
-    """Everything queued for the agent, across sessions, as one message per write."""
-    while True:
-        events = await stream.outbox.take()
-        await context.write(agent_pb2.GatewayBatch(events=events))

@@ -7,6 +7,9 @@ CERT_OPTIONAL) and the inner gRPC/HTTP server listens on a unix socket in a priv
 Each forwarded connection comes from its own bound socket path, which `peers` maps back to the
 client's address and certificate.
 
+A connection that negotiates ALPN `gatehouse-leg/1` is an agent's session leg (decision 0035):
+it is served here, by the `leg` handler, with the client certificate the handshake verified.
+
 A client that does not start with a TLS ClientHello is refused: an HTTP client gets a plain
 `400` saying to use https, anything else a closed connection.
 """
@@ -20,6 +23,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from controlplane.accept import Acceptor
@@ -27,6 +31,11 @@ from controlplane.tls import peers, proxy
 from controlplane.tls.server import ServerTls
 
 log = logging.getLogger(__name__)
+
+LegHandler = Callable[
+    [asyncio.StreamReader, asyncio.StreamWriter, str, bytes | None], Awaitable[None]
+]
+"""Serves a session leg: its stream, the client's address and verified certificate (DER)."""
 
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 CHUNK = 256 * 1024
@@ -53,6 +62,7 @@ class TlsFront(Acceptor):
         max_pending: int = 1000,
         max_connections: int = 20_000,
         http: bool = False,
+        leg: tuple[str, LegHandler] | None = None,
     ) -> None:
         super().__init__(name)
         self.tls = tls
@@ -64,6 +74,7 @@ class TlsFront(Acceptor):
         self.max_pending = max_pending
         self.max_connections = max_connections
         self.http = http
+        self.leg = leg  # (ALPN protocol, handler): connections that negotiate it stay here
         self.pending = 0
         self.refused_plaintext = 0
         self.failed_handshakes = 0
@@ -101,6 +112,13 @@ class TlsFront(Acceptor):
             pending = False
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if (
+                self.leg is not None
+                and ssl_object is not None
+                and ssl_object.selected_alpn_protocol() == self.leg[0]
+            ):
+                await self.leg[1](reader, writer, source[0], der or None)
+                return
             path = str(self.run_dir / f"{self.name.lower()}-{next(self._ids)}")
             peers.register(path, peers.Peer(source[0], der or None, source[1]))
             try:

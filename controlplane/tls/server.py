@@ -21,6 +21,7 @@ from cryptography import x509
 from controlplane.errors import InvalidArgument
 from controlplane.tls.ca import CertificateAuthority
 from wire.atomicfile import write_atomic
+from wire.frames import ALPN as LEG_ALPN
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ SELF_ISSUED_DAYS = 90
 RENEW_WHEN_LEFT = datetime.timedelta(days=30)  # a self-issued certificate is renewed this early
 SERVER_CERT_FILE = "server.pem"
 SERVER_KEY_FILE = "server.key"
-ALPN_GRPC = ("h2",)
+# The gRPC port also takes the agents' session legs, told apart by ALPN (decision 0035).
+ALPN_GRPC = ("h2", LEG_ALPN)
 ALPN_HTTP = ("http/1.1",)
 
 

@@ -18,12 +18,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.mux import connector, tls_context
 from controlplane.auth.sources import SourceInterceptor, current_source
 from controlplane.tls import proxy
 from controlplane.tls.ca import CertificateAuthority
 from controlplane.tls.front import TlsFront
 from controlplane.tls.peers import peer_certificate
 from controlplane.tls.server import ALPN_GRPC, ServerTls
+from wire.frames import ALPN as LEG_ALPN
+from wire.frames import FrameReader, encode
 
 
 @dataclass
@@ -39,6 +42,19 @@ async def _who(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> b
     if cert is not None:
         name = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
     return f"{current_source()} {name}".encode()
+
+
+async def _leg(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, der: bytes | None
+) -> None:
+    """A session leg's handler: answers its first frame with who sent it."""
+    name = "-"
+    if der is not None:
+        cert = x509.load_der_x509_certificate(der)
+        name = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    frame = await FrameReader(reader).next()
+    writer.write(encode(f"{address} {name} {frame!r}".encode()))
+    await writer.drain()
 
 
 @pytest.fixture
@@ -65,6 +81,7 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         run_dir,
         trusted_proxies=proxy.parse_networks(trusted),
         handshake_timeout=2,
+        leg=(LEG_ALPN, _leg),
     )
     front.listen("127.0.0.1", 0)
     front.start()
@@ -109,6 +126,22 @@ async def test_a_client_certificate_is_optional_and_verified(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await _who_am_i(served.address, grpc.ssl_channel_credentials(root, key, cert))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_session_leg_is_served_in_process_on_the_grpc_port_with_its_certificate(
+    served: Served,
+) -> None:
+    """The agent's leg (ALPN gatehouse-leg/1) stays in the front, its client certificate
+    verified; gRPC on the same port is unaffected."""
+    cert, key = _client_cert(served.ca, "agent:vpc-1")
+    tls = tls_context(served.ca.cert_pem.decode(), key.decode(), cert.decode())
+    reader, writer = await connector(served.address, tls)()
+    writer.write(encode(b"hello"))
+    answer = await asyncio.wait_for(FrameReader(reader).next(), 5)
+    assert answer == b"127.0.0.1 agent:vpc-1 b'hello'"
+    writer.close()
+    root = served.ca.cert_pem
+    assert await _who_am_i(served.address, grpc.ssl_channel_credentials(root)) == "127.0.0.1 -"
 
 
 async def test_plaintext_grpc_is_refused(served: Served) -> None:

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from gatehouse.v1 import tunnel_pb2 as gatehouse_dot_v1_dot_tunnel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/agent.proto\x12\x0cgatehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19gatehouse/v1/tunnel.proto\"a\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\x12\x10\n\x08hostname\x18\x05 \x01(\t\"\x84\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\n\n\x02\x63\x61\x18\x04 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\"\x1b\n\x0cRenewRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"<\n\rRenewResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x02 \x01(\x03\"i\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.gatehouse.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\"u\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x10\n\x03uid\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x13\n\x0bmultiplexed\x18\x06 \x01(\x08\x42\x06\n\x04_uid\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\xca\x01\n\x0e\x43ontrolMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.WelcomeH\x00\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x14.gatehouse.v1.PolicyH\x00\x12\x31\n\x0copen_session\x18\x03 \x01(\x0b\x32\x19.gatehouse.v1.OpenSessionH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\"O\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\"L\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x31\n\x0b\x63onnections\x18\x02 \x03(\x0b\x32\x1c.gatehouse.v1.ConnectionSpec\"\xe8\x01\n\x0e\x43onnectionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x06target\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x38\n\x06secret\x18\x04 \x03(\x0b\x32(.gatehouse.v1.ConnectionSpec.SecretEntry\x12(\n\x07masking\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bSecretEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\x12\x0c\n\x04\x64ial\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\"6\n\nAgentBatch\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.gatehouse.v1.AgentEvent\"\xaa\x01\n\nAgentEvent\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12-\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x1b.gatehouse.v1.SessionAttachH\x00\x12$\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x13.gatehouse.v1.FrameH\x00\x12\x10\n\x06\x63redit\x18\x04 \x01(\rH\x00\x12\r\n\x03\x65nd\x18\x05 \x01(\x08H\x00\x12\x0e\n\x04lost\x18\x06 \x01(\tH\x00\x42\x05\n\x03msg\":\n\x0cGatewayBatch\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.gatehouse.v1.GatewayEvent\"z\n\x0cGatewayEvent\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x12\r\n\x03\x65nd\x18\x04 \x01(\x08H\x00\x12\x10\n\x06\x63redit\x18\x05 \x01(\rH\x00\x12\x0f\n\x05\x63lose\x18\x06 \x01(\tH\x00\x42\x05\n\x03msg\"H\n\rSessionAttach\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12#\n\x06run_as\x18\x02 \x01(\x0b\x32\x13.gatehouse.v1.RunAs\"]\n\x05RunAs\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x10\n\x03uid\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\tB\x06\n\x04_uid2\xa4\x02\n\x0c\x41gentService\x12\x43\n\x06\x45nroll\x12\x1b.gatehouse.v1.EnrollRequest\x1a\x1c.gatehouse.v1.EnrollResponse\x12@\n\x05Renew\x12\x1a.gatehouse.v1.RenewRequest\x1a\x1b.gatehouse.v1.RenewResponse\x12G\n\x07\x43ontrol\x12\x1a.gatehouse.v1.AgentMessage\x1a\x1c.gatehouse.v1.ControlMessage(\x01\x30\x01\x12\x44\n\x08Sessions\x12\x18.gatehouse.v1.AgentBatch\x1a\x1a.gatehouse.v1.GatewayBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/agent.proto\x12\x0cgatehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19gatehouse/v1/tunnel.proto\"a\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\x12\x10\n\x08hostname\x18\x05 \x01(\t\"\x84\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\n\n\x02\x63\x61\x18\x04 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\"\x1b\n\x0cRenewRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"<\n\rRenewResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x02 \x01(\x03\"i\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.gatehouse.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\"\x89\x01\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x10\n\x03uid\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x13\n\x0bmultiplexed\x18\x06 \x01(\x08\x12\x12\n\nframed_leg\x18\x07 \x01(\x08\x42\x06\n\x04_uid\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\xca\x01\n\x0e\x43ontrolMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.WelcomeH\x00\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x14.gatehouse.v1.PolicyH\x00\x12\x31\n\x0copen_session\x18\x03 \x01(\x0b\x32\x19.gatehouse.v1.OpenSessionH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.gatehouse.v1.HeartbeatH\x00\x42\x05\n\x03msg\"O\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\"L\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x31\n\x0b\x63onnections\x18\x02 \x03(\x0b\x32\x1c.gatehouse.v1.ConnectionSpec\"\xe8\x01\n\x0e\x43onnectionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x06target\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x38\n\x06secret\x18\x04 \x03(\x0b\x32(.gatehouse.v1.ConnectionSpec.SecretEntry\x12(\n\x07masking\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bSecretEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\x12\x0c\n\x04\x64ial\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0b\n\x03leg\x18\x05 \x01(\t\"/\n\x08LegHello\x12\x12\n\ncredential\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x1d\n\nLegWelcome\x12\x0f\n\x07refused\x18\x01 \x01(\t\"6\n\nAgentBatch\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.gatehouse.v1.AgentEvent\"\xaa\x01\n\nAgentEvent\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12-\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x1b.gatehouse.v1.SessionAttachH\x00\x12$\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x13.gatehouse.v1.FrameH\x00\x12\x10\n\x06\x63redit\x18\x04 \x01(\rH\x00\x12\r\n\x03\x65nd\x18\x05 \x01(\x08H\x00\x12\x0e\n\x04lost\x18\x06 \x01(\tH\x00\x42\x05\n\x03msg\":\n\x0cGatewayBatch\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.gatehouse.v1.GatewayEvent\"z\n\x0cGatewayEvent\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x12\r\n\x03\x65nd\x18\x04 \x01(\x08H\x00\x12\x10\n\x06\x63redit\x18\x05 \x01(\rH\x00\x12\x0f\n\x05\x63lose\x18\x06 \x01(\tH\x00\x42\x05\n\x03msg\"H\n\rSessionAttach\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12#\n\x06run_as\x18\x02 \x01(\x0b\x32\x13.gatehouse.v1.RunAs\"]\n\x05RunAs\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x10\n\x03uid\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\tB\x06\n\x04_uid2\xde\x01\n\x0c\x41gentService\x12\x43\n\x06\x45nroll\x12\x1b.gatehouse.v1.EnrollRequest\x1a\x1c.gatehouse.v1.EnrollResponse\x12@\n\x05Renew\x12\x1a.gatehouse.v1.RenewRequest\x1a\x1b.gatehouse.v1.RenewResponse\x12G\n\x07\x43ontrol\x12\x1a.gatehouse.v1.AgentMessage\x1a\x1c.gatehouse.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,34 +45,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWRESPONSE']._serialized_end=422
   _globals['_AGENTMESSAGE']._serialized_start=424
   _globals['_AGENTMESSAGE']._serialized_end=529
-  _globals['_HELLO']._serialized_start=531
-  _globals['_HELLO']._serialized_end=648
-  _globals['_HEARTBEAT']._serialized_start=650
-  _globals['_HEARTBEAT']._serialized_end=683
-  _globals['_CONTROLMESSAGE']._serialized_start=686
-  _globals['_CONTROLMESSAGE']._serialized_end=888
-  _globals['_WELCOME']._serialized_start=890
-  _globals['_WELCOME']._serialized_end=969
-  _globals['_POLICY']._serialized_start=971
-  _globals['_POLICY']._serialized_end=1047
-  _globals['_CONNECTIONSPEC']._serialized_start=1050
-  _globals['_CONNECTIONSPEC']._serialized_end=1282
-  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_start=1237
-  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_end=1282
-  _globals['_OPENSESSION']._serialized_start=1284
-  _globals['_OPENSESSION']._serialized_end=1365
-  _globals['_AGENTBATCH']._serialized_start=1367
-  _globals['_AGENTBATCH']._serialized_end=1421
-  _globals['_AGENTEVENT']._serialized_start=1424
-  _globals['_AGENTEVENT']._serialized_end=1594
-  _globals['_GATEWAYBATCH']._serialized_start=1596
-  _globals['_GATEWAYBATCH']._serialized_end=1654
-  _globals['_GATEWAYEVENT']._serialized_start=1656
-  _globals['_GATEWAYEVENT']._serialized_end=1778
-  _globals['_SESSIONATTACH']._serialized_start=1780
-  _globals['_SESSIONATTACH']._serialized_end=1852
-  _globals['_RUNAS']._serialized_start=1854
-  _globals['_RUNAS']._serialized_end=1947
-  _globals['_AGENTSERVICE']._serialized_start=1950
-  _globals['_AGENTSERVICE']._serialized_end=2242
+  _globals['_HELLO']._serialized_start=532
+  _globals['_HELLO']._serialized_end=669
+  _globals['_HEARTBEAT']._serialized_start=671
+  _globals['_HEARTBEAT']._serialized_end=704
+  _globals['_CONTROLMESSAGE']._serialized_start=707
+  _globals['_CONTROLMESSAGE']._serialized_end=909
+  _globals['_WELCOME']._serialized_start=911
+  _globals['_WELCOME']._serialized_end=990
+  _globals['_POLICY']._serialized_start=992
+  _globals['_POLICY']._serialized_end=1068
+  _globals['_CONNECTIONSPEC']._serialized_start=1071
+  _globals['_CONNECTIONSPEC']._serialized_end=1303
+  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_start=1258
+  _globals['_CONNECTIONSPEC_SECRETENTRY']._serialized_end=1303
+  _globals['_OPENSESSION']._serialized_start=1305
+  _globals['_OPENSESSION']._serialized_end=1399
+  _globals['_LEGHELLO']._serialized_start=1401
+  _globals['_LEGHELLO']._serialized_end=1448
+  _globals['_LEGWELCOME']._serialized_start=1450
+  _globals['_LEGWELCOME']._serialized_end=1479
+  _globals['_AGENTBATCH']._serialized_start=1481
+  _globals['_AGENTBATCH']._serialized_end=1535
+  _globals['_AGENTEVENT']._serialized_start=1538
+  _globals['_AGENTEVENT']._serialized_end=1708
+  _globals['_GATEWAYBATCH']._serialized_start=1710
+  _globals['_GATEWAYBATCH']._serialized_end=1768
+  _globals['_GATEWAYEVENT']._serialized_start=1770
+  _globals['_GATEWAYEVENT']._serialized_end=1892
+  _globals['_SESSIONATTACH']._serialized_start=1894
+  _globals['_SESSIONATTACH']._serialized_end=1966
+  _globals['_RUNAS']._serialized_start=1968
+  _globals['_RUNAS']._serialized_end=2061
+  _globals['_AGENTSERVICE']._serialized_start=2064
+  _globals['_AGENTSERVICE']._serialized_end=2286
 # @@protoc_insertion_point(module_scope)

@@ -168,6 +168,7 @@ class Hello(_message.Message):
     UID_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     MULTIPLEXED_FIELD_NUMBER: _builtins.int
+    FRAMED_LEG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     hostname: _builtins.str
@@ -177,9 +178,13 @@ class Hello(_message.Message):
     """
     user: _builtins.str
     multiplexed: _builtins.bool
-    """The agent carries sessions on the multiplexed `Sessions` stream (docs/decisions/0027).
-    An agent without it only knows the removed per-session stream: its control stream is
+    """The agent multiplexes its sessions on one leg per replica (docs/decisions/0027). An
+    agent without it only knows the removed per-session stream: its control stream is
     refused with a message saying to upgrade it.
+    """
+    framed_leg: _builtins.bool
+    """The agent carries its sessions on the framed session leg (docs/decisions/0035), not the
+    removed `Sessions` RPC: an agent without it has its control stream refused likewise.
     """
     def __init__(
         self,
@@ -190,10 +195,11 @@ class Hello(_message.Message):
         uid: _builtins.int | None = ...,
         user: _builtins.str = ...,
         multiplexed: _builtins.bool = ...,
+        framed_leg: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "hostname", b"hostname", "multiplexed", b"multiplexed", "name", b"name", "uid", b"uid", "user", b"user", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "framed_leg", b"framed_leg", "hostname", b"hostname", "multiplexed", b"multiplexed", "name", b"name", "uid", b"uid", "user", b"user", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
     _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
@@ -376,6 +382,7 @@ class OpenSession(_message.Message):
     CONNECTION_FIELD_NUMBER: _builtins.int
     DIAL_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
+    LEG_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     connection: _builtins.str
     dial: _builtins.str
@@ -386,6 +393,11 @@ class OpenSession(_message.Message):
     """The connection's type as the control plane knows it: an agent that has no connection by
     that name refuses the session in that protocol's terms without waiting for the client.
     """
+    leg: _builtins.str
+    """host:port of the plaintext leg listener (--dev only) of the replica holding the client:
+    the agent dials its session leg there. Empty: the leg goes to the gRPC address (`dial`,
+    or the control stream's), over TLS with ALPN `gatehouse-leg/1` (docs/decisions/0035).
+    """
     def __init__(
         self,
         *,
@@ -393,18 +405,69 @@ class OpenSession(_message.Message):
         connection: _builtins.str = ...,
         dial: _builtins.str = ...,
         type: _builtins.str = ...,
+        leg: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "dial", b"dial", "session_id", b"session_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "dial", b"dial", "leg", b"leg", "session_id", b"session_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenSession: _TypeAlias = OpenSession  # noqa: Y015
 
 @_typing.final
+class LegHello(_message.Message):
+    """The first frame the agent sends on a session leg (docs/decisions/0035)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    credential: _builtins.str
+    """--dev: the agent's bearer credential (checked like the gRPC metadata). Production: empty,
+    the leg's TLS client certificate is the agent's identity.
+    """
+    version: _builtins.str
+    def __init__(
+        self,
+        *,
+        credential: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegHello: _TypeAlias = LegHello  # noqa: Y015
+
+@_typing.final
+class LegWelcome(_message.Message):
+    """The control plane's first frame on a session leg: the agent's identity was accepted (empty
+    `refused`), or why not (then the leg closes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSED_FIELD_NUMBER: _builtins.int
+    refused: _builtins.str
+    def __init__(
+        self,
+        *,
+        refused: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegWelcome: _TypeAlias = LegWelcome  # noqa: Y015
+
+@_typing.final
 class AgentBatch(_message.Message):
-    """What the agent sends on its `Sessions` stream: every event queued when the writer ran."""
+    """What the agent sends on its session leg, after LegHello: every event queued when the writer ran."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -478,7 +541,7 @@ Global___AgentEvent: _TypeAlias = AgentEvent  # noqa: Y015
 
 @_typing.final
 class GatewayBatch(_message.Message):
-    """What the control plane sends on a `Sessions` stream."""
+    """What the control plane sends on a session leg, after LegWelcome."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -50,11 +50,6 @@ class AgentServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_agent__pb2.ControlMessage.FromString,
                 _registered_method=True)
-        self.Sessions = channel.stream_stream(
-                '/gatehouse.v1.AgentService/Sessions',
-                request_serializer=gatehouse_dot_v1_dot_agent__pb2.AgentBatch.SerializeToString,
-                response_deserializer=gatehouse_dot_v1_dot_agent__pb2.GatewayBatch.FromString,
-                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -79,16 +74,10 @@ class AgentServiceServicer:
     def Control(self, request_iterator, context):
         """One long-lived stream per agent: registration, heartbeats, policy, session orders.
         Authenticated by the client certificate (production) or the bearer credential (--dev).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Sessions(self, request_iterator, context):
-        """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
-        the agent dials when the first OpenSession order for this replica arrives and keeps open
-        (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
-        session has its own credit, so a session whose reader stalls never stalls another.
+        The sessions of one agent instance on a replica are not a gRPC call: they ride the agent
+        leg, length-prefixed AgentBatch / GatewayBatch frames on a stream of their own that the
+        agent dials (TLS with ALPN `gatehouse-leg/1` on this port; --dev: OpenSession.leg),
+        docs/decisions/0035. The `Sessions` RPC of 0027 is gone.
         (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -112,11 +101,6 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Control,
                     request_deserializer=gatehouse_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=gatehouse_dot_v1_dot_agent__pb2.ControlMessage.SerializeToString,
-            ),
-            'Sessions': grpc.stream_stream_rpc_method_handler(
-                    servicer.Sessions,
-                    request_deserializer=gatehouse_dot_v1_dot_agent__pb2.AgentBatch.FromString,
-                    response_serializer=gatehouse_dot_v1_dot_agent__pb2.GatewayBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -201,33 +185,6 @@ class AgentService:
             '/gatehouse.v1.AgentService/Control',
             gatehouse_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             gatehouse_dot_v1_dot_agent__pb2.ControlMessage.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Sessions(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/gatehouse.v1.AgentService/Sessions',
-            gatehouse_dot_v1_dot_agent__pb2.AgentBatch.SerializeToString,
-            gatehouse_dot_v1_dot_agent__pb2.GatewayBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,12 +42,10 @@ class AgentServiceStub:
     Control: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]
     """One long-lived stream per agent: registration, heartbeats, policy, session orders.
     Authenticated by the client certificate (production) or the bearer credential (--dev).
-    """
-    Sessions: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentBatch, _agent_pb2.GatewayBatch]
-    """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
-    the agent dials when the first OpenSession order for this replica arrives and keeps open
-    (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
-    session has its own credit, so a session whose reader stalls never stalls another.
+    The sessions of one agent instance on a replica are not a gRPC call: they ride the agent
+    leg, length-prefixed AgentBatch / GatewayBatch frames on a stream of their own that the
+    agent dials (TLS with ALPN `gatehouse-leg/1` on this port; --dev: OpenSession.leg),
+    docs/decisions/0035. The `Sessions` RPC of 0027 is gone.
     (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
     """
 
@@ -65,12 +63,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Control: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]  # type: ignore[assignment]
     """One long-lived stream per agent: registration, heartbeats, policy, session orders.
     Authenticated by the client certificate (production) or the bearer credential (--dev).
-    """
-    Sessions: _aio.StreamStreamMultiCallable[_agent_pb2.AgentBatch, _agent_pb2.GatewayBatch]  # type: ignore[assignment]
-    """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
-    the agent dials when the first OpenSession order for this replica arrives and keeps open
-    (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
-    session has its own credit, so a session whose reader stalls never stalls another.
+    The sessions of one agent instance on a replica are not a gRPC call: they ride the agent
+    leg, length-prefixed AgentBatch / GatewayBatch frames on a stream of their own that the
+    agent dials (TLS with ALPN `gatehouse-leg/1` on this port; --dev: OpenSession.leg),
+    docs/decisions/0035. The `Sessions` RPC of 0027 is gone.
     (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
     """
 
@@ -103,18 +99,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControlMessage], _abc.AsyncIterator[_agent_pb2.ControlMessage]]:
         """One long-lived stream per agent: registration, heartbeats, policy, session orders.
         Authenticated by the client certificate (production) or the bearer credential (--dev).
-        """
-
-    @_abc_1.abstractmethod
-    def Sessions(
-        self,
-        request_iterator: _MaybeAsyncIterator[_agent_pb2.AgentBatch],
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.GatewayBatch], _abc.AsyncIterator[_agent_pb2.GatewayBatch]]:
-        """The sessions of one agent instance on this replica, multiplexed on one long-lived stream
-        the agent dials when the first OpenSession order for this replica arrives and keeps open
-        (docs/decisions/0027). Each message carries whatever was queued, across sessions; each
-        session has its own credit, so a session whose reader stalls never stalls another.
+        The sessions of one agent instance on a replica are not a gRPC call: they ride the agent
+        leg, length-prefixed AgentBatch / GatewayBatch frames on a stream of their own that the
+        agent dials (TLS with ALPN `gatehouse-leg/1` on this port; --dev: OpenSession.leg),
+        docs/decisions/0035. The `Sessions` RPC of 0027 is gone.
         (The per-session `Session` stream of agents before 0027 is gone: see Hello.multiplexed.)
         """
 

@@ -380,15 +380,12 @@ async def test_a_refused_renewal_is_a_failed_authentication(
     from controlplane.agents.service import AgentServicer
     from controlplane.auth.failures import AuthFailures
     from controlplane.policy.store import PolicyStore
-    from controlplane.relay.tunnel import Tunnels
     from controlplane.tls.ca import CertificateAuthority
 
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     lifetime = datetime.timedelta(minutes=10)
     registry = AgentRegistry(db, writer, AgentCertificates(ca, lifetime, pin=ca.pin))
-    servicer = AgentServicer(
-        registry, cast(PolicyStore, None), Tunnels(), failures=AuthFailures(writer)
-    )
+    servicer = AgentServicer(registry, cast(PolicyStore, None), failures=AuthFailures(writer))
     _, current = await enrolled_edge(registry)
     good_csr = enrollment.csr_pem(enrollment.new_key(), "edge")
     calls = [

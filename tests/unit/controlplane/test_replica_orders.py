@@ -100,6 +100,7 @@ async def test_an_acked_order_is_delivered_once_and_not_rerouted(
     _, members, (on_b, on_c) = cluster
     origin = members["ra"]._registry
     origin._turn["vpc"] = 0  # vpc-0, held by rb
+    origin.leg_address = "127.0.0.1:7001"  # --dev: the origin's plaintext leg listener
     route = await origin.route("vpc")
     assert (route.instance_id, route.replica) == ("vpc-0", "rb")
     await origin.order(
@@ -108,7 +109,9 @@ async def test_an_acked_order_is_delivered_once_and_not_rerouted(
     delivered = on_b.outbox.get_nowait().open_session
     assert (delivered.session_id, delivered.connection, delivered.type) == ("s1", "pg", "postgres")
     assert _orders(on_b) == [] and _orders(on_c) == []
-    # The agent dials the origin's advertised address for the session stream.
+    # The agent dials its session leg at the origin: its advertised address, and with --dev
+    # the origin's leg listener.
+    assert (delivered.dial, delivered.leg) == ("ra:8443", "127.0.0.1:7001")
     assert not origin._suspect
 
 

@@ -1,0 +1,162 @@
+"""The control plane's end of an agent's session leg (docs/decisions/0035).
+
+The multiplexed sessions of decision 0027 (`SessionStream`, controlplane/agents/mux.py) ride
+length-prefixed frames (wire/frames.py) on a stream the event loop reads and writes itself:
+no gRPC call, no completion-queue thread. The agent dials it:
+
+- production: TLS to the gRPC port with ALPN `gatehouse-leg/1`; the TLS front
+  (controlplane/tls/front.py) hands the decrypted stream to `LegServer.serve` with the client
+  certificate it verified, instead of forwarding it to gRPC;
+- --dev: a plaintext listener on loopback (`LegListener`) whose address every session order
+  carries (`OpenSession.leg`); the agent's credential is in its first frame.
+
+Either way the first frame is the agent's `LegHello`, the identity is checked like the gRPC
+calls' (`AgentRegistry.identify`, a refusal is an `auth.fail`), and the control plane answers
+with a `LegWelcome` before the batches flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from google.protobuf.message import DecodeError
+
+from controlplane.accept import Acceptor
+from controlplane.agents.mux import SessionStream
+from controlplane.agents.registry import AgentRegistry
+from controlplane.agents.service import guarded, revoked_message
+from controlplane.auth.failures import AuthFailures
+from controlplane.auth.sources import SOURCE
+from controlplane.errors import GatehouseError
+from controlplane.relay.tunnel import Tunnels
+from gatehouse.v1 import agent_pb2
+from wire.frames import MAX_FRAME, READ_CHUNK, FrameError, FrameReader, encode, keep_alive
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0
+"""Seconds for a new leg's first frame, as for the control stream's hello."""
+
+
+class LegServer:
+    """Serves session legs, whoever accepted their connection (the TLS front, `LegListener`)."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        tunnels: Tunnels,
+        failures: AuthFailures | None = None,
+        *,
+        max_frame: int = MAX_FRAME,
+    ) -> None:
+        self._registry = registry
+        self._tunnels = tunnels
+        self._failures = failures
+        self._max_frame = max_frame
+        self.open = 0  # legs serving sessions now
+
+    async def serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+        certificate_der: bytes | None,
+    ) -> None:
+        """One leg, from its hello to its end; the caller closes the connection."""
+        SOURCE.set(address)  # refusals are counted and throttled per source
+        keep_alive(writer)
+        frames = FrameReader(reader, self._max_frame)
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                first = await frames.next()
+            if first is None:
+                return
+            hello = agent_pb2.LegHello.FromString(first)
+        except (TimeoutError, FrameError, DecodeError, OSError) as exc:
+            log.info("refused a session leg from %s: no hello (%s)", address, exc or "timeout")
+            return
+        kind = "agent_certificate" if self._registry.certificates else "agent_credential"
+        try:
+            row = await guarded(
+                self._failures,
+                kind,
+                self._registry.identify(hello.credential, certificate_der),
+            )
+        except GatehouseError as exc:
+            log.info("refused a session leg from %s: %s", address, exc)
+            with contextlib.suppress(OSError):
+                writer.write(encode(agent_pb2.LegWelcome(refused=str(exc)).SerializeToString()))
+                await writer.drain()
+            return
+        writer.write(encode(agent_pb2.LegWelcome().SerializeToString()))
+        self.open += 1
+        try:
+            await self._run(row.id, row.name, frames, writer)
+        finally:
+            self.open -= 1
+
+    async def _run(
+        self, instance: str, name: str, frames: FrameReader, writer: asyncio.StreamWriter
+    ) -> None:
+        stream = SessionStream(self._tunnels, name)
+        revoked = self._registry.revocation(instance)
+        reader = asyncio.create_task(_read(stream, frames))
+        sender = asyncio.create_task(_write(stream, writer))
+        cut = asyncio.create_task(revoked.wait())
+        try:
+            await asyncio.wait({reader, sender, cut}, return_when=asyncio.FIRST_COMPLETED)
+            if cut.done():
+                # Revoked: end its sessions at once (not when they are done: then cancelled),
+                # each telling its client why (57P01, after its in-flight results).
+                stream.revoke(
+                    f"agent {name!r} (instance {instance}) serving this session was revoked; "
+                    "run it again to have another instance serve it"
+                )
+        finally:
+            for task in (reader, sender, cut):
+                task.cancel()
+            # Ended, broken or cancelled: a session the agent did not end has an unknown
+            # outcome (agent_lost).
+            await stream.broken()
+            await asyncio.gather(reader, sender, cut, return_exceptions=True)
+        if revoked.is_set():
+            log.info("session leg of %s cut: %s", name, revoked_message(name))
+            return
+        for task in (reader, sender):
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("agent %s: session leg failed: %s", name, task.exception())
+
+
+async def _read(stream: SessionStream, frames: FrameReader) -> None:
+    while (frame := await frames.next()) is not None:
+        stream.receive(agent_pb2.AgentBatch.FromString(frame))
+
+
+async def _write(stream: SessionStream, writer: asyncio.StreamWriter) -> None:
+    """Everything queued for the agent, across sessions, as one frame per write."""
+    while True:
+        events = await stream.outbox.take()
+        writer.write(encode(agent_pb2.GatewayBatch(events=events).SerializeToString()))
+        await writer.drain()
+
+
+class LegListener(Acceptor):
+    """--dev: session legs in plaintext on loopback (production takes them on the TLS front)."""
+
+    def __init__(self, server: LegServer) -> None:
+        super().__init__("session leg")
+        self.server = server
+
+    async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=READ_CHUNK)
+        except OSError:
+            conn.close()
+            return
+        try:
+            await self.server.serve(reader, writer, client[0], None)
+        finally:
+            writer.close()
