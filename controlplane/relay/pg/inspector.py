@@ -31,7 +31,7 @@ import base64
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
@@ -366,7 +366,7 @@ class PgInspector:
             return
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
         # A simple Query drops the unnamed statement and portal when it starts.
-        self._names.statements.pop("", None)
+        self._names.drop_statement("")
         self._names.drop_portal("")
         self._push(_expect(Q, steps))
         out.append(msg.raw)
@@ -443,7 +443,7 @@ class PgInspector:
         prepared = self._names.statement(name)
         code = overlay.runs or self._running_code
         if prepared is not None and prepared.proven and name and code:
-            return replace(prepared, proven=False)
+            return prepared.with_proven(False)
         return prepared
 
     async def _portal(self, name: str, overlay: Overlay, out: list[Chunk]) -> Portal | None:
@@ -462,7 +462,7 @@ class PgInspector:
             return UNKNOWN if name else None  # no code can open a portal without a name
         replaced = (overlay.code_ran and name not in overlay.kept) or self._code_pending(name)
         if portal.proven and name and replaced:
-            return replace(portal, proven=False)
+            return portal.unproven()
         return portal
 
     def _code_pending(self, name: str) -> bool:
@@ -683,7 +683,7 @@ class PgInspector:
             if self._refuse_long("", close.name):
                 return
             if close.kind == "S":
-                self._overlay.statements[close.name] = None
+                self._overlay.deallocate(close.name)
             else:
                 self._overlay.close(close.name)
             # (Closing a statement gives its name another meaning: see _expect.)
@@ -715,7 +715,7 @@ class PgInspector:
         another text under its name; nothing runs between our Parse and the Bind, so what the
         Bind binds is the text that is recorded. Only for a text that reads the same under
         every lexical setting (it is read again under today's)."""
-        proven = replace(found, proven=True)
+        proven = found.with_proven(True)
         close = pgm.close_message("S", name)
         self._keep(close, Expect(C, name=name, close_kind="S", own=True))
         parse = pgm.parse_message(name, found.text, found.param_types)
@@ -1042,7 +1042,7 @@ class PgInspector:
             elif done.portal is not None:
                 self._names.bind(done.name, done.portal)
             elif done.tag == C and done.close_kind == "S":
-                self._names.statements.pop(done.name, None)
+                self._names.drop_statement(done.name)
             elif done.tag == C:
                 self._names.drop_portal(done.name)
         elif kind == COMPLETE:
@@ -1070,7 +1070,7 @@ class PgInspector:
                 self._names.unprove(front.keeps)
             # An extended-protocol message failed: the target skips the rest up to the Sync.
             if front.tag == P and front.name == "":
-                self._names.statements.pop("", None)  # a failed unnamed Parse drops the old one
+                self._names.drop_statement("")  # a failed unnamed Parse drops the old one
             self._names.drop_portal("")
             while self._expect and self._expect[0].tag != S:
                 self._pop()
