@@ -131,6 +131,8 @@ class _Portals:
 
     def keep_holdable(self) -> None:
         """Only the named portals declared WITH HOLD stay (a transaction ended)."""
+        if not self.portals:
+            return
         self.portals = {name: p for name, p in self.portals.items() if p.holdable and name}
         self.seen = {name: self.seen[name] for name in self.portals}
 
