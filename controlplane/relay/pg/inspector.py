@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -92,6 +93,9 @@ MAX_HELD_MESSAGES = 10_000
 #: Requests forwarded and not yet answered (each is remembered until its answer): past this,
 #: the inspector forwards nothing more until half of them were answered.
 MAX_IN_FLIGHT = 20_000
+#: Parse messages up to this size are read once per process (`_read_parse`): at most 1,024
+#: of them, 4 MiB.
+MAX_REMEMBERED_PARSE = 4096
 
 Q, P, B, E, D = codes.QUERY, codes.PARSE, codes.BIND, codes.EXECUTE, codes.DESCRIBE
 C, S, H, X, F = codes.CLOSE, codes.SYNC, codes.FLUSH, codes.TERMINATE, codes.FUNCTION_CALL
@@ -555,7 +559,9 @@ class PgInspector:
         raw = bytes(msg.raw)
         expect: Expect
         if tag == P:
-            parse = pgm.parse_parse(msg.body)
+            parse = _read_parse(raw) if len(raw) <= MAX_REMEMBERED_PARSE else None
+            if parse is None:
+                parse = pgm.parse_parse(msg.body)
             if self._refuse_long(parse.query, parse.name):
                 return
             if sensitive(parse.query):
@@ -1312,6 +1318,14 @@ class PgInspector:
             self._cycles.popleft()
         self._open = None
         await asyncio.gather(*queued, return_exceptions=True)  # failures: counted, reported
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_parse(raw: bytes) -> pgm.Parse:
+    """A Parse message read (it is immutable), remembered by its bytes: drivers and pgbench
+    send the same few Parse messages over and over. What the inspector decides about it
+    still depends on the session (its settings, its names, the guard) and is done each time."""
+    return pgm.parse_parse(memoryview(raw)[5:])
 
 
 def _expect(tag: int, steps: list[Step]) -> Expect:
