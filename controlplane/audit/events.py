@@ -44,28 +44,28 @@ def utc_now() -> datetime:
 class _Clock:
     """One reading of the clock as an event needs it: the moment, its `rfc3339` text and its
     Unix milliseconds (for the id). The text of the whole second is made once per second;
-    every event then only adds its microseconds (`isoformat` was a sixth of drafting)."""
+    every event then only adds its microseconds (`isoformat` was a sixth of drafting). The
+    second's parts are one tuple, replaced whole: a thread that drafts meanwhile (a store
+    transaction) reads the old second's or the new one's, never a mix."""
 
-    __slots__ = ("_fields", "_prefix", "_second")
+    __slots__ = ("_second",)
 
     def __init__(self) -> None:
-        self._second = -1
-        self._fields = (1970, 1, 1, 0, 0, 0)
-        self._prefix = ""
+        self._second: tuple[int, str, tuple[int, int, int, int, int, int]] = (-1, "", (0,) * 6)
 
     def read(self) -> tuple[datetime, str, int]:
         nanos = time.time_ns()
         second, rest = divmod(nanos, 1_000_000_000)
-        if second != self._second:
+        known = self._second
+        if known[0] != second:
             base = datetime.fromtimestamp(second, UTC)
             text = rfc3339(base)  # …T12:34:56.000000Z
-            self._prefix = text[: text.rindex(".") + 1]
-            self._fields = (base.year, base.month, base.day, base.hour, base.minute, base.second)
-            self._second = second
+            parts = (base.year, base.month, base.day, base.hour, base.minute, base.second)
+            known = self._second = (second, text[: text.rindex(".") + 1], parts)
+        _, prefix, (year, month, day, hour, minute, sec) = known
         micros = rest // 1000
-        year, month, day, hour, minute, sec = self._fields
         moment = datetime(year, month, day, hour, minute, sec, micros, UTC)
-        return moment, self._prefix + str(1_000_000 + micros)[1:] + "Z", nanos // 1_000_000
+        return moment, prefix + str(1_000_000 + micros)[1:] + "Z", nanos // 1_000_000
 
 
 _clock = _Clock()
