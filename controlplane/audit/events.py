@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -19,13 +20,16 @@ MAX_DEPTH = 32  # nesting of objects and arrays in one event; deeper is refused,
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def new_event_id() -> str:
+def new_event_id(millis: int | None = None) -> str:
     """A UUIDv7: time-ordered, so ids sort roughly like seq even across replicas.
 
-    48 bits of Unix milliseconds, then 74 random bits around the version (7) and variant (10)
-    bits; set on bytes, which costs less than the same arithmetic on one big integer.
+    48 bits of Unix milliseconds (``millis``, or now), then 74 random bits around the version
+    (7) and variant (10) bits; set on bytes, which costs less than the same arithmetic on one
+    big integer.
     """
-    raw = bytearray((time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big"))
+    if millis is None:
+        millis = time.time_ns() // 1_000_000
+    raw = bytearray((millis & 0xFFFF_FFFF_FFFF).to_bytes(6, "big"))
     raw += os.urandom(10)
     raw[6] = 0x70 | raw[6] & 0x0F
     raw[8] = 0x80 | raw[8] & 0x3F
@@ -35,6 +39,36 @@ def new_event_id() -> str:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Clock:
+    """One reading of the clock as an event needs it: the moment, its `rfc3339` text and its
+    Unix milliseconds (for the id). The text of the whole second is made once per second;
+    every event then only adds its microseconds (`isoformat` was a sixth of drafting). The
+    second's parts are one tuple, replaced whole: a thread that drafts meanwhile (a store
+    transaction) reads the old second's or the new one's, never a mix."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str, tuple[int, int, int, int, int, int]] = (-1, "", (0,) * 6)
+
+    def read(self) -> tuple[datetime, str, int]:
+        nanos = time.time_ns()
+        second, rest = divmod(nanos, 1_000_000_000)
+        known = self._second
+        if known[0] != second:
+            base = datetime.fromtimestamp(second, UTC)
+            text = rfc3339(base)  # …T12:34:56.000000Z
+            parts = (base.year, base.month, base.day, base.hour, base.minute, base.second)
+            known = self._second = (second, text[: text.rindex(".") + 1], parts)
+        _, prefix, (year, month, day, hour, minute, sec) = known
+        micros = rest // 1000
+        moment = datetime(year, month, day, hour, minute, sec, micros, UTC)
+        return moment, prefix + str(1_000_000 + micros)[1:] + "Z", nanos // 1_000_000
+
+
+_clock = _Clock()
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -63,6 +97,53 @@ class SessionContext:
     source: JSON = field(default_factory=dict)
     # The `mcp.call` event ({"seq", "id"}) of the MCP tool call that opened the session.
     mcp_call: JSON | None = None
+    # `shared()`'s fields, and a copy of what they were made from (see there).
+    _shared: tuple[tuple[Any, ...], JSON | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def shared(self) -> JSON | None:
+        """The fields every event of the session repeats, in the order `draft` puts them, once
+        they were found encodable (None: one is not, and `draft` names it).
+
+        Made and checked once, not for every event: a session's events differ only in their
+        own fields. Made again when a field of the context changed since, or what one of its
+        dicts holds (compared with a copy taken then).
+        """
+        made_of = (
+            self.session_id,
+            self.identity,
+            self.audit_mode,
+            self.connection,
+            self.source,
+            self.mcp_call,
+        )
+        cached = self._shared
+        if cached is not None:
+            was = cached[0]
+            if (
+                was[0] == made_of[0]
+                and was[1] is made_of[1]  # frozen
+                and was[2] == made_of[2]
+                and was[3:] == made_of[3:]  # copies: compared by what they hold
+            ):
+                return cached[1]
+        fields: JSON = {
+            "session_id": self.session_id,
+            "connection": self.connection,
+            "audit_mode": self.audit_mode,
+        }
+        if self.source:
+            fields["source"] = self.source
+        if self.mcp_call is not None:
+            fields["mcp_call"] = self.mcp_call
+        fields["user"] = self.identity.as_user()
+        if self.identity.actor:
+            fields["actor"] = self.identity.actor
+        checked = fields if _fine(fields, 0) else None
+        snapshot = (*made_of[:3], *copy.deepcopy(made_of[3:]))
+        self._shared = (snapshot, checked)
+        return checked
 
 
 @dataclass(slots=True)
@@ -87,9 +168,18 @@ def draft(
     **fields: Any,
 ) -> Draft:
     """Build an event; `None` fields are left out so that absent means "does not apply"."""
-    moment = utc_now()
-    body: JSON = {"id": new_event_id(), "time": rfc3339(moment), "type": event_type}
+    moment, text, millis = _clock.read()
+    body: JSON = {"id": new_event_id(millis), "time": text, "type": event_type}
+    own = {k: v for k, v in fields.items() if v is not None}
     if session is not None:
+        shared = session.shared()  # checked when it was made
+        if shared is not None:
+            body.update(shared)
+            body.update(own)
+            # Only the event's own fields are left to check (the id and time are ours).
+            if not (_fine(own, 0) and _fine(event_type, 0)):
+                check_body(body)  # raises, naming the field
+            return Draft(event_type, moment, body)
         identity = session.identity
         body["session_id"] = session.session_id
         body["connection"] = session.connection
@@ -102,7 +192,7 @@ def draft(
         body["user"] = identity.as_user()
         if identity.actor:
             body["actor"] = identity.actor
-    body.update({k: v for k, v in fields.items() if v is not None})
+    body.update(own)
     check_body(body)
     return Draft(event_type, moment, body)
 
@@ -202,7 +292,13 @@ def _fine(value: Any, depth: int) -> bool:
                 return False
         return True
     if kind is list or kind is tuple:
-        return all(_fine(item, depth + 1) for item in value)
+        for item in value:
+            if type(item) is str:
+                if not (item.isascii() or not _SURROGATE.search(item)):
+                    return False
+            elif not _fine(item, depth + 1):
+                return False
+        return True
     if value is None or kind is bool:
         return True
     if kind is int:

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
@@ -92,6 +93,9 @@ MAX_HELD_MESSAGES = 10_000
 #: Requests forwarded and not yet answered (each is remembered until its answer): past this,
 #: the inspector forwards nothing more until half of them were answered.
 MAX_IN_FLIGHT = 20_000
+#: Parse messages up to this size are read once per process (`_read_parse`): at most 1,024
+#: of them, 4 MiB.
+MAX_REMEMBERED_PARSE = 4096
 
 Q, P, B, E, D = codes.QUERY, codes.PARSE, codes.BIND, codes.EXECUTE, codes.DESCRIBE
 C, S, H, X, F = codes.CLOSE, codes.SYNC, codes.FLUSH, codes.TERMINATE, codes.FUNCTION_CALL
@@ -232,7 +236,9 @@ class PgInspector:
         self._drained = asyncio.Event()  # the unanswered requests fell below half the limit
         self._creating = 0  # unanswered requests that may create a name
         self._running_code = 0  # unanswered requests that may run user-defined code
-        self._kept = Counter[str]()  # … and, by name, how many of them run that portal
+        # … and, by name, how many of them run that portal (a plain dict: Counter's update and
+        # subtract cost more than the rest of pushing and popping a request)
+        self._kept: dict[str, int] = {}
         # An extended-protocol message failed and the Sync that ends its pipeline was not
         # forwarded yet: the target skips (and never answers) every message up to that Sync.
         self._skipping = False
@@ -366,7 +372,7 @@ class PgInspector:
             return
         self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
         # A simple Query drops the unnamed statement and portal when it starts.
-        self._names.statements.pop("", None)
+        self._names.drop_statement("")
         self._names.drop_portal("")
         self._push(_expect(Q, steps))
         out.append(msg.raw)
@@ -443,7 +449,7 @@ class PgInspector:
         prepared = self._names.statement(name)
         code = overlay.runs or self._running_code
         if prepared is not None and prepared.proven and name and code:
-            return replace(prepared, proven=False)
+            return prepared.with_proven(False)
         return prepared
 
     async def _portal(self, name: str, overlay: Overlay, out: list[Chunk]) -> Portal | None:
@@ -462,7 +468,7 @@ class PgInspector:
             return UNKNOWN if name else None  # no code can open a portal without a name
         replaced = (overlay.code_ran and name not in overlay.kept) or self._code_pending(name)
         if portal.proven and name and replaced:
-            return replace(portal, proven=False)
+            return portal.unproven()
         return portal
 
     def _code_pending(self, name: str) -> bool:
@@ -473,7 +479,7 @@ class PgInspector:
         """
         if not self._running_code:
             return False
-        return self._tx_status != "T" or self._kept[name] < self._running_code
+        return self._tx_status != "T" or self._kept.get(name, 0) < self._running_code
 
     def _may_create(self, kind: str, name: str) -> bool:
         """Whether an unanswered request may still give ``name`` another meaning."""
@@ -553,7 +559,9 @@ class PgInspector:
         raw = bytes(msg.raw)
         expect: Expect
         if tag == P:
-            parse = pgm.parse_parse(msg.body)
+            parse = _read_parse(raw) if len(raw) <= MAX_REMEMBERED_PARSE else None
+            if parse is None:
+                parse = pgm.parse_parse(msg.body)
             if self._refuse_long(parse.query, parse.name):
                 return
             if sensitive(parse.query):
@@ -683,7 +691,7 @@ class PgInspector:
             if self._refuse_long("", close.name):
                 return
             if close.kind == "S":
-                self._overlay.statements[close.name] = None
+                self._overlay.deallocate(close.name)
             else:
                 self._overlay.close(close.name)
             # (Closing a statement gives its name another meaning: see _expect.)
@@ -715,7 +723,7 @@ class PgInspector:
         another text under its name; nothing runs between our Parse and the Bind, so what the
         Bind binds is the text that is recorded. Only for a text that reads the same under
         every lexical setting (it is read again under today's)."""
-        proven = replace(found, proven=True)
+        proven = found.with_proven(True)
         close = pgm.close_message("S", name)
         self._keep(close, Expect(C, name=name, close_kind="S", own=True))
         parse = pgm.parse_message(name, found.text, found.param_types)
@@ -952,7 +960,9 @@ class PgInspector:
             self._creating += 1
         if expect.runs_code:
             self._running_code += 1
-            self._kept.update(expect.keeps)
+            kept = self._kept
+            for name in expect.keeps:
+                kept[name] = kept.get(name, 0) + 1
         self._answered.clear()
 
     def _pop(self) -> Expect:
@@ -961,10 +971,13 @@ class PgInspector:
             self._creating -= 1
         if expect.runs_code:
             self._running_code -= 1
-            self._kept.subtract(expect.keeps)
+            kept = self._kept
             for name in expect.keeps:
-                if not self._kept[name]:
-                    del self._kept[name]
+                count = kept.get(name, 0) - 1
+                if count:
+                    kept[name] = count
+                else:
+                    kept.pop(name, None)
         if not self._expect:
             self._answered.set()
         if len(self._expect) < MAX_IN_FLIGHT // 2:
@@ -1042,7 +1055,7 @@ class PgInspector:
             elif done.portal is not None:
                 self._names.bind(done.name, done.portal)
             elif done.tag == C and done.close_kind == "S":
-                self._names.statements.pop(done.name, None)
+                self._names.drop_statement(done.name)
             elif done.tag == C:
                 self._names.drop_portal(done.name)
         elif kind == COMPLETE:
@@ -1070,7 +1083,7 @@ class PgInspector:
                 self._names.unprove(front.keeps)
             # An extended-protocol message failed: the target skips the rest up to the Sync.
             if front.tag == P and front.name == "":
-                self._names.statements.pop("", None)  # a failed unnamed Parse drops the old one
+                self._names.drop_statement("")  # a failed unnamed Parse drops the old one
             self._names.drop_portal("")
             while self._expect and self._expect[0].tag != S:
                 self._pop()
@@ -1305,6 +1318,14 @@ class PgInspector:
             self._cycles.popleft()
         self._open = None
         await asyncio.gather(*queued, return_exceptions=True)  # failures: counted, reported
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_parse(raw: bytes) -> pgm.Parse:
+    """A Parse message read (it is immutable), remembered by its bytes: drivers and pgbench
+    send the same few Parse messages over and over. What the inspector decides about it
+    still depends on the session (its settings, its names, the guard) and is done each time."""
+    return pgm.parse_parse(memoryview(raw)[5:])
 
 
 def _expect(tag: int, steps: list[Step]) -> Expect:

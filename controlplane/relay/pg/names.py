@@ -22,7 +22,7 @@ is always proven: SQL ``PREPARE`` needs a name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Final
 
 from controlplane.relay.pg.sql import Effect
@@ -41,7 +41,10 @@ class Prepared:
     # Made by a protocol Parse of ``text`` (not SQL PREPARE): the gateway can Parse it again.
     parsed: bool = True
     proven: bool = True  # no code that could have prepared the name again ran since
-    seen: int = 0  # how many times code may have run when it was confirmed (see Portal)
+
+    def with_proven(self, proven: bool) -> Prepared:
+        """The same statement, proven or not (the constructor: a third of `replace`'s cost)."""
+        return Prepared(self.text, self.param_types, self.planned, self.parsed, proven)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +61,20 @@ class Portal:
     inner_code: bool | None = None
     proven: bool = True  # no code that could have re-opened the name ran since it was confirmed
     known: bool = True  # False: a name never seen created, which code may have opened
-    # Where it is kept: how many times code may have run when it was confirmed (or when code
-    # that ran it, and so could not replace it, ended). Proven while that count is current.
-    seen: int = 0
     closed: bool = False  # in an Overlay: closed earlier in the pipeline
+
+    def unproven(self) -> Portal:
+        """The same portal, no longer proven (the constructor: a third of `replace`'s cost)."""
+        return Portal(
+            self.text,
+            self.params,
+            self.holdable,
+            self.statement,
+            self.inner_code,
+            False,
+            self.known,
+            self.closed,
+        )
 
 
 #: A portal the inspector never saw created: code that ran may have opened one by that name.
@@ -80,29 +93,56 @@ class Step:
 @dataclass(slots=True)
 class _Portals:
     """Portals by name, each proven while no code ran since it was confirmed; one counter
-    makes code that ran cost the same however many portals there are."""
+    makes code that ran cost the same however many portals there are.
+
+    Beside each portal (not in it: the portals are frozen, and stamping a copy cost a
+    `dataclasses.replace` several times per statement), ``seen`` keeps how many times code
+    may have run when it was confirmed, or when code that ran it (and so could not replace
+    it) ended. A portal is proven while that count is current. Both dicts hold the same names.
+    """
 
     portals: dict[str, Portal] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
     runs: int = 0  # how many times code may have run
 
     def put(self, name: str, portal: Portal) -> None:
-        self.portals[name] = replace(portal, seen=self.runs)
+        self.portals[name] = portal
+        self.seen[name] = self.runs
 
     def get(self, name: str) -> Portal | None:
         """The portal, unproven if code ran since it was confirmed (never the unnamed one: no
         code can open a portal without a name)."""
         portal = self.portals.get(name)
-        if portal is None or not name or portal.seen == self.runs or not portal.proven:
+        if portal is None or not name or not portal.proven or self.seen[name] == self.runs:
             return portal
-        return replace(portal, proven=False)
+        return portal.unproven()
+
+    def current(self, name: str) -> bool:
+        """Whether no code ran since portal ``name`` was put (False when there is none)."""
+        return self.seen.get(name) == self.runs
+
+    def drop(self, name: str) -> None:
+        self.portals.pop(name, None)
+        self.seen.pop(name, None)
+
+    def clear(self) -> None:
+        self.portals.clear()
+        self.seen.clear()
+
+    def keep_holdable(self) -> None:
+        """Only the named portals declared WITH HOLD stay (a transaction ended)."""
+        if not self.portals:
+            return
+        self.portals = {name: p for name, p in self.portals.items() if p.holdable and name}
+        self.seen = {name: self.seen[name] for name in self.portals}
 
     def code_ran(self, keeps: frozenset[str] = frozenset()) -> None:
         """Every portal but ``keeps`` (active while the code ran) may have been re-opened."""
         self.runs += 1
+        seen = self.seen
         for name in keeps:
-            portal = self.portals.get(name)
-            if portal is not None and portal.seen == self.runs - 1:
-                self.portals[name] = replace(portal, seen=self.runs)
+            if seen.get(name) == self.runs - 1:
+                seen[name] = self.runs
 
 
 @dataclass(slots=True)
@@ -110,6 +150,8 @@ class Overlay:
     """Names created or dropped earlier in the same pipeline (or simple Query)."""
 
     statements: dict[str, Prepared | None] = field(default_factory=dict)
+    # Beside each statement it Parses or PREPAREs: ``runs`` then (see ``_Portals.seen``).
+    statement_seen: dict[str, int] = field(default_factory=dict)
     created: _Portals = field(default_factory=_Portals)  # portals it declares, binds, closes
     statements_cleared: bool = False  # DEALLOCATE ALL / DISCARD ALL earlier in it
     portals_cleared: bool = False  # CLOSE ALL / DISCARD ALL earlier in it
@@ -130,7 +172,7 @@ class Overlay:
         if portal is None:
             return False, None
         if portal.closed:
-            return True, None if portal.seen == self.created.runs else UNKNOWN
+            return True, None if self.created.current(name) else UNKNOWN
         return True, portal
 
     def statement(self, name: str) -> tuple[bool, Prepared | None]:
@@ -139,12 +181,22 @@ class Overlay:
         if name not in self.statements:
             return False, None
         prepared = self.statements[name]
-        if prepared is None or not name or prepared.seen == self.runs:
+        if prepared is None or not name or self.statement_seen[name] == self.runs:
             return True, prepared
-        return True, replace(prepared, proven=False)
+        return True, prepared.with_proven(False)
 
     def prepare(self, name: str, prepared: Prepared) -> None:
-        self.statements[name] = replace(prepared, seen=self.runs)
+        self.statements[name] = prepared
+        self.statement_seen[name] = self.runs
+
+    def deallocate(self, name: str | None) -> None:
+        """Statement ``name`` (None: every statement) is dropped earlier in the pipeline."""
+        if name is None:
+            self.statements.clear()
+            self.statement_seen.clear()
+            self.statements_cleared = True
+        else:
+            self.statements[name] = None
 
     def bind(self, name: str, portal: Portal) -> None:
         self.created.put(name, portal)
@@ -167,11 +219,7 @@ class Overlay:
         if effect.op == "prepare" and effect.name is not None:
             self.prepare(effect.name, Prepared(effect.text, planned=effect.runs_code, parsed=False))
         elif effect.op == "deallocate":
-            if effect.name is None:
-                self.statements.clear()
-                self.statements_cleared = True
-            else:
-                self.statements[effect.name] = None
+            self.deallocate(effect.name)
         elif effect.op == "declare" and effect.name is not None:
             self.bind(effect.name, Portal(effect.text, holdable=effect.holdable))
         elif effect.op == "close":
@@ -180,8 +228,7 @@ class Overlay:
             else:
                 self.close(effect.name)
         elif effect.op == "discard":
-            self.statements.clear()
-            self.statements_cleared = True
+            self.deallocate(None)
             self._clear_portals()
 
     def _clear_portals(self) -> None:
@@ -195,6 +242,8 @@ class Names:
     """What the server confirmed it holds."""
 
     statements: dict[str, Prepared] = field(default_factory=dict)
+    # Beside each statement: ``held.runs`` when it was confirmed (see ``_Portals.seen``).
+    statement_seen: dict[str, int] = field(default_factory=dict)
     held: _Portals = field(default_factory=_Portals)
     code_in_transaction: bool = False  # its COMMIT may run code (deferred triggers, …)
 
@@ -207,18 +256,32 @@ class Names:
     def statement(self, name: str) -> Prepared | None:
         """The prepared statement, unproven if code ran since it was confirmed."""
         prepared = self.statements.get(name)
-        if prepared is None or not name or prepared.seen == self.held.runs or not prepared.proven:
+        if (
+            prepared is None
+            or not name
+            or not prepared.proven
+            or self.statement_seen[name] == self.held.runs
+        ):
             return prepared
-        return replace(prepared, proven=False)
+        return prepared.with_proven(False)
 
     def prepare(self, name: str, prepared: Prepared) -> None:
-        self.statements[name] = replace(prepared, seen=self.held.runs, proven=True)
+        self.statements[name] = prepared if prepared.proven else prepared.with_proven(True)
+        self.statement_seen[name] = self.held.runs
+
+    def drop_statement(self, name: str) -> None:
+        self.statements.pop(name, None)
+        self.statement_seen.pop(name, None)
+
+    def clear_statements(self) -> None:
+        self.statements.clear()
+        self.statement_seen.clear()
 
     def bind(self, name: str, portal: Portal) -> None:
         self.held.put(name, portal)
 
     def drop_portal(self, name: str) -> None:
-        self.held.portals.pop(name, None)
+        self.held.drop(name)
 
     def run(self, step: Step) -> None:
         """A statement (or a Bind, which may plan) ran on the server."""
@@ -238,19 +301,19 @@ class Names:
             self.prepare(effect.name, Prepared(effect.text, planned=effect.runs_code, parsed=False))
         elif effect.op == "deallocate":
             if effect.name is None:
-                self.statements.clear()
+                self.clear_statements()
             else:
-                self.statements.pop(effect.name, None)
+                self.drop_statement(effect.name)
         elif effect.op == "declare" and effect.name is not None:
             self.bind(effect.name, Portal(effect.text, holdable=effect.holdable))
         elif effect.op == "close":
             if effect.name is None:
-                self.held.portals.clear()
+                self.held.clear()
             else:
                 self.drop_portal(effect.name)
         elif effect.op == "discard":
-            self.statements.clear()
-            self.held.portals.clear()
+            self.clear_statements()
+            self.held.clear()
 
     def transaction_ended(self) -> None:
         """Named portals and cursors not declared WITH HOLD end with their transaction.
@@ -260,8 +323,7 @@ class Names:
         If code ran in the transaction, its end may have run more (deferred triggers, and the
         query of each holdable cursor, to keep its rows), which may have re-opened any of them.
         """
-        portals = self.held.portals
-        self.held.portals = {name: p for name, p in portals.items() if p.holdable and name}
+        self.held.keep_holdable()
         if self.code_in_transaction:
             self.held.code_ran()
         self.code_in_transaction = False

@@ -302,6 +302,21 @@ async def test_unknown_message_type_is_a_protocol_error(ready: PgInspector) -> N
         await ready.from_client(_msg(b"x", b"whatever"))
 
 
+async def test_a_parse_read_once_is_still_decided_every_time(ready: PgInspector) -> None:
+    """Parse messages are remembered by their bytes (drivers repeat them); a malformed one is
+    refused every time, and each of the same bytes is still held and released."""
+    message = parse("select 1", "s1")
+    assert pg_module._read_parse(message) is pg_module._read_parse(message)
+    assert pg_module._read_parse(message) == pgm.parse_parse(memoryview(message)[5:])
+    broken = _msg(b"P", b"s2\0select 1")  # no NUL after the text, no type count
+    for _ in range(2):
+        with pytest.raises(framing.ProtocolError, match="Parse"):
+            pg_module._read_parse(broken)
+    for _ in range(2):
+        assert await ready.from_client(message) == b""  # held until its Sync
+        assert await ready.from_client(pgm.sync()) == message + pgm.sync()
+
+
 async def test_terminate_is_forwarded(ready: PgInspector) -> None:
     assert await ready.from_client(pgm.terminate()) == pgm.terminate()
 
