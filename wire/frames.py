@@ -64,7 +64,7 @@ class FrameReader:
 
     def __init__(self, reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> None:
         self._reader = reader
-        self._limit = limit
+        self.limit = limit  # bytes of one frame at most; may be raised once the peer is known
         self._buffer = bytearray()
 
     async def next(self) -> bytes | None:
@@ -87,8 +87,8 @@ class FrameReader:
         if len(buffer) < HEADER.size:
             return None
         (size,) = HEADER.unpack_from(buffer)
-        if size > self._limit:
-            raise FrameError(f"a frame of {size} bytes is over the maximum of {self._limit}")
+        if size > self.limit:
+            raise FrameError(f"a frame of {size} bytes is over the maximum of {self.limit}")
         end = HEADER.size + size
         if len(buffer) < end:
             return None

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 """Seconds for a new leg's first frame, as for the control stream's hello."""
+MAX_HELLO = 64 * 1024
+"""Bytes of the hello at most: before it is checked, a peer may make us buffer no more."""
 
 
 class LegServer:
@@ -68,7 +70,7 @@ class LegServer:
         """One leg, from its hello to its end; the caller closes the connection."""
         SOURCE.set(address)  # refusals are counted and throttled per source
         keep_alive(writer)
-        frames = FrameReader(reader, self._max_frame)
+        frames = FrameReader(reader, MAX_HELLO)
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
                 first = await frames.next()
@@ -92,6 +94,7 @@ class LegServer:
                 await writer.drain()
             return
         writer.write(encode(agent_pb2.LegWelcome().SerializeToString()))
+        frames.limit = self._max_frame
         self.open += 1
         try:
             await self._run(row.id, row.name, frames, writer)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from controlplane.agents.leg import LegListener, LegServer
+from controlplane.agents.leg import MAX_HELLO, LegListener, LegServer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditWriter
@@ -23,7 +23,7 @@ from controlplane.store.database import Database
 from controlplane.store.models import EventRow
 from gatehouse.v1 import agent_pb2
 from wire import jointoken
-from wire.frames import HEADER, FrameReader, encode
+from wire.frames import HEADER, MAX_FRAME, FrameReader, encode
 
 ROOT = Identity(subject="root", role=ADMIN)
 
@@ -100,6 +100,25 @@ async def test_garbage_first_bytes_get_no_answer_and_a_closed_connection(
     leg.writer.write(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
     assert await leg.closed()
     assert legs.server.open == 0
+
+
+async def test_before_its_hello_is_checked_a_peer_cannot_make_us_buffer_a_large_frame(
+    db: Database, writer: AuditWriter, tunnels: Tunnels
+) -> None:
+    """A batch may be 8 MiB; a hello may not: an unauthenticated peer announcing a frame over
+    MAX_HELLO is closed before any of it is buffered."""
+    server = LegServer(AgentRegistry(db, writer), tunnels, AuthFailures(writer))
+    assert MAX_HELLO < MAX_FRAME
+    legs = LegListener(server)
+    legs.listen("127.0.0.1", 0)
+    legs.start()
+    try:
+        leg = await dial(legs)
+        leg.writer.write(HEADER.pack(MAX_HELLO + 1) + b"\0" * 1024)
+        assert await leg.closed()
+        assert server.open == 0
+    finally:
+        await legs.close()
 
 
 async def test_an_unknown_or_revoked_agent_is_refused_and_recorded_as_auth_fail(
