@@ -54,6 +54,7 @@ from controlplane.relay.pg.inspector import PgInspector
 from controlplane.store.database import Database
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from trail.chain import verify_chain
+from wire import mux
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
@@ -278,12 +279,12 @@ def agent_side(protocol: str, statements: int) -> tuple[float, float]:
     answers = [tunnel_pb2.Frame.FromString(target_answer(forwarded, n)).data for n in range(16)]
     framer = framing.MessageFramer(startup_phase=False)
     marked_frame = relay.marked_frame
-    event_of, batch_of = agent_pb2.AgentEvent, agent_pb2.AgentBatch
+    batch_bytes, event_of = mux.batch_bytes, agent_pb2.AgentEvent
     cpu = time.thread_time()
     for n in range(statements):
         data = answers[n & 15]
         frame = marked_frame(data, framer.feed(data))
-        batch_of(events=[event_of(session=1, frame=frame)]).SerializeToString()
+        batch_bytes([event_of(session=1, frame=frame)])
     cpu = time.thread_time() - cpu
     floor = time.thread_time()
     for n in range(statements):
