@@ -27,7 +27,7 @@ from agent.engines import CANCEL, Cancel
 from agent.metrics import AgentStats
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.frames import ALPN, READ_CHUNK, FrameReader, encode, keep_alive
-from wire.mux import Credit, Grants, Outbox
+from wire.mux import Credit, Grants, Outbox, batch_bytes
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class SessionMux:
     async def _write(writer: asyncio.StreamWriter, outbox: Outbox[agent_pb2.AgentEvent]) -> None:
         while True:
             events = await outbox.take()
-            writer.write(encode(agent_pb2.AgentBatch(events=events).SerializeToString()))
+            writer.write(encode(batch_bytes(events)))
             await writer.drain()
 
     async def _read(self, frames: FrameReader) -> None:

@@ -20,6 +20,10 @@ real `AuditWriter` (WAL, synchronous=FULL, one writer thread: its CPU counts in 
 and not in the loop thread's); ``instant`` is a stand-in writer that hands out seqs at once
 and stores nothing, so the loop's CPU is the inspector's work and the harness's only.
 
+``--side agent`` measures the agent's side of the same statements instead: per answer of the
+target, what the relay does with one read (`agent.pg.relay`: frame it, mark it) and what the
+session leg does to send it (`agent.mux`: the event, its batch, serialized), in one thread.
+
 Printed per run: CPU µs per statement of the process (`time.process_time`) and of the event
 loop's thread (`time.thread_time`), and the same for a pass-through that frames nothing (the
 harness's own floor, to subtract). Each repetition starts with fresh inspectors and store.
@@ -41,14 +45,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.pg import relay
 from agent.pg.relay import result_marks
 from controlplane.audit.events import Draft, SessionContext
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.relay.pg.inspector import PgInspector
 from controlplane.store.database import Database
-from gatehouse.v1 import tunnel_pb2
+from gatehouse.v1 import agent_pb2, tunnel_pb2
 from trail.chain import verify_chain
+from wire import mux
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
 
@@ -266,6 +272,27 @@ def measure(args: argparse.Namespace, tmp: Path) -> Run:
     )
 
 
+def agent_side(protocol: str, statements: int) -> tuple[float, float]:
+    """(CPU µs per statement of the agent's relay and leg, the same for serializing a frame
+    alone) over ``statements`` answers of the target, one read each."""
+    forwarded = client_bytes(protocol, 1)
+    answers = [tunnel_pb2.Frame.FromString(target_answer(forwarded, n)).data for n in range(16)]
+    framer = framing.MessageFramer(startup_phase=False)
+    marked_frame = relay.marked_frame
+    batch_bytes, event_of = mux.batch_bytes, agent_pb2.AgentEvent
+    cpu = time.thread_time()
+    for n in range(statements):
+        data = answers[n & 15]
+        frame = marked_frame(data, framer.feed(data))
+        batch_bytes([event_of(session=1, frame=frame)])
+    cpu = time.thread_time() - cpu
+    floor = time.thread_time()
+    for n in range(statements):
+        tunnel_pb2.Frame(data=answers[n & 15]).SerializeToString()
+    floor = time.thread_time() - floor
+    return cpu / statements * 1e6, floor / statements * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -278,9 +305,25 @@ def main() -> None:
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
     parser.add_argument(
+        "--side",
+        choices=["control-plane", "agent"],
+        default="control-plane",
+        help="whose work per statement to measure (agent: its relay's marks and leg's batch)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="one run under cProfile; prints its top functions"
     )
     args = parser.parse_args()
+    if args.side == "agent":
+        total = args.sessions * args.statements
+        results = sorted(agent_side(args.protocol, total) for _ in range(args.repeat))
+        cpu, floor = results[len(results) // 2]
+        print(
+            f"{args.protocol:8} agent statements={total:<6} CPU µs/statement: relay and leg "
+            f"{cpu:.1f} (runs {[round(r[0], 1) for r in results]}), a bare frame {floor:.1f}",
+            flush=True,
+        )
+        return
     with tempfile.TemporaryDirectory(prefix="inspector-micro-") as name:
         tmp = Path(name)
         if args.profile:

@@ -9,8 +9,8 @@ only its own sender, never the stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 E = TypeVar("E")
 
@@ -103,3 +103,33 @@ class Outbox(Generic[E]):
         self._events = []
         self._ready.clear()
         return [event for event, _ in events]
+
+
+class _Serializable(Protocol):
+    def SerializeToString(self) -> bytes: ...  # protobuf's name
+
+
+def batch_bytes(events: Sequence[_Serializable]) -> bytes:
+    """An `AgentBatch` or `GatewayBatch` of ``events``, serialized: the same bytes as
+    ``Batch(events=events).SerializeToString()`` (a repeated field 1 is each element's
+    serialization after its tag and length), without copying every event into the batch
+    first (~3 µs per event, as much as serializing it)."""
+    parts: list[bytes] = []
+    for event in events:
+        data = event.SerializeToString()
+        parts += (_EVENTS_TAG, _varint(len(data)), data)
+    return b"".join(parts)
+
+
+_EVENTS_TAG = bytes([1 << 3 | 2])  # field 1, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from agent.engines import Cancel, Receive, SendFrame
 from agent.masking import MaskingError, MaskingPolicy
@@ -43,52 +45,76 @@ MAX_FRAME = 4 * READ_SIZE  # what the masker may hold back (a large row) goes ou
 def result_marks(messages: Sequence[framing.Message], shift: int = 0) -> list[Mark]:
     """Marks for the messages that end a statement or a request cycle, confirm a name, answer a
     Describe, report a lexical setting, or start a COPY FROM STDIN."""
-    marks = []
+    holder = tunnel_pb2.Frame()
+    add_marks(holder.marks, messages, shift)
+    return list(holder.marks)
+
+
+def marked_frame(data: bytes, messages: Sequence[framing.Message]) -> tunnel_pb2.Frame:
+    """The target's bytes as read, with the marks of ``messages`` (what the framer found in
+    them). The marks are made in the frame (``add``): building them apart and handing the list
+    to the frame copies each one again."""
+    frame = tunnel_pb2.Frame(data=data)
+    add_marks(frame.marks, messages, 0)
+    return frame
+
+
+def add_marks(marks: Any, messages: Sequence[framing.Message], shift: int = 0) -> None:
+    """Add `result_marks`' marks to ``marks``, a frame's repeated ``marks`` field."""
     for message in messages:
         tag = message.tag
-        if tag in _NAME_MARKS:
-            marks.append(Mark(kind=_NAME_MARKS[tag], end=message.end + shift))
+        if tag == READY:
+            body = message.body
+            status = _TX_STATUS.get(body[0]) if len(body) == 1 else None
+            if status is None:
+                status = pgm.parse_ready_for_query(body)  # raises, naming what is wrong
+            marks.add(kind=Mark.READY, end=message.end + shift, tx_status=status)
+        elif tag == COMPLETE:
+            command, rows = _command_tag(bytes(message.body))
+            marks.add(kind=Mark.COMPLETE, end=message.end + shift, command=command, rows=rows)
+        elif tag in _NAME_MARKS:
+            marks.add(kind=_NAME_MARKS[tag], end=message.end + shift)
         elif tag in (ROWS_DESCRIBED, NO_DATA):
-            marks.append(Mark(kind=Mark.DESCRIBED, end=message.end + shift))
+            marks.add(kind=Mark.DESCRIBED, end=message.end + shift)
         elif tag == COPY_IN:
             # The target now ignores Sync and Flush until the copy ends: the control plane
             # must not wait for their answers.
-            marks.append(Mark(kind=Mark.COPY_IN, end=message.end + shift))
+            marks.add(kind=Mark.COPY_IN, end=message.end + shift)
         elif tag == STATUS:
             name, value = pgm.parse_parameter_status(message.body)
             if name in LEXICAL_SETTINGS:
-                marks.append(
-                    Mark(kind=Mark.PARAMETER, end=message.end + shift, name=name, value=value)
-                )
-        elif tag == COMPLETE:
-            tag_ = pgm.parse_command_complete(message.body)
-            marks.append(
-                Mark(
-                    kind=Mark.COMPLETE,
-                    end=message.end + shift,
-                    command=tag_.command,
-                    rows=-1 if tag_.rows is None else tag_.rows,
-                )
-            )
+                marks.add(kind=Mark.PARAMETER, end=message.end + shift, name=name, value=value)
         elif tag in (EMPTY, SUSPENDED):
             command = "EMPTY" if tag == EMPTY else "SUSPENDED"
-            marks.append(
-                Mark(kind=Mark.COMPLETE, end=message.end + shift, command=command, rows=-1)
-            )
+            marks.add(kind=Mark.COMPLETE, end=message.end + shift, command=command, rows=-1)
         elif tag == ERROR:
             fields = pgm.parse_error_fields(message.body)
-            marks.append(
-                Mark(
-                    kind=Mark.ERROR,
-                    end=message.end + shift,
-                    sqlstate=fields.sqlstate,
-                    message=fields.message,
-                )
+            marks.add(
+                kind=Mark.ERROR,
+                end=message.end + shift,
+                sqlstate=fields.sqlstate,
+                message=fields.message,
             )
-        elif tag == READY:
-            status = pgm.parse_ready_for_query(message.body)
-            marks.append(Mark(kind=Mark.READY, end=message.end + shift, tx_status=status))
-    return marks
+
+
+_TX_STATUS = {ord(status): status for status in "ITE"}
+
+
+def _command_tag(body: bytes) -> tuple[str, int]:
+    """A CommandComplete's command and row count (-1: none), remembered for short tags: a
+    session sends the same few ("SELECT 1", "UPDATE 1", "BEGIN") over and over."""
+    if len(body) > _MAX_REMEMBERED_TAG:
+        return _read_command_tag(body)
+    return _remembered_command_tag(body)
+
+
+def _read_command_tag(body: bytes) -> tuple[str, int]:
+    tag = pgm.parse_command_complete(body)
+    return tag.command, -1 if tag.rows is None else tag.rows
+
+
+_MAX_REMEMBERED_TAG = 64
+_remembered_command_tag = functools.lru_cache(maxsize=256)(_read_command_tag)
 
 
 def masked_marks(masked: Masked) -> list[Mark]:
@@ -205,7 +231,7 @@ async def _pump(
             if ENCODING_STATUS in data:
                 _require_utf8(data)
             if masker is None:
-                await send(tunnel_pb2.Frame(data=data, marks=result_marks(framer.feed(data))))
+                await send(marked_frame(data, framer.feed(data)))
                 continue
             masked = masker.server(data)  # frames with `framer` itself
             if masked.data:

@@ -34,6 +34,7 @@ from controlplane.errors import GatehouseError
 from controlplane.relay.tunnel import Tunnels
 from gatehouse.v1 import agent_pb2
 from wire.frames import MAX_FRAME, READ_CHUNK, FrameError, FrameReader, encode, keep_alive
+from wire.mux import batch_bytes
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ async def _write(stream: SessionStream, writer: asyncio.StreamWriter) -> None:
     """Everything queued for the agent, across sessions, as one frame per write."""
     while True:
         events = await stream.outbox.take()
-        writer.write(encode(agent_pb2.GatewayBatch(events=events).SerializeToString()))
+        writer.write(encode(batch_bytes(events)))  # a GatewayBatch, serialized
         await writer.drain()
 
 

@@ -597,8 +597,60 @@ def parse_parse(body: bytes | memoryview) -> Parse:
 
 
 def parse_bind(body: bytes | memoryview) -> Bind:
-    """Bind ('B'): portal, statement, parameter formats and values, result formats."""
-    r = _Reader(body, "Bind")
+    """Bind ('B'): portal, statement, parameter formats and values, result formats.
+
+    Read straight from the body with `struct.unpack_from` (every statement of the extended
+    protocol has one); a body that reading does not accept is read again by the cursor, which
+    names what is wrong. Both accept exactly the same bodies.
+    """
+    buf = bytes(body)
+    try:
+        return _bind_fast(buf)
+    except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
+        return _bind_checked(buf)
+
+
+def _bind_fast(buf: bytes) -> Bind:
+    nul = buf.index(0)
+    portal = buf[:nul].decode("utf-8")
+    pos = buf.index(0, nul + 1)
+    statement = buf[nul + 1 : pos].decode("utf-8")
+    (count,) = _INT16.unpack_from(buf, pos + 1)
+    pos += 3
+    if count == 0:
+        formats: tuple[int, ...] = ()
+    elif count == 1:
+        formats = _INT16.unpack_from(buf, pos)
+        pos += 2
+    else:
+        formats = struct.unpack_from(f"!{count}h", buf, pos)  # a negative count: struct.error
+        pos += 2 * count
+    (count,) = _INT16.unpack_from(buf, pos)
+    pos += 2
+    if count < 0 or len(formats) not in (0, 1, count):
+        raise ValueError(count)
+    size = len(buf)
+    values: list[bytes | None] = []
+    unpack = _INT32.unpack_from
+    for _ in range(count):
+        (length,) = unpack(buf, pos)
+        pos += 4
+        if length == -1:
+            values.append(None)
+        elif length < -1 or pos + length > size:
+            raise ValueError(length)
+        else:
+            values.append(buf[pos : pos + length])
+            pos += length
+    (count,) = _INT16.unpack_from(buf, pos)
+    result_formats: tuple[int, ...] = struct.unpack_from(f"!{count}h", buf, pos + 2)
+    if pos + 2 + 2 * count != size:
+        raise ValueError(size)
+    return Bind(portal, statement, formats, tuple(values), result_formats)
+
+
+def _bind_checked(buf: bytes) -> Bind:
+    r = _Reader(buf, "Bind")
     portal = r.strict_cstring()
     statement = r.strict_cstring()
     formats = _format_codes(r, "parameter format")
@@ -628,8 +680,15 @@ def _format_codes(r: _Reader, what: str) -> tuple[int, ...]:
 
 
 def parse_execute(body: bytes | memoryview) -> Execute:
-    """Execute ('E'): the portal to run and the row limit."""
-    r = _Reader(body, "Execute")
+    """Execute ('E'): the portal to run and the row limit (read as `parse_bind` reads)."""
+    buf = bytes(body)
+    nul = buf.find(0)
+    if nul >= 0 and len(buf) == nul + 5:
+        try:
+            return Execute(buf[:nul].decode("utf-8"), _INT32.unpack_from(buf, nul + 1)[0])
+        except UnicodeDecodeError:
+            pass
+    r = _Reader(buf, "Execute")
     portal = r.strict_cstring()
     max_rows = r.int32()
     r.end()

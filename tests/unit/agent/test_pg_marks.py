@@ -57,3 +57,50 @@ def test_copy_in_response_is_marked_through_the_masker() -> None:
     copy_in = b"G\0\0\0\7\0\0\0"
     out = masker().server(copy_in)
     assert [(m.kind, m.end) for m in relay.masked_marks(out)] == [(Mark.COPY_IN, len(copy_in))]
+
+
+def test_statement_ends_and_ready_are_marked_with_their_outcome() -> None:
+    parts = [
+        pgm.command_complete("SELECT 1"),
+        pgm.command_complete("INSERT 0 3"),
+        pgm.command_complete("BEGIN"),
+        pgm.command_complete("SELECT 1"),  # the remembered reading gives the same
+        b"I\0\0\0\4",  # EmptyQueryResponse
+        b"s\0\0\0\4",  # PortalSuspended
+        pgm.error_response(severity="ERROR", sqlstate="42P01", message="no such table"),
+        pgm.ready_for_query("T"),
+        pgm.ready_for_query("E"),
+    ]
+    data = b"".join(parts)
+    framed = framing.MessageFramer().feed(data)
+    got = [
+        (m.kind, m.end, m.command, m.rows, m.sqlstate, m.message, m.tx_status)
+        for m in relay.result_marks(framed, shift=10)
+    ]
+    ends, at = [], 10
+    for part in parts:
+        at += len(part)
+        ends.append(at)
+    assert got == [
+        (Mark.COMPLETE, ends[0], "SELECT", 1, "", "", ""),
+        (Mark.COMPLETE, ends[1], "INSERT", 3, "", "", ""),
+        (Mark.COMPLETE, ends[2], "BEGIN", -1, "", "", ""),
+        (Mark.COMPLETE, ends[3], "SELECT", 1, "", "", ""),
+        (Mark.COMPLETE, ends[4], "EMPTY", -1, "", "", ""),
+        (Mark.COMPLETE, ends[5], "SUSPENDED", -1, "", "", ""),
+        (Mark.ERROR, ends[6], "", 0, "42P01", "no such table", ""),
+        (Mark.READY, ends[7], "", 0, "", "", "T"),
+        (Mark.READY, ends[8], "", 0, "", "", "E"),
+    ]
+    # The relay's frame carries the same marks, made in the frame itself.
+    frame = relay.marked_frame(data, framing.MessageFramer().feed(data))
+    assert frame.data == data
+    assert list(frame.marks) == relay.result_marks(framing.MessageFramer().feed(data))
+
+
+def test_a_malformed_ready_or_command_tag_is_still_refused() -> None:
+    import pytest
+
+    for bad in (b"Z\0\0\0\5X", b"Z\0\0\0\6II", b"C\0\0\0\6AB"):
+        with pytest.raises(framing.ProtocolError):
+            relay.result_marks(framing.MessageFramer().feed(bad))

@@ -8,7 +8,7 @@ import asyncio
 from controlplane.agents.mux import SessionStream
 from controlplane.relay.tunnel import CANCEL, QUEUE_FRAMES, Tunnels
 from gatehouse.v1 import agent_pb2, tunnel_pb2
-from wire.mux import WINDOW, Credit, Grants, Outbox
+from wire.mux import WINDOW, Credit, Grants, Outbox, batch_bytes
 
 
 async def test_a_sender_waits_once_its_window_is_spent_and_goes_on_when_granted() -> None:
@@ -174,3 +174,21 @@ async def test_client_bytes_skip_the_queue_only_with_nothing_ahead_and_credit_le
     assert await sent() == [("data", b"third")]
     tunnels.discard(tunnel)
     await stream.broken()
+
+
+def test_a_batch_is_serialized_as_protobuf_would() -> None:
+    """The writers join their events' serializations: the same bytes as the batch message."""
+    frame = tunnel_pb2.Frame(data=b"x" * 300, marks=[tunnel_pb2.ResultMark(kind=1, end=3)])
+    cases: list[list[agent_pb2.AgentEvent]] = [
+        [],
+        [agent_pb2.AgentEvent(session=1, credit=WINDOW)],
+        [agent_pb2.AgentEvent(session=n, frame=frame) for n in range(5)],
+        [agent_pb2.AgentEvent(session=2, frame=tunnel_pb2.Frame(data=b"y" * 70_000))],
+        [agent_pb2.AgentEvent()],  # an empty event still counts as one
+    ]
+    for events in cases:
+        data = batch_bytes(events)
+        assert data == agent_pb2.AgentBatch(events=events).SerializeToString()
+        assert list(agent_pb2.AgentBatch.FromString(data).events) == events
+    gateway = [agent_pb2.GatewayEvent(session=3, credit=10)]
+    assert batch_bytes(gateway) == agent_pb2.GatewayBatch(events=gateway).SerializeToString()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.wire.test_pg_framing import (
@@ -99,6 +99,7 @@ from wire.pg import (
     sync,
     terminate,
 )
+from wire.pg import messages as messages_module
 
 ANSWER_COLUMN = Column("answer", type_oid=23, type_size=4)
 
@@ -554,3 +555,80 @@ def test_extended_query_is_parse_bind_describe_execute_sync_with_text_parameters
     assert bind.param_formats == () and bind.result_formats == ()
     execute = pgm.parse_execute(parsed[3].body)
     assert (execute.portal, execute.max_rows) == ("", 0)
+
+
+# Bind and Execute are read without a cursor first (`_bind_fast`); the cursor reads only what
+# that refuses, to name the problem. Both must accept the same bodies and read them alike.
+_bind_values = st.lists(st.one_of(st.none(), st.binary(max_size=8)), max_size=4)
+_names = st.text(max_size=4)
+
+
+def _bind_body(
+    portal: str, statement: str, formats: list[int], values: list[bytes | None], results: list[int]
+) -> bytes:
+    out = portal.encode("utf-8", "surrogatepass") + b"\0"
+    out += statement.encode("utf-8", "surrogatepass") + b"\0"
+    out += struct.pack(f"!h{len(formats)}h", len(formats), *formats)
+    out += struct.pack("!h", len(values))
+    for value in values:
+        out += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
+    return out + struct.pack(f"!h{len(results)}h", len(results), *results)
+
+
+def _outcome(parse: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return parse(data)
+    except ProtocolError:
+        return ProtocolError
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _names,
+    _names,
+    st.lists(st.integers(0, 1), max_size=3),
+    _bind_values,
+    st.lists(st.integers(-2, 2), max_size=3),
+    st.integers(0, 40),
+    st.binary(max_size=3),
+)
+def test_bind_fast_reading_agrees_with_the_cursor(
+    portal: str,
+    statement: str,
+    formats: list[int],
+    values: list[bytes | None],
+    results: list[int],
+    cut: int,
+    junk: bytes,
+) -> None:
+    whole = _bind_body(portal, statement, formats, values, results)
+    for data in (whole, whole[:cut], whole + junk, whole[cut:]):
+        checked = _outcome(messages_module._bind_checked, data)
+        try:
+            fast: object = messages_module._bind_fast(data)
+        except (ValueError, struct.error):
+            fast = ProtocolError
+        assert fast == checked
+        assert _outcome(parse_bind, data) == checked
+
+
+@given(st.binary(max_size=24))
+def test_bind_of_any_bytes_reads_alike(data: bytes) -> None:
+    checked = _outcome(messages_module._bind_checked, data)
+    assert _outcome(parse_bind, data) == checked
+
+
+@given(_names, st.integers(-(2**31), 2**31 - 1), st.binary(max_size=3), st.integers(0, 12))
+def test_execute_fast_reading_agrees_with_the_cursor(
+    portal: str, rows: int, junk: bytes, cut: int
+) -> None:
+    whole = portal.encode("utf-8", "surrogatepass") + b"\0" + struct.pack("!i", rows)
+
+    def checked(data: bytes) -> Execute:
+        r = messages_module._Reader(data, "Execute")
+        found = Execute(r.strict_cstring(), r.int32())
+        r.end()
+        return found
+
+    for data in (whole, whole[:cut], whole + junk):
+        assert _outcome(parse_execute, data) == _outcome(checked, data)
