@@ -23,7 +23,9 @@ from devenv.stack import GATEHOUSE, REPO, ControlPlane, enroll_agent, gatehouse
 from tests.integration.oidc.conftest import device_log_in, settings_for
 from tests.integration.oidc.test_access_rules import People
 
-REVIEW_TIMEOUT = 8  # seconds a session waits for a decision (GATEHOUSE_REVIEW_TIMEOUT)
+# Seconds a session waits for a decision (GATEHOUSE_REVIEW_TIMEOUT): room for a busy machine's
+# `exec` start and a few `reviews list` polls before a test approves, denies or interrupts.
+REVIEW_TIMEOUT = 15
 BRIEF_TTL = 3  # seconds an approval of the `brief` rule holds
 
 TARGET = (
@@ -97,7 +99,9 @@ def start_exec(people: People, connection: str, sql: str) -> subprocess.Popen[st
     )
 
 
-def pending_review(people: People, connection: str, timeout: float = 10) -> dict[str, Any]:
+def pending_review(
+    people: People, connection: str, timeout: float = REVIEW_TIMEOUT - 3
+) -> dict[str, Any]:
     """The pending review on `connection` as bob sees it, once it shows up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
