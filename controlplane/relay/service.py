@@ -56,6 +56,9 @@ from wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
+#: Seconds a refused caller's opening is waited for before the refusal is sent.
+OPENING_GRACE = 2.0
+
 Context = grpc.aio.ServicerContext[Any, Any]
 ATTACH_TIMEOUT = 10.0
 FORWARD_CHUNK = 1024 * 1024
@@ -95,16 +98,25 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self._db = db
         self._reviews = Reviews(db, audit)
 
+    async def _identify(self, context: Context) -> Identity:
+        """The caller, judged before anything else (a refused one is counted and throttled
+        at once, and held for no longer than OPENING_GRACE). A refusal waits for the client's
+        opening first: sent while the client is still writing it, the refusal races that
+        write, and grpc's client then reports "Internal error from Core" instead of it."""
+        try:
+            return await self._auth.identify(context.invocation_metadata())
+        except GatehouseError:
+            with contextlib.suppress(Exception):  # any end of the wait will do
+                await asyncio.wait_for(context.read(), OPENING_GRACE)
+            raise
+
     async def Session(  # type: ignore[override]  # read/write API, not a generator
         self, request_iterator: Any, context: Context
     ) -> None:
         end = GrpcEnd(context)
         try:
-            # The opening is read before the caller is authenticated: a refusal sent while the
-            # client is still writing its opening races that write, and grpc's client then
-            # reports "Internal error from Core" instead of the refusal's reason.
+            identity = await self._identify(context)
             first = await asyncio.wait_for(context.read(), 30)
-            identity = await self._auth.identify(context.invocation_metadata())
             if not isinstance(first, client_pb2.ClientFrame) or not first.HasField("open"):
                 raise InvalidArgument("a session must start with open")
             opening = first.open

@@ -146,7 +146,7 @@ def test_a_flood_from_many_addresses_overflows_explicitly_and_hides_no_one(
 def test_a_refused_session_always_names_its_reason(tmp_path: Path) -> None:
     """`gatehouse exec` writes its opening while the control plane decides: a refusal sent
     before that write completed made grpc's client report "Internal error from Core" instead
-    of the reason (3 runs in 60 here). The opening is now read before the caller is judged."""
+    of the reason (3 runs in 60 here). A refusal now waits for the opening to arrive."""
     plane = ControlPlane.create(tmp_path / "cp", env={"GATEHOUSE_AUTH_FAIL_LIMIT": "100000"})
     plane.start_and_wait()
     env = {**plane.cli_env, "GATEHOUSE_TOKEN": "ghu_garbage"}
