@@ -5,6 +5,7 @@ leg that breaks under its sessions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.failures import AuthFailures
 from controlplane.auth.identity import ADMIN, Identity
-from controlplane.relay.tunnel import Tunnels
+from controlplane.relay.tunnel import Tunnel, Tunnels
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow
 from gatehouse.v1 import agent_pb2
@@ -61,11 +62,19 @@ async def listener(
 ) -> AsyncIterator[tuple[LegListener, AgentRegistry]]:
     registry = AgentRegistry(db, writer)  # --dev: bearer credentials
     server = LegServer(registry, tunnels, AuthFailures(writer), max_frame=64 * 1024)
+    async with serving(server) as legs:
+        yield legs, registry
+
+
+@contextlib.asynccontextmanager
+async def serving(server: LegServer) -> AsyncIterator[LegListener]:
     legs = LegListener(server)
     legs.listen("127.0.0.1", 0)
     legs.start()
-    yield legs, registry
-    await legs.close()
+    try:
+        yield legs
+    finally:
+        await legs.close()
 
 
 async def dial(legs: LegListener) -> Leg:
@@ -82,6 +91,21 @@ async def enrolled(registry: AgentRegistry, name: str = "edge") -> tuple[str, st
     got = await registry.enroll(request, "ipv4:127.0.0.1:1")
     assert got.credential
     return got.credential, got.instance_id
+
+
+async def attached(
+    legs: LegListener, registry: AgentRegistry, tunnels: Tunnels, session_id: str
+) -> tuple[Leg, Tunnel]:
+    """An enrolled agent's leg, welcomed, with session 1 attached to a client's tunnel."""
+    credential, _ = await enrolled(registry)
+    tunnel = tunnels.expect(session_id, "edge")
+    leg = await dial(legs)
+    leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
+    assert (await leg.welcome()).refused == ""
+    attach = agent_pb2.AgentEvent(session=1, attach=agent_pb2.SessionAttach(session_id=session_id))
+    leg.send(agent_pb2.AgentBatch(events=[attach]))
+    await asyncio.wait_for(tunnel.attached.wait(), 5)
+    return leg, tunnel
 
 
 async def failures(db: Database, writer: AuditWriter) -> list[dict[str, Any]]:
@@ -109,16 +133,11 @@ async def test_before_its_hello_is_checked_a_peer_cannot_make_us_buffer_a_large_
     MAX_HELLO is closed before any of it is buffered."""
     server = LegServer(AgentRegistry(db, writer), tunnels, AuthFailures(writer))
     assert MAX_HELLO < MAX_FRAME
-    legs = LegListener(server)
-    legs.listen("127.0.0.1", 0)
-    legs.start()
-    try:
+    async with serving(server) as legs:
         leg = await dial(legs)
         leg.writer.write(HEADER.pack(MAX_HELLO + 1) + b"\0" * 1024)
         assert await leg.closed()
         assert server.open == 0
-    finally:
-        await legs.close()
 
 
 async def test_an_unknown_or_revoked_agent_is_refused_and_recorded_as_auth_fail(
@@ -146,15 +165,7 @@ async def test_an_unknown_or_revoked_agent_is_refused_and_recorded_as_auth_fail(
 async def test_a_leg_dropped_mid_session_loses_the_session(
     listener: tuple[LegListener, AgentRegistry], tunnels: Tunnels
 ) -> None:
-    legs, registry = listener
-    credential, _ = await enrolled(registry)
-    tunnel = tunnels.expect("s-1", "edge")
-    leg = await dial(legs)
-    leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
-    assert (await leg.welcome()).refused == ""
-    attach = agent_pb2.AgentEvent(session=1, attach=agent_pb2.SessionAttach(session_id="s-1"))
-    leg.send(agent_pb2.AgentBatch(events=[attach]))
-    await asyncio.wait_for(tunnel.attached.wait(), 5)
+    leg, tunnel = await attached(*listener, tunnels, "s-1")
     leg.writer.transport.abort()  # the agent's host vanished: no end for the session
     assert await asyncio.wait_for(tunnel.to_client.get(), 5) is None
     assert tunnel.lost
@@ -166,15 +177,7 @@ async def test_a_frame_over_the_maximum_ends_the_leg_with_a_clear_log_line(
     tunnels: Tunnels,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    legs, registry = listener
-    credential, _ = await enrolled(registry)
-    tunnel = tunnels.expect("s-2", "edge")
-    leg = await dial(legs)
-    leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
-    assert (await leg.welcome()).refused == ""
-    attach = agent_pb2.AgentEvent(session=1, attach=agent_pb2.SessionAttach(session_id="s-2"))
-    leg.send(agent_pb2.AgentBatch(events=[attach]))
-    await asyncio.wait_for(tunnel.attached.wait(), 5)
+    leg, tunnel = await attached(*listener, tunnels, "s-2")
     leg.writer.write(HEADER.pack(64 * 1024 + 1) + b"x" * 100)
     assert await asyncio.wait_for(tunnel.to_client.get(), 5) is None
     assert tunnel.lost
