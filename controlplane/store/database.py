@@ -24,6 +24,7 @@ stored in UTC (`timestamptz` on PostgreSQL) and come back as aware UTC datetimes
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import threading
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Engine, event, make_url
+from sqlalchemy import URL, Engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 from sqlmodel import Session, create_engine
@@ -183,6 +184,21 @@ class DriverWrite:
             cursor = self.connection.cursor()
             cursor.execute("SET LOCAL synchronous_commit = on")
             cursor.close()
+
+
+#: The table where Alembic keeps the store's revision (its default name; env.py keeps it).
+VERSION_TABLE = "alembic_version"
+
+
+@functools.cache
+def code_head() -> str | None:
+    """The newest revision of the migrations this code carries (read once: they cannot
+    change under a running process)."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 class WriterConnection:
@@ -337,16 +353,19 @@ class Database:
         """(the store's Alembic revision, the newest this code knows): equal when current.
 
         Reads over a reader connection, so it also proves the store answers; raises the
-        driver's error when it does not."""
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
-
-        config = Config()
-        config.set_main_option("script_location", str(ALEMBIC_DIR))
-        head = ScriptDirectory.from_config(config).get_current_head()
+        driver's error when it does not. Readiness asks every few seconds for as long as the
+        process lives: the code's head is read from the migration scripts once, and the
+        store's revision with one query (Alembic's own `MigrationContext` logs two lines
+        each time it is made)."""
+        head = code_head()
         with self._reader.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-        return current, head
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None, head
+            found = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            versions = sorted(str(v) for v in found.scalars())
+        # One row on a store this code migrated; none before the first migration; several
+        # only on a branched history, which is never this code's.
+        return (",".join(versions) or None), head
 
     def write_session(self) -> Session:
         return Session(self._writer, expire_on_commit=False)

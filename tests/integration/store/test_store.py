@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import multiprocessing
 import time
 from collections import Counter
@@ -503,3 +504,28 @@ def test_unsupported_urls_are_refused_with_the_accepted_forms(url: str) -> None:
     with pytest.raises(InvalidArgument, match=r"postgresql\+psycopg://") as caught:
         Database(url)
     assert ":p@" not in str(caught.value)
+
+
+def test_readiness_reads_the_stores_revision_quietly(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What /readyz and the gRPC health loop ask every few seconds: the store's revision and
+    the code's newest one, equal once migrated, the store's own otherwise, and not a line in
+    the log for asking (Alembic's MigrationContext logged two each time)."""
+    newest = head_revision()
+    database = Database(store.url)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            assert database.schema_revisions() == (None, newest)  # nothing migrated yet
+            database.migrate()
+            caplog.clear()
+            assert database.schema_revisions() == (newest, newest)
+            assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
+
+        def rewind(session: Session) -> None:
+            session.connection().execute(text("UPDATE alembic_version SET version_num = '0001'"))
+
+        asyncio.run(database.write(rewind))
+        assert database.schema_revisions() == ("0001", newest)
+    finally:
+        database.dispose()
