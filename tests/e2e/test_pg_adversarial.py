@@ -17,7 +17,7 @@ import pytest
 
 from devenv.postgres import PostgresServer
 from devenv.stack import Connect
-from tests.e2e import pglog
+from tests.e2e import pggate, pglog
 from tests.e2e.pggate import Window, rows
 from tests.e2e.pglog import PgWire, bind, execute, extended, parse, query, sync
 
@@ -199,6 +199,70 @@ def test_client_encoding_set_by_set_config_in_an_extended_pipeline(
         refused_before_running(answer)
     assert rows(pg, sentinel) == 3
     window.never_logged("drop table")
+    window.reconcile()
+
+
+# Code that switches the session to SJIS where no Execute is: a domain's CHECK, which a Bind
+# runs when it reads a parameter, and a row trigger, which an extended-protocol COPY runs while
+# the server ignores the Syncs sent with its Execute. PostgreSQL reports the change only at
+# the next ReadyForQuery, so text behind either, before a Sync, must not be read as UTF-8.
+SWITCH_CODE = (
+    """create or replace function gh_to_sjis() returns boolean language plpgsql as $$
+begin perform set_config('client_encoding', 'SJIS', false); return true; end $$""",
+    "create or replace function gh_to_sjis_row() returns trigger language plpgsql as $$ "
+    "begin perform gh_to_sjis(); return new; end $$",
+    "drop domain if exists gh_switching cascade",
+    "create domain gh_switching as text check (gh_to_sjis())",
+)
+# Valid UTF-8, one harmless SELECT as UTF-8 reads it. As SJIS reads the same bytes, C3 is a
+# half-width katakana and 81 5C one double-byte character that swallows the backslash: the
+# literal ends, and the data-modifying CTE deletes every row.
+HIDDEN_DELETE = (
+    "with a as (select E'\u00c1\\'), d as (delete from {table} returning 1) select 1 --') select 1"
+)
+
+
+def test_text_behind_a_bind_whose_parameter_switches_the_encoding_cannot_hide_a_drop(
+    window: Window, listener: Connect, sentinel: str, pg: PostgresServer
+) -> None:
+    pggate.admin(pg, *SWITCH_CODE)
+    hidden = HIDDEN_DELETE.format(table=sentinel)
+    with PgWire(listener.port) as client:
+        assert client.run(parse("chk", "select $1::gh_switching") + sync()).errors == []
+        answer = client.run(
+            bind("chk", params=["x"]) + parse("", hidden) + bind("") + execute() + sync()
+        )
+        assert answer.sqlstates == ["22021"], answer.tags  # refused: none of the pipeline ran
+        assert answer.errors[0]["M"].startswith("gatehouse: text with a non-ASCII character")
+        assert "send a Sync before this statement" in answer.errors[0]["M"]
+    assert rows(pg, sentinel) == 3
+    window.never_logged("delete from")
+    window.reconcile()
+
+
+def test_text_behind_the_data_of_an_extended_copy_whose_trigger_switches_the_encoding(
+    window: Window, listener: Connect, sentinel: str, pg: PostgresServer
+) -> None:
+    pggate.admin(
+        pg,
+        *SWITCH_CODE,
+        f"create trigger gh_switch before insert on {sentinel} "
+        "for each row execute function gh_to_sjis_row()",
+    )
+    hidden = HIDDEN_DELETE.format(table=sentinel)
+    with PgWire(listener.port, timeout=10) as client:
+        client.send(extended(f"copy {sentinel} from stdin") + sync())
+        assert client.wait_for("G").tag == "G"
+        # The row runs the trigger; the Sync above was ignored, so no ReadyForQuery yet.
+        client.send(pglog.message(b"d", b"4\n") + pglog.message(b"c", b"") + pglog.flush())
+        assert client.wait_for("C").tag == "C"
+        answer = client.run(parse("", hidden) + bind("") + execute() + sync())
+        # Refused by the gateway, and the session then ended by the agent, which sees the
+        # ReadyForQuery report SJIS (sessions through the gateway stay in UTF8).
+        assert set(answer.sqlstates) == {"22021"}, answer.tags
+        assert all("gatehouse" in error["M"] for error in answer.errors), answer.errors
+    assert rows(pg, sentinel) == 4  # the copied row, and nothing deleted
+    window.never_logged("delete from")
     window.reconcile()
 
 

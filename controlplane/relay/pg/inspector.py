@@ -60,11 +60,13 @@ NAME_TOO_LONG_SQLSTATE = codes.NAME_TOO_LONG
 # PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1 bytes: two
 # longer names that share them are one object on the server and two here. Refused instead.
 MAX_NAME_BYTES = 63
-AFTER_EXECUTE = (
-    "gatehouse: text with a non-ASCII character or a backslash follows an Execute of the same "
-    "pipeline, and PostgreSQL reports a setting that statement may have changed "
-    "(client_encoding, standard_conforming_strings) only at the next Sync, so the gateway "
-    "cannot know how the server would read it; send a Sync before this Parse"
+AFTER_CODE = (
+    "text with a non-ASCII character or a backslash follows a message that may have "
+    "run code (an Execute, a Bind that plans or reads parameters, the data of a COPY of the "
+    "extended protocol) with no Sync between them, and PostgreSQL reports a setting that code "
+    "may have changed (client_encoding, standard_conforming_strings) only at the ReadyForQuery "
+    "of the next Sync, so the gateway cannot know how the server would read it; send a Sync "
+    "before this statement"
 )
 LIMIT_SQLSTATE = codes.PROGRAM_LIMIT_EXCEEDED
 TOO_COMPLEX_SQLSTATE = codes.STATEMENT_TOO_COMPLEX
@@ -262,9 +264,11 @@ class PgInspector:
         self._unsynced = False  # extended messages went out without their Sync yet
         self._tx_status = "I"
         self._discarding = False  # a refused pipeline: drop messages up to its Sync
-        # An Execute was sent since the last Sync: PostgreSQL (14 and later) reports a setting
-        # it changed only at the next ReadyForQuery, so text after it cannot be read safely.
-        self._executed_unsynced = False
+        # A message that may run code (an Execute, a Bind that plans or reads parameters, the
+        # data of an extended-protocol COPY) went out after the last Sync the target answers:
+        # PostgreSQL (14 and later) reports a setting that code changed only at the next
+        # ReadyForQuery, so text after it cannot be read safely until a Sync.
+        self._code_unreported = False
         self._started = False  # past the StartupMessage: every message is tagged
         # The target's bytes held back: the start of an answer to a request of our own.
         self._carry = b""
@@ -304,11 +308,16 @@ class PgInspector:
                     await self._hold(msg, out)
             elif tag in (S, H):
                 if tag == S:
-                    self._executed_unsynced = False
+                    self._code_unreported = False
                 self._keep(bytes(msg.raw), Expect(S) if tag == S else None)
                 await self._release(out, sync=tag == S)
             elif tag in (COPY_DATA, COPY_DONE, COPY_FAIL):
                 out.append(msg.raw)  # the data of a COPY FROM STDIN whose statement was audited
+                if not (self._copy_epoch is not None and self._copy_tag == Q):
+                    # The COPY (its triggers too) runs while the target ignores the Syncs sent
+                    # with its Execute: only a Sync after its data reports what it changed. A
+                    # simple Query's COPY is reported by that Query's own ReadyForQuery.
+                    self._code_unreported = True
                 if (running := self._running()) is not None:
                     running.copy_in = True
                     running.bytes_in += len(msg.body) if tag == COPY_DATA else 0
@@ -350,9 +359,14 @@ class PgInspector:
                 "a simple Query inside an unfinished extended-protocol pipeline (send Sync first)"
             )
         sql = pgm.parse_query(msg.body)
-        if sensitive(sql):
-            await self._settle(out)
-        outcome = await self._decide(sql, Overlay(), out)
+        outcome: Refusal | tuple[Decision, Resolved, list[Step]]
+        if sensitive(sql) and self._code_unreported:
+            # Behind the data of an extended-protocol COPY whose Syncs the target ignored.
+            outcome = Refusal(UNREADABLE_SQLSTATE, AFTER_CODE, "(unreadable)")
+        else:
+            if sensitive(sql):
+                await self._settle(out)
+            outcome = await self._decide(sql, Overlay(), out)
         refusal: Refusal | None
         steps: list[Step]
         if isinstance(outcome, Refusal):
@@ -565,9 +579,9 @@ class PgInspector:
             if self._refuse_long(parse.query, parse.name):
                 return
             if sensitive(parse.query):
-                if self._executed_unsynced and not self._skipping:  # skipped: never read
+                if self._code_unreported and not self._skipping:  # skipped: never read
                     self._refuse_held(
-                        parse.query, Refusal(UNREADABLE_SQLSTATE, AFTER_EXECUTE, "(unreadable)")
+                        parse.query, Refusal(UNREADABLE_SQLSTATE, AFTER_CODE, "(unreadable)")
                     )
                     return
                 await self._settle(out)
@@ -622,6 +636,7 @@ class PgInspector:
             # Planning may call functions, and so may a parameter's input (a domain's CHECK);
             # what a statement of unknown text plans is unknown.
             code = found.planned or bool(params) or not found.proven
+            self._code_unreported |= code
             bound = Step(runs_code=code, keeps=frozenset({bind.portal}))
             self._overlay.run(bound)
             inner = None if found.parsed else found.planned
@@ -641,7 +656,7 @@ class PgInspector:
                 keeps=bound.keeps,
             )
         elif tag == E:
-            self._executed_unsynced = True
+            self._code_unreported = True
             name = pgm.parse_execute(msg.body).portal
             if self._refuse_long("", name):
                 return

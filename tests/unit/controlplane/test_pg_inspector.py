@@ -998,7 +998,7 @@ async def test_text_after_an_unsynced_execute_is_refused_not_read_under_stale_se
     assert early == []
     error = error_of(ready.take_synthetic())
     assert error.sqlstate == "22021"
-    assert "send a Sync before this Parse" in error.message
+    assert "send a Sync before this statement" in error.message
     synced = parse("select 'x\\'") + bind([]) + execute() + pgm.sync()
     assert await asyncio.wait_for(ready.from_client(synced), 2) == synced  # after a Sync: read
 
