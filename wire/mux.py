@@ -21,6 +21,9 @@ GRANT_AT = WINDOW // 4
 MAX_BATCH = 4 * 1024 * 1024
 """Payload bytes per message at most (gRPC messages are bounded: OPTIONS in agent/runner.py
 allow 16 MiB); what is left goes in the next message."""
+MAX_EVENTS = 4096
+"""Events per message at most: with MAX_BATCH this keeps a batch of many tiny events under
+the leg's 8 MiB frame limit (wire/frames.py), and bounds the work of reading one."""
 
 
 class Credit:
@@ -81,7 +84,8 @@ class Outbox(Generic[E]):
     """Events queued for one stream. Its writer takes everything queued as one message.
 
     Unbounded by itself: what sessions queue is bounded by their credit, and the rest (grants,
-    ends, cancels) is a few events per session."""
+    ends, cancels) is a few events per session. A message takes at most MAX_BATCH payload
+    bytes and MAX_EVENTS events of it."""
 
     def __init__(self) -> None:
         self._events: list[tuple[E, int]] = []
@@ -91,13 +95,14 @@ class Outbox(Generic[E]):
         self._events.append((event, size))
         self._ready.set()
 
-    async def take(self, limit: int = MAX_BATCH) -> list[E]:
-        """Every event queued, up to `limit` payload bytes (at least one event)."""
+    async def take(self, limit: int = MAX_BATCH, count: int = MAX_EVENTS) -> list[E]:
+        """Every event queued, up to `limit` payload bytes and `count` events (at least one
+        event)."""
         await self._ready.wait()
         events, total = self._events, 0
         for index, (_, size) in enumerate(events):
             total += size
-            if total > limit and index > 0:
+            if (total > limit or index >= count) and index > 0:
                 self._events = events[index:]
                 return [event for event, _ in events[:index]]
         self._events = []

@@ -22,14 +22,22 @@ from typing import Any
 from controlplane.errors import GatehouseError
 from controlplane.relay.tunnel import Cancel, Tunnel, Tunnels
 from gatehouse.v1 import agent_pb2, tunnel_pb2
-from wire.mux import Credit, Grants, Outbox
+from wire.mux import MAX_EVENTS, WINDOW, Credit, Grants, Outbox
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 30.0
 """After the client finished sending, how long the agent's end of the session is awaited."""
 
+MAX_REFUSED_ATTACHES = 64
+"""Refused attaches in one agent batch at most: a few are a race with a client that gave up;
+more is a broken or hostile agent making the control plane refuse (and queue closes) in bulk."""
+
 Delivery = tunnel_pb2.Frame | None
+
+
+class LegViolation(ConnectionError):
+    """The agent broke the leg's protocol: the leg ends (its sessions: agent_lost)."""
 
 
 @dataclass(eq=False)
@@ -41,8 +49,11 @@ class Leg:
     outbox: Outbox[agent_pb2.GatewayEvent]
     credit: Credit = field(default_factory=Credit)  # client bytes we may still send
     grants: Grants = field(init=False)
-    # Frames the client's side has not taken yet (its queue was full): bounded by the
-    # agent's credit, which is granted back only as they move on.
+    # The agent's credit as we count it: WINDOW plus what we granted, less what it sent.
+    # Never below what the agent itself counts (it learns of a grant after we add it).
+    allowed: int = WINDOW
+    # Frames the client's queue had no room for yet: with the queue, bounded by the agent's
+    # credit, which is granted back only as the client's side takes them.
     backlog: deque[Delivery] = field(default_factory=deque)
     draining: asyncio.Task[None] | None = None
     agent_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -50,8 +61,15 @@ class Leg:
 
     def __post_init__(self) -> None:
         self.grants = Grants(self._grant)
+        self.tunnel.taken = self._taken
+
+    def _taken(self, frame: tunnel_pb2.Frame) -> None:
+        """The client's side took a frame: its bytes are granted back to the agent (not when
+        queued: the agent's credit bounds what waits in the queue and the backlog)."""
+        self.grants.took(len(frame.data))
 
     def _grant(self, size: int) -> None:
+        self.allowed += size
         self.outbox.put(agent_pb2.GatewayEvent(session=self.number, credit=size))
 
     def send(self, **fields: Any) -> None:
@@ -65,8 +83,6 @@ class Leg:
             except asyncio.QueueFull:
                 pass
             else:
-                if item is not None:
-                    self.grants.took(len(item.data))
                 return
         self.backlog.append(item)
         if self.draining is None:
@@ -85,8 +101,6 @@ class Leg:
                     self.backlog.clear()
                     return
                 self.backlog.popleft()
-                if item is not None:
-                    self.grants.took(len(item.data))
         finally:
             self.draining = None
 
@@ -165,12 +179,28 @@ class SessionStream:
 
     def receive(self, batch: agent_pb2.AgentBatch) -> None:
         """Dispatch one message of the agent's; never waits (a full client queue is a leg's
-        backlog, bounded by that session's credit)."""
+        backlog, bounded by that session's credit). Raises LegViolation, having dispatched
+        the events before the offending one, when the agent broke the protocol."""
+        if len(batch.events) > MAX_EVENTS:
+            raise LegViolation(
+                f"the agent sent {len(batch.events)} events in one batch, more than the "
+                f"{MAX_EVENTS} an agent of this version sends; upgrade the agent to the control "
+                "plane's version"
+            )
+        refused: list[str] = []
         for event in batch.events:
             kind = event.WhichOneof("msg")
             if kind == "frame":
                 leg = self.legs.get(event.session)
                 if leg is not None:
+                    if leg.allowed <= 0:  # one frame may overdraw the credit, never two
+                        raise LegViolation(
+                            f"session {leg.tunnel.session_id} sent {len(event.frame.data)} "
+                            f"bytes with its credit already spent ({-leg.allowed} bytes "
+                            "beyond what the control plane granted); upgrade the agent to the "
+                            "control plane's version"
+                        )
+                    leg.allowed -= len(event.frame.data)
                     leg.deliver(event.frame)
             elif kind == "credit":
                 leg = self.legs.get(event.session)
@@ -190,26 +220,44 @@ class SessionStream:
                     )
                     leg.broken()
             elif kind == "attach":
-                self._attach(event.session, event.attach)
-
-    def _attach(self, number: int, attach: agent_pb2.SessionAttach) -> None:
-        if number in self.legs:
-            self.outbox.put(
-                agent_pb2.GatewayEvent(session=number, close=f"session {number} is in use")
+                reason = self._attach(event.session, event.attach)
+                if reason:
+                    refused.append(reason)
+                    if len(refused) > MAX_REFUSED_ATTACHES:
+                        raise LegViolation(
+                            f"the agent sent more than {MAX_REFUSED_ATTACHES} attaches the "
+                            f"control plane refused in one batch (the first: {refused[0]}); "
+                            "check that it is a genuine agent of the control plane's version"
+                        )
+        if refused:  # one line per batch, not per attach
+            log.warning(
+                "agent %s: %d session attach(es) refused (the first: %s); the client of such "
+                "a session gave up or it went to another replica: it opens a new one",
+                self._agent,
+                len(refused),
+                refused[0],
             )
-            return
+
+    def _attach(self, number: int, attach: agent_pb2.SessionAttach) -> str:
+        """Attach the session; the reason it was refused (and the agent told), or ''."""
+        if number in self.legs:
+            reason = f"session {number} is in use"
+            self.outbox.put(agent_pb2.GatewayEvent(session=number, close=reason), len(reason))
+            return reason
         run_as = attach.run_as if attach.HasField("run_as") else None
         # The session's own log context (wire/logcontext.py) for its lines, not the stream's.
         context = contextvars.copy_context()
         try:
             tunnel = context.run(self._tunnels.attach, attach.session_id, self._agent, run_as)
         except GatehouseError as exc:
-            log.warning("agent %s: session %s refused: %s", self._agent, attach.session_id, exc)
-            self.outbox.put(agent_pb2.GatewayEvent(session=number, close=str(exc)))
-            return
+            reason = f"session {attach.session_id[:100]!r} refused: {exc}"
+            # Sized: the reason may quote the agent's session id, which counts against a batch.
+            self.outbox.put(agent_pb2.GatewayEvent(session=number, close=str(exc)), len(str(exc)))
+            return reason
         leg = Leg(number, tunnel, self.outbox)
         self.legs[number] = leg
         leg.pump = asyncio.create_task(self._pump(leg), context=context)
+        return ""
 
     async def _pump(self, leg: Leg) -> None:
         try:

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 FLUSH_EVERY = 5.0  # seconds between batched last-seen writes
 REPLICA_TIMEOUT = 5.0  # seconds without a heartbeat after which a replica counts as gone
+# Revoked instance ids remembered so a leg or control stream identified just before its
+# revocation is cut when it registers; only that window matters, so the oldest may go.
+REMEMBERED_REVOCATIONS = 10_000
 # Replicas: how long a session waits for an instance of its agent to come (back) online, as
 # when the replica that held them stops and they reconnect to another; and how often it looks.
 ROUTE_WAIT = 5.0
@@ -185,6 +188,8 @@ class AgentRegistry:
         self.on_revoked: Callable[[list[str]], Awaitable[None]] | None = None
         self._links: dict[str, AgentLink] = {}  # by instance id
         self._revocations: dict[str, asyncio.Event] = {}  # by instance id
+        # Instance ids cut by this process, oldest first (a dict keeps insertion order).
+        self._revoked: dict[str, None] = {}
         self._turn: dict[str, int] = {}  # round robin over a name's instances
         self._suspect: dict[str, float] = {}  # replicas that failed an order, until when
         # Links whose last-seen (version, hostname, replica) the store does not have yet, by
@@ -307,6 +312,11 @@ class AgentRegistry:
     def cut(self, instances: Iterable[str]) -> None:
         """End what this process holds of revoked instances: control streams and sessions."""
         for instance_id in instances:
+            # Remembered first: a stream identified before this revocation but registering
+            # after it (`revocation`, `connected`) is cut then, not left running.
+            self._revoked[instance_id] = None
+            if len(self._revoked) > REMEMBERED_REVOCATIONS:
+                del self._revoked[next(iter(self._revoked))]
             link = self._links.get(instance_id)
             if link is not None:
                 link.close("the agent was revoked")
@@ -315,7 +325,12 @@ class AgentRegistry:
                 cut.set()
 
     def revocation(self, instance_id: str) -> asyncio.Event:
-        """Set when the instance is revoked: its open session legs end then."""
+        """Set when the instance is revoked: its open session legs end then. Already set for
+        an instance revoked before (its leg was identified just before the revocation)."""
+        if instance_id in self._revoked:
+            revoked = asyncio.Event()
+            revoked.set()
+            return revoked
         return self._revocations.setdefault(instance_id, asyncio.Event())
 
     def held(self) -> list[str]:
@@ -760,6 +775,8 @@ class AgentRegistry:
         if previous is not None:
             previous.close("replaced by a newer connection of the same agent instance")
         self._links[instance.id] = link
+        if instance.id in self._revoked:  # revoked after it was authenticated: cut it now
+            link.close("the agent was revoked")
         self._unsaved(link)  # last-seen, version, hostname and replica go with the next flush
         if self.forward is not None:
             # Other replicas route sessions by the store: tell it now, not at the next tick

@@ -749,7 +749,7 @@ async def _forward(tunnel: Tunnel, data: bytes) -> None:
 
 async def _agent_to_client(end: ClientEnd, tunnel: Tunnel, inspector: Inspector) -> None:
     while True:
-        item = await tunnel.to_client.get()
+        item = await tunnel.next_for_client()
         if item is None and tunnel.lost:
             await _agent_lost(end, tunnel, inspector)
         if item is None:

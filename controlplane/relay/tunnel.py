@@ -50,6 +50,9 @@ class Tunnel:
     to_client: asyncio.Queue[tunnel_pb2.Frame | Wake | Fatal | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_FRAMES)
     )
+    # Told of each frame the client's side takes (`next_for_client`): the agent's credit is
+    # granted back only then, so what waits in `to_client` counts against it.
+    taken: Callable[[tunnel_pb2.Frame], None] | None = None
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     # The agent instance serving it was revoked: set before the tunnel closes, so the relay
@@ -75,6 +78,13 @@ class Tunnel:
         message; otherwise through `to_agent`, in order, waiting for room."""
         if self.direct is None or not self.to_agent.empty() or not self.direct(data):
             await self.to_agent.put(data)
+
+    async def next_for_client(self) -> tunnel_pb2.Frame | Wake | Fatal | None:
+        """The next item for the client's side; a frame is reported to `taken`."""
+        item = await self.to_client.get()
+        if self.taken is not None and isinstance(item, tunnel_pb2.Frame):
+            self.taken(item)
+        return item
 
     def wake(self) -> None:
         """Nudge the client writer; if frames are queued, it will look anyway."""

@@ -320,3 +320,18 @@ async def test_an_offline_agent_is_refused_with_what_to_do(
     registry = AgentRegistry(db, writer)
     with pytest.raises(Unavailable, match="agents list"):
         await registry.route("vpc")
+
+
+async def test_an_instance_revoked_while_it_was_being_authenticated_is_cut_when_it_registers(
+    db: Database, writer: AuditWriter
+) -> None:
+    """Its credential was checked before the revocation, its stream registers after it: the
+    control stream is closed and its session legs' revocation is already set."""
+    rows = await pool(db, "vpc", 2)
+    registry = AgentRegistry(db, writer)
+    root = Identity(subject="root", role="admin")
+    assert await registry.revoke("vpc", root, rows[0].id) == [rows[0].id]
+    first, second = [await connect(registry, row) for row in rows]
+    assert first.closed.is_set() and first.close_reason == "the agent was revoked"
+    assert registry.revocation(rows[0].id).is_set()
+    assert not second.closed.is_set() and not registry.revocation(rows[1].id).is_set()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from controlplane.agents.mux import SessionStream
+import pytest
+
+from controlplane.agents.mux import MAX_REFUSED_ATTACHES, LegViolation, SessionStream
 from controlplane.relay.tunnel import CANCEL, QUEUE_FRAMES, Tunnels
 from gatehouse.v1 import agent_pb2, tunnel_pb2
-from wire.mux import WINDOW, Credit, Grants, Outbox, batch_bytes
+from wire.mux import MAX_EVENTS, WINDOW, Credit, Grants, Outbox, batch_bytes
 
 
 async def test_a_sender_waits_once_its_window_is_spent_and_goes_on_when_granted() -> None:
@@ -68,6 +70,14 @@ async def test_the_writer_takes_everything_queued_as_one_batch_within_a_size_lim
     assert await asyncio.wait_for(waiting, 1) == ["late"]
 
 
+async def test_a_batch_never_holds_more_than_max_events_however_small_they_are() -> None:
+    outbox: Outbox[int] = Outbox()
+    for number in range(MAX_EVENTS + 10):
+        outbox.put(number)
+    assert await outbox.take() == list(range(MAX_EVENTS))
+    assert await outbox.take() == list(range(MAX_EVENTS, MAX_EVENTS + 10))
+
+
 def attach(number: int, session_id: str) -> agent_pb2.AgentEvent:
     return agent_pb2.AgentEvent(
         session=number, attach=agent_pb2.SessionAttach(session_id=session_id)
@@ -91,25 +101,29 @@ async def test_a_stalled_session_holds_its_frames_without_blocking_the_stream() 
         )
     )
     assert stalled.attached.is_set() and other.attached.is_set()
-    # Nobody reads the stalled session's client queue: its frames pile up in its leg.
-    stream.receive(agent_pb2.AgentBatch(events=[frame_event(1, 10_000) for _ in range(40)]))
+    # Nobody reads the stalled session's client queue: its frames pile up in its leg (the
+    # agent sends 240,000 bytes, within its window).
+    stream.receive(agent_pb2.AgentBatch(events=[frame_event(1, 6_000) for _ in range(40)]))
     # The stream's reader did not wait: the other session's frame is there at once.
     stream.receive(agent_pb2.AgentBatch(events=[frame_event(2, 10)]))
     got = other.to_client.get_nowait()
     assert isinstance(got, tunnel_pb2.Frame) and got.data == b"x" * 10
     assert stalled.to_client.full()
     assert len(stream.legs[1].backlog) == 40 - QUEUE_FRAMES
-    # Credit was granted for what the client's side holds, not for the backlog.
-    events = await asyncio.wait_for(stream.outbox.take(), 1)
-    granted = sum(event.credit for event in events if event.session == 1)
-    assert 0 < granted <= QUEUE_FRAMES * 10_000
-    # The client takes its frames: the backlog drains and more credit goes back.
+    # No credit goes back while the client's side takes nothing: neither the queue nor the
+    # backlog can grow past the window.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(stream.outbox.take(), 0.05)
+    # The client takes its frames: the backlog drains and the credit goes back.
     for _ in range(40):
-        await asyncio.wait_for(stalled.to_client.get(), 1)
+        await asyncio.wait_for(stalled.next_for_client(), 1)
     draining = stream.legs[1].draining
     if draining is not None:
         await asyncio.wait_for(draining, 1)
     assert not stream.legs[1].backlog
+    events = await asyncio.wait_for(stream.outbox.take(), 1)
+    granted = sum(event.credit for event in events if event.session == 1)
+    assert 0 < granted <= 40 * 6_000
     await stream.broken()
     tunnels.discard(stalled)
     tunnels.discard(other)
@@ -192,3 +206,49 @@ def test_a_batch_is_serialized_as_protobuf_would() -> None:
         assert list(agent_pb2.AgentBatch.FromString(data).events) == events
     gateway = [agent_pb2.GatewayEvent(session=3, credit=10)]
     assert batch_bytes(gateway) == agent_pb2.GatewayBatch(events=gateway).SerializeToString()
+
+
+async def test_a_frame_sent_with_the_credit_already_spent_ends_the_leg() -> None:
+    """One frame may overdraw the session's credit (as the agent's Credit allows); the next,
+    with no grant in between, breaks the protocol."""
+    tunnels = Tunnels()
+    tunnel = tunnels.expect("s-greedy", "a1")
+    stream = SessionStream(tunnels, "a1")
+    stream.receive(agent_pb2.AgentBatch(events=[attach(1, "s-greedy")]))
+    stream.receive(agent_pb2.AgentBatch(events=[frame_event(1, WINDOW - 1), frame_event(1, 9)]))
+    with pytest.raises(LegViolation, match="credit already spent"):
+        stream.receive(agent_pb2.AgentBatch(events=[frame_event(1, 1)]))
+    await stream.broken()
+    assert tunnel.lost
+    tunnels.discard(tunnel)
+
+
+async def test_a_frame_within_credit_granted_back_is_accepted() -> None:
+    tunnels = Tunnels()
+    tunnel = tunnels.expect("s-steady", "a1")
+    stream = SessionStream(tunnels, "a1")
+    stream.receive(agent_pb2.AgentBatch(events=[attach(1, "s-steady")]))
+    for _ in range(3):  # three windows, each taken by the client before the next
+        stream.receive(agent_pb2.AgentBatch(events=[frame_event(1, WINDOW // 4)] * 4))
+        for _ in range(4):
+            await asyncio.wait_for(tunnel.next_for_client(), 1)
+    await stream.broken()
+    tunnels.discard(tunnel)
+
+
+async def test_a_batch_of_too_many_refused_attaches_ends_the_leg(caplog) -> None:
+    """A few refusals are a client that gave up; a batch of them is a broken agent: the leg
+    ends before the control plane refuses them all."""
+    stream = SessionStream(Tunnels(), "a1")
+    stream.receive(agent_pb2.AgentBatch(events=[attach(n, f"gone-{n}") for n in range(3)]))
+    assert [r.getMessage().count("3 session attach(es) refused") for r in caplog.records] == [1]
+    flood = [attach(n, f"gone-{n}") for n in range(MAX_REFUSED_ATTACHES + 1)]
+    with pytest.raises(LegViolation, match="refused in one batch"):
+        stream.receive(agent_pb2.AgentBatch(events=flood))
+
+
+def test_a_batch_of_more_events_than_an_agent_sends_ends_the_leg() -> None:
+    stream = SessionStream(Tunnels(), "a1")
+    credit = agent_pb2.AgentEvent(session=7, credit=1)
+    with pytest.raises(LegViolation, match="events in one batch"):
+        stream.receive(agent_pb2.AgentBatch(events=[credit] * (MAX_EVENTS + 1)))

@@ -1,0 +1,141 @@
+# ruff: noqa: F811, ASYNC110  (fixtures imported from test_agent_leg; a polling wait)
+"""The framed agent leg (decision 0035) holds against an enrolled but hostile agent.
+
+The control plane counts what each session's agent sent against the credit it granted, bounds
+the work of one batch, and cuts a leg whose instance was revoked while it was identified."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from controlplane.agents.leg import LegListener, LegServer
+from controlplane.agents.mux import Leg as SessionLeg
+from controlplane.agents.registry import AgentRegistry
+from controlplane.auth.failures import AuthFailures
+from controlplane.relay.tunnel import Tunnel, Tunnels
+from gatehouse.v1 import agent_pb2, tunnel_pb2
+from tests.unit.controlplane.test_agent_leg import (  # noqa: F401  (fixtures)
+    attached,
+    dial,
+    enrolled,
+    listener,
+    serving,
+    tunnels,
+)
+from wire.mux import WINDOW
+
+FRAME = 32 * 1024  # under the fixture's max_frame of 64 KiB
+
+
+def held(tunnel: Tunnel) -> int:
+    """Bytes of the agent's frames the control plane holds for this session's client."""
+    legs = [o for o in gc.get_objects() if isinstance(o, SessionLeg) and o.tunnel is tunnel]
+    assert len(legs) == 1
+    queued = [item for item in tunnel.to_client._queue if isinstance(item, tunnel_pb2.Frame)]  # type: ignore[attr-defined]
+    backlog = [item for item in legs[0].backlog if item is not None]
+    return sum(len(item.data) for item in queued + backlog)
+
+
+async def test_an_agent_ignoring_its_credit_cannot_make_the_control_plane_buffer_without_bound(
+    listener: tuple[LegListener, AgentRegistry], tunnels: Tunnels
+) -> None:
+    """The client takes nothing: the control plane holds at most WINDOW + one frame of this
+    session's data (wire/mux.py, Credit); an agent that sends past it loses the leg."""
+    leg, tunnel = await attached(*listener, tunnels, "s-flood")
+    frame = agent_pb2.AgentEvent(session=1, frame=tunnel_pb2.Frame(data=b"x" * FRAME))
+    for _ in range(64):  # 2 MiB, eight times the window, no grant ever received
+        leg.send(agent_pb2.AgentBatch(events=[frame]))
+    await leg.writer.drain()
+    await asyncio.sleep(0.5)  # let the control plane read it all
+    try:
+        assert held(tunnel) <= WINDOW + FRAME, (
+            f"the control plane holds {held(tunnel)} bytes for one session whose client took "
+            f"nothing; it granted only {WINDOW}"
+        )
+    finally:
+        tunnels.discard(tunnel)
+
+
+async def test_a_flood_of_refused_attaches_does_not_stall_the_event_loop(
+    db, writer, tunnels: Tunnels
+) -> None:
+    """One 1 MiB frame (an eighth of the 8 MiB maximum) full of attaches for sessions that do
+    not exist ends the leg without stalling the event loop that every other leg and client of
+    this control plane shares (MAX_EVENTS, MAX_REFUSED_ATTACHES)."""
+    registry = AgentRegistry(db, writer)
+    server = LegServer(registry, tunnels, AuthFailures(writer))  # MAX_FRAME: 8 MiB
+    async with serving(server) as legs:
+        credential, _ = await enrolled(registry)
+        leg = await dial(legs)
+        leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
+        assert (await leg.welcome()).refused == ""
+        one = agent_pb2.AgentEvent(session=1, attach=agent_pb2.SessionAttach(session_id="x"))
+        count = (1024 * 1024 - 64) // (len(one.SerializeToString()) + 2)
+        batch = agent_pb2.AgentBatch(events=[one] * count)
+        assert len(batch.SerializeToString()) <= 1024 * 1024
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        leg.send(batch)
+        await leg.writer.drain()
+        await asyncio.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while max(gaps, default=0) < 0.05 and time.monotonic() < deadline and len(gaps) < 100:
+            await asyncio.sleep(0.1)
+        ticker.cancel()
+        leg.writer.transport.abort()
+        worst = max(gaps)
+        print(f"{count} attaches in one frame; the event loop stalled for {worst:.2f} s")
+        assert worst < 0.5, f"one agent frame stalled the control plane's event loop {worst:.2f} s"
+
+
+async def test_a_revocation_landing_while_the_hello_is_checked_still_cuts_the_leg(
+    db, writer, tunnels: Tunnels
+) -> None:
+    """A revocation that completes after `LegServer.serve` identified the instance but before
+    the leg took its revocation event still cuts the leg: the instance attaches no session
+    afterwards, with or without a replica's re-check (SQLite has none)."""
+    from controlplane.auth.identity import ADMIN, Identity
+
+    registry = AgentRegistry(db, writer)
+    server = LegServer(registry, tunnels, AuthFailures(writer))
+    credential, instance = await enrolled(registry)
+    original = registry.identify
+
+    async def identify(credential: str, certificate: bytes | None):
+        row = await original(credential, certificate)  # the store said: not revoked
+        # ... and before this task resumes, an administrator's revocation completes:
+        assert await registry.revoke("edge", Identity(subject="root", role=ADMIN), instance)
+        return row
+
+    registry.identify = identify  # type: ignore[method-assign]
+    async with serving(server) as legs:
+        leg = await dial(legs)
+        leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
+        welcome = await leg.welcome()
+        if welcome.refused:
+            return  # refused: as it should be
+        await asyncio.sleep(0.2)
+        tunnel = tunnels.expect("s-after-revoke", "edge")  # an order that was in flight
+        attach = agent_pb2.AgentEvent(
+            session=1, attach=agent_pb2.SessionAttach(session_id="s-after-revoke")
+        )
+        leg.send(agent_pb2.AgentBatch(events=[attach]))
+        await asyncio.sleep(5)  # longer than a replica's re-check (3 s)
+        try:
+            assert not tunnel.attached.is_set(), (
+                "a revoked instance's leg attached a session 5 s after its revocation"
+            )
+        finally:
+            tunnels.discard(tunnel)
+            leg.writer.transport.abort()
