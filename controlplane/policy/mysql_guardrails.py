@@ -78,12 +78,18 @@ class MysqlGuard:
                 " differently under GBK, SJIS, CP932, Big5 or GB18030; write it with an escape"
                 " (_utf8mb4 X'…', CHAR(…)) or put a space between them",
             )
-        for index, reading in enumerate(readings(sql)):
+        try:
+            every = readings(sql)
+        except Unreadable as exc:  # too many version-gated comments to read every way
+            return _unparseable(structural[0], str(exc))
+        for index, reading in enumerate(every):
             try:
                 pieces = split(reading.text, ansi_quotes=reading.ansi_quotes)
             except Unreadable as exc:
                 if index and ";" not in reading.text:
-                    continue  # one statement, a syntax error under NO_BACKSLASH_ESCAPES: not run
+                    # One statement that the server, reading it so (NO_BACKSLASH_ESCAPES, or
+                    # a version-gated comment skipped), fails as a syntax error: not run.
+                    continue
                 # Statements before the syntax error would run, and cannot be told apart.
                 return _unparseable(structural[0], str(exc))
             for piece in pieces:

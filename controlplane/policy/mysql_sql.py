@@ -7,7 +7,9 @@ of a statement come from its tokens and need no full parse; only the WHERE of a 
 UPDATE does. Two readings the server could make differently are taken into account:
 
 * executable comments (``/*! … */``, ``/*!50700 … */``, MariaDB's ``/*M! … */``) are code to
-  MySQL: they are read as code here (``code_reading``);
+  a server whose version is at least theirs and a plain comment to any other (MariaDB also
+  skips MySQL's ``/*!50700`` to ``/*!99999``): each is read both ways, every combination of them
+  (``code_reading``, ``readings``), up to ``MAX_VERSIONED`` of them in one text;
 * with ``sql_mode`` NO_BACKSLASH_ESCAPES a backslash does not escape a quote, so text with a
   backslash is read both ways (``readings``);
 * under a client character set whose characters may end in the byte of ``\\`` or `` ` ``
@@ -26,6 +28,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
 __all__ = [
+    "MAX_VERSIONED",
     "Piece",
     "Reading",
     "Unreadable",
@@ -35,6 +38,7 @@ __all__ = [
     "redact",
     "split",
     "split_agreed",
+    "versioned",
     "where_of",
 ]
 
@@ -44,6 +48,9 @@ _MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 _COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
 _TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
+#: Executable comments in one text whose every combination of run and skipped is read (2**5
+#: readings); a text with more has no reading the guard can vouch for.
+MAX_VERSIONED = 5
 
 
 class Unreadable(Exception):
@@ -91,15 +98,28 @@ class Piece:
         return ""
 
 
-def code_reading(sql: str) -> str:
-    """``sql`` with executable comments opened: what a MySQL server may run. The markers become
-    spaces; the text inside stays where it was."""
+def versioned(sql: str) -> int:
+    """How many executable comments ``sql`` holds (outside quotes, nested ones counted)."""
+    return _scan(sql, frozenset())[1]
+
+
+def code_reading(sql: str, skipped: frozenset[int] = frozenset()) -> str:
+    """``sql`` with executable comments opened, but for those whose number (in order, from 0)
+    is in ``skipped``, which stay plain comments: what a MySQL server may run. The opened
+    markers become spaces; the text inside stays where it was."""
+    return _scan(sql, skipped)[0]
+
+
+def _scan(sql: str, skipped: frozenset[int]) -> tuple[str, int]:
+    """`code_reading`, and how many executable comments it met. A skipped one is blanked
+    (spaces keep every offset) to where the server's lexer ends it (`_skipped_end`)."""
     if "/*" not in sql:
-        return sql
+        return sql, 0
     out: list[str] = []
     pos = 0
     quote = ""
     opened = 0  # executable comments open at this point
+    met = 0
     n = len(sql)
     while pos < n:
         ch = sql[pos]
@@ -122,10 +142,17 @@ def code_reading(sql: str) -> str:
             continue
         elif sql.startswith("/*", pos):
             found = _EXECUTABLE.match(sql, pos)
-            if found is not None:
+            if found is not None and met not in skipped:
+                met += 1
                 out.append(" " * (found.end() - pos))
                 opened += 1
                 pos = found.end()
+                continue
+            if found is not None:  # skipped: blanked, ending where the server's lexer ends it
+                met += 1
+                end = _skipped_end(sql, found.end())
+                out.append(" " * (end - pos))
+                pos = end
                 continue
             end = sql.find("*/", pos + 2)
             end = n if end < 0 else end + 2
@@ -134,7 +161,29 @@ def code_reading(sql: str) -> str:
             continue
         out.append(ch)
         pos += 1
-    return "".join(out)
+    return "".join(out), met
+
+
+def _skipped_end(sql: str, pos: int) -> int:
+    """Where an executable comment the server skips ends, from just past its marker: MySQL's
+    and MariaDB's lexers let it hold one nested comment (`consume_comment` with one recursion
+    permitted), so its end is the ``*/`` after that one's, if it has one."""
+    nested = False
+    allowed = 1
+    n = len(sql)
+    while pos < n:
+        if allowed and sql.startswith("/*", pos):
+            allowed -= 1
+            nested = True
+            pos += 2
+        elif sql.startswith("*/", pos):
+            if not nested:
+                return pos + 2
+            nested = False
+            pos += 2
+        else:
+            pos += 1
+    return n
 
 
 def charset_sensitive(sql: str) -> bool:
@@ -155,15 +204,30 @@ class Reading:
 
 
 def readings(sql: str) -> list[Reading]:
-    """The readings the server may make of ``sql``: its code reading; when it holds a
-    backslash, that reading as NO_BACKSLASH_ESCAPES would read it (each backslash doubled, so
+    """The readings the server may make of ``sql``: its code reading with every combination of
+    its executable comments run or skipped (the server's version decides each); when it
+    holds a backslash, each as NO_BACKSLASH_ESCAPES would read it (each backslash doubled, so
     that the tokenizer sees it as a plain character); when it holds a double quote, each of
-    those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing)."""
-    code = code_reading(sql)
-    out = [Reading(code)]
-    if "\\" in code:
-        out.append(Reading(code.replace("\\", "\\\\"), doubled=True))
-    if '"' in code:
+    those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing).
+    Raises Unreadable past ``MAX_VERSIONED`` executable comments."""
+    count = versioned(sql)
+    if count > MAX_VERSIONED:
+        raise Unreadable(
+            f"the text holds {count} version-gated comments (/*!…*/), more than the "
+            f"{MAX_VERSIONED} whose every combination the gateway reads; which of them the "
+            "server runs depends on its version"
+        )
+    out: list[Reading] = []
+    seen: set[str] = set()
+    for mask in range(2**count):
+        code = code_reading(sql, frozenset(i for i in range(count) if mask >> i & 1))
+        if code not in seen:
+            seen.add(code)
+            out.append(Reading(code))
+    for reading in list(out):
+        if "\\" in reading.text:
+            out.append(Reading(reading.text.replace("\\", "\\\\"), doubled=True))
+    if any('"' in r.text for r in out):
         out += [Reading(r.text, ansi_quotes=True, doubled=r.doubled) for r in out]
     return out
 

@@ -569,3 +569,51 @@ def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
     assert 'guardrail "no-destructive"' in message
     assert results == [((2,),), (('a"b',),)]
     assert _statements(events) == [f'SELECT "id" FROM {table} WHERE id = 2', "SELECT 'a\"b'"]
+
+
+# A version-gated comment whose version is above the server's (``/*!999999 …*/``, MariaDB's
+# ``/*M!999999 …*/``) is a plain comment to the server: its text is skipped. The guard reads
+# every text with each such comment run and skipped, so what it hides cannot be a denied
+# statement the server runs.
+@pytest.mark.parametrize(
+    "template",
+    [
+        # One statement: the guard reads a DELETE with a WHERE; the server an unbounded one.
+        "DELETE FROM {t} /*!999999 WHERE id = 1 */",
+        # MariaDB's own marker, an unbounded UPDATE.
+        "UPDATE {t} SET email = NULL /*M!999999 WHERE id = 1 */",
+        # Multi-statements: the guard reads one SELECT of a string; the server a SELECT, then
+        # DROP TABLE, then a comment.
+        "SELECT 1 /*!999999 ' */; DROP TABLE {t}; -- ' */",
+    ],
+)
+def test_a_comment_the_server_skips_does_not_hide_a_denied_statement(
+    stack: MysqlStack,
+    port: int,
+    mariadb: MariadbServer,
+    table: str,
+    template: str,
+) -> None:
+    sql = template.format(t=table)
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    refused = None
+    with connect(port, client_flag=flags, autocommit=True) as conn, conn.cursor() as cur:
+        try:
+            cur.execute(sql)
+            while cur.nextset():
+                pass
+        except pymysql.err.MySQLError as exc:
+            refused = exc
+    ran = [
+        q
+        for q in mariadb.queries()
+        if table in q and q.split()[0] in ("SELECT", "DELETE", "UPDATE")
+    ]
+    count = mariadb.admin(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '" + table + "'"
+    ).strip()
+    rows = (
+        mariadb.admin(f"SELECT COUNT(email) FROM app.{table}").strip() if count == "1" else "gone"
+    )
+    assert rows == "3", f"the server ran {ran!r}; the gateway let it through ({refused!r})"
+    assert refused is not None and refused.args[0] == 1142

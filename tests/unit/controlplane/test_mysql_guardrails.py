@@ -37,6 +37,17 @@ GUARD = MysqlGuard(
         ("SELECT 'a\\'; DROP TABLE t; SELECT 'b", "(unparseable)"),
         # ANSI_QUOTES: "\" is an alias, and the DROP a statement.
         ('SELECT \'\\\'"\' AS "\\"; DROP TABLE t; -- "', "no-drop"),
+        # A version-gated comment the server skips (its version is above the server's, or
+        # MySQL's 50700-99999 on MariaDB): what it hides is not there for the server.
+        ("DELETE FROM t /*!999999 WHERE id = 1 */", "bounded"),
+        ("UPDATE t SET a = NULL /*M!999999 WHERE id = 1 */", "bounded"),
+        ("SELECT 1 /*!999999 ' */; DROP TABLE t; -- ' */", "no-drop"),
+        # Skipped, it may hold one nested comment, and ends at the `*/` after that one's.
+        ("DELETE FROM t /*!999999 /* */ WHERE id = 1 -- */", "bounded"),
+        # Run one, skip another: every combination is read.
+        ("DELETE FROM t /*!999999 WHERE id = 1 */ /*!10000 */", "bounded"),
+        # More version-gated comments than every combination of is read.
+        ("SELECT 1 " + "/*!40101 */ " * 6, "(unparseable)"),
     ],
 )
 def test_denied(sql: str, rule: str) -> None:
@@ -56,6 +67,9 @@ def test_denied(sql: str, rule: str) -> None:
         "SELECT 'it\\'s'",
         "PREPARE s FROM 'SELECT ?'",
         "SHOW TABLES",
+        # mysqldump's own: run or skipped, each reading is harmless.
+        "/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */",
+        "DELETE FROM t WHERE id = 1 /*!999999 AND a = 2 */",
     ],
 )
 def test_allowed(sql: str) -> None:
