@@ -509,7 +509,18 @@ def binary_to_text(type_: int, unsigned: bool, raw: bytes) -> str:
     return (r.lenenc_bytes() or b"").decode("utf-8", "replace")
 
 
+#: The lengths MySQL's binary protocol gives a TIME and a DATE/DATETIME/TIMESTAMP value.
+_TIME_LENGTHS = (0, 8, 12)
+_DATE_LENGTHS = (0, 4, 7, 11)
+
+
 def _temporal(type_: int, b: bytes) -> str:
+    lengths = _TIME_LENGTHS if type_ == FieldType.TIME else _DATE_LENGTHS
+    if len(b) not in lengths:
+        raise ProtocolError(
+            f"a binary {FieldType(type_).name} value of {len(b)} bytes; the protocol sends "
+            + ", ".join(map(str, lengths))
+        )
     if type_ == FieldType.TIME:
         if not b:
             return "00:00:00"

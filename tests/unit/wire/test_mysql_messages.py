@@ -123,6 +123,18 @@ def test_binary_values_read_as_text() -> None:
     assert m.binary_to_text(FieldType.VARCHAR, False, m.lenenc_bytes("é".encode())) == "é"
 
 
+@pytest.mark.parametrize(
+    ("type_", "length"), [(FieldType.TIME, 1), (FieldType.TIME, 5), (FieldType.DATE, 2)]
+)
+def test_a_temporal_value_of_a_length_the_protocol_never_sends_is_a_protocol_error(
+    type_: FieldType, length: int
+) -> None:
+    """A client's COM_STMT_EXECUTE parameter: refused with a clear error, never an IndexError
+    that ends the session without telling the client."""
+    with pytest.raises(ProtocolError, match=f"{length} bytes"):
+        m.binary_to_text(type_, False, bytes([length]) + b"\x01" * length)
+
+
 def test_column_round_trip() -> None:
     col = m.Column("id", FieldType.LONG, flags=0x20, charset=63, length=11, table="t", schema="s")
     assert m.parse_column(m.column(col)) == col
