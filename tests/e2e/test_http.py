@@ -544,3 +544,48 @@ def test_every_request_in_the_access_log_was_recorded_first(
         match = next((r for r in remaining if r[0] == line.method and r[1] == path), None)
         assert match is not None, f"{line.method} {line.uri} reached nginx unrecorded"
         remaining.remove(match)
+
+
+# A request target opening with `//` is a path to the target (nginx routes `//admin/users` as
+# `/admin/users`), not `//authority/path`: the event and the guard take the path the target
+# receives, all before the `?`.
+
+
+def test_a_double_slash_target_is_recorded_and_decided_as_what_the_target_receives(
+    stack: Stack, listener: Connect, http_targets: HttpTargets
+) -> None:
+    after = last_seq(stack)
+    answer = raw_exchange(
+        listener.port,
+        b"POST //admin/users HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+        1,
+    )
+    time.sleep(0.5)  # nginx writes a line when a request ends
+    reached = [
+        (line.method, line.uri)
+        for line in http_targets.log_lines()
+        if line.uri.endswith("/admin/users")
+    ]
+    recorded = [
+        (e["request"]["method"], e["request"]["path"], e["decision"]["result"])
+        for e in requests_of(stack, after)
+    ]
+    # A POST under /admin/ is denied by `POST /admin/**`: it must be refused...
+    assert [status for status, _ in answer] == [403], (recorded, reached)
+    # ...and never reach the target.
+    assert reached == [], (recorded, reached)
+
+
+def test_a_double_slash_target_is_recorded_with_the_path_the_target_receives(
+    stack: Stack, listener: Connect, http_targets: HttpTargets
+) -> None:
+    after = last_seq(stack)
+    raw_exchange(listener.port, b"GET //anything/unrecorded-part HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+    time.sleep(0.5)
+    reached = [
+        line.uri for line in http_targets.log_lines() if line.uri.endswith("/unrecorded-part")
+    ]
+    recorded = [e["request"]["path"] for e in requests_of(stack, after)]
+    assert reached, "nginx did not log the request"
+    # The trail must name the path the target got (modulo the target URL's own prefix).
+    assert recorded == reached, (recorded, reached)

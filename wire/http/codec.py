@@ -22,7 +22,6 @@ import json
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
-from urllib.parse import urlsplit
 
 import h11
 
@@ -82,11 +81,11 @@ class Request:
 
     @property
     def path(self) -> str:
-        return urlsplit(self.target).path or "/"
+        return target_path(self.target)
 
     @property
     def query(self) -> str:
-        return urlsplit(self.target).query
+        return self.target.partition("?")[2]
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (lower case), or None."""
@@ -103,7 +102,14 @@ class Continue:
 
     @property
     def path(self) -> str:
-        return urlsplit(self.target).path or "/"
+        return target_path(self.target)
+
+
+def target_path(target: str) -> str:
+    """The path of an origin-form request target, exactly as the target receives it: all
+    before the `?`. (`urlsplit` reads `//admin/users` as host `admin` and path `/users`, so
+    the event and the guard would see a path other than the one sent on.)"""
+    return target.partition("?")[0] or "/"
 
 
 def _text(value: bytes) -> str:
@@ -209,6 +215,11 @@ class ServerSide:
         connection = ",".join(v for k, v in headers if k == "connection").lower()
         if "upgrade" in (token.strip() for token in connection.split(",")):
             upgrade = next((v for k, v in headers if k == "upgrade"), None)
+            if upgrade is not None and upgrade.strip().lower() != "websocket":
+                # Only WebSocket is relayed after a 101 (and recorded as http.upgrade): another
+                # protocol (h2c) would carry requests the gateway never reads. The request goes
+                # on as plain HTTP/1.1 without it (Upgrade is hop-by-hop: never passed on).
+                upgrade = None
         return Request(
             _text(head.method),
             _text(head.target),

@@ -180,3 +180,27 @@ def test_an_upgrade_switches_to_opaque_bytes_after_a_101() -> None:
     assert isinstance(request, Request) and request.upgrade == "websocket"
     side.responded(101)
     assert side.closed and side.switched() == b"\x81\x00"
+
+
+def _request(raw: bytes) -> Request | None:
+    side = ServerSide()
+    side.feed(raw)
+    request = side.next_request()
+    assert request is None or isinstance(request, Request)
+    return request
+
+
+def test_a_target_opening_with_two_slashes_is_all_path() -> None:
+    request = _request(b"POST //admin/users?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(request, Request)
+    assert (request.path, request.query) == ("//admin/users", "x=1")
+
+
+def test_an_upgrade_to_anything_but_websocket_goes_on_as_plain_http() -> None:
+    """h2c after a 101 would carry HTTP/2 requests the gateway never reads: the Upgrade is
+    not passed on (it is hop-by-hop), the request is an ordinary one."""
+    request = _request(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    assert isinstance(request, Request) and request.upgrade is None
