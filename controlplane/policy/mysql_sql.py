@@ -38,7 +38,6 @@ __all__ = [
     "redact",
     "split",
     "split_agreed",
-    "versioned",
     "where_of",
 ]
 
@@ -96,11 +95,6 @@ class Piece:
                     return rest[0].text
                 return ""
         return ""
-
-
-def versioned(sql: str) -> int:
-    """How many executable comments ``sql`` holds (outside quotes, nested ones counted)."""
-    return _scan(sql, frozenset())[1]
 
 
 def code_reading(sql: str, skipped: frozenset[int] = frozenset()) -> str:
@@ -210,16 +204,16 @@ def readings(sql: str) -> list[Reading]:
     that the tokenizer sees it as a plain character); when it holds a double quote, each of
     those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing).
     Raises Unreadable past ``MAX_VERSIONED`` executable comments."""
-    count = versioned(sql)
+    code, count = _scan(sql, frozenset())  # every one run; and how many there are
     if count > MAX_VERSIONED:
         raise Unreadable(
             f"the text holds {count} version-gated comments (/*!…*/), more than the "
-            f"{MAX_VERSIONED} whose every combination the gateway reads; which of them the "
-            "server runs depends on its version"
+            f"{MAX_VERSIONED} whose every combination the gateway reads (which of them the "
+            "server runs depends on its version); send fewer of them in one statement"
         )
-    out: list[Reading] = []
-    seen: set[str] = set()
-    for mask in range(2**count):
+    out = [Reading(code)]
+    seen = {code}
+    for mask in range(1, 2**count):
         code = code_reading(sql, frozenset(i for i in range(count) if mask >> i & 1))
         if code not in seen:
             seen.add(code)

@@ -68,6 +68,14 @@ def refused(told: list[bytes], db_path: Path) -> None:
     assert last["decision"]["result"] == "deny", last
 
 
+async def in_extended_copy(inspector: PgInspector) -> None:
+    """Start a COPY FROM STDIN as libpq does (Parse/Bind/Execute/Sync): the target answers
+    with CopyInResponse and ignores that Sync, reading COPY data from now on."""
+    copy = parse("copy c from stdin") + bind([]) + execute() + pgm.sync()
+    assert await inspector.from_client(copy) == copy
+    await inspector.from_agent(Reply().parsed().bound().ack(COPY_IN_RESPONSE, Mark.COPY_IN).frame())
+
+
 def test_the_hidden_text_is_a_delete_as_an_sjis_server_reads_it() -> None:
     assert no_delete().check(HIDDEN).allowed
     assert not no_delete().check(HIDDEN.encode().decode("shift_jis")).allowed
@@ -94,9 +102,7 @@ async def test_text_behind_the_data_of_an_extended_copy_is_refused(
     ctx: SessionContext, writer: AuditWriter, db_path: Path
 ) -> None:
     inspector = await started(ctx, writer, Forwarded())
-    copy = parse("copy c from stdin") + bind([]) + execute() + pgm.sync()
-    assert await inspector.from_client(copy) == copy
-    await inspector.from_agent(Reply().parsed().bound().ack(COPY_IN_RESPONSE, Mark.COPY_IN).frame())
+    await in_extended_copy(inspector)
     # The target ignored the Sync above; its triggers run on this data.
     data = COPY_DATA_AND_DONE + FLUSH
     assert await inspector.from_client(data) == data
@@ -117,9 +123,7 @@ async def test_a_simple_query_behind_the_data_of_an_extended_copy_ends_the_sessi
     ctx: SessionContext, writer: AuditWriter, db_path: Path
 ) -> None:
     inspector = await started(ctx, writer, Forwarded())
-    copy = parse("copy c from stdin") + bind([]) + execute() + pgm.sync()
-    assert await inspector.from_client(copy) == copy
-    await inspector.from_agent(Reply().parsed().bound().ack(COPY_IN_RESPONSE, Mark.COPY_IN).frame())
+    await in_extended_copy(inspector)
     assert await inspector.from_client(COPY_DATA_AND_DONE) == COPY_DATA_AND_DONE
     await inspector.from_agent(Reply().complete("COPY 1", 1).frame())
 
