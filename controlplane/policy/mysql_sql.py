@@ -227,7 +227,11 @@ def readings(sql: str) -> list[Reading]:
 
 
 def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
-    """The statements of one text in order (empty ones dropped). Raises Unreadable."""
+    """The statements of one text in order (those with no token dropped). Raises Unreadable.
+
+    A statement's text runs from the end of the separator before it, so that a comment in
+    front of its first token is part of it: an executable comment there is code the server
+    runs with it (``/*!50000 TRUNCATE */ t``), and what is recorded is what was sent."""
     if "\x00" in sql:
         raise Unreadable("the text contains a NUL character")
     tokens = _tokens(sql, ansi_quotes)
@@ -236,13 +240,12 @@ def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
     start = 0
     for token in [*tokens, None]:
         if token is None or token.token_type == TokenType.SEMICOLON:
+            stop = token.start if token is not None else len(sql)
             if current:
-                stop = token.start if token is not None else len(sql)
                 pieces.append(_piece(sql[start:stop].strip(), _opened(current)))
             current = []
+            start = stop + 1
             continue
-        if not current:
-            start = token.start
         current.append(token)
     return pieces
 
@@ -257,22 +260,32 @@ def split_agreed(sql: str) -> list[Piece] | None:
     others = readings(sql)
     if len(others) == 1 and others[0].text == sql:
         return pieces  # the one reading is the text itself (the common case)
-    cuts = _cuts(sql)
+    cuts, filled = _shape(sql)
     for reading in others:
         try:
-            found = _cuts(reading.text, reading.ansi_quotes)
+            found, code = _shape(reading.text, reading.ansi_quotes)
         except Unreadable:
             return None
         if reading.doubled:  # back to the text's own offsets
             found = [p - reading.text.count("\\", 0, p) // 2 for p in found]
-        if found != cuts:
+        if found != cuts or code != filled:
             return None
     return pieces
 
 
-def _cuts(sql: str, ansi_quotes: bool = False) -> list[int]:
-    """Where the statement separators of ``sql`` are."""
-    return [t.start for t in _tokens(sql, ansi_quotes) if t.token_type == TokenType.SEMICOLON]
+def _shape(sql: str, ansi_quotes: bool = False) -> tuple[list[int], list[bool]]:
+    """Where the statement separators of ``sql`` are, and which of the spans between them
+    hold a token: a span of comments alone is no statement to ``split``, but one whose
+    executable comment is opened is (``SELECT 1; /*!50000 DROP TABLE t */; SELECT 2``)."""
+    cuts: list[int] = []
+    filled = [False]
+    for token in _tokens(sql, ansi_quotes):
+        if token.token_type == TokenType.SEMICOLON:
+            cuts.append(token.start)
+            filled.append(False)
+        else:
+            filled[-1] = True
+    return cuts, filled
 
 
 class _AnsiQuotes(MySQL.Tokenizer):

@@ -574,10 +574,14 @@ def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
 # A version-gated comment whose version is above the server's (``/*!999999 …*/``, MariaDB's
 # ``/*M!999999 …*/``) is a plain comment to the server: its text is skipped. The guard reads
 # every text with each such comment run and skipped, so what it hides cannot be a denied
-# statement the server runs.
+# statement the server runs. One the server runs is code wherever it stands: in front of a
+# statement's first token, or alone between two separators.
 @pytest.mark.parametrize(
     "template",
     [
+        "/*!50000 TRUNCATE */ {t}",
+        "SELECT 1; /*!50000 DELETE FROM {t} WHERE */ 1 = 1",
+        "SELECT 1; /*!50000 DROP TABLE {t} */; SELECT 2",
         # One statement: the guard reads a DELETE with a WHERE; the server an unbounded one.
         "DELETE FROM {t} /*!999999 WHERE id = 1 */",
         # MariaDB's own marker, an unbounded UPDATE.
@@ -587,7 +591,7 @@ def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
         "SELECT 1 /*!999999 ' */; DROP TABLE {t}; -- ' */",
     ],
 )
-def test_a_comment_the_server_skips_does_not_hide_a_denied_statement(
+def test_a_version_gated_comment_does_not_hide_a_denied_statement(
     stack: MysqlStack,
     port: int,
     mariadb: MariadbServer,

@@ -89,6 +89,36 @@ def test_split_keeps_each_statements_text() -> None:
     assert not split("LOAD DATA INFILE 'f' INTO TABLE t")[0].load_local
 
 
+def test_a_comment_in_front_of_a_statement_is_part_of_its_text() -> None:
+    pieces = split("/* app=billing */ SELECT 1; -- why\n /*+ hint */ SELECT 2 ;")
+    assert [p.text for p in pieces] == [
+        "/* app=billing */ SELECT 1",
+        "-- why\n /*+ hint */ SELECT 2",
+    ]
+    assert [p.keyword for p in pieces] == ["SELECT", "SELECT"]
+
+
+# What the gateway decides and records is each statement of split_agreed (or the whole text,
+# when it returns None): an executable comment in front of a statement's first token, or
+# alone between two separators, is code the server runs.
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        ("/*!50000 TRUNCATE */ t", "no-drop"),
+        ("/*!50000 DROP TABLE */ t", "no-drop"),
+        ("SELECT 1; /*!50000 DROP TABLE */ t", "no-drop"),
+        ("/* a */ /*M!100000 DELETE FROM t WHERE */ 1 = 1", "bounded"),
+        ("SELECT 1; /*!50000 DROP TABLE t */; SELECT 2", "no-drop"),
+        ("SELECT 1; /*!50000 DROP TABLE t */", "no-drop"),
+    ],
+)
+def test_an_executable_comment_before_a_statement_is_decided_with_it(sql: str, rule: str) -> None:
+    pieces = split_agreed(sql)
+    decisions = [GUARD.check(sql)] if pieces is None else [GUARD.check(p.text) for p in pieces]
+    refused = [d for d in decisions if not d.allowed]
+    assert refused and refused[0].rule == rule, decisions
+
+
 @pytest.mark.parametrize(
     "sql",
     [
