@@ -41,7 +41,9 @@ __all__ = ["HttpEngine", "Target", "run"]
 FRAME_BYTES: Final = 256 * 1024
 """Response bytes gathered into one frame at most (the tunnel's messages are bounded)."""
 _DROPPED_REQUEST: Final = HOP_BY_HOP | {"host", "authorization", "proxy-authorization"}
-_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_SAFE: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""Methods sent once more when a kept-alive connection closed unanswered (RFC 9110 §9.2.1:
+no side effect is asked for, so running twice what was recorded once changes nothing)."""
 _DROPPED_RESPONSE: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "upgrade", "trailer", "te"}
 )
@@ -64,7 +66,7 @@ class _Session:
     async def connect(self) -> Upstream:
         target = self.target
         assert target is not None
-        if self.upstream is not None and self.upstream.conn.our_state is h11.IDLE:
+        if self.upstream is not None and self.upstream.reusable:
             return self.upstream
         if self.upstream is not None:
             self.upstream.close()
@@ -74,13 +76,16 @@ class _Session:
 
     async def exchange(self, request: Request) -> bool:
         """Send one request and stream its response back; True when a protocol was switched.
-        A kept-alive connection the target closed while idle is found out only now: an
-        idempotent request is sent once more on a new one, if nothing of an answer came."""
+        A kept-alive connection the target closed while idle is left for a new one. When the
+        target closes it just as the request goes out, nothing of an answer came, and the
+        request may or may not have run: a safe one (GET, HEAD …) is sent once more on a new
+        connection; any other is answered 502, since sending it again could run twice what
+        the trail records once (the client decides whether to retry, and is recorded)."""
         if self.target is None:
             await self.refuse(self.failure)
             return False
         self.streaming = False
-        reused = self.upstream is not None
+        reused = self.upstream is not None and self.upstream.reusable
         while True:
             try:
                 upstream = await self.connect()
@@ -93,9 +98,15 @@ class _Session:
                 if self.streaming:
                     raise
                 stale = isinstance(exc, StaleConnection | ConnectionResetError | BrokenPipeError)
-                if reused and stale and request.method in _IDEMPOTENT:
+                if reused and stale and request.method in _SAFE:
                     reused = False
                     continue
+                if reused and stale:
+                    await self.refuse(
+                        f"the target closed its kept-alive connection without answering; the "
+                        f"{request.method} may have reached it and was not sent again"
+                    )
+                    return False
                 await self.refuse(str(exc) or "the target did not answer in time")
                 return False
 

@@ -116,6 +116,12 @@ class Upstream:
     writer: asyncio.StreamWriter
     conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
 
+    @property
+    def reusable(self) -> bool:
+        """Whether a next request may go on it: its last exchange ended, and the target has
+        not closed it while it was idle (a keep-alive timeout; the FIN has been read)."""
+        return self.conn.our_state is h11.IDLE and not self.reader.at_eof()
+
     async def next_event(self) -> h11.Event:
         while True:
             event = self.conn.next_event()

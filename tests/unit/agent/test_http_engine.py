@@ -58,8 +58,10 @@ async def converse(
     requests: list[bytes],
     secret: dict[str, str],
     masking: dict[str, object] | None = None,
+    idle: float = 0.0,
 ) -> list[tunnel_pb2.Frame]:
-    """Run the engine on `requests` (each sent once the previous answer ended)."""
+    """Run the engine on `requests` (each sent once the previous answer ended, and `idle`
+    seconds more)."""
     frames: list[tunnel_pb2.Frame] = []
     pending = list(requests)
     answered = asyncio.Event()
@@ -69,6 +71,8 @@ async def converse(
         await answered.wait()
         if not pending:
             return None
+        if len(pending) < len(requests):
+            await asyncio.sleep(idle)
         answered.clear()
         return pending.pop(0)
 
@@ -85,8 +89,44 @@ async def converse(
     return frames
 
 
-def request(target: str, *headers: tuple[str, str]) -> bytes:
-    return encode_request("GET", target, [("host", "gateway"), *headers], b"")
+def request(target: str, *headers: tuple[str, str], method: str = "GET") -> bytes:
+    body = b"{}" if method == "PUT" else b""
+    return encode_request(method, target, [("host", "gateway"), *headers], body)
+
+
+class Dropping:
+    """Answers the first request of its first connection, keeps it open, reads the next
+    request and closes without answering (a target that crashed while running it); answers
+    every request of later connections."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            self.heads.append(head)
+            if first and len(self.heads) == 2:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def dropping() -> AsyncIterator[Dropping]:
+    served = Dropping()
+    server = await asyncio.start_server(served.handle, "127.0.0.1", 0)
+    served.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield served
 
 
 async def test_credentials_are_replaced_and_a_closed_connection_is_opened_again(
@@ -133,3 +173,44 @@ async def test_masking_rules_the_agent_cannot_apply_send_nothing(target: Target)
     assert frames[0].data.startswith(b"HTTP/1.1 502 ")
     assert b"retina_scan" in frames[0].data
     assert target.heads == []
+
+
+def _methods(heads: list[bytes]) -> list[str]:
+    return [head.split(b"\r\n")[0].decode() for head in heads]
+
+
+async def test_a_request_the_target_took_and_dropped_is_not_sent_again(
+    dropping: Dropping,
+) -> None:
+    """The trail records the PUT once: sending it again could run it twice."""
+    frames = await converse(dropping.port, [request("/a"), request("/items/1", method="PUT")], {})
+    marks = [m for f in frames for m in f.marks]
+    assert [(m.kind, m.command) for m in marks] == [
+        (tunnel_pb2.ResultMark.COMPLETE, "200"),
+        (tunnel_pb2.ResultMark.ERROR, "502"),
+    ]
+    assert "may have reached it and was not sent again" in marks[1].message
+    assert _methods(dropping.heads) == ["GET /base/a HTTP/1.1", "PUT /base/items/1 HTTP/1.1"]
+
+
+async def test_a_safe_request_the_target_dropped_is_sent_once_more(dropping: Dropping) -> None:
+    frames = await converse(dropping.port, [request("/a"), request("/b")], {})
+    marks = [m for f in frames for m in f.marks]
+    assert [m.command for m in marks] == ["200", "200"]
+    assert _methods(dropping.heads) == [
+        "GET /base/a HTTP/1.1",
+        "GET /base/b HTTP/1.1",
+        "GET /base/b HTTP/1.1",
+    ]
+    assert dropping.connections == 2
+
+
+async def test_a_connection_the_target_closed_while_idle_is_not_used(target: Target) -> None:
+    """The target's keep-alive timeout closed it: the PUT goes on a new one, once."""
+    frames = await converse(
+        target.port, [request("/a"), request("/items/1", method="PUT")], {}, idle=0.2
+    )
+    marks = [m for f in frames for m in f.marks]
+    assert [m.command for m in marks] == ["200", "200"]
+    assert _methods(target.heads) == ["GET /base/a HTTP/1.1", "PUT /base/items/1 HTTP/1.1"]
+    assert target.connections == 2
