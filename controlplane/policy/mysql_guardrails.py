@@ -8,8 +8,11 @@ denies the text. Text the tokenizer cannot read, or a DELETE/UPDATE whose WHERE 
 parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure,
 as is text with a non-ASCII character right before a backslash or a backtick (GBK and its kin
 read it otherwise).
-``PREPARE … FROM 'text'`` is decided on that text too; prepared from a variable, it cannot be
-read, and is refused when a guardrail denies statements by type.
+``PREPARE … FROM 'text'`` and ``EXECUTE IMMEDIATE 'text'`` are decided on that text too; from a
+variable or an expression, it cannot be read, and is refused when a guardrail denies statements
+by type. A compound statement (``BEGIN NOT ATOMIC``, ``IF``, ``WHILE`` … which MariaDB runs
+outside stored programs, whole) is refused when a guardrail needs structure: the statements in
+it are not the pieces its text splits into.
 """
 
 from __future__ import annotations
@@ -99,6 +102,12 @@ class MysqlGuard:
         return ALLOW
 
     def _piece(self, piece: Piece, rules: list[SqlRule], depth: int) -> Decision:
+        if piece.compound:
+            return _unparseable(
+                rules[0],
+                f"{piece.keyword} begins a compound statement, which the server runs whole,"
+                " with the statements in it; send them one by one",
+            )
         for rule in rules:
             denied = sorted(piece.keywords & rule.statements)
             if denied:
@@ -127,8 +136,9 @@ class MysqlGuard:
                     return Decision(
                         False,
                         rules[0].name,
-                        "a statement prepared from a variable cannot be read, and guardrail"
-                        f' "{rules[0].name}" must read what runs; prepare it from a literal',
+                        "a statement prepared or executed from a variable or an expression"
+                        f' cannot be read, and guardrail "{rules[0].name}" must read what runs;'
+                        " give its text as one string literal",
                     )
                 return ALLOW
             inner = self._decide(source, depth + 1)

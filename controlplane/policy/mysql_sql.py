@@ -11,7 +11,11 @@ UPDATE does. Two readings the server could make differently are taken into accou
   skips MySQL's ``/*!50700`` to ``/*!99999``): each is read both ways, every combination of them
   (``code_reading``, ``readings``), up to ``MAX_VERSIONED`` of them in one text;
 * with ``sql_mode`` NO_BACKSLASH_ESCAPES a backslash does not escape a quote, so text with a
-  backslash is read both ways (``readings``);
+  backslash is read both ways (``readings``), and ANSI_QUOTES; where strings end, and so which
+  ``/*!`` are executable comments, is found in each of those on its own (``_scan``), past
+  line comments (``#``, ``-- ``), whose quotes open no string;
+* a non-ASCII space (U+00A0, U+3000 …) is a character of an identifier to MariaDB's lexer,
+  and is read so (``_lexable``): ``--`` before one is two minus signs, not a comment;
 * under a client character set whose characters may end in the byte of ``\\`` or `` ` ``
   (GBK, SJIS, CP932, Big5, GB18030), a non-ASCII character right before one of them can take
   it in: such text has no reading the gateway can vouch for (``charset_sensitive``).
@@ -45,8 +49,15 @@ _DIALECT = MySQL()
 _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
 _MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 _COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
+_COMPOUND = frozenset({"IF", "CASE", "LOOP", "REPEAT", "WHILE", "FOR", "DECLARE"})
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
 _TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
+_ESCAPED = "'\""  # the quotes in which a backslash escapes, by default
+#: The non-ASCII characters Python (and so the tokenizer) takes for white space: to MariaDB's
+#: lexer they are characters of an identifier, like every other non-ASCII character.
+_WIDE_SPACE = re.compile(
+    "[" + "".join(chr(c) for c in range(0x80, 0x110000) if chr(c).isspace()) + "]"
+)
 #: Executable comments in one text whose every combination of run and skipped is read (2**5
 #: readings); a text with more has no reading the guard can vouch for.
 MAX_VERSIONED = 5
@@ -84,17 +95,28 @@ class Piece:
         return self.keyword == "LOAD" and any(t.text.upper() == "LOCAL" for t in self.tokens[:6])
 
     @property
+    def compound(self) -> bool:
+        """A compound statement MariaDB runs outside any stored program (``BEGIN NOT ATOMIC``,
+        ``IF``, ``CASE``, ``LOOP``, ``REPEAT``, ``WHILE``, ``FOR``; under sql_mode ORACLE a
+        ``BEGIN`` or ``DECLARE`` block, or a labelled one): the statements in it are not
+        the ones its text is split into (the server reads it whole, ``;`` and all)."""
+        if self.keyword in _COMPOUND or self.word(0) in ("<", "<<") or self.word(1) == ":":
+            return True
+        return self.keyword == "BEGIN" and self.word(1) not in ("", "WORK")
+
+    @property
     def prepare_source(self) -> str | None:
-        """``PREPARE name FROM 'text'``: the text; "" when it comes from a variable."""
-        if self.keyword != "PREPARE":
+        """``PREPARE name FROM 'text'`` or ``EXECUTE IMMEDIATE 'text'``: the text; "" when it
+        comes from anything but one string literal (a variable, an expression)."""
+        if self.keyword == "EXECUTE" and self.word(1) == "IMMEDIATE":
+            rest = self.tokens[2:]
+        elif self.keyword == "PREPARE":
+            found = [i for i, t in enumerate(self.tokens) if t.token_type == TokenType.FROM]
+            rest = self.tokens[found[0] + 1 :] if found else []
+        else:
             return None
-        for index, token in enumerate(self.tokens):
-            if token.token_type == TokenType.FROM:
-                rest = self.tokens[index + 1 :]
-                if len(rest) == 1 and rest[0].token_type == TokenType.STRING:
-                    return rest[0].text
-                return ""
-        return ""
+        alone = len(rest) == 1 or (len(rest) > 1 and rest[1].text.upper() == "USING")
+        return rest[0].text if alone and rest[0].token_type == TokenType.STRING else ""
 
 
 def code_reading(sql: str, skipped: frozenset[int] = frozenset()) -> str:
@@ -104,9 +126,15 @@ def code_reading(sql: str, skipped: frozenset[int] = frozenset()) -> str:
     return _scan(sql, skipped)[0]
 
 
-def _scan(sql: str, skipped: frozenset[int]) -> tuple[str, int]:
+def _scan(sql: str, skipped: frozenset[int], escapes: str = _ESCAPED) -> tuple[str, int]:
     """`code_reading`, and how many executable comments it met. A skipped one is blanked
-    (spaces keep every offset) to where the server's lexer ends it (`_skipped_end`)."""
+    (spaces keep every offset) to where the server's lexer ends it (`_skipped_end`).
+
+    ``escapes`` are the quotes in which a backslash escapes the next character: both by
+    default, none under NO_BACKSLASH_ESCAPES, only ``'`` under ANSI_QUOTES; where a string
+    ends, and so whether a ``/*!`` is in one, depends on it. A line comment (``#``, or ``--``
+    followed by an ASCII space or control character) runs to the end of its line, with any
+    quote or ``/*!`` in it, and any ``*/`` (an executable comment open before it stays open)."""
     if "/*" not in sql:
         return sql, 0
     out: list[str] = []
@@ -118,7 +146,7 @@ def _scan(sql: str, skipped: frozenset[int]) -> tuple[str, int]:
     while pos < n:
         ch = sql[pos]
         if quote:
-            if ch == "\\" and quote != "`":
+            if ch == "\\" and quote in escapes:
                 out.append(sql[pos : pos + 2])
                 pos += 2
                 continue
@@ -129,6 +157,12 @@ def _scan(sql: str, skipped: frozenset[int]) -> tuple[str, int]:
             continue
         if ch in "'\"`":
             quote = ch
+        elif ch == "#" or (sql.startswith("--", pos) and _dash_comment(sql, pos + 2)):
+            end = sql.find("\n", pos)
+            end = n if end < 0 else end
+            out.append(sql[pos:end])
+            pos = end
+            continue
         elif opened and sql.startswith("*/", pos):
             out.append("  ")
             opened -= 1
@@ -156,6 +190,13 @@ def _scan(sql: str, skipped: frozenset[int]) -> tuple[str, int]:
         out.append(ch)
         pos += 1
     return "".join(out), met
+
+
+def _dash_comment(sql: str, pos: int) -> bool:
+    """Whether ``--`` before ``pos`` starts a comment: followed by an ASCII space or control
+    character, or the end (MariaDB's ``my_isspace || my_iscntrl``; any other character, a
+    non-ASCII space too, makes it two minus signs)."""
+    return pos >= len(sql) or sql[pos] in " \t\n\v\f\r" or ord(sql[pos]) < 32 or sql[pos] == "\x7f"
 
 
 def _skipped_end(sql: str, pos: int) -> int:
@@ -203,26 +244,32 @@ def readings(sql: str) -> list[Reading]:
     holds a backslash, each as NO_BACKSLASH_ESCAPES would read it (each backslash doubled, so
     that the tokenizer sees it as a plain character); when it holds a double quote, each of
     those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing).
-    Raises Unreadable past ``MAX_VERSIONED`` executable comments."""
-    code, count = _scan(sql, frozenset())  # every one run; and how many there are
-    if count > MAX_VERSIONED:
-        raise Unreadable(
-            f"the text holds {count} version-gated comments (/*!…*/), more than the "
-            f"{MAX_VERSIONED} whose every combination the gateway reads (which of them the "
-            "server runs depends on its version); send fewer of them in one statement"
-        )
-    out = [Reading(code)]
-    seen = {code}
-    for mask in range(1, 2**count):
-        code = code_reading(sql, frozenset(i for i in range(count) if mask >> i & 1))
-        if code not in seen:
-            seen.add(code)
-            out.append(Reading(code))
-    for reading in list(out):
-        if "\\" in reading.text:
-            out.append(Reading(reading.text.replace("\\", "\\\\"), doubled=True))
-    if any('"' in r.text for r in out):
-        out += [Reading(r.text, ansi_quotes=True, doubled=r.doubled) for r in out]
+    Which ``/*!`` are executable comments, and which lie in a string, is found under each
+    sql_mode on its own (``_scan``'s ``escapes``). Raises Unreadable past ``MAX_VERSIONED``
+    executable comments."""
+    modes = [(_ESCAPED, False, False)]  # escapes, ANSI_QUOTES, NO_BACKSLASH_ESCAPES
+    if "\\" in sql:
+        modes.append(("", False, True))
+    if '"' in sql:
+        modes += [("'", True, False)] + ([("", True, True)] if "\\" in sql else [])
+    out: list[Reading] = []
+    seen: set[tuple[str, bool]] = set()
+    for escapes, ansi_quotes, doubled in modes:
+        code, count = _scan(sql, frozenset(), escapes)  # every one run; and how many
+        if count > MAX_VERSIONED:
+            raise Unreadable(
+                f"the text holds {count} version-gated comments (/*!…*/), more than the "
+                f"{MAX_VERSIONED} whose every combination the gateway reads (which of them "
+                "the server runs depends on its version); send fewer of them in one statement"
+            )
+        for mask in range(2**count):
+            if mask:
+                skipped = frozenset(i for i in range(count) if mask >> i & 1)
+                code = _scan(sql, skipped, escapes)[0]
+            text = code.replace("\\", "\\\\") if doubled else code
+            if (text, ansi_quotes) not in seen:
+                seen.add((text, ansi_quotes))
+                out.append(Reading(text, ansi_quotes, doubled))
     return out
 
 
@@ -299,7 +346,15 @@ class _AnsiQuotes(MySQL.Tokenizer):
 _ANSI = _AnsiQuotes()
 
 
+def _lexable(sql: str) -> str:
+    """``sql`` as the tokenizer should see it: each non-ASCII space (U+00A0, U+3000 …), which
+    MariaDB reads as a character of an identifier, made one (so that ``--`` before one is two
+    minus signs, not a comment, and it ends no word). Every offset stays."""
+    return _WIDE_SPACE.sub("\u00aa", sql)
+
+
 def _tokens(sql: str, ansi_quotes: bool = False) -> list[Token]:
+    sql = _lexable(sql)
     try:
         return list(_ANSI.tokenize(sql) if ansi_quotes else _DIALECT.tokenize(sql))
     except TokenError as exc:
@@ -367,7 +422,7 @@ def _after_with(tokens: list[Token], index: int) -> str:
 def where_of(text: str) -> exp.Expression | Unreadable | None:
     """The WHERE of a DELETE or UPDATE (None: it has none); Unreadable when it cannot be parsed."""
     try:
-        trees = _DIALECT.parse(text)
+        trees = _DIALECT.parse(_lexable(text))
     except (ParseError, TokenError) as exc:
         return Unreadable(str(exc).splitlines()[0] if str(exc) else "syntax error")
     tree = trees[0] if len(trees) == 1 else None
@@ -389,7 +444,7 @@ def redact(sql: str) -> str:
     if found is None:
         return sql
     try:
-        tokens = list(_DIALECT.tokenize(sql))
+        tokens = list(_DIALECT.tokenize(_lexable(sql)))
     except TokenError:
         return sql[: found.start()] + "***"
     if any(token.token_type in _COMMANDS for token in tokens):

@@ -621,3 +621,60 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
     )
     assert rows == "3", f"the server ran {ran!r}; the gateway let it through ({refused!r})"
     assert refused is not None and refused.args[0] == 1142
+
+
+# Texts the gateway once read otherwise than the server, each hiding a denied statement: a
+# quote in a line comment (`-- '`, `# '`) that the scan for executable comments took for a
+# string; an executable comment inside what only the default sql_mode reads as a string;
+# `--` before a non-ASCII space, a comment to the tokenizer but two minus signs to the server;
+# EXECUTE IMMEDIATE; a compound statement MariaDB runs outside any stored program.
+@pytest.mark.parametrize(
+    ("setting", "template"),
+    [
+        ("", "SELECT 1; -- '\n/*!50000 DROP TABLE {t} */"),
+        ("", "SELECT 1; # '\n/*!50000 DROP TABLE {t} */"),
+        ("", "SELECT 1; # '\n/*!50000 DELETE FROM {t} */"),
+        ("NO_BACKSLASH_ESCAPES", "SELECT 'a\\'; /*!50000 DROP TABLE {t} */ -- '"),
+        ("ANSI_QUOTES", 'SELECT 1 AS "a\\"; /*!50000 DROP TABLE {t} */ -- "'),
+        ("", "SELECT 2 --\u00a0x FROM (SELECT 1 AS \u00a0x) d; DROP TABLE {t}"),
+        ("", "SELECT 2 --\u3000x FROM (SELECT 1 AS \u3000x) d; DELETE FROM {t}"),
+        ("", "EXECUTE IMMEDIATE 'DROP TABLE {t}'"),
+        ("", "EXECUTE IMMEDIATE CONCAT('DELETE FROM ', '{t}')"),
+        ("", "BEGIN NOT ATOMIC DROP TABLE {t}; END"),
+        ("", "IF 1 THEN DELETE FROM {t}; END IF"),
+        ("", "FOR i IN 1..1 DO DROP TABLE {t}; END FOR"),
+        ("", "CASE WHEN 1 THEN UPDATE {t} SET email = NULL; END CASE"),
+        ("", "REPEAT DROP TABLE {t}; UNTIL 1 END REPEAT"),
+        ("", "WHILE (SELECT COUNT(*) FROM {t}) DO DELETE FROM {t}; END WHILE"),
+        ("ORACLE", "BEGIN DROP TABLE {t}; END"),
+        ("ORACLE", "DECLARE x INT; BEGIN DELETE FROM {t}; END"),
+    ],
+)
+def test_a_statement_the_server_reads_otherwise_is_not_let_through(
+    stack: MysqlStack,
+    port: int,
+    mariadb: MariadbServer,
+    table: str,
+    setting: str,
+    template: str,
+) -> None:
+    sql = template.format(t=table)
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    refused = None
+    with connect(port, client_flag=flags, autocommit=True) as conn, conn.cursor() as cur:
+        if setting:
+            cur.execute(f"SET SESSION sql_mode = '{setting}'")
+        try:
+            cur.execute(sql)
+            while cur.nextset():
+                pass
+        except pymysql.err.MySQLError as exc:
+            refused = exc
+    count = mariadb.admin(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '" + table + "'"
+    ).strip()
+    rows = (
+        mariadb.admin(f"SELECT COUNT(email) FROM app.{table}").strip() if count == "1" else "gone"
+    )
+    assert rows == "3", f"the server ran it; the gateway let it through ({refused!r})"
+    assert refused is not None and refused.args[0] == 1142, refused

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controlplane.policy.document import Guardrail
+from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
 from controlplane.policy.mysql_sql import split, split_agreed
 
@@ -157,3 +158,69 @@ def test_a_non_ascii_character_before_a_backslash_or_backtick(sql: str, sensitiv
     assert decision.allowed is not sensitive
     if sensitive:
         assert "GBK" in decision.reason
+
+
+def _decisions(sql: str) -> list[Decision]:
+    """What the inspector decides for one COM_QUERY text: each statement, or the whole."""
+    pieces = split_agreed(sql)
+    return [GUARD.check(sql)] if pieces is None else [GUARD.check(p.text) for p in pieces]
+
+
+# Texts the server reads otherwise than the tokenizer did, each hiding a denied statement.
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # A quote in a line comment is no string: the /*! after it is code.
+        ("SELECT 1; -- '\n/*!50000 DROP TABLE t */", "no-drop"),
+        ("SELECT 1; # '\n/*!50000 DELETE FROM t */", "bounded"),
+        ('SELECT 1; --\t"\n/*M!100000 TRUNCATE t */', "no-drop"),
+        # Under NO_BACKSLASH_ESCAPES or ANSI_QUOTES the string ends earlier, and the /*! that
+        # the default reading keeps in it is code.
+        ("SELECT 'a\\'; /*!50000 DROP TABLE t */ -- '", "no-drop"),
+        ('SELECT 1 AS "a\\"; /*!50000 DROP TABLE t */ -- "', "no-drop"),
+        ("SELECT 'a\\' /*!50000 , 1; DELETE FROM t; */ -- '", "bounded"),
+        # `--` before a non-ASCII space is two minus signs to MariaDB, whose lexer reads the
+        # space as part of an identifier; it is no comment to the tokenizer either now.
+        ("SELECT 2 --\u00a0x FROM (SELECT 1 AS \u00a0x) d; DROP TABLE t", "no-drop"),
+        ("SELECT 2 --\u3000x FROM (SELECT 1 AS \u3000x) d; DELETE FROM t", "bounded"),
+        # EXECUTE IMMEDIATE runs its text: read like PREPARE's, refused when not a literal.
+        ("EXECUTE IMMEDIATE 'DROP TABLE t'", "no-drop"),
+        ("EXECUTE IMMEDIATE 'DELETE FROM t' USING 1", "bounded"),
+        ("EXECUTE IMMEDIATE CONCAT('DROP ', 'TABLE t')", "no-drop"),
+        ("EXECUTE IMMEDIATE @text", "no-drop"),
+        # Compound statements, which MariaDB runs outside stored programs, whole.
+        ("BEGIN NOT ATOMIC DROP TABLE t; END", "(unparseable)"),
+        ("IF 1 THEN DELETE FROM t; END IF", "(unparseable)"),
+        ("CASE WHEN 1 THEN UPDATE t SET a = 1; END CASE", "(unparseable)"),
+        ("FOR i IN 1..1 DO TRUNCATE t; END FOR", "(unparseable)"),
+        ("WHILE 1 DO DROP TABLE t; END WHILE", "(unparseable)"),
+        ("REPEAT DROP TABLE t; UNTIL 1 END REPEAT", "(unparseable)"),
+        ("LOOP DROP TABLE t; END LOOP", "(unparseable)"),
+        ("lbl: LOOP DROP TABLE t; END LOOP", "(unparseable)"),
+        # sql_mode ORACLE: a BEGIN or DECLARE block.
+        ("BEGIN DROP TABLE t; END", "(unparseable)"),
+        ("DECLARE x INT; BEGIN DELETE FROM t; END", "(unparseable)"),
+        ("<<lbl>> BEGIN DROP TABLE t; END", "(unparseable)"),
+        ("/*!50000 BEGIN NOT ATOMIC */ DROP TABLE t; END", "(unparseable)"),
+    ],
+)
+def test_a_text_the_server_reads_otherwise_is_refused(sql: str, rule: str) -> None:
+    refused = [d for d in _decisions(sql) if not d.allowed]
+    assert refused and refused[0].rule == rule, refused
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "BEGIN",
+        "BEGIN WORK",
+        "SELECT IF(a, 1, 2) FROM t",
+        "EXECUTE IMMEDIATE 'SELECT ?' USING 1",
+        "SELECT 1 -- '\n, 2",
+        'SELECT 1 # "\n, 2',
+        "SELECT 5 --1",
+        "SELECT '--\u00a0'",
+    ],
+)
+def test_allowed_around_those(sql: str) -> None:
+    assert all(d.allowed for d in _decisions(sql))
