@@ -12,7 +12,8 @@ read it otherwise).
 variable or an expression, it cannot be read, and is refused when a guardrail denies statements
 by type. A compound statement (``BEGIN NOT ATOMIC``, ``IF``, ``WHILE`` … which MariaDB runs
 outside stored programs, whole) is refused when a guardrail needs structure: the statements in
-it are not the pieces its text splits into.
+it are not the pieces its text splits into. A stored routine's body is decided on its CREATE
+(``Piece.routine_body``): it runs later, behind a CALL or a trigger.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from controlplane.policy.mysql_sql import (
 __all__ = ["MysqlGuard"]
 
 _CACHE_MAX_CHARS = 4096
+#: Statements in a routine's body that run text the guard cannot see there.
+_DYNAMIC = frozenset({"PREPARE", "EXECUTE"})
 _MAX_DEPTH = 4  # PREPARE FROM 'PREPARE FROM …' nesting the guard follows
 
 
@@ -108,7 +111,24 @@ class MysqlGuard:
                 f"{piece.keyword} begins a compound statement, which the server runs whole,"
                 " with the statements in it; send them one by one",
             )
+        body = piece.routine_body
         for rule in rules:
+            if body & rule.statements:
+                found = sorted(body & rule.statements)[0]
+                return Decision(
+                    False,
+                    rule.name,
+                    f'the routine\'s body holds {found}, which guardrail "{rule.name}" denies'
+                    " (it runs when the routine is called or fires, unseen by the guard)",
+                )
+            if body & rule.unbounded or (body & _DYNAMIC and (rule.statements or rule.unbounded)):
+                found = sorted(body & (rule.unbounded | _DYNAMIC))[0]
+                return _unparseable(
+                    rule,
+                    f"the routine's body holds {found}, which the gateway does not read in a"
+                    " routine (it runs when the routine is called or fires, unseen by the"
+                    " guard); create it where this guardrail does not apply",
+                )
             denied = sorted(piece.keywords & rule.statements)
             if denied:
                 label = piece.keyword or denied[0]

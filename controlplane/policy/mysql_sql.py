@@ -50,6 +50,19 @@ _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
 _MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 _COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
 _COMPOUND = frozenset({"IF", "CASE", "LOOP", "REPEAT", "WHILE", "FOR", "DECLARE"})
+_ROUTINE = frozenset({"PROCEDURE", "FUNCTION", "TRIGGER", "EVENT", "PACKAGE"})
+_NOT_ROUTINE = frozenset(
+    {"TABLE", "VIEW", "INDEX", "DATABASE", "SCHEMA", "USER", "ROLE", "SEQUENCE", "SERVER"}
+)
+_NAMES = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.NATIONAL_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BIT_STRING,
+        TokenType.IDENTIFIER,
+    }
+)
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
 _TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
 _ESCAPED = "'\""  # the quotes in which a backslash escapes, by default
@@ -93,6 +106,27 @@ class Piece:
     def load_local(self) -> bool:
         """``LOAD DATA|XML LOCAL INFILE``: the server asks the client for a file."""
         return self.keyword == "LOAD" and any(t.text.upper() == "LOCAL" for t in self.tokens[:6])
+
+    @property
+    def routine_body(self) -> frozenset[str]:
+        """The words of a stored routine's body (``CREATE PROCEDURE``, ``FUNCTION``,
+        ``TRIGGER``, ``EVENT``, ``PACKAGE``): the statements it runs when called or fired, which
+        no other text shows the guard (``CALL p()``). Empty for any other statement. A
+        trigger's body starts after ``FOR EACH ROW``; the others' after the routine's kind
+        (their headers hold none of the statement keywords a rule lists)."""
+        if self.keyword != "CREATE":
+            return frozenset()
+        for index, token in enumerate(self.tokens[1:], 1):
+            word = token.text.upper()
+            if word in _NOT_ROUTINE and token.token_type != TokenType.IDENTIFIER:
+                return frozenset()
+            if word in _ROUTINE and token.token_type != TokenType.IDENTIFIER:
+                body = self.tokens[index + 1 :]
+                if word == "TRIGGER":
+                    rows = [i for i, t in enumerate(body) if t.text.upper() == "ROW"]
+                    body = body[rows[0] + 1 :] if rows else body
+                return frozenset(t.text.upper() for t in body if t.token_type not in _NAMES)
+        return frozenset()
 
     @property
     def compound(self) -> bool:

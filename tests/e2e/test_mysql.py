@@ -627,7 +627,8 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
 # quote in a line comment (`-- '`, `# '`) that the scan for executable comments took for a
 # string; an executable comment inside what only the default sql_mode reads as a string;
 # `--` before a non-ASCII space, a comment to the tokenizer but two minus signs to the server;
-# EXECUTE IMMEDIATE; a compound statement MariaDB runs outside any stored program.
+# EXECUTE IMMEDIATE; a compound statement MariaDB runs outside any stored program; a stored
+# procedure's body.
 @pytest.mark.parametrize(
     ("setting", "template"),
     [
@@ -646,6 +647,10 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
         ("", "CASE WHEN 1 THEN UPDATE {t} SET email = NULL; END CASE"),
         ("", "REPEAT DROP TABLE {t}; UNTIL 1 END REPEAT"),
         ("", "WHILE (SELECT COUNT(*) FROM {t}) DO DELETE FROM {t}; END WHILE"),
+        # A stored routine runs its body when called: the guard reads the body on CREATE.
+        ("", "CREATE PROCEDURE p_{t}() DROP TABLE {t}; CALL p_{t}()"),
+        ("", "CREATE PROCEDURE q_{t}() BEGIN DELETE FROM {t}; END; CALL q_{t}()"),
+        ("", "CREATE PROCEDURE r_{t}() EXECUTE IMMEDIATE 'TRUNCATE {t}'; CALL r_{t}()"),
         ("ORACLE", "BEGIN DROP TABLE {t}; END"),
         ("ORACLE", "DECLARE x INT; BEGIN DELETE FROM {t}; END"),
     ],

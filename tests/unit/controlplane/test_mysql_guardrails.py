@@ -224,3 +224,37 @@ def test_a_text_the_server_reads_otherwise_is_refused(sql: str, rule: str) -> No
 )
 def test_allowed_around_those(sql: str) -> None:
     assert all(d.allowed for d in _decisions(sql))
+
+
+# A stored routine runs its body when it is called or fires, where the guard sees only CALL.
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        ("CREATE PROCEDURE p() DROP TABLE t", "no-drop"),
+        ("CREATE DEFINER=CURRENT_USER() PROCEDURE p() BEGIN TRUNCATE t; END", "no-drop"),
+        (
+            "CREATE OR REPLACE FUNCTION f() RETURNS INT BEGIN DELETE FROM t; RETURN 1; END",
+            "(unparseable)",
+        ),
+        ("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW DELETE FROM u", "(unparseable)"),
+        ("CREATE EVENT e ON SCHEDULE AT CURRENT_TIMESTAMP DO DROP TABLE t", "no-drop"),
+        ("CREATE PROCEDURE p() EXECUTE IMMEDIATE 'DROP TABLE t'", "(unparseable)"),
+        ("CREATE PROCEDURE p() PREPARE s FROM @x", "(unparseable)"),
+    ],
+)
+def test_a_routine_body_is_decided_on_create(sql: str, rule: str) -> None:
+    refused = [d for d in _decisions(sql) if not d.allowed]
+    assert refused and refused[0].rule == rule, refused
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TRIGGER tr BEFORE UPDATE ON t FOR EACH ROW SET NEW.a = 1",
+        "CREATE PROCEDURE p() SELECT 'DROP TABLE t'",
+        "CREATE TABLE event (`trigger` INT, `drop` INT)",
+        "CREATE VIEW v AS SELECT 1 AS procedure_name",
+    ],
+)
+def test_routines_and_tables_without_denied_statements(sql: str) -> None:
+    assert all(d.allowed for d in _decisions(sql))
