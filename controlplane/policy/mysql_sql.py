@@ -189,6 +189,16 @@ def _scan(sql: str, skipped: frozenset[int], escapes: str = _ESCAPED) -> tuple[s
             out.append(ch)
             pos += 1
             continue
+        if (
+            pos >= 2
+            and sql.startswith("--", pos - 2)
+            and ((opened and sql.startswith("*/", pos)) or _EXECUTABLE.match(sql, pos))
+        ):
+            # Blanked, the marker would make `--` a comment to the tokenizer; the server reads
+            # two minus signs and goes on (`SELECT 2 --/*!*/1; DROP TABLE t`).
+            raise Unreadable(
+                "`--` right before an executable comment's marker; put a space between them"
+            )
         if ch in "'\"`":
             quote = ch
         elif ch == "#" or (sql.startswith("--", pos) and _dash_comment(sql, pos + 2)):

@@ -639,6 +639,8 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
         ("ANSI_QUOTES", 'SELECT 1 AS "a\\"; /*!50000 DROP TABLE {t} */ -- "'),
         ("", "SELECT 2 --\u00a0x FROM (SELECT 1 AS \u00a0x) d; DROP TABLE {t}"),
         ("", "SELECT 2 --\u3000x FROM (SELECT 1 AS \u3000x) d; DELETE FROM {t}"),
+        ("", "SELECT 2 --/*!*/1; DROP TABLE {t}"),
+        ("", "SELECT 2 --/*!50000*/1; TRUNCATE {t}"),
         ("", "EXECUTE IMMEDIATE 'DROP TABLE {t}'"),
         ("", "EXECUTE IMMEDIATE CONCAT('DELETE FROM ', '{t}')"),
         ("", "BEGIN NOT ATOMIC DROP TABLE {t}; END"),
