@@ -38,6 +38,7 @@ __all__ = [
     "Unreadable",
     "charset_sensitive",
     "code_reading",
+    "loads_local",
     "readings",
     "redact",
     "split",
@@ -65,6 +66,7 @@ _NAMES = frozenset(
 )
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
 _TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
+_LOAD_LOCAL = re.compile(r"(?is)\bLOAD\b.*\bLOCAL\b")
 _ESCAPED = "'\""  # the quotes in which a backslash escapes, by default
 #: The non-ASCII characters Python (and so the tokenizer) takes for white space: to MariaDB's
 #: lexer they are characters of an identifier, like every other non-ASCII character.
@@ -339,6 +341,20 @@ def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
             continue
         current.append(token)
     return pieces
+
+
+def loads_local(text: str) -> bool:
+    """Whether a statement may be ``LOAD DATA|XML LOCAL`` in any reading of ``readings`` (its
+    ``LOCAL`` may stand in an executable comment: ``LOAD DATA /*!50000 LOCAL */ INFILE``);
+    text that cannot be read, when it names both words."""
+    try:
+        return any(
+            piece.load_local
+            for reading in readings(text)
+            for piece in split(reading.text, ansi_quotes=reading.ansi_quotes)
+        )
+    except Unreadable:
+        return _LOAD_LOCAL.search(text) is not None
 
 
 def split_agreed(sql: str) -> list[Piece] | None:

@@ -464,6 +464,13 @@ def test_load_data_local_only_where_the_connection_allows_it(
         assert refused.value.args[0] == 1142
         assert "LOAD DATA LOCAL" in refused.value.args[1]
     assert load not in mariadb.queries()
+    # LOCAL in an executable comment is LOCAL to the server.
+    for hidden in ("/*!50000 LOCAL */", "/*M!100000 LOCAL */"):
+        with connect(port, local_infile=True) as conn, conn.cursor() as cur:
+            with pytest.raises(pymysql.err.OperationalError) as refused:
+                cur.execute(load.replace("LOCAL", hidden))
+            assert refused.value.args[0] == 1142, refused.value
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "3"
     with (
         stack.listening("my-files") as files_port,
         connect(files_port, local_infile=True) as conn,

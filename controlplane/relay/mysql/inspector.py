@@ -30,7 +30,7 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
-from controlplane.policy.mysql_sql import Piece, Unreadable, redact, split_agreed
+from controlplane.policy.mysql_sql import Piece, Unreadable, loads_local, redact, split_agreed
 from controlplane.relay.inspection import EndCause, Opening, record
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
@@ -241,7 +241,7 @@ class MysqlInspector:
         else:
             for piece in pieces:
                 decision = self._guard.check(piece.text)
-                if decision.allowed and piece.load_local and not self._local_infile:
+                if decision.allowed and not self._local_infile and loads_local(piece.text):
                     decision = _NO_LOCAL_INFILE
                 decided.append((piece.text, decision, "cancel" if piece.kill_query else "query"))
         await self._statements(packet, out, decided)

@@ -8,7 +8,7 @@ import pytest
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
-from controlplane.policy.mysql_sql import Unreadable, split, split_agreed
+from controlplane.policy.mysql_sql import Unreadable, loads_local, split, split_agreed
 
 GUARD = MysqlGuard(
     [
@@ -268,3 +268,18 @@ def test_a_routine_body_is_decided_on_create(sql: str, rule: str) -> None:
 )
 def test_routines_and_tables_without_denied_statements(sql: str) -> None:
     assert all(d.allowed for d in _decisions(sql))
+
+
+@pytest.mark.parametrize(
+    ("sql", "local"),
+    [
+        ("LOAD DATA LOCAL INFILE 'f' INTO TABLE t", True),
+        ("LOAD DATA /*!50000 LOCAL */ INFILE 'f' INTO TABLE t", True),
+        ("LOAD XML /*M!100000 LOCAL */ INFILE 'f' INTO TABLE t", True),
+        ("LOAD DATA INFILE 'f' INTO TABLE t", False),
+        ("SELECT 'LOAD DATA LOCAL'", False),
+        ("LOAD DATA LOCAL INFILE 'unterminated", True),
+    ],
+)
+def test_loads_local_in_any_reading(sql: str, local: bool) -> None:
+    assert loads_local(sql) is local
