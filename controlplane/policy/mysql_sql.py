@@ -51,6 +51,7 @@ _PREFIXES = frozenset({"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE"})
 _MAIN = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
 _COMMANDS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
 _COMPOUND = frozenset({"IF", "CASE", "LOOP", "REPEAT", "WHILE", "FOR", "DECLARE"})
+_REPLACED = frozenset({"TABLE", "DATABASE", "SCHEMA", "SEQUENCE"})
 _ROUTINE = frozenset({"PROCEDURE", "FUNCTION", "TRIGGER", "EVENT", "PACKAGE"})
 _NOT_ROUTINE = frozenset(
     {"TABLE", "VIEW", "INDEX", "DATABASE", "SCHEMA", "USER", "ROLE", "SEQUENCE", "SERVER"}
@@ -462,6 +463,8 @@ def _piece(text: str, tokens: list[Token]) -> Piece:
     keywords.add(main)
     if "SELECT" in words:
         keywords.add("SELECT")
+    if words[:3] == ["CREATE", "OR", "REPLACE"] and _REPLACED.intersection(words[3:5]):
+        keywords.add("DROP")  # MariaDB drops the table (database, sequence) it replaces
     keyword = main if words[0] in _PREFIXES or words[0] in ("WITH", "(") else words[0]
     return Piece(text, keyword, frozenset(keywords), tokens)
 

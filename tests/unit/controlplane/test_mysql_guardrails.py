@@ -191,6 +191,11 @@ def _decisions(sql: str) -> list[Decision]:
         ("SELECT 2 --/*!*/1; DROP TABLE t", "(unparseable)"),
         ("SELECT 2 --/*!999999 x */1; DELETE FROM t", "(unparseable)"),
         ("SELECT 2 /*!50000 --*/ 1; TRUNCATE t", "(unparseable)"),
+        # MariaDB drops the table it replaces, rows and all.
+        ("CREATE OR REPLACE TABLE t (x INT)", "no-drop"),
+        ("CREATE OR REPLACE TEMPORARY TABLE t (x INT)", "no-drop"),
+        ("CREATE /*!50000 OR REPLACE */ TABLE t AS SELECT 1", "no-drop"),
+        ("CREATE OR REPLACE DATABASE app", "no-drop"),
         # EXECUTE IMMEDIATE runs its text: read like PREPARE's, refused when not a literal.
         ("EXECUTE IMMEDIATE 'DROP TABLE t'", "no-drop"),
         ("EXECUTE IMMEDIATE 'DELETE FROM t' USING 1", "bounded"),
@@ -230,6 +235,8 @@ def test_a_text_the_server_reads_otherwise_is_refused(sql: str, rule: str) -> No
         "SELECT '--\u00a0'",
         "SELECT 2 - -/*!50000*/1",
         "SELECT 2 --/* x */1",
+        "CREATE OR REPLACE VIEW v AS SELECT 1",
+        "CREATE TABLE IF NOT EXISTS t (x INT)",
     ],
 )
 def test_allowed_around_those(sql: str) -> None:
