@@ -137,7 +137,7 @@ class MysqlGuard:
                     False, rule.name, f'{label} {how} denied by guardrail "{rule.name}"'
                 )
             if piece.keyword in rule.unbounded:
-                where = where_of(piece.text)
+                where = where_of(piece.statement or piece.text)
                 if isinstance(where, Unreadable):
                     return _unparseable(rule, str(where))
                 if where is None or not any(where.find_all(exp.Column)):

@@ -91,6 +91,9 @@ class Piece:
     keyword: str  # its statement keyword: SELECT, DELETE, SHOW, KILL, LOAD …
     keywords: frozenset[str]  # every statement keyword it counts as (nested SELECT, EXPLAIN …)
     tokens: list[Token] = field(repr=False, default_factory=list)
+    #: The statement proper, when ``text`` wraps it (``SET STATEMENT … FOR``); its tokens are
+    #: ``tokens``.
+    statement: str = ""
 
     def word(self, index: int) -> str:
         """The upper-cased text of its token ``index`` ("" past the end)."""
@@ -336,7 +339,9 @@ def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
         if token is None or token.token_type == TokenType.SEMICOLON:
             stop = token.start if token is not None else len(sql)
             if current:
-                pieces.append(_piece(sql[start:stop].strip(), _opened(current)))
+                span = sql[start:stop]
+                base = start + len(span) - len(span.lstrip())
+                pieces.append(_piece(span.strip(), _opened(current), base))
             current = []
             start = stop + 1
             continue
@@ -436,8 +441,14 @@ def _opened(tokens: list[Token]) -> list[Token]:
     return out
 
 
-def _piece(text: str, tokens: list[Token]) -> Piece:
+def _piece(text: str, tokens: list[Token], base: int = 0) -> Piece:
+    """What the statement ``text`` is (it starts at offset ``base`` of the text its tokens'
+    offsets are in)."""
     words = [t.text.upper() for t in tokens]
+    if words[:2] == ["SET", "STATEMENT"]:
+        inner = _set_statement(text, tokens, base)
+        if inner is not None:
+            return inner
     keywords: set[str] = set()
     index = 0
     while index < len(words) and words[index] in _PREFIXES:
@@ -467,6 +478,28 @@ def _piece(text: str, tokens: list[Token]) -> Piece:
         keywords.add("DROP")  # MariaDB drops the table (database, sequence) it replaces
     keyword = main if words[0] in _PREFIXES or words[0] in ("WITH", "(") else words[0]
     return Piece(text, keyword, frozenset(keywords), tokens)
+
+
+def _set_statement(text: str, tokens: list[Token], base: int) -> Piece | None:
+    """MariaDB's ``SET STATEMENT var = value, … FOR statement``: the statement it runs (with
+    ``SET`` among its keywords), keeping the whole text; None without a ``FOR``."""
+    depth = 0
+    for index, token in enumerate(tokens[2:-1], 2):
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and token.text.upper() == "FOR":
+            first = tokens[index + 1]
+            inner = _piece(text[first.start - base :], tokens[index + 1 :], first.start)
+            return Piece(
+                text,
+                inner.keyword,
+                inner.keywords | {"SET"},
+                inner.tokens,
+                inner.statement or inner.text,
+            )
+    return None
 
 
 def _after_with(tokens: list[Token], index: int) -> str:

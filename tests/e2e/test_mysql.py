@@ -656,6 +656,9 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
         ("", "CASE WHEN 1 THEN UPDATE {t} SET email = NULL; END CASE"),
         ("", "REPEAT DROP TABLE {t}; UNTIL 1 END REPEAT"),
         ("", "WHILE (SELECT COUNT(*) FROM {t}) DO DELETE FROM {t}; END WHILE"),
+        # SET STATEMENT … FOR runs the statement after FOR.
+        ("", "SET STATEMENT max_statement_time = 100 FOR DROP TABLE {t}"),
+        ("", "SET STATEMENT sql_mode = '' FOR DELETE FROM {t}"),
         # MariaDB drops the table it replaces.
         ("", "CREATE OR REPLACE TABLE {t} (id INT, email VARCHAR(80))"),
         # A stored routine runs its body when called: the guard reads the body on CREATE.

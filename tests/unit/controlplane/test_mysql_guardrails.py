@@ -191,6 +191,12 @@ def _decisions(sql: str) -> list[Decision]:
         ("SELECT 2 --/*!*/1; DROP TABLE t", "(unparseable)"),
         ("SELECT 2 --/*!999999 x */1; DELETE FROM t", "(unparseable)"),
         ("SELECT 2 /*!50000 --*/ 1; TRUNCATE t", "(unparseable)"),
+        # SET STATEMENT … FOR runs the statement after FOR.
+        ("SET STATEMENT max_statement_time = 100 FOR DROP TABLE t", "no-drop"),
+        ("SELECT 1; SET STATEMENT sql_mode = '' FOR DELETE FROM t", "bounded"),
+        ("SET STATEMENT a = (1), b = 2 FOR SET STATEMENT c = 1 FOR TRUNCATE t", "no-drop"),
+        ("SET STATEMENT a = 1 FOR EXECUTE IMMEDIATE 'DROP TABLE t'", "no-drop"),
+        ("SET STATEMENT a = 1 FOR /*!50000 TRUNCATE */ t", "no-drop"),
         # MariaDB drops the table it replaces, rows and all.
         ("CREATE OR REPLACE TABLE t (x INT)", "no-drop"),
         ("CREATE OR REPLACE TEMPORARY TABLE t (x INT)", "no-drop"),
@@ -236,6 +242,8 @@ def test_a_text_the_server_reads_otherwise_is_refused(sql: str, rule: str) -> No
         "SELECT 2 - -/*!50000*/1",
         "SELECT 2 --/* x */1",
         "CREATE OR REPLACE VIEW v AS SELECT 1",
+        "SET STATEMENT max_statement_time = 1 FOR DELETE FROM t WHERE id = 1",
+        "SET @a = 1",
         "CREATE TABLE IF NOT EXISTS t (x INT)",
     ],
 )
