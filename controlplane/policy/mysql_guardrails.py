@@ -90,7 +90,9 @@ class MysqlGuard:
             return _unparseable(structural[0], str(exc))
         for index, reading in enumerate(every):
             try:
-                pieces = split(reading.text, ansi_quotes=reading.ansi_quotes)
+                pieces = split(
+                    reading.text, ansi_quotes=reading.ansi_quotes, brackets=reading.brackets
+                )
             except Unreadable as exc:
                 if index and ";" not in reading.text:
                     # One statement that the server, reading it so (NO_BACKSLASH_ESCAPES, or

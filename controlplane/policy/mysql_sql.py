@@ -166,7 +166,9 @@ def code_reading(sql: str, skipped: frozenset[int] = frozenset()) -> str:
     return _scan(sql, skipped)[0]
 
 
-def _scan(sql: str, skipped: frozenset[int], escapes: str = _ESCAPED) -> tuple[str, int]:
+def _scan(
+    sql: str, skipped: frozenset[int], escapes: str = _ESCAPED, brackets: bool = False
+) -> tuple[str, int]:
     """`code_reading`, and how many executable comments it met. A skipped one is blanked
     (spaces keep every offset) to where the server's lexer ends it (`_skipped_end`).
 
@@ -190,6 +192,10 @@ def _scan(sql: str, skipped: frozenset[int], escapes: str = _ESCAPED) -> tuple[s
                 out.append(sql[pos : pos + 2])
                 pos += 2
                 continue
+            if ch == quote and sql.startswith(quote, pos + 1):  # doubled: escaped (`]]` too)
+                out.append(ch * 2)
+                pos += 2
+                continue
             if ch == quote:
                 quote = ""
             out.append(ch)
@@ -207,6 +213,8 @@ def _scan(sql: str, skipped: frozenset[int], escapes: str = _ESCAPED) -> tuple[s
             )
         if ch in "'\"`":
             quote = ch
+        elif ch == "[" and brackets:
+            quote = "]"
         elif ch == "#" or (sql.startswith("--", pos) and _dash_comment(sql, pos + 2)):
             end = sql.find("\n", pos)
             end = n if end < 0 else end
@@ -286,6 +294,7 @@ class Reading:
     text: str
     ansi_quotes: bool = False
     doubled: bool = False  # every backslash doubled (NO_BACKSLASH_ESCAPES)
+    brackets: bool = False  # `[…]` delimits an identifier (sql_mode MSSQL)
 
 
 def readings(sql: str) -> list[Reading]:
@@ -295,17 +304,21 @@ def readings(sql: str) -> list[Reading]:
     that the tokenizer sees it as a plain character); when it holds a double quote, each of
     those with ANSI_QUOTES (where a backslash in a double-quoted identifier escapes nothing).
     Which ``/*!`` are executable comments, and which lie in a string, is found under each
-    sql_mode on its own (``_scan``'s ``escapes``). Raises Unreadable past ``MAX_VERSIONED``
-    executable comments."""
+    sql_mode on its own (``_scan``'s ``escapes``); when it holds a ``[``, each of those also
+    as sql_mode MSSQL reads it (``[…]`` an identifier, quotes in it nothing). Raises
+    Unreadable past ``MAX_VERSIONED`` executable comments."""
     modes = [(_ESCAPED, False, False)]  # escapes, ANSI_QUOTES, NO_BACKSLASH_ESCAPES
     if "\\" in sql:
         modes.append(("", False, True))
     if '"' in sql:
         modes += [("'", True, False)] + ([("", True, True)] if "\\" in sql else [])
     out: list[Reading] = []
-    seen: set[tuple[str, bool]] = set()
-    for escapes, ansi_quotes, doubled in modes:
-        code, count = _scan(sql, frozenset(), escapes)  # every one run; and how many
+    seen: set[tuple[str, bool, bool]] = set()
+    every = [(*mode, False) for mode in modes]
+    if "[" in sql:
+        every += [(*mode, True) for mode in modes]
+    for escapes, ansi_quotes, doubled, brackets in every:
+        code, count = _scan(sql, frozenset(), escapes, brackets)  # every one run; how many
         if count > MAX_VERSIONED:
             raise Unreadable(
                 f"the text holds {count} version-gated comments (/*!…*/), more than the "
@@ -315,15 +328,15 @@ def readings(sql: str) -> list[Reading]:
         for mask in range(2**count):
             if mask:
                 skipped = frozenset(i for i in range(count) if mask >> i & 1)
-                code = _scan(sql, skipped, escapes)[0]
+                code = _scan(sql, skipped, escapes, brackets)[0]
             text = code.replace("\\", "\\\\") if doubled else code
-            if (text, ansi_quotes) not in seen:
-                seen.add((text, ansi_quotes))
-                out.append(Reading(text, ansi_quotes, doubled))
+            if (text, ansi_quotes, brackets) not in seen:
+                seen.add((text, ansi_quotes, brackets))
+                out.append(Reading(text, ansi_quotes, doubled, brackets))
     return out
 
 
-def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
+def split(sql: str, *, ansi_quotes: bool = False, brackets: bool = False) -> list[Piece]:
     """The statements of one text in order (those with no token dropped). Raises Unreadable.
 
     A statement's text runs from the end of the separator before it, so that a comment in
@@ -331,7 +344,7 @@ def split(sql: str, *, ansi_quotes: bool = False) -> list[Piece]:
     runs with it (``/*!50000 TRUNCATE */ t``), and what is recorded is what was sent."""
     if "\x00" in sql:
         raise Unreadable("the text contains a NUL character")
-    tokens = _tokens(sql, ansi_quotes)
+    tokens = _tokens(sql, ansi_quotes, brackets)
     pieces: list[Piece] = []
     current: list[Token] = []
     start = 0
@@ -357,7 +370,9 @@ def loads_local(text: str) -> bool:
         return any(
             piece.load_local
             for reading in readings(text)
-            for piece in split(reading.text, ansi_quotes=reading.ansi_quotes)
+            for piece in split(
+                reading.text, ansi_quotes=reading.ansi_quotes, brackets=reading.brackets
+            )
         )
     except Unreadable:
         return _LOAD_LOCAL.search(text) is not None
@@ -376,7 +391,7 @@ def split_agreed(sql: str) -> list[Piece] | None:
     cuts, filled = _shape(sql)
     for reading in others:
         try:
-            found, code = _shape(reading.text, reading.ansi_quotes)
+            found, code = _shape(reading.text, reading.ansi_quotes, reading.brackets)
         except Unreadable:
             return None
         if reading.doubled:  # back to the text's own offsets
@@ -386,13 +401,15 @@ def split_agreed(sql: str) -> list[Piece] | None:
     return pieces
 
 
-def _shape(sql: str, ansi_quotes: bool = False) -> tuple[list[int], list[bool]]:
+def _shape(
+    sql: str, ansi_quotes: bool = False, brackets: bool = False
+) -> tuple[list[int], list[bool]]:
     """Where the statement separators of ``sql`` are, and which of the spans between them
     hold a token: a span of comments alone is no statement to ``split``, but one whose
     executable comment is opened is (``SELECT 1; /*!50000 DROP TABLE t */; SELECT 2``)."""
     cuts: list[int] = []
     filled = [False]
-    for token in _tokens(sql, ansi_quotes):
+    for token in _tokens(sql, ansi_quotes, brackets):
         if token.token_type == TokenType.SEMICOLON:
             cuts.append(token.start)
             filled.append(False)
@@ -409,7 +426,27 @@ class _AnsiQuotes(MySQL.Tokenizer):
     STRING_ESCAPES = ["'", "\\"]
 
 
+class _Brackets(MySQL.Tokenizer):
+    """Under sql_mode MSSQL: ``[…]`` delimits an identifier too."""
+
+    IDENTIFIERS = ["`", ("[", "]")]
+
+
+class _AnsiBrackets(MySQL.Tokenizer):
+    """Under sql_mode MSSQL with ANSI_QUOTES (which MSSQL sets)."""
+
+    QUOTES = ["'"]
+    IDENTIFIERS = ["`", '"', ("[", "]")]
+    STRING_ESCAPES = ["'", "\\"]
+
+
 _ANSI = _AnsiQuotes()
+_TOKENIZERS = {
+    (False, False): _DIALECT.tokenizer_class(),
+    (True, False): _ANSI,
+    (False, True): _Brackets(),
+    (True, True): _AnsiBrackets(),
+}
 
 
 def _lexable(sql: str) -> str:
@@ -419,10 +456,12 @@ def _lexable(sql: str) -> str:
     return _WIDE_SPACE.sub("\u00aa", sql)
 
 
-def _tokens(sql: str, ansi_quotes: bool = False) -> list[Token]:
+def _tokens(sql: str, ansi_quotes: bool = False, brackets: bool = False) -> list[Token]:
     sql = _lexable(sql)
     try:
-        return list(_ANSI.tokenize(sql) if ansi_quotes else _DIALECT.tokenize(sql))
+        if not ansi_quotes and not brackets:
+            return list(_DIALECT.tokenize(sql))
+        return list(_TOKENIZERS[ansi_quotes, brackets].tokenize(sql))
     except TokenError as exc:
         raise Unreadable(str(exc)) from None
 

@@ -656,6 +656,9 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
         ("", "CASE WHEN 1 THEN UPDATE {t} SET email = NULL; END CASE"),
         ("", "REPEAT DROP TABLE {t}; UNTIL 1 END REPEAT"),
         ("", "WHILE (SELECT COUNT(*) FROM {t}) DO DELETE FROM {t}; END WHILE"),
+        # sql_mode MSSQL: `[…]` is an identifier.
+        ("MSSQL", "SELECT 1 AS [a']; DROP TABLE {t}; -- ']"),
+        ("MSSQL", "SELECT 1 AS [a]] -- ]; /*!50000 DELETE FROM {t} */"),
         # SET STATEMENT … FOR runs the statement after FOR.
         ("", "SET STATEMENT max_statement_time = 100 FOR DROP TABLE {t}"),
         ("", "SET STATEMENT sql_mode = '' FOR DELETE FROM {t}"),

@@ -191,6 +191,11 @@ def _decisions(sql: str) -> list[Decision]:
         ("SELECT 2 --/*!*/1; DROP TABLE t", "(unparseable)"),
         ("SELECT 2 --/*!999999 x */1; DELETE FROM t", "(unparseable)"),
         ("SELECT 2 /*!50000 --*/ 1; TRUNCATE t", "(unparseable)"),
+        # Under sql_mode MSSQL `[…]` is an identifier (`]]` in it a `]`): quotes in it are
+        # nothing, and a DROP the other readings keep in a string is a statement.
+        ("SELECT 1 AS [a']; DROP TABLE t; -- ']", "no-drop"),
+        ('SELECT 1 AS [a"]; TRUNCATE t; -- "]', "no-drop"),
+        ("SELECT 1 AS [a]] -- ]; /*!50000 DROP TABLE t */", "no-drop"),
         # SET STATEMENT … FOR runs the statement after FOR.
         ("SET STATEMENT max_statement_time = 100 FOR DROP TABLE t", "no-drop"),
         ("SELECT 1; SET STATEMENT sql_mode = '' FOR DELETE FROM t", "bounded"),
@@ -244,6 +249,8 @@ def test_a_text_the_server_reads_otherwise_is_refused(sql: str, rule: str) -> No
         "CREATE OR REPLACE VIEW v AS SELECT 1",
         "SET STATEMENT max_statement_time = 1 FOR DELETE FROM t WHERE id = 1",
         "SET @a = 1",
+        "SELECT JSON_EXTRACT('[1]', '$[0]')",
+        "SELECT 1 AS [a]]b]",
         "CREATE TABLE IF NOT EXISTS t (x INT)",
     ],
 )
