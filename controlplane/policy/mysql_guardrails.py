@@ -6,8 +6,8 @@ with a backslash, also as NO_BACKSLASH_ESCAPES reads it; with a double quote, al
 ANSI_QUOTES reads it): a rule that denies any reading
 denies the text. Text the tokenizer cannot read, or a DELETE/UPDATE whose WHERE cannot be
 parsed while a deny_unbounded rule needs it, is refused when a guardrail needs its structure,
-as is text with a non-ASCII character right before a backslash or a backtick (GBK and its kin
-read it otherwise).
+as is text with a non-ASCII character right before a backslash, a backtick or a bracket (GBK
+and its kin read it otherwise).
 ``PREPARE … FROM 'text'`` and ``EXECUTE IMMEDIATE 'text'`` are decided on that text too; from a
 variable or an expression, it cannot be read, and is refused when a guardrail denies statements
 by type. A compound statement (``BEGIN NOT ATOMIC``, ``IF``, ``WHILE`` … which MariaDB runs
@@ -80,7 +80,7 @@ class MysqlGuard:
         if charset_sensitive(sql):
             return _unparseable(
                 structural[0],
-                "a non-ASCII character right before a backslash or a backtick is read"
+                "a non-ASCII character right before a backslash, a backtick or a bracket is read"
                 " differently under GBK, SJIS, CP932, Big5 or GB18030; write it with an escape"
                 " (_utf8mb4 X'…', CHAR(…)) or put a space between them",
             )

@@ -66,7 +66,7 @@ _NAMES = frozenset(
     }
 )
 _EXECUTABLE = re.compile(r"/\*M?!\d{0,6}")
-_TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`]")
+_TAKEN_IN = re.compile(r"[^\x00-\x7f][\\`\[\]]")
 _LOAD_LOCAL = re.compile(r"(?is)\bLOAD\b.*\bLOCAL\b")
 _ESCAPED = "'\""  # the quotes in which a backslash escapes, by default
 #: The non-ASCII characters Python (and so the tokenizer) takes for white space: to MariaDB's
@@ -280,9 +280,10 @@ def _skipped_end(sql: str, pos: int) -> int:
 
 
 def charset_sensitive(sql: str) -> bool:
-    """Whether a non-ASCII character stands right before a backslash or a backtick: sent as
-    UTF-8 to a session whose client character set is GBK, SJIS, CP932, Big5 or GB18030, its
-    last byte and that character may be read as one character, and quotes move."""
+    """Whether a non-ASCII character stands right before a backslash, a backtick or a bracket
+    (an identifier's quote under sql_mode MSSQL): sent as UTF-8 to a session whose client
+    character set is GBK, SJIS, CP932, Big5 or GB18030, its last byte and that character may
+    be read as one character, and quotes move."""
     return _TAKEN_IN.search(sql) is not None
 
 

@@ -564,6 +564,18 @@ def test_a_text_that_gbk_reads_differently_is_refused_under_guardrails(
     assert "GBK" in message
 
 
+def test_a_bracket_that_gbk_takes_in_under_mssql_is_refused(
+    stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
+) -> None:
+    """Under sql_mode MSSQL `[…]` is an identifier; under GBK the last byte of 中 takes the
+    `]` in, so the identifier runs on to the `]` in the second statement's string, whose
+    quote then ends it: DROP TABLE is a statement."""
+    sql = f"SELECT 1 AS [中]; SELECT ']; DROP TABLE {table}; -- '"
+    setting = "SET NAMES gbk, @@session.sql_mode = 'MSSQL'"
+    message, _, _ = _refused_whole(stack, port, mariadb, table, setting, sql)
+    assert "GBK" in message
+
+
 def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
     stack: MysqlStack, port: int, mariadb: MariadbServer, table: str
 ) -> None:

@@ -147,6 +147,9 @@ def test_texts_whose_readings_agree_are_split() -> None:
     [
         ("SELECT '中\\\\'; SELECT '; DROP TABLE t; -- '", True),
         ("SELECT 1 FROM `表`", True),
+        # Under MSSQL a bracket is a quote: GBK taking `]` in moves where `[中]` ends.
+        ("SELECT 1 AS [中]; SELECT ']; DROP TABLE t; -- '", True),
+        ("SELECT 1 AS [中 ]", False),
         ("SELECT '中 \\\\'", False),
         ("SELECT 'a\\\\'", False),
         ("SELECT '中'", False),
