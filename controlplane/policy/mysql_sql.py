@@ -116,11 +116,11 @@ class Piece:
     @property
     def routine_body(self) -> frozenset[str]:
         """The words of a stored routine's body (``CREATE PROCEDURE``, ``FUNCTION``,
-        ``TRIGGER``, ``EVENT``, ``PACKAGE``): the statements it runs when called or fired, which
-        no other text shows the guard (``CALL p()``). Empty for any other statement. A
-        trigger's body starts after ``FOR EACH ROW``; the others' after the routine's kind
-        (their headers hold none of the statement keywords a rule lists)."""
-        if self.keyword != "CREATE":
+        ``TRIGGER``, ``EVENT``, ``PACKAGE``, and ``ALTER EVENT``): the statements it runs when
+        called or fired, which no other text shows the guard (``CALL p()``). Empty for any
+        other statement. A trigger's body starts after ``FOR EACH ROW``; the others' after the
+        routine's kind (their headers hold none of the statement keywords a rule lists)."""
+        if self.keyword not in ("CREATE", "ALTER"):  # ALTER EVENT … DO gives a new body
             return frozenset()
         for index, token in enumerate(self.tokens[1:], 1):
             word = token.text.upper()

@@ -274,6 +274,8 @@ def test_allowed_around_those(sql: str) -> None:
         ("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW DELETE FROM u", "(unparseable)"),
         ("CREATE EVENT e ON SCHEDULE AT CURRENT_TIMESTAMP DO DROP TABLE t", "no-drop"),
         ("CREATE PROCEDURE p() EXECUTE IMMEDIATE 'DROP TABLE t'", "(unparseable)"),
+        ("ALTER EVENT e DO DROP TABLE t", "no-drop"),
+        ("ALTER EVENT e ON SCHEDULE EVERY 1 HOUR DO DELETE FROM t", "(unparseable)"),
         ("CREATE PROCEDURE p() PREPARE s FROM @x", "(unparseable)"),
     ],
 )
@@ -288,6 +290,8 @@ def test_a_routine_body_is_decided_on_create(sql: str, rule: str) -> None:
         "CREATE TRIGGER tr BEFORE UPDATE ON t FOR EACH ROW SET NEW.a = 1",
         "CREATE PROCEDURE p() SELECT 'DROP TABLE t'",
         "CREATE TABLE event (`trigger` INT, `drop` INT)",
+        "ALTER TABLE t ADD COLUMN event INT, DROP INDEX i",
+        "ALTER EVENT e DISABLE",
         "CREATE VIEW v AS SELECT 1 AS procedure_name",
     ],
 )
