@@ -514,6 +514,9 @@ def _piece(text: str, tokens: list[Token], base: int = 0) -> Piece:
     keywords.add(main)
     if "SELECT" in words:
         keywords.add("SELECT")
+    # The tokenizer reads some keywords of two words as one (`LOCK TABLES`): the statement is
+    # named by its first word too, as `LOCK TABLE` is.
+    keywords |= {word.split(" ")[0] for word in keywords if " " in word}
     if words[:3] == ["CREATE", "OR", "REPLACE"] and _REPLACED.intersection(words[3:5]):
         keywords.add("DROP")  # MariaDB drops the table (database, sequence) it replaces
     keyword = main if words[0] in _PREFIXES or words[0] in ("WITH", "(") else words[0]

@@ -312,3 +312,11 @@ def test_routines_and_tables_without_denied_statements(sql: str) -> None:
 )
 def test_loads_local_in_any_reading(sql: str, local: bool) -> None:
     assert loads_local(sql) is local
+
+
+def test_a_keyword_the_tokenizer_reads_as_two_words_is_named_by_its_first() -> None:
+    guard = MysqlGuard([Guardrail(name="no-lock", deny_statements=["LOCK", "UNLOCK"])])
+    for sql in ("LOCK TABLES t WRITE", "LOCK TABLE t WRITE", "LOCK /**/ TABLES t WRITE"):
+        assert guard.check(sql).rule == "no-lock", sql
+    assert guard.check("UNLOCK TABLES").rule == "no-lock"
+    assert guard.check("SELECT 1 FROM t GROUP BY a").allowed
