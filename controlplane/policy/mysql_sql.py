@@ -382,9 +382,13 @@ def loads_local(text: str) -> bool:
 def split_agreed(sql: str) -> list[Piece] | None:
     """The statements of one text, when every reading of ``readings`` ends its statements at
     the same places; None when they do not (or one cannot be read), since then which
-    statements the server runs depends on its sql_mode. Raises Unreadable for ``split``'s."""
+    statements the server runs depends on its sql_mode; None too when one of several is a
+    compound statement or a routine's definition, whose body's ``;`` end no statement for the
+    server. Raises Unreadable for ``split``'s."""
     pieces = split(sql)
     if charset_sensitive(sql):
+        return None
+    if len(pieces) > 1 and any(p.compound or p.routine_body for p in pieces):
         return None
     others = readings(sql)
     if len(others) == 1 and others[0].text == sql:

@@ -128,6 +128,9 @@ def test_an_executable_comment_before_a_statement_is_decided_with_it(sql: str, r
         "SELECT 1 /*! ; DELETE FROM t */",  # the comment is code to the server
         "SELECT 1 /*!50700 ; SELECT 2 */; SELECT 3",
         'SELECT "a\\"; SELECT 2; -- "',  # a string, or an identifier under ANSI_QUOTES
+        # One statement to the server, `;` and all: recorded whole.
+        "BEGIN NOT ATOMIC SELECT 1; SELECT 2; END",
+        "CREATE PROCEDURE p() BEGIN SELECT 1; END",
     ],
 )
 def test_texts_whose_readings_split_differently_are_not_split(sql: str) -> None:
