@@ -38,6 +38,7 @@ __all__ = [
     "Unreadable",
     "charset_sensitive",
     "code_reading",
+    "kills_query",
     "loads_local",
     "readings",
     "redact",
@@ -367,16 +368,31 @@ def loads_local(text: str) -> bool:
     """Whether a statement may be ``LOAD DATA|XML LOCAL`` in any reading of ``readings`` (its
     ``LOCAL`` may stand in an executable comment: ``LOAD DATA /*!50000 LOCAL */ INFILE``);
     text that cannot be read, when it names both words."""
+    if "LOAD" not in text.upper():
+        return False  # the common case, without reading it
     try:
-        return any(
-            piece.load_local
-            for reading in readings(text)
-            for piece in split(
-                reading.text, ansi_quotes=reading.ansi_quotes, brackets=reading.brackets
-            )
-        )
+        return any(piece.load_local for piece in _read(text))
     except Unreadable:
         return _LOAD_LOCAL.search(text) is not None
+
+
+def kills_query(text: str) -> bool:
+    """Whether a statement is ``KILL QUERY`` in any reading (``KILL /*!50000 QUERY */ 7``)."""
+    if "KILL" not in text.upper():
+        return False
+    try:
+        return any(piece.kill_query for piece in _read(text))
+    except Unreadable:
+        return False
+
+
+def _read(text: str) -> list[Piece]:
+    """The statements of every reading of ``text``."""
+    return [
+        piece
+        for reading in readings(text)
+        for piece in split(reading.text, ansi_quotes=reading.ansi_quotes, brackets=reading.brackets)
+    ]
 
 
 def split_agreed(sql: str) -> list[Piece] | None:

@@ -30,7 +30,14 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
-from controlplane.policy.mysql_sql import Piece, Unreadable, loads_local, redact, split_agreed
+from controlplane.policy.mysql_sql import (
+    Piece,
+    Unreadable,
+    kills_query,
+    loads_local,
+    redact,
+    split_agreed,
+)
 from controlplane.relay.inspection import EndCause, Opening, record
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
@@ -243,7 +250,9 @@ class MysqlInspector:
                 decision = self._guard.check(piece.text)
                 if decision.allowed and not self._local_infile and loads_local(piece.text):
                     decision = _NO_LOCAL_INFILE
-                decided.append((piece.text, decision, "cancel" if piece.kill_query else "query"))
+                decided.append(
+                    (piece.text, decision, "cancel" if kills_query(piece.text) else "query")
+                )
         await self._statements(packet, out, decided)
 
     async def _statements(

@@ -8,7 +8,13 @@ import pytest
 from controlplane.policy.document import Guardrail
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
-from controlplane.policy.mysql_sql import Unreadable, loads_local, split, split_agreed
+from controlplane.policy.mysql_sql import (
+    Unreadable,
+    kills_query,
+    loads_local,
+    split,
+    split_agreed,
+)
 
 GUARD = MysqlGuard(
     [
@@ -323,3 +329,17 @@ def test_a_keyword_the_tokenizer_reads_as_two_words_is_named_by_its_first() -> N
         assert guard.check(sql).rule == "no-lock", sql
     assert guard.check("UNLOCK TABLES").rule == "no-lock"
     assert guard.check("SELECT 1 FROM t GROUP BY a").allowed
+
+
+@pytest.mark.parametrize(
+    ("sql", "kill"),
+    [
+        ("KILL QUERY 7", True),
+        ("KILL /*!50000 QUERY */ 7", True),
+        ("KILL HARD /*M!100000 QUERY */ 7", True),
+        ("KILL 7", False),
+        ("SELECT 'KILL QUERY 7'", False),
+    ],
+)
+def test_kills_query_in_any_reading(sql: str, kill: bool) -> None:
+    assert kills_query(sql) is kill
