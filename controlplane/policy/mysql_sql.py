@@ -72,9 +72,7 @@ _LOAD_LOCAL = re.compile(r"(?is)\bLOAD\b.*\bLOCAL\b")
 _ESCAPED = "'\""  # the quotes in which a backslash escapes, by default
 #: The non-ASCII characters Python (and so the tokenizer) takes for white space: to MariaDB's
 #: lexer they are characters of an identifier, like every other non-ASCII character.
-_WIDE_SPACE = re.compile(
-    "[" + "".join(chr(c) for c in range(0x80, 0x110000) if chr(c).isspace()) + "]"
-)
+_WIDE_SPACE = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 #: Executable comments in one text whose every combination of run and skipped is read (2**5
 #: readings); a text with more has no reading the guard can vouch for.
 MAX_VERSIONED = 5
