@@ -1,7 +1,8 @@
 """Throwaway HTTP targets nobody here wrote: httpbin (PyPI) under waitress, behind nginx (Debian),
 and a WebSocket echo on aiohttp's server.
 
-nginx serves `/static/` from ``base/www`` and passes everything else to httpbin; it listens
+nginx serves `/static/` from ``base/www``, answers `/switch-protocols` with a bare 101 (no
+WebSocket behind it: it goes on reading HTTP) and passes everything else to httpbin; it listens
 in plain HTTP and, with a certificate from a CA of its own, in TLS. Its access log
 (``base/access.log``) says what reached the target: one line per request, as
 ``METHOD URI STATUS AUTHORIZATION X-API-KEY`` (tab-separated), so that tests can check what
@@ -107,6 +108,8 @@ http {{
     ssl_certificate {targets.cert.cert};
     ssl_certificate_key {targets.cert.key};
     location /static/ {{ root {base}/www; }}
+    # A 101 that switches nothing, as an application may answer: nginx goes on reading HTTP.
+    location = /switch-protocols {{ return 101; }}
     location / {{
       proxy_pass http://httpbin;
       proxy_http_version 1.1;

@@ -33,6 +33,7 @@ from agent.masking import MaskingError
 from agent.secrets import SecretError
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import HOP_BY_HOP, ProtocolError, Request, ServerSide
+from wire.http.websocket import handshake_refusal
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,16 @@ class _Session:
             event = await upstream.next_event()
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101 and request.upgrade is not None:
-                    head = self.side.start(101, _response_headers(event.headers, upgrade=True))
+                    fields = _response_headers(event.headers, upgrade=True)
+                    why = handshake_refusal(request.headers, fields)
+                    if why is not None:
+                        # An application's 101 that goes on reading HTTP: what the client sent
+                        # next would reach it as requests nobody decided nor recorded.
+                        raise TargetError(
+                            f"the target answered 101 without taking the WebSocket ({why}); "
+                            "its connection was closed"
+                        )
+                    head = self.side.start(101, fields)
                     await self.send(_marked(head, _mark(101, 0, "")))
                     return True
                 continue  # 100 Continue and the like were answered for this hop already

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -589,3 +590,32 @@ def test_a_double_slash_target_is_recorded_with_the_path_the_target_receives(
     assert reached, "nginx did not log the request"
     # The trail must name the path the target got (modulo the target URL's own prefix).
     assert recorded == reached, (recorded, reached)
+
+
+def test_a_101_that_is_no_websocket_does_not_open_a_tunnel_past_the_guard(
+    stack: Stack, listener: Connect, http_targets: HttpTargets
+) -> None:
+    """nginx's `return 101` (an application's status, not a WebSocket handshake: no
+    Sec-WebSocket-Accept) leaves nginx reading HTTP on that connection: had the gateway
+    switched to opaque bytes, the POST behind it would reach nginx undecided and unrecorded."""
+    after = last_seq(stack)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        sock.sendall(
+            b"GET /switch-protocols HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            b"POST /admin/after-101 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
+        )
+        answer = b""
+        with contextlib.suppress(TimeoutError):
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):
+                answer += chunk
+    time.sleep(0.5)
+    reached = [line.uri for line in http_targets.log_lines() if line.uri == "/admin/after-101"]
+    recorded = [(e["request"]["path"], e["decision"]["result"]) for e in requests_of(stack, after)]
+    assert reached == [], (answer, recorded)
+    assert answer.startswith(b"HTTP/1.1 502 "), answer
+    assert b"answered 101 without taking the WebSocket" in answer
+    # The connection stayed HTTP: the POST behind it was read, decided (and denied) as any.
+    assert recorded == [("/switch-protocols", "allow"), ("/admin/after-101", "deny")]

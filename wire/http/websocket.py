@@ -9,11 +9,60 @@ told apart without it, and the count is recorded as unknown rather than wrong.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Iterable
+from typing import Final
+
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Message
 from wsproto.utilities import ProtocolError
 
-__all__ = ["MessageCount"]
+__all__ = ["MessageCount", "accept_key", "handshake_refusal", "head_fields"]
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_key(key: str) -> str:
+    """The `Sec-WebSocket-Accept` a server that took the handshake of `key` answers (RFC 6455
+    §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.strip().encode("latin-1") + _GUID).digest()).decode()
+
+
+def head_fields(head: bytes) -> list[tuple[str, str]]:
+    """The header fields of a response head as h11 wrote it (names lower-cased)."""
+    fields = []
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            fields.append((name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")))
+    return fields
+
+
+def handshake_refusal(
+    request: Iterable[tuple[str, str]], response: Iterable[tuple[str, str]]
+) -> str | None:
+    """Why a `101 Switching Protocols` does not switch to a WebSocket, or None when it does: it
+    must say `Upgrade: websocket` and `Connection: upgrade` and carry the `Sec-WebSocket-Accept`
+    of the request's key (RFC 6455 §4.1). Anything else is a 101 some application answered
+    while it goes on reading HTTP: the bytes after it would be requests nobody decided."""
+    asked = [v for k, v in request if k == "sec-websocket-key"]
+    fields = list(response)
+
+    def tokens(name: str) -> set[str]:
+        joined = ",".join(v for k, v in fields if k == name)
+        return {token.strip().lower() for token in joined.split(",")}
+
+    if len(asked) != 1:
+        return "the upgrade request carried no single Sec-WebSocket-Key"
+    if "websocket" not in tokens("upgrade"):
+        return "the 101 does not say Upgrade: websocket"
+    if "upgrade" not in tokens("connection"):
+        return "the 101 does not say Connection: upgrade"
+    accepted = [v.strip() for k, v in fields if k == "sec-websocket-accept"]
+    if accepted != [accept_key(asked[0])]:
+        return "the 101 does not carry the Sec-WebSocket-Accept of the request's key"
+    return None
 
 
 class MessageCount:

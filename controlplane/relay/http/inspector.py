@@ -43,7 +43,7 @@ from wire.http.codec import (
     ServerSide,
     encode_request,
 )
-from wire.http.websocket import MessageCount
+from wire.http.websocket import MessageCount, handshake_refusal, head_fields
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class _InFlight:
     started: float
     request_bytes: int
     upgrade: str | None
+    headers: tuple[tuple[str, str], ...] = ()  # the request's, to check a 101 against
 
 
 class HttpInspector:
@@ -93,6 +94,7 @@ class HttpInspector:
         self._upgraded: _InFlight | None = None
         self._upgrade_bytes = [0, 0]  # client → target, target → client after a 101
         self._messages: tuple[MessageCount, MessageCount] | None = None
+        self._cut = False  # the target's bytes are no longer passed on
         self.finished = False
         # The agent ends the session once the response in flight has ended.
         self.drain_timeout: float | None = None
@@ -165,7 +167,9 @@ class HttpInspector:
             self._end_if_closed()
             self._wake()
             return
-        self._inflight = _InFlight(ref, time.monotonic(), len(request.body), request.upgrade)
+        self._inflight = _InFlight(
+            ref, time.monotonic(), len(request.body), request.upgrade, request.headers
+        )
         self._idle.clear()
         await self._forward(_forwarded(request))
 
@@ -207,11 +211,15 @@ class HttpInspector:
     async def from_agent(self, frame: tunnel_pb2.Frame) -> list[bytes]:
         """Pass the target's answer on; at a response's end, record it first."""
         data = frame.data
+        if self._cut:
+            return []
         if self._upgraded is not None:
             self._passed(1, data)
             return [data] if data else []
         for mark in frame.marks:
             await self._response(mark, data[: mark.end])
+            if self._cut:
+                return []
         if self._upgraded is not None and frame.marks:
             self._passed(1, data[frame.marks[-1].end :])
         return [data] if data else []
@@ -239,7 +247,22 @@ class HttpInspector:
             result["content_type"] = mark.message
         if mark.masked:
             result["masked"] = True
+        refusal = None
+        if status == 101 and inflight.upgrade is not None:
+            refusal = handshake_refusal(inflight.headers, head_fields(head))
+            if refusal is not None:
+                result["error"] = f"the target answered 101 without taking the WebSocket: {refusal}"
         await self._result(inflight, result)
+        if refusal is not None:
+            # A 101 that is no WebSocket's (an application's status, its connection still
+            # reading HTTP): the bytes after it would be requests nobody decided. Nothing more
+            # goes either way.
+            self._cut = True
+            self._last_words(
+                502, f"gatehouse: the target answered 101 without taking the WebSocket: {refusal}"
+            )
+            self._idle.set()
+            return
         if status == 101 and inflight.upgrade is not None:
             self._upgraded = inflight
             # An extension (permessage-deflate) changes what a frame is: not read then.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +15,7 @@ from agent.engines import Cancel
 from agent.http import engine
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.http.codec import encode_request
+from wire.http.websocket import accept_key
 
 
 class Target:
@@ -214,3 +216,81 @@ async def test_a_connection_the_target_closed_while_idle_is_not_used(target: Tar
     assert [m.command for m in marks] == ["200", "200"]
     assert _methods(target.heads) == ["GET /base/a HTTP/1.1", "PUT /base/items/1 HTTP/1.1"]
     assert target.connections == 2
+
+
+class Switcher:
+    """Answers an upgrade 101 — with the handshake's accept key, or without, as an application
+    that answers 101 and goes on reading HTTP — and records what came after it on the same
+    connection; any other request is answered 200 and recorded as a request of its own."""
+
+    def __init__(self, *, accept: bool) -> None:
+        self.accept = accept
+        self.after = b""
+        self.requests: list[bytes] = []
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        keys = [
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        ]
+        if not keys:
+            self.requests.append(head + await reader.read(65536))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            writer.close()
+            return
+        answer = (
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        )
+        if self.accept:
+            answer += f"sec-websocket-accept: {accept_key(keys[0])}\r\n".encode()
+        writer.write(answer + b"\r\n")
+        await writer.drain()
+        with contextlib.suppress(OSError, TimeoutError):
+            self.after += await asyncio.wait_for(reader.read(65536), 1)
+        writer.close()
+
+
+UPGRADE = encode_request(
+    "GET",
+    "/ws",
+    [
+        ("host", "gateway"),
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ],
+    b"",
+)
+
+
+@pytest.mark.parametrize("accept", [True, False])
+async def test_only_a_101_that_takes_the_websocket_handshake_switches(accept: bool) -> None:
+    """A 101 without the key's Sec-WebSocket-Accept (nginx's `return 101`, an application's
+    status) leaves the target reading HTTP: the bytes after it must not reach it."""
+    switcher = Switcher(accept=accept)
+    server = await asyncio.start_server(switcher.handle, "127.0.0.1", 0)
+    switcher.port = server.sockets[0].getsockname()[1]
+    smuggled = b"POST /admin/users HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nx"
+    async with server:
+        frames = await converse(switcher.port, [UPGRADE, smuggled], {})
+    marks = [m for f in frames for m in f.marks]
+    if accept:
+        assert [(m.kind, m.command) for m in marks] == [(tunnel_pb2.ResultMark.COMPLETE, "101")]
+        assert switcher.after == smuggled  # a WebSocket's bytes, as far as anyone can tell
+    else:
+        assert [(m.kind, m.command) for m in marks] == [
+            (tunnel_pb2.ResultMark.ERROR, "502"),
+            (tunnel_pb2.ResultMark.COMPLETE, "200"),
+        ]
+        assert b"Sec-WebSocket-Accept" in marks[0].message.encode()
+        assert not frames[0].data.startswith(b"HTTP/1.1 101")
+        assert switcher.after == b""  # the switched connection was closed, nothing rode it
+        # The next request went on a new connection, as a request (the control plane, which
+        # ends the session on such a 101, would not even have sent it).
+        assert [r.split(b" ", 2)[:2] for r in switcher.requests] == [
+            [b"POST", b"/base/admin/users"]
+        ]

@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from sqlmodel import col, select
 
 from controlplane.audit.events import SessionContext
@@ -20,6 +21,7 @@ from controlplane.store.database import Database
 from controlplane.store.models import EventRow
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
+from wire.http.websocket import accept_key
 
 
 def events(db: Database) -> list[dict[str, Any]]:
@@ -149,3 +151,44 @@ async def test_a_response_that_never_ends_is_recorded_as_unknown(
     assert response["ref"] == request["seq"]
     assert response["result"]["error"] == "unknown"
     assert "status" not in response["result"]
+
+
+@pytest.mark.parametrize("accept", [True, False])
+async def test_only_a_101_that_takes_the_websocket_handshake_upgrades_the_session(
+    db: Database, writer: AuditWriter, accept: bool
+) -> None:
+    """The agent's 101 is checked here too: one without the Sec-WebSocket-Accept of the
+    request's key ends the session, and what the client sent after it is never passed on."""
+    h = Harness(db, writer)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    task = asyncio.create_task(
+        h.inspector.from_client(
+            b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+            + f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n".encode()
+            + b"POST /v1/admin HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx"
+        )
+    )
+    await h.sent.wait()
+    head = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+    if accept:
+        head += f"sec-websocket-accept: {accept_key(key)}\r\n".encode()
+    head += b"\r\n"
+    mark = tunnel_pb2.ResultMark(
+        kind=tunnel_pb2.ResultMark.COMPLETE, end=len(head), command="101", rows=0
+    )
+    passed = await h.inspector.from_agent(tunnel_pb2.Frame(data=head, marks=[mark]))
+    rest = await task
+    later = await h.inspector.from_agent(tunnel_pb2.Frame(data=b"more from the target"))
+    _request, response = events(db)
+    if accept:
+        assert passed == [head] and later == [b"more from the target"]
+        assert rest.startswith(b"POST /v1/admin")  # a WebSocket's bytes from here on
+        assert "error" not in response["result"]
+        return
+    assert passed == [] and later == []
+    assert rest == b""
+    answer = b"".join(h.inspector.take_synthetic())
+    assert answer.startswith(b"HTTP/1.1 502 ") and b"Sec-WebSocket-Accept" in answer
+    assert h.inspector.finished
+    assert len(h.forwarded) == 1  # the upgrade request only
+    assert "Sec-WebSocket-Accept" in response["result"]["error"]
