@@ -619,3 +619,31 @@ def test_a_101_that_is_no_websocket_does_not_open_a_tunnel_past_the_guard(
     assert b"answered 101 without taking the WebSocket" in answer
     # The connection stayed HTTP: the POST behind it was read, decided (and denied) as any.
     assert recorded == [("/switch-protocols", "allow"), ("/admin/after-101", "deny")]
+
+
+@pytest.mark.parametrize(
+    ("uri", "content_type", "body"),
+    [
+        ("/anything/form-escaped", "application/x-www-form-urlencoded", b"q=DROP%20TABLE+users"),
+        ("/anything/json-escaped", "application/json", b'{"q": "\\u0044ROP TABLE users"}'),
+    ],
+)
+def test_a_body_pattern_holds_against_the_encodings_the_application_undoes(
+    stack: Stack, listener: Connect, http_targets: HttpTargets, uri: str, content_type: str,
+    body: bytes,
+) -> None:  # fmt: skip
+    """httpbin reads `DROP%20TABLE` in a form, and `\\u0044ROP` in JSON, as `DROP TABLE`:
+    `deny_patterns: ['DROP TABLE']` must refuse them as it refuses the plain text."""
+    after = last_seq(stack)
+    answer = requests.post(
+        f"http://127.0.0.1:{listener.port}{uri}",
+        data=body,
+        headers={"Content-Type": content_type},
+        timeout=30,
+    )
+    time.sleep(0.5)
+    reached = [line.uri for line in http_targets.log_lines() if line.uri == uri]
+    assert answer.status_code == 403, (answer.text, reached)
+    assert answer.json()["rule"] == "api-rules"
+    assert reached == []
+    assert [e["decision"]["result"] for e in requests_of(stack, after)] == ["deny"]

@@ -2,8 +2,9 @@
 
 Each request the client sends is read whole (head and body, within the connection's limits:
 a malformed head is a 400, a large head a 431, a large body a 413, and nothing of it goes on),
-decided by the connection's HTTP guardrails (method and path, then the body's text), and
-recorded as `http.request` — committed before it is forwarded in strict mode. A refused
+decided by the connection's HTTP guardrails (method and path, then the body's text, in every
+reading an application may make of it: bodies.py), and recorded as `http.request` —
+committed before it is forwarded in strict mode. A refused
 request is answered here with a `403` whose JSON body names the rule; the agent never sees
 it. The agent's answer streams back unchanged; its end is marked (`ResultMark`) with the
 status, sizes and content type, which become `http.response`, committed before the last of
@@ -28,8 +29,9 @@ from typing import Any, Final
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.document import HttpConnection
-from controlplane.policy.guardrails import Decision
+from controlplane.policy.guardrails import ALLOW, Decision
 from controlplane.policy.requests import RequestGuard
+from controlplane.relay.http.bodies import BODY_RULE, Unreadable, readings
 from controlplane.relay.http.events import BODY_TEXT, described
 from controlplane.relay.inspection import EndCause, Opening
 from gatehouse.v1 import tunnel_pb2
@@ -87,6 +89,7 @@ class HttpInspector:
         self._body_text = body_text
         self._strict = ctx.audit_mode == "strict"
         self._side = ServerSide(max_body=max_body)
+        self._max_body = max_body
         self._answer: list[bytes] = []  # the gateway's own answers, due to the client
         self._inflight: _InFlight | None = None
         self._idle = asyncio.Event()  # no response is awaited: the next request may go
@@ -158,7 +161,7 @@ class HttpInspector:
     async def _request(self, request: Request) -> None:
         decision = self._guard.check_head(request.method, request.path)
         if decision.allowed and self._guard.reads_body and request.body:
-            decision = self._guard.check_body(request.body.decode("utf-8", "replace"))
+            decision = self._check_body(request)
         ref = await self._record(request, decision)
         if ref is None:
             return
@@ -172,6 +175,19 @@ class HttpInspector:
         )
         self._idle.clear()
         await self._forward(_forwarded(request))
+
+    def _check_body(self, request: Request) -> Decision:
+        """The body patterns, searched in every reading of the body an application may make
+        (bodies.py): a body that cannot be read so is refused."""
+        try:
+            texts = readings(request, self._max_body)
+        except Unreadable as exc:
+            return Decision(False, BODY_RULE, str(exc))
+        for text in texts:
+            decision = self._guard.check_body(text)
+            if not decision.allowed:
+                return decision
+        return ALLOW
 
     async def _record(
         self, request: Request, decision: Decision, *, body_read: bool = True

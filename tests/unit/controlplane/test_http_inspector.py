@@ -5,6 +5,7 @@ http.response before its last bytes reach the client."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from typing import Any
 
@@ -42,7 +43,13 @@ class Harness:
             audit_mode="strict",
             source={"ip": "192.0.2.10"},
         )
-        guard = RequestGuard([Guardrail(name="api-rules", deny_requests=["DELETE /**"])])
+        guard = RequestGuard(
+            [
+                Guardrail(
+                    name="api-rules", deny_requests=["DELETE /**"], deny_patterns=["DROP TABLE"]
+                )
+            ]
+        )
 
         async def forward(data: bytes) -> None:
             self.forwarded.append((data, len(events(db))))
@@ -192,3 +199,30 @@ async def test_only_a_101_that_takes_the_websocket_handshake_upgrades_the_sessio
     assert h.inspector.finished
     assert len(h.forwarded) == 1  # the upgrade request only
     assert "Sec-WebSocket-Accept" in response["result"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"q=DROP%20TABLE+users", b"Content-Type: application/x-www-form-urlencoded\r\n"),
+        (b'{"q":"\\u0044ROP TABLE users"}', b"Content-Type: application/json\r\n"),
+        (gzip.compress(b"DROP TABLE users"), b"Content-Encoding: gzip\r\n"),
+        (b"\x1b\x00", b"Content-Encoding: br\r\n"),  # a coding the gateway cannot read
+    ],
+    ids=["form", "json-escape", "gzip", "br"],
+)
+async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoes(
+    db: Database, writer: AuditWriter, body: bytes, headers: bytes
+) -> None:
+    h = Harness(db, writer)
+    await h.inspector.from_client(
+        b"POST /v1/query HTTP/1.1\r\nHost: gw\r\n"
+        + headers
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = b"".join(h.inspector.take_synthetic())
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert h.forwarded == []
+    (request,) = events(db)
+    assert request["decision"]["result"] == "deny"

@@ -1,0 +1,154 @@
+"""A request body's text as the target's application may read it, for `deny_patterns`.
+
+A pattern searched in the body's bytes alone is evaded by any encoding the application undoes
+before it acts: `q=DROP%20TABLE` is `DROP TABLE` to a form parser, `"\\u0044ROP TABLE"` to a
+JSON one, a gzip body to a server that inflates it, UTF-16 to a JSON reader that detects it.
+So the patterns are searched in every reading of the body an application may make:
+
+- its `Content-Encoding` undone (gzip, deflate; identity); any other coding (br, zstd...) is
+  `Unreadable`, and a body that inflates past the connection's limit too;
+- its text in UTF-8, in the `charset` its `Content-Type` declares (an unknown one is
+  `Unreadable`), and in the UTF-16/32 a JSON reader detects (a BOM, or NUL bytes);
+- each such text with percent-escapes and `+` decoded (a form, a query-like body), its JSON
+  strings unescaped (keys and values, one a line) if it is a JSON document, and the JSON
+  strings of each form value — two levels, as `payload=<url-encoded JSON>` needs.
+
+A pattern that matches any reading refuses the request (fail closed): a pattern found only
+after decoding is one the application would have met.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import zlib
+from collections.abc import Iterator
+from typing import Final
+from urllib.parse import parse_qsl, unquote_plus
+
+from wire.http.codec import Request
+
+__all__ = ["BODY_RULE", "Unreadable", "readings"]
+
+BODY_RULE: Final = "(body)"
+"""The `rule` of a refusal for a body the patterns cannot be searched in."""
+
+_MAX_READINGS: Final = 64
+
+
+class Unreadable(Exception):
+    """The body's text cannot be read as the application would: the request is refused."""
+
+
+def _codings(request: Request) -> list[str]:
+    joined = ",".join(v for k, v in request.headers if k == "content-encoding")
+    return [c.strip().lower() for c in joined.split(",") if c.strip()]
+
+
+def _inflate(body: bytes, wbits: int, limit: int, coding: str) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Unreadable(f"the body is not valid {coding}: {exc}") from None
+    if len(out) > limit:
+        raise Unreadable(f"the body inflates past the connection's limit of {limit} bytes")
+    return out
+
+
+def decoded(request: Request, limit: int) -> bytes:
+    """The body with its Content-Encoding undone (the last coding applied is undone first)."""
+    body = request.body
+    for coding in reversed(_codings(request)):
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            body = _inflate(body, 16 + zlib.MAX_WBITS, limit, coding)
+        elif coding == "deflate":
+            try:
+                body = _inflate(body, zlib.MAX_WBITS, limit, coding)
+            except Unreadable:  # some clients send raw deflate, without zlib's wrapper
+                body = _inflate(body, -zlib.MAX_WBITS, limit, coding)
+        else:
+            raise Unreadable(
+                f"the body is {coding}-encoded, which the gateway cannot read for the "
+                "connection's deny_patterns"
+            )
+    return body
+
+
+def _charset(request: Request) -> str | None:
+    content_type = request.header("content-type") or ""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or None
+    return None
+
+
+def _texts(body: bytes, charset: str | None) -> list[str]:
+    texts = [body.decode("utf-8", "replace")]
+    encodings: list[str] = []
+    if charset is not None:
+        try:
+            encodings.append(codecs.lookup(charset).name)
+        except LookupError:
+            raise Unreadable(
+                f"the body's charset {charset[:50]!r} is unknown to the gateway"
+            ) from None
+    if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encodings.append(json.detect_encoding(body))
+    for encoding in encodings:
+        text = body.decode(encoding, "replace")
+        if text not in texts:
+            texts.append(text)
+    return texts
+
+
+def _json_strings(text: str) -> str | None:
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[", '"')):
+        return None
+    try:
+        document = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    strings: list[str] = []
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                strings.append(key)
+                stack.append(item)
+    return "\n".join(strings)
+
+
+def _derived(text: str) -> Iterator[str]:
+    if "%" in text or "+" in text:
+        yield unquote_plus(text, errors="replace")
+    strings = _json_strings(text)
+    if strings is not None:
+        yield strings
+    if "=" in text:
+        for _, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+            strings = _json_strings(value)
+            if strings is not None:
+                yield strings
+
+
+def readings(request: Request, limit: int) -> list[str]:
+    """Every text of the body the patterns are searched in (raises Unreadable)."""
+    out: list[str] = []
+    level = _texts(decoded(request, limit), _charset(request))
+    for _ in range(3):
+        fresh = [text for text in level if text not in out]
+        out += fresh
+        if len(out) >= _MAX_READINGS:
+            break
+        level = [derived for text in fresh for derived in _derived(text)]
+    return out[:_MAX_READINGS]
