@@ -249,8 +249,8 @@ class ServerSide:
         if close:
             fields.append(("connection", "close"))
         out = self.start(status, fields)
-        if body:
-            out += self.data(body)
+        if body and not (self._head is not None and self._head.method == b"HEAD"):
+            out += self.data(body)  # a HEAD's answer is its head alone (RFC 9110 §9.3.2)
         return out + self.end()
 
     def respond_json(self, status: int, document: object, *, close: bool = False) -> bytes:

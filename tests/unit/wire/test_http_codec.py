@@ -204,3 +204,17 @@ def test_an_upgrade_to_anything_but_websocket_goes_on_as_plain_http() -> None:
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
     )
     assert isinstance(request, Request) and request.upgrade is None
+
+
+def test_a_refusal_of_a_head_request_is_its_head_alone() -> None:
+    """A HEAD's answer has no body (its length is the GET's): a 403 of the gateway's own to a
+    denied HEAD used to raise instead of answering, and ended the session."""
+    side = ServerSide()
+    side.feed(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(side.next_request(), Request)
+    answer = side.respond_json(403, {"error": "denied"})
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 ") and b"content-length: 19" in head.lower()
+    assert body == b""
+    after = side.next_request()
+    assert isinstance(after, Request) and after.target == "/y"
