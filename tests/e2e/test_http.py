@@ -58,7 +58,7 @@ connections:
     target: {{url: 'http://127.0.0.1:{ws_port}'}}
 guardrails:
   - name: api-rules
-    deny_requests: ['DELETE /**', 'POST /admin/**']
+    deny_requests: ['DELETE /**', 'POST /admin/**', 'GET /anything/no-get/**']
     deny_patterns: ['DROP TABLE']
 masking:
   - name: pii
@@ -645,5 +645,31 @@ def test_a_body_pattern_holds_against_the_encodings_the_application_undoes(
     reached = [line.uri for line in http_targets.log_lines() if line.uri == uri]
     assert answer.status_code == 403, (answer.text, reached)
     assert answer.json()["rule"] == "api-rules"
+    assert reached == []
+    assert [e["decision"]["result"] for e in requests_of(stack, after)] == ["deny"]
+
+
+@pytest.mark.parametrize(
+    ("method", "uri", "headers"),
+    [
+        ("HEAD", "/anything/no-get/head", {}),
+        ("POST", "/anything/overridden", {"X-HTTP-Method-Override": "DELETE"}),
+        ("GET", "/anything/original-url", {"X-Original-URL": "/anything/no-get/x"}),
+    ],
+)
+def test_a_method_or_path_the_application_may_act_on_instead_is_decided_too(
+    stack: Stack, listener: Connect, http_targets: HttpTargets, method: str, uri: str,
+    headers: dict[str, str],
+) -> None:  # fmt: skip
+    """`GET /anything/no-get/**` is denied: httpbin (Flask) serves a HEAD with the GET view, so
+    HEAD is refused with it; a method or path named in X-HTTP-Method-Override or
+    X-Original-URL (honoured by many frameworks, not by httpbin) is decided as well."""
+    after = last_seq(stack)
+    answer = requests.request(
+        method, f"http://127.0.0.1:{listener.port}{uri}", headers=headers, timeout=30
+    )
+    time.sleep(0.5)
+    reached = [(line.method, line.uri) for line in http_targets.log_lines() if line.uri == uri]
+    assert answer.status_code == 403, reached
     assert reached == []
     assert [e["decision"]["result"] for e in requests_of(stack, after)] == ["deny"]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
@@ -44,6 +45,7 @@ from wire.http.codec import (
     Request,
     ServerSide,
     encode_request,
+    target_path,
 )
 from wire.http.websocket import MessageCount, handshake_refusal, head_fields
 
@@ -149,7 +151,7 @@ class HttpInspector:
     async def _continue(self, head: Continue) -> None:
         """The client waits for `100 Continue`: refuse now what its head already decides,
         else let its body come."""
-        decision = self._guard.check_head(head.method, head.path)
+        decision = self._check_head(head.method, head.path, head.headers)
         if decision.allowed:
             self._answer.append(self._side.send_continue())
             self._wake()
@@ -159,7 +161,7 @@ class HttpInspector:
             self._last_words(403, decision.reason or "denied", rule=decision.rule)
 
     async def _request(self, request: Request) -> None:
-        decision = self._guard.check_head(request.method, request.path)
+        decision = self._check_head(request.method, request.path, request.headers)
         if decision.allowed and self._guard.reads_body and request.body:
             decision = self._check_body(request)
         ref = await self._record(request, decision)
@@ -175,6 +177,23 @@ class HttpInspector:
         )
         self._idle.clear()
         await self._forward(_forwarded(request))
+
+    def _check_head(self, method: str, path: str, headers: tuple[tuple[str, str], ...]) -> Decision:
+        """The method and path rules, for every method and path the target may act on: a HEAD
+        is served by the GET handler (and nginx's proxy cache sends it on as a GET), and
+        frameworks take the method from `X-HTTP-Method-Override` (and its kin) and the path
+        from `X-Original-URL` / `X-Rewrite-URL`. Each must pass."""
+        methods = [method]
+        if method.upper() == "HEAD":
+            methods.append("GET")
+        methods += [v.strip() for k, v in headers if k in _METHOD_OVERRIDES]
+        paths = [path] + [_override_path(v) for k, v in headers if k in _PATH_OVERRIDES]
+        for each_method in methods:
+            for each_path in paths:
+                decision = self._guard.check_head(each_method, each_path)
+                if not decision.allowed:
+                    return decision
+        return ALLOW
 
     def _check_body(self, request: Request) -> Decision:
         """The body patterns, searched in every reading of the body an application may make
@@ -371,6 +390,20 @@ class HttpInspector:
                 },
             )
         self._idle.set()
+
+
+_METHOD_OVERRIDES: Final = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override"}
+)
+"""Headers in which a client names the method a framework acts on instead of the request's."""
+_PATH_OVERRIDES: Final = frozenset({"x-original-url", "x-rewrite-url"})
+"""Headers in which a client names the path a framework routes instead of the request's."""
+
+
+def _override_path(value: str) -> str:
+    """The path an `X-Original-URL` names (a path, or a whole URL)."""
+    value = value.strip()
+    return target_path(value) if value.startswith("/") else urlsplit(value).path or "/"
 
 
 _FATAL_STATUS: Final = {

@@ -46,7 +46,9 @@ class Harness:
         guard = RequestGuard(
             [
                 Guardrail(
-                    name="api-rules", deny_requests=["DELETE /**"], deny_patterns=["DROP TABLE"]
+                    name="api-rules",
+                    deny_requests=["DELETE /**", "GET /v1/secret/**"],
+                    deny_patterns=["DROP TABLE"],
                 )
             ]
         )
@@ -221,6 +223,31 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
+    answer = b"".join(h.inspector.take_synthetic())
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert h.forwarded == []
+    (request,) = events(db)
+    assert request["decision"]["result"] == "deny"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HEAD /v1/secret/x HTTP/1.1\r\nHost: gw\r\n\r\n",  # the GET handler serves it
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nX-HTTP-Method-Override: DELETE\r\n"
+        b"Content-Length: 0\r\n\r\n",
+        b"PUT /v1/items HTTP/1.1\r\nHost: gw\r\nX-Method-Override: delete\r\n"
+        b"Content-Length: 0\r\n\r\n",
+        b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Original-URL: /v1/secret/x?y=1\r\n\r\n",
+        b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Rewrite-URL: http://gw/v1/secret/x\r\n\r\n",
+    ],
+    ids=["head-as-get", "method-override", "method-override-lower", "original-url", "rewrite-url"],
+)
+async def test_a_method_or_path_the_application_takes_from_elsewhere_is_decided_too(
+    db: Database, writer: AuditWriter, head: bytes
+) -> None:
+    h = Harness(db, writer)
+    await h.inspector.from_client(head)
     answer = b"".join(h.inspector.take_synthetic())
     assert answer.startswith(b"HTTP/1.1 403 ")
     assert h.forwarded == []
