@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
@@ -151,7 +152,7 @@ class HttpInspector:
     async def _continue(self, head: Continue) -> None:
         """The client waits for `100 Continue`: refuse now what its head already decides,
         else let its body come."""
-        decision = self._check_head(head.method, head.path, head.headers)
+        decision = self._check_head(Request(head.method, head.target, head.headers, b""))
         if decision.allowed:
             self._answer.append(self._side.send_continue())
             self._wake()
@@ -161,7 +162,7 @@ class HttpInspector:
             self._last_words(403, decision.reason or "denied", rule=decision.rule)
 
     async def _request(self, request: Request) -> None:
-        decision = self._check_head(request.method, request.path, request.headers)
+        decision = self._check_head(request)
         if decision.allowed and self._guard.reads_body and request.body:
             decision = self._check_body(request)
         ref = await self._record(request, decision)
@@ -178,16 +179,21 @@ class HttpInspector:
         self._idle.clear()
         await self._forward(_forwarded(request))
 
-    def _check_head(self, method: str, path: str, headers: tuple[tuple[str, str], ...]) -> Decision:
+    def _check_head(self, request: Request) -> Decision:
         """The method and path rules, for every method and path the target may act on: a HEAD
         is served by the GET handler (and nginx's proxy cache sends it on as a GET), and
-        frameworks take the method from `X-HTTP-Method-Override` (and its kin) and the path
-        from `X-Original-URL` / `X-Rewrite-URL`. Each must pass."""
-        methods = [method]
-        if method.upper() == "HEAD":
+        frameworks take the method from `X-HTTP-Method-Override` (and its kin) or a `_method`
+        parameter (Rails, Laravel, Symfony), and the path from `X-Original-URL` /
+        `X-Rewrite-URL`. Each must pass. (A head that waits for 100-continue has no body yet:
+        its `_method` is decided with the whole request.)"""
+        methods = [request.method]
+        if request.method.upper() == "HEAD":
             methods.append("GET")
-        methods += [v.strip() for k, v in headers if k in _METHOD_OVERRIDES]
-        paths = [path] + [_override_path(v) for k, v in headers if k in _PATH_OVERRIDES]
+        # A WSGI or CGI server reads `X_HTTP_Method_Override` as the same header.
+        headers = [(k.replace("_", "-"), v.strip()) for k, v in request.headers]
+        methods += [v for k, v in headers if k in _METHOD_OVERRIDES]
+        methods += _method_parameters(request)
+        paths = [request.path] + [_override_path(v) for k, v in headers if k in _PATH_OVERRIDES]
         for each_method in methods:
             for each_path in paths:
                 decision = self._guard.check_head(each_method, each_path)
@@ -398,6 +404,24 @@ _METHOD_OVERRIDES: Final = frozenset(
 """Headers in which a client names the method a framework acts on instead of the request's."""
 _PATH_OVERRIDES: Final = frozenset({"x-original-url", "x-rewrite-url"})
 """Headers in which a client names the path a framework routes instead of the request's."""
+
+
+_MULTIPART_METHOD: Final = re.compile(
+    rb'name="?_method"?[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', re.IGNORECASE
+)
+
+
+def _method_parameters(request: Request) -> list[str]:
+    """The methods a `_method` parameter names: in the query, a form body or a multipart one."""
+    found = [v for k, v in parse_qsl(request.query, keep_blank_values=True) if k == "_method"]
+    if b"_method" in request.body:
+        content_type = (request.header("content-type") or "").lower()
+        if "multipart/" in content_type:
+            found += [m.decode("latin-1") for m in _MULTIPART_METHOD.findall(request.body)]
+        else:
+            text = request.body.decode("latin-1")
+            found += [v for k, v in parse_qsl(text, keep_blank_values=True) if k == "_method"]
+    return [v.strip() for v in found if v.strip()]
 
 
 def _override_path(value: str) -> str:

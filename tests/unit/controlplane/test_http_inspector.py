@@ -240,8 +240,26 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         b"Content-Length: 0\r\n\r\n",
         b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Original-URL: /v1/secret/x?y=1\r\n\r\n",
         b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Rewrite-URL: http://gw/v1/secret/x\r\n\r\n",
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nX_HTTP_Method_Override: DELETE\r\n"
+        b"Content-Length: 0\r\n\r\n",
+        b"POST /v1/items?_method=DELETE HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\nContent-Length: 18\r\n\r\na=1&_method=delete",
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Type: multipart/form-data; boundary=b"
+        b"\r\nContent-Length: 70\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--b--\r\n',
     ],
-    ids=["head-as-get", "method-override", "method-override-lower", "original-url", "rewrite-url"],
+    ids=[
+        "head-as-get",
+        "method-override",
+        "method-override-lower",
+        "original-url",
+        "rewrite-url",
+        "underscored-header",
+        "query-_method",
+        "form-_method",
+        "multipart-_method",
+    ],
 )
 async def test_a_method_or_path_the_application_takes_from_elsewhere_is_decided_too(
     db: Database, writer: AuditWriter, head: bytes
