@@ -172,6 +172,14 @@ class ServerSide:
                         f"the request target must be a path (/...), not "
                         f"{_text(event.target)[:100]!r}: this is not a proxy"
                     )
+                if event.method == b"CONNECT":
+                    # A tunnel to wherever the client names, once the target answers 2xx.
+                    raise ProtocolError("CONNECT is refused: this is not a proxy", 405)
+                if event.http_version not in (b"1.0", b"1.1"):
+                    # `PRI * HTTP/2.0` (HTTP/2's preface) and the like: not HTTP/1.x.
+                    raise ProtocolError(
+                        f"HTTP/{_text(event.http_version)} is not supported: HTTP/1.1 only", 505
+                    )
                 if b"#" in event.target:
                     # A fragment is the client's own (RFC 9112 §3.2 has none in a request);
                     # the event records path and query, so nothing else may go on.

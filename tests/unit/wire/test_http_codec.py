@@ -218,3 +218,21 @@ def test_a_refusal_of_a_head_request_is_its_head_alone() -> None:
     assert body == b""
     after = side.next_request()
     assert isinstance(after, Request) and after.target == "/y"
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+        (b"GET /x HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+    ],
+)
+def test_a_tunnel_or_another_protocol_is_refused(head: bytes, status: int) -> None:
+    """CONNECT (even to a path: a 2xx would make the connection a tunnel) and anything but
+    HTTP/1.0 and 1.1 are refused before they are decided or forwarded."""
+    side = ServerSide()
+    side.feed(head)
+    with pytest.raises(ProtocolError) as raised:
+        side.next_request()
+    assert raised.value.status == status
