@@ -7,7 +7,7 @@ So the patterns are searched in every reading of the body an application may mak
 
 - its `Content-Encoding` undone (gzip, deflate; identity); any other coding (br, zstd...) is
   `Unreadable`, and a body that inflates past the connection's limit too;
-- its text in UTF-8, in the `charset` its `Content-Type` declares (an unknown one is
+- its text in UTF-8, in each `charset` its `Content-Type` declares (an unknown one is
   `Unreadable`), and in the UTF-16/32 a JSON reader detects (a BOM, or NUL bytes);
 - each such text with percent-escapes and `+` decoded (a form, a query-like body), its JSON
   strings unescaped (keys and values, one a line) if it is a JSON document, and the JSON
@@ -77,19 +77,25 @@ def decoded(request: Request, limit: int) -> bytes:
     return body
 
 
-def _charset(request: Request) -> str | None:
-    content_type = request.header("content-type") or ""
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower() or None
-    return None
+def _charsets(request: Request) -> list[str]:
+    """Every charset the Content-Type declares (a second Content-Type header, or a second
+    charset parameter, is one some application reads)."""
+    found = []
+    for key, value in request.headers:
+        if key != "content-type":
+            continue
+        for parameter in value.replace(",", ";").split(";")[1:]:
+            name, _, charset = parameter.partition("=")
+            charset = charset.strip().strip('"').lower()
+            if name.strip().lower() == "charset" and charset and charset not in found:
+                found.append(charset)
+    return found
 
 
-def _texts(body: bytes, charset: str | None) -> list[str]:
+def _texts(body: bytes, charsets: list[str]) -> list[str]:
     texts = [body.decode("utf-8", "replace")]
     encodings: list[str] = []
-    if charset is not None:
+    for charset in charsets:
         try:
             encodings.append(codecs.lookup(charset).name)
         except LookupError:
@@ -99,7 +105,10 @@ def _texts(body: bytes, charset: str | None) -> list[str]:
     if b"\x00" in body or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encodings.append(json.detect_encoding(body))
     for encoding in encodings:
-        text = body.decode(encoding, "replace")
+        try:
+            text = body.decode(encoding, "replace")
+        except (LookupError, UnicodeError, ValueError) as exc:  # `rot13`, `idna`: not charsets
+            raise Unreadable(f"the body cannot be read in {encoding!r}: {exc}") from None
         if text not in texts:
             texts.append(text)
     return texts
@@ -144,7 +153,7 @@ def _derived(text: str) -> Iterator[str]:
 def readings(request: Request, limit: int) -> list[str]:
     """Every text of the body the patterns are searched in (raises Unreadable)."""
     out: list[str] = []
-    level = _texts(decoded(request, limit), _charset(request))
+    level = _texts(decoded(request, limit), _charsets(request))
     for _ in range(3):
         fresh = [text for text in level if text not in out]
         out += fresh

@@ -32,7 +32,7 @@ from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.document import HttpConnection
 from controlplane.policy.guardrails import ALLOW, Decision
-from controlplane.policy.requests import RequestGuard
+from controlplane.policy.requests import PATH_RULE, RequestGuard
 from controlplane.relay.http.bodies import BODY_RULE, Unreadable, readings
 from controlplane.relay.http.events import BODY_TEXT, described
 from controlplane.relay.inspection import EndCause, Opening
@@ -193,7 +193,11 @@ class HttpInspector:
         headers = [(k.replace("_", "-"), v.strip()) for k, v in request.headers]
         methods += [v for k, v in headers if k in _METHOD_OVERRIDES]
         methods += _method_parameters(request)
-        paths = [request.path] + [_override_path(v) for k, v in headers if k in _PATH_OVERRIDES]
+        try:
+            paths = [request.path]
+            paths += [_override_path(v) for k, v in headers if k in _PATH_OVERRIDES]
+        except ValueError as exc:  # urlsplit: `http://[x/admin`
+            return Decision(False, PATH_RULE, f"an X-Original-URL cannot be read: {exc}")
         for each_method in methods:
             for each_path in paths:
                 decision = self._guard.check_head(each_method, each_path)

@@ -47,6 +47,10 @@ JSON = ("content-type", "application/json")
         ('{"q": "DROP TABLE"}'.encode("utf-32-be"), [JSON]),
         ("q=DROP TABLE".encode("utf-16-le"), [("content-type", "text/plain; charset=utf-16le")]),
         ("q=DROP TABLE".encode("cp500"), [("content-type", "text/plain; charset=cp500")]),
+        (
+            "q=DROP TABLE".encode("cp500"),
+            [("content-type", "text/plain; charset=utf-8"), ("content-type", "x/y;charset=cp500")],
+        ),
     ],
 )
 def test_a_denied_pattern_is_found_however_the_body_encodes_it(
@@ -75,6 +79,8 @@ def test_a_body_without_the_pattern_is_allowed(body: bytes, headers: list[tuple[
         (b"not gzip", [("content-encoding", "gzip")], "not valid gzip"),
         (gzip.compress(b"x" * (2 << 20)), [("content-encoding", "gzip")], "past the connection"),
         (b"q=1", [("content-type", "text/plain; charset=klingon")], "unknown"),
+        (b"q=1", [("content-type", "text/plain; charset=rot13")], "cannot be read"),
+        (b"q=\xff", [("content-type", "text/plain; charset=idna")], "cannot be read"),
     ],
 )
 def test_a_body_the_gateway_cannot_read_as_the_application_would_is_unreadable(

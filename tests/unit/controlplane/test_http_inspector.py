@@ -248,6 +248,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Type: multipart/form-data; boundary=b"
         b"\r\nContent-Length: 70\r\n\r\n"
         b'--b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--b--\r\n',
+        b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Original-URL: http://[gw/v1/secret\r\n\r\n",
     ],
     ids=[
         "head-as-get",
@@ -259,6 +260,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         "query-_method",
         "form-_method",
         "multipart-_method",
+        "unreadable-original-url",
     ],
 )
 async def test_a_method_or_path_the_application_takes_from_elsewhere_is_decided_too(
