@@ -20,20 +20,25 @@ after decoding is one the application would have met.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from typing import Final
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import unquote_plus
 
 from wire.http.codec import Request
 
-__all__ = ["BODY_RULE", "Unreadable", "readings"]
+__all__ = ["BODY_RULE", "Unreadable", "form_values", "readings"]
 
 BODY_RULE: Final = "(body)"
 """The `rule` of a refusal for a body the patterns cannot be searched in."""
 
-_MAX_READINGS: Final = 64
+_MAX_CHARSETS: Final = 4
+"""Most charsets a body is read in; a body that declares more is refused."""
+_MAX_JSON_VALUES: Final = 10_000
+"""Most form values read as JSON; a body with more that may be JSON is refused."""
 
 
 class Unreadable(Exception):
@@ -95,6 +100,8 @@ def _charsets(request: Request) -> list[str]:
 def _texts(body: bytes, charsets: list[str]) -> list[str]:
     texts = [body.decode("utf-8", "replace")]
     encodings: list[str] = []
+    if len(charsets) > _MAX_CHARSETS:
+        raise Unreadable(f"the body declares more than {_MAX_CHARSETS} charsets")
     for charset in charsets:
         try:
             encodings.append(codecs.lookup(charset).name)
@@ -144,20 +151,53 @@ def _derived(text: str) -> Iterator[str]:
     if strings is not None:
         yield strings
     if "=" in text:
-        for _, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        # The JSON in form values (`payload=<url-encoded JSON>`), all of it as one reading.
+        found = []
+        for count, value in enumerate(form_values(text, _JSONISH)):
+            if count >= _MAX_JSON_VALUES:
+                raise Unreadable(
+                    f"the body has more than {_MAX_JSON_VALUES} form values that may be JSON"
+                )
             strings = _json_strings(value)
             if strings is not None:
-                yield strings
+                found.append(strings)
+        if found:
+            yield "\n".join(found)
 
 
-def readings(request: Request, limit: int) -> list[str]:
-    """Every text of the body the patterns are searched in (raises Unreadable)."""
-    out: list[str] = []
-    level = _texts(decoded(request, limit), _charsets(request))
-    for _ in range(3):
-        fresh = [text for text in level if text not in out]
-        out += fresh
-        if len(out) >= _MAX_READINGS:
-            break
-        level = [derived for text in fresh for derived in _derived(text)]
-    return out[:_MAX_READINGS]
+_FIELD: Final = re.compile(r"(?:^|(?<=[&;]))([^&;=]*)=([^&;]*)")
+_JSONISH: Final = re.compile(r"\s*(?:[{\[\"]|%7b|%5b|%22)", re.IGNORECASE)
+
+
+def form_values(text: str, start: re.Pattern[str], name: str | None = None) -> Iterator[str]:
+    """The decoded values of a form's fields (named `name`, if given) whose encoded value
+    opens with `start`, read one by one: a body of millions of fields is never held as a
+    list of them."""
+    for field in _FIELD.finditer(text):
+        key, value = field.groups()
+        if name is not None and (
+            not len(name) <= len(key) <= 3 * len(name)
+            or unquote_plus(key, errors="replace") != name
+        ):
+            continue
+        if start.match(value):
+            yield unquote_plus(value, errors="replace")
+
+
+def readings(request: Request, limit: int) -> Iterator[str]:
+    """Every text of the body the patterns are searched in, one at a time (raises Unreadable,
+    before the first or while they are read)."""
+    seen: set[bytes] = set()
+
+    def walk(text: str, depth: int) -> Iterator[str]:
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass")).digest()
+        if digest in seen:
+            return
+        seen.add(digest)
+        yield text
+        if depth < 2:
+            for derived in _derived(text):
+                yield from walk(derived, depth + 1)
+
+    for text in _texts(decoded(request, limit), _charsets(request)):
+        yield from walk(text, 0)

@@ -33,7 +33,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.document import HttpConnection
 from controlplane.policy.guardrails import ALLOW, Decision
 from controlplane.policy.requests import PATH_RULE, RequestGuard
-from controlplane.relay.http.bodies import BODY_RULE, Unreadable, readings
+from controlplane.relay.http.bodies import BODY_RULE, Unreadable, form_values, readings
 from controlplane.relay.http.events import BODY_TEXT, described
 from controlplane.relay.inspection import EndCause, Opening
 from gatehouse.v1 import tunnel_pb2
@@ -164,7 +164,11 @@ class HttpInspector:
     async def _request(self, request: Request) -> None:
         decision = self._check_head(request)
         if decision.allowed and self._guard.reads_body and request.body:
-            decision = self._check_body(request)
+            if len(request.body) > _THREADED_BODY:
+                # Undoing a large body's encodings takes seconds: not on the event loop.
+                decision = await asyncio.to_thread(self._check_body, request)
+            else:
+                decision = self._check_body(request)
         ref = await self._record(request, decision)
         if ref is None:
             return
@@ -209,13 +213,12 @@ class HttpInspector:
         """The body patterns, searched in every reading of the body an application may make
         (bodies.py): a body that cannot be read so is refused."""
         try:
-            texts = readings(request, self._max_body)
+            for text in readings(request, self._max_body):
+                decision = self._guard.check_body(text)
+                if not decision.allowed:
+                    return decision
         except Unreadable as exc:
             return Decision(False, BODY_RULE, str(exc))
-        for text in texts:
-            decision = self._guard.check_body(text)
-            if not decision.allowed:
-                return decision
         return ALLOW
 
     async def _record(
@@ -402,6 +405,9 @@ class HttpInspector:
         self._idle.set()
 
 
+_THREADED_BODY: Final = 256 * 1024
+"""A body larger than this is read for the body patterns in a thread of its own."""
+
 _METHOD_OVERRIDES: Final = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
@@ -418,14 +424,16 @@ _MULTIPART_METHOD: Final = re.compile(
 def _method_parameters(request: Request) -> list[str]:
     """The methods a `_method` parameter names: in the query, a form body or a multipart one."""
     found = [v for k, v in parse_qsl(request.query, keep_blank_values=True) if k == "_method"]
-    if b"_method" in request.body:
+    if request.body:
         content_type = (request.header("content-type") or "").lower()
         if "multipart/" in content_type:
             found += [m.decode("latin-1") for m in _MULTIPART_METHOD.findall(request.body)]
         else:
-            text = request.body.decode("latin-1")
-            found += [v for k, v in parse_qsl(text, keep_blank_values=True) if k == "_method"]
+            found += form_values(request.body.decode("latin-1"), _ANY, "_method")
     return [v.strip() for v in found if v.strip()]
+
+
+_ANY: Final = re.compile("")
 
 
 def _override_path(value: str) -> str:

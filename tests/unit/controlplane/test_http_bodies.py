@@ -81,10 +81,21 @@ def test_a_body_without_the_pattern_is_allowed(body: bytes, headers: list[tuple[
         (b"q=1", [("content-type", "text/plain; charset=klingon")], "unknown"),
         (b"q=1", [("content-type", "text/plain; charset=rot13")], "cannot be read"),
         (b"q=\xff", [("content-type", "text/plain; charset=idna")], "cannot be read"),
+        (
+            b"q=1",
+            [
+                (
+                    "content-type",
+                    "text/plain; " + "; ".join(f"charset=cp{n}" for n in (437, 850, 852, 855, 857)),
+                )
+            ],
+            "more than 4 charsets",
+        ),
+        (b"a=%7B1&" * 10_001, [FORM], "may be JSON"),
     ],
 )
 def test_a_body_the_gateway_cannot_read_as_the_application_would_is_unreadable(
     body: bytes, headers: list[tuple[str, str]], why: str
 ) -> None:
     with pytest.raises(Unreadable, match=why):
-        readings(Request("POST", "/x", tuple(headers), body), 1 << 20)
+        list(readings(Request("POST", "/x", tuple(headers), body), 1 << 20))

@@ -248,6 +248,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Type: multipart/form-data; boundary=b"
         b"\r\nContent-Length: 70\r\n\r\n"
         b'--b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--b--\r\n',
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Length: 22\r\n\r\na=1;%5Fm%65thod=DELETE",
         b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Original-URL: http://[gw/v1/secret\r\n\r\n",
     ],
     ids=[
@@ -260,6 +261,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         "query-_method",
         "form-_method",
         "multipart-_method",
+        "escaped-form-_method",
         "unreadable-original-url",
     ],
 )
@@ -273,3 +275,17 @@ async def test_a_method_or_path_the_application_takes_from_elsewhere_is_decided_
     assert h.forwarded == []
     (request,) = events(db)
     assert request["decision"]["result"] == "deny"
+
+
+async def test_a_large_body_is_read_for_the_patterns_off_the_event_loop(
+    db: Database, writer: AuditWriter
+) -> None:
+    h = Harness(db, writer, max_body=1 << 20)
+    body = b"a=1&" * 100_000 + b"q=DROP%20TABLE"
+    await h.inspector.from_client(
+        b"POST /v1/query HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded"
+        + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert b"".join(h.inspector.take_synthetic()).startswith(b"HTTP/1.1 403 ")
+    assert h.forwarded == []
