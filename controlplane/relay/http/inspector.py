@@ -188,8 +188,9 @@ class HttpInspector:
         is served by the GET handler (and nginx's proxy cache sends it on as a GET), and
         frameworks take the method from `X-HTTP-Method-Override` (and its kin) or a `_method`
         parameter (Rails, Laravel, Symfony), and the path from `X-Original-URL` /
-        `X-Rewrite-URL`. Each must pass. (A head that waits for 100-continue has no body yet:
-        its `_method` is decided with the whole request.)"""
+        `X-Rewrite-URL`; WebDAV's MOVE and COPY write to their `Destination`. Each must pass.
+        (A head that waits for 100-continue has no body yet: its `_method` is decided with the
+        whole request.)"""
         methods = [request.method]
         if request.method.upper() == "HEAD":
             methods.append("GET")
@@ -412,8 +413,9 @@ _METHOD_OVERRIDES: Final = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
 """Headers in which a client names the method a framework acts on instead of the request's."""
-_PATH_OVERRIDES: Final = frozenset({"x-original-url", "x-rewrite-url"})
-"""Headers in which a client names the path a framework routes instead of the request's."""
+_PATH_OVERRIDES: Final = frozenset({"x-original-url", "x-rewrite-url", "destination"})
+"""Headers in which a client names a path the target acts on besides the request's: the one a
+framework routes instead (X-Original-URL), the one WebDAV's COPY and MOVE write to."""
 
 
 _MULTIPART_METHOD: Final = re.compile(

@@ -47,7 +47,7 @@ class Harness:
             [
                 Guardrail(
                     name="api-rules",
-                    deny_requests=["DELETE /**", "GET /v1/secret/**"],
+                    deny_requests=["DELETE /**", "GET /v1/secret/**", "MOVE /v1/secret/**"],
                     deny_patterns=["DROP TABLE"],
                 )
             ]
@@ -250,6 +250,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         b'--b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--b--\r\n',
         b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Length: 22\r\n\r\na=1;%5Fm%65thod=DELETE",
         b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Original-URL: http://[gw/v1/secret\r\n\r\n",
+        b"MOVE /v1/public/x HTTP/1.1\r\nHost: gw\r\nDestination: http://gw/v1/secret/x\r\n\r\n",
     ],
     ids=[
         "head-as-get",
@@ -263,6 +264,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         "multipart-_method",
         "escaped-form-_method",
         "unreadable-original-url",
+        "webdav-destination",
     ],
 )
 async def test_a_method_or_path_the_application_takes_from_elsewhere_is_decided_too(
