@@ -9,24 +9,19 @@ told apart without it, and the count is recorded as unknown rather than wrong.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Iterable
-from typing import Final
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Message
-from wsproto.utilities import ProtocolError
+from wsproto.utilities import ProtocolError, generate_accept_token
 
 __all__ = ["MessageCount", "accept_key", "handshake_refusal", "head_fields"]
-
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def accept_key(key: str) -> str:
     """The `Sec-WebSocket-Accept` a server that took the handshake of `key` answers (RFC 6455
     §4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.strip().encode("latin-1") + _GUID).digest()).decode()
+    return generate_accept_token(key.strip().encode("latin-1")).decode("ascii")
 
 
 def head_fields(head: bytes) -> list[tuple[str, str]]:
