@@ -79,9 +79,10 @@ class _Session:
         """Send one request and stream its response back; True when a protocol was switched.
         A kept-alive connection the target closed while idle is left for a new one. When the
         target closes it just as the request goes out, nothing of an answer came, and the
-        request may or may not have run: a safe one (GET, HEAD …) is sent once more on a new
-        connection; any other is answered 502, since sending it again could run twice what
-        the trail records once (the client decides whether to retry, and is recorded)."""
+        request may or may not have run: a safe one (GET, HEAD …, naming no other method in an
+        override header or a `_method` parameter) is sent once more on a new connection; any
+        other is answered 502, since sending it again could run twice what the trail records
+        once (the client decides whether to retry, and is recorded)."""
         if self.target is None:
             await self.refuse(self.failure)
             return False
@@ -99,7 +100,12 @@ class _Session:
                 if self.streaming:
                     raise
                 stale = isinstance(exc, StaleConnection | ConnectionResetError | BrokenPipeError)
-                if reused and stale and request.method in _SAFE:
+                if (
+                    reused
+                    and stale
+                    and request.method in _SAFE
+                    and not request.may_name_another_method
+                ):
                     reused = False
                     continue
                 if reused and stale:

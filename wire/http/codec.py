@@ -31,6 +31,7 @@ __all__ = [
     "HOP_BY_HOP",
     "MAX_BODY",
     "MAX_HEAD",
+    "METHOD_OVERRIDES",
     "Continue",
     "ProtocolError",
     "Request",
@@ -58,6 +59,13 @@ HOP_BY_HOP: Final = frozenset(
 )
 """Headers about one hop's framing, never passed on as they came (RFC 9110 §7.6.1); the body
 is re-framed with its own Content-Length."""
+
+
+METHOD_OVERRIDES: Final = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override"}
+)
+"""Headers in which a client names the method a framework acts on instead of the request's
+(a WSGI or CGI server reads `X_HTTP_Method_Override` as the same header)."""
 
 
 class ProtocolError(errors.ProtocolError):
@@ -90,6 +98,16 @@ class Request:
     def header(self, name: str) -> str | None:
         """The first value of header `name` (lower case), or None."""
         return next((value for key, value in self.headers if key == name), None)
+
+    @property
+    def may_name_another_method(self) -> bool:
+        """Whether a framework may act on another method than the request's: a header of
+        `METHOD_OVERRIDES` (either spelling), or `_method` in the query or the body."""
+        return (
+            any(key.replace("_", "-") in METHOD_OVERRIDES for key, _ in self.headers)
+            or "_method" in self.target
+            or b"_method" in self.body
+        )
 
 
 @dataclass(frozen=True, slots=True)

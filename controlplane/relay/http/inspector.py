@@ -41,6 +41,7 @@ from redact.detectors import DetectorSet
 from wire.http.codec import (
     HOP_BY_HOP,
     MAX_BODY,
+    METHOD_OVERRIDES,
     Continue,
     ProtocolError,
     Request,
@@ -196,7 +197,7 @@ class HttpInspector:
             methods.append("GET")
         # A WSGI or CGI server reads `X_HTTP_Method_Override` as the same header.
         headers = [(k.replace("_", "-"), v.strip()) for k, v in request.headers]
-        methods += [v for k, v in headers if k in _METHOD_OVERRIDES]
+        methods += [v for k, v in headers if k in METHOD_OVERRIDES]
         methods += _method_parameters(request)
         try:
             paths = [request.path]
@@ -409,10 +410,6 @@ class HttpInspector:
 _THREADED_BODY: Final = 256 * 1024
 """A body larger than this is read for the body patterns in a thread of its own."""
 
-_METHOD_OVERRIDES: Final = frozenset(
-    {"x-http-method-override", "x-http-method", "x-method-override"}
-)
-"""Headers in which a client names the method a framework acts on instead of the request's."""
 _PATH_OVERRIDES: Final = frozenset({"x-original-url", "x-rewrite-url", "destination"})
 """Headers in which a client names a path the target acts on besides the request's: the one a
 framework routes instead (X-Original-URL), the one WebDAV's COPY and MOVE write to."""
