@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -166,8 +167,10 @@ class HttpInspector:
         decision = self._check_head(request)
         if decision.allowed and self._guard.reads_body and request.body:
             if len(request.body) > _THREADED_BODY:
-                # Undoing a large body's encodings takes seconds: not on the event loop.
-                decision = await asyncio.to_thread(self._check_body, request)
+                # Undoing a large body's encodings takes seconds: not on the event loop, and
+                # not in the default executor, whose threads the store's reads and writes need.
+                loop = asyncio.get_running_loop()
+                decision = await loop.run_in_executor(_BODY_READER, self._check_body, request)
             else:
                 decision = self._check_body(request)
         ref = await self._record(request, decision)
@@ -408,7 +411,10 @@ class HttpInspector:
 
 
 _THREADED_BODY: Final = 256 * 1024
-"""A body larger than this is read for the body patterns in a thread of its own."""
+"""A body larger than this is read for the body patterns in `_BODY_READER`."""
+_BODY_READER: Final = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-body")
+"""One thread for large bodies, one at a time: many hostile bodies wait for each other, and
+hold nothing else up."""
 
 _PATH_OVERRIDES: Final = frozenset({"x-original-url", "x-rewrite-url", "destination"})
 """Headers in which a client names a path the target acts on besides the request's: the one a
