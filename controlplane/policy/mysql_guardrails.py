@@ -31,6 +31,7 @@ from controlplane.policy.mysql_sql import (
     charset_sensitive,
     readings,
     split,
+    too_large,
     where_of,
 )
 
@@ -84,10 +85,16 @@ class MysqlGuard:
                 " differently under GBK, SJIS, CP932, Big5 or GB18030; write it with an escape"
                 " (_utf8mb4 X'…', CHAR(…)) or put a space between them",
             )
+        why = too_large(sql)
+        if why is not None:
+            return _unparseable(structural[0], why)
         try:
             every = readings(sql)
         except Unreadable as exc:  # too many version-gated comments to read every way
             return _unparseable(structural[0], str(exc))
+        why = too_large(sql, len(every))
+        if why is not None:
+            return _unparseable(structural[0], why)
         for index, reading in enumerate(every):
             try:
                 pieces = split(

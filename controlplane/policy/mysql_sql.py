@@ -30,9 +30,11 @@ from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
+from sqlglot.tokens import Tokenizer
 
 __all__ = [
     "MAX_VERSIONED",
+    "READ_BUDGET",
     "Piece",
     "Reading",
     "Unreadable",
@@ -44,6 +46,7 @@ __all__ = [
     "redact",
     "split",
     "split_agreed",
+    "too_large",
     "where_of",
 ]
 
@@ -76,6 +79,10 @@ _WIDE_SPACE = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u
 #: Executable comments in one text whose every combination of run and skipped is read (2**5
 #: readings); a text with more has no reading the guard can vouch for.
 MAX_VERSIONED = 5
+#: Characters read at most for one text, its length times its readings (the tokenizer is
+#: Python: about a second a megabyte). A larger text is not split, and is refused where a
+#: guardrail must read its structure (``too_large``).
+READ_BUDGET = 16 * 1024 * 1024
 
 
 class Unreadable(Exception):
@@ -393,18 +400,33 @@ def _read(text: str) -> list[Piece]:
     ]
 
 
+def too_large(sql: str, ways: int = 1) -> str | None:
+    """Why ``sql``, read in ``ways`` ways, is more than ``READ_BUDGET`` (None: it is not)."""
+    if len(sql) * ways <= READ_BUDGET:
+        return None
+    return (
+        f"the text has {len(sql)} characters and {ways} ways the server may read it, more "
+        f"than the {READ_BUDGET} characters the gateway reads for one text; send it in "
+        "smaller statements"
+    )
+
+
 def split_agreed(sql: str) -> list[Piece] | None:
     """The statements of one text, when every reading of ``readings`` ends its statements at
     the same places; None when they do not (or one cannot be read), since then which
     statements the server runs depends on its sql_mode; None too when one of several is a
     compound statement or a routine's definition, whose body's ``;`` end no statement for the
     server. Raises Unreadable for ``split``'s."""
+    if too_large(sql):
+        return None
     pieces = split(sql)
     if charset_sensitive(sql):
         return None
     if len(pieces) > 1 and any(p.compound or p.routine_body for p in pieces):
         return None
     others = readings(sql)
+    if too_large(sql, len(others)):
+        return None
     if len(others) == 1 and others[0].text == sql:
         return pieces  # the one reading is the text itself (the common case)
     cuts, filled = _shape(sql)
@@ -459,12 +481,13 @@ class _AnsiBrackets(MySQL.Tokenizer):
     STRING_ESCAPES = ["'", "\\"]
 
 
-_ANSI = _AnsiQuotes()
-_TOKENIZERS = {
-    (False, False): _DIALECT.tokenizer_class(),
-    (True, False): _ANSI,
-    (False, True): _Brackets(),
-    (True, True): _AnsiBrackets(),
+# A tokenizer holds the text it reads while it reads it: one is made for each text, since a
+# large text is read on a thread of its own while the event loop reads others.
+_TOKENIZERS: dict[tuple[bool, bool], type[Tokenizer]] = {
+    (False, False): _DIALECT.tokenizer_class,
+    (True, False): _AnsiQuotes,
+    (False, True): _Brackets,
+    (True, True): _AnsiBrackets,
 }
 
 
@@ -478,9 +501,7 @@ def _lexable(sql: str) -> str:
 def _tokens(sql: str, ansi_quotes: bool = False, brackets: bool = False) -> list[Token]:
     sql = _lexable(sql)
     try:
-        if not ansi_quotes and not brackets:
-            return list(_DIALECT.tokenize(sql))
-        return list(_TOKENIZERS[ansi_quotes, brackets].tokenize(sql))
+        return list(_TOKENIZERS[ansi_quotes, brackets]().tokenize(sql))
     except TokenError as exc:
         raise Unreadable(str(exc)) from None
 

@@ -23,8 +23,9 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
@@ -94,6 +95,12 @@ _NO_LOCAL_INFILE = Decision(
 )
 #: A text whose statements are not known may hold LOAD … LOCAL in one of its readings.
 _MAY_LOAD_LOCAL = re.compile(r"(?is)\bLOAD\b.*\bLOCAL\b")
+_THREADED_TEXT: Final = 64 * 1024
+"""A statement text longer than this is read in `_TEXT_READER` (the tokenizer is Python, about
+a second a megabyte, every way the server may read the text): the event loop serves on."""
+_TEXT_READER: Final = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mysql-text")
+"""One thread for large texts, one at a time: they wait for each other, and hold up nothing
+else (the default executor's threads serve the store)."""
 _REFUSED = {
     Command.CHANGE_USER: "COM_CHANGE_USER is refused: the gateway's session is one identity's;"
     " open a new connection instead",
@@ -231,29 +238,34 @@ class MysqlInspector:
         if sql is None:
             self._refuse(packet, ER_UNKNOWN_ERROR, "HY000", "the statement is not valid UTF-8")
             return
+        if len(sql) > _THREADED_TEXT:
+            loop = asyncio.get_running_loop()
+            decided, unsplit = await loop.run_in_executor(_TEXT_READER, self._read_query, sql)
+        else:
+            decided, unsplit = self._read_query(sql)
+        await self._statements(packet, out, decided, unsplit=unsplit)
+
+    def _read_query(self, sql: str) -> tuple[list[tuple[str, Decision, str]], bool]:
+        """A COM_QUERY's statements, each decided, and whether they are the whole text as one
+        (it could not be split). Pure: a large text is read on a thread of its own."""
         try:
             pieces: list[Piece] | None = split_agreed(sql)
         except Unreadable:
             pieces = None
-        decided: list[tuple[str, Decision, str]] = []
         if pieces is None or not pieces:
             # Text the gateway cannot split, or whose statements depend on the session's
             # sql_mode: one event for all of it, marked, decided under every reading.
             decision = self._guard.check(sql)
             if decision.allowed and not self._local_infile and _MAY_LOAD_LOCAL.search(sql):
                 decision = _NO_LOCAL_INFILE
-            decided.append((sql, decision, "query"))
-            await self._statements(packet, out, decided, unsplit=True)
-            return
-        else:
-            for piece in pieces:
-                decision = self._guard.check(piece.text)
-                if decision.allowed and not self._local_infile and loads_local(piece.text):
-                    decision = _NO_LOCAL_INFILE
-                decided.append(
-                    (piece.text, decision, "cancel" if kills_query(piece.text) else "query")
-                )
-        await self._statements(packet, out, decided)
+            return [(sql, decision, "query")], True
+        decided: list[tuple[str, Decision, str]] = []
+        for piece in pieces:
+            decision = self._guard.check(piece.text)
+            if decision.allowed and not self._local_infile and loads_local(piece.text):
+                decision = _NO_LOCAL_INFILE
+            decided.append((piece.text, decision, "cancel" if kills_query(piece.text) else "query"))
+        return decided, False
 
     async def _statements(
         self,
@@ -305,7 +317,12 @@ class MysqlInspector:
             )
             return
         before = len(self._cycles)
-        await self._statements(packet, out, [(sql, self._guard.check(sql), "prepare")])
+        if len(sql) > _THREADED_TEXT:
+            loop = asyncio.get_running_loop()
+            decision = await loop.run_in_executor(_TEXT_READER, self._guard.check, sql)
+        else:
+            decision = self._guard.check(sql)
+        await self._statements(packet, out, [(sql, decision, "prepare")])
         if len(self._cycles) > before and self._cycles[-1].synthetic is None:
             self._cycles[-1].prepare = sql
 

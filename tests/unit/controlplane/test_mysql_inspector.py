@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 from controlplane.audit.events import SessionContext
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
+from controlplane.policy import mysql_sql
 from controlplane.policy.document import Guardrail
+from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_guardrails import MysqlGuard
 from controlplane.relay.mysql.inspector import MysqlInspector
 from gatehouse.v1 import tunnel_pb2
@@ -256,3 +259,44 @@ async def test_passwords_in_statements_never_reach_the_trail(
 ) -> None:
     await inspector.from_client(query("CREATE USER bob IDENTIFIED BY 'hunter2'"))
     assert "hunter2" not in json.dumps(stored(db_path))
+
+
+async def test_a_large_text_is_read_off_the_event_loop(
+    inspector: MysqlInspector, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokenizer takes about a second a megabyte: a large text must not stop the loop
+    that serves every other session."""
+    threads: list[str] = []
+    check = MysqlGuard.check
+
+    def watched(guard: MysqlGuard, sql: str) -> Decision:
+        threads.append(threading.current_thread().name)
+        return check(guard, sql)
+
+    monkeypatch.setattr(MysqlGuard, "check", watched)
+    rows = ",".join(f"({i}, 'row {i}')" for i in range(8000))
+    text = f"INSERT INTO t VALUES {rows}; DROP TABLE t"
+    assert len(text) > 64 * 1024
+    assert await inspector.from_client(query(text)) == b""
+    assert msg.parse_err(packets(inspector.take_synthetic())[0]).code == 1142
+    assert threads and all(name.startswith("mysql-text") for name in threads)
+    queries = [e for e in stored(db_path) if e["type"] == "db.query"]
+    assert [q["request"]["statement"] for q in queries][-1] == "DROP TABLE t"
+    data = query("SELECT 1")
+    assert await inspector.from_client(data) == data
+    assert threads[-1] == threading.current_thread().name  # a small one, on the loop
+
+
+async def test_a_text_beyond_the_reading_budget_is_one_event_and_refused_under_guardrails(
+    inspector: MysqlInspector, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mysql_sql, "READ_BUDGET", 1000)
+    text = "SELECT '" + "\\\\" * 300 + "'; SELECT 2"  # 600 characters, read two ways
+    assert await inspector.from_client(query(text)) == b""
+    err = msg.parse_err(packets(inspector.take_synthetic())[0])
+    assert err.code == 1142 and "send it in smaller statements" in err.message
+    (event,) = [e for e in stored(db_path) if e["type"] == "db.query"]
+    assert event["request"]["unsplit"] is True
+    assert event["request"]["statement"] == text
+    plain = "SELECT '" + "x" * 600 + "'; SELECT 2"  # one way: within it
+    assert await inspector.from_client(query(plain)) == query(plain)
