@@ -258,3 +258,23 @@ def test_a_program_typed_on_an_open_stdin_runs_at_its_end_and_the_caller_is_told
         status = process.wait(timeout=30)
         assert process.stdout is not None
         assert (status, process.stdout.read()) == (0, b"typed\n")
+
+
+@pytest.mark.parametrize("args", [["--", ""], ["-c", ""]], ids=["argv", "text"])
+def test_an_empty_command_is_no_shell_reading_stdin(
+    stack: Stack, sshd: Sshd, tmp_path: Path, args: list[str]
+) -> None:
+    """An SSH exec request with no command would be a shell request: the target's login
+    shell would read its commands from stdin, in the exec mode, with nothing of them checked
+    or recorded. An empty command is refused before the target is dialled."""
+    victim = tmp_path / f"dir-{uuid.uuid4().hex[:8]}"
+    victim.mkdir()
+    (victim / "keep").write_text("data\n")
+    marker = tmp_path / f"ran-{uuid.uuid4().hex[:8]}"
+    program = f"echo ran > {marker}\nrm -rf {victim}\n"
+    logins = sshd.log().count("Accepted publickey")
+    result = pipe(stack, program, "exec", "web-1", *args)
+    assert not marker.exists()
+    assert (victim / "keep").read_text() == "data\n"
+    assert result.returncode != 0, result.stderr
+    assert sshd.log().count("Accepted publickey") == logins  # the target was never dialled

@@ -215,8 +215,14 @@ def parse_start(body: bytes | memoryview) -> Start:
         raise ProtocolError("start: argv must be a list of strings")
     command = _optional_str(document, "command")
     subsystem = _optional_str(document, "subsystem")
-    if sum(bool(x) for x in (argv, command is not None, subsystem)) > 1:
+    if sum(bool(x) for x in (argv, command is not None, subsystem is not None)) > 1:
         raise ProtocolError("start: give one of argv, command and subsystem")
+    if subsystem == "":
+        raise ProtocolError("start: subsystem must name one (sftp)")
+    if (argv or command is not None) and not " ".join(argv or [command or ""]):
+        # An SSH exec request with no command text is a shell request: the target's login
+        # shell would run whatever comes on stdin, unchecked and unrecorded.
+        raise ProtocolError("start: the command is empty; give one to run")
     pty = None
     if (raw := document.get("pty")) is not None:
         if not isinstance(raw, dict):

@@ -215,6 +215,27 @@ async def test_a_shell_command_whose_account_the_trail_cannot_vouch_for_never_ru
         }
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"command": ""}',
+        b'{"argv": [""]}',
+        b'{"subsystem": ""}',
+        b'{"command": "id", "subsystem": ""}',
+    ],
+)
+@pytest.mark.parametrize("mode", ["exec", "connect"])
+async def test_an_empty_command_or_subsystem_never_reaches_the_agent(
+    db: Database, writer: AuditWriter, body: bytes, mode: str
+) -> None:
+    """An SSH exec request without a command (or a subsystem request without a name) is a
+    shell request to the target: its login shell would run what comes on stdin, unread."""
+    h = Harness(db, writer, "ssh", mode)
+    with pytest.raises(codec.ProtocolError, match=r"empty|name one|give one of"):
+        await h.inspector.from_client(codec.encode(codec.START, body) + codec.encode(codec.EOF))
+    assert events(db) == []
+
+
 async def test_input_before_start_ends_the_session(db: Database, writer: AuditWriter) -> None:
     h = Harness(db, writer, "ssh", "exec")
     with pytest.raises(codec.ProtocolError, match="begin with `start`"):

@@ -18,11 +18,13 @@ envs = st.dictionaries(names, st.text(max_size=20), max_size=4)
 starts = st.one_of(
     st.builds(
         codec.Start,
-        argv=st.lists(st.text(max_size=20), min_size=1, max_size=5).map(tuple),
+        argv=st.lists(st.text(max_size=20), min_size=1, max_size=5).filter(" ".join).map(tuple),
         pty=st.none() | ptys,
         env=envs,
     ),
-    st.builds(codec.Start, command=st.text(max_size=50), pty=st.none() | ptys, env=envs),
+    st.builds(
+        codec.Start, command=st.text(min_size=1, max_size=50), pty=st.none() | ptys, env=envs
+    ),
     st.builds(codec.Start, subsystem=names.filter(bool), env=envs),
     st.builds(codec.Start, pty=ptys, env=envs),  # a login shell
 )
@@ -133,6 +135,14 @@ def test_oversized_message_is_refused_from_its_header() -> None:
         (b'{"argv": ["ls"], "command": "ls"}', "give one of argv, command and subsystem"),
         (b'{"command": "ls", "subsystem": "sftp"}', "give one of argv, command and subsystem"),
         (b'{"command": 1}', "command must be a string"),
+        # an SSH exec request without a command is a login shell reading stdin
+        (b'{"command": ""}', "the command is empty"),
+        (b'{"command": "", "pty": {}}', "the command is empty"),
+        (b'{"argv": [""]}', "the command is empty"),
+        (b'{"argv": [""], "pty": {}}', "the command is empty"),
+        (b'{"subsystem": ""}', "subsystem must name one"),
+        (b'{"command": "ls", "subsystem": ""}', "give one of argv, command and subsystem"),
+        (b'{"argv": ["ls"], "subsystem": ""}', "give one of argv, command and subsystem"),
         (b"{}", "a login shell needs a pty"),
         (b'{"pty": []}', "pty must be an object"),
         (b'{"pty": {"cols": 0}}', "sizes from 1 to 65535"),
