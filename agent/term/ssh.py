@@ -169,6 +169,8 @@ async def _launch(
     spec: Mapping[str, object], secrets: Mapping[str, str], start: codec.Start
 ) -> TermProcess:
     target = SshTarget.from_spec(spec)
+    if (problem := codec.env_problem(start.env)) is not None:
+        raise Refused(f"gatehouse agent: not run: {problem}")
     try:
         known_hosts = known_hosts_for(target.known_hosts, target.host, target.port)
     except ValueError as exc:

@@ -45,7 +45,8 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 GATEWAY_FAILURE = 255
 """Exit status of a channel the gateway could not run, as ssh reports its own failures."""
 FORWARDED_ENV = ("LANG", "LC_")
-"""Environment a client sends that is passed on: the locale only, as sshd's AcceptEnv."""
+"""Environment a client sends that is passed on: the locale only, as sshd's AcceptEnv, and
+only a UTF-8 (or C) one (`codec.env_problem`); another is left out."""
 
 
 def listen(request: ListenRequest) -> Listening:
@@ -269,11 +270,15 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     def _start(self) -> codec.Start:
         assert self._chan is not None
-        env = {
-            name: value
-            for name, value in self._chan.get_environment().items()
-            if name == FORWARDED_ENV[0] or name.startswith(FORWARDED_ENV[1])
-        }
+        env = {}
+        for name, value in self._chan.get_environment().items():
+            if name != FORWARDED_ENV[0] and not name.startswith(FORWARDED_ENV[1]):
+                continue
+            if (problem := codec.env_problem({name: value})) is not None:
+                # The gateway would refuse the command: the target's own locale serves.
+                log.warning("not passed on: %s", problem)
+                continue
+            env[name] = value
         return codec.Start(command=self._command, subsystem=self._subsystem, pty=self._pty, env=env)
 
     async def _run(self) -> None:

@@ -449,3 +449,33 @@ def test_native_ssh_program_on_stdin_is_checked_and_recorded(
         event["request"]["stdin"]["sha256"]
         == hashlib.sha256(f"echo {marker}\n".encode()).hexdigest()
     )
+
+
+def big5_locale() -> str:
+    """A Big5 locale on this machine (whose double-byte characters may end in `\\`), or skip."""
+    listed = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False)
+    for name in listed.stdout.split():
+        if name.lower().endswith((".big5", ".big5hkscs", ".gbk", ".sjis")):
+            return name
+    pytest.skip("no Big5/GBK/SJIS locale here (localedef -i zh_TW -f BIG5 zh_TW.BIG5 makes one)")
+
+
+def test_a_client_locale_cannot_change_how_the_target_reads_a_command(
+    native: Native, stack: Stack, tmp_path: Path
+) -> None:
+    """`echo "中\\" ; rm -rf DIR ; # "` is one echo in UTF-8, which the guardrail reads; in
+    Big5, `中`'s last byte and the backslash are one character, the quote closes, and bash runs
+    `rm -rf DIR`. A locale from the client that is not UTF-8 never reaches the target (the
+    listener leaves it out; the control plane refuses a start that carries one)."""
+    locale = big5_locale()
+    victim = tmp_path / f"victim-{uuid.uuid4().hex[:8]}"
+    victim.mkdir()
+    (victim / "keep").write_text("data\n")
+    command = f'echo "中\\" ; rm -rf {victim} ; # "'
+    result = native.ssh("-o", f"SetEnv=LC_ALL={locale} LANG=C.UTF-8", command)
+    assert (victim / "keep").read_text() == "data\n"  # nothing but an echo ran
+    assert result.returncode == 0, result.stderr
+    [event] = [e for e in stack.events() if e.get("request", {}).get("command") == command]
+    assert event["decision"] == {"result": "allow"}
+    assert event["request"]["env"] == {"LANG": "C.UTF-8"}  # what reached the target
+    assert f"LC_ALL={locale} is not a UTF-8 locale" in native.listener.log()

@@ -254,3 +254,25 @@ async def test_pinned_key_of_a_type_the_host_lacks_is_refused_clearly(sshd: Sshd
     exit_ = client.exit
     assert exit_ is not None and exit_.status == 255
     assert "pins a key of a type the host has" in (exit_.error or "")
+
+
+@pytest.mark.parametrize(
+    "env", [{"LC_ALL": "zh_TW.BIG5"}, {"LANG": "ja_JP.SJIS"}, {"GATEHOUSE_X": "accepted there"}]
+)
+async def test_an_environment_the_gateway_did_not_decide_on_is_refused(
+    sshd: Sshd, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A locale whose double-byte characters end in a backslash would make the target's shell
+    read another command than the gateway did; nothing but a UTF-8 or C locale goes there."""
+    logins = sshd.log().count("Accepted publickey")
+    marker = tmp_path / "ran"
+    _, client = await run(sshd, codec.Start(command=f"touch {marker}", env=env))
+    assert client.exit is not None and client.exit.status == 255
+    assert client.exit.error is not None and "not run" in client.exit.error
+    assert not marker.exists()
+    assert sshd.log().count("Accepted publickey") == logins
+
+
+async def test_a_utf8_locale_reaches_the_target(sshd: Sshd) -> None:
+    _, client = await run(sshd, codec.Start(command="echo $LC_ALL", env={"LC_ALL": "C.UTF-8"}))
+    assert (client.stdout, client.exit) == (b"C.UTF-8\n", codec.Exit(0))

@@ -22,6 +22,7 @@ forwarded, counts and records what flows, and records the `exit`.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "encode_exit",
     "encode_start",
     "encode_window",
+    "env_problem",
     "parse_exit",
     "parse_signal",
     "parse_start",
@@ -68,6 +70,12 @@ DEFAULT_SHELL = ("/bin/sh", "-c")
 """What runs a `Start.command` text on a `shell` connection without a ``shell`` of its own,
 with the text as its last word: the agent runs it so, and the control plane reads the text so."""
 SIGNALS = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2", "WINCH"})
+
+_SAFE_LOCALE = re.compile(
+    r"(?:C|POSIX|C\.(?:UTF-?8|utf-?8)|[A-Za-z]{2,3}(?:_[A-Za-z]{2})?\.(?:UTF-?8|utf-?8))"
+    r"(?:@[A-Za-z0-9]+)?"
+)
+"""A locale in which a command line's bytes read as the gateway reads them (ASCII or UTF-8)."""
 
 _HEADER = struct.Struct("!BI")
 _WINDOW = struct.Struct("!HH")
@@ -240,6 +248,23 @@ def parse_start(body: bytes | memoryview) -> Start:
     if start.interactive and pty is None:
         raise ProtocolError("start: a login shell needs a pty; give a command to run without one")
     return start
+
+
+def env_problem(env: dict[str, str]) -> str | None:
+    """Why a start's `env` must not reach a target, or None. Only the locale passes (LANG and
+    LC_*, as sshd's AcceptEnv), and only one that reads bytes as ASCII or UTF-8, as guardrails
+    read the command: in a Big5, GBK or Shift-JIS locale the second byte of a character may be
+    a backslash or a quote to the gateway, so the target's shell would run other commands
+    than the ones decided and recorded."""
+    for name, value in env.items():
+        if name != "LANG" and not name.startswith("LC_"):
+            return f"environment variable {name} is not passed to a target (only LANG and LC_*)"
+        if value and not _SAFE_LOCALE.fullmatch(value):
+            return (
+                f"{name}={value} is not a UTF-8 locale; a command is decided as UTF-8 text, so "
+                "only C, POSIX and UTF-8 locales are passed to a target"
+            )
+    return None
 
 
 def parse_window(body: bytes | memoryview) -> tuple[int, int]:

@@ -59,6 +59,7 @@ HOLD_NOTICE_AFTER: Final = 2.0
 _FORWARD_PIECE: Final = 64 * 1024  # input messages the held program is sent in
 PROGRAM_RULE: Final = "(stdin program)"
 RUN_AS_RULE: Final = "(run_as)"
+ENV_RULE: Final = "(env)"
 
 Kind = Literal["ssh", "shell"]
 
@@ -244,6 +245,8 @@ class TermInspector:
                 f"{what} needs the connect mode (`gatehouse ssh` or `gatehouse connect`); "
                 "this session was opened for exec",
             )
+        if (problem := codec.env_problem(start.env)) is not None:
+            return Decision(False, ENV_RULE, f"not run: {problem}")
         if self._kind == "shell" and (refused := self._run_as_refusal()) is not None:
             return refused
         if self._kind == "shell" and start.argv:
@@ -364,6 +367,8 @@ class TermInspector:
         if self._kind == "shell":
             request["workdir"] = self._workdir
             request["run_as"] = self._run_as_event()
+        if start.env:
+            request["env"] = dict(start.env)
         if program is not None:
             request["stdin"] = program
         if start.pty is not None:

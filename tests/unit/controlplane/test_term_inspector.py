@@ -236,6 +236,36 @@ async def test_an_empty_command_or_subsystem_never_reaches_the_agent(
     assert events(db) == []
 
 
+@pytest.mark.parametrize(
+    "env",
+    [{"LC_ALL": "zh_TW.BIG5"}, {"LANG": "ja_JP.SJIS"}, {"LC_CTYPE": "zh_TW"}, {"BASH_ENV": "/x"}],
+)
+@pytest.mark.parametrize("kind", ["ssh", "shell"])
+async def test_an_environment_that_changes_how_the_command_reads_never_reaches_the_agent(
+    db: Database, writer: AuditWriter, env: dict[str, str], kind: str
+) -> None:
+    """In Big5, `中\\"` is two characters and a closing quote; in UTF-8, as the guardrail reads
+    it, an escaped quote: `echo "中\\" ; rm -rf /srv ; # "` is one echo here and an rm there."""
+    h = Harness(db, writer, kind, "exec")
+    command = 'echo "中\\" ; rm -rf /srv ; # "'
+    assert await h.inspector.from_client(start(command=command, env=env)) == b""
+    answer = decode(b"".join(h.inspector.take_synthetic()))
+    assert codec.parse_exit(answer[-1][1]).status == 126
+    [event] = events(db)
+    assert event["decision"]["result"] == "deny" and event["decision"]["rule"] == "(env)"
+    assert event["request"]["env"] == env
+
+
+async def test_a_utf8_locale_passes_and_is_recorded(db: Database, writer: AuditWriter) -> None:
+    h = Harness(db, writer, "ssh", "exec")
+    env = {"LANG": "en_US.UTF-8", "LC_ALL": "C.UTF-8", "LC_TIME": "C"}
+    sent = start(command="date", env=env)
+    assert await h.inspector.from_client(sent) == sent
+    [event] = events(db)
+    assert event["decision"] == {"result": "allow"}
+    assert event["request"] == {"command": "date", "env": env}
+
+
 async def test_input_before_start_ends_the_session(db: Database, writer: AuditWriter) -> None:
     h = Harness(db, writer, "ssh", "exec")
     with pytest.raises(codec.ProtocolError, match="begin with `start`"):
