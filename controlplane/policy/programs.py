@@ -15,8 +15,8 @@ A command reads its program from stdin (`StdinReader`) when it is
 * something that turns stdin into commands run now or later: ``xargs`` and ``parallel``,
   ``ssh HOST`` without a command, ``su``, ``sudo -s``/``-i``, ``newgrp``, ``pkexec``,
   ``script`` without ``-c``, ``chroot``/``nsenter``/``unshare`` without a command, ``docker
-  run``, ``at``, ``crontab``, ``ed``, ``gdb``, ``vim -es``, ``make -f -``, ``sed e``, ``awk
-  '{system($0)}'``;
+  run``, ``at``, ``crontab``, ``ed``, ``gdb``, ``vim -es`` (any ``vi`` without a terminal),
+  ``make -f -``, ``sed e``, ``awk '{system($0)}'``;
 * any of these reached through launchers (``env``, ``sudo``, ``timeout``, ``nice``, ``nohup``,
   ``sh -c``…, with the splitter of ``commands.py``), or given ``/dev/stdin`` as its script.
 
@@ -229,6 +229,7 @@ _TOKEN: Final = re.compile(r"[A-Za-z0-9_.+-]+")
 _AWKS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "busybox-awk"})
 _SEDS: Final = frozenset({"sed", "gsed"})
 _VIMS: Final = frozenset({"vi", "vim", "nvim", "view", "rvim", "gvim"})
+_VIM_INFORMATIONAL: Final = frozenset({"--version", "--help", "-h"})
 _MAKES: Final = frozenset({"make", "gmake", "bmake"})
 _NAMED_INSIDE_WORDS: Final = _AWKS | frozenset(_DATABASES) | frozenset({"sqlite3", "busybox"})
 # Names with a rule of their own in `_reader`, besides the tables: a word naming one of them
@@ -649,13 +650,12 @@ def _sed_programs(args: list[str]) -> list[str]:
 
 def _vim(command: tuple[str, ...], args: list[str]) -> StdinReader | None:
     """``vim -es`` (Ex mode) reads Ex commands from stdin, ``vim -s FILE`` keystrokes from
-    FILE; ``:!`` runs shell commands from either."""
-    for i, word in enumerate(args):
-        if word.startswith("-") and not word.startswith("--") and set(word[1:]) & {"e", "E"}:
-            return StdinReader(command, "other")
-        if word == "-s" and i + 1 < len(args) and _is_stdin(args[i + 1]):
-            return StdinReader(command, "other")
-    return None
+    FILE, and a vi whose stdin is no terminal (``printf ':!sh\n' | vim``) its keystrokes
+    from stdin; ``:!`` runs shell commands from any of them. Only ``--version`` and ``--help``
+    read nothing."""
+    if args and all(word in _VIM_INFORMATIONAL for word in args):
+        return None
+    return StdinReader(command, "other")
 
 
 def _has_option(args: list[str], names: frozenset[str], short: str) -> bool:

@@ -135,6 +135,9 @@ MARK = "echo ran > {marker}\n"
         ("ops", ["ip", "netns", "exec", "{namespace}", "sh"], MARK, "ip may start sh"),
         ("ops", ["newgrp"], MARK, "newgrp starts a shell"),
         ("web-1", ["make", "-f", "-"], "all:\n\techo ran > {marker}\n", None),
+        # vi without a terminal takes its keystrokes from stdin, `:!` included
+        ("web-1", ["vim"], ":!echo ran > {marker}\n:qa!\n", None),
+        ("ops", ["vi", "/etc/hostname"], ":!echo ran > {marker}\n:qa!\n", None),
         ("web-1", ["find / -maxdepth 0 -exec sh \\;"], MARK, "find may start sh"),
         ("web-1", ["sh <&0"], MARK, "stdin is redirected: <&0"),
         ("ops", ["sh", "-c", "exec 3<&0; sh <&3"], MARK, "stdin is redirected: <&3"),

@@ -72,6 +72,11 @@ ARGVS: list[tuple[list[str], str]] = [
     (["lldb", "/bin/ls"], PROGRAM),
     (["vim", "-es"], PROGRAM),
     (["vim", "-s", "/dev/stdin", "file"], PROGRAM),
+    (["vim", "file"], PROGRAM),
+    (["vi"], PROGRAM),
+    (["view", "/etc/hosts"], PROGRAM),
+    (["nvim", "-u", "NONE"], PROGRAM),
+    (["busybox", "vi", "file"], PROGRAM),
     (["make", "-f", "-"], PROGRAM),
     (["make", "--file=/dev/stdin"], PROGRAM),
     (["awk", "-f", "/dev/stdin"], PROGRAM),
@@ -189,7 +194,8 @@ ARGVS: list[tuple[list[str], str]] = [
     (["git", "status"], DATA),
     (["docker", "ps"], DATA),
     (["kubectl", "apply", "-f", "-"], DATA),
-    (["vim", "file"], DATA),
+    # without a terminal, vi takes its keystrokes (`:!sh`) from stdin
+    (["vim", "--version"], DATA),
     (["openssl", "enc", "-d", "-aes-256-cbc"], DATA),
 ]
 
