@@ -392,7 +392,11 @@ class Tools:
         from cli.term.command import command_start
 
         command = args.get("command")
-        if isinstance(command, list) and command and all(isinstance(w, str) for w in command):
+        if (
+            isinstance(command, list)
+            and all(isinstance(w, str) for w in command)
+            and " ".join(command)  # an empty command line is a login shell to sshd
+        ):
             start = command_start(command, None)
         elif isinstance(command, str) and command.strip():
             start = command_start([], command)
@@ -401,7 +405,12 @@ class Tools:
         stdin = args.get("stdin")
         if stdin is not None and not isinstance(stdin, str):
             raise ToolError("stdin is a string")
-        data = (stdin or "").encode("utf-8", "replace")
+        try:
+            # As its mcp.call event digests it: text that is not Unicode would be replaced
+            # here and the target would get other bytes than the trail's digest says.
+            data = (stdin or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolError("stdin is Unicode text (it holds a lone surrogate)") from None
         if len(data) > MAX_STDIN:
             raise ToolError(f"stdin is at most {MAX_STDIN} bytes")
         timeout = _number(args, "timeout_s", DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT)

@@ -277,3 +277,20 @@ def test_a_command_past_its_timeout_is_killed_and_says_so(
     assert ran["exit_status"] != 0
     events = [e for e in mcp_stack.events() if e.get("session_id") == ran["session_id"]]
     assert [e["type"] for e in events][-2:] == ["shell.result", "session.end"]
+
+
+def test_run_command_with_an_empty_command_is_no_login_shell(
+    mcp_stack: Stack, agent_token: str, tmp_path: Path
+) -> None:
+    """An empty command line is a shell request to sshd: the target's login shell would run
+    the tool's stdin, unchecked and unrecorded."""
+    marker = tmp_path / f"ran-{uuid.uuid4().hex[:8]}"
+
+    async def work(session: ClientSession) -> Any:
+        return await call(
+            session, "run_command", connection="web-1", command=[""], stdin=f"touch {marker}\n"
+        )
+
+    empty = mcpclient.over_http(mcp_url(mcp_stack), agent_token, work)
+    assert empty[0] is True, empty
+    assert not marker.exists()

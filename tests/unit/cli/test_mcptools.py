@@ -47,6 +47,8 @@ PENDING = ReviewPending(
         ("query", {"connection": "pg", "sql": "select 1", "max_rows": -1}, "max_rows"),
         ("query", {"connection": "pg", "sql": "select 1", "params": "x"}, "params is an array"),
         ("run_command", {"connection": "web", "command": ""}, "command is"),
+        ("run_command", {"connection": "web", "command": [""]}, "command is"),
+        ("run_command", {"connection": "web", "command": "sh", "stdin": "a\ud800"}, "stdin"),
         ("run_command", {"connection": "web", "command": "ls", "timeout_s": 0}, "timeout_s"),
         ("review_status", {"review_id": "r", "wait_s": 600}, "wait_s"),
         ("list_connections", {"x": 1}, "no arguments"),
