@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from devenv.postgres import PostgresServer
 from devenv.processes import free_port
 from devenv.sshd import Sshd
 from devenv.stack import GATEHOUSE, REPO, Connect
+from tests.conftest import require_tool
 from tests.e2e.conftest import Stack, ssh_policy, start_stack
 
 
@@ -479,3 +481,63 @@ def test_a_client_locale_cannot_change_how_the_target_reads_a_command(
     assert event["decision"] == {"result": "allow"}
     assert event["request"]["env"] == {"LANG": "C.UTF-8"}  # what reached the target
     assert f"LC_ALL={locale} is not a UTF-8 locale" in native.listener.log()
+
+
+RAW_TERMINAL = """
+import asyncio, sys
+from cli import rpc
+from cli.session import open_session
+from cli.term import stream as term
+from wire.term.codec import Pty, Start
+
+async def keys():
+    for keys in sys.argv[3:]:
+        await asyncio.sleep(1.5)
+        yield keys.encode()
+    await asyncio.sleep(1.5)
+
+async def work(channel):
+    opened = await open_session(channel, rpc.metadata(), sys.argv[1], "exec", "raw")
+    async with term.TermSession(opened) as session:
+        start = Start(argv=tuple(sys.argv[2].split()), pty=Pty())
+        exit_ = await term.relay(session, start, keys(), term.StdStreams())
+    print(f"\\nstatus {exit_.status}", file=sys.stderr)
+
+rpc.call(rpc.controlplane_address(None), work)
+"""
+
+
+@pytest.mark.parametrize(
+    ("connection", "program", "keys"),
+    [
+        ("web-1", "less /etc/hostname", ["!touch {marker}\n", "\nq"]),
+        ("web-1", "more /etc/passwd", ["!touch {marker}\n", "\nq"]),
+        ("web-1", "tmux", ["touch {marker}\r", "exit\r"]),
+    ],
+    ids=["less", "more", "tmux"],
+)
+def test_exec_mode_gives_no_terminal(
+    stack: Stack, tmp_path: Path, connection: str, program: str, keys: list[str]
+) -> None:
+    """A terminal is the connect mode's: in exec mode a command with a pty is refused, or
+    `less`'s `!`, `more`'s `!` or `tmux` would be an interactive shell there."""
+    require_tool(program.split(maxsplit=1)[0])
+    marker = tmp_path / f"ran-{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RAW_TERMINAL,
+            connection,
+            program,
+            *(k.format(marker=marker) for k in keys),
+        ],
+        capture_output=True,
+        env=env(stack),
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert not marker.exists(), result.stderr
+    assert b"status 126" in result.stderr, result.stderr
+    assert b"connect mode" in result.stderr

@@ -234,11 +234,17 @@ class TermInspector:
         return True
 
     def _decide(self, start: codec.Start) -> Decision:
-        if self._mode == "exec" and (start.interactive or start.subsystem is not None):
-            # Access rules grant `exec` for commands: a shell or sftp is the `connect` mode's.
-            what = (
-                "an interactive shell" if start.interactive else f"the {start.subsystem} subsystem"
-            )
+        if self._mode == "exec" and (
+            start.interactive or start.subsystem is not None or start.pty is not None
+        ):
+            # Access rules grant `exec` for commands: a shell, sftp or any terminal is the
+            # `connect` mode's (`less`'s `!`, `tmux` or `vim` on a terminal are shells).
+            if start.interactive:
+                what = "an interactive shell"
+            elif start.subsystem is not None:
+                what = f"the {start.subsystem} subsystem"
+            else:
+                what = f"{start.command_line()} on a terminal"
             return Decision(
                 False,
                 "(mode)",

@@ -387,6 +387,23 @@ async def test_exec_mode_refuses_an_interpreter_on_a_terminal(
     assert "connect" in event["decision"]["reason"]
 
 
+@pytest.mark.parametrize("argv", [("less", "/etc/hosts"), ("tmux",), ("top",)])
+async def test_exec_mode_gives_no_terminal_to_any_command(
+    db: Database, writer: AuditWriter, argv: tuple[str, ...]
+) -> None:
+    """`less`'s `!sh`, `tmux` and many more are shells once they have a terminal."""
+    h = Harness(db, writer, "ssh", "exec")
+    assert await h.inspector.from_client(start(argv=argv, pty=codec.Pty())) == b""
+    answer = decode(b"".join(h.inspector.take_synthetic()))
+    assert codec.parse_exit(answer[-1][1]).status == 126
+    [event] = events(db)
+    assert event["decision"]["rule"] == "(mode)"
+    assert "on a terminal" in event["decision"]["reason"]
+    connect = Harness(db, writer, "ssh", "connect")
+    sent = start(argv=argv, pty=codec.Pty())
+    assert await connect.inspector.from_client(sent) == sent
+
+
 async def test_a_client_whose_program_stays_open_is_told_why_nothing_runs(
     db: Database, writer: AuditWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
