@@ -99,6 +99,14 @@ _TEXT_OPTIONS: Final[dict[str, frozenset[str]]] = {
 _KEYWORDS: Final = frozenset(
     {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}"}
 )
+_REDIRECTION: Final = re.compile(
+    r"(?:[0-9]+|\{[A-Za-z_][A-Za-z0-9_]*\})?(?:&>>|&>|<<<|<<-|<<|<>|<&|>&|>>|>\||<|>)(.*)",
+    re.DOTALL,
+)
+"""A redirection word (``2>&1``, ``>/dev/null``, ``<in``), with its target attached or not: one
+may stand before the command name (``>/dev/null rm -rf /``)."""
+_DUPLICATION: Final = re.compile(r"(?:[0-9]+|\{[A-Za-z_][A-Za-z0-9_]*\})?[<>]")
+"""The word before a lone ``&`` in ``2>&1`` (or ``|`` in ``>|file``), where the lexer cuts."""
 _EXPANDED: Final = frozenset("{}*?[")  # brace and glob expansion of a command name
 _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ARITHMETIC: Final = re.compile(r"\$?\(\([^()]*\)\)")
@@ -225,7 +233,7 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
         tokens = list(lexer)
     except ValueError as exc:  # "No closing quotation", "No escaped character"
         raise _Unreadable(str(exc).lower()) from None
-    for token in [*tokens, ";"]:
+    for token in [*_duplications_joined(tokens), ";"]:
         if token in _OPERATORS or set(token) <= set(";&|()\n"):
             if words:
                 yield from _unwrap(words, depth)
@@ -234,10 +242,41 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
             words.append(token)
 
 
+def _duplications_joined(tokens: list[str]) -> list[str]:
+    """``2>&1``, ``>&2`` and ``>|file`` as one word again: the lexer cut them at the ``&`` or
+    ``|``, which would read as a command of its own (``1 rm -rf /``) after the redirection."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if (
+            (token == "&" or (token == "|" and out and out[-1].endswith(">")))
+            and out
+            and _DUPLICATION.fullmatch(out[-1])
+            and i + 1 < len(tokens)
+            and not set(tokens[i + 1]) <= set(";&|()\n")
+        ):
+            out[-1] += "&" + tokens[i + 1]
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
     """Yield the command itself and, through launchers and `sh -c`, what it runs."""
-    while words and (_ASSIGNMENT.match(words[0]) or words[0] in _KEYWORDS):
-        words = words[1:]  # FOO=bar cmd; `then cmd`, `do cmd`, `{ cmd`, `! cmd`
+    while words:
+        if _ASSIGNMENT.match(words[0]) or words[0] in _KEYWORDS:
+            words = words[1:]  # FOO=bar cmd; `then cmd`, `do cmd`, `{ cmd`, `! cmd`
+        elif (redirection := _REDIRECTION.fullmatch(words[0])) is not None:
+            # `>/dev/null rm -rf /`, `2> err rm …`: redirections may come first
+            words = words[1:] if redirection.group(1) else words[2:]
+        elif words[0] == "coproc":
+            # bash's `coproc cmd`, `coproc NAME { cmd; }`
+            words = words[2:] if len(words) > 2 and words[2] == "{" else words[1:]
+        else:
+            break
     if not words:
         return
     yield words

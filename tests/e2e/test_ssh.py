@@ -175,6 +175,32 @@ def test_a_denied_command_behind_a_program_runner_does_not_run(
         subprocess.run(["rm", "-rf", str(target)], check=False)
 
 
+@pytest.mark.parametrize(
+    ("connection", "text"),
+    [
+        ("web-1", ">/dev/null rm -rf {dir}"),
+        ("web-1", "2>&1 rm -rf {dir}"),
+        ("ops", "2>/dev/null rm -rf {dir}"),
+        ("web-1", "coproc rm -rf {dir}; wait"),
+    ],
+)
+def test_a_denied_command_behind_a_leading_redirection_or_coproc_does_not_run(
+    stack: Stack, connection: str, text: str
+) -> None:
+    """A redirection may stand before the command name, and bash's `coproc` runs the command
+    after it: the guard reads the command either way."""
+    target = Path("/tmp") / f"gatehouse-redirected-{uuid.uuid4().hex[:8]}"
+    target.mkdir()
+    (target / "kept").write_text("still here")
+    try:
+        result = run(stack, ["exec", connection, "-c", text.format(dir=target)])
+        assert (target / "kept").read_text() == "still here"
+        assert result.returncode == 126, result.stderr
+        assert b"no-rm-root" in result.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(target)], check=False)
+
+
 def test_argv_on_a_database_connection_says_to_use_dash_c(stack: Stack) -> None:
     result = run(stack, ["exec", "pg", "--", "ls"])
     assert result.returncode == 2

@@ -79,6 +79,18 @@ GUARD = CommandGuard(
         ("{ rm -rf /; }", "no-rm-root"),
         ("! rm -rf /", "no-rm-root"),
         ("f() { rm -rf /; }; f", "no-rm-root"),
+        # redirections before the command name, and bash's coproc
+        (">/dev/null rm -rf /", "no-rm-root"),
+        ("> /dev/null rm -rf /", "no-rm-root"),
+        ("2>&1 rm -rf /", "no-rm-root"),
+        ("2> err rm -rf /", "no-rm-root"),
+        ("<in rm -rf /", "no-rm-root"),
+        ("&>/dev/null rm -rf /", "no-rm-root"),
+        (">|out rm -rf /", "no-rm-root"),
+        ("{fd}>x rm -rf /", "no-rm-root"),
+        ("ls; 2>&1 >/dev/null FOO=1 rm -rf /", "no-rm-root"),
+        ("coproc rm -rf /", "no-rm-root"),
+        ("coproc NAME { rm -rf /; }", "no-rm-root"),
         # command names the shell makes at run time
         ("{rm,-rf,/}", UNPARSEABLE_RULE),
         ("/bin/r? -rf /", UNPARSEABLE_RULE),
@@ -108,6 +120,9 @@ def test_denied_texts_name_their_rule(text: str, rule: str) -> None:
         "echo $((6*7))",
         "(( i = 2*3 )); echo $i",
         "~/bin/tool --x",
+        "echo done >&2",
+        "ls 2>&1 | grep x",
+        "ls >|out",
     ],
 )
 def test_allowed_texts(text: str) -> None:
