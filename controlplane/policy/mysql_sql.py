@@ -128,8 +128,18 @@ class Piece:
         routine's kind (their headers hold none of the statement keywords a rule lists)."""
         if self.keyword not in ("CREATE", "ALTER"):  # ALTER EVENT … DO gives a new body
             return frozenset()
+        # The definer's name and host, however quoted or not, are names, not the kind of what
+        # is created (`DEFINER='user'@'%' PROCEDURE`, `DEFINER=view@localhost EVENT`).
+        definer = {
+            i + offset
+            for i in range(len(self.tokens))
+            if self.word(i) == "DEFINER" and self.word(i + 1) == "="
+            for offset in ((2, 3, 4) if self.word(i + 3) == "@" else (2,))
+        }
         for index, token in enumerate(self.tokens[1:], 1):
             word = token.text.upper()
+            if index in definer:
+                continue
             if word in _NOT_ROUTINE and token.token_type != TokenType.IDENTIFIER:
                 return frozenset()
             if word in _ROUTINE and token.token_type != TokenType.IDENTIFIER:

@@ -286,6 +286,10 @@ def test_allowed_around_those(sql: str) -> None:
         ("ALTER EVENT e DO DROP TABLE t", "no-drop"),
         ("ALTER EVENT e ON SCHEDULE EVERY 1 HOUR DO DELETE FROM t", "(unparseable)"),
         ("CREATE PROCEDURE p() PREPARE s FROM @x", "(unparseable)"),
+        ("CREATE DEFINER='user'@'%' PROCEDURE p() SQL SECURITY INVOKER DROP TABLE t", "no-drop"),
+        ("CREATE DEFINER=user@localhost PROCEDURE p() DROP TABLE t", "no-drop"),
+        ("CREATE DEFINER='app'@'view' EVENT e ON SCHEDULE EVERY 1 DAY DO DROP TABLE t", "no-drop"),
+        ("ALTER DEFINER='role' EVENT e DO DROP TABLE t", "no-drop"),
     ],
 )
 def test_a_routine_body_is_decided_on_create(sql: str, rule: str) -> None:
