@@ -105,8 +105,6 @@ _REDIRECTION: Final = re.compile(
 )
 """A redirection word (``2>&1``, ``>/dev/null``, ``<in``), with its target attached or not: one
 may stand before the command name (``>/dev/null rm -rf /``)."""
-_DUPLICATION: Final = re.compile(r"(?:[0-9]+|\{[A-Za-z_][A-Za-z0-9_]*\})?[<>]")
-"""The word before a lone ``&`` in ``2>&1`` (or ``|`` in ``>|file``), where the lexer cuts."""
 _EXPANDED: Final = frozenset("{}*?[")  # brace and glob expansion of a command name
 _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ARITHMETIC: Final = re.compile(r"\$?\(\([^()]*\)\)")
@@ -233,7 +231,7 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
         tokens = list(lexer)
     except ValueError as exc:  # "No closing quotation", "No escaped character"
         raise _Unreadable(str(exc).lower()) from None
-    for token in [*_duplications_joined(tokens), ";"]:
+    for token in [*_duplications_joined(tokens, text), ";"]:
         if token in _OPERATORS or set(token) <= set(";&|()\n"):
             if words:
                 yield from _unwrap(words, depth)
@@ -242,26 +240,54 @@ def _simple_commands(text: str, depth: int) -> Iterator[list[str]]:
             words.append(token)
 
 
-def _duplications_joined(tokens: list[str]) -> list[str]:
+def _duplications_joined(tokens: list[str], text: str) -> list[str]:
     """``2>&1``, ``>&2`` and ``>|file`` as one word again: the lexer cut them at the ``&`` or
-    ``|``, which would read as a command of its own (``1 rm -rf /``) after the redirection."""
+    ``|``, which would read as a command of its own (``1 rm -rf /``) after the redirection.
+    The tokens do not show quotes, and a quoted ``'2>'`` before an operator is no redirection
+    (``echo '2>' & rm -rf /``): as many must be joined as the text has ``>&``, ``<&`` and
+    ``>|`` outside quotes, or the text cannot be read."""
     out: list[str] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
         if (
-            (token == "&" or (token == "|" and out and out[-1].endswith(">")))
-            and out
-            and _DUPLICATION.fullmatch(out[-1])
+            out
+            and token in ("&", "|")
+            and out[-1].endswith(">" if token == "|" else (">", "<"))
             and i + 1 < len(tokens)
             and not set(tokens[i + 1]) <= set(";&|()\n")
         ):
-            out[-1] += "&" + tokens[i + 1]
+            out[-1] += token + tokens[i + 1]
             i += 2
             continue
         out.append(token)
         i += 1
+    if _unquoted_duplications(text) != (len(tokens) - len(out)) // 2:  # each join took two
+        raise _Unreadable("a quoted `<` or `>` before `&` or `|` reads as a redirection")
     return out
+
+
+def _unquoted_duplications(text: str) -> int:
+    """How many ``>&``, ``<&`` and ``>|`` stand outside quotes and escapes in ``text`` (as the
+    lexer of `_simple_commands` reads them: no comments)."""
+    count = 0
+    quote = ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch == "\\":
+            i += 1
+        elif ch in "'\"":
+            quote = ch
+        elif text.startswith((">&", "<&", ">|"), i):
+            count += 1
+        i += 1
+    return count
 
 
 def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:

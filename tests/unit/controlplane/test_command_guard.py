@@ -91,6 +91,11 @@ GUARD = CommandGuard(
         ("ls; 2>&1 >/dev/null FOO=1 rm -rf /", "no-rm-root"),
         ("coproc rm -rf /", "no-rm-root"),
         ("coproc NAME { rm -rf /; }", "no-rm-root"),
+        # a quoted `>` before `&` or `|` is no redirection: what follows is a command
+        ("echo '2>' & rm -rf /", UNPARSEABLE_RULE),
+        ("echo '>' | rm -rf /", UNPARSEABLE_RULE),
+        ('echo "1>" & rm -rf /', UNPARSEABLE_RULE),
+        ("echo 2\\> & rm -rf /", UNPARSEABLE_RULE),
         # command names the shell makes at run time
         ("{rm,-rf,/}", UNPARSEABLE_RULE),
         ("/bin/r? -rf /", UNPARSEABLE_RULE),
@@ -123,6 +128,9 @@ def test_denied_texts_name_their_rule(text: str, rule: str) -> None:
         "echo done >&2",
         "ls 2>&1 | grep x",
         "ls >|out",
+        "echo failed>&2",
+        "exec 3<&0",
+        "ls 'a>' 2>&1",
     ],
 )
 def test_allowed_texts(text: str) -> None:
