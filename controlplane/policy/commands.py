@@ -105,6 +105,8 @@ _REDIRECTION: Final = re.compile(
 )
 """A redirection word (``2>&1``, ``>/dev/null``, ``<in``), with its target attached or not: one
 may stand before the command name (``>/dev/null rm -rf /``)."""
+_REDIRECTED_NAME: Final = re.compile(r"([^<>]+)[<>]", re.DOTALL)
+"""A command name with a redirection attached (``rm>/dev/null``, ``rm<&0``)."""
 _EXPANDED: Final = frozenset("{}*?[")  # brace and glob expansion of a command name
 _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ARITHMETIC: Final = re.compile(r"\$?\(\([^()]*\)\)")
@@ -197,13 +199,29 @@ class CommandGuard:
             if any(char in _EXPANDED for char in words[0]):
                 # `{rm,-rf,/}` or `/bin/r?`: the shell makes the command at run time
                 raise _Unreadable(f"the command name {words[0]!r} is expanded by the shell")
-            line = " ".join(words)
-            for name, glob in self._globs:
-                if fnmatch.fnmatchcase(line, glob):
-                    return Decision(
-                        False, name, f"denied by guardrail {name!r}: {line!r} matches {glob!r}"
-                    )
+            # With its redirections and without: `rm 2>/dev/null -rf /` runs `rm -rf /`.
+            for line in dict.fromkeys((" ".join(words), " ".join(_unredirected(words)))):
+                for name, glob in self._globs:
+                    if fnmatch.fnmatchcase(line, glob):
+                        return Decision(
+                            False, name, f"denied by guardrail {name!r}: {line!r} matches {glob!r}"
+                        )
         return ALLOW
+
+
+def _unredirected(words: list[str]) -> list[str]:
+    """A command's words without the redirections among its arguments (``2>/dev/null``, ``>
+    out``)."""
+    out = words[:1]
+    i = 1
+    while i < len(words):
+        redirection = _REDIRECTION.fullmatch(words[i])
+        if redirection is None:
+            out.append(words[i])
+        elif not redirection.group(1):
+            i += 1  # its target is the next word
+        i += 1
+    return out
 
 
 def _unreadable(why: str) -> Decision:
@@ -298,6 +316,9 @@ def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
         elif (redirection := _REDIRECTION.fullmatch(words[0])) is not None:
             # `>/dev/null rm -rf /`, `2> err rm …`: redirections may come first
             words = words[1:] if redirection.group(1) else words[2:]
+        elif (cut := _REDIRECTED_NAME.match(words[0])) is not None:
+            # `rm>/dev/null -rf /`: `<` and `>` end a word; the redirection is an argument
+            words = [cut.group(1), words[0][cut.end(1) :], *words[1:]]
         elif words[0] == "coproc":
             # bash's `coproc cmd`, `coproc NAME { cmd; }`
             words = words[2:] if len(words) > 2 and words[2] == "{" else words[1:]

@@ -91,6 +91,12 @@ GUARD = CommandGuard(
         ("ls; 2>&1 >/dev/null FOO=1 rm -rf /", "no-rm-root"),
         ("coproc rm -rf /", "no-rm-root"),
         ("coproc NAME { rm -rf /; }", "no-rm-root"),
+        ("rm>/dev/null -rf /", "no-rm-root"),
+        ("rm</dev/null -rf /", "no-rm-root"),
+        ("rm>&/dev/null -rf /", "no-rm-root"),
+        ("sudo rm 2>/dev/null -rf /", "no-rm-root"),
+        ("FOO=1 rm>x -rf /", "no-rm-root"),
+        ("rm -rf > out /", "no-rm-root"),
         # a quoted `>` before `&` or `|` is no redirection: what follows is a command
         ("echo '2>' & rm -rf /", UNPARSEABLE_RULE),
         ("echo '>' | rm -rf /", UNPARSEABLE_RULE),
