@@ -581,7 +581,7 @@ def _set_statement(text: str, tokens: list[Token], base: int) -> Piece | None:
             depth += 1
         elif token.token_type == TokenType.R_PAREN:
             depth -= 1
-        elif depth == 0 and token.text.upper() == "FOR":
+        elif depth == 0 and token.text.upper() == "FOR" and token.token_type not in _NAMES:
             first = tokens[index + 1]
             inner = _piece(text[first.start - base :], tokens[index + 1 :], first.start)
             return Piece(

@@ -214,6 +214,8 @@ def _decisions(sql: str) -> list[Decision]:
         ("SET STATEMENT a = (1), b = 2 FOR SET STATEMENT c = 1 FOR TRUNCATE t", "no-drop"),
         ("SET STATEMENT a = 1 FOR EXECUTE IMMEDIATE 'DROP TABLE t'", "no-drop"),
         ("SET STATEMENT a = 1 FOR /*!50000 TRUNCATE */ t", "no-drop"),
+        ("SET STATEMENT max_statement_time = 'for' IS NOT NULL FOR DROP TABLE t", "no-drop"),
+        ("SET STATEMENT max_statement_time = `for` IS NULL FOR DELETE FROM t", "bounded"),
         # MariaDB drops the table it replaces, rows and all.
         ("CREATE OR REPLACE TABLE t (x INT)", "no-drop"),
         ("CREATE OR REPLACE TEMPORARY TABLE t (x INT)", "no-drop"),
