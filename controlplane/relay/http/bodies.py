@@ -122,7 +122,7 @@ def _texts(body: bytes, charsets: list[str]) -> list[str]:
 
 
 def _json_strings(text: str) -> str | None:
-    stripped = text.strip()
+    stripped = text.strip().removeprefix("\ufeff").strip()  # a UTF-8 BOM: body-parser, Jackson
     if not stripped.startswith(("{", "[", '"')):
         return None
     try:

@@ -35,6 +35,7 @@ JSON = ("content-type", "application/json")
         (b"q=%44ROP%20%54ABLE", [FORM]),
         (b'{"q": "\\u0044ROP TABLE users"}', [JSON]),
         (b'{"q": ["x", {"DROP\\u0020TABLE": 1}]}', [JSON]),
+        (b'\xef\xbb\xbf{"q": "\\u0044ROP TABLE users"}', [JSON]),  # a UTF-8 BOM before it
         (b"payload=%7B%22q%22%3A%22%5Cu0044ROP%20TABLE%22%7D", [FORM]),
         (gzip.compress(b"q=DROP TABLE users"), [FORM, ("content-encoding", "gzip")]),
         (zlib.compress(b'{"q": "DROP TABLE"}'), [JSON, ("content-encoding", "deflate")]),
