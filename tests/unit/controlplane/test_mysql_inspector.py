@@ -287,6 +287,26 @@ async def test_a_large_text_is_read_off_the_event_loop(
     assert threads[-1] == threading.current_thread().name  # a small one, on the loop
 
 
+async def test_a_text_read_many_ways_is_read_off_the_event_loop(
+    inspector: MysqlInspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under 64 KB, a text with five executable comments, a backslash, a double quote and a
+    bracket is read 256 ways: seconds of the loop's time, as a text of megabytes is."""
+    threads: list[str] = []
+    check = MysqlGuard.check
+
+    def watched(guard: MysqlGuard, sql: str) -> Decision:
+        threads.append(threading.current_thread().name)
+        return check(guard, sql)
+
+    monkeypatch.setattr(MysqlGuard, "check", watched)
+    text = "SELECT \"\\\\\", '[' " + "/*!1 1*/ " * 5 + "FROM t WHERE c = '" + "y" * 8000 + "'"
+    assert len(text) < 64 * 1024
+    data = query(text)
+    assert await inspector.from_client(data) == data
+    assert threads and all(name.startswith("mysql-text") for name in threads)
+
+
 async def test_a_text_beyond_the_reading_budget_is_one_event_and_refused_under_guardrails(
     inspector: MysqlInspector, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
