@@ -19,7 +19,9 @@ bytes passed both ways and counted, recorded as `http.upgrade` when the session 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import json
 import logging
 import re
 import time
@@ -441,7 +443,22 @@ def _method_parameters(request: Request) -> list[str]:
             found += [m.decode("latin-1") for m in _MULTIPART_METHOD.findall(request.body)]
         else:
             found += form_values(request.body.decode("latin-1"), _ANY, "_method")
+        if "json" in content_type:
+            found += _json_method(request.body)
     return [v.strip() for v in found if v.strip()]
+
+
+def _json_method(body: bytes) -> list[str]:
+    """The `_method` member of a JSON object body: Laravel reads a JSON body's members as the
+    request's parameters, `_method` too. (Its name may be escaped: `"\\u005fmethod"`.)"""
+    if b"_method" not in body and b"\\u" not in body:
+        return []
+    try:
+        document = json.loads(body.removeprefix(codecs.BOM_UTF8))
+    except (ValueError, RecursionError):
+        return []
+    method = document.get("_method") if isinstance(document, dict) else None
+    return [method] if isinstance(method, str) else []
 
 
 _ANY: Final = re.compile("")

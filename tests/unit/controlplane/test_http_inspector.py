@@ -253,6 +253,8 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Length: 22\r\n\r\na=1;%5Fm%65thod=DELETE",
         b"GET /v1/items HTTP/1.1\r\nHost: gw\r\nX-Original-URL: http://[gw/v1/secret\r\n\r\n",
         b"MOVE /v1/public/x HTTP/1.1\r\nHost: gw\r\nDestination: http://gw/v1/secret/x\r\n\r\n",
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 25\r\n\r\n{"\\u005fmethod":"DELETE"}',
     ],
     ids=[
         "head-as-get",
@@ -267,6 +269,7 @@ async def test_a_body_pattern_is_not_evaded_by_an_encoding_the_application_undoe
         "escaped-form-_method",
         "unreadable-original-url",
         "webdav-destination",
+        "json-_method",
     ],
 )
 async def test_a_method_or_path_the_application_takes_from_elsewhere_is_decided_too(
