@@ -228,7 +228,12 @@ _STDIN_VARIABLE: Final = re.compile(
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_.+-]+")
 _AWKS: Final = frozenset({"awk", "gawk", "mawk", "nawk", "busybox-awk"})
 _SEDS: Final = frozenset({"sed", "gsed"})
-_VIMS: Final = frozenset({"vi", "vim", "nvim", "view", "rvim", "gvim"})
+_VIMS: Final = frozenset(
+    {"vi", "vim", "nvim", "view", "rvim", "gvim", "vimdiff", "gvimdiff", "nvi", "nex", "vimx"}
+    | {"rview", "rgvim", "rgview", "evim", "eview", "gview", "nvim.appimage"}
+    # Debian's and Ubuntu's builds, which `vi` and `vim` point to
+    | {f"vim.{build}" for build in ("tiny", "basic", "nox", "gtk", "gtk3", "athena", "motif")}
+)
 _VIM_INFORMATIONAL: Final = frozenset({"--version", "--help", "-h"})
 _MAKES: Final = frozenset({"make", "gmake", "bmake"})
 _NAMED_INSIDE_WORDS: Final = _AWKS | frozenset(_DATABASES) | frozenset({"sqlite3", "busybox"})
