@@ -79,6 +79,8 @@ _WIDE_SPACE = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u
 #: Executable comments in one text whose every combination of run and skipped is read (2**5
 #: readings); a text with more has no reading the guard can vouch for.
 MAX_VERSIONED = 5
+#: SET STATEMENT … FOR SET STATEMENT … FOR … nesting read (each is a recursion).
+_MAX_SET_STATEMENT = 16
 #: Characters read at most for one text, its length times its readings (the tokenizer is
 #: Python: about a second a megabyte). A larger text is not split, and is refused where a
 #: guardrail must read its structure (``too_large``).
@@ -530,12 +532,12 @@ def _opened(tokens: list[Token]) -> list[Token]:
     return out
 
 
-def _piece(text: str, tokens: list[Token], base: int = 0) -> Piece:
+def _piece(text: str, tokens: list[Token], base: int = 0, nesting: int = 0) -> Piece:
     """What the statement ``text`` is (it starts at offset ``base`` of the text its tokens'
     offsets are in)."""
     words = [t.text.upper() for t in tokens]
     if words[:2] == ["SET", "STATEMENT"]:
-        inner = _set_statement(text, tokens, base)
+        inner = _set_statement(text, tokens, base, nesting)
         if inner is not None:
             return inner
     keywords: set[str] = set()
@@ -572,7 +574,7 @@ def _piece(text: str, tokens: list[Token], base: int = 0) -> Piece:
     return Piece(text, keyword, frozenset(keywords), tokens)
 
 
-def _set_statement(text: str, tokens: list[Token], base: int) -> Piece | None:
+def _set_statement(text: str, tokens: list[Token], base: int, nesting: int) -> Piece | None:
     """MariaDB's ``SET STATEMENT var = value, … FOR statement``: the statement it runs (with
     ``SET`` among its keywords), keeping the whole text; None without a ``FOR``."""
     depth = 0
@@ -583,7 +585,11 @@ def _set_statement(text: str, tokens: list[Token], base: int) -> Piece | None:
             depth -= 1
         elif depth == 0 and token.text.upper() == "FOR" and token.token_type not in _NAMES:
             first = tokens[index + 1]
-            inner = _piece(text[first.start - base :], tokens[index + 1 :], first.start)
+            if nesting >= _MAX_SET_STATEMENT:
+                raise Unreadable(f"SET STATEMENT … FOR nested more than {_MAX_SET_STATEMENT} deep")
+            inner = _piece(
+                text[first.start - base :], tokens[index + 1 :], first.start, nesting + 1
+            )
             return Piece(
                 text,
                 inner.keyword,

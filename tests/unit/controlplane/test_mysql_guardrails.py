@@ -358,3 +358,13 @@ def test_every_non_ascii_space_after_two_dashes_is_two_minus_signs() -> None:
     for space in spaces:
         pieces = split(f"SELECT 2 --{space}x; DROP TABLE t")
         assert [p.keyword for p in pieces] == ["SELECT", "DROP"], hex(ord(space))
+
+
+def test_set_statement_nested_past_reading_is_unreadable_not_a_crash() -> None:
+    text = "SET STATEMENT a = 1 FOR " * 600 + "DROP TABLE t"
+    with pytest.raises(Unreadable):
+        split(text)
+    with pytest.raises(Unreadable):  # never a RecursionError
+        split_agreed(text)
+    decision = GUARD.check(text)
+    assert not decision.allowed and decision.rule == "(unparseable)"
