@@ -619,6 +619,8 @@ def where_of(text: str) -> exp.Expression | Unreadable | None:
         trees = _DIALECT.parse(_lexable(text))
     except (ParseError, TokenError) as exc:
         return Unreadable(str(exc).splitlines()[0] if str(exc) else "syntax error")
+    except RecursionError:  # the parser descends once for each parenthesis
+        return Unreadable("expressions nested too deeply to read")
     tree = trees[0] if len(trees) == 1 else None
     if not isinstance(tree, exp.Delete | exp.Update):
         return Unreadable("not read as a DELETE or UPDATE")

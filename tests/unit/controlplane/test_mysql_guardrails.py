@@ -368,3 +368,9 @@ def test_set_statement_nested_past_reading_is_unreadable_not_a_crash() -> None:
         split_agreed(text)
     decision = GUARD.check(text)
     assert not decision.allowed and decision.rule == "(unparseable)"
+
+
+def test_a_where_nested_past_the_parser_is_unreadable_not_a_crash() -> None:
+    text = "DELETE FROM t WHERE " + "(" * 3000 + "a = 1" + ")" * 3000
+    decision = GUARD.check(text)
+    assert not decision.allowed and decision.rule == "(unparseable)"
