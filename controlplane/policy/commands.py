@@ -112,6 +112,7 @@ _ASSIGNMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ARITHMETIC: Final = re.compile(r"\$?\(\([^()]*\)\)")
 _SUBSTITUTION: Final = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
 _MAX_DEPTH: Final = 8  # nested `sh -c` / `$(…)` readings; deeper text is denied as unreadable
+_MAX_LAUNCHERS: Final = 64  # launchers one in another (`sudo env nice …`), the same
 
 
 class Unreadable(Exception):
@@ -310,6 +311,8 @@ def _unquoted_duplications(text: str) -> int:
 
 def _unwrap(words: list[str], depth: int) -> Iterator[list[str]]:
     """Yield the command itself and, through launchers and `sh -c`, what it runs."""
+    if depth > _MAX_LAUNCHERS:  # each launcher is a recursion: `sudo sudo … rm`
+        raise _Unreadable("launchers nested too deeply")
     while words:
         if _ASSIGNMENT.match(words[0]) or words[0] in _KEYWORDS:
             words = words[1:]  # FOO=bar cmd; `then cmd`, `do cmd`, `{ cmd`, `! cmd`

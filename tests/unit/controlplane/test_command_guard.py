@@ -104,6 +104,8 @@ GUARD = CommandGuard(
         ("echo 2\\> & rm -rf /", UNPARSEABLE_RULE),
         # command names the shell makes at run time
         ("{rm,-rf,/}", UNPARSEABLE_RULE),
+        ("sudo " * 3000 + "rm -rf /", UNPARSEABLE_RULE),  # not a RecursionError
+        ("env " * 3000 + "ls", UNPARSEABLE_RULE),
         ("/bin/r? -rf /", UNPARSEABLE_RULE),
     ],
 )
