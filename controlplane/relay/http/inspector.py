@@ -166,15 +166,14 @@ class HttpInspector:
             self._last_words(403, decision.reason or "denied", rule=decision.rule)
 
     async def _request(self, request: Request) -> None:
-        decision = self._check_head(request)
-        if decision.allowed and self._guard.reads_body and request.body:
-            if len(request.body) > _THREADED_BODY:
-                # Undoing a large body's encodings takes seconds: not on the event loop, and
-                # not in the default executor, whose threads the store's reads and writes need.
-                loop = asyncio.get_running_loop()
-                decision = await loop.run_in_executor(_BODY_READER, self._check_body, request)
-            else:
-                decision = self._check_body(request)
+        if len(request.body) > _THREADED_BODY:
+            # Undoing a large body's encodings, and finding its `_method`, takes seconds: not
+            # on the event loop, and not in the default executor, whose threads the store's
+            # reads and writes need.
+            loop = asyncio.get_running_loop()
+            decision = await loop.run_in_executor(_BODY_READER, self._check_request, request)
+        else:
+            decision = self._check_request(request)
         ref = await self._record(request, decision)
         if ref is None:
             return
@@ -188,6 +187,13 @@ class HttpInspector:
         )
         self._idle.clear()
         await self._forward(_forwarded(request))
+
+    def _check_request(self, request: Request) -> Decision:
+        """The method and path rules (`_check_head`), then the body patterns (`_check_body`)."""
+        decision = self._check_head(request)
+        if decision.allowed and self._guard.reads_body and request.body:
+            decision = self._check_body(request)
+        return decision
 
     def _check_head(self, request: Request) -> Decision:
         """The method and path rules, for every method and path the target may act on: a HEAD

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import threading
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.policy.document import Guardrail
 from controlplane.policy.requests import RequestGuard
+from controlplane.relay.http import inspector as inspector_module
 from controlplane.relay.http.inspector import HttpInspector, _method_parameters
 from controlplane.store.database import Database
 from controlplane.store.models import EventRow
@@ -307,3 +309,26 @@ def test_a_multipart_method_is_found_in_time_linear_in_the_body() -> None:
     found = _method_parameters(Request("POST", "/v1/items", headers, lines + b"\r\nDELETE\r\n"))
     assert found == ["DELETE"]
     assert time.monotonic() - started < 2
+
+
+async def test_a_large_body_s_method_parameter_is_found_off_the_event_loop(
+    db: Database, writer: AuditWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading every field of 16 MB for a `_method` takes more than a second.
+    threads: list[str] = []
+    found = inspector_module._method_parameters
+
+    def watched(request: Request) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return found(request)
+
+    monkeypatch.setattr(inspector_module, "_method_parameters", watched)
+    h = Harness(db, writer, max_body=1 << 20)
+    body = b"a=1&" * 100_000 + b"_method=DELETE"
+    await h.inspector.from_client(
+        b"POST /v1/items HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded"
+        + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert b"".join(h.inspector.take_synthetic()).startswith(b"HTTP/1.1 403 ")
+    assert threads and all(name.startswith("http-body") for name in threads)
