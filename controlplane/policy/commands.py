@@ -281,7 +281,9 @@ def _duplications_joined(tokens: list[str], text: str) -> list[str]:
             continue
         out.append(token)
         i += 1
-    if _unquoted_duplications(text) != (len(tokens) - len(out)) // 2:  # each join took two
+    joins = (len(tokens) - len(out)) // 2  # each took two tokens
+    operators = joins or any(operator in text for operator in (">&", "<&", ">|"))
+    if operators and _unquoted_duplications(text) != joins:
         raise _Unreadable("a quoted `<` or `>` before `&` or `|` reads as a redirection")
     return out
 
