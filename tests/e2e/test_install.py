@@ -39,6 +39,7 @@ CONTROLPLANE_EXTRA = {
     "psycopg",
     "pglast",
     "sqlglot",
+    "google-re2",
     "aiohttp-asgi",
 }
 
