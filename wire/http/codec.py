@@ -102,11 +102,13 @@ class Request:
     @property
     def may_name_another_method(self) -> bool:
         """Whether a framework may act on another method than the request's: a header of
-        `METHOD_OVERRIDES` (either spelling), or `_method` in the query or the body."""
+        `METHOD_OVERRIDES` (either spelling), or `_method` in the query or the body (escaped
+        too: `%5Fmethod`, JSON's `\\u005fmethod`)."""
+        target, body = self.target.lower(), self.body.lower()
         return (
             any(key.replace("_", "-") in METHOD_OVERRIDES for key, _ in self.headers)
-            or "_method" in self.target
-            or b"_method" in self.body
+            or any(name in target for name in ("_method", "%5fmethod"))
+            or any(name in body for name in (b"_method", b"%5fmethod", b"\\u005fmethod"))
         )
 
 

@@ -236,3 +236,24 @@ def test_a_tunnel_or_another_protocol_is_refused(head: bytes, status: int) -> No
     with pytest.raises(ProtocolError) as raised:
         side.next_request()
     assert raised.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "body", "names"),
+    [
+        ("/items", [], b"", False),
+        ("/items?method=x", [("x-request-id", "1")], b'{"method": "x"}', False),
+        ("/items", [("x-http-method-override", "DELETE")], b"", True),
+        ("/items", [("x_http_method", "DELETE")], b"", True),
+        ("/items?_method=DELETE", [], b"", True),
+        ("/items?%5Fmethod=DELETE", [], b"", True),
+        ("/items", [], b"_method=DELETE", True),
+        ("/items", [], b'{"\\u005Fmethod": "DELETE"}', True),
+    ],
+)
+def test_a_request_that_may_name_another_method(
+    target: str, headers: list[tuple[str, str]], body: bytes, names: bool
+) -> None:
+    """Whether a framework may act on another method: such a request is never sent twice."""
+    request = Request("GET", target, tuple(headers), body)
+    assert request.may_name_another_method is names
