@@ -590,6 +590,31 @@ def test_a_text_that_ansi_quotes_reads_differently_is_one_event(
     assert _statements(events) == [f'SELECT "id" FROM {table} WHERE id = 2', "SELECT 'a\"b'"]
 
 
+def _attempt(
+    port: int, mariadb: MariadbServer, table: str, sql: str, sql_mode: str = ""
+) -> tuple[str, pymysql.err.MySQLError | None]:
+    """Send `sql` as one multi-statement text (under `sql_mode`, if given): how many rows the
+    table has after it ("gone" when it was dropped), and the error the client got."""
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
+    refused = None
+    with connect(port, client_flag=flags, autocommit=True) as conn, conn.cursor() as cur:
+        if sql_mode:
+            cur.execute(f"SET SESSION sql_mode = '{sql_mode}'")
+        try:
+            cur.execute(sql)
+            while cur.nextset():
+                pass
+        except pymysql.err.MySQLError as exc:
+            refused = exc
+    count = mariadb.admin(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '" + table + "'"
+    ).strip()
+    rows = (
+        mariadb.admin(f"SELECT COUNT(email) FROM app.{table}").strip() if count == "1" else "gone"
+    )
+    return rows, refused
+
+
 # A version-gated comment whose version is above the server's (``/*!999999 …*/``, MariaDB's
 # ``/*M!999999 …*/``) is a plain comment to the server: its text is skipped. The guard reads
 # every text with each such comment run and skipped, so what it hides cannot be a denied
@@ -617,27 +642,12 @@ def test_a_version_gated_comment_does_not_hide_a_denied_statement(
     table: str,
     template: str,
 ) -> None:
-    sql = template.format(t=table)
-    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
-    refused = None
-    with connect(port, client_flag=flags, autocommit=True) as conn, conn.cursor() as cur:
-        try:
-            cur.execute(sql)
-            while cur.nextset():
-                pass
-        except pymysql.err.MySQLError as exc:
-            refused = exc
+    rows, refused = _attempt(port, mariadb, table, template.format(t=table))
     ran = [
         q
         for q in mariadb.queries()
         if table in q and q.split()[0] in ("SELECT", "DELETE", "UPDATE")
     ]
-    count = mariadb.admin(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '" + table + "'"
-    ).strip()
-    rows = (
-        mariadb.admin(f"SELECT COUNT(email) FROM app.{table}").strip() if count == "1" else "gone"
-    )
     assert rows == "3", f"the server ran {ran!r}; the gateway let it through ({refused!r})"
     assert refused is not None and refused.args[0] == 1142
 
@@ -692,23 +702,6 @@ def test_a_statement_the_server_reads_otherwise_is_not_let_through(
     setting: str,
     template: str,
 ) -> None:
-    sql = template.format(t=table)
-    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS
-    refused = None
-    with connect(port, client_flag=flags, autocommit=True) as conn, conn.cursor() as cur:
-        if setting:
-            cur.execute(f"SET SESSION sql_mode = '{setting}'")
-        try:
-            cur.execute(sql)
-            while cur.nextset():
-                pass
-        except pymysql.err.MySQLError as exc:
-            refused = exc
-    count = mariadb.admin(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '" + table + "'"
-    ).strip()
-    rows = (
-        mariadb.admin(f"SELECT COUNT(email) FROM app.{table}").strip() if count == "1" else "gone"
-    )
+    rows, refused = _attempt(port, mariadb, table, template.format(t=table), setting)
     assert rows == "3", f"the server ran it; the gateway let it through ({refused!r})"
     assert refused is not None and refused.args[0] == 1142, refused
