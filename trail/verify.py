@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from trail.canonical import canonical
-from trail.chain import GENESIS_HASH, check_content, sequence_problem
+from trail.chain import GENESIS_HASH, check_content, export_line, sequence_problem
 from trail.signatures import (
     CHECKPOINT_TYPE,
     PRUNE_TYPE,
@@ -188,7 +188,7 @@ class TrailVerifier:
             problem = "the stored body is not a JSON object"
         if problem is None and event is not None:
             raw = body.encode("utf-8")
-            if canonical(event) != raw:
+            if _canonical(event) != raw:
                 problem = "the stored body is not in canonical form: it was edited"
             else:
                 problem = check_content(seq, event, raw, stored_hash, prev[1])
@@ -210,8 +210,20 @@ class TrailVerifier:
         prev = self._begin(seq, event)
         problem = sequence_problem(seq, prev[0])
         if problem is None:
-            raw = canonical(event)
-            problem = check_content(seq, event, raw, stored_hash, prev[1])
+            raw = _canonical(event)
+            if raw is None:
+                problem = f"line {number} has no canonical form: it was edited"
+            else:
+                problem = check_content(seq, event, raw, stored_hash, prev[1])
+            # The line must be the export of exactly the bytes its hash covers: one that differs
+            # (a duplicate key, spacing, an escape) could show a SIEM's parser other values than
+            # the ones verified here.
+            exported = export_line(raw.decode(), stored_hash) if raw is not None else ""
+            if problem is None and line.rstrip("\r\n") != exported:
+                problem = (
+                    f"line {number} is not the export of its event byte for byte (duplicate "
+                    "keys, spacing, escapes or key order differ): it was edited"
+                )
         if problem is None:
             problem = self._special(seq, event, prev)
         return self._advance(seq, stored_hash, problem, event)
@@ -333,11 +345,26 @@ class TrailVerifier:
 
 
 def _loads(body: str) -> dict[str, Any] | None:
+    """The JSON object `body` holds, or None: also for NaN or Infinity (never canonical) and
+    for nesting too deep to read."""
     try:
-        value = json.loads(body)
-    except ValueError:
+        value = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _canonical(event: Mapping[str, Any]) -> bytes | None:
+    """The canonical bytes of `event`, or None when it has none (an integer beyond 2**53, a
+    float that is not finite, a lone surrogate, nesting too deep): such an event was edited."""
+    try:
+        return canonical(event)
+    except (ValueError, TypeError, RecursionError, UnicodeError):
+        return None
 
 
 def _parse_line(line: str) -> tuple[int, dict[str, Any], str] | str:

@@ -17,7 +17,7 @@ import pytest
 from devenv.postgres import PostgresServer
 from tests.e2e.conftest import Stack, start_stack
 from trail.canonical import canonical
-from trail.chain import GENESIS_HASH, link_hash
+from trail.chain import GENESIS_HASH, export_line, link_hash
 
 
 def start_with(base: Path, pg: PostgresServer, **env: str) -> Stack:
@@ -134,8 +134,9 @@ def hand_made_export(path: Path, n: int = 2) -> None:
         event: dict[str, Any] = {"id": f"forged-{seq}", "type": "db.query", "seq": seq}
         event |= {"time": "2026-01-01T00:00:00.000000Z", "prev_hash": prev}
         event["request"] = {"statement": "select 'nothing to see'"}
-        prev = link_hash(prev, canonical(event))
-        lines.append(json.dumps(event | {"hash": prev}))
+        raw = canonical(event)
+        prev = link_hash(prev, raw)
+        lines.append(export_line(raw.decode(), prev))
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -29,7 +29,7 @@ from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.store.database import Database
 from trail import witness
 from trail.canonical import canonical
-from trail.chain import GENESIS_HASH, link_hash
+from trail.chain import GENESIS_HASH, export_line, link_hash
 from trail.signatures import CHECKPOINT_TYPE, checkpoint_note, keyring, signature_problem
 from trail.verify import TailAllowance, TrailReport, TrailVerifier, tail_problem
 from trail.witness import check_witness, read_witness
@@ -219,8 +219,9 @@ def _hand_made(n: int) -> list[str]:
     for seq in range(1, n + 1):
         event = {"id": f"e{seq}", "time": "2026-01-01T00:00:00.000000Z", "type": "db.query"}
         event |= {"seq": seq, "prev_hash": prev}
-        prev = link_hash(prev, canonical(event))
-        lines.append(json.dumps(event | {"hash": prev}))
+        raw = canonical(event)
+        prev = link_hash(prev, raw)
+        lines.append(export_line(raw.decode(), prev))
     return lines
 
 

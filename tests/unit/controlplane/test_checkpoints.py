@@ -25,7 +25,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.store.database import Database
 from trail.canonical import canonical
-from trail.chain import GENESIS_HASH, link_hash
+from trail.chain import GENESIS_HASH, export_line, link_hash
 from trail.signatures import CHECKPOINT_TYPE, PRUNE_TYPE, checkpoint_note, keyring
 from trail.verify import Start, TrailReport, TrailVerifier, anchor_start
 
@@ -236,6 +236,58 @@ async def test_an_export_verifies_offline_and_names_an_altered_event(
     assert report.broken is not None
     assert report.broken.seq == 8
     assert "altered" in report.broken.reason
+
+
+async def test_an_exported_line_with_a_duplicate_key_is_not_verified(
+    writer: AuditWriter, db_path: Path, keys: dict[str, Any]
+) -> None:
+    """A parser that keeps the first of two equal keys (or all of them) would read another
+    value than the verifier, whose json.loads keeps the last: the line must be the export of
+    its hashed bytes exactly."""
+    await commit_n(writer, 12)
+    lines = [export_line(body, hash_) for _, body, hash_ in stored(db_path)]
+    assert verify_lines(lines, keys).ok
+
+    lines[7] = lines[7].replace('{"', '{"n":999,"', 1)  # seq 8 still carries its real "n" later
+    report = verify_lines(lines, keys)
+
+    assert report.broken is not None
+    assert report.broken.seq == 8
+    assert "byte for byte" in report.broken.reason
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda line: line.replace(",", ", ", 1),  # spacing
+        lambda line: line.replace('"type"', '"\\u0074ype"', 1),  # an escape
+        lambda line: line.replace('"hash":', '"hash" :', 1),
+    ],
+)
+async def test_an_exported_line_reencoded_is_not_verified(
+    writer: AuditWriter, db_path: Path, keys: dict[str, Any], change: Any
+) -> None:
+    await commit_n(writer, 3)
+    lines = [export_line(body, hash_) for _, body, hash_ in stored(db_path)]
+    lines[1] = change(lines[1])
+
+    report = verify_lines(lines, keys)
+
+    assert report.broken is not None
+    assert report.broken.seq == 2
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400", "9007199254740993"])
+def test_a_value_with_no_canonical_form_is_reported_not_raised(
+    keys: dict[str, Any], value: str
+) -> None:
+    body = f'{{"prev_hash":"{GENESIS_HASH}","seq":1,"x":{value}}}'
+    stored_ = TrailVerifier(keys)
+    assert not stored_.add_stored(1, body, "0" * 64)
+    assert stored_.broken is not None and stored_.broken.seq == 1
+    exported = TrailVerifier(keys)
+    assert not exported.add_line(1, export_line(body, "0" * 64))
+    assert exported.broken is not None and exported.broken.seq == 1
 
 
 async def test_a_forged_checkpoint_signature_is_named(
