@@ -137,7 +137,13 @@ def tail_problem(
                 oldest = datetime.fromisoformat(report.unsigned_since.replace("Z", "+00:00"))
             except ValueError:
                 oldest = None
-            if oldest is not None and (now - oldest).total_seconds() <= allowance.seconds:
+            if oldest is not None and oldest.tzinfo is None:
+                oldest = None  # the trail writes UTC with "Z": a naive time is not its own
+            # The time is the tail's own and unsigned: one ahead of this clock by more than
+            # the allowance (skew) is no evidence of a recent tail, or a forged tail dated
+            # years ahead would pass every later verify.
+            age = (now - oldest).total_seconds() if oldest is not None else None
+            if age is not None and -allowance.seconds <= age <= allowance.seconds:
                 return None
         return f"{where}, more than --allow-unsigned-tail {allowance.describe()} allows"
     return (

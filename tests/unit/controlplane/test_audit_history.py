@@ -4,6 +4,7 @@ signatures reach, and a prune that keeps recent history and needs a second admin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -273,6 +274,21 @@ async def test_the_unsigned_tail_after_the_last_checkpoint_is_counted_and_aged(
     for bad in ("-1", "5 minutes", "1e3", "²"):
         with pytest.raises(ValueError, match="allow-unsigned-tail"):
             TailAllowance.parse(bad)
+
+
+def test_an_unsigned_tail_dated_in_the_future_is_not_recent(key: SigningKey) -> None:
+    """The age of an unsigned tail comes from its own, unsigned, `time`: a tail dated ahead
+    of the verifier's clock by more than the allowance is not "recent" however long it waits
+    (someone who forged it would date it years ahead to pass every later verify)."""
+    report = _verify(_hand_made(2), key)  # dated 2026-01-01
+    allowance = TailAllowance.parse("2m")
+    year_before = datetime(2025, 1, 1, tzinfo=UTC)
+    problem = tail_problem(report, [key.key_id], allowance, year_before)
+    assert problem is not None and "more than --allow-unsigned-tail 120 seconds" in problem
+    skew = datetime(2025, 12, 31, 23, 59, tzinfo=UTC)  # one minute behind: clocks differ
+    assert tail_problem(report, [key.key_id], allowance, skew) is None
+    naive = dataclasses.replace(report, unsigned_since="2026-01-01T00:00:00")
+    assert tail_problem(naive, [key.key_id], allowance, skew) is not None  # not a TypeError
 
 
 # ---- prune: minimum retention and a second admin --------------------------------------------
