@@ -77,6 +77,7 @@ class Outcome:
     appended: int
     ends_signed: bool  # the last event appended is a checkpoint
     durable: bool = True  # its commit waited for the disk (the writer sets it)
+    head: tuple[int, str] | None = None  # the chain head it left (None: it appended nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class _Sql:
     head: str
     insert: str
     move: str
+    hash_at: str  # the hash of one stored event, by seq
     bind_time: Callable[[Any], Any] | None
     copy: str | None  # PostgreSQL: the rows go in with COPY (see `_insert`)
 
@@ -113,6 +115,7 @@ def _sql(dialect: Dialect) -> _Sql:
         insert=f"INSERT INTO {EVENTS.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join([mark] * len(columns))})",
         move=f"UPDATE {HEAD.name} SET seq = {mark}, hash = {mark} WHERE id = 1",
+        hash_at=f"SELECT hash FROM {EVENTS.name} WHERE seq = {mark}",
         bind_time=_bind_time(time_type.dialect_impl(dialect).bind_processor(dialect), dialect),
         copy=f"COPY {EVENTS.name} ({', '.join(columns)}) FROM STDIN" if postgres else None,
     )
@@ -147,14 +150,27 @@ def append_on(
     drafts: Sequence[Draft],
     signer: SigningKey | None,
     checkpoint_every: int,
+    floor: tuple[int, str] | None = None,
 ) -> Outcome:
-    """`append_events` on a driver cursor inside a write transaction (the writer's path)."""
+    """`append_events` on a driver cursor inside a write transaction (the writer's path).
+
+    `floor`, the head this process last committed, is checked first (`_check_floor`).
+    """
     sql = _sql(dialect)
     cursor.execute(sql.head)
     head = cursor.fetchone()
     if head is None:
         raise RuntimeError("the audit chain head row is missing: the store is not migrated")
     head_seq, head_hash = head
+    if floor is not None:
+        signs = any(item.type == CHECKPOINT_TYPE for item in drafts) or (
+            checkpoint_every > 0
+            and (head_seq + len(drafts)) // checkpoint_every > head_seq // checkpoint_every
+        )
+        # A head ahead of the floor (another replica's events) is vouched for only by a check.
+        continuous = _check_floor(cursor, sql, floor, (head_seq, head_hash), signs)
+    else:
+        continuous = True
     seq, prev = head_seq, head_hash
     rows: list[tuple[object, ...]] = []
     results: list[int | InvalidEvent] = []
@@ -182,7 +198,43 @@ def append_on(
     if rows:
         _insert(cursor, sql, rows)
         cursor.execute(sql.move, (seq, prev))
-    return Outcome(results, checkpoints, len(rows), last_type == CHECKPOINT_TYPE)
+    return Outcome(
+        results,
+        checkpoints,
+        len(rows),
+        last_type == CHECKPOINT_TYPE,
+        head=(seq, prev) if rows and continuous else None,
+    )
+
+
+def _check_floor(
+    cursor: DBAPICursor, sql: _Sql, floor: tuple[int, str], head: tuple[int, str], signs: bool
+) -> bool:
+    """Refuse to extend, and above all to sign, a chain whose head moved back.
+
+    `floor` is a head this process committed. The head only moves forward (other replicas
+    append too), so a head behind it, or at it with another hash, was rewound by someone who
+    can write to the store; the key would otherwise sign the rewritten chain. A head ahead of
+    it is checked before a checkpoint is signed: the event at `floor` must still have its hash
+    (one lookup; a prune may have removed it, which leaves nothing to compare). Returns whether
+    the head continues from `floor` as far as this process can tell (at it, or checked), i.e.
+    whether the head this append leaves may become the new floor.
+    """
+    seq, hash_ = floor
+    if head == floor:
+        return True
+    moved = head[0] <= seq
+    if not moved and signs:
+        cursor.execute(sql.hash_at, (seq,))
+        row = cursor.fetchone()
+        moved = row is not None and row[0] != hash_
+    if moved:
+        raise AuditUnavailable(
+            f"the audit chain head is at seq {head[0]}, but this control plane committed seq "
+            f"{seq} with hash {hash_[:16]}…, which the store no longer holds: the trail was "
+            "rewound or rewritten in the store; nothing is appended or signed on top of it"
+        )
+    return signs
 
 
 def _insert(cursor: DBAPICursor, sql: _Sql, rows: list[tuple[object, ...]]) -> None:

@@ -115,6 +115,8 @@ class AuditWriter:
         self._db = db
         self._signer: SigningKey | None = None
         self._checkpoint_every = checkpoint_every  # 0: only checkpoints that are asked for
+        # A head this process committed: the store's head must never be behind it.
+        self._floor: tuple[int, str] | None = None
         self._checkpoint_interval = checkpoint_interval  # 0: no timed checkpoints
         # A relaxed commit is made durable at the latest this long after it (a power loss
         # before that, with no durable commit meanwhile, can lose it; a process crash cannot).
@@ -590,12 +592,16 @@ class AuditWriter:
         with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
             try:
-                outcome = append_on(cursor, dialect, drafts, self._signer, self._checkpoint_every)
+                outcome = append_on(
+                    cursor, dialect, drafts, self._signer, self._checkpoint_every, self._floor
+                )
             finally:
                 cursor.close()
             if outcome.checkpoints:
                 write.require_durable()
             durable = write.durable
+        if outcome.head is not None:  # committed, continuing from the floor (append_on)
+            self._floor = outcome.head
         return dataclasses.replace(outcome, durable=durable)
 
 

@@ -286,6 +286,49 @@ async def test_orm_cannot_change_or_delete_an_event(db: Database) -> None:
     assert verify_chain(before).broken is None
 
 
+async def test_replicas_sign_over_each_others_events_but_not_over_a_rewritten_head(
+    db: Database, store: Store
+) -> None:
+    """Each writer remembers the head it committed: a head ahead of it is another replica's
+    work (checked at the event it committed before a checkpoint is signed), a head at it with
+    another hash was edited in the store, and nothing is appended or signed on it."""
+    from controlplane.audit.checkpoints import SigningKey
+    from controlplane.audit.errors import AuditUnavailable
+    from trail.signatures import keyring
+    from trail.verify import TrailVerifier
+
+    key = SigningKey.generate()
+    other = Database(store.url)  # a second replica
+    first, second = AuditWriter(db, checkpoint_every=4), AuditWriter(other, checkpoint_every=4)
+    first.start(key)
+    second.start(key)
+    try:
+        for n in range(5):
+            await first.commit(draft("test.event", n=n))
+            await second.commit(draft("test.event", n=n))
+            await (first if n % 2 else second).checkpoint(Identity("root"))
+        verifier = TrailVerifier(keyring([key.public]))
+        for row in stored(db):
+            assert verifier.add_stored(*row)
+        assert verifier.report().ok and verifier.report().checkpoints >= 5
+
+        await db.write(
+            lambda s: s.connection().execute(
+                text("UPDATE audit_chain_head SET hash = :h WHERE id = 1"), {"h": "f" * 64}
+            )
+        )
+        before = stored(db)
+        with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+            await second.checkpoint(Identity("root"))
+        with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+            await second.commit(draft("test.event", n=99))
+        assert stored(db) == before
+    finally:
+        await first.close()
+        await second.close()
+        other.dispose()
+
+
 # SQLite has no TRUNCATE; DELETE without WHERE is covered above for both stores.
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 def test_store_refuses_truncate(db: Database, store: Store) -> None:

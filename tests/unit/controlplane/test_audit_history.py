@@ -24,7 +24,7 @@ from controlplane.audit.retention import (
     request_prune,
 )
 from controlplane.audit.witness import WitnessPublisher
-from controlplane.audit.writer import AuditWriter
+from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.store.database import Database
@@ -183,6 +183,83 @@ async def test_a_file_witness_catches_a_store_rewound_after_its_checkpoint(
     assert "the store ends at seq 9" in report.problem
     assert "checkpoint at seq 11" in report.problem
     assert "rewound" in report.problem
+
+
+def forge_after(db_path: Path, keep: int, statements: list[str]) -> None:
+    """Rewind to `keep` as `rewind` does, then append forged events chained from it and move
+    the head to the last: a rewritten history the chain alone cannot tell from the real one."""
+    rewind(db_path, keep)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        (prev,) = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
+        conn.execute("BEGIN")
+        seq = keep
+        for n, statement in enumerate(statements):
+            seq += 1
+            event = {"id": f"forged-{n}", "time": "2026-01-01T00:00:00.000000Z"}
+            event |= {"type": "test.event", "seq": seq, "prev_hash": prev, "n": statement}
+            raw = canonical(event)
+            prev = link_hash(prev, raw)
+            conn.execute(
+                "INSERT INTO audit_events (seq, id, time, type, body, hash) "
+                "VALUES (?, ?, '2026-01-01 00:00:00.000000', 'test.event', ?, ?)",
+                (seq, f"forged-{n}", raw.decode(), prev),
+            )
+        conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("forged", [0, 3, 8])
+async def test_a_running_writer_refuses_to_extend_or_sign_a_rewound_chain(
+    db: Database, db_path: Path, key: SigningKey, forged: int
+) -> None:
+    """Someone who can write to the store but holds no key rewinds it (and maybe writes other
+    events in place of the dropped ones): the control plane must not sign what they wrote."""
+    writer = AuditWriter(db, checkpoint_every=5)
+    writer.start(key)
+    try:
+        for n in range(12):  # 1-5, checkpoint 6, 7-10, checkpoint 11, 12-14
+            await writer.commit(draft("test.event", n=n))
+        forge_after(db_path, 9, [f"forged {i}" for i in range(forged)])
+        before = stored(db_path)
+        with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+            await writer.checkpoint(ALICE)
+        assert stored(db_path) == before  # nothing signed
+        if 9 + forged <= 14:  # the head is not ahead of what this process committed
+            with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+                await writer.commit(draft("test.event", n=99))
+            assert stored(db_path) == before  # nothing appended
+        else:  # it may be another replica's: events go on, but no signature covers them
+            await writer.commit(draft("test.event", n=99))
+            with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+                await writer.checkpoint(ALICE)
+            assert CHECKPOINT_TYPE not in kinds(db_path)[9:]
+    finally:
+        await writer.close()
+
+
+async def test_the_head_moved_forward_by_another_writer_is_not_a_rewind(
+    db: Database, db_path: Path, key: SigningKey
+) -> None:
+    """Replicas share the store: a head ahead of this process's last commit is normal."""
+    first, second = AuditWriter(db, checkpoint_every=5), AuditWriter(db, checkpoint_every=5)
+    first.start(key)
+    second.start(key)
+    try:
+        for n in range(4):
+            await first.commit(draft("test.event", n=n))
+            await second.commit(draft("test.event", n=n))
+        await first.checkpoint(ALICE)
+        await second.checkpoint(ALICE)
+    finally:
+        await first.close()
+        await second.close()
+    verifier = TrailVerifier(keyring([key.public]))
+    for row in stored(db_path):
+        assert verifier.add_stored(*row)
+    assert verifier.report().ok
 
 
 async def test_an_unreachable_url_witness_is_retried_counted_and_never_blocks(
