@@ -600,7 +600,9 @@ class AuditWriter:
             if outcome.checkpoints:
                 write.require_durable()
             durable = write.durable
-        if outcome.head is not None:  # committed, continuing from the floor (append_on)
+        # Only a durable commit: a relaxed one may be lost in a store crash (ADR 0026) and a
+        # head back at the last durable commit is then no rewind.
+        if outcome.head is not None and durable:  # continuing from the floor (append_on)
             self._floor = outcome.head
         return dataclasses.replace(outcome, durable=durable)
 

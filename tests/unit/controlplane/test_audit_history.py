@@ -240,6 +240,29 @@ async def test_a_running_writer_refuses_to_extend_or_sign_a_rewound_chain(
         await writer.close()
 
 
+async def test_relaxed_commits_lost_in_a_store_crash_are_not_a_rewind(
+    db: Database, db_path: Path, key: SigningKey
+) -> None:
+    """A relaxed commit (ADR 0026) may be lost when the store crashes: the head back at the
+    last durable commit is what the store promised, and the writer goes on from it."""
+    writer = AuditWriter(db, checkpoint_every=100)
+    writer.start(key)
+    try:
+        for n in range(3):
+            await writer.commit(draft("test.event", n=n))  # durable
+        for n in range(2):
+            await (await writer.submit(draft("db.result", ref=n)))  # relaxed
+        rewind(db_path, 3)  # the crash lost the relaxed ones
+        await writer.commit(draft("test.event", n=9))
+        await writer.checkpoint(ALICE)
+    finally:
+        await writer.close()
+    verifier = TrailVerifier(keyring([key.public]))
+    for row in stored(db_path):
+        assert verifier.add_stored(*row)
+    assert verifier.report().ok and verifier.report().checkpoints == 1
+
+
 async def test_the_head_moved_forward_by_another_writer_is_not_a_rewind(
     db: Database, db_path: Path, key: SigningKey
 ) -> None:
