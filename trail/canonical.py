@@ -7,6 +7,7 @@ orjson writes most events byte for byte as RFC 8785 does, at a fraction of `rfc8
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -69,3 +70,25 @@ def _plain(container: Any) -> bool:
         else:
             return False
     return True
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON as RFC 8785 reads it: every number is an IEEE 754 double.
+
+    RFC 8785 writes an integral double of 2**53 or more as an integer literal (1e20 is
+    `100000000000000000000`); read back as a Python int, that has no canonical form and the
+    event would look edited. An integer literal beyond 2**53 is read as the double it names,
+    so the canonical form is recomputed from what the writer encoded (an integer no double
+    holds exactly then no longer matches its text: edited). NaN and Infinity, which JSON has
+    not, are refused (ValueError).
+    """
+    return json.loads(text, parse_int=_number, parse_constant=_not_json)
+
+
+def _number(literal: str) -> int | float:
+    value = int(literal)
+    return value if -_SAFE_INT <= value <= _SAFE_INT else float(literal)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -9,11 +9,10 @@ a removed, inserted, reordered or altered event breaks the chain at that seq.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from trail.canonical import canonical
+from trail.canonical import canonical, loads
 
 GENESIS_HASH = "0" * 64
 
@@ -71,8 +70,8 @@ def check_link(seq: int, body: str, stored_hash: str, prev_seq: int, prev_hash: 
     if seq != prev_seq + 1:
         return sequence_problem(seq, prev_seq)
     try:
-        event = json.loads(body)
-    except ValueError:
+        event = loads(body)
+    except (ValueError, RecursionError):
         return "the stored body is not valid JSON"
     if not isinstance(event, dict):
         return "the stored body is not a JSON object"

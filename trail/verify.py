@@ -5,13 +5,12 @@ start. `gatehouse audit verify` runs it on what it pulled, trusting nothing the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from trail.canonical import canonical
+from trail.canonical import canonical, loads
 from trail.chain import GENESIS_HASH, check_content, export_line, sequence_problem
 from trail.signatures import (
     CHECKPOINT_TYPE,
@@ -351,17 +350,13 @@ class TrailVerifier:
 
 
 def _loads(body: str) -> dict[str, Any] | None:
-    """The JSON object `body` holds, or None: also for NaN or Infinity (never canonical) and
-    for nesting too deep to read."""
+    """The JSON object `body` holds, as RFC 8785 reads it (trail.canonical.loads), or None: also
+    for NaN or Infinity (never canonical) and for nesting too deep to read."""
     try:
-        value = json.loads(body, parse_constant=_no_constant)
+        value = loads(body)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _canonical(event: Mapping[str, Any]) -> bytes | None:

@@ -277,6 +277,26 @@ async def test_an_exported_line_reencoded_is_not_verified(
     assert report.broken.seq == 2
 
 
+@pytest.mark.parametrize("value", [1e16, 2.0**53, 1e20, 12345678901234567890.0, -1e18])
+async def test_an_integral_float_beyond_2_53_verifies(
+    writer: AuditWriter, db_path: Path, keys: dict[str, Any], value: float
+) -> None:
+    """RFC 8785 writes such a float as an integer literal (1e20: 100000000000000000000); read
+    back as a Python int it has no RFC 8785 form. JSON numbers are doubles to JCS, so the
+    verifier reads them so: the event verifies, stored and exported, and is not "edited"."""
+    await writer.commit(draft("test.event", x=value, n=[value]))
+    await commit_n(writer, 5)
+    rows = stored(db_path)
+    assert verify_rows(rows, keys).ok
+    lines = [export_line(body, hash_) for _, body, hash_ in rows]
+    report = verify_lines(lines, keys)
+    assert report.ok and report.checked == len(rows)
+    # An integer the writer never writes (beyond 2**53, not a double's) is still an edit.
+    body = f'{{"prev_hash":"{GENESIS_HASH}","seq":1,"x":9007199254740993}}'
+    report = verify_rows([(1, body, link_hash(GENESIS_HASH, body.encode()))], keys)
+    assert report.broken is not None and "canonical" in report.broken.reason
+
+
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400", "9007199254740993"])
 def test_a_value_with_no_canonical_form_is_reported_not_raised(
     keys: dict[str, Any], value: str
