@@ -8,11 +8,12 @@ no table an operator could edit, and the approval checks (not expired, not yours
 run under the chain-head lock, so two approvals cannot both prune.
 
 Nothing else deletes events. A prune, in one transaction holding the chain head: finds S, the
-last event older than the cutoff; opens the store's narrow exception to the append-only
-trigger for seq <= S only (migration 0002); deletes those events; closes the exception; stores
-the anchor (S, its hash, an Ed25519 signature over "gatehouse-audit-anchor/v1\\n<S>\\n<hash>\\n");
-and appends an `audit.prune` event naming who pruned what, with the anchor. A verifier then
-starts from the anchor after checking its signature, so the remainder verifies as before.
+end of the longest prefix of events all older than the cutoff; opens the store's narrow
+exception to the append-only trigger for seq <= S only (migration 0002); deletes those
+events; closes the exception; stores the anchor (S, its hash, an Ed25519 signature over
+"gatehouse-audit-anchor/v1\\n<S>\\n<hash>\\n"); and appends an `audit.prune` event naming who pruned
+what, with the anchor. A verifier then starts from the anchor after checking its signature,
+so the remainder verifies as before.
 """
 
 from __future__ import annotations
@@ -77,8 +78,15 @@ class PruneResult:
 
 
 def prune_range(session: Session, before: datetime) -> PruneResult:
-    """What a prune before `before` would remove: seq <= S, S the last event older than it."""
-    through = session.exec(select(func.max(EventRow.seq)).where(col(EventRow.time) < before)).one()
+    """What a prune before `before` would remove: seq <= S, the longest prefix of events all
+    older than it. Not up to the last event older than it: an event's time is its writer's
+    clock, and one replica's clock far behind would take every younger event before it along.
+    """
+    young = session.exec(select(func.min(EventRow.seq)).where(col(EventRow.time) >= before)).one()
+    if young is None:
+        through = session.exec(select(func.max(EventRow.seq))).one()
+    else:
+        through = session.exec(select(func.max(EventRow.seq)).where(EventRow.seq < young)).one()
     if through is None:
         return PruneResult(0, 0, 0)
     first, removed = session.exec(

@@ -423,6 +423,34 @@ async def test_prune_never_reaches_into_the_minimum_retention(aged: AuditWriter)
         await aged.transact(lambda s: request_prune(s, cutoff, ALICE, min_retention=longer))
 
 
+async def test_a_prune_keeps_every_event_after_the_first_young_one(
+    db: Database, db_path: Path, key: SigningKey
+) -> None:
+    """The `time` of an event is its writer's clock: a replica whose clock is far behind
+    (booted without time, stepped back) dates a new event in the past. The prune removes the
+    prefix that is all older than the cutoff, never up to the newest event dated before it,
+    which would take the young events between with it, past the minimum retention."""
+    writer = AuditWriter(db)
+    writer.start(key)
+    old = datetime.now(UTC) - timedelta(days=100)
+    try:
+        for n in range(3):
+            item = draft("test.event", n=n)
+            item.time = old
+            await writer.commit(item)
+        for n in range(3):
+            await writer.commit(draft("test.event", n=n))  # seq 4..6: young
+        skewed = draft("test.event", n=99)
+        skewed.time = datetime(1970, 1, 1, tzinfo=UTC)  # seq 7: a clock far behind
+        await writer.commit(skewed)
+        cutoff = datetime.now(UTC) - timedelta(days=50)
+        made = await writer.transact(lambda s: request_prune(s, cutoff, ALICE, key))
+    finally:
+        await writer.close()
+    assert isinstance(made, PruneRequestRecord)
+    assert (made.planned.first_seq, made.planned.through_seq, made.planned.removed) == (1, 3, 3)
+
+
 async def test_a_prune_takes_a_second_admin_once_before_it_expires(
     aged: AuditWriter, db_path: Path, key: SigningKey
 ) -> None:

@@ -408,11 +408,20 @@ async def test_a_made_up_prefix_is_not_vouched_for(
 
 
 async def commit_at(writer: AuditWriter, moment: datetime, n: int) -> list[int]:
+    """Commit n events with the clock at `moment`: the checkpoints among them too."""
+    from unittest import mock
+
+    from controlplane.audit import events
+    from controlplane.audit.events import rfc3339
+
+    class Stopped:
+        def read(self) -> tuple[datetime, str, int]:
+            return moment, rfc3339(moment), int(moment.timestamp() * 1000)
+
     seqs = []
-    for i in range(n):
-        item = draft("test.event", n=i)
-        item.time = moment
-        seqs.append(await writer.commit(item))
+    with mock.patch.object(events, "_clock", Stopped()):
+        for i in range(n):
+            seqs.append(await writer.commit(draft("test.event", n=i)))
     return seqs
 
 
