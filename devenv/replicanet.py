@@ -40,6 +40,8 @@ from devenv.postgres import PostgresServer, start_postgres
 from devenv.processes import stop_process, tail
 from devenv.production import production_agent
 from devenv.stack import Agent, Process, gatehouse, gatehouse_running
+from trail.canonical import canonical
+from trail.chain import export_line
 
 PREFIX = "rep"
 REPLICAS = ("a", "b")
@@ -487,7 +489,14 @@ def reconcile(world: World, key_file: Path) -> dict[str, int]:
     assert verified.returncode == 0, verified.stderr + verified.stdout
     events = world.export()
     trail = key_file.with_suffix(".ndjson")
-    trail.write_text("".join(json.dumps(e) + "\n" for e in events))
+    # As `audit export` writes it: each line its canonical body with `hash` last, byte for byte.
+    trail.write_text(
+        "".join(
+            export_line(canonical({k: v for k, v in e.items() if k != "hash"}).decode(), e["hash"])
+            + "\n"
+            for e in events
+        )
+    )
     offline = world.cli("audit", "verify", "--file", str(trail), "--key", str(key_file))
     assert offline.returncode == 0, offline.stderr + offline.stdout
     seqs = [e["seq"] for e in events]
