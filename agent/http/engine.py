@@ -120,11 +120,11 @@ class _Session:
     async def _send_request(self, upstream: Upstream, request: Request) -> None:
         target = self.target
         assert target is not None
-        injected = {name for name, _ in target.headers}
+        # A WSGI or CGI application reads `X_Api_Key` as `X-Api-Key`: the client's header of
+        # either spelling gives way to the one the gateway drops or adds.
+        replaced = _DROPPED_REQUEST | {name for name, _ in target.headers}
         headers = [("host", target.host_header)]
-        headers += [
-            (k, v) for k, v in request.headers if k not in _DROPPED_REQUEST and k not in injected
-        ]
+        headers += [(k, v) for k, v in request.headers if k.replace("_", "-") not in replaced]
         headers += list(target.headers)
         if self.masker is not None:
             # A body the agent must mask has to arrive readable: no gzip, no br.

@@ -155,6 +155,23 @@ async def test_credentials_are_replaced_and_a_closed_connection_is_opened_again(
     assert b"caller" not in first
 
 
+async def test_a_client_header_spelled_with_underscores_gives_way_to_the_credential(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`X_Api_Key` is `X-Api-Key` to a WSGI application: the client's must not reach it beside
+    (or instead of) the connection's own."""
+    monkeypatch.setenv("API_KEY", "the-connections")
+    frames = await converse(
+        target.port,
+        [request("/a", ("x_api_key", "the-clients"), ("proxy_authorization", "Basic x"))],
+        {"header:x-api-key": "env:API_KEY"},
+    )
+    assert [m.command for f in frames for m in f.marks] == ["200"]
+    (head,) = target.heads
+    assert b"x-api-key: the-connections" in head
+    assert b"the-clients" not in head and b"proxy_authorization" not in head
+
+
 async def test_an_unreachable_target_is_a_502_marked_as_an_error() -> None:
     frames = await converse(1, [request("/x")], {})
     (frame,) = frames
