@@ -38,7 +38,24 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the balancer of test
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # the HTTP benchmark's load generator
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v mysqlslap >/dev/null 2>&1 && command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
-[ ${#missing[@]} -eq 0 ] && exit 0
+# A Big5 locale (test_ssh.py: a client's multibyte locale must not change how the target's
+# shell reads a command), compiled from the sources of Debian's `locales`.
+[ -e /usr/share/i18n/charmaps/BIG5.gz ] && [ -e /usr/share/i18n/locales/zh_TW ] \
+  || missing+=(locales)
+
+big5_locale() {
+  locale -a 2>/dev/null | grep -qi '^zh_TW\.big5$' && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing the zh_TW.BIG5 locale; make it with: sudo localedef -i zh_TW -f BIG5 zh_TW.BIG5" >&2
+    return 1
+  fi
+  localedef -i zh_TW -f BIG5 zh_TW.BIG5
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+  big5_locale
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${missing[*]}; install them with:" >&2
@@ -49,3 +66,4 @@ echo "installing ${missing[*]} …" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+big5_locale

@@ -480,12 +480,16 @@ def test_native_ssh_program_on_stdin_is_checked_and_recorded(
 
 
 def big5_locale() -> str:
-    """A Big5 locale on this machine (whose double-byte characters may end in `\\`), or skip."""
+    """A Big5 locale on this machine (whose double-byte characters may end in `\\`): `make
+    install` makes one (deploy/system-deps.sh)."""
     listed = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False)
     for name in listed.stdout.split():
         if name.lower().endswith((".big5", ".big5hkscs", ".gbk", ".sjis")):
             return name
-    pytest.skip("no Big5/GBK/SJIS locale here (localedef -i zh_TW -f BIG5 zh_TW.BIG5 makes one)")
+    raise AssertionError(
+        "no Big5/GBK/SJIS locale here: run `make install`, or "
+        "`localedef -i zh_TW -f BIG5 zh_TW.BIG5` as root"
+    )
 
 
 def test_a_client_locale_cannot_change_how_the_target_reads_a_command(
