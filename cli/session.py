@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, TypeGuard
 
@@ -135,6 +135,24 @@ async def open_session(
         raise
     assert isinstance(frame, client_pb2.ServerFrame)
     return Opened(call, frame.opened.session_id, frame.opened.connection_type)
+
+
+async def finish(call: Call, goodbye: bytes | None, rest: AsyncIterator[object]) -> None:
+    """End a session the client is done with: say `goodbye` (the protocol's quit; None when
+    the control plane already ended the session with a fatal error), then read `rest` to the
+    end, so the control plane records the session's end before the call goes away.
+
+    A goodbye that races the control plane's own end fails in grpc as "Internal error from
+    Core", and the call's status is then that, not the control plane's: a failed goodbye means
+    the session had ended, and what it said was read already."""
+    if goodbye is not None:
+        try:
+            await call.write(client_pb2.ClientFrame(data=goodbye))
+            await call.done_writing()
+        except grpc.aio.AioRpcError:
+            return
+    async for _ in rest:
+        pass
 
 
 def _session_method(

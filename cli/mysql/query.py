@@ -17,7 +17,7 @@ from cli.errors import USAGE, CliError
 from cli.interrupt import cancel_on_interrupt
 from cli.output import Format, echo, emit, emit_json
 from cli.protocols import ExecRequest
-from cli.session import Call, Opened
+from cli.session import Call, Opened, finish
 from gatehouse.v1 import client_pb2
 from wire.mysql import messages as msg
 from wire.mysql.constants import NATIVE_PASSWORD, Capability, Command, FieldType
@@ -143,10 +143,7 @@ async def run_sql_on(
                 current = ResultSet()
             if seen.last:
                 break
-    await call.write(client_pb2.ClientFrame(data=encode(msg.command(Command.QUIT), 0)))
-    await call.done_writing()
-    async for _ in packets:
-        pass
+    await finish(call, encode(msg.command(Command.QUIT), 0), packets)
     return results, error
 
 

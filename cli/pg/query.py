@@ -7,7 +7,6 @@ knows a password: the agent answers the startup itself.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.output import Format, echo, emit, emit_json
 from cli.protocols import ExecRequest
-from cli.session import Call, Opened, open_session
+from cli.session import Call, Opened, finish, open_session
 from gatehouse.v1 import client_pb2
 from wire.pg import codes, framing
 from wire.pg import messages as pgm
@@ -104,13 +103,10 @@ async def run_sql_on(
     request = pgm.query(sql) if params is None else pgm.extended_query(sql, params)
     await call.write(client_pb2.ClientFrame(data=request))
     await _until_ready(messages, outcome, outcome.results)
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        # After a FATAL (the session was ended: a revoked token, say) the control plane may
-        # have closed the call already; what it said is in `outcome`, not in this write.
-        await call.write(client_pb2.ClientFrame(data=pgm.terminate()))
-        await call.done_writing()
-    async for _ in messages:
-        pass
+    # After a FATAL (the session was ended: a revoked token, say) the control plane closes
+    # the call itself; what it said is in `outcome`.
+    ended = outcome.error is not None and outcome.error.severity in ("FATAL", "PANIC")
+    await finish(call, None if ended else pgm.terminate(), messages)
     return outcome
 
 
