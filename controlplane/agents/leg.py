@@ -112,9 +112,11 @@ class LegServer:
         cut = asyncio.create_task(revoked.wait())
         try:
             await asyncio.wait({reader, sender, cut}, return_when=asyncio.FIRST_COMPLETED)
-            if cut.done():
+            if cut.done() or await self._was_revoked(instance):
                 # Revoked: end its sessions at once (not when they are done: then cancelled),
-                # each telling its client why (57P01, after its in-flight results).
+                # each telling its client why (57P01, after its in-flight results). A leg
+                # that broke is asked too: a revoked agent exits before this replica may
+                # have heard of it.
                 stream.revoke(
                     f"agent {name!r} (instance {instance}) serving this session was revoked; "
                     "run it again to have another instance serve it"
@@ -132,6 +134,14 @@ class LegServer:
         for task in (reader, sender):
             if not task.cancelled() and task.exception() is not None:
                 log.warning("agent %s: session leg failed: %s", name, task.exception())
+
+    async def _was_revoked(self, instance: str) -> bool:
+        """The store's word; one it cannot give leaves the sessions lost (agent_lost)."""
+        try:
+            return await self._registry.was_revoked(instance)
+        except Exception as exc:  # any store failure: not known revoked
+            log.warning("could not learn whether agent instance %s was revoked: %s", instance, exc)
+            return False
 
 
 async def _read(stream: SessionStream, frames: FrameReader) -> None:

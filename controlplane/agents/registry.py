@@ -333,6 +333,22 @@ class AgentRegistry:
             return revoked
         return self._revocations.setdefault(instance_id, asyncio.Event())
 
+    async def was_revoked(self, instance_id: str) -> bool:
+        """Whether the store says the instance is revoked (and if so, cut it here now). A
+        revoked agent exits at once: its session legs on another replica may break before
+        that replica hears of the revocation, and their sessions end as revoked, not lost."""
+        if instance_id in self._revoked:
+            return True
+
+        def revoked(session: Session) -> bool:
+            row = session.get(AgentInstanceRow, instance_id)
+            return row is not None and row.revoked_at is not None
+
+        if not await self._db.read(revoked):
+            return False
+        self.cut([instance_id])
+        return True
+
     def held(self) -> list[str]:
         """Instance ids with a control stream or a session leg on this process."""
         return sorted({*self._links, *self._revocations})

@@ -172,6 +172,24 @@ async def test_a_leg_dropped_mid_session_loses_the_session(
     tunnels.discard(tunnel)
 
 
+async def test_a_leg_that_breaks_after_another_replica_revoked_its_agent_ends_revoked(
+    listener: tuple[LegListener, AgentRegistry], tunnels: Tunnels, db: Database, writer: AuditWriter
+) -> None:
+    """Revoked through another replica, the agent exits at once: its leg here may break
+    before this replica hears of the revocation. Its sessions end as revoked (their clients
+    told so), not as lost to an agent that died."""
+    legs, registry = listener
+    leg, tunnel = await attached(legs, registry, tunnels, "s-3")
+    (instance,) = registry.held()
+    other_replica = AgentRegistry(db, writer)  # same store, no notification to this one
+    assert await other_replica.revoke("edge", ROOT, instance) == [instance]
+    leg.writer.transport.abort()
+    assert await asyncio.wait_for(tunnel.to_client.get(), 5) is None
+    assert tunnel.revoked.is_set() and not tunnel.lost
+    assert "serving this session was revoked" in tunnel.cut
+    tunnels.discard(tunnel)
+
+
 async def test_a_frame_over_the_maximum_ends_the_leg_with_a_clear_log_line(
     listener: tuple[LegListener, AgentRegistry],
     tunnels: Tunnels,
