@@ -22,6 +22,7 @@ from controlplane.agents.leg import LegListener, LegServer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.agents.service import AgentServicer
 from controlplane.audit.checkpoints import KEY_FILE_NAME, load_signing_key
+from controlplane.audit.resume import witnessed_floor
 from controlplane.audit.service import AuditServicer
 from controlplane.audit.witness import WitnessPublisher
 from controlplane.audit.writer import AuditWriter
@@ -137,6 +138,9 @@ class ControlPlane:
         signer = await asyncio.to_thread(
             load_signing_key, settings.data_dir / KEY_FILE_NAME, settings.audit_key_file
         )
+        floor = await witnessed_floor(self.db, settings.witnesses)
+        if floor is not None:
+            self.audit.resume_above(floor)
         self.witnesses.start()
         self.audit.start(signer)
         self.auth.failures.start()

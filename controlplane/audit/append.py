@@ -230,9 +230,10 @@ def _check_floor(
         moved = row is not None and row[0] != hash_
     if moved:
         raise AuditUnavailable(
-            f"the audit chain head is at seq {head[0]}, but this control plane committed seq "
-            f"{seq} with hash {hash_[:16]}…, which the store no longer holds: the trail was "
-            "rewound or rewritten in the store; nothing is appended or signed on top of it"
+            f"the audit chain head is at seq {head[0]}, but this control plane committed (or "
+            f"its witness saw) seq {seq} with hash {hash_[:16]}…, which the store no longer "
+            "holds: the trail was rewound or rewritten in the store; nothing is appended or "
+            "signed on top of it"
         )
     return signs
 

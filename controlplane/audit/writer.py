@@ -185,6 +185,11 @@ class AuditWriter:
         if signer is not None and self._checkpoint_interval > 0:
             self._ticker = asyncio.create_task(self._tick(), name="audit-checkpoint-timer")
 
+    def resume_above(self, floor: tuple[int, str]) -> None:
+        """Before `start`: take `floor` (seq, hash), a head committed before this process
+        (a witnessed checkpoint's, audit/resume.py), as if this writer had committed it."""
+        self._floor = floor
+
     def add_checkpoint_sink(self, sink: CheckpointSink) -> None:
         """Call `sink` with each checkpoint this writer commits (`seq`, `hash`, `key_id`,
         `signature`, `event_seq`, `time`): how witnesses outside the store hear of them."""

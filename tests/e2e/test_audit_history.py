@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from devenv.postgres import PostgresServer
-from tests.e2e.conftest import Stack, start_stack
+from devenv.stack import StackError
+from tests.e2e.conftest import AGENT, Stack, start_stack
 from trail.canonical import canonical
 from trail.chain import GENESIS_HASH, export_line, link_hash
 
@@ -59,6 +60,15 @@ def wait_for_witness(stack: Stack, path: Path, timeout: float = 20) -> int:
     raise AssertionError(f"no witnessed checkpoint at the head: {witnessed_seqs(path)}")
 
 
+def two_witnessed_checkpoints(stack: Stack, path: Path) -> tuple[int, int]:
+    """A statement, a witnessed checkpoint, the statement someone will want gone, another."""
+    assert stack.cli("exec", "pg", "-c", "select 'kept'").returncode == 0
+    first = wait_for_witness(stack, path)
+    ran = stack.cli("exec", "pg", "-c", "select 'the statement someone wants gone'")
+    assert ran.returncode == 0, ran.stderr
+    return first, wait_for_witness(stack, path)
+
+
 def rewind(db_path: Path, keep: int) -> None:
     """With write access to the store: drop the newest events and move the head back."""
     conn = sqlite3.connect(db_path, isolation_level=None, timeout=30)
@@ -84,11 +94,7 @@ def test_a_store_rewound_after_a_witnessed_checkpoint_fails_verify_naming_it(
     witnessed: tuple[Stack, Path],
 ) -> None:
     stack, path = witnessed
-    assert stack.cli("exec", "pg", "-c", "select 'kept'").returncode == 0
-    first = wait_for_witness(stack, path)
-    ran = stack.cli("exec", "pg", "-c", "select 'the statement someone wants gone'")
-    assert ran.returncode == 0, ran.stderr
-    newest = wait_for_witness(stack, path)
+    first, newest = two_witnessed_checkpoints(stack, path)
     assert newest > first
     ok = stack.cli("audit", "verify", "--witness", str(path))
     assert ok.returncode == 0, ok.stderr
@@ -108,6 +114,32 @@ def test_a_store_rewound_after_a_witnessed_checkpoint_fails_verify_naming_it(
     as_json = stack.cli("audit", "verify", "--witness", str(path), "-o", "json")
     report = json.loads(as_json.stdout)
     assert report["ok"] is False and report["witness"]["newest"] == newest
+
+
+def test_a_control_plane_does_not_start_on_a_store_rewound_behind_its_witness(
+    witnessed: tuple[Stack, Path],
+) -> None:
+    """While it is down, someone drops the newest events from the store: started on it, the
+    control plane would extend, and sign, the rewound trail. It refuses to start, saying what
+    the witness saw; a store restored on purpose starts with a new witness file."""
+    stack, path = witnessed
+    first, newest = two_witnessed_checkpoints(stack, path)
+    stack.controlplane.stop()
+    stack.controlplane.start_and_wait()  # the store holds what the witness saw: it starts
+    stack.controlplane.stop()
+
+    rewind(stack.controlplane.data_dir / "gatehouse.db", first)
+    with pytest.raises(StackError) as refused:
+        stack.controlplane.start_and_wait()
+    told = str(refused.value)
+    assert f"does not hold what witness {path} saw" in told
+    assert f"the store ends at seq {first}" in told and f"checkpoint at seq {newest}" in told
+
+    path.rename(path.with_name("witness.evidence"))
+    stack.controlplane.start_and_wait()
+    stack.controlplane.wait_agent(AGENT)
+    again = stack.cli("exec", "pg", "-c", "select 'after the restore'")
+    assert again.returncode == 0, again.stderr
 
 
 def test_checkpoints_come_within_the_interval_so_the_newest_events_are_signed(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit import retention
+from controlplane.audit import resume, retention
 from controlplane.audit import witness as publishing
 from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.events import draft
@@ -26,7 +26,7 @@ from controlplane.audit.retention import (
 from controlplane.audit.witness import WitnessPublisher
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
-from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.store.database import Database
 from trail import witness
 from trail.canonical import canonical
@@ -121,23 +121,27 @@ async def test_events_an_earlier_process_left_unsigned_are_signed_after_a_restar
 # ---- witnesses -----------------------------------------------------------------------------
 
 
-async def test_a_file_witness_catches_a_store_rewound_after_its_checkpoint(
-    db: Database, db_path: Path, key: SigningKey, tmp_path: Path
-) -> None:
-    path = tmp_path / "witness.ndjson"
+async def witnessed_run(db: Database, key: SigningKey, path: Path) -> None:
+    """A writer with a file witness: 1-5, checkpoint 6, 7-10, checkpoint 11, 12-14; stopped."""
     publisher = WitnessPublisher([str(path)])
     writer = AuditWriter(db, checkpoint_every=5)
     writer.add_checkpoint_sink(publisher.offer)
     publisher.start()
     writer.start(key)
     try:
-        for n in range(12):  # 1-5, checkpoint 6, 7-10, checkpoint 11, 12-14
+        for n in range(12):
             await writer.commit(draft("test.event", n=n))
         await publisher.drain()
     finally:
         await writer.close()
         await publisher.close()
 
+
+async def test_a_file_witness_catches_a_store_rewound_after_its_checkpoint(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path
+) -> None:
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
     entries = read_witness(path.read_text().splitlines())
     assert [e.event_seq for e in entries] == [6, 11]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -238,6 +242,71 @@ async def test_a_running_writer_refuses_to_extend_or_sign_a_rewound_chain(
             assert CHECKPOINT_TYPE not in kinds(db_path)[9:]
     finally:
         await writer.close()
+
+
+@pytest.mark.parametrize("forged", [0, 3, 8])
+async def test_a_restarted_writer_does_not_start_on_a_chain_rewound_behind_its_witness(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path, forged: int
+) -> None:
+    """The running writer's floor is gone after a restart: the rewrite is made while the
+    control plane is down. The newest witnessed checkpoint (seq 11) takes its place."""
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
+    assert await resume.witnessed_floor(db, [str(path)]) == (10, stored(db_path)[9][2])
+    forge_after(db_path, 9, [f"forged {i}" for i in range(forged)])
+    with pytest.raises(DataLoss) as refused:
+        await resume.witnessed_floor(db, ["https://witness.example/x", str(path)])
+    message = str(refused.value)
+    assert f"does not hold what witness {path} saw" in message
+    if forged < 2:  # the head is behind the witnessed checkpoint
+        assert f"the store ends at seq {9 + forged}" in message
+    else:  # at seq 11 is a forged event, not the checkpoint
+        assert "checkpoint at seq 11" in message and "rewritten" in message
+    assert "start with a new one" in message
+
+
+async def test_a_restarted_writer_refuses_to_sign_over_a_rewrite_its_witness_did_not_see(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path
+) -> None:
+    """A writer resumed above the witnessed checkpoint goes on as one that committed it: a
+    rewrite made after it started (seq 10 and 11 replaced) is not signed."""
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
+    forge_after(db_path, 11, [])  # the checkpoint kept, 12-14 dropped: ahead of seq 10 still
+    floor = await resume.witnessed_floor(db, [str(path)])
+    assert floor == (10, stored(db_path)[9][2])
+    forge_after(db_path, 9, ["forged 0", "forged 1", "forged 2"])  # 10 and 11 replaced
+    writer = AuditWriter(db, checkpoint_every=5)
+    writer.resume_above(floor)
+    writer.start(key)
+    try:
+        before = stored(db_path)
+        with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+            await writer.checkpoint(ALICE)
+        assert stored(db_path) == before
+    finally:
+        await writer.close()
+
+
+def test_the_newest_witnessed_checkpoint_is_read_from_the_end_of_a_long_file(
+    tmp_path: Path,
+) -> None:
+    """A file of years of checkpoints is not read whole; a last line a crash cut short, or a
+    line that is no checkpoint, is passed over."""
+    path = tmp_path / "witness.ndjson"
+    line = {"type": "gatehouse.audit.checkpoint", "seq": 0, "hash": "h", "key_id": "k"}
+    lines = [
+        json.dumps(line | {"event_seq": n + 1, "seq": n, "hash": f"h{n}"}) for n in range(5000)
+    ]
+    path.write_text("\n".join(lines) + "\nnot json\n" + lines[-1][:30])
+    assert path.stat().st_size > 4 * resume.TAIL_BYTES
+    newest = resume.newest_in_file(str(path))
+    assert newest is not None and (newest.event_seq, newest.seq, newest.hash) == (
+        5000,
+        4999,
+        "h4999",
+    )
+    assert resume.newest_in_file(str(tmp_path / "none")) is None
 
 
 async def test_relaxed_commits_lost_in_a_store_crash_are_not_a_rewind(
