@@ -68,7 +68,16 @@ def _problem(session: Session, entry: WitnessEntry) -> str | None:
         head_seq=head_seq,
         stored=stored,
     )
-    return report.problem
+    if report.problem is not None:
+        return report.problem
+    vouched = session.get(EventRow, entry.seq)  # None: pruned, nothing left to compare
+    if vouched is not None and vouched.hash != entry.hash:
+        return (
+            f"the checkpoint at seq {entry.event_seq} vouches for hash {entry.hash} at seq "
+            f"{entry.seq}, but the store's event {entry.seq} has hash {vouched.hash}: the "
+            "trail was rewritten"
+        )
+    return None
 
 
 async def witnessed_floor(db: Database, targets: Iterable[str]) -> tuple[int, str] | None:

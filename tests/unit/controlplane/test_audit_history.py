@@ -4,10 +4,11 @@ signatures reach, and a prune that keeps recent history and needs a second admin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,9 +59,10 @@ def kinds(db_path: Path) -> list[str]:
     return [json.loads(body)["type"] for _, body, _ in stored(db_path)]
 
 
-def rewind(db_path: Path, keep: int) -> None:
-    """What someone with write access to the store does: drop the newest events, move the head
-    back to the last one kept. The append-only trigger is dropped and put back."""
+@contextlib.contextmanager
+def tampering(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """What someone with write access to the store has: a connection, in a transaction, with
+    the append-only triggers dropped (put back at the end)."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
         triggers = conn.execute(
@@ -70,14 +72,20 @@ def rewind(db_path: Path, keep: int) -> None:
         conn.execute("BEGIN")
         for name, _ in triggers:
             conn.execute(f"DROP TRIGGER {name}")
-        conn.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
-        (hash_,) = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
-        conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (keep, hash_))
+        yield conn
         for _, create in triggers:
             conn.execute(create)
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def rewind(db_path: Path, keep: int) -> None:
+    """Drop the newest events, move the head back to the last one kept."""
+    with tampering(db_path) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
+        (hash_,) = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
+        conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (keep, hash_))
 
 
 # ---- checkpoints every T seconds -----------------------------------------------------------
@@ -263,6 +271,18 @@ async def test_a_restarted_writer_does_not_start_on_a_chain_rewound_behind_its_w
     else:  # at seq 11 is a forged event, not the checkpoint
         assert "checkpoint at seq 11" in message and "rewritten" in message
     assert "start with a new one" in message
+
+
+async def test_a_restarted_writer_does_not_start_when_what_the_checkpoint_vouches_for_changed(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path
+) -> None:
+    """The checkpoint row kept as it was, the event it vouches for (seq 10) rewritten."""
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
+    with tampering(db_path) as conn:
+        conn.execute("UPDATE audit_events SET hash = ? WHERE seq = 10", ("0" * 64,))
+    with pytest.raises(DataLoss, match="the store's event 10 has hash 0000"):
+        await resume.witnessed_floor(db, [str(path)])
 
 
 async def test_a_restarted_writer_refuses_to_sign_over_a_rewrite_its_witness_did_not_see(
