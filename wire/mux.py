@@ -83,8 +83,9 @@ class Grants:
 class Outbox(Generic[E]):
     """Events queued for one stream. Its writer takes everything queued as one message.
 
-    Unbounded by itself: what sessions queue is bounded by their credit, and the rest (grants,
-    ends, cancels) is a few events per session. A message takes at most MAX_BATCH payload
+    Unbounded by itself: what sessions queue is bounded by their credit, the rest (grants,
+    ends, cancels) is a few events per session, and the control plane bounds the closes of
+    attaches it refused (controlplane.agents.mux.MAX_UNSENT_REFUSALS). A message takes at most MAX_BATCH payload
     bytes and MAX_EVENTS events of it."""
 
     def __init__(self) -> None:

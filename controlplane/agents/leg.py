@@ -152,7 +152,7 @@ async def _read(stream: SessionStream, frames: FrameReader) -> None:
 async def _write(stream: SessionStream, writer: asyncio.StreamWriter) -> None:
     """Everything queued for the agent, across sessions, as one frame per write."""
     while True:
-        events = await stream.outbox.take()
+        events = await stream.take()
         writer.write(encode(batch_bytes(events)))  # a GatewayBatch, serialized
         await writer.drain()
 

@@ -33,6 +33,10 @@ MAX_REFUSED_ATTACHES = 64
 """Refused attaches in one agent batch at most: a few are a race with a client that gave up;
 more is a broken or hostile agent making the control plane refuse (and queue closes) in bulk."""
 
+MAX_UNSENT_REFUSALS = 4 * MAX_REFUSED_ATTACHES
+"""Refused attaches whose closes wait for the leg's writer at most: an agent that goes on
+attaching but does not read would have them pile up in the control plane's memory."""
+
 Delivery = tunnel_pb2.Frame | None
 
 
@@ -176,6 +180,13 @@ class SessionStream:
         self._agent = agent
         self.outbox: Outbox[agent_pb2.GatewayEvent] = Outbox()
         self.legs: dict[int, Leg] = {}
+        self._unsent_refusals = 0  # closes of refused attaches queued since the last take
+
+    async def take(self) -> list[agent_pb2.GatewayEvent]:
+        """The next message's events for the agent (the leg's writer, once the last went)."""
+        events = await self.outbox.take()
+        self._unsent_refusals = 0
+        return events
 
     def receive(self, batch: agent_pb2.AgentBatch) -> None:
         """Dispatch one message of the agent's; never waits (a full client queue is a leg's
@@ -223,11 +234,19 @@ class SessionStream:
                 reason = self._attach(event.session, event.attach)
                 if reason:
                     refused.append(reason)
+                    self._unsent_refusals += 1
                     if len(refused) > MAX_REFUSED_ATTACHES:
                         raise LegViolation(
                             f"the agent sent more than {MAX_REFUSED_ATTACHES} attaches the "
                             f"control plane refused in one batch (the first: {refused[0]}); "
                             "check that it is a genuine agent of the control plane's version"
+                        )
+                    if self._unsent_refusals > MAX_UNSENT_REFUSALS:
+                        raise LegViolation(
+                            f"the agent sent more than {MAX_UNSENT_REFUSALS} attaches the "
+                            "control plane refused without reading the answers (the last: "
+                            f"{reason}); check that it is a genuine agent of the control "
+                            "plane's version"
                         )
         if refused:  # one line per batch, not per attach
             log.warning(

@@ -7,7 +7,12 @@ import asyncio
 
 import pytest
 
-from controlplane.agents.mux import MAX_REFUSED_ATTACHES, LegViolation, SessionStream
+from controlplane.agents.mux import (
+    MAX_REFUSED_ATTACHES,
+    MAX_UNSENT_REFUSALS,
+    LegViolation,
+    SessionStream,
+)
 from controlplane.relay.tunnel import CANCEL, QUEUE_FRAMES, Tunnels
 from gatehouse.v1 import agent_pb2, tunnel_pb2
 from wire.mux import MAX_EVENTS, WINDOW, Credit, Grants, Outbox, batch_bytes
@@ -245,6 +250,20 @@ async def test_a_batch_of_too_many_refused_attaches_ends_the_leg(caplog) -> None
     flood = [attach(n, f"gone-{n}") for n in range(MAX_REFUSED_ATTACHES + 1)]
     with pytest.raises(LegViolation, match="refused in one batch"):
         stream.receive(agent_pb2.AgentBatch(events=flood))
+
+
+async def test_refused_attaches_do_not_pile_up_for_an_agent_that_does_not_read() -> None:
+    """Batches of a few refusals each, while the leg's writer cannot send (the agent does not
+    read): their closes would queue without bound. While the writer takes them, they go on."""
+    stream = SessionStream(Tunnels(), "a1")
+    batch = agent_pb2.AgentBatch(events=[attach(n, f"gone-{n}") for n in range(8)])
+    for _ in range(MAX_UNSENT_REFUSALS // 8 * 3):
+        stream.receive(batch)
+        assert len(await stream.take()) == 8  # the writer sent the closes
+    for _ in range(MAX_UNSENT_REFUSALS // 8):
+        stream.receive(batch)  # nobody takes them
+    with pytest.raises(LegViolation, match="without reading the answers"):
+        stream.receive(batch)
 
 
 def test_a_batch_of_more_events_than_an_agent_sends_ends_the_leg() -> None:
