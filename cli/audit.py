@@ -53,15 +53,27 @@ async def events(
     types: list[str] | None = None,
     fmt: str = "",
 ) -> AsyncIterator[audit_pb2.AuditEvent]:
-    """Every event with seq > after, page by page, in order."""
+    """Every event with seq > after, page by page, in order.
+
+    A page of large events (bulk statements) can exceed the largest gRPC message: the server
+    then refuses it with RESOURCE_EXHAUSTED, and the same page is asked for again half as long
+    (down to one event), or the export and `audit verify` could never get past it.
+    """
     stub = audit_pb2_grpc.AuditServiceStub(channel)
     remaining = limit
+    size = PAGE
     while remaining is None or remaining > 0:
-        page = PAGE if remaining is None else min(PAGE, remaining)
+        page = size if remaining is None else min(size, remaining)
         request = audit_pb2.ListEventsRequest(
             after=after, limit=page, types=types or [], format=fmt
         )
-        response = await stub.ListEvents(request, metadata=metadata, timeout=30)
+        try:
+            response = await stub.ListEvents(request, metadata=metadata, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or page == 1:
+                raise
+            size = max(1, page // 2)
+            continue
         for event in response.events:
             yield event
         if remaining is not None:

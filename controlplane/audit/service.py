@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -56,6 +56,10 @@ from trail.times import parse_cutoff
 Context = grpc.aio.ServicerContext[Any, Any]
 FORMATS = ("json", "ocsf")
 STREAM_PAGE = 500
+# The stored bodies one stream message carries (at least one event): with each one's OCSF form
+# beside it, a message stays well under the 16 MiB gRPC limit (controlplane/server.py). A page
+# of 500 bulk statements did not, and `audit export --follow` retried it for ever.
+STREAM_BYTES = 4 * 1024 * 1024
 POLL_SECONDS = 1.0  # also see what other replicas commit, which no in-process signal tells
 
 Formatter = Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -254,14 +258,28 @@ def _follow_page(cursor: int, types: list[str]) -> Callable[[Session], tuple[lis
     def read(session: Session) -> tuple[list[EventRow], int]:
         query = select(EventRow).where(EventRow.seq > cursor)
         if not types:
-            rows = list(session.exec(query.order_by(col(EventRow.seq)).limit(STREAM_PAGE)))
+            rows = _fitting(session.exec(query.order_by(col(EventRow.seq)).limit(STREAM_PAGE)))
             return rows, rows[-1].seq if rows else cursor
         newest = session.exec(select(func.max(EventRow.seq))).one() or cursor
         query = query.where(EventRow.seq <= newest, col(EventRow.type).in_(types))
-        rows = list(session.exec(query.order_by(col(EventRow.seq)).limit(STREAM_PAGE)))
-        return rows, rows[-1].seq if len(rows) == STREAM_PAGE else max(newest, cursor)
+        found = list(session.exec(query.order_by(col(EventRow.seq)).limit(STREAM_PAGE)))
+        rows = _fitting(found)
+        full = len(found) == STREAM_PAGE or len(rows) < len(found)
+        return rows, rows[-1].seq if full else max(newest, cursor)
 
     return read
+
+
+def _fitting(rows: Iterable[EventRow]) -> list[EventRow]:
+    """The first rows whose bodies fit in one stream message (STREAM_BYTES), at least one."""
+    kept: list[EventRow] = []
+    size = 0
+    for row in rows:
+        size += len(row.body.encode("utf-8"))
+        if kept and size > STREAM_BYTES:
+            break
+        kept.append(row)
+    return kept
 
 
 def _anchor(anchor: AnchorRow) -> audit_pb2.Anchor:

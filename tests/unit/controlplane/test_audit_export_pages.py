@@ -1,0 +1,81 @@
+"""Exporting and verifying a trail of large events over gRPC: a page must fit in a message."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from cli import audit as cli_audit
+from controlplane.audit.events import draft
+from controlplane.audit.service import AuditServicer
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import AUDIT_READER, Identity
+from controlplane.server import MAX_MESSAGE
+from controlplane.store.database import Database
+from gatehouse.v1 import audit_pb2_grpc
+
+
+class Reader:
+    async def require_role(self, metadata: Any, *roles: str) -> Identity:
+        return Identity("siem", role=AUDIT_READER)
+
+
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+
+
+@pytest.fixture
+async def address(db: Database, writer: AuditWriter) -> AsyncIterator[str]:
+    """A control plane's AuditService, with its message limits, for a reader."""
+    server = grpc.aio.server(options=OPTIONS)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(Reader(), db, writer),  # type: ignore[arg-type]
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+@pytest.fixture
+async def channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(address, options=OPTIONS) as chan:
+        yield chan
+
+
+async def test_a_trail_of_large_statements_exports_whole(
+    writer: AuditWriter, channel: grpc.aio.Channel
+) -> None:
+    """40 statements of 512 KiB (a bulk INSERT's VALUES) are 20 MiB: more than one message."""
+    statement = "INSERT INTO t VALUES " + "(1)," * (128 * 1024)
+    await writer.commit_all(
+        [draft("db.query", request={"statement": statement}) for _ in range(40)]
+    )
+    seqs = [e.seq async for e in cli_audit.events(channel, ())]
+    assert seqs == list(range(1, 41))
+
+
+@pytest.mark.parametrize("types", [None, ["db.query"]])
+async def test_following_a_trail_of_large_statements_gets_every_one(
+    writer: AuditWriter, address: str, types: list[str] | None
+) -> None:
+    """StreamEvents sends 500 events a message: 20 MiB of them must still arrive, in order."""
+    statement = "INSERT INTO t VALUES " + "(1)," * (128 * 1024)
+    await writer.commit_all(
+        [draft("db.query", request={"statement": statement}) for _ in range(40)]
+    )
+    out = io.StringIO()
+    printed = await asyncio.wait_for(
+        cli_audit.follow_events(address, (), after=0, limit=40, types=types, out=out), 20
+    )
+    assert printed == 40
+    assert [json.loads(line)["seq"] for line in out.getvalue().splitlines()] == list(range(1, 41))
