@@ -85,8 +85,8 @@ class Outbox(Generic[E]):
 
     Unbounded by itself: what sessions queue is bounded by their credit, the rest (grants,
     ends, cancels) is a few events per session, and the control plane bounds the closes of
-    attaches it refused (controlplane.agents.mux.MAX_UNSENT_REFUSALS). A message takes at most MAX_BATCH payload
-    bytes and MAX_EVENTS events of it."""
+    attaches it refused (controlplane.agents.mux.MAX_UNSENT_REFUSALS). A message takes at
+    most MAX_BATCH payload bytes and MAX_EVENTS events of it."""
 
     def __init__(self) -> None:
         self._events: list[tuple[E, int]] = []
