@@ -17,9 +17,27 @@ from trail.canonical import canonical, loads
 GENESIS_HASH = "0" * 64
 
 
+# Unicode line breaks RFC 8785 leaves raw inside strings (it escapes only controls below
+# U+0020). An NDJSON reader that splits on them (Python's str.splitlines) cut an exported
+# line in two there, so a statement holding one broke a SIEM's ingestion of that event.
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def escape_line_breaks(text: str) -> str:
+    """`text` (JSON) with U+0085, U+2028 and U+2029 as escapes: one line to every reader."""
+    return text.translate(_LINE_BREAKS)
+
+
 def export_line(body: str, hash_: str) -> str:
-    """The exported JSON of an event: its stored canonical body, byte for byte, with `hash` added
-    last (so a verifier recovers the hashed bytes by removing it)."""
+    """The exported JSON of an event: its stored canonical body with `hash` added last, and
+    U+0085, U+2028 and U+2029 written as JSON escapes (the same strings to a JSON parser), so
+    that the line is one line to every reader. A verifier recovers the hashed bytes by
+    re-encoding the parsed event canonically (trail.verify)."""
+    return f'{escape_line_breaks(body[:-1])},"hash":"{hash_}"}}'
+
+
+def unescaped_export_line(body: str, hash_: str) -> str:
+    """An export line as versions before the escapes wrote it (still accepted by verify)."""
     return f'{body[:-1]},"hash":"{hash_}"}}'
 
 

@@ -11,7 +11,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from trail.canonical import canonical, loads
-from trail.chain import GENESIS_HASH, check_content, export_line, sequence_problem
+from trail.chain import (
+    GENESIS_HASH,
+    check_content,
+    export_line,
+    sequence_problem,
+    unescaped_export_line,
+)
 from trail.signatures import (
     CHECKPOINT_TYPE,
     PRUNE_TYPE,
@@ -223,8 +229,9 @@ class TrailVerifier:
             # The line must be the export of exactly the bytes its hash covers: one that differs
             # (a duplicate key, spacing, an escape) could show a SIEM's parser other values than
             # the ones verified here.
-            exported = export_line(raw.decode(), stored_hash) if raw is not None else ""
-            if problem is None and line.rstrip("\r\n") != exported:
+            body = raw.decode() if raw is not None else ""
+            exported = {export_line(body, stored_hash), unescaped_export_line(body, stored_hash)}
+            if problem is None and line.rstrip("\r\n") not in exported:
                 problem = (
                     f"line {number} is not the export of its event byte for byte (duplicate "
                     "keys, spacing, escapes or key order differ): it was edited"

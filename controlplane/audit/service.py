@@ -49,7 +49,7 @@ from controlplane.errors import (
 from controlplane.store.database import Database
 from controlplane.store.models import AnchorRow, EventRow
 from gatehouse.v1 import audit_pb2, audit_pb2_grpc
-from trail.chain import export_line
+from trail.chain import escape_line_breaks, export_line
 from trail.signatures import ALGORITHM
 from trail.times import parse_cutoff
 
@@ -240,7 +240,9 @@ def _render(rows: Sequence[EventRow], formatter: Formatter | None) -> list[audit
         formatted = ""
         if formatter is not None:
             document = formatter(json.loads(export_line(row.body, row.hash)))
-            formatted = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+            formatted = escape_line_breaks(
+                json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+            )
         events.append(
             audit_pb2.AuditEvent(seq=row.seq, body=row.body, hash=row.hash, formatted=formatted)
         )

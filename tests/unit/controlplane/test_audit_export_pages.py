@@ -79,3 +79,16 @@ async def test_following_a_trail_of_large_statements_gets_every_one(
     )
     assert printed == 40
     assert [json.loads(line)["seq"] for line in out.getvalue().splitlines()] == list(range(1, 41))
+
+
+@pytest.mark.parametrize("fmt", ["json", "ocsf"])
+async def test_an_event_with_a_unicode_line_break_exports_as_one_line(
+    writer: AuditWriter, channel: grpc.aio.Channel, fmt: str
+) -> None:
+    """`audit export` output read with str.splitlines: one line per event, in either format."""
+    statement = "select 'a\u2028b\u2029c\u0085d'"
+    await writer.commit_all([draft("db.query", request={"statement": statement}) for _ in "ab"])
+    lines = [cli_audit.ndjson_line(e, fmt) async for e in cli_audit.events(channel, (), fmt=fmt)]
+    read = "\n".join(lines).splitlines()
+    assert len(read) == 2
+    assert statement in json.dumps(json.loads(read[0]), ensure_ascii=False)

@@ -25,7 +25,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.store.database import Database
 from trail.canonical import canonical
-from trail.chain import GENESIS_HASH, export_line, link_hash
+from trail.chain import GENESIS_HASH, export_line, link_hash, unescaped_export_line
 from trail.signatures import CHECKPOINT_TYPE, PRUNE_TYPE, checkpoint_note, keyring
 from trail.verify import Start, TrailReport, TrailVerifier, anchor_start
 
@@ -275,6 +275,27 @@ async def test_an_exported_line_reencoded_is_not_verified(
 
     assert report.broken is not None
     assert report.broken.seq == 2
+
+
+async def test_a_unicode_line_break_in_an_event_keeps_its_export_one_line(
+    writer: AuditWriter, db_path: Path, keys: dict[str, Any]
+) -> None:
+    """RFC 8785 leaves U+0085, U+2028 and U+2029 raw in a string; a SIEM reading NDJSON with
+    str.splitlines cut such an event's line in two. The export escapes them; the line
+    verifies, and so does a line written before the escapes. Another escape is still an edit."""
+    statement = "select 1 -- \u2028 -- \u2029 -- \u0085"
+    await writer.commit(draft("db.query", request={"statement": statement}))
+    await commit_n(writer, 2)
+    rows = stored(db_path)
+    lines = [export_line(body, hash_) for _, body, hash_ in rows]
+    exported = "\n".join(lines) + "\n"
+    assert len(exported.splitlines()) == len(rows)
+    assert json.loads(exported.splitlines()[0])["request"]["statement"] == statement
+    assert verify_lines(lines, keys).ok
+    assert verify_lines([unescaped_export_line(b, h) for _, b, h in rows], keys).ok
+    lines[0] = lines[0].replace('"type"', '"\\u0074ype"', 1)
+    report = verify_lines(lines, keys)
+    assert report.broken is not None and report.broken.seq == 1
 
 
 @pytest.mark.parametrize("value", [1e16, 2.0**53, 1e20, 12345678901234567890.0, -1e18])
