@@ -138,7 +138,7 @@ class ControlPlane:
         signer = await asyncio.to_thread(
             load_signing_key, settings.data_dir / KEY_FILE_NAME, settings.audit_key_file
         )
-        floor = await witnessed_floor(self.db, settings.witnesses)
+        floor = await witnessed_floor(self.db, settings.witnesses, signer)
         if floor is not None:
             self.audit.resume_above(floor)
         self.witnesses.start()

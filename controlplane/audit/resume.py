@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
+from controlplane.audit.checkpoints import SigningKey
 from controlplane.errors import DataLoss
 from controlplane.store.database import Database
-from controlplane.store.models import ChainHeadRow, EventRow
-from trail.signatures import CHECKPOINT_TYPE
+from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
+from trail.signatures import CHECKPOINT_TYPE, anchor_note, keyring, signature_problem
 from trail.witness import WitnessEntry, check_witness, read_witness
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +56,51 @@ def newest_in_file(path: str) -> WitnessEntry | None:
     return max(entries, key=lambda e: e.event_seq, default=None)
 
 
-def _problem(session: Session, entry: WitnessEntry) -> str | None:
-    """What the store holds against the witnessed checkpoint (None: it holds it unchanged)."""
+def _problem(
+    session: Session, entry: WitnessEntry, keys: Mapping[str, Ed25519PublicKey]
+) -> str | None:
+    """What the store holds against the witnessed checkpoint (None: it holds it unchanged).
+
+    Where the stored trail starts is its newest prune anchor, signed by `keys`, as for `audit
+    verify`; not its first event: deleting every event through the checkpoint is no prune. The
+    anchor is read last: a prune another replica commits meanwhile is then seen."""
     head = session.get(ChainHeadRow, 1)
     head_seq = head.seq if head is not None else 0
-    first = session.exec(select(func.min(col(EventRow.seq)))).one()
     stored: dict[int, dict[str, object] | None] = {}
     row = session.get(EventRow, entry.event_seq)
     if row is not None:
         body = json.loads(row.body)
         found = body.get("checkpoint") if body.get("type") == CHECKPOINT_TYPE else None
         stored[entry.event_seq] = found if isinstance(found, dict) else None
-    report = check_witness(
-        [entry],
-        start_seq=(first if first is not None else head_seq + 1) - 1,
-        head_seq=head_seq,
-        stored=stored,
-    )
+    vouched = session.get(EventRow, entry.seq)
+    query = select(AnchorRow).order_by(col(AnchorRow.seq).desc()).limit(1)
+    anchor = session.exec(query).first()
+    start_seq = anchor.seq if anchor is not None else 0
+    if anchor is not None and start_seq >= entry.event_seq:  # the anchor says it was pruned
+        signed = {"key_id": anchor.key_id, "signature": anchor.signature}
+        why = signature_problem(keys, signed, anchor_note(anchor.seq, anchor.hash))
+        if why is not None:
+            return f"the prune anchor at seq {anchor.seq} does not hold: {why}"
+    report = check_witness([entry], start_seq=start_seq, head_seq=head_seq, stored=stored)
     if report.problem is not None:
         return report.problem
-    vouched = session.get(EventRow, entry.seq)  # None: pruned, nothing left to compare
-    if vouched is not None and vouched.hash != entry.hash:
+    if entry.seq > start_seq and (vouched is None or vouched.hash != entry.hash):
         return (
             f"the checkpoint at seq {entry.event_seq} vouches for hash {entry.hash} at seq "
-            f"{entry.seq}, but the store's event {entry.seq} has hash {vouched.hash}: the "
-            "trail was rewritten"
+            f"{entry.seq}, but the store's event {entry.seq} has "
+            f"{'been deleted' if vouched is None else f'hash {vouched.hash}'}: the trail was "
+            "rewritten"
         )
     return None
 
 
-async def witnessed_floor(db: Database, targets: Iterable[str]) -> tuple[int, str] | None:
+async def witnessed_floor(
+    db: Database, targets: Iterable[str], signer: SigningKey
+) -> tuple[int, str] | None:
     """The (seq, hash) the newest checkpoint in the file witnesses vouches for, once the store
     is found to hold it; None without a file witness that holds one. Raises DataLoss when the
-    store does not: started on it, this control plane would sign the rewound chain."""
+    store does not: started on it, this control plane would sign the rewound chain. `signer`'s
+    key must have signed a prune anchor that accounts for a checkpoint no longer stored."""
     newest: tuple[str, WitnessEntry] | None = None
     for target in targets:
         if target.startswith(("http://", "https://")):
@@ -94,7 +111,8 @@ async def witnessed_floor(db: Database, targets: Iterable[str]) -> tuple[int, st
     if newest is None:
         return None
     target, entry = newest
-    problem = await db.read(lambda session: _problem(session, entry))
+    keys = keyring([signer.public])
+    problem = await db.read(lambda session: _problem(session, entry, keys))
     if problem is not None:
         raise DataLoss(
             f"the audit store does not hold what witness {target} saw: {problem}. Not "

@@ -260,10 +260,10 @@ async def test_a_restarted_writer_does_not_start_on_a_chain_rewound_behind_its_w
     control plane is down. The newest witnessed checkpoint (seq 11) takes its place."""
     path = tmp_path / "witness.ndjson"
     await witnessed_run(db, key, path)
-    assert await resume.witnessed_floor(db, [str(path)]) == (10, stored(db_path)[9][2])
+    assert await resume.witnessed_floor(db, [str(path)], key) == (10, stored(db_path)[9][2])
     forge_after(db_path, 9, [f"forged {i}" for i in range(forged)])
     with pytest.raises(DataLoss) as refused:
-        await resume.witnessed_floor(db, ["https://witness.example/x", str(path)])
+        await resume.witnessed_floor(db, ["https://witness.example/x", str(path)], key)
     message = str(refused.value)
     assert f"does not hold what witness {path} saw" in message
     if forged < 2:  # the head is behind the witnessed checkpoint
@@ -282,7 +282,7 @@ async def test_a_restarted_writer_does_not_start_when_what_the_checkpoint_vouche
     with tampering(db_path) as conn:
         conn.execute("UPDATE audit_events SET hash = ? WHERE seq = 10", ("0" * 64,))
     with pytest.raises(DataLoss, match="the store's event 10 has hash 0000"):
-        await resume.witnessed_floor(db, [str(path)])
+        await resume.witnessed_floor(db, [str(path)], key)
 
 
 async def test_a_restarted_writer_refuses_to_sign_over_a_rewrite_its_witness_did_not_see(
@@ -293,7 +293,7 @@ async def test_a_restarted_writer_refuses_to_sign_over_a_rewrite_its_witness_did
     path = tmp_path / "witness.ndjson"
     await witnessed_run(db, key, path)
     forge_after(db_path, 11, [])  # the checkpoint kept, 12-14 dropped: ahead of seq 10 still
-    floor = await resume.witnessed_floor(db, [str(path)])
+    floor = await resume.witnessed_floor(db, [str(path)], key)
     assert floor == (10, stored(db_path)[9][2])
     forge_after(db_path, 9, ["forged 0", "forged 1", "forged 2"])  # 10 and 11 replaced
     writer = AuditWriter(db, checkpoint_every=5)
@@ -306,6 +306,49 @@ async def test_a_restarted_writer_refuses_to_sign_over_a_rewrite_its_witness_did
         assert stored(db_path) == before
     finally:
         await writer.close()
+
+
+@pytest.mark.parametrize("anchor", [False, True])
+async def test_a_restarted_writer_does_not_take_a_deleted_witnessed_checkpoint_for_a_pruned_one(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path, anchor: bool
+) -> None:
+    """Only a prune, which leaves an anchor signed by the key, removes a witnessed checkpoint
+    from the store. Events deleted from the start through it (no anchor, or one written by
+    hand) are a rewrite: the store's first event says nothing about where the trail starts."""
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
+    hash_ = stored(db_path)[10][2]
+    with tampering(db_path) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq <= 11")
+        if anchor:  # written by hand: no key signed it
+            conn.execute(
+                "INSERT INTO audit_anchor (seq, hash, key_id, signature, first_seq, removed, "
+                "pruned_at, pruned_by) VALUES (11, ?, ?, ?, 1, 11, '2026-01-01 00:00:00', 'x')",
+                (hash_, key.key_id, SigningKey.generate().anchor(11, hash_)["signature"]),
+            )
+    expected = "prune anchor at seq 11 does not hold" if anchor else "checkpoint at seq 11"
+    with pytest.raises(DataLoss, match=expected):
+        await resume.witnessed_floor(db, [str(path)], key)
+
+
+async def test_a_restarted_writer_resumes_above_a_witnessed_checkpoint_a_prune_removed(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path
+) -> None:
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
+    vouched = stored(db_path)[9][2]
+    writer = AuditWriter(db)
+    writer.start(key)
+    try:
+        now = datetime.now(UTC)
+        zero = timedelta(0)
+        result = await writer.transact(
+            lambda s: retention.prune(s, now, ALICE, key, min_retention=zero)
+        )
+    finally:
+        await writer.close()
+    assert result.through_seq == 14
+    assert await resume.witnessed_floor(db, [str(path)], key) == (10, vouched)
 
 
 def test_the_newest_witnessed_checkpoint_is_read_from_the_end_of_a_long_file(
