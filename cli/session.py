@@ -7,6 +7,7 @@ everywhere. What flows after `opened` is the caller's protocol.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -143,13 +144,14 @@ async def finish(call: Call, goodbye: bytes | None, rest: AsyncIterator[object])
     end, so the control plane records the session's end before the call goes away.
 
     A goodbye that races the control plane's own end fails in grpc as "Internal error from
-    Core", and the call's status is then that, not the control plane's: a failed goodbye means
-    the session had ended, and what it said was read already."""
+    Core", and the call's status is then that, not the control plane's; once grpc has the
+    status, the write is refused with InvalidStateError. A failed goodbye means the session had
+    ended, and what it said was read already."""
     if goodbye is not None:
         try:
             await call.write(client_pb2.ClientFrame(data=goodbye))
             await call.done_writing()
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return
     async for _ in rest:
         pass

@@ -10,7 +10,7 @@ can answer, so the race goes the server's way nearly every time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -18,7 +18,7 @@ import pytest
 
 from cli.mysql.query import run_sql_on as mysql_run_sql_on
 from cli.pg.query import run_sql_on as pg_run_sql_on
-from cli.session import open_session
+from cli.session import finish, open_session
 from gatehouse.v1 import client_pb2
 from wire.mysql import messages as mysql
 from wire.mysql.constants import NATIVE_PASSWORD, Capability
@@ -112,3 +112,25 @@ def test_mysql_reports_the_reason_the_control_plane_gave(attempt: int) -> None:
     servicer = EndsAfterTheQuery("mysql", MYSQL_GREETING, MYSQL)
     assert asyncio.run(_run_once(servicer, _mysql)) == REASON
     assert servicer.returned
+
+
+async def _rest(call: Any) -> AsyncIterator[object]:
+    while (frame := await call.read()) is not grpc.aio.EOF:
+        yield frame
+
+
+async def _goodbye_after_the_status(opened: Any) -> str:
+    call = opened.call
+    await call.write(client_pb2.ClientFrame(data=b"x"))
+    await call.read()  # the last answer: the servicer returns after it
+    await call.code()  # grpc has the status before the goodbye is written
+    await finish(call, b"goodbye", _rest(call))
+    return "finished"
+
+
+def test_a_goodbye_written_after_grpc_has_the_status_is_taken_as_the_end() -> None:
+    """The other side of the race: grpc already has the control plane's status when the
+    goodbye is written, and refuses the write with InvalidStateError, not AioRpcError (the
+    CLI printed a traceback, "RPC already finished", instead of the reason it had read)."""
+    servicer = EndsAfterTheQuery("mysql", b"", [encode(mysql.err(1927, "70100", REASON), 1)])
+    assert asyncio.run(_run_once(servicer, _goodbye_after_the_status)) == "finished"
