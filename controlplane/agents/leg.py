@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 """Seconds for a new leg's first frame, as for the control stream's hello."""
+REVOCATION_CHECK_TIMEOUT = 2.0
+"""Seconds a broken leg's sessions wait for the store to say whether the agent was revoked."""
 MAX_HELLO = 64 * 1024
 """Bytes of the hello at most: before it is checked, a peer may make us buffer no more."""
 
@@ -136,11 +138,14 @@ class LegServer:
                 log.warning("agent %s: session leg failed: %s", name, task.exception())
 
     async def _was_revoked(self, instance: str) -> bool:
-        """The store's word; one it cannot give leaves the sessions lost (agent_lost)."""
+        """The store's word; one it cannot give in time leaves the sessions lost (agent_lost):
+        a store that hangs (the partition that broke the leg) must not hold them open."""
         try:
-            return await self._registry.was_revoked(instance)
-        except Exception as exc:  # any store failure: not known revoked
-            log.warning("could not learn whether agent instance %s was revoked: %s", instance, exc)
+            async with asyncio.timeout(REVOCATION_CHECK_TIMEOUT):
+                return await self._registry.was_revoked(instance)
+        except Exception as exc:  # any store failure or TimeoutError: not known revoked
+            why = str(exc) or f"no answer in {REVOCATION_CHECK_TIMEOUT:g} s"
+            log.warning("could not learn whether agent instance %s was revoked: %s", instance, why)
             return False
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from controlplane.agents import leg as leg_module
 from controlplane.agents.leg import MAX_HELLO, LegListener, LegServer
 from controlplane.agents.registry import AgentRegistry
 from controlplane.audit.events import draft
@@ -187,6 +188,28 @@ async def test_a_leg_that_breaks_after_another_replica_revoked_its_agent_ends_re
     assert await asyncio.wait_for(tunnel.to_client.get(), 5) is None
     assert tunnel.revoked.is_set() and not tunnel.lost
     assert "serving this session was revoked" in tunnel.cut
+    tunnels.discard(tunnel)
+
+
+async def test_a_leg_that_breaks_while_the_store_does_not_answer_still_ends_its_sessions(
+    listener: tuple[LegListener, AgentRegistry],
+    tunnels: Tunnels,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether the agent was revoked is asked of the store, which may hang (a partition that
+    took the agent's leg may take the store too): the sessions end as lost, not never."""
+    legs, registry = listener
+    leg, tunnel = await attached(legs, registry, tunnels, "s-4")
+
+    async def unanswered(instance_id: str) -> bool:
+        await asyncio.Event().wait()
+        return False
+
+    monkeypatch.setattr(registry, "was_revoked", unanswered)
+    monkeypatch.setattr(leg_module, "REVOCATION_CHECK_TIMEOUT", 0.1)
+    leg.writer.transport.abort()
+    assert await asyncio.wait_for(tunnel.to_client.get(), 5) is None
+    assert tunnel.lost and not tunnel.revoked.is_set()
     tunnels.discard(tunnel)
 
 
