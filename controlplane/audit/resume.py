@@ -69,8 +69,14 @@ def _problem(
     stored: dict[int, dict[str, object] | None] = {}
     row = session.get(EventRow, entry.event_seq)
     if row is not None:
-        body = json.loads(row.body)
-        found = body.get("checkpoint") if body.get("type") == CHECKPOINT_TYPE else None
+        try:
+            body = json.loads(row.body)
+        except ValueError:  # written by hand: not the checkpoint
+            body = None
+        if isinstance(body, dict) and body.get("type") == CHECKPOINT_TYPE:
+            found = body.get("checkpoint")
+        else:
+            found = None
         stored[entry.event_seq] = found if isinstance(found, dict) else None
     vouched = session.get(EventRow, entry.seq)
     query = select(AnchorRow).order_by(col(AnchorRow.seq).desc()).limit(1)

@@ -285,6 +285,20 @@ async def test_a_restarted_writer_does_not_start_when_what_the_checkpoint_vouche
         await resume.witnessed_floor(db, [str(path)], key)
 
 
+@pytest.mark.parametrize("body", ["not json", "[1]", '{"type": 1}'])
+async def test_a_restarted_writer_names_a_witnessed_checkpoint_overwritten_with_garbage(
+    db: Database, db_path: Path, key: SigningKey, tmp_path: Path, body: str
+) -> None:
+    """What is stored at the checkpoint's seq is read as the store's, not trusted to be JSON
+    of an event: garbage there is a rewrite (DataLoss naming the witness), not a crash."""
+    path = tmp_path / "witness.ndjson"
+    await witnessed_run(db, key, path)
+    with tampering(db_path) as conn:
+        conn.execute("UPDATE audit_events SET body = ? WHERE seq = 11", (body,))
+    with pytest.raises(DataLoss, match="checkpoint at seq 11"):
+        await resume.witnessed_floor(db, [str(path)], key)
+
+
 async def test_a_restarted_writer_refuses_to_sign_over_a_rewrite_its_witness_did_not_see(
     db: Database, db_path: Path, key: SigningKey, tmp_path: Path
 ) -> None:
