@@ -21,13 +21,14 @@ from sqlmodel import Session
 from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.errors import AuditUnavailable, InvalidEvent
 from controlplane.audit.events import Draft, draft
-from controlplane.store.models import ChainHeadRow, EventRow
+from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
 from trail.canonical import canonical
 from trail.chain import link_hash
-from trail.signatures import CHECKPOINT_TYPE
+from trail.signatures import CHECKPOINT_TYPE, anchor_note, keyring, signature_problem
 
 EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 HEAD = ChainHeadRow.__table__  # type: ignore[attr-defined]
+ANCHORS = AnchorRow.__table__  # type: ignore[attr-defined]
 
 _APPENDED = "gatehouse.appended"  # Session.info: events `append_events` added in it
 
@@ -94,6 +95,7 @@ class _Sql:
     insert: str
     move: str
     hash_at: str  # the hash of one stored event, by seq
+    anchor_from: str  # the newest prune anchor at or past a seq
     bind_time: Callable[[Any], Any] | None
     copy: str | None  # PostgreSQL: the rows go in with COPY (see `_insert`)
 
@@ -116,6 +118,8 @@ def _sql(dialect: Dialect) -> _Sql:
         f"VALUES ({', '.join([mark] * len(columns))})",
         move=f"UPDATE {HEAD.name} SET seq = {mark}, hash = {mark} WHERE id = 1",
         hash_at=f"SELECT hash FROM {EVENTS.name} WHERE seq = {mark}",
+        anchor_from=f"SELECT seq, hash, key_id, signature FROM {ANCHORS.name} "
+        f"WHERE seq >= {mark} ORDER BY seq DESC LIMIT 1",
         bind_time=_bind_time(time_type.dialect_impl(dialect).bind_processor(dialect), dialect),
         copy=f"COPY {EVENTS.name} ({', '.join(columns)}) FROM STDIN" if postgres else None,
     )
@@ -168,7 +172,7 @@ def append_on(
             and (head_seq + len(drafts)) // checkpoint_every > head_seq // checkpoint_every
         )
         # A head ahead of the floor (another replica's events) is vouched for only by a check.
-        continuous = _check_floor(cursor, sql, floor, (head_seq, head_hash), signs)
+        continuous = _check_floor(cursor, sql, floor, (head_seq, head_hash), signs, signer)
     else:
         continuous = True
     seq, prev = head_seq, head_hash
@@ -208,7 +212,12 @@ def append_on(
 
 
 def _check_floor(
-    cursor: DBAPICursor, sql: _Sql, floor: tuple[int, str], head: tuple[int, str], signs: bool
+    cursor: DBAPICursor,
+    sql: _Sql,
+    floor: tuple[int, str],
+    head: tuple[int, str],
+    signs: bool,
+    signer: SigningKey | None,
 ) -> bool:
     """Refuse to extend, and above all to sign, a chain whose head moved back.
 
@@ -216,7 +225,8 @@ def _check_floor(
     append too), so a head behind it, or at it with another hash, was rewound by someone who
     can write to the store; the key would otherwise sign the rewritten chain. A head ahead of
     it is checked before a checkpoint is signed: the event at `floor` must still have its hash
-    (one lookup; a prune may have removed it, which leaves nothing to compare). Returns whether
+    (one lookup), or be gone under a prune anchor at or past it that `signer` signed (only a
+    prune removes events; a prefix deleted by hand leaves none). Returns whether
     the head continues from `floor` as far as this process can tell (at it, or checked), i.e.
     whether the head this append leaves may become the new floor.
     """
@@ -227,7 +237,7 @@ def _check_floor(
     if not moved and signs:
         cursor.execute(sql.hash_at, (seq,))
         row = cursor.fetchone()
-        moved = row is not None and row[0] != hash_
+        moved = row[0] != hash_ if row is not None else not _pruned_from(cursor, sql, seq, signer)
     if moved:
         raise AuditUnavailable(
             f"the audit chain head is at seq {head[0]}, but this control plane committed (or "
@@ -236,6 +246,17 @@ def _check_floor(
             "signed on top of it"
         )
     return signs
+
+
+def _pruned_from(cursor: DBAPICursor, sql: _Sql, seq: int, signer: SigningKey | None) -> bool:
+    """Whether a prune anchor at or past `seq` holds: its signature is `signer`'s."""
+    cursor.execute(sql.anchor_from, (seq,))
+    anchor = cursor.fetchone()
+    if anchor is None or signer is None:
+        return False
+    at, hash_, key_id, signature = anchor
+    signed = {"key_id": key_id, "signature": signature}
+    return signature_problem(keyring([signer.public]), signed, anchor_note(at, hash_)) is None
 
 
 def _insert(cursor: DBAPICursor, sql: _Sql, rows: list[tuple[object, ...]]) -> None:

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -327,6 +328,38 @@ async def test_replicas_sign_over_each_others_events_but_not_over_a_rewritten_he
         await first.close()
         await second.close()
         other.dispose()
+
+
+async def test_a_writer_signs_and_resumes_past_a_floor_a_signed_prune_removed(
+    db: Database, tmp_path: Path
+) -> None:
+    """The floor's event gone under a prune anchor (looked up in each store's SQL): the
+    running writer signs on, and a restart resumes above the witnessed checkpoint it removed."""
+    from controlplane.audit import resume, retention
+    from controlplane.audit.checkpoints import SigningKey
+    from controlplane.audit.witness import WitnessPublisher
+
+    key = SigningKey.generate()
+    path = tmp_path / "witness.ndjson"
+    publisher = WitnessPublisher([str(path)])
+    writer = AuditWriter(db, checkpoint_every=5)
+    writer.add_checkpoint_sink(publisher.offer)
+    publisher.start()
+    writer.start(key)
+    try:
+        for n in range(7):  # 1-5, checkpoint 6, 7-8
+            await writer.commit(draft("test.event", n=n))
+        await publisher.close()  # the witness saw checkpoint 6, vouching for 5
+        vouched = stored(db)[4][2]
+        now, zero = datetime.now(UTC), timedelta(0)
+        root = Identity("root")
+        await writer.transact(lambda s: retention.prune(s, now, root, key, min_retention=zero))
+        await writer.checkpoint(root)  # the floor (8) was pruned: signed on
+    finally:
+        await writer.close()
+        await publisher.close()
+    assert [json.loads(row[1])["type"] for row in stored(db)] == ["audit.prune", "audit.checkpoint"]
+    assert await resume.witnessed_floor(db, [str(path)], key) == (5, vouched)
 
 
 # SQLite has no TRUNCATE; DELETE without WHERE is covered above for both stores.

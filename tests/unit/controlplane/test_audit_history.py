@@ -32,7 +32,13 @@ from controlplane.store.database import Database
 from trail import witness
 from trail.canonical import canonical
 from trail.chain import GENESIS_HASH, export_line, link_hash
-from trail.signatures import CHECKPOINT_TYPE, checkpoint_note, keyring, signature_problem
+from trail.signatures import (
+    CHECKPOINT_TYPE,
+    PRUNE_TYPE,
+    checkpoint_note,
+    keyring,
+    signature_problem,
+)
 from trail.verify import TailAllowance, TrailReport, TrailVerifier, tail_problem
 from trail.witness import check_witness, read_witness
 
@@ -248,6 +254,35 @@ async def test_a_running_writer_refuses_to_extend_or_sign_a_rewound_chain(
             with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
                 await writer.checkpoint(ALICE)
             assert CHECKPOINT_TYPE not in kinds(db_path)[9:]
+    finally:
+        await writer.close()
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+async def test_a_running_writer_signs_past_a_floor_only_a_signed_prune_removed(
+    db: Database, db_path: Path, key: SigningKey, pruned: bool
+) -> None:
+    """The event at the floor gone is a prune only with an anchor at or past it: deleting the
+    trail through the floor (events forged after it) must not get the rewrite signed, and then
+    witnessed as if it were the trail."""
+    writer = AuditWriter(db, checkpoint_every=5)
+    writer.start(key)
+    try:
+        for n in range(12):  # 1-5, checkpoint 6, 7-10, checkpoint 11, 12-14: the floor is 14
+            await writer.commit(draft("test.event", n=n))
+        if pruned:
+            now, zero = datetime.now(UTC), timedelta(0)
+            await writer.transact(lambda s: retention.prune(s, now, ALICE, key, min_retention=zero))
+            await writer.checkpoint(ALICE)
+            assert kinds(db_path) == [PRUNE_TYPE, CHECKPOINT_TYPE]
+            return
+        forge_after(db_path, 14, ["forged 0", "forged 1"])
+        with tampering(db_path) as conn:
+            conn.execute("DELETE FROM audit_events WHERE seq <= 14")
+        before = stored(db_path)
+        with pytest.raises(AuditUnavailable, match="rewound or rewritten"):
+            await writer.checkpoint(ALICE)
+        assert stored(db_path) == before
     finally:
         await writer.close()
 
