@@ -123,10 +123,16 @@ async def follow_events(
     resume after the last seq printed: every event is printed exactly once, in order. Each
     attempt opens a fresh channel, so a long outage does not leave us waiting on the
     channel's own reconnect backoff.
+
+    Without a type filter, each event must link to the one this follow printed before it
+    (`prev_hash`, docs/decisions/0006): an event printed and then lost by the store (a relaxed
+    commit a crash took, its seq reused) or rewritten stops the follow with an error, rather
+    than the events after it being printed as if nothing was missing.
     """
     from cli import rpc
 
     last, printed, delay = after, 0, RECONNECT_FIRST
+    linked: str | None = None  # the hash of `last`, once this follow printed it
     while True:
         try:
             async with rpc.channel(address) as channel:
@@ -139,6 +145,10 @@ async def follow_events(
                     for event in response.events:
                         if event.seq <= last:
                             continue  # never print twice, whatever the server sends
+                        if linked is not None:
+                            _check_link(event, last, linked)
+                        if not types:
+                            linked = event.hash
                         out.write(ndjson_line(event, fmt) + "\n")
                         last, printed = event.seq, printed + 1
                         if limit is not None and printed >= limit:
@@ -158,6 +168,20 @@ async def follow_events(
         sys.stderr.flush()
         await asyncio.sleep(pause)
         delay = min(delay * 2, RECONNECT_MAX)
+
+
+def _check_link(event: audit_pb2.AuditEvent, last: int, linked: str) -> None:
+    """The event after seq `last` (whose hash was `linked`) must be seq `last` + 1 and link to
+    it; otherwise the trail changed under the follower."""
+    prev = json.loads(event.body).get("prev_hash")
+    if event.seq == last + 1 and prev == linked:
+        return
+    raise CliError(
+        f"the trail changed under this follow: seq {event.seq} does not continue seq {last} as "
+        "printed (the store lost events it had shown, in a crash, and reused their seqs, or it "
+        f"was rewritten); run `gatehouse audit verify` and export again from seq {last} or "
+        "from the last checkpoint before it"
+    )
 
 
 def _stream_break(exc: grpc.aio.AioRpcError, address: str) -> str:

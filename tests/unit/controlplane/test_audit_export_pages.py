@@ -6,12 +6,14 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from cli import audit as cli_audit
+from cli.errors import CliError
 from controlplane.audit.events import draft
 from controlplane.audit.service import AuditServicer
 from controlplane.audit.writer import AuditWriter
@@ -19,6 +21,7 @@ from controlplane.auth.identity import AUDIT_READER, Identity
 from controlplane.server import MAX_MESSAGE
 from controlplane.store.database import Database
 from gatehouse.v1 import audit_pb2_grpc
+from tests.unit.controlplane.tampering import rewind
 
 
 class Reader:
@@ -92,3 +95,27 @@ async def test_an_event_with_a_unicode_line_break_exports_as_one_line(
     read = "\n".join(lines).splitlines()
     assert len(read) == 2
     assert statement in json.dumps(json.loads(read[0]), ensure_ascii=False)
+
+
+async def test_a_follow_stops_when_events_it_printed_are_replaced(
+    writer: AuditWriter, address: str, db_path: Path
+) -> None:
+    """A store crash may lose relaxed commits a follower already printed; their seqs are then
+    used again (ADR 0026). The follower must say so, not go on as if nothing was missing."""
+    for n in range(3):
+        await writer.commit(draft("test.event", n=n))  # durable
+    for n in range(2):
+        await (await writer.submit(draft("db.result", ref=n)))  # relaxed: seq 4, 5
+    out = io.StringIO()
+    follow = asyncio.create_task(
+        cli_audit.follow_events(address, (), after=0, limit=10, types=None, out=out)
+    )
+    while out.getvalue().count("\n") < 5:
+        assert not follow.done()
+        await asyncio.sleep(0.05)
+    rewind(db_path, 3)  # the crash lost seq 4 and 5
+    for n in range(3):  # seq 4, 5, 6 again
+        await writer.commit(draft("db.query", request={"statement": f"drop table t{n}"}))
+    with pytest.raises(CliError, match="seq 6 does not continue seq 5"):
+        await asyncio.wait_for(follow, 20)
+    assert "drop table" not in out.getvalue()

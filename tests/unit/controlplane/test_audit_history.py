@@ -4,11 +4,10 @@ signatures reach, and a prune that keeps recent history and needs a second admin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.store.database import Database
+from tests.unit.controlplane.tampering import rewind, tampering
 from trail import witness
 from trail.canonical import canonical
 from trail.chain import GENESIS_HASH, export_line, link_hash
@@ -63,35 +63,6 @@ def stored(db_path: Path) -> list[tuple[int, str, str]]:
 
 def kinds(db_path: Path) -> list[str]:
     return [json.loads(body)["type"] for _, body, _ in stored(db_path)]
-
-
-@contextlib.contextmanager
-def tampering(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """What someone with write access to the store has: a connection, in a transaction, with
-    the append-only triggers dropped (put back at the end)."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        triggers = conn.execute(
-            "SELECT name, sql FROM sqlite_master "
-            "WHERE type = 'trigger' AND tbl_name = 'audit_events'"
-        ).fetchall()
-        conn.execute("BEGIN")
-        for name, _ in triggers:
-            conn.execute(f"DROP TRIGGER {name}")
-        yield conn
-        for _, create in triggers:
-            conn.execute(create)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-
-
-def rewind(db_path: Path, keep: int) -> None:
-    """Drop the newest events, move the head back to the last one kept."""
-    with tampering(db_path) as conn:
-        conn.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
-        (hash_,) = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
-        conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (keep, hash_))
 
 
 # ---- checkpoints every T seconds -----------------------------------------------------------
