@@ -5,7 +5,6 @@ signed checkpoint vouches for; pruning keeps recent history and takes two admins
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ import pytest
 from devenv.postgres import PostgresServer
 from devenv.stack import StackError
 from tests.e2e.conftest import AGENT, Stack, start_stack
+from tests.tampering import rewind
 from trail.canonical import canonical
 from trail.chain import GENESIS_HASH, export_line, link_hash
 
@@ -67,27 +67,6 @@ def two_witnessed_checkpoints(stack: Stack, path: Path) -> tuple[int, int]:
     ran = stack.cli("exec", "pg", "-c", "select 'the statement someone wants gone'")
     assert ran.returncode == 0, ran.stderr
     return first, wait_for_witness(stack, path)
-
-
-def rewind(db_path: Path, keep: int) -> None:
-    """With write access to the store: drop the newest events and move the head back."""
-    conn = sqlite3.connect(db_path, isolation_level=None, timeout=30)
-    try:
-        triggers = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
-            "AND tbl_name = 'audit_events'"
-        ).fetchall()
-        conn.execute("BEGIN IMMEDIATE")
-        for name, _ in triggers:
-            conn.execute(f"DROP TRIGGER {name}")
-        conn.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
-        (hash_,) = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
-        conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (keep, hash_))
-        for _, create in triggers:
-            conn.execute(create)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def test_a_store_rewound_after_a_witnessed_checkpoint_fails_verify_naming_it(

@@ -21,7 +21,7 @@ from controlplane.auth.identity import AUDIT_READER, Identity
 from controlplane.server import MAX_MESSAGE
 from controlplane.store.database import Database
 from gatehouse.v1 import audit_pb2_grpc
-from tests.unit.controlplane.tampering import rewind
+from tests.tampering import rewind
 
 
 class Reader:

@@ -28,7 +28,7 @@ from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.auth.identity import ADMIN, Identity
 from controlplane.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.store.database import Database
-from tests.unit.controlplane.tampering import rewind, tampering
+from tests.tampering import rewind, tampering
 from trail import witness
 from trail.canonical import canonical
 from trail.chain import GENESIS_HASH, export_line, link_hash

@@ -13,13 +13,13 @@ from pathlib import Path
 def tampering(db_path: Path) -> Iterator[sqlite3.Connection]:
     """What someone with write access to the store has: a connection, in a transaction, with
     the append-only triggers dropped (put back at the end)."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn = sqlite3.connect(db_path, isolation_level=None, timeout=30)
     try:
         triggers = conn.execute(
             "SELECT name, sql FROM sqlite_master "
             "WHERE type = 'trigger' AND tbl_name = 'audit_events'"
         ).fetchall()
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")  # a running control plane may be writing
         for name, _ in triggers:
             conn.execute(f"DROP TRIGGER {name}")
         yield conn
