@@ -211,7 +211,15 @@ class AgentRegistry:
     ) -> CreatedAgent:
         """Create (or re-create a revoked) agent; returns its join token, usable `uses` times:
         each use enrolls one instance of the agent (a pool), or re-joins a pod without a
-        volume. An agent that exists and is not revoked is refused (AlreadyExists)."""
+        volume. An agent that exists and is not revoked is refused (AlreadyExists).
+
+        Not with a delegated token, even an admin one: an enrolled agent's credential is never
+        re-checked against a person, so it would outlive the delegation (ADR 0014)."""
+        if by.actor is not None:
+            raise PermissionDenied(
+                f"a delegated token (actor {by.actor!r}) cannot create agents or join tokens; "
+                f"{by.subject} must do this with their own login"
+            )
         if not NAME_RE.match(name):
             raise InvalidArgument(
                 f"invalid agent name {name!r}: use lowercase letters, digits, '.', '_' or '-'"

@@ -277,6 +277,17 @@ async def test_limits_on_uses_and_ttl_are_explicit(registry: AgentRegistry) -> N
         await registry.create("edge", ROOT, ttl=datetime.timedelta(days=31))
 
 
+async def test_a_delegated_admin_token_cannot_enroll_agents(
+    registry: AgentRegistry, db: Database
+) -> None:
+    """A join token (and the agents it enrolls) is never re-checked against a person: minted
+    with a delegated token, it would outlive the delegation, as a machine token would."""
+    devin = Identity(subject="alice", role=ADMIN, actor="devin", token_id="t1")
+    with pytest.raises(PermissionDenied, match="delegated token"):
+        await registry.create("edge", devin)
+    assert await db.read(lambda s: s.exec(select(AgentRow)).first()) is None
+
+
 async def test_dev_mode_keeps_bearer_credentials(db: Database, writer: AuditWriter) -> None:
     registry = AgentRegistry(db, writer)
     created = await registry.create("edge", ROOT)
