@@ -568,6 +568,11 @@ class OidcValidator:
                 "GATEHOUSE_OIDC_GROUPS_CLAIM (a claim name, or a dotted path into one)"
             )
         email = claims.get("email")
+        # A provider with self-service sign-up lets a person set any address and says it is
+        # unverified: taken, events and reviewers would name someone else. Absent: trusted.
+        verified = claims.get("email_verified", True)
+        if verified is not True and verified != "true":
+            email = None
         aud = claims["aud"]
         client_id = claims.get("client_id", claims.get("azp"))
         return Claims(

@@ -84,6 +84,18 @@ async def test_a_groups_claim_can_be_a_dotted_path(oidc: OidcProvider, craft: Cr
     assert claims.groups == ("dba", "ops")
 
 
+@pytest.mark.parametrize("verified", [False, "false", 0, "no"])
+async def test_an_email_the_provider_says_is_unverified_is_not_taken(
+    craft: Craft, validator: OidcValidator, verified: object
+) -> None:
+    """Providers with self-service sign-up let a person set any address and mark it
+    unverified: taken, the trail and reviewers would see someone else's address."""
+    claims = await validator.validate(craft(email="ceo@example.com", email_verified=verified))
+    assert claims.subject == "alice" and claims.email is None
+    kept = await validator.validate(craft(email="alice@example.com", email_verified=True))
+    assert kept.email == "alice@example.com"
+
+
 async def test_clock_skew_within_the_leeway_is_tolerated(
     craft: Craft, validator: OidcValidator
 ) -> None:
