@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 __all__ = ["HttpInspector", "open_inspector"]
 
 Forward = Callable[[bytes], Awaitable[None]]
+MODE_RULE = "(mode)"
+"""The `rule` of a refusal for what the session's mode does not allow."""
 
 
 @dataclass(slots=True)
@@ -86,8 +88,10 @@ class HttpInspector:
         forward: Forward,
         max_body: int = MAX_BODY,
         body_text: int = BODY_TEXT,
+        mode: str = "connect",
     ) -> None:
         self.session = ctx
+        self._mode = mode
         self._audit = audit
         self._wake = wake
         self._guard = guard
@@ -189,7 +193,17 @@ class HttpInspector:
         await self._forward(_forwarded(request))
 
     def _check_request(self, request: Request) -> Decision:
-        """The method and path rules (`_check_head`), then the body patterns (`_check_body`)."""
+        """The mode, the method and path rules (`_check_head`), then the body patterns
+        (`_check_body`)."""
+        if self._mode == "exec" and request.upgrade is not None:
+            # After its 101 a WebSocket is opaque bytes both ways that no rule reads: an
+            # interactive session, the `connect` mode's, as a terminal is for ssh.
+            return Decision(
+                False,
+                MODE_RULE,
+                f"a {request.upgrade} upgrade is an interactive session and needs the connect "
+                "mode (`gatehouse connect`); this session was opened for exec",
+            )
         decision = self._check_head(request)
         if decision.allowed and self._guard.reads_body and request.body:
             decision = self._check_body(request)
@@ -498,6 +512,7 @@ def open_inspector(opening: Opening) -> HttpInspector:
         forward=opening.forward,
         max_body=connection.target.max_body,
         body_text=connection.target.record_body,
+        mode=opening.mode,
     )
 
 

@@ -36,7 +36,9 @@ def events(db: Database) -> list[dict[str, Any]]:
 
 
 class Harness:
-    def __init__(self, db: Database, writer: AuditWriter, max_body: int = 1024) -> None:
+    def __init__(
+        self, db: Database, writer: AuditWriter, max_body: int = 1024, mode: str = "connect"
+    ) -> None:
         self.db = db
         self.forwarded: list[tuple[bytes, int]] = []  # bytes, events committed by then
         self.sent = asyncio.Event()
@@ -69,6 +71,7 @@ class Harness:
             detectors=DetectorSet({"secret", "email"}),
             forward=forward,
             max_body=max_body,
+            mode=mode,
         )
 
     async def respond(self, status: int = 200) -> list[bytes]:
@@ -205,6 +208,23 @@ async def test_only_a_101_that_takes_the_websocket_handshake_upgrades_the_sessio
     assert h.inspector.finished
     assert len(h.forwarded) == 1  # the upgrade request only
     assert "Sec-WebSocket-Accept" in response["result"]["error"]
+
+
+async def test_an_exec_session_cannot_upgrade_to_a_websocket(
+    db: Database, writer: AuditWriter
+) -> None:
+    """`exec` grants requests: a WebSocket's bytes after its 101 are an interactive channel no
+    guardrail reads, which only the `connect` mode grants (as a terminal does for ssh)."""
+    h = Harness(db, writer, mode="exec")
+    rest = await h.inspector.from_client(
+        b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert rest == b"" and h.forwarded == []
+    answer = b"".join(h.inspector.take_synthetic())
+    assert answer.startswith(b"HTTP/1.1 403 ") and b"connect" in answer
+    (request,) = events(db)
+    assert request["decision"]["result"] == "deny" and request["decision"]["rule"] == "(mode)"
 
 
 @pytest.mark.parametrize(
