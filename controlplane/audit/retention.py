@@ -31,6 +31,7 @@ from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.settings import DEFAULT_MIN_RETENTION, PRUNE_REQUEST_TTL
 from controlplane.audit.writer import append_events
 from controlplane.auth.identity import Identity
+from controlplane.auth.makers import minted_by_either
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
 from trail.signatures import PRUNE_TYPE
@@ -158,13 +159,13 @@ def approve_prune(
         raise SelfApproval(
             f"prune request {request_id} was made by {requester}: another admin must approve it"
         )
-    creators = _token_creators(session)
-    for token, creator in ((by.subject, requester), (requester, by.subject)):
-        if creator in _minted_by(token, creators):
-            raise SelfApproval(
-                f"prune request {request_id}: {token} is a token {creator} created; "
-                "another admin must approve it"
-            )
+    minted = minted_by_either(session, by.subject, requester)
+    if minted is not None:
+        token, creator = minted
+        raise SelfApproval(
+            f"prune request {request_id}: {token} is a token {creator} created; "
+            "another admin must approve it"
+        )
     now = utc_now()
     expires = datetime.fromisoformat(str(asked.get("expires_at", "")).replace("Z", "+00:00"))
     if now > expires:
@@ -186,37 +187,6 @@ def approve_prune(
         approval={"request": request_id, "requested_by": requester, "approved_by": by.subject},
     )
     return result, requester
-
-
-MAX_TOKEN_CHAIN = 1000  # makers followed up a chain of tokens; a bound, not a policy
-
-
-def _token_creators(session: Session) -> dict[str, set[str]]:
-    """Who made each API token, from the trail's own `token.create` records (a name reused
-    after a revocation has every maker)."""
-    creators: dict[str, set[str]] = {}
-    query = select(EventRow.body).where(EventRow.type == "admin.change")
-    for body in session.exec(query):
-        if '"token.create"' not in body:
-            continue
-        event = json.loads(body)
-        change, user = event.get("change", {}), event.get("user", {})
-        if change.get("action") == "token.create":
-            creators.setdefault(f"token:{change.get('name')}", set()).add(str(user.get("sub")))
-    return creators
-
-
-def _minted_by(subject: str, creators: dict[str, set[str]]) -> set[str]:
-    """Everyone up the chain of tokens that made `subject` (a token minted by a token minted
-    by alice is alice's): whoever made a token saw its secret and can act as it."""
-    found: set[str] = set()
-    todo = [subject]
-    while todo and len(found) < MAX_TOKEN_CHAIN:
-        for maker in creators.get(todo.pop(), ()):
-            if maker not in found:
-                found.add(maker)
-                todo.append(maker)
-    return found
 
 
 def _lock_head(session: Session) -> None:

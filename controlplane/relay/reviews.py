@@ -21,6 +21,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from controlplane.audit.events import as_utc, draft, rfc3339, utc_now
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
+from controlplane.auth.makers import minted_by_either
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.policy.document import Review
 from controlplane.store.database import Database
@@ -238,6 +239,13 @@ class Reviews:
             raise PermissionDenied(
                 f"you cannot {'approve' if approve else 'deny'} your own review request "
                 f"{review_id}; someone of {_groups(row)} must decide it"
+            )
+        minted = await self._db.read(lambda s: minted_by_either(s, identity.subject, row.requester))
+        if minted is not None:  # whoever made a token can act as it: the same person
+            token, maker = minted
+            raise PermissionDenied(
+                f"{token} is a token {maker} created, and {row.requester} asked for review "
+                f"{review_id}: someone of {_groups(row)} must decide it"
             )
         if row.status != "pending" or as_utc(row.expires_at) <= utc_now():
             state = row.status if row.status != "pending" else "expired"
