@@ -13,14 +13,19 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
 from devenv.postgres import PostgresServer
 from devenv.stack import Connect
+from tests.e2e import pggate
 from tests.e2e.pggate import Window, admin, rows
 from tests.e2e.pglog import PgWire, bind, execute, parse, query, sync
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Stack
 
 
 @pytest.fixture
@@ -161,6 +166,50 @@ def test_a_name_prepared_twice_in_one_query_records_both_texts(
     trail = window.reconcile()
     [event] = [q for q in trail.queries if q["request"]["statement"] == sql]
     assert event["request"]["prepared"] == {"p": [first, second]}
+
+
+@contextlib.contextmanager
+def latin1_connection(stack: Stack, pg: PostgresServer, tag: str) -> Iterator[Connect]:
+    """A `gatehouse connect` listener for a guarded connection to a LATIN1 database."""
+    admin(pg, f"create database {tag} encoding 'LATIN1' template template0 owner app")
+    target = f"{{host: 127.0.0.1, port: {pg.port}, database: {tag}, user: app, sslmode: disable}}"
+    extra = (
+        f"  - name: {tag}\n    type: postgres\n    agent: {stack.agent.name}\n"
+        f"    target: {target}\n    secret: {{password: env:PG_PASSWORD}}\n"
+        f"    guardrails: [{pggate.RULE}]\n"
+    )
+    text = pggate.policy(pg.port, stack.agent.name)
+    head, rules = text.split("guardrails:\n  - ", 1)
+    assert stack.apply(head + extra + "guardrails:\n  - " + rules).returncode == 0
+    try:
+        with pggate.listening(stack, tag) as process:
+            yield process
+    finally:
+        pggate.guard(stack)
+        admin(pg, f"drop database if exists {tag} with (force)")
+
+
+def test_a_name_the_server_keeps_in_another_encoding_is_not_confused(
+    guarded: Stack, pg: PostgresServer, tag: str
+) -> None:
+    """libpg_query cuts `<62 a>é` to the 62 a's (é is two bytes of UTF-8, past its 63); a
+    LATIN1 database keeps both (é is one byte there): the trail claimed `EXECUTE <62 a>` ran the
+    second PREPARE while the server ran the first."""
+    window = Window(pggate.http_events(guarded), pg.log_file)
+    name = "a" * 62
+    first = f"PREPARE {name} AS select 1 as {tag}"
+    second = f"PREPARE {name}\u00e9 AS select 2 as {tag}"
+    with latin1_connection(guarded, pg, tag) as listener, PgWire(listener.port) as client:
+        client.run(query(first))
+        client.run(query(second))
+        ran = client.run(query(f"EXECUTE {name}"))
+    events = [q for q in window.trail().queries if q["request"]["statement"] == f"EXECUTE {name}"]
+    [event] = events
+    if ran.errors:  # refused: nothing claimed
+        assert event["decision"]["result"] == "deny"
+    else:
+        assert ran.rows() == [["1"]]
+        assert event["request"]["prepared"] == {name: first}
 
 
 # ---- lexical settings -------------------------------------------------------------------------

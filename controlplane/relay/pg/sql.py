@@ -71,6 +71,19 @@ TOO_AMBIGUOUS: Final = (
     "the statement has too many string literals that read differently when "
     "standard_conforming_strings is off for the gateway to read which names it uses"
 )
+# PostgreSQL keeps an identifier's first NAMEDATALEN - 1 = 63 bytes in the *database's*
+# encoding (cut at one of its characters, or at any byte in SQL_ASCII), and downcases
+# non-ASCII letters in a single-byte one; libpg_query keeps 63 bytes of UTF-8 and downcases
+# ASCII only. In a LATIN1 or SQL_ASCII database, `PREPARE <62 a>é` is one name here (cut to
+# the 62 a's) and another on the server (é is one byte there): a later `EXECUTE <62 a>` was
+# recorded with its text and ran another. ASCII names are read the same everywhere, and a name
+# libpg_query cut holds at least 60 bytes (a UTF-8 character has at most 4).
+MAX_NAME_BYTES: Final = 59
+UNCERTAIN_NAME: Final = (
+    "the statement uses a prepared statement or cursor name that is not ASCII or is longer "
+    f"than {MAX_NAME_BYTES} bytes, which PostgreSQL may keep as another name than the gateway "
+    "reads (it cuts and downcases names in the database's encoding); use a shorter ASCII name"
+)
 DEPENDS_ON_SETTINGS: Final = (
     "the statement prepares, executes, declares or fetches names differently when "
     "standard_conforming_strings is off, and PostgreSQL reports a change of that setting by a "
@@ -142,6 +155,21 @@ def _remembered(sql: str) -> tuple[SqlStatement, ...] | Unreadable:
 
 
 def _statements(sql: str) -> list[SqlStatement] | Unreadable:
+    found = _statements_read(sql)
+    if isinstance(found, Unreadable) or all(map(_certain_names, found)):
+        return found
+    return Unreadable(UNCERTAIN_NAME)
+
+
+def _certain_names(statement: SqlStatement) -> bool:
+    """Whether every name the statement uses is read by the server as it is read here."""
+    names = [*statement.executes, statement.fetches or ""]
+    if statement.effect is not None:
+        names.append(statement.effect.name or "")
+    return all(name.isascii() and len(name) <= MAX_NAME_BYTES for name in names)
+
+
+def _statements_read(sql: str) -> list[SqlStatement] | Unreadable:
     if (
         _MAY_NAME.search(sql) is None
         and _MAY_BE_CODE_FREE.match(sql) is None

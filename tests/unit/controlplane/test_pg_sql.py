@@ -5,6 +5,7 @@ import pytest
 
 from controlplane.relay.pg.sql import (
     DEPENDS_ON_SETTINGS,
+    UNCERTAIN_NAME,
     Effect,
     SqlStatement,
     Unreadable,
@@ -203,3 +204,25 @@ def test_whether_a_statement_sql_prepared_runs_code_is_its_query_s(
     [statement] = read(sql)
     assert not statement.runs_code
     assert statement.effect is not None and statement.effect.runs_code is runs_code
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"PREPARE {'a' * 62}\u00e9 AS select 1",  # cut here to the 62 a's, kept whole in LATIN1
+        f"EXECUTE {'a' * 62}",
+        f"DECLARE {'c' * 60} CURSOR FOR select 1",
+        "FETCH \u00e9",
+        'CLOSE "\u00c9"',  # a single-byte database downcases É unquoted; libpg_query does not
+        "DEALLOCATE U&\"!00e9\" UESCAPE '!'",
+        f"explain analyze execute {'e' * 61}",
+    ],
+)
+def test_a_name_the_server_may_keep_otherwise_is_unreadable(sql: str) -> None:
+    assert statements(sql) == Unreadable(UNCERTAIN_NAME)
+
+
+def test_short_ascii_names_and_non_ascii_text_elsewhere_are_read() -> None:
+    [prepare] = read(f"PREPARE {'p' * 59} AS select '\u00e9'")
+    assert prepare.effect is not None
+    assert prepare.effect.name == "p" * 59
