@@ -22,7 +22,7 @@ from devenv.postgres import PostgresServer
 from devenv.stack import Connect
 from tests.e2e import pggate
 from tests.e2e.pggate import Window, admin, rows
-from tests.e2e.pglog import PgWire, bind, execute, parse, query, sync
+from tests.e2e.pglog import PgWire, bind, close, execute, parse, query, sync
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Stack
@@ -169,9 +169,11 @@ def test_a_name_prepared_twice_in_one_query_records_both_texts(
 
 
 @contextlib.contextmanager
-def latin1_connection(stack: Stack, pg: PostgresServer, tag: str) -> Iterator[Connect]:
-    """A `gatehouse connect` listener for a guarded connection to a LATIN1 database."""
-    admin(pg, f"create database {tag} encoding 'LATIN1' template template0 owner app")
+def encoded_connection(
+    stack: Stack, pg: PostgresServer, tag: str, encoding: str
+) -> Iterator[Connect]:
+    """A `gatehouse connect` listener for a guarded connection to a database in ``encoding``."""
+    admin(pg, f"create database {tag} encoding '{encoding}' template template0 owner app")
     target = f"{{host: 127.0.0.1, port: {pg.port}, database: {tag}, user: app, sslmode: disable}}"
     extra = (
         f"  - name: {tag}\n    type: postgres\n    agent: {stack.agent.name}\n"
@@ -199,7 +201,10 @@ def test_a_name_the_server_keeps_in_another_encoding_is_not_confused(
     name = "a" * 62
     first = f"PREPARE {name} AS select 1 as {tag}"
     second = f"PREPARE {name}\u00e9 AS select 2 as {tag}"
-    with latin1_connection(guarded, pg, tag) as listener, PgWire(listener.port) as client:
+    with (
+        encoded_connection(guarded, pg, tag, "LATIN1") as listener,
+        PgWire(listener.port) as client,
+    ):
         client.run(query(first))
         client.run(query(second))
         ran = client.run(query(f"EXECUTE {name}"))
@@ -210,6 +215,27 @@ def test_a_name_the_server_keeps_in_another_encoding_is_not_confused(
     else:
         assert ran.rows() == [["1"]]
         assert event["request"]["prepared"] == {name: first}
+
+
+def test_protocol_names_one_in_the_database_s_encoding_are_not_confused(
+    guarded: Stack, pg: PostgresServer, tag: str
+) -> None:
+    """EUC_JP holds one character for both U+00A6 and U+FFE4: `s¦` and `s￤` are two names to
+    the gateway and one to the server. Closing and Parsing `s￤` again replaced `s¦`, and its
+    Bind ran the new text while the trail claimed the old one."""
+    window = Window(pggate.http_events(guarded), pg.log_file)
+    one, other = "s\u00a6", "s\uffe4"
+    first, second = f"select 1 as {tag}", f"select 2 as {tag}"
+    with (
+        encoded_connection(guarded, pg, tag, "EUC_JP") as listener,
+        PgWire(listener.port) as client,
+    ):
+        client.run(parse(one, first) + sync())
+        client.run(close("S", other) + parse(other, second) + sync())
+        ran = client.run(bind(one) + execute() + sync())
+    if not ran.errors:
+        claimed = statements(window, tag)
+        assert ran.rows() == [["1"]], f"the server ran {second!r}; the trail says {claimed}"
 
 
 # ---- lexical settings -------------------------------------------------------------------------

@@ -60,6 +60,9 @@ NAME_TOO_LONG_SQLSTATE = codes.NAME_TOO_LONG
 # PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1 bytes: two
 # longer names that share them are one object on the server and two here. Refused instead.
 MAX_NAME_BYTES = 63
+# … bytes of the database's encoding, into which the server converts a name first: EUC_JP
+# holds one character for both U+00A6 and U+FFE4, EUC_TW four bytes for some three of UTF-8.
+# ASCII converts to itself everywhere; other names are refused too.
 AFTER_CODE = (
     "text with a non-ASCII character or a backslash follows a message that may have "
     "run code (an Execute, a Bind that plans or reads parameters, the data of a COPY of the "
@@ -781,13 +784,15 @@ class PgInspector:
         return None
 
     def _refuse_long(self, sql: str, *names: str) -> bool:
-        """Refuse the batch when a name is longer than the server keeps (see MAX_NAME_BYTES)."""
+        """Refuse the batch when the server may keep a name as another (see MAX_NAME_BYTES):
+        one longer than it keeps, or one that is not ASCII."""
         for name in names:
-            if len(name.encode()) > MAX_NAME_BYTES:
+            if not name.isascii() or len(name) > MAX_NAME_BYTES:
                 reason = (
-                    f"gatehouse: the name {name[:20]!r}… is longer than {MAX_NAME_BYTES} bytes, "
-                    "which PostgreSQL would cut short; use a shorter prepared statement or "
-                    "portal name"
+                    f"gatehouse: the name {name[:20]!r}… is not ASCII or is longer than "
+                    f"{MAX_NAME_BYTES} bytes, which PostgreSQL may keep as another name (it "
+                    "cuts names and converts them to the database's encoding); use a shorter "
+                    "ASCII prepared statement or portal name"
                 )
                 self._refuse_held(sql, Refusal(NAME_TOO_LONG_SQLSTATE, reason, "(name)"))
                 return True

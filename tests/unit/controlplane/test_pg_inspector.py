@@ -1177,6 +1177,15 @@ async def test_a_name_longer_than_the_server_keeps_is_refused(
     assert await asyncio.wait_for(ready.from_client(fits), 2) == fits
 
 
+async def test_a_name_that_is_not_ascii_is_refused(ready: PgInspector, early: Forwarded) -> None:
+    """The server converts a name to the database's encoding first: EUC_JP holds one character
+    for both U+00A6 and U+FFE4, so `s¦` and `s￤` would be one statement there."""
+    sent = parse("select 1", name="s\u00a6") + pgm.sync()
+    assert await asyncio.wait_for(ready.from_client(sent), 2) == b""
+    error = error_of(ready.take_synthetic())
+    assert error.sqlstate == "42622" and "not ASCII" in error.message
+
+
 # ---- cursors that code may have re-opened (decision 0010) ----------------------------------
 
 DECLARED = "DECLARE c CURSOR FOR select 1"
