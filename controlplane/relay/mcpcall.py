@@ -8,9 +8,10 @@ session the call opens carries `"mcp_call": {"seq", "id"}` of it, so a reader go
 statement to the tool call that sent it and back.
 
 The arguments are recorded redacted as the statement they carry would be: password literals
-in `sql` as `'***'` (the same parse as `db.query`), `params` through the connection's
-parameter detectors, `stdin` as its length and SHA-256 only (a command's program on stdin is
-recorded in the command's own event, when it is one).
+in `sql` as `'***'` (the same parse as the connection's `db.query`: MySQL's own on mysql),
+`params` through the connection's parameter detectors, `stdin` and an HTTP `body` as their
+length and SHA-256 only (the command's and the request's own events carry what they may of
+them), an HTTP request's credential headers and query values as `http.request` has them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from controlplane.audit.events import JSON, draft
 from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.errors import InvalidArgument
+from controlplane.policy import mysql_sql
 from controlplane.policy.statement_secrets import redact_statement
+from controlplane.relay.http.events import redacted_headers, redacted_query
 from gatehouse.v1 import client_pb2
 from redact.detectors import DetectorSet
 
@@ -39,7 +42,9 @@ def present(call: client_pb2.McpCall | None) -> bool:
     return call is not None and bool(call.tool)
 
 
-def arguments(call: client_pb2.McpCall, detectors: DetectorSet | None) -> JSON:
+def arguments(
+    call: client_pb2.McpCall, detectors: DetectorSet | None, connection_type: str | None = None
+) -> JSON:
     """The call's arguments as they may be recorded; InvalidArgument for ones that are not
     a JSON object or are too large."""
     if len(call.tool) > MAX_TOOL or not call.tool.isprintable():
@@ -52,22 +57,49 @@ def arguments(call: client_pb2.McpCall, detectors: DetectorSet | None) -> JSON:
         raise InvalidArgument("an MCP tool call's arguments are not JSON") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument("an MCP tool call's arguments are a JSON object")
-    return _redacted(parsed, detectors or DetectorSet(DEFAULT_DETECTORS))
+    return _redacted(parsed, detectors or DetectorSet(DEFAULT_DETECTORS), connection_type)
 
 
-def _redacted(args: dict[str, Any], detectors: DetectorSet) -> JSON:
+def _redacted(args: dict[str, Any], detectors: DetectorSet, connection_type: str | None) -> JSON:
     out = dict(args)
     sql = out.get("sql")
     if isinstance(sql, str):
-        out["sql"] = redact_statement(sql)
+        # MySQL's secrets (`IDENTIFIED BY '…'`) are not PostgreSQL's: an unknown type gets both.
+        if connection_type != "mysql":
+            sql = redact_statement(sql)
+        if connection_type != "postgres":
+            sql = mysql_sql.redact(sql)
+        out["sql"] = sql
     params = out.get("params")
     if isinstance(params, list):
         out["params"] = [_masked(p, detectors) for p in params]
     stdin = out.get("stdin")
     if isinstance(stdin, str):
-        data = stdin.encode("utf-8", "surrogatepass")
-        out["stdin"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        out["stdin"] = _digest(stdin)
+    body = out.get("body")
+    if isinstance(body, str):
+        out["body"] = _digest(body)
+    headers = out.get("headers")
+    if isinstance(headers, dict):
+        out["headers"] = {
+            name: _masked_header(name, value, detectors) for name, value in headers.items()
+        }
+    path = out.get("path")
+    if isinstance(path, str) and "?" in path:
+        target, query = path.split("?", 1)
+        out["path"] = f"{target}?{redacted_query(query, detectors)}"
     return out
+
+
+def _digest(text: str) -> JSON:
+    data = text.encode("utf-8", "surrogatepass")
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _masked_header(name: str, value: Any, detectors: DetectorSet) -> Any:
+    if not isinstance(value, str):
+        return value
+    return redacted_headers(((name, value),), detectors)[0][1]
 
 
 def _masked(value: Any, detectors: DetectorSet) -> Any:
@@ -85,6 +117,7 @@ async def record(
     *,
     connection: str | None = None,
     detectors: DetectorSet | None = None,
+    connection_type: str | None = None,
 ) -> JSON:
     """Commit the call's `mcp.call` event (before anything it does); returns the reference
     the events it causes carry: `{"seq", "id"}`."""
@@ -94,7 +127,7 @@ async def record(
         source=source or None,
         connection={"name": connection} if connection else None,
         tool=call.tool,
-        arguments=arguments(call, detectors),
+        arguments=arguments(call, detectors, connection_type),
         mcp_client=call.client[:200] or None,
     )
     seq = await audit.commit(event)

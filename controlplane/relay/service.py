@@ -335,12 +335,20 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         if call is None or not mcpcall.present(call):
             return None
         detectors = None
+        kind = None
         if connection:
             await self._policy.load()
             known = self._policy.connection(connection)
             detectors = self._policy.parameter_detectors(known) if known is not None else None
+            kind = known.type if known is not None else None
         return await mcpcall.record(
-            self._audit, identity, call, source, connection=connection, detectors=detectors
+            self._audit,
+            identity,
+            call,
+            source,
+            connection=connection,
+            detectors=detectors,
+            connection_type=kind,
         )
 
     @unary

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 from redact.detectors import DetectorSet
 from wire.http.codec import Request
 
-__all__ = ["BODY_TEXT", "REDACTED", "described", "redacted_headers"]
+__all__ = ["BODY_TEXT", "REDACTED", "described", "redacted_headers", "redacted_query"]
 
 BODY_TEXT: Final = 64 * 1024
 """Most bytes of a request body kept as text in its event (its digest covers all of it)."""
@@ -46,7 +46,8 @@ def redacted_headers(
     return out
 
 
-def _redacted_query(query: str, detectors: DetectorSet) -> str:
+def redacted_query(query: str, detectors: DetectorSet) -> str:
+    """A query string for an event: values under credential-like names replaced, others masked."""
     pairs = parse_qsl(query, keep_blank_values=True)
     return urlencode(
         [(k, REDACTED if _secretish(k) else (detectors.mask(v) or v)) for k, v in pairs]
@@ -71,7 +72,7 @@ def described(
     out: dict[str, Any] = {
         "method": request.method,
         "path": request.path,
-        "query": _redacted_query(request.query, detectors) or None,
+        "query": redacted_query(request.query, detectors) or None,
         "headers": redacted_headers(request.headers, detectors),
     }
     if request.upgrade is not None:

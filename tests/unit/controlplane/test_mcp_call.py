@@ -4,6 +4,7 @@ statement's own event would have them, a command's stdin as its length and diges
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -58,3 +59,30 @@ def test_an_empty_call_is_no_call() -> None:
     assert not mcpcall.present(client_pb2.McpCall())
     assert not mcpcall.present(None)
     assert mcpcall.present(client_pb2.McpCall(tool="query"))
+
+
+def test_an_http_request_s_credentials_are_redacted_as_its_http_request_event_has_them() -> None:
+    args = recorded(
+        '{"connection": "api", "method": "GET", "path": "/v1/x?api_key=sk-live-1&q=ok",'
+        ' "headers": {"Authorization": "Bearer sk-live-2", "X-Session": "sk-live-3",'
+        ' "Accept": "application/json"}, "body": "password=sk-live-4"}',
+        "http_request",
+    )
+    assert "sk-live" not in json.dumps(args)
+    assert args["path"] == "/v1/x?api_key=%5Bredacted%5D&q=ok"
+    assert args["headers"] == {
+        "Authorization": "[redacted]",
+        "X-Session": "[redacted]",
+        "Accept": "application/json",
+    }
+    digest = hashlib.sha256(b"password=sk-live-4").hexdigest()
+    assert args["body"] == {"bytes": 18, "sha256": digest}
+
+
+def test_a_mysql_password_in_sql_is_masked_as_its_db_query_event_has_it() -> None:
+    call = client_pb2.McpCall(
+        tool="query",
+        arguments='{"connection": "my", "sql": "CREATE USER app IDENTIFIED BY \'hunter2\'"}',
+    )
+    args = mcpcall.arguments(call, None, "mysql")
+    assert "hunter2" not in str(args["sql"]) and "'***'" in str(args["sql"])
