@@ -103,7 +103,15 @@ def _masked_header(name: str, value: Any, detectors: DetectorSet) -> Any:
 
 
 def _masked(value: Any, detectors: DetectorSet) -> Any:
-    if not isinstance(value, str) or not detectors:
+    """A parameter as its event may have it: a number is masked as the text the server gets
+    (the tool sends it as JSON writes it), so a card number cannot pass as a number."""
+    if isinstance(value, bool) or not detectors:
+        return value
+    if isinstance(value, int | float):
+        text = json.dumps(value)
+        masked = detectors.mask(text)
+        return value if masked is None else masked
+    if not isinstance(value, str):
         return value
     masked = detectors.mask(value)
     return value if masked is None else masked

@@ -86,3 +86,14 @@ def test_a_mysql_password_in_sql_is_masked_as_its_db_query_event_has_it() -> Non
     )
     args = mcpcall.arguments(call, None, "mysql")
     assert "hunter2" not in str(args["sql"]) and "'***'" in str(args["sql"])
+
+
+def test_a_number_parameter_is_masked_as_the_text_the_server_gets() -> None:
+    """`params: [4111111111111111]` reaches the server as that text, which db.query masks."""
+    call = client_pb2.McpCall(
+        tool="query", arguments='{"sql": "select $1", "params": [4111111111111111, 42, true]}'
+    )
+    args = mcpcall.arguments(call, DetectorSet(["credit_card"]))
+    params = args["params"]
+    assert isinstance(params, list) and params[1:] == [42, True]
+    assert "4111111111111111" not in json.dumps(params)
