@@ -5,6 +5,7 @@ trail with the person and the agent; a refused statement or request never reache
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -243,7 +244,11 @@ def test_http_request_reaches_httpbin_and_is_recorded(
     events = stack.events(after)
     calls = [e for e in events if e["type"] == "mcp.call"]
     assert [c["tool"] for c in calls] == ["http_request"] * 4
-    assert calls[1]["arguments"]["body"] == json.dumps({"m": marker})
+    sent = json.dumps({"m": marker}).encode()  # a body may carry secrets: its digest only
+    assert calls[1]["arguments"]["body"] == {
+        "bytes": len(sent),
+        "sha256": hashlib.sha256(sent).hexdigest(),
+    }
     recorded = session_events(events, got[1]["session_id"])
     request = next(e for e in recorded if e["type"] == "http.request")
     assert request["request"]["method"] == "GET" and request["request"]["path"] == "/get"
