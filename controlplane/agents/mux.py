@@ -216,6 +216,15 @@ class SessionStream:
             elif kind == "credit":
                 leg = self.legs.get(event.session)
                 if leg is not None:
+                    # The agent grants back only bytes it was sent: more would let client
+                    # bytes pile up here for an agent that reads nothing.
+                    if leg.credit.available + event.credit > WINDOW:
+                        raise LegViolation(
+                            f"session {leg.tunnel.session_id} granted {event.credit} bytes of "
+                            f"credit, more than the control plane sent it "
+                            f"({WINDOW - leg.credit.available} bytes unacknowledged); check "
+                            "that it is a genuine agent of the control plane's version"
+                        )
                     leg.credit.grant(event.credit)
             elif kind == "end":
                 leg = self.legs.get(event.session)

@@ -139,3 +139,38 @@ async def test_a_revocation_landing_while_the_hello_is_checked_still_cuts_the_le
         finally:
             tunnels.discard(tunnel)
             leg.writer.transport.abort()
+
+
+async def test_an_agent_granting_itself_credit_cannot_make_the_control_plane_buffer_without_bound(
+    listener: tuple[LegListener, AgentRegistry], tunnels: Tunnels
+) -> None:
+    """An agent grants back only bytes it was sent: one that grants more (uint32 credits it
+    never earned) and reads nothing would have the client's bytes pile up in the control
+    plane's memory. It loses the leg instead; what is queued stays within the window."""
+    from controlplane.agents.mux import SessionStream
+
+    leg, tunnel = await attached(*listener, tunnels, "s-greedy")
+    grant = agent_pb2.AgentEvent(session=1, credit=2**32 - 1)
+    leg.send(agent_pb2.AgentBatch(events=[grant] * 16))  # 64 GiB it was never sent
+    await leg.writer.drain()
+    await asyncio.sleep(0.2)
+    chunk = b"y" * FRAME
+
+    async def client() -> None:
+        while not tunnel.closed.is_set():
+            await tunnel.send_to_agent(chunk)
+            await asyncio.sleep(0)  # a client's bytes come from its socket: it yields
+
+    pushing = asyncio.create_task(client())
+    await asyncio.sleep(2)  # the agent reads nothing meanwhile
+    pushing.cancel()
+    streams = [o for o in gc.get_objects() if isinstance(o, SessionStream)]
+    queued = sum(size for stream in streams for _, size in stream.outbox._events)
+    try:
+        assert queued <= WINDOW + FRAME, (
+            f"the control plane queued {queued} bytes of client data for an agent that reads "
+            f"nothing; an honest agent's credit allows {WINDOW}"
+        )
+    finally:
+        tunnels.discard(tunnel)
+        leg.writer.transport.abort()
