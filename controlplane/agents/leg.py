@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections import deque
 
 from google.protobuf.message import DecodeError
 
@@ -43,6 +44,10 @@ HELLO_TIMEOUT = 10.0
 REVOCATION_CHECK_TIMEOUT = 2.0
 """Seconds a broken leg's sessions wait for the store to say whether the agent was revoked."""
 MAX_HELLO = 64 * 1024
+MAX_LEGS_PER_INSTANCE = 8
+"""Legs of one agent instance on this replica at most: it dials one per replica (two while its
+certificate is renewed; stale ones until TCP gives up on them). Each may hold a frame of up to
+MAX_FRAME as it arrives; one more lets the oldest go (its sessions: agent_lost)."""
 """Bytes of the hello at most: before it is checked, a peer may make us buffer no more."""
 
 
@@ -62,6 +67,7 @@ class LegServer:
         self._failures = failures
         self._max_frame = max_frame
         self.open = 0  # legs serving sessions now
+        self._held: dict[str, deque[asyncio.StreamWriter]] = {}  # by instance, oldest first
 
     async def serve(
         self,
@@ -98,11 +104,26 @@ class LegServer:
             return
         writer.write(encode(agent_pb2.LegWelcome().SerializeToString()))
         frames.limit = self._max_frame
+        held = self._held.setdefault(row.id, deque())
+        held.append(writer)
+        if len(held) > MAX_LEGS_PER_INSTANCE:
+            oldest = held.popleft()
+            log.warning(
+                "agent %s (instance %s) holds more than %d session legs here: the oldest is let go",
+                row.name,
+                row.id,
+                MAX_LEGS_PER_INSTANCE,
+            )
+            oldest.transport.abort()
         self.open += 1
         try:
             await self._run(row.id, row.name, frames, writer)
         finally:
             self.open -= 1
+            with contextlib.suppress(ValueError):
+                held.remove(writer)
+            if not held and self._held.get(row.id) is held:
+                del self._held[row.id]
 
     async def _run(
         self, instance: str, name: str, frames: FrameReader, writer: asyncio.StreamWriter

@@ -174,3 +174,29 @@ async def test_an_agent_granting_itself_credit_cannot_make_the_control_plane_buf
     finally:
         tunnels.discard(tunnel)
         leg.writer.transport.abort()
+
+
+async def test_one_instance_cannot_hold_legs_without_bound(
+    listener: tuple[LegListener, AgentRegistry],
+) -> None:
+    """Each leg may hold a frame of up to the maximum (8 MiB) while it arrives, and takes one
+    of the front's connections: an agent dials one leg per replica, so one instance that
+    dials hundreds is hostile, and its oldest legs are let go."""
+    from controlplane.agents.leg import MAX_LEGS_PER_INSTANCE
+
+    legs, registry = listener
+    credential, _ = await enrolled(registry)
+    dialled = []
+    for _ in range(MAX_LEGS_PER_INSTANCE + 8):
+        leg = await dial(legs)
+        leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
+        assert (await leg.welcome()).refused == ""
+        dialled.append(leg)
+    await asyncio.sleep(0.3)
+    try:
+        assert legs.server.open <= MAX_LEGS_PER_INSTANCE, (
+            f"one agent instance holds {legs.server.open} session legs on this replica"
+        )
+    finally:
+        for leg in dialled:
+            leg.writer.transport.abort()
