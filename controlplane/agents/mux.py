@@ -110,9 +110,11 @@ class Leg:
 
     def broken(self) -> None:
         """The stream broke (or ended) before the agent ended this session: whatever the
-        target was doing, its outcome is unknown (the session ends as agent_lost)."""
-        if not self.tunnel.closed.is_set() and not self.agent_done.is_set():
-            self.tunnel.lost = True
+        target was doing, its outcome is unknown (the session ends as agent_lost). Once: an
+        agent repeating `lost` must not queue an end per event for a client taking nothing."""
+        tunnel = self.tunnel
+        if not tunnel.closed.is_set() and not self.agent_done.is_set() and not tunnel.lost:
+            tunnel.lost = True
             self.deliver(None)
         self.credit.close()
 

@@ -200,3 +200,24 @@ async def test_one_instance_cannot_hold_legs_without_bound(
     finally:
         for leg in dialled:
             leg.writer.transport.abort()
+
+
+async def test_an_agent_repeating_lost_does_not_pile_up_ends_for_the_client(
+    listener: tuple[LegListener, AgentRegistry], tunnels: Tunnels
+) -> None:
+    """A session ends once: an agent that says `lost` for it over and over, while its client
+    takes nothing, must not have the control plane queue one end per event (outside the
+    credit, without bound)."""
+    leg, tunnel = await attached(*listener, tunnels, "s-lost")
+    lost = agent_pb2.AgentEvent(session=1, lost="gone")
+    for _ in range(20):
+        leg.send(agent_pb2.AgentBatch(events=[lost] * 4096))
+    await leg.writer.drain()
+    await asyncio.sleep(0.5)
+    legs = [o for o in gc.get_objects() if isinstance(o, SessionLeg) and o.tunnel is tunnel]
+    try:
+        waiting = sum(len(one.backlog) for one in legs) + tunnel.to_client.qsize()
+        assert waiting <= 2, f"the control plane queued {waiting} ends for one session's client"
+    finally:
+        tunnels.discard(tunnel)
+        leg.writer.transport.abort()
