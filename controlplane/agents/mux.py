@@ -205,7 +205,9 @@ class SessionStream:
             kind = event.WhichOneof("msg")
             if kind == "frame":
                 leg = self.legs.get(event.session)
-                if leg is not None:
+                # Without data a frame carries nothing for the client (marks describe data)
+                # and costs no credit: queued, an agent could pile them up without bound.
+                if leg is not None and event.frame.data:
                     if leg.allowed <= 0:  # one frame may overdraw the credit, never two
                         raise LegViolation(
                             f"session {leg.tunnel.session_id} sent {len(event.frame.data)} "

@@ -221,3 +221,23 @@ async def test_an_agent_repeating_lost_does_not_pile_up_ends_for_the_client(
     finally:
         tunnels.discard(tunnel)
         leg.writer.transport.abort()
+
+
+async def test_empty_frames_cost_no_credit_and_are_not_queued(
+    listener: tuple[LegListener, AgentRegistry], tunnels: Tunnels
+) -> None:
+    """A frame without data spends no credit: an agent sending them by the thousand, for a
+    client that takes nothing, must not have the control plane queue each one."""
+    leg, tunnel = await attached(*listener, tunnels, "s-empty")
+    empty = agent_pb2.AgentEvent(session=1, frame=tunnel_pb2.Frame())
+    for _ in range(20):
+        leg.send(agent_pb2.AgentBatch(events=[empty] * 4096))
+    await leg.writer.drain()
+    await asyncio.sleep(0.5)
+    legs = [o for o in gc.get_objects() if isinstance(o, SessionLeg) and o.tunnel is tunnel]
+    try:
+        waiting = sum(len(one.backlog) for one in legs) + tunnel.to_client.qsize()
+        assert waiting <= 16, f"the control plane queued {waiting} empty frames for a client"
+    finally:
+        tunnels.discard(tunnel)
+        leg.writer.transport.abort()
