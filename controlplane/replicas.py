@@ -62,15 +62,29 @@ ORDER_TTL = ORDER_ACK / 2
 
 
 async def push_policy(links: list[AgentLink], policy: PolicyStore) -> list[str]:
-    """Send each instance its part of the current policy; returns the names that took it."""
+    """Send each instance its part of the current policy; returns the names that took it.
+
+    Never waits: this runs on the replica bus's listener and in the heartbeat's re-check, so
+    an agent not reading its control stream would hold up revocations, orders and this
+    replica's heartbeat. One whose queue is full is cut instead; it gets the policy when it
+    connects again."""
     notified = []
     for link in links:
+        if link.closed.is_set():
+            continue
         push = agent_pb2.ControlMessage(policy=policy.for_agent(link.name))
         try:
-            await link.send(push)
-            notified.append(link.name)
-        except Exception:  # an agent that cannot take it gets it again when it reconnects
+            link.outbox.put_nowait(push)
+        except asyncio.QueueFull:
+            log.warning(
+                "agent %s (instance %s) does not read its control stream: cut, it gets the "
+                "policy when it connects again",
+                link.name,
+                link.instance_id,
+            )
+            link.close("it did not read its control stream (a policy push found it full)")
             continue
+        notified.append(link.name)
     return notified
 
 
