@@ -37,6 +37,9 @@ MAX_UNSENT_REFUSALS = 4 * MAX_REFUSED_ATTACHES
 """Refused attaches whose closes wait for the leg's writer at most: an agent that goes on
 attaching but does not read would have them pile up in the control plane's memory."""
 
+MAX_SESSION_ID = 128
+"""Characters of a session id at most (ours are UUIDs): a refused attach's close quotes it."""
+
 Delivery = tunnel_pb2.Frame | None
 
 
@@ -274,6 +277,11 @@ class SessionStream:
         """Attach the session; the reason it was refused (and the agent told), or ''."""
         if number in self.legs:
             reason = f"session {number} is in use"
+            self.outbox.put(agent_pb2.GatewayEvent(session=number, close=reason), len(reason))
+            return reason
+        if len(attach.session_id) > MAX_SESSION_ID:
+            # Not quoted: the close waits in the outbox, perhaps for an agent reading nothing.
+            reason = f"a session id of {len(attach.session_id)} characters is not ours"
             self.outbox.put(agent_pb2.GatewayEvent(session=number, close=reason), len(reason))
             return reason
         run_as = attach.run_as if attach.HasField("run_as") else None

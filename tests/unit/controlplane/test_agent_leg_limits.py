@@ -241,3 +241,31 @@ async def test_empty_frames_cost_no_credit_and_are_not_queued(
     finally:
         tunnels.discard(tunnel)
         leg.writer.transport.abort()
+
+
+async def test_refused_attaches_do_not_echo_long_session_ids_back_into_memory(
+    listener: tuple[LegListener, AgentRegistry],
+) -> None:
+    """A refused attach's close waits in the leg's outbox for an agent that may read nothing;
+    it must not quote the agent's session id whole (up to a frame long)."""
+    from controlplane.agents.mux import MAX_UNSENT_REFUSALS, SessionStream
+
+    legs, registry = listener
+    credential, _ = await enrolled(registry)
+    leg = await dial(legs)
+    leg.send(agent_pb2.LegHello(credential=credential, version="1.0"))
+    assert (await leg.welcome()).refused == ""
+    long_id = "z" * (60 * 1024)  # under the fixture's 64 KiB frames; 8 MiB in production
+    for number in range(MAX_UNSENT_REFUSALS):
+        attach = agent_pb2.SessionAttach(session_id=long_id)
+        leg.send(agent_pb2.AgentBatch(events=[agent_pb2.AgentEvent(session=number, attach=attach)]))
+    await leg.writer.drain()
+    await asyncio.sleep(0.5)
+    streams = [o for o in gc.get_objects() if isinstance(o, SessionStream)]
+    queued = sum(len(e.close) for s in streams for e, _ in s.outbox._events)
+    try:
+        assert queued <= MAX_UNSENT_REFUSALS * 1024, (
+            f"the control plane holds {queued} bytes of refusals echoing the agent's session ids"
+        )
+    finally:
+        leg.writer.transport.abort()
