@@ -44,11 +44,11 @@ HELLO_TIMEOUT = 10.0
 REVOCATION_CHECK_TIMEOUT = 2.0
 """Seconds a broken leg's sessions wait for the store to say whether the agent was revoked."""
 MAX_HELLO = 64 * 1024
+"""Bytes of the hello at most: before it is checked, a peer may make us buffer no more."""
 MAX_LEGS_PER_INSTANCE = 8
 """Legs of one agent instance on this replica at most: it dials one per replica (two while its
 certificate is renewed; stale ones until TCP gives up on them). Each may hold a frame of up to
 MAX_FRAME as it arrives; one more lets the oldest go (its sessions: agent_lost)."""
-"""Bytes of the hello at most: before it is checked, a peer may make us buffer no more."""
 
 
 class LegServer:
