@@ -24,7 +24,8 @@ from controlplane.audit.events import Draft, draft
 from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
 from trail.canonical import canonical
 from trail.chain import link_hash
-from trail.signatures import CHECKPOINT_TYPE, anchor_note, keyring, signature_problem
+from trail.signatures import CHECKPOINT_TYPE, keyring
+from trail.verify import anchor_start
 
 EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 HEAD = ChainHeadRow.__table__  # type: ignore[attr-defined]
@@ -254,9 +255,12 @@ def _pruned_from(cursor: DBAPICursor, sql: _Sql, seq: int, signer: SigningKey | 
     anchor = cursor.fetchone()
     if anchor is None or signer is None:
         return False
-    at, hash_, key_id, signature = anchor
-    signed = {"key_id": key_id, "signature": signature}
-    return signature_problem(keyring([signer.public]), signed, anchor_note(at, hash_)) is None
+    document = dict(zip(("seq", "hash", "key_id", "signature"), anchor, strict=True))
+    try:
+        anchor_start(keyring([signer.public]), document)
+    except ValueError:
+        return False
+    return True
 
 
 def _insert(cursor: DBAPICursor, sql: _Sql, rows: list[tuple[object, ...]]) -> None:

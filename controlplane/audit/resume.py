@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session, col, select
 
 from controlplane.audit.checkpoints import SigningKey
+from controlplane.audit.retention import anchor_document
 from controlplane.errors import DataLoss
 from controlplane.store.database import Database
 from controlplane.store.models import AnchorRow, ChainHeadRow, EventRow
-from trail.signatures import CHECKPOINT_TYPE, anchor_note, keyring, signature_problem
+from trail.signatures import CHECKPOINT_TYPE, keyring
+from trail.verify import anchor_start
 from trail.witness import WitnessEntry, check_witness, read_witness
 
 if TYPE_CHECKING:
@@ -83,10 +85,10 @@ def _problem(
     anchor = session.exec(query).first()
     start_seq = anchor.seq if anchor is not None else 0
     if anchor is not None and start_seq >= entry.event_seq:  # the anchor says it was pruned
-        signed = {"key_id": anchor.key_id, "signature": anchor.signature}
-        why = signature_problem(keys, signed, anchor_note(anchor.seq, anchor.hash))
-        if why is not None:
-            return f"the prune anchor at seq {anchor.seq} does not hold: {why}"
+        try:
+            anchor_start(keys, anchor_document(anchor))
+        except ValueError as exc:
+            return str(exc)
     report = check_witness([entry], start_seq=start_seq, head_seq=head_seq, stored=stored)
     if report.problem is not None:
         return report.problem
