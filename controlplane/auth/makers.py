@@ -13,12 +13,16 @@ from sqlmodel import Session, select
 
 from controlplane.store.models import EventRow
 
+TOKEN_PREFIX = "token:"  # the subject of a machine token (auth/tokens.py: f"token:{name}")
 MAX_TOKEN_CHAIN = 1000  # makers followed up a chain of tokens; a bound, not a policy
 
 
 def minted_by_either(session: Session, one: str, other: str) -> tuple[str, str] | None:
     """(token, maker) when `one` is a token `other` made (up a chain of tokens), or the
-    other way round; None when neither made the other."""
+    other way round; None when neither made the other. Only a token is made by someone: two
+    people's subjects need no reading of the trail."""
+    if not (one.startswith(TOKEN_PREFIX) or other.startswith(TOKEN_PREFIX)):
+        return None
     creators = _token_creators(session)
     for token, creator in ((one, other), (other, one)):
         if creator in _minted_by(token, creators):
@@ -37,7 +41,9 @@ def _token_creators(session: Session) -> dict[str, set[str]]:
         event = json.loads(body)
         change, user = event.get("change", {}), event.get("user", {})
         if change.get("action") == "token.create":
-            creators.setdefault(f"token:{change.get('name')}", set()).add(str(user.get("sub")))
+            creators.setdefault(f"{TOKEN_PREFIX}{change.get('name')}", set()).add(
+                str(user.get("sub"))
+            )
     return creators
 
 
