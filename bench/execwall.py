@@ -4,7 +4,8 @@
 Whole commands, because that is what a tool-calling agent runs: interpreter start, imports,
 login to the control plane, session open, the statement, the audit commits and exit. Runs
 alternate between the commands (after a warm-up of each), so all see the same machine.
-`python -c pass` is timed alongside as the floor any Python CLI pays before its first line.
+`python -c pass` is timed alongside as the floor any Python CLI pays before its first line,
+with and without cached bytecode.
 
 `exec` is timed twice: with the bytecode Python caches (`__pycache__`, what a second call
 finds), and with none, as on a read-only install built without it or the first call after
@@ -92,6 +93,9 @@ def run(cfg: Config, res: Resources, section: Section) -> None:
             {**gateway.controlplane.cli_env, **no_bytecode},
         ),
         "python -c pass": ([sys.executable, "-c", "pass"], {}),
+        # The floor of the second target: this interpreter compiling its own start-up (site,
+        # the venv's .pth hooks) before any line of Gatehouse runs.
+        "python -c pass, no cached bytecode": ([sys.executable, "-c", "pass"], no_bytecode),
     }
     samples: dict[str, list[float]] = {name: [] for name in commands}
     for argv, env in commands.values():  # warm-up: page cache, .pyc files, first session
