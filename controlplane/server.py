@@ -421,6 +421,7 @@ class ControlPlane:
             "commits": self.audit.commits,
             "durable_commits": self.audit.durable_commits,
             "syncs": self.audit.syncs,
+            "recovered_events": self.audit.recovered,
             "commit_seconds": self.audit.commit_seconds,
             "queue_depth": self.audit.queue_depth,
             "result_failures": self.audit.result_failures,

@@ -80,6 +80,8 @@ class Outcome:
     ends_signed: bool  # the last event appended is a checkpoint
     durable: bool = True  # its commit waited for the disk (the writer sets it)
     head: tuple[int, str] | None = None  # the chain head it left (None: it appended nothing)
+    #: The last event it appended, (seq, hash), continuous with the floor or not (None: none).
+    tail: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,15 @@ def append_on(
         len(rows),
         last_type == CHECKPOINT_TYPE,
         head=(seq, prev) if rows and continuous else None,
+        tail=(seq, prev) if rows else None,
     )
+
+
+def stored_hash(cursor: DBAPICursor, dialect: Dialect, seq: int) -> str | None:
+    """The hash of the event stored at `seq`, or None when there is none."""
+    cursor.execute(_sql(dialect).hash_at, (seq,))
+    row = cursor.fetchone()
+    return None if row is None else str(row[0])
 
 
 def _check_floor(

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from controlplane.audit.append import Outcome, append_events, append_on, appended_in
+from controlplane.audit.append import Outcome, append_events, append_on, appended_in, stored_hash
 from controlplane.audit.checkpoints import SigningKey
 from controlplane.audit.errors import AuditUnavailable, InvalidEvent
 from controlplane.audit.events import Draft, draft
@@ -145,6 +145,11 @@ class AuditWriter:
         self._stopped: asyncio.Future[None] | None = None
         self._connection = db.writer_connection()  # only the writer thread uses it
         self._sync_at: float | None = None  # when relaxed commits are due a sync (thread)
+        # Relaxed commits no durable commit or sync has covered yet, oldest first: their
+        # events and the last one's (seq, hash). Kept (by the thread) until one covers them,
+        # which first checks they are still stored (`_missing`).
+        self._unsure: list[tuple[list[Draft], tuple[int, str]]] = []
+        self.recovered = 0  # events of relaxed commits the store lost, appended again
         self.committed = 0  # events, for metrics
         self.commits = 0  # transactions
         self.durable_commits = 0  # transactions that waited for the disk (fsync)
@@ -395,14 +400,24 @@ class AuditWriter:
         self._connection.release()
 
     def _timed_sync(self) -> None:
+        """Make the relaxed commits durable: a durable transaction that appends again what the
+        store lost of them (`_missing`) and otherwise writes nothing but its own commit."""
         try:
-            self._db.sync()
+            outcome = self._append([], True, sync=True)
         except Exception as exc:  # the events are committed; a later durable commit may cover them
             log.error("cannot sync the audit store's relaxed commits: %s", exc)
             self._sync_at = time.monotonic() + self._sync_interval
         else:
             self._sync_at = None
             self.syncs += 1  # written by this thread only
+            if outcome.appended:
+                self._deliver(functools.partial(self._appended_again, outcome))
+
+    def _appended_again(self, outcome: Outcome) -> None:
+        """On the loop: a sync appended lost events again; readers and witnesses hear of it."""
+        self._unsigned = not outcome.ends_signed
+        self._notify()
+        self._publish(outcome.checkpoints)
 
     def _covered(self) -> None:
         """A durable commit synced everything before it: no sync is due."""
@@ -585,31 +600,80 @@ class AuditWriter:
             row = session.get(EventRow, head.seq)
             return row is None or row.type != CHECKPOINT_TYPE
 
-    def _append(self, drafts: list[Draft], durable: bool) -> Outcome:
+    def _append(self, drafts: list[Draft], durable: bool, *, sync: bool = False) -> Outcome:
         """Append in one transaction under the chain-head lock (runs in the writer thread).
 
         On the writer's own driver connection: SQLAlchemy's session, Core statements and even
         `exec_driver_sql` cost more per group commit than the statements and the COMMIT.
         A relaxed batch that appends a checkpoint commits durably all the same: witnesses
         hear of a checkpoint only once the chain it signs is on disk.
+
+        A durable transaction covers the relaxed commits before it, so it first appends again,
+        ahead of `drafts`, their events that the store no longer holds: a PostgreSQL server
+        that crashed before its WAL writer flushed them forgot them while this process lived
+        on (ADR 0026). With `sync` and nothing to append, it still makes them durable.
         """
         dialect = self._db.writer_engine.dialect
+        again: list[Draft] = []
         with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
             try:
+                if durable and self._unsure:
+                    again = self._missing(cursor, dialect)
                 outcome = append_on(
-                    cursor, dialect, drafts, self._signer, self._checkpoint_every, self._floor
+                    cursor,
+                    dialect,
+                    [*again, *drafts] if again else drafts,
+                    self._signer,
+                    self._checkpoint_every,
+                    self._floor,
                 )
+                if sync and not outcome.appended and not self._db.is_sqlite:
+                    # An xid makes the commit write a record whose flush covers the earlier ones.
+                    cursor.execute("SELECT txid_current()")
             finally:
                 cursor.close()
             if outcome.checkpoints:
                 write.require_durable()
             durable = write.durable
+        if sync and not outcome.appended and self._db.is_sqlite:
+            self._db.sync()  # the WAL frames of the NORMAL commits before this empty one
+        if again:
+            self.recovered += len(again)
+            outcome = dataclasses.replace(outcome, results=outcome.results[len(again) :])
         # Only a durable commit: a relaxed one may be lost in a store crash (ADR 0026) and a
         # head back at the last durable commit is then no rewind.
-        if outcome.head is not None and durable:  # continuing from the floor (append_on)
-            self._floor = outcome.head
+        if durable:
+            self._unsure.clear()
+            if outcome.head is not None:  # continuing from the floor (append_on)
+                self._floor = outcome.head
+        elif outcome.tail is not None:
+            kept = [d for d, r in zip(drafts, outcome.results, strict=True) if type(r) is int]
+            self._unsure.append((kept, outcome.tail))
         return dataclasses.replace(outcome, durable=durable)
+
+    def _missing(self, cursor: Any, dialect: Any) -> list[Draft]:
+        """The events of relaxed commits that the store no longer holds, oldest first.
+
+        A store recovers a prefix of its commits (WAL order), so the newest relaxed commit
+        still holding its hash vouches for every one before it: usually one lookup.
+        """
+        kept = 0
+        for index in range(len(self._unsure) - 1, -1, -1):
+            seq, hash_ = self._unsure[index][1]
+            if stored_hash(cursor, dialect, seq) == hash_:
+                kept = index + 1
+                break
+        lost = [item for drafts, _ in self._unsure[kept:] for item in drafts]
+        if lost:
+            log.error(
+                "the audit store no longer holds %d events it committed without a sync since "
+                "seq %d (a crash of the store's server, or someone deleting them); appending "
+                "them again",
+                len(lost),
+                self._unsure[kept][1][0] - len(self._unsure[kept][0]) + 1,
+            )
+        return lost
 
 
 def _retrieve(future: asyncio.Future[int]) -> None:

@@ -46,6 +46,12 @@ class _Live(Collector):
             value=values.get("syncs", 0.0),
         )
         yield CounterMetricFamily(
+            "gatehouse_audit_recovered_events",
+            "Events of relaxed audit commits that the store lost (a crash of its server) and "
+            "the writer appended again. Alert on any: look for a store crash.",
+            value=values.get("recovered_events", 0.0),
+        )
+        yield CounterMetricFamily(
             "gatehouse_audit_commit_seconds",
             "Time spent in audit store transactions; divide by commits for the mean latency.",
             value=values["commit_seconds"],

@@ -98,14 +98,19 @@ async def test_an_event_with_a_unicode_line_break_exports_as_one_line(
 
 
 async def test_a_follow_stops_when_events_it_printed_are_replaced(
-    writer: AuditWriter, address: str, db_path: Path
+    db: Database, writer: AuditWriter, address: str, db_path: Path
 ) -> None:
-    """A store crash may lose relaxed commits a follower already printed; their seqs are then
-    used again (ADR 0026). The follower must say so, not go on as if nothing was missing."""
+    """A power loss of the machine that runs the store and the control plane may lose relaxed
+    commits a follower already printed; the control plane started after it uses their seqs
+    again (ADR 0026; one that lives on appends them again itself). The follower must say so,
+    not go on as if nothing was missing."""
     for n in range(3):
         await writer.commit(draft("test.event", n=n))  # durable
+    before = AuditWriter(db)  # the control plane that goes down with the machine
+    before.start()
     for n in range(2):
-        await (await writer.submit(draft("db.result", ref=n)))  # relaxed: seq 4, 5
+        await (await before.submit(draft("db.result", ref=n)))  # relaxed: seq 4, 5
+    await before.close()
     out = io.StringIO()
     follow = asyncio.create_task(
         cli_audit.follow_events(address, (), after=0, limit=10, types=None, out=out)
