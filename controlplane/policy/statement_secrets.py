@@ -9,7 +9,9 @@ case cannot hide one; each secret literal is then replaced, in place, by `'***'`
   `CREATE/ALTER USER MAPPING … OPTIONS (password …)`, `CREATE/ALTER SERVER … OPTIONS (…)`;
 * the connection string of `CREATE/ALTER SUBSCRIPTION … CONNECTION '…'`;
 * every string argument of a `dblink*` function (its connection string, or a named one);
-* any other string constant that reads like a libpq connection string with a password.
+* any other string constant that reads like a libpq connection string with a password;
+* the body of a DO block or a function (`AS '…'`) that holds a secret read as a statement of
+  its own (conservatively: PL/pgSQL does not parse as SQL, so every literal in it counts).
 
 Text the parser refuses is redacted conservatively when it mentions a password: every string
 literal the scanner finds goes, or, if even the scanner fails, everything after the word.
@@ -133,11 +135,25 @@ def _secret_locations(node: Any) -> Iterator[int]:
             yield location if isinstance(location, int) and location >= 0 else 0
         elif kind == "FuncCall" and _is_dblink(body):
             yield from _string_args(body.get("args", []))
+        elif kind == "DefElem" and body.get("defname") == "as" and _code_holds_secret(body):
+            location = body.get("arg_location", -1)
+            yield location if location >= 0 else body.get("location", 0)
         elif kind == "A_Const":
             value = body.get("sval", {}).get("sval")
             if isinstance(value, str) and _CONNINFO_PASSWORD.search(value):
                 yield body.get("location", 0)
         yield from _secret_locations(body)
+
+
+def _code_holds_secret(option: dict[str, Any]) -> bool:
+    """Whether the code of a DO block or a function body (`AS`) holds a secret: it runs."""
+    arg = option.get("arg")
+    items = arg.get("List", {}).get("items", []) if isinstance(arg, dict) else []
+    for item in [arg, *items]:
+        code = item.get("String", {}).get("sval") if isinstance(item, dict) else None
+        if isinstance(code, str) and redact_statement(code) != code:
+            return True
+    return False
 
 
 def _is_dblink(call: dict[str, Any]) -> bool:

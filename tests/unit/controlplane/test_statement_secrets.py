@@ -135,3 +135,28 @@ def test_no_part_of_a_password_is_kept_under_either_reading_of_a_backslash(sql: 
 def test_a_backslash_that_both_readings_split_alike_keeps_the_rest() -> None:
     sql = "select 'a\\b' as v, 1"
     assert redact_statement(sql) is sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"do $$ begin alter role bob password '{SECRET}'; end $$",
+        f"DO LANGUAGE plpgsql 'begin alter role bob password ''{SECRET}''; end'",
+        f"do $$ begin execute format('alter role bob password %L', '{SECRET}'); end $$",
+        f"create function f() returns void language sql as $$ alter role bob password '{SECRET}'"
+        " $$",
+        f"create or replace procedure p() language plpgsql as $b$ begin "
+        f"perform dblink_connect('host=h password={SECRET}'); end $b$",
+    ],
+)
+def test_a_password_in_code_the_statement_runs_is_masked(sql: str) -> None:
+    """A DO block or a function body is a literal the parser does not read: a password in it
+    runs all the same (now, or when the function is called)."""
+    redacted = redact_statement(sql)
+    assert SECRET not in redacted
+    assert "hunter" not in redacted
+
+
+def test_code_without_a_secret_is_kept() -> None:
+    sql = "do $$ begin perform 1; end $$; alter role bob password null"
+    assert redact_statement(sql) == sql
