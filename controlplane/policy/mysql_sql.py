@@ -630,28 +630,41 @@ def where_of(text: str) -> exp.Expression | Unreadable | None:
 
 _SECRET_WORDS = re.compile(r"(?i)password|identified|ed25519")
 _MASK = "'***'"
+_LITERALS = (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING)
 
 
 def redact(sql: str) -> str:
     """``sql`` with every string literal masked when it may hold a password (``IDENTIFIED BY``,
-    ``PASSWORD('…')``, ``MASTER_PASSWORD=``…), so that none reaches the trail. Text the tokenizer
-    cannot read loses everything after the first such word."""
+    ``PASSWORD('…')``, ``MASTER_PASSWORD=``…), so that none reaches the trail. A literal of any
+    reading the server may make (``readings``: an executable comment run, NO_BACKSLASH_ESCAPES,
+    ANSI_QUOTES…) is masked, where it is in the text. Text the tokenizer cannot read loses
+    everything after the first such word."""
     found = _SECRET_WORDS.search(sql)
     if found is None:
         return sql
+    spans: set[tuple[int, int]] = set()
     try:
-        tokens = list(_DIALECT.tokenize(_lexable(sql)))
-    except TokenError:
-        return sql[: found.start()] + "***"
-    if any(token.token_type in _COMMANDS for token in tokens):
-        # The rest of a command is one token whose position is not exact: mask all of it.
+        for reading in readings(sql):
+            tokens = _tokens(reading.text, reading.ansi_quotes, reading.brackets)
+            if any(token.token_type in _COMMANDS for token in tokens):
+                # The rest of a command is one token whose position is not exact: mask it all.
+                return sql[: found.start()] + "***"
+            for token in tokens:
+                if token.token_type in _LITERALS:
+                    start, end = token.start, token.end + 1
+                    if reading.doubled:  # back to the text's own offsets
+                        start -= reading.text.count("\\", 0, start) // 2
+                        end -= reading.text.count("\\", 0, end) // 2
+                    spans.add((start, end))
+    except Unreadable:
         return sql[: found.start()] + "***"
     out: list[str] = []
     pos = 0
-    for token in tokens:
-        if token.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING):
-            out.append(sql[pos : token.start])
-            out.append(_MASK)
-            pos = token.end + 1
+    for start, end in sorted(spans):
+        if start >= pos:
+            out += [sql[pos:start], _MASK]
+            pos = end
+        elif end > pos:  # it overlaps one of another reading: one mask for both
+            pos = end
     out.append(sql[pos:])
     return "".join(out)
