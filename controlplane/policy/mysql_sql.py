@@ -24,6 +24,7 @@ UPDATE does. Two readings the server could make differently are taken into accou
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -649,8 +650,14 @@ def redact(sql: str) -> str:
             if any(token.token_type in _COMMANDS for token in tokens):
                 # The rest of a command is one token whose position is not exact: mask it all.
                 return sql[: found.start()] + "***"
+            quoted = []
+            for token in _password_places(tokens):
+                if token.token_type == TokenType.IDENTIFIER:
+                    quoted.append(token)  # `secret`, or "secret" under ANSI_QUOTES
+                elif token.token_type not in (*_LITERALS, TokenType.PLACEHOLDER):
+                    return sql[: found.start()] + "***"  # a password outside any quotes
             for token in tokens:
-                if token.token_type in _LITERALS:
+                if token.token_type in _LITERALS or token in quoted:
                     start, end = token.start, token.end + 1
                     if reading.doubled:  # back to the text's own offsets
                         start -= reading.text.count("\\", 0, start) // 2
@@ -668,3 +675,24 @@ def redact(sql: str) -> str:
             pos = end
     out.append(sql[pos:])
     return "".join(out)
+
+
+def _password_places(tokens: list[Token]) -> Iterator[Token]:
+    """The tokens that stand where a password goes (``IDENTIFIED [WITH|VIA plugin]
+    BY|USING|AS``, ``[MASTER_]PASSWORD =``, ``SET PASSWORD FOR user =``, ``PASSWORD(``),
+    whatever they are: one typed without its quotes is a word or a number, which the server
+    refuses, and quotes in its error."""
+    words = [token.text.upper() for token in tokens]
+    set_password = words[:2] == ["SET", "PASSWORD"]
+    for index in range(1, len(tokens)):
+        before = words[index - 1]
+        if before in ("BY", "USING", "AS"):
+            where = "IDENTIFIED" in words[max(0, index - 4) : index]
+        elif before == "=":
+            where = words[index - 2].endswith("PASSWORD") or (
+                set_password and "=" not in words[: index - 1]
+            )
+        else:
+            where = before == "(" and index > 1 and words[index - 2].endswith("PASSWORD")
+        if where and "PASSWORD" not in words[index]:
+            yield tokens[index]

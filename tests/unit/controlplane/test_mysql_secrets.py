@@ -48,3 +48,37 @@ def test_an_executable_comment_keeps_its_place() -> None:
         redact(f"CREATE USER bob /*!50700 IDENTIFIED BY '{SECRET}' */")
         == "CREATE USER bob /*!50700 IDENTIFIED BY '***' */"
     )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"CREATE USER bob IDENTIFIED BY {SECRET}",
+        f"ALTER USER bob IDENTIFIED WITH mysql_native_password BY {SECRET}",
+        f"ALTER USER bob IDENTIFIED VIA ed25519 USING {SECRET}",
+        f"SET PASSWORD FOR bob = {SECRET}",
+        f"CHANGE MASTER TO MASTER_PASSWORD={SECRET}",
+        f"CREATE USER bob IDENTIFIED BY `{SECRET}`",
+        "SET PASSWORD = PASSWORD(20250101)",
+    ],
+)
+def test_a_password_typed_without_its_quotes_is_masked(sql: str) -> None:
+    """The server refuses it, but it was sent, and it is the password all the same."""
+    redacted = redact(sql)
+    assert SECRET not in redacted and "20250101" not in redacted
+    assert "***" in redacted
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT password FROM accounts ORDER BY id", "SELECT password FROM accounts ORDER BY id"),
+        ("SET PASSWORD = ?", "SET PASSWORD = ?"),
+        (
+            "ALTER USER bob IDENTIFIED BY PASSWORD '*01'",
+            "ALTER USER bob IDENTIFIED BY PASSWORD '***'",
+        ),
+    ],
+)
+def test_what_stands_where_a_password_may_is_kept_when_it_is_none(sql: str, expected: str) -> None:
+    assert redact(sql) == expected
