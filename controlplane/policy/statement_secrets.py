@@ -58,6 +58,21 @@ def redact_statement(sql: str) -> str:
     return _cut(sql)
 
 
+def held_secret(recorded: str) -> bool:
+    """Whether a statement recorded as ``recorded`` had something taken out: this module and
+    MySQL's ``redact`` leave ``***`` where they did (text that held it already counts too)."""
+    return "***" in recorded
+
+
+def withheld(message: str) -> str:
+    """A target's message about a statement that held a secret, up to its first quote: a
+    server quotes the text it stopped at (PostgreSQL ``syntax error at or near "…"``, MySQL
+    ``… near '…' at line 1``), and that may be the password, typed without its quotes or
+    with one missing."""
+    quotes = [at for at in (message.find('"'), message.find("'")) if at >= 0]
+    return message[: min(quotes)] + "***" if quotes else message
+
+
 def _cut(sql: str) -> str:
     """The text up to the first literal holding a backslash (redacted as text of its own), then
     one mask: the two readings split what follows differently."""

@@ -121,6 +121,25 @@ def test_secrets_never_appear_in_events_or_logs(stack: Stack) -> None:
     assert stack.controlplane.token not in export
 
 
+def test_a_password_the_server_echoes_in_an_error_is_not_recorded(stack: Stack) -> None:
+    """PostgreSQL's syntax errors quote the token they stopped at: a password typed without
+    its quotes, or with one missing, is that token."""
+    secret = f"pw{uuid.uuid4().hex[:12]}"
+    after = stack.events()[-1]["seq"]
+    for sql in (
+        f"alter role nobody_x password {secret}",
+        f"alter role nobody_x password '{secret}",
+    ):
+        result = stack.cli("exec", "pg", "-c", sql)
+        assert result.returncode == 1
+        assert "42601" in result.stderr and secret in result.stderr
+    events = stack.events(after)
+    results = [e["result"] for e in events if e["type"] == "db.result"]
+    assert [r["error"] for r in results] == ["42601", "42601"]
+    assert all(r["message"].startswith(("syntax error", "unterminated")) for r in results)
+    assert secret not in json.dumps(events)
+
+
 def test_several_statements_in_one_string_are_one_request(stack: Stack) -> None:
     result = stack.cli("exec", "pg", "-c", "select 1 as a; select 2 as b, 3 as c", "-o", "json")
     assert result.returncode == 0, result.stderr

@@ -84,6 +84,23 @@ def test_exec_error_carries_the_servers_code_and_sqlstate(stack: MysqlStack) -> 
     assert results[-1]["result"]["error"] == "42S02"
 
 
+def test_a_password_the_server_quotes_in_an_error_is_not_recorded(stack: MysqlStack) -> None:
+    """MySQL's syntax error quotes the statement from where it went wrong: the password too."""
+    secret = f"pw{uuid.uuid4().hex[:12]}"
+    after = stack.last_seq()
+    for sql in (
+        f"CREATE USER nobody_x IDENTIFIED BY {secret}",  # the quotes forgotten
+        f"CREATE USERR nobody_x IDENTIFIED BY '{secret}'",
+    ):
+        result = stack.cli("exec", "my", "-c", sql)
+        assert result.returncode == 1
+        assert "ERROR 1064 (42000)" in result.stderr and secret in result.stderr
+    results = [e for e in stack.events(after) if e["type"] == "db.result"]
+    assert [r["result"]["code"] for r in results] == [1064, 1064]
+    assert all("SQL syntax" in r["result"]["message"] for r in results)
+    assert secret not in json.dumps(stack.events(after))
+
+
 def test_guardrail_refusal_never_reaches_the_server(
     stack: MysqlStack, mariadb: MariadbServer, table: str
 ) -> None:

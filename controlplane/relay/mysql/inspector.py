@@ -40,6 +40,7 @@ from controlplane.policy.mysql_sql import (
     redact,
     split_agreed,
 )
+from controlplane.policy.statement_secrets import held_secret, withheld
 from controlplane.relay.inspection import EndCause, Opening, record
 from gatehouse.v1 import tunnel_pb2
 from redact.detectors import DetectorSet
@@ -136,6 +137,7 @@ class Statement:
     code: int | None = None
     message: str | None = None
     masked: bool = False
+    secret: bool = False  # its recorded text had a secret taken out: so has the target's message
     bytes_out: int = 0
     prepare: str | None = None  # COM_STMT_PREPARE: the text the target will confirm
 
@@ -414,7 +416,10 @@ class MysqlInspector:
             return None
         self.statements += len(events)
         now = time.monotonic()
-        return [Statement(seq, now) for seq in seqs]
+        return [
+            Statement(seq, now, secret=held_secret(event.body["request"].get("statement", "")))
+            for seq, event in zip(seqs, events, strict=True)
+        ]
 
     def _audit_failure(self) -> str:
         return f"not sent to the database: {self._audit_error}"
@@ -465,11 +470,8 @@ class MysqlInspector:
             return
         statement = cycle.statements.popleft()
         if mark.kind == ERROR:
-            statement.error, statement.code, statement.message = (
-                mark.sqlstate,
-                mark.code,
-                mark.message,
-            )
+            statement.error, statement.code = mark.sqlstate, mark.code
+            statement.message = withheld(mark.message) if statement.secret else mark.message
         elif mark.command == "SELECT":
             statement.rows = mark.rows
         elif mark.kind == COMPLETE and mark.rows >= 0:

@@ -38,7 +38,7 @@ from typing import Any
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.guardrails import Decision, SqlGuard
-from controlplane.policy.statement_secrets import redact_statement
+from controlplane.policy.statement_secrets import held_secret, redact_statement, withheld
 from controlplane.relay.inspection import EndCause, Opening, record
 from controlplane.relay.pg import sql as pg_sql
 from controlplane.relay.pg.lexical import LexicalSettings, sensitive
@@ -128,6 +128,7 @@ class Statement:
     error: str | None = None
     message: str | None = None
     masked: bool = False
+    secret: bool = False  # its recorded text had a secret taken out: so has the target's message
     copy_in: bool = False  # the client sent COPY FROM STDIN data (or its end)
     bytes_in: int = 0  # COPY FROM STDIN data the client sent
     bytes_out: int = 0  # the target's response, as sent to the client
@@ -918,7 +919,10 @@ class PgInspector:
             return None
         self.statements += len(events)
         now = time.monotonic()
-        return [Statement(seq, now) for seq in seqs]
+        return [
+            Statement(seq, now, secret=held_secret(event.body["request"].get("statement", "")))
+            for seq, event in zip(seqs, events, strict=True)
+        ]
 
     def _refuse(self, sqlstate: str, message: str) -> None:
         """Answer a request ourselves, ReadyForQuery included; nothing of it reaches the target."""
@@ -1240,7 +1244,8 @@ class PgInspector:
             return  # e.g. an error during startup: the session end records it
         statement = cycle.statements[0]
         if mark.kind == ERROR:
-            statement.error, statement.message = mark.sqlstate, mark.message
+            statement.error = mark.sqlstate
+            statement.message = withheld(mark.message) if statement.secret else mark.message
         else:
             statement.commands.append(mark.command)
             if mark.rows >= 0:

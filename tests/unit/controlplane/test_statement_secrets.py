@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane.policy.statement_secrets import redact_statement
+from controlplane.policy.statement_secrets import held_secret, redact_statement, withheld
 
 SECRET = "hunter2-Zq9"
 
@@ -160,3 +160,28 @@ def test_a_password_in_code_the_statement_runs_is_masked(sql: str) -> None:
 def test_code_without_a_secret_is_kept() -> None:
     sql = "do $$ begin perform 1; end $$; alter role bob password null"
     assert redact_statement(sql) == sql
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (f'syntax error at or near "{SECRET}"', "syntax error at or near ***"),
+        (
+            f'unterminated quoted string at or near "\'{SECRET}"',
+            "unterminated quoted string at or near ***",
+        ),
+        (
+            f"You have an error in your SQL syntax; check the manual for the right syntax to use "
+            f"near '{SECRET}' at line 1",
+            "You have an error in your SQL syntax; check the manual for the right syntax to use "
+            "near ***",
+        ),
+        ("syntax error at end of input", "syntax error at end of input"),
+    ],
+)
+def test_a_message_about_a_statement_that_held_a_secret_stops_at_its_first_quote(
+    message: str, expected: str
+) -> None:
+    assert withheld(message) == expected
+    assert held_secret(redact_statement(f"alter role bob password {SECRET}"))
+    assert not held_secret("alter role bob password null")
