@@ -35,8 +35,12 @@ from controlplane.policy.guardrails import TooAmbiguous, nonstandard_reading
 
 MASK = "'***'"
 # Statements that cannot hold a secret skip the parser: none of these words, in any case.
-_TRIGGERS = ("password", "dblink", "connection", "u&", "\\")
-_CONNINFO_PASSWORD = re.compile(r"(?i)(^|\s)password\s*=")
+_TRIGGERS = ("password", "dblink", "connection", "u&", "\\", "postgres://", "postgresql://")
+# A libpq connection string with a password: keyword = value, or a URI with one in its
+# userinfo (`postgresql://user:secret@host`) or in its parameters (`…?password=secret`).
+_CONNINFO_PASSWORD = re.compile(
+    r"(?i)(^|\s)password\s*=|^\s*postgres(?:ql)?://[^/?#@]*:[^/?#@]*@|[?&]password="
+)
 _WORD = re.compile(r"(?i)password")
 _LITERALS = ("SCONST", "USCONST")
 

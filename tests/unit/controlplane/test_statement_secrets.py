@@ -185,3 +185,20 @@ def test_a_message_about_a_statement_that_held_a_secret_stops_at_its_first_quote
     assert withheld(message) == expected
     assert held_secret(redact_statement(f"alter role bob password {SECRET}"))
     assert not held_secret("alter role bob password null")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"alter system set primary_conninfo = 'postgresql://rep:{SECRET}@primary:5432/app'",
+        f"select my_connect('postgres://u:{SECRET}@h/db?sslmode=require')",
+        f"select dblink_exec('postgresql:///app?password={SECRET}', 'select 1')",
+        f"alter system set primary_conninfo = 'postgresql://h/db?password={SECRET}'",
+    ],
+)
+def test_a_connection_uri_with_a_password_is_masked(sql: str) -> None:
+    """libpq reads a connection string as a URI too: its password is in the userinfo or in
+    a `password` parameter."""
+    redacted = redact_statement(sql)
+    assert SECRET not in redacted
+    assert "hunter" not in redacted
