@@ -306,10 +306,10 @@ _TOKENS: tuple[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]],
         ),
         _keep_prefix,
     ),
-    # Passwords in URLs: scheme://user:password@host.
+    # Passwords in URLs: scheme://user:password@host, and scheme://:password@host (Redis).
     (
         ("://",),
-        re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^\s:/@]+:)[^\s@/]+(?=@)"),
+        re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^\s:/@]*:)[^\s@/]+(?=@)"),
         _keep_prefix,
     ),
     # HTTP credentials: bearer tokens, and basic credentials after an Authorization header.
@@ -386,8 +386,8 @@ def secret(text: str) -> str | None:
     """API keys, tokens, private keys and password assignments; their prefix stays.
 
     ``AKIA****``, ``ghp_****``, ``xoxb-****``, ``sk_live_****``, ``eyJ****`` (a JWT), a PEM
-    block's armour around ``****``, ``postgres://app:****@db``, ``Bearer ****``, and
-    ``password=****`` / ``"api_key": "****"`` for any key that names a secret.
+    block's armour around ``****``, ``postgres://app:****@db`` (``redis://:****@cache``),
+    ``Bearer ****``, and ``password=****`` / ``"api_key": "****"`` for any key that names a secret.
     """
     return _secret_core(text) if _secret_hint(text) else None
 

@@ -231,6 +231,9 @@ PEM = (
             "https://x.io/cb?access_token=****&state=1",
         ),
         ("postgres://app:s3cret@db.internal:5432/app", "postgres://app:****@db.internal:5432/app"),
+        # Redis and others take a password without a user name.
+        ("redis://:s3cret@cache:6379/0", "redis://:****@cache:6379/0"),
+        ("REDIS_URL=rediss://:s3cret@cache", "REDIS_URL=rediss://:****@cache"),
         ("Authorization: Bearer abcdefghijklmnop1234", "Authorization: Bearer ****"),
         ("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l", "Authorization: Basic ****"),
     ],
