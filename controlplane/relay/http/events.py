@@ -1,10 +1,10 @@
 """What an `http.request` event says about a request, and what it must never say.
 
 Credentials and cookies in headers (`Authorization`, `Cookie`, any header whose name says
-token, secret, key, password, auth or session) and query values under such names become
-`[redacted]`; every other value passes through the connection's detectors (always `secret`,
-plus those of its masking rules). The body is recorded as its size and SHA-256, and — when
-its type is text — its first bytes as masked text.
+token, secret, key, signature, password, auth or session) and query values under such names
+(and `sig`) become `[redacted]`; every other value passes through the connection's detectors
+(always `secret`, plus those of its masking rules). The body is recorded as its size and
+SHA-256, and — when its type is text — its first bytes as masked text.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ BODY_TEXT: Final = 64 * 1024
 """Most bytes of a request body kept as text in its event (its digest covers all of it)."""
 REDACTED: Final = "[redacted]"
 _CREDENTIAL_HEADERS: Final = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "sig"}
 )
-_SECRETISH: Final = ("token", "secret", "passw", "api-key", "apikey", "api_key", "auth", "session")
+# `key` covers `api_key`, `X-Functions-Key`, Google's `?key=`; `signature` a presigned URL's
+# `X-Amz-Signature` and a webhook's `X-Hub-Signature` (with `sig`, Azure's SAS, above).
+_SECRETISH: Final = ("token", "secret", "passw", "key", "signature", "auth", "session")
 _TEXTUAL: Final = ("text/", "json", "xml", "x-www-form-urlencoded", "javascript", "yaml")
 
 
