@@ -32,13 +32,16 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Final, Literal
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
+from controlplane.policy.mysql_sql import redact
 from controlplane.policy.programs import StdinReader, stdin_readers
+from controlplane.policy.statement_secrets import redact_statement
 from controlplane.relay.inspection import EndCause, Opening
 from controlplane.relay.term.recording import LineTracker, Recording, Store, stored_in
 from gatehouse.v1 import agent_pb2, tunnel_pb2
@@ -568,10 +571,11 @@ def _who(run_as: codec.RunAs) -> str:
 
 def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) -> dict[str, Any]:
     """The `stdin` of a command event: the program as text (up to STDIN_TEXT_LIMIT bytes;
-    bytes that are not UTF-8 as backslash escapes), its SHA-256 and length, who reads it."""
+    bytes that are not UTF-8 as backslash escapes; a database client's password literals
+    masked), its SHA-256 and length, who reads it."""
     kept = data[:STDIN_TEXT_LIMIT]
     event: dict[str, Any] = {
-        "text": kept.decode("utf-8", "backslashreplace"),
+        "text": _without_passwords(kept.decode("utf-8", "backslashreplace"), readers),
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
         "readers": [reader.as_event() for reader in readers],
@@ -583,6 +587,17 @@ def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) 
     except UnicodeDecodeError:
         event["utf8"] = False
     return event
+
+
+def _without_passwords(text: str, readers: list[StdinReader]) -> str:
+    """A database client's program with its password literals masked, as that database's own
+    `db.query` events have them (``psql < migration.sql`` creating a role with its password)."""
+    names = {PurePosixPath(reader.command[0]).name for reader in readers if reader.command}
+    if "psql" in names:
+        text = redact_statement(text)
+    if names & {"mysql", "mariadb"}:
+        text = redact(text)
+    return text
 
 
 def _title(ctx: SessionContext, start: codec.Start) -> str:
