@@ -608,18 +608,22 @@ class AuditWriter:
         A relaxed batch that appends a checkpoint commits durably all the same: witnesses
         hear of a checkpoint only once the chain it signs is on disk.
 
-        A durable transaction covers the relaxed commits before it, so it first appends again,
-        ahead of `drafts`, their events that the store no longer holds: a PostgreSQL server
+        While relaxed commits are not known durable, each transaction first appends again,
+        ahead of `drafts`, their events that the store no longer holds (a PostgreSQL server
         that crashed before its WAL writer flushed them forgot them while this process lived
-        on (ADR 0026). With `sync` and nothing to append, it still makes them durable.
+        on, ADR 0026), and is then durable itself: at the same seqs and hashes as before,
+        when nothing came between. With `sync` and nothing to append, it still makes them
+        durable.
         """
         dialect = self._db.writer_engine.dialect
         again: list[Draft] = []
         with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
             try:
-                if durable and self._unsure:
+                if self._unsure:
                     again = self._missing(cursor, dialect)
+                    if again:
+                        write.require_durable()
                 outcome = append_on(
                     cursor,
                     dialect,

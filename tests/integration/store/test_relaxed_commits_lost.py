@@ -94,6 +94,27 @@ async def test_a_durable_commit_appends_again_what_the_store_lost_of_relaxed_one
     assert writer.recovered == 3
 
 
+async def test_they_come_back_at_their_seqs_and_hashes_before_the_next_event(
+    db: Database, store: Store
+) -> None:
+    """The next transaction, relaxed or not, appends them first: a follower that read them
+    before the crash finds the same events at the same seqs."""
+    writer = AuditWriter(db, sync_interval=60)
+    writer.start()
+    try:
+        query = await writer.commit(draft("db.query", session_id="s1", n=1))
+        await (await writer.submit(draft("db.result", session_id="s1", ref=query, n=1)))
+        read_before = check(db)
+        lose_newest(store, db, query)
+        await (await writer.submit(draft("db.result", session_id="s1", ref=query, n=2)))
+    finally:
+        await writer.close()
+    rows = check(db)
+    assert rows[:2] == read_before
+    assert [(b["type"], b.get("n")) for _, b, _ in rows[2:]] == [("db.result", 2)]
+    assert writer.recovered == 1
+
+
 async def test_the_timed_sync_appends_them_again_with_no_event_after_them(
     db: Database, store: Store
 ) -> None:
