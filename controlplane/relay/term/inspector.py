@@ -344,7 +344,9 @@ class TermInspector:
             self._waiting_notice.cancel()
         data = bytes(held.data)
         program = _program_event(data, held.readers, truncated=denied is not None)
-        self._program = {"sha256": program["sha256"], "bytes": program["bytes"]}
+        self._program = {
+            key: program[key] for key in ("sha256", "masked", "bytes") if key in program
+        }
         decision = denied or held.decision
         if denied is None:
             text = data.decode("utf-8", "backslashreplace")
@@ -572,14 +574,21 @@ def _who(run_as: codec.RunAs) -> str:
 def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) -> dict[str, Any]:
     """The `stdin` of a command event: the program as text (up to STDIN_TEXT_LIMIT bytes;
     bytes that are not UTF-8 as backslash escapes; a database client's password literals
-    masked), its SHA-256 and length, who reads it."""
+    masked), its SHA-256 and length, who reads it.
+
+    A program whose text had a password masked gets `masked` instead of its SHA-256: with the
+    rest of the text in the trail, the digest would let anyone reading it test guesses of the
+    password offline."""
     kept = data[:STDIN_TEXT_LIMIT]
-    event: dict[str, Any] = {
-        "text": _without_passwords(kept.decode("utf-8", "backslashreplace"), readers),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "readers": [reader.as_event() for reader in readers],
-    }
+    read = kept.decode("utf-8", "backslashreplace")
+    text = _without_passwords(read, readers)
+    event: dict[str, Any] = {"text": text}
+    if text == read:
+        event["sha256"] = hashlib.sha256(data).hexdigest()
+    else:
+        event["masked"] = True
+    event["bytes"] = len(data)
+    event["readers"] = [reader.as_event() for reader in readers]
     if truncated or len(kept) < len(data):
         event["truncated"] = True  # the event holds the first bytes only; `bytes` says how many
     try:

@@ -28,10 +28,19 @@ def test_password_literals_in_a_database_clients_program_are_masked(
     event = _program_event(data, stdin_readers(text=command), truncated=False)
     assert SECRET not in event["text"] and "hunter" not in event["text"]
     assert "'***'" in event["text"]
-    assert event["sha256"] == hashlib.sha256(data).hexdigest()  # of what ran
+    # With the rest of the program in the event, its digest would test guesses of the password.
+    assert "sha256" not in event and event["masked"] is True
+    assert event["bytes"] == len(data)
 
 
 def test_another_program_is_kept_as_it_came() -> None:
     data = b"print('password')\n"
     event = _program_event(data, stdin_readers(text="python3"), truncated=False)
     assert event["text"] == data.decode()
+    assert event["sha256"] == hashlib.sha256(data).hexdigest() and "masked" not in event
+
+
+def test_a_database_clients_program_without_a_password_keeps_its_digest() -> None:
+    data = b"select 1;\n"
+    event = _program_event(data, stdin_readers(text="psql app"), truncated=False)
+    assert event["sha256"] == hashlib.sha256(data).hexdigest() and "masked" not in event
