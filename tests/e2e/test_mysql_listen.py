@@ -5,6 +5,8 @@ the audit trail and by MariaDB's general query log."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -19,6 +21,15 @@ import pytest
 from devenv.mariadb import MariadbServer
 from tests.e2e import mysqlgate
 from tests.e2e.mysqlgate import MysqlStack
+from wire.mysql import messages as mymsg
+from wire.mysql.constants import (
+    AUTH_MORE_DATA,
+    CACHING_SHA2_PASSWORD,
+    SHA2_FULL_AUTH,
+    Capability,
+    Command,
+)
+from wire.mysql.packets import encode
 
 WRONG = "ghu_not-a-real-token"
 
@@ -216,3 +227,70 @@ def test_a_connection_of_another_type_is_refused_before_it_starts(
     assert refused.value.args[0] == 1105
     assert "is of type postgres; this port speaks mysql" in refused.value.args[1]
     assert new_events(tls_stack, after, "session.start") == []
+
+
+def _packet(sock: socket.socket) -> tuple[int, bytes]:
+    """One packet from a raw MySQL connection: its sequence id and payload."""
+    header = _exactly(sock, 4)
+    return header[3], _exactly(sock, int.from_bytes(header[:3], "little"))
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the gateway closed the connection"
+        data += chunk
+    return data
+
+
+def _raw_login(sock: socket.socket, stack: MysqlStack, database: str | None, behind: bytes) -> None:
+    """A client's login up to its last packet (the token, in clear on loopback), sent with
+    `behind` in the same write, without waiting for the login's answer."""
+    _packet(sock)  # the greeting
+    caps = Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION | Capability.DEPRECATE_EOF
+    response = mymsg.handshake_response(
+        capabilities=caps,
+        user="anyone",
+        auth_response=b"\x01" * 32,
+        plugin=CACHING_SHA2_PASSWORD,
+        database=database,
+    )
+    if database is None:  # through `gatehouse connect`: the agent takes any password
+        sock.sendall(encode(response, 1) + behind)
+        return
+    sock.sendall(encode(response, 1))
+    assert _packet(sock)[1] == bytes((AUTH_MORE_DATA, SHA2_FULL_AUTH))
+    sock.sendall(encode(stack.controlplane.token.encode() + b"\x00", 3) + behind)
+
+
+@pytest.mark.parametrize("path", ["mysql-listen", "connect"])
+def test_a_command_sent_before_the_login_completed_never_reaches_the_server_unrecorded(
+    path: str, dev_stack: MysqlStack, mariadb: MariadbServer, table: str
+) -> None:
+    """A hostile client does not wait for the OK that ends its login: it sends a command right
+    behind its last login packet, while the agent is still logging in to the target."""
+    after = dev_stack.last_seq()
+    with contextlib.ExitStack() as stack:
+        if path == "connect":
+            port = stack.enter_context(dev_stack.listening())
+            database = None
+        else:
+            port, database = dev_stack.controlplane.mysql_port, "my"
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+        drop = encode(mymsg.command(Command.QUERY, f"DROP TABLE {table}".encode()), 0)
+        _raw_login(sock, dev_stack, database, drop)
+        answers: list[bytes] = []
+        with contextlib.suppress(OSError, AssertionError):
+            while True:
+                answers.append(_packet(sock)[1])
+    assert not [q for q in mariadb.queries() if table in q and "DROP" in q.upper()]
+    assert mariadb.admin(f"SELECT COUNT(*) FROM app.{table}").strip() == "2"
+    assert answers and answers[-1][:1] == b"\xff", answers
+    refused = mymsg.parse_err(answers[-1]).message
+    recorded = [e for e in dev_stack.queries(after) if table in str(e)]
+    if "before its login" in refused:  # read before the login's end: the session ends
+        assert recorded == []
+    else:  # the login's end came first: decided like any command
+        assert 'guardrail "no-destructive"' in refused
+        assert [e["decision"]["result"] for e in recorded] == ["deny"]

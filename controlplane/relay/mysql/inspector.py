@@ -184,6 +184,7 @@ class MysqlInspector:
         self._cycles: deque[Cycle] = deque()
         self._prepared: dict[int, Prepared] = {}
         self._logged_in = False
+        self._login_sent = False  # the client's one login packet went to the agent
         self._closing: Cycle | None = None
         self._audit_error = ""
         self._next_seq = 1  # what a packet of ours answering the last command starts with
@@ -200,6 +201,14 @@ class MysqlInspector:
         out: list[bytes] = []
         for packet in self._framer.feed(data):
             if not self._logged_in:
+                if self._login_sent:
+                    # The agent reads one login packet and would relay what follows it to the
+                    # target unread here: a client speaks again only after its login's OK.
+                    raise ProtocolError(
+                        "the client sent a command before its login completed; "
+                        "wait for the server's OK before sending commands"
+                    )
+                self._login_sent = True
                 out.append(encode(_without_password(packet.payload), packet.seq))
                 continue
             if packet.seq != 0:
