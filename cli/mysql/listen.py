@@ -21,11 +21,12 @@ import grpc
 from cli import __version__
 from cli.errors import USAGE, CliError
 from cli.protocols import HANDSHAKE_TIMEOUT, MAX_PENDING, Listening, ListenRequest, handshake_limits
-from cli.session import open_session, review_log
+from cli.session import Call, Opened, open_session, review_log
 from cli.tcp import pump
 from cli.tcp import serve as serve_tcp
+from gatehouse.v1 import client_pb2
 from wire.mysql import messages as msg
-from wire.mysql.constants import ER_ACCESS_DENIED, ER_UNKNOWN_ERROR
+from wire.mysql.constants import ER_ACCESS_DENIED, ER_HANDSHAKE, ER_UNKNOWN_ERROR
 from wire.mysql.packets import encode
 
 log = logging.getLogger("gatehouse.connect")
@@ -40,7 +41,8 @@ class Listener:
     channel: grpc.aio.Channel
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_pending: int = MAX_PENDING
-    pending: int = 0
+    pending: int = 0  # connections that have not finished their login yet
+    expired: int = 0  # closed at the handshake deadline
     sessions: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,11 +66,21 @@ class Listener:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = f"mysql client via gatehouse-cli/{__version__} connect"
         self.pending += 1
+        opened: Opened | None = None
+        greeted = False
         try:
             async with asyncio.timeout(self.handshake_timeout):
                 opened = await open_session(
                     self.channel, self.metadata, self.connection, "connect", client, review_log
                 )
+                writer.write(await _greeting(opened.call))
+                await writer.drain()
+                greeted = True
+                # The session and the agent's target connection are open from the start: a
+                # client that never logs in must not hold them past the deadline.
+                header = await reader.readexactly(4)
+                login = header + await reader.readexactly(int.from_bytes(header[:3], "little"))
+                await opened.call.write(client_pb2.ClientFrame(data=login))
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             denied = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -83,8 +95,27 @@ class Listener:
             await _refuse(writer, ER_UNKNOWN_ERROR, "08004", exc.message)
             return
         except TimeoutError:
-            await _refuse(writer, ER_UNKNOWN_ERROR, "08004", "the session did not open in time")
+            self.expired += 1
+            if opened is None or not greeted:
+                if opened is not None:
+                    opened.call.cancel()
+                await _refuse(writer, ER_UNKNOWN_ERROR, "08004", "the session did not open in time")
+                return
+            opened.call.cancel()
+            log.info("session %s: the client did not log in in time", opened.session_id)
+            await _refuse(
+                writer,
+                ER_HANDSHAKE,
+                "08S01",
+                f"the client did not log in within {self.handshake_timeout:g} s; "
+                "connect again and log in at once",
+                seq=2,
+            )
             return
+        except BaseException:
+            if opened is not None:
+                opened.call.cancel()
+            raise
         finally:
             self.pending -= 1
         call = opened.call
@@ -99,10 +130,23 @@ class Listener:
             log.info("session %s closed", opened.session_id)
 
 
-async def _refuse(writer: asyncio.StreamWriter, code: int, sqlstate: str, message: str) -> None:
-    """Refuse before any greeting: an ERR packet is what a server says in its place."""
+async def _greeting(call: Call) -> bytes:
+    """The session's first packet (the target's greeting, or an ERR) and whatever came with it."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:3], "little"):
+        frame = await call.read()
+        if not isinstance(frame, client_pb2.ServerFrame):
+            raise ConnectionError("the session ended before the database greeted")
+        data += frame.data
+    return data
+
+
+async def _refuse(
+    writer: asyncio.StreamWriter, code: int, sqlstate: str, message: str, seq: int = 0
+) -> None:
+    """An ERR packet in place of the server's next one (before any greeting: seq 0)."""
     with contextlib.suppress(Exception):
-        writer.write(encode(msg.err(code, sqlstate, f"gatehouse: {message}"), 0))
+        writer.write(encode(msg.err(code, sqlstate, f"gatehouse: {message}"), seq))
         await writer.drain()
 
 

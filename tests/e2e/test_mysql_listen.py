@@ -9,6 +9,7 @@ import contextlib
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ import pymysql
 import pytest
 
 from devenv.mariadb import MariadbServer
+from devenv.processes import free_port
+from devenv.stack import Connect
 from tests.e2e import mysqlgate
 from tests.e2e.mysqlgate import MysqlStack
 from wire.mysql import messages as mymsg
@@ -294,3 +297,35 @@ def test_a_command_sent_before_the_login_completed_never_reaches_the_server_unre
     else:  # the login's end came first: decided like any command
         assert 'guardrail "no-destructive"' in refused
         assert [e["decision"]["result"] for e in recorded] == ["deny"]
+
+
+def test_a_client_that_never_logs_in_through_connect_is_closed_at_the_deadline(
+    dev_stack: MysqlStack, tmp_path: Path
+) -> None:
+    """`gatehouse connect` opens the session (and the agent its target connection) as soon as
+    a client connects; a client that takes the greeting and never answers is closed at the
+    handshake deadline like on every other listener, and its session ends."""
+    port = free_port()
+    listener = Connect(
+        args=["connect", "my", "--port", str(port)],
+        log_file=tmp_path / "connect-my.log",
+        env={**dev_stack.controlplane.cli_env, "GATEHOUSE_HANDSHAKE_TIMEOUT": "1"},
+        port=port,
+    )
+    listener.start_and_wait()
+    try:
+        after = dev_stack.last_seq()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            assert _packet(sock)[1][:1] == b"\x0a"  # the target's greeting, through the session
+            started = time.monotonic()
+            last = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(4096):
+                    last += chunk
+            waited = time.monotonic() - started
+        assert waited < 8, f"still open after {waited:.0f} s"
+        assert b"did not log in within 1 s" in last
+        sessions = [e["type"] for e in dev_stack.events(after) if e["type"].startswith("session.")]
+        assert sessions == ["session.start", "session.end"]
+    finally:
+        listener.stop()
