@@ -20,7 +20,7 @@ import pytest
 
 from controlplane.tls import proxy
 from devenv.postgres import PostgresServer
-from tests.e2e.conftest import PG_PASSWORD, Stack, WayIn, psql, start_stack
+from tests.e2e.conftest import AGENT, PG_PASSWORD, POLICY, Stack, WayIn, psql, start_stack
 from wire.pg import messages as pgm
 
 HANDSHAKE_TIMEOUT = "5"
@@ -121,6 +121,24 @@ def test_unknown_database_and_no_access_say_what_to_do(tls_stack: Stack, way: Wa
     error = asyncio.run(startup_error(way, tls_stack, password=reader))
     assert error.sqlstate == "42501"
     assert "may not open sessions" in str(error)
+
+
+def test_a_connection_of_another_type_is_refused_before_it_starts(
+    tls_stack: Stack, way: WayIn
+) -> None:
+    """`dbname` naming an HTTP (or MySQL, ssh, shell) connection: this port speaks only
+    PostgreSQL, so nothing opens, and the client is told why."""
+    policy = POLICY.format(agent=AGENT, port=tls_stack.pg.port) + (
+        f"  - name: api-elsewhere\n    type: http\n    agent: {AGENT}\n"
+        "    target: {url: 'http://127.0.0.1:9'}\n"
+    )
+    applied = tls_stack.apply(policy)
+    assert applied.returncode == 0, applied.stderr
+    after = last_seq(tls_stack)
+    error = asyncio.run(startup_error(way, tls_stack, database="api-elsewhere"))
+    assert error.sqlstate == "08004"
+    assert "is of type http; this port speaks postgres" in str(error)
+    assert new_events(tls_stack, after, "session.start") == []
 
 
 # ---- cancel keys ---------------------------------------------------------------------------

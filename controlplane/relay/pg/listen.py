@@ -182,6 +182,7 @@ class PgListener(NativeListener):
     """The `--pg-listen` listener of one control-plane process."""
 
     protocol = VIA
+    types = frozenset({"postgres"})
 
     @cached_property
     def keys(self) -> CancelKeys:
