@@ -329,3 +329,27 @@ def test_a_client_that_never_logs_in_through_connect_is_closed_at_the_deadline(
         assert sessions == ["session.start", "session.end"]
     finally:
         listener.stop()
+
+
+def test_a_field_list_is_recorded_and_decided_before_it_reaches_the_server(
+    dev_stack: MysqlStack, mariadb: MariadbServer, table: str
+) -> None:
+    """COM_FIELD_LIST reads a table's columns as SHOW COLUMNS does: it is a request to the
+    target like any statement, recorded first and decided by the guardrails."""
+    after = dev_stack.last_seq()
+    with socket.create_connection(("127.0.0.1", dev_stack.controlplane.mysql_port)) as sock:
+        sock.settimeout(10)
+        _raw_login(sock, dev_stack, "my", b"")
+        assert _packet(sock)[1][:1] == b"\x00"  # the login's OK
+        sock.sendall(encode(mymsg.command(Command.FIELD_LIST, table.encode() + b"\x00em%"), 0))
+        columns = []
+        while (payload := _packet(sock)[1])[:1] not in (b"\xfe", b"\xff"):
+            columns.append(mymsg.parse_column(payload).name)
+    assert columns == ["email"]
+    assert [e.text for e in mariadb.general_log() if e.command == "Field List"][-1].startswith(
+        table
+    )
+    (event,) = [e for e in dev_stack.queries(after) if table in e["request"]["statement"]]
+    assert event["request"]["statement"] == f"SHOW COLUMNS FROM `{table}` LIKE 'em%'"
+    assert event["request"]["protocol"] == "field_list"
+    assert event["decision"]["result"] == "allow"

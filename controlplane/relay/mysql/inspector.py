@@ -4,9 +4,10 @@ The control plane frames the client's packets, turns each command into audit eve
 them *before* the command is forwarded: a COM_QUERY gives one ``db.query`` per statement of its
 text (a multi-statement text is split, and refused whole if a guardrail denies any part), a
 COM_STMT_PREPARE one with its text, each COM_STMT_EXECUTE one with the prepared text and its
-parameters (redacted as PostgreSQL's are), a COM_INIT_DB one as ``USE``. ``KILL QUERY`` is
-recorded as ``db.cancel``. COM_CHANGE_USER, the replication commands and the deprecated ones
-are refused, as is ``LOAD DATA LOCAL`` unless the connection allows it.
+parameters (redacted as PostgreSQL's are), a COM_INIT_DB one as ``USE``, a COM_FIELD_LIST one
+as ``SHOW COLUMNS``. ``KILL QUERY`` is recorded as ``db.cancel``. COM_CHANGE_USER, the
+replication commands and the deprecated ones are refused, as is ``LOAD DATA LOCAL`` unless the
+connection allows it.
 
 A refusal is an ERR_Packet of the gateway's own (1142 for a guardrail, naming it), and the
 session goes on. MySQL answers commands in order, so requests and answers wait in one ordered
@@ -77,7 +78,6 @@ _QUIET = frozenset(
     {
         Command.PING,
         Command.STATISTICS,
-        Command.FIELD_LIST,
         Command.SET_OPTION,
         Command.STMT_RESET,
         Command.STMT_FETCH,
@@ -232,6 +232,9 @@ class MysqlInspector:
             database = payload[1:].decode("utf-8", "replace")
             sql = "USE `" + database.replace("`", "``") + "`"
             await self._statements(packet, out, [(sql, self._guard.check(sql), "init_db")])
+        elif cmd == Command.FIELD_LIST:
+            sql = _field_list(payload)
+            await self._statements(packet, out, [(sql, self._guard.check(sql), "field_list")])
         elif cmd in _QUIET:
             known = cmd not in _BY_ID or msg.statement_id(payload) in self._prepared
             if cmd == Command.STMT_SEND_LONG_DATA and known and len(payload) >= 7:
@@ -608,6 +611,16 @@ def _without_password(payload: bytes) -> bytes:
         max_packet=response.max_packet,
         attributes=response.attributes or None,
     )
+
+
+def _field_list(payload: bytes) -> str:
+    """COM_FIELD_LIST (a table, then a wildcard) as the statement that reads the same."""
+    table, _, wildcard = payload[1:].partition(b"\x00")
+    sql = "SHOW COLUMNS FROM `" + table.decode("utf-8", "replace").replace("`", "``") + "`"
+    if not wildcard:
+        return sql
+    pattern = wildcard.decode("utf-8", "replace").replace("\\", "\\\\").replace("'", "''")
+    return f"{sql} LIKE '{pattern}'"
 
 
 def _text(payload: bytes) -> str | None:
