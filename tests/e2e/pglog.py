@@ -331,8 +331,15 @@ class Trail:
 
     @classmethod
     def of(cls, events: list[dict[str, Any]]) -> Trail:
+        """The statements of `events`. Settings a StartupMessage made (`protocol: "startup"`)
+        are no statement the server logs; tests/e2e/test_pg_startup_settings.py checks them
+        by their effect."""
         return cls(
-            [e for e in events if e["type"] == "db.query"],
+            [
+                e
+                for e in events
+                if e["type"] == "db.query" and e["request"].get("protocol") != "startup"
+            ],
             {e["ref"]: e["result"] for e in events if e["type"] == "db.result"},
         )
 

@@ -41,6 +41,7 @@ from controlplane.policy.guardrails import Decision, SqlGuard
 from controlplane.policy.statement_secrets import held_secret, redact_statement, withheld
 from controlplane.relay.inspection import EndCause, Opening, record
 from controlplane.relay.pg import sql as pg_sql
+from controlplane.relay.pg import startup
 from controlplane.relay.pg.lexical import LexicalSettings, sensitive
 from controlplane.relay.pg.names import MAX_NAMES, UNKNOWN, Names, Overlay, Portal, Prepared, Step
 from gatehouse.v1 import tunnel_pb2
@@ -336,12 +337,12 @@ class PgInspector:
                     "call the function with SELECT instead",
                 )
             elif tag == 0 and not self._started:
-                self._startup(msg, out)
+                await self._startup(msg, out)
             else:
                 raise framing.ProtocolError(f"unexpected frontend message type {chr(tag)!r}")
         return b"".join(out)
 
-    def _startup(self, msg: framing.Message, out: list[Chunk]) -> None:
+    async def _startup(self, msg: framing.Message, out: list[Chunk]) -> None:
         startup = pgm.parse_startup(msg.body)
         if isinstance(startup, pgm.SSLRequest | pgm.GSSENCRequest):
             # TLS is the job of the local leg (the CLI); inside the tunnel, say "no".
@@ -349,11 +350,37 @@ class PgInspector:
         elif isinstance(startup, pgm.StartupMessage):
             self._started = True
             self.startup_params = dict(startup.params)
-            self._cycles.append(Cycle(closed=True))  # ends with the target's first ReadyForQuery
+            statements = await self._startup_settings()
+            # Ends with the target's first ReadyForQuery, which gives the settings' results.
+            self._cycles.append(Cycle(simple=True, statements=deque(statements), closed=True))
             self._push(Expect(STARTUP_TAG))  # its ParameterStatus set the lexical settings
             out.append(msg.raw)
         else:
             raise framing.ProtocolError("a CancelRequest cannot travel inside a session")
+
+    async def _startup_settings(self) -> list[Statement]:
+        """Decide and record, as the `SET`s they amount to (one text, as a simple Query of them
+        would be), the settings the StartupMessage makes (`role=…`, `options=-c …`): the
+        server applies them before any statement. Refused, the session ends before anything
+        reaches the target."""
+        try:
+            found = startup.settings(self.startup_params)
+        except startup.StartupRefused as exc:
+            raise framing.ProtocolError(f"{exc}; nothing reached the database") from None
+        if not found:
+            return []
+        sql = "; ".join(startup.statement(name, value) for name, value in found)
+        decision = self._guard.check(sql)
+        statements = await self._record([self._event(sql, decision, protocol="startup")])
+        if statements is None:
+            raise framing.ProtocolError(self._audit_failure())
+        if not decision.allowed:
+            self.denied += 1
+            raise framing.ProtocolError(
+                f"the settings of the startup ({redact_statement(sql)[:200]}) are refused: "
+                f"{decision.reason}; connect without them"
+            )
+        return statements
 
     async def _query(self, msg: framing.Message, out: list[Chunk]) -> None:
         if self._held or self._unsynced or self._discarding or self._refusal:
