@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ import pytest
 
 from devenv import netns
 from devenv.postgres import PostgresServer, start_postgres
+from devenv.processes import free_port
 from devenv.sshd import Sshd
 from devenv.stack import Agent, Connect, ControlPlane, enroll_agent, gatehouse
 from tests.conftest import require
@@ -242,3 +245,32 @@ def ssh_policy(stack: Stack, sshd: Sshd, known_hosts: str | None = None) -> str:
         key=sshd.client_key,
         workdir=stack.base,
     )
+
+
+@contextlib.contextmanager
+def hasty_listener(
+    controlplane: ControlPlane, connection: str, log_dir: Path, deadline: str = "1"
+) -> Iterator[Connect]:
+    """`gatehouse connect CONNECTION` whose handshake deadline is `deadline` seconds."""
+    port = free_port()
+    listener = Connect(
+        args=["connect", connection, "--port", str(port)],
+        log_file=log_dir / f"connect-{connection}.log",
+        env={**controlplane.cli_env, "GATEHOUSE_HANDSHAKE_TIMEOUT": deadline},
+        port=port,
+    )
+    listener.start_and_wait()
+    try:
+        yield listener
+    finally:
+        listener.stop()
+
+
+def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the peer sends until it closes, and how many seconds that took."""
+    started = time.monotonic()
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data, time.monotonic() - started

@@ -25,9 +25,8 @@ import requests
 
 from devenv.httpd import HttpTargets
 from devenv.postgres import PostgresServer
-from devenv.processes import free_port
 from devenv.stack import Connect, ControlPlane, enroll_agent, gatehouse
-from tests.e2e.conftest import AGENT, Stack
+from tests.e2e.conftest import AGENT, Stack, hasty_listener, read_until_closed
 
 API_PASSWORD = "s3cret-api-password"
 API_KEY = "k3y-for-the-tls-api"
@@ -681,30 +680,15 @@ def test_a_client_that_never_sends_a_request_is_closed_at_the_deadline(
 ) -> None:
     """A TCP connection to `connect`'s HTTP listener that never sends a request head is closed
     at the handshake deadline, as on every listener, without a session for it."""
-    port = free_port()
-    listener = Connect(
-        args=["connect", "api", "--port", str(port)],
-        log_file=tmp_path / "connect-api.log",
-        env={**stack.controlplane.cli_env, "GATEHOUSE_HANDSHAKE_TIMEOUT": "1"},
-        port=port,
-    )
-    listener.start_and_wait()
-    try:
+    with hasty_listener(stack.controlplane, "api", tmp_path) as listener:
         after = last_seq(stack)
         answers: list[bytes] = []
         for first in (b"", b"GET /get HTTP/1.1\r\nHost: x\r\n"):  # nothing, or half a head
-            with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            with socket.create_connection(("127.0.0.1", listener.port), timeout=15) as sock:
                 sock.sendall(first)
-                started = time.monotonic()
-                answer = b""
-                with contextlib.suppress(OSError):
-                    while chunk := sock.recv(4096):
-                        answer += chunk
-                waited = time.monotonic() - started
+                answer, waited = read_until_closed(sock)
             assert waited < 8, f"still open after {waited:.0f} s"
             answers.append(answer)
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
         assert b"no request within 1 s" in answers[0]
         assert [e for e in stack.events(after) if e["type"].startswith("session.")] == []
-    finally:
-        listener.stop()

@@ -9,7 +9,6 @@ import contextlib
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ import pymysql
 import pytest
 
 from devenv.mariadb import MariadbServer
-from devenv.processes import free_port
-from devenv.stack import Connect
 from tests.e2e import mysqlgate
+from tests.e2e.conftest import hasty_listener, read_until_closed
 from tests.e2e.mysqlgate import MysqlStack
 from wire.mysql import messages as mymsg
 from wire.mysql.constants import (
@@ -305,30 +303,15 @@ def test_a_client_that_never_logs_in_through_connect_is_closed_at_the_deadline(
     """`gatehouse connect` opens the session (and the agent its target connection) as soon as
     a client connects; a client that takes the greeting and never answers is closed at the
     handshake deadline like on every other listener, and its session ends."""
-    port = free_port()
-    listener = Connect(
-        args=["connect", "my", "--port", str(port)],
-        log_file=tmp_path / "connect-my.log",
-        env={**dev_stack.controlplane.cli_env, "GATEHOUSE_HANDSHAKE_TIMEOUT": "1"},
-        port=port,
-    )
-    listener.start_and_wait()
-    try:
+    with hasty_listener(dev_stack.controlplane, "my", tmp_path) as listener:
         after = dev_stack.last_seq()
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=20) as sock:
             assert _packet(sock)[1][:1] == b"\x0a"  # the target's greeting, through the session
-            started = time.monotonic()
-            last = b""
-            with contextlib.suppress(OSError):
-                while chunk := sock.recv(4096):
-                    last += chunk
-            waited = time.monotonic() - started
+            last, waited = read_until_closed(sock)
         assert waited < 8, f"still open after {waited:.0f} s"
         assert b"did not log in within 1 s" in last
         sessions = [e["type"] for e in dev_stack.events(after) if e["type"].startswith("session.")]
         assert sessions == ["session.start", "session.end"]
-    finally:
-        listener.stop()
 
 
 def test_a_field_list_is_recorded_and_decided_before_it_reaches_the_server(
