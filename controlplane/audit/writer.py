@@ -69,6 +69,9 @@ __all__ = [
     "is_result",
 ]
 
+#: Events of relaxed commits kept in memory until a durable commit covers them, at most: the
+#: next commit is durable once this many are kept (a sync that keeps failing cannot grow it).
+MAX_UNSURE = 65536
 #: Seconds after a relaxed commit within which the writer syncs it, when no durable commit did
 #: meanwhile: the most a power loss can take from the trail (a process crash takes nothing).
 SYNC_INTERVAL = 1.0
@@ -149,6 +152,7 @@ class AuditWriter:
         # events and the last one's (seq, hash). Kept (by the thread) until one covers them,
         # which first checks they are still stored (`_missing`).
         self._unsure: list[tuple[list[Draft], tuple[int, str]]] = []
+        self._unsure_events = 0  # the events in `_unsure`
         self.recovered = 0  # events of relaxed commits the store lost, appended again
         self.committed = 0  # events, for metrics
         self.commits = 0  # transactions
@@ -617,6 +621,8 @@ class AuditWriter:
         """
         dialect = self._db.writer_engine.dialect
         again: list[Draft] = []
+        # The events kept for that are bounded: past MAX_UNSURE, the commit is a durable one.
+        durable = durable or self._unsure_events >= MAX_UNSURE
         with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
             try:
@@ -649,11 +655,13 @@ class AuditWriter:
         # head back at the last durable commit is then no rewind.
         if durable:
             self._unsure.clear()
+            self._unsure_events = 0
             if outcome.head is not None:  # continuing from the floor (append_on)
                 self._floor = outcome.head
         elif outcome.tail is not None:
             kept = [d for d, r in zip(drafts, outcome.results, strict=True) if type(r) is int]
             self._unsure.append((kept, outcome.tail))
+            self._unsure_events += len(kept)
         return dataclasses.replace(outcome, durable=durable)
 
     def _missing(self, cursor: Any, dialect: Any) -> list[Draft]:

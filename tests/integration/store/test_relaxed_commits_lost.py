@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from sqlmodel import col, select
 
+from controlplane.audit import writer as writer_module
 from controlplane.audit.events import draft
 from controlplane.audit.writer import AuditWriter
 from controlplane.store.database import Database
@@ -225,3 +226,21 @@ async def test_results_a_postgresql_crash_lost_are_recorded_after_it(
     assert lost, "the crash kept the relaxed commit: nothing to recover (the test proves nothing)"
     assert count_in_store(crashing_pg, "db.result") == 1
     assert writer.recovered == 1
+
+
+async def test_the_events_kept_are_bounded_by_a_durable_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that keeps failing cannot grow what the writer keeps: past MAX_UNSURE events,
+    its next commit is durable."""
+    monkeypatch.setattr(writer_module, "MAX_UNSURE", 2)
+    writer = AuditWriter(db, sync_interval=60)
+    writer.start()
+    try:
+        durable = []
+        for n in range(6):
+            await (await writer.submit(draft("db.result", n=n)))
+            durable.append(writer.durable_commits)
+    finally:
+        await writer.close()
+    assert durable == [0, 0, 1, 1, 1, 2]  # the third and the sixth wait for the disk
