@@ -315,16 +315,18 @@ class Tools:
         sql = _text(args, "sql")
         params = _params(args.get("params"))
         max_rows = _number(args, "max_rows", DEFAULT_ROWS, 0, MAX_ROWS, whole=True)
-        opened, sql_tools = await self._database(connection, args, call)
-        return await sql_tools.query(opened, sql, params, int(max_rows))
+        async with self._session("query", connection, args, call) as opened:
+            sql_tools = _sql_tools(connection, opened)
+            return await sql_tools.query(opened, sql, params, int(max_rows))
 
     async def _describe(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
     ) -> dict[str, Any]:
         schema = _optional_text(args, "schema")
         table = _optional_text(args, "table")
-        opened, sql_tools = await self._database(connection, args, call)
-        catalogue = await sql_tools.describe(opened, schema, table, DESCRIBE_ROWS)
+        async with self._session("query", connection, args, call) as opened:
+            sql_tools = _sql_tools(connection, opened)
+            catalogue = await sql_tools.describe(opened, schema, table, DESCRIBE_ROWS)
         tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for schema_name, table_name, column, data_type, nullable in catalogue.rows:
             tables.setdefault((schema_name or "", table_name or ""), []).append(
@@ -338,28 +340,25 @@ class Tools:
             "session_id": opened.session_id,
         }
 
-    async def _database(
-        self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
-    ) -> tuple[Opened, SqlTools]:
-        opened = await self._opened_for("query", connection, args, call)
-        sql_tools = sql_tools_for(opened.connection_type)
-        if sql_tools is None:  # a database type this MCP_TOOL lists and SQL_TOOLS does not
-            opened.call.cancel()
-            raise ToolError(f"{connection}: query is not served on {opened.connection_type}")
-        return opened, sql_tools
-
-    async def _opened_for(
+    @contextlib.asynccontextmanager
+    async def _session(
         self, tool: str, connection: str, args: dict[str, Any], call: client_pb2.McpCall
-    ) -> Opened:
-        """A session on `connection` when `tool` is the one for its type; else the tool that is."""
+    ) -> AsyncIterator[Opened]:
+        """A session on `connection` when `tool` is the one for its type (else the tool that
+        is), cancelled when the tool does not see it to its end (a failure, or the MCP
+        client's `notifications/cancelled`): left alone it would stay open to the target,
+        unread and never ended."""
         opened = await self._open(connection, args, call)
-        kind = opened.connection_type or DEFAULT
-        fits = MCP_TOOL.get(kind)
-        if fits != tool:
+        try:
+            kind = opened.connection_type or DEFAULT
+            fits = MCP_TOOL.get(kind)
+            if fits != tool:
+                use = f"use {fits}" if fits else "no tool here serves it"
+                raise ToolError(f"{connection} is a {kind} connection: {use}")
+            yield opened
+        except BaseException:
             opened.call.cancel()
-            use = f"use {fits}" if fits else "no tool here serves it"
-            raise ToolError(f"{connection} is a {kind} connection: {use}")
-        return opened
+            raise
 
     async def _http_request(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
@@ -382,8 +381,8 @@ class Tools:
             body = ""  # an empty body is still a body: Content-Length: 0
         max_bytes = _number(args, "max_bytes", DEFAULT_BYTES, 0, MAX_BYTES, whole=True)
         prepared = http.prepare(method, path, headers, body)
-        opened = await self._opened_for("http_request", connection, args, call)
-        return await http.request(opened, prepared, int(max_bytes))
+        async with self._session("http_request", connection, args, call) as opened:
+            return await http.request(opened, prepared, int(max_bytes))
 
     async def _run_command(
         self, connection: str, args: dict[str, Any], call: client_pb2.McpCall
@@ -414,10 +413,12 @@ class Tools:
         if len(data) > MAX_STDIN:
             raise ToolError(f"stdin is at most {MAX_STDIN} bytes")
         timeout = _number(args, "timeout_s", DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT)
-        opened = await self._opened_for("run_command", connection, args, call)
         output = Captured(MAX_OUTPUT)
         timed_out = False
-        async with term.TermSession(opened) as session:
+        async with (
+            self._session("run_command", connection, args, call) as opened,
+            term.TermSession(opened) as session,
+        ):
             relaying = asyncio.create_task(term.relay(session, start, _once(data), output))
             try:
                 exit_ = await asyncio.wait_for(asyncio.shield(relaying), timeout)
@@ -479,6 +480,13 @@ class Tools:
             "expires": review.expires,
             "grant_until": review.grant_until or None,
         }
+
+
+def _sql_tools(connection: str, opened: Opened) -> SqlTools:
+    sql_tools = sql_tools_for(opened.connection_type)
+    if sql_tools is None:  # a database type this MCP_TOOL lists and SQL_TOOLS does not
+        raise ToolError(f"{connection}: query is not served on {opened.connection_type}")
+    return sql_tools
 
 
 class Captured:

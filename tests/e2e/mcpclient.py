@@ -60,3 +60,67 @@ def over_http(url: str, token: str | None, work: Work[T], ca: str | None = None)
             return await work(session)
 
     return asyncio.run(asyncio.wait_for(run(), 90))
+
+
+class RawSession:
+    """Streamable HTTP spoken by hand, as a client that does not follow the SDK's rules may:
+    its own request ids, notifications, another token on the same session id."""
+
+    VERSION = "2025-11-25"
+
+    def __init__(self, http: Any, url: str, token: str) -> None:
+        self.http = http
+        self.url = url
+        self.token = token
+        self.session_id = ""
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {token or self.token}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "MCP-Protocol-Version": self.VERSION,
+        }
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        return headers
+
+    async def initialize(self) -> None:
+        response = await self.post(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": self.VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+        )
+        assert response[0] == 200, response
+        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def post(self, message: Any, token: str | None = None) -> tuple[int, list[Any]]:
+        """The HTTP status and the JSON-RPC messages of the answer (SSE or JSON)."""
+        import json
+
+        response = await self.http.post(self.url, json=message, headers=self.headers(token))
+        if not self.session_id:
+            self.session_id = response.headers.get("mcp-session-id", "")
+        text = response.text
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+            return response.status_code, [json.loads(d) for d in data if d]
+        return response.status_code, [json.loads(text)] if text.strip() else []
+
+    async def call(
+        self, request_id: int, tool: str, token: str | None = None, **arguments: Any
+    ) -> tuple[int, list[Any]]:
+        message = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        return await self.post(message, token)

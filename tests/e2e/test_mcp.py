@@ -4,9 +4,11 @@ every call is in the trail with the person and the agent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +18,7 @@ from mcp import ClientSession
 from devenv.sshd import Sshd
 from tests.e2e import mcpclient
 from tests.e2e.conftest import Stack, ssh_policy
-from tests.e2e.mcpclient import Work, call
+from tests.e2e.mcpclient import RawSession, Work, call
 
 T = TypeVar("T")
 ACTOR = "claude-test"
@@ -218,6 +220,19 @@ def mcp_url(stack: Stack) -> str:
     return f"http://127.0.0.1:{stack.controlplane.http_port}/mcp"
 
 
+def over_raw(stack: Stack, token: str, work: Callable[[RawSession], Awaitable[T]]) -> T:
+    """`work` on an initialized MCP session spoken by hand (RawSession)."""
+    import httpx2
+
+    async def run() -> T:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            raw = RawSession(http, mcp_url(stack), token)
+            await raw.initialize()
+            return await work(raw)
+
+    return asyncio.run(asyncio.wait_for(run(), 90))
+
+
 def test_the_remote_endpoint_runs_the_same_tools_inside_the_control_plane(
     mcp_stack: Stack, agent_token: str, tmp_path: Path
 ) -> None:
@@ -294,3 +309,62 @@ def test_run_command_with_an_empty_command_is_no_login_shell(
     empty = mcpclient.over_http(mcp_url(mcp_stack), agent_token, work)
     assert empty[0] is True, empty
     assert not marker.exists()
+
+
+def recorded(stack: Stack, marker: str, timeout: float = 20.0) -> None:
+    """Wait until a db.query holding `marker` is in the trail."""
+    deadline = time.monotonic() + timeout
+    while not any(
+        e["type"] == "db.query" and marker in e["request"]["statement"] for e in stack.events()
+    ):
+        assert time.monotonic() < deadline, f"no db.query with {marker}"
+        time.sleep(0.2)
+
+
+def session_of(stack: Stack, marker: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """The events of the session whose statement holds `marker`, once it has ended (or what
+    there is of them after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = stack.events()
+        query = next(
+            (e for e in events if e["type"] == "db.query" and marker in e["request"]["statement"]),
+            None,
+        )
+        session = [e for e in events if query and e.get("session_id") == query["session_id"]]
+        if any(e["type"] == "session.end" for e in session) or time.monotonic() > deadline:
+            return session
+        time.sleep(0.5)
+
+
+def test_a_cancelled_call_ends_its_session_with_its_result_recorded(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    """An agent's host cancels a call (its timeout, the user's Esc) while its statement runs:
+    `notifications/cancelled` stops the tool, and its session must end too — recorded, with
+    the statement's result — rather than stay open to the database with nobody reading it."""
+    marker = f"mcp_cancel_{uuid.uuid4().hex[:8]}"
+
+    async def work(raw: RawSession) -> Any:
+        sql = f"select pg_sleep(3), '{marker}' as m"
+        calling = asyncio.create_task(raw.call(5, "query", connection="pg", sql=sql))
+        await asyncio.to_thread(recorded, mcp_stack, marker)  # the statement is on its way
+        await asyncio.sleep(0.5)
+        cancelled = await raw.post(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}}
+        )
+        await asyncio.wait({calling}, timeout=5)  # a cancelled request is never answered
+        calling.cancel()
+        after = await raw.call(6, "query", connection="pg", sql="select 1 as one")
+        return cancelled, after
+
+    cancelled, after = over_raw(mcp_stack, agent_token, work)
+    assert cancelled[0] == 202
+    assert after[0] == 200 and after[1][-1]["result"]["structuredContent"]["rows"] == [[1]]
+    events = session_of(mcp_stack, marker)
+    assert [e["type"] for e in events] == [
+        "session.start",
+        "db.query",
+        "db.result",
+        "session.end",
+    ], events
