@@ -21,11 +21,14 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
 from aiohttp_asgi import ASGIResource
 from mcp.server import ServerRequestContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 
 from cli.errors import CliError
@@ -52,6 +55,8 @@ IDLE = 30 * 60.0
 """Seconds an MCP session may stay idle before it is closed."""
 REMEMBERED = 10_000
 """MCP sessions whose pending reviews are remembered (the oldest forgotten first)."""
+CALLER: ContextVar[Identity | None] = ContextVar("mcp_caller", default=None)
+"""Who the request being served authenticated as (set by the authorization middleware)."""
 
 
 class McpEndpoint:
@@ -79,7 +84,7 @@ class McpEndpoint:
     def mount(self, app: web.Application) -> None:
         app.router.add_get(METADATA, self._metadata)
         app.router.add_get(METADATA + PATH, self._metadata)
-        asgi = _receive_settles(StreamableHTTPASGIApp(self.manager))
+        asgi = _receive_settles(_owned(StreamableHTTPASGIApp(self.manager)))
         app.router.register_resource(ASGIResource(asgi, PATH))
         app.middlewares.append(self._authorize)
         app.cleanup_ctx.append(self._running)
@@ -133,13 +138,14 @@ class McpEndpoint:
             challenge = f'Bearer resource_metadata="{metadata}"'
             return _unauthorized("a bearer token is required", challenge)
         try:
-            await self.auth.identify((("authorization", header),))
+            identity = await self.auth.identify((("authorization", header),))
         except Unauthenticated as exc:
             challenge = (
                 f'Bearer error="invalid_token", error_description="{_quoted(str(exc))}", '
                 f'resource_metadata="{metadata}"'
             )
             return _unauthorized(str(exc), challenge)
+        CALLER.set(identity)
         return await handler(request)
 
     async def _tools_for(self, ctx: ServerRequestContext[Any, Any]) -> Tools:
@@ -169,6 +175,29 @@ ASGIApp = Callable[
     [dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
     Awaitable[None],
 ]
+
+
+def _owned(app: Any) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The SDK's session manager gives a session to the principal of the request that opened
+    it (ASGI's `user`) and answers any other "Session not found": here that principal is the
+    caller's person and agent. Without it, another token presenting the session id could end
+    the session, cancel its calls, or take the answer of its call in flight by sending a
+    request of the same id (answers are routed by id within a session)."""
+
+    async def wrapped(
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Any],
+    ) -> None:
+        identity = CALLER.get()
+        if identity is not None:
+            principal = AccessToken(
+                token="", client_id=identity.actor or "", scopes=[], subject=identity.subject
+            )
+            scope = {**scope, "user": AuthenticatedUser(principal)}
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 def _receive_settles(app: Any) -> Callable[..., Coroutine[Any, Any, None]]:

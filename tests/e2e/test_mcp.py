@@ -368,3 +368,48 @@ def test_a_cancelled_call_ends_its_session_with_its_result_recorded(
         "db.result",
         "session.end",
     ], events
+
+
+def test_another_token_cannot_use_a_session_it_did_not_open(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    """An agent whose token may use only web-1 learns another agent's Mcp-Session-Id. With
+    it, its own call under the request id of the other's call in flight was answered with
+    the other call's rows (from pg, which its token may not use), and its DELETE ended the
+    other's session. A session is the credential's that opened it: to any other, not found."""
+    created = mcp_stack.cli(
+        "tokens",
+        "create",
+        "--actor",
+        "intruder",
+        "--connections",
+        "web-1",
+        "--role",
+        "admin",
+        "-o",
+        "json",
+    )
+    assert created.returncode == 0, created.stderr
+    intruder = str(json.loads(created.stdout)["secret"])
+    marker = f"mcp_owned_{uuid.uuid4().hex[:8]}"
+
+    async def work(raw: RawSession) -> Any:
+        sql = f"select pg_sleep(2), '{marker}' as m"
+        owner = asyncio.create_task(raw.call(7, "query", connection="pg", sql=sql))
+        await asyncio.to_thread(recorded, mcp_stack, marker)
+        stolen = await raw.call(
+            7, "run_command", token=intruder, connection="web-1", command="sleep 4"
+        )
+        done, _ = await asyncio.wait({owner}, timeout=10)
+        owner.cancel()
+        own = owner.result() if done else "no answer"
+        response = await raw.http.delete(raw.url, headers=raw.headers(intruder))
+        after = await raw.call(8, "query", connection="pg", sql="select 1 as one")
+        return stolen, own, response.status_code, after
+
+    stolen, own, deleted, after = over_raw(mcp_stack, agent_token, work)
+    assert marker not in json.dumps(stolen)
+    assert stolen[0] == 404, stolen
+    assert own[0] == 200 and own[1][-1]["result"]["structuredContent"]["rows"][0][1] == marker
+    assert deleted == 404
+    assert after[0] == 200 and after[1][-1]["result"]["structuredContent"]["rows"] == [[1]]
