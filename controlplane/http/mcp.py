@@ -18,6 +18,7 @@ as a gRPC session, with the `mcp.call` event first.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
@@ -51,6 +52,9 @@ PATH = "/mcp"
 METADATA = "/.well-known/oauth-protected-resource"
 MAX_SESSIONS = 1000
 """MCP sessions open at once on this replica."""
+MAX_SESSIONS_PER_CALLER = 100
+"""MCP sessions one person and agent may hold open at once on this replica, so that one
+client cannot take all MAX_SESSIONS from everyone else."""
 IDLE = 30 * 60.0
 """Seconds an MCP session may stay idle before it is closed."""
 REMEMBERED = 10_000
@@ -75,6 +79,7 @@ class McpEndpoint:
         self.issuer = issuer
         self.scheme = "https" if secure else "http"
         self.relays = InProcessSessions(sessions)
+        self.held = HeldSessions()
         self.reviews: OrderedDict[str, dict[str, str]] = OrderedDict()
         self.server = build_server(self._tools_for, version)
         self.manager = StreamableHTTPSessionManager(
@@ -84,7 +89,7 @@ class McpEndpoint:
     def mount(self, app: web.Application) -> None:
         app.router.add_get(METADATA, self._metadata)
         app.router.add_get(METADATA + PATH, self._metadata)
-        asgi = _receive_settles(_owned(StreamableHTTPASGIApp(self.manager)))
+        asgi = _receive_settles(_owned(StreamableHTTPASGIApp(self.manager), self.held))
         app.router.register_resource(ASGIResource(asgi, PATH))
         app.middlewares.append(self._authorize)
         app.cleanup_ctx.append(self._running)
@@ -177,12 +182,54 @@ ASGIApp = Callable[
 ]
 
 
-def _owned(app: Any) -> Callable[..., Coroutine[Any, Any, None]]:
+class HeldSessions:
+    """The MCP sessions each caller holds, followed from the requests that use them as the
+    SDK ends them: at a DELETE, or once no request has been in flight on one for IDLE (its
+    id then answers 404)."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, tuple[str, str]] = {}
+        self._busy: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+        self._opening: dict[tuple[str, str], int] = {}
+
+    def count(self, caller: tuple[str, str]) -> int:
+        """The caller's sessions open or being opened (forgetting every one gone idle)."""
+        now = asyncio.get_running_loop().time()
+        for session in [s for s, busy in self._busy.items() if not busy]:
+            if now - self._last[session] >= IDLE:
+                self.forget(session)
+        held = sum(1 for owner in self._owner.values() if owner == caller)
+        return held + self._opening.get(caller, 0)
+
+    def opening(self, caller: tuple[str, str], delta: int) -> None:
+        self._opening[caller] = self._opening.get(caller, 0) + delta
+        if not self._opening[caller]:
+            del self._opening[caller]
+
+    def opened(self, session: str, caller: tuple[str, str]) -> None:
+        self._owner[session] = caller
+        self._busy[session] = 0
+        self._last[session] = asyncio.get_running_loop().time()
+
+    def using(self, session: str, delta: int) -> None:
+        if session in self._owner:
+            self._busy[session] += delta
+            self._last[session] = asyncio.get_running_loop().time()
+
+    def forget(self, session: str) -> None:
+        self._owner.pop(session, None)
+        self._busy.pop(session, None)
+        self._last.pop(session, None)
+
+
+def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, None]]:
     """The SDK's session manager gives a session to the principal of the request that opened
     it (ASGI's `user`) and answers any other "Session not found": here that principal is the
     caller's person and agent. Without it, another token presenting the session id could end
     the session, cancel its calls, or take the answer of its call in flight by sending a
-    request of the same id (answers are routed by id within a session)."""
+    request of the same id (answers are routed by id within a session). A caller holding
+    MAX_SESSIONS_PER_CALLER sessions is refused another (429)."""
 
     async def wrapped(
         scope: MutableMapping[str, Any],
@@ -190,14 +237,70 @@ def _owned(app: Any) -> Callable[..., Coroutine[Any, Any, None]]:
         send: Callable[[MutableMapping[str, Any]], Any],
     ) -> None:
         identity = CALLER.get()
-        if identity is not None:
-            principal = AccessToken(
-                token="", client_id=identity.actor or "", scopes=[], subject=identity.subject
+        if identity is None:  # the authorization middleware lets no such request through
+            await app(scope, receive, send)
+            return
+        principal = AccessToken(
+            token="", client_id=identity.actor or "", scopes=[], subject=identity.subject
+        )
+        scope = {**scope, "user": AuthenticatedUser(principal)}
+        caller = (identity.subject, identity.actor or "")
+        # The first one, as the SDK reads it (aiohttp-asgi lowercases the names).
+        session = next(
+            (bytes(v) for k, v in scope.get("headers") or () if k == b"mcp-session-id"), b""
+        ).decode("latin-1")
+        status = 0
+
+        async def watched(message: MutableMapping[str, Any]) -> Any:
+            nonlocal status
+            if message.get("type") == "http.response.start":
+                status = int(message.get("status", 0))
+                if not session and status < 400:
+                    for name, value in message.get("headers") or ():
+                        if bytes(name).lower() == b"mcp-session-id":
+                            held.opened(bytes(value).decode("latin-1"), caller)
+            return await send(message)
+
+        if session:
+            held.using(session, 1)
+            try:
+                await app(scope, receive, watched)
+            finally:
+                held.using(session, -1)
+                if status == 404 or (scope.get("method") == "DELETE" and status < 300):
+                    held.forget(session)
+            return
+        if held.count(caller) >= MAX_SESSIONS_PER_CALLER:
+            who = identity.email or identity.subject
+            who += f" (agent {identity.actor})" if identity.actor else ""
+            await _refuse(
+                send,
+                429,
+                f"{who} already holds {MAX_SESSIONS_PER_CALLER} MCP sessions on this control "
+                "plane: end the ones not in use (an MCP client ends its session when it "
+                f"closes) or wait for idle ones to close after {IDLE / 60:.0f} minutes",
             )
-            scope = {**scope, "user": AuthenticatedUser(principal)}
-        await app(scope, receive, send)
+            return
+        held.opening(caller, 1)
+        try:
+            await app(scope, receive, watched)
+        finally:
+            held.opening(caller, -1)
 
     return wrapped
+
+
+async def _refuse(send: Callable[[MutableMapping[str, Any]], Any], status: int, why: str) -> None:
+    """A JSON-RPC error answered before the SDK sees the request, shaped as its own."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": why}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
 
 
 def _receive_settles(app: Any) -> Callable[..., Coroutine[Any, Any, None]]:

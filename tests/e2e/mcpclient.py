@@ -85,19 +85,20 @@ class RawSession:
             headers["Mcp-Session-Id"] = self.session_id
         return headers
 
+    def initialize_message(self) -> dict[str, Any]:
+        return {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": self.VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        }
+
     async def initialize(self) -> None:
-        response = await self.post(
-            {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": self.VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": "raw", "version": "1"},
-                },
-            }
-        )
+        response = await self.post(self.initialize_message())
         assert response[0] == 200, response
         await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from mcp import ClientSession
 
+from controlplane.http.mcp import MAX_SESSIONS
 from devenv.sshd import Sshd
 from tests.e2e import mcpclient
 from tests.e2e.conftest import Stack, ssh_policy
@@ -413,3 +414,52 @@ def test_another_token_cannot_use_a_session_it_did_not_open(
     assert own[0] == 200 and own[1][-1]["result"]["structuredContent"]["rows"][0][1] == marker
     assert deleted == 404
     assert after[0] == 200 and after[1][-1]["result"]["structuredContent"]["rows"] == [[1]]
+
+
+Answer = tuple[int, list[Any]]
+
+
+def test_one_caller_cannot_take_every_mcp_session(mcp_stack: Stack, agent_token: str) -> None:
+    """An agent opens MCP sessions (initialize) and never ends them. It is refused at its own
+    limit, saying why, while other callers still get theirs; before, it took all 1 000 of
+    the replica for 30 minutes and every other agent was turned away."""
+    import httpx2
+
+    created = mcp_stack.cli("tokens", "create", "--actor", "another", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    other = str(json.loads(created.stdout)["secret"])
+    opened: list[RawSession] = []
+
+    async def run() -> tuple[list[Answer], Answer, Answer]:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            gate = asyncio.Semaphore(20)
+
+            async def initialize(token: str) -> Answer:
+                async with gate:
+                    raw = RawSession(http, mcp_url(mcp_stack), token)
+                    answer = await raw.post(raw.initialize_message())
+                    if raw.session_id:
+                        opened.append(raw)
+                    return answer
+
+            async def delete_all() -> None:
+                while opened:
+                    raw = opened.pop()
+                    await http.delete(raw.url, headers=raw.headers())
+
+            try:
+                hoarded = await asyncio.gather(
+                    *(initialize(agent_token) for _ in range(MAX_SESSIONS + 1))
+                )
+                others = await initialize(other)
+                await delete_all()
+                return hoarded, others, await initialize(agent_token)  # its own are freed
+            finally:
+                await delete_all()
+
+    hoarded, others, again = asyncio.run(asyncio.wait_for(run(), 120))
+    refused = [h for h in hoarded if h[0] != 200]
+    assert refused and all(h[0] == 429 for h in refused), refused[:3]
+    assert "MCP sessions" in refused[0][1][0]["error"]["message"]
+    assert others[0] == 200, others
+    assert again[0] == 200, again
