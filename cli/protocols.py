@@ -117,6 +117,12 @@ class Catalogue:
         self.truncated = truncated
 
 
+MAX_RESULT_BYTES = 256 * 1024
+"""Bytes of row values (as the database sends them) an MCP `query` or `describe` keeps over
+all its results; the rows after are read and left out (`truncated`), as past `max_rows`.
+The tools run inside the control plane on `/mcp`, and an MCP client takes no larger answer."""
+
+
 class SqlTools(Protocol):
     """A database protocol's MCP tools; failures raise CliError with the database's words."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from cli.errors import CliError
 from cli.mysql import query as myexec
-from cli.protocols import Catalogue
+from cli.protocols import MAX_RESULT_BYTES, Catalogue
 from cli.session import Opened
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
@@ -63,7 +63,7 @@ def _hex(value: str) -> str:
 
 
 async def _run(opened: Opened, sql: str, max_rows: int) -> list[myexec.ResultSet]:
-    results, error = await myexec.run_sql_on(opened, sql, max_rows)
+    results, error = await myexec.run_sql_on(opened, sql, max_rows, MAX_RESULT_BYTES)
     if error is not None:
         raise myexec.MysqlError(error)
     return results

@@ -86,10 +86,11 @@ async def _packets(call: Call) -> AsyncIterator[Packet]:
 
 
 async def run_sql_on(
-    opened: Opened, sql: str, max_rows: int | None = None
+    opened: Opened, sql: str, max_rows: int | None = None, max_bytes: int | None = None
 ) -> tuple[list[ResultSet], msg.Err | None]:
     """Log in through the session, run `sql`, quit; the results, and the error if one came.
-    Each result keeps at most `max_rows` rows (the rest are read and left out: `truncated`)."""
+    Each result keeps at most `max_rows` rows, and all of them at most `max_bytes` of rows
+    (the rest are read and left out: `truncated`)."""
     call = opened.call
     packets = _packets(call)
     greeting = await anext(packets, None)
@@ -121,12 +122,18 @@ async def run_sql_on(
     results: list[ResultSet] = []
     current = ResultSet()
     error: msg.Err | None = None
+    kept = 0
     async for packet in packets:
         seen = follower.server(packet)
         if isinstance(seen, Row):
-            if max_rows is not None and len(current.rows) >= max_rows:
+            if (
+                current.truncated
+                or (max_rows is not None and len(current.rows) >= max_rows)
+                or (max_bytes is not None and kept + len(packet.payload) > max_bytes)
+            ):
                 current.truncated = True
                 continue
+            kept += len(packet.payload)
             current.rows.append(
                 _binary_text(packet.payload, seen.columns)
                 if seen.binary

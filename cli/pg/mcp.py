@@ -7,7 +7,7 @@ from typing import Any
 
 from cli.errors import CliError
 from cli.pg import query as pgexec
-from cli.protocols import Catalogue
+from cli.protocols import MAX_RESULT_BYTES, Catalogue
 from cli.session import Opened
 
 DESCRIBE_SQL = """select c.table_schema, c.table_name, c.column_name, c.data_type, c.is_nullable
@@ -49,7 +49,7 @@ async def _run(
     opened: Opened, sql: str, params: list[str | None] | None, max_rows: int
 ) -> pgexec.Outcome:
     try:
-        outcome = await pgexec.run_sql_on(opened, sql, params, max_rows)
+        outcome = await pgexec.run_sql_on(opened, sql, params, max_rows, MAX_RESULT_BYTES)
     except ValueError as exc:  # a NUL in the text: the protocol cannot carry it
         opened.call.cancel()
         raise CliError(str(exc)) from None

@@ -48,12 +48,25 @@ class ResultSet:
 class Outcome:
     """What the session gave back: every result, the error if one ended it, the notices."""
 
-    def __init__(self, session_id: str = "", max_rows: int | None = None) -> None:
+    def __init__(
+        self, session_id: str = "", max_rows: int | None = None, max_bytes: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.max_rows = max_rows  # rows kept per result; None: all
+        self.max_bytes = max_bytes  # bytes of rows kept over all results; None: all
+        self.kept = 0
         self.results: list[ResultSet] = []
         self.error: pgm.ErrorFields | None = None
         self.notices: list[pgm.ErrorFields] = []
+
+    def keeps(self, result: ResultSet, size: int) -> bool:
+        """Whether a row of `size` bytes is kept in `result` (none after one left out)."""
+        if result.truncated or (self.max_rows is not None and len(result.rows) >= self.max_rows):
+            return False
+        if self.max_bytes is not None and self.kept + size > self.max_bytes:
+            return False
+        self.kept += size
+        return True
 
 
 class PgError(CliError):
@@ -86,12 +99,14 @@ async def run_sql_on(
     sql: str,
     params: list[str | None] | None = None,
     max_rows: int | None = None,
+    max_bytes: int | None = None,
 ) -> Outcome:
     """Run `sql` in a session already open (`exec` opens first, then looks at the type):
     the simple protocol, or the extended one with `params` (text, types inferred). Each
-    result keeps at most `max_rows` rows (the rest are read and left out: `truncated`)."""
+    result keeps at most `max_rows` rows, and all of them at most `max_bytes` of rows (the
+    rest are read and left out: `truncated`)."""
     call = opened.call
-    outcome = Outcome(session_id=opened.session_id, max_rows=max_rows)
+    outcome = Outcome(session_id=opened.session_id, max_rows=max_rows, max_bytes=max_bytes)
     startup = pgm.startup_message(
         {"user": getpass.getuser() or "gatehouse", "application_name": "gatehouse exec"}
     )
@@ -140,7 +155,7 @@ async def _until_ready(
         elif tag == "T":
             current = ResultSet(columns=pgm.parse_row_description(message.body))
         elif tag == "D" and current is not None:
-            if outcome.max_rows is None or len(current.rows) < outcome.max_rows:
+            if outcome.keeps(current, len(message.body)):
                 current.rows.append(pgm.parse_data_row(message.body))
             else:
                 current.truncated = True

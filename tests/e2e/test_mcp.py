@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from mcp import ClientSession
 
+from cli.protocols import MAX_RESULT_BYTES
 from controlplane.http.mcp import MAX_SESSIONS
 from devenv.sshd import Sshd
 from tests.e2e import mcpclient
@@ -463,3 +464,38 @@ def test_one_caller_cannot_take_every_mcp_session(mcp_stack: Stack, agent_token:
     assert "MCP sessions" in refused[0][1][0]["error"]["message"]
     assert others[0] == 200, others
     assert again[0] == 200, again
+
+
+def test_a_huge_result_is_truncated_without_the_control_plane_holding_it(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    """On /mcp the tools run inside the control plane: a query whose result is 60 MB (and
+    under max_rows) was kept whole there and held several times over (rows, their JSON
+    twice, the SSE event) — 60 MB cost it over 500 MB — so one agent could exhaust its
+    memory, for an answer an MCP client cannot even take. The rows kept are now bounded in
+    bytes too: the rest are read and left out, as past max_rows."""
+    proc = mcp_stack.controlplane.proc
+    assert proc is not None
+    status = Path(f"/proc/{proc.pid}/status")
+    sql = "select i, repeat('x', 1000000) as x from generate_series(1, 60) as i"
+
+    def resident() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    async def work(raw: RawSession) -> Any:
+        peak = before = resident()
+        calling = asyncio.create_task(raw.call(3, "query", connection="pg", sql=sql, max_rows=60))
+        while not calling.done():
+            peak = max(peak, resident())
+            await asyncio.sleep(0.02)
+        return calling.result(), peak - before
+
+    answer, grown = over_raw(mcp_stack, agent_token, work)
+    result = answer[1][-1]["result"]
+    assert result["isError"] is False, str(result)[:300]
+    queried = result["structuredContent"]
+    assert queried["truncated"] is True and queried["command"] == "SELECT 60"
+    assert [row[0] for row in queried["rows"]] == list(range(1, len(queried["rows"]) + 1))
+    assert len(json.dumps(queried)) <= MAX_RESULT_BYTES + 4096
+    assert grown < 100 * 1024 * 1024, grown

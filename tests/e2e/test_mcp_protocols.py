@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from mcp import ClientSession
 
+from cli.protocols import MAX_RESULT_BYTES
 from devenv.httpd import HttpTargets
 from devenv.mariadb import MariadbServer
 from tests.e2e import mcpclient, mysqlgate
@@ -303,3 +304,22 @@ def test_the_remote_endpoint_runs_them_inside_the_control_plane(
     assert sent[0] is False and json.loads(sent[1]["body"])["args"] == {"r": marker}, sent
     assert any(marker in q for q in mariadb.queries())
     assert f"/get?r={marker}" in [line.uri for line in http_targets.log_lines()]
+
+
+def test_rows_on_mysql_are_kept_up_to_the_byte_bound(
+    stack: MysqlStack, env: dict[str, str]
+) -> None:
+    """As on PostgreSQL: 1 MB of rows under max_rows keeps MAX_RESULT_BYTES of them, in order,
+    and the statement still completes (the rest are read and left out)."""
+    many = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 10) "
+
+    async def work(session: ClientSession) -> Any:
+        return await call(
+            session, "query", connection="my", sql=f"{many}SELECT i, REPEAT('x', 100000) FROM r"
+        )
+
+    error, queried = mcpclient.over_stdio(env, work)
+    assert error is False, queried
+    assert queried["truncated"] is True
+    kept = [row[0] for row in queried["rows"]]
+    assert kept == list(range(1, len(kept) + 1)) and len(kept) == MAX_RESULT_BYTES // 100_010
