@@ -226,10 +226,11 @@ class HeldSessions:
 def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, None]]:
     """The SDK's session manager gives a session to the principal of the request that opened
     it (ASGI's `user`) and answers any other "Session not found": here that principal is the
-    caller's person and agent. Without it, another token presenting the session id could end
-    the session, cancel its calls, or take the answer of its call in flight by sending a
-    request of the same id (answers are routed by id within a session). A caller holding
-    MAX_SESSIONS_PER_CALLER sessions is refused another (429)."""
+    caller's person, agent and stored token (a login's: its person). Without it, another
+    token presenting the session id could end the session, cancel its calls, or take the
+    answer of its call in flight by sending a request of the same id (answers are routed by
+    id within a session). A person and agent holding MAX_SESSIONS_PER_CALLER sessions is
+    refused another (429)."""
 
     async def wrapped(
         scope: MutableMapping[str, Any],
@@ -240,9 +241,10 @@ def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, No
         if identity is None:  # the authorization middleware lets no such request through
             await app(scope, receive, send)
             return
-        principal = AccessToken(
-            token="", client_id=identity.actor or "", scopes=[], subject=identity.subject
-        )
+        # A stored token's sessions are that token's: another of the same person and agent
+        # name may have other connections. A login's are the person's (its token refreshes).
+        owner = json.dumps([identity.actor, identity.token_id])
+        principal = AccessToken(token="", client_id=owner, scopes=[], subject=identity.subject)
         scope = {**scope, "user": AuthenticatedUser(principal)}
         caller = (identity.subject, identity.actor or "")
         # The first one, as the SDK reads it (aiohttp-asgi lowercases the names).

@@ -372,18 +372,20 @@ def test_a_cancelled_call_ends_its_session_with_its_result_recorded(
     ], events
 
 
+@pytest.mark.parametrize("actor", ["intruder", ACTOR])
 def test_another_token_cannot_use_a_session_it_did_not_open(
-    mcp_stack: Stack, agent_token: str
+    mcp_stack: Stack, agent_token: str, actor: str
 ) -> None:
     """An agent whose token may use only web-1 learns another agent's Mcp-Session-Id. With
     it, its own call under the request id of the other's call in flight was answered with
     the other call's rows (from pg, which its token may not use), and its DELETE ended the
-    other's session. A session is the credential's that opened it: to any other, not found."""
+    other's session. A session is the credential's that opened it: to any other, not found,
+    even to another token of the same person and agent name (its connections may differ)."""
     created = mcp_stack.cli(
         "tokens",
         "create",
         "--actor",
-        "intruder",
+        actor,
         "--connections",
         "web-1",
         "--role",
