@@ -52,9 +52,9 @@ PATH = "/mcp"
 METADATA = "/.well-known/oauth-protected-resource"
 MAX_SESSIONS = 1000
 """MCP sessions open at once on this replica."""
-MAX_SESSIONS_PER_CALLER = 100
-"""MCP sessions one person and agent may hold open at once on this replica, so that one
-client cannot take all MAX_SESSIONS from everyone else."""
+MAX_SESSIONS_PER_PERSON = 100
+"""MCP sessions one person (or machine token) may hold open at once on this replica, under
+any number of agent names, so that one cannot take all MAX_SESSIONS from everyone else."""
 IDLE = 30 * 60.0
 """Seconds an MCP session may stay idle before it is closed."""
 REMEMBERED = 10_000
@@ -183,34 +183,37 @@ ASGIApp = Callable[
 
 
 class HeldSessions:
-    """The MCP sessions each caller holds, followed from the requests that use them as the
+    """The MCP sessions each person holds, followed from the requests that use them as the
     SDK ends them: at a DELETE, or once no request has been in flight on one for IDLE (its
     id then answers 404)."""
 
     def __init__(self) -> None:
-        self._owner: dict[str, tuple[str, str]] = {}
+        self._owner: dict[str, tuple[str, str]] = {}  # session: (person, the owning token)
         self._busy: dict[str, int] = {}
         self._last: dict[str, float] = {}
-        self._opening: dict[tuple[str, str], int] = {}
+        self._opening: dict[str, int] = {}
 
-    def count(self, caller: tuple[str, str]) -> int:
-        """The caller's sessions open or being opened (forgetting every one gone idle)."""
+    def count(self, person: str) -> int:
+        """The person's sessions open or being opened (forgetting every one gone idle)."""
         now = asyncio.get_running_loop().time()
         for session in [s for s, busy in self._busy.items() if not busy]:
             if now - self._last[session] >= IDLE:
                 self.forget(session)
-        held = sum(1 for owner in self._owner.values() if owner == caller)
-        return held + self._opening.get(caller, 0)
+        held = sum(1 for owner in self._owner.values() if owner[0] == person)
+        return held + self._opening.get(person, 0)
 
-    def opening(self, caller: tuple[str, str], delta: int) -> None:
-        self._opening[caller] = self._opening.get(caller, 0) + delta
-        if not self._opening[caller]:
-            del self._opening[caller]
+    def opening(self, person: str, delta: int) -> None:
+        self._opening[person] = self._opening.get(person, 0) + delta
+        if not self._opening[person]:
+            del self._opening[person]
 
-    def opened(self, session: str, caller: tuple[str, str]) -> None:
-        self._owner[session] = caller
+    def opened(self, session: str, owner: tuple[str, str]) -> None:
+        self._owner[session] = owner
         self._busy[session] = 0
         self._last[session] = asyncio.get_running_loop().time()
+
+    def owned_by(self, session: str, owner: tuple[str, str]) -> bool:
+        return self._owner.get(session) == owner
 
     def using(self, session: str, delta: int) -> None:
         if session in self._owner:
@@ -229,8 +232,8 @@ def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, No
     caller's person, agent and stored token (a login's: its person). Without it, another
     token presenting the session id could end the session, cancel its calls, or take the
     answer of its call in flight by sending a request of the same id (answers are routed by
-    id within a session). A person and agent holding MAX_SESSIONS_PER_CALLER sessions is
-    refused another (429)."""
+    id within a session). A person holding MAX_SESSIONS_PER_PERSON sessions is refused
+    another (429)."""
 
     async def wrapped(
         scope: MutableMapping[str, Any],
@@ -246,7 +249,7 @@ def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, No
         owner = json.dumps([identity.actor, identity.token_id])
         principal = AccessToken(token="", client_id=owner, scopes=[], subject=identity.subject)
         scope = {**scope, "user": AuthenticatedUser(principal)}
-        caller = (identity.subject, identity.actor or "")
+        mine = (identity.subject, owner)
         # The first one, as the SDK reads it (aiohttp-asgi lowercases the names).
         session = next(
             (bytes(v) for k, v in scope.get("headers") or () if k == b"mcp-session-id"), b""
@@ -260,7 +263,7 @@ def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, No
                 if not session and status < 400:
                     for name, value in message.get("headers") or ():
                         if bytes(name).lower() == b"mcp-session-id":
-                            held.opened(bytes(value).decode("latin-1"), caller)
+                            held.opened(bytes(value).decode("latin-1"), mine)
             return await send(message)
 
         if session:
@@ -269,25 +272,27 @@ def _owned(app: Any, held: HeldSessions) -> Callable[..., Coroutine[Any, Any, No
                 await app(scope, receive, watched)
             finally:
                 held.using(session, -1)
-                if status == 404 or (scope.get("method") == "DELETE" and status < 300):
+                # Gone (the SDK answers another token's request for it 404 too: not that).
+                if held.owned_by(session, mine) and (
+                    status == 404 or (scope.get("method") == "DELETE" and status < 300)
+                ):
                     held.forget(session)
             return
-        if held.count(caller) >= MAX_SESSIONS_PER_CALLER:
-            who = identity.email or identity.subject
-            who += f" (agent {identity.actor})" if identity.actor else ""
+        if held.count(identity.subject) >= MAX_SESSIONS_PER_PERSON:
             await _refuse(
                 send,
                 429,
-                f"{who} already holds {MAX_SESSIONS_PER_CALLER} MCP sessions on this control "
-                "plane: end the ones not in use (an MCP client ends its session when it "
-                f"closes) or wait for idle ones to close after {IDLE / 60:.0f} minutes",
+                f"{identity.email or identity.subject} already holds {MAX_SESSIONS_PER_PERSON} "
+                "MCP sessions on this control plane (with all its agents): end the ones not in "
+                "use (an MCP client ends its session when it closes) or wait for idle ones to "
+                f"close after {IDLE / 60:.0f} minutes",
             )
             return
-        held.opening(caller, 1)
+        held.opening(identity.subject, 1)
         try:
             await app(scope, receive, watched)
         finally:
-            held.opening(caller, -1)
+            held.opening(identity.subject, -1)
 
     return wrapped
 

@@ -422,18 +422,22 @@ def test_another_token_cannot_use_a_session_it_did_not_open(
 Answer = tuple[int, list[Any]]
 
 
-def test_one_caller_cannot_take_every_mcp_session(mcp_stack: Stack, agent_token: str) -> None:
-    """An agent opens MCP sessions (initialize) and never ends them. It is refused at its own
-    limit, saying why, while other callers still get theirs; before, it took all 1 000 of
-    the replica for 30 minutes and every other agent was turned away."""
+def test_one_person_cannot_take_every_mcp_session(mcp_stack: Stack, agent_token: str) -> None:
+    """An agent opens MCP sessions (initialize) and never ends them. It is refused at its
+    person's limit, saying why — and so is a token of the same person under another agent
+    name, which anyone may create — while another holder still gets a session; before, it
+    took all 1 000 of the replica for 30 minutes and every other agent was turned away."""
     import httpx2
 
     created = mcp_stack.cli("tokens", "create", "--actor", "another", "-o", "json")
     assert created.returncode == 0, created.stderr
-    other = str(json.loads(created.stdout)["secret"])
+    same_person = str(json.loads(created.stdout)["secret"])
+    created = mcp_stack.cli("admin", "tokens", "create", f"m-{uuid.uuid4().hex[:6]}", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    someone_else = str(json.loads(created.stdout)["secret"])
     opened: list[RawSession] = []
 
-    async def run() -> tuple[list[Answer], Answer, Answer]:
+    async def run() -> tuple[list[Answer], Answer, Answer, Answer]:
         async with httpx2.AsyncClient(timeout=30) as http:
             gate = asyncio.Semaphore(20)
 
@@ -454,16 +458,25 @@ def test_one_caller_cannot_take_every_mcp_session(mcp_stack: Stack, agent_token:
                 hoarded = await asyncio.gather(
                     *(initialize(agent_token) for _ in range(MAX_SESSIONS + 1))
                 )
-                others = await initialize(other)
+                # Another token's 404 for one of them does not count it as gone.
+                foreign = await http.post(
+                    opened[0].url,
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers=opened[0].headers(same_person),
+                )
+                assert foreign.status_code == 404, foreign.text
+                renamed = await initialize(same_person)
+                others = await initialize(someone_else)
                 await delete_all()
-                return hoarded, others, await initialize(agent_token)  # its own are freed
+                return hoarded, renamed, others, await initialize(agent_token)  # freed
             finally:
                 await delete_all()
 
-    hoarded, others, again = asyncio.run(asyncio.wait_for(run(), 120))
+    hoarded, renamed, others, again = asyncio.run(asyncio.wait_for(run(), 120))
     refused = [h for h in hoarded if h[0] != 200]
     assert refused and all(h[0] == 429 for h in refused), refused[:3]
     assert "MCP sessions" in refused[0][1][0]["error"]["message"]
+    assert renamed[0] == 429, renamed
     assert others[0] == 200, others
     assert again[0] == 200, again
 
