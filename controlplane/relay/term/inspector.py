@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ from typing import Any, Final, Literal
 
 from controlplane.audit.events import Draft, SessionContext, draft, draft_result
 from controlplane.audit.writer import AuditUnavailable, AuditWriter
+from controlplane.policy.command_secrets import MASK, Masking
 from controlplane.policy.commands import CommandGuard
 from controlplane.policy.guardrails import Decision
 from controlplane.policy.mysql_sql import redact
@@ -114,6 +116,7 @@ class TermInspector:
         self._from_client = codec.TermFramer.from_client()
         self._from_target = codec.TermFramer.from_target()
         self._start: codec.Start | None = None
+        self._masking: Masking | None = None  # the command line as it may be recorded
         self._ref: Any = None  # seq (or its future, async mode) of the command's event
         self._started = 0.0
         self._recording: Recording | None = None
@@ -231,7 +234,7 @@ class TermInspector:
                 width=start.pty.cols,
                 height=start.pty.rows,
                 term=start.pty.term,
-                title=_title(self.session, start),
+                title=_title(self.session, start, self._masked(start).line),
             )
             self._lines = LineTracker()
         return True
@@ -365,36 +368,57 @@ class TermInspector:
         out.append(eof)
         return out
 
+    def _masked(self, start: codec.Start) -> Masking:
+        """The command line as events may record it: its secrets masked (what runs is
+        ``start``, unchanged, and guardrails decide on that)."""
+        if self._masking is None:
+            if self._kind == "shell" and start.argv:
+                self._masking = Masking.of_argv(start.argv)
+            else:
+                self._masking = Masking.of_text(start.command_line())
+        return self._masking
+
     def _command_event(
         self, start: codec.Start, decision: Decision, program: dict[str, Any] | None = None
     ) -> Draft:
         request: dict[str, Any] = {}
+        masking = self._masked(start)
+        masked = masking.masked
         if self._kind == "shell" and start.argv:
-            request["argv"] = list(start.argv)
+            request["argv"] = list(masking.argv or ())
         elif start.argv or start.command is not None:
-            request["command"] = start.command_line()
+            request["command"] = masking.text
         if start.subsystem is not None:
             request["subsystem"] = start.subsystem
         if self._kind == "shell":
             request["workdir"] = self._workdir
             request["run_as"] = self._run_as_event()
-        if start.env:
-            request["env"] = dict(start.env)
+        env = _recorded_env(start.env)
+        if env:
+            request["env"] = env
+            masked = masked or env != start.env
         if program is not None:
-            request["stdin"] = program
+            readers = [
+                {**reader, "command": masking.scrub_words(reader["command"])}
+                for reader in program["readers"]
+            ]
+            request["stdin"] = {**program, "readers": readers}
         if start.pty is not None:
             request["pty"] = {
                 "term": start.pty.term,
                 "cols": start.pty.cols,
                 "rows": start.pty.rows,
             }
+        if masked:
+            request["masked"] = True
         if self._kind == "shell":
             event_type = "shell.command"
         else:
             event_type = "ssh.session" if start.interactive else "ssh.exec"
-        return draft(
-            event_type, session=self.session, request=request, decision=decision.as_event()
-        )
+        recorded = decision.as_event()
+        if "reason" in recorded:
+            recorded["reason"] = _without_env_values(masking.scrub(recorded["reason"]), start.env)
+        return draft(event_type, session=self.session, request=request, decision=recorded)
 
     def _run_as_event(self) -> dict[str, Any]:
         """Whose account the command runs as: what the agent said, else what the policy asked
@@ -600,18 +624,49 @@ def _program_event(data: bytes, readers: list[StdinReader], *, truncated: bool) 
 
 def _without_passwords(text: str, readers: list[StdinReader]) -> str:
     """A database client's program with its password literals masked, as that database's own
-    `db.query` events have them (``psql < migration.sql`` creating a role with its password)."""
+    `db.query` events have them (``psql < migration.sql`` creating a role with its password),
+    and a shell script with the secrets of its command lines masked, as a command's own
+    event has them (``mysql -pS3cret``)."""
     names = {PurePosixPath(reader.command[0]).name for reader in readers if reader.command}
     if "psql" in names:
         text = redact_statement(text)
     if names & {"mysql", "mariadb"}:
         text = redact(text)
+    if any(reader.language == "shell" for reader in readers):
+        # A shell script's command lines, as a command line of its own would be recorded.
+        text = Masking.of_text(text).text or text
     return text
 
 
-def _title(ctx: SessionContext, start: codec.Start) -> str:
-    """The recording's title: the connection and what ran, as a player lists it."""
-    return f"{ctx.connection.get('name', '')}: {start.command_line() or 'login shell'}"
+def _title(ctx: SessionContext, start: codec.Start, line: str) -> str:
+    """The recording's title: the connection and what ran (``line``: its secrets masked), as
+    a player lists it."""
+    return f"{ctx.connection.get('name', '')}: {line if start.command_line() else 'login shell'}"
+
+
+_LOCALE_NAME: Final = re.compile(
+    r"(?:[A-Za-z]{1,8}(?:_[A-Za-z]{2,3})?(?:\.[A-Za-z0-9\-]{1,20})?(?:@[A-Za-z0-9]{1,20})?)?"
+)
+"""A value of a locale variable: ``zh_TW.BIG5`` (refused, yet no secret: it says why)."""
+
+
+def _kept_env(name: str, value: str) -> bool:
+    return (name == "LANG" or name.startswith("LC_")) and _LOCALE_NAME.fullmatch(value) is not None
+
+
+def _recorded_env(env: dict[str, str]) -> dict[str, str]:
+    """A start's environment as its event may have it: a locale variable's value as it came,
+    any other value masked. Only the locale reaches a target (`ENV_RULE` refuses the rest),
+    but the refusal is recorded too, and ``PGPASSWORD`` is what a client would send."""
+    return {name: value if _kept_env(name, value) else MASK for name, value in env.items()}
+
+
+def _without_env_values(reason: str, env: dict[str, str]) -> str:
+    """A refusal's reason without the values the event masks (``LC_ALL=…``)."""
+    for name, value in env.items():
+        if value and not _kept_env(name, value):
+            reason = reason.replace(f"{name}={value}", f"{name}={MASK}")
+    return reason
 
 
 def open_inspector(opening: Opening) -> TermInspector:
