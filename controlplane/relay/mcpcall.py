@@ -11,7 +11,9 @@ The arguments are recorded redacted as the statement they carry would be: passwo
 in `sql` as `'***'` (the same parse as the connection's `db.query`: MySQL's own on mysql),
 `params` through the connection's parameter detectors, `stdin` and an HTTP `body` as their
 length and SHA-256 only (the command's and the request's own events carry what they may of
-them), an HTTP request's credential headers and query values as `http.request` has them.
+them), an HTTP request's credential headers and query values as `http.request` has them,
+a `command` (a text or an argv) with the secrets on its command line masked as its
+`ssh.exec`/`shell.command` event has them; then the event says `masked: true`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from controlplane.audit.writer import AuditWriter
 from controlplane.auth.identity import Identity
 from controlplane.errors import InvalidArgument
 from controlplane.policy import mysql_sql
+from controlplane.policy.command_secrets import Masking
 from controlplane.policy.statement_secrets import redact_statement
 from controlplane.relay.http.events import redacted_headers, redacted_query
 from gatehouse.v1 import client_pb2
@@ -47,6 +50,13 @@ def arguments(
 ) -> JSON:
     """The call's arguments as they may be recorded; InvalidArgument for ones that are not
     a JSON object or are too large."""
+    return recorded_arguments(call, detectors, connection_type)[0]
+
+
+def recorded_arguments(
+    call: client_pb2.McpCall, detectors: DetectorSet | None, connection_type: str | None = None
+) -> tuple[JSON, bool]:
+    """As `arguments`, and whether a secret was masked on the command line it carries."""
     if len(call.tool) > MAX_TOOL or not call.tool.isprintable():
         raise InvalidArgument(f"an MCP tool name is printable and at most {MAX_TOOL} characters")
     if len(call.arguments.encode("utf-8", "surrogatepass")) > MAX_ARGUMENTS:
@@ -60,8 +70,18 @@ def arguments(
     return _redacted(parsed, detectors or DetectorSet(DEFAULT_DETECTORS), connection_type)
 
 
-def _redacted(args: dict[str, Any], detectors: DetectorSet, connection_type: str | None) -> JSON:
+def _redacted(
+    args: dict[str, Any], detectors: DetectorSet, connection_type: str | None
+) -> tuple[JSON, bool]:
     out = dict(args)
+    masked = False
+    command = out.get("command")
+    if isinstance(command, str):
+        text = Masking.of_text(command)
+        out["command"], masked = text.text, text.masked
+    elif isinstance(command, list) and all(isinstance(word, str) for word in command):
+        argv = Masking.of_argv(command)
+        out["command"], masked = list(argv.argv or ()), argv.masked
     sql = out.get("sql")
     if isinstance(sql, str):
         # MySQL's secrets (`IDENTIFIED BY '…'`) are not PostgreSQL's: an unknown type gets both.
@@ -88,7 +108,7 @@ def _redacted(args: dict[str, Any], detectors: DetectorSet, connection_type: str
     if isinstance(path, str) and "?" in path:
         target, query = path.split("?", 1)
         out["path"] = f"{target}?{redacted_query(query, detectors)}"
-    return out
+    return out, masked
 
 
 def _digest(text: str) -> JSON:
@@ -129,13 +149,15 @@ async def record(
 ) -> JSON:
     """Commit the call's `mcp.call` event (before anything it does); returns the reference
     the events it causes carry: `{"seq", "id"}`."""
+    recorded, masked = recorded_arguments(call, detectors, connection_type)
     event = draft(
         "mcp.call",
         identity=identity,
         source=source or None,
         connection={"name": connection} if connection else None,
         tool=call.tool,
-        arguments=arguments(call, detectors, connection_type),
+        arguments=recorded,
+        masked=True if masked else None,
         mcp_client=call.client[:200] or None,
     )
     seq = await audit.commit(event)

@@ -7,9 +7,14 @@ import hashlib
 import json
 
 import pytest
+from sqlmodel import select
 
+from controlplane.audit.writer import AuditWriter
+from controlplane.auth.identity import Identity
 from controlplane.errors import InvalidArgument
 from controlplane.relay import mcpcall
+from controlplane.store.database import Database
+from controlplane.store.models import EventRow
 from gatehouse.v1 import client_pb2
 from redact.detectors import DetectorSet
 
@@ -97,3 +102,35 @@ def test_a_number_parameter_is_masked_as_the_text_the_server_gets() -> None:
     params = args["params"]
     assert isinstance(params, list) and params[1:] == [42, True]
     assert "4111111111111111" not in json.dumps(params)
+
+
+def test_an_mcp_run_command_is_recorded_as_its_command_event_records_it() -> None:
+    text = client_pb2.McpCall(
+        tool="run_command",
+        arguments=json.dumps({"connection": "web", "command": "sshpass -p S3cret-Zq9 ssh h"}),
+    )
+    args, masked = mcpcall.recorded_arguments(text, None, "ssh")
+    assert args["command"] == "sshpass -p **** ssh h" and masked
+    argv = client_pb2.McpCall(
+        tool="run_command",
+        arguments=json.dumps({"connection": "ops", "command": ["tool", "--token", "S3cret-Zq9"]}),
+    )
+    args, masked = mcpcall.recorded_arguments(argv, None, "shell")
+    assert args["command"] == ["tool", "--token", "****"] and masked
+    plain = client_pb2.McpCall(tool="run_command", arguments='{"command": "uptime"}')
+    assert mcpcall.recorded_arguments(plain, None, "ssh") == ({"command": "uptime"}, False)
+
+
+async def test_the_mcp_call_event_says_its_command_was_masked(
+    db: Database, writer: AuditWriter
+) -> None:
+    call = client_pb2.McpCall(
+        tool="run_command",
+        arguments=json.dumps({"connection": "ops", "command": "mysql -uroot -pS3cret-Zq9 app"}),
+    )
+    await mcpcall.record(writer, Identity("alice"), call, {}, connection="ops")
+    with db.read_session() as session:
+        [body] = session.exec(select(EventRow.body))
+    event = json.loads(body)
+    assert event["arguments"]["command"] == "mysql -uroot -p**** app"
+    assert event["masked"] is True and "S3cret" not in body
