@@ -139,6 +139,90 @@ def test_shell_connection_runs_argv_with_its_environment(stack: Stack) -> None:
     assert result.stdout == b"hello\n"
 
 
+def test_a_secret_on_an_ssh_command_line_runs_and_stays_out_of_the_trail(stack: Stack) -> None:
+    """An AI agent's shell expands `$TOKEN` before gatehouse sees it: the command runs with the
+    secret, and the trail says what ran with the secret masked, and that it was."""
+    after = stack.events()[-1]["seq"]
+    secret = f"S3cret-{uuid.uuid4().hex[:12]}"
+    command = (
+        f"env MYSQL_PWD={secret} sh -c 'echo \"$MYSQL_PWD\"' && "
+        f"printf '%s\\n' --password={secret} https://deploy:{secret}@example.com/x"
+    )
+    result = run(stack, ["exec", "web-1", "--", command])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == (
+        f"{secret}\n--password={secret}\nhttps://deploy:{secret}@example.com/x\n"
+    )
+    trail = stack.events(after)
+    assert secret not in json.dumps(trail)
+    [event] = [e for e in trail if e["type"] == "ssh.exec"]
+    assert event["request"]["command"] == command.replace(secret, "****")
+    assert event["request"]["masked"] is True
+    [outcome] = [e for e in trail if e["type"] == "ssh.result"]
+    assert outcome["ref"] == event["seq"] and outcome["result"]["exit_code"] == 0
+
+
+def test_a_secret_in_a_shell_argv_runs_and_stays_out_of_the_trail(stack: Stack) -> None:
+    """`mysql -pX` on a shell connection: a stand-in `mysql` in the workdir prints the words it
+    got, which include the password; the event's argv has `-p****`."""
+    mysql = stack.base / "mysql"
+    mysql.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" "$PGPASSWORD"\n')
+    mysql.chmod(0o755)
+    after = stack.events()[-1]["seq"]
+    secret = f"S3cret-{uuid.uuid4().hex[:12]}"
+    argv = ["env", f"PGPASSWORD={secret}", "./mysql", "-uroot", f"-p{secret}", "-e", "select 1"]
+    result = run(stack, ["exec", "ops", "--", *argv])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == f"-uroot\n-p{secret}\n-e\nselect 1\n{secret}\n"
+    trail = stack.events(after)
+    assert secret not in json.dumps(trail)
+    [event] = [e for e in trail if e["type"] == "shell.command"]
+    assert event["request"]["argv"] == [
+        "env", "PGPASSWORD=****", "./mysql", "-uroot", "-p****", "-e", "select 1"
+    ]  # fmt: skip
+    assert event["request"]["masked"] is True
+
+
+RAW_ENV = """
+import json, sys
+from cli import rpc
+from cli.session import open_session
+from cli.term import stream as term
+from wire.term.codec import Start
+
+async def work(channel):
+    opened = await open_session(channel, rpc.metadata(), sys.argv[1], "exec", "raw")
+    async with term.TermSession(opened) as session:
+        start = Start(argv=tuple(sys.argv[2].split()), env=json.loads(sys.argv[3]))
+        exit_ = await term.relay(session, start, None, term.StdStreams())
+    print(f"status {exit_.status}", file=sys.stderr)
+
+rpc.call(rpc.controlplane_address(None), work)
+"""
+
+
+def test_a_refused_environment_leaves_no_value_in_the_trail(stack: Stack) -> None:
+    """A client may send `env` with its start (the gatehouse CLI does not); only the locale
+    passes. A refused `PGPASSWORD` is recorded by name, not by value."""
+    after = stack.events()[-1]["seq"]
+    secret = f"S3cret-{uuid.uuid4().hex[:12]}"
+    result = subprocess.run(
+        [sys.executable, "-c", RAW_ENV, "ops", "psql -h db", json.dumps({"PGPASSWORD": secret})],
+        capture_output=True,
+        env=env(stack),
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert b"status 126" in result.stderr and b"PGPASSWORD" in result.stderr, result.stderr
+    trail = stack.events(after)
+    assert secret not in json.dumps(trail)
+    [event] = [e for e in trail if e["type"] == "shell.command"]
+    assert event["decision"]["rule"] == "(env)"
+    assert event["request"]["env"] == {"PGPASSWORD": "****"}
+    assert event["request"]["masked"] is True
+
+
 def test_a_denied_command_exits_126_saying_why_once(stack: Stack) -> None:
     result = run(stack, ["exec", "web-1", "--", "rm", "-rf", "/nothing-here"])
     assert result.returncode == 126
