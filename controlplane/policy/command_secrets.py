@@ -47,11 +47,9 @@ runs over the whole text last, for secrets no word rule sees.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Final
 
 from redact.detectors import secret
@@ -107,7 +105,7 @@ _SHELL_TEXT: Final = re.compile(r"[\s;&|`()]")
 
 
 def _name(word: str) -> str:
-    return PurePosixPath(word).name if word else word
+    return word.rsplit("/", 1)[-1]
 
 
 # ---- the rules on one simple command's words ---------------------------------------------------
@@ -118,8 +116,11 @@ def _mask_from(word: str, at: int) -> str:
     return word[:at] + MASK if at < len(word) else word
 
 
-def _masked_words(words: Sequence[str], depth: int) -> list[str]:
-    """The words of one simple command (an argv) as they may be recorded."""
+def _masked_words(
+    words: Sequence[str], depth: int, changed: dict[str, str] | None = None
+) -> list[str]:
+    """The words of one simple command (an argv) as they may be recorded; each word that
+    changed, at every level, goes to ``changed`` with its masked form."""
     out = list(words)
     family = ""  # the latest command named that a rule depends on
     i = 0
@@ -172,11 +173,13 @@ def _masked_words(words: Sequence[str], depth: int) -> list[str]:
         i += 1
     for i, word in enumerate(out):
         text = (
-            _masked_text(word, depth + 1)
+            _masked_text(word, depth + 1, changed)
             if depth < _MAX_DEPTH and _SHELL_TEXT.search(word)
             else word
         )
         out[i] = secret(text) or text
+        if changed is not None and out[i] != words[i]:
+            changed[words[i]] = out[i]
     return out
 
 
@@ -307,18 +310,20 @@ def _words(text: str, comments: list[tuple[int, int]] | None = None) -> list[lis
     return [command for command in commands if command]
 
 
-def _masked_text(text: str, depth: int = 0) -> str:
+def _masked_text(text: str, depth: int = 0, changed: dict[str, str] | None = None) -> str:
     """A shell text as it may be recorded: each word's secret parts masked in place."""
     edits: list[tuple[int, int, str]] = []
     comments: list[tuple[int, int]] = []
     for command in _words(text, comments):
         values = ["".join(word.value) for word in command]
-        for word, value, new in zip(command, values, _masked_words(values, depth), strict=True):
+        masked_words = _masked_words(values, depth, changed)
+        for word, value, new in zip(command, values, masked_words, strict=True):
             if new != value:
                 edits.extend(_raw_edits(word, value, new))
     for start, end in comments:
         comment = text[start:end]
-        if depth < _MAX_DEPTH and (masked := _masked_text(comment[1:], depth + 1)) != comment[1:]:
+        masked = _masked_text(comment[1:], depth + 1, changed) if depth < _MAX_DEPTH else comment
+        if masked != comment[1:]:
             edits.append((start, end, "#" + masked))
     out: list[str] = []
     done = 0
@@ -340,19 +345,45 @@ def _raw_edits(word: _Word, value: str, new: str) -> list[tuple[int, int, str]]:
     place; one split by quotes or escapes takes the rest of the word, and the quote it stood
     in is closed again, so the text stays readable the way it was."""
     edits: list[tuple[int, int, str]] = []
-    matcher = difflib.SequenceMatcher(None, value, new, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
+    for i1, i2, replacement in _changes(value, new):
         if i1 == i2:  # an insertion: nothing of the value goes
             at = word.at[i1] if i1 < len(value) else word.end
-            edits.append((at, at, new[j1:j2]))
+            edits.append((at, at, replacement))
         elif word.at[i2 - 1] - word.at[i1] == i2 - i1 - 1:
-            edits.append((word.at[i1], word.at[i2 - 1] + 1, new[j1:j2]))
+            edits.append((word.at[i1], word.at[i2 - 1] + 1, replacement))
         else:
             edits.append((word.at[i1], word.end, MASK + word.quote[i1]))
             break
     return edits
+
+
+def _changes(value: str, new: str) -> list[tuple[int, int, str]]:
+    """How ``new`` is ``value`` with runs replaced: (start, end, replacement) in ``value``.
+
+    Masking replaces runs by stars, so after each run of stars the two texts agree again where
+    the next few characters of ``new`` stand in ``value``. Whatever the alignment found,
+    applying the changes to ``value`` gives ``new`` exactly (the rest of it, at worst, as one
+    change), in linear time where a general diff is quadratic on a long script."""
+    changes: list[tuple[int, int, str]] = []
+    i = j = 0
+    while i < len(value) and j < len(new):
+        if value[i] == new[j]:
+            i += 1
+            j += 1
+            continue
+        after = j
+        while after < len(new) and new[after] == "*":
+            after += 1
+        after = max(after, j + 1)
+        anchor = new[after : after + 8]
+        resume = value.find(anchor, i + 1) if anchor else -1
+        if resume < 0:
+            break
+        changes.append((i, resume, new[j:after]))
+        i, j = resume, after
+    if i < len(value) or j < len(new):
+        changes.append((i, len(value), new[j:]))
+    return changes
 
 
 # ---- what callers use --------------------------------------------------------------------------
@@ -378,20 +409,17 @@ class Masking:
 
     @classmethod
     def of_argv(cls, argv: Sequence[str]) -> Masking:
-        masked = tuple(_masked_words(argv, 0))
-        return cls(masked, None, _changed(argv, masked))
+        changed: dict[str, str] = {}
+        masked = tuple(_masked_words(argv, 0, changed))
+        return cls(masked, None, changed)
 
     @classmethod
     def of_text(cls, text: str) -> Masking:
-        masked = _masked_text(text)
-        if masked == text:
-            return cls(None, text, {})
-        words = {}
-        for command in _words(text):
-            values = ["".join(word.value) for word in command]
-            words.update(_changed(values, _masked_words(values, 0)))
-        words[text] = masked
-        return cls(None, masked, words)
+        changed: dict[str, str] = {}
+        masked = _masked_text(text, 0, changed)
+        if masked != text:
+            changed[text] = masked
+        return cls(None, masked, changed)
 
     def scrub(self, text: str) -> str:
         """Other text about this command line (a reason quoting its words) with the same
@@ -407,17 +435,3 @@ class Masking:
         """Some of the command's words (the part a stdin reader names), masked as they are in
         the whole and as an argv of their own."""
         return list(_masked_words([self.words.get(word, word) for word in words], 0))
-
-
-def _changed(before: Sequence[str], after: Sequence[str]) -> dict[str, str]:
-    """Every word that changed, with its masked form, also inside words read as texts."""
-    changed: dict[str, str] = {}
-    for old, new in zip(before, after, strict=True):
-        if old == new:
-            continue
-        changed[old] = new
-        if _SHELL_TEXT.search(old):
-            for command in _words(old):
-                values = ["".join(word.value) for word in command]
-                changed.update(_changed(values, _masked_words(values, 1)))
-    return changed
