@@ -26,6 +26,8 @@ What is a secret:
 * ``sshpass -p VALUE`` (or ``-pVALUE``), ``docker login -p VALUE`` (``podman``, ``nerdctl``,
   ``buildah``, ``skopeo``), and curl's ``-u``/``--user``/``-U``/``--proxy-user
   USER:PASSWORD`` (the part after the first colon);
+* a password literal in the SQL of ``mysql -e`` or ``psql -c``, masked as that statement's
+  `db.query` has it (``IDENTIFIED BY '***'``);
 * the credentials of an ``Authorization:`` header given as a word (``-H 'Authorization: token
   X'``: the scheme stays), and a variable the detector does not name, ``MYSQL_PWD``,
   ``SSHPASS`` or any ``…_PWD``/``…_PASS`` (``PWD`` and ``OLDPWD`` are directories).
@@ -48,10 +50,12 @@ runs over the whole text last, for secrets no word rule sees.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from controlplane.policy import mysql_sql
+from controlplane.policy.statement_secrets import redact_statement
 from redact.detectors import secret
 
 __all__ = ["MASK", "Masking"]
@@ -96,6 +100,11 @@ _SECRET_VARIABLE: Final = re.compile(
 _AUTHORIZATION: Final = re.compile(
     r"(?i:\s*(?:proxy-)?authorization\s*:\s*(?:[A-Za-z0-9_\-]+\s+)?)(?P<value>\S.*)", re.DOTALL
 )
+_SQL_OPTIONS: Final = {
+    "mysql": (("-e", "--execute"), mysql_sql.redact),
+    "postgres": (("-c", "--command"), redact_statement),
+}
+"""Options whose value is SQL, and how that SQL is recorded (as its `db.query` would be)."""
 _REGISTRY_CLIENTS: Final = frozenset({"docker", "podman", "nerdctl", "buildah", "skopeo"})
 """Container tools whose ``login -p`` is the registry password."""
 _CURL_USER: Final = frozenset({"-u", "--user", "-U", "--proxy-user"})
@@ -151,6 +160,9 @@ def _masked_words(
                 continue
         elif family == "mysql" and word.startswith("-p") and not word.startswith("--"):
             out[i] = _mask_from(word, 2)
+        elif family in _SQL_OPTIONS and (sql := _sql_value(words, i, family)) is not None:
+            at, offset, redact = sql
+            out[at] = words[at][:offset] + redact(words[at][offset:])
         elif family == "login" and word.startswith("-p") and not word.startswith("--"):
             if word != "-p":
                 out[i] = _mask_from(word, 2)
@@ -181,6 +193,22 @@ def _masked_words(
         if changed is not None and out[i] != words[i]:
             changed[words[i]] = out[i]
     return out
+
+
+def _sql_value(
+    words: Sequence[str], i: int, family: str
+) -> tuple[int, int, Callable[[str], str]] | None:
+    """Where the SQL of ``-e SQL`` (mysql) or ``-c SQL`` (psql) is when word ``i`` gives it:
+    (word, offset in it, how to redact it)."""
+    (short, long), redact = _SQL_OPTIONS[family]
+    word = words[i]
+    if word in (short, long):
+        return (i + 1, 0, redact) if i + 1 < len(words) else None
+    if word.startswith(long + "="):
+        return i, len(long) + 1, redact
+    if word.startswith(short) and not word.startswith("--") and len(word) > 2:
+        return i, 2, redact
+    return None
 
 
 def _takes_secret(option: re.Match[str], family: str) -> bool:
@@ -348,13 +376,23 @@ def _raw_edits(word: _Word, value: str, new: str) -> list[tuple[int, int, str]]:
     for i1, i2, replacement in _changes(value, new):
         if i1 == i2:  # an insertion: nothing of the value goes
             at = word.at[i1] if i1 < len(value) else word.end
-            edits.append((at, at, replacement))
+            quote = word.quote[i1] if i1 < len(value) else ""
+            edits.append((at, at, _quoted(replacement, quote)))
         elif word.at[i2 - 1] - word.at[i1] == i2 - i1 - 1:
-            edits.append((word.at[i1], word.at[i2 - 1] + 1, replacement))
+            edits.append((word.at[i1], word.at[i2 - 1] + 1, _quoted(replacement, word.quote[i1])))
         else:
             edits.append((word.at[i1], word.end, MASK + word.quote[i1]))
             break
     return edits
+
+
+def _quoted(text: str, quote: str) -> str:
+    """``text`` as it reads the same inside ``quote`` (SQL's ``'***'`` in a quoted script)."""
+    if quote == "'":
+        return text.replace("'", "'\\''")
+    if quote == '"':
+        return re.sub(r'([\\"$`])', r"\\\1", text)
+    return re.sub(r"([^\w*@:=.,/+%-])", r"\\\1", text)
 
 
 def _changes(value: str, new: str) -> list[tuple[int, int, str]]:

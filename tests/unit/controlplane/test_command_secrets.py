@@ -110,6 +110,19 @@ TEXTS = [
     # tokens the detector knows, wherever they stand
     (f"echo {GHP} | gh auth login --with-token", "echo ghp_**** | gh auth login --with-token"),
     (f"GITHUB_TOKEN={GHP} gh pr list", "GITHUB_TOKEN=**** gh pr list"),
+    # SQL on the command line, as its db.query would have it
+    (
+        f"mysql -uroot -e \"CREATE USER app IDENTIFIED BY '{SECRET}'\"",
+        "mysql -uroot -e \"CREATE USER app IDENTIFIED BY '***'\"",
+    ),
+    (
+        f"psql -h db -c \"ALTER ROLE app PASSWORD '{SECRET}'\" app",
+        "psql -h db -c \"ALTER ROLE app PASSWORD '***'\" app",
+    ),
+    (
+        f"sh -c 'psql -c \"ALTER ROLE app PASSWORD '\\''{SECRET}'\\''\"'",
+        "sh -c 'psql -c \"ALTER ROLE app PASSWORD '\\''***'\\''\"'",
+    ),
     # a comment runs nothing, but is recorded
     (f"true # mysql -p{SECRET}", "true # mysql -p****"),
 ]
@@ -133,6 +146,8 @@ NOT_SECRETS = [
     "sudo -u postgres psql -p 5433",
     "sshpass -f /etc/pw ssh host",
     "git log --format=%H -p",
+    "psql -c 'select 1' app",
+    "mysql -e 'show databases'",
     "docker run -p 8080:80 nginx",
     "docker ps -a; podman pull -q img",
 ]
@@ -239,3 +254,13 @@ def test_no_quoting_of_a_secret_lets_it_through(template: str) -> None:
         text = template.format(q=shlex.quote(value))
         for line in (text, f"sh -c {shlex.quote(text)}", f"ssh h {shlex.quote(text)}"):
             assert "S3cret" not in (Masking.of_text(line).text or ""), line
+
+
+def test_a_replacement_is_quoted_as_the_text_around_it() -> None:
+    """SQL masks a literal as `'***'`: inside a single-quoted script that quote is escaped, so
+    the recorded text still splits into the words that ran, masked."""
+    text = f"""mysql -e'SET PASSWORD FOR app = "{SECRET}"' app"""
+    recorded = Masking.of_text(text).text or ""
+    assert SECRET not in recorded
+    assert shlex.split(recorded)[0] == "mysql" and shlex.split(recorded)[-1] == "app"
+    assert len(shlex.split(recorded)) == 3
