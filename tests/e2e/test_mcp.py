@@ -218,6 +218,31 @@ def test_run_command_over_ssh_and_its_guardrail(
     assert refusal[-1]["decision"]["result"] == "deny"
 
 
+def test_run_command_with_a_secret_runs_it_and_records_neither_call_nor_command_with_it(
+    mcp_stack: Stack, agent_token: str
+) -> None:
+    """An AI agent's command line with a token in it: the command gets the token, while the
+    `mcp.call` and the `ssh.exec` it causes both record it masked, and say so."""
+    after = mcp_stack.events()[-1]["seq"]
+    secret = f"S3cret-{uuid.uuid4().hex[:12]}"
+    command = f"printf '%s\\n' --token {secret} https://bot:{secret}@example.com/"
+
+    async def work(session: ClientSession) -> Any:
+        return await call(session, "run_command", connection="web-1", command=command)
+
+    ran = over_stdio(mcp_stack, agent_token, work)
+    assert ran[0] is False, ran
+    assert ran[1]["stdout"] == f"--token\n{secret}\nhttps://bot:{secret}@example.com/\n"
+    events = mcp_stack.events(after)
+    assert secret not in json.dumps(events)
+    masked = command.replace(secret, "****")
+    [call_event] = [e for e in events if e["type"] == "mcp.call"]
+    assert call_event["arguments"]["command"] == masked and call_event["masked"] is True
+    [exec_event] = [e for e in events if e["type"] == "ssh.exec"]
+    assert exec_event["request"] == {"command": masked, "masked": True}
+    assert exec_event["mcp_call"]["seq"] == call_event["seq"]
+
+
 def mcp_url(stack: Stack) -> str:
     return f"http://127.0.0.1:{stack.controlplane.http_port}/mcp"
 
