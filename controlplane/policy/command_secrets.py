@@ -50,6 +50,7 @@ runs over the whole text last, for secrets no word rule sees.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -465,6 +466,9 @@ class Masking:
         if not self.words:
             return text
         for word in sorted(self.words, key=len, reverse=True):
+            quoted = shlex.quote(word)  # as `shlex.join` quotes a word in a message
+            if quoted != word and quoted in text:
+                text = text.replace(quoted, shlex.quote(self.words[word]))
             if word in text:
                 text = text.replace(word, self.words[word])
         return secret(text) or text

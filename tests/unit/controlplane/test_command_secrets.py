@@ -217,6 +217,8 @@ def test_other_text_about_the_command_is_scrubbed_of_its_secrets() -> None:
         "mysql", "-uroot", "-p****", "app"
     ]  # fmt: skip
     assert Masking.of_text("ls").scrub("anything S3cret") == "anything S3cret"
+    quoted = ["mysql", f"-p{SECRET}'x"]
+    assert SECRET not in Masking.of_argv(quoted).scrub(f"{shlex.join(quoted)} reads stdin")
 
 
 def test_what_the_detector_reads_as_an_assignment_goes_too() -> None:
