@@ -372,8 +372,8 @@ class PgInspector:
         sql = "; ".join(startup.statement(name, value) for name, value in found)
         decision = self._guard.check(sql)
         statements = await self._record([self._event(sql, decision, protocol="startup")])
-        if statements is None:
-            raise framing.ProtocolError(self._audit_failure())
+        if statements is None:  # (the session's FATAL adds its own "gatehouse: ")
+            raise framing.ProtocolError(f"not sent to the database: {self._audit_error}")
         if not decision.allowed:
             self.denied += 1
             raise framing.ProtocolError(
