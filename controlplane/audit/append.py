@@ -158,10 +158,13 @@ def append_on(
     signer: SigningKey | None,
     checkpoint_every: int,
     floor: tuple[int, str] | None = None,
+    first: Callable[[tuple[int, str]], Sequence[Draft]] | None = None,
 ) -> Outcome:
     """`append_events` on a driver cursor inside a write transaction (the writer's path).
 
     `floor`, the head this process last committed, is checked first (`_check_floor`).
+    `first`, given the head as read under its lock, returns events to append ahead of
+    `drafts` (the writer's relaxed commits the store lost); their results come first.
     """
     sql = _sql(dialect)
     cursor.execute(sql.head)
@@ -169,6 +172,10 @@ def append_on(
     if head is None:
         raise RuntimeError("the audit chain head row is missing: the store is not migrated")
     head_seq, head_hash = head
+    if first is not None:
+        ahead = first((head_seq, head_hash))
+        if ahead:
+            drafts = [*ahead, *drafts]
     if floor is not None:
         signs = any(item.type == CHECKPOINT_TYPE for item in drafts) or (
             checkpoint_every > 0

@@ -625,18 +625,22 @@ class AuditWriter:
         durable = durable or self._unsure_events >= MAX_UNSURE
         with self._connection.transaction(durable=durable) as write:
             cursor = write.connection.cursor()
+
+            def first(head: tuple[int, str]) -> list[Draft]:
+                again.extend(self._missing(cursor, dialect, head))
+                if again:
+                    write.require_durable()
+                return again
+
             try:
-                if self._unsure:
-                    again = self._missing(cursor, dialect)
-                    if again:
-                        write.require_durable()
                 outcome = append_on(
                     cursor,
                     dialect,
-                    [*again, *drafts] if again else drafts,
+                    drafts,
                     self._signer,
                     self._checkpoint_every,
                     self._floor,
+                    first if self._unsure else None,
                 )
                 if sync and not outcome.appended and not self._db.is_sqlite:
                     # An xid makes the commit write a record whose flush covers the earlier ones.
@@ -664,12 +668,15 @@ class AuditWriter:
             self._unsure_events += len(kept)
         return dataclasses.replace(outcome, durable=durable)
 
-    def _missing(self, cursor: Any, dialect: Any) -> list[Draft]:
+    def _missing(self, cursor: Any, dialect: Any, head: tuple[int, str]) -> list[Draft]:
         """The events of relaxed commits that the store no longer holds, oldest first.
 
         A store recovers a prefix of its commits (WAL order), so the newest relaxed commit
-        still holding its hash vouches for every one before it: usually one lookup.
+        still holding its hash vouches for every one before it: none to look up when it is
+        the `head` read under the lock (one replica), else usually one lookup.
         """
+        if head == self._unsure[-1][1]:
+            return []
         kept = 0
         for index in range(len(self._unsure) - 1, -1, -1):
             seq, hash_ = self._unsure[index][1]
