@@ -185,12 +185,10 @@ def _masked_words(
             out[i] = _mask_from(word, header.start("value"))
         i += 1
     for i, word in enumerate(out):
-        text = (
-            _masked_text(word, depth + 1, changed)
-            if depth < _MAX_DEPTH and _SHELL_TEXT.search(word)
-            else word
-        )
-        out[i] = secret(text) or text
+        if depth < _MAX_DEPTH and _SHELL_TEXT.search(word):
+            out[i] = _masked_text(word, depth + 1, changed)  # the detector's pass included
+        else:
+            out[i] = _without_code_masked(word, secret(word) or word)
         if changed is not None and out[i] != words[i]:
             changed[words[i]] = out[i]
     return out
@@ -357,14 +355,41 @@ def _masked_text(text: str, depth: int = 0, changed: dict[str, str] | None = Non
     out: list[str] = []
     done = 0
     for start, end, replacement in sorted(edits):
-        if start < done:
-            continue  # within an edit that masked the rest of its word
+        if start < done or _runs_code(text[start : end + 1]):
+            continue  # within an edit that masked the rest of its word, or code: kept
         out.append(text[done:start])
         out.append(replacement)
         done = end
     out.append(text[done:])
     masked = "".join(out)
-    return secret(masked) or masked
+    return _without_code_masked(masked, secret(masked) or masked)
+
+
+_CODE: Final = re.compile(r"\$\(|`|[<>]\(")
+"""What makes a shell run a command inside a word: ``$(…)``, backquotes, ``<(…)``, ``>(…)``."""
+
+
+def _runs_code(fragment: str) -> bool:
+    """Whether masking ``fragment`` (and the character after it, where a ``(`` may open what
+    its ``$`` starts) would hide a command the shell runs (``mysql "-p$(touch f)"``, ``Bearer
+    `rm -rf d```): the trail may say less than what ran, never leave out something that ran.
+    A literal in single quotes counts too (kept: it says more)."""
+    return _CODE.search(fragment) is not None
+
+
+def _without_code_masked(text: str, masked: str) -> str:
+    """``masked`` (the detector's pass over ``text``) with every change that would hide code
+    undone."""
+    if masked == text or not _CODE.search(text):
+        return masked
+    out: list[str] = []
+    done = 0
+    for start, end, replacement in _changes(text, masked):
+        out.append(text[done:start])
+        out.append(text[start:end] if _runs_code(text[start : end + 1]) else replacement)
+        done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _raw_edits(word: _Word, value: str, new: str) -> list[tuple[int, int, str]]:

